@@ -72,10 +72,22 @@ def target_url(base: str, code: str) -> str:
     return url.set(database=f"{prefix}_{code}").render_as_string(hide_password=False)
 
 
-def _server_engine(url: str) -> sa.Engine:
+def server_engine(url: str) -> sa.Engine:
+    """An AUTOCOMMIT engine on the server's admin database, for CREATE/DROP DATABASE."""
     u = make_url(url)
-    admin_db = "postgres" if u.get_backend_name() == "postgresql" else None
+    admin_db = "postgres" if u.get_backend_name() == "postgresql" else "information_schema"
     return sa.create_engine(u.set(database=admin_db), isolation_level="AUTOCOMMIT")
+
+
+def drop_database(url: str) -> None:
+    """Drop the database ``url`` names, if it exists (PostgreSQL, MariaDB)."""
+    u = make_url(url)
+    engine = server_engine(url)
+    name = engine.dialect.identifier_preparer.quote(u.database or "")
+    force = " WITH (FORCE)" if u.get_backend_name() == "postgresql" else ""
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}{force}"))
+    engine.dispose()
 
 
 def recreate_database(url: str) -> None:
@@ -88,20 +100,18 @@ def recreate_database(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         return
-    engine = _server_engine(url)
-    prep = engine.dialect.identifier_preparer
-    name = prep.quote(u.database or "")
+    if backend not in ("postgresql", "mysql", "mariadb"):
+        raise ValueError(f"--target supports PostgreSQL and MariaDB/MySQL, not {backend!r}")
+    drop_database(url)
+    engine = server_engine(url)
+    name = engine.dialect.identifier_preparer.quote(u.database or "")
     with engine.connect() as conn:
         if backend == "postgresql":
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             conn.execute(sa.text(f"CREATE DATABASE {name} ENCODING 'UTF8' TEMPLATE template0"))
-        elif backend in ("mysql", "mariadb"):
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        else:
             conn.execute(
                 sa.text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
             )
-        else:
-            raise ValueError(f"--target supports PostgreSQL and MariaDB/MySQL, not {backend!r}")
     engine.dispose()
 
 
