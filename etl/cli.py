@@ -50,10 +50,8 @@ def _row_table(title: str, manifest: dict[str, Any], out: Path) -> Table:
     for d in DEPARTMENTS:
         c = changes.get(d.code)
         delta = f"+{c['inserted']} ~{c['updated']} -{c['deleted']}" if c else "—"
-        db = out / "sources" / f"{d.code}.sqlite"
-        table.add_row(
-            d.code, d.title, d.table_name, f"{manifest['rows'][d.code]:,}", delta, str(db)
-        )
+        table.add_row(d.code, d.title, d.table_name, f"{manifest['rows'][d.code]:,}", delta)
+    table.caption = f"SQLite databases: {out / 'sources'}/<department>.sqlite"
     return table
 
 
