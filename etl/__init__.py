@@ -1,0 +1,1 @@
+"""Source registry, extraction, standardization and the sample city."""

@@ -1,0 +1,1 @@
+"""Linkage, clustering, stable master IDs, survivorship and cross-checks (issue 4)."""

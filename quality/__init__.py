@@ -1,0 +1,1 @@
+"""Data-quality suites, department scorecards, reports and their delivery (issue 5)."""
