@@ -122,7 +122,16 @@ def sample(
 
 
 @config_app.command("check")
-def config_check(config: ConfigDir = Path("config")) -> None:
+def config_check(
+    config: ConfigDir = Path("config"),
+    connect: Annotated[
+        bool,
+        typer.Option(
+            "--connect",
+            help="Also resolve each department's connection and check its tables and columns.",
+        ),
+    ] = False,
+) -> None:
     """Validate config/ and list the departments, their tables and authorities."""
     from etl.config import ConfigError, load_city_config
 
@@ -131,14 +140,45 @@ def config_check(config: ConfigDir = Path("config")) -> None:
     except ConfigError as exc:
         console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
         raise typer.Exit(2) from exc
-    table = Table(title=f"{city.city} ({city.division_code}): {len(city.departments)} departments")
+    table = Table(title=f"{city.name} ({city.division_code}): {len(city.departments)} departments")
     for col in ("department", "name", "tables", "authority for", "contact"):
         table.add_column(col)
     for d in city.departments:
-        auth = "; ".join(f"{k}: {', '.join(v)}" for k, v in d.authority_for.items() if v)
+        auth = "; ".join(
+            f"{e}: {', '.join(d.authority_for.fields(e))}"
+            for e in ("person", "enterprise")
+            if d.authority_for.fields(e)
+        )
         tables = ", ".join(f"{t.name} ({t.entity})" for t in d.tables)
         table.add_row(d.code, d.name, tables, auth or "—", f"{d.contact.name} <{d.contact.email}>")
     console.print(table)
+    if connect:
+        _probe_sources(city)
+
+
+def _probe_sources(city: Any) -> None:
+    from etl.sources import probe
+
+    table = Table(title="Source databases", title_justify="left")
+    for col in ("department", "backend", "table", "rows", "status"):
+        table.add_column(col, justify="right" if col == "rows" else "left", overflow="fold")
+    failed = False
+    for d in city.departments:
+        result = probe(city, d)
+        failed |= not result.ok
+        if result.problem:
+            table.add_row(d.code, result.backend or "—", "—", "—", f"[red]{result.problem}")
+        for t in result.tables:
+            status = (
+                f"[red]{t.problem}" if t.problem
+                else f"[red]missing columns: {', '.join(t.missing_columns)}" if t.missing_columns
+                else "[green]ok"
+            )  # fmt: skip
+            rows = "—" if t.rows is None else f"{t.rows:,}"
+            table.add_row(d.code, result.backend or "—", t.table, rows, status)
+    console.print(table)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -159,11 +199,12 @@ def demo(
     city = load_city_config(config)
     out = city.var_dir / "city"
     console.rule("[bold]govmdm demo")
-    config_check(config)
+    config_check(config, connect=False)
     if fresh or not (out / "city.json").exists():
         sample(out=out, persons=persons, enterprises=enterprises, seed=20260630, target=None)
     else:
         sample(out=out, next_night=True, target=None)
+    _probe_sources(city)
     console.print(
         "Coming in later issues: extract, standardize, link, golden tables, quality reports, and "
         "the night run by Airflow."

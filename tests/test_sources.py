@@ -1,0 +1,78 @@
+"""Probing departmental sources against the configuration (govmdm config check --connect)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from etl.cli import app
+from etl.config import CityConfig, load_city_config
+from etl.sample_city.generate import generate_city
+from etl.sources import probe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def city(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CityConfig:
+    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
+    for d in ("GONGAN", "RENSHE", "MINZHENG", "WEIJIAN", "SHICHANG", "SHUIWU"):
+        monkeypatch.delenv(f"AIRFLOW_CONN_{d}", raising=False)
+        monkeypatch.delenv(f"GOVMDM_CONN_{d}", raising=False)
+    generate_city(tmp_path / "city", persons=200, enterprises=30, seed=3)
+    return load_city_config(ROOT / "config")
+
+
+def test_every_configured_table_and_column_exists_in_the_sample_city(city: CityConfig) -> None:
+    for dept in city.departments:
+        result = probe(city, dept)
+        assert result.ok, (dept.code, result)
+        assert result.backend == "sqlite" and all(t.rows and t.rows > 0 for t in result.tables)
+
+
+def test_a_renamed_column_is_named_for_that_department_only(
+    city: CityConfig, tmp_path: Path
+) -> None:
+    db = tmp_path / "city" / "sources" / "renshe.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE insured_person RENAME COLUMN id_no TO id_card")
+    results = {d.code: probe(city, d) for d in city.departments}
+    assert results["renshe"].tables[0].missing_columns == ["id_no"]
+    assert not results["renshe"].ok
+    assert all(r.ok for code, r in results.items() if code != "renshe")
+
+
+def test_a_missing_table_and_an_unreachable_server(
+    city: CityConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with sqlite3.connect(tmp_path / "city" / "sources" / "shuiwu.sqlite") as conn:
+        conn.execute('ALTER TABLE "纳税人登记信息" RENAME TO "纳税人登记信息_old"')
+    shuiwu = probe(city, city.department("shuiwu"))
+    assert shuiwu.tables[0].problem is not None and "纳税人登记信息" in shuiwu.tables[0].problem
+    monkeypatch.setenv("GOVMDM_CONN_GONGAN", "postgresql+psycopg://reader:s3cret@127.0.0.1:1/rk")
+    gongan = probe(city, city.department("gongan"), timeout_s=2)
+    assert gongan.problem is not None and gongan.problem.startswith("gongan: cannot read")
+    assert "s3cret" not in gongan.problem
+
+
+def test_unconfigured_connection_names_the_environment_variables(
+    city: CityConfig, tmp_path: Path
+) -> None:
+    (tmp_path / "city" / "sources" / "minzheng.sqlite").unlink()
+    result = probe(city, city.department("minzheng"))
+    assert result.problem is not None
+    assert "GOVMDM_CONN_MINZHENG" in result.problem and "AIRFLOW_CONN_MINZHENG" in result.problem
+
+
+def test_cli_config_check_connect_exit_codes(city: CityConfig, tmp_path: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(app, ["config", "check", "--connect", "--config", str(ROOT / "config")])
+    assert ok.exit_code == 0, ok.output
+    assert "Source databases" in ok.output
+    with sqlite3.connect(tmp_path / "city" / "sources" / "weijian.sqlite") as conn:
+        conn.execute('ALTER TABLE "PATIENT_INFO" DROP COLUMN "TEL"')
+    bad = runner.invoke(app, ["config", "check", "--connect", "--config", str(ROOT / "config")])
+    assert bad.exit_code == 1 and "TEL" in bad.output
