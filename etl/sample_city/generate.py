@@ -421,6 +421,13 @@ class Night:
         self.changes[code].deletes.append(key)
         self.truth.rows[(code, key)].deleted_night = self.night
 
+    def older_than(self, person_ids: list[str], years: int) -> list[str]:
+        """The persons among ``person_ids`` older than ``years`` tonight."""
+        days = years * 365
+        return [
+            p for p in person_ids if (self.as_of - self.truth.persons[p].birth_date).days > days
+        ]
+
     def sample(self, items: list[Any], share: float) -> list[Any]:
         """A seeded sample of about ``share`` of ``items`` (at least one where any exist)."""
         k = min(len(items), max(1 if items else 0, round(len(items) * share)))
@@ -460,12 +467,7 @@ class Night:
                     self.label("renshe", key, "mobile", "stale_value")
             for key in self.rows(pid, "weijian"):
                 self.label("weijian", key, "TEL", "stale_value")
-        elderly = [
-            pid
-            for pid in alive
-            if (self.as_of - self.truth.persons[pid].birth_date).days > 70 * 365
-        ]
-        for pid in self.sample(elderly, 0.001):  # deaths
+        for pid in self.sample(self.older_than(alive, 70), 0.001):  # deaths
             self.truth.persons[pid].status = "死亡"
             self.count("person_died")
             for key in self.rows(pid, "gongan"):
@@ -491,11 +493,7 @@ class Night:
             self.insert(rs, rs.render(self.rng, self.world, p))
             if self.rng.random() < 0.5:
                 self.insert(g, [Rendered(g.row(p, p.address, self.stamp()), p.person_id)])
-        adults = [
-            pid
-            for pid in alive
-            if (self.as_of - self.truth.persons[pid].birth_date).days > 25 * 365
-        ]
+        adults = self.older_than(alive, 25)
         for _ in range(max(1, len(self.truth.enterprises) // 300)):  # new enterprises
             e = self.builder.enterprise(self.truth.persons[self.rng.choice(adults)])
             e.established_date = self.as_of
