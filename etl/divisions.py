@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from importlib import resources
 
 _SPAN = re.compile(r"^\[(\d*)-(\d*)\](.+)$")
-_PLACEHOLDERS = {"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"}
+# Names in the table that stand for a grouping, not a place
+_PLACEHOLDERS = {
+    "市辖区", "县", "省直辖行政单位", "省直辖县级行政单位", "自治区直辖县级行政单位",
+    "省直辖县级行政区划", "自治区直辖县级行政区划",
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
