@@ -1,0 +1,1183 @@
+"""Extract each department's tables, read-only and chunked, into raw Parquet per run.
+
+For every configured table: check the live schema against the configuration and the last
+successful run (drift flags the department and nothing of it is read), then read everything
+(first night, ``full=True``) or only the rows whose change column passed the committed watermark,
+and write ``<var_dir>/raw/run=<run_id>/department=<code>/<table>.parquet`` with every column as
+text plus ``_row_key`` (the primary key as text, composite keys joined with ``|``). Values are
+rendered the way PostgreSQL prints them, so the same data read from SQLite, PostgreSQL or MariaDB
+gives the same Parquet. PostgreSQL sources are read with ``COPY ... TO STDOUT``.
+
+Watermarks and key sets are only proposed here; :func:`etl.state.commit_watermarks` moves them
+once the night has published. A department's own problems never raise: they come back as status
+``drift``, ``unreachable`` or ``failed`` with a message that says what to fix, and the ledger
+(``etl_ledger``) gets a row per table either way.
+
+>>> results = extract_all(city, "2026-07-01")
+>>> [(r.department, r.status) for r in results][:2]
+[('gongan', 'ok'), ('renshe', 'ok')]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import difflib
+import io
+import json
+import logging
+import math
+import os
+import queue
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.types import TypeEngine
+
+from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
+from etl.config import save_settings_snapshot as _save_settings
+from etl.state import (
+    LedgerEntry,
+    Mode,
+    RunState,
+    Status,
+    key_set_path,
+    pending_key_set_path,
+)
+
+log = logging.getLogger(__name__)
+
+ROW_KEY = "_row_key"
+KEY_SEPARATOR = "|"
+CONNECT_TIMEOUT_S = 10
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
+_COPY_BLOCK_BYTES = 1 << 20  # CSV blocks: Arrow reads ahead several, so keep them small
+_KEY_ROWS = 250_000  # keys are small: bigger row groups, still bounded
+_WRITE_QUEUE = 8  # batches waiting for the writer thread: bounds memory
+
+# Which live column types each change_kind can be compared in.
+_CHANGE_CLASSES = {
+    "timestamp": {"timestamp", "timestamptz", "string"},
+    "epoch_seconds": {"integer", "decimal"},
+    "string": {"string"},
+}
+
+
+@dataclass
+class TableExtract:
+    """What happened to one table: rows read, where they went, the watermark before and after."""
+
+    table: str
+    mode: Mode
+    status: Status = "ok"
+    rows_read: int = 0
+    parquet_path: Path | None = None
+    watermark_before: str | None = None
+    watermark_after: str | None = None
+    duration_s: float = 0.0
+    rows_deleted: int | None = None  # None: no key scan tonight
+    deleted_path: Path | None = None
+    message: str | None = None
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass
+class DepartmentExtract:
+    """One department's extraction: ``ok``, or why not (``drift``, ``unreachable``, ``failed``)."""
+
+    department: str
+    status: Status
+    tables: list[TableExtract]
+    message: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        """Every table was read."""
+        return self.status == "ok"
+
+    @property
+    def rows_read(self) -> int:
+        """Rows read over all tables."""
+        return sum(t.rows_read for t in self.tables)
+
+
+class _Drift(Exception):
+    def __init__(self, problems: dict[str, list[str]]) -> None:
+        self.problems = problems  # table -> problem lines
+        super().__init__("\n".join(p for lines in problems.values() for p in lines))
+
+
+class _ConnectionLost(Exception):
+    """The source could not be reached, or dropped the connection: worth retrying."""
+
+
+class _TableFailed(Exception):
+    def __init__(self, table: str | None, cause: BaseException) -> None:
+        self.table = table  # None: before any table was read
+        self.cause = cause
+        super().__init__(f"{table or 'schema check'}: {cause}")
+
+
+# --- paths ---------------------------------------------------------------------------------------
+
+
+def raw_dir(var_dir: Path, run_id: str, department: str) -> Path:
+    """Where a department's raw Parquet of one run goes.
+
+    >>> raw_dir(Path("var"), "2026-07-01", "renshe")
+    PosixPath('var/raw/run=2026-07-01/department=renshe')
+    """
+    return var_dir / "raw" / f"run={run_id}" / f"department={department}"
+
+
+def raw_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
+    """The raw Parquet of one table in one run.
+
+    >>> raw_path(Path("var"), "2026-07-01", "renshe", "insured_person").name
+    'insured_person.parquet'
+    """
+    return raw_dir(var_dir, run_id, department) / f"{table}.parquet"
+
+
+def deleted_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
+    """The keys found deleted from one table in one run (column ``_row_key``).
+
+    >>> deleted_path(Path("var"), "2026-07-02", "minzheng", "社会救助对象").name
+    '社会救助对象.deleted.parquet'
+    """
+    return raw_dir(var_dir, run_id, department) / f"{table}.deleted.parquet"
+
+
+# --- public entry points -------------------------------------------------------------------------
+
+
+def extract_all(
+    city: CityConfig,
+    run_id: str,
+    *,
+    departments: Iterable[str] | None = None,
+    full: bool = False,
+    progress: Callable[[DepartmentExtract], None] | None = None,
+    chunk_rows: int = 50_000,
+    retries: int = 3,
+    backoff_s: float = 2.0,
+    deletion_scan_every_nights: int = 1,
+) -> list[DepartmentExtract]:
+    """Extract every department (or those named), one after another; one failing never stops
+    the others. Saves the configuration used beside the run's raw output.
+
+    >>> results = extract_all(city, "2026-07-01", departments=["renshe"])
+    >>> results[0].status, results[0].tables[0].mode
+    ('ok', 'full')
+    """
+    _check_run_id(run_id)
+    wanted = list(departments) if departments is not None else [d.code for d in city.departments]
+    known = [d.code for d in city.departments]
+    unknown = [code for code in wanted if code not in known]
+    if unknown:
+        raise ValueError(f"unknown department(s) {unknown}; configured: {', '.join(known)}")
+    run_root = city.var_dir / "raw" / f"run={run_id}"
+    _save_settings(city, run_root / "settings.json")
+    results = []
+    with RunState.for_city(city) as state:
+        for code in wanted:
+            result = extract_department(
+                city,
+                city.department(code),
+                run_id,
+                full=full,
+                chunk_rows=chunk_rows,
+                retries=retries,
+                backoff_s=backoff_s,
+                deletion_scan_every_nights=deletion_scan_every_nights,
+                state=state,
+            )
+            results.append(result)
+            if progress is not None:
+                progress(result)
+    return results
+
+
+def extract_department(
+    city: CityConfig,
+    dept: DepartmentConfig,
+    run_id: str,
+    *,
+    full: bool = False,
+    chunk_rows: int = 50_000,
+    retries: int = 3,
+    backoff_s: float = 2.0,
+    deletion_scan_every_nights: int = 1,
+    fast_path: bool = True,
+    state: RunState | None = None,
+) -> DepartmentExtract:
+    """Extract one department's tables into raw Parquet and write its ledger rows.
+
+    Never raises for the department's own problems: connection failures are retried
+    ``retries`` more times with exponential backoff (``backoff_s``, twice that, ...) and then
+    reported as ``unreachable``; schema drift as ``drift``; anything else as ``failed``.
+    ``fast_path=False`` reads PostgreSQL through SQLAlchemy instead of COPY (same output).
+
+    >>> r = extract_department(city, city.department("renshe"), "2026-07-01")
+    >>> r.status, r.tables[0].rows_read, r.tables[0].parquet_path.name
+    ('ok', 596, 'insured_person.parquet')
+    """
+    _check_run_id(run_id)
+    if chunk_rows < 1 or retries < 0 or deletion_scan_every_nights < 1:
+        raise ValueError("chunk_rows and deletion_scan_every_nights must be ≥ 1, retries ≥ 0")
+    own_state = state is None
+    st = state if state is not None else RunState.for_city(city)
+    try:
+        result = _extract_department(
+            city,
+            dept,
+            run_id,
+            st,
+            full,
+            chunk_rows,
+            retries,
+            backoff_s,
+            deletion_scan_every_nights,
+            fast_path,
+        )
+        _record(st, run_id, dept, result)
+        return result
+    finally:
+        if own_state:
+            st.close()
+
+
+def detect_deletions(city: CityConfig, dept: DepartmentConfig, run_id: str) -> dict[str, list[str]]:
+    """Per table, the row keys present in the last committed key set but gone from the key set
+    run ``run_id`` saw (a full snapshot or a key scan). Tables without a key scan in this run
+    are left out; a table's first key set finds nothing.
+
+    >>> detect_deletions(city, city.department("minzheng"), "2026-07-02")
+    {'社会救助对象': ['MZ000000812345', 'MZ000000812377']}
+    """
+    out: dict[str, list[str]] = {}
+    for table in dept.tables:
+        gone = _deleted_keys(city.var_dir, run_id, dept.code, table.name)
+        if gone is not None:
+            out[table.name] = gone
+    return out
+
+
+def _deleted_keys(var_dir: Path, run_id: str, department: str, table: str) -> list[str] | None:
+    new = pending_key_set_path(var_dir, run_id, department, table)
+    if not new.is_file():
+        return None
+    old = key_set_path(var_dir, department, table)
+    if not old.is_file():
+        return []
+    before = pq.read_table(old, columns=[ROW_KEY]).column(ROW_KEY)
+    after = pq.read_table(new, columns=[ROW_KEY]).column(ROW_KEY)
+    gone = pc.filter(before, pc.invert(pc.is_in(before, value_set=after)))
+    return sorted(gone.to_pylist())
+
+
+# --- one department ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    index: int
+    table: TableConfig
+    mode: Mode
+    watermark: str | None  # committed value, for the ledger
+    since: str | None  # the value to read from; None reads everything
+    scan_keys: bool
+    nights_since_scan: int
+
+
+def _extract_department(
+    city: CityConfig,
+    dept: DepartmentConfig,
+    run_id: str,
+    state: RunState,
+    full: bool,
+    chunk_rows: int,
+    retries: int,
+    backoff_s: float,
+    scan_every: int,
+    fast_path: bool,
+) -> DepartmentExtract:
+    plans = [_plan(city, dept, state, i, t, full, scan_every) for i, t in enumerate(dept.tables)]
+    out_dir = raw_dir(city.var_dir, run_id, dept.code)
+
+    def flagged(
+        status: Status,
+        message: str,
+        per_table: dict[str, list[str]] | None = None,
+        attempts: int = 1,
+    ) -> DepartmentExtract:
+        shutil.rmtree(out_dir, ignore_errors=True)  # nothing half-extracted is left behind
+        state.discard_pending(run_id, dept.code)
+        tables = []
+        for p in plans:
+            own = (per_table or {}).get(p.table.name)
+            note = "\n".join(own) if own else f"not extracted: {message.splitlines()[0]}"
+            tables.append(
+                TableExtract(
+                    p.table.name,
+                    p.mode,
+                    status,
+                    watermark_before=p.watermark,
+                    watermark_after=p.watermark,
+                    message=note,
+                )
+            )
+        return DepartmentExtract(dept.code, status, tables, message, attempts)
+
+    try:
+        url = _read_only_url(resolve_connection(city, dept))
+    except ConfigError as exc:
+        return flagged("failed", str(exc))
+    try:
+        engine = _engine(url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        return flagged("failed", _driver_message(dept, url, exc))
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            try:
+                tables = _extract_once(
+                    engine, city, dept, run_id, plans, state, chunk_rows, fast_path
+                )
+                break
+            except _ConnectionLost as exc:
+                if attempt > retries:
+                    return flagged(
+                        "unreachable",
+                        _unreachable_message(dept, url, attempt, exc),
+                        attempts=attempt,
+                    )
+                wait = backoff_s * 2 ** (attempt - 1)
+                log.warning(
+                    "%s: attempt %d failed (%s); retrying in %.1f s", dept.code, attempt, exc, wait
+                )
+                time.sleep(wait)
+            except _Drift as exc:
+                return flagged("drift", str(exc), exc.problems, attempt)
+            except _TableFailed as exc:
+                log.error(
+                    "%s: %s failed", dept.code, exc.table or "schema check", exc_info=exc.cause
+                )
+                message = _failed_message(dept, exc.table, exc.cause)
+                per_table = {exc.table: [message]} if exc.table else None
+                return flagged("failed", message, per_table, attempt)
+    finally:
+        engine.dispose()
+    for p, t in zip(plans, tables, strict=True):
+        if t.watermark_after is not None:
+            state.propose_watermark(
+                run_id, dept.code, p.table.name, p.table.change_column, t.watermark_after
+            )
+    return DepartmentExtract(dept.code, "ok", tables, None, attempt)
+
+
+def _plan(
+    city: CityConfig,
+    dept: DepartmentConfig,
+    state: RunState,
+    index: int,
+    table: TableConfig,
+    full: bool,
+    scan_every: int,
+) -> _Plan:
+    committed = state.watermark(dept.code, table.name)
+    value = committed[1] if committed else None
+    # A watermark kept for another change column says nothing about this one.
+    incremental = not full and committed is not None and committed[0] == table.change_column
+    keys = key_set_path(city.var_dir, dept.code, table.name)
+    nights = _nights_since_scan(keys) if keys.is_file() else None
+    scan = nights is None or nights + 1 >= scan_every
+    return _Plan(
+        index,
+        table,
+        "incremental" if incremental else "full",
+        value,
+        value if incremental else None,
+        scan_keys=incremental and scan,
+        nights_since_scan=0 if (not incremental or scan or nights is None) else nights + 1,
+    )
+
+
+def _extract_once(
+    engine: sa.Engine,
+    city: CityConfig,
+    dept: DepartmentConfig,
+    run_id: str,
+    plans: list[_Plan],
+    state: RunState,
+    chunk_rows: int,
+    fast_path: bool,
+) -> list[TableExtract]:
+    try:
+        conn = engine.connect()
+    except sa.exc.DBAPIError as exc:
+        raise _ConnectionLost(_first_line(exc)) from exc
+    with conn:
+        try:
+            _begin_read_only(conn)
+            live = _check_drift(conn, dept, plans, state)
+            copy = fast_path and _is_psycopg(conn)
+            out = []
+            for p in plans:
+                try:
+                    out.append(
+                        _extract_table(
+                            conn, copy, city, dept, run_id, p, live[p.table.name], chunk_rows
+                        )
+                    )
+                except (_Drift, _ConnectionLost):
+                    raise
+                except Exception as exc:
+                    if _connection_broken(conn, exc):
+                        raise _ConnectionLost(_first_line(exc)) from exc
+                    raise _TableFailed(p.table.name, exc) from exc
+            conn.rollback()  # read-only: nothing to commit
+        except (_Drift, _ConnectionLost, _TableFailed):
+            raise
+        except Exception as exc:  # the schema check itself, or the read-only transaction
+            if _connection_broken(conn, exc):
+                raise _ConnectionLost(_first_line(exc)) from exc
+            raise _TableFailed(None, exc) from exc
+    for p in plans:
+        state.save_schema_snapshot(
+            run_id,
+            dept.code,
+            p.table.name,
+            {c: live[p.table.name][c][1] for c in p.table.source_columns},
+        )
+    return out
+
+
+def _begin_read_only(conn: sa.Connection) -> None:
+    backend = conn.dialect.name
+    if backend == "postgresql":
+        # One snapshot for the schema check, the rows and the key scan.
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # How COPY prints values; the SQLAlchemy path renders the same (see _text).
+        conn.exec_driver_sql("SET LOCAL TimeZone = 'UTC'")
+        conn.exec_driver_sql("SET LOCAL DateStyle = 'ISO'")
+        conn.exec_driver_sql("SET LOCAL extra_float_digits = 1")
+    elif backend in ("mysql", "mariadb"):
+        conn.exec_driver_sql("START TRANSACTION READ ONLY, WITH CONSISTENT SNAPSHOT")
+    elif backend == "sqlite":
+        conn.exec_driver_sql("BEGIN")  # the file is opened read-only (mode=ro)
+
+
+# --- drift ---------------------------------------------------------------------------------------
+
+_TYPE_CLASSES = (
+    ("INTERVAL", "interval"),
+    ("TIMESTAMPTZ", "timestamptz"),
+    ("WITH TIME ZONE", "timestamptz"),
+    ("TIMESTAMP", "timestamp"),
+    ("DATETIME", "timestamp"),
+    ("DATE", "date"),
+    ("TIME", "time"),
+    ("BOOL", "boolean"),
+    ("INT", "integer"),
+    ("CHAR", "string"),
+    ("TEXT", "string"),
+    ("CLOB", "string"),
+    ("STRING", "string"),
+    ("ENUM", "string"),
+    ("NUMERIC", "decimal"),
+    ("DECIMAL", "decimal"),
+    ("MONEY", "decimal"),
+    ("REAL", "float"),
+    ("FLOA", "float"),
+    ("DOUB", "float"),
+    ("BLOB", "binary"),
+    ("BINARY", "binary"),
+    ("BYTEA", "binary"),
+    ("JSON", "json"),
+    ("UUID", "uuid"),
+)
+
+
+def type_class(type_text: str) -> str:
+    """The class of a column type, as compared between runs: a longer VARCHAR is no drift,
+    VARCHAR becoming INTEGER is.
+
+    >>> type_class("VARCHAR(20)"), type_class("TIMESTAMP WITHOUT TIME ZONE"), type_class("BIGINT")
+    ('string', 'timestamp', 'integer')
+    """
+    upper = type_text.upper()
+    for needle, cls in _TYPE_CLASSES:
+        if needle in upper:
+            return cls
+    return upper.split("(")[0].strip().lower() or "unknown"
+
+
+def _type_text(type_: TypeEngine[Any], dialect: sa.Dialect) -> str:
+    try:
+        return str(type_.compile(dialect=dialect))
+    except sa.exc.CompileError:  # a type the dialect cannot name (NullType)
+        return type(type_).__name__.upper()
+
+
+def _config_keys(table: TableConfig, index: int, column: str) -> str:
+    keys = []
+    if column in table.primary_key:
+        keys.append(f"tables[{index}].primary_key")
+    if column == table.change_column:
+        keys.append(f"tables[{index}].change_column")
+    if column in table.columns:
+        keys.append(f"tables[{index}].columns.{column}")
+    return " and ".join(keys)
+
+
+def _check_drift(
+    conn: sa.Connection, dept: DepartmentConfig, plans: list[_Plan], state: RunState
+) -> dict[str, dict[str, tuple[TypeEngine[Any], str]]]:
+    """Live column → (type, type text) per table; raises _Drift listing every problem."""
+    inspector = sa.inspect(conn)
+    where = dept.source_file or f"department {dept.code}"
+    ask = f"ask {dept.contact.name} <{dept.contact.email}> ({dept.name})"
+    problems: dict[str, list[str]] = {}
+    live: dict[str, dict[str, tuple[TypeEngine[Any], str]]] = {}
+    for p in plans:
+        t, i = p.table, p.index
+        found = problems.setdefault(t.name, [])
+        if not inspector.has_table(t.name):
+            found.append(
+                f"{dept.code}: table {t.name!r} (config key tables[{i}].name in {where}) is not "
+                f"in the source database. Fix: correct `tables[{i}].name`, or {ask} whether the "
+                "table was renamed or moved"
+            )
+            continue
+        cols = {
+            c["name"]: (c["type"], _type_text(c["type"], conn.dialect))
+            for c in inspector.get_columns(t.name)
+        }
+        live[t.name] = cols
+        unknown = [c for c in cols if c not in t.source_columns]
+        for column in t.source_columns:
+            key = _config_keys(t, i, column)
+            if column not in cols:
+                guess = difflib.get_close_matches(column, unknown, n=1, cutoff=0.4)
+                hint = f"was it renamed to {guess[0]!r}? " if guess else ""
+                others = (
+                    f" (columns the config does not know: {', '.join(unknown)})" if unknown else ""
+                )
+                found.append(
+                    f"{dept.code}: table {t.name!r}: column {column!r} (config key {key} in "
+                    f"{where}) is missing from the live table{others}. Fix: {hint}if the "
+                    f"department renamed it, change {key} to the new name; otherwise {ask} to "
+                    "restore it"
+                )
+        before = state.schema_snapshot(dept.code, t.name)
+        for column in t.source_columns:
+            if column not in cols or column not in before:
+                continue
+            old, new = before[column], cols[column][1]
+            if type_class(old) != type_class(new):
+                key = _config_keys(t, i, column)
+                found.append(
+                    f"{dept.code}: table {t.name!r}: column {column!r} (config key {key} in "
+                    f"{where}) changed type from {old} ({type_class(old)}) at the last successful "
+                    f"run to {new} ({type_class(new)}). Fix: {ask} whether the change is "
+                    "intended; if so, check the column's mapping (format, codes) still fits and "
+                    f"accept it with RunState.forget_schema_snapshot({dept.code!r}, {t.name!r})"
+                )
+        change = t.change_column
+        if change in cols:
+            cls = type_class(cols[change][1])
+            if cls not in _CHANGE_CLASSES[t.change_kind]:
+                found.append(
+                    f"{dept.code}: table {t.name!r}: change column {change!r} is "
+                    f"{cols[change][1]} ({cls}), which change_kind {t.change_kind!r} cannot "
+                    f"compare (config key tables[{i}].change_kind in {where}). Fix: set "
+                    f"`tables[{i}].change_kind` to match the column (timestamp, epoch_seconds or "
+                    "string), or choose another change column"
+                )
+    problems = {name: lines for name, lines in problems.items() if lines}
+    if problems:
+        raise _Drift(problems)
+    return live
+
+
+# --- one table -----------------------------------------------------------------------------------
+
+
+def _extract_table(
+    conn: sa.Connection,
+    copy: bool,
+    city: CityConfig,
+    dept: DepartmentConfig,
+    run_id: str,
+    plan: _Plan,
+    live: dict[str, tuple[TypeEngine[Any], str]],
+    chunk_rows: int,
+) -> TableExtract:
+    t = plan.table
+    result = TableExtract(t.name, plan.mode, watermark_before=plan.watermark)
+    start = time.perf_counter()
+    columns = list(t.source_columns)
+    types = {c: live[c][0] for c in columns}
+    booleans = {c for c in columns if type_class(live[c][1]) == "boolean"}
+    since = None
+    if plan.since is not None:
+        since = (
+            t.change_column,
+            _watermark_value(plan.since, t, type_class(live[t.change_column][1])),
+        )
+    path = raw_path(city.var_dir, run_id, dept.code, t.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = _schema([ROW_KEY, *columns])
+    meta = {
+        "department": dept.code,
+        "table": t.name,
+        "run_id": run_id,
+        "mode": plan.mode,
+        "watermark_before": plan.watermark,
+        "change_column": t.change_column,
+    }
+    keys_out = pending_key_set_path(city.var_dir, run_id, dept.code, t.name)
+    highest: Any = None
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(_ParquetSink(path, schema, chunk_rows, meta))
+        keys = None
+        if plan.mode == "full":  # a full snapshot is also tonight's key set
+            keys = stack.enter_context(
+                _ParquetSink(keys_out, _schema([ROW_KEY]), _KEY_ROWS, {"nights_since_scan": 0})
+            )
+
+        def write(batch: pa.RecordBatch) -> None:
+            sink.write(batch)
+            if keys is not None:
+                keys.write(batch.select([ROW_KEY]))
+
+        with _in_background(write) as put:
+            for batch in _read(conn, copy, t.name, columns, types, booleans, since, chunk_rows):
+                batch = _with_row_key(batch, t.primary_key)
+                change = batch.column(t.change_column)
+                highest = _higher(highest, _batch_max(change, t.change_kind))
+                put(batch)
+    result.rows_read = sink.rows
+    result.parquet_path = path
+    result.watermark_after = _watermark_text(highest) if highest is not None else plan.watermark
+
+    if plan.scan_keys:
+        pk = {c: types[c] for c in t.primary_key}
+        scanned = _read(conn, copy, t.name, t.primary_key, pk, set(), None, chunk_rows)
+        _write_key_set(
+            keys_out, (_with_row_key(b, t.primary_key).column(ROW_KEY) for b in scanned), 0
+        )
+    elif plan.mode == "incremental":  # no scan tonight: carry the key set forward
+        committed = key_set_path(city.var_dir, dept.code, t.name)
+        union = pa.concat_arrays(
+            [
+                pq.read_table(committed, columns=[ROW_KEY]).column(ROW_KEY).combine_chunks(),
+                *_parquet_keys(path, chunk_rows),
+            ]
+        )
+        _write_key_set(keys_out, [pc.unique(union)], plan.nights_since_scan)
+    if plan.mode == "full" or plan.scan_keys:
+        gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
+        target = deleted_path(city.var_dir, run_id, dept.code, t.name)
+        with _ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
+            sink.write(pa.record_batch([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
+        result.rows_deleted, result.deleted_path = len(gone), target
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+def _watermark_value(text: str, table: TableConfig, live_class: str) -> Any:
+    """The committed watermark in the change column's own type, for ``column > :watermark``."""
+    if live_class == "string":
+        return text
+    if table.change_kind == "timestamp":
+        return dt.datetime.fromisoformat(text)
+    if table.change_kind == "epoch_seconds":
+        return Decimal(text) if live_class == "decimal" else int(text)
+    return text
+
+
+def _batch_max(column: pa.Array | pa.ChunkedArray, kind: str) -> Any:
+    if kind == "epoch_seconds":
+        try:
+            value = pc.max(pc.cast(column, pa.int64())).as_py()
+        except pa.ArrowInvalid:  # decimal text such as 1782878400.0000
+            values = [Decimal(v) for v in column.to_pylist() if v is not None]
+            value = max(values) if values else None
+        return value
+    # ISO timestamps and the string kinds' formats sort as text; nulls are skipped.
+    return pc.max(column).as_py()
+
+
+def _higher(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def _watermark_text(value: Any) -> str:
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _schema(columns: Sequence[str]) -> pa.Schema:
+    return pa.schema([pa.field(c, pa.string()) for c in columns])
+
+
+def _read(
+    conn: sa.Connection,
+    copy: bool,
+    table: str,
+    columns: list[str],
+    types: dict[str, TypeEngine[Any]],
+    booleans: set[str],
+    since: tuple[str, Any] | None,
+    chunk_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """The table's ``columns`` as string batches, optionally only rows with change > value."""
+    if copy:
+        yield from _read_copy(conn, table, columns, booleans, since)
+        return
+    t = sa.table(table, *[sa.column(c, types[c]) for c in columns])
+    query = sa.select(*[t.c[c] for c in columns])
+    if since is not None:
+        query = query.where(t.c[since[0]] > since[1])
+    query = query.execution_options(stream_results=True, yield_per=chunk_rows)
+    schema = _schema(columns)
+    result = conn.execute(query)
+    for part in result.partitions():
+        arrays = [pa.array([_text(v) for v in col], pa.string()) for col in zip(*part, strict=True)]
+        yield pa.record_batch(arrays, schema=schema)
+
+
+def _read_copy(
+    conn: sa.Connection,
+    table: str,
+    columns: list[str],
+    booleans: set[str],
+    since: tuple[str, Any] | None,
+) -> Iterator[pa.RecordBatch]:
+    from psycopg import sql
+
+    select = sql.SQL("SELECT {} FROM {}").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(table)
+    )
+    if since is not None:
+        select = sql.SQL("{} WHERE {} > {}").format(
+            select, sql.Identifier(since[0]), sql.Literal(since[1])
+        )
+    # FORCE_QUOTE keeps '' (quoted) apart from NULL (unquoted empty).
+    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, FORCE_QUOTE *)").format(select)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    encoding = raw.info.encoding
+    read_options = pacsv.ReadOptions(
+        column_names=columns,
+        block_size=_COPY_BLOCK_BYTES,
+        encoding="utf8" if encoding in ("utf-8", "utf8") else encoding,
+    )
+    parse_options = pacsv.ParseOptions(newlines_in_values=True)
+    convert_options = pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in columns},
+        null_values=[""],
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+    )
+    with raw.cursor() as cur, cur.copy(statement) as copy:
+        stream = _CopyStream(copy)
+        if stream.empty():
+            return
+        reader = pacsv.open_csv(
+            stream,
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=convert_options,
+        )
+        for batch in reader:
+            if booleans:
+                batch = pa.record_batch(
+                    [
+                        _pg_bool(batch.column(c)) if c in booleans else batch.column(c)
+                        for c in columns
+                    ],
+                    schema=batch.schema,
+                )
+            yield batch
+
+
+def _pg_bool(column: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(column, "t"), "true", "false")
+
+
+class _CopyStream(io.RawIOBase):
+    """A read-only file over the rows of a psycopg COPY ... TO STDOUT."""
+
+    def __init__(self, copy: Any) -> None:
+        super().__init__()
+        self._copy = copy
+        self._rest = b""
+        self._done = False
+        self._buf = bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def empty(self) -> bool:
+        """True if the COPY sent no rows at all (Arrow refuses an empty CSV)."""
+        if not self._rest and not self._done:
+            self._rest = bytes(self._copy.read())
+            self._done = not self._rest
+        return not self._rest
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            chunks = [self._rest, *iter(self._copy.read, b"")]
+            self._rest, self._done = b"", True
+            return b"".join(chunks)
+        # Rows are copied into one reused buffer: holding libpq's row buffers, or growing a
+        # fresh buffer row by row, is slower and fragments the C heap.
+        if len(self._buf) < size:
+            self._buf = bytearray(size)
+        out = memoryview(self._buf)
+        filled = 0
+        rest, self._rest = self._rest, b""
+        if rest:
+            filled = min(len(rest), size)
+            out[:filled] = rest[:filled]
+            if filled < len(rest):
+                self._rest = rest[filled:]
+                return bytes(out[:filled])
+        read = self._copy.read
+        while filled < size and not self._done:
+            row = read()
+            end = filled + len(row)
+            if end == filled:
+                self._done = True
+            elif end <= size:
+                out[filled:end] = row
+                filled = end
+            else:
+                take = size - filled
+                out[filled:size] = row[:take]
+                self._rest = bytes(row[take:])
+                filled = size
+        return bytes(out[:filled])
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def _is_psycopg(conn: sa.Connection) -> bool:
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
+def _with_row_key(batch: pa.RecordBatch, primary_key: list[str]) -> pa.RecordBatch:
+    if len(primary_key) == 1:
+        key = batch.column(primary_key[0])
+    else:
+        key = pc.binary_join_element_wise(*[batch.column(c) for c in primary_key], KEY_SEPARATOR)
+    return pa.record_batch([key, *batch.columns], names=[ROW_KEY, *batch.schema.names])
+
+
+# --- rendering values as text --------------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    """A value as PostgreSQL prints it, so every backend gives the same raw text.
+
+    >>> _text(dt.datetime(2026, 7, 1, 12, 0)), _text(Decimal("0E-4")), _text(100.0)
+    ('2026-07-01 12:00:00', '0.0000', '100')
+    """
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")  # never the exponent form str() may give (0E-4)
+    if isinstance(value, float):
+        return _float_text(value)
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC)
+            return f"{value:%Y-%m-%d %H:%M:%S}{_fraction(value.microsecond)}+00"
+        return f"{value:%Y-%m-%d %H:%M:%S}{_fraction(value.microsecond)}"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.time):
+        return f"{value:%H:%M:%S}{_fraction(value.microsecond)}"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _fraction(microsecond: int) -> str:
+    return f".{microsecond:06d}".rstrip("0") if microsecond else ""
+
+
+def _float_text(value: float) -> str:
+    # PostgreSQL's shortest round-trip digits, fixed notation for exponents -4..14.
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0" if math.copysign(1, value) < 0 else "0"
+    d = Decimal(repr(value))
+    exponent = d.adjusted()
+    if -4 <= exponent < 15:
+        return format(d.normalize(), "f")
+    digits = len(d.normalize().as_tuple().digits)
+    mantissa, _, power = f"{value:.{digits - 1}e}".partition("e")
+    return f"{mantissa}e{power[0]}{int(power[1:]):02d}"
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+class _ParquetSink:
+    """Writes batches to ``path`` in row groups of about ``chunk_rows``; visible only on success
+    (temp file, then rename)."""
+
+    def __init__(
+        self, path: Path, schema: pa.Schema, chunk_rows: int, meta: dict[str, Any]
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
+        self.chunk_rows = chunk_rows
+        # Dictionary pages cost more than they save on mostly distinct text; zstd finds repeats.
+        self.writer = pq.ParquetWriter(
+            self.tmp, self.schema, compression="zstd", use_dictionary=False
+        )
+        self.pending: list[pa.RecordBatch] = []
+        self.buffered = 0
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.pending.append(batch)
+        self.buffered += batch.num_rows
+        self.rows += batch.num_rows
+        if self.buffered >= self.chunk_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            table = pa.Table.from_batches(self.pending)
+            self.writer.write_table(table, row_group_size=max(self.chunk_rows, table.num_rows))
+        self.pending, self.buffered = [], 0
+
+    def __enter__(self) -> _ParquetSink:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self._flush()
+            self.writer.close()
+            os.replace(self.tmp, self.path)
+        else:
+            self.writer.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _in_background(
+    consume: Callable[[pa.RecordBatch], None],
+) -> Iterator[Callable[[pa.RecordBatch], None]]:
+    """Hand batches to ``consume`` on a writer thread, so that Parquet encoding (which releases
+    the GIL) overlaps reading; the bounded queue keeps memory flat."""
+    batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_WRITE_QUEUE)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        while (batch := batches.get()) is not None:
+            if errors:
+                continue  # keep draining so the reader never blocks on a dead writer
+            try:
+                consume(batch)
+            except BaseException as exc:
+                errors.append(exc)
+
+    thread = threading.Thread(target=run, name="govmdm-parquet-writer", daemon=True)
+    thread.start()
+
+    def put(batch: pa.RecordBatch) -> None:
+        if errors:
+            raise errors[0]
+        batches.put(batch)
+
+    try:
+        yield put
+    finally:
+        batches.put(None)
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _parquet_keys(path: Path, chunk_rows: int) -> Iterator[pa.Array]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[ROW_KEY]):
+        yield batch.column(ROW_KEY)
+
+
+def _write_key_set(path: Path, keys: Iterable[pa.Array], nights_since_scan: int) -> None:
+    schema = _schema([ROW_KEY])
+    with _ParquetSink(path, schema, _KEY_ROWS, {"nights_since_scan": nights_since_scan}) as sink:
+        for array in keys:
+            sink.write(pa.record_batch([array], schema=schema))
+
+
+def _nights_since_scan(path: Path) -> int:
+    meta = pq.read_schema(path).metadata or {}
+    try:
+        return int(json.loads(meta.get(b"govmdm", b"{}")).get("nights_since_scan", 0))
+    except (ValueError, AttributeError):
+        return 0
+
+
+# --- connections and messages --------------------------------------------------------------------
+
+
+def _read_only_url(url: str) -> URL:
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        path = u.database or ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            return URL.create(
+                "sqlite",
+                database=f"file:{quote(str(Path(path).resolve()))}",
+                query={"mode": "ro", "uri": "true"},
+            )
+    elif backend in ("mysql", "mariadb") and "charset" not in u.query:
+        # Rare surnames lie outside the BMP: MySQL's 3-byte utf8 cannot carry them.
+        u = u.update_query_dict({"charset": "utf8mb4"})
+    return u
+
+
+def _engine(url: URL) -> sa.Engine:
+    backend = url.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "govmdm-extract"}
+    elif backend in ("mysql", "mariadb"):
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
+    return sa.create_engine(url, connect_args=connect_args, poolclass=sa.NullPool)
+
+
+def _connection_broken(conn: sa.Connection, exc: BaseException) -> bool:
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    try:
+        raw = conn.connection.driver_connection
+    except sa.exc.SQLAlchemyError:
+        return True
+    return bool(getattr(raw, "broken", False) or getattr(raw, "closed", False) is True)
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _where(url: URL) -> str:
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite file {url.database}"
+    port = f":{url.port}" if url.port else ""
+    return f"{url.get_backend_name()} server {url.host}{port}, database {url.database}"
+
+
+def _unreachable_message(
+    dept: DepartmentConfig, url: URL, attempts: int, exc: _ConnectionLost
+) -> str:
+    name = dept.connection.upper()
+    return (
+        f"{dept.code}: cannot reach the source database ({_where(url)}) after {attempts} "
+        f"attempt(s): {exc}. Fix: check that the server is up and reachable from this worker, "
+        f"and that AIRFLOW_CONN_{name} or GOVMDM_CONN_{name} (connection `{dept.connection}` in "
+        f"{dept.source_file or dept.code}) names the right host, port, database and read-only "
+        "credentials; the other departments are unaffected"
+    )
+
+
+def _failed_message(dept: DepartmentConfig, table: str | None, cause: BaseException) -> str:
+    where = f"table {table!r}" if table else "reading the live schema"
+    on = repr(table) if table else "the configured tables"
+    return (
+        f"{dept.code}: {where}: extraction failed ({_first_line(cause)}). Fix: if the source "
+        f"refused the query, grant the read-only user of connection `{dept.connection}` SELECT "
+        f"on {on}; if a value could not be read as its declared column type, ask "
+        f"{dept.contact.name} <{dept.contact.email}> to correct it; rerun the night afterwards"
+    )
+
+
+def _driver_message(dept: DepartmentConfig, url: URL, exc: BaseException) -> str:
+    name = dept.connection.upper()
+    return (
+        f"{dept.code}: no database driver for {url.drivername!r} ({type(exc).__name__}: {exc}). "
+        f"Fix: write AIRFLOW_CONN_{name} / GOVMDM_CONN_{name} with an installed driver: "
+        "postgresql+psycopg, mysql+pymysql or sqlite"
+    )
+
+
+def _record(
+    state: RunState, run_id: str, dept: DepartmentConfig, result: DepartmentExtract
+) -> None:
+    state.record(
+        [
+            LedgerEntry(
+                run_id=run_id,
+                department=dept.code,
+                table_name=t.table,
+                mode=t.mode,
+                rows_read=t.rows_read,
+                watermark_before=t.watermark_before,
+                watermark_after=t.watermark_after,
+                started_at=t.started_at,
+                duration_s=t.duration_s,
+                status=t.status,
+                message=t.message,
+                parquet_path=str(t.parquet_path) if t.parquet_path else None,
+                rows_deleted=t.rows_deleted,
+            )
+            for t in result.tables
+        ]
+    )
+
+
+def _check_run_id(run_id: str) -> None:
+    if not _RUN_ID.match(run_id) or ".." in run_id:
+        raise ValueError(
+            f"run_id {run_id!r} cannot name a folder: use letters, digits and . _ : + - "
+            "(e.g. 2026-07-01 or an Airflow run id)"
+        )

@@ -1,0 +1,346 @@
+"""Run state: watermarks, the extraction ledger, schema snapshots and key sets.
+
+The tables live in the warehouse database (``sqlite:///<var_dir>/warehouse/govmdm.sqlite`` unless
+``GOVMDM_WAREHOUSE_URL`` names another, e.g. PostgreSQL); key sets for deletion detection live as
+Parquet under ``<var_dir>/state/keys``. An extraction only *proposes* a watermark and a key set;
+:meth:`RunState.commit_watermarks` makes them current once the night has published, so a failed
+night reruns from the same place (DESIGN: "watermarks move only after success").
+
+>>> state = RunState.for_city(city)
+>>> state.watermark("renshe", "insured_person")  # None before the first committed night
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from etl.config import CityConfig
+
+Mode = Literal["full", "incremental"]
+Status = Literal["ok", "drift", "unreachable", "failed"]
+
+WAREHOUSE_ENV = "GOVMDM_WAREHOUSE_URL"
+
+_metadata = sa.MetaData()
+_name = sa.String(128)
+_run = sa.String(64)
+
+watermark_table = sa.Table(
+    "etl_watermark",
+    _metadata,
+    sa.Column("department", _name, primary_key=True),
+    sa.Column("table_name", _name, primary_key=True),
+    sa.Column("change_column", _name, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("run_id", _run, nullable=False),
+    sa.Column("committed_at", sa.DateTime(timezone=True)),
+)
+pending_watermark_table = sa.Table(
+    "etl_pending_watermark",
+    _metadata,
+    sa.Column("run_id", _run, primary_key=True),
+    sa.Column("department", _name, primary_key=True),
+    sa.Column("table_name", _name, primary_key=True),
+    sa.Column("change_column", _name, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("committed_at", sa.DateTime(timezone=True)),  # the proposal's time until moved
+)
+ledger_table = sa.Table(
+    "etl_ledger",
+    _metadata,
+    sa.Column("run_id", _run, primary_key=True),
+    sa.Column("department", _name, primary_key=True),
+    sa.Column("table_name", _name, primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("rows_read", sa.BigInteger, nullable=False),
+    sa.Column("rows_deleted", sa.BigInteger),
+    sa.Column("watermark_before", sa.Text),
+    sa.Column("watermark_after", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text),
+    sa.Column("parquet_path", sa.Text),
+)
+schema_snapshot_table = sa.Table(
+    "etl_schema_snapshot",
+    _metadata,
+    sa.Column("department", _name, primary_key=True),
+    sa.Column("table_name", _name, primary_key=True),
+    sa.Column("column_name", _name, primary_key=True),
+    sa.Column("type_text", sa.Text, nullable=False),
+    sa.Column("run_id", _run, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One table of one department in one run: what was read and how it ended."""
+
+    run_id: str
+    department: str
+    table_name: str
+    mode: Mode
+    rows_read: int
+    watermark_before: str | None
+    watermark_after: str | None
+    started_at: dt.datetime
+    duration_s: float
+    status: Status
+    message: str | None = None
+    parquet_path: str | None = None
+    rows_deleted: int | None = None
+
+
+def warehouse_url(city: CityConfig) -> str:
+    """The warehouse database: ``GOVMDM_WAREHOUSE_URL``, else SQLite under ``var_dir``.
+
+    >>> warehouse_url(city)
+    'sqlite:///.../var/warehouse/govmdm.sqlite'
+    """
+    if url := os.environ.get(WAREHOUSE_ENV, "").strip():
+        return url
+    path = city.var_dir / "warehouse" / "govmdm.sqlite"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def key_set_path(var_dir: Path, department: str, table: str) -> Path:
+    """The committed key set of a table: every source key seen by the last committed night."""
+    return var_dir / "state" / "keys" / department / f"{table}.parquet"
+
+
+def pending_key_set_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
+    """A key set proposed by run ``run_id``; becomes the committed one on commit."""
+    return (
+        var_dir / "state" / "keys" / department / "pending" / f"run={run_id}" / f"{table}.parquet"
+    )
+
+
+class RunState:
+    """The run-state tables of one warehouse, plus the key sets under ``var_dir``.
+
+    >>> state = RunState("sqlite:///var/warehouse/govmdm.sqlite", Path("var"))
+    >>> state.commit_watermarks("2026-07-01")
+    0
+    """
+
+    def __init__(self, url: str, var_dir: Path) -> None:
+        self.var_dir = var_dir
+        backend = sa.make_url(url).get_backend_name()
+        # Mapped extraction tasks may share one SQLite warehouse: wait for the lock, don't fail.
+        connect_args = {"timeout": 60} if backend == "sqlite" else {}
+        self.engine = sa.create_engine(url, connect_args=connect_args)
+        _metadata.create_all(self.engine, checkfirst=True)
+
+    @classmethod
+    def for_city(cls, city: CityConfig) -> RunState:
+        """The run state of ``city``'s warehouse (see :func:`warehouse_url`).
+
+        >>> RunState.for_city(city).var_dir == city.var_dir
+        True
+        """
+        return cls(warehouse_url(city), city.var_dir)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> RunState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- watermarks ----------------------------------------------------------------------------
+
+    def watermark(self, department: str, table: str) -> tuple[str, str] | None:
+        """The committed ``(change_column, value)`` of a table, or None before its first night.
+
+        >>> state.watermark("renshe", "insured_person")
+        ('last_modified', '2026-07-01 19:58:02')
+        """
+        w = watermark_table.c
+        query = sa.select(w.change_column, w.value).where(
+            w.department == department, w.table_name == table
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (row.change_column, row.value) if row else None
+
+    def propose_watermark(
+        self, run_id: str, department: str, table: str, change_column: str, value: str
+    ) -> None:
+        """Record the watermark run ``run_id`` reached; it counts only after commit.
+
+        >>> state.propose_watermark("2026-07-01", "renshe", "insured_person",
+        ...                         "last_modified", "2026-07-01 19:58:02")
+        """
+        p = pending_watermark_table.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                pending_watermark_table.delete().where(
+                    p.run_id == run_id, p.department == department, p.table_name == table
+                )
+            )
+            conn.execute(
+                pending_watermark_table.insert().values(
+                    run_id=run_id,
+                    department=department,
+                    table_name=table,
+                    change_column=change_column,
+                    value=value,
+                    committed_at=_now(),
+                )
+            )
+
+    def discard_pending(self, run_id: str, department: str | None = None) -> None:
+        """Forget what run ``run_id`` proposed (for one department, or all of them)."""
+        p = pending_watermark_table.c
+        where = [p.run_id == run_id] + ([p.department == department] if department else [])
+        with self.engine.begin() as conn:
+            conn.execute(pending_watermark_table.delete().where(*where))
+        root = self.var_dir / "state" / "keys"
+        for pending in root.glob(f"{department or '*'}/pending/run={run_id}"):
+            shutil.rmtree(pending, ignore_errors=True)
+
+    def commit_watermarks(self, run_id: str) -> int:
+        """Make run ``run_id``'s proposed watermarks and key sets current; returns how many
+        watermarks moved. Call it after the night has published.
+
+        >>> state.commit_watermarks("2026-07-01")
+        6
+        """
+        p, w = pending_watermark_table.c, watermark_table.c
+        now = _now()
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(pending_watermark_table).where(p.run_id == run_id)).all()
+            for r in rows:
+                conn.execute(
+                    watermark_table.delete().where(
+                        w.department == r.department, w.table_name == r.table_name
+                    )
+                )
+                conn.execute(
+                    watermark_table.insert().values(
+                        department=r.department,
+                        table_name=r.table_name,
+                        change_column=r.change_column,
+                        value=r.value,
+                        run_id=run_id,
+                        committed_at=now,
+                    )
+                )
+            conn.execute(pending_watermark_table.delete().where(p.run_id == run_id))
+        for pending in (self.var_dir / "state" / "keys").glob(f"*/pending/run={run_id}"):
+            department = pending.parent.parent.name
+            for proposed in pending.glob("*.parquet"):
+                os.replace(proposed, key_set_path(self.var_dir, department, proposed.stem))
+            shutil.rmtree(pending, ignore_errors=True)
+        return len(rows)
+
+    # --- ledger --------------------------------------------------------------------------------
+
+    def record(self, entries: list[LedgerEntry]) -> None:
+        """Write ledger rows, replacing earlier rows of the same run, department and table.
+
+        >>> state.record([LedgerEntry("2026-07-01", "renshe", "insured_person", "full", 596,
+        ...               None, "2026-06-30 23:51:07", started, 0.4, "ok")])
+        """
+        lg = ledger_table.c
+        with self.engine.begin() as conn:
+            for e in entries:
+                conn.execute(
+                    ledger_table.delete().where(
+                        lg.run_id == e.run_id,
+                        lg.department == e.department,
+                        lg.table_name == e.table_name,
+                    )
+                )
+                conn.execute(ledger_table.insert().values(**asdict(e)))
+
+    def ledger(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Ledger rows (of one run, or all), oldest first.
+
+        >>> {r["status"] for r in state.ledger("2026-07-01")}
+        {'ok'}
+        """
+        lg = ledger_table.c
+        query = sa.select(ledger_table).order_by(lg.started_at, lg.department, lg.table_name)
+        if run_id is not None:
+            query = query.where(lg.run_id == run_id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    # --- schema snapshots ----------------------------------------------------------------------
+
+    def schema_snapshot(self, department: str, table: str) -> dict[str, str]:
+        """Column → type text as of the last successful extraction (empty before the first).
+
+        >>> state.schema_snapshot("renshe", "insured_person")["last_modified"]
+        'DATETIME'
+        """
+        s = schema_snapshot_table.c
+        query = sa.select(s.column_name, s.type_text).where(
+            s.department == department, s.table_name == table
+        )
+        with self.engine.connect() as conn:
+            return {r.column_name: r.type_text for r in conn.execute(query)}
+
+    def save_schema_snapshot(
+        self, run_id: str, department: str, table: str, types: Mapping[str, str]
+    ) -> None:
+        """Replace a table's snapshot with ``types`` (column → type text) from run ``run_id``."""
+        s = schema_snapshot_table.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema_snapshot_table.delete().where(
+                    s.department == department, s.table_name == table
+                )
+            )
+            if types:
+                conn.execute(
+                    schema_snapshot_table.insert(),
+                    [
+                        {
+                            "department": department,
+                            "table_name": table,
+                            "column_name": column,
+                            "type_text": type_text,
+                            "run_id": run_id,
+                        }
+                        for column, type_text in types.items()
+                    ],
+                )
+
+    def forget_schema_snapshot(self, department: str, table: str) -> None:
+        """Accept a table's changed column types: the next extraction snapshots them afresh."""
+        s = schema_snapshot_table.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                schema_snapshot_table.delete().where(
+                    s.department == department, s.table_name == table
+                )
+            )
+
+
+def commit_watermarks(city: CityConfig, run_id: str) -> int:
+    """Move run ``run_id``'s watermarks and key sets into place once the night has published.
+
+    >>> commit_watermarks(city, "2026-07-01")
+    6
+    """
+    with RunState.for_city(city) as state:
+        return state.commit_watermarks(run_id)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,457 @@
+"""Extraction: raw Parquet per department, watermarks, deletions, drift and unreachable sources."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+import etl.extract as ex
+from etl.config import CityConfig, DepartmentConfig, load_city_config
+from etl.extract import DepartmentExtract, detect_deletions, extract_all, extract_department
+from etl.sample_city.generate import drop_database, generate_city, next_night, target_url
+from etl.state import RunState, commit_watermarks
+
+ROOT = Path(__file__).resolve().parents[1]
+CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
+
+
+@pytest.fixture
+def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty var folder for a sample city at ``<tmp>/city``, with no connections set."""
+    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
+    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
+    for code in CODES:
+        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
+        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
+    return tmp_path / "city"
+
+
+@pytest.fixture
+def city(out: Path) -> CityConfig:
+    generate_city(out, persons=600, enterprises=60, seed=1)
+    return load_city_config(ROOT / "config")
+
+
+def _by_code(results: list[DepartmentExtract]) -> dict[str, DepartmentExtract]:
+    return {r.department: r for r in results}
+
+
+def _raw(city: CityConfig, run_id: str, code: str) -> pa.Table:
+    table = city.department(code).tables[0].name
+    path = ex.raw_path(city.var_dir, run_id, code, table)
+    return pq.read_table(path).replace_schema_metadata(None).sort_by(ex.ROW_KEY)
+
+
+def _source_keys(out: Path, dept: DepartmentConfig) -> list[str]:
+    table = dept.tables[0]
+    key = table.primary_key[0]
+    with sqlite3.connect(out / "sources" / f"{dept.connection}.sqlite") as conn:
+        return [str(k) for (k,) in conn.execute(f'SELECT "{key}" FROM "{table.name}"')]
+
+
+def _truth_keys(out: Path, code: str, column: str, night: int) -> set[str]:
+    rows = pq.read_table(out / "truth" / "source_rows.parquet")
+    mask = pc.and_(pc.equal(rows["department"], code), pc.equal(rows[column], night))
+    return set(rows.filter(mask)["source_key"].to_pylist())
+
+
+def _point_at(monkeypatch: pytest.MonkeyPatch, city: CityConfig, base: str) -> None:
+    for dept in city.departments:
+        monkeypatch.setenv(f"GOVMDM_CONN_{dept.connection.upper()}", target_url(base, dept.code))
+
+
+def _server_base(server_url: str) -> str:
+    name = f"govmdm_test_{uuid.uuid4().hex[:10]}"
+    return sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[str]]:
+    """Bases handed to generate_city(targets=...); their six databases are dropped afterwards."""
+    bases: list[str] = []
+    yield bases
+    for base in bases:
+        for code in CODES:
+            drop_database(target_url(base, code))
+
+
+# --- SQLite: the embedded default -----------------------------------------------------------
+
+
+def test_full_extraction_matches_the_source_tables(city: CityConfig, out: Path) -> None:
+    results = _by_code(extract_all(city, "night-0"))
+    assert set(results) == set(CODES)
+    for dept in city.departments:
+        r = results[dept.code]
+        assert r.status == "ok", r.message
+        t = r.tables[0]
+        keys = _source_keys(out, dept)
+        raw = _raw(city, "night-0", dept.code)
+        assert t.mode == "full" and t.rows_read == len(keys) == raw.num_rows
+        assert sorted(raw[ex.ROW_KEY].to_pylist()) == sorted(keys)
+        assert raw.column_names == [ex.ROW_KEY, *dept.tables[0].source_columns]
+        assert all(f.type == pa.string() for f in raw.schema)
+        assert t.watermark_before is None and t.watermark_after is not None
+    assert (city.var_dir / "raw" / "run=night-0" / "settings.json").is_file()
+    with RunState.for_city(city) as state:
+        ledger = state.ledger("night-0")
+        assert {(r["department"], r["status"], r["mode"]) for r in ledger} == {
+            (code, "ok", "full") for code in CODES
+        }
+        # proposed, not committed: the night has not published yet
+        assert state.watermark("renshe", "insured_person") is None
+
+
+def test_values_are_kept_as_text_the_way_the_source_wrote_them(city: CityConfig) -> None:
+    extract_all(city, "night-0", departments=["renshe", "shichang", "weijian"])
+    renshe = _raw(city, "night-0", "renshe").to_pylist()[0]
+    assert dt.date.fromisoformat(renshe["birth_date"])
+    assert len(renshe["last_modified"]) == 19  # 'YYYY-MM-DD HH:MM:SS', no microseconds
+    capital = _raw(city, "night-0", "shichang")["zczb"].to_pylist()
+    assert all(c is None or Decimal(c).as_tuple().exponent == -4 for c in capital)
+    assert all(v.isdigit() for v in _raw(city, "night-0", "weijian")["UPDATE_TIME"].to_pylist())
+
+
+def test_second_night_reads_exactly_the_changed_rows_and_finds_deletions(
+    city: CityConfig, out: Path
+) -> None:
+    extract_all(city, "night-0")
+    assert commit_watermarks(city, "night-0") == len(CODES)
+    manifest = next_night(out)
+    results = _by_code(extract_all(city, "night-1"))
+    assert manifest["last_changes"]["minzheng"]["deleted"] > 0
+    for code, changes in manifest["last_changes"].items():
+        r = results[code]
+        t = r.tables[0]
+        assert r.status == "ok" and t.mode == "incremental", r.message
+        assert t.rows_read == changes["inserted"] + changes["updated"], code
+        read = set(_raw(city, "night-1", code)[ex.ROW_KEY].to_pylist())
+        assert _truth_keys(out, code, "created_night", 1) <= read
+        gone = set(pq.read_table(t.deleted_path)[ex.ROW_KEY].to_pylist())
+        assert gone == _truth_keys(out, code, "deleted_night", 1)
+        assert t.rows_deleted == len(gone) == changes["deleted"]
+    minzheng = city.department("minzheng")
+    assert set(detect_deletions(city, minzheng, "night-1")["社会救助对象"]) == _truth_keys(
+        out, "minzheng", "deleted_night", 1
+    )
+
+
+def test_an_uncommitted_night_reads_the_same_rows_again(city: CityConfig, out: Path) -> None:
+    extract_all(city, "night-0")
+    commit_watermarks(city, "night-0")
+    next_night(out)
+    first = _by_code(extract_all(city, "night-1"))
+    # the night failed before publishing: nothing committed, so a rerun starts from night 0
+    again = _by_code(extract_all(city, "night-1"))
+    other = _by_code(extract_all(city, "night-1-retry"))
+    assert sum(r.rows_read for r in first.values()) > 0
+    for code in CODES:
+        assert again[code].tables[0].rows_read == first[code].tables[0].rows_read
+        assert _raw(city, "night-1", code).equals(_raw(city, "night-1-retry", code))
+        assert other[code].tables[0].rows_deleted == first[code].tables[0].rows_deleted
+    commit_watermarks(city, "night-1-retry")
+    quiet = _by_code(extract_all(city, "night-1-after"))
+    for code in CODES:
+        t = quiet[code].tables[0]
+        assert (t.rows_read, t.rows_deleted) == (0, 0), code
+        assert t.watermark_after == t.watermark_before == other[code].tables[0].watermark_after
+
+
+def test_full_rerun_and_less_frequent_deletion_scans(city: CityConfig, out: Path) -> None:
+    extract_all(city, "night-0")
+    commit_watermarks(city, "night-0")
+    again = _by_code(extract_all(city, "night-0-full", full=True))
+    assert {r.tables[0].mode for r in again.values()} == {"full"}
+    next_night(out)
+    one = _by_code(extract_all(city, "night-1", deletion_scan_every_nights=2))
+    assert one["minzheng"].tables[0].rows_deleted is None  # no key scan tonight
+    commit_watermarks(city, "night-1")
+    next_night(out)
+    two = _by_code(extract_all(city, "night-2", deletion_scan_every_nights=2))
+    gone = pq.read_table(two["minzheng"].tables[0].deleted_path)[ex.ROW_KEY].to_pylist()
+    expected = _truth_keys(out, "minzheng", "deleted_night", 1) | _truth_keys(
+        out, "minzheng", "deleted_night", 2
+    )
+    assert set(gone) == expected and expected
+
+
+def test_a_renamed_column_is_drift_for_that_department_only(city: CityConfig, out: Path) -> None:
+    with sqlite3.connect(out / "sources" / "renshe.sqlite") as conn:
+        conn.execute("ALTER TABLE insured_person RENAME COLUMN id_no TO id_card")
+    results = _by_code(extract_all(city, "night-0"))
+    renshe = results.pop("renshe")
+    assert renshe.status == "drift"
+    assert renshe.message is not None
+    for needle in (
+        "insured_person",
+        "'id_no'",
+        "tables[0].columns.id_no",
+        "renshe.yaml",
+        "id_card",
+    ):
+        assert needle in renshe.message, needle
+    assert all(r.status == "ok" for r in results.values())
+    assert not ex.raw_dir(city.var_dir, "night-0", "renshe").exists()
+    with RunState.for_city(city) as state:
+        ledger = {r["department"]: r for r in state.ledger("night-0")}
+        assert ledger["renshe"]["status"] == "drift" and "id_no" in ledger["renshe"]["message"]
+        assert set(ledger) == set(CODES)
+
+
+def test_a_changed_column_type_is_drift_until_accepted(city: CityConfig, out: Path) -> None:
+    extract_all(city, "night-0")
+    commit_watermarks(city, "night-0")
+    with sqlite3.connect(out / "sources" / "shuiwu.sqlite") as conn:
+        for statement in (
+            'ALTER TABLE "纳税人登记信息" ADD COLUMN tmp INTEGER',
+            'UPDATE "纳税人登记信息" SET tmp = CAST("登记序号" AS INTEGER)',
+            'ALTER TABLE "纳税人登记信息" DROP COLUMN "登记日期"',
+            'ALTER TABLE "纳税人登记信息" RENAME COLUMN tmp TO "登记日期"',
+        ):
+            conn.execute(statement)
+    shuiwu = city.department("shuiwu")
+    result = extract_department(city, shuiwu, "night-1")
+    assert result.status == "drift"
+    assert result.message is not None
+    assert "'登记日期'" in result.message and "tables[0].columns.登记日期" in result.message
+    assert "VARCHAR(10) (string)" in result.message and "INTEGER (integer)" in result.message
+    with RunState.for_city(city) as state:
+        state.forget_schema_snapshot("shuiwu", "纳税人登记信息")
+    assert extract_department(city, shuiwu, "night-1").status == "ok"
+
+
+def test_a_wrong_change_kind_is_drift(city: CityConfig) -> None:
+    weijian = city.department("weijian")
+    table = weijian.tables[0].model_copy(update={"change_kind": "string"})
+    dept = weijian.model_copy(update={"tables": [table]})
+    result = extract_department(city, dept, "night-0")
+    assert result.status == "drift"
+    assert result.message is not None and "tables[0].change_kind" in result.message
+
+
+def test_an_unreachable_source_is_retried_then_flagged(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOVMDM_CONN_GONGAN", "postgresql+psycopg://reader:s3cret@127.0.0.1:1/rk")
+    waits: list[float] = []
+    monkeypatch.setattr(ex.time, "sleep", waits.append)
+    results = _by_code(extract_all(city, "night-0", retries=2, backoff_s=0.01))
+    gongan = results.pop("gongan")
+    assert gongan.status == "unreachable" and gongan.attempts == 3
+    assert waits == [0.01, 0.02]
+    assert gongan.message is not None
+    assert "GOVMDM_CONN_GONGAN" in gongan.message and "127.0.0.1:1" in gongan.message
+    assert "s3cret" not in gongan.message
+    assert all(r.status == "ok" for r in results.values())
+    with RunState.for_city(city) as state:
+        statuses = {(r["department"], r["table_name"]): r["status"] for r in state.ledger()}
+    assert statuses[("gongan", "t_rk_jbxx")] == "unreachable"
+    assert len(statuses) == len(CODES)
+
+
+def test_an_unconfigured_connection_fails_that_department(city: CityConfig, out: Path) -> None:
+    (out / "sources" / "weijian.sqlite").unlink()
+    result = extract_department(city, city.department("weijian"), "night-0")
+    assert result.status == "failed"
+    assert result.message is not None and "GOVMDM_CONN_WEIJIAN" in result.message
+
+
+def test_a_missing_driver_fails_that_department(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOVMDM_CONN_SHUIWU", "postgresql+nosuchdriver://reader@db/tax")
+    result = extract_department(city, city.department("shuiwu"), "night-0")
+    assert result.status == "failed"
+    assert result.message is not None and "postgresql+psycopg" in result.message
+
+
+class _FakeCopy:
+    def __init__(self, rows: list[bytes]) -> None:
+        self.rows = list(rows)
+
+    def read(self) -> bytes:
+        return self.rows.pop(0) if self.rows else b""
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
+def test_copy_stream_hands_over_every_byte_in_order(size: int) -> None:
+    rows = [f'"{i}","{"x" * (i % 11)}"\n'.encode() for i in range(200)]
+    stream = ex._CopyStream(_FakeCopy(rows))
+    assert not stream.empty()
+    pieces = []
+    while piece := stream.read(size):
+        assert len(piece) <= size
+        pieces.append(piece)
+    assert b"".join(pieces) == b"".join(rows)
+    assert ex._CopyStream(_FakeCopy([])).empty()
+
+
+def test_sqlite_sources_are_opened_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "源 数据.sqlite"
+    sqlite3.connect(path).execute("CREATE TABLE t (x INTEGER)").connection.close()
+    engine = sa.create_engine(ex._read_only_url(f"sqlite:///{path}"))
+    with engine.connect() as conn, pytest.raises(sa.exc.OperationalError, match="readonly"):
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    engine.dispose()
+
+
+def test_composite_keys_are_joined() -> None:
+    batch = pa.record_batch([pa.array(["a", "b"]), pa.array(["1", "2"])], names=["k1", "k2"])
+    keyed = ex._with_row_key(batch, ["k1", "k2"])
+    assert keyed.column(ex.ROW_KEY).to_pylist() == ["a|1", "b|2"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (dt.datetime(2026, 7, 1, 12, 0), "2026-07-01 12:00:00"),
+        (dt.datetime(2026, 7, 1, 12, 0, 0, 500000), "2026-07-01 12:00:00.5"),
+        (dt.datetime(2026, 7, 1, 20, 0, tzinfo=dt.timezone(dt.timedelta(hours=8))),
+         "2026-07-01 12:00:00+00"),
+        (dt.date(1985, 3, 7), "1985-03-07"),
+        (Decimal("0E-4"), "0.0000"),
+        (Decimal("100.0000"), "100.0000"),
+        (100.0, "100"),
+        (1e15, "1e+15"),
+        (1.5e-7, "1.5e-07"),
+        (float("-inf"), "-Infinity"),
+        (True, "true"),
+        (b"\x00\xff", "\\x00ff"),
+        (None, None),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_values_render_as_postgresql_prints_them(value: Any, text: str | None) -> None:
+    assert ex._text(value) == text
+
+
+# --- real servers -------------------------------------------------------------------------------
+
+
+def test_postgres_copy_and_sqlalchemy_paths_match_sqlite(
+    out: Path, pg_server_url: str, servers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _server_base(pg_server_url)
+    servers.append(base)
+    generate_city(out, persons=500, enterprises=60, seed=4, targets=[base])
+    city = load_city_config(ROOT / "config")
+    extract_all(city, "sqlite")
+    _point_at(monkeypatch, city, base)
+    read_only: list[str] = []
+    begin = ex._begin_read_only
+
+    def spy(conn: sa.Connection) -> None:
+        begin(conn)
+        read_only.append(conn.exec_driver_sql("SHOW transaction_read_only").scalar_one())
+
+    monkeypatch.setattr(ex, "_begin_read_only", spy)
+    copied = _by_code(extract_all(city, "pg-copy"))
+    assert read_only == ["on"] * len(CODES)
+    for dept in city.departments:
+        generic = extract_department(city, dept, "pg-sqlalchemy", fast_path=False)
+        assert copied[dept.code].status == generic.status == "ok"
+        assert copied[dept.code].tables[0].watermark_after == generic.tables[0].watermark_after
+        expected = _raw(city, "sqlite", dept.code)
+        assert _raw(city, "pg-copy", dept.code).equals(expected), dept.code
+        assert _raw(city, "pg-sqlalchemy", dept.code).equals(expected), dept.code
+    # the incremental night through COPY: watermarks bound as timestamp, text and integer
+    commit_watermarks(city, "pg-copy")
+    manifest = next_night(out, targets=[base])
+    night = _by_code(extract_all(city, "pg-night-1"))
+    for code, changes in manifest["last_changes"].items():
+        t = night[code].tables[0]
+        assert (t.mode, t.rows_read) == ("incremental", changes["inserted"] + changes["updated"])
+        assert t.rows_deleted == changes["deleted"]
+
+
+def test_mariadb_gives_the_same_raw_parquet_as_sqlite(
+    out: Path, mariadb_server_url: str, servers: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _server_base(mariadb_server_url)
+    servers.append(base)
+    generate_city(out, persons=500, enterprises=60, seed=4, targets=[base])
+    city = load_city_config(ROOT / "config")
+    extract_all(city, "sqlite")
+    _point_at(monkeypatch, city, base)
+    results = _by_code(extract_all(city, "mariadb"))
+    for dept in city.departments:
+        assert results[dept.code].status == "ok", results[dept.code].message
+        assert _raw(city, "mariadb", dept.code).equals(_raw(city, "sqlite", dept.code)), dept.code
+    commit_watermarks(city, "mariadb")
+    manifest = next_night(out, targets=[base])
+    night = _by_code(extract_all(city, "mariadb-night-1"))
+    for code, changes in manifest["last_changes"].items():
+        assert night[code].tables[0].rows_read == changes["inserted"] + changes["updated"]
+
+
+def test_postgres_edge_values_survive_copy(
+    out: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = sa.create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            'CREATE TABLE "Edge 表" (id integer, part text, changed timestamptz, amount numeric,'
+            " ratio float8, flag boolean, born date, note text, blob bytea,"
+            " PRIMARY KEY (id, part))"
+        )
+        conn.exec_driver_sql(
+            """INSERT INTO "Edge 表" VALUES
+            (1, 'a', '2026-07-01 20:00:00.25+08', 0.00001, 100.0, true, '2000-02-29',
+             'line one' || chr(10) || 'line "two", three', '\\x00ff'),
+            (2, 'b', '2026-07-01 12:00:00+00', 12345678901234.5678, 1e20, false, NULL, '', NULL),
+            (3, 'c', NULL, NULL, NULL, NULL, NULL, NULL, NULL)"""
+        )
+    engine.dispose()
+    monkeypatch.setenv("GOVMDM_CONN_EDGE", pg_database)
+    extras = ("amount", "ratio", "flag", "born", "note", "blob")
+    dept = DepartmentConfig.model_validate(
+        {
+            "code": "edge", "name": "测试局", "connection": "edge", "update_frequency": "daily",
+            "contact": {"name": "测试", "email": "test@example.gov.cn"},
+            "tables": [{
+                "name": "Edge 表", "entity": "person", "primary_key": ["id", "part"],
+                "change_column": "changed", "change_kind": "timestamp",
+                "columns": {c: {"extra": c} for c in extras},
+            }],
+        }
+    )  # fmt: skip
+    city = load_city_config(ROOT / "config")
+    fast = extract_department(city, dept, "copy")
+    slow = extract_department(city, dept, "sqlalchemy", fast_path=False)
+    assert fast.status == slow.status == "ok", (fast.message, slow.message)
+    a, b = _raw_edge(city, "copy"), _raw_edge(city, "sqlalchemy")
+    assert a.equals(b), (a.to_pylist(), b.to_pylist())
+    rows = {r["_row_key"]: r for r in a.to_pylist()}
+    assert rows["1|a"]["note"] == 'line one\nline "two", three'
+    assert rows["1|a"]["changed"] == "2026-07-01 12:00:00.25+00"
+    assert (rows["1|a"]["amount"], rows["1|a"]["ratio"]) == ("0.00001", "100")
+    assert (rows["1|a"]["flag"], rows["1|a"]["blob"]) == ("true", "\\x00ff")
+    assert rows["2|b"]["note"] == "" and rows["3|c"]["note"] is None
+    assert rows["2|b"]["amount"] == "12345678901234.5678" and rows["2|b"]["ratio"] == "1e+20"
+    assert fast.tables[0].watermark_after == "2026-07-01 12:00:00.25+00"
+
+
+def _raw_edge(city: CityConfig, run_id: str) -> pa.Table:
+    path = ex.raw_path(city.var_dir, run_id, "edge", "Edge 表")
+    return pq.read_table(path).replace_schema_metadata(None).sort_by(ex.ROW_KEY)
+
+
+def test_ledger_rows_carry_what_the_night_did(city: CityConfig) -> None:
+    extract_all(city, "night-0", departments=["minzheng"])
+    with RunState.for_city(city) as state:
+        (row,) = state.ledger("night-0")
+    assert row["rows_read"] > 0 and row["rows_deleted"] == 0 and row["duration_s"] >= 0
+    assert row["parquet_path"].endswith("社会救助对象.parquet")
+    assert json.loads(pq.read_schema(row["parquet_path"]).metadata[b"govmdm"])["mode"] == "full"
