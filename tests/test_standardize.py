@@ -1,0 +1,149 @@
+"""Standardization of the sample city: counts reconcile and planted dirt is found exactly."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from etl.config import CityConfig, load_city_config
+from etl.extract import extract_all
+from etl.sample_city.generate import generate_city
+from etl.standardize import canonical_dir, standardize_all, standardize_row
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = "2026-07-01"
+AS_OF = dt.date(2026, 7, 1)
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> tuple[CityConfig, Path]:
+    tmp = tmp_path_factory.mktemp("std")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GOVMDM_VAR", str(tmp))
+    for d in ("GONGAN", "RENSHE", "MINZHENG", "WEIJIAN", "SHICHANG", "SHUIWU"):
+        mp.delenv(f"AIRFLOW_CONN_{d}", raising=False)
+        mp.delenv(f"GOVMDM_CONN_{d}", raising=False)
+    generate_city(tmp / "city", persons=1500, enterprises=250, seed=21)
+    city = load_city_config(ROOT / "config")
+    assert all(r.status == "ok" for r in extract_all(city, RUN))
+    results = standardize_all(city, RUN, as_of=AS_OF)
+    assert all(r.status == "ok" and r.reconciled for r in results), results
+    yield city, tmp / "city"
+    mp.undo()
+
+
+def canonical(city: CityConfig, dept: str, entity: str) -> pd.DataFrame:
+    return pd.read_parquet(canonical_dir(city.var_dir, RUN, dept) / f"{entity}.parquet")
+
+
+def truth(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(out / "truth" / f"{name}.parquet")
+
+
+def with_truth(df: pd.DataFrame, out: Path, dept: str) -> pd.DataFrame:
+    rows = truth(out, "source_rows")
+    rows = rows[rows.department == dept][["source_key", "entity_id"]]
+    return df.merge(rows, on="source_key", how="left", validate="one_to_one")
+
+
+def dirt_keys(out: Path, dept: str, kind: str) -> set[str]:
+    d = truth(out, "dirt")
+    return set(d[(d.department == dept) & (d.kind == kind)].source_key)
+
+
+def keys_with(df: pd.DataFrame, code: str) -> set[str]:
+    return set(df[df.reasons.map(lambda r: code in list(r))].source_key)
+
+
+def test_every_source_row_is_accounted_for(night: tuple[CityConfig, Path]) -> None:
+    city, out = night
+    rows = truth(out, "source_rows")
+    for dept in city.departments:
+        entity = dept.tables[0].entity
+        got = canonical(city, dept.code, entity)
+        rejects = pd.read_parquet(canonical_dir(city.var_dir, RUN, dept.code) / "rejects.parquet")
+        keys = set(got.source_key) | set(rejects.source_key)
+        assert keys == set(rows[rows.department == dept.code].source_key), dept.code
+        assert got.source_key.is_unique
+
+
+def test_bad_check_digits_found_exactly(night: tuple[CityConfig, Path]) -> None:
+    city, out = night
+    df = canonical(city, "weijian", "person")
+    assert keys_with(df, "id_number:id_bad_check_digit") == dirt_keys(
+        out, "weijian", "bad_check_digit"
+    )
+    assert (
+        df[df.source_key.isin(dirt_keys(out, "weijian", "bad_check_digit"))].id_number.isna().all()
+    )
+
+
+def test_legacy_ids_upgraded_to_the_true_number(night: tuple[CityConfig, Path]) -> None:
+    city, out = night
+    df = with_truth(canonical(city, "renshe", "person"), out, "renshe")
+    legacy = dirt_keys(out, "renshe", "legacy_15_digit_id")
+    assert keys_with(df, "id_number:id_upgraded_15_to_18") == legacy and legacy
+    persons = truth(out, "persons").set_index("person_id")
+    assert (df.id_number.values == persons.loc[df.entity_id, "id_number"].values).all()
+
+
+def test_names_back_to_simplified_and_true(night: tuple[CityConfig, Path]) -> None:
+    city, out = night
+    persons = truth(out, "persons").set_index("person_id")
+    df = with_truth(canonical(city, "minzheng", "person"), out, "minzheng")
+    trad = df[df.source_key.isin(dirt_keys(out, "minzheng", "traditional_chinese"))]
+    assert len(trad) > 0
+    assert (trad.name.values == persons.loc[trad.entity_id, "name"].values).all()
+    assert trad.raw_name.ne(trad.name).all()
+
+
+def test_dates_in_every_form_parse_to_the_truth(night: tuple[CityConfig, Path]) -> None:
+    city, out = night
+    persons = truth(out, "persons").set_index("person_id")
+    swapped = dirt_keys(out, "weijian", "day_month_swapped")
+    for dept in ("gongan", "renshe", "minzheng", "weijian"):
+        df = with_truth(canonical(city, dept, "person"), out, dept)
+        df = df[~df.source_key.isin(swapped)]
+        true = pd.to_datetime(persons.loc[df.entity_id, "birth_date"]).dt.date.values
+        assert (df.birth_date.values == true).all(), dept
+    df = canonical(city, "weijian", "person")
+    serial = df[df.source_key.isin(dirt_keys(out, "weijian", "excel_serial_date"))]
+    assert len(serial) > 0 and serial.birth_date.notna().all()
+
+
+def test_enterprise_codes_and_name_keys(night: tuple[CityConfig, Path]) -> None:
+    city, out = night
+    firms = truth(out, "enterprises").set_index("enterprise_id")
+    sc = with_truth(canonical(city, "shichang", "enterprise"), out, "shichang")
+    assert (sc.uscc.values == firms.loc[sc.entity_id, "uscc"].values).all()
+    sw = with_truth(canonical(city, "shuiwu", "enterprise"), out, "shuiwu")
+    key_of = dict(zip(sc.entity_id, sc.name_key, strict=True))
+    branch_of = dict(zip(sc.entity_id, sc.branch, strict=True))
+    # every name variant of the tax office gets the registry's comparison key and branch
+    assert (sw.name_key.values == [key_of[e] for e in sw.entity_id]).all()
+    assert (sw.branch.fillna("").values == [branch_of[e] or "" for e in sw.entity_id]).all()
+    legacy = sw[sw.source_key.isin(dirt_keys(out, "shuiwu", "legacy_registration_number"))]
+    assert (
+        len(legacy) > 0
+        and (legacy.reg_no.values == firms.loc[legacy.entity_id, "reg_no"].values).all()
+    )
+    damaged = dirt_keys(out, "shuiwu", "excel_damaged_code")
+    assert keys_with(sw, "uscc:uscc_excel_damaged") == damaged
+
+
+def test_unusable_row_is_rejected_with_reasons(night: tuple[CityConfig, Path]) -> None:
+    city, _ = night
+    table = city.department("weijian").tables[0]
+    row = {"PATIENT_ID": "X1", "PATIENT_NAME": "１２３", "ID_CARD_NO": "350102199001011235",
+           "SEX_CODE": "M", "BIRTH_DAY": None, "TEL": None, "HOME_ADDR": None,
+           "ORG_NAME": "福州市第一医院", "UPDATE_TIME": "1750000000"}  # fmt: skip
+    from etl.standardize import _Context
+
+    out, reasons, usable = standardize_row("person", table, row, _Context("350100", AS_OF))
+    assert not usable
+    assert "id_number:id_bad_check_digit" in reasons and "name:name_invalid_chars" in reasons
+    assert out["raw_id_number"] == "350102199001011235" and out["id_number"] is None
+    assert out["updated_at"] == dt.datetime(2025, 6, 15, 23, 6, 40)
