@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +23,8 @@ config_app = typer.Typer(
     help="Inspect and validate the configuration in config/.", no_args_is_help=True
 )
 app.add_typer(config_app, name="config")
-console = Console()
+# Piped or logged output (make demo in CI, Airflow logs) gets room for the summary tables.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfigDir = Annotated[
     Path, typer.Option("--config", help="Configuration folder.", show_default=True)
@@ -181,6 +183,130 @@ def _probe_sources(city: Any) -> None:
         raise typer.Exit(1)
 
 
+RunId = Annotated[
+    str | None,
+    typer.Option(
+        "--run-id",
+        help="The night's ID (default: today's date in the city's time zone). Rerunning a night "
+        "with the same ID replaces its output.",
+    ),
+]
+Departments = Annotated[
+    list[str] | None,
+    typer.Option("--department", "-d", help="Only this department (repeatable)."),
+]
+
+
+def _load(config: Path) -> Any:
+    from etl.config import ConfigError, load_city_config
+
+    try:
+        return load_city_config(config)
+    except ConfigError as exc:
+        console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _run_id(city: Any, run_id: str | None) -> str:
+    if run_id:
+        return run_id
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(city.timezone)).date().isoformat()
+
+
+def _check_departments(city: Any, departments: list[str] | None) -> None:
+    known = [d.code for d in city.departments]
+    unknown = [d for d in departments or [] if d not in known]
+    if unknown:
+        console.print(
+            f"[red]Unknown department {', '.join(unknown)}; configured: {', '.join(known)}"
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
+def extract(
+    config: ConfigDir = Path("config"),
+    run_id: RunId = None,
+    department: Departments = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Full snapshot instead of rows past the watermark.")
+    ] = False,
+) -> None:
+    """Extract each department's tables, read-only and in chunks, into raw Parquet.
+
+    Incremental by each table's change column; the first night (or --full) takes everything.
+    A department whose schema drifted or whose database cannot be reached is flagged, and the
+    others go on. Exit code 1 if any department was flagged.
+    """
+    from etl.extract import extract_all
+
+    city = _load(config)
+    _check_departments(city, department)
+    rid = _run_id(city, run_id)
+    with console.status(f"Extracting run {rid}…"):
+        results = extract_all(city, rid, departments=department, full=full)
+    table = Table(title=f"Extraction, run {rid}", title_justify="left")
+    for col in ("department", "table", "mode", "rows", "deleted", "watermark", "s", "status"):
+        table.add_column(col, justify="right" if col in ("rows", "deleted", "s") else "left")
+    for r in results:
+        for t in r.tables:
+            style = "green" if t.status == "ok" else "red"
+            table.add_row(
+                r.department, t.table, t.mode, f"{t.rows_read:,}",
+                "—" if t.rows_deleted is None else f"{t.rows_deleted:,}",
+                t.watermark_after or "—", f"{t.duration_s:.1f}", f"[{style}]{t.status}",
+            )  # fmt: skip
+    console.print(table)
+    for r in results:
+        if r.message:
+            console.print(f"[red]{r.department}[/red]: {r.message}", highlight=False)
+    console.print(f"Raw Parquet: {city.var_dir / 'raw' / f'run={rid}'}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def standardize(
+    config: ConfigDir = Path("config"),
+    run_id: RunId = None,
+    department: Departments = None,
+) -> None:
+    """Standardize a run's raw rows into canonical person and enterprise rows.
+
+    Every row lands either in the canonical table or in the rejects table with its reasons;
+    a department whose counts do not reconcile fails (exit code 1), the others go on.
+    """
+    from etl.standardize import standardize_all
+
+    city = _load(config)
+    _check_departments(city, department)
+    rid = _run_id(city, run_id)
+    with console.status(f"Standardizing run {rid}…"):
+        results = standardize_all(city, rid, departments=department)
+    table = Table(title=f"Standardization, run {rid}", title_justify="left")
+    for col in ("department", "read", "standardized", "rejected", "top field reasons", "status"):
+        table.add_column(
+            col, justify="right" if col in ("read", "standardized", "rejected") else "left"
+        )
+    for r in results:
+        top = ", ".join(f"{code} {n:,}" for code, n in r.field_reasons.most_common(3)) or "—"
+        style = {"ok": "green", "skipped": "yellow"}.get(r.status, "red")
+        table.add_row(
+            r.department, f"{r.rows_read:,}", f"{r.standardized:,}", f"{r.rejected:,}", top,
+            f"[{style}]{r.status}",
+        )  # fmt: skip
+    console.print(table)
+    for r in results:
+        if r.message:
+            console.print(f"[yellow]{r.department}[/yellow]: {r.message}", highlight=False)
+    console.print(f"Canonical Parquet: {city.var_dir / 'canonical' / f'run={rid}'}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     fresh: Annotated[
@@ -194,9 +320,11 @@ def demo(
 
     The first run generates the sample city; each later run applies the next night's changes.
     """
-    from etl.config import load_city_config
+    import json
 
-    city = load_city_config(config)
+    from etl.state import commit_watermarks
+
+    city = _load(config)
     out = city.var_dir / "city"
     console.rule("[bold]govmdm demo")
     config_check(config, connect=False)
@@ -205,9 +333,21 @@ def demo(
     else:
         sample(out=out, next_night=True, target=None)
     _probe_sources(city)
+    night = json.loads((out / "city.json").read_text())
+    rid = night["as_of"]  # the sample city's night: reruns of the same night replace its output
+    console.rule(f"[bold]night {rid}: extract")
+    try:
+        extract(config=config, run_id=rid, department=None, full=False)
+    except typer.Exit:
+        console.print("[yellow]Some departments were flagged; the night goes on without them.")
+    console.rule(f"[bold]night {rid}: standardize")
+    standardize(config=config, run_id=rid, department=None)
+    # Until the golden tables publish (issue 4), a standardized night is the point of success.
+    moved = commit_watermarks(city, rid)
+    console.print(f"Watermarks committed for {moved} tables; the next `make demo` is incremental.")
     console.print(
-        "Coming in later issues: extract, standardize, link, golden tables, quality reports, and "
-        "the night run by Airflow."
+        "Coming in later issues: link, golden tables, quality reports, and the night run by "
+        "Airflow."
     )
 
 
