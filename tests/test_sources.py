@@ -76,3 +76,24 @@ def test_cli_config_check_connect_exit_codes(city: CityConfig, tmp_path: Path) -
         conn.execute('ALTER TABLE "PATIENT_INFO" DROP COLUMN "TEL"')
     bad = runner.invoke(app, ["config", "check", "--connect", "--config", str(ROOT / "config")])
     assert bad.exit_code == 1 and "TEL" in bad.output
+
+
+def test_cli_extract_then_standardize(city: CityConfig, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["--config", str(ROOT / "config"), "--run-id", "2026-06-30"]
+    extracted = runner.invoke(app, ["extract", *args])
+    assert extracted.exit_code == 0, extracted.output
+    assert "full" in extracted.output and "t_rk_jbxx" in extracted.output
+    done = runner.invoke(app, ["standardize", *args])
+    assert done.exit_code == 0, done.output
+    assert (
+        tmp_path / "canonical" / "run=2026-06-30" / "department=gongan" / "person.parquet"
+    ).exists()
+    # a renamed column flags that department (exit 1) and names it; the others are extracted
+    with sqlite3.connect(tmp_path / "city" / "sources" / "renshe.sqlite") as conn:
+        conn.execute("ALTER TABLE insured_person RENAME COLUMN mobile TO phone")
+    flagged = runner.invoke(app, ["extract", "--config", str(ROOT / "config"), "--run-id", "n2"])
+    assert flagged.exit_code == 1 and "mobile" in flagged.output
+    assert "drift" in flagged.output
+    unknown = runner.invoke(app, ["extract", "-d", "nosuch", "--config", str(ROOT / "config")])
+    assert unknown.exit_code == 2 and "Unknown department nosuch" in unknown.output
