@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -147,3 +148,49 @@ def test_unusable_row_is_rejected_with_reasons(night: tuple[CityConfig, Path]) -
     assert "id_number:id_bad_check_digit" in reasons and "name:name_invalid_chars" in reasons
     assert out["raw_id_number"] == "350102199001011235" and out["id_number"] is None
     assert out["updated_at"] == dt.datetime(2025, 6, 15, 23, 6, 40)
+
+
+def _sorted_without_run(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path).drop(columns="run_id")
+    return df.sort_values("source_key").reset_index(drop=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", ["pg_server_url", "mariadb_server_url"])
+def test_same_canonical_rows_from_sqlite_postgres_and_mariadb(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from etl.sample_city.generate import drop_database, target_url
+
+    base = (
+        make_url(request.getfixturevalue(server))
+        .set(database=f"govmdm_test_{uuid.uuid4().hex[:10]}")
+        .render_as_string(hide_password=False)
+    )
+    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
+    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
+    try:
+        generate_city(tmp_path / "city", persons=400, enterprises=50, seed=8, targets=[base])
+        city = load_city_config(ROOT / "config")
+        for d in city.departments:
+            monkeypatch.delenv(f"AIRFLOW_CONN_{d.connection.upper()}", raising=False)
+            monkeypatch.delenv(f"GOVMDM_CONN_{d.connection.upper()}", raising=False)
+        assert all(r.ok for r in extract_all(city, "embedded"))
+        for d in city.departments:
+            monkeypatch.setenv(f"GOVMDM_CONN_{d.connection.upper()}", target_url(base, d.code))
+        assert all(r.ok for r in extract_all(city, "server"))
+        for run in ("embedded", "server"):
+            assert all(r.status == "ok" for r in standardize_all(city, run, as_of=AS_OF))
+        for d in city.departments:
+            folder = {
+                run: canonical_dir(city.var_dir, run, d.code) for run in ("embedded", "server")
+            }
+            for name in (f"{d.tables[0].entity}.parquet", "rejects.parquet"):
+                local, remote = (_sorted_without_run(folder[run] / name) for run in folder)
+                pd.testing.assert_frame_equal(local, remote, obj=f"{d.code}/{name}")
+                assert name == "rejects.parquet" or len(local) > 0
+    finally:
+        for code in ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu"):
+            drop_database(target_url(base, code))
