@@ -246,8 +246,13 @@ def extract(
     city = _load(config)
     _check_departments(city, department)
     rid = _run_id(city, run_id)
-    with console.status(f"Extracting run {rid}…"):
-        results = extract_all(city, rid, departments=department, full=full)
+    chosen = department or [d.code for d in city.departments]
+    with _progress() as bar:
+        task = bar.add_task("departments", total=len(chosen))
+        results = extract_all(
+            city, rid, departments=department, full=full,
+            progress=lambda r: bar.advance(task, 1),
+        )  # fmt: skip
     table = Table(title=f"Extraction, run {rid}", title_justify="left")
     for col in ("department", "table", "mode", "rows", "deleted", "watermark", "s", "status"):
         table.add_column(col, justify="right" if col in ("rows", "deleted", "s") else "left")
@@ -268,6 +273,15 @@ def extract(
         raise typer.Exit(1)
 
 
+def _raw_rows(city: Any, run_id: str, department: str, table: str) -> int:
+    import pyarrow.parquet as pq
+
+    from etl.extract import raw_path
+
+    path = raw_path(city.var_dir, run_id, department, table)
+    return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
+
+
 @app.command()
 def standardize(
     config: ConfigDir = Path("config"),
@@ -284,8 +298,16 @@ def standardize(
     city = _load(config)
     _check_departments(city, department)
     rid = _run_id(city, run_id)
-    with console.status(f"Standardizing run {rid}…"):
-        results = standardize_all(city, rid, departments=department)
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+        for d in city.departments:
+            if department is None or d.code in department:
+                total = sum(_raw_rows(city, rid, d.code, t.name) for t in d.tables)
+                tasks[d.code] = bar.add_task(d.code, total=total)
+        results = standardize_all(
+            city, rid, departments=department,
+            progress=lambda code, n: bar.advance(tasks[code], n),
+        )  # fmt: skip
     table = Table(title=f"Standardization, run {rid}", title_justify="left")
     for col in ("department", "read", "standardized", "rejected", "top field reasons", "status"):
         table.add_column(
