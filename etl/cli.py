@@ -309,15 +309,18 @@ def standardize(
             progress=lambda code, n: bar.advance(tasks[code], n),
         )  # fmt: skip
     table = Table(title=f"Standardization, run {rid}", title_justify="left")
-    for col in ("department", "read", "standardized", "rejected", "top field reasons", "status"):
+    cols = ("department", "read", "standardized", "rejected", "rejected by reason",
+            "top field reasons", "status")  # fmt: skip
+    for col in cols:
         table.add_column(
             col, justify="right" if col in ("read", "standardized", "rejected") else "left"
         )
     for r in results:
         top = ", ".join(f"{code} {n:,}" for code, n in r.field_reasons.most_common(3)) or "—"
+        why = ", ".join(f"{c} {n:,}" for c, n in r.reject_reasons.most_common(3)) or "—"
         style = {"ok": "green", "skipped": "yellow"}.get(r.status, "red")
         table.add_row(
-            r.department, f"{r.rows_read:,}", f"{r.standardized:,}", f"{r.rejected:,}", top,
+            r.department, f"{r.rows_read:,}", f"{r.standardized:,}", f"{r.rejected:,}", why, top,
             f"[{style}]{r.status}",
         )  # fmt: skip
     console.print(table)
