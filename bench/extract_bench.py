@@ -69,7 +69,7 @@ def child_copy(url: str, repeat: int) -> dict[str, Any]:
     select = sql.SQL("SELECT {} FROM {}").format(
         sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS), sql.Identifier("insured_person")
     )
-    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, FORCE_QUOTE *)").format(select)
+    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select)
     dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     before = _peak_mib()
     best, rows = float("inf"), 0

@@ -6,7 +6,8 @@ successful run (drift flags the department and nothing of it is read), then read
 and write ``<var_dir>/raw/run=<run_id>/department=<code>/<table>.parquet`` with every column as
 text plus ``_row_key`` (the primary key as text, composite keys joined with ``|``). Values are
 rendered the way PostgreSQL prints them, so the same data read from SQLite, PostgreSQL or MariaDB
-gives the same Parquet. PostgreSQL sources are read with ``COPY ... TO STDOUT``.
+gives the same Parquet. PostgreSQL sources are read with ``COPY ... TO STDOUT`` (CSV), cut into
+blocks of whole rows that Arrow parses while the next block is read.
 
 Watermarks and key sets are only proposed here; :func:`etl.state.commit_watermarks` moves them
 once the night has published. A department's own problems never raise: they come back as status
@@ -23,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import difflib
-import io
+import functools
 import json
 import logging
 import math
@@ -65,9 +66,9 @@ ROW_KEY = "_row_key"
 KEY_SEPARATOR = "|"
 CONNECT_TIMEOUT_S = 10
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
-_COPY_BLOCK_BYTES = 1 << 20  # CSV blocks: Arrow reads ahead several, so keep them small
+_COPY_BLOCK_BYTES = 16 << 20  # a COPY block ends at chunk_rows rows or this size
 _KEY_ROWS = 250_000  # keys are small: bigger row groups, still bounded
-_WRITE_QUEUE = 8  # batches waiting for the writer thread: bounds memory
+_WRITE_QUEUE = 3  # chunks waiting for the writer thread: bounds memory
 
 # Which live column types each change_kind can be compared in.
 _CHANGE_CLASSES = {
@@ -654,7 +655,7 @@ def _extract_table(
         "change_column": t.change_column,
     }
     keys_out = pending_key_set_path(city.var_dir, run_id, dept.code, t.name)
-    highest: Any = None
+    highest: list[Any] = [None]  # set on the writer thread, read after it has finished
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(_ParquetSink(path, schema, chunk_rows, meta))
         keys = None
@@ -663,27 +664,25 @@ def _extract_table(
                 _ParquetSink(keys_out, _schema([ROW_KEY]), _KEY_ROWS, {"nights_since_scan": 0})
             )
 
-        def write(batch: pa.RecordBatch) -> None:
-            sink.write(batch)
+        def write(chunk: _Chunk) -> None:
+            rows = _with_row_key(chunk(), t.primary_key)
+            highest[0] = _higher(highest[0], _batch_max(rows[t.change_column], t.change_kind))
+            sink.write(rows)
             if keys is not None:
-                keys.write(batch.select([ROW_KEY]))
+                keys.write(rows.select([ROW_KEY]))
 
         with _in_background(write) as put:
-            for batch in _read(conn, copy, t.name, columns, types, booleans, since, chunk_rows):
-                batch = _with_row_key(batch, t.primary_key)
-                change = batch.column(t.change_column)
-                highest = _higher(highest, _batch_max(change, t.change_kind))
-                put(batch)
+            for chunk in _read(conn, copy, t.name, columns, types, booleans, since, chunk_rows):
+                put(chunk)
     result.rows_read = sink.rows
     result.parquet_path = path
-    result.watermark_after = _watermark_text(highest) if highest is not None else plan.watermark
+    top = highest[0]
+    result.watermark_after = _watermark_text(top) if top is not None else plan.watermark
 
     if plan.scan_keys:
         pk = {c: types[c] for c in t.primary_key}
         scanned = _read(conn, copy, t.name, t.primary_key, pk, set(), None, chunk_rows)
-        _write_key_set(
-            keys_out, (_with_row_key(b, t.primary_key).column(ROW_KEY) for b in scanned), 0
-        )
+        _write_key_set(keys_out, (_with_row_key(c(), t.primary_key)[ROW_KEY] for c in scanned), 0)
     elif plan.mode == "incremental":  # no scan tonight: carry the key set forward
         committed = key_set_path(city.var_dir, dept.code, t.name)
         union = pa.concat_arrays(
@@ -697,7 +696,7 @@ def _extract_table(
         gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
         target = deleted_path(city.var_dir, run_id, dept.code, t.name)
         with _ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
-            sink.write(pa.record_batch([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
+            sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
         result.rows_deleted, result.deleted_path = len(gone), target
     result.duration_s = time.perf_counter() - start
     return result
@@ -745,6 +744,9 @@ def _schema(columns: Sequence[str]) -> pa.Schema:
     return pa.schema([pa.field(c, pa.string()) for c in columns])
 
 
+_Chunk = Callable[[], pa.Table]  # decoded on the writer thread
+
+
 def _read(
     conn: sa.Connection,
     copy: bool,
@@ -754,10 +756,11 @@ def _read(
     booleans: set[str],
     since: tuple[str, Any] | None,
     chunk_rows: int,
-) -> Iterator[pa.RecordBatch]:
-    """The table's ``columns`` as string batches, optionally only rows with change > value."""
+) -> Iterator[_Chunk]:
+    """The table's ``columns`` as chunks of at most ``chunk_rows`` rows, each decoding to a
+    table of strings; only rows with change column > value if ``since`` is given."""
     if copy:
-        yield from _read_copy(conn, table, columns, booleans, since)
+        yield from _read_copy(conn, table, columns, booleans, since, chunk_rows)
         return
     t = sa.table(table, *[sa.column(c, types[c]) for c in columns])
     query = sa.select(*[t.c[c] for c in columns])
@@ -768,7 +771,7 @@ def _read(
     result = conn.execute(query)
     for part in result.partitions():
         arrays = [pa.array([_text(v) for v in col], pa.string()) for col in zip(*part, strict=True)]
-        yield pa.record_batch(arrays, schema=schema)
+        yield functools.partial(pa.Table.from_arrays, arrays, schema=schema)
 
 
 def _read_copy(
@@ -777,7 +780,8 @@ def _read_copy(
     columns: list[str],
     booleans: set[str],
     since: tuple[str, Any] | None,
-) -> Iterator[pa.RecordBatch]:
+    chunk_rows: int,
+) -> Iterator[_Chunk]:
     from psycopg import sql
 
     select = sql.SQL("SELECT {} FROM {}").format(
@@ -787,119 +791,76 @@ def _read_copy(
         select = sql.SQL("{} WHERE {} > {}").format(
             select, sql.Identifier(since[0]), sql.Literal(since[1])
         )
-    # FORCE_QUOTE keeps '' (quoted) apart from NULL (unquoted empty).
-    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv, FORCE_QUOTE *)").format(select)
+    # CSV quotes an empty string ("") and leaves NULL unquoted and empty: they stay apart.
+    statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select)
     raw = conn.connection.driver_connection
     assert raw is not None
     encoding = raw.info.encoding
-    read_options = pacsv.ReadOptions(
-        column_names=columns,
-        block_size=_COPY_BLOCK_BYTES,
+    decode = functools.partial(
+        _parse_csv,
+        columns=columns,
+        booleans=booleans,
         encoding="utf8" if encoding in ("utf-8", "utf8") else encoding,
     )
-    parse_options = pacsv.ParseOptions(newlines_in_values=True)
-    convert_options = pacsv.ConvertOptions(
-        column_types={c: pa.string() for c in columns},
-        null_values=[""],
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
-    )
+    # COPY sends one message per row, so a block of whole messages is a block of whole rows:
+    # each block is parsed on its own, off this thread, while the next one is read.
     with raw.cursor() as cur, cur.copy(statement) as copy:
-        stream = _CopyStream(copy)
-        if stream.empty():
-            return
-        reader = pacsv.open_csv(
-            stream,
-            read_options=read_options,
-            parse_options=parse_options,
-            convert_options=convert_options,
-        )
-        for batch in reader:
-            if booleans:
-                batch = pa.record_batch(
-                    [
-                        _pg_bool(batch.column(c)) if c in booleans else batch.column(c)
-                        for c in columns
-                    ],
-                    schema=batch.schema,
-                )
-            yield batch
+        block, rows = bytearray(), 0
+        for row in copy:
+            block += row
+            rows += 1
+            if rows >= chunk_rows or len(block) >= _COPY_BLOCK_BYTES:
+                yield functools.partial(decode, block, rows)
+                block, rows = bytearray(), 0
+        if rows:
+            yield functools.partial(decode, block, rows)
 
 
-def _pg_bool(column: pa.Array) -> pa.Array:
-    return pc.if_else(pc.equal(column, "t"), "true", "false")
+_CSV_ONE_LINE_ROWS = pacsv.ParseOptions(newlines_in_values=False)
+_CSV_MULTILINE_ROWS = pacsv.ParseOptions(newlines_in_values=True)
 
 
-class _CopyStream(io.RawIOBase):
-    """A read-only file over the rows of a psycopg COPY ... TO STDOUT."""
-
-    def __init__(self, copy: Any) -> None:
-        super().__init__()
-        self._copy = copy
-        self._rest = b""
-        self._done = False
-        self._buf = bytearray()
-
-    def readable(self) -> bool:
-        return True
-
-    def empty(self) -> bool:
-        """True if the COPY sent no rows at all (Arrow refuses an empty CSV)."""
-        if not self._rest and not self._done:
-            self._rest = bytes(self._copy.read())
-            self._done = not self._rest
-        return not self._rest
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            chunks = [self._rest, *iter(self._copy.read, b"")]
-            self._rest, self._done = b"", True
-            return b"".join(chunks)
-        # Rows are copied into one reused buffer: holding libpq's row buffers, or growing a
-        # fresh buffer row by row, is slower and fragments the C heap.
-        if len(self._buf) < size:
-            self._buf = bytearray(size)
-        out = memoryview(self._buf)
-        filled = 0
-        rest, self._rest = self._rest, b""
-        if rest:
-            filled = min(len(rest), size)
-            out[:filled] = rest[:filled]
-            if filled < len(rest):
-                self._rest = rest[filled:]
-                return bytes(out[:filled])
-        read = self._copy.read
-        while filled < size and not self._done:
-            row = read()
-            end = filled + len(row)
-            if end == filled:
-                self._done = True
-            elif end <= size:
-                out[filled:end] = row
-                filled = end
-            else:
-                take = size - filled
-                out[filled:size] = row[:take]
-                self._rest = bytes(row[take:])
-                filled = size
-        return bytes(out[:filled])
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+def _parse_csv(
+    block: bytearray, rows: int, *, columns: list[str], booleans: set[str], encoding: str
+) -> pa.Table:
+    """One block of COPY CSV rows as strings: unquoted empty is NULL, ``""`` the empty string."""
+    # Values holding line breaks need Arrow's much slower parser; most blocks have none.
+    one_line = block.count(b"\n") == rows and b"\r" not in block
+    table = pacsv.read_csv(
+        pa.BufferReader(pa.py_buffer(block)),
+        read_options=pacsv.ReadOptions(
+            column_names=columns,
+            use_threads=False,  # the pipeline already keeps both ends busy
+            block_size=max(len(block), 1 << 20),
+            encoding=encoding,
+        ),
+        parse_options=_CSV_ONE_LINE_ROWS if one_line else _CSV_MULTILINE_ROWS,
+        convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in columns},
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            check_utf8=False,  # PostgreSQL only sends valid text in the client encoding
+        ),
+    )
+    if table.num_rows != rows:
+        raise ValueError(f"COPY sent {rows} rows but {table.num_rows} were parsed")
+    for c in booleans:  # PostgreSQL prints t/f; the SQLAlchemy path writes true/false
+        i = table.schema.get_field_index(c)
+        table = table.set_column(i, c, pc.if_else(pc.equal(table[c], "t"), "true", "false"))
+    return table
 
 
 def _is_psycopg(conn: sa.Connection) -> bool:
     return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
 
 
-def _with_row_key(batch: pa.RecordBatch, primary_key: list[str]) -> pa.RecordBatch:
+def _with_row_key(rows: pa.Table, primary_key: list[str]) -> pa.Table:
     if len(primary_key) == 1:
-        key = batch.column(primary_key[0])
+        key = rows[primary_key[0]]
     else:
-        key = pc.binary_join_element_wise(*[batch.column(c) for c in primary_key], KEY_SEPARATOR)
-    return pa.record_batch([key, *batch.columns], names=[ROW_KEY, *batch.schema.names])
+        key = pc.binary_join_element_wise(*[rows[c] for c in primary_key], KEY_SEPARATOR)
+    return rows.add_column(0, ROW_KEY, key)
 
 
 # --- rendering values as text --------------------------------------------------------------------
@@ -964,8 +925,8 @@ def _float_text(value: float) -> str:
 
 
 class _ParquetSink:
-    """Writes batches to ``path`` in row groups of about ``chunk_rows``; visible only on success
-    (temp file, then rename)."""
+    """Writes tables to ``path`` in row groups of about ``chunk_rows`` rows; the file appears
+    only on success (temp file, then rename)."""
 
     def __init__(
         self, path: Path, schema: pa.Schema, chunk_rows: int, meta: dict[str, Any]
@@ -975,25 +936,30 @@ class _ParquetSink:
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
         self.chunk_rows = chunk_rows
-        # Dictionary pages cost more than they save on mostly distinct text; zstd finds repeats.
+        # Dictionary pages cost more than they save on mostly distinct text (zstd finds the
+        # repeats), and raw text has no useful min/max except the row key's.
         self.writer = pq.ParquetWriter(
-            self.tmp, self.schema, compression="zstd", use_dictionary=False
+            self.tmp,
+            self.schema,
+            compression="zstd",
+            use_dictionary=False,
+            write_statistics=[ROW_KEY] if ROW_KEY in schema.names else False,
         )
-        self.pending: list[pa.RecordBatch] = []
+        self.pending: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        self.pending.append(batch)
-        self.buffered += batch.num_rows
-        self.rows += batch.num_rows
+    def write(self, rows: pa.Table) -> None:
+        self.pending.append(rows)
+        self.buffered += rows.num_rows
+        self.rows += rows.num_rows
         if self.buffered >= self.chunk_rows:
             self._flush()
 
     def _flush(self) -> None:
         if self.pending:
-            table = pa.Table.from_batches(self.pending)
-            self.writer.write_table(table, row_group_size=max(self.chunk_rows, table.num_rows))
+            rows = pa.concat_tables(self.pending)
+            self.writer.write_table(rows, row_group_size=max(self.chunk_rows, rows.num_rows))
         self.pending, self.buffered = [], 0
 
     def __enter__(self) -> _ParquetSink:
@@ -1010,35 +976,33 @@ class _ParquetSink:
 
 
 @contextlib.contextmanager
-def _in_background(
-    consume: Callable[[pa.RecordBatch], None],
-) -> Iterator[Callable[[pa.RecordBatch], None]]:
-    """Hand batches to ``consume`` on a writer thread, so that Parquet encoding (which releases
-    the GIL) overlaps reading; the bounded queue keeps memory flat."""
-    batches: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=_WRITE_QUEUE)
+def _in_background(consume: Callable[[_Chunk], None]) -> Iterator[Callable[[_Chunk], None]]:
+    """Hand chunks to ``consume`` on a writer thread, so that decoding and Parquet encoding
+    (which release the GIL) overlap reading; the bounded queue keeps memory flat."""
+    chunks: queue.Queue[_Chunk | None] = queue.Queue(maxsize=_WRITE_QUEUE)
     errors: list[BaseException] = []
 
     def run() -> None:
-        while (batch := batches.get()) is not None:
+        while (chunk := chunks.get()) is not None:
             if errors:
                 continue  # keep draining so the reader never blocks on a dead writer
             try:
-                consume(batch)
+                consume(chunk)
             except BaseException as exc:
                 errors.append(exc)
 
     thread = threading.Thread(target=run, name="govmdm-parquet-writer", daemon=True)
     thread.start()
 
-    def put(batch: pa.RecordBatch) -> None:
+    def put(chunk: _Chunk) -> None:
         if errors:
             raise errors[0]
-        batches.put(batch)
+        chunks.put(chunk)
 
     try:
         yield put
     finally:
-        batches.put(None)
+        chunks.put(None)
         thread.join()
     if errors:
         raise errors[0]
@@ -1046,14 +1010,16 @@ def _in_background(
 
 def _parquet_keys(path: Path, chunk_rows: int) -> Iterator[pa.Array]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=[ROW_KEY]):
-        yield batch.column(ROW_KEY)
+        yield batch.column(0)
 
 
-def _write_key_set(path: Path, keys: Iterable[pa.Array], nights_since_scan: int) -> None:
+def _write_key_set(
+    path: Path, keys: Iterable[pa.Array | pa.ChunkedArray], nights_since_scan: int
+) -> None:
     schema = _schema([ROW_KEY])
     with _ParquetSink(path, schema, _KEY_ROWS, {"nights_since_scan": nights_since_scan}) as sink:
         for array in keys:
-            sink.write(pa.record_batch([array], schema=schema))
+            sink.write(pa.table([array], schema=schema))
 
 
 def _nights_since_scan(path: Path) -> int:

@@ -277,25 +277,18 @@ def test_a_missing_driver_fails_that_department(
     assert result.message is not None and "postgresql+psycopg" in result.message
 
 
-class _FakeCopy:
-    def __init__(self, rows: list[bytes]) -> None:
-        self.rows = list(rows)
-
-    def read(self) -> bytes:
-        return self.rows.pop(0) if self.rows else b""
-
-
-@pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
-def test_copy_stream_hands_over_every_byte_in_order(size: int) -> None:
-    rows = [f'"{i}","{"x" * (i % 11)}"\n'.encode() for i in range(200)]
-    stream = ex._CopyStream(_FakeCopy(rows))
-    assert not stream.empty()
-    pieces = []
-    while piece := stream.read(size):
-        assert len(piece) <= size
-        pieces.append(piece)
-    assert b"".join(pieces) == b"".join(rows)
-    assert ex._CopyStream(_FakeCopy([])).empty()
+@pytest.mark.parametrize("multiline", [False, True])
+def test_copy_csv_blocks_keep_empty_strings_nulls_and_line_breaks(multiline: bool) -> None:
+    note = '"two\r\nlines, ""quoted"""' if multiline else "one line"
+    block = bytearray(f'1,"",{note},t\n2,,"x",\n3,a,,f\n'.encode())
+    rows = ex._parse_csv(block, 3, columns=["id", "a", "b", "flag"], booleans={"flag"},
+                         encoding="utf8")  # fmt: skip
+    assert rows.to_pydict() == {
+        "id": ["1", "2", "3"],
+        "a": ["", None, "a"],
+        "b": ['two\r\nlines, "quoted"' if multiline else "one line", "x", None],
+        "flag": ["true", None, "false"],
+    }
 
 
 def test_sqlite_sources_are_opened_read_only(tmp_path: Path) -> None:
@@ -308,9 +301,10 @@ def test_sqlite_sources_are_opened_read_only(tmp_path: Path) -> None:
 
 
 def test_composite_keys_are_joined() -> None:
-    batch = pa.record_batch([pa.array(["a", "b"]), pa.array(["1", "2"])], names=["k1", "k2"])
-    keyed = ex._with_row_key(batch, ["k1", "k2"])
-    assert keyed.column(ex.ROW_KEY).to_pylist() == ["a|1", "b|2"]
+    rows = pa.table({"k1": ["a", "b"], "k2": ["1", "2"]})
+    keyed = ex._with_row_key(rows, ["k1", "k2"])
+    assert keyed.column_names == [ex.ROW_KEY, "k1", "k2"]
+    assert keyed[ex.ROW_KEY].to_pylist() == ["a|1", "b|2"]
 
 
 @pytest.mark.parametrize(
