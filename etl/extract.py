@@ -657,11 +657,11 @@ def _extract_table(
     keys_out = pending_key_set_path(city.var_dir, run_id, dept.code, t.name)
     highest: list[Any] = [None]  # set on the writer thread, read after it has finished
     with contextlib.ExitStack() as stack:
-        sink = stack.enter_context(_ParquetSink(path, schema, chunk_rows, meta))
+        sink = stack.enter_context(ParquetSink(path, schema, chunk_rows, meta))
         keys = None
         if plan.mode == "full":  # a full snapshot is also tonight's key set
             keys = stack.enter_context(
-                _ParquetSink(keys_out, _schema([ROW_KEY]), _KEY_ROWS, {"nights_since_scan": 0})
+                ParquetSink(keys_out, _schema([ROW_KEY]), _KEY_ROWS, {"nights_since_scan": 0})
             )
 
         def write(chunk: _Chunk) -> None:
@@ -695,7 +695,7 @@ def _extract_table(
     if plan.mode == "full" or plan.scan_keys:
         gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
         target = deleted_path(city.var_dir, run_id, dept.code, t.name)
-        with _ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
+        with ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
             sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
         result.rows_deleted, result.deleted_path = len(gone), target
     result.duration_s = time.perf_counter() - start
@@ -924,7 +924,7 @@ def _float_text(value: float) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
-class _ParquetSink:
+class ParquetSink:
     """Writes tables to ``path`` in row groups of about ``chunk_rows`` rows; the file appears
     only on success (temp file, then rename)."""
 
@@ -962,7 +962,7 @@ class _ParquetSink:
             self.writer.write_table(rows, row_group_size=max(self.chunk_rows, rows.num_rows))
         self.pending, self.buffered = [], 0
 
-    def __enter__(self) -> _ParquetSink:
+    def __enter__(self) -> ParquetSink:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
@@ -1017,7 +1017,7 @@ def _write_key_set(
     path: Path, keys: Iterable[pa.Array | pa.ChunkedArray], nights_since_scan: int
 ) -> None:
     schema = _schema([ROW_KEY])
-    with _ParquetSink(path, schema, _KEY_ROWS, {"nights_since_scan": nights_since_scan}) as sink:
+    with ParquetSink(path, schema, _KEY_ROWS, {"nights_since_scan": nights_since_scan}) as sink:
         for array in keys:
             sink.write(pa.table([array], schema=schema))
 

@@ -11,10 +11,10 @@ Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/departm
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from etl import normalize
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
-from etl.extract import raw_path
+from etl.extract import ParquetSink, raw_path
 
 log = logging.getLogger(__name__)
 
@@ -257,30 +257,6 @@ def _raw_batches(path: Path, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
         yield batch.to_pylist()
 
 
-class _Writer:
-    """Parquet written to a temporary name and renamed into place, so readers never see half."""
-
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.path, self.schema = path, schema
-        self.tmp = path.with_name(f".{path.name}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-        self.rows = 0
-
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self.writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
-            self.rows += len(rows)
-
-    def close(self) -> None:
-        self.writer.close()
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        self.writer.close()
-        self.tmp.unlink(missing_ok=True)
-
-
 def standardize_department(
     city: CityConfig,
     dept: DepartmentConfig,
@@ -308,45 +284,33 @@ def standardize_department(
             f"run); nothing to standardize"
         )
         return result
-    writers: dict[str, _Writer] = {}
-    rejects = _Writer(out_dir / "rejects.parquet", REJECT_SCHEMA)
+    file_meta = {"run_id": run_id, "department": dept.code}
     try:
-        for table, path in sources:
-            entity: str = table.entity
-            if entity not in writers:
-                writers[entity] = _Writer(out_dir / f"{entity}.parquet", SCHEMAS[entity])
-            for rows in _raw_batches(path, batch_rows):
-                good, bad = [], []
-                for raw in rows:
-                    canon, reasons, usable = standardize_row(entity, table, raw, ctx)
-                    meta = {
-                        "department": dept.code, "source_table": table.name,
-                        "source_key": raw["_row_key"], "run_id": run_id,
-                    }  # fmt: skip
-                    result.field_reasons.update(reasons)
-                    if usable:
-                        good.append({**canon, **meta})
-                        continue
-                    codes = [*reasons, "row:row_unidentifiable"]
-                    result.reject_reasons.update(codes)
-                    raw_json = json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
-                    bad.append({**meta, "entity": entity, "reasons": codes, "raw": raw_json})
-                writers[entity].write(good)
-                rejects.write(bad)
-                result.rows_read += len(rows)
-                result.standardized += len(good)
-                result.rejected += len(bad)
-                if progress:
-                    progress(dept.code, len(rows))
-        if not result.reconciled:
-            raise ReconciliationError(
-                f"{dept.code}: reconciliation failed: read {result.rows_read} rows but "
-                f"standardized {result.standardized} and rejected {result.rejected}"
+        # every sink renames into place on success and removes its temp file on failure
+        with contextlib.ExitStack() as stack:
+            rejects = stack.enter_context(
+                ParquetSink(out_dir / "rejects.parquet", REJECT_SCHEMA, batch_rows, file_meta)
             )
+            sinks: dict[str, ParquetSink] = {}
+            for table, path in sources:
+                entity: str = table.entity
+                if entity not in sinks:
+                    sinks[entity] = stack.enter_context(
+                        ParquetSink(
+                            out_dir / f"{entity}.parquet", SCHEMAS[entity], batch_rows, file_meta
+                        )
+                    )
+                _standardize_table(
+                    result, entity, table, path, sinks[entity], rejects, run_id, ctx, batch_rows,
+                    progress,
+                )  # fmt: skip
+            if not result.reconciled:
+                raise ReconciliationError(
+                    f"{dept.code}: reconciliation failed: read {result.rows_read} rows but "
+                    f"standardized {result.standardized} and rejected {result.rejected}"
+                )
     except Exception as exc:  # one department's failure is that department's problem
         log.exception("standardizing %s failed", dept.code)
-        for w in [*writers.values(), rejects]:
-            w.abort()
         result.status = "failed"
         result.message = (
             str(exc)
@@ -354,12 +318,40 @@ def standardize_department(
             else f"{dept.code}: standardization failed: {type(exc).__name__}: {exc}"
         )
         return result
-    for entity, w in writers.items():
-        w.close()
-        result.outputs[entity] = w.path
-    rejects.close()
+    result.outputs = {entity: sink.path for entity, sink in sinks.items()}
     result.outputs["rejects"] = rejects.path
     return result
+
+
+def _standardize_table(
+    result: DepartmentStandardized, entity: str, table: TableConfig, path: Path,
+    sink: ParquetSink, rejects: ParquetSink, run_id: str, ctx: _Context, batch_rows: int,
+    progress: Callable[[str, int], None] | None,
+) -> None:  # fmt: skip
+    """Standardize one raw table into its entity's sink and the rejects sink, counting."""
+    for rows in _raw_batches(path, batch_rows):
+        good, bad = [], []
+        for raw in rows:
+            canon, reasons, usable = standardize_row(entity, table, raw, ctx)
+            meta = {
+                "department": result.department, "source_table": table.name,
+                "source_key": raw["_row_key"], "run_id": run_id,
+            }  # fmt: skip
+            result.field_reasons.update(reasons)
+            if usable:
+                good.append({**canon, **meta})
+                continue
+            codes = [*reasons, "row:row_unidentifiable"]
+            result.reject_reasons.update(codes)
+            raw_json = json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
+            bad.append({**meta, "entity": entity, "reasons": codes, "raw": raw_json})
+        sink.write(pa.Table.from_pylist(good, schema=SCHEMAS[entity]))
+        rejects.write(pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
+        result.rows_read += len(rows)
+        result.standardized += len(good)
+        result.rejected += len(bad)
+        if progress:
+            progress(result.department, len(rows))
 
 
 def standardize_all(

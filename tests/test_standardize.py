@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -194,3 +195,28 @@ def test_same_canonical_rows_from_sqlite_postgres_and_mariadb(
     finally:
         for code in ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu"):
             drop_database(target_url(base, code))
+
+
+def test_a_failing_department_publishes_nothing_and_others_go_on(
+    night: tuple[CityConfig, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import etl.standardize as std
+
+    city, _ = night
+    real = std.standardize_row
+
+    def broken(entity: str, table: Any, raw: dict[str, Any], ctx: Any) -> Any:
+        if table.name == "社会救助对象":
+            raise ValueError("boom")
+        return real(entity, table, raw, ctx)
+
+    monkeypatch.setattr(std, "standardize_row", broken)
+    folder = canonical_dir(city.var_dir, RUN, "minzheng")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    results = {r.department: r for r in standardize_all(city, RUN, as_of=AS_OF)}
+    assert results["minzheng"].status == "failed" and "boom" in results["minzheng"].message
+    # the previous output of the failed department is intact, and no temporary file is left
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert all(r.status == "ok" for code, r in results.items() if code != "minzheng")
+    gongan = canonical_dir(city.var_dir, RUN, "gongan")
+    assert sorted(p.name for p in gongan.iterdir()) == ["person.parquet", "rejects.parquet"]

@@ -344,7 +344,7 @@ class TableChanges:
 class Night:
     """Draws one night's events and turns them into table changes and truth updates."""
 
-    def __init__(self, out: Path, truth: Truth, manifest: dict[str, Any]) -> None:
+    def __init__(self, truth: Truth, manifest: dict[str, Any]) -> None:
         self.truth = truth
         self.night = int(manifest["night"]) + 1
         self.seed = manifest["seed"]
@@ -551,7 +551,7 @@ def apply_changes(url: str, dept: Department, changes: TableChanges) -> None:
 def next_night(out: Path, *, targets: Iterable[str] = ()) -> dict[str, Any]:
     """Apply the next night's changes to the city's databases (and targets) and to its truth."""
     truth, manifest = read_truth(out)
-    night = Night(out, truth, manifest)
+    night = Night(truth, manifest)
     night.draw()
     targets = list(targets)
     for dept in DEPARTMENTS:
