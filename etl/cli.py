@@ -254,20 +254,25 @@ def extract(
             progress=lambda r: bar.advance(task, 1),
         )  # fmt: skip
     table = Table(title=f"Extraction, run {rid}", title_justify="left")
-    for col in ("department", "table", "mode", "rows", "deleted", "watermark", "s", "status"):
-        table.add_column(col, justify="right" if col in ("rows", "deleted", "s") else "left")
+    cols = ("department", "table", "mode", "rows", "unchanged", "late", "deleted", "watermark")
+    numbers = ("rows", "unchanged", "late", "deleted", "s")
+    for col in (*cols, "s", "status"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in results:
         for t in r.tables:
             style = "green" if t.status == "ok" else "red"
             table.add_row(
-                r.department, t.table, t.mode, f"{t.rows_read:,}",
-                "—" if t.rows_deleted is None else f"{t.rows_deleted:,}",
+                r.department, t.table, t.mode, f"{t.rows_read:,}", f"{t.rows_unchanged:,}",
+                f"{t.rows_late:,}", "—" if t.rows_deleted is None else f"{t.rows_deleted:,}",
                 t.watermark_after or "—", f"{t.duration_s:.1f}", f"[{style}]{t.status}",
             )  # fmt: skip
     console.print(table)
     for r in results:
         if r.message:
             console.print(f"[red]{r.department}[/red]: {r.message}", highlight=False)
+        for t in r.tables:
+            if r.ok and t.message:
+                console.print(f"[yellow]{r.department}[/yellow]: {t.message}", highlight=False)
     console.print(f"Raw Parquet: {city.var_dir / 'raw' / f'run={rid}'}")
     if not all(r.ok for r in results):
         raise typer.Exit(1)

@@ -2,11 +2,12 @@
 
 For every configured table: check the live schema against the configuration and the last
 successful run (drift flags the department and nothing of it is read), then read everything
-(first night, ``full=True``) or only the rows whose change column passed the committed watermark,
-and write ``<var_dir>/raw/run=<run_id>/department=<code>/<table>.parquet`` with every column as
-text plus ``_row_key`` (the primary key as text, composite keys joined with ``|``). Values are
-rendered the way PostgreSQL prints them, so the same data read from SQLite, PostgreSQL or MariaDB
-gives the same Parquet. PostgreSQL sources are read with ``COPY ... TO STDOUT`` (CSV), cut into
+(first night, ``full=True``) or only the rows changed since the committed watermark (see
+:class:`_SeenVersions` for the rows the watermark alone cannot tell apart), and write
+``<var_dir>/raw/run=<run_id>/department=<code>/<table>.parquet`` with every column as text plus
+``_row_key`` (the primary key as text, composite keys joined with ``|``). Values are rendered the
+way PostgreSQL prints them, so the same data read from SQLite, PostgreSQL or MariaDB gives the
+same Parquet. PostgreSQL sources are read with ``COPY ... TO STDOUT`` (CSV), cut into
 blocks of whole rows that Arrow parses while the next block is read.
 
 Watermarks and key sets are only proposed here; :func:`etl.state.commit_watermarks` moves them
@@ -25,6 +26,7 @@ import contextlib
 import datetime as dt
 import difflib
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -58,6 +61,8 @@ from etl.state import (
     Status,
     key_set_path,
     pending_key_set_path,
+    pending_seen_set_path,
+    seen_set_path,
 )
 
 log = logging.getLogger(__name__)
@@ -91,6 +96,8 @@ class TableExtract:
     watermark_after: str | None = None
     duration_s: float = 0.0
     rows_deleted: int | None = None  # None: no key scan tonight
+    rows_unchanged: int = 0  # read again at the watermark or NULL-stamped, same version: dropped
+    rows_late: int = 0  # found by the key scan with a stamp below the watermark, read tonight
     deleted_path: Path | None = None
     message: str | None = None
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -655,7 +662,13 @@ def _extract_table(
         "change_column": t.change_column,
     }
     keys_out = pending_key_set_path(city.var_dir, run_id, dept.code, t.name)
-    highest: list[Any] = [None]  # set on the writer thread, read after it has finished
+    seen = _SeenVersions(
+        t.change_column,
+        t.change_kind,
+        plan.since,
+        seen_set_path(city.var_dir, dept.code, t.name) if plan.since is not None else None,
+    )
+    read_keys: list[pa.Array] = []  # incremental nights: every key read, kept or not
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(ParquetSink(path, schema, chunk_rows, meta))
         keys = None
@@ -666,7 +679,9 @@ def _extract_table(
 
         def write(chunk: _Chunk) -> None:
             rows = _with_row_key(chunk(), t.primary_key)
-            highest[0] = _higher(highest[0], _batch_max(rows[t.change_column], t.change_kind))
+            if plan.mode == "incremental":
+                read_keys.append(rows[ROW_KEY].combine_chunks())
+            rows = seen.keep_changed(rows)
             sink.write(rows)
             if keys is not None:
                 keys.write(rows.select([ROW_KEY]))
@@ -674,16 +689,33 @@ def _extract_table(
         with _in_background(write) as put:
             for chunk in _read(conn, copy, t.name, columns, types, booleans, since, chunk_rows):
                 put(chunk)
+        if plan.scan_keys:
+            pk = {c: types[c] for c in t.primary_key}
+            scanned = _read(conn, copy, t.name, t.primary_key, pk, set(), None, chunk_rows)
+            _write_key_set(
+                keys_out, (_with_row_key(c(), t.primary_key)[ROW_KEY] for c in scanned), 0
+            )
+            # Keys the source has that no night has read: rows inserted with a change stamp
+            # already below the watermark (back-dated, or a clock behind ours). Read them now.
+            late = _late_keys(keys_out, key_set_path(city.var_dir, dept.code, t.name), read_keys)
+            if len(late):
+                result.rows_late = _read_late_rows(
+                    conn, copy, t, columns, types, booleans, late, chunk_rows, sink.write
+                )
+    seen.write(pending_seen_set_path(city.var_dir, run_id, dept.code, t.name), meta)
     result.rows_read = sink.rows
+    result.rows_unchanged = seen.unchanged
     result.parquet_path = path
-    top = highest[0]
+    top = seen.top
     result.watermark_after = _watermark_text(top) if top is not None else plan.watermark
+    if result.rows_late:
+        result.message = (
+            f"{result.rows_late} row(s) were found by the key scan with a change stamp below the "
+            f"watermark ({t.change_column}); they were read tonight. Ask {dept.name} why rows "
+            "are written with old change stamps"
+        )
 
-    if plan.scan_keys:
-        pk = {c: types[c] for c in t.primary_key}
-        scanned = _read(conn, copy, t.name, t.primary_key, pk, set(), None, chunk_rows)
-        _write_key_set(keys_out, (_with_row_key(c(), t.primary_key)[ROW_KEY] for c in scanned), 0)
-    elif plan.mode == "incremental":  # no scan tonight: carry the key set forward
+    if plan.mode == "incremental" and not plan.scan_keys:  # carry the key set forward
         committed = key_set_path(city.var_dir, dept.code, t.name)
         union = pa.concat_arrays(
             [
@@ -702,8 +734,138 @@ def _extract_table(
     return result
 
 
+_VERSION = "_row_version"
+
+
+class _SeenVersions:
+    """Row versions at the edges of what the watermark can tell apart.
+
+    The change column cannot separate two writes in the same tick, and says nothing about a row
+    whose stamp is NULL. So an incremental night reads ``change >= watermark OR change IS NULL``
+    and drops the rows whose version (key and a hash of every column's text) an earlier night
+    already read; a row written in the watermark's own second after last night's read, or a
+    NULL-stamped row that changed, has a new version and is kept. Tonight's seen set is built from
+    every row read (kept or not): the rows at the highest stamp, and every NULL-stamped row.
+    """
+
+    def __init__(
+        self,
+        change_column: str,
+        change_kind: str,
+        since: str | None,
+        committed: Path | None,
+    ) -> None:
+        self.change_column, self.change_kind = change_column, change_kind
+        self.since = since
+        self.previous: pa.Array | None = None
+        if committed is not None and committed.is_file():
+            self.previous = pq.read_table(committed).column(_VERSION).combine_chunks()
+        self.top: Any = None
+        self.at_top: list[pa.Array] = []
+        self.nulls: list[pa.Array] = []
+        self.unchanged = 0
+
+    def keep_changed(self, rows: pa.Table) -> pa.Table:
+        """``rows`` without the versions an earlier night read; remembers the edge versions."""
+        stamp = rows[self.change_column].combine_chunks()
+        top = _batch_max(stamp, self.change_kind)
+        edge = pc.is_null(stamp)
+        if self.since is not None:
+            edge = pc.or_(edge, _text_equal(stamp, self.since))
+        if top is not None:
+            edge = pc.or_(edge, _text_equal(stamp, _watermark_text(top)))
+        where = pc.indices_nonzero(edge)
+        if not len(where):
+            return rows
+        edge_rows = rows.take(where)
+        versions = _versions(edge_rows)
+        edge_stamp = edge_rows[self.change_column].combine_chunks()
+        self.nulls.append(pc.filter(versions, pc.is_null(edge_stamp)))
+        if top is not None:
+            at_top = pc.filter(versions, _text_equal(edge_stamp, _watermark_text(top)))
+            if self.top is None or top > self.top:
+                self.top, self.at_top = top, [at_top]
+            elif top == self.top:
+                self.at_top.append(at_top)
+        if self.previous is None:
+            return rows
+        old = pc.is_in(versions, value_set=self.previous)
+        dropped = pc.sum(old).as_py() or 0
+        if not dropped:
+            return rows
+        self.unchanged += dropped
+        keep = np.ones(rows.num_rows, dtype=bool)
+        keep[pc.filter(where, old).to_numpy()] = False
+        return rows.filter(pa.array(keep))
+
+    def write(self, path: Path, meta: dict[str, Any]) -> None:
+        parts = [*self.nulls, *self.at_top]
+        versions = pc.unique(pa.concat_arrays(parts)) if parts else pa.array([], pa.string())
+        schema = _schema([_VERSION])
+        with ParquetSink(path, schema, _KEY_ROWS, meta) as sink:
+            sink.write(pa.table([versions], schema=schema))
+
+
+def _text_equal(column: pa.Array | pa.ChunkedArray, text: str) -> pa.Array:
+    """``column == text`` with NULL as false."""
+    return pc.fill_null(pc.equal(column, pa.scalar(text, pa.string())), False)
+
+
+def _versions(rows: pa.Table) -> pa.Array:
+    """Each row's version: its key and a hash of every column's text (NULL told from empty)."""
+    joined = pc.binary_join_element_wise(
+        *[rows[c] for c in rows.column_names],
+        "\x1f",
+        null_handling="replace",
+        null_replacement="\x00",
+    )
+    keys = rows[ROW_KEY].to_pylist()
+    return pa.array(
+        [
+            f"{k}\x1f{hashlib.blake2b(v.encode(), digest_size=16).hexdigest()}"
+            for k, v in zip(keys, joined.to_pylist(), strict=True)
+        ],
+        pa.string(),
+    )
+
+
+def _late_keys(scanned: Path, committed: Path, read: list[pa.Array]) -> pa.Array:
+    """Keys in tonight's scan that neither the committed key set nor tonight's read has."""
+    if not committed.is_file():  # the first scan: every key is new, and was read in full
+        return pa.array([], pa.string())
+    now = pq.read_table(scanned, columns=[ROW_KEY]).column(ROW_KEY).combine_chunks()
+    before = pq.read_table(committed, columns=[ROW_KEY]).column(ROW_KEY).combine_chunks()
+    known = pa.concat_arrays([before, *read])
+    return pc.filter(now, pc.invert(pc.is_in(now, value_set=known)))
+
+
+def _read_late_rows(
+    conn: sa.Connection,
+    copy: bool,
+    table: TableConfig,
+    columns: list[str],
+    types: dict[str, TypeEngine[Any]],
+    booleans: set[str],
+    late: pa.Array,
+    chunk_rows: int,
+    write: Callable[[pa.Table], None],
+) -> int:
+    """Read the whole table again and write the rows whose key is in ``late``; how many.
+
+    Rare by nature (a source writing old stamps), so one more pass beats building a key list
+    into SQL for every key type."""
+    found = 0
+    for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
+        rows = _with_row_key(chunk(), table.primary_key)
+        rows = rows.filter(pc.is_in(rows[ROW_KEY], value_set=late))
+        if rows.num_rows:
+            write(rows)
+            found += rows.num_rows
+    return found
+
+
 def _watermark_value(text: str, table: TableConfig, live_class: str) -> Any:
-    """The committed watermark in the change column's own type, for ``column > :watermark``."""
+    """The committed watermark in the change column's own type, for ``column >= :watermark``."""
     if live_class == "string":
         return text
     if table.change_kind == "timestamp":
@@ -758,14 +920,16 @@ def _read(
     chunk_rows: int,
 ) -> Iterator[_Chunk]:
     """The table's ``columns`` as chunks of at most ``chunk_rows`` rows, each decoding to a
-    table of strings; only rows with change column > value if ``since`` is given."""
+    table of strings; only rows with change column >= value, or NULL, if ``since`` is given
+    (:class:`_SeenVersions` drops the versions read before)."""
     if copy:
         yield from _read_copy(conn, table, columns, booleans, since, chunk_rows)
         return
     t = sa.table(table, *[sa.column(c, types[c]) for c in columns])
     query = sa.select(*[t.c[c] for c in columns])
     if since is not None:
-        query = query.where(t.c[since[0]] > since[1])
+        column = t.c[since[0]]
+        query = query.where(sa.or_(column >= since[1], column.is_(None)))
     query = query.execution_options(stream_results=True, yield_per=chunk_rows)
     schema = _schema(columns)
     result = conn.execute(query)
@@ -788,8 +952,8 @@ def _read_copy(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(table)
     )
     if since is not None:
-        select = sql.SQL("{} WHERE {} > {}").format(
-            select, sql.Identifier(since[0]), sql.Literal(since[1])
+        select = sql.SQL("{} WHERE {} >= {} OR {} IS NULL").format(
+            select, sql.Identifier(since[0]), sql.Literal(since[1]), sql.Identifier(since[0])
         )
     # CSV quotes an empty string ("") and leaves NULL unquoted and empty: they stay apart.
     statement = sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(select)
@@ -1135,6 +1299,8 @@ def _record(
                 message=t.message,
                 parquet_path=str(t.parquet_path) if t.parquet_path else None,
                 rows_deleted=t.rows_deleted,
+                rows_unchanged=t.rows_unchanged,
+                rows_late=t.rows_late,
             )
             for t in result.tables
         ]

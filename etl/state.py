@@ -62,6 +62,8 @@ ledger_table = sa.Table(
     sa.Column("mode", sa.String(16), nullable=False),
     sa.Column("rows_read", sa.BigInteger, nullable=False),
     sa.Column("rows_deleted", sa.BigInteger),
+    sa.Column("rows_unchanged", sa.BigInteger),
+    sa.Column("rows_late", sa.BigInteger),
     sa.Column("watermark_before", sa.Text),
     sa.Column("watermark_after", sa.Text),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
@@ -98,6 +100,8 @@ class LedgerEntry:
     message: str | None = None
     parquet_path: str | None = None
     rows_deleted: int | None = None
+    rows_unchanged: int | None = None  # re-read at the watermark or NULL-stamped, not changed
+    rows_late: int | None = None  # found by the key scan below the watermark (back-dated)
 
 
 def warehouse_url(city: CityConfig) -> str:
@@ -125,6 +129,21 @@ def pending_key_set_path(var_dir: Path, run_id: str, department: str, table: str
     )
 
 
+def seen_set_path(var_dir: Path, department: str, table: str) -> Path:
+    """The committed *seen set* of a table: a version (key and content hash) of each row whose
+    change stamp equals the watermark or is NULL. Incremental nights read those rows again
+    (``>=`` and ``IS NULL``) and drop the versions already seen."""
+    return key_set_path(var_dir, department, f"{table}{SEEN_SUFFIX}")
+
+
+def pending_seen_set_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
+    """A seen set proposed by run ``run_id``; becomes the committed one on commit."""
+    return pending_key_set_path(var_dir, run_id, department, f"{table}{SEEN_SUFFIX}")
+
+
+SEEN_SUFFIX = ".seen"
+
+
 class RunState:
     """The run-state tables of one warehouse, plus the key sets under ``var_dir``.
 
@@ -140,6 +159,7 @@ class RunState:
         connect_args = {"timeout": 60} if backend == "sqlite" else {}
         self.engine = sa.create_engine(url, connect_args=connect_args)
         _metadata.create_all(self.engine, checkfirst=True)
+        _add_missing_columns(self.engine)
 
     @classmethod
     def for_city(cls, city: CityConfig) -> RunState:
@@ -340,6 +360,24 @@ def commit_watermarks(city: CityConfig, run_id: str) -> int:
     """
     with RunState.for_city(city) as state:
         return state.commit_watermarks(run_id)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Add the nullable columns a newer govmdm defines to tables an older one created."""
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table in _metadata.sorted_tables:
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    type_sql = column.type.compile(dialect=engine.dialect)
+                    conn.execute(
+                        sa.text(
+                            f"ALTER TABLE {conn.dialect.identifier_preparer.quote(table.name)} "
+                            f"ADD COLUMN {conn.dialect.identifier_preparer.quote(column.name)} "
+                            f"{type_sql}"
+                        )
+                    )
 
 
 def _now() -> dt.datetime:
