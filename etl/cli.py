@@ -381,5 +381,8 @@ def demo(
     )
 
 
+# The master-data commands (link, publish, consolidate, explain, review, evaluate) register here.
+from master_data import commands as _master_commands  # noqa: E402, F401
+
 if __name__ == "__main__":
     app()

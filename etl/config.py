@@ -26,7 +26,7 @@ import zoneinfo
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import sqlalchemy as sa
@@ -665,6 +665,9 @@ def _cross_department_issues(departments: Sequence[DepartmentConfig]) -> list[_I
 # --- loading -----------------------------------------------------------------------------------
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 class _DuplicateKey(yaml.constructor.ConstructorError):
     pass
 
@@ -1015,6 +1018,23 @@ def load_city_config(config_dir: str | Path = "config") -> CityConfig:
         )
     except ValidationError as exc:
         raise ConfigError(_translate(exc, CityConfig, city_doc, city_doc.path, loaded)) from None
+
+
+def load_yaml_model(path: str | Path, model: type[_M]) -> _M:
+    """One YAML file validated by ``model`` (e.g. ``config/matching.yaml``), with problems
+    reported the same way as the city's: file, key, line, what is wrong and how to fix it.
+
+    >>> load_yaml_model("config/matching.yaml", MatchSettings).person.thresholds.auto_link
+    0.99
+    """
+    problems: list[str] = []
+    doc = _read_yaml(Path(path), problems)
+    if doc is None:
+        raise ConfigError(problems)
+    try:
+        return model.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(_translate(exc, model, doc, doc.path)) from None
 
 
 # --- connections -------------------------------------------------------------------------------

@@ -1,0 +1,247 @@
+"""`govmdm link | publish | consolidate | explain | review | evaluate`: master data commands.
+
+Registered on :data:`etl.cli.app`; every command is a thin layer over :mod:`master_data`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from etl.cli import ConfigDir, RunId, _load, _progress, _run_id, app, console
+
+review_app = typer.Typer(
+    help="The review queue: pairs the model could not decide.", no_args_is_help=True
+)
+app.add_typer(review_app, name="review")
+
+Full = Annotated[
+    bool, typer.Option("--full", help="Compare every candidate pair again (a rebuild).")
+]
+Retrain = Annotated[
+    bool, typer.Option("--retrain", help="Fit the match model afresh (implies nothing else).")
+]
+
+
+def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
+    from master_data.consolidate import link as do_link
+
+    with _progress() as bar:
+        task = bar.add_task("linking", total=None)
+        linked = do_link(
+            city, rid, full=full, retrain=retrain,
+            progress=lambda msg: bar.update(task, description=msg[:40]),
+        )  # fmt: skip
+    _print_linked(linked)
+    return linked
+
+
+def _print_linked(linked: Any) -> None:
+    table = Table(
+        title=f"Linking, run {linked.run_id} ({linked.mode}"
+        + (f", from {linked.base_run})" if linked.base_run else ")"),
+        title_justify="left",
+    )
+    cols = ("entity", "rows", "changed", "removed", "pairs", "rule links", "model links",
+            "refused", "masters", "singletons", "review", "conflicts", "IDs", "s")  # fmt: skip
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("entity", "IDs") else "right")
+    for e, r in linked.entities.items():
+        ids = ", ".join(f"{k} {v:,}" for k, v in sorted(r.events.items())) or "—"
+        table.add_row(
+            e, f"{r.records:,}", f"{r.changed:,}", f"{r.removed:,}", f"{r.pairs_compared:,}",
+            f"{r.rule_links:,}", f"{r.model_links:,}",
+            f"{r.refused_hard_key + r.refused_kept_apart:,}", f"{r.masters:,}",
+            f"{r.singletons:,}", f"{r.review_queue:,}", f"{r.conflicts:,}", ids,
+            f"{r.seconds:.1f}",
+        )  # fmt: skip
+    table.caption = (
+        f"relationships {linked.relationships:,}, unresolved references {linked.unresolved:,}; "
+        f"state: {linked.state_dir}"
+    )
+    console.print(table)
+
+
+@app.command()
+def link(
+    config: ConfigDir = Path("config"),
+    run_id: RunId = None,
+    full: Full = False,
+    retrain: Retrain = False,
+) -> None:
+    """Link a night's canonical rows into master entities (nothing is published yet).
+
+    Delta by default: only pairs touching new or changed rows are compared. The first night
+    is always full and trains the model.
+    """
+    city = _load(config)
+    _linking(city, _run_id(city, run_id), full, retrain)
+
+
+@app.command()
+def publish(config: ConfigDir = Path("config"), run_id: RunId = None) -> None:
+    """Publish a linked night to the warehouse in one transaction; move the watermarks."""
+    from master_data.consolidate import publish as do_publish
+
+    city = _load(config)
+    rid = _run_id(city, run_id)
+    try:
+        summary = do_publish(city, rid)
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    counts = {e: s["masters"] for e, s in summary["entities"].items()}
+    console.print(
+        f"Published night {rid}: {counts['person']:,} persons, {counts['enterprise']:,} "
+        f"enterprises; {summary['watermarks_committed']} watermarks moved."
+    )
+
+
+@app.command()
+def consolidate(
+    config: ConfigDir = Path("config"),
+    run_id: RunId = None,
+    full: Full = False,
+    retrain: Retrain = False,
+) -> None:
+    """`govmdm link` then `govmdm publish`."""
+    city = _load(config)
+    rid = _run_id(city, run_id)
+    _linking(city, rid, full, retrain)
+    publish(config=config, run_id=rid)
+
+
+@app.command()
+def explain(
+    ref: Annotated[
+        str,
+        typer.Argument(
+            help="A master ID (P0000000001, E0000000001), or a source row as "
+            "department:key or department/table/key."
+        ),
+    ],
+    config: ConfigDir = Path("config"),
+) -> None:
+    """The golden record, where each attribute came from, its member rows, and why they link."""
+    from master_data.explain import ExplainError
+    from master_data.explain import explain as do_explain
+
+    city = _load(config)
+    try:
+        ex = do_explain(city, ref)
+    except ExplainError as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    console.rule(f"[bold]{ex.master_id}[/bold] ({ex.entity}, night {ex.run_id})")
+    golden = Table(title="golden record", title_justify="left")
+    for col in ("attribute", "value", "department", "source key", "updated", "rule", "agree"):
+        golden.add_column(col)
+    for a in ex.attributes:
+        golden.add_row(
+            a["attribute"], a["value"], a["department"] or "—", a["source_key"] or "—",
+            a["updated"] or "—", a["rule"] or "—", a["agree"] or "—",
+        )  # fmt: skip
+    console.print(golden)
+    members = Table(title="member rows", title_justify="left")
+    for col in ex.member_columns:
+        members.add_column(col, overflow="fold")
+    for m in ex.members:
+        members.add_row(*[m.get(c) or "" for c in ex.member_columns])
+    console.print(members)
+    links = Table(title="links", title_justify="left")
+    for col in ("left", "right", "rule / probability", "field weights"):
+        links.add_column(col, overflow="fold")
+    for lk in ex.links:
+        links.add_row(lk["left"], lk["right"], lk["why"], lk["weights"])
+    console.print(links)
+    for line in ex.notes:
+        console.print(line, highlight=False)
+
+
+@review_app.command("list")
+def review_list(
+    config: ConfigDir = Path("config"),
+    entity: Annotated[str | None, typer.Option(help="person or enterprise")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+) -> None:
+    """The open review queue, most probable first."""
+    from master_data.review import queue
+
+    city = _load(config)
+    rows = queue(city, entity=entity, limit=limit)
+    table = Table(title=f"Review queue ({len(rows)} shown)", title_justify="left")
+    for col in ("entity", "left", "right", "probability", "masters", "field weights"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["entity"], r["left_record"], r["right_record"], f"{r['probability']:.3f}",
+            f"{r['left_master_id']} / {r['right_master_id']}", r["weights_text"],
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        "Decide with `govmdm review decide LEFT RIGHT link|apart --by NAME`; the decision holds "
+        "on every later night."
+    )
+
+
+@review_app.command("decide")
+def review_decide(
+    left: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
+    right: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
+    decision: Annotated[str, typer.Argument(help="link or apart")],
+    by: Annotated[str, typer.Option("--by", help="who decides (recorded)")],
+    note: Annotated[str | None, typer.Option(help="why")] = None,
+    config: ConfigDir = Path("config"),
+) -> None:
+    """Record a reviewer's decision on a pair: it overrides the model from the next night on."""
+    from master_data.review import ReviewError, decide
+
+    city = _load(config)
+    try:
+        entity = decide(city, left, right, decision, by=by, note=note)
+    except ReviewError as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    console.print(
+        f"Recorded: {entity} {left} ~ {right}: {decision} by {by}. "
+        "Run `govmdm consolidate` to apply it."
+    )
+
+
+@app.command()
+def evaluate(
+    config: ConfigDir = Path("config"),
+    truth: Annotated[
+        Path | None, typer.Option(help="The sample city's folder (default: var/city).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Precision, recall and F1 of the published master data against the sample city's truth."""
+    from master_data.published import evaluate_published
+
+    city = _load(config)
+    try:
+        result = evaluate_published(city, truth or city.var_dir / "city")
+    except (FileNotFoundError, LookupError) as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        return
+    table = Table(title="Linkage against the truth", title_justify="left")
+    for col in ("entity", "rows", "masters", "true", "pair P", "pair R", "pair F1",
+                "cluster P", "cluster R", "cluster F1", "golden accuracy"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for e, ev in result.entities.items():
+        p, c = ev.pairwise, ev.clusters
+        acc = ev.golden.fully_correct if ev.golden is not None else float("nan")
+        table.add_row(
+            e, f"{ev.counts.linked:,}", f"{ev.counts.clusters:,}", f"{ev.counts.true_entities:,}",
+            f"{p.precision:.4f}", f"{p.recall:.4f}", f"{p.f1:.4f}", f"{c.precision:.4f}",
+            f"{c.recall:.4f}", f"{c.f1:.4f}", f"{acc:.4f}",
+        )  # fmt: skip
+    console.print(table)

@@ -1,0 +1,831 @@
+"""Evaluate linkage and golden records against the sample city's ground truth.
+
+The sample-city generator keeps apart which true person or enterprise every source row describes
+(``<city>/truth/source_rows.parquet``) and each entity's true current values (``persons.parquet``,
+``enterprises.parquet``). This module scores a pipeline's output against them:
+
+* **Linkage**, per entity type: pairwise precision/recall/F1 (counted from a contingency table,
+  never by listing pairs), exact-cluster precision/recall/F1 and B-cubed precision/recall/F1.
+* **Golden records**: each master is matched to the true entity holding most of its rows, and
+  each attribute scored as the share of masters whose value equals the truth (formats normalised).
+* **Error examples**: false merges, false splits and rows the pipeline lost, with source keys.
+
+Input contract (pandas DataFrames):
+
+``crosswalk``
+    ``department, source_table, source_key, entity ('person' | 'enterprise'), master_id``; every
+    source row that survived standardization exactly once. Rejected rows are absent.
+``golden persons``
+    ``master_id, name, id_number, sex, birth_date, phone, division_code, address_detail,
+    ethnicity, status``.
+``golden enterprises``
+    ``master_id, name, uscc, reg_no, org_code, legal_rep_id (an id_number), legal_rep_name,
+    division_code, address_detail, registered_capital (万元), established_date, status``.
+    Golden columns that are absent are skipped, not failed; ``master_id`` is required.
+
+Which rows count: a truth row is *live* on night ``n`` when it was created on or before ``n`` and
+not deleted on or before ``n``; only live rows are scored. Crosswalk rows whose source row is not
+live (*stale*) or that the truth does not know (*unknown*) are counted and left out. Live rows
+missing from the crosswalk (*missing*, usually rejected by standardization) lower pairwise recall,
+because their pairs were never found; the cluster and B-cubed metrics judge the clustering of the
+rows the linker was given (the linked rows), so that one lost row does not also count as a split.
+
+Where a ratio has nothing to count (no predicted pairs, say), it is 1.0: nothing was claimed, so
+nothing was wrong. The counts beside each ratio say when that is the case.
+
+>>> ev = evaluate(Path("var/city"), crosswalk, golden_persons, golden_enterprises)  # doctest: +SKIP
+>>> ev.entities["person"].pairwise.f1  # doctest: +SKIP
+0.9931
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import re
+import unicodedata
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+ENTITIES = ("person", "enterprise")
+CROSSWALK_COLUMNS = ("department", "source_table", "source_key", "entity", "master_id")
+TRUTH_ROW_COLUMNS = ("department", "table", "source_key", "entity_type", "entity_id")
+_KEY = ["department", "source_table", "source_key"]
+
+
+# --- ground truth ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """The generator's truth tables, as written by ``etl.sample_city.generate.write_truth``.
+
+    ``night`` is the night the files describe (from ``city.json``); entity values are as of it.
+    """
+
+    persons: pd.DataFrame
+    enterprises: pd.DataFrame
+    rows: pd.DataFrame
+    night: int | None = None
+
+    def entities(self, entity: str) -> pd.DataFrame:
+        """The true persons or enterprises, indexed by their entity id."""
+        if entity == "person":
+            return self.persons.set_index("person_id", drop=False)
+        if entity == "enterprise":
+            return self.enterprises.set_index("enterprise_id", drop=False)
+        raise ValueError(f"entity must be one of {ENTITIES}, not {entity!r}")
+
+
+def load_truth(path: Path | str) -> GroundTruth:
+    """Read the truth of a generated city; ``path`` is the city directory or its ``truth/``.
+
+    >>> truth = load_truth("var/city")  # doctest: +SKIP
+    >>> truth.night, len(truth.rows)  # doctest: +SKIP
+    (0, 20039)
+    """
+    path = Path(path)
+    tdir = path / "truth" if (path / "truth").is_dir() else path
+    missing = [
+        n for n in ("persons", "enterprises", "source_rows") if not (tdir / f"{n}.parquet").exists()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{tdir}: no {', '.join(m + '.parquet' for m in missing)}; "
+            "generate the city first (govmdm sample)"
+        )
+    manifest = tdir.parent / "city.json"
+    night = int(json.loads(manifest.read_text())["night"]) if manifest.exists() else None
+    return GroundTruth(
+        persons=pq.read_table(tdir / "persons.parquet").to_pandas(),
+        enterprises=pq.read_table(tdir / "enterprises.parquet").to_pandas(),
+        rows=pq.read_table(tdir / "source_rows.parquet").to_pandas(),
+        night=night,
+    )
+
+
+def live_rows(truth_rows: pd.DataFrame, night: int | None = None) -> pd.DataFrame:
+    """The truth rows present in the sources on ``night`` (``None``: never deleted).
+
+    >>> rows = pd.DataFrame({"created_night": [0, 0, 2], "deleted_night": [None, 1, None]})
+    >>> len(live_rows(rows, 1)), len(live_rows(rows, 0)), len(live_rows(rows))
+    (1, 2, 2)
+    """
+    deleted = truth_rows.get("deleted_night")
+    created = truth_rows.get("created_night")
+    keep = pd.Series(True, index=truth_rows.index)
+    if deleted is not None:
+        keep &= deleted.isna() if night is None else (deleted.isna() | (deleted > night))
+    if created is not None and night is not None:
+        keep &= created.fillna(0) <= night
+    return truth_rows[keep]
+
+
+# --- aligning the crosswalk with the truth ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Aligned:
+    """Crosswalk and truth rows joined on the source key, split by what each row turned out to be.
+
+    ``linked`` has the key, ``entity_type``, ``entity_id``, ``master_id`` (as text), ``cluster``
+    (an integer per (crosswalk entity, master_id)) and ``truth`` (an integer per entity id).
+    """
+
+    linked: pd.DataFrame
+    live: pd.DataFrame  # live truth rows, with source_table
+    missing: pd.DataFrame
+    stale: pd.DataFrame
+    unknown: pd.DataFrame
+    mismatched: pd.DataFrame
+
+
+def _as_text(col: pd.Series) -> pd.Series:
+    if col.dtype == object and pd.api.types.infer_dtype(col, skipna=False) == "string":
+        return col
+    return col.astype(str)
+
+
+def _check_crosswalk(crosswalk: pd.DataFrame) -> pd.DataFrame:
+    absent = [c for c in CROSSWALK_COLUMNS if c not in crosswalk.columns]
+    if absent:
+        raise ValueError(f"crosswalk lacks column(s) {absent}; it needs {list(CROSSWALK_COLUMNS)}")
+    cw = pd.DataFrame({c: _as_text(crosswalk[c]) for c in CROSSWALK_COLUMNS})
+    bad = sorted(set(cw["entity"].unique()) - set(ENTITIES))
+    if bad:
+        raise ValueError(f"crosswalk.entity has {bad}; allowed: {list(ENTITIES)}")
+    return cw.reset_index(drop=True)
+
+
+def _truth_frame(truth_rows: pd.DataFrame) -> pd.DataFrame:
+    absent = [c for c in TRUTH_ROW_COLUMNS if c not in truth_rows.columns]
+    if absent:
+        raise ValueError(f"truth rows lack column(s) {absent}; need {list(TRUTH_ROW_COLUMNS)}")
+    tr = truth_rows.rename(columns={"table": "source_table"}).reset_index(drop=True)
+    return tr.assign(**{c: _as_text(tr[c]) for c in (*_KEY, "entity_type", "entity_id")})
+
+
+def _key_codes(left: pd.DataFrame, right: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """One integer per distinct (department, source_table, source_key), shared by both frames:
+    joining on it is several times faster than merging on three text columns."""
+    n = len(left)
+    codes = np.zeros(n + len(right), dtype=np.int64)
+    for col in _KEY:
+        part, uniques = pd.factorize(pd.concat([left[col], right[col]], ignore_index=True))
+        codes, _ = pd.factorize(codes * len(uniques) + part)
+    return codes[:n], codes[n:]
+
+
+def _first_duplicates(frame: pd.DataFrame, dup: np.ndarray) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = frame.loc[dup, _KEY].head(3).to_dict("records")
+    return records
+
+
+def _align(crosswalk: pd.DataFrame, truth_rows: pd.DataFrame, night: int | None) -> _Aligned:
+    cw = _check_crosswalk(crosswalk)
+    tr = _truth_frame(truth_rows)
+    cw_code, tr_code = _key_codes(cw, tr)
+    for name, frame, code in (("crosswalk", cw, cw_code), ("truth rows", tr, tr_code)):
+        dup = pd.Series(code).duplicated(keep=False).to_numpy()
+        if dup.any():
+            raise ValueError(
+                f"{name} has {int(dup.sum())} rows whose source key appears more than once "
+                f"(each source row must appear once), e.g. {_first_duplicates(frame, dup)}"
+            )
+    live = np.zeros(len(tr), dtype=bool)
+    live[live_rows(tr, night).index.to_numpy()] = True
+    pos = pd.Index(tr_code).get_indexer(cw_code)  # crosswalk row -> truth row, -1 if unknown
+    known = pos >= 0
+    in_cw = np.zeros(len(tr), dtype=bool)
+    in_cw[pos[known]] = True
+    cols = [*_KEY, "entity_type", "entity_id"]
+    found = tr.loc[pos[known], ["entity_type", "entity_id"]].to_numpy()
+    matched = cw[known].assign(entity_type=found[:, 0], entity_id=found[:, 1])
+    is_live = live[pos[known]]
+    linked = matched[is_live].reset_index(drop=True)
+    linked = linked.assign(
+        cluster=linked.groupby(["entity", "master_id"], sort=False).ngroup().to_numpy(),
+        truth=pd.factorize(linked["entity_id"])[0],
+    )
+    return _Aligned(
+        linked=linked,
+        live=tr.loc[live, cols].reset_index(drop=True),
+        missing=tr.loc[live & ~in_cw, cols].reset_index(drop=True),
+        stale=matched[~is_live].reset_index(drop=True),
+        unknown=cw[~known].reset_index(drop=True),
+        mismatched=linked[linked["entity"] != linked["entity_type"]],
+    )
+
+
+def _types(al: _Aligned) -> list[str]:
+    present = set(al.live["entity_type"]) | set(al.linked["entity"]) | set(al.unknown["entity"])
+    return [e for e in ENTITIES if e in present] + sorted(present - set(ENTITIES))
+
+
+# --- linkage metrics ---------------------------------------------------------------------------
+
+
+def _ratio(num: float, den: float) -> float:
+    return 1.0 if den == 0 else num / den
+
+
+def _f1(p: float, r: float) -> float:
+    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def _pairs(sizes: pd.Series) -> int:
+    return int((sizes * (sizes - 1) // 2).sum())
+
+
+@dataclass(frozen=True)
+class PairwiseMetrics:
+    """Pairs of rows put together (predicted) vs truly together, for one entity type.
+
+    ``true_pairs`` counts every live truth row, so pairs of rows missing from the crosswalk are
+    false negatives.
+    """
+
+    true_positives: int
+    predicted_pairs: int
+    true_pairs: int
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass(frozen=True)
+class ClusterMetrics:
+    """Exact-cluster and B-cubed scores over the linked rows of one entity type.
+
+    A predicted cluster is *exact* when its rows are all one true entity's linked rows; ``exact``
+    counts them (which equals the true entities reproduced exactly).
+    """
+
+    predicted_clusters: int
+    true_entities: int
+    exact: int
+    precision: float
+    recall: float
+    f1: float
+    bcubed_precision: float
+    bcubed_recall: float
+    bcubed_f1: float
+
+
+def _pairwise(linked: pd.DataFrame, live: pd.DataFrame) -> PairwiseMetrics:
+    tp = _pairs(linked.groupby(["cluster", "truth"]).size())
+    predicted = _pairs(linked.groupby("cluster").size())
+    true = _pairs(live.groupby("entity_id").size())
+    p, r = _ratio(tp, predicted), _ratio(tp, true)
+    return PairwiseMetrics(tp, predicted, true, p, r, _f1(p, r))
+
+
+def _clusters(linked: pd.DataFrame) -> ClusterMetrics:
+    cells = linked.groupby(["cluster", "truth"]).size().rename("n").reset_index()
+    by_cluster = cells.groupby("cluster")["n"].agg(["size", "sum"])
+    by_truth = cells.groupby("truth")["n"].agg(["size", "sum"])
+    single_c = cells["cluster"].map(by_cluster["size"]).eq(1)
+    single_t = cells["truth"].map(by_truth["size"]).eq(1)
+    exact = int((single_c & single_t).sum())
+    n_c, n_t, rows = len(by_cluster), len(by_truth), int(cells["n"].sum())
+    p, r = _ratio(exact, n_c), _ratio(exact, n_t)
+    sq = cells["n"].astype("float64") ** 2
+    bp = _ratio(float((sq / cells["cluster"].map(by_cluster["sum"])).sum()), rows)
+    br = _ratio(float((sq / cells["truth"].map(by_truth["sum"])).sum()), rows)
+    return ClusterMetrics(n_c, n_t, exact, p, r, _f1(p, r), bp, br, _f1(bp, br))
+
+
+def pairwise_metrics(
+    crosswalk: pd.DataFrame, truth_rows: pd.DataFrame, *, night: int | None = None
+) -> dict[str, PairwiseMetrics]:
+    """Pairwise precision, recall and F1 per entity type, counted from cluster/entity cells.
+
+    ``truth_rows`` is the truth's ``source_rows`` table; rows not live on ``night`` are left out.
+    True positives are Σ C(n, 2) over the (master, true entity) cells, predicted pairs Σ C(n, 2)
+    over masters, true pairs Σ C(n, 2) over true entities (all live rows, linked or not).
+
+    >>> truth = pd.DataFrame({"department": "d", "table": "t", "source_key": list("abcd"),
+    ...                       "entity_type": "person", "entity_id": ["P1", "P1", "P2", "P2"]})
+    >>> xw = truth.rename(columns={"table": "source_table", "entity_type": "entity"})
+    >>> m = pairwise_metrics(xw.assign(master_id="M1"), truth)["person"]
+    >>> (m.true_positives, m.predicted_pairs, m.true_pairs, round(m.precision, 4), m.recall)
+    (2, 6, 2, 0.3333, 1.0)
+    """
+    al = _align(crosswalk, truth_rows, night)
+    return {
+        e: _pairwise(al.linked[al.linked["entity_type"] == e], al.live[al.live["entity_type"] == e])
+        for e in _types(al)
+    }
+
+
+def cluster_metrics(
+    crosswalk: pd.DataFrame, truth_rows: pd.DataFrame, *, night: int | None = None
+) -> dict[str, ClusterMetrics]:
+    """Exact-cluster and B-cubed precision, recall and F1 per entity type, over linked rows.
+
+    >>> truth = pd.DataFrame({"department": "d", "table": "t", "source_key": list("abc"),
+    ...                       "entity_type": "person", "entity_id": ["P1", "P1", "P2"]})
+    >>> xw = truth.rename(columns={"table": "source_table", "entity_type": "entity"})
+    >>> m = cluster_metrics(xw.assign(master_id=["M1", "M2", "M2"]), truth)["person"]
+    >>> (m.exact, m.precision, m.recall, round(m.bcubed_precision, 4), round(m.bcubed_recall, 4))
+    (0, 0.0, 0.0, 0.6667, 0.6667)
+    """
+    al = _align(crosswalk, truth_rows, night)
+    return {e: _clusters(al.linked[al.linked["entity_type"] == e]) for e in _types(al)}
+
+
+# --- error examples ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """One source row in an error example; ``master_id`` is None for a row missing from the
+    crosswalk."""
+
+    department: str
+    source_table: str
+    source_key: str
+    entity_id: str
+    master_id: str | None
+
+
+@dataclass(frozen=True)
+class ErrorExample:
+    """A false merge (one master, several true entities), a false split (one true entity, several
+    masters) or a true entity with live rows missing from the crosswalk."""
+
+    kind: str  # false_merge | false_split | missing
+    entity: str
+    master_ids: tuple[str, ...]
+    entity_ids: tuple[str, ...]
+    rows: tuple[SourceRef, ...]
+
+
+def _refs(frame: pd.DataFrame, limit: int) -> tuple[SourceRef, ...]:
+    frame = frame.sort_values(["entity_id", "department", "source_table", "source_key"])
+    return tuple(
+        SourceRef(
+            str(r["department"]),
+            str(r["source_table"]),
+            str(r["source_key"]),
+            str(r["entity_id"]),
+            None if pd.isna(r.get("master_id")) else str(r["master_id"]),
+        )
+        for r in frame.head(limit).to_dict("records")
+    )
+
+
+def _examples(al: _Aligned, entity: str, n: int, max_rows: int) -> list[ErrorExample]:
+    linked = al.linked[al.linked["entity_type"] == entity]
+    out: list[ErrorExample] = []
+    for kind, by, other, label in (
+        ("false_merge", "cluster", "truth", "master_id"),
+        ("false_split", "truth", "cluster", "entity_id"),
+    ):
+        spread = linked.groupby(by).agg(
+            k=(other, "nunique"), rows=(other, "size"), name=(label, "first")
+        )
+        worst = spread[spread["k"] > 1]
+        worst = worst.sort_values(["k", "rows", "name"], ascending=[False, False, True]).head(n)
+        chosen = linked[linked[by].isin(worst.index)]
+        for code in worst.index:
+            rows = chosen[chosen[by] == code]
+            out.append(
+                ErrorExample(
+                    kind,
+                    entity,
+                    tuple(sorted(rows["master_id"].unique())),
+                    tuple(sorted(rows["entity_id"].unique())),
+                    _refs(rows, max_rows),
+                )
+            )
+    missing = al.missing[al.missing["entity_type"] == entity]
+    for eid in sorted(missing["entity_id"].unique())[:n]:
+        masters = linked.loc[linked["entity_id"] == eid, "master_id"].unique()
+        out.append(
+            ErrorExample(
+                "missing",
+                entity,
+                tuple(sorted(masters)),
+                (eid,),
+                _refs(missing[missing["entity_id"] == eid], max_rows),
+            )
+        )
+    return out
+
+
+def error_examples(
+    crosswalk: pd.DataFrame,
+    truth_rows: pd.DataFrame,
+    *,
+    n: int = 5,
+    night: int | None = None,
+    max_rows: int = 20,
+) -> list[ErrorExample]:
+    """Up to ``n`` false merges, ``n`` false splits and ``n`` entities with missing rows, per
+    entity type; the widest errors first, each with up to ``max_rows`` of its source rows.
+
+    >>> truth = pd.DataFrame({"department": "d", "table": "t", "source_key": list("ab"),
+    ...                       "entity_type": "person", "entity_id": ["P1", "P2"]})
+    >>> xw = truth.rename(columns={"table": "source_table", "entity_type": "entity"})
+    >>> found = error_examples(xw.assign(master_id="M"), truth)
+    >>> [(x.kind, x.master_ids, x.entity_ids) for x in found]
+    [('false_merge', ('M',), ('P1', 'P2'))]
+    """
+    al = _align(crosswalk, truth_rows, night)
+    return [x for e in _types(al) for x in _examples(al, e, n, max_rows)]
+
+
+# --- golden record accuracy ----------------------------------------------------------------------
+
+Normaliser = Callable[[Any], Hashable | None]
+
+
+def _blank(v: Any) -> bool:
+    if v is None:
+        return True
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # list-likes are not blank scalars
+        return False
+
+
+def _text(v: Any) -> str | None:
+    """NFKC, no whitespace: full-width brackets and stray spaces are format, not content."""
+    if _blank(v):
+        return None
+    s = str(v)
+    s = "".join((s if s.isascii() else unicodedata.normalize("NFKC", s)).split())
+    return s or None
+
+
+def _ident(v: Any) -> str | None:
+    s = _text(v)
+    s = re.sub(r"[^0-9A-Za-z]", "", s).upper() if s else None
+    return s or None
+
+
+def _division(v: Any) -> str | None:
+    s = _ident(v)
+    if s and s.isdigit() and len(s) > 6 and set(s[6:]) == {"0"}:
+        return s[:6]
+    return s
+
+
+def _date(v: Any) -> Hashable | None:
+    if _blank(v):
+        return None
+    if isinstance(v, dt.datetime):
+        return v.date()
+    if isinstance(v, dt.date):
+        return v
+    s = _text(v)
+    if s is None:
+        return None
+    for fmt in ("%Y-%m-%d", "%Y%m%d", "%Y/%m/%d", "%Y.%m.%d", "%Y年%m月%d日"):
+        try:
+            return dt.datetime.strptime(s[: len(s) if "年" in fmt else 10], fmt).date()
+        except ValueError:
+            continue
+    try:
+        return pd.Timestamp(v).date()
+    except (ValueError, TypeError, OverflowError):
+        return s  # unparseable: compares unequal to any real date
+
+
+def _phone(v: Any) -> str | None:
+    if isinstance(v, str) and len(v) == 11 and v.isascii() and v.isdigit():
+        return v  # the common case, a clean mobile number
+    s = _text(v)
+    if s is None:
+        return None
+    parts = s.split("-")
+    if s.startswith("0") and len(parts) >= 3:  # 0591-87654321-123: drop the extension
+        s = "-".join(parts[:2])
+    digits = re.sub(r"\D", "", s)
+    if len(digits) == 13 and digits.startswith("861"):
+        digits = digits[2:]
+    return digits or None
+
+
+def _capital(v: Any) -> Hashable | None:
+    if _blank(v):
+        return None
+    try:
+        d = Decimal(str(v).strip())
+        return d.quantize(Decimal("0.0001")) if d.is_finite() else None
+    except InvalidOperation:
+        return _text(v)
+
+
+# golden attribute -> (truth columns any of which may match, normaliser)
+PERSON_ATTRIBUTES: dict[str, tuple[tuple[str, ...], Normaliser]] = {
+    "name": (("name",), _text),
+    "id_number": (("id_number",), _ident),
+    "sex": (("sex",), _text),
+    "birth_date": (("birth_date",), _date),
+    "phone": (("phone", "landline"), _phone),
+    "division_code": (("division_code",), _division),
+    "address_detail": (("address_detail",), _text),
+    "ethnicity": (("ethnicity", "ethnicity_code"), _text),
+    "status": (("status",), _text),
+}
+ENTERPRISE_ATTRIBUTES: dict[str, tuple[tuple[str, ...], Normaliser]] = {
+    "name": (("name",), _text),
+    "uscc": (("uscc",), _ident),
+    "reg_no": (("reg_no",), _ident),
+    "org_code": (("org_code",), _ident),
+    "legal_rep_id": (("legal_rep_id",), _ident),
+    "legal_rep_name": (("legal_rep_name",), _text),
+    "division_code": (("division_code",), _division),
+    "address_detail": (("address_detail",), _text),
+    "registered_capital": (("registered_capital",), _capital),
+    "established_date": (("established_date",), _date),
+    "status": (("status",), _text),
+}
+ATTRIBUTES = {"person": PERSON_ATTRIBUTES, "enterprise": ENTERPRISE_ATTRIBUTES}
+
+
+@dataclass(frozen=True)
+class AttributeAccuracy:
+    """How many evaluated masters carry the true value of one attribute."""
+
+    correct: int
+    evaluated: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class GoldenAccuracy:
+    """Golden-record accuracy for one entity type.
+
+    ``evaluated`` masters have linked rows and are scored against the true entity holding most of
+    them; ``unmatched`` golden masters have none. ``fully_correct`` is the share of evaluated
+    masters right on every scored attribute; ``skipped`` attributes are absent from the golden
+    table.
+    """
+
+    entity: str
+    masters: int
+    evaluated: int
+    unmatched: int
+    fully_correct: float
+    attributes: dict[str, AttributeAccuracy] = field(default_factory=dict)
+    skipped: tuple[str, ...] = ()
+
+
+def _normalised(values: pd.Series, fn: Normaliser) -> pd.Series:
+    """``fn`` applied once per distinct value (a million golden rows hold far fewer values)."""
+    try:
+        uniques = values.dropna().unique()
+        table = {u: fn(u) for u in uniques}
+        return values.map(table).astype(object)
+    except TypeError:  # unhashable cells
+        return values.map(lambda v: None if _blank(v) else fn(v)).astype(object)
+
+
+def _matches(golden: pd.Series, candidates: list[pd.Series]) -> pd.Series:
+    """A present golden value must equal some present truth value; a blank one needs all blank."""
+    g_blank = golden.isna()
+    any_equal = pd.Series(False, index=golden.index)
+    all_blank = pd.Series(True, index=golden.index)
+    for c in candidates:
+        any_equal |= (golden == c) & c.notna()
+        all_blank &= c.isna()
+    return (~g_blank & any_equal) | (g_blank & all_blank)
+
+
+def _truth_entities(truth: GroundTruth, entity: str) -> pd.DataFrame:
+    frame = truth.entities(entity)
+    if entity == "enterprise" and "legal_rep_id" in frame and len(truth.persons):
+        # tolerate a truth whose legal_rep_id still holds person ids rather than ID numbers
+        ids = truth.persons.set_index("person_id")["id_number"]
+        rep = frame["legal_rep_id"]
+        frame = frame.assign(legal_rep_id=rep.map(ids).where(rep.isin(ids.index), rep))
+    return frame
+
+
+def master_entities(linked: pd.DataFrame) -> pd.Series:
+    """Each master's true entity: the one holding most of its linked rows (ties: lowest id).
+
+    ``linked`` needs ``master_id`` and ``entity_id``; the result is indexed by ``master_id``.
+    """
+    masters, master_names = pd.factorize(linked["master_id"])
+    entities, entity_names = pd.factorize(linked["entity_id"])
+    rank = np.empty(len(entity_names), dtype=np.int64)
+    rank[entity_names.argsort()] = np.arange(len(entity_names))
+    cells = pd.DataFrame({"m": masters, "e": entities}).groupby(["m", "e"]).size()
+    cells = cells.rename("n").reset_index()
+    cells = cells.assign(r=rank[cells["e"].to_numpy()])
+    cells = cells.sort_values(["m", "n", "r"], ascending=[True, False, True])
+    best = cells.drop_duplicates("m")
+    return pd.Series(
+        entity_names[best["e"].to_numpy()],
+        index=pd.Index(master_names[best["m"].to_numpy()], name="master_id"),
+        name="entity_id",
+    )
+
+
+def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str) -> GoldenAccuracy:
+    if "master_id" not in golden.columns:
+        raise ValueError(f"golden {entity} table lacks master_id")
+    g = golden.assign(master_id=golden["master_id"].astype(str))
+    dup = g["master_id"].duplicated()
+    if dup.any():
+        raise ValueError(
+            f"golden {entity} table repeats {int(dup.sum())} master_id(s), e.g. "
+            f"{g.loc[dup, 'master_id'].head(3).tolist()}"
+        )
+    linked = al.linked[(al.linked["entity"] == entity) & (al.linked["entity_type"] == entity)]
+    owner = master_entities(linked)
+    g = g.assign(_entity_id=g["master_id"].map(owner))
+    scored = g[g["_entity_id"].notna()].reset_index(drop=True)
+    true = _truth_entities(truth, entity).reindex(scored["_entity_id"]).reset_index(drop=True)
+    attributes: dict[str, AttributeAccuracy] = {}
+    skipped: list[str] = []
+    every = pd.Series(True, index=scored.index)
+    for attr, (columns, fn) in ATTRIBUTES[entity].items():
+        present = [c for c in columns if c in true.columns]
+        if attr not in scored.columns or not present:
+            skipped.append(attr)
+            continue
+        ok = _matches(_normalised(scored[attr], fn), [_normalised(true[c], fn) for c in present])
+        every &= ok
+        attributes[attr] = AttributeAccuracy(
+            int(ok.sum()), len(scored), _ratio(int(ok.sum()), len(scored))
+        )
+    return GoldenAccuracy(
+        entity=entity,
+        masters=len(g),
+        evaluated=len(scored),
+        unmatched=len(g) - len(scored),
+        fully_correct=_ratio(int(every.sum()), len(scored)),
+        attributes=attributes,
+        skipped=tuple(skipped),
+    )
+
+
+def golden_accuracy(
+    golden: pd.DataFrame,
+    crosswalk: pd.DataFrame,
+    truth: GroundTruth,
+    entity: str,
+    *,
+    night: int | None = None,
+) -> GoldenAccuracy:
+    """Per attribute, the share of masters whose golden value equals their true entity's value.
+
+    Values are compared after normalising format: dates as dates, phones as digits (a person's
+    mobile or landline both count), capital as ``Decimal`` to 4 places, identifiers upper-case
+    alphanumerics, text NFKC without whitespace. An enterprise's ``legal_rep_id`` is compared with
+    its representative's ID number.
+
+    >>> truth = load_truth("var/city")  # doctest: +SKIP
+    >>> acc = golden_accuracy(golden_persons, crosswalk, truth, "person")  # doctest: +SKIP
+    >>> acc.attributes["phone"].accuracy  # doctest: +SKIP
+    0.982
+    """
+    if entity not in ENTITIES:
+        raise ValueError(f"entity must be one of {ENTITIES}, not {entity!r}")
+    night = truth.night if night is None else night
+    return _golden(golden, _align(crosswalk, truth.rows, night), truth, entity)
+
+
+# --- everything at once --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    """Where the rows of one entity type went (source rows unless named otherwise)."""
+
+    truth_rows: int  # live in the sources on the night
+    linked: int  # live and in the crosswalk
+    missing: int  # live but absent from the crosswalk (rejected or lost)
+    stale: int  # in the crosswalk but deleted (or not yet created) on the night
+    unknown: int  # in the crosswalk but not in the truth at all
+    entity_mismatch: int  # linked under the other entity type
+    clusters: int  # masters with at least one linked row
+    true_entities: int  # true entities with at least one live row
+    true_entities_linked: int  # true entities with at least one linked row
+
+
+@dataclass(frozen=True)
+class EntityEvaluation:
+    """Everything measured for one entity type."""
+
+    entity: str
+    counts: RowCounts
+    pairwise: PairwiseMetrics
+    clusters: ClusterMetrics
+    golden: GoldenAccuracy | None
+    examples: tuple[ErrorExample, ...] = ()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Linkage and golden-record scores of one night, per entity type."""
+
+    truth_dir: str
+    night: int | None
+    entities: dict[str, EntityEvaluation]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts and lists, ready for ``json.dumps``."""
+        out: dict[str, Any] = _jsonable(dataclasses.asdict(self))
+        return out
+
+    def summary(self) -> str:
+        """A few lines for a terminal or a log."""
+        lines = [f"evaluation of night {self.night} against {self.truth_dir}"]
+        for e in self.entities.values():
+            c, p, k = e.counts, e.pairwise, e.clusters
+            lines.append(
+                f"{e.entity}: {c.linked}/{c.truth_rows} rows linked ({c.missing} missing), "
+                f"{c.clusters} masters for {c.true_entities_linked} entities; "
+                f"pairwise P {p.precision:.4f} R {p.recall:.4f} F1 {p.f1:.4f}; "
+                f"cluster F1 {k.f1:.4f}; B-cubed F1 {k.bcubed_f1:.4f}"
+            )
+            if e.golden is not None:
+                accs = ", ".join(f"{a} {v.accuracy:.3f}" for a, v in e.golden.attributes.items())
+                lines.append(f"  golden ({e.golden.evaluated} masters): {accs}")
+        return "\n".join(lines)
+
+
+def evaluate(
+    truth_dir: Path | str,
+    crosswalk: pd.DataFrame,
+    golden_persons: pd.DataFrame | None = None,
+    golden_enterprises: pd.DataFrame | None = None,
+    night: int | None = None,
+    *,
+    examples: int = 5,
+) -> Evaluation:
+    """Score one night's crosswalk and golden tables against a generated city's truth.
+
+    ``truth_dir`` is the city directory (or its ``truth/``); ``night`` defaults to the night the
+    truth files describe. Entity values in the truth are as of that night, so golden records of an
+    earlier night are scored against later values.
+
+    >>> ev = evaluate("var/city", crosswalk, golden_persons, golden_enterprises)  # doctest: +SKIP
+    >>> print(json.dumps(ev.to_dict(), ensure_ascii=False))  # doctest: +SKIP
+    """
+    truth = load_truth(truth_dir)
+    if night is None:
+        night = truth.night
+    elif truth.night is not None and night > truth.night:
+        raise ValueError(f"the truth in {truth_dir} describes night {truth.night}, not {night}")
+    elif truth.night is not None and night < truth.night:
+        log.warning(
+            "the truth is of night %s: night %s is scored on later values", truth.night, night
+        )
+    al = _align(crosswalk, truth.rows, night)
+    goldens = {"person": golden_persons, "enterprise": golden_enterprises}
+    entities: dict[str, EntityEvaluation] = {}
+    for e in _types(al):
+        linked = al.linked[al.linked["entity_type"] == e]
+        live = al.live[al.live["entity_type"] == e]
+        counts = RowCounts(
+            truth_rows=len(live),
+            linked=len(linked),
+            missing=int((al.missing["entity_type"] == e).sum()),
+            stale=int((al.stale["entity"] == e).sum()),
+            unknown=int((al.unknown["entity"] == e).sum()),
+            entity_mismatch=int((al.mismatched["entity_type"] == e).sum()),
+            clusters=int(linked["cluster"].nunique()),
+            true_entities=int(live["entity_id"].nunique()),
+            true_entities_linked=int(linked["entity_id"].nunique()),
+        )
+        g = goldens.get(e)
+        entities[e] = EntityEvaluation(
+            entity=e,
+            counts=counts,
+            pairwise=_pairwise(linked, live),
+            clusters=_clusters(linked),
+            golden=None if g is None else _golden(g, al, truth, e),
+            examples=tuple(_examples(al, e, examples, 20)),
+        )
+    return Evaluation(str(truth_dir), night, entities)

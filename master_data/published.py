@@ -1,0 +1,67 @@
+"""Reading what the last night published: the warehouse tables and the night's master state.
+
+>>> night = published_night(city)
+>>> night.run_id, night.state_dir.name
+('2026-07-01', 'run=2026-07-01')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from etl.config import CityConfig
+from etl.state import warehouse_url
+from etl.warehouse import crosswalk_table, engine_for, enterprise_table, latest_run, person_table
+from etl.warehouse import read as read_table
+from master_data.evaluate import Evaluation, evaluate
+
+
+@dataclass(frozen=True)
+class PublishedNight:
+    """The last published night: its ID, mode, summary and master state folder."""
+
+    run_id: str
+    mode: str
+    state_dir: Path
+    summary: dict[str, Any]
+
+
+@contextlib.contextmanager
+def warehouse(city: CityConfig) -> Iterator[sa.Engine]:
+    """An engine on the city's warehouse, disposed afterwards."""
+    engine = engine_for(warehouse_url(city))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def published_night(city: CityConfig) -> PublishedNight:
+    """The last published night; LookupError if none was published yet."""
+    with warehouse(city) as engine:
+        run = latest_run(engine)
+    if run is None:
+        raise LookupError(
+            "nothing is published yet. Fix: run `govmdm consolidate` (or `make demo`) first"
+        )
+    return PublishedNight(
+        run["run_id"], run["mode"], Path(run["state_dir"]), json.loads(run["summary"])
+    )
+
+
+def evaluate_published(city: CityConfig, truth_dir: Path) -> Evaluation:
+    """Score the published crosswalk and golden tables against a sample city's truth."""
+    with warehouse(city) as engine:
+        if latest_run(engine) is None:
+            raise LookupError("nothing is published yet. Fix: run `govmdm consolidate` first")
+        crosswalk = read_table(engine, crosswalk_table)
+        persons = read_table(engine, person_table)
+        firms = read_table(engine, enterprise_table)
+    return evaluate(truth_dir, crosswalk, persons, firms)

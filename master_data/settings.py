@@ -1,0 +1,93 @@
+"""Match settings (``config/matching.yaml``): blocking, thresholds, EM and survivorship rank.
+
+>>> settings = load_match_settings("config")
+>>> settings.person.thresholds.auto_link
+0.99
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from etl.config import ConfigError, load_yaml_model
+from master_data.blocking import DEFAULT_MAX_BLOCK, BlockingPass
+
+Entity = Literal["person", "enterprise"]
+ENTITIES: tuple[Entity, ...] = ("person", "enterprise")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Thresholds(_Strict):
+    """Match-probability bands: at or above ``auto_link`` link; from ``review`` up, ask a
+    reviewer; below, no link. Pairs under ``keep`` are not even stored for ``explain``."""
+
+    auto_link: float = Field(0.99, gt=0, lt=1, description="link without review from here")
+    review: float = Field(0.5, gt=0, lt=1, description="queue for review from here")
+    keep: float = Field(0.01, gt=0, lt=1, description="store the pair's comparison from here")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Thresholds:
+        if not self.keep <= self.review < self.auto_link:
+            raise ValueError(
+                f"thresholds must satisfy keep ≤ review < auto_link, got keep={self.keep}, "
+                f"review={self.review}, auto_link={self.auto_link}. Fix: e.g. keep: 0.01, "
+                "review: 0.5, auto_link: 0.99"
+            )
+        return self
+
+
+class EntityMatch(_Strict):
+    """How one entity type is linked and which department's value survives."""
+
+    blocking: list[BlockingPass] = Field(min_length=1, description="passes, unioned")
+    max_block: int = Field(DEFAULT_MAX_BLOCK, ge=2, description="skip blocks bigger than this")
+    thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
+    survivorship_rank: list[str] = Field(
+        default_factory=list, description="departments after the authority, most trusted first"
+    )
+
+
+class EmSettings(_Strict):
+    """Expectation-maximisation: when to stop."""
+
+    max_iter: int = Field(100, ge=1)
+    tol: float = Field(1e-6, gt=0)
+
+
+class MatchSettings(_Strict):
+    """The whole of ``config/matching.yaml``."""
+
+    person: EntityMatch
+    enterprise: EntityMatch
+    em: EmSettings = Field(default_factory=lambda: EmSettings.model_validate({}))
+
+    def entity(self, entity: str) -> EntityMatch:
+        """The settings of ``person`` or ``enterprise``."""
+        match: EntityMatch = getattr(self, entity)
+        return match
+
+
+def load_match_settings(
+    config_dir: str | Path = "config", departments: set[str] | None = None
+) -> MatchSettings:
+    """Read ``<config_dir>/matching.yaml``; with ``departments``, also check that every
+    department named in a survivorship rank exists."""
+    path = Path(config_dir) / "matching.yaml"
+    settings = load_yaml_model(path, MatchSettings)
+    if departments is not None:
+        problems = [
+            f"{path}: {entity}.survivorship_rank[{i}]: no department '{code}'. Fix: use one of "
+            f"{', '.join(sorted(departments))}"
+            for entity in ENTITIES
+            for i, code in enumerate(settings.entity(entity).survivorship_rank)
+            if code not in departments
+        ]
+        if problems:
+            raise ConfigError(problems)
+    return settings

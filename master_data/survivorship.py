@@ -1,0 +1,182 @@
+"""Survivorship (一数一源) and cross-checks (多元校核).
+
+For each attribute of a master entity, the value comes from one member row chosen in this order:
+the department configured as the attribute's authority; then the configured rank of departments;
+then the most recent ``updated_at``; then the value most members agree on; then department and
+source key (so the choice is deterministic). Only usable values take part: a field the
+standardizer refused is NULL in the canonical row and never survives. Attributes that belong
+together (the parts of an address; a name and its pinyin) come from the same row.
+
+Where a member row's value differs from a golden value that came from the authority, a conflict
+row is written for the member's department: that department's copy disagrees with the
+authoritative source.
+
+>>> golden, provenance, conflicts = survive(members, "person", authority, rank)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+# attribute → the canonical columns that survive together (the first one decides "has a value")
+ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
+    "person": {
+        "name": ("name", "name_pinyin"),
+        "id_number": ("id_number",),
+        "sex": ("sex",),
+        "birth_date": ("birth_date",),
+        "phone": ("phone",),
+        "address": (
+            "division_code", "address", "province", "city", "district", "address_detail",
+        ),
+        "ethnicity": ("ethnicity",),
+        "employer_uscc": ("employer_uscc",),
+        "status": ("status",),
+    },
+    "enterprise": {
+        "name": ("name", "name_key", "branch"),
+        "uscc": ("uscc",),
+        "reg_no": ("reg_no",),
+        "org_code": ("org_code",),
+        "legal_rep_name": ("legal_rep_name",),
+        "legal_rep_id": ("legal_rep_id",),
+        "address": (
+            "division_code", "address", "province", "city", "district", "address_detail",
+        ),
+        "registered_capital": ("registered_capital",),
+        "established_date": ("established_date",),
+        "status": ("status",),
+    },
+}  # fmt: skip
+
+PROVENANCE_COLUMNS = [
+    "master_id", "attribute", "department", "source_table", "source_key", "source_updated_at",
+    "candidates", "agreeing", "rule",
+]  # fmt: skip
+CONFLICT_COLUMNS = [
+    "master_id", "attribute", "department", "source_table", "source_key", "value",
+    "authority_department", "authority_value",
+]  # fmt: skip
+
+
+def golden_columns(entity: str) -> list[str]:
+    """The golden table's value columns, in order."""
+    return [c for cols in ATTRIBUTES[entity].values() for c in cols]
+
+
+def survive(
+    members: pd.DataFrame,
+    entity: str,
+    authority: Mapping[str, str],
+    rank: Sequence[str],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Golden records, per-attribute provenance and conflicts with the authority.
+
+    ``members``: canonical rows with ``master_id`` (columns of the entity's canonical schema).
+    ``authority``: attribute → department code. ``rank``: departments, most trusted first; a
+    department not listed ranks after all listed ones.
+    """
+    order = {d: i for i, d in enumerate(rank)}
+    base = members.assign(
+        _rank=members["department"].map(order).fillna(len(order)).astype(int),
+        _updated=members["updated_at"].fillna(pd.Timestamp.min),
+    )
+    golden = pd.DataFrame(index=pd.Index(sorted(members["master_id"].unique()), name="master_id"))
+    provenance: list[pd.DataFrame] = []
+    conflicts: list[pd.DataFrame] = []
+    for attribute, columns in ATTRIBUTES[entity].items():
+        lead = columns[0]
+        has = base[base[lead].notna()]
+        if has.empty:
+            for c in columns:
+                golden[c] = None
+            continue
+        auth = authority.get(attribute)
+        value = _comparable(has, attribute, lead)
+        agree = value.groupby([has["master_id"], value]).transform("size")
+        ranked = has.assign(
+            _auth=(has["department"] != auth).astype(int) if auth else 0,
+            _agree=agree,
+            _candidates=has.groupby("master_id")[lead].transform("size"),
+        ).sort_values(
+            ["master_id", "_auth", "_rank", "_updated", "_agree", "department", "source_key"],
+            ascending=[True, True, True, False, False, True, True],
+            kind="mergesort",
+        )
+        winners = ranked.drop_duplicates("master_id").set_index("master_id")
+        for c in columns:
+            golden[c] = winners[c].reindex(golden.index)
+        rule = pd.Series("recency", index=winners.index)
+        rule[winners["_rank"] < len(order)] = "rank"
+        if auth:
+            rule[winners["department"] == auth] = "authority"
+        provenance.append(
+            pd.DataFrame(
+                {
+                    "master_id": winners.index,
+                    "attribute": attribute,
+                    "department": winners["department"].to_numpy(),
+                    "source_table": winners["source_table"].to_numpy(),
+                    "source_key": winners["source_key"].to_numpy(),
+                    "source_updated_at": winners["updated_at"].to_numpy(),
+                    "candidates": winners["_candidates"].to_numpy(),
+                    "agreeing": winners["_agree"].to_numpy(),
+                    "rule": rule.to_numpy(),
+                }
+            )
+        )
+        if auth:
+            conflicts.append(_conflicts(has, value, winners, attribute, auth))
+    prov = pd.concat(provenance, ignore_index=True) if provenance else _empty(PROVENANCE_COLUMNS)
+    conf = pd.concat(conflicts, ignore_index=True) if conflicts else _empty(CONFLICT_COLUMNS)
+    return golden.reset_index(), prov, conf.sort_values(["master_id", "attribute", "department"])
+
+
+def _comparable(rows: pd.DataFrame, attribute: str, lead: str) -> pd.Series:
+    """The text two departments' values are compared by (an address: division and detail)."""
+    if attribute == "address":
+        return rows["division_code"].astype(str) + " " + rows["address_detail"].fillna("")
+    return rows[lead].astype(str)
+
+
+def _shown(rows: pd.DataFrame, attribute: str, lead: str) -> pd.Series:
+    """The value as a report shows it (an address: the whole normalised address)."""
+    if attribute == "address":
+        return rows["address"].fillna(rows["address_detail"]).astype(str)
+    return rows[lead].astype(str)
+
+
+def _conflicts(
+    has: pd.DataFrame, value: pd.Series, winners: pd.DataFrame, attribute: str, auth: str
+) -> pd.DataFrame:
+    """Member rows of other departments whose value differs from the authority's."""
+    lead = ATTRIBUTES_LEAD[attribute]
+    from_authority = winners[winners["department"] == auth]
+    key = _comparable(from_authority, attribute, lead)
+    shown = _shown(from_authority, attribute, lead)
+    mine = has[(has["department"] != auth) & has["master_id"].isin(key.index)]
+    differs = (value.loc[mine.index] != mine["master_id"].map(key)).to_numpy()
+    rows = mine[differs]
+    return pd.DataFrame(
+        {
+            "master_id": rows["master_id"].to_numpy(),
+            "attribute": attribute,
+            "department": rows["department"].to_numpy(),
+            "source_table": rows["source_table"].to_numpy(),
+            "source_key": rows["source_key"].to_numpy(),
+            "value": _shown(rows, attribute, lead).to_numpy(),
+            "authority_department": auth,
+            "authority_value": rows["master_id"].map(shown).to_numpy(),
+        },
+        columns=CONFLICT_COLUMNS,
+    )
+
+
+# the lead column of each attribute (the same in both entities where names coincide)
+ATTRIBUTES_LEAD = {a: cols[0] for e in ATTRIBUTES.values() for a, cols in e.items()}
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
