@@ -346,13 +346,12 @@ def demo(
     persons: Annotated[int, typer.Option(min=10)] = 5000,
     enterprises: Annotated[int, typer.Option(min=5)] = 600,
 ) -> None:
-    """Run everything that exists so far on the embedded default (SQLite + Parquet under var/).
+    """Run a night on the embedded default (SQLite + Parquet under var/): sample city, extract,
+    standardize, link, publish the golden tables, and score them against the sample's truth.
 
     The first run generates the sample city; each later run applies the next night's changes.
     """
     import json
-
-    from etl.state import commit_watermarks
 
     city = _load(config)
     out = city.var_dir / "city"
@@ -372,12 +371,15 @@ def demo(
         console.print("[yellow]Some departments were flagged; the night goes on without them.")
     console.rule(f"[bold]night {rid}: standardize")
     standardize(config=config, run_id=rid, department=None)
-    # Until the golden tables publish (issue 4), a standardized night is the point of success.
-    moved = commit_watermarks(city, rid)
-    console.print(f"Watermarks committed for {moved} tables; the next `make demo` is incremental.")
+    from master_data import commands as master
+
+    console.rule(f"[bold]night {rid}: link and publish the golden tables")
+    master.consolidate(config=config, run_id=rid, full=False, retrain=False)
+    console.rule(f"[bold]night {rid}: against the sample city's truth")
+    master.evaluate(config=config, truth=out, as_json=False)
     console.print(
-        "Coming in later issues: link, golden tables, quality reports, and the night run by "
-        "Airflow."
+        "Try: `govmdm explain <master ID | department:key>`, `govmdm review list`. "
+        "Coming in later issues: quality reports, and the night run by Airflow."
     )
 
 

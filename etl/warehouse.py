@@ -34,14 +34,16 @@ _key = sa.String(256)
 _run = sa.String(64)
 _text = sa.Text
 
-_ADDRESS = [
-    sa.Column("division_code", sa.String(6)),
-    sa.Column("address", _text),
-    sa.Column("province", sa.String(32)),
-    sa.Column("city", sa.String(32)),
-    sa.Column("district", sa.String(32)),
-    sa.Column("address_detail", _text),
-]
+
+def _address() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("division_code", sa.String(6)),
+        sa.Column("address", _text),
+        sa.Column("province", sa.String(32)),
+        sa.Column("city", sa.String(32)),
+        sa.Column("district", sa.String(32)),
+        sa.Column("address_detail", _text),
+    ]
 
 
 def _golden_tail() -> list[sa.Column[Any]]:
@@ -63,7 +65,7 @@ person_table = sa.Table(
     sa.Column("sex", sa.String(2)),
     sa.Column("birth_date", sa.Date),
     sa.Column("phone", sa.String(32)),
-    *_ADDRESS,
+    *_address(),
     sa.Column("ethnicity", sa.String(16)),
     sa.Column("employer_uscc", sa.String(18)),
     sa.Column("employer_master_id", _id),
@@ -84,7 +86,7 @@ enterprise_table = sa.Table(
     sa.Column("legal_rep_name", sa.String(64)),
     sa.Column("legal_rep_id", sa.String(18)),
     sa.Column("legal_rep_master_id", _id),
-    *[c.copy() for c in _ADDRESS],
+    *_address(),
     sa.Column("registered_capital", sa.Numeric(20, 4), comment="万元"),
     sa.Column("established_date", sa.Date),
     sa.Column("status", sa.String(16)),

@@ -1,0 +1,248 @@
+"""Consolidation end to end on a small sample city: golden tables, stable IDs, delta = full,
+idempotent and atomic publish, review decisions, twins and namesakes, explain."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+import etl.warehouse as wh
+from etl.config import CityConfig, load_city_config
+from etl.extract import extract_all
+from etl.sample_city.generate import generate_city, next_night
+from etl.standardize import standardize_all
+from etl.state import warehouse_url
+from master_data import consolidate as mc
+from master_data.evaluate import load_truth
+from master_data.explain import explain
+from master_data.published import evaluate_published
+from master_data.review import ReviewError, decide
+
+ROOT = Path(__file__).resolve().parents[1]
+NIGHT0, NIGHT1 = "2026-06-30", "2026-07-01"
+
+
+def _night(city: CityConfig, run_id: str) -> None:
+    assert all(r.ok for r in extract_all(city, run_id))
+    standardize_all(city, run_id)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
+    """A 900-person city, night 0 linked and published (embedded SQLite warehouse)."""
+    var = tmp_path_factory.mktemp("var")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GOVMDM_VAR", str(var))
+        mp.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
+        generate_city(var / "city", persons=900, enterprises=90, seed=7)
+        c = load_city_config(ROOT / "config")
+        _night(c, NIGHT0)
+        mc.consolidate(c, NIGHT0)
+        yield c
+
+
+def _tables(city: CityConfig) -> dict[str, pd.DataFrame]:
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        out = {}
+        for t in (*wh.CURRENT_TABLES, *wh.NIGHTLY_TABLES):
+            frame = wh.read(engine, t)
+            out[t.name] = frame.sort_values(list(frame.columns)[:4]).reset_index(drop=True)
+        return out
+    finally:
+        engine.dispose()
+
+
+def _crosswalk(city: CityConfig, run_id: str, entity: str) -> pd.Series:
+    path = mc.master_dir(city.var_dir, run_id) / entity / "crosswalk.parquet"
+    return pd.read_parquet(path).set_index("record_id")["master_id"].sort_index()
+
+
+def test_every_accepted_row_is_in_the_crosswalk_once(city: CityConfig) -> None:
+    tables = _tables(city)
+    canonical = sum(
+        len(pd.read_parquet(p))
+        for p in (city.var_dir / "canonical" / f"run={NIGHT0}").glob("*/*.parquet")
+        if p.stem in ("person", "enterprise")
+    )
+    xw = tables["mdm_crosswalk"]
+    assert len(xw) == canonical
+    assert not xw.duplicated(["department", "source_table", "source_key"]).any()
+    for entity, table in (("person", "mdm_person"), ("enterprise", "mdm_enterprise")):
+        masters = set(xw.loc[xw["entity"] == entity, "master_id"])
+        assert masters == set(tables[table]["master_id"])
+        assert tables[table]["member_count"].sum() == (xw["entity"] == entity).sum()
+
+
+def test_linkage_is_precise_on_the_sample(city: CityConfig) -> None:
+    ev = evaluate_published(city, city.var_dir / "city")
+    person, firm = ev.entities["person"], ev.entities["enterprise"]
+    assert person.pairwise.precision >= 0.995 and person.pairwise.f1 >= 0.98
+    assert firm.pairwise.precision >= 0.995 and firm.pairwise.f1 >= 0.98
+    assert person.counts.missing == 0  # no truth row lost between the sources and the master
+    assert firm.golden is not None and firm.golden.attributes["uscc"].accuracy == 1.0
+
+
+def test_twins_and_namesakes_stay_apart(city: CityConfig) -> None:
+    truth = load_truth(city.var_dir / "city")
+    rows = truth.rows
+    xw = _tables(city)["mdm_crosswalk"].merge(
+        rows.rename(columns={"table": "source_table"}),
+        on=["department", "source_table", "source_key"],
+    )
+    master_of_entity = xw.groupby("entity_id")["master_id"].agg(lambda s: s.mode()[0])
+    persons = truth.persons.set_index("person_id")
+    twins = persons["twin_of"].dropna()
+    twins = twins[twins.index.isin(master_of_entity.index) & twins.isin(master_of_entity.index)]
+    assert len(twins) > 0
+    for a, b in twins.items():
+        assert master_of_entity[a] != master_of_entity[b], (a, b)
+    # namesakes carry the most common names: everyone sharing such a name is someone else
+    checked = 0
+    for pid in persons.index[persons["namesake_group"].notna()]:
+        same = persons.index[persons["name"] == persons.at[pid, "name"]]
+        present = [m for m in same if m in master_of_entity.index]
+        assert len({master_of_entity[m] for m in present}) == len(present), present
+        checked += len(present) > 1
+    assert checked > 0
+
+
+def test_provenance_names_the_authority_and_conflicts_go_to_the_other_department(
+    city: CityConfig,
+) -> None:
+    tables = _tables(city)
+    prov = tables["mdm_provenance"]
+    ids = prov[(prov["entity"] == "person") & (prov["attribute"] == "id_number")]
+    assert set(ids["rule"]) <= {"authority", "rank", "recency"}
+    assert (ids.loc[ids["rule"] == "authority", "department"] == "gongan").all()
+    conflicts = tables["mdm_conflict"]
+    assert len(conflicts) > 0
+    assert (conflicts["department"] != conflicts["authority_department"]).all()
+    assert (conflicts["value"] != conflicts["authority_value"]).all()
+
+
+def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None:
+    before = {e: _crosswalk(city, NIGHT0, e) for e in ("person", "enterprise")}
+    next_night(city.var_dir / "city")
+    _night(city, NIGHT1)
+    delta = mc.link(city, NIGHT1)
+    assert delta.mode == "delta" and delta.entities["person"].changed > 0
+    delta_ids = {e: _crosswalk(city, NIGHT1, e) for e in ("person", "enterprise")}
+    delta_edges = pd.read_parquet(mc.master_dir(city.var_dir, NIGHT1) / "person" / "edges.parquet")
+    full = mc.link(city, NIGHT1, full=True)
+    assert full.mode == "full"
+    for e in ("person", "enterprise"):
+        assert delta_ids[e].equals(_crosswalk(city, NIGHT1, e)), e
+        kept = before[e].index.intersection(delta_ids[e].index)
+        # rows that were there last night keep their master ID unless linking moved them
+        assert (before[e][kept] == delta_ids[e][kept]).mean() > 0.99
+    full_edges = pd.read_parquet(mc.master_dir(city.var_dir, NIGHT1) / "person" / "edges.parquet")
+    assert delta_edges.equals(full_edges)
+    assert delta.entities["person"].pairs_compared < full.entities["person"].pairs_compared / 10
+
+    mc.publish(city, NIGHT1)
+    first = _tables(city)
+    mc.consolidate(city, NIGHT1)  # the same night again changes nothing
+    again = _tables(city)
+    for name, frame in first.items():
+        pd.testing.assert_frame_equal(frame, again[name], obj=name)
+
+
+def test_a_crash_during_publish_leaves_the_last_night(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = _tables(city)
+    real = wh._records
+    calls = {"n": 0}
+
+    def failing(frame: pd.DataFrame, table: sa.Table, chunk_rows: int) -> Iterator[Any]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk full")
+        yield from real(frame, table, chunk_rows)
+
+    monkeypatch.setattr(wh, "_records", failing)
+    run = _latest(city)
+    with pytest.raises(RuntimeError, match="disk full"):
+        mc.publish(city, run)
+    after = _tables(city)
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(frame, after[name], obj=name)
+
+
+def _latest(city: CityConfig) -> str:
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        run = wh.latest_run(engine)
+        assert run is not None
+        return str(run["run_id"])
+    finally:
+        engine.dispose()
+
+
+def test_review_decisions_override_the_model(city: CityConfig) -> None:
+    run = _latest(city)
+    xw = _tables(city)["mdm_crosswalk"]
+    persons = xw[xw["entity"] == "person"]
+    # two rows of different entities, linked by a reviewer
+    singles = persons[persons["link_rule"] == "singleton"]
+    ids = pd.read_parquet(
+        mc.master_dir(city.var_dir, run) / "person" / "records.parquet",
+        columns=["record_id", "id_number"],
+    ).set_index("record_id")["id_number"]
+    keys = [mc.record_id(*r) for r in singles[mc._META].itertuples(index=False, name=None)]
+    no_id = [k for k in keys if pd.isna(ids[k])]
+    # (two different valid ID numbers could never be linked, not even by a reviewer)
+    a, b = no_id[0], next(k for k in keys if k != no_id[0])
+    assert decide(city, a, b, "link", by="测试员") == "person"
+    # a model link kept apart
+    model = persons[persons["link_rule"] == "model"]
+    m = model.iloc[0]
+    partner = persons[(persons["master_id"] == m["master_id"]) & (persons.index != m.name)]
+    c = mc.record_id(m["department"], m["source_table"], m["source_key"])
+    d = mc.record_id(*partner.iloc[0][mc._META])
+    decide(city, c, d, "apart", by="测试员", note="不是同一人")
+    with pytest.raises(ReviewError, match="one of link, apart"):
+        decide(city, a, b, "maybe", by="x")
+    mc.consolidate(city, run)
+    after = _crosswalk(city, run, "person")
+    assert after[a] == after[b]
+    assert after[c] != after[d]
+
+
+def test_explain_shows_sources_members_and_links(city: CityConfig) -> None:
+    xw = _tables(city)["mdm_crosswalk"]
+    row = xw[(xw["department"] == "gongan") & (xw["link_rule"] == "same_id_number")].iloc[0]
+    ex = explain(city, f"gongan:{row['source_key']}")
+    assert ex.master_id == row["master_id"] and ex.entity == "person"
+    by_attr = {a["attribute"]: a for a in ex.attributes}
+    assert by_attr["id_number"]["department"] == "gongan"
+    assert any(m["record"].endswith(row["source_key"]) for m in ex.members)
+    assert any("同一有效公民身份号码" in lk["why"] for lk in ex.links)
+    assert all("=" in lk["weights"] for lk in ex.links)
+
+
+def test_publish_on_postgres(city: CityConfig, pg_database: str, tmp_path: Path) -> None:
+    """The same night published to a PostgreSQL warehouse holds the same golden tables."""
+    state = mc.master_dir(city.var_dir, _latest(city))
+    night = wh.Night("pg-night", "full", str(state), {"n": 1})
+    sqlite_tables = _tables(city)
+    for name in ("mdm_person", "mdm_enterprise", "mdm_crosswalk"):
+        night.frames[name] = sqlite_tables[name]
+    engine = wh.engine_for(pg_database)
+    try:
+        wh.publish(engine, night)
+        wh.publish(engine, night)  # again: same rows
+        for name in night.frames:
+            got = wh.read(engine, wh.metadata.tables[name])
+            assert len(got) == len(sqlite_tables[name]), name
+        assert wh.latest_run(engine)["run_id"] == "pg-night"  # type: ignore[index]
+    finally:
+        engine.dispose()
+    shutil.rmtree(tmp_path, ignore_errors=True)
