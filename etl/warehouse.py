@@ -271,12 +271,20 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
 
 
 def latest_run(engine: sa.Engine, *, before: str | None = None) -> Mapping[str, Any] | None:
-    """The last published night (other than ``before``, the night being rerun), or None."""
+    """The last published night, or None.
+
+    With ``before`` (the night about to be linked): if that night was published already, the
+    last night published *before* it, so a rerun starts from the same place as the first run;
+    otherwise the last night published.
+    """
     r = run_table.c
     query = sa.select(run_table).order_by(r.published_at.desc()).limit(1)
-    if before is not None:
-        query = query.where(r.run_id != before)
     with engine.connect() as conn:
+        if before is not None:
+            own = conn.execute(sa.select(r.published_at).where(r.run_id == before)).scalar()
+            query = query.where(r.run_id != before)
+            if own is not None:
+                query = query.where(r.published_at < own)
         row = conn.execute(query).first()
     return dict(row._mapping) if row else None
 

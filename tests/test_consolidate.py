@@ -246,3 +246,10 @@ def test_publish_on_postgres(city: CityConfig, pg_database: str, tmp_path: Path)
     finally:
         engine.dispose()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_rerunning_an_older_night_starts_from_before_it(city: CityConfig) -> None:
+    """Night 0 rerun after night 1 was published builds on nothing before it, not on night 1."""
+    assert _latest(city) == NIGHT1
+    rerun = mc.link(city, NIGHT0)
+    assert (rerun.mode, rerun.base_run) == ("full", None)
