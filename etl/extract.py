@@ -769,24 +769,24 @@ class _SeenVersions:
         """``rows`` without the versions an earlier night read; remembers the edge versions."""
         stamp = rows[self.change_column].combine_chunks()
         top = _batch_max(stamp, self.change_kind)
-        edge = pc.is_null(stamp)
+        null = pc.is_null(stamp)
+        edge = null
         if self.since is not None:
             edge = pc.or_(edge, _text_equal(stamp, self.since))
-        if top is not None:
-            edge = pc.or_(edge, _text_equal(stamp, _watermark_text(top)))
+        at_top = _text_equal(stamp, _watermark_text(top)) if top is not None else None
+        if at_top is not None:
+            edge = pc.or_(edge, at_top)
         where = pc.indices_nonzero(edge)
         if not len(where):
             return rows
-        edge_rows = rows.take(where)
-        versions = _versions(edge_rows)
-        edge_stamp = edge_rows[self.change_column].combine_chunks()
-        self.nulls.append(pc.filter(versions, pc.is_null(edge_stamp)))
-        if top is not None:
-            at_top = pc.filter(versions, _text_equal(edge_stamp, _watermark_text(top)))
+        versions = _versions(rows.take(where))
+        self.nulls.append(pc.filter(versions, null.take(where)))
+        if at_top is not None:
+            mine = pc.filter(versions, at_top.take(where))
             if self.top is None or top > self.top:
-                self.top, self.at_top = top, [at_top]
+                self.top, self.at_top = top, [mine]
             elif top == self.top:
-                self.at_top.append(at_top)
+                self.at_top.append(mine)
         if self.previous is None:
             return rows
         old = pc.is_in(versions, value_set=self.previous)

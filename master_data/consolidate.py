@@ -47,7 +47,7 @@ from etl.config import CityConfig
 from etl.extract import ROW_KEY, deleted_path
 from etl.standardize import SCHEMAS, canonical_dir
 from etl.state import commit_watermarks, warehouse_url
-from etl.warehouse import Night, engine_for, latest_run
+from etl.warehouse import Night, engine_for, latest_run, read, review_decision_table
 from etl.warehouse import publish as publish_night
 from master_data import compare as cmp
 from master_data.blocking import candidate_pairs
@@ -181,9 +181,10 @@ def link(
     base_summary = json.loads(base["summary"]) if base else {}
     results: dict[str, EntityLinked] = {}
     members: dict[str, pd.DataFrame] = {}
+    next_seq: dict[str, int] = {}
     for entity in ENTITIES:
         say(f"{entity}: linking")
-        results[entity], members[entity] = _link_entity(
+        results[entity], members[entity], next_seq[entity] = _link_entity(
             city,
             run_id,
             entity,
@@ -201,7 +202,7 @@ def link(
     linked = Linked(run_id, mode, base["run_id"] if base else None, out, results)
     linked.relationships, linked.unresolved = _relationships(work, members, run_id)
     summary = linked.summary()
-    summary["next_seq"] = {e: int(_read_json(work / e / "ids.json")["next_seq"]) for e in ENTITIES}
+    summary["next_seq"] = next_seq
     (work / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
@@ -222,7 +223,8 @@ def _link_entity(
     next_seq: int,
     decisions: pd.DataFrame,
     say: Progress,
-) -> tuple[EntityLinked, pd.DataFrame]:
+) -> tuple[EntityLinked, pd.DataFrame, int]:
+    """Link one entity type into ``out``; its result, member rows and next free ID number."""
     start = time.perf_counter()
     out.mkdir(parents=True)
     result = EntityLinked(entity)
@@ -325,7 +327,6 @@ def _link_entity(
         else pd.DataFrame({RECORD: pd.Series(dtype=str), "master_id": pd.Series(dtype=str)})
     )
     ids = assign_ids(labels, prev, entity=entity, next_seq=next_seq)
-    (out / "ids.json").write_text(json.dumps({"next_seq": ids.next_seq}))
     master_of = pd.Series(ids.assignment["master_id"].to_numpy(), index=records.index)
     _events(ids.events, entity).to_parquet(out / "events.parquet", index=False)
     result.events = {
@@ -384,7 +385,7 @@ def _link_entity(
     result.review_queue = len(review)
     result.conflicts = len(conflicts)
     result.seconds = round(time.perf_counter() - start, 2)
-    return result, member_rows
+    return result, member_rows, ids.next_seq
 
 
 def _tonight(city: CityConfig, run_id: str, entity: str) -> tuple[pd.DataFrame, list[str]]:
@@ -501,7 +502,8 @@ def _rules(records: pd.DataFrame, left: pd.Index, right: pd.Index, entity: str) 
     out = pd.Series([None] * len(left), dtype=object)
     if not len(left):
         return out
-    a, b = records.loc[left], records.loc[right]
+    used = ["id_number"] if entity == "person" else ["uscc", "reg_no", "org_code"]
+    a, b = records.loc[left, used], records.loc[right, used]  # only the compared columns
 
     def same(column: str) -> np.ndarray:
         x, y = a[column].to_numpy(), b[column].to_numpy()
@@ -710,8 +712,6 @@ def consolidate(
 
 
 def _decisions(engine: Any) -> pd.DataFrame:
-    from etl.warehouse import read, review_decision_table
-
     return read(engine, review_decision_table)
 
 

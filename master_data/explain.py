@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
@@ -212,9 +213,7 @@ def _links(state: Any, entity: str, members: set[str]) -> list[dict[str, str]]:
     return out
 
 
-def _arr(values: set[str]) -> Any:
-    import pyarrow as pa
-
+def _arr(values: set[str]) -> pa.Array:
     return pa.array(sorted(values), pa.string())
 
 

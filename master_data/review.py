@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from etl.config import CityConfig
-from etl.warehouse import read, review_decision_table, review_queue_table
+from etl.warehouse import crosswalk_table, read, review_decision_table, review_queue_table
 from master_data.published import warehouse
 
 DECISIONS = ("link", "apart")
@@ -84,8 +84,6 @@ def decide(
 
 def _entity_of(engine: sa.Engine, a: str, b: str) -> str:
     """Both rows' entity type, from the published crosswalk."""
-    from etl.warehouse import crosswalk_table
-
     c = crosswalk_table.c
     found: dict[str, str] = {}
     with engine.connect() as conn:

@@ -128,7 +128,7 @@ def survive(
             )
         )
         if auth:
-            conflicts.append(_conflicts(has, value, winners, attribute, auth))
+            conflicts.append(_conflicts(has, value, winners, attribute, lead, auth))
     prov = pd.concat(provenance, ignore_index=True) if provenance else _empty(PROVENANCE_COLUMNS)
     conf = pd.concat(conflicts, ignore_index=True) if conflicts else _empty(CONFLICT_COLUMNS)
     return golden.reset_index(), prov, conf.sort_values(["master_id", "attribute", "department"])
@@ -149,10 +149,14 @@ def _shown(rows: pd.DataFrame, attribute: str, lead: str) -> pd.Series:
 
 
 def _conflicts(
-    has: pd.DataFrame, value: pd.Series, winners: pd.DataFrame, attribute: str, auth: str
+    has: pd.DataFrame,
+    value: pd.Series,
+    winners: pd.DataFrame,
+    attribute: str,
+    lead: str,
+    auth: str,
 ) -> pd.DataFrame:
     """Member rows of other departments whose value differs from the authority's."""
-    lead = ATTRIBUTES_LEAD[attribute]
     from_authority = winners[winners["department"] == auth]
     key = _comparable(from_authority, attribute, lead)
     shown = _shown(from_authority, attribute, lead)
@@ -172,10 +176,6 @@ def _conflicts(
         },
         columns=CONFLICT_COLUMNS,
     )
-
-
-# the lead column of each attribute (the same in both entities where names coincide)
-ATTRIBUTES_LEAD = {a: cols[0] for e in ATTRIBUTES.values() for a, cols in e.items()}
 
 
 def _empty(columns: list[str]) -> pd.DataFrame:
