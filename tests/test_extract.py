@@ -547,3 +547,50 @@ def test_ledger_rows_carry_what_the_night_did(city: CityConfig) -> None:
     assert row["rows_read"] > 0 and row["rows_deleted"] == 0 and row["duration_s"] >= 0
     assert row["parquet_path"].endswith("社会救助对象.parquet")
     assert json.loads(pq.read_schema(row["parquet_path"]).metadata[b"govmdm"])["mode"] == "full"
+
+
+def test_copy_reader_raises_server_errors_and_leaves_the_connection_usable(
+    pg_database: str,
+) -> None:
+    """The libpq-level COPY loop: rows arrive whole; a query that fails before or during the
+    copy raises psycopg's own error; a reader stopped early cancels the query. Each time the
+    connection can roll back and run the next statement."""
+    import psycopg
+    from psycopg import errors
+
+    from etl.extract import _copy_rows
+
+    engine = sa.create_engine(pg_database)
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            rows = list(
+                _copy_rows(
+                    raw,
+                    b"COPY (SELECT g, 'a,b' FROM generate_series(1, 3) g) TO STDOUT (FORMAT csv)",
+                )
+            )
+            assert [bytes(r) for r in rows] == [b'1,"a,b"\n', b'2,"a,b"\n', b'3,"a,b"\n']
+
+            with pytest.raises(errors.UndefinedTable):
+                list(_copy_rows(raw, b"COPY (SELECT * FROM no_such_table) TO STDOUT"))
+            conn.rollback()
+            assert conn.execute(sa.text("SELECT 1")).scalar() == 1
+
+            failing = b"COPY (SELECT 1 / (g - 50000) FROM generate_series(1, 60000) g) TO STDOUT"
+            with pytest.raises(errors.DivisionByZero):
+                for _ in _copy_rows(raw, failing):
+                    pass
+            conn.rollback()
+            assert conn.execute(sa.text("SELECT 2")).scalar() == 2
+
+            stream = _copy_rows(
+                raw, b"COPY (SELECT g FROM generate_series(1, 1000000) g) TO STDOUT"
+            )
+            assert bytes(next(stream)) == b"1\n"
+            stream.close()  # the consumer gave up: the query is cancelled, the rest drained
+            conn.rollback()
+            assert conn.execute(sa.text("SELECT 3")).scalar() == 3
+            assert isinstance(raw, psycopg.Connection) and not raw.broken
+    finally:
+        engine.dispose()
