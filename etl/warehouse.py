@@ -51,7 +51,7 @@ def _golden_tail() -> list[sa.Column[Any]]:
         sa.Column("member_count", sa.Integer, nullable=False),
         sa.Column("departments", _text, nullable=False, comment="member rows' departments"),
         sa.Column("updated_at", sa.DateTime, comment="latest updated_at of any member row"),
-        sa.Column("run_id", _run, nullable=False, comment="the night that last published it"),
+        sa.Column("run_id", _run, nullable=False, comment="the night that last changed it"),
     ]
 
 
@@ -175,7 +175,7 @@ review_queue_table = sa.Table(
     sa.Column("right_master_id", _id, nullable=False),
     sa.Column("probability", sa.Float, nullable=False),
     sa.Column("weights", _text, nullable=False, comment="JSON: feature → level, weight"),
-    sa.Column("run_id", _run, nullable=False),
+    sa.Column("run_id", _run, nullable=False, comment="the night the pair was first queued"),
     comment="pairs the model could not decide: a reviewer links or keeps them apart",
 )
 review_decision_table = sa.Table(
@@ -211,6 +211,18 @@ CURRENT_TABLES = (
     review_queue_table,
 )
 NIGHTLY_TABLES = (conflict_table, id_event_table)
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "mdm_person": ("master_id",),
+    "mdm_enterprise": ("master_id",),
+    "mdm_provenance": ("master_id",),
+    "mdm_crosswalk": ("master_id",),
+    "mdm_relationship": ("person_master_id", "enterprise_master_id"),
+    "mdm_unresolved_reference": ("master_id",),
+    "mdm_review_queue": ("left_master_id", "right_master_id"),
+}
+"""The master-ID columns of each current table: an incremental publish replaces the rows whose
+any such column holds a touched master ID."""
+_DELETE_CHUNK = 500  # IDs per DELETE ... IN (...): well under every backend's parameter limit
 
 
 @dataclass
@@ -222,6 +234,9 @@ class Night:
     state_dir: str
     summary: dict[str, Any]
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    touched: frozenset[str] | None = None
+    """Master IDs whose rows changed: the current tables then keep every row that names none of
+    them (by :data:`KEY_COLUMNS`) and take ``frames``' rows for the rest. None: replace whole."""
 
 
 def engine_for(url: str) -> sa.Engine:
@@ -249,9 +264,19 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
     unknown = set(night.frames) - set(tables)
     if unknown:
         raise ValueError(f"no warehouse table named {sorted(unknown)}")
+    touched = sorted(night.touched) if night.touched is not None else None
     with engine.begin() as conn:
         for table in CURRENT_TABLES:
-            conn.execute(table.delete())
+            if touched is None:
+                conn.execute(table.delete())
+                continue
+            for start in range(0, len(touched), _DELETE_CHUNK):
+                chunk = touched[start : start + _DELETE_CHUNK]
+                conn.execute(
+                    table.delete().where(
+                        sa.or_(*[table.c[k].in_(chunk) for k in KEY_COLUMNS[table.name]])
+                    )
+                )
         for table in NIGHTLY_TABLES:
             conn.execute(table.delete().where(table.c.run_id == night.run_id))
         for name, frame in night.frames.items():

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from recordlinkage.base import BaseIndexAlgorithm
 
@@ -43,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_BLOCK",
     "DEFAULT_PASSES",
     "DERIVED_KEYS",
+    "KEY_SCHEMA",
     "BlockingPass",
     "BlockingReport",
     "Candidates",
@@ -51,6 +54,7 @@ __all__ = [
     "PassReport",
     "SkippedBlock",
     "candidate_pairs",
+    "delta_candidates",
     "key_values",
     "load_passes",
     "valid_id",
@@ -172,7 +176,9 @@ def valid_uscc(df: pd.DataFrame, column: str = "uscc") -> pd.Series[bool]:
 
 
 def _positional(values: pd.Series[Any] | npt.NDArray[Any] | list[Any]) -> pd.Series[Any]:
-    return pd.Series(np.asarray(values, dtype=object), dtype=object)
+    out = np.empty(len(values), dtype=object)  # not np.asarray: lists of equal length go 2-D
+    out[:] = list(values)
+    return pd.Series(out, dtype=object)
 
 
 def _listed(values: pd.Series[Any]) -> pd.Series[Any]:
@@ -446,6 +452,9 @@ class Candidates:
 
     pairs: pd.MultiIndex
     report: BlockingReport
+    keys: pa.Table | None = None
+    """With ``keep_keys``: every row's block key per pass (:data:`KEY_SCHEMA`), the cache a
+    delta night blocks against (:func:`delta_candidates`)."""
 
 
 # --- the algorithm ------------------------------------------------------------------------
@@ -558,6 +567,7 @@ class PassIndex(BaseIndexAlgorithm):
         self.skipped: tuple[SkippedBlock, ...] = ()
         self.keyed_rows = 0
         self.blocks = 0
+        self.key_table: pa.Table = KEY_SCHEMA.empty_table()
 
     def __repr__(self) -> str:
         return f"<PassIndex {self.blocking_pass.name!r} keys={list(self.blocking_pass.keys)}>"
@@ -575,6 +585,7 @@ class PassIndex(BaseIndexAlgorithm):
     ) -> npt.NDArray[np.int64]:
         """Sorted unique pair codes (``rank(left) * n + rank(right)``) of this pass."""
         blocks = _blocks(rows, self.blocking_pass.keys)
+        self.key_table = _key_table(self.blocking_pass.name, blocks, rows.df.index)
         left, right, oversized = _pass_pairs(blocks, self.max_block, among)
         self.keyed_rows = int(np.count_nonzero(np.bincount(blocks.rows))) if len(blocks.rows) else 0
         self.blocks = int(np.count_nonzero((blocks.size >= 2) & (blocks.size <= self.max_block)))
@@ -582,30 +593,39 @@ class PassIndex(BaseIndexAlgorithm):
         return ranks.codes(left, right)
 
     def _report_skipped(self, blocks: _Blocks, oversized: Positions) -> tuple[SkippedBlock, ...]:
-        if len(oversized) == 0:
-            return ()
-        name = self.blocking_pass.name
-        keys = self.blocking_pass.keys
-        found = sorted(
-            (
-                SkippedBlock(
-                    name,
-                    " + ".join(
-                        _mask(v) if k in _PERSONAL else str(v)
-                        for k, v in zip(keys, blocks.keys[b], strict=True)
-                    ),
-                    int(blocks.size[b]),
-                )
-                for b in oversized
-            ),
-            key=lambda s: (-s.size, s.key),
+        return _skipped(
+            self.blocking_pass,
+            self.max_block,
+            [(blocks.keys[b], int(blocks.size[b])) for b in oversized],
         )
-        shown = ", ".join(f"{s.key} ({s.size} rows)" for s in found[:5])
-        log.warning(
-            "blocking pass %r: skipped %d block(s) larger than max_block=%d: %s%s",
-            name, len(found), self.max_block, shown, ", …" if len(found) > 5 else "",
-        )  # fmt: skip
-        return tuple(found)
+
+
+def _skipped(
+    blocking_pass: BlockingPass, max_block: int, blocks: Sequence[tuple[Sequence[Any], int]]
+) -> tuple[SkippedBlock, ...]:
+    """The oversized ``(key values, size)`` blocks as masked reports, logged once."""
+    if not blocks:
+        return ()
+    found = sorted(
+        (
+            SkippedBlock(
+                blocking_pass.name,
+                " + ".join(
+                    _mask(v) if k in _PERSONAL else str(v)
+                    for k, v in zip(blocking_pass.keys, values, strict=True)
+                ),
+                size,
+            )
+            for values, size in blocks
+        ),
+        key=lambda s: (-s.size, s.key),
+    )
+    shown = ", ".join(f"{s.key} ({s.size} rows)" for s in found[:5])
+    log.warning(
+        "blocking pass %r: skipped %d block(s) larger than max_block=%d: %s%s",
+        blocking_pass.name, len(found), max_block, shown, ", …" if len(found) > 5 else "",
+    )  # fmt: skip
+    return tuple(found)
 
 
 class _Ranks:
@@ -655,6 +675,7 @@ def candidate_pairs(
     *,
     among: Collection[Any] | pd.Index | None = None,
     max_block: int = DEFAULT_MAX_BLOCK,
+    keep_keys: bool = False,
 ) -> Candidates:
     """Candidate pairs of canonical rows: the union of every pass, each pair once, sorted.
 
@@ -677,9 +698,12 @@ def candidate_pairs(
     rows = _Rows(df)
     union = np.empty(0, dtype=np.int64)
     reports = []
+    key_tables = []
     for p in plist:
         algorithm = PassIndex(p, max_block=max_block)
         codes = algorithm.pair_codes(rows, ranks, mask)
+        if keep_keys:
+            key_tables.append(algorithm.key_table)
         at = np.minimum(np.searchsorted(union, codes), max(len(union) - 1, 0))
         new = codes[union[at] != codes] if len(union) else codes
         union = np.sort(np.concatenate([union, new]), kind="stable")  # merges two sorted runs
@@ -696,4 +720,102 @@ def candidate_pairs(
         pairs=len(union),
         passes=tuple(reports),
     )
-    return Candidates(ranks.pairs(union), report)
+    keys = pa.concat_tables(key_tables) if keep_keys and key_tables else None
+    if keep_keys and keys is None:
+        keys = KEY_SCHEMA.empty_table()
+    return Candidates(ranks.pairs(union), report, keys)
+
+
+# --- the delta night: blocking against cached keys -----------------------------------------
+
+KEY_SCHEMA = pa.schema(
+    [
+        pa.field("pass", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("record_id", pa.string()),
+    ]
+)
+"""One row per (pass, block key, record): what :func:`delta_candidates` blocks against."""
+_KEY_SEPARATOR = "\x1f"
+
+
+def _key_table(name: str, blocks: _Blocks, index: pd.Index) -> pa.Table:
+    """The pass's block key of every keyed row (one row per row and key)."""
+    texts = np.array([_KEY_SEPARATOR.join(map(str, k)) for k in blocks.keys], dtype=object)
+    n = len(blocks.rows)
+    return pa.table(
+        [
+            pa.array([name] * n, pa.string()) if n else pa.array([], pa.string()),
+            pa.array(texts[blocks.block] if n else [], pa.string()),
+            pa.array(np.asarray(index.to_numpy(), dtype=object)[blocks.rows], pa.string()),
+        ],
+        schema=KEY_SCHEMA,
+    )
+
+
+def delta_candidates(
+    keys: pa.Table,
+    among: Collection[str],
+    passes: Iterable[BlockingPass | Mapping[str, Any]],
+    *,
+    records: int,
+    max_block: int = DEFAULT_MAX_BLOCK,
+) -> Candidates:
+    """The candidate pairs touching ``among``, from the block keys of every row (``keys``:
+    :data:`KEY_SCHEMA`, tonight's rows included) instead of the rows themselves.
+
+    Equals ``candidate_pairs(df, passes, among=among)`` on the frame the keys came from, with the
+    same oversized blocks skipped, at a cost that grows with the changed rows' blocks rather than
+    with the whole frame. ``records`` is the frame's row count, for the report.
+    """
+    plist = [p if isinstance(p, BlockingPass) else BlockingPass.model_validate(p) for p in passes]
+    wanted = pa.array(sorted(set(among)), pa.string())
+    found: list[pd.DataFrame] = []
+    seen = pd.MultiIndex.from_arrays([[], []], names=["left", "right"])
+    reports = []
+    for p in plist:
+        limit = p.max_block or max_block
+        mine = keys.filter(pc.equal(keys["pass"], p.name))
+        touched = pc.unique(mine.filter(pc.is_in(mine["record_id"], value_set=wanted))["key"])
+        members = (
+            mine.filter(pc.is_in(mine["key"], value_set=touched))
+            .select(["key", "record_id"])
+            .to_pandas()
+        )
+        size = members.groupby("key")["record_id"].transform("size").to_numpy()
+        oversized = members.loc[size > limit].groupby("key").size()
+        kept = members[(size >= 2) & (size <= limit)]
+        changed = kept[kept["record_id"].isin(among)]
+        pairs = changed.merge(kept, on="key", suffixes=("_a", "_b"))
+        a, b = pairs["record_id_a"].to_numpy(), pairs["record_id_b"].to_numpy()
+        keep = a != b
+        a, b = a[keep], b[keep]
+        left, right = np.where(a < b, a, b), np.where(a < b, b, a)
+        index = pd.MultiIndex.from_arrays([left, right], names=["left", "right"]).unique()
+        new = index.difference(seen, sort=False) if len(seen) else index
+        seen = seen.append(new) if len(seen) else new
+        reports.append(
+            PassReport(
+                p.name,
+                p.keys,
+                keyed_rows=int(kept["record_id"].nunique()),
+                blocks=int(kept["key"].nunique()),
+                pairs=len(index),
+                new_pairs=len(new),
+                skipped=_skipped(
+                    p,
+                    limit,
+                    [(k.split(_KEY_SEPARATOR), int(n)) for k, n in oversized.items()],
+                ),
+            )
+        )
+        found.append(index.to_frame(index=False))
+    union = (
+        pd.concat(found, ignore_index=True).drop_duplicates().sort_values(["left", "right"])
+        if found
+        else pd.DataFrame({"left": [], "right": []})
+    )
+    report = BlockingReport(
+        records=records, among=len(wanted), pairs=len(union), passes=tuple(reports)
+    )
+    return Candidates(pd.MultiIndex.from_frame(union, names=["left", "right"]), report)

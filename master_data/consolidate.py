@@ -41,16 +41,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from etl.config import CityConfig
 from etl.extract import ROW_KEY, deleted_path
 from etl.standardize import SCHEMAS, canonical_dir
 from etl.state import commit_watermarks, warehouse_url
-from etl.warehouse import Night, engine_for, latest_run, read, review_decision_table
+from etl.warehouse import KEY_COLUMNS, Night, engine_for, latest_run, read, review_decision_table
 from etl.warehouse import publish as publish_night
 from master_data import compare as cmp
-from master_data.blocking import candidate_pairs
+from master_data.blocking import candidate_pairs, delta_candidates
 from master_data.cluster import TIER_MODEL, TIER_REVIEW_LINK, TIER_RULE, cluster
 from master_data.identity import IdEvent, assign_ids
 from master_data.model import DegenerateModelError, FellegiSunter, u_from_random_pairs
@@ -110,6 +114,7 @@ class EntityLinked:
     singletons: int = 0
     review_queue: int = 0
     conflicts: int = 0
+    records_relinked: int = 0
     events: dict[str, int] = field(default_factory=dict)
     model_trained: bool = False
     blocking: dict[str, Any] = field(default_factory=dict)
@@ -180,11 +185,10 @@ def link(
     work.mkdir(parents=True)
     base_summary = json.loads(base["summary"]) if base else {}
     results: dict[str, EntityLinked] = {}
-    members: dict[str, pd.DataFrame] = {}
     next_seq: dict[str, int] = {}
     for entity in ENTITIES:
         say(f"{entity}: linking")
-        results[entity], members[entity], next_seq[entity] = _link_entity(
+        results[entity], next_seq[entity] = _link_entity(
             city,
             run_id,
             entity,
@@ -200,7 +204,7 @@ def link(
         )
     say("relationships")
     linked = Linked(run_id, mode, base["run_id"] if base else None, out, results)
-    linked.relationships, linked.unresolved = _relationships(work, members, run_id)
+    linked.relationships, linked.unresolved = _relationships(work, run_id)
     summary = linked.summary()
     summary["next_seq"] = next_seq
     (work / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
@@ -223,121 +227,175 @@ def _link_entity(
     next_seq: int,
     decisions: pd.DataFrame,
     say: Progress,
-) -> tuple[EntityLinked, pd.DataFrame, int]:
-    """Link one entity type into ``out``; its result, member rows and next free ID number."""
+) -> tuple[EntityLinked, int]:
+    """Link one entity type into ``out``; its result and next free ID number.
+
+    A full night links every record. A delta night (the base night's model, match settings and
+    caches at hand) works on the *affected* records only: the changed rows, and every record of
+    a base component (records joined by usable links) that holds a changed, removed or reviewed
+    record or gains a usable link to one. Components are closed under links, so clustering,
+    IDs, golden records and the review band of every other record are last night's, and the
+    affected part is computed exactly as a full rebuild would compute it.
+    """
     start = time.perf_counter()
     out.mkdir(parents=True)
     result = EntityLinked(entity)
-
-    # 1. tonight's member rows
-    previous = _read_parquet(base / "records.parquet") if base else None
     tonight, gone = _tonight(city, run_id, entity)
-    if previous is not None and len(previous):
-        replaced = previous.index.isin(tonight.index)
-        left = previous.index.isin(gone) & ~replaced
-        keep = ~replaced & ~left
-        result.removed = int(left.sum())
-        records = pd.concat([previous[keep], tonight])
+    settings_json = match.model_dump_json()
+    model = None if retrain or base is None else _load_model(base / "model.json")
+    delta = (
+        not full
+        and model is not None
+        and base is not None
+        and all((base / f).is_file() for f in _DELTA_CACHES)
+        and (base / "match.json").read_text() == settings_json
+    )
+    (out / "match.json").write_text(settings_json)
+
+    # 1. tonight's records: last night's, less the replaced and the removed, plus tonight's
+    changed = pd.Index(tonight.index)
+    removed = changed.union(pd.Index(gone))
+    previous = pq.read_table(base / "records.parquet") if base else None
+    if previous is not None and previous.num_rows:
+        left_over = pc.is_in(previous[RECORD], value_set=pa.array(gone, pa.string()))
+        result.removed = int(
+            pc.sum(pc.and_(left_over, pc.invert(_is_in(previous[RECORD], changed)))).as_py() or 0
+        )
+        kept = previous.filter(pc.invert(_is_in(previous[RECORD], removed)))
+        all_records = pa.concat_tables(
+            [kept, _arrow_records(tonight, kept.schema)], promote_options="default"
+        )
     else:
-        records = tonight
-    records = records.sort_index()
-    result.records, result.changed = len(records), len(tonight)
-    records.reset_index().to_parquet(out / "records.parquet", index=False)
+        all_records = _arrow_records(tonight, None)
+    all_records = all_records.take(pc.sort_indices(all_records, [(RECORD, "ascending")]))
+    pq.write_table(all_records, out / "records.parquet")
+    result.records, result.changed = all_records.num_rows, len(tonight)
 
     # 2. candidate pairs, comparisons and scores
-    changed = tonight.index
-    removed = pd.Index(gone).union(changed)
-    model = None if retrain or base is None else _load_model(base / "model.json")
-    if full or model is None or base is None:
-        found = candidate_pairs(records, match.blocking, max_block=match.max_block)
-        kept_edges = None
+    auto = match.thresholds.auto_link
+    if delta:
+        assert base is not None and model is not None
+        say(f"{entity}: blocking {len(changed):,} changed rows against the cached keys")
+        old_keys = pq.read_table(base / "blockkeys.parquet")
+        mine = candidate_pairs(
+            tonight, match.blocking, max_block=match.max_block, keep_keys=True
+        ).keys
+        assert mine is not None
+        keys = pa.concat_tables(
+            [old_keys.filter(pc.invert(_is_in(old_keys[RECORD], removed))), mine]
+        )
+        found = delta_candidates(
+            keys, set(changed), match.blocking, records=all_records.num_rows,
+            max_block=match.max_block,
+        )  # fmt: skip
+        pairs = found.pairs
+        ends = pd.Index(pairs.get_level_values(0)).union(pd.Index(pairs.get_level_values(1)))
+        compared = _records_frame(all_records, ends.union(changed))
     else:
-        found = candidate_pairs(records, match.blocking, among=changed, max_block=match.max_block)
-        kept_edges = _read_parquet(base / "edges.parquet", index=False)
-        if kept_edges is not None and len(kept_edges):
-            touched = kept_edges["left"].isin(removed) | kept_edges["right"].isin(removed)
-            kept_edges = kept_edges[~touched]
+        say(f"{entity}: blocking {all_records.num_rows:,} rows")
+        compared = _records_frame(all_records, None)
+        found = candidate_pairs(compared, match.blocking, max_block=match.max_block, keep_keys=True)
+        keys = found.keys
+        pairs = found.pairs
+    assert keys is not None
+    pq.write_table(keys, out / "blockkeys.parquet")
     result.blocking = found.report.as_dict()
-    pairs = found.pairs
     result.candidate_pairs = result.pairs_compared = len(pairs)
     say(f"{entity}: comparing {len(pairs):,} pairs")
-    levels = cmp.compare(records, pairs, entity)
+    levels = cmp.compare(compared, pairs, entity)
     if model is None:
         say(f"{entity}: training the model (EM)")
-        model = _train(records, levels, entity, settings)
+        model = _train(compared, levels, entity, settings)
         result.model_trained = True
     (out / "model.json").write_text(model.to_json())
-    fresh = _edges(records, pairs, levels, model, entity, match.thresholds.keep)
-    edges = fresh if kept_edges is None else pd.concat([kept_edges, fresh], ignore_index=True)
-    edges = edges.sort_values(["left", "right"], kind="mergesort").reset_index(drop=True)
+    fresh = _edges(compared, pairs, levels, model, entity, match.thresholds.keep)
 
-    # 3. clusters
-    say(f"{entity}: clustering")
-    position = pd.Series(np.arange(len(records)), index=records.index)
-    li, ri = position.reindex(edges["left"]).to_numpy(), position.reindex(edges["right"]).to_numpy()
-    auto = match.thresholds.auto_link
-    tier = np.where(edges["rule"].notna(), TIER_RULE, TIER_MODEL)
-    use = edges["rule"].notna().to_numpy() | (edges["probability"].to_numpy() >= auto)
-    graph = list(
-        zip(
-            li[use].tolist(),
-            ri[use].tolist(),
-            tier[use].tolist(),
-            edges["probability"].to_numpy()[use].tolist(),
-            strict=True,
-        )
-    )
+    # 3. the affected records and their edges
+    present = all_records[RECORD]
     decided = decisions[
-        decisions["left_record"].isin(position.index)
-        & decisions["right_record"].isin(position.index)
+        pc.is_in(pa.array(decisions["left_record"], pa.string()), value_set=present).to_numpy(
+            zero_copy_only=False
+        )
+        & pc.is_in(pa.array(decisions["right_record"], pa.string()), value_set=present).to_numpy(
+            zero_copy_only=False
+        )
     ]
-    links = decided[decided["decision"] == "link"]
-    graph += [
-        (int(position[a]), int(position[b]), TIER_REVIEW_LINK, 1.0)
-        for a, b in zip(links["left_record"], links["right_record"], strict=True)
-    ]
-    aparts = decided[decided["decision"] == "apart"]
-    apart = [
-        (int(position[a]), int(position[b]))
-        for a, b in zip(aparts["left_record"], aparts["right_record"], strict=True)
-    ]
-    hard = records[HARD_KEY[entity]].where(records[HARD_KEY[entity]].notna(), None).tolist()
-    clusters = cluster(len(records), graph, hard_keys=hard, apart=apart)
-    for t, _score in clusters.merged_by.values():
-        if t == TIER_RULE:
-            result.rule_links += 1
-        elif t == TIER_MODEL:
-            result.model_links += 1
-        else:
-            result.review_links += 1
-    result.refused_hard_key = sum(r.reason == "hard_key" for r in clusters.refused)
-    result.refused_kept_apart = sum(r.reason == "kept_apart" for r in clusters.refused)
-    accepted = {(int(a), int(b)) for a, b in clusters.merged_by}
-    lo, hi = np.minimum(li, ri), np.maximum(li, ri)
-    edges["accepted"] = [(int(a), int(b)) in accepted for a, b in zip(lo, hi, strict=True)]
-    edges.to_parquet(out / "edges.parquet", index=False)
+    if delta:
+        assert base is not None
+        usable = fresh["rule"].notna() | (fresh["probability"] >= auto)
+        seeds = removed.union(
+            pd.Index(pd.concat([fresh.loc[usable, "left"], fresh.loc[usable, "right"],
+                                decided["left_record"], decided["right_record"]]))
+        )  # fmt: skip
+        components = pq.read_table(base / "components.parquet")
+        hit = pc.unique(components.filter(_is_in(components[RECORD], seeds))["component"])
+        in_old = pc.is_in(components["component"], value_set=hit)
+        affected_old = pd.Index(components.filter(in_old)[RECORD].to_pandas())
+        affected = affected_old.difference(removed).union(changed)
+        base_edges = pq.read_table(base / "edges.parquet")
+        touching = pc.or_(
+            _is_in(base_edges["left"], affected_old), _is_in(base_edges["right"], affected_old)
+        )
+        carried = base_edges.filter(touching).to_pandas()
+        carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
+        edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
+        base_xw = pq.read_table(base / "crosswalk.parquet")
+        base_xw_affected = base_xw.filter(_is_in(base_xw[RECORD], affected_old)).to_pandas()
+        outside = pd.Index(edges["left"]).union(pd.Index(edges["right"])).difference(affected)
+        outside_master = (
+            base_xw.filter(_is_in(base_xw[RECORD], outside))
+            .select([RECORD, "master_id"])
+            .to_pandas()
+            .set_index(RECORD)["master_id"]
+        )
+        records = _records_frame(all_records, affected)
+        hard_keys = pd.concat(
+            [records[HARD_KEY[entity]], _records_frame(all_records, outside)[HARD_KEY[entity]]]
+        )
+    else:
+        affected_old = (
+            pd.Index(
+                pq.read_table(base / "crosswalk.parquet", columns=[RECORD])[RECORD].to_pandas()
+            )
+            if base
+            else pd.Index([], dtype=object)
+        )
+        edges = fresh
+        base_xw_affected = _read_parquet(base / "crosswalk.parquet", index=False) if base else None
+        outside_master = pd.Series(dtype=object)
+        records = compared
+        hard_keys = records[HARD_KEY[entity]]
+    result.records_relinked = len(records)
 
-    # 4. master IDs
+    # 4. clusters and components of the affected records
+    say(f"{entity}: clustering {len(records):,} records")
+    labels, comp, accepted, counts = _cluster(records, edges, decided, entity, auto)
+    for k, v in counts.items():
+        setattr(result, k, v)
+    edges = edges.assign(accepted=accepted)
+
+    # 5. master IDs
     say(f"{entity}: master IDs and golden records")
-    labels = pd.DataFrame({RECORD: records.index, "cluster": clusters.labels})
-    base_crosswalk = _read_parquet(base / "crosswalk.parquet", index=False) if base else None
     prev = (
-        base_crosswalk[[RECORD, "master_id"]]
-        if base_crosswalk is not None
+        base_xw_affected[[RECORD, "master_id"]]
+        if base_xw_affected is not None
         else pd.DataFrame({RECORD: pd.Series(dtype=str), "master_id": pd.Series(dtype=str)})
     )
-    ids = assign_ids(labels, prev, entity=entity, next_seq=next_seq)
+    ids = assign_ids(
+        pd.DataFrame({RECORD: records.index, "cluster": labels}), prev, entity=entity,
+        next_seq=next_seq,
+    )  # fmt: skip
     master_of = pd.Series(ids.assignment["master_id"].to_numpy(), index=records.index)
     _events(ids.events, entity).to_parquet(out / "events.parquet", index=False)
     result.events = {
         k: int(v) for k, v in pd.Series([e.event for e in ids.events]).value_counts().items()
     }
+    touched = set(prev["master_id"]) | set(master_of)
 
-    # 5. crosswalk: how each record joined its entity
-    crosswalk = _crosswalk(records, edges, master_of, base_crosswalk, run_id)
-    crosswalk.to_parquet(out / "crosswalk.parquet", index=False)
+    # 6. crosswalk: how each record joined its entity
+    crosswalk = _crosswalk(records, edges[edges["accepted"]], master_of, base_xw_affected, run_id)
 
-    # 6. golden records, provenance, conflicts
+    # 7. golden records, provenance, conflicts
     member_rows = records.assign(master_id=master_of)
     if entity == "enterprise":  # a valid credit code carries the organization code (chars 9–17)
         member_rows["org_code"] = member_rows["org_code"].fillna(member_rows["uscc"].str[8:17])
@@ -350,42 +408,49 @@ def _link_entity(
         departments=("department", lambda s: ",".join(sorted(set(s)))),
         updated_at=("updated_at", "max"),
     )
-    golden = golden.merge(extra, left_on="master_id", right_index=True).assign(run_id=run_id)
-    golden.to_parquet(out / "golden.parquet", index=False)
-    provenance.assign(entity=entity).to_parquet(out / "provenance.parquet", index=False)
-    conflicts.assign(entity=entity, run_id=run_id).to_parquet(
-        out / "conflicts.parquet", index=False
-    )
+    golden["master_id"] = golden["master_id"].astype(object)  # also when nothing was relinked
+    extra.index = extra.index.astype(object)
+    golden = golden.merge(extra, left_on="master_id", right_index=True)
+    golden["run_id"] = _changed_by(golden, base / "golden.parquet" if base else None, run_id)
+    provenance = provenance.assign(entity=entity)
+    conflicts = conflicts.assign(entity=entity, run_id=run_id)
 
-    # 7. review queue: undecided pairs in the review band that ended in different entities
-    band = edges[
-        edges["rule"].isna()
-        & (edges["probability"] >= match.thresholds.review)
-        & (edges["probability"] < auto)
-    ]
-    apart_now = (
-        master_of.reindex(band["left"]).to_numpy() != master_of.reindex(band["right"]).to_numpy()
-    )
-    # two different valid IDs (credit codes) can never be linked: no use asking a reviewer
-    key = records[HARD_KEY[entity]]
-    ka, kb = key.reindex(band["left"]).to_numpy(), key.reindex(band["right"]).to_numpy()
-    linkable = ~(pd.notna(ka) & pd.notna(kb) & (ka != kb))
-    band = band[apart_now & linkable]
-    done = set(zip(decisions["left_record"], decisions["right_record"], strict=True))
-    open_pair = [
-        (a, b) not in done and (b, a) not in done
-        for a, b in zip(band["left"], band["right"], strict=True)
-    ]
-    band = band[np.asarray(open_pair, dtype=bool)]
-    review = _review(band, model, master_of, entity, run_id)
-    review.to_parquet(out / "review.parquet", index=False)
+    # 8. review queue: undecided pairs in the review band that ended in different entities
+    everyone = pd.concat([master_of, outside_master])
+    review = _review_band(edges, hard_keys, everyone, decisions, model, match, entity, run_id)
+    if base is not None and (base / "review.parquet").is_file() and len(review):
+        # a pair keeps the night it was first queued
+        queued = pd.read_parquet(
+            base / "review.parquet", columns=["left_record", "right_record", "run_id"]
+        )
+        since = review[["left_record", "right_record"]].merge(
+            queued, on=["left_record", "right_record"], how="left"
+        )["run_id"]
+        review["run_id"] = since.fillna(run_id).to_numpy()
 
-    result.masters = int(golden.shape[0])
-    result.singletons = int((golden["member_count"] == 1).sum())
-    result.review_queue = len(review)
-    result.conflicts = len(conflicts)
+    # 9. tonight's state: the affected part, plus the rest of last night's
+    tail = {
+        "edges": edges, "components": comp.reset_index(), "crosswalk": crosswalk,
+        "golden": golden, "provenance": provenance, "conflicts": conflicts, "review": review,
+    }  # fmt: skip
+    for name, frame in tail.items():
+        kept_rows = None
+        if delta:
+            assert base is not None
+            kept_rows = _kept(name, pq.read_table(base / f"{name}.parquet"), affected_old, removed,
+                              set(prev["master_id"]), run_id)  # fmt: skip
+        _write_state(out / f"{name}.parquet", frame, _SORT[name], kept_rows)
+    if not delta:
+        touched |= set(golden["master_id"])
+    pd.DataFrame({"master_id": sorted(touched)}).to_parquet(out / "touched.parquet", index=False)
+
+    totals = pd.read_parquet(out / "golden.parquet", columns=["member_count"])["member_count"]
+    result.masters = len(totals)
+    result.singletons = int((totals == 1).sum())
+    result.review_queue = pq.read_metadata(out / "review.parquet").num_rows
+    result.conflicts = pq.read_metadata(out / "conflicts.parquet").num_rows
     result.seconds = round(time.perf_counter() - start, 2)
-    return result, member_rows, ids.next_seq
+    return result, ids.next_seq
 
 
 def _tonight(city: CityConfig, run_id: str, entity: str) -> tuple[pd.DataFrame, list[str]]:
@@ -566,6 +631,205 @@ def _events(events: list[IdEvent], entity: str) -> pd.DataFrame:
     )
 
 
+_DELTA_CACHES = ("records.parquet", "blockkeys.parquet", "components.parquet", "edges.parquet",
+                 "crosswalk.parquet", "match.json")  # fmt: skip
+_NOT_LINKED = ("extras",)  # columns linking never reads (raw_* neither): left in Arrow
+
+
+def _is_in(values: pa.ChunkedArray | pa.Array, ids: pd.Index) -> pa.ChunkedArray | pa.Array:
+    if pa.types.is_null(values.type):  # an all-NULL column written from an empty frame
+        values = values.cast(pa.string())
+    return pc.is_in(values, value_set=pa.array(ids.to_numpy(dtype=object), pa.string()))
+
+
+def _arrow_records(rows: pd.DataFrame, schema: pa.Schema | None) -> pa.Table:
+    """Canonical rows (indexed by record ID) as an Arrow table with the record ID first."""
+    frame = rows.reset_index()
+    if schema is None:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+def _records_frame(records: pa.Table, ids: pd.Index | None) -> pd.DataFrame:
+    """The records with ``ids`` (all if None) as pandas, indexed by record ID, sorted, without
+    the columns linking never reads."""
+    if ids is not None:
+        records = records.filter(_is_in(records[RECORD], ids))
+    columns = [c for c in records.column_names if c not in _NOT_LINKED and not c.startswith("raw_")]
+    return records.select(columns).to_pandas().set_index(RECORD).sort_index()
+
+
+def _cluster(
+    records: pd.DataFrame,
+    edges: pd.DataFrame,
+    decided: pd.DataFrame,
+    entity: str,
+    auto: float,
+) -> tuple[np.ndarray, pd.Series, np.ndarray, dict[str, int]]:
+    """Cluster ``records`` along the usable ``edges`` and reviewers' decisions.
+
+    Returns each record's cluster label, its component (the smallest record ID of the records
+    joined by usable links and reviewers' links, refused or not), which edges were accepted,
+    and the link counts."""
+    position = pd.Series(np.arange(len(records)), index=records.index)
+    li = position.reindex(edges["left"]).to_numpy(dtype=float)
+    ri = position.reindex(edges["right"]).to_numpy(dtype=float)
+    inside = ~np.isnan(li) & ~np.isnan(ri)
+    rule = edges["rule"].notna().to_numpy()
+    use = (rule | (edges["probability"].to_numpy() >= auto)) & inside
+    if ((rule | (edges["probability"].to_numpy() >= auto)) & ~inside).any():
+        raise RuntimeError(  # the affected set is closed under usable links by construction
+            f"{entity}: a usable link leaves the records being relinked; "
+            "run `govmdm consolidate --full` and report this as a bug"
+        )
+    li_used, ri_used = li[use].astype(np.int64), ri[use].astype(np.int64)
+    tier = np.where(rule[use], TIER_RULE, TIER_MODEL)
+    graph = list(
+        zip(li_used.tolist(), ri_used.tolist(), tier.tolist(),
+            edges["probability"].to_numpy()[use].tolist(), strict=True)
+    )  # fmt: skip
+    mine = decided[
+        decided["left_record"].isin(records.index) & decided["right_record"].isin(records.index)
+    ]
+    links = mine[mine["decision"] == "link"]
+    link_pairs = [
+        (int(position[a]), int(position[b]))
+        for a, b in zip(links["left_record"], links["right_record"], strict=True)
+    ]
+    graph += [(a, b, TIER_REVIEW_LINK, 1.0) for a, b in link_pairs]
+    aparts = mine[mine["decision"] == "apart"]
+    apart = [
+        (int(position[a]), int(position[b]))
+        for a, b in zip(aparts["left_record"], aparts["right_record"], strict=True)
+    ]
+    hard = records[HARD_KEY[entity]].where(records[HARD_KEY[entity]].notna(), None).tolist()
+    clusters = cluster(len(records), graph, hard_keys=hard, apart=apart)
+    counts = {"rule_links": 0, "model_links": 0, "review_links": 0}
+    for t, _score in clusters.merged_by.values():
+        name = {TIER_RULE: "rule_links", TIER_MODEL: "model_links"}.get(t, "review_links")
+        counts[name] += 1
+    counts["refused_hard_key"] = sum(r.reason == "hard_key" for r in clusters.refused)
+    counts["refused_kept_apart"] = sum(r.reason == "kept_apart" for r in clusters.refused)
+    accepted_pairs = {(int(a), int(b)) for a, b in clusters.merged_by}
+    accepted = np.zeros(len(edges), dtype=bool)
+    at = np.flatnonzero(use)
+    lo, hi = np.minimum(li_used, ri_used), np.maximum(li_used, ri_used)
+    accepted[at] = [(int(a), int(b)) in accepted_pairs for a, b in zip(lo, hi, strict=True)]
+    # components: usable links and reviewers' links, whether the clustering took them or not
+    n = len(records)
+    a = np.concatenate([li_used, np.array([p[0] for p in link_pairs], dtype=np.int64)])
+    b = np.concatenate([ri_used, np.array([p[1] for p in link_pairs], dtype=np.int64)])
+    graph_matrix = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, comp_of = csgraph.connected_components(graph_matrix, directed=False)
+    ids = records.index.to_numpy(dtype=object)
+    first = pd.Series(ids).groupby(comp_of).transform("min").to_numpy(dtype=object)  # sorted ids
+    component = pd.Series(first, index=records.index, name="component")
+    return clusters.labels, component, accepted, counts
+
+
+def _review_band(
+    edges: pd.DataFrame,
+    hard_keys: pd.Series,
+    master_of: pd.Series,
+    decisions: pd.DataFrame,
+    model: FellegiSunter,
+    match: EntityMatch,
+    entity: str,
+    run_id: str,
+) -> pd.DataFrame:
+    """Undecided pairs in the review band that ended in different entities."""
+    t = match.thresholds
+    band = edges[
+        edges["rule"].isna()
+        & (edges["probability"] >= t.review)
+        & (edges["probability"] < t.auto_link)
+    ]
+    apart_now = (
+        master_of.reindex(band["left"]).to_numpy() != master_of.reindex(band["right"]).to_numpy()
+    )
+    # two different valid IDs (credit codes) can never be linked: no use asking a reviewer
+    ka, kb = hard_keys.reindex(band["left"]).to_numpy(), hard_keys.reindex(band["right"]).to_numpy()
+    linkable = ~(pd.notna(ka) & pd.notna(kb) & (ka != kb))
+    band = band[apart_now & linkable]
+    done = set(zip(decisions["left_record"], decisions["right_record"], strict=True))
+    open_pair = [
+        (a, b) not in done and (b, a) not in done
+        for a, b in zip(band["left"], band["right"], strict=True)
+    ]
+    band = band[np.asarray(open_pair, dtype=bool)]
+    return _review(band, model, master_of, entity, run_id)
+
+
+_SORT = {
+    "edges": ["left", "right"],
+    "components": [RECORD],
+    "crosswalk": [RECORD],
+    "golden": ["master_id"],
+    "provenance": ["master_id", "attribute"],
+    "conflicts": ["master_id", "attribute", "department", "source_table", "source_key"],
+    "review": ["left_record", "right_record"],
+}
+
+
+def _kept(
+    name: str,
+    table: pa.Table,
+    affected_old: pd.Index,
+    removed: pd.Index,
+    old_ids: set[str],
+    run_id: str,
+) -> pa.Table:
+    """The rows of last night's state file ``name`` that a delta night carries over as they are:
+    those of records (master IDs) it did not relink."""
+    redone = affected_old.union(removed)
+    if name == "edges":
+        hit = pc.or_(_is_in(table["left"], redone), _is_in(table["right"], redone))
+    elif name == "review":
+        hit = pc.or_(_is_in(table["left_record"], redone), _is_in(table["right_record"], redone))
+    elif name in ("components", "crosswalk"):
+        hit = _is_in(table[RECORD], redone)
+    else:
+        hit = pc.is_in(table["master_id"], value_set=pa.array(sorted(old_ids), pa.string()))
+    kept = table.filter(pc.invert(hit))
+    if name == "conflicts":  # still standing tonight
+        i = kept.schema.get_field_index("run_id")
+        kept = kept.set_column(i, "run_id", pa.array([run_id] * kept.num_rows, pa.string()))
+    return kept
+
+
+def _changed_by(golden: pd.DataFrame, base: Path | None, run_id: str) -> pd.Series:
+    """Each golden record's ``run_id``: the night that last changed it — last night's value
+    where the record is exactly as last night published it, else tonight."""
+    if base is None or not base.is_file() or not len(golden):
+        return pd.Series(run_id, index=golden.index)
+    old = pd.read_parquet(base)
+    same = [c for c in golden.columns if c in old.columns and c != "run_id"]
+    if "master_id" not in same:
+        return pd.Series(run_id, index=golden.index)
+    try:
+        found = golden[same].merge(old[[*same, "run_id"]], on=same, how="left")["run_id"]
+    except (ValueError, TypeError):  # a column changed type (an upgrade): all of it is new
+        return pd.Series(run_id, index=golden.index)
+    return pd.Series(found.fillna(run_id).to_numpy(), index=golden.index)
+
+
+def _write_state(path: Path, new: pd.DataFrame, sort: list[str], kept: pa.Table | None) -> None:
+    """Tonight's rows (after last night's ``kept`` ones, if any) sorted by ``sort``."""
+    fresh = pa.Table.from_pandas(new, preserve_index=False)
+    if kept is not None:
+        for f in kept.schema:
+            if f.name not in fresh.column_names:
+                fresh = fresh.append_column(f.name, pa.nulls(fresh.num_rows, f.type))
+        fresh = fresh.select(kept.schema.names)
+        if not fresh.num_rows:  # an empty frame's columns have no real types: kept's stand
+            fresh = kept
+        elif kept.num_rows:  # an all-NULL column is typed null: the other side's type wins
+            schema = pa.unify_schemas([kept.schema, fresh.schema], promote_options="permissive")
+            fresh = pa.concat_tables([kept.cast(schema), fresh.cast(schema)])
+    fresh = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in sort]))
+    pq.write_table(fresh, path)
+
+
 def _review(
     band: pd.DataFrame, model: FellegiSunter, master_of: pd.Series, entity: str, run_id: str
 ) -> pd.DataFrame:
@@ -585,29 +849,40 @@ def _review(
             "left_master_id": master_of.reindex(band["left"]).to_numpy(),
             "right_master_id": master_of.reindex(band["right"]).to_numpy(),
             "probability": band["probability"].to_numpy(),
-            "weights": weights,
+            "weights": pd.Series(weights, dtype=object),
             "run_id": run_id,
         }
     )
 
 
-def _relationships(work: Path, members: dict[str, pd.DataFrame], run_id: str) -> tuple[int, int]:
-    """Legal representatives and employers resolved to master IDs; golden tables updated."""
-    persons, firms = members["person"], members["enterprise"]
-    person_of_id = (
-        persons.dropna(subset=["id_number"])
-        .drop_duplicates("id_number")
-        .set_index("id_number")["master_id"]
-    )
-    firm_of_uscc = (
-        firms.dropna(subset=["uscc"]).drop_duplicates("uscc").set_index("uscc")["master_id"]
-    )
-    gp = pd.read_parquet(work / "person" / "golden.parquet")
-    ge = pd.read_parquet(work / "enterprise" / "golden.parquet")
-    gp["employer_master_id"] = gp["employer_uscc"].map(firm_of_uscc)
-    ge["legal_rep_master_id"] = ge["legal_rep_id"].map(person_of_id)
-    gp.to_parquet(work / "person" / "golden.parquet", index=False)
-    ge.to_parquet(work / "enterprise" / "golden.parquet", index=False)
+def _relationships(work: Path, run_id: str) -> tuple[int, int]:
+    """Legal representatives and employers resolved to master IDs, over every golden record;
+    a golden record whose resolved reference changed tonight joins its entity's touched IDs."""
+
+    def owner(entity: str, column: str) -> pd.Series:
+        """``column`` value → master ID of the first record (by record ID) that has it."""
+        records = pq.read_table(work / entity / "records.parquet", columns=[RECORD, column])
+        xw = pq.read_table(work / entity / "crosswalk.parquet", columns=[RECORD, "master_id"])
+        both = records.join(xw, RECORD).to_pandas().dropna(subset=[column])
+        both = both.sort_values(RECORD, kind="mergesort").drop_duplicates(column)
+        return both.set_index(column)["master_id"]
+
+    def resolve(entity: str, target: str, evidence: str, of: pd.Series) -> pd.DataFrame:
+        golden = pd.read_parquet(work / entity / "golden.parquet")
+        before = golden[target] if target in golden.columns else pd.Series(None, index=golden.index)
+        golden[target] = golden[evidence].map(of)
+        differs = ~(before.eq(golden[target]) | (before.isna() & golden[target].isna()))
+        moved = golden.loc[differs, "master_id"]
+        golden.loc[differs & golden[target].notna() & before.notna(), "run_id"] = run_id
+        touched = pd.read_parquet(work / entity / "touched.parquet")["master_id"]
+        pd.DataFrame({"master_id": sorted(set(touched) | set(moved))}).to_parquet(
+            work / entity / "touched.parquet", index=False
+        )
+        golden.to_parquet(work / entity / "golden.parquet", index=False)
+        return golden
+
+    gp = resolve("person", "employer_master_id", "employer_uscc", owner("enterprise", "uscc"))
+    ge = resolve("enterprise", "legal_rep_master_id", "legal_rep_id", owner("person", "id_number"))
     employer = gp.dropna(subset=["employer_master_id"])
     rep = ge.dropna(subset=["legal_rep_master_id"])
     rel = pd.concat(
@@ -655,7 +930,12 @@ def _relationships(work: Path, members: dict[str, pd.DataFrame], run_id: str) ->
 
 
 def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
-    """Publish the night :func:`link` prepared, atomically, then move the watermarks."""
+    """Publish the night :func:`link` prepared, atomically, then move the watermarks.
+
+    A delta night whose base night is what the warehouse holds publishes incrementally: only
+    the rows of the master IDs it touched are replaced (in the same single transaction).
+    Anything else — a full night, or a rerun of an older night — replaces the tables whole.
+    """
     state = master_dir(city.var_dir, run_id)
     summary_path = state / "summary.json"
     if not summary_path.is_file():
@@ -663,11 +943,51 @@ def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
             f"no linked night {run_id!r} under {state}. Fix: run `govmdm link --run-id {run_id}`"
         )
     summary = _read_json(summary_path)
-    frames: dict[str, pd.DataFrame] = {
-        "mdm_person": pd.read_parquet(state / "person" / "golden.parquet"),
-        "mdm_enterprise": pd.read_parquet(state / "enterprise" / "golden.parquet"),
-        "mdm_relationship": pd.read_parquet(state / "relationships.parquet"),
-        "mdm_unresolved_reference": pd.read_parquet(state / "unresolved.parquet"),
+    engine = engine_for(warehouse_url(city))
+    try:
+        held = latest_run(engine)
+        touched: frozenset[str] | None = None
+        if (
+            summary["mode"] == "delta"
+            and held is not None
+            and held["run_id"] == summary["base_run"]
+        ):
+            touched = frozenset(
+                m for e in ENTITIES
+                for m in pq.read_table(state / e / "touched.parquet")["master_id"].to_pylist()
+            )  # fmt: skip
+        frames = _publish_frames(state, run_id, touched)
+        night = Night(run_id, summary["mode"], str(state), summary, frames, touched)
+        publish_night(engine, night)
+    finally:
+        engine.dispose()
+    summary["published"] = "incremental" if touched is not None else "whole"
+    summary["watermarks_committed"] = commit_watermarks(city, run_id)
+    return summary
+
+
+def _publish_frames(
+    state: Path, run_id: str, touched: frozenset[str] | None
+) -> dict[str, pd.DataFrame]:
+    """The warehouse rows of the night in ``state``: every row, or (``touched`` given) those of
+    the current tables that name a touched master ID, plus the nightly tables' rows."""
+    ids = touched_ids = pd.Index(sorted(touched)) if touched is not None else None
+
+    def rows(path: Path, table: str, **extra: str) -> pd.DataFrame:
+        data = pq.read_table(path)
+        keys = KEY_COLUMNS.get(table)
+        if ids is not None and keys:
+            hit = _is_in(data[keys[0]], touched_ids)
+            for k in keys[1:]:
+                hit = pc.or_(hit, _is_in(data[k], touched_ids))
+            data = data.filter(hit)
+        return data.to_pandas().assign(**extra)
+
+    frames = {
+        "mdm_person": rows(state / "person" / "golden.parquet", "mdm_person"),
+        "mdm_enterprise": rows(state / "enterprise" / "golden.parquet", "mdm_enterprise"),
+        "mdm_relationship": rows(state / "relationships.parquet", "mdm_relationship"),
+        "mdm_unresolved_reference": rows(state / "unresolved.parquet", "mdm_unresolved_reference"),
     }
     for name, file in (
         ("mdm_provenance", "provenance"),
@@ -677,21 +997,13 @@ def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
         ("mdm_review_queue", "review"),
     ):
         parts = []
-        for entity in ENTITIES:
-            part = pd.read_parquet(state / entity / f"{file}.parquet")
-            if name == "mdm_crosswalk":
-                part = part.assign(entity=entity)
+        for e in ENTITIES:
+            extra = {"entity": e} if name == "mdm_crosswalk" else {}
             if name == "mdm_id_event":
-                part = part.assign(run_id=run_id)
-            parts.append(part)
+                extra["run_id"] = run_id
+            parts.append(rows(state / e / f"{file}.parquet", name, **extra))
         frames[name] = pd.concat(parts, ignore_index=True)
-    engine = engine_for(warehouse_url(city))
-    try:
-        publish_night(engine, Night(run_id, summary["mode"], str(state), summary, frames))
-    finally:
-        engine.dispose()
-    summary["watermarks_committed"] = commit_watermarks(city, run_id)
-    return summary
+    return frames
 
 
 def consolidate(

@@ -7,6 +7,8 @@ import logging
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import recordlinkage
 from hypothesis import given, settings
@@ -20,6 +22,7 @@ from master_data.blocking import (
     BlockingPass,
     PassIndex,
     candidate_pairs,
+    delta_candidates,
     key_values,
     load_passes,
     valid_id,
@@ -295,3 +298,41 @@ def test_load_passes_validates() -> None:
         load_passes({"person": [{"name": "x", "keys": ["name"]}, {"name": "x", "keys": ["sex"]}]})
     with pytest.raises(ValueError, match="unknown entity"):
         load_passes({"people": []})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(_row, min_size=1, max_size=14),
+    tonight=st.lists(_row, min_size=14, max_size=14),
+    among_bits=st.lists(st.booleans(), min_size=14, max_size=14),
+    max_block=st.integers(min_value=2, max_value=6),
+)
+def test_delta_from_cached_keys_equals_blocking_the_whole_frame(
+    rows: list[dict[str, Any]],
+    tonight: list[dict[str, Any]],
+    among_bits: list[bool],
+    max_block: int,
+) -> None:
+    """Last night's block keys, with the changed rows' keys replaced by tonight's, give the same
+    pairs and skipped blocks as blocking tonight's whole frame against the changed rows."""
+    passes = [
+        BlockingPass(name="name", keys=("name",)),
+        BlockingPass(name="name_district", keys=("name", "division_code")),
+        BlockingPass(name="phone", keys=("phone_any",)),
+    ]
+    before = pd.DataFrame(rows, index=[f"id{i:02d}" for i in range(len(rows))])
+    among = {i for i, bit in zip(before.index, among_bits, strict=False) if bit}
+    now = before.copy()
+    for i, rid in enumerate(sorted(among)):  # the changed rows' new versions
+        now.loc[rid] = pd.Series(tonight[i])
+    cached = candidate_pairs(before, passes, max_block=max_block, keep_keys=True).keys
+    assert cached is not None
+    fresh = candidate_pairs(now.loc[sorted(among)], passes, keep_keys=True).keys
+    assert fresh is not None
+    old = cached.filter(pc.invert(pc.is_in(cached["record_id"], pa.array(sorted(among), pa.string()))))
+    keys = pa.concat_tables([old, fresh])
+
+    expected = candidate_pairs(now, passes, among=among, max_block=max_block)
+    got = delta_candidates(keys, among, passes, records=len(now), max_block=max_block)
+    assert list(got.pairs) == list(expected.pairs)
+    assert [p.skipped for p in got.report.passes] == [p.skipped for p in expected.report.passes]
