@@ -998,7 +998,7 @@ def _publish_frames(
     ):
         parts = []
         for e in ENTITIES:
-            extra = {"entity": e} if name == "mdm_crosswalk" else {}
+            extra: dict[str, str] = {"entity": e} if name == "mdm_crosswalk" else {}
             if name == "mdm_id_event":
                 extra["run_id"] = run_id
             parts.append(rows(state / e / f"{file}.parquet", name, **extra))

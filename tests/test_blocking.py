@@ -329,7 +329,9 @@ def test_delta_from_cached_keys_equals_blocking_the_whole_frame(
     assert cached is not None
     fresh = candidate_pairs(now.loc[sorted(among)], passes, keep_keys=True).keys
     assert fresh is not None
-    old = cached.filter(pc.invert(pc.is_in(cached["record_id"], pa.array(sorted(among), pa.string()))))
+    old = cached.filter(
+        pc.invert(pc.is_in(cached["record_id"], pa.array(sorted(among), pa.string())))
+    )
     keys = pa.concat_tables([old, fresh])
 
     expected = candidate_pairs(now, passes, among=among, max_block=max_block)
