@@ -125,7 +125,7 @@ def _step(step: str, var: Path, run_id: str, opts: dict[str, Any]) -> dict[str, 
         from master_data.consolidate import publish
 
         summary = publish(city, run_id)
-        report = {"watermarks": summary["watermarks_committed"]}
+        report = {"watermarks": summary["watermarks_committed"], "published": summary["published"]}
     elif step == "evaluate":
         from master_data.published import evaluate_published
 
@@ -211,7 +211,8 @@ def _linked(r: dict[str, Any]) -> str:
     ents = r["summary"]["entities"]
     return "; ".join(
         f"{e} {x['records']:,} rows, {x['changed']:,} changed, {x['pairs_compared']:,} pairs, "
-        f"{x['masters']:,} masters, {x['seconds']:.1f} s"
+        f"{x['masters']:,} masters, {x.get('records_relinked', x['records']):,} relinked, "
+        f"{x['seconds']:.1f} s"
         for e, x in ents.items()
     )
 

@@ -253,7 +253,7 @@ def _link_entity(
     (out / "match.json").write_text(settings_json)
 
     # 1. tonight's records: last night's, less the replaced and the removed, plus tonight's
-    changed = pd.Index(tonight.index)
+    changed = pd.Index(tonight[RECORD].to_pandas())
     removed = changed.union(pd.Index(gone))
     previous = pq.read_table(base / "records.parquet") if base else None
     if previous is not None and previous.num_rows:
@@ -262,14 +262,14 @@ def _link_entity(
             pc.sum(pc.and_(left_over, pc.invert(_is_in(previous[RECORD], changed)))).as_py() or 0
         )
         kept = previous.filter(pc.invert(_is_in(previous[RECORD], removed)))
-        all_records = pa.concat_tables(
-            [kept, _arrow_records(tonight, kept.schema)], promote_options="default"
-        )
+        if not kept.schema.equals(tonight.schema):  # state written by an older govmdm
+            kept = kept.select(tonight.schema.names).cast(tonight.schema)
+        all_records = pa.concat_tables([kept, tonight])
     else:
-        all_records = _arrow_records(tonight, None)
+        all_records = tonight
     all_records = all_records.take(pc.sort_indices(all_records, [(RECORD, "ascending")]))
     pq.write_table(all_records, out / "records.parquet")
-    result.records, result.changed = all_records.num_rows, len(tonight)
+    result.records, result.changed = all_records.num_rows, tonight.num_rows
 
     # 2. candidate pairs, comparisons and scores
     auto = match.thresholds.auto_link
@@ -278,7 +278,10 @@ def _link_entity(
         say(f"{entity}: blocking {len(changed):,} changed rows against the cached keys")
         old_keys = pq.read_table(base / "blockkeys.parquet")
         mine = candidate_pairs(
-            tonight, match.blocking, max_block=match.max_block, keep_keys=True
+            _records_frame(tonight, None),
+            match.blocking,
+            max_block=match.max_block,
+            keep_keys=True,
         ).keys
         assert mine is not None
         keys = pa.concat_tables(
@@ -366,6 +369,7 @@ def _link_entity(
         records = compared
         hard_keys = records[HARD_KEY[entity]]
     result.records_relinked = len(records)
+    del all_records, present  # the Arrow copy of every record: not needed any more
 
     # 4. clusters and components of the affected records
     say(f"{entity}: clustering {len(records):,} records")
@@ -453,15 +457,16 @@ def _link_entity(
     return result, ids.next_seq
 
 
-def _tonight(city: CityConfig, run_id: str, entity: str) -> tuple[pd.DataFrame, list[str]]:
-    """Tonight's canonical rows of ``entity`` (indexed by record ID), and the record IDs that
-    left: deleted at the source, or rejected tonight."""
-    frames, gone = [], []
+def _tonight(city: CityConfig, run_id: str, entity: str) -> tuple[pa.Table, list[str]]:
+    """Tonight's canonical rows of ``entity`` (the record ID first, sorted by it), and the
+    record IDs that left: deleted at the source, or rejected tonight."""
+    tables, gone = [], []
+    schema = SCHEMAS[entity]
     for dept in city.departments:
         folder = canonical_dir(city.var_dir, run_id, dept.code)
         path = folder / f"{entity}.parquet"
         if path.is_file():
-            frames.append(pq.read_table(path).to_pandas())
+            tables.append(pq.read_table(path).select(schema.names).cast(schema))
         rejects = folder / "rejects.parquet"
         if rejects.is_file():
             r = pq.read_table(rejects, columns=["entity", *_META]).to_pandas()
@@ -474,14 +479,10 @@ def _tonight(city: CityConfig, run_id: str, entity: str) -> tuple[pd.DataFrame, 
             if deleted.is_file():
                 keys = pq.read_table(deleted).column(ROW_KEY).to_pylist()
                 gone += [record_id(dept.code, table.name, k) for k in keys]
-    if frames:
-        rows = pd.concat(frames, ignore_index=True)
-    else:
-        rows = SCHEMAS[entity].empty_table().to_pandas()
-    rows.index = pd.Index(
-        [record_id(*r) for r in rows[_META].itertuples(index=False, name=None)], name=RECORD
-    )
-    return rows, gone
+    rows = pa.concat_tables(tables) if tables else schema.empty_table()
+    ids = pc.binary_join_element_wise(*[rows[c] for c in _META], "/")  # = record_id()
+    rows = rows.add_column(0, RECORD, ids)
+    return rows.take(pc.sort_indices(rows, [(RECORD, "ascending")])), gone
 
 
 RANDOM_PAIRS = 200_000
@@ -640,14 +641,6 @@ def _is_in(values: pa.ChunkedArray | pa.Array, ids: pd.Index) -> pa.ChunkedArray
     if pa.types.is_null(values.type):  # an all-NULL column written from an empty frame
         values = values.cast(pa.string())
     return pc.is_in(values, value_set=pa.array(ids.to_numpy(dtype=object), pa.string()))
-
-
-def _arrow_records(rows: pd.DataFrame, schema: pa.Schema | None) -> pa.Table:
-    """Canonical rows (indexed by record ID) as an Arrow table with the record ID first."""
-    frame = rows.reset_index()
-    if schema is None:
-        return pa.Table.from_pandas(frame, preserve_index=False)
-    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
 
 
 def _records_frame(records: pa.Table, ids: pd.Index | None) -> pd.DataFrame:
