@@ -408,10 +408,9 @@ def _link_entity(
     }
     golden, provenance, conflicts = survive(member_rows, entity, authority, match.survivorship_rank)
     extra = member_rows.groupby("master_id").agg(
-        member_count=("department", "size"),
-        departments=("department", lambda s: ",".join(sorted(set(s)))),
-        updated_at=("updated_at", "max"),
+        member_count=("department", "size"), updated_at=("updated_at", "max")
     )
+    extra["departments"] = _departments(member_rows)
     golden["master_id"] = golden["master_id"].astype(object)  # also when nothing was relinked
     extra.index = extra.index.astype(object)
     golden = golden.merge(extra, left_on="master_id", right_index=True)
@@ -714,10 +713,22 @@ def _cluster(
     b = np.concatenate([ri_used, np.array([p[1] for p in link_pairs], dtype=np.int64)])
     graph_matrix = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, comp_of = csgraph.connected_components(graph_matrix, directed=False)
+    # a component's label: its smallest record ID (records are sorted: the lowest position)
+    lowest = np.full(comp_of.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(lowest, comp_of, np.arange(n))
     ids = records.index.to_numpy(dtype=object)
-    first = pd.Series(ids).groupby(comp_of).transform("min").to_numpy(dtype=object)  # sorted ids
-    component = pd.Series(first, index=records.index, name="component")
+    component = pd.Series(ids[lowest[comp_of]], index=records.index, name="component")
     return clusters.labels, component, accepted, counts
+
+
+def _departments(members: pd.DataFrame) -> pd.Series:
+    """Each master ID's member departments, sorted and comma-joined (one vectorised string
+    operation per department, not one Python call per master)."""
+    masters = pd.Index(pd.unique(members["master_id"])).sort_values()
+    joined = pd.Series("", index=masters)
+    for dept, ids in members.groupby("department", sort=True)["master_id"]:
+        joined = joined + np.where(masters.isin(ids), f"{dept},", "")
+    return joined.str[:-1]
 
 
 def _review_band(

@@ -72,7 +72,9 @@ def assign_ids(
     explain a merge: ``(surviving ID, absorbed ID)`` → why (e.g. the rule of the joining link).
     """
     reasons = reasons or {}
-    smallest = clusters.groupby("cluster")["record_id"].min()
+    # a cluster's smallest record ID: sort once, keep each cluster's first row (no Python per group)
+    by_record = clusters.sort_values("record_id", kind="mergesort")
+    smallest = by_record.drop_duplicates("cluster").set_index("cluster")["record_id"]
     joined = clusters.merge(previous[["record_id", "master_id"]], on="record_id", how="left")
     overlap = (
         joined.dropna(subset=["master_id"])
@@ -98,22 +100,25 @@ def assign_ids(
             seq += 1
     ids = pd.Series(owner, name="master_id")
     out = clusters.assign(master_id=clusters["cluster"].map(ids))
-
-    # what became of each old ID
-    now = overlap.assign(new=overlap["cluster"].map(ids))
-    by_old = now.groupby("master_id")["new"].apply(lambda s: sorted(set(s)))
-    by_new = now.groupby("new")["master_id"].apply(lambda s: sorted(set(s)))
-    for new_id in sorted(set(ids) - set(by_new.index)):
+    # what became of each old ID: only IDs that did not simply carry over need a look
+    moves = (
+        overlap.assign(new=overlap["cluster"].map(ids))[["master_id", "new"]]
+        .drop_duplicates()
+        .sort_values(["master_id", "new"])
+    )
+    for new_id in sorted(set(ids) - set(moves["new"])):
         events.append(IdEvent("issued", new_id, (), "新主体：成员记录此前均未关联任何主体"))
-    for old in sorted(set(previous["master_id"]) - set(by_old.index)):
+    for old in sorted(set(previous["master_id"]) - set(moves["master_id"])):
         events.append(IdEvent("retired", old, (old,), "全部成员记录已删除或被拒收"))
-    for old, targets in by_old.items():
+    targets_of = moves.groupby("master_id")["new"].size()
+    moved = moves[
+        ~moves["master_id"].isin(taken) | moves["master_id"].map(targets_of).gt(1).to_numpy()
+    ]
+    for old, group in moved.groupby("master_id", sort=True):
+        targets = group["new"].tolist()
         if old in taken:
             others = [t for t in targets if t != old]
-            if others:
-                events.append(
-                    IdEvent("split", old, (old,), f"部分成员记录拆分至 {'、'.join(others)}")
-                )
+            events.append(IdEvent("split", old, (old,), f"部分成员记录拆分至 {'、'.join(others)}"))
             continue
         for target in targets:
             why = reasons.get((target, old)) or "成员记录与该主体关联"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 # attribute → the canonical columns that survive together (the first one decides "has a value")
@@ -79,39 +80,44 @@ def survive(
     department not listed ranks after all listed ones.
     """
     order = {d: i for i, d in enumerate(rank)}
-    base = members.assign(
-        _rank=members["department"].map(order).fillna(len(order)).astype(int),
-        _updated=members["updated_at"].fillna(pd.Timestamp.min),
-    )
-    golden = pd.DataFrame(index=pd.Index(sorted(members["master_id"].unique()), name="master_id"))
+    # Every sort key as integer codes once (factorize(sort=True) keeps the values' order): one
+    # lexsort per attribute instead of sorting object columns, on the rows that have a value.
+    master_code, masters = pd.factorize(members["master_id"], sort=True)
+    dept_code = pd.factorize(members["department"], sort=True)[0]
+    key_code = pd.factorize(members["source_key"], sort=True)[0]
+    newer = -pd.factorize(members["updated_at"].fillna(pd.Timestamp.min), sort=True)[0]
+    ranks = members["department"].map(order).fillna(len(order)).astype(int).to_numpy()
+    golden = pd.DataFrame(index=pd.Index(masters, name="master_id"))
     provenance: list[pd.DataFrame] = []
     conflicts: list[pd.DataFrame] = []
     for attribute, columns in ATTRIBUTES[entity].items():
         lead = columns[0]
-        has = base[base[lead].notna()]
-        if has.empty:
+        at = np.flatnonzero(members[lead].notna().to_numpy())
+        if not len(at):
             for c in columns:
                 golden[c] = None
             continue
+        has = members.iloc[at]
         auth = authority.get(attribute)
         value = _comparable(has, attribute, lead)
-        agree = value.groupby([has["master_id"], value]).transform("size")
-        ranked = has.assign(
-            _auth=(has["department"] != auth).astype(int) if auth else 0,
-            _agree=agree,
-            _candidates=has.groupby("master_id")[lead].transform("size"),
-        ).sort_values(
-            ["master_id", "_auth", "_rank", "_updated", "_agree", "department", "source_key"],
-            ascending=[True, True, True, False, False, True, True],
-            kind="mergesort",
+        m = master_code[at]
+        pair = pd.factorize(pd.Series(m) * (len(value) + 1) + pd.factorize(value)[0])[0]
+        agree = np.bincount(pair)[pair]
+        candidates = np.bincount(m)[m]
+        not_auth = (
+            (has["department"] != auth).to_numpy().astype(int) if auth else np.zeros(len(at), int)
         )
-        winners = ranked.drop_duplicates("master_id").set_index("master_id")
+        sort = np.lexsort(
+            (key_code[at], dept_code[at], -agree, newer[at], ranks[at], not_auth, m)
+        )  # the last key sorts first: master, authority, rank, recency, agreement, dept, key
+        first = sort[np.concatenate(([True], m[sort][1:] != m[sort][:-1]))]
+        winners = has.iloc[first].set_index("master_id")
         for c in columns:
             golden[c] = winners[c].reindex(golden.index)
         rule = pd.Series("recency", index=winners.index)
-        rule[winners["_rank"] < len(order)] = "rank"
+        rule[ranks[at][first] < len(order)] = "rank"
         if auth:
-            rule[winners["department"] == auth] = "authority"
+            rule[(winners["department"] == auth).to_numpy()] = "authority"
         provenance.append(
             pd.DataFrame(
                 {
@@ -121,8 +127,8 @@ def survive(
                     "source_table": winners["source_table"].to_numpy(),
                     "source_key": winners["source_key"].to_numpy(),
                     "source_updated_at": winners["updated_at"].to_numpy(),
-                    "candidates": winners["_candidates"].to_numpy(),
-                    "agreeing": winners["_agree"].to_numpy(),
+                    "candidates": candidates[first],
+                    "agreeing": agree[first],
                     "rule": rule.to_numpy(),
                 }
             )
