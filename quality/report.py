@@ -1,0 +1,792 @@
+"""Each night's data-quality reports: one per department for its 数据责任人, one overview for
+the data-engineering team, each as self-contained HTML (in Chinese) and a JSON twin.
+
+A department's report says, for one night: a headline (通过 / 需关注 / 不合格 / 数据被暂扣) and
+why; the overall score and grade; the score on each GB/T 36344 dimension (未覆盖 where no rule
+covers it, never 100) with a trend chart over the last nights; the failed rules by severity
+with rows failed and checked, threshold, how many nights in a row each has failed, masked
+sample keys and how to fix it; rules that could not run; and the department's values that
+contradict the authoritative department (多元校核), by attribute, with masked samples.
+
+Everything is read from the warehouse (``dq_result``, ``dq_scorecard``, ``mdm_conflict``); the
+JSON twin is the very dictionary the HTML is rendered from, so the two never disagree. The HTML
+has no scripts and loads nothing: CSS is inline, the chart is SVG drawn here, and a
+Content-Security-Policy forbids any fetch, so the report reads the same from an e-mail, a
+file share or an air-gapped desk.
+
+Personal data is masked as it is read (sample keys, conflict values by attribute type), and
+every rendered file is scanned with :func:`quality.masking.find_clear` before anything is
+written: a valid ID number or mobile number in clear raises :class:`UnmaskedDataError` and no
+file of the night is written.
+
+>>> reports = build_reports(city, "2026-06-30")  # doctest: +SKIP
+>>> reports.departments["gongan"].headline, reports.departments["gongan"].html_path.name
+('failed', 'gongan.html')
+
+Nights are ordered by run ID, digits compared as numbers: the default run IDs (ISO dates) sort
+in calendar order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import sqlalchemy as sa
+
+from etl.config import CityConfig
+from etl.state import warehouse_url
+from etl.warehouse import conflict_table, engine_for
+from quality.masking import find_clear, mask_id, mask_key, mask_name, mask_phone, mask_text
+from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
+
+__all__ = [
+    "DEFAULT_NIGHTS",
+    "HEADLINES",
+    "Report",
+    "ReportSet",
+    "UnmaskedDataError",
+    "build_reports",
+    "mask_conflict_value",
+    "night_key",
+    "render_reports",
+    "reports_dir",
+    "write_reports",
+]
+
+DEFAULT_NIGHTS = 14
+"""Nights shown in the trend chart (tonight included)."""
+SAMPLES_PER_RULE = 10
+SAMPLES_PER_ATTRIBUTE = 5
+SCHEMA_VERSION = 1
+
+HEADLINES: Mapping[str, str] = {
+    "passed": "通过",
+    "attention": "需关注",
+    "failed": "不合格",
+    "held_back": "数据被暂扣",
+}
+"""Headline status → its Chinese label, from best to worst."""
+SEVERITY_ORDER = ("blocking", "error", "warning")
+SEVERITY_LABELS: Mapping[str, str] = {"blocking": "阻断", "error": "错误", "warning": "警告"}
+STATUS_LABELS: Mapping[str, str] = {
+    "passed": "通过",
+    "failed": "未通过",
+    "error": "执行出错",
+    "not_run": "未执行",
+}
+NOT_COVERED = "未覆盖"
+OVERALL_LABEL = "综合"
+ATTRIBUTE_LABELS: Mapping[str, str] = {
+    "name": "名称",
+    "id_number": "身份证号",
+    "sex": "性别",
+    "birth_date": "出生日期",
+    "phone": "联系电话",
+    "address": "地址",
+    "ethnicity": "民族",
+    "employer_uscc": "就业单位统一社会信用代码",
+    "status": "状态",
+    "uscc": "统一社会信用代码",
+    "reg_no": "注册号",
+    "org_code": "组织机构代码",
+    "legal_rep_name": "法定代表人姓名",
+    "legal_rep_id": "法定代表人身份证号",
+    "registered_capital": "注册资本（万元）",
+    "established_date": "成立日期",
+}
+ENTITY_LABELS: Mapping[str, str] = {"person": "自然人", "enterprise": "法人"}
+
+# Attribute → how its values are masked in a report (anything else: mask_text).
+_NAME_ATTRIBUTES = frozenset({"name", "legal_rep_name"})
+_ID_ATTRIBUTES = frozenset({"id_number", "legal_rep_id"})
+_PHONE_ATTRIBUTES = frozenset({"phone"})
+
+_TEMPLATES = Path(__file__).with_name("templates")
+
+
+class UnmaskedDataError(RuntimeError):
+    """A rendered report or e-mail holds a valid ID number or mobile number in clear.
+
+    The message names the files and shows the findings *masked*, so it is safe to log.
+    """
+
+
+@dataclass(frozen=True)
+class Report:
+    """One rendered report: ``data`` is the JSON twin, ``html`` and ``text`` render it."""
+
+    name: str
+    """``<department code>`` or ``overview``."""
+    title: str
+    headline: str
+    """A key of :data:`HEADLINES` (the overview: the worst department's)."""
+    data: dict[str, Any]
+    html: str
+    text: str
+    """A plain-text summary, the e-mail's alternative to the HTML."""
+    html_path: Path
+    json_path: Path
+
+    @property
+    def department(self) -> str | None:
+        """The department code, or None for the overview."""
+        return None if self.name == "overview" else self.name
+
+    @property
+    def headline_label(self) -> str:
+        return HEADLINES[self.headline]
+
+    @property
+    def json_text(self) -> str:
+        return _dump_json(self.data)
+
+
+@dataclass(frozen=True)
+class ReportSet:
+    """A night's reports: one per department (by code), plus the overview unless a single
+    department was asked for."""
+
+    run_id: str
+    directory: Path
+    departments: dict[str, Report] = field(default_factory=dict)
+    overview: Report | None = None
+
+    def all(self) -> list[Report]:
+        """Every report, departments first."""
+        return [*self.departments.values(), *([self.overview] if self.overview else [])]
+
+    def files(self) -> list[Path]:
+        return [p for r in self.all() for p in (r.html_path, r.json_path)]
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def build_reports(
+    city: CityConfig,
+    run_id: str,
+    department: str | None = None,
+    *,
+    nights: int = DEFAULT_NIGHTS,
+    engine: sa.Engine | None = None,
+) -> ReportSet:
+    """Render the night's reports and write them under ``var/reports/run=<run_id>/``.
+
+    Every department with results tonight gets ``<code>.html`` and ``<code>.json``, and the
+    night gets ``overview.html|json``; with ``department``, only that department's report is
+    built (even if it has no results tonight: the report then says so). Nothing is written if
+    any file would hold an ID number or mobile number in clear (:class:`UnmaskedDataError`).
+    """
+    reports = render_reports(city, run_id, department, nights=nights, engine=engine)
+    write_reports(reports)
+    return reports
+
+
+def render_reports(
+    city: CityConfig,
+    run_id: str,
+    department: str | None = None,
+    *,
+    nights: int = DEFAULT_NIGHTS,
+    engine: sa.Engine | None = None,
+) -> ReportSet:
+    """The night's reports in memory (see :func:`build_reports`), scanned but not written."""
+    engine = engine or engine_for(warehouse_url(city))
+    night = _read_night(engine, run_id, department)
+    out = reports_dir(city, run_id)
+    names = {d.code: d.name for d in city.departments}
+    if department is not None:
+        codes = [department]
+    else:
+        present = set(night.results) | set(night.scorecard_tonight)
+        configured = [d.code for d in city.departments if d.code in present]
+        codes = configured + sorted(present - set(configured))
+    reports: dict[str, Report] = {}
+    for code in codes:
+        data = department_data(city, night, code, nights=nights)
+        reports[code] = _render(out, code, "department", data, data["headline"]["status"])
+    overview = None
+    if department is None:
+        data = overview_data(city, night, [reports[c].data for c in codes], names)
+        overview = _render(out, "overview", "overview", data, data["headline"]["status"])
+    result = ReportSet(run_id=run_id, directory=out, departments=reports, overview=overview)
+    for report in result.all():
+        check_masked(
+            {
+                report.html_path.name: report.html,
+                report.json_path.name: report.json_text,
+                f"{report.name} (e-mail text)": report.text,
+            }
+        )
+    return result
+
+
+def write_reports(reports: ReportSet) -> None:
+    """Write every report's HTML and JSON, each file atomically (temp file, then rename).
+
+    A whole night (with its overview) replaces the night's directory: reports of departments
+    that no longer have results that night are removed, so a rerun leaves what a first run
+    would have left.
+    """
+    for report in reports.all():
+        check_masked({report.html_path.name: report.html, report.json_path.name: report.json_text})
+    reports.directory.mkdir(parents=True, exist_ok=True)
+    for report in reports.all():
+        _write_atomic(report.html_path, report.html)
+        _write_atomic(report.json_path, report.json_text)
+    if reports.overview is not None:
+        keep = set(reports.files())
+        for stale in [*reports.directory.glob("*.html"), *reports.directory.glob("*.json")]:
+            if stale not in keep:
+                stale.unlink()
+
+
+def reports_dir(city: CityConfig, run_id: str) -> Path:
+    """``<var>/reports/run=<run_id>``."""
+    return city.var_dir / "reports" / f"run={run_id}"
+
+
+def check_masked(documents: Mapping[str, str]) -> None:
+    """Raise :class:`UnmaskedDataError` if any document (name → text) holds a valid ID number
+    or mobile number in clear; the message lists each finding masked, never in clear."""
+    problems = []
+    for name, text in documents.items():
+        found = find_clear(text)
+        if found:
+            shown = ", ".join(sorted({mask_text(f) for f in found})[:5])
+            problems.append(f"{name}: {len(found)} in clear ({shown})")
+    if problems:
+        raise UnmaskedDataError(
+            "refusing to write or send reports with personal data in clear — "
+            + "; ".join(problems)
+            + ". Fix: mask the values where they are produced (quality.masking) — sample keys "
+            "in dq_result must be masked by the suites."
+        )
+
+
+def night_key(run_id: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key for run IDs: digit runs compare as numbers (``night-9`` < ``night-10``)."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", run_id)
+    )
+
+
+def mask_conflict_value(attribute: str, value: Any) -> str | None:
+    """A conflicting value as a report may show it, masked by the attribute's type.
+
+    >>> mask_conflict_value("name", "张三丰"), mask_conflict_value("phone", "13812345678")
+    ('张**', '138****5678')
+    >>> mask_conflict_value("address", "鼓楼区五四路 1 号，电话 13812345678")
+    '鼓楼区五四路 1 号，电话 138****5678'
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value)
+    masker: Callable[[str], str | None] = (
+        mask_name if attribute in _NAME_ATTRIBUTES
+        else mask_id if attribute in _ID_ATTRIBUTES
+        else mask_phone if attribute in _PHONE_ATTRIBUTES
+        else mask_text
+    )  # fmt: skip
+    return masker(text)
+
+
+# --------------------------------------------------------------------------- reading a night
+
+
+@dataclass
+class _Night:
+    run_id: str
+    results: dict[str, list[dict[str, Any]]]  # department → tonight's dq_result rows
+    scorecard_tonight: dict[str, dict[str, dict[str, Any]]]  # department → dimension → row
+    scores: dict[str, dict[str, dict[str, float | None]]]  # department → night → dim → score
+    history: dict[str, dict[str, dict[str, str]]]  # department → night → rule → status
+    conflicts: dict[str, list[dict[str, Any]]]  # department → tonight's mdm_conflict rows
+
+
+def _read_night(engine: sa.Engine, run_id: str, department: str | None) -> _Night:
+    r, s, c = result_table.c, scorecard_table.c, conflict_table.c
+    only = (lambda col: col == department) if department is not None else (lambda col: sa.true())
+    with engine.connect() as conn:
+        results = conn.execute(
+            sa.select(result_table).where(r.run_id == run_id, only(r.department))
+        ).mappings()
+        by_dept: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in results:
+            by_dept[row["department"]].append(dict(row))
+        history: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+        for run, dept, rule, status in conn.execute(
+            sa.select(r.run_id, r.department, r.rule_id, r.status).where(only(r.department))
+        ):
+            history[dept][run][rule] = status
+        scores: dict[str, dict[str, dict[str, float | None]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        tonight: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for row in conn.execute(sa.select(scorecard_table).where(only(s.department))).mappings():
+            scores[row["department"]][row["run_id"]][row["dimension"]] = row["score"]
+            if row["run_id"] == run_id:
+                tonight[row["department"]][row["dimension"]] = dict(row)
+        conflicts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in conn.execute(
+            sa.select(conflict_table)
+            .where(c.run_id == run_id, only(c.department))
+            .order_by(c.department, c.entity, c.attribute, c.source_table, c.source_key)
+        ).mappings():
+            conflicts[row["department"]].append(dict(row))
+    return _Night(run_id, dict(by_dept), dict(tonight), scores, history, dict(conflicts))
+
+
+# ------------------------------------------------------------------------ a department's data
+
+
+def department_data(
+    city: CityConfig, night: _Night, code: str, *, nights: int = DEFAULT_NIGHTS
+) -> dict[str, Any]:
+    """The JSON twin of one department's report (also what its HTML is rendered from)."""
+    names = {d.code: d.name for d in city.departments}
+    rows = sorted(night.results.get(code, []), key=lambda x: x["rule_id"])
+    history = night.history.get(code, {})
+    past = sorted((n for n in history if night_key(n) <= night_key(night.run_id)), key=night_key)
+    failed: dict[str, list[dict[str, Any]]] = {s: [] for s in SEVERITY_ORDER}
+    unrun, passed = [], []
+    for row in rows:
+        rule = _rule(row, _failing_nights(history, past, row["rule_id"]))
+        if row["status"] == "failed":
+            failed.setdefault(row["severity"], []).append(rule)
+        elif row["status"] == "passed":
+            passed.append({k: rule[k] for k in ("rule_id", "description", "dimension")})
+        else:
+            unrun.append(rule)
+    for group in failed.values():
+        group.sort(key=lambda x: (-x["failing_nights"], -x["rows_failed"], x["rule_id"]))
+    tonight = night.scorecard_tonight.get(code, {})
+    overall = tonight.get(OVERALL, {})
+    conflicts = _conflicts(night.conflicts.get(code, []), names)
+    summary = {
+        "rules": len(rows),
+        "passed": len(passed),
+        "failed": sum(len(g) for g in failed.values()),
+        "failed_by_severity": {s: len(failed.get(s, [])) for s in SEVERITY_ORDER},
+        "could_not_run": len(unrun),
+        "held_back": any(bool(r["held_back"]) for r in rows),
+        "conflicts": conflicts["total"],
+    }
+    return {
+        "report": "department",
+        "schema_version": SCHEMA_VERSION,
+        "run_id": night.run_id,
+        "city": city.name,
+        "department": {"code": code, "name": names.get(code, code)},
+        "headline": _headline(rows, failed, unrun),
+        "score": {
+            "overall": _round(overall.get("score")),
+            "grade": overall.get("grade"),
+            "change": _round(overall.get("change")),
+            "rules": overall.get("rules", 0),
+        },
+        "dimensions": [_dimension(d, tonight.get(d, {})) for d in DIMENSIONS],
+        "trend": _trend(night.scores.get(code, {}), night.run_id, nights),
+        "summary": summary,
+        "failed_rules": [
+            {"severity": s, "label": SEVERITY_LABELS.get(s, s), "rules": failed[s]}
+            for s in [*SEVERITY_ORDER, *sorted(set(failed) - set(SEVERITY_ORDER))]
+            if failed[s]
+        ],
+        "rules_not_run": unrun,
+        "passed_rules": passed,
+        "conflicts": conflicts,
+    }
+
+
+def _rule(row: Mapping[str, Any], failing_nights: int) -> dict[str, Any]:
+    checked, failed = int(row["rows_checked"]), int(row["rows_failed"])
+    return {
+        "rule_id": row["rule_id"],
+        "description": mask_text(row["description"] or ""),
+        "target": row["target"],
+        "column": row["column_name"],
+        "kind": row["kind"],
+        "dimension": row["dimension"],
+        "severity": row["severity"],
+        "severity_label": SEVERITY_LABELS.get(row["severity"], row["severity"]),
+        "status": row["status"],
+        "status_label": STATUS_LABELS.get(row["status"], row["status"]),
+        "threshold": float(row["threshold"]),
+        "rows_checked": checked,
+        "rows_failed": failed,
+        "pass_rate": round((checked - failed) / checked, 6) if checked else None,
+        "failing_nights": failing_nights,
+        "sample_keys": [mask_key(k) for k in _json_list(row["sample_keys"])[:SAMPLES_PER_RULE]],
+        "fix": mask_text(row["fix"]) if row["fix"] else None,
+        "message": mask_text(row["message"]) if row["message"] else None,
+        "held_back": bool(row["held_back"]),
+    }
+
+
+def _failing_nights(
+    history: Mapping[str, Mapping[str, str]], past: Sequence[str], rule: str
+) -> int:
+    """Nights in a row, up to tonight, on which ``rule`` failed; a night on which it passed,
+    could not run or was absent ends the run."""
+    count = 0
+    for run in reversed(past):
+        if history[run].get(rule) != "failed":
+            break
+        count += 1
+    return count
+
+
+def _headline(
+    rows: Sequence[Mapping[str, Any]],
+    failed: Mapping[str, Sequence[Mapping[str, Any]]],
+    unrun: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    reasons: list[str] = []
+    held = [r["rule_id"] for r in rows if r["held_back"]]
+    serious = [r["rule_id"] for s in ("blocking", "error") for r in failed.get(s, [])]
+    warnings = [
+        r["rule_id"] for s, g in failed.items() if s not in ("blocking", "error") for r in g
+    ]
+    if not rows:
+        status = "attention"
+        reasons.append("今晚没有本部门的质量检查结果（检查未执行），请联系数据工程团队。")
+    if held:
+        reasons.append(f"阻断级规则未通过（{'、'.join(held)}），本批数据已暂扣，未进入基础库。")
+    if serious:
+        reasons.append(f"{len(serious)} 条错误级及以上规则未通过。")
+    if warnings:
+        reasons.append(f"{len(warnings)} 条警告级规则未通过。")
+    if unrun:
+        reasons.append(f"{len(unrun)} 条规则未能执行。")
+    if held:
+        status = "held_back"
+    elif serious:
+        status = "failed"
+    elif warnings or unrun or not rows:
+        status = "attention"
+    else:
+        status = "passed"
+        reasons.append(f"全部 {len(rows)} 条规则通过。")
+    return {"status": status, "label": HEADLINES[status], "reasons": reasons}
+
+
+def _dimension(name: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    score = row.get("score")
+    return {
+        "dimension": name,
+        "covered": score is not None,
+        "score": _round(score),
+        "rules": int(row.get("rules") or 0),
+        "change": _round(row.get("change")),
+    }
+
+
+def _trend(
+    by_night: Mapping[str, Mapping[str, float | None]], run_id: str, nights: int
+) -> dict[str, Any]:
+    shown = sorted((n for n in by_night if night_key(n) <= night_key(run_id)), key=night_key)
+    shown = shown[-nights:]
+    series = [
+        {
+            "name": name,
+            "label": OVERALL_LABEL if name == OVERALL else name,
+            "scores": [_round(by_night[n].get(name)) for n in shown],
+        }
+        for name in (OVERALL, *DIMENSIONS)
+    ]
+    return {
+        "nights": shown,
+        "series": [s for s in series if any(v is not None for v in s["scores"])],
+    }
+
+
+def _conflicts(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> dict[str, Any]:
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["entity"], row["attribute"], row["authority_department"])].append(row)
+    by_attribute: list[dict[str, Any]] = []
+    for (entity, attribute, authority), members in groups.items():
+        by_attribute.append(
+            {
+                "entity": entity,
+                "entity_label": ENTITY_LABELS.get(entity, entity),
+                "attribute": attribute,
+                "attribute_label": _attribute_label(entity, attribute),
+                "authority_department": {
+                    "code": authority,
+                    "name": names.get(authority, authority),
+                },
+                "count": len(members),
+                "samples": [
+                    {
+                        "source_table": m["source_table"],
+                        "source_key": mask_key(str(m["source_key"])),
+                        "value": mask_conflict_value(attribute, m["value"]),
+                        "authority_value": mask_conflict_value(attribute, m["authority_value"]),
+                    }
+                    for m in members[:SAMPLES_PER_ATTRIBUTE]
+                ],
+            }
+        )
+    by_attribute.sort(key=lambda g: (-g["count"], g["entity"], g["attribute"]))
+    return {"total": len(rows), "by_attribute": by_attribute}
+
+
+def _attribute_label(entity: str, attribute: str) -> str:
+    if attribute == "name":
+        return "姓名" if entity == "person" else "企业名称"
+    return ATTRIBUTE_LABELS.get(attribute, attribute)
+
+
+# ---------------------------------------------------------------------------- the overview
+
+
+def overview_data(
+    city: CityConfig,
+    night: _Night,
+    departments: Sequence[Mapping[str, Any]],
+    names: Mapping[str, str],
+) -> dict[str, Any]:
+    """The JSON twin of the night's overview, from the departments' own report data."""
+    rows = []
+    for d in departments:
+        rows.append(
+            {
+                "code": d["department"]["code"],
+                "name": d["department"]["name"],
+                "headline": d["headline"],
+                "overall": d["score"]["overall"],
+                "grade": d["score"]["grade"],
+                "change": d["score"]["change"],
+                "dimensions": {x["dimension"]: x["score"] for x in d["dimensions"]},
+                "summary": d["summary"],
+                "held_back_rules": [
+                    r["rule_id"] for g in d["failed_rules"] for r in g["rules"] if r["held_back"]
+                ],
+                "rules_not_run": [
+                    {k: r[k] for k in ("rule_id", "status", "status_label", "message")}
+                    for r in d["rules_not_run"]
+                ],
+                "report": f"{d['department']['code']}.html",
+            }
+        )
+    reported = {r["code"] for r in rows}
+    missing = [{"code": c, "name": n} for c, n in names.items() if c not in reported]
+    counts = {s: sum(r["headline"]["status"] == s for r in rows) for s in HEADLINES}
+    worst = next((s for s in reversed(list(HEADLINES)) if counts[s]), "passed")
+    if missing:
+        worst = worst if _rank(worst) > _rank("attention") else "attention"
+    reasons = [
+        f"{HEADLINES[s]}：{'、'.join(r['name'] for r in rows if r['headline']['status'] == s)}"
+        for s in reversed(list(HEADLINES))
+        if counts[s] and s != "passed"
+    ]
+    if missing:
+        reasons.append(f"{len(missing)} 个已配置部门今晚没有质量检查结果")
+    return {
+        "report": "overview",
+        "schema_version": SCHEMA_VERSION,
+        "run_id": night.run_id,
+        "city": city.name,
+        "headline": {"status": worst, "label": HEADLINES[worst], "reasons": reasons},
+        "dimensions": list(DIMENSIONS),
+        "departments": rows,
+        "held_back": [
+            {"code": r["code"], "name": r["name"], "rules": r["held_back_rules"]}
+            for r in rows
+            if r["held_back_rules"]
+        ],
+        "without_results": missing,
+        "counts": counts,
+    }
+
+
+def _rank(status: str) -> int:
+    return list(HEADLINES).index(status)
+
+
+# ------------------------------------------------------------------------------- rendering
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["score"] = _format_score
+    env.filters["percent"] = _format_percent
+    env.filters["change"] = _format_change
+    env.globals.update(
+        NOT_COVERED=NOT_COVERED, SEVERITY_LABELS=SEVERITY_LABELS, HEADLINES=HEADLINES
+    )
+    return env
+
+
+def _render(out: Path, name: str, kind: str, data: dict[str, Any], headline: str) -> Report:
+    env = _environment()
+    chart = trend_chart(data["trend"]) if "trend" in data else None
+    title = (
+        f"{data['department']['name']} 数据质量报告 {data['run_id']}"
+        if kind == "department"
+        else f"{data['city']} 数据质量总览 {data['run_id']}"
+    )
+    html = env.get_template(f"{kind}.html").render(report=data, chart=chart, title=title)
+    text = env.get_template(f"{kind}.txt").render(report=data, title=title)
+    return Report(
+        name=name,
+        title=title,
+        headline=headline,
+        data=data,
+        html=html,
+        text=text,
+        html_path=out / f"{name}.html",
+        json_path=out / f"{name}.json",
+    )
+
+
+def _format_score(value: float | None) -> str:
+    return NOT_COVERED if value is None else f"{value:.1f}"
+
+
+def _format_percent(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def _format_change(value: float | None) -> str:
+    if value is None:
+        return ""
+    return "持平" if abs(value) < 0.05 else f"{'▲' if value > 0 else '▼'}{abs(value):.1f}"
+
+
+# --------------------------------------------------------------------------- the trend chart
+
+_SERIES_COLORS = ("#1f3a93", "#2e86de", "#10ac84", "#ee5253", "#ff9f43", "#8e44ad", "#576574")
+
+
+@dataclass(frozen=True)
+class ChartSeries:
+    label: str
+    color: str
+    width: float
+    paths: tuple[str, ...]
+    """SVG path data, one per run of nights with a score (a night without one is a gap)."""
+    points: tuple[tuple[float, float, str], ...]
+    """(x, y, tooltip) per night with a score."""
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A line chart of scores (0–100) over nights, drawn as SVG by the templates."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_width: int
+    plot_height: int
+    y_ticks: tuple[tuple[float, int], ...]
+    x_labels: tuple[tuple[float, str], ...]
+    series: tuple[ChartSeries, ...]
+
+    @property
+    def point_count(self) -> int:
+        return sum(len(s.points) for s in self.series)
+
+
+def trend_chart(trend: Mapping[str, Any], *, width: int = 720, height: int = 260) -> Chart | None:
+    """The trend as chart geometry, or None when there is no score to draw."""
+    nights: list[str] = trend["nights"]
+    if not nights or not trend["series"]:
+        return None
+    left, top, right, bottom = 44, 16, 16, 48
+    pw, ph = width - left - right, height - top - bottom
+    step = pw / max(len(nights) - 1, 1)
+
+    def x(i: int) -> float:
+        return round(left + (i * step if len(nights) > 1 else pw / 2), 1)
+
+    def y(v: float) -> float:
+        return round(top + ph * (1 - max(0.0, min(v, 100.0)) / 100), 1)
+
+    series = []
+    for n, s in enumerate(trend["series"]):
+        points: list[tuple[float, float, str]] = []
+        paths: list[str] = []
+        run: list[tuple[float, float]] = []
+        for i, v in enumerate([*s["scores"], None]):
+            if v is None:
+                if len(run) > 1:
+                    paths.append("M" + " L".join(f"{a},{b}" for a, b in run))
+                run = []
+                continue
+            run.append((x(i), y(v)))
+            points.append((x(i), y(v), f"{s['label']} {nights[i]}：{v:.1f}"))
+        series.append(
+            ChartSeries(
+                label=s["label"],
+                color=_SERIES_COLORS[n % len(_SERIES_COLORS)],
+                width=3.0 if s["name"] == OVERALL else 1.5,
+                paths=tuple(paths),
+                points=tuple(points),
+            )
+        )
+    every = max(1, -(-len(nights) // 8))  # at most about 8 labels on the x axis
+    labels = tuple((x(i), _short_night(n)) for i, n in enumerate(nights) if i % every == 0)
+    ticks = tuple((y(v), v) for v in (0, 25, 50, 75, 100))
+    return Chart(width, height, left, top, pw, ph, ticks, labels, tuple(series))
+
+
+def _short_night(run_id: str) -> str:
+    """``2026-06-30`` → ``06-30``; other run IDs as they are."""
+    m = re.fullmatch(r"\d{4}-(\d{2}-\d{2})", run_id)
+    return m.group(1) if m else run_id
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _round(value: Any) -> float | None:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return round(float(value), 1)
+
+
+def _json_list(text: str | None) -> list[str]:
+    if not text:
+        return []
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return [str(text)]
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def _dump_json(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False, indent=2, sort_keys=False) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
