@@ -29,11 +29,19 @@ Retrain = Annotated[
 
 def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
     from master_data.consolidate import link as do_link
+    from quality.suites import held_departments
 
+    held = held_departments(city, rid)
+    if held:
+        console.print(
+            f"[yellow]Held back by a blocking quality rule tonight: {', '.join(sorted(held))}. "
+            "Their rows stay as last published; `govmdm quality` says which rule.",
+            highlight=False,
+        )
     with _progress() as bar:
         task = bar.add_task("linking", total=None)
         linked = do_link(
-            city, rid, full=full, retrain=retrain,
+            city, rid, full=full, retrain=retrain, held=held,
             progress=lambda msg: bar.update(task, description=msg[:40]),
         )  # fmt: skip
     _print_linked(linked)

@@ -34,7 +34,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from scipy.sparse import csgraph
 from etl.config import CityConfig
 from etl.extract import ROW_KEY, deleted_path
 from etl.standardize import SCHEMAS, canonical_dir
-from etl.state import commit_watermarks, warehouse_url
+from etl.state import RunState, commit_watermarks, warehouse_url
 from etl.warehouse import KEY_COLUMNS, Night, engine_for, latest_run, read, review_decision_table
 from etl.warehouse import publish as publish_night
 from master_data import compare as cmp
@@ -154,13 +154,17 @@ def link(
     *,
     full: bool = False,
     retrain: bool = False,
+    held: Collection[str] = (),
     settings: MatchSettings | None = None,
     progress: Progress | None = None,
 ) -> Linked:
     """Link tonight's canonical rows into master entities under ``master/run=<run_id>``.
 
     ``full`` compares every candidate pair again (a rebuild); ``retrain`` also fits the model
-    afresh (the first night always does both).
+    afresh (the first night always does both). ``held``: departments whose batch a blocking
+    quality rule holds back (``quality.suites.held_departments``): their rows, rejects and
+    deletions of tonight are left out, so the master keeps what they published before, and
+    :func:`publish` leaves their watermarks where they were (the next night reads them again).
     """
     settings = settings or load_match_settings(
         city.root / "config", {d.code for d in city.departments}
@@ -200,6 +204,7 @@ def link(
             retrain=retrain or base_dir is None,
             next_seq=base_summary.get("next_seq", {}).get(entity, 1),
             decisions=decisions[decisions["entity"] == entity],
+            held=frozenset(held),
             say=say,
         )
     say("relationships")
@@ -207,6 +212,7 @@ def link(
     linked.relationships, linked.unresolved = _relationships(work, run_id)
     summary = linked.summary()
     summary["next_seq"] = next_seq
+    summary["held_back"] = sorted(held)
     (work / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
@@ -226,6 +232,7 @@ def _link_entity(
     retrain: bool,
     next_seq: int,
     decisions: pd.DataFrame,
+    held: frozenset[str],
     say: Progress,
 ) -> tuple[EntityLinked, int]:
     """Link one entity type into ``out``; its result and next free ID number.
@@ -240,7 +247,7 @@ def _link_entity(
     start = time.perf_counter()
     out.mkdir(parents=True)
     result = EntityLinked(entity)
-    tonight, gone = _tonight(city, run_id, entity)
+    tonight, gone = _tonight(city, run_id, entity, held)
     settings_json = match.model_dump_json()
     model = None if retrain or base is None else _load_model(base / "model.json")
     delta = (
@@ -456,12 +463,17 @@ def _link_entity(
     return result, ids.next_seq
 
 
-def _tonight(city: CityConfig, run_id: str, entity: str) -> tuple[pa.Table, list[str]]:
+def _tonight(
+    city: CityConfig, run_id: str, entity: str, held: frozenset[str]
+) -> tuple[pa.Table, list[str]]:
     """Tonight's canonical rows of ``entity`` (the record ID first, sorted by it), and the
-    record IDs that left: deleted at the source, or rejected tonight."""
+    record IDs that left: deleted at the source, or rejected tonight. Held departments give
+    neither."""
     tables, gone = [], []
     schema = SCHEMAS[entity]
     for dept in city.departments:
+        if dept.code in held:
+            continue
         folder = canonical_dir(city.var_dir, run_id, dept.code)
         path = folder / f"{entity}.parquet"
         if path.is_file():
@@ -966,6 +978,10 @@ def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
     finally:
         engine.dispose()
     summary["published"] = "incremental" if touched is not None else "whole"
+    if summary.get("held_back"):  # their rows were left out: read them again next night
+        with RunState.for_city(city) as state_db:
+            for code in summary["held_back"]:
+                state_db.discard_pending(run_id, code)
     summary["watermarks_committed"] = commit_watermarks(city, run_id)
     return summary
 
@@ -1016,10 +1032,11 @@ def consolidate(
     *,
     full: bool = False,
     retrain: bool = False,
+    held: Collection[str] = (),
     progress: Progress | None = None,
 ) -> Linked:
     """:func:`link` then :func:`publish`."""
-    linked = link(city, run_id, full=full, retrain=retrain, progress=progress)
+    linked = link(city, run_id, full=full, retrain=retrain, held=held, progress=progress)
     publish(city, run_id)
     return linked
 

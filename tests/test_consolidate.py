@@ -17,7 +17,7 @@ from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city, next_night
 from etl.standardize import standardize_all
-from etl.state import warehouse_url
+from etl.state import RunState, warehouse_url
 from master_data import consolidate as mc
 from master_data.evaluate import load_truth
 from master_data.explain import explain
@@ -268,3 +268,29 @@ def test_rerunning_an_older_night_starts_from_before_it(city: CityConfig) -> Non
     assert _latest(city) == NIGHT1
     rerun = mc.link(city, NIGHT0)
     assert (rerun.mode, rerun.base_run) == ("full", None)
+
+
+def test_a_held_back_department_keeps_last_nights_rows_and_watermarks(city: CityConfig) -> None:
+    """A department a blocking quality rule holds back adds nothing tonight; its watermarks stay,
+    so the next night reads its rows again."""
+    mc.consolidate(city, NIGHT1)  # the module's last published night is NIGHT1 again
+    night2 = "2026-07-02"
+    next_night(city.var_dir / "city")
+    _night(city, night2)
+    canonical = city.var_dir / "canonical" / f"run={night2}"
+    renshe_rows = pd.read_parquet(next(canonical.glob("*renshe*/person.parquet")))
+    assert len(renshe_rows) > 0
+    with RunState.for_city(city) as state:
+        before = state.watermark("renshe", "insured_person")
+        gongan_before = state.watermark("gongan", "t_rk_jbxx")
+    linked = mc.consolidate(city, night2, held={"renshe"})
+    tonight = linked.entities["person"].changed
+    everyone = sum(len(pd.read_parquet(p)) for p in canonical.glob("*/person.parquet"))
+    assert tonight == everyone - len(renshe_rows)
+    xw = _crosswalk(city, night2, "person")
+    ids = [mc.record_id("renshe", "insured_person", k) for k in renshe_rows["source_key"]]
+    new = [i for i in ids if i not in _crosswalk(city, NIGHT1, "person").index]
+    assert new and not xw.index.isin(new).any()  # renshe's new rows wait for a later night
+    with RunState.for_city(city) as state:
+        assert state.watermark("renshe", "insured_person") == before
+        assert state.watermark("gongan", "t_rk_jbxx") != gongan_before
