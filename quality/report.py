@@ -423,6 +423,7 @@ def _rule(row: Mapping[str, Any], failing_nights: int) -> dict[str, Any]:
         "status": row["status"],
         "status_label": STATUS_LABELS.get(row["status"], row["status"]),
         "threshold": float(row["threshold"]),
+        "threshold_text": _threshold_text(row["kind"], float(row["threshold"])),
         "rows_checked": checked,
         "rows_failed": failed,
         "pass_rate": round((checked - failed) / checked, 6) if checked else None,
@@ -432,6 +433,18 @@ def _rule(row: Mapping[str, Any], failing_nights: int) -> dict[str, Any]:
         "message": mask_text(row["message"]) if row["message"] else None,
         "held_back": bool(row["held_back"]),
     }
+
+
+def _threshold_text(kind: str, threshold: float) -> str:
+    """The rule's limit in its own unit: days for freshness, a relative change for volume, a
+    least pass rate for the rest (a delivery rule simply passes or fails)."""
+    if kind == "freshness":
+        return f"≤ {threshold:g} 天"
+    if kind == "volume":
+        return f"变化 ≤ {_format_percent(threshold, 0)}"
+    if kind == "delivery":
+        return "按时交付、结构无漂移"
+    return f"≥ {_format_percent(threshold, 1)}"
 
 
 def _failing_nights(
