@@ -19,7 +19,6 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from etl.config import CityConfig
@@ -33,7 +32,7 @@ from etl.warehouse import (
     review_queue_table,
 )
 from master_data.compare import features_for
-from master_data.consolidate import RECORD, RULES, record_id
+from master_data.consolidate import RECORD, RULES, read_state, record_id, state_file
 from master_data.model import FellegiSunter
 from master_data.published import published_night, warehouse
 from master_data.survivorship import ATTRIBUTES
@@ -119,7 +118,7 @@ def explain(city: CityConfig, ref: str) -> Explanation:
     ids = [record_id(m["department"], m["source_table"], m["source_key"]) for m in members]
     rule_of = {i: m["link_rule"] for i, m in zip(ids, members, strict=True)}
     state = night.state_dir / entity
-    records = _state_rows(state / "records.parquet", ids)
+    records = _state_rows(state, ids)
     out.member_columns = MEMBER_COLUMNS[entity]
     for rid in ids:
         row = records.get(rid, {})
@@ -178,19 +177,19 @@ def _rows(conn: sa.Connection, table: sa.Table, **where: Any) -> list[dict[str, 
     return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def _state_rows(path: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
-    if not path.is_file():
+def _state_rows(state: Any, ids: list[str]) -> dict[str, dict[str, Any]]:
+    if not state_file(state, "records").is_file():
         return {}
-    table = pq.read_table(path, filters=[(RECORD, "in", ids)])
+    table = read_state(state, "records")
+    table = table.filter(pc.is_in(table[RECORD], value_set=_arr(set(ids))))
     return {r[RECORD]: r for r in table.to_pylist()}
 
 
 def _links(state: Any, entity: str, members: set[str]) -> list[dict[str, str]]:
     """The accepted links among ``members``: rule, or probability and field weights."""
-    path = state / "edges.parquet"
-    if not path.is_file() or len(members) < 2:
+    if not state_file(state, "edges").is_file() or len(members) < 2:
         return []
-    edges = pq.read_table(path)
+    edges = read_state(state, "edges")
     keep = pc.and_(
         pc.is_in(edges["left"], value_set=_arr(members)),
         pc.is_in(edges["right"], value_set=_arr(members)),

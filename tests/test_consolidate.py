@@ -60,8 +60,13 @@ def _tables(city: CityConfig) -> dict[str, pd.DataFrame]:
 
 
 def _crosswalk(city: CityConfig, run_id: str, entity: str) -> pd.Series:
-    path = mc.master_dir(city.var_dir, run_id) / entity / "crosswalk.parquet"
-    return pd.read_parquet(path).set_index("record_id")["master_id"].sort_index()
+    state = mc.master_dir(city.var_dir, run_id) / entity
+    return (
+        mc.read_state(state, "crosswalk")
+        .to_pandas()
+        .set_index("record_id")["master_id"]
+        .sort_index()
+    )
 
 
 def test_every_accepted_row_is_in_the_crosswalk_once(city: CityConfig) -> None:
@@ -138,7 +143,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
     delta_ids = {e: _crosswalk(city, NIGHT1, e) for e in ("person", "enterprise")}
     state = mc.master_dir(city.var_dir, NIGHT1)
     delta_files = {
-        (e, f): pd.read_parquet(state / e / f"{f}.parquet")
+        (e, f): mc.read_state(state / e, f).to_pandas()
         for e in ("person", "enterprise")
         for f in ("edges", "components", "crosswalk", "golden", "provenance", "conflicts", "review")
     }
@@ -155,7 +160,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
         assert (before[e][kept] == delta_ids[e][kept]).mean() > 0.99
     for (e, f), frame in delta_files.items():
         pd.testing.assert_frame_equal(
-            frame, pd.read_parquet(state / e / f"{f}.parquet"), obj=f"{e} {f}"
+            frame, mc.read_state(state / e, f).to_pandas(), obj=f"{e} {f}"
         )
     assert delta.entities["person"].pairs_compared < full.entities["person"].pairs_compared / 10
 
@@ -207,10 +212,13 @@ def test_review_decisions_override_the_model(city: CityConfig) -> None:
     persons = xw[xw["entity"] == "person"]
     # two rows of different entities, linked by a reviewer
     singles = persons[persons["link_rule"] == "singleton"]
-    ids = pd.read_parquet(
-        mc.master_dir(city.var_dir, run) / "person" / "records.parquet",
-        columns=["record_id", "id_number"],
-    ).set_index("record_id")["id_number"]
+    ids = (
+        mc.read_state(
+            mc.master_dir(city.var_dir, run) / "person", "records", ["record_id", "id_number"]
+        )
+        .to_pandas()
+        .set_index("record_id")["id_number"]
+    )
     keys = [mc.record_id(*r) for r in singles[mc._META].itertuples(index=False, name=None)]
     no_id = [k for k in keys if pd.isna(ids[k])]
     # (two different valid ID numbers could never be linked, not even by a reviewer)

@@ -434,8 +434,8 @@ def run_night(city: CityConfig, run_id: str) -> mc.Linked:
 
 def _crosswalk(city: CityConfig, run_id: str, entity: str) -> pd.Series:
     """record_id → master_id of one linked night."""
-    path = mc.master_dir(city.var_dir, run_id) / entity / "crosswalk.parquet"
-    return pd.read_parquet(path).set_index("record_id")["master_id"]
+    state = mc.master_dir(city.var_dir, run_id) / entity
+    return mc.read_state(state, "crosswalk").to_pandas().set_index("record_id")["master_id"]
 
 
 @pytest.fixture(scope="module")
