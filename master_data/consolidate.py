@@ -52,7 +52,15 @@ from etl.config import CityConfig
 from etl.extract import ROW_KEY, deleted_path
 from etl.standardize import SCHEMAS, canonical_dir
 from etl.state import RunState, commit_watermarks, warehouse_url
-from etl.warehouse import KEY_COLUMNS, Night, engine_for, latest_run, read, review_decision_table
+from etl.warehouse import (
+    KEY_COLUMNS,
+    Night,
+    engine_for,
+    latest_run,
+    read,
+    review_decision_table,
+    run_table,
+)
 from etl.warehouse import publish as publish_night
 from master_data import compare as cmp
 from master_data.blocking import candidate_pairs, delta_candidates
@@ -275,7 +283,8 @@ def _link_entity(
         all_records = pa.concat_tables([kept, tonight])
     else:
         all_records = tonight
-    all_records = all_records.take(pc.sort_indices(all_records, [(RECORD, "ascending")]))
+    if previous is None or not delta:  # a delta night appends: order is nobody's business
+        all_records = all_records.take(pc.sort_indices(all_records, [(RECORD, "ascending")]))
     write_state(all_records, out, "records")
     result.records, result.changed = all_records.num_rows, tonight.num_rows
 
@@ -829,7 +838,8 @@ def _changed_by(golden: pd.DataFrame, base: Path | None, run_id: str) -> pd.Seri
 
 
 def _write_merged(folder: Path, name: str, new: pd.DataFrame, kept: pa.Table | None) -> None:
-    """Tonight's rows (after last night's ``kept`` ones, if any), sorted by :data:`_SORT`."""
+    """Tonight's rows after last night's ``kept`` ones (a delta night), or sorted by
+    :data:`_SORT` (a full night)."""
     fresh = pa.Table.from_pandas(new, preserve_index=False)
     if kept is not None:
         for f in kept.schema:
@@ -841,7 +851,8 @@ def _write_merged(folder: Path, name: str, new: pd.DataFrame, kept: pa.Table | N
         elif kept.num_rows:  # an all-NULL column is typed null: the other side's type wins
             schema = pa.unify_schemas([kept.schema, fresh.schema], promote_options="permissive")
             fresh = pa.concat_tables([kept.cast(schema), fresh.cast(schema)])
-    fresh = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in _SORT[name]]))
+    if kept is None:  # a full night writes sorted files; a delta night appends its rows
+        fresh = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in _SORT[name]]))
     write_state(fresh, folder, name)
 
 
@@ -1005,7 +1016,29 @@ def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
             for code in summary["held_back"]:
                 state_db.discard_pending(run_id, code)
     summary["watermarks_committed"] = commit_watermarks(city, run_id)
+    summary["states_pruned"] = prune_states(city)
     return summary
+
+
+def prune_states(city: CityConfig, keep: int | None = None) -> list[str]:
+    """Remove the master state of every night but the ``keep`` newest published ones
+    (``state_nights_kept`` in config/matching.yaml) and any night being linked now; which."""
+    if keep is None:
+        keep = load_match_settings(city.root / "config").state_nights_kept
+    engine = engine_for(warehouse_url(city))
+    try:
+        runs = read(engine, run_table).sort_values("published_at", ascending=False)
+    finally:
+        engine.dispose()
+    kept = {Path(p).resolve() for p in runs["state_dir"].head(keep)}
+    published = {Path(p).resolve() for p in runs["state_dir"]}
+    removed = []
+    for folder in sorted((city.var_dir / "master").glob("run=*")):
+        # unpublished folders are a night in progress (or a link not yet published): left alone
+        if folder.resolve() in published and folder.resolve() not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name.removeprefix("run="))
+    return removed
 
 
 def _publish_frames(

@@ -66,6 +66,9 @@ class MatchSettings(_Strict):
     person: EntityMatch
     enterprise: EntityMatch
     em: EmSettings = Field(default_factory=lambda: EmSettings.model_validate({}))
+    state_nights_kept: int = Field(
+        7, ge=2, description="master state folders kept under var/master (the newest published)"
+    )
 
     def entity(self, entity: str) -> EntityMatch:
         """The settings of ``person`` or ``enterprise``."""

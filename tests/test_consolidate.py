@@ -132,6 +132,11 @@ def test_provenance_names_the_authority_and_conflicts_go_to_the_other_department
     assert (conflicts["value"] != conflicts["authority_value"]).all()
 
 
+def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """A state table in a fixed order (a delta night appends its rows, a full night sorts)."""
+    return frame.sort_values(mc._SORT[name], kind="mergesort").reset_index(drop=True)
+
+
 def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None:
     before = {e: _crosswalk(city, NIGHT0, e) for e in ("person", "enterprise")}
     next_night(city.var_dir / "city")
@@ -143,7 +148,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
     delta_ids = {e: _crosswalk(city, NIGHT1, e) for e in ("person", "enterprise")}
     state = mc.master_dir(city.var_dir, NIGHT1)
     delta_files = {
-        (e, f): mc.read_state(state / e, f).to_pandas()
+        (e, f): _sorted(mc.read_state(state / e, f).to_pandas(), f)
         for e in ("person", "enterprise")
         for f in ("edges", "components", "crosswalk", "golden", "provenance", "conflicts", "review")
     }
@@ -160,7 +165,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
         assert (before[e][kept] == delta_ids[e][kept]).mean() > 0.99
     for (e, f), frame in delta_files.items():
         pd.testing.assert_frame_equal(
-            frame, mc.read_state(state / e, f).to_pandas(), obj=f"{e} {f}"
+            frame, _sorted(mc.read_state(state / e, f).to_pandas(), f), obj=f"{e} {f}"
         )
     assert delta.entities["person"].pairs_compared < full.entities["person"].pairs_compared / 10
 
@@ -302,3 +307,22 @@ def test_a_held_back_department_keeps_last_nights_rows_and_watermarks(city: City
     with RunState.for_city(city) as state:
         assert state.watermark("renshe", "insured_person") == before
         assert state.watermark("gongan", "t_rk_jbxx") != gongan_before
+
+
+def test_old_master_state_is_pruned_after_publish(city: CityConfig) -> None:
+    """Only the newest published nights keep their state folder (the last test: it prunes)."""
+    latest = _latest(city)
+    folders = sorted(p.name for p in (city.var_dir / "master").glob("run=*"))
+    assert len(folders) >= 3
+    removed = mc.prune_states(city, keep=1)
+    assert latest not in removed and len(removed) == len(folders) - 1
+    assert [p.name for p in (city.var_dir / "master").glob("run=*")] == [f"run={latest}"]
+    assert (
+        explain(
+            city,
+            mc.read_state(mc.master_dir(city.var_dir, latest) / "person", "golden")["master_id"][
+                0
+            ].as_py(),
+        )
+        is not None
+    )
