@@ -805,7 +805,7 @@ def _field_at(
     return owner, info
 
 
-def _line_of(node: Node | None, loc: Sequence[str | int]) -> int | None:
+def yaml_line_of(node: Node | None, loc: Sequence[Any]) -> int | None:
     """The line of the deepest YAML node ``loc`` reaches."""
     if node is None:
         return None
@@ -893,7 +893,7 @@ def _problem(
     fix: str,
 ) -> str:
     dotted = _format_path(model, loc)
-    line = _line_of(doc.node if doc else None, loc)
+    line = yaml_line_of(doc.node if doc else None, loc)
     at = f"{dotted} (line {line})" if line is not None else dotted
     return f"{path}: {at}: {what.rstrip('.')}. Fix: {fix}"
 

@@ -53,14 +53,21 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Final, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import Node
 
 from etl import normalize
-from etl.config import FIELDS, CityConfig, ConfigError, DepartmentConfig, load_yaml_model
+from etl.config import (
+    FIELDS,
+    CityConfig,
+    ConfigError,
+    DepartmentConfig,
+    load_yaml_model,
+    yaml_line_of,
+)
 from etl.standardize import ROW_REASONS
 from quality.checks import VALIDATORS
 
@@ -741,7 +748,7 @@ def _format(path: Path, spec: RuleFile, lines: Node | None, p: _Problem) -> str:
         else:
             parts.append(str(item))
     where = ".".join(parts) or "(top level)"
-    line = _line_of(lines, p.loc)
+    line = yaml_line_of(lines, p.loc)
     at = f"{where} (line {line})" if line is not None else where
     return f"{path}: {at}: {p.what.rstrip('.')}. Fix: {p.fix}"
 
@@ -773,24 +780,3 @@ def _yaml_lines(path: Path) -> Node | None:
         return yaml.compose(path.read_text(encoding="utf-8-sig"), Loader=yaml.SafeLoader)
     except (yaml.YAMLError, OSError, UnicodeDecodeError):
         return None
-
-
-def _line_of(node: Node | None, loc: Sequence[Any]) -> int | None:
-    """The line of the deepest YAML node ``loc`` reaches."""
-    if node is None:
-        return None
-    line = node.start_mark.line + 1
-    for item in loc:
-        nxt: Node | None = None
-        if isinstance(node, MappingNode):
-            for key_node, value_node in node.value:
-                if str(key_node.value) == str(item):
-                    nxt, line = value_node, key_node.start_mark.line + 1
-                    break
-        elif isinstance(node, SequenceNode) and isinstance(item, int) and item < len(node.value):
-            nxt = node.value[item]
-            line = nxt.start_mark.line + 1
-        if nxt is None:
-            break
-        node = nxt
-    return line
