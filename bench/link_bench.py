@@ -329,6 +329,17 @@ def main() -> None:
             f"delta / full linking wall time: {link1['seconds'] / link0['seconds']:.2f} "
             f"({link1['seconds']:.1f} s / {link0['seconds']:.1f} s)"
         )
+        for label, steps in (
+            ("consolidation (link + publish)", ("link", "publish")),
+            ("night (extract + standardize + link + publish)",
+             ("extract", "standardize", "link", "publish")),
+        ):  # fmt: skip
+            took = {n: sum(r["seconds"] for n_, s_, r in table if n_ == n and s_ in steps)
+                    for n in ("0", "1")}  # fmt: skip
+            print(
+                f"delta / full {label}: {took['1'] / took['0']:.3f} "
+                f"({took['1']:.1f} s / {took['0']:.1f} s; target ≤ 0.10)"
+            )
     ok_t = link0["seconds"] <= TARGET_S
     ok_m = link0["peak_mib"] <= TARGET_MIB
     print(

@@ -911,10 +911,11 @@ def _relationships(work: Path, run_id: str) -> tuple[int, int]:
     def owner(entity: str, column: str) -> pd.Series:
         """``column`` value → master ID of the first record (by record ID) that has it."""
         records = read_state(work / entity, "records", [RECORD, column])
+        records = records.filter(pc.is_valid(records[column]))
         xw = read_state(work / entity, "crosswalk", [RECORD, "master_id"])
-        both = records.join(xw, RECORD).to_pandas().dropna(subset=[column])
-        both = both.sort_values(RECORD, kind="mergesort").drop_duplicates(column)
-        return both.set_index(column)["master_id"]
+        both = records.join(xw, RECORD)
+        both = both.take(pc.sort_indices(both, [(RECORD, "ascending")])).to_pandas()
+        return both.drop_duplicates(column).set_index(column)["master_id"]
 
     def resolve(entity: str, target: str, evidence: str, of: pd.Series) -> pd.DataFrame:
         golden = read_state(work / entity, "golden").to_pandas()
