@@ -133,17 +133,38 @@ def explain(
         ),
     ],
     config: ConfigDir = Path("config"),
+    privileged: Annotated[
+        bool,
+        typer.Option(
+            "--privileged",
+            help="Show personal data in clear (only for logins listed as privileged users).",
+        ),
+    ] = False,
 ) -> None:
-    """The golden record, where each attribute came from, its member rows, and why they link."""
+    """The golden record, where each attribute came from, its member rows, and why they link.
+
+    Personal data is masked unless ``--privileged``; every explain is written to the audit log.
+    """
+    from etl import audit
+    from etl.state import warehouse_url
+    from master_data.access import AccessDenied, mask_explanation, resolve_role
     from master_data.explain import ExplainError
     from master_data.explain import explain as do_explain
 
     city = _load(config)
     try:
+        role = resolve_role(city, privileged, action="explain")
+    except AccessDenied as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    try:
         ex = do_explain(city, ref)
     except ExplainError as exc:
         console.print(f"[red]{exc}", highlight=False)
         raise typer.Exit(1) from exc
+    if role == "analyst":
+        ex = mask_explanation(ex)
+    audit.record(warehouse_url(city), "explain", ex.master_id, role=role, row_count=len(ex.members))
     console.rule(f"[bold]{ex.master_id}[/bold] ({ex.entity}, night {ex.run_id})")
     golden = Table(title="golden record", title_justify="left")
     for col in ("attribute", "value", "department", "source key", "updated", "rule", "agree"):

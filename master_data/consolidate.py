@@ -63,6 +63,7 @@ from etl.warehouse import (
 )
 from etl.warehouse import publish as publish_night
 from master_data import compare as cmp
+from master_data.access import after_publish
 from master_data.blocking import candidate_pairs, delta_candidates
 from master_data.cluster import TIER_MODEL, TIER_REVIEW_LINK, TIER_RULE, cluster
 from master_data.identity import IdEvent, assign_ids
@@ -1009,6 +1010,7 @@ def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
         frames = _publish_frames(state, run_id, touched)
         night = Night(run_id, summary["mode"], str(state), summary, frames, touched)
         publish_night(engine, night)
+        after_publish(engine, city, run_id, summary)  # analyst views, grants, catalog, audit
     finally:
         engine.dispose()
     summary["published"] = "incremental" if touched is not None else "whole"

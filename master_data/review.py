@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from etl import audit
 from etl.config import CityConfig
 from etl.warehouse import crosswalk_table, read, review_decision_table, review_queue_table
 from master_data.published import warehouse
@@ -79,6 +80,10 @@ def decide(
                     note=note,
                 )
             )
+            audit.record(  # commits, or rolls back, with the decision
+                conn, "review_decide", f"{entity} {a} ~ {b}", role="platform",
+                detail={"decision": decision, "decided_by": by.strip(), "note": note},
+            )  # fmt: skip
     return entity
 
 

@@ -1,0 +1,1364 @@
+"""Analysts' access to the golden tables: masked views, roles, pseudonyms, guarded queries.
+
+**Views.** Every published table an analyst may read has two views in the warehouse:
+``v_person`` (masked) and ``v_person_full`` (as published), likewise ``v_enterprise``,
+``v_provenance``, ``v_crosswalk``, ``v_relationship``, ``v_conflict`` and ``v_id_event``; plus the
+``catalog`` table (信息资源目录). The masking is SQL inside the view, the same on SQLite and
+PostgreSQL and equal to :mod:`quality.masking`: ID numbers ``110101********1234``, phones
+``138****5678``, names ``张*``; a person's address is cut to the district
+(``福建省福州市台江区****``; the detail and the name's pinyin read ``****``); a source key is
+masked where it is an ID or mobile number; a legal representative's name and ID, and conflict
+values by attribute. Enterprise names, credit codes and business addresses are public
+registration data and stay.
+
+**Roles.** On PostgreSQL :func:`install_views` creates the roles ``govmdm_analyst`` (SELECT on the
+masked views and ``catalog`` only: the ``mdm_*`` tables, the ``*_full`` views and ``audit_log``
+are refused) and ``govmdm_privileged`` (SELECT on everything published, never a write), and
+grants both to the warehouse user so that ``govmdm query`` can ``SET ROLE``. An analyst's own
+login is ``CREATE ROLE wang LOGIN ... IN ROLE govmdm_analyst``. SQLite has no roles: there
+``govmdm query`` opens the file read-only and lets an analyst's statement read the masked views
+only.
+
+**Privileged callers.** ``--privileged`` is honoured for OS logins listed in
+``config/catalog.yaml`` (``privileged_users``) or ``GOVMDM_PRIVILEGED_USERS``; ``GOVMDM_USER``
+names the person in the audit log but grants nothing. This is a guard rail in the tool; the
+boundary is the database role of whoever connects.
+
+**Pseudonyms.** Extracts that leave the platform can replace master IDs, ID numbers and source
+keys by HMAC-SHA256 tokens keyed by ``GOVMDM_PSEUDONYM_KEY``: the same value gives the same
+token in every table and every extract made with that key, so joins still work.
+
+>>> install_views(engine, city).views[:2]
+['v_person', 'v_enterprise']
+>>> run_query(city, "SELECT name, id_number FROM v_person LIMIT 1").frame.iloc[0].tolist()
+['刘**', '350182********8550']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from etl import audit
+from etl.config import CityConfig, ConfigError, load_yaml_model
+from etl.state import warehouse_url
+from etl.warehouse import (
+    conflict_table,
+    crosswalk_table,
+    enterprise_table,
+    id_event_table,
+    metadata,
+    person_table,
+    provenance_table,
+    relationship_table,
+)
+from master_data.published import warehouse
+from quality.masking import find_clear, mask_id, mask_name, mask_phone, mask_text
+
+log = logging.getLogger(__name__)
+
+Role = Literal["analyst", "privileged"]
+ShareType = Literal["unconditional", "conditional", "not_shared"]
+Dialect = Literal["sqlite", "postgresql"]
+
+ANALYST_ROLE = "govmdm_analyst"
+PRIVILEGED_ROLE = "govmdm_privileged"
+DB_ROLES: dict[Role, str] = {"analyst": ANALYST_ROLE, "privileged": PRIVILEGED_ROLE}
+PSEUDONYM_KEY_ENV = "GOVMDM_PSEUDONYM_KEY"
+PRIVILEGED_USERS_ENV = "GOVMDM_PRIVILEGED_USERS"
+POLICY_FILE = "catalog.yaml"
+CATALOG_TABLE = "catalog"
+_MIN_KEY_BYTES = 16
+
+
+class AccessError(Exception):
+    """Something an analyst asked for that cannot be done, with what to do instead."""
+
+
+class AccessDenied(AccessError):
+    """The caller may not do this (``--privileged`` without being a privileged user)."""
+
+
+class QueryRefused(AccessError):
+    """A statement that is not a single read of what the caller's role may read."""
+
+
+class AccessSetupError(AccessError):
+    """The warehouse lacks the views or roles: ``govmdm views install`` (or a DBA) is needed."""
+
+
+class PseudonymKeyMissing(AccessError):
+    """``GOVMDM_PSEUDONYM_KEY`` is unset or too short."""
+
+
+# --- what each view masks and pseudonymizes ------------------------------------------------------
+
+MASKS: dict[str, str] = {
+    "id": "脱敏：保留前6位和后4位（110101********1234）",
+    "phone": "脱敏：隐藏中间4位（138****5678）",
+    "name": "脱敏：仅保留首字（张*）",
+    "address": "脱敏：仅保留省、市、区县（福建省福州市台江区****）",
+    "hidden": "脱敏：全部隐藏（****）",
+    "key": "脱敏：键值为身份证号或手机号时按其规则脱敏",
+    "evidence": "脱敏：法定代表人身份证号按身份证规则脱敏",
+    "conflict": "脱敏：按属性脱敏（身份证号、电话、姓名、个人住址）",
+}
+"""Mask kinds → what an analyst sees (for the data dictionary and the catalog)."""
+
+PSEUDONYMS: dict[str, str] = {
+    "master_id": "主数据标识",
+    "master_ids": "逗号分隔的主数据标识",
+    "id": "身份证号",
+    "record": "源记录（部门/表/键）",
+    "evidence": "法定代表人身份证号",
+    "conflict": "身份证号类冲突值",
+}
+"""Pseudonym kinds → what the HMAC token replaces."""
+
+_PERSON_NAME_ATTRS = ("name",)
+_ID_ATTRS = ("id_number", "legal_rep_id")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """One published table as analysts see it: its masked columns and, for extracts, the
+    columns replaced by keyed pseudonyms."""
+
+    name: str
+    table: sa.Table
+    export_name: str
+    masks: Mapping[str, str] = field(default_factory=dict)
+    pseudonyms: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        """The unmasked view, for the privileged role."""
+        return f"{self.name}_full"
+
+    @property
+    def columns(self) -> list[str]:
+        """The view's columns: the table's, in order."""
+        return [c.name for c in self.table.columns]
+
+
+VIEWS: tuple[ViewSpec, ...] = (
+    ViewSpec(
+        "v_person",
+        person_table,
+        "person",
+        masks={"name": "name", "name_pinyin": "hidden", "id_number": "id", "phone": "phone",
+               "address": "address", "address_detail": "hidden"},
+        pseudonyms={"master_id": "master_id", "employer_master_id": "master_id",
+                    "id_number": "id"},
+    ),
+    ViewSpec(
+        "v_enterprise",
+        enterprise_table,
+        "enterprise",
+        masks={"legal_rep_name": "name", "legal_rep_id": "id"},
+        pseudonyms={"master_id": "master_id", "legal_rep_master_id": "master_id",
+                    "legal_rep_id": "id"},
+    ),
+    ViewSpec(
+        "v_provenance",
+        provenance_table,
+        "provenance",
+        masks={"source_key": "key"},
+        pseudonyms={"master_id": "master_id", "source_key": "record"},
+    ),
+    ViewSpec(
+        "v_crosswalk",
+        crosswalk_table,
+        "crosswalk",
+        masks={"source_key": "key"},
+        pseudonyms={"master_id": "master_id", "source_key": "record"},
+    ),
+    ViewSpec(
+        "v_relationship",
+        relationship_table,
+        "relationship",
+        masks={"evidence": "evidence"},
+        pseudonyms={"person_master_id": "master_id", "enterprise_master_id": "master_id",
+                    "evidence": "evidence"},
+    ),
+    ViewSpec(
+        "v_conflict",
+        conflict_table,
+        "conflict",
+        masks={"source_key": "key", "value": "conflict", "authority_value": "conflict"},
+        pseudonyms={"master_id": "master_id", "source_key": "record", "value": "conflict",
+                    "authority_value": "conflict"},
+    ),
+    ViewSpec(
+        "v_id_event",
+        id_event_table,
+        "id_event",
+        pseudonyms={"master_id": "master_id", "old_ids": "master_ids"},
+    ),
+)  # fmt: skip
+VIEW_BY_NAME = {v.name: v for v in VIEWS}
+ANALYST_RELATIONS = frozenset({*(v.name for v in VIEWS), CATALOG_TABLE})
+"""What the analyst role may read."""
+
+
+def view_for(table_name: str) -> ViewSpec | None:
+    """The view spec over a warehouse table (``mdm_person`` → ``v_person``), if any."""
+    return next((v for v in VIEWS if v.table.name == table_name), None)
+
+
+# --- masking, in Python (equal to the views' SQL) ------------------------------------------------
+
+_ID_LIKE = re.compile(r"\d{17}[\dXx]|\d{15}")
+_MOBILE_LIKE = re.compile(r"1[3-9]\d{9}")
+
+
+def mask_address(
+    address: str | None, province: str | None, city: str | None, district: str | None
+) -> str | None:
+    """A person's address cut to the district: ``福建省福州市台江区****``.
+
+    >>> mask_address("福建省福州市台江区鳌峰路80号", "福建省", "福州市", "台江区")
+    '福建省福州市台江区****'
+    """
+    if address is None:
+        return None
+    return f"{province or ''}{city or ''}{district or ''}****"
+
+
+def mask_source_key(key: str | None) -> str | None:
+    """A source key masked when the whole key is an ID number or a mobile number."""
+    if key is None:
+        return None
+    if _ID_LIKE.fullmatch(key):
+        return mask_id(key)
+    if _MOBILE_LIKE.fullmatch(key):
+        return mask_phone(key)
+    return key
+
+
+def _mask_conflict(value: str | None, entity: str, attribute: str) -> str | None:
+    if value is None:
+        return None
+    if attribute in _ID_ATTRS:
+        return mask_id(value)
+    if attribute == "phone":
+        return mask_phone(value)
+    if attribute == "legal_rep_name" or (entity == "person" and attribute in _PERSON_NAME_ATTRS):
+        return mask_name(value)
+    if entity == "person" and attribute == "address":
+        return "****"
+    return value
+
+
+def mask_value(kind: str, column: str, row: Mapping[str, Any]) -> Any:
+    """``row[column]`` as the masked view shows it (mask ``kind`` from :data:`MASKS`)."""
+    value = row[column]
+    if value is None:
+        return None
+    text = str(value)
+    if kind == "id":
+        return mask_id(text)
+    if kind == "phone":
+        return mask_phone(text)
+    if kind == "name":
+        return mask_name(text)
+    if kind == "address":
+        return mask_address(text, row.get("province"), row.get("city"), row.get("district"))
+    if kind == "hidden":
+        return "****"
+    if kind == "key":
+        return mask_source_key(text)
+    if kind == "evidence":
+        return mask_id(text) if row.get("kind") == "legal_representative" else text
+    if kind == "conflict":
+        return _mask_conflict(text, str(row.get("entity")), str(row.get("attribute")))
+    raise ValueError(f"unknown mask kind {kind!r}")
+
+
+def mask_rows(spec: ViewSpec, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``spec``'s table as its masked view shows them."""
+    out = []
+    for row in rows:
+        masked = dict(row)
+        for column, kind in spec.masks.items():
+            masked[column] = mask_value(kind, column, row)
+        out.append(masked)
+    return out
+
+
+# --- masking, in SQL ---------------------------------------------------------------------------
+
+_STARS = "*" * 128
+
+
+class _Sql:
+    """The masking expressions of one SQL dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+
+    def stars(self, n: str) -> str:
+        return (
+            f"repeat('*', {n})" if self.dialect == "postgresql" else f"substr('{_STARS}', 1, {n})"
+        )
+
+    def mask_id(self, c: str) -> str:
+        t = f"trim({c})"
+        short = self.stars(f"length({t})")
+        return (
+            f"CASE WHEN {c} IS NULL THEN NULL WHEN length({t}) <= 10 THEN {short}"
+            f" ELSE substr({t}, 1, 6) || {self.stars(f'length({t}) - 10')}"
+            f" || substr({t}, length({t}) - 3, 4) END"
+        )
+
+    def digits(self, c: str) -> str:
+        if self.dialect == "postgresql":
+            return f"regexp_replace({c}, '[^0-9]', '', 'g')"
+        out = c
+        for ch in ("-", " ", "+", "(", ")", "/", "."):
+            out = f"replace({out}, '{ch}', '')"
+        return out
+
+    def mask_phone(self, c: str) -> str:
+        d = self.digits(c)
+        return (
+            f"CASE WHEN {c} IS NULL THEN NULL"
+            f" WHEN length({d}) < 7 THEN {self.stars(f'length(trim({c}))')}"
+            f" WHEN length({d}) = 11 THEN substr({d}, 1, 3) || '****' || substr({d}, 8, 4)"
+            f" WHEN length({d}) = 7 THEN '****' || substr({d}, 4, 4)"
+            f" ELSE substr({d}, 1, length({d}) - 8) || '****' || substr({d}, length({d}) - 3, 4)"
+            " END"
+        )
+
+    def mask_name(self, c: str) -> str:
+        t = f"trim({c})"
+        rest = f"CASE WHEN length({t}) > 1 THEN length({t}) - 1 ELSE 1 END"
+        return (
+            f"CASE WHEN {c} IS NULL THEN NULL WHEN {t} = '' THEN ''"
+            f" ELSE substr({t}, 1, 1) || {self.stars(rest)} END"
+        )
+
+    def id_like(self, c: str) -> str:
+        if self.dialect == "postgresql":
+            return f"({c} ~ '^[0-9]{{17}}[0-9Xx]$' OR {c} ~ '^[0-9]{{15}}$')"
+        return f"({c} GLOB '{'[0-9]' * 17}[0-9Xx]' OR {c} GLOB '{'[0-9]' * 15}')"
+
+    def mobile_like(self, c: str) -> str:
+        if self.dialect == "postgresql":
+            return f"{c} ~ '^1[3-9][0-9]{{9}}$'"
+        return f"{c} GLOB '1[3-9]{'[0-9]' * 9}'"
+
+    def mask(self, kind: str, c: str) -> str:
+        if kind == "id":
+            return self.mask_id(c)
+        if kind == "phone":
+            return self.mask_phone(c)
+        if kind == "name":
+            return self.mask_name(c)
+        if kind == "address":
+            parts = " || ".join(f"coalesce({p}, '')" for p in ("province", "city", "district"))
+            return f"CASE WHEN {c} IS NULL THEN NULL ELSE {parts} || '****' END"
+        if kind == "hidden":
+            return f"CASE WHEN {c} IS NULL THEN NULL ELSE '****' END"
+        if kind == "key":
+            return (
+                f"CASE WHEN {self.id_like(c)} THEN {self.mask_id(c)}"
+                f" WHEN {self.mobile_like(c)} THEN {self.mask_phone(c)} ELSE {c} END"
+            )
+        if kind == "evidence":
+            return f"CASE WHEN kind = 'legal_representative' THEN {self.mask_id(c)} ELSE {c} END"
+        if kind == "conflict":
+            ids = ", ".join(f"'{a}'" for a in _ID_ATTRS)
+            return (
+                f"CASE WHEN {c} IS NULL THEN NULL"
+                f" WHEN attribute IN ({ids}) THEN {self.mask_id(c)}"
+                f" WHEN attribute = 'phone' THEN {self.mask_phone(c)}"
+                f" WHEN attribute = 'legal_rep_name' OR (entity = 'person' AND attribute = 'name')"
+                f" THEN {self.mask_name(c)}"
+                f" WHEN entity = 'person' AND attribute = 'address' THEN '****'"
+                f" ELSE {c} END"
+            )
+        raise ValueError(f"unknown mask kind {kind!r}")
+
+
+def _dialect(engine: sa.Engine) -> Dialect:
+    name = engine.dialect.name
+    if name not in ("sqlite", "postgresql"):
+        raise AccessSetupError(
+            f"analysts' access supports SQLite and PostgreSQL warehouses, not {name}. Fix: point "
+            "GOVMDM_WAREHOUSE_URL at PostgreSQL"
+        )
+    return "postgresql" if name == "postgresql" else "sqlite"
+
+
+def view_select(spec: ViewSpec, dialect: Dialect, *, masked: bool) -> str:
+    """The SELECT behind ``spec``'s masked (or full) view."""
+    sql = _Sql(dialect)
+    cols = [
+        f"{sql.mask(spec.masks[c], c)} AS {c}" if masked and c in spec.masks else c
+        for c in spec.columns
+    ]
+    return f"SELECT {', '.join(cols)} FROM {spec.table.name}"
+
+
+def views_sql(dialect: Dialect) -> list[str]:
+    """CREATE VIEW statements for every view, masked and full (idempotent on PostgreSQL)."""
+    create = "CREATE OR REPLACE VIEW" if dialect == "postgresql" else "CREATE VIEW"
+    out = []
+    for spec in VIEWS:
+        out.append(f"{create} {spec.name} AS {view_select(spec, dialect, masked=True)}")
+        out.append(f"{create} {spec.full_name} AS {view_select(spec, dialect, masked=False)}")
+    return out
+
+
+def _protected() -> list[str]:
+    """What the analyst role must never read: every warehouse table, the full views, the log."""
+    return [
+        *(t.name for t in metadata.sorted_tables),
+        *(v.full_name for v in VIEWS),
+        audit.audit_table.name,
+    ]
+
+
+def roles_sql() -> list[str]:
+    """The roles (cluster-wide, created once) and the warehouse user's membership in them,
+    each only if missing, so a nightly run needs no CREATEROLE once a DBA has done it."""
+    create = " ".join(
+        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{r}') THEN CREATE ROLE {r} NOLOGIN;"
+        " END IF;"
+        for r in DB_ROLES.values()
+    )
+    member = " ".join(
+        f"IF NOT pg_has_role(current_user, '{r}', 'MEMBER') THEN GRANT {r} TO CURRENT_USER; END IF;"
+        for r in DB_ROLES.values()
+    )
+    return [f"DO $$ BEGIN {create} END $$", f"DO $$ BEGIN {member} END $$"]
+
+
+def dba_sql(user: str) -> str:
+    """What a DBA runs once when the warehouse user may not create roles."""
+    roles = ", ".join(DB_ROLES.values())
+    create = "; ".join(f"CREATE ROLE {r} NOLOGIN" for r in DB_ROLES.values())
+    return f"{create}; GRANT {roles} TO {user}"
+
+
+def grants_sql() -> list[str]:
+    """Privileges: the analyst reads the masked views and the catalog, nothing else."""
+    protected = ", ".join(_protected())
+    masked = ", ".join(sorted(ANALYST_RELATIONS))
+    return [
+        f"REVOKE ALL ON TABLE {protected} FROM PUBLIC",
+        f"REVOKE ALL ON TABLE {protected} FROM {ANALYST_ROLE}",
+        f"REVOKE ALL ON TABLE {masked} FROM {ANALYST_ROLE}, {PRIVILEGED_ROLE}",
+        f"GRANT SELECT ON TABLE {masked} TO {ANALYST_ROLE}, {PRIVILEGED_ROLE}",
+        f"GRANT SELECT ON TABLE {protected} TO {PRIVILEGED_ROLE}",
+    ]
+
+
+@dataclass
+class InstallReport:
+    """What :func:`install_views` did."""
+
+    backend: str
+    views: list[str] = field(default_factory=list)
+    catalog_rows: int = 0
+    roles: bool = False
+    grants: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def install_views(engine: sa.Engine, city: CityConfig) -> InstallReport:
+    """Create or replace the analyst views and the ``catalog`` table; on PostgreSQL also the
+    roles and grants. Idempotent: run after every publish and by ``govmdm views install``.
+
+    Without the right to create roles (CREATEROLE), the views and grants are still installed
+    when the roles exist already, and a warning says what a DBA must run once.
+    """
+    from master_data.catalog import write_catalog  # catalog imports this module
+
+    dialect = _dialect(engine)
+    report = InstallReport(backend=dialect)
+    metadata.create_all(engine, checkfirst=True)
+    audit.ensure_table(engine)
+    if dialect == "postgresql":
+        report.roles = _install_roles(engine, report)
+    with engine.begin() as conn:
+        for spec in VIEWS:
+            for name, masked in ((spec.name, True), (spec.full_name, False)):
+                _create_view(conn, dialect, name, view_select(spec, dialect, masked=masked))
+                report.views.append(name)
+        report.catalog_rows = write_catalog(conn, city)
+        if dialect == "postgresql" and report.roles:
+            for stmt in grants_sql():
+                conn.exec_driver_sql(stmt)
+            report.grants = True
+    return report
+
+
+def _install_roles(engine: sa.Engine, report: InstallReport) -> bool:
+    """Create the roles and make the warehouse user a member; True if both roles exist."""
+    fix = dba_sql(engine.url.username or "<warehouse user>")
+    for stmt in roles_sql():
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(stmt)
+        except sa.exc.DBAPIError as exc:
+            report.warnings.append(
+                f"{_first_line(exc.orig or exc)}. Fix: a DBA runs once, as a role with "
+                f"CREATEROLE: {fix}"
+            )
+    with engine.connect() as conn:
+        existing = set(
+            conn.execute(
+                sa.text("SELECT rolname FROM pg_roles WHERE rolname IN (:a, :p)"),
+                {"a": ANALYST_ROLE, "p": PRIVILEGED_ROLE},
+            ).scalars()
+        )
+    return existing == set(DB_ROLES.values())
+
+
+def _create_view(conn: sa.Connection, dialect: Dialect, name: str, select: str) -> None:
+    if dialect == "sqlite":
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {select}")
+        return
+    savepoint = conn.begin_nested()
+    try:
+        conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {name} AS {select}")
+        savepoint.commit()
+    except sa.exc.DBAPIError:  # the columns changed: replace cannot drop or retype a column
+        savepoint.rollback()
+        conn.exec_driver_sql(f"DROP VIEW IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE VIEW {name} AS {select}")
+
+
+def after_publish(
+    engine: sa.Engine, city: CityConfig, run_id: str, summary: Mapping[str, Any]
+) -> InstallReport | None:
+    """The publish hook: (re)install views, grants and catalog, and audit the night.
+
+    Never raises: the night is published already; a failure here is logged as a warning and
+    in the audit row, and ``govmdm views install`` repairs it.
+    """
+    report: InstallReport | None = None
+    error: str | None = None
+    try:
+        report = install_views(engine, city)
+        for warning in report.warnings:
+            log.warning("analyst views: %s", warning)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning("night %s is published, but the analyst views were not installed: %s. "
+                    "Fix: `govmdm views install`", run_id, error)  # fmt: skip
+    entities = summary.get("entities", {})
+    masters = {e: s.get("masters") for e, s in entities.items() if isinstance(s, Mapping)}
+    with contextlib.suppress(Exception):  # the audit must not fail a published night either
+        audit.record(
+            engine,
+            "publish",
+            f"night {run_id}",
+            role="platform",
+            row_count=sum(v for v in masters.values() if isinstance(v, int)),
+            outcome="ok" if error is None else "failed",
+            detail={"mode": summary.get("mode"), "masters": masters,
+                    "views": None if report is None else len(report.views),
+                    "grants": None if report is None else report.grants,
+                    "warnings": [] if report is None else report.warnings,
+                    "error": error},
+        )  # fmt: skip
+    return report
+
+
+# --- who may do what ---------------------------------------------------------------------------
+
+
+class SharePolicyEntry(BaseModel):
+    """How one resource of the catalog is shared."""
+
+    model_config = ConfigDict(extra="forbid")
+    share_type: ShareType = Field(
+        description="unconditional (无条件共享), conditional (有条件共享) or not_shared (不予共享)"
+    )
+    condition: str | None = Field(
+        None, description="for conditional: on what condition, e.g. 仅限履行法定职责所需"
+    )
+    basis: str | None = Field(None, description="the legal or policy basis, e.g. 个人信息保护法")
+
+    @model_validator(mode="after")
+    def _conditional_says_how(self) -> SharePolicyEntry:
+        if self.share_type == "conditional" and not (self.condition or "").strip():
+            raise ValueError(
+                "a conditional resource must state its condition: add `condition: <条件>`"
+            )
+        return self
+
+
+class SharePolicy(BaseModel):
+    """``config/catalog.yaml``: share types per resource and who may see data in clear."""
+
+    model_config = ConfigDict(extra="forbid")
+    default: SharePolicyEntry = Field(
+        default_factory=lambda: SharePolicyEntry(
+            share_type="conditional", condition="经数据共享平台申请审批后共享", basis=None
+        ),
+        description="for resources not listed under resources",
+    )
+    privileged_users: list[str] = Field(
+        default_factory=list,
+        description="OS logins allowed to use --privileged (personal data in clear)",
+    )
+    resources: dict[str, SharePolicyEntry] = Field(
+        default_factory=dict,
+        description="resource ID (mdm_person, or department/table) → its share policy",
+    )
+
+    def for_resource(self, resource_id: str) -> SharePolicyEntry:
+        """The policy of one resource: its own, else the default."""
+        return self.resources.get(resource_id, self.default)
+
+
+def policy_path(city: CityConfig) -> Path:
+    """``config/catalog.yaml`` beside the city's other configuration."""
+    return city.root / "config" / POLICY_FILE
+
+
+def load_share_policy(city: CityConfig) -> SharePolicy:
+    """The sharing policy; defaults (everything conditional, nobody privileged) without a file.
+
+    Resource IDs are checked against the city: a golden table (``mdm_person``) or a
+    department's table (``gongan/t_rk_jbxx``).
+    """
+    path = policy_path(city)
+    if not path.is_file():
+        return SharePolicy()
+    policy = load_yaml_model(path, SharePolicy)
+    known = {t.name for t in metadata.sorted_tables} | {
+        f"{d.code}/{t.name}" for d in city.departments for t in d.tables
+    }
+    problems = [
+        f"{path}: resources.{key}: no such resource. Fix: use a golden table (mdm_person, "
+        f"mdm_enterprise, …) or department/table, e.g. {sorted(known - {key})[0]}"
+        for key in policy.resources
+        if key not in known
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return policy
+
+
+def privileged_users(city: CityConfig) -> frozenset[str]:
+    """OS logins that may use ``--privileged``: the policy file's and ``GOVMDM_PRIVILEGED_USERS``
+    (comma-separated)."""
+    env = {u.strip() for u in os.environ.get(PRIVILEGED_USERS_ENV, "").split(",") if u.strip()}
+    return frozenset(load_share_policy(city).privileged_users) | env
+
+
+def resolve_role(city: CityConfig, privileged: bool, *, action: str = "query") -> Role:
+    """``privileged`` if asked for and allowed, else ``analyst``; a refusal is audited."""
+    if not privileged:
+        return "analyst"
+    login = audit.os_user()
+    if login in privileged_users(city):
+        return "privileged"
+    with contextlib.suppress(Exception):
+        audit.record(
+            warehouse_url(city), action, "--privileged", role="privileged", outcome="refused",
+            detail={"reason": f"{login} is not a privileged user"},
+        )  # fmt: skip
+    raise AccessDenied(
+        f"--privileged: the login {login!r} is not a privileged user. Fix: a data steward adds it "
+        f"to privileged_users in {policy_path(city)} (or {PRIVILEGED_USERS_ENV} for this "
+        "deployment); without --privileged you see the masked views"
+    )
+
+
+# --- keyed pseudonyms --------------------------------------------------------------------------
+
+
+def pseudonym_key() -> bytes:
+    """The HMAC key from ``GOVMDM_PSEUDONYM_KEY`` (at least 16 bytes)."""
+    raw = os.environ.get(PSEUDONYM_KEY_ENV, "")
+    if not raw.strip():
+        raise PseudonymKeyMissing(
+            f"pseudonyms need a secret key: {PSEUDONYM_KEY_ENV} is not set. Fix: set it to a "
+            "random secret of at least 16 characters (e.g. `openssl rand -hex 32`), one per "
+            "recipient, kept outside config/ and the extract; the same key gives the same "
+            "pseudonyms, so keep it to join later extracts"
+        )
+    key = raw.encode("utf-8")
+    if len(key) < _MIN_KEY_BYTES:
+        raise PseudonymKeyMissing(
+            f"{PSEUDONYM_KEY_ENV} is too short ({len(key)} bytes): an ID number is guessable, "
+            f"only the key protects it. Fix: use at least {_MIN_KEY_BYTES} random characters"
+        )
+    return key
+
+
+def pseudonym(value: str | None, key: bytes) -> str | None:
+    """A keyed token for ``value``: HMAC-SHA256, first 128 bits in hex.
+
+    >>> pseudonym("P0000000001", b"0123456789abcdef")  # the same in every table and extract
+    '36524e6617d5ef64d746463981cfc6b2'
+    """
+    if value is None:
+        return None
+    return hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def pseudonymize_rows(
+    spec: ViewSpec, rows: Sequence[Mapping[str, Any]], key: bytes
+) -> list[dict[str, Any]]:
+    """Rows of ``spec``'s table (clear values) with its pseudonym columns replaced by tokens."""
+    out = []
+    for row in rows:
+        new = dict(row)
+        for column, kind in spec.pseudonyms.items():
+            value = row[column]
+            if value is None:
+                continue
+            if kind == "master_ids":
+                new[column] = ",".join(pseudonym(v, key) or "" for v in str(value).split(",") if v)
+            elif kind == "record":
+                rid = f"{row['department']}/{row['source_table']}/{value}"
+                new[column] = pseudonym(rid, key)
+            elif kind == "evidence":
+                if row.get("kind") == "legal_representative":
+                    new[column] = pseudonym(str(value), key)
+            elif kind == "conflict":
+                if row.get("attribute") in _ID_ATTRS:
+                    new[column] = pseudonym(str(value), key)
+            else:
+                new[column] = pseudonym(str(value), key)
+        out.append(new)
+    return out
+
+
+# --- scrubbing: the last line of defence on analyst output ---------------------------------------
+
+_CANDIDATE = re.compile(r"\d{15}|1[3-9]\d[- ]?\d{4}[- ]?\d{4}")
+
+
+def scrub(value: Any) -> tuple[Any, bool]:
+    """``value`` with any valid ID number or mobile number in it masked; and whether it was."""
+    if not isinstance(value, str) or not _CANDIDATE.search(value) or not find_clear(value):
+        return value, False
+    return mask_text(value), True
+
+
+def scrub_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """A copy of ``frame`` with :func:`scrub` applied to every text cell; and how many changed."""
+    out = frame.copy()
+    changed = 0
+    for column in out.columns:
+        if out[column].dtype != object:
+            continue
+        values = out[column].tolist()
+        for i, v in enumerate(values):
+            values[i], hit = scrub(v)
+            changed += hit
+        out[column] = pd.Series(values, index=out.index, dtype=object)
+    return out, changed
+
+
+# --- guarded reads -----------------------------------------------------------------------------
+
+# Writes, session changes, and server-side file or network access.
+# fmt: off
+_FORBIDDEN_WORDS = frozenset({
+    "insert", "update", "delete", "merge", "upsert", "create", "drop", "alter", "grant", "revoke",
+    "truncate", "copy", "call", "do", "set", "reset", "attach", "detach", "pragma", "vacuum",
+    "reindex", "analyze", "lock", "listen", "notify", "unlisten", "prepare", "execute",
+    "deallocate", "discard", "load", "into", "set_config", "lo_import", "lo_export",
+    "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_terminate_backend",
+    "pg_cancel_backend", "pg_reload_conf", "pg_sleep", "load_extension", "dblink", "dblink_exec",
+    "query_to_xml", "cursor_to_xml", "table_to_xml",
+})
+# fmt: on
+_STARTERS = frozenset({"select", "with", "values"})
+_WORD = re.compile(r"[^\W\d][\w$]*")  # identifiers may be Chinese
+
+
+def _tokens(sql: str, dialect: Dialect) -> tuple[list[str], list[str]]:
+    """(bare words lower-cased, quoted identifiers) of ``sql`` outside strings and comments.
+
+    Refuses what the scan cannot read safely: several statements, PostgreSQL dollar-quoted,
+    E'' and U& strings.
+    """
+    words: list[str] = []
+    quoted: list[str] = []
+    i, n = 0, len(sql)
+    ended = False
+    while i < n:
+        ch = sql[i]
+        if ended and not ch.isspace() and not sql.startswith(("--", "/*"), i):
+            raise QueryRefused("one statement at a time: remove everything after the ';'")
+        if sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            if j < 0:
+                raise QueryRefused("unterminated /* comment")
+            i = j + 2
+        elif ch == "'":
+            j = i + 1
+            while True:
+                j = sql.find("'", j)
+                if j < 0:
+                    raise QueryRefused("unterminated string literal")
+                if sql.startswith("''", j):
+                    j += 2
+                    continue
+                break
+            i = j + 1
+        elif ch in '"`[':
+            close = {'"': '"', "`": "`", "[": "]"}[ch]
+            if ch != '"' and dialect == "postgresql":
+                i += 1
+                continue
+            j = sql.find(close, i + 1)
+            if j < 0:
+                raise QueryRefused(f"unterminated quoted identifier {ch}")
+            quoted.append(sql[i + 1 : j].replace(close * 2, close).lower())
+            i = j + 1
+        elif ch == ";":
+            ended = True
+            i += 1
+        elif ch == "$" and dialect == "postgresql":
+            raise QueryRefused("dollar-quoted text ($$ … $$) is not accepted here")
+        elif ch.isalpha() or ch == "_":
+            m = _WORD.match(sql, i)
+            assert m is not None
+            word = m.group(0).lower()
+            if (
+                dialect == "postgresql"
+                and word in ("e", "u")
+                and sql.startswith(("'", "&"), m.end())
+            ):
+                raise QueryRefused("E'' and U& strings are not accepted here; write plain '…'")
+            words.append(word)
+            i = m.end()
+        else:
+            i += 1
+    return words, quoted
+
+
+def check_sql(
+    sql: str, *, dialect: Dialect, allowed: frozenset[str] | None, known: frozenset[str]
+) -> set[str]:
+    """The relations ``sql`` names, after checking it is one read-only SELECT that names no
+    relation outside ``allowed`` (None: any). Raises :class:`QueryRefused` with the reason."""
+    if not sql.strip():
+        raise QueryRefused("empty statement: write a SELECT")
+    words, quoted = _tokens(sql, dialect)
+    first = next((w for w in words), "")
+    if first not in _STARTERS:
+        raise QueryRefused(
+            f"only SELECT statements run here, not {first.upper() or 'that'}: govmdm query is "
+            "read-only (write SELECT … or WITH … SELECT …)"
+        )
+    bad = sorted({w for w in (*words, *quoted) if w in _FORBIDDEN_WORDS})
+    if bad:
+        raise QueryRefused(
+            f"{', '.join(w.upper() for w in bad)} cannot be used here: govmdm query runs one "
+            "read-only SELECT"
+        )
+    named = {w for w in (*words, *quoted) if w in known}
+    if allowed is not None and (denied := sorted(named - allowed)):
+        raise QueryRefused(_denied_message(denied))
+    return named
+
+
+def _denied_message(denied: Sequence[str]) -> str:
+    hints = []
+    for name in denied:
+        spec = view_for(name) or next((v for v in VIEWS if v.full_name == name), None)
+        if spec is not None:
+            hints.append(f"{spec.name} instead of {name}")
+    hint = f" (use {', '.join(hints)})" if hints else ""
+    return (
+        f"the analyst role may not read {', '.join(denied)}{hint}. Analysts read the masked "
+        f"views: {', '.join(sorted(ANALYST_RELATIONS))}; personal data in clear needs "
+        "--privileged"
+    )
+
+
+def _known_relations(engine: sa.Engine) -> frozenset[str]:
+    """Every relation of the warehouse; AccessSetupError if the analyst views are missing."""
+    inspector = sa.inspect(engine)
+    views = set(inspector.get_view_names())
+    missing = sorted({v.name for v in VIEWS} - views)
+    if missing:
+        raise AccessSetupError(
+            f"the analyst views are not installed in this warehouse ({', '.join(missing)}). "
+            "Fix: run `govmdm views install` (every publish installs them too)"
+        )
+    names = {*inspector.get_table_names(), *views, *_protected(), CATALOG_TABLE}
+    return frozenset(n.lower() for n in names)
+
+
+def require_views(engine: sa.Engine) -> None:
+    """AccessSetupError, saying what to run, unless the analyst views are installed."""
+    _known_relations(engine)
+
+
+@dataclass
+class QueryResult:
+    """Rows of a guarded read."""
+
+    columns: list[str]
+    frame: pd.DataFrame
+    role: Role
+    relations: set[str] = field(default_factory=set)
+    scrubbed: int = 0
+
+
+def fetch(engine: sa.Engine, sql: str, role: Role) -> QueryResult:
+    """Run ``sql`` read-only as ``role``: checked by :func:`check_sql`, then on PostgreSQL in a
+    READ ONLY transaction under ``SET ROLE``, on SQLite on a ``mode=ro`` connection whose
+    authorizer lets the analyst read the masked views only. Analyst output is scrubbed."""
+    dialect = _dialect(engine)
+    known = _known_relations(engine)
+    allowed = ANALYST_RELATIONS if role == "analyst" else None
+    relations = check_sql(sql, dialect=dialect, allowed=allowed, known=known)
+    runner = _fetch_postgres if dialect == "postgresql" else _fetch_sqlite
+    columns, rows = runner(engine, sql.strip().rstrip(";"), role)
+    frame = pd.DataFrame.from_records(rows, columns=_unique(columns))
+    scrubbed = 0
+    if role == "analyst":
+        frame, scrubbed = scrub_frame(frame)
+    return QueryResult(columns, frame, role, relations, scrubbed)
+
+
+def _unique(columns: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for c in columns:
+        seen[c] = seen.get(c, 0) + 1
+        out.append(c if seen[c] == 1 else f"{c}_{seen[c]}")
+    return out
+
+
+def _fetch_postgres(engine: sa.Engine, sql: str, role: Role) -> tuple[list[str], Sequence[Any]]:
+    import psycopg
+
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("SET TRANSACTION READ ONLY")
+        cur.execute("SET LOCAL standard_conforming_strings = on")
+        try:
+            cur.execute(f"SET LOCAL ROLE {DB_ROLES[role]}")
+        except psycopg.Error as exc:
+            user = engine.url.username or "<warehouse user>"
+            raise AccessSetupError(
+                f"cannot act as the {DB_ROLES[role]} role ({_first_line(exc)}). Fix: run "
+                f"`govmdm views install`; if the warehouse user may not create roles, a DBA "
+                f"runs once: {dba_sql(user)}"
+            ) from None
+        try:
+            cur.execute(sql)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise QueryRefused(f"PostgreSQL refused it: {_first_line(exc)}") from None
+        except psycopg.Error as exc:
+            raise AccessError(f"the query failed: {_first_line(exc)}") from None
+        if cur.description is None:
+            raise QueryRefused("the statement returned no rows: govmdm query runs SELECTs")
+        columns = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        return columns, rows
+    finally:
+        raw.rollback()
+        raw.close()
+
+
+def _sqlite_path(engine: sa.Engine) -> str:
+    path = engine.url.database
+    if not path or path == ":memory:":
+        raise AccessSetupError("govmdm query needs a SQLite warehouse file, not :memory:")
+    return str(Path(path).resolve())
+
+
+def _authorizer(role: Role, denied: list[str]) -> Callable[..., int]:
+    masked_views = frozenset(v.name for v in VIEWS)
+    system = ("sqlite_master", "sqlite_schema", "sqlite_temp_master")
+    pragmas = ("table_info", "table_xinfo", "table_list", "index_list")
+
+    def authorize(
+        action: int, arg1: str | None, arg2: str | None, _db: str | None, source: str | None
+    ) -> int:
+        if action in (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and arg1 in pragmas and arg2 is not None:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_READ:
+            table = (arg1 or "").lower()
+            if (
+                role == "privileged"
+                or table in ANALYST_RELATIONS
+                or table in system
+                or table.startswith("pragma_")
+                or arg2 == ""  # no column read: count(*) over a flattened view
+                # a masked view reading its table (a CTE named like one is refused by check_sql)
+                or (source or "").lower() in masked_views
+            ):
+                return sqlite3.SQLITE_OK
+            denied.append(table)
+            return sqlite3.SQLITE_DENY
+        denied.append(f"action {action} {arg1 or ''}".strip())
+        return sqlite3.SQLITE_DENY
+
+    return authorize
+
+
+def _fetch_sqlite(engine: sa.Engine, sql: str, role: Role) -> tuple[list[str], Sequence[Any]]:
+    path = _sqlite_path(engine)
+    conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=60)
+    denied: list[str] = []
+    try:
+        conn.set_authorizer(_authorizer(role, denied))
+        try:
+            cur = conn.execute(sql)
+        except sqlite3.DatabaseError as exc:
+            if denied:
+                tables = sorted({d for d in denied if not d.startswith("action")})
+                if tables:
+                    raise QueryRefused(_denied_message(tables)) from None
+                raise QueryRefused(
+                    "only reads are allowed: govmdm query runs one read-only SELECT"
+                ) from None
+            raise AccessError(f"the query failed: {exc}") from None
+        if cur.description is None:
+            raise QueryRefused("the statement returned no rows: govmdm query runs SELECTs")
+        columns = [d[0] for d in cur.description]
+        return columns, cur.fetchall()
+    finally:
+        conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def run_query(
+    city: CityConfig, sql: str, *, privileged: bool = False, audit_it: bool = True
+) -> QueryResult:
+    """``govmdm query``: run one SELECT against what the caller's role may read; audited
+    (refusals too, with the reason)."""
+    role = resolve_role(city, privileged, action="query")
+    with warehouse(city) as engine:
+        try:
+            result = fetch(engine, sql, role)
+        except AccessError as exc:
+            if audit_it:
+                audit.record(
+                    engine, "query", _sql_target(sql), role=role,
+                    outcome="refused" if isinstance(exc, QueryRefused) else "failed",
+                    detail={"sql": sql, "reason": str(exc)},
+                )  # fmt: skip
+            raise
+        if audit_it:
+            audit.record(
+                engine, "query", _sql_target(sql), role=role, row_count=len(result.frame),
+                detail={"sql": sql, "relations": sorted(result.relations),
+                        "scrubbed": result.scrubbed},
+            )  # fmt: skip
+    return result
+
+
+def _sql_target(sql: str) -> str:
+    one_line = " ".join(sql.split())
+    return one_line if len(one_line) <= 200 else one_line[:199] + "…"
+
+
+# --- exports -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ExportResult:
+    """What ``govmdm export`` wrote."""
+
+    out_dir: Path
+    role: Role
+    pseudonymized: bool
+    files: dict[str, Path] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    dictionary: Path | None = None
+    scrubbed: int = 0
+
+
+def export(
+    city: CityConfig,
+    out_dir: Path | None = None,
+    *,
+    privileged: bool = False,
+    pseudonymize: bool = False,
+    views: Sequence[str] | None = None,
+) -> ExportResult:
+    """Write the published tables as Parquet (one file per view, e.g. ``person.parquet``) with
+    ``data_dictionary.parquet`` / ``.csv`` and ``manifest.json``.
+
+    The analyst export reads the masked views the way ``govmdm query`` does (PostgreSQL: as the
+    analyst role). ``privileged`` exports the full views. ``pseudonymize`` replaces master IDs,
+    ID numbers and source keys by keyed tokens (:func:`pseudonym`), on top of either.
+    """
+    from master_data.catalog import data_dictionary  # catalog imports this module
+
+    role = resolve_role(city, privileged, action="export")
+    key = pseudonym_key() if pseudonymize else None
+    specs = [VIEW_BY_NAME[v] for v in views] if views else list(VIEWS)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    suffix = f"{role}{'-pseudonymized' if pseudonymize else ''}"
+    target = out_dir or city.var_dir / "exports" / f"{stamp}-{suffix}"
+    target.mkdir(parents=True, exist_ok=True)
+    result = ExportResult(target, role, pseudonymize)
+    with warehouse(city) as engine:
+        try:
+            for spec in specs:
+                rows = _export_rows(engine, spec, role, key)
+                frame = pd.DataFrame.from_records(rows, columns=spec.columns)
+                if role == "analyst":
+                    frame, hits = scrub_frame(frame)
+                    result.scrubbed += hits
+                path = target / f"{spec.export_name}.parquet"
+                _write_parquet(frame, spec, path, role=role, pseudonymized=key is not None,
+                               city=city)  # fmt: skip
+                result.files[spec.export_name] = path
+                result.rows[spec.export_name] = len(frame)
+            dictionary = data_dictionary(city, specs, role=role, pseudonymized=key is not None)
+            result.dictionary = _write_dictionary(dictionary, target)
+            _write_manifest(result, city, engine)
+        except AccessError as exc:
+            audit.record(engine, "export", str(target), role=role, outcome="failed",
+                         detail={"reason": str(exc)})  # fmt: skip
+            raise
+        audit.record(
+            engine, "export", str(target), role=role, row_count=sum(result.rows.values()),
+            detail={"format": "parquet", "pseudonymized": pseudonymize, "rows": result.rows,
+                    "scrubbed": result.scrubbed},
+        )  # fmt: skip
+    return result
+
+
+def _export_rows(
+    engine: sa.Engine, spec: ViewSpec, role: Role, key: bytes | None
+) -> list[dict[str, Any]]:
+    if key is None:
+        name = spec.name if role == "analyst" else spec.full_name
+        got = fetch(engine, f"SELECT * FROM {name}", role)
+        return [dict(zip(got.columns, r, strict=True)) for r in got.frame.itertuples(index=False)]
+    # Tokens are computed from clear values (the same ID gives the same token everywhere), so
+    # the platform reads the full view and masks here exactly as the masked view does.
+    got = fetch(engine, f"SELECT * FROM {spec.full_name}", "privileged")
+    clear = [dict(zip(got.columns, r, strict=True)) for r in got.frame.itertuples(index=False)]
+    tokens = pseudonymize_rows(spec, clear, key)
+    if role == "privileged":
+        return tokens
+    masked = mask_rows(spec, clear)
+    return [
+        {c: (t[c] if c in spec.pseudonyms and t[c] != r[c] else m[c]) for c in spec.columns}
+        for r, t, m in zip(clear, tokens, masked, strict=True)
+    ]
+
+
+def _write_parquet(
+    frame: pd.DataFrame,
+    spec: ViewSpec,
+    path: Path,
+    *,
+    role: Role,
+    pseudonymized: bool,
+    city: CityConfig,
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from master_data.catalog import column_description
+
+    fields = []
+    arrays = []
+    for column in spec.table.columns:
+        arrow_type = parquet_type(spec, column, role=role, pseudonymized=pseudonymized)
+        values = [_coerce(v, arrow_type) for v in frame[column.name].tolist()]
+        arrays.append(pa.array(values, arrow_type))
+        description = column_description(spec.table.name, column.name)
+        fields.append(pa.field(column.name, arrow_type, metadata={"description": description}))
+    schema = pa.schema(fields, metadata={"govmdm.view": spec.name, "govmdm.role": role,
+                                         "govmdm.city": city.name})  # fmt: skip
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), path)
+
+
+def parquet_type(spec: ViewSpec, column: sa.Column[Any], *, role: Role, pseudonymized: bool) -> Any:
+    """The Arrow type a column is exported as: text where masked or pseudonymized, else the
+    warehouse column's type (dates as date32, decimals as decimal128, …)."""
+    import pyarrow as pa
+
+    if (role == "analyst" and column.name in spec.masks) or (
+        pseudonymized and column.name in spec.pseudonyms
+    ):
+        return pa.string()
+    return _arrow_type(column.type)
+
+
+def _arrow_type(sa_type: Any) -> Any:
+    import pyarrow as pa
+
+    if isinstance(sa_type, sa.DateTime):
+        return pa.timestamp("us", tz="UTC" if sa_type.timezone else None)
+    if isinstance(sa_type, sa.Date):
+        return pa.date32()
+    if isinstance(sa_type, sa.Integer):
+        return pa.int64()
+    if isinstance(sa_type, sa.Float):
+        return pa.float64()
+    if isinstance(sa_type, sa.Numeric):
+        return pa.decimal128(sa_type.precision or 38, sa_type.scale or 0)
+    return pa.string()
+
+
+def _coerce(value: Any, arrow_type: Any) -> Any:
+    """A value from either backend (SQLite gives dates as text) as ``arrow_type`` takes it."""
+    import decimal
+
+    import pyarrow as pa
+
+    if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NaT:
+        return None
+    if pa.types.is_string(arrow_type):
+        return str(value)
+    if pa.types.is_timestamp(arrow_type):
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
+        return value.to_pydatetime() if isinstance(value, pd.Timestamp) else value
+    if pa.types.is_date(arrow_type):
+        if isinstance(value, str):
+            return dt.date.fromisoformat(value[:10])
+        return value.date() if isinstance(value, dt.datetime) else value
+    if pa.types.is_decimal(arrow_type):
+        return decimal.Decimal(str(value))
+    if pa.types.is_integer(arrow_type):
+        return int(value)
+    if pa.types.is_floating(arrow_type):
+        return float(value)
+    return value
+
+
+def _write_dictionary(dictionary: pd.DataFrame, target: Path) -> Path:
+    path = target / "data_dictionary.parquet"
+    dictionary.to_parquet(path, index=False)
+    dictionary.to_csv(target / "data_dictionary.csv", index=False, encoding="utf-8-sig")
+    return path
+
+
+def _write_manifest(result: ExportResult, city: CityConfig, engine: sa.Engine) -> None:
+    import json
+
+    from etl.warehouse import latest_run
+
+    run = latest_run(engine)
+    manifest = {
+        "city": city.name,
+        "night": run["run_id"] if run else None,
+        "role": result.role,
+        "pseudonymized": result.pseudonymized,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "created_by": audit.who(),
+        "files": {k: p.name for k, p in result.files.items()},
+        "rows": result.rows,
+        "dictionary": "data_dictionary.parquet",
+    }
+    (result.out_dir / "manifest.json").write_text(
+        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+
+
+# --- masking for govmdm explain and review ---------------------------------------------------
+
+_CONFLICT_NOTE = re.compile(
+    r"^conflict: (?P<dept>\S+) says (?P<attr>\S+) = (?P<value>.*), authority (?P<auth>\S+) "
+    r"says (?P<auth_value>.*) \((?P<key>[^()]*)\)$"
+)
+
+
+def _mask_attribute(entity: str, attribute: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if entity == "person" and attribute == "address":
+        return "****" if value else value
+    return _mask_conflict(value, entity, attribute)
+
+
+def mask_explanation(ex: Any) -> Any:
+    """A :class:`master_data.explain.Explanation` as an analyst may see it: values masked by
+    attribute, member rows and record IDs masked, free text passed through :func:`mask_text`."""
+    entity = ex.entity
+    attributes = [
+        a | {"value": _mask_attribute(entity, str(a["attribute"]), a["value"]),
+             "source_key": mask_source_key(a["source_key"])}
+        for a in ex.attributes
+    ]  # fmt: skip
+    members = []
+    for m in ex.members:
+        masked = dict(m)
+        for column in ("name", "legal_rep_name"):
+            if masked.get(column) and (entity == "person" or column == "legal_rep_name"):
+                masked[column] = mask_name(masked[column])
+        for column in ("id_number", "legal_rep_id"):
+            if masked.get(column):
+                masked[column] = mask_id(masked[column])
+        if masked.get("phone"):
+            masked["phone"] = mask_phone(masked["phone"])
+        if masked.get("address") and entity == "person":
+            masked["address"] = "****"
+        if masked.get("record"):
+            masked["record"] = mask_text(str(masked["record"]))
+        members.append(masked)
+    links = [
+        lk | {"left": mask_text(lk["left"]), "right": mask_text(lk["right"])} for lk in ex.links
+    ]
+    notes = []
+    for note in ex.notes:
+        m = _CONFLICT_NOTE.match(note)
+        if m:
+            attr = m["attr"]
+            value = _mask_attribute(entity, attr, _unrepr(m["value"]))
+            auth_value = _mask_attribute(entity, attr, _unrepr(m["auth_value"]))
+            note = (
+                f"conflict: {m['dept']} says {attr} = {value!r}, authority {m['auth']} says "
+                f"{auth_value!r} ({m['key']})"
+            )
+        notes.append(mask_text(note))
+    return replace(ex, attributes=attributes, members=members, links=links, notes=notes)
+
+
+def _unrepr(text: str) -> str | None:
+    import ast
+
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return None if value is None else str(value)
+
+
+def mask_review_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Review-queue rows with record IDs masked where a key is an ID or mobile number."""
+    return [
+        dict(r) | {"left_record": mask_text(str(r["left_record"])),
+                   "right_record": mask_text(str(r["right_record"]))}
+        for r in rows
+    ]  # fmt: skip

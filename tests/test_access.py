@@ -1,0 +1,531 @@
+"""Analysts' access: masked views equal to quality.masking, guarded read-only queries, roles on
+real PostgreSQL, keyed pseudonyms, exports with a data dictionary, the catalog, the audit log,
+and a scan of everything an analyst can get for ID or mobile numbers in clear."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner
+
+import etl.warehouse as wh
+from etl import audit
+from etl.cli import app
+from etl.config import CityConfig, ConfigError, load_city_config
+from etl.extract import extract_all
+from etl.sample_city.generate import generate_city
+from etl.standardize import standardize_all
+from etl.state import warehouse_url
+from master_data import access
+from master_data import consolidate as mc
+from master_data.catalog import build_catalog
+from master_data.explain import explain
+from master_data.lookup import lookup
+from quality.masking import find_clear, mask_id, mask_name, mask_phone
+
+ROOT = Path(__file__).resolve().parents[1]
+NIGHT = "2026-06-30"
+KEY = "test-pseudonym-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
+    """A 600-person city, one night published to SQLite, with the publish hook run."""
+    var = tmp_path_factory.mktemp("var")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GOVMDM_VAR", str(var))
+        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.PRIVILEGED_USERS_ENV,
+                     access.PSEUDONYM_KEY_ENV):  # fmt: skip
+            mp.delenv(name, raising=False)
+        generate_city(var / "city", persons=600, enterprises=70, seed=7)
+        c = load_city_config(ROOT / "config")
+        assert all(r.ok for r in extract_all(c, NIGHT))
+        standardize_all(c, NIGHT)
+        mc.link(c, NIGHT)
+        summary = mc.publish(c, NIGHT)
+        engine = wh.engine_for(warehouse_url(c))
+        report = access.after_publish(engine, c, NIGHT, summary)  # what publish() calls
+        engine.dispose()
+        assert report is not None and report.warnings == []
+        yield c
+
+
+@pytest.fixture
+def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
+    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.PRIVILEGED_USERS_ENV,
+                 access.PSEUDONYM_KEY_ENV):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _engine(url: str) -> sa.Engine:
+    return sa.create_engine(url, poolclass=NullPool)
+
+
+def _read(url: str, sql: str) -> pd.DataFrame:
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            result = conn.exec_driver_sql(sql)
+            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    finally:
+        engine.dispose()
+
+
+def _text_of_frame(frame: pd.DataFrame) -> str:
+    return "\n".join(
+        "\t".join("" if v is None else str(v) for v in row)
+        for row in frame.astype(object).itertuples(index=False)
+    )
+
+
+# --- masking in SQL equals masking in Python ---------------------------------------------------
+
+EDGE = {
+    "id": ["11010519491231002X", "110105491231002", "  350121197403155015 ", "12345", "", None],
+    "phone": ["13812345678", "0591-87654321", "0591-87654321-123", "+442071838750", "8765432",
+              "12345", "", None],
+    "name": ["张三丰", "欧阳娜娜", "李", " 王五 ", "", None],
+    "key": ["350121197403155015", "350121740315501", "13812345678", "RK3501000301006001",
+            "631867001", None],
+}  # fmt: skip
+PYTHON = {"id": mask_id, "phone": mask_phone, "name": mask_name, "key": access.mask_source_key}
+
+
+def _sql_mask(url: str, dialect: access.Dialect, kind: str, values: list[Any]) -> list[Any]:
+    query = sa.text(
+        f"SELECT {access._Sql(dialect).mask(kind, 'x')} FROM (SELECT CAST(:v AS TEXT) AS x) t"
+    )
+    engine = _engine(url)
+    try:
+        with engine.connect() as conn:
+            return [conn.execute(query, {"v": v}).scalar() for v in values]
+    finally:
+        engine.dispose()
+
+
+def _assert_views_equal_python(url: str) -> None:
+    """Every masked view, row for row, equals quality.masking applied to the full view."""
+    for spec in access.VIEWS:
+        if not spec.masks:
+            continue
+        order = ", ".join(c.name for c in spec.table.primary_key.columns)
+        masked = _read(url, f"SELECT * FROM {spec.name} ORDER BY {order}")
+        full = _read(url, f"SELECT * FROM {spec.full_name} ORDER BY {order}")
+        assert len(masked) == len(full) > 0, spec.name
+        expected = access.mask_rows(spec, full.astype(object).where(full.notna(), None)
+                                    .to_dict("records"))  # fmt: skip
+        for column in spec.masks:
+            got = masked[column].astype(object).where(masked[column].notna(), None).tolist()
+            assert got == [r[column] for r in expected], (spec.name, column)
+
+
+@pytest.mark.parametrize("kind", sorted(EDGE))
+def test_sql_masks_equal_python_on_edge_values(kind: str, tmp_path: Path) -> None:
+    got = _sql_mask(f"sqlite:///{tmp_path / 'x.sqlite'}", "sqlite", kind, EDGE[kind])
+    assert got == [None if v is None else PYTHON[kind](v) for v in EDGE[kind]]
+
+
+def test_masked_views_equal_python_masking(city: CityConfig) -> None:
+    _assert_views_equal_python(warehouse_url(city))
+    person = _read(warehouse_url(city), "SELECT * FROM v_person WHERE phone IS NOT NULL LIMIT 1")
+    row = person.iloc[0]
+    assert re.fullmatch(r"\d{6}\*{8}[\dX]{4}", row["id_number"])
+    assert row["name"][1:] == "*" * (len(row["name"]) - 1)
+    assert row["address"].endswith("****") and row["address_detail"] == "****"
+
+
+def test_views_install_is_idempotent(city: CityConfig) -> None:
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        first = access.install_views(engine, city)
+        again = access.install_views(engine, city)
+        assert first.views == again.views and len(again.views) == 2 * len(access.VIEWS)
+        assert first.catalog_rows == again.catalog_rows > 0
+    finally:
+        engine.dispose()
+
+
+# --- guarded queries (SQLite) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("SELECT * FROM mdm_person", "may not read mdm_person"),
+        ('SELECT * FROM "MDM_PERSON"', "may not read mdm_person"),
+        ("SELECT name FROM v_person_full", "may not read v_person_full"),
+        ("WITH v_person AS (SELECT * FROM mdm_person) SELECT * FROM v_person", "mdm_person"),
+        ("SELECT * FROM v_person WHERE master_id IN (SELECT master_id FROM mdm_crosswalk)",
+         "mdm_crosswalk"),
+        ("SELECT * FROM audit_log", "audit_log"),
+        ("DELETE FROM v_person", "only SELECT"),
+        ("SELECT 1; DROP TABLE mdm_person", "one statement"),
+        ("ATTACH 'x.db' AS x", "only SELECT"),
+        ("SELECT load_extension('x')", "LOAD_EXTENSION"),
+        ("", "empty"),
+    ],
+)  # fmt: skip
+def test_analyst_query_refuses_what_it_must(
+    city: CityConfig, env: pytest.MonkeyPatch, sql: str, reason: str
+) -> None:
+    with pytest.raises(access.QueryRefused, match=re.escape(reason)):
+        access.run_query(city, sql)
+
+
+def test_sqlite_guard_holds_without_the_text_check(city: CityConfig) -> None:
+    """The read-only connection and its authorizer refuse on their own."""
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        with pytest.raises(access.QueryRefused, match="mdm_person"):
+            access._fetch_sqlite(engine, "SELECT name FROM mdm_person", "analyst")
+        with pytest.raises(access.QueryRefused, match="only reads"):
+            access._fetch_sqlite(engine, "CREATE TEMP VIEW x AS SELECT 1", "analyst")
+        with pytest.raises((access.QueryRefused, sqlite3.Error, access.AccessError)):
+            access._fetch_sqlite(engine, "DELETE FROM mdm_run", "privileged")  # mode=ro
+        _, rows = access._fetch_sqlite(engine, "SELECT count(*) FROM v_person", "analyst")
+        assert rows[0][0] > 0
+    finally:
+        engine.dispose()
+
+
+def test_analyst_query_reads_the_views_and_privileged_needs_a_listed_login(
+    city: CityConfig, env: pytest.MonkeyPatch
+) -> None:
+    result = access.run_query(
+        city, "WITH p AS (SELECT * FROM v_person) SELECT master_id, name, id_number FROM p"
+    )
+    assert len(result.frame) > 0 and result.role == "analyst"
+    assert result.relations == {"v_person"}
+    with pytest.raises(access.AccessDenied, match="not a privileged user"):
+        access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
+    env.setenv("GOVMDM_USER", audit.os_user())  # naming yourself grants nothing
+    with pytest.raises(access.AccessDenied):
+        access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
+    env.setenv(access.PRIVILEGED_USERS_ENV, f"someone,{audit.os_user()}")
+    with pytest.raises(access.QueryRefused):  # listed, but without the flag: still masked
+        access.run_query(city, "SELECT id_number FROM mdm_person")
+    full = access.run_query(
+        city, "SELECT id_number FROM mdm_person WHERE id_number IS NOT NULL", privileged=True
+    )
+    assert full.role == "privileged" and find_clear(_text_of_frame(full.frame))
+
+
+# --- PostgreSQL: real roles and grants ---------------------------------------------------------
+
+
+def _copy_warehouse(city: CityConfig, target_url: str) -> None:
+    """Publish the SQLite warehouse's night into another warehouse, then install the views."""
+    source = wh.engine_for(warehouse_url(city))
+    target = wh.engine_for(target_url)
+    try:
+        frames = {t.name: wh.read(source, t) for t in (*wh.CURRENT_TABLES, *wh.NIGHTLY_TABLES)}
+        run = wh.latest_run(source)
+        assert run is not None
+        night = wh.Night(run["run_id"], run["mode"], run["state_dir"], json.loads(run["summary"]),
+                         frames)  # fmt: skip
+        wh.publish(target, night)
+        report = access.after_publish(target, city, run["run_id"], night.summary)
+        assert report is not None and report.grants, report
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+@pytest.fixture
+def pg_city(
+    city: CityConfig, pg_database: str, env: pytest.MonkeyPatch
+) -> Iterator[tuple[CityConfig, str]]:
+    _copy_warehouse(city, pg_database)
+    env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
+    yield city, pg_database
+
+
+def test_postgres_analyst_login_is_refused_the_tables_and_reads_the_views(
+    pg_city: tuple[CityConfig, str],
+) -> None:
+    _, url = pg_city
+    login = f"govmdm_test_analyst_{uuid.uuid4().hex[:8]}"
+    admin = _engine(url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {access.ANALYST_ROLE}")
+    analyst = _engine(sa.make_url(url).set(username=login, password=None))
+    try:
+        with analyst.connect() as conn:
+            assert conn.exec_driver_sql("SELECT current_user").scalar() == login
+            for relation in ("mdm_person", "mdm_enterprise", "mdm_crosswalk", "mdm_provenance",
+                             "mdm_relationship", "mdm_conflict", "mdm_review_decision",
+                             "v_person_full", "audit_log"):  # fmt: skip
+                with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+                    conn.exec_driver_sql(f"SELECT * FROM {relation} LIMIT 1")
+                conn.rollback()
+            persons = conn.exec_driver_sql("SELECT * FROM v_person").fetchall()
+            assert len(persons) > 0
+            text = "\n".join(map(str, persons))
+            text += "\n".join(map(str, conn.exec_driver_sql("SELECT * FROM v_conflict")))
+            assert find_clear(text) == []
+            assert conn.exec_driver_sql("SELECT count(*) FROM catalog").scalar() > 0
+            with pytest.raises(sa.exc.DBAPIError):
+                conn.exec_driver_sql("DELETE FROM v_person")
+            conn.rollback()
+    finally:
+        analyst.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP ROLE {login}")
+        admin.dispose()
+    _assert_views_equal_python(url)
+    for kind, values in EDGE.items():
+        got = _sql_mask(url, "postgresql", kind, values)
+        assert got == [None if v is None else PYTHON[kind](v) for v in values], kind
+
+
+def test_postgres_query_runs_as_the_analyst_role(pg_city: tuple[CityConfig, str]) -> None:
+    city, url = pg_city
+    result = access.run_query(
+        city, "SELECT current_user AS u, count(*) AS n FROM v_person GROUP BY 1"
+    )
+    assert result.frame.iloc[0]["u"] == access.ANALYST_ROLE and result.frame.iloc[0]["n"] > 0
+    engine = wh.engine_for(url)
+    try:  # the database refuses on its own, without the text check
+        with pytest.raises(access.QueryRefused, match="permission denied"):
+            access._fetch_postgres(engine, "SELECT * FROM mdm_person", "analyst")
+        with pytest.raises(access.AccessError, match="read-only"):
+            access._fetch_postgres(
+                engine, "WITH d AS (DELETE FROM mdm_run RETURNING 1) SELECT * FROM d", "privileged"
+            )
+    finally:
+        engine.dispose()
+    for sql in (
+        "SELECT set_config('role', 'postgres', true)",
+        "SELECT $$x$$",
+        "SELECT E'\\'' FROM v_person",
+        "SELECT * FROM pg_catalog.pg_authid, mdm_person",
+    ):
+        with pytest.raises(access.QueryRefused):
+            access.run_query(city, sql)
+
+
+def test_postgres_analyst_outputs_hold_nothing_in_clear(
+    pg_city: tuple[CityConfig, str], tmp_path: Path
+) -> None:
+    city, _ = pg_city
+    _assert_analyst_outputs_clean(city, tmp_path)
+
+
+# --- the scan: nothing an analyst gets holds an ID or mobile number in clear -------------------
+
+
+def _assert_analyst_outputs_clean(city: CityConfig, tmp_path: Path) -> None:
+    texts: dict[str, str] = {}
+    for spec in access.VIEWS:
+        frame = access.run_query(city, f"SELECT * FROM {spec.name}").frame
+        texts[f"query {spec.name}"] = _text_of_frame(frame)
+    texts["query catalog"] = _text_of_frame(access.run_query(city, "SELECT * FROM catalog").frame)
+    full = wh.engine_for(warehouse_url(city))
+    try:
+        persons = wh.read(full, wh.person_table).dropna(subset=["id_number"]).head(25)
+        firms = wh.read(full, wh.enterprise_table).dropna(subset=["uscc"]).head(10)
+    finally:
+        full.dispose()
+    for p in persons.itertuples():
+        found = lookup(city, id_number=p.id_number)
+        texts[f"lookup {p.master_id}"] = json.dumps(found.to_dict(), ensure_ascii=False)
+        assert [m.master_id for m in found.matches] == [p.master_id]
+    for f in firms.itertuples():
+        found = lookup(city, credit_code=f.uscc)
+        texts[f"lookup {f.master_id}"] = json.dumps(found.to_dict(), ensure_ascii=False)
+    exported = access.export(city, tmp_path / "export")
+    for path in sorted(exported.out_dir.iterdir()):
+        if path.suffix == ".parquet":
+            texts[f"export {path.name}"] = _text_of_frame(pq.read_table(path).to_pandas())
+        else:
+            texts[f"export {path.name}"] = path.read_text(encoding="utf-8-sig")
+    leaks = {where: found[:3] for where, text in texts.items() if (found := find_clear(text))}
+    assert leaks == {}
+    assert sum(len(t) for t in texts.values()) > 100_000  # the scan did see the data
+
+
+def test_analyst_outputs_hold_nothing_in_clear(
+    city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _assert_analyst_outputs_clean(city, tmp_path)
+    # and the same through the command line
+    runner = CliRunner()
+    args = ["--config", str(ROOT / "config")]
+    for cmd in (["query", "SELECT * FROM v_person", "--format", "csv"],
+                ["query", "SELECT * FROM v_enterprise", "--format", "table", "--max-rows", "500"],
+                ["catalog", "--format", "json"]):  # fmt: skip
+        out = runner.invoke(app, [*cmd, *args], env={"GOVMDM_VAR": str(city.var_dir)})
+        assert out.exit_code == 0, out.output
+        assert find_clear(out.output) == [], cmd
+
+
+# --- pseudonyms, exports, the data dictionary --------------------------------------------------
+
+
+def test_pseudonymized_export_keeps_joins_and_hides_identifiers(
+    city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(access.PseudonymKeyMissing, match=access.PSEUDONYM_KEY_ENV):
+        access.export(city, tmp_path / "none", pseudonymize=True)
+    env.setenv(access.PSEUDONYM_KEY_ENV, KEY)
+    out = access.export(city, tmp_path / "a", pseudonymize=True)
+    person = pd.read_parquet(out.files["person"])
+    firm = pd.read_parquet(out.files["enterprise"])
+    rel = pd.read_parquet(out.files["relationship"])
+    xw = pd.read_parquet(out.files["crosswalk"])
+    clear_rel = _read(warehouse_url(city), "SELECT * FROM mdm_relationship")
+    assert len(rel.merge(person, left_on="person_master_id", right_on="master_id")) == len(
+        clear_rel
+    )
+    assert len(rel.merge(firm, left_on="enterprise_master_id", right_on="master_id")) == len(
+        clear_rel
+    )
+    assert set(xw["master_id"]) == set(person["master_id"]) | set(firm["master_id"])
+    clear = _read(warehouse_url(city), "SELECT master_id, id_number, name FROM mdm_person")
+    row = clear.dropna().iloc[0]
+    token = access.pseudonym(row["master_id"], KEY.encode())
+    mine = person.set_index("master_id").loc[token]
+    assert mine["id_number"] == access.pseudonym(row["id_number"], KEY.encode())
+    assert mine["name"] == mask_name(row["name"])
+    reps = firm.dropna(subset=["legal_rep_master_id"]).merge(
+        person, left_on="legal_rep_master_id", right_on="master_id", suffixes=("", "_p")
+    )
+    assert len(reps) > 0 and (reps["legal_rep_id"] == reps["id_number"]).all()
+    text = "\n".join(_text_of_frame(pd.read_parquet(p)) for p in out.files.values())
+    assert not re.search(r"\b[PE]\d{10}\b", text) and find_clear(text) == []
+    env.setenv(access.PSEUDONYM_KEY_ENV, KEY + "-other-recipient")
+    other = access.export(city, tmp_path / "b", pseudonymize=True, views=["v_person"])
+    assert set(pd.read_parquet(other.files["person"])["master_id"]).isdisjoint(person["master_id"])
+
+
+def test_export_writes_typed_parquet_and_a_data_dictionary(
+    city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    out = access.export(city, tmp_path / "x")
+    assert set(out.files) == {v.export_name for v in access.VIEWS}
+    schema = pq.read_schema(out.files["person"])
+    assert str(schema.field("birth_date").type) == "date32[day]"
+    assert schema.field("id_number").metadata[b"description"].decode() == "公民身份号码"
+    assert str(pq.read_schema(out.files["enterprise"]).field("registered_capital").type) == (
+        "decimal128(20, 4)"
+    )
+    dictionary = pd.read_parquet(out.dictionary)
+    row = dictionary.set_index(["table", "column"]).loc[("mdm_person", "phone")]
+    assert bool(row["masked"]) and row["authority"] == "renshe" and row["description"] == "联系电话"
+    assert (tmp_path / "x" / "data_dictionary.csv").is_file()
+    manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    assert manifest["night"] == NIGHT and manifest["role"] == "analyst"
+    with pytest.raises(access.AccessDenied):
+        access.export(city, tmp_path / "y", privileged=True)
+    env.setenv(access.PRIVILEGED_USERS_ENV, audit.os_user())
+    full = access.export(city, tmp_path / "z", privileged=True, views=["v_person"])
+    assert find_clear(_text_of_frame(pd.read_parquet(full.files["person"])))
+
+
+# --- catalog -----------------------------------------------------------------------------------
+
+
+def test_catalog_comes_from_config(city: CityConfig, env: pytest.MonkeyPatch) -> None:
+    resources = {r.resource_id: r for r in build_catalog(city)}
+    assert set(resources) >= {"mdm_person", "mdm_enterprise", "gongan/t_rk_jbxx",
+                              "weijian/PATIENT_INFO", "shuiwu/纳税人登记信息"}  # fmt: skip
+    assert len(resources) == len(access.VIEWS) + sum(len(d.tables) for d in city.departments)
+    assert resources["weijian/PATIENT_INFO"].share_type == "not_shared"
+    assert resources["mdm_enterprise"].share_type_zh == "无条件共享"
+    assert resources["renshe/insured_person"].share_type == "conditional"  # the default
+    gongan = resources["gongan/t_rk_jbxx"]
+    assert gongan.owner == "市公安局" and gongan.update_frequency == "daily"
+    assert "id_number" in gongan.authority_for
+    fields = {f.name: f for f in gongan.fields}
+    assert fields["sfzh"].maps_to == "id_number" and fields["sfzh"].authority == "gongan"
+    person = {f.name: f for f in resources["mdm_person"].fields}
+    assert person["phone"].authority == "renshe" and person["phone"].masked
+    assert person["sex"].masked is None
+    rows = access.run_query(
+        city, "SELECT field, share_type FROM catalog WHERE resource_id = 'weijian/PATIENT_INFO'"
+    ).frame
+    assert len(rows) > 0 and set(rows["share_type"]) == {"not_shared"}
+
+
+def test_share_policy_is_validated(city: CityConfig, tmp_path: Path) -> None:
+    bad = city.model_copy(update={"root": tmp_path})
+    (tmp_path / "config").mkdir()
+    path = tmp_path / "config" / "catalog.yaml"
+    path.write_text("resources:\n  mdm_persons: {share_type: unconditional}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="mdm_persons: no such resource"):
+        access.load_share_policy(bad)
+    path.write_text("resources:\n  mdm_person: {share_type: conditional}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="condition"):
+        access.load_share_policy(bad)
+    path.write_text("privileged_users: [wang]\n", encoding="utf-8")
+    assert access.load_share_policy(bad).privileged_users == ["wang"]
+
+
+# --- explain, audit ----------------------------------------------------------------------------
+
+
+def test_explain_can_be_masked_for_analysts(city: CityConfig) -> None:
+    conflicts = _read(warehouse_url(city), "SELECT master_id FROM mdm_conflict WHERE "
+                      "entity = 'person' AND attribute IN ('phone', 'name')")  # fmt: skip
+    ex = explain(city, conflicts["master_id"].iloc[0])
+    assert find_clear(repr(ex)) != [] or any(a["attribute"] == "name" for a in ex.attributes)
+    masked = access.mask_explanation(ex)
+    assert find_clear(repr(masked)) == []
+    name = next(a for a in ex.attributes if a["attribute"] == "name")["value"]
+    assert name not in repr(masked)
+    assert any(n.startswith("conflict:") for n in masked.notes)
+
+
+def test_audit_rows_for_each_action(
+    city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env.setenv("GOVMDM_USER", "王芳")
+    access.run_query(city, "SELECT count(*) FROM v_person")
+    with pytest.raises(access.QueryRefused):
+        access.run_query(city, "SELECT id_number FROM mdm_person WHERE id_number = "
+                         "'350121197403155015'")  # fmt: skip
+    firm = _read(warehouse_url(city), "SELECT master_id, uscc FROM mdm_enterprise").iloc[0]
+    lookup(city, credit_code=firm["uscc"])
+    access.export(city, tmp_path / "audit", views=["v_id_event"])
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        with engine.begin() as conn:  # the review-decision hook: in the decision's transaction
+            audit.record(conn, "review_decide", "person a ~ b", role="platform",
+                         detail={"decision": "link", "decided_by": "王芳"})  # fmt: skip
+        with pytest.raises(RuntimeError), engine.begin() as conn:
+            audit.record(conn, "review_decide", "person c ~ d")
+            raise RuntimeError("the decision failed: its audit row goes too")
+        rows = audit.entries(engine, user="王芳", limit=20)
+        everything = audit.entries(engine, limit=1000)
+    finally:
+        engine.dispose()
+    actions = {(r["action"], r["outcome"]) for r in rows}
+    assert {("query", "ok"), ("query", "refused"), ("lookup", "ok"), ("export", "ok"),
+            ("review_decide", "ok")} <= actions  # fmt: skip
+    assert not any(r["target"] == "person c ~ d" for r in rows)
+    assert any(r["action"] == "publish" and r["who"] for r in everything)
+    lookup_row = next(r for r in rows if r["action"] == "lookup")
+    assert lookup_row["detail"]["master_ids"] == [firm["master_id"]]
+    assert lookup_row["detail"]["os_user"] == audit.os_user()
+    assert find_clear(json.dumps(rows, ensure_ascii=False, default=str)) == []
+    runner = CliRunner()
+    out = runner.invoke(
+        app, ["audit", "list", "--format", "json", "--config", str(ROOT / "config")],
+        env={"GOVMDM_VAR": str(city.var_dir), "GOVMDM_USER": "王芳"},
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    listed = json.loads(out.output)
+    assert listed and {r["who"] for r in listed} == {"王芳"}  # not privileged: own entries only
