@@ -22,7 +22,7 @@ install: $(VENV)/.installed ## create .venv and install govmdm with dev tools
 test: install ## run pytest (extra options via PYTEST_ARGS=...)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-demo: install ## run the end-to-end demo (govmdm demo)
+demo: install ## the nightly DAG through Airflow on the sample city; again = next night
 	$(VENV)/bin/govmdm demo
 
 check: install ## formatting, lint and type checks

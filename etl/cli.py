@@ -346,12 +346,17 @@ def demo(
     persons: Annotated[int, typer.Option(min=10)] = 5000,
     enterprises: Annotated[int, typer.Option(min=5)] = 600,
 ) -> None:
-    """Run a night on the embedded default (SQLite + Parquet under var/): sample city, extract,
-    standardize, link, publish the golden tables, and score them against the sample's truth.
+    """Run a night through Airflow on the embedded default (SQLite + Parquet under var/): the
+    sample city, then the nightly DAG with `airflow dags test` on a project-local Airflow
+    (var/airflow, SQLite metadata database), then what it did and how it scores against the
+    sample's truth.
 
     The first run generates the sample city; each later run applies the next night's changes.
     """
     import json
+    import re
+
+    from etl import night as nightly
 
     city = _load(config)
     out = city.var_dir / "city"
@@ -361,30 +366,99 @@ def demo(
         sample(out=out, persons=persons, enterprises=enterprises, seed=20260630, target=None)
     else:
         sample(out=out, next_night=True, target=None)
-    _probe_sources(city)
-    night = json.loads((out / "city.json").read_text())
-    rid = night["as_of"]  # the sample city's night: reruns of the same night replace its output
-    console.rule(f"[bold]night {rid}: extract")
     try:
-        extract(config=config, run_id=rid, department=None, full=False)
+        _probe_sources(city)
     except typer.Exit:
-        console.print("[yellow]Some departments were flagged; the night goes on without them.")
-    console.rule(f"[bold]night {rid}: standardize")
-    standardize(config=config, run_id=rid, department=None)
+        console.print("[yellow]A source failed the probe: the night flags it and goes on.")
+    rid = json.loads((out / "city.json").read_text())["as_of"]  # the sample city's night
+    console.rule(f"[bold]night {rid}: the nightly DAG, run by Airflow")
+    log = city.var_dir / "airflow" / "logs" / f"demo-night-{rid}.log"
+    started = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
+    with console.status("Airflow: starting (db migrate, pools import, dags test)") as status:
+
+        def show(line: str) -> None:
+            if m := started.search(line):
+                index = f" [{m[2]}]" if m[2] != "-1" else ""
+                status.update(f"Airflow: govmdm_nightly · {m[1]}{index}")
+
+        code, commands = nightly.run_local_night(city, config, rid, log=log, on_line=show)
+    for command in commands:
+        console.print(f"$ {command}", style="dim", highlight=False)
+    summary = nightly.read_summary(city.var_dir, rid)
+    if not summary:
+        console.print(f"[red]The DAG run stopped before its summary; Airflow's log: {log}")
+        raise typer.Exit(1)
+
+    table = Table(title=f"Night {rid} in Airflow (govmdm_nightly)", title_justify="left")
+    numbers = ("rows read", "deleted", "standardized", "rejected", "quality")
+    quality = summary.get("quality", {}).get("departments", {})
+    for col in ("department", "name", "extract", *numbers, "status"):
+        table.add_column(col, justify="right" if col in numbers else "left", overflow="fold")
+    for code_, d in summary["departments"].items():
+        ext, std = d.get("extract", {}), d.get("standardize", {})
+        tables = ext.get("tables", {}).values()
+        modes = sorted({t.get("mode", "?") for t in tables})
+        deleted = sum(t.get("deleted") or 0 for t in tables)
+        status_ = (
+            "[green]ok" if d["status"] == "ok"
+            else f"[red]{d.get('failed_stage')}: {d.get('message', '').splitlines()[0]}"
+        )  # fmt: skip
+        q = quality.get(code_, {})
+        score = "—" if q.get("score") is None else f"{q['score']:.1f} {q.get('grade') or ''}"
+        table.add_row(
+            code_, d.get("name", ""), "/".join(modes) or "—", f"{ext.get('rows', 0):,}",
+            f"{deleted:,}", f"{std.get('standardized', 0):,}", f"{std.get('rejected', 0):,}",
+            score, status_,
+        )  # fmt: skip
+    console.print(table)
+    if linked := summary.get("link"):
+        base = f", on night {linked['base_run']}" if linked.get("base_run") else ""
+        console.print(
+            f"Linked ({linked['mode']}{base}): "
+            + "; ".join(
+                f"{e} {v['records']:,} records, {v['changed']:,} new or changed → "
+                f"{v['masters']:,} masters"
+                for e, v in sorted(linked["entities"].items(), reverse=True)
+            ),
+            highlight=False,
+        )
+    golden = summary["golden"]
+    console.print(
+        f"Golden tables (night {golden['published_run']}): 人口基础库 mdm_person "
+        f"{golden['mdm_person']:,} · 法人基础库 mdm_enterprise {golden['mdm_enterprise']:,}",
+        highlight=False,
+    )
+    if (score := summary.get("quality", {}).get("score")) is not None:
+        console.print(f"Quality (GB/T 36344, mean of the departments): {score:.1f}")
+    if reports := summary.get("reports"):
+        console.print(
+            f"Reports: {reports['directory']}/<department>.html and overview.html — "
+            f"{summary.get('delivery', {}).get('note', 'not sent')}",
+            highlight=False,
+        )
+    if code != 0:
+        flagged = ", ".join(summary["flagged"]) or "a stage failed"
+        console.print(f"[yellow]The DAG run ended failed ({flagged}); the others were published.")
+    console.print(
+        f"Night summary: {nightly.summary_path(city.var_dir, rid)}\n"
+        f"Airflow's log: {log}\nAirflow metadata database: {city.var_dir / 'airflow'}/airflow.db",
+        highlight=False,
+    )
     from master_data import commands as master
 
-    console.rule(f"[bold]night {rid}: link and publish the golden tables")
-    master.consolidate(config=config, run_id=rid, full=False, retrain=False)
     console.rule(f"[bold]night {rid}: against the sample city's truth")
     master.evaluate(config=config, truth=out, as_json=False)
     console.print(
-        "Try: `govmdm explain <master ID | department:key>`, `govmdm review list`. "
-        "Coming in later issues: quality reports, and the night run by Airflow."
+        "Watch the nights in the Airflow UI: `airflow standalone` on var/airflow (dags/README.md). "
+        "Try: `govmdm explain <master ID | department:key>`, `govmdm review list`."
     )
 
 
 # The master-data commands (link, publish, consolidate, explain, review, evaluate) register here.
+from master_data import analyst_commands as _analyst_commands  # noqa: E402, F401
 from master_data import commands as _master_commands  # noqa: E402, F401
+from quality import commands as _quality_commands  # noqa: E402, F401
+from quality import report_commands as _report_commands  # noqa: E402, F401
 
 if __name__ == "__main__":
     app()

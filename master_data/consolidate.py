@@ -264,7 +264,7 @@ def _link_entity(
         not full
         and model is not None
         and base is not None
-        and all((base / f).is_file() for f in _DELTA_CACHES)
+        and all((base / f).is_file() for f in _DELTA_CACHES)  # else: made by an older govmdm
         and (base / "match.json").read_text() == settings_json
     )
     (out / "match.json").write_text(settings_json)
@@ -868,8 +868,12 @@ def state_file(folder: Path, name: str) -> Path:
 
 
 def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """A state table (optionally only ``columns``)."""
-    return feather.read_table(state_file(folder, name), columns=columns)
+    """A state table (optionally only ``columns``); a night linked by an older govmdm has it as
+    Parquet, which is read as well."""
+    path = state_file(folder, name)
+    if not path.is_file() and (old := folder / f"{name}.parquet").is_file():
+        return pq.read_table(old, columns=columns)
+    return feather.read_table(path, columns=columns)
 
 
 def write_state(rows: pa.Table | pd.DataFrame, folder: Path, name: str) -> None:
