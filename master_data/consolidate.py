@@ -374,11 +374,7 @@ def _link_entity(
             [records[HARD_KEY[entity]], _records_frame(all_records, outside)[HARD_KEY[entity]]]
         )
     else:
-        affected_old = (
-            pd.Index(read_state(base, "crosswalk", [RECORD])[RECORD].to_pandas())
-            if base
-            else pd.Index([], dtype=object)
-        )
+        affected_old = pd.Index([], dtype=object)  # only a delta night carries rows over
         edges = fresh
         base_xw_affected = read_state(base, "crosswalk").to_pandas() if base else None
         outside_master = pd.Series(dtype=object)
@@ -1053,15 +1049,15 @@ def _publish_frames(
 ) -> dict[str, pd.DataFrame]:
     """The warehouse rows of the night in ``state``: every row, or (``touched`` given) those of
     the current tables that name a touched master ID, plus the nightly tables' rows."""
-    ids = touched_ids = pd.Index(sorted(touched)) if touched is not None else None
+    ids = pd.Index(sorted(touched)) if touched is not None else None
 
     def rows(folder: Path, name: str, table: str, **extra: str) -> pd.DataFrame:
         data = read_state(folder, name)
         keys = KEY_COLUMNS.get(table)
         if ids is not None and keys:
-            hit = _is_in(data[keys[0]], touched_ids)
+            hit = _is_in(data[keys[0]], ids)
             for k in keys[1:]:
-                hit = pc.or_(hit, _is_in(data[k], touched_ids))
+                hit = pc.or_(hit, _is_in(data[k], ids))
             data = data.filter(hit)
         return data.to_pandas().assign(**extra)
 
