@@ -252,23 +252,47 @@ def extract_department(
     own_state = state is None
     st = state if state is not None else RunState.for_city(city)
     try:
-        result = _extract_department(
-            city,
-            dept,
-            run_id,
-            st,
-            full,
-            chunk_rows,
-            retries,
-            backoff_s,
-            deletion_scan_every_nights,
-            fast_path,
-        )
+        try:
+            result = _extract_department(
+                city,
+                dept,
+                run_id,
+                st,
+                full,
+                chunk_rows,
+                retries,
+                backoff_s,
+                deletion_scan_every_nights,
+                fast_path,
+            )
+        except Exception as exc:  # unforeseen: this department is flagged, the city goes on
+            log.exception("%s: extraction failed", dept.code)
+            result = _unforeseen(city, dept, run_id, st, exc)
         _record(st, run_id, dept, result)
         return result
     finally:
         if own_state:
             st.close()
+
+
+def _unforeseen(
+    city: CityConfig, dept: DepartmentConfig, run_id: str, state: RunState, exc: BaseException
+) -> DepartmentExtract:
+    """A department whose extraction raised something no handler foresaw: nothing of it is
+    kept tonight, its ledger rows say why, and its watermarks stay."""
+    shutil.rmtree(raw_dir(city.var_dir, run_id, dept.code), ignore_errors=True)
+    state.discard_pending(run_id, dept.code)
+    message = _failed_message(dept, None, exc)
+    tables = []
+    for t in dept.tables:
+        committed = state.watermark(dept.code, t.name)
+        value = committed[1] if committed else None
+        mode: Mode = "incremental" if committed else "full"
+        tables.append(
+            TableExtract(t.name, mode, "failed", watermark_before=value, watermark_after=value,
+                         message=f"not extracted: {message}")
+        )  # fmt: skip
+    return DepartmentExtract(dept.code, "failed", tables, message)
 
 
 def detect_deletions(city: CityConfig, dept: DepartmentConfig, run_id: str) -> dict[str, list[str]]:
@@ -442,7 +466,7 @@ def _extract_once(
         conn = engine.connect()
     except sa.exc.DBAPIError as exc:
         raise _ConnectionLost(_first_line(exc)) from exc
-    with conn:
+    try:
         try:
             _begin_read_only(conn)
             live = _check_drift(conn, dept, plans, state)
@@ -468,6 +492,8 @@ def _extract_once(
             if _connection_broken(conn, exc):
                 raise _ConnectionLost(_first_line(exc)) from exc
             raise _TableFailed(None, exc) from exc
+    finally:
+        _close_quietly(conn)
     for p in plans:
         state.save_schema_snapshot(
             run_id,
@@ -476,6 +502,18 @@ def _extract_once(
             {c: live[p.table.name][c][1] for c in p.table.source_columns},
         )
     return out
+
+
+def _close_quietly(conn: sa.Connection) -> None:
+    """Close a source connection that may be dead: a server that terminated the backend makes
+    the closing rollback raise, which must not replace the error that says why (and whether a
+    retry can help)."""
+    try:
+        conn.close()
+    except Exception as exc:
+        log.warning("closing the source connection failed: %s", _first_line(exc))
+        with contextlib.suppress(Exception):
+            conn.invalidate()
 
 
 def _begin_read_only(conn: sa.Connection) -> None:
