@@ -137,11 +137,18 @@ def config_check(
     """Validate config/ and list the departments, their tables and authorities."""
     from etl.config import ConfigError, load_city_config
 
+    from quality.rules import load_quality_rules
+
     try:
-        city = load_city_config(config)
+        city = load_city_config(config, tolerant=True)
     except ConfigError as exc:
         console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
         raise typer.Exit(2) from exc
+    problems = [line for lines in city.broken.values() for line in lines]
+    try:
+        load_quality_rules(city)
+    except ConfigError as exc:
+        problems += exc.problems
     table = Table(title=f"{city.name} ({city.division_code}): {len(city.departments)} departments")
     for col in ("department", "name", "tables", "authority for", "contact"):
         table.add_column(col)
@@ -154,8 +161,20 @@ def config_check(
         tables = ", ".join(f"{t.name} ({t.entity})" for t in d.tables)
         table.add_row(d.code, d.name, tables, auth or "—", f"{d.contact.name} <{d.contact.email}>")
     console.print(table)
+    if problems:
+        broken = f" (departments not run: {', '.join(city.broken)})" if city.broken else ""
+        console.print(
+            f"[red]Configuration has errors{broken}:[/red]\n" + "\n".join(problems),
+            highlight=False,
+        )
     if connect:
-        _probe_sources(city)
+        try:
+            _probe_sources(city)
+        except typer.Exit:
+            if not problems:
+                raise
+    if problems:
+        raise typer.Exit(2)
 
 
 def _probe_sources(city: Any) -> None:
@@ -198,13 +217,18 @@ Departments = Annotated[
 
 
 def _load(config: Path) -> Any:
+    """The city, loaded the way a night loads it: a broken department file flags that
+    department (said here, in red) and the others run; a broken city file stops (exit 2)."""
     from etl.config import ConfigError, load_city_config
 
     try:
-        return load_city_config(config)
+        city = load_city_config(config, tolerant=True)
     except ConfigError as exc:
         console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
         raise typer.Exit(2) from exc
+    for code in city.broken:
+        console.print(f"[red]{city.broken_message(code)}", highlight=False)
+    return city
 
 
 def _run_id(city: Any, run_id: str | None) -> str:
@@ -216,14 +240,26 @@ def _run_id(city: Any, run_id: str | None) -> str:
     return dt.datetime.now(ZoneInfo(city.timezone)).date().isoformat()
 
 
-def _check_departments(city: Any, departments: list[str] | None) -> None:
+def _check_departments(city: Any, departments: list[str] | None) -> list[str] | None:
+    """The departments to run (None: all that load); exits 2 on an unknown code, 1 when every
+    named department's configuration is broken."""
     known = [d.code for d in city.departments]
-    unknown = [d for d in departments or [] if d not in known]
+    broken = [d for d in departments or [] if d in city.broken]
+    if broken and len(broken) == len(departments or []):
+        console.print(f"[red]Not run: the configuration of {', '.join(broken)} is broken (above)")
+        raise typer.Exit(1)
+    unknown = [d for d in departments or [] if d not in known and d not in broken]
     if unknown:
         console.print(
             f"[red]Unknown department {', '.join(unknown)}; configured: {', '.join(known)}"
         )
         raise typer.Exit(2)
+    return [d for d in departments if d in known] if departments else None
+
+
+def _flags_broken(city: Any, departments: list[str] | None) -> bool:
+    """Whether a department this command was asked to run could not load."""
+    return any(d in city.broken for d in departments) if departments else bool(city.broken)
 
 
 @app.command()
@@ -244,13 +280,13 @@ def extract(
     from etl.extract import extract_all
 
     city = _load(config)
-    _check_departments(city, department)
+    runnable = _check_departments(city, department)
     rid = _run_id(city, run_id)
-    chosen = department or [d.code for d in city.departments]
+    chosen = runnable or [d.code for d in city.departments]
     with _progress() as bar:
         task = bar.add_task("departments", total=len(chosen))
         results = extract_all(
-            city, rid, departments=department, full=full,
+            city, rid, departments=runnable, full=full,
             progress=lambda r: bar.advance(task, 1),
         )  # fmt: skip
     table = Table(title=f"Extraction, run {rid}", title_justify="left")
@@ -274,7 +310,7 @@ def extract(
             if r.ok and t.message:
                 console.print(f"[yellow]{r.department}[/yellow]: {t.message}", highlight=False)
     console.print(f"Raw Parquet: {city.var_dir / 'raw' / f'run={rid}'}")
-    if not all(r.ok for r in results):
+    if not all(r.ok for r in results) or _flags_broken(city, department):
         raise typer.Exit(1)
 
 
@@ -301,7 +337,7 @@ def standardize(
     from etl.standardize import standardize_all
 
     city = _load(config)
-    _check_departments(city, department)
+    department = _check_departments(city, department)
     rid = _run_id(city, run_id)
     with _progress() as bar:
         tasks: dict[str, Any] = {}
@@ -333,7 +369,7 @@ def standardize(
         if r.message:
             console.print(f"[yellow]{r.department}[/yellow]: {r.message}", highlight=False)
     console.print(f"Canonical Parquet: {city.var_dir / 'canonical' / f'run={rid}'}")
-    if any(r.status == "failed" for r in results):
+    if any(r.status == "failed" for r in results) or _flags_broken(city, department):
         raise typer.Exit(1)
 
 

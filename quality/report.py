@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jinja2
 import sqlalchemy as sa
@@ -596,6 +596,7 @@ def overview_data(
         )
     reported = {r["code"] for r in rows}
     missing = [{"code": c, "name": n} for c, n in names.items() if c not in reported]
+    alerts = platform_alerts(city, night.run_id)
     counts = {s: sum(r["headline"]["status"] == s for r in rows) for s in HEADLINES}
     worst = next((s for s in reversed(list(HEADLINES)) if counts[s]), "passed")
     if missing:
@@ -607,6 +608,9 @@ def overview_data(
     ]
     if missing:
         reasons.append(f"{len(missing)} 个已配置部门今晚没有质量检查结果")
+    if alerts:
+        worst = worst if _rank(worst) > _rank("attention") else "attention"
+        reasons.append(f"{len(alerts)} 项平台或配置问题需要数据工程团队处理（不计入部门得分）")
     return {
         "report": "overview",
         "schema_version": SCHEMA_VERSION,
@@ -621,8 +625,30 @@ def overview_data(
             if r["held_back_rules"]
         ],
         "without_results": missing,
+        "alerts": alerts,
         "counts": counts,
     }
+
+
+ALERT_LABELS: Final = {
+    "config": "部门配置文件有误，该部门今晚未运行",
+}
+
+
+def platform_alerts(city: CityConfig, run_id: str) -> list[dict[str, Any]]:
+    """What data engineering must act on tonight that is no department's data fault (a broken
+    department file, …): ``{code, name, kind, label, message}`` each, never scored."""
+    alerts = [
+        {
+            "code": code,
+            "name": code,
+            "kind": "config",
+            "label": ALERT_LABELS["config"],
+            "message": "\n".join(problems),
+        }
+        for code, problems in city.broken.items()
+    ]
+    return alerts
 
 
 def _rank(status: str) -> int:
