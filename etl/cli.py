@@ -136,7 +136,6 @@ def config_check(
 ) -> None:
     """Validate config/ and list the departments, their tables and authorities."""
     from etl.config import ConfigError, load_city_config
-
     from quality.rules import load_quality_rules
 
     try:
