@@ -313,6 +313,81 @@ def extract(
         raise typer.Exit(1)
 
 
+@app.command("accept-deletions")
+def accept_deletions(
+    department: Annotated[str, typer.Option("--department", "-d", help="The department.")],
+    reason: Annotated[
+        str, typer.Option(help="Why the deletion is real (who confirmed it, the ticket).")
+    ],
+    table: Annotated[
+        str | None, typer.Option(help="The table (default: the department's only table).")
+    ] = None,
+    rows: Annotated[
+        int | None,
+        typer.Option(min=1, help="Deletions to accept (default: what the last night held)."),
+    ] = None,
+    config: ConfigDir = Path("config"),
+) -> None:
+    """Accept a mass deletion that held a department's batch back: the next night lets it
+    through and the base libraries drop the deleted rows.
+
+    A night that deletes more than a table's `max_deleted_share` of its keys (or empties it)
+    holds the department's batch back; once the department confirms the deletion is real, run
+    this. It is written to the audit log (`govmdm audit list`) with your login and the reason.
+    """
+    from etl import audit
+    from etl.state import RunState, warehouse_url
+
+    city = _load(config)
+    runnable = _check_departments(city, [department]) or [department]
+    dept = city.department(runnable[0])
+    names = [t.name for t in dept.tables]
+    if table is None and len(names) > 1:
+        console.print(f"[red]{dept.code} has several tables: name one with --table ({names})")
+        raise typer.Exit(2)
+    chosen = table or names[0]
+    if chosen not in names:
+        console.print(f"[red]{dept.code} has no table {chosen!r}; its tables: {names}")
+        raise typer.Exit(2)
+    with RunState.for_city(city) as state:
+        held = [
+            r
+            for r in state.ledger()
+            if r["department"] == dept.code
+            and r["table_name"] == chosen
+            and r["deletion_guard"] == "held"
+        ]
+        last = held[-1] if held else None
+        count = rows or (int(last["rows_deleted"]) if last else 0)
+        if not count:
+            console.print(
+                f"[red]No night held a deletion of {dept.code} {chosen!r} back; give --rows to "
+                "accept one in advance"
+            )
+            raise typer.Exit(2)
+        state.accept_deletions(
+            dept.code,
+            chosen,
+            count,
+            by=audit.who(),
+            reason=reason,
+            held_run_id=last["run_id"] if last else None,
+        )
+    audit.record(
+        warehouse_url(city),
+        "accept_deletions",
+        f"{dept.code}.{chosen}",
+        role="platform",
+        row_count=count,
+        detail={"reason": reason, "held_run_id": last["run_id"] if last else None},
+    )
+    console.print(
+        f"Accepted: the next night may delete up to {count:,} rows of {dept.code} {chosen!r} "
+        f"beyond its limit (by {audit.who()}, audited).",
+        highlight=False,
+    )
+
+
 def _raw_rows(city: Any, run_id: str, department: str, table: str) -> int:
     import pyarrow.parquet as pq
 

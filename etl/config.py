@@ -289,6 +289,14 @@ class TableConfig(_Strict):
     columns: dict[str, ColumnMapping] = Field(
         min_length=1, description="source column → canonical field (or mapping)"
     )
+    max_deleted_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="the largest share of the table's keys one night may delete before its "
+        "batch is held back for data engineering to confirm (a table emptied is always held), "
+        "e.g. 0.05",
+    )
 
     @field_validator("columns")
     @classmethod

@@ -99,6 +99,8 @@ class TableExtract:
     rows_deleted: int | None = None  # None: no key scan tonight
     rows_unchanged: int = 0  # read again at the watermark or NULL-stamped, same version: dropped
     rows_late: int = 0  # found by the key scan with a stamp below the watermark, read tonight
+    keys_before: int | None = None  # keys in the committed key set (None: no key scan)
+    deletion_guard: str | None = None  # held | accepted: deletions above the table's limit
     deleted_path: Path | None = None
     message: str | None = None
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -418,11 +420,50 @@ def _extract_department(
     finally:
         engine.dispose()
     for p, t in zip(plans, tables, strict=True):
+        _guard_deletions(state, run_id, dept, p.table, t)
+    for p, t in zip(plans, tables, strict=True):
         if t.watermark_after is not None:
             state.propose_watermark(
                 run_id, dept.code, p.table.name, p.table.change_column, t.watermark_after
             )
     return DepartmentExtract(dept.code, "ok", tables, None, attempt)
+
+
+def _guard_deletions(
+    state: RunState, run_id: str, dept: DepartmentConfig, table: TableConfig, t: TableExtract
+) -> None:
+    """Mark a deletion above the table's limit (``max_deleted_share`` of its keys, or every
+    key) ``held``: its department's delivery rule then holds the batch back, as a blocking
+    rule does, until data engineering accepts it (``govmdm accept-deletions``); an accepted one
+    is ``accepted`` and goes through."""
+    gone, before = t.rows_deleted, t.keys_before
+    if not gone or not before:
+        return
+    share = gone / before
+    if gone < before and share <= table.max_deleted_share:
+        return
+    what = (
+        f"every one of its {before:,} rows is gone"
+        if gone == before
+        else f"{gone:,} of its {before:,} rows ({share:.1%}) are gone, above the limit of "
+        f"{table.max_deleted_share:.0%} (config key max_deleted_share of {table.name!r})"
+    )
+    allowance = state.deletion_allowance(run_id, dept.code, table.name)
+    limit = int(before * table.max_deleted_share)
+    if allowance is not None and gone <= allowance[0] + limit:
+        t.deletion_guard = "accepted"
+        note = f"{what}; accepted by {allowance[1]} (govmdm accept-deletions), so they go through"
+    else:
+        t.deletion_guard = "held"
+        note = (
+            f"{what}. The department's batch is held back and the base libraries keep its rows "
+            f"until this is explained. Fix: ask {dept.contact.name} <{dept.contact.email}> "
+            f"whether the rows were really deleted; if they were, run `govmdm accept-deletions "
+            f"-d {dept.code} --table {table.name} --reason <who confirmed it>` and the next "
+            "night lets the deletion through; if not, have the rows restored"
+        )
+    t.message = f"{t.message}\n{note}" if t.message else note
+    log.warning("%s: %s: %s", dept.code, table.name, note)
 
 
 def _plan(
@@ -765,6 +806,10 @@ def _extract_table(
         _write_key_set(keys_out, [pc.unique(union)], plan.nights_since_scan)
     if plan.mode == "full" or plan.scan_keys:
         gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
+        committed = key_set_path(city.var_dir, dept.code, t.name)
+        result.keys_before = (
+            pq.ParquetFile(committed).metadata.num_rows if committed.is_file() else 0
+        )
         target = deleted_path(city.var_dir, run_id, dept.code, t.name)
         with ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
             sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
@@ -1401,6 +1446,8 @@ def _record(
                 rows_deleted=t.rows_deleted,
                 rows_unchanged=t.rows_unchanged,
                 rows_late=t.rows_late,
+                keys_before=t.keys_before,
+                deletion_guard=t.deletion_guard,
             )
             for t in result.tables
         ]

@@ -44,7 +44,7 @@ import jinja2
 import sqlalchemy as sa
 
 from etl.config import CityConfig
-from etl.state import warehouse_url
+from etl.state import RunState, warehouse_url
 from etl.warehouse import conflict_table, engine_for
 from quality.masking import find_clear, mask_id, mask_key, mask_name, mask_phone, mask_text
 from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
@@ -632,6 +632,7 @@ def overview_data(
 
 ALERT_LABELS: Final = {
     "config": "部门配置文件有误，该部门今晚未运行",
+    "mass_deletion": "源表出现超限的批量删除，本批数据已暂扣",
 }
 
 
@@ -648,6 +649,20 @@ def platform_alerts(city: CityConfig, run_id: str) -> list[dict[str, Any]]:
         }
         for code, problems in city.broken.items()
     ]
+    names = {d.code: d.name for d in city.departments}
+    with RunState.for_city(city) as state:
+        ledger = state.ledger(run_id)
+    for row in ledger:
+        if row.get("deletion_guard") == "held":
+            alerts.append(
+                {
+                    "code": row["department"],
+                    "name": names.get(row["department"], row["department"]),
+                    "kind": "mass_deletion",
+                    "label": ALERT_LABELS["mass_deletion"],
+                    "message": f"{row['table_name']}: {row['message']}",
+                }
+            )
     return alerts
 
 

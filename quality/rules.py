@@ -355,7 +355,49 @@ def load_quality_rules(city: CityConfig, quality_dir: str | Path | None = None) 
             )
     if problems:
         raise ConfigError(problems)
-    return QualityRules(tuple(rules))
+    return QualityRules((*rules, *deletion_rules(city)))
+
+
+DELETION_RULE: Final = "{code}-DEL{index:02d}"
+"""The ID of the built-in mass-deletion rule of each department table."""
+
+
+def deletion_rules(city: CityConfig) -> list[Rule]:
+    """The built-in rule on every department table: a night may not delete more than the
+    table's ``max_deleted_share`` of its keys (nor empty it) unless data engineering accepted
+    it (``govmdm accept-deletions``). Blocking: the batch is held back and the base libraries
+    keep the department's rows; its report says why."""
+    out = []
+    for dept in city.departments:
+        for i, table in enumerate(dept.tables):
+            out.append(
+                Rule(
+                    id=DELETION_RULE.format(code=dept.code, index=i + 1),
+                    department=dept.code,
+                    kind="delivery",
+                    dimension="完整性",
+                    severity="blocking",
+                    threshold=table.max_deleted_share,
+                    description=(
+                        f"一晚之内删除的记录不应超过全表的 {table.max_deleted_share:.0%}，"
+                        "也不应整表清空；超过时本批数据暂扣，基础库保留上一晚的数据，待核实"
+                    ),
+                    fix=(
+                        "如系误删或导出程序故障（例如前置表被清空后重新导入了一部分），请恢复"
+                        "数据后重新推送；如确为真实的批量删除，请书面告知数据工程团队，由其执行"
+                        "确认命令后放行"
+                    ),
+                    target=table.name,
+                    entity=table.entity,
+                    field=None,
+                    column=None,
+                    golden=False,
+                    source_file=dept.source_file or city.root / "config",
+                    table_department=dept.code,
+                    check="deletions",
+                )
+            )
+    return out
 
 
 def _resolve_file(

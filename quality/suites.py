@@ -508,6 +508,8 @@ def _from_check(night: _Night, rule: Rule, c: CheckResult) -> RuleResult:
 
 
 def _delivery(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> RuleResult:
+    if rule.check == "deletions":
+        return _deletions(night, rule, entry)
     if rule.check == "schema":
         if entry is None:
             return _not_run(night, rule, "今晚没有该表的抽取记录，表结构未能检查")
@@ -523,6 +525,30 @@ def _delivery(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> Rul
         return _result(night, rule, "failed", 1, 1, (), message)
     return _result(
         night, rule, "passed", 1, 0, (), f"今晚已抽取 {entry['rows_read']:,} 行（{entry['mode']}）"
+    )
+
+
+def _deletions(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> RuleResult:
+    """The built-in mass-deletion rule (:func:`quality.rules.deletion_rules`)."""
+    if entry is None or entry["status"] != "ok":
+        return _not_run(night, rule, f"{_not_extracted(entry)}，无法判断删除量")
+    gone, before = entry.get("rows_deleted"), entry.get("keys_before")
+    if gone is None or not before:
+        return _result(night, rule, "passed", 1, 0, (), "今晚未核对删除（未做主键比对或首次抽取）")
+    share = gone / before
+    scale = "整表被清空" if gone == before else f"占 {share:.1%}"
+    said = f"今晚发现 {gone:,} 行在源表中被删除（此前共 {before:,} 行，{scale}"
+    guard = entry.get("deletion_guard")
+    if guard == "held":
+        message = (
+            f"{said}，超过允许的 {rule.threshold:.0%}）。本批数据已暂扣，基础库保留上一晚的"
+            "数据；数据工程团队已收到提醒，核实后方可放行"
+        )
+        return _result(night, rule, "failed", 1, 1, (), message)
+    if guard == "accepted":
+        return _result(night, rule, "passed", 1, 0, (), f"{said}），已由数据工程团队确认放行")
+    return _result(
+        night, rule, "passed", 1, 0, (), f"{said}），未超过允许的 {rule.threshold:.0%}）"
     )
 
 
