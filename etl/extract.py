@@ -338,6 +338,8 @@ class _Plan:
     since: str | None  # the value to read from; None reads everything
     scan_keys: bool
     nights_since_scan: int
+    rebuild: str | None = None  # why the key set is rebuilt by a full read tonight
+    published_keys: pa.Array | None = None  # what deletions are found against then
 
 
 def _extract_department(
@@ -480,8 +482,19 @@ def _plan(
     # A watermark kept for another change column says nothing about this one.
     incremental = not full and committed is not None and committed[0] == table.change_column
     keys = key_set_path(city.var_dir, dept.code, table.name)
+    rebuild = None
+    if committed is not None:  # a night was published: its key and seen sets must be there
+        rebuild = _check_state_file(keys, "key set") or _check_state_file(
+            seen_set_path(city.var_dir, dept.code, table.name), "seen set", optional=True
+        )
     nights = _nights_since_scan(keys) if keys.is_file() else None
     scan = nights is None or nights + 1 >= scan_every
+    if rebuild is not None:
+        log.warning("%s: %s: %s", dept.code, table.name, rebuild)
+        return _Plan(
+            index, table, "full", value, None, scan_keys=False, nights_since_scan=0,
+            rebuild=rebuild, published_keys=_published_keys(state, dept.code, table.name),
+        )  # fmt: skip
     return _Plan(
         index,
         table,
@@ -491,6 +504,32 @@ def _plan(
         scan_keys=incremental and scan,
         nights_since_scan=0 if (not incremental or scan or nights is None) else nights + 1,
     )
+
+
+def _check_state_file(path: Path, what: str, *, optional: bool = False) -> str | None:
+    """None if the state file reads whole; else why not (a damaged one is moved aside, named,
+    so that tonight rebuilds it and nothing mistakes it for good state again)."""
+    if not path.is_file():
+        return None if optional else f"its {what} {path} is missing"
+    try:
+        pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        os.replace(path, aside)
+        return f"its {what} {path} is damaged ({type(exc).__name__}: {exc}); moved to {aside}"
+    return None
+
+
+def _published_keys(state: RunState, department: str, table: str) -> pa.Array:
+    """The source keys of a table that the published golden tables hold (its crosswalk)."""
+    from etl.warehouse import crosswalk_table
+
+    x = crosswalk_table.c
+    if not sa.inspect(state.engine).has_table(crosswalk_table.name):
+        return pa.array([], pa.string())
+    query = sa.select(x.source_key).where(x.department == department, x.source_table == table)
+    with state.engine.connect() as conn:
+        return pa.array([k for (k,) in conn.execute(query)], pa.string())
 
 
 def _extract_once(
@@ -805,11 +844,23 @@ def _extract_table(
         )
         _write_key_set(keys_out, [pc.unique(union)], plan.nights_since_scan)
     if plan.mode == "full" or plan.scan_keys:
-        gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
         committed = key_set_path(city.var_dir, dept.code, t.name)
-        result.keys_before = (
-            pq.ParquetFile(committed).metadata.num_rows if committed.is_file() else 0
-        )
+        if plan.published_keys is not None:  # rebuilt: deletions are what the master still has
+            after = pq.read_table(keys_out, columns=[ROW_KEY]).column(ROW_KEY)
+            before = plan.published_keys
+            lost = pc.filter(before, pc.invert(pc.is_in(before, value_set=after)))
+            gone = sorted(lost.to_pylist())
+            result.keys_before = len(before)
+            note = (
+                f"{plan.rebuild}. The table was read in full to rebuild it, and {len(gone):,} "
+                "row(s) the base libraries still held were found deleted at the source"
+            )
+            result.message = f"{result.message}\n{note}" if result.message else note
+        else:
+            gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
+            result.keys_before = (
+                pq.ParquetFile(committed).metadata.num_rows if committed.is_file() else 0
+            )
         target = deleted_path(city.var_dir, run_id, dept.code, t.name)
         with ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
             sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))

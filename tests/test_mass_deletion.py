@@ -112,3 +112,35 @@ def test_a_truncated_table_is_held_and_a_small_deletion_is_not(var: Path) -> Non
     report = json.loads((var / "reports" / "run=n3" / "shuiwu.json").read_text())
     assert report["headline"]["status"] == "held_back"
     assert cut == 20
+
+
+# --- damaged or lost key sets ----------------------------------------------------------------
+
+
+def test_a_damaged_or_lost_key_set_is_named_and_rebuilt_and_deletions_still_reach_the_master(
+    var: Path,
+) -> None:
+    _night("n1")
+    before = _crosswalk(var)
+    keys = var / "state" / "keys"
+    (keys / "gongan" / "t_rk_jbxx.parquet").write_bytes(b"not parquet")
+    (keys / "minzheng" / "社会救助对象.parquet").unlink()
+    with sqlite3.connect(var / "city" / "sources" / "minzheng.sqlite") as conn:
+        conn.execute(
+            "DELETE FROM 社会救助对象 WHERE rowid IN (SELECT rowid FROM 社会救助对象 LIMIT 1)"
+        )
+    result = CliRunner().invoke(app, ["extract", "--config", CONFIG, "--run-id", "n2"])
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert f"its key set {keys / 'gongan' / 't_rk_jbxx.parquet'} is damaged (ArrowInvalid" in flat
+    assert "minzheng" in flat and "is missing" in flat and "1 row(s) the base libraries" in flat
+    assert list((keys / "gongan").glob("t_rk_jbxx.parquet.damaged-*"))
+    codes = _night("n2")
+    assert codes["consolidate"] == 0
+    after = _crosswalk(var)
+    assert after["minzheng"] == before["minzheng"] - 1  # the deletion was not lost
+    assert {k: v for k, v in after.items() if k != "minzheng"} == {
+        k: v for k, v in before.items() if k != "minzheng"
+    }
+    assert (keys / "gongan" / "t_rk_jbxx.parquet").is_file()  # rebuilt on publish
+    assert _night("n3")["extract"] == 0
