@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -1284,6 +1285,31 @@ def _float_text(value: float) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete the temp files of ``path`` (``.<name>.<PID>.tmp``) left by writers that were
+    killed; a file whose process still runs (a concurrent writer) is left alone. Returns what
+    was deleted."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
 class ParquetSink:
     """Writes tables to ``path`` in row groups of about ``chunk_rows`` rows; the file appears
     only on success (temp file, then rename)."""
@@ -1294,6 +1320,7 @@ class ParquetSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        remove_stale_temp_files(path)
         self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
         self.chunk_rows = chunk_rows
         # Dictionary pages cost more than they save on mostly distinct text (zstd finds the

@@ -307,7 +307,11 @@ def validate(config: str | Path, department: str, run_id: str) -> dict[str, Any]
     city = load_city_config(config, tolerant=True)
     _department(city, run_id, department, "validate")
     own = QualityRules(
-        tuple(r for r in load_quality_rules(city) if r.table_department == department)
+        tuple(
+            r
+            for r in load_quality_rules(city, every_department=False)
+            if r.table_department == department
+        )
     )
     blocking = [r.id for r in own if r.blocking and r.stage in ("batch", "ledger")]
     if department in held_departments(city, run_id, rules=own):

@@ -286,7 +286,7 @@ def held_departments(
     >>> held_departments(city, "2026-07-01")
     set()
     """
-    rules = rules if rules is not None else load_quality_rules(city)
+    rules = rules if rules is not None else load_quality_rules(city, every_department=False)
     blocking = [r for r in rules if r.blocking and r.stage in ("batch", "ledger")]
     night = _Night.open(city, run_id, None)
     try:

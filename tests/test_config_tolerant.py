@@ -180,3 +180,39 @@ def test_failure_callbacks_mail_even_when_the_config_is_broken(
     else:
         assert "configuration error" in mail["html_content"]
     assert sys.modules["govmdm_wiring"] is wiring
+
+
+def test_a_department_without_quality_rules_fails_the_check_but_not_consolidate(
+    broken: Path,
+) -> None:
+    config = broken.parent / "noquality" / "config"
+    shutil.copytree(ROOT / "config", config)
+    (config / "quality" / "weijian.yaml").unlink()
+    runner = CliRunner()
+    check = runner.invoke(app, ["config", "check", "--config", str(config), "--connect"])
+    assert check.exit_code == 2
+    assert "weijian.yaml: (file): department weijian" in " ".join(check.output.split())
+    for stage in ("extract", "standardize", "consolidate"):
+        result = runner.invoke(app, [stage, "--config", str(config), "--run-id", "n1"])
+        assert result.exit_code == 0, (stage, result.output)
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    quality = runner.invoke(app, ["quality", "--config", str(config), "--run-id", "n1"])
+    assert quality.exit_code == 2 and "weijian.yaml" in quality.output
+
+
+def test_quality_exits_1_when_rules_could_not_run(broken: Path, monkeypatch: Any) -> None:
+    good = broken.parent / "q" / "config"
+    shutil.copytree(ROOT / "config", good)
+    runner = CliRunner()
+    for stage in ("extract", "standardize", "consolidate"):
+        assert runner.invoke(app, [stage, "--config", str(good), "--run-id", "n1"]).exit_code == 0
+    ok = runner.invoke(app, ["quality", "--config", str(good), "--run-id", "n1"])
+    assert ok.exit_code in (0, 1)
+    monkeypatch.setenv("GOVMDM_CONN_WEIJIAN", "sqlite:////nonexistent/weijian.sqlite")
+    for stage in ("extract", "standardize"):
+        runner.invoke(app, [stage, "--config", str(good), "--run-id", "n2"])
+    result = runner.invoke(
+        app, ["quality", "--config", str(good), "--run-id", "n2", "-d", "weijian"]
+    )
+    assert result.exit_code == 1, result.output
+    assert "Not extracted tonight" in result.output and "weijian" in result.output

@@ -99,3 +99,57 @@ def test_a_backend_terminated_during_copy_is_retried_and_the_others_go_on(
         ledger = {r["department"]: r for r in state.ledger("n1")}
     assert set(ledger) == set(CODES)
     assert ledger["gongan"]["rows_read"] == total
+
+
+def test_sample_next_night_on_postgresql_keeps_keys_in_their_columns(
+    tmp_path: Path, pg_server_url: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from etl.cli import app
+
+    name = f"govmdm_test_{uuid.uuid4().hex[:10]}"
+    base = sa.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    out = tmp_path / "city"
+    runner = CliRunner()
+    try:
+        first = ["sample", "--persons", "300", "--enterprises", "60", "--seed", "1"]
+        result = runner.invoke(app, [*first, "--out", str(out), "--target", base])
+        assert result.exit_code == 0, result.output
+        for night in (1, 2, 3):
+            result = runner.invoke(
+                app, ["sample", "--next-night", "--out", str(out), "--target", base]
+            )
+            assert result.exit_code == 0, result.output
+            assert f"Night {night} " in result.output
+        engine = sa.create_engine(target_url(base, "shichang"))
+        with engine.connect() as conn:
+            lengths = conn.exec_driver_sql("SELECT DISTINCT length(nbxh) FROM t_qy_djxx").all()
+        engine.dispose()
+        assert [tuple(r) for r in lengths] == [(16,)]
+    finally:
+        for code in CODES:
+            drop_database(target_url(base, code))
+
+
+def test_temp_files_of_killed_writers_are_removed_and_a_live_writers_are_not(out: Path) -> None:
+    import subprocess
+
+    generate_city(out, persons=300, enterprises=60, seed=1)
+    city = load_city_config(ROOT / "config")
+    folder = city.var_dir / "raw" / "run=n1" / "department=gongan"
+    folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        killed = folder / f".t_rk_jbxx.parquet.{dead.pid}.tmp"
+        running = folder / f".t_rk_jbxx.parquet.{live.pid}.tmp"
+        for path in (killed, running):
+            path.write_bytes(b"half a parquet file")
+        result = extract_all(city, "n1", departments=["gongan"])
+        assert result[0].status == "ok"
+        assert not killed.exists() and running.exists()
+    finally:
+        live.kill()
+        live.wait()
