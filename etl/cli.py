@@ -443,7 +443,7 @@ def standardize(
         if r.message:
             console.print(f"[yellow]{r.department}[/yellow]: {r.message}", highlight=False)
     console.print(f"Canonical Parquet: {city.var_dir / 'canonical' / f'run={rid}'}")
-    if any(r.status == "failed" for r in results) or _flags_broken(city, department):
+    if any(r.status in ("failed", "config") for r in results) or _flags_broken(city, department):
         raise typer.Exit(1)
 
 

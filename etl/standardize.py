@@ -107,7 +107,7 @@ class DepartmentStandardized:
     rejected: int = 0
     reject_reasons: Counter[str] = field(default_factory=Counter)
     field_reasons: Counter[str] = field(default_factory=Counter)
-    status: str = "ok"  # ok | skipped | failed
+    status: str = "ok"  # ok | skipped | failed | config
     message: str = ""
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -117,6 +117,21 @@ class DepartmentStandardized:
         return self.rows_read == self.standardized + self.rejected
 
 
+UNPARSEABLE: frozenset[str] = frozenset(
+    {"date_unparseable", "code_unmapped", "change_value_unparseable", "sex_invalid",
+     "ethnicity_invalid", "capital_invalid"}
+)  # fmt: skip
+"""Reason codes that say a value could not be read the way the configuration says it is
+written; when every value of a column has one, the configuration is what is wrong."""
+CONFIG_SUSPECT_ROWS = 20
+"""A column is judged misconfigured only with at least this many filled values tonight."""
+
+
+class ConfigSuspected(RuntimeError):
+    """Every value of a column was unreadable: a configuration error for data engineering,
+    not the department's data."""
+
+
 class ReconciliationError(RuntimeError):
     """Rows read ≠ rows standardized + rows rejected: a row went missing or was doubled."""
 
@@ -124,6 +139,14 @@ class ReconciliationError(RuntimeError):
 def canonical_dir(var_dir: Path, run_id: str, department: str) -> Path:
     """Where one department's canonical output of one run lives."""
     return var_dir / "canonical" / f"run={run_id}" / f"department={department}"
+
+
+def problem_path(var_dir: Path, run_id: str, department: str) -> Path:
+    """Where a configuration problem standardization found is noted for data engineering
+    (beside the department's folder: it outlives a flagged department's output)."""
+    path = canonical_dir(var_dir, run_id, department).with_name(f"department={department}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # --- one row -------------------------------------------------------------------------------
@@ -285,6 +308,7 @@ def standardize_department(
         )
         return result
     file_meta = {"run_id": run_id, "department": dept.code}
+    problem_path(city.var_dir, run_id, dept.code).unlink(missing_ok=True)
     try:
         # every sink renames into place on success and removes its temp file on failure
         with contextlib.ExitStack() as stack:
@@ -309,6 +333,14 @@ def standardize_department(
                     f"{dept.code}: reconciliation failed: read {result.rows_read} rows but "
                     f"standardized {result.standardized} and rejected {result.rejected}"
                 )
+    except ConfigSuspected as exc:
+        result.status = "config"
+        result.message = str(exc)
+        problem_path(city.var_dir, run_id, dept.code).write_text(
+            json.dumps({"department": dept.code, "message": str(exc)}, ensure_ascii=False),
+            encoding="utf-8",
+        )
+        return result
     except Exception as exc:  # one department's failure is that department's problem
         log.exception("standardizing %s failed", dept.code)
         result.status = "failed"
@@ -329,10 +361,16 @@ def _standardize_table(
     progress: Callable[[str, int], None] | None,
 ) -> None:  # fmt: skip
     """Standardize one raw table into its entity's sink and the rejects sink, counting."""
+    filled: Counter[str] = Counter()  # column → values given
+    unreadable: Counter[str] = Counter()  # column → values its configuration cannot read
+    examples: dict[str, str] = {}
+    columns = {m.field: c for c, m in table.columns.items() if m.field}
+    columns[table.change_column] = table.change_column
     for rows in _raw_batches(path, batch_rows):
         good, bad = [], []
         for raw in rows:
             canon, reasons, usable = standardize_row(entity, table, raw, ctx)
+            _count_readable(table, raw, reasons, columns, filled, unreadable, examples)
             meta = {
                 "department": result.department, "source_table": table.name,
                 "source_key": raw["_row_key"], "run_id": run_id,
@@ -352,6 +390,46 @@ def _standardize_table(
         result.rejected += len(bad)
         if progress:
             progress(result.department, len(rows))
+    for column, given in filled.items():
+        if given >= CONFIG_SUSPECT_ROWS and unreadable[column] == given:
+            raise ConfigSuspected(
+                _config_suspect_message(result.department, table, column, given, examples[column])
+            )
+
+
+def _count_readable(
+    table: TableConfig, raw: dict[str, Any], reasons: list[str], columns: dict[str, str],
+    filled: Counter[str], unreadable: Counter[str], examples: dict[str, str],
+) -> None:  # fmt: skip
+    bad = {code.partition(":")[0] for code in reasons if code.partition(":")[2] in UNPARSEABLE}
+    for fld, column in columns.items():
+        value = raw.get(column)
+        if value is None or not str(value).strip():
+            continue
+        filled[column] += 1
+        if fld in bad:
+            unreadable[column] += 1
+            examples.setdefault(column, str(value))
+
+
+def _config_suspect_message(
+    code: str, table: TableConfig, column: str, given: int, example: str
+) -> str:
+    mapping = table.columns.get(column)
+    if column == table.change_column and (mapping is None or mapping.field is None):
+        key, how = "change_kind / change_format", f"change_format {table.change_format!r}"
+    elif mapping is not None and mapping.codes is not None:
+        key, how = f"columns.{column}.codes", "its code table"
+    else:
+        fmt = mapping.format if mapping is not None else None
+        key, how = f"columns.{column}.format", f"format {fmt!r}"
+    return (
+        f"{code}: table {table.name!r}: none of the {given:,} values of column {column!r} can be "
+        f"read with {how} (e.g. {example!r}): a configuration error, not the department's data. "
+        f"Nothing of {code} is published tonight and it is not scored. Fix: correct `{key}` of "
+        f"{table.name!r} in config/departments/{code}.yaml to how the column is written, then "
+        "rerun the night"
+    )
 
 
 def standardize_all(

@@ -75,10 +75,15 @@ def quality(
     errors = [r for r in night.results if r.status == "error"]
     for r in errors:
         console.print(f"[magenta]{r.rule_id}[/magenta]: {r.message}", highlight=False)
-    undelivered = sorted(d for d, q in night.departments.items() if not q.delivered)
+    from quality.suites import UNSTANDARDIZED
+
+    undelivered = sorted(
+        {d for d, q in night.departments.items() if not q.delivered}
+        | {r.department for r in night.results if r.message == UNSTANDARDIZED}
+    )
     if undelivered:
         console.print(
-            f"[bold red]Not extracted tonight, so their batch rules could not run:[/bold red] "
+            f"[bold red]Not extracted or not standardized tonight, so their batch rules could not run:[/bold red] "
             f"{', '.join(undelivered)}",
             highlight=False,
         )

@@ -48,6 +48,7 @@ from etl.state import RunState, warehouse_url
 from etl.warehouse import conflict_table, engine_for
 from quality.masking import find_clear, mask_id, mask_key, mask_name, mask_phone, mask_text
 from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
+from quality.suites import PLATFORM_FAILURE, platform_failure
 
 __all__ = [
     "DEFAULT_NIGHTS",
@@ -474,6 +475,10 @@ def _headline(
     if not rows:
         status = "attention"
         reasons.append("今晚没有本部门的质量检查结果（检查未执行），请联系数据工程团队。")
+    platform = [r for r in unrun if str(r.get("message", "")).startswith(PLATFORM_FAILURE)]
+    if rows and len(platform) == len(rows):
+        reason = "今晚因平台故障未能抽取数据，本晚不评分，不计入本部门，无需处理。"
+        return {"status": "attention", "label": HEADLINES["attention"], "reasons": [reason]}
     if held:
         reasons.append(f"阻断级规则未通过（{'、'.join(held)}），本批数据已暂扣，未进入基础库。")
     if serious:
@@ -633,6 +638,8 @@ def overview_data(
 ALERT_LABELS: Final = {
     "config": "部门配置文件有误，该部门今晚未运行",
     "mass_deletion": "源表出现超限的批量删除，本批数据已暂扣",
+    "unreadable_column": "某列全部值无法按配置读取（配置错误），该部门今晚未发布、不评分",
+    "platform": "平台故障：今晚没有任何部门的数据被抽取，本晚不评分",
 }
 
 
@@ -652,6 +659,22 @@ def platform_alerts(city: CityConfig, run_id: str) -> list[dict[str, Any]]:
     names = {d.code: d.name for d in city.departments}
     with RunState.for_city(city) as state:
         ledger = state.ledger(run_id)
+    if (why := platform_failure(ledger)) is not None:
+        alerts.append(
+            {"code": "-", "name": "全部部门", "kind": "platform",
+             "label": ALERT_LABELS["platform"], "message": why}
+        )  # fmt: skip
+    for path in sorted((city.var_dir / "canonical" / f"run={run_id}").glob("department=*.json")):
+        noted = json.loads(path.read_text(encoding="utf-8"))
+        alerts.append(
+            {
+                "code": noted["department"],
+                "name": names.get(noted["department"], noted["department"]),
+                "kind": "unreadable_column",
+                "label": ALERT_LABELS["unreadable_column"],
+                "message": noted["message"],
+            }
+        )
     for row in ledger:
         if row.get("deletion_guard") == "held":
             alerts.append(

@@ -266,12 +266,33 @@ def run_quality(
     )
     night = _Night.open(city, run_id, as_of)
     try:
-        judged = _judge(night, selected)
+        tonight = [r for r in night.ledger if r["run_id"] == run_id]
+        if (why := platform_failure(tonight)) is not None:
+            log.warning("night %s: %s", run_id, why)
+            judged = {r.id: _not_run(night, r, why) for r in selected}
+        else:
+            judged = _judge(night, selected)
         results = tuple(judged[r.id] for r in selected)
         scorecard, summary = _store(night, chosen, results, whole=departments is None)
     finally:
         night.engine.dispose()
     return QualityRun(run_id, night.as_of, results, tuple(scorecard), summary)
+
+
+PLATFORM_FAILURE: Final = (
+    "平台故障：今晚没有任何部门的数据被抽取（数据中心网络、调度或仓库故障），本晚不评分，"
+    "不计入任何部门"
+)
+
+
+def platform_failure(ledger: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a night is the platform's failure and nobody's score (no table of any department
+    was extracted), or None. ``ledger``: the night's ledger rows."""
+    if any(r["status"] == "ok" for r in ledger):
+        return None
+    failed = sorted({r["department"] for r in ledger})
+    seen = f"（抽取记录：{'、'.join(failed)} 均失败）" if failed else "（没有任何抽取记录）"
+    return PLATFORM_FAILURE + seen
 
 
 def held_departments(
@@ -326,7 +347,7 @@ def _source_table(
     if not extracted:
         missing = f"{_not_extracted(entry)}，本规则未运行"
     elif frame is None:
-        missing = "今晚没有标准化结果（标准化失败或未运行），本规则未运行"
+        missing = UNSTANDARDIZED
     elif len(frame) == 0:
         missing = "今晚没有新增或变更的数据行，本规则未运行"
     else:
@@ -365,6 +386,7 @@ def _not_extracted(entry: Mapping[str, Any] | None) -> str:
     return f"今晚未能抽取本部门数据（{_EXTRACTION_STATUS.get(entry['status'], entry['status'])}）"
 
 
+UNSTANDARDIZED: Final = "今晚没有标准化结果（标准化失败或未运行），本规则未运行"
 _UNPUBLISHED = "今晚的主数据尚未发布（或仓库中是其他夜间的数据），本规则未运行"
 
 

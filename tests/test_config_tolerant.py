@@ -215,4 +215,4 @@ def test_quality_exits_1_when_rules_could_not_run(broken: Path, monkeypatch: Any
         app, ["quality", "--config", str(good), "--run-id", "n2", "-d", "weijian"]
     )
     assert result.exit_code == 1, result.output
-    assert "Not extracted tonight" in result.output and "weijian" in result.output
+    assert "could not run" in result.output and "weijian" in result.output
