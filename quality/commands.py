@@ -83,8 +83,8 @@ def quality(
     )
     if undelivered:
         console.print(
-            f"[bold red]Not extracted or not standardized tonight, so their batch rules could not run:[/bold red] "
-            f"{', '.join(undelivered)}",
+            "[bold red]Not extracted or not standardized tonight, so their batch rules could "
+            f"not run:[/bold red] {', '.join(undelivered)}",
             highlight=False,
         )
     console.print("Results: dq_result, dq_scorecard in the warehouse (`govmdm quality --rules`)")
