@@ -610,6 +610,30 @@ def _begin_read_only(conn: sa.Connection) -> None:
         conn.exec_driver_sql("START TRANSACTION READ ONLY, WITH CONSISTENT SNAPSHOT")
     elif backend == "sqlite":
         conn.exec_driver_sql("BEGIN")  # the file is opened read-only (mode=ro)
+        # SQLite stores whatever bytes it is given: one value that is not UTF-8 must not stop
+        # the table. It is read with U+FFFD in place of the bad bytes and standardization
+        # rejects its row (`<column>:invalid_encoding`).
+        raw = conn.connection.driver_connection
+        if raw is not None:
+            raw.text_factory = _lenient_text
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _valid_utf8(table: pa.Table) -> pa.Table:
+    """``table`` with every value that is not UTF-8 decoded with U+FFFD for the bad bytes
+    (COPY from a SQL_ASCII database hands such bytes through untouched)."""
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = column.cast(pa.binary()).to_pylist()
+            fixed = [None if v is None else v.decode("utf-8", "replace") for v in raw]
+            table = table.set_column(i, name, pa.array(fixed, pa.string()))
+    return table
 
 
 # --- drift ---------------------------------------------------------------------------------------
@@ -1100,19 +1124,28 @@ def _read_copy(
         _parse_csv,
         columns=columns,
         booleans=booleans,
-        encoding="utf8" if encoding in ("utf-8", "utf8") else encoding,
+        encoding="utf8" if encoding in ("utf-8", "utf8", "ascii", "sql_ascii") else encoding,
     )
-    # COPY sends one message per row, so a block of whole messages is a block of whole rows:
-    # each block is parsed on its own, off this thread, while the next one is read.
-    block, rows = bytearray(), 0
-    for row in _copy_rows(raw, statement.as_bytes(raw)):
-        block += row
-        rows += 1
-        if rows >= chunk_rows or len(block) >= _COPY_BLOCK_BYTES:
+    # A SQL_ASCII database holds any bytes, and the server refuses to send the ones that are
+    # not UTF-8 as UTF-8: during the COPY take them as they are (_parse_csv marks the bad ones).
+    as_is = raw.info.parameter_status("server_encoding") == "SQL_ASCII"
+    if as_is:
+        conn.exec_driver_sql("SET LOCAL client_encoding = 'SQL_ASCII'")
+    try:
+        # COPY sends one message per row, so a block of whole messages is a block of whole
+        # rows: each block is parsed on its own, off this thread, while the next one is read.
+        block, rows = bytearray(), 0
+        for row in _copy_rows(raw, statement.as_bytes(raw)):
+            block += row
+            rows += 1
+            if rows >= chunk_rows or len(block) >= _COPY_BLOCK_BYTES:
+                yield functools.partial(decode, block, rows)
+                block, rows = bytearray(), 0
+        if rows:
             yield functools.partial(decode, block, rows)
-            block, rows = bytearray(), 0
-    if rows:
-        yield functools.partial(decode, block, rows)
+    finally:
+        if as_is and not raw.broken:
+            conn.exec_driver_sql("SET LOCAL client_encoding = 'UTF8'")
 
 
 def _copy_rows(raw: Any, statement: bytes) -> Iterator[memoryview]:
@@ -1206,6 +1239,7 @@ def _parse_csv(
     )
     if table.num_rows != rows:
         raise ValueError(f"COPY sent {rows} rows but {table.num_rows} were parsed")
+    table = _valid_utf8(table)
     for c in booleans:  # PostgreSQL prints t/f; the SQLAlchemy path writes true/false
         i = table.schema.get_field_index(c)
         table = table.set_column(i, c, pc.if_else(pc.equal(table[c], "t"), "true", "false"))
@@ -1441,7 +1475,11 @@ def _engine(url: URL) -> sa.Engine:
     backend = url.get_backend_name()
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "govmdm-extract"}
+        connect_args = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "govmdm-extract",
+            "client_encoding": "utf8",  # a SQL_ASCII database would default to bytes
+        }
     elif backend in ("mysql", "mariadb"):
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
     return sa.create_engine(url, connect_args=connect_args, poolclass=sa.NullPool)

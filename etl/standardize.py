@@ -35,7 +35,10 @@ ROW_REASONS: dict[str, str] = {
     "row_unidentifiable": "该行既无有效证件号码，也缺少可识别的姓名（名称）及其他信息，无法使用",
     "code_unmapped": "代码不在配置的代码表中，按原值处理",
     "change_value_unparseable": "更新时间字段无法解析",
+    "invalid_encoding": "该列的值含无法识别的字符编码（乱码，不是有效的UTF-8），整行无法使用",
 }
+BAD_BYTES = "\ufffd"
+"""What extraction puts where a source value held bytes that are not UTF-8."""
 # An empty value is a defect only where the row needs it; an empty 注册号 of a firm founded after
 # the 2015 reform, or a person without a phone, is normal.
 REQUIRED: dict[str, frozenset[str]] = {
@@ -236,8 +239,14 @@ def standardize_row(
     if out["updated_at"] is None and raw.get(table.change_column) not in (None, ""):
         reasons.append(f"{table.change_column}:change_value_unparseable")
     out["extras"] = json.dumps(extras, ensure_ascii=False, sort_keys=True) if extras else None
+    garbled = [
+        f"{c}:invalid_encoding"
+        for c in table.source_columns
+        if isinstance(raw.get(c), str) and BAD_BYTES in raw[c]
+    ]
+    reasons += garbled
     out["reasons"] = reasons
-    return out, reasons, _usable(entity, out)
+    return out, reasons, not garbled and _usable(entity, out)
 
 
 def _place(entity: str, fld: str, result: normalize.Normalized[Any], out: dict[str, Any]) -> None:
@@ -379,7 +388,8 @@ def _standardize_table(
             if usable:
                 good.append({**canon, **meta})
                 continue
-            codes = [*reasons, "row:row_unidentifiable"]
+            garbled = any(c.endswith(":invalid_encoding") for c in reasons)
+            codes = reasons if garbled else [*reasons, "row:row_unidentifiable"]
             result.reject_reasons.update(codes)
             raw_json = json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
             bad.append({**meta, "entity": entity, "reasons": codes, "raw": raw_json})

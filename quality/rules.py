@@ -360,7 +360,39 @@ def load_quality_rules(
             )
     if problems:
         raise ConfigError(problems)
-    return QualityRules((*rules, *deletion_rules(city)))
+    return QualityRules((*rules, *deletion_rules(city), *encoding_rules(city)))
+
+
+ENCODING_RULE: Final = "{code}-ENC{index:02d}"
+"""The ID of the built-in rule on values that are not valid UTF-8."""
+
+
+def encoding_rules(city: CityConfig) -> list[Rule]:
+    """The built-in rule on every department table: no value may hold bytes that are not
+    UTF-8 (乱码). Such rows are rejected (``<column>:invalid_encoding``) and the rest of the
+    table goes on; the report names the columns."""
+    return [
+        Rule(
+            id=ENCODING_RULE.format(code=dept.code, index=i + 1),
+            department=dept.code,
+            kind="delivery",
+            dimension="规范性",
+            severity="error",
+            threshold=1.0,
+            description="数据中不得含有无法识别的字符编码（乱码，不是有效的UTF-8）；含乱码的行已拒收",
+            fix="按报告所列的列和主键，在本部门系统中以UTF-8重新录入或转换这些值后重新推送",
+            target=table.name,
+            entity=table.entity,
+            field=None,
+            column=None,
+            golden=False,
+            source_file=dept.source_file or city.root / "config",
+            table_department=dept.code,
+            check="encoding",
+        )
+        for dept in city.departments
+        for i, table in enumerate(dept.tables)
+    ]
 
 
 DELETION_RULE: Final = "{code}-DEL{index:02d}"

@@ -366,7 +366,9 @@ def _source_table(
             linked = f"{suite}.linked"
             out.update(_checked(night, referential, frame, frame["source_key"], linked))
     for r in rules:
-        if r.kind == "delivery":
+        if r.check == "encoding":
+            out[r.id] = _encoding(night, r, frame) if not missing else _not_run(night, r, missing)
+        elif r.kind == "delivery":
             out[r.id] = _delivery(night, r, entry)
         elif r.kind == "freshness":
             out[r.id] = _freshness(night, r, table, dept, entry, frame)
@@ -548,6 +550,31 @@ def _delivery(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> Rul
     return _result(
         night, rule, "passed", 1, 0, (), f"今晚已抽取 {entry['rows_read']:,} 行（{entry['mode']}）"
     )
+
+
+def _encoding(night: _Night, rule: Rule, frame: pd.DataFrame | None) -> RuleResult:
+    """The built-in rule on values that are not UTF-8: which rows, which columns."""
+    assert frame is not None
+    columns: Counter[str] = Counter()
+    keys = []
+    for key, reasons in zip(frame["source_key"], frame["reasons"], strict=True):
+        bad = [
+            c.rpartition(":")[0]
+            for c in (reasons if reasons is not None else ())
+            if c.endswith(":invalid_encoding")
+        ]
+        if bad:
+            keys.append(str(key))
+            columns.update(bad)
+    if not keys:
+        return _result(
+            night, rule, "passed", len(frame), 0, (), f"检查 {len(frame):,} 行，未发现乱码"
+        )
+    where = "，".join(f"列 {c} {n} 行" for c, n in columns.most_common())
+    message = (
+        f"检查 {len(frame):,} 行，{len(keys):,} 行含乱码（{where}），这些行已拒收，其余数据照常处理"
+    )
+    return _result(night, rule, "failed", len(frame), len(keys), tuple(keys), message)
 
 
 def _deletions(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> RuleResult:

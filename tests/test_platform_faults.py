@@ -106,3 +106,108 @@ def test_a_column_no_value_of_which_parses_is_a_configuration_error(
     overview = json.loads((var / "reports" / "run=2026-06-30" / "overview.json").read_text())
     alert = next(a for a in overview["alerts"] if a["kind"] == "unreadable_column")
     assert alert["code"] == "gongan" and "csrq" in alert["message"]
+
+
+# --- one bad row -------------------------------------------------------------------------------
+
+
+def _garble(var: Path) -> str:
+    import sqlite3
+
+    with sqlite3.connect(var / "city" / "sources" / "weijian.sqlite") as conn:
+        key = conn.execute(
+            "SELECT PATIENT_ID FROM PATIENT_INFO ORDER BY PATIENT_ID LIMIT 1"
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE PATIENT_INFO SET PATIENT_NAME = CAST(X'E5BCA0FF' AS TEXT) WHERE PATIENT_ID = ?",
+            (key,),
+        )
+    return str(key)
+
+
+def test_a_value_that_is_not_utf8_rejects_its_row_and_the_table_goes_on(var: Path) -> None:
+    import pyarrow.parquet as pq
+
+    key = _garble(var)
+    runner = CliRunner()
+    args = ["--run-id", "2026-06-30"]
+    for stage in ("extract", "standardize"):
+        result = runner.invoke(app, [stage, *args, "-d", "weijian"])
+        assert result.exit_code == 0, result.output
+    folder = var / "canonical" / "run=2026-06-30" / "department=weijian"
+    rejects = pq.read_table(folder / "rejects.parquet").to_pylist()
+    garbled = [r for r in rejects if r["source_key"] == key]
+    assert len(garbled) == 1 and "PATIENT_NAME:invalid_encoding" in garbled[0]["reasons"]
+    persons = pq.read_table(folder / "person.parquet")
+    raw = pq.read_table(
+        var / "raw" / "run=2026-06-30" / "department=weijian" / "PATIENT_INFO.parquet"
+    )
+    assert persons.num_rows + len(rejects) == raw.num_rows > 100
+    runner.invoke(app, ["quality", *args, "-d", "weijian"])
+    assert runner.invoke(app, ["report", *args, "-d", "weijian"]).exit_code == 0
+    report = json.loads((var / "reports" / "run=2026-06-30" / "weijian.json").read_text())
+    rule = next(
+        r for g in report["failed_rules"] for r in g["rules"] if r["rule_id"] == "weijian-ENC01"
+    )
+    assert rule["rows_failed"] == 1 and "列 PATIENT_NAME 1 行" in rule["message"]
+
+
+def test_a_value_that_is_not_utf8_through_postgresql_copy(
+    var: Path, pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQL_ASCII database stores any bytes and COPY hands them through as they are."""
+    import uuid
+
+    import pyarrow.parquet as pq
+    import sqlalchemy as sa
+
+    from etl.sample_city.generate import drop_database
+
+    name = f"govmdm_test_{uuid.uuid4().hex[:10]}"
+    url = sa.make_url(pg_server_url).set(database=name)
+    admin = sa.create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+            "TEMPLATE template0"
+        )
+    admin.dispose()
+    try:
+        import sqlite3
+
+        src = sqlite3.connect(var / "city" / "sources" / "weijian.sqlite")
+        names = [c[1] for c in src.execute("PRAGMA table_info(PATIENT_INFO)")]
+        rows = src.execute("SELECT * FROM PATIENT_INFO ORDER BY PATIENT_ID LIMIT 50").fetchall()
+        src.close()
+        types = {"PATIENT_ID": "varchar(20) PRIMARY KEY", "UPDATE_TIME": "bigint"}
+        ddl = ", ".join(f'"{n}" {types.get(n, "text")}' for n in names)
+        marks = ", ".join(f":p{i}" for i in range(len(names)))
+        engine = sa.create_engine(url, connect_args={"client_encoding": "utf8"})
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'CREATE TABLE "PATIENT_INFO" ({ddl})')
+            conn.exec_driver_sql("SET client_encoding TO 'UTF8'")
+            insert = sa.text(f'INSERT INTO "PATIENT_INFO" VALUES ({marks})')
+            for r in rows:
+                values = {f"p{i}": None if v is None else str(v) for i, v in enumerate(r)}
+                conn.execute(insert, values)
+            garble = "convert_from('\\xe5bca0ff'::bytea, 'SQL_ASCII')"  # 张 and a stray 0xFF
+            conn.execute(
+                sa.text(
+                    f'UPDATE "PATIENT_INFO" SET "PATIENT_NAME" = {garble} WHERE "PATIENT_ID" = :k'
+                ),
+                {"k": str(rows[0][0])},
+            )
+        engine.dispose()
+        monkeypatch.setenv("GOVMDM_CONN_WEIJIAN", url.render_as_string(hide_password=False))
+        runner = CliRunner()
+        for stage in ("extract", "standardize"):
+            result = runner.invoke(app, [stage, "--run-id", "pg", "-d", "weijian"])
+            assert result.exit_code == 0, result.output
+        folder = var / "canonical" / "run=pg" / "department=weijian"
+        rejects = pq.read_table(folder / "rejects.parquet").to_pylist()
+        assert [
+            r["source_key"] for r in rejects if "PATIENT_NAME:invalid_encoding" in r["reasons"]
+        ] == [str(rows[0][0])]
+        assert pq.read_table(folder / "person.parquet").num_rows + len(rejects) == 50
+    finally:
+        drop_database(url.render_as_string(hide_password=False))
