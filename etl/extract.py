@@ -57,10 +57,12 @@ from sqlalchemy.types import TypeEngine
 from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
 from etl.config import save_settings_snapshot as _save_settings
 from etl.state import (
+    HASH_SUFFIX,
     LedgerEntry,
     Mode,
     RunState,
     Status,
+    hash_set_path,
     key_set_path,
     pending_key_set_path,
     pending_seen_set_path,
@@ -100,6 +102,8 @@ class TableExtract:
     rows_deleted: int | None = None  # None: no key scan tonight
     rows_unchanged: int = 0  # read again at the watermark or NULL-stamped, same version: dropped
     rows_late: int = 0  # found by the key scan with a stamp below the watermark, read tonight
+    rows_backdated: int = 0  # changed with an old stamp: found by the row-hash check, read
+    rows_duplicate: int = 0  # rows sharing a key with another row: set apart, rejected
     keys_before: int | None = None  # keys in the committed key set (None: no key scan)
     deletion_guard: str | None = None  # held | accepted: deletions above the table's limit
     deleted_path: Path | None = None
@@ -189,6 +193,7 @@ def extract_all(
     retries: int = 3,
     backoff_s: float = 2.0,
     deletion_scan_every_nights: int = 1,
+    hash_check_every_nights: int = 7,
 ) -> list[DepartmentExtract]:
     """Extract every department (or those named), one after another; one failing never stops
     the others. Saves the configuration used beside the run's raw output.
@@ -217,6 +222,7 @@ def extract_all(
                 retries=retries,
                 backoff_s=backoff_s,
                 deletion_scan_every_nights=deletion_scan_every_nights,
+                hash_check_every_nights=hash_check_every_nights,
                 state=state,
             )
             results.append(result)
@@ -235,6 +241,7 @@ def extract_department(
     retries: int = 3,
     backoff_s: float = 2.0,
     deletion_scan_every_nights: int = 1,
+    hash_check_every_nights: int = 7,
     fast_path: bool = True,
     state: RunState | None = None,
 ) -> DepartmentExtract:
@@ -244,13 +251,21 @@ def extract_department(
     ``retries`` more times with exponential backoff (``backoff_s``, twice that, ...) and then
     reported as ``unreachable``; schema drift as ``drift``; anything else as ``failed``.
     ``fast_path=False`` reads PostgreSQL through SQLAlchemy instead of COPY (same output).
+    Every ``hash_check_every_nights``-th incremental night reads the whole table and compares
+    each row's hash with the one kept from earlier nights: a row changed without moving its
+    change column (a back-dated stamp) is read then, and counted as ``rows_backdated``.
 
     >>> r = extract_department(city, city.department("renshe"), "2026-07-01")
     >>> r.status, r.tables[0].rows_read, r.tables[0].parquet_path.name
     ('ok', 596, 'insured_person.parquet')
     """
     _check_run_id(run_id)
-    if chunk_rows < 1 or retries < 0 or deletion_scan_every_nights < 1:
+    if (
+        chunk_rows < 1
+        or retries < 0
+        or deletion_scan_every_nights < 1
+        or hash_check_every_nights < 1
+    ):
         raise ValueError("chunk_rows and deletion_scan_every_nights must be ≥ 1, retries ≥ 0")
     own_state = state is None
     st = state if state is not None else RunState.for_city(city)
@@ -267,6 +282,7 @@ def extract_department(
                 backoff_s,
                 deletion_scan_every_nights,
                 fast_path,
+                hash_check_every_nights,
             )
         except Exception as exc:  # unforeseen: this department is flagged, the city goes on
             log.exception("%s: extraction failed", dept.code)
@@ -339,6 +355,8 @@ class _Plan:
     since: str | None  # the value to read from; None reads everything
     scan_keys: bool
     nights_since_scan: int
+    check_hashes: bool = False  # compare every row's hash with the kept ones tonight
+    nights_since_check: int = 0
     rebuild: str | None = None  # why the key set is rebuilt by a full read tonight
     published_keys: pa.Array | None = None  # what deletions are found against then
 
@@ -354,8 +372,12 @@ def _extract_department(
     backoff_s: float,
     scan_every: int,
     fast_path: bool,
+    hash_every: int = 7,
 ) -> DepartmentExtract:
-    plans = [_plan(city, dept, state, i, t, full, scan_every) for i, t in enumerate(dept.tables)]
+    plans = [
+        _plan(city, dept, state, i, t, full, scan_every, hash_every)
+        for i, t in enumerate(dept.tables)
+    ]
     out_dir = raw_dir(city.var_dir, run_id, dept.code)
 
     def flagged(
@@ -477,6 +499,7 @@ def _plan(
     table: TableConfig,
     full: bool,
     scan_every: int,
+    hash_every: int = 7,
 ) -> _Plan:
     committed = state.watermark(dept.code, table.name)
     value = committed[1] if committed else None
@@ -496,6 +519,13 @@ def _plan(
             index, table, "full", value, None, scan_keys=False, nights_since_scan=0,
             rebuild=rebuild, published_keys=_published_keys(state, dept.code, table.name),
         )  # fmt: skip
+    hashes = hash_set_path(city.var_dir, dept.code, table.name)
+    if damaged := _check_state_file(hashes, "row hashes", optional=True):  # rebuilt below
+        log.warning(
+            "%s: %s: %s; the next row-hash check rebuilds them", dept.code, table.name, damaged
+        )
+    since_check = _nights_since_scan(hashes, "nights_since_check") if hashes.is_file() else None
+    check = since_check is None or since_check + 1 >= hash_every
     return _Plan(
         index,
         table,
@@ -504,6 +534,8 @@ def _plan(
         value if incremental else None,
         scan_keys=incremental and scan,
         nights_since_scan=0 if (not incremental or scan or nights is None) else nights + 1,
+        check_hashes=incremental and check,
+        nights_since_check=0 if (not incremental or check) else (since_check or 0) + 1,
     )
 
 
@@ -813,6 +845,7 @@ def _extract_table(
         seen_set_path(city.var_dir, dept.code, t.name) if plan.since is not None else None,
     )
     read_keys: list[pa.Array] = []  # incremental nights: every key read, kept or not
+    read_versions: list[pa.Array] = []  # every row read tonight: key and content hash
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(ParquetSink(path, schema, chunk_rows, meta))
         keys = None
@@ -825,6 +858,7 @@ def _extract_table(
             rows = _with_row_key(chunk(), t.primary_key)
             if plan.mode == "incremental":
                 read_keys.append(rows[ROW_KEY].combine_chunks())
+            read_versions.append(_versions(rows))
             rows = seen.keep_changed(rows)
             sink.write(rows)
             if keys is not None:
@@ -846,12 +880,48 @@ def _extract_table(
                 result.rows_late = _read_late_rows(
                     conn, copy, t, columns, types, booleans, late, chunk_rows, sink.write
                 )
+        hashes_out = pending_key_set_path(city.var_dir, run_id, dept.code, f"{t.name}{HASH_SUFFIX}")
+        committed_hashes = hash_set_path(city.var_dir, dept.code, t.name)
+        if plan.mode == "full":
+            _write_versions(hashes_out, read_versions, 0)
+        elif plan.check_hashes:
+            result.rows_backdated = _check_hashes(
+                conn, copy, t, columns, types, booleans, chunk_rows, committed_hashes,
+                read_keys, hashes_out, sink.write,
+            )  # fmt: skip
+        else:
+            _carry_versions(committed_hashes, read_versions, hashes_out, plan.nights_since_check)
     seen.write(pending_seen_set_path(city.var_dir, run_id, dept.code, t.name), meta)
     result.rows_read = sink.rows
+    dups = _duplicate_keys(conn, t, types)
+    result.rows_duplicate = _set_duplicates_apart(
+        conn, copy, t, columns, types, booleans, chunk_rows, dups, path,
+        duplicates_path(city.var_dir, run_id, dept.code, t.name), meta,
+    )  # fmt: skip
+    result.rows_read = pq.ParquetFile(path).metadata.num_rows + result.rows_duplicate
     result.rows_unchanged = seen.unchanged
     result.parquet_path = path
     top = seen.top
     result.watermark_after = _watermark_text(top) if top is not None else plan.watermark
+    if result.rows_duplicate:
+        shown = ", ".join(sorted(dups)[:5])
+        note = (
+            f"{len(dups)} key(s) of {t.name!r} appear more than once in the source table "
+            f"(e.g. {shown}): all {result.rows_duplicate} row(s) with them were rejected "
+            f"(duplicate_key), and their records leave the base libraries until fixed. Ask "
+            f"{dept.name} to remove the duplicates and add a primary key constraint on "
+            f"{', '.join(t.primary_key)}"
+        )
+        log.warning("%s: %s", dept.code, note)
+        duplicate_note = note
+    else:
+        duplicate_note = None
+    if result.rows_backdated:
+        result.message = (
+            f"{result.rows_backdated} row(s) changed at the source without their change column "
+            f"({t.change_column}) moving past the watermark; the row-hash check found them and "
+            f"they were read tonight. Ask {dept.name} why rows are changed with old change stamps"
+        )
     if result.rows_late:
         result.message = (
             f"{result.rows_late} row(s) were found by the key scan with a change stamp below the "
@@ -859,6 +929,8 @@ def _extract_table(
             "are written with old change stamps"
         )
 
+    if duplicate_note:
+        result.message = f"{result.message}\n{duplicate_note}" if result.message else duplicate_note
     if plan.mode == "incremental" and not plan.scan_keys:  # carry the key set forward
         committed = key_set_path(city.var_dir, dept.code, t.name)
         union = pa.concat_arrays(
@@ -987,6 +1059,125 @@ def _versions(rows: pa.Table) -> pa.Array:
         ],
         pa.string(),
     )
+
+
+def duplicates_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
+    """Tonight's rows of a table whose key is not unique at the source (every copy), set
+    apart from ``raw_path`` for standardization to reject."""
+    return raw_dir(var_dir, run_id, department) / f"{table}.duplicates.parquet"
+
+
+def _duplicate_keys(
+    conn: sa.Connection, table: TableConfig, types: dict[str, TypeEngine[Any]]
+) -> set[str]:
+    """The keys (as row-key text) that more than one source row holds: a table without a
+    primary key constraint can have them, and one would re-point a key to another person."""
+    t = sa.table(table.name, *[sa.column(c, types[c]) for c in table.primary_key])
+    cols = [t.c[c] for c in table.primary_key]
+    query = sa.select(*cols).group_by(*cols).having(sa.func.count() > 1)
+    return {KEY_SEPARATOR.join(_text(v) or "" for v in row) for row in conn.execute(query).all()}
+
+
+def _set_duplicates_apart(
+    conn: sa.Connection,
+    copy: bool,
+    table: TableConfig,
+    columns: list[str],
+    types: dict[str, TypeEngine[Any]],
+    booleans: set[str],
+    chunk_rows: int,
+    dups: set[str],
+    path: Path,
+    target: Path,
+    meta: dict[str, Any],
+) -> int:
+    """Move every row of a duplicated key out of ``path`` into ``target`` (all its copies,
+    read again from the source); how many rows ``target`` holds."""
+    target.unlink(missing_ok=True)
+    if not dups:
+        return 0
+    keys = pa.array(sorted(dups), pa.string())
+    kept = pq.read_table(path)
+    kept = kept.filter(pc.invert(pc.is_in(kept[ROW_KEY], value_set=keys)))
+    schema = _schema([ROW_KEY, *columns])
+    with ParquetSink(path, schema, chunk_rows, meta) as sink:
+        sink.write(kept.select(schema.names).cast(schema))
+    found = 0
+    with ParquetSink(target, schema, chunk_rows, meta) as sink:
+        for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
+            rows = _with_row_key(chunk(), table.primary_key)
+            rows = rows.filter(pc.is_in(rows[ROW_KEY], value_set=keys))
+            sink.write(rows)
+            found += rows.num_rows
+    return found
+
+
+def _write_versions(path: Path, parts: Sequence[pa.Array], nights_since_check: int) -> None:
+    versions = pc.unique(pa.concat_arrays(list(parts))) if parts else pa.array([], pa.string())
+    schema = _schema([_VERSION])
+    with ParquetSink(path, schema, _KEY_ROWS, {"nights_since_check": nights_since_check}) as sink:
+        sink.write(pa.table([versions], schema=schema))
+
+
+def _version_keys(versions: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(versions, "\x1f[0-9a-f]{32}$", "")
+
+
+def _carry_versions(
+    committed: Path, tonight: Sequence[pa.Array], out: Path, nights_since_check: int
+) -> None:
+    """The committed row hashes with tonight's rows' replacing their keys' old ones."""
+    if not committed.is_file():
+        return  # the next row-hash check builds them
+    before = pq.read_table(committed).column(_VERSION).combine_chunks()
+    if tonight:
+        now = pa.concat_arrays(list(tonight))
+        before = pc.filter(before, pc.invert(pc.is_in(_version_keys(before), _version_keys(now))))
+        before = pa.concat_arrays([before, now])
+    _write_versions(out, [before], nights_since_check)
+
+
+def _check_hashes(
+    conn: sa.Connection,
+    copy: bool,
+    table: TableConfig,
+    columns: list[str],
+    types: dict[str, TypeEngine[Any]],
+    booleans: set[str],
+    chunk_rows: int,
+    committed: Path,
+    read_keys: list[pa.Array],
+    out: Path,
+    write: Callable[[pa.Table], None],
+) -> int:
+    """Read the whole table, keep every row's hash (``out``) and write the rows whose hash
+    changed although tonight's read by change column did not see them: changes written with
+    a back-dated stamp. How many. Without kept hashes (first check), only keeps them."""
+    before = (
+        pq.read_table(committed).column(_VERSION).combine_chunks() if committed.is_file() else None
+    )
+    known = _version_keys(before) if before is not None else None
+    read = pa.concat_arrays(read_keys) if read_keys else pa.array([], pa.string())
+    found, versions = 0, []
+    for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
+        rows = _with_row_key(chunk(), table.primary_key)
+        mine = _versions(rows)
+        versions.append(mine)
+        if before is None or known is None:
+            continue
+        changed = pc.and_(
+            pc.and_(
+                pc.invert(pc.is_in(mine, value_set=before)),
+                pc.is_in(rows[ROW_KEY], value_set=known),
+            ),
+            pc.invert(pc.is_in(rows[ROW_KEY], value_set=read)),
+        )
+        hits = rows.filter(changed)
+        if hits.num_rows:
+            write(hits)
+            found += hits.num_rows
+    _write_versions(out, versions, 0)
+    return found
 
 
 def _late_keys(scanned: Path, committed: Path, read: list[pa.Array]) -> pa.Array:
@@ -1443,10 +1634,10 @@ def _write_key_set(
             sink.write(pa.table([array], schema=schema))
 
 
-def _nights_since_scan(path: Path) -> int:
+def _nights_since_scan(path: Path, key: str = "nights_since_scan") -> int:
     meta = pq.read_schema(path).metadata or {}
     try:
-        return int(json.loads(meta.get(b"govmdm", b"{}")).get("nights_since_scan", 0))
+        return int(json.loads(meta.get(b"govmdm", b"{}")).get(key, 0))
     except (ValueError, AttributeError):
         return 0
 
@@ -1562,6 +1753,8 @@ def _record(
                 rows_deleted=t.rows_deleted,
                 rows_unchanged=t.rows_unchanged,
                 rows_late=t.rows_late,
+                rows_backdated=t.rows_backdated,
+                rows_duplicate=t.rows_duplicate,
                 keys_before=t.keys_before,
                 deletion_guard=t.deletion_guard,
             )

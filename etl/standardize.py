@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from etl import normalize
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
-from etl.extract import ParquetSink, raw_path
+from etl.extract import ParquetSink, duplicates_path, raw_path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ ROW_REASONS: dict[str, str] = {
     "code_unmapped": "代码不在配置的代码表中，按原值处理",
     "change_value_unparseable": "更新时间字段无法解析",
     "invalid_encoding": "该列的值含无法识别的字符编码（乱码，不是有效的UTF-8），整行无法使用",
+    "duplicate_key": "主键在源表中重复（多行共用同一主键），无法确定哪一行有效，全部拒收",
 }
 BAD_BYTES = "\ufffd"
 """What extraction puts where a source value held bytes that are not UTF-8."""
@@ -309,6 +310,7 @@ def standardize_department(
     out_dir = canonical_dir(city.var_dir, run_id, dept.code)
     sources = [(t, raw_path(city.var_dir, run_id, dept.code, t.name)) for t in dept.tables]
     sources = [(t, p) for t, p in sources if p.exists()]
+    duplicated = [(t, duplicates_path(city.var_dir, run_id, dept.code, t.name)) for t, _ in sources]
     if not sources:
         result.status = "skipped"
         result.message = (
@@ -337,6 +339,9 @@ def standardize_department(
                     result, entity, table, path, sinks[entity], rejects, run_id, ctx, batch_rows,
                     progress,
                 )  # fmt: skip
+            for table, path in duplicated:
+                if path.is_file():
+                    _reject_duplicates(result, table, path, rejects, run_id)
             if not result.reconciled:
                 raise ReconciliationError(
                     f"{dept.code}: reconciliation failed: read {result.rows_read} rows but "
@@ -405,6 +410,32 @@ def _standardize_table(
             raise ConfigSuspected(
                 _config_suspect_message(result.department, table, column, given, examples[column])
             )
+
+
+def _reject_duplicates(
+    result: DepartmentStandardized, table: TableConfig, path: Path, rejects: ParquetSink,
+    run_id: str,
+) -> None:  # fmt: skip
+    """Every copy of a key the source holds more than once goes to rejects: which one is
+    the department's row cannot be told, and linking one would re-point the key."""
+    codes = [f"{c}:duplicate_key" for c in table.primary_key]
+    for rows in _raw_batches(path, 20_000):
+        bad = [
+            {
+                "department": result.department,
+                "source_table": table.name,
+                "source_key": raw["_row_key"],
+                "run_id": run_id,
+                "entity": table.entity,
+                "reasons": codes,
+                "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str),
+            }
+            for raw in rows
+        ]
+        rejects.write(pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
+        result.reject_reasons.update(c for _ in rows for c in codes)
+        result.rows_read += len(rows)
+        result.rejected += len(rows)
 
 
 def _count_readable(

@@ -64,6 +64,8 @@ ledger_table = sa.Table(
     sa.Column("rows_deleted", sa.BigInteger),
     sa.Column("rows_unchanged", sa.BigInteger),
     sa.Column("rows_late", sa.BigInteger),
+    sa.Column("rows_backdated", sa.BigInteger),
+    sa.Column("rows_duplicate", sa.BigInteger),
     sa.Column("keys_before", sa.BigInteger),  # keys the committed key set held
     sa.Column("deletion_guard", sa.String(16)),  # held | accepted | None (within the limit)
     sa.Column("watermark_before", sa.Text),
@@ -118,6 +120,8 @@ class LedgerEntry:
     rows_deleted: int | None = None
     rows_unchanged: int | None = None  # re-read at the watermark or NULL-stamped, not changed
     rows_late: int | None = None  # found by the key scan below the watermark (back-dated)
+    rows_backdated: int | None = None  # changed with an old stamp: found by the hash check
+    rows_duplicate: int | None = None  # rows of keys the source holds twice: rejected
     keys_before: int | None = None  # keys in the committed key set the deletions are out of
     deletion_guard: str | None = None  # held | accepted: a deletion above the table's limit
 
@@ -160,6 +164,14 @@ def pending_seen_set_path(var_dir: Path, run_id: str, department: str, table: st
 
 
 SEEN_SUFFIX = ".seen"
+HASH_SUFFIX = ".hashes"
+
+
+def hash_set_path(var_dir: Path, department: str, table: str) -> Path:
+    """The committed row hashes of a table: a version (key and content hash) of every row, as
+    of the last row-hash check and the nights since; compared on the next check to find rows
+    changed with a back-dated change stamp."""
+    return key_set_path(var_dir, department, f"{table}{HASH_SUFFIX}")
 
 
 class RunState:
