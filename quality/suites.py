@@ -286,13 +286,13 @@ PLATFORM_FAILURE: Final = (
 
 
 def platform_failure(ledger: Sequence[Mapping[str, Any]]) -> str | None:
-    """Why a night is the platform's failure and nobody's score (no table of any department
-    was extracted), or None. ``ledger``: the night's ledger rows."""
-    if any(r["status"] == "ok" for r in ledger):
+    """Why a night is the platform's failure and nobody's score (every table it tried to
+    extract failed), or None. ``ledger``: the night's ledger rows (none: a replay, or rules
+    judged without extraction — not a failure)."""
+    if not ledger or any(r["status"] == "ok" for r in ledger):
         return None
     failed = sorted({r["department"] for r in ledger})
-    seen = f"（抽取记录：{'、'.join(failed)} 均失败）" if failed else "（没有任何抽取记录）"
-    return PLATFORM_FAILURE + seen
+    return PLATFORM_FAILURE + f"（抽取记录：{'、'.join(failed)} 均失败）"
 
 
 def held_departments(
