@@ -745,6 +745,9 @@ class SharePolicy(BaseModel):
     query_timeout_s: float = Field(
         default=30, gt=0, le=3600, description="an analyst's statement is cancelled after this long"
     )
+    export_timeout_s: float = Field(
+        default=600, gt=0, le=86400, description="the same for each view read by govmdm export"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -874,7 +877,7 @@ class Session:
 
 
 @contextlib.contextmanager
-def session(city: CityConfig) -> Iterator[Session]:
+def session(city: CityConfig, *, export: bool = False) -> Iterator[Session]:
     """The caller's own connection: on PostgreSQL the login of ``GOVMDM_ANALYST_URL`` (else of
     ``GOVMDM_WAREHOUSE_URL``), refused unless it is no more than an analyst, privileged user or
     steward — never the warehouse owner or a superuser —, with ``statement_timeout`` set and a
@@ -888,6 +891,8 @@ def session(city: CityConfig) -> Iterator[Session]:
     from etl.warehouse import engine_for
 
     policy = load_share_policy(city)
+    if export:  # whole views: a longer limit than an ad-hoc query's
+        policy = policy.model_copy(update={"query_timeout_s": policy.export_timeout_s})
     url, source = os.environ.get(ANALYST_URL_ENV, "").strip(), ANALYST_URL_ENV
     if not url:
         url, source = warehouse_url(city), WAREHOUSE_ENV
@@ -959,6 +964,7 @@ def _postgres_caller(engine: sa.Engine) -> Caller:
         " ARRAY(SELECT relname::text FROM rel WHERE pg_has_role(session_user, relowner, 'MEMBER')"
         "       OR EXISTS (SELECT FROM reach WHERE has_table_privilege(reach.oid, rel.oid,"
         "                  'INSERT, UPDATE, DELETE, TRUNCATE')) ORDER BY 1) AS writes, "
+        " to_regclass(:masked) IS NOT NULL AS installed, "
         " EXISTS (SELECT FROM reach WHERE has_table_privilege(reach.oid,"
         "         to_regclass(:masked), 'SELECT')) AS analyst, "
         " EXISTS (SELECT FROM reach WHERE has_table_privilege(reach.oid,"
@@ -990,6 +996,12 @@ def _postgres_caller(engine: sa.Engine) -> Caller:
             f"Fix: set {ANALYST_URL_ENV} to your own login, a member of {roles.analyst} (or "
             f"{roles.privileged} / {roles.steward}) only; a DBA creates it once: "
             f"{login_sql('<you>', roles.analyst)}"
+        )
+    if not row.installed:
+        raise AccessSetupError(
+            "the analyst views are not installed in this warehouse. Fix: the warehouse owner "
+            "runs `govmdm views install` (every publish does), or a DBA the SQL of "
+            "`govmdm views install --sql`"
         )
     may: set[Capability] = set()
     if row.analyst:
@@ -1559,7 +1571,7 @@ def export(
     target = out_dir or city.var_dir / "exports" / f"{stamp}-{suffix}"
     target.mkdir(parents=True, exist_ok=True)
     result = ExportResult(target, role, pseudonymize)
-    with session(city) as own:
+    with session(city, export=True) as own:
         engine = own.engine
         try:
             for spec in specs:
@@ -1710,7 +1722,7 @@ def _write_manifest(result: ExportResult, city: CityConfig, engine: sa.Engine) -
         "role": result.role,
         "pseudonymized": result.pseudonymized,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "created_by": audit.who(),
+        "created_by": audit.who(engine),
         "files": {k: p.name for k, p in result.files.items()},
         "rows": result.rows,
         "dictionary": "data_dictionary.parquet",

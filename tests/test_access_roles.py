@@ -190,15 +190,17 @@ def pg(city: CityConfig, pg_database: str, env: pytest.MonkeyPatch, tmp_path: Pa
     roles = {"analyst": f"{db}_analyst", "privileged": f"{db}_privileged",
              "steward": f"{db}_steward"}  # fmt: skip
     c = _config_copy(city, tmp_path, roles=roles)
-    _copy_warehouse(c, pg_database)
-    env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
     out = Pg(c, pg_database, roles)
     try:
+        _copy_warehouse(c, pg_database)
+        env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
         yield out
     finally:
+        existing = {r.rolname for r in _read(pg_database, "SELECT rolname FROM pg_roles")}
         for role in [*out.made, *roles.values()]:
-            out.admin(f"DROP OWNED BY {role}")  # its privileges in this database
-            out.admin(f"DROP ROLE {role}")
+            if role in existing:
+                out.admin(f"DROP OWNED BY {role}")  # its privileges in this database
+                out.admin(f"DROP ROLE {role}")
 
 
 # --- 1. the analyst role cannot be escaped ------------------------------------------------------
