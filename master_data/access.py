@@ -1573,6 +1573,10 @@ def export(
     result = ExportResult(target, role, pseudonymize)
     with session(city, export=True) as own:
         engine = own.engine
+        entry = audit.begin(
+            engine, "export", str(target), role=role,
+            detail={"format": "parquet", "pseudonymized": pseudonymize},
+        )  # fmt: skip
         try:
             for spec in specs:
                 rows = _export_rows(engine, spec, role, key)
@@ -1588,14 +1592,13 @@ def export(
             dictionary = data_dictionary(city, specs, role=role, pseudonymized=key is not None)
             result.dictionary = _write_dictionary(dictionary, target)
             _write_manifest(result, city, engine)
-        except AccessError as exc:
-            audit.record(engine, "export", str(target), role=role, outcome="failed",
-                         detail={"reason": str(exc)})  # fmt: skip
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                audit.finish(engine, entry, outcome="failed", detail={"reason": str(exc)})
             raise
-        audit.record(
-            engine, "export", str(target), role=role, row_count=sum(result.rows.values()),
-            detail={"format": "parquet", "pseudonymized": pseudonymize, "rows": result.rows,
-                    "scrubbed": result.scrubbed},
+        audit.finish(
+            engine, entry, row_count=sum(result.rows.values()),
+            detail={"rows": result.rows, "scrubbed": result.scrubbed},
         )  # fmt: skip
     return result
 
