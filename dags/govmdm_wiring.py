@@ -270,6 +270,7 @@ def night_dag(
                 run_id=p.get("run_id") or None,
                 departments=p.get("departments") or None,
                 replay=mode == "replay",
+                full=mode == "rebuild" or bool(p.get("full")),
             )
             return {
                 **out,
