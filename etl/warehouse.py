@@ -167,11 +167,11 @@ id_event_table = sa.Table(
     sa.Column("run_id", _run, primary_key=True),
     sa.Column("entity", sa.String(16), primary_key=True),
     sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("event", sa.String(16), nullable=False),  # issued | merged | split | retired
+    sa.Column("event", sa.String(16), nullable=False),  # issued restored merged split retired
     sa.Column("master_id", _id, nullable=False, index=True),
     sa.Column("old_ids", _text, nullable=False),
     sa.Column("reason", _text, nullable=False),
-    comment="master-ID history: what each night issued, merged, split and retired",
+    comment="master-ID history: what each night issued, restored, merged, split and retired",
 )
 review_queue_table = sa.Table(
     "mdm_review_queue",

@@ -66,8 +66,8 @@ def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
             f"[yellow]Not linked tonight: {why}. Its rows wait and its watermarks stay.",
             highlight=False,
         )
-    for path in linked.recovered:
-        console.print(f"[yellow]Damaged, read from the warehouse instead: {path}", highlight=False)
+    for what in linked.recovered:
+        console.print(f"[yellow]Damaged master state recovered: {what}", highlight=False)
     return linked
 
 

@@ -175,7 +175,7 @@ class Linked:
     departments: list[str] = field(default_factory=list)  # whose rows of tonight were linked
     held_back: list[str] = field(default_factory=list)  # by a blocking quality rule
     unfinished: dict[str, str] = field(default_factory=dict)  # department → why not linked
-    recovered: list[str] = field(default_factory=list)  # damaged base files read elsewhere
+    recovered: list[str] = field(default_factory=list)  # damaged base files, and how recovered
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready counts, stored with the published night."""
@@ -243,10 +243,13 @@ def _link_night(
     try:
         base = latest_run(engine, before=run_id)
         decisions = _decisions(engine)
-        holds_base = base is not None and latest_run(engine) == base
+        latest = latest_run(engine)
+        holds_base = base is not None and latest == base
         rerun = published_run(engine, run_id) is not None
     finally:
         engine.dispose()
+    if rerun and latest is not None and latest["run_id"] != run_id:
+        raise ConsolidateError(_older_night(run_id, latest["run_id"]))
     base_dir = state_dir_of(city.var_dir, base) if base else None
     if base_dir is not None and not base_dir.is_dir():
         raise ConsolidateError(
@@ -399,17 +402,20 @@ def _read_in_full(city: CityConfig, run_id: str, delivered: list[str]) -> bool:
 
 def _recovery(run_id: str, path: Path, *, full: bool, retrain: bool) -> str:
     """The command that recovers from a damaged base-night file ``path``."""
-    rebuild = f"`govmdm consolidate --run-id {run_id} --full --retrain`"
+    rebuild = f"`govmdm consolidate --run-id {run_id} --full{' --retrain' if retrain else ''}`"
     if path.name.startswith("records."):
         return (
             "last night's records can only be read again from the sources: extract every "
             f"department in full (`govmdm extract --full --run-id {run_id}`, or under a new run "
             f"ID if {run_id} is published), standardize it, then {rebuild}"
         )
-    if path.name.startswith("model.") and not retrain:
+    if path.name.startswith("model."):
         return f"fit the model afresh: `govmdm consolidate --run-id {run_id} --retrain`"
     if not full:
-        return f"{rebuild} rebuilds tonight without last night's caches"
+        return (
+            f"{rebuild} rebuilds tonight without last night's caches, reading what the "
+            "warehouse holds of that night instead"
+        )
     return (
         "the warehouse no longer holds the night this file belongs to, so it cannot stand in: "
         "restore the file from a backup, or extract every department in full and run " + rebuild
@@ -1122,7 +1128,7 @@ class _BaseState:
                 raise
             table = self._from_warehouse(name)
             log.warning("%s; read from the warehouse instead", exc)
-            self.recovered.append(str(exc.path))
+            self.recovered.append(f"{exc.path} (read from the warehouse instead)")
             return table.select(columns) if columns else table
 
     def records(self) -> pa.Table | None:
@@ -1134,7 +1140,7 @@ class _BaseState:
         except DamagedState as exc:
             if self.fallback and not self.records_needed:
                 log.warning("%s; every source was read in full tonight: not needed", exc)
-                self.recovered.append(str(exc.path))
+                self.recovered.append(f"{exc.path} (not needed: every source was read in full)")
                 return None
             raise
 
@@ -1384,19 +1390,23 @@ def _refuse_to_undo(
     elif current == base_run:
         return
     if current is not None and current != run_id and published_run(engine, run_id) is not None:
-        raise ConsolidateError(
-            f"night {run_id} was published before night {current}; publishing it again would "
-            f"put the golden tables back to {run_id} while the watermarks stay at {current}'s, "
-            f"losing what was read since. Fix: rerun night {current} instead (it is replayed "
-            "from its raw data), or read every source in full as a new night "
-            "(`govmdm extract --full --run-id NEW`, then standardize and consolidate NEW)"
-        )
+        raise ConsolidateError(_older_night(run_id, current))
     on = f"night {base_run}" if base_run else "an empty warehouse"
     now = f"night {current}" if current else "no night at all"
     raise ConsolidateError(
         f"night {run_id} was linked on {on}, but the warehouse holds {now} now (another night "
         f"was published or rolled back meanwhile); publishing {run_id} would undo it. Nothing "
         f"was published. Fix: link it again: `govmdm consolidate --run-id {run_id}`"
+    )
+
+
+def _older_night(run_id: str, latest: str) -> str:
+    return (
+        f"night {run_id} was published before night {latest}; linking and publishing it again "
+        f"would put the golden tables back to {run_id} while the watermarks stay at {latest}'s, "
+        f"losing what was read since. Fix: rerun night {latest} instead (it is replayed from "
+        "its raw data), or read every source in full as a new night "
+        "(`govmdm extract --full --run-id NEW`, then standardize and consolidate NEW)"
     )
 
 
