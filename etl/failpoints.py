@@ -35,6 +35,7 @@ POINTS = (
     "link:clustered",
     "link:entity-done",
     "link:before-rename",
+    "link:swapping",
     "link:renamed",
     "publish:start",
     "publish:inserting",

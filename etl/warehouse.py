@@ -337,16 +337,21 @@ def state_dir_of(var_dir: Path, run: Mapping[str, Any]) -> Path:
 
     Stored relative to ``var/``; rows written by an older govmdm hold an absolute path, which
     counts only when ``var/master/run=<id>`` is not there (a moved or copied ``var/`` reads its
-    own state, never the folder it was copied from).
+    own state, never the folder it was copied from). A rerun stopped while swapping the folder
+    left the published one as ``run=<id>.old``, which is read then.
 
     >>> state_dir_of(Path("/srv/var"), {"run_id": "7", "state_dir": "master/run=7"})
     PosixPath('/srv/var/master/run=7')
     """
     stored = Path(str(run["state_dir"]))
-    if not stored.is_absolute():
-        return var_dir / stored
     own = var_dir / "master" / f"run={run['run_id']}"
-    return own if own.is_dir() or not stored.is_dir() else stored
+    if stored.is_absolute() and not own.is_dir() and stored.is_dir():
+        own = stored
+    elif not stored.is_absolute():
+        own = var_dir / stored
+    if not own.is_dir() and (old := own.with_name(own.name + ".old")).is_dir():
+        return old  # a rerun was replacing it when it stopped
+    return own
 
 
 # --- one night at a time ------------------------------------------------------------------------

@@ -255,7 +255,9 @@ def _link_night(
         raise ConsolidateError(
             f"the last published night {base['run_id']!r} kept its master state in {base_dir}, "  # type: ignore[index]
             "which is gone: tonight cannot carry its master IDs forward. Fix: restore the folder "
-            "from a backup (govmdm reads it wherever var/ is), then run this again"
+            "from a backup (govmdm reads it wherever var/ is), or rerun that night (extract, "
+            "standardize and consolidate it again: it is replayed from its raw data), then run "
+            "this again"
         )
     delivered, not_done = _delivered(city, run_id, held)
     if not delivered:
@@ -321,8 +323,15 @@ def _link_night(
     summary["next_seq"] = next_seq
     (work / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     failpoints.reached("link:before-rename")
-    shutil.rmtree(out, ignore_errors=True)
+    # a rerun replaces a published night's folder: until the new one is in place the old one
+    # stays readable as run=<id>.old (etl.warehouse.state_dir_of falls back to it)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    failpoints.reached("link:swapping")
     work.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
     failpoints.reached("link:renamed")
     return linked
 

@@ -69,6 +69,7 @@ KILL_POINTS = (
     "link:clustered",
     "link:entity-done",
     "link:before-rename",
+    "link:swapping",
     "link:renamed",
     "publish:start",
     "publish:inserting#2",

@@ -261,7 +261,7 @@ def _govmdm(*args: str, kill_at: str | None = None) -> subprocess.CompletedProce
     if kill_at:
         env["GOVMDM_KILL_AT"] = kill_at
     return subprocess.run(
-        [sys.executable, "-m", "etl.cli", *args],
+        [sys.executable, "-c", "from etl.cli import app; app()", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -441,6 +441,25 @@ def test_damaged_records_are_recovered_by_reading_the_sources_in_full(var: Path)
     assert cli("standardize", "--run-id", night1).exit_code == 0
     done = cli("consolidate", "--run-id", night1, "--full")
     assert done.exit_code == 0, done.output
+    assert unaccounted(city) == (set(), set())
+
+
+def test_a_rerun_killed_while_replacing_the_state_keeps_the_published_state(var: Path) -> None:
+    """Rerunning a published night replaces its master-state folder; killed in between, the
+    published folder is still read (explain, the next night)."""
+    city = _city()
+    night1 = next_night(var / "city")["as_of"]
+    run_night(night1)
+    published = tables(var)
+    killed = _govmdm("consolidate", "--run-id", night1, kill_at="link:swapping")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    state = mc.master_dir(var, night1)
+    assert not state.exists() and state.with_name(state.name + ".old").is_dir()
+    master_id = published["mdm_person"]["master_id"].iloc[0]
+    explained = cli("explain", master_id)
+    assert explained.exit_code == 0 and "links" in explained.output, explained.output
+    assert_same_tables(published, tables(var))
+    run_night(next_night(var / "city")["as_of"])
     assert unaccounted(city) == (set(), set())
 
 
