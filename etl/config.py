@@ -297,6 +297,12 @@ class TableConfig(_Strict):
         "batch is held back for data engineering to confirm (a table emptied is always held), "
         "e.g. 0.05",
     )
+    min_deleted_rows: int = Field(
+        10,
+        ge=0,
+        description="deletions below this many rows never hold the batch back, whatever their "
+        "share (a small table losing two rows is no alarm); a table emptied is always held",
+    )
 
     @field_validator("columns")
     @classmethod

@@ -476,15 +476,15 @@ def _extract_department(
 def _guard_deletions(
     state: RunState, run_id: str, dept: DepartmentConfig, table: TableConfig, t: TableExtract
 ) -> None:
-    """Mark a deletion above the table's limit (``max_deleted_share`` of its keys, or every
-    key) ``held``: its department's delivery rule then holds the batch back, as a blocking
-    rule does, until data engineering accepts it (``govmdm accept-deletions``); an accepted one
-    is ``accepted`` and goes through."""
+    """Mark a deletion above the table's limit (more than ``max_deleted_share`` of its keys and
+    at least ``min_deleted_rows`` rows, or every key) ``held``: its department's delivery rule
+    then holds the batch back, as a blocking rule does, until data engineering accepts it
+    (``govmdm accept-deletions``); an accepted one is ``accepted`` and goes through."""
     gone, before = t.rows_deleted, t.keys_before
     if not gone or not before:
         return
     share = gone / before
-    if gone < before and share <= table.max_deleted_share:
+    if gone < before and (share <= table.max_deleted_share or gone < table.min_deleted_rows):
         return
     what = (
         f"every one of its {before:,} rows is gone"

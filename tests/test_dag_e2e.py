@@ -41,8 +41,14 @@ DAGS = ROOT / "dags"
 STOPPED = "renshe"  # night 1: its source database is down
 HELD = "shichang"  # night 1: a blocking quality rule holds its batch back
 BROKEN_EXPORT = (
+    "CREATE TABLE broken_backup AS SELECT nbxh, tyshxydm FROM t_qy_djxx ORDER BY nbxh LIMIT 10;"
     "UPDATE t_qy_djxx SET tyshxydm = 'BROKEN-EXPORT', gxsj = (SELECT max(gxsj) FROM t_qy_djxx) "
-    "WHERE nbxh IN (SELECT nbxh FROM t_qy_djxx ORDER BY nbxh LIMIT 10)"
+    "WHERE nbxh IN (SELECT nbxh FROM broken_backup)"
+)
+MENDED_EXPORT = (  # the credit codes put back (deleting the rows would be a mass deletion)
+    "UPDATE t_qy_djxx SET tyshxydm = (SELECT b.tyshxydm FROM broken_backup b "
+    "WHERE b.nbxh = t_qy_djxx.nbxh) WHERE nbxh IN (SELECT nbxh FROM broken_backup);"
+    "DROP TABLE broken_backup"
 )
 PERSONS, ENTERPRISES = 300, 60
 
@@ -82,7 +88,7 @@ def _run_nights(spec_path: Path) -> None:
         for code, statement in night.get("source_sql", {}).items():
             db = sqlite3.connect(Path(spec["city"]) / "sources" / f"{code}.sqlite")
             with db:
-                db.execute(statement)
+                db.executescript(statement)
             db.close()
         with create_session() as session:  # Airflow connections in the metadata database
             for conn_id, uri in night.get("connections", {}).items():
@@ -235,7 +241,7 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             {  # both sources mended; the nightly DAG triggered for night 1 once more
                 "logical_date": f"{night1}T05:00:00+08:00",
                 "run_id": night1,
-                "source_sql": {HELD: "DELETE FROM t_qy_djxx WHERE tyshxydm = 'BROKEN-EXPORT'"},
+                "source_sql": {HELD: MENDED_EXPORT},
             },
         ],
     }

@@ -106,10 +106,13 @@ def test_a_truncated_table_is_held_and_a_small_deletion_is_not(var: Path) -> Non
     small = _delete(var, "WHERE rowid IN (SELECT rowid FROM 纳税人登记信息 LIMIT 2)")
     _night("n2")
     assert _crosswalk(var)["shuiwu"] == total - small  # 2 of ~60: within 5 %, goes through
+    few = _delete(var, "WHERE rowid IN (SELECT rowid FROM 纳税人登记信息 LIMIT 5)")
+    _night("n3")  # above 5 % but fewer than min_deleted_rows (10): no alarm
+    assert few == 5 and _crosswalk(var)["shuiwu"] == total - small - few
     cut = _delete(var, "WHERE rowid IN (SELECT rowid FROM 纳税人登记信息 LIMIT 20)")
-    _night("n3")
-    assert _crosswalk(var)["shuiwu"] == total - small  # a third gone at once: held
-    report = json.loads((var / "reports" / "run=n3" / "shuiwu.json").read_text())
+    _night("n4")
+    assert _crosswalk(var)["shuiwu"] == total - small - few  # a third gone at once: held
+    report = json.loads((var / "reports" / "run=n4" / "shuiwu.json").read_text())
     assert report["headline"]["status"] == "held_back"
     assert cut == 20
 
