@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from etl.cli import ConfigDir, _load, app, console
@@ -51,13 +52,14 @@ class ListFormat(StrEnum):
 def _fail(exc: Exception) -> typer.Exit:
     from master_data.access import AccessDenied, PseudonymKeyMissing, QueryRefused
 
-    console.print(f"[red]{exc}", highlight=False)
+    console.print(f"[red]{escape(str(exc))}", highlight=False)
     refused = isinstance(exc, AccessDenied | QueryRefused | PseudonymKeyMissing)
     return typer.Exit(2 if refused else 1)
 
 
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    """A value from the data as a table cell: rich markup in it is shown, never applied."""
+    return "" if value is None else escape(str(value))
 
 
 @app.command()
@@ -104,7 +106,7 @@ def query(
     else:
         table = Table(title_justify="left")
         for col in frame.columns:
-            table.add_column(str(col), overflow="fold")
+            table.add_column(_text(col), overflow="fold")
         for row in frame.head(max_rows).itertuples(index=False):
             table.add_row(*[_text(v) for v in row])
         more = len(frame) - max_rows
@@ -219,9 +221,9 @@ def lookup(
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return
-    console.rule(f"[bold]{result.key_kind} {result.key_shown}[/bold] ({result.role})")
+    console.rule(f"[bold]{result.key_kind} {_text(result.key_shown)}[/bold] ({result.role})")
     for note in result.notes:
-        console.print(note, highlight=False)
+        console.print(note, highlight=False, markup=False)
     for m in result.matches:
         _print_match(m)
     if not result.matches:
@@ -241,9 +243,10 @@ def _print_match(m: Any) -> None:
         p = by_attr.get(attribute_of.get(column, ""))
         golden.add_row(
             column, _text(value),
-            f"{p['department_name']} ({p['department']})" if p else "",
+            _text(f"{p['department_name']} ({p['department']})") if p else "",
             _text(p["source_key"]) if p else "", _text(p["source_updated_at"])[:19] if p else "",
-            _text(p["rule"]) if p else "", f"{p['agreeing']}/{p['candidates']}" if p else "",
+            _text(p["rule"]) if p else "",
+            f"{p['agreeing']}/{p['candidates']}" if p and p["candidates"] is not None else "",
         )  # fmt: skip
     console.print(golden)
     members = Table(title="member source rows", title_justify="left")
@@ -252,15 +255,15 @@ def _print_match(m: Any) -> None:
     for r in m.members:
         prob = r["link_probability"]
         members.add_row(
-            f"{r['department_name']} ({r['department']})", r["source_table"],
-            _text(r["source_key"]), r["link_rule"], "" if prob is None else f"{prob:.4f}",
+            _text(f"{r['department_name']} ({r['department']})"), _text(r["source_table"]),
+            _text(r["source_key"]), _text(r["link_rule"]), "" if prob is None else f"{prob:.4f}",
             _text(r["first_run_id"]),
         )  # fmt: skip
     console.print(members)
     if m.related:
         related = Table(title="related", title_justify="left")
         for col in m.related[0]:
-            related.add_column(col, overflow="fold")
+            related.add_column(_text(col), overflow="fold")
         for r in m.related:
             related.add_row(*[_text(v) for v in r.values()])
         console.print(related)
@@ -341,6 +344,7 @@ def views_install(
         AccessError,
         grants_sql,
         install_views,
+        release_of,
         roles_sql,
         views_sql,
     )
@@ -350,7 +354,7 @@ def views_install(
     try:
         if sql:
             pg = engine.dialect.name == "postgresql"
-            stmts = views_sql("postgresql" if pg else "sqlite")
+            stmts = views_sql("postgresql" if pg else "sqlite", release_of(city))
             if pg:
                 stmts = roles_sql() + stmts + grants_sql()
             print(";\n".join(stmts) + ";")

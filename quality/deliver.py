@@ -265,7 +265,9 @@ def build_message(city: CityConfig, report: Report, recipient: str, sender: str)
             f"{report.name} e-mail HTML": report.html,
             f"{report.name} e-mail attachment": report.json_text,
             f"{report.name} e-mail (raw)": msg.as_string(),
-        }
+        },
+        known=report.known,
+        public=(*report.public, sender, recipient),
     )
     return msg
 
