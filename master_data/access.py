@@ -543,7 +543,9 @@ def _person_release(spec: ViewSpec, dialect: Dialect, release: Release) -> str:
         " ELSE '少数民族' END AS q_eth"
         f" FROM {spec.table.name} g{where}"
     )
-    b5, b10, b20 = ("q_year - (q_year % 5)", "q_year - (q_year % 10)", "q_year - (q_year % 20)")
+    # integer division in both dialects (and no %, which the PostgreSQL driver reads as a
+    # placeholder)
+    b5, b10, b20 = ("(q_year / 5) * 5", "(q_year / 10) * 10", "(q_year / 20) * 20")
     has_address = "CASE WHEN address IS NULL THEN 0 ELSE 1 END"
     l1 = f"province, city, district, division_code, sex, q_b5, ethnicity, {has_address}"
     l2 = f"province, city, sex, q_b10, q_eth, {has_address}"
@@ -1049,12 +1051,20 @@ def pseudonymize_rows(
 
 # --- scrubbing: the last line of defence on analyst output ---------------------------------------
 
-_CANDIDATE = re.compile(r"\d{15}|1[3-9]\d[- ]?\d{4}[- ]?\d{4}")
+_CANDIDATE = re.compile(r"\d{15}|1[3-9]\d[- ]?\d{4}[- ]?\d{4}|0\d{2,3}[- ]?\d{3,4}[- ]?\d{4}")
+SCRUB_KINDS = frozenset({"id", "mobile", "landline", "card"})
+"""What the scrub looks for: not e-mails or street addresses, which the catalog (contacts) and
+the enterprise views (registered addresses) show on purpose."""
 
 
 def scrub(value: Any) -> tuple[Any, bool]:
-    """``value`` with any valid ID number or mobile number in it masked; and whether it was."""
-    if not isinstance(value, str) or not _CANDIDATE.search(value) or not find_clear(value):
+    """``value`` with any valid ID number, mobile or landline number or bank card in it masked;
+    and whether it was."""
+    if (
+        not isinstance(value, str)
+        or not _CANDIDATE.search(value)
+        or not find_clear(value, kinds=SCRUB_KINDS)
+    ):
         return value, False
     return mask_text(value), True
 

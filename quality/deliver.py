@@ -267,7 +267,7 @@ def build_message(city: CityConfig, report: Report, recipient: str, sender: str)
             f"{report.name} e-mail (raw)": msg.as_string(),
         },
         known=report.known,
-        public=(*report.public, sender, recipient),
+        public=(*report.public, sender, recipient, str(msg["Message-ID"]).strip("<>")),
     )
     return msg
 
