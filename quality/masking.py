@@ -350,9 +350,14 @@ def _date_difference(a: str, b: str) -> str:
 
 def _address_difference(a: str, b: str) -> str:
     pa, pb = address_parts(a), address_parts(b)
-    for i, label in ((0, "省"), (1, "市"), (2, "区县")):
-        if pa[i] != pb[i]:
-            return f"{label}不同（{pa[i] or '未注明'} / {pb[i] or '未注明'}）"
+    if pa[2] and pb[2] and pa[2] != pb[2]:
+        return f"区县不同（{pa[2]} / {pb[2]}）"
+    if not (pa[2] and pb[2]):
+        return "一方未写到区县"
+    if pa[3] == pb[3]:
+        return "区县相同，省市写法不同"
+    if pa[:2] != pb[:2]:
+        return "区县相同，详细地址不同（一方未写省市）"
     return "区县相同，详细地址不同"
 
 
