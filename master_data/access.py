@@ -122,6 +122,7 @@ class PseudonymKeyMissing(AccessError):
 
 MASKS: dict[str, str] = {
     "hidden": RELEASE_DESCRIPTIONS["suppress"],
+    "withheld": RELEASE_DESCRIPTIONS["suppress"] + "，有无取值也不发布",
     "kanon": RELEASE_DESCRIPTIONS["generalise"],
     "name": f"脱敏：{MASK_DESCRIPTIONS['name']}",
     "key": "脱敏：键值为身份证号或手机号时不发布（****）",
@@ -161,6 +162,9 @@ def _golden_masks(entity: str, table: sa.Table) -> dict[str, str]:
             raise ValueError(f"no SQL mask for {entity}.{column.name} ({rule.mask})")
         if rule.release != "clear":
             out[column.name] = _RELEASE_KIND[rule.release]
+        if entity == "person" and rule.release == "suppress":
+            # whether a person has a phone or an ID number would single people out as well
+            out[column.name] = "withheld"
     out.update({"member_count": "departments", "departments": "departments"})
     return out
 
@@ -330,6 +334,8 @@ def mask_value(kind: str, column: str, row: Mapping[str, Any]) -> Any:
     """``row[column]`` as the masked view shows it (mask ``kind`` from :data:`MASKS`; the
     k-anonymous and count columns are computed over the whole table, in SQL only)."""
     value = row[column]
+    if kind == "withheld":
+        return SUPPRESSED
     if value is None:
         return None
     text = str(value)
@@ -346,7 +352,7 @@ def mask_value(kind: str, column: str, row: Mapping[str, Any]) -> Any:
     raise ValueError(f"mask kind {kind!r} is computed over the whole table, in SQL only")
 
 
-PER_ROW_KINDS = frozenset({"hidden", "name", "key", "evidence", "conflict"})
+PER_ROW_KINDS = frozenset({"hidden", "withheld", "name", "key", "evidence", "conflict"})
 """Mask kinds :func:`mask_value` computes row by row."""
 
 
@@ -448,6 +454,8 @@ class _Sql:
             return self.mask_name(c)
         if kind == "hidden":
             return self.hidden(c)
+        if kind == "withheld":
+            return f"'{SUPPRESSED}'"
         if kind == "key":
             return (
                 f"CASE WHEN {self.id_like(c)} OR {self.mobile_like(c)} THEN '{SUPPRESSED}'"
@@ -1069,12 +1077,13 @@ def scrub(value: Any) -> tuple[Any, bool]:
     return mask_text(value), True
 
 
-def scrub_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """A copy of ``frame`` with :func:`scrub` applied to every text cell; and how many changed."""
+def scrub_frame(frame: pd.DataFrame, skip: Sequence[str] = ()) -> tuple[pd.DataFrame, int]:
+    """A copy of ``frame`` with :func:`scrub` applied to every text cell but those of ``skip``
+    (keyed pseudonyms: hex that may hold 11 digits in a row); and how many changed."""
     out = frame.copy()
     changed = 0
     for column in out.columns:
-        if out[column].dtype != object:
+        if out[column].dtype != object or column in skip:
             continue
         values = out[column].tolist()
         for i, v in enumerate(values):
@@ -1443,7 +1452,7 @@ def export(
                 rows = _export_rows(engine, spec, role, key, release)
                 frame = pd.DataFrame.from_records(rows, columns=spec.columns)
                 if role == "analyst":
-                    frame, hits = scrub_frame(frame)
+                    frame, hits = scrub_frame(frame, skip=list(spec.pseudonyms) if key else ())
                     result.scrubbed += hits
                 path = target / f"{spec.export_name}.parquet"
                 _write_parquet(frame, spec, path, role=role, pseudonymized=key is not None,

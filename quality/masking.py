@@ -365,7 +365,11 @@ def _address_difference(a: str, b: str) -> str:
 
 # Escaped bytes (\xD5, %D5, \u5f20, \325) in driver messages and reprs separate what they stand
 # between: an ID glued to an escape is still an ID.
-_ESCAPE = re.compile(r"\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\[0-7]{3}|%[0-9A-Fa-f]{2}")
+# Keyed pseudonyms (32 or 64 hex characters) are opaque: digits in them are no phone number.
+_ESCAPE = re.compile(
+    r"\\x[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}|\\[0-7]{3}|%[0-9A-Fa-f]{2}"
+    r"|(?<![0-9A-Za-z])(?=[0-9a-f]*[a-f])(?:[0-9a-f]{64}|[0-9a-f]{32})(?![0-9A-Za-z])"
+)
 # An 18-character ID, or a 15-digit one, or a mobile, not glued to more digits on either side.
 _ID = re.compile(r"(?<![0-9])(\d{6})(\d{8})(\d{3}[\dXx])(?![0-9])")
 _ID15 = re.compile(r"(?<![0-9])(\d{6})(\d{6})(\d{3})(?![0-9])")

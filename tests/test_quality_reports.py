@@ -298,7 +298,10 @@ def test_conflicts_grouped_by_attribute_and_masked_by_type(night: Night) -> None
     ]
     # a person's address: cut to the district, as in every other output (v_conflict, explain)
     address = groups["address"]["samples"][0]
-    assert (address["value"], address["authority_value"]) == ("鼓楼区****", "福建省福州市鼓楼区****")
+    assert (address["value"], address["authority_value"]) == (
+        "鼓楼区****",
+        "福建省福州市鼓楼区****",
+    )
     assert address["difference"] == "区县相同，详细地址不同（一方未写省市）"
     minzheng_files = night.reports.departments["minzheng"]
     for text in (minzheng_files.html, minzheng_files.json_text, minzheng_files.text):
@@ -312,7 +315,10 @@ def test_conflicts_grouped_by_attribute_and_masked_by_type(night: Night) -> None
     # public registration data of an enterprise is shown as it is (nothing to hide, and the
     # department needs to see the difference)
     firm = renshe[("enterprise", "name")]
-    assert (firm["value"], firm["authority_value"]) == ("福州闽江科技有限责任公司", "福州闽江科技有限公司")
+    assert (firm["value"], firm["authority_value"]) == (
+        "福州闽江科技有限责任公司",
+        "福州闽江科技有限公司",
+    )
     assert renshe[("enterprise", "address")]["value"] == "福建省福州市鼓楼区五一北路12号"
     assert "福州闽江科技有限责任公司" in night.reports.departments["renshe"].html
     gongan = night.reports.departments["gongan"].data["conflicts"]
