@@ -687,3 +687,183 @@ def test_postgres_masked_views_resist_reidentification(pg_city: tuple[CityConfig
 
 def _sqlite_url(city: CityConfig) -> str:
     return f"sqlite:///{city.var_dir / 'warehouse' / 'govmdm.sqlite'}"
+
+
+# --- 不予共享: the share type decides what the analyst sees --------------------------------------
+
+
+def _with_share(city: CityConfig, tmp_path: Path, share_type: str) -> CityConfig:
+    """The city with weijian/PATIENT_INFO shared as ``share_type`` (a copy of config/)."""
+    import shutil
+
+    root = tmp_path / f"project-{share_type}"
+    shutil.copytree(ROOT / "config", root / "config")
+    path = root / "config" / "catalog.yaml"
+    text = path.read_text(encoding="utf-8").replace(
+        "  weijian/PATIENT_INFO:\n    share_type: not_shared",
+        f"  weijian/PATIENT_INFO:\n    share_type: {share_type}\n    condition: 仅限测试",
+    )
+    path.write_text(text, encoding="utf-8")
+    return load_city_config(root / "config")
+
+
+def _weijian_seen(city: CityConfig) -> dict[str, int]:
+    q = {
+        "crosswalk": "SELECT count(*) FROM v_crosswalk WHERE department = 'weijian'",
+        "provenance": "SELECT count(*) FROM v_provenance WHERE department = 'weijian'",
+        "conflicts": "SELECT count(*) FROM v_conflict WHERE department = 'weijian'",
+        "membership": "SELECT count(*) FROM v_person WHERE departments LIKE '%weijian%'",
+    }
+    return {k: int(access.run_query(city, sql).frame.iloc[0, 0]) for k, sql in q.items()}
+
+
+def test_not_shared_sources_are_withheld_from_analysts(
+    city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert access.release_of(city).hidden == {("weijian", "PATIENT_INFO")}
+    clear = _read(warehouse_url(city), "SELECT count(*) AS n FROM mdm_crosswalk "
+                  "WHERE department = 'weijian'")  # fmt: skip
+    assert clear["n"].iloc[0] > 100
+    assert _weijian_seen(city) == {"crosswalk": 0, "provenance": 0, "conflicts": 0, "membership": 0}
+    # membership does not show through the counts either
+    persons = access.run_query(city, "SELECT master_id, member_count FROM v_person").frame
+    visible = access.run_query(city, "SELECT master_id, count(*) AS n FROM v_crosswalk "
+                               "WHERE entity = 'person' GROUP BY master_id").frame  # fmt: skip
+    merged = persons.merge(visible, on="master_id", how="left")
+    assert (merged["member_count"] == merged["n"]).all()
+    counts = access.run_query(city, "SELECT candidates, agreeing FROM v_provenance").frame
+    assert counts["candidates"].isna().all() and counts["agreeing"].isna().all()
+    # a person known only to weijian is not there at all: not in v_person, lookup, explain
+    only = _read(warehouse_url(city), "SELECT master_id, id_number FROM mdm_person "
+                 "WHERE departments = 'weijian' AND id_number IS NOT NULL")  # fmt: skip
+    assert len(only) > 0
+    hidden = only.iloc[0]
+    assert access.run_query(city, f"SELECT * FROM v_person WHERE master_id = "
+                            f"'{hidden['master_id']}'").frame.empty  # fmt: skip
+    assert access.run_query(city, f"SELECT * FROM v_id_event WHERE master_id = "
+                            f"'{hidden['master_id']}'").frame.empty  # fmt: skip
+    assert lookup(city, id_number=hidden["id_number"]).matches == []
+    with pytest.raises(access.NotShared):
+        access.mask_explanation(explain(city, hidden["master_id"]), access.release_of(city))
+    # a person also known to gongan: explained without weijian's rows, links or conflicts
+    both = _read(warehouse_url(city), "SELECT master_id FROM mdm_person "
+                 "WHERE departments = 'gongan,weijian'")["master_id"].iloc[0]  # fmt: skip
+    shown = access.mask_explanation(explain(city, both), access.release_of(city))
+    assert "weijian" not in repr(shown) and shown.members
+    # the privileged role, for its legal duty, sees everything
+    env.setenv(access.PRIVILEGED_USERS_ENV, audit.os_user())
+    full = access.run_query(
+        city, "SELECT count(*) FROM v_crosswalk_full WHERE department = 'weijian'", privileged=True
+    )
+    assert int(full.frame.iloc[0, 0]) == clear["n"].iloc[0]
+    # and the share type decides: shared, weijian's rows are there for analysts
+    shared = _with_share(city, tmp_path, "conditional")
+    engine = wh.engine_for(warehouse_url(shared))
+    try:
+        access.install_views(engine, shared)
+        seen = _weijian_seen(shared)
+        assert seen["crosswalk"] == clear["n"].iloc[0] and seen["membership"] > 0
+    finally:
+        access.install_views(engine, city)
+        engine.dispose()
+
+
+def test_postgres_analyst_login_sees_no_not_shared_source(pg_city: tuple[CityConfig, str]) -> None:
+    _, url = pg_city
+    login = f"govmdm_test_share_{uuid.uuid4().hex[:8]}"
+    admin = _engine(url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {access.ANALYST_ROLE}")
+    analyst = _engine(sa.make_url(url).set(username=login, password=None))
+    try:
+        with analyst.connect() as conn:
+            for sql in ("SELECT count(*) FROM v_crosswalk WHERE department = 'weijian'",
+                        "SELECT count(*) FROM v_conflict WHERE department = 'weijian'",
+                        "SELECT count(*) FROM v_provenance WHERE department = 'weijian'",
+                        "SELECT count(*) FROM v_person WHERE position('weijian' in departments) > 0"):  # fmt: skip
+                assert conn.exec_driver_sql(sql).scalar() == 0, sql
+    finally:
+        analyst.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP ROLE {login}")
+        admin.dispose()
+
+
+# --- pseudonym keys, markup, the review queue ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["aaaaaaaaaaaaaaaa", "abababababababababababab", "0123456789abcdefghij",
+     "Passw0rd!Passw0rd!Passw0rd!", "1111111111111111111111111111111111111111"],
+)  # fmt: skip
+def test_a_predictable_pseudonym_key_is_refused(key: str, env: pytest.MonkeyPatch) -> None:
+    env.setenv(access.PSEUDONYM_KEY_ENV, key)
+    with pytest.raises(access.PseudonymKeyMissing, match="too predictable"):
+        access.pseudonym_key()
+
+
+def test_a_random_pseudonym_key_is_accepted(env: pytest.MonkeyPatch) -> None:
+    import secrets
+
+    for key in (secrets.token_hex(16), secrets.token_urlsafe(24), KEY):
+        env.setenv(access.PSEUDONYM_KEY_ENV, key)
+        assert access.pseudonym_key() == key.encode()
+
+
+def _copy_var(city: CityConfig, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "var"
+    shutil.copytree(city.var_dir, target)
+    return target
+
+
+def test_markup_in_the_data_is_shown_not_applied(city: CityConfig, tmp_path: Path) -> None:
+    var = _copy_var(city, tmp_path)
+    url = f"sqlite:///{var / 'warehouse' / 'govmdm.sqlite'}"
+    firm = _read(url, "SELECT master_id, uscc FROM mdm_enterprise WHERE uscc IS NOT NULL").iloc[0]
+    evil = "K3[/x] [link=https://example.org/x]点我[/link] [bold red]"
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE mdm_enterprise SET name = ? WHERE master_id = ?",
+                             (evil, firm["master_id"]))  # fmt: skip
+    engine.dispose()
+    runner = CliRunner()
+    env = {"GOVMDM_VAR": str(var), "COLUMNS": "400"}
+    args = ["--config", str(ROOT / "config")]
+    for cmd in (
+        ["query", f"SELECT name, '[/y]' AS \"[b]col\" FROM v_enterprise WHERE master_id = "
+                  f"'{firm['master_id']}'"],
+        ["explain", firm["master_id"]],
+        ["lookup", "--credit-code", firm["uscc"]],
+    ):  # fmt: skip
+        out = runner.invoke(app, [*cmd, *args], env=env)
+        assert out.exit_code == 0, (cmd, out.output, out.exception)
+        assert "K3[/x]" in out.output and "[link=https://example.org/x]" in out.output, cmd
+        assert "\x1b]8;" not in out.output  # no live hyperlink escape
+    out = runner.invoke(app, ["query", 'SELECT * FROM "[/x]"', *args], env=env)
+    assert out.exit_code == 1 and "[/x]" in out.output  # an error quoting the input prints too
+
+
+def test_review_list_masks_record_ids(city: CityConfig, tmp_path: Path) -> None:
+    var = _copy_var(city, tmp_path)
+    url = f"sqlite:///{var / 'warehouse' / 'govmdm.sqlite'}"
+    person = _read(url, "SELECT master_id, id_number FROM mdm_person "
+                   "WHERE id_number IS NOT NULL").iloc[0]  # fmt: skip
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(wh.review_queue_table.insert(), {
+            "entity": "person", "left_record": f"renshe/insured_person/{person['id_number']}",
+            "right_record": "gongan/t_rk_jbxx/13812345678", "left_master_id": person["master_id"],
+            "right_master_id": "P0000000002", "probability": 0.9, "run_id": NIGHT,
+            "weights": json.dumps({"name": {"level": 3, "weight": 4.2}}),
+        })  # fmt: skip
+    engine.dispose()
+    out = CliRunner().invoke(
+        app, ["review", "list", "--config", str(ROOT / "config")],
+        env={"GOVMDM_VAR": str(var), "COLUMNS": "300"},
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert mask_id(person["id_number"]) in out.output and "138****5678" in out.output
+    assert find_clear(out.output) == []
