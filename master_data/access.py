@@ -3,13 +3,14 @@
 **Views.** Every published table an analyst may read has two views in the warehouse:
 ``v_person`` (masked) and ``v_person_full`` (as published), likewise ``v_enterprise``,
 ``v_provenance``, ``v_crosswalk``, ``v_relationship``, ``v_conflict`` and ``v_id_event``; plus the
-``catalog`` table (信息资源目录). The masking is SQL inside the view, the same on SQLite and
-PostgreSQL and equal to :mod:`quality.masking`: ID numbers ``110101********1234``, phones
-``138****5678``, names ``张*``; a person's address is cut to the district
-(``福建省福州市台江区****``; the detail and the name's pinyin read ``****``); a source key is
-masked where it is an ID or mobile number; a legal representative's name and ID, and conflict
-values by attribute. Enterprise names, credit codes and business addresses are public
-registration data and stay.
+``catalog`` table (信息资源目录). The masked views are a de-identified release built in SQL (the
+same on SQLite and PostgreSQL) from the per-field policy of :mod:`quality.masking`: a person's
+name, ID number, phone and street address are not released; sex, birth date, residence and
+ethnicity are generalised together so that every combination in ``v_person`` stands for at
+least k persons (``k_anonymity`` in ``config/catalog.yaml``); conflict values and source keys
+release nothing ``v_person`` leaves out. Sources the catalog does not share (不予共享) are
+withheld: their rows, their values and membership in them. Enterprise names, credit codes and
+business addresses are public registration data and stay.
 
 **Roles.** On PostgreSQL :func:`install_views` creates the roles ``govmdm_analyst`` (SELECT on the
 masked views and ``catalog`` only: the ``mdm_*`` tables, the ``*_full`` views and ``audit_log``
@@ -30,8 +31,8 @@ token in every table and every extract made with that key, so joins still work.
 
 >>> install_views(engine, city).views[:2]
 ['v_person', 'v_enterprise']
->>> run_query(city, "SELECT name, id_number FROM v_person LIMIT 1").frame.iloc[0].tolist()
-['刘**', '350182********8550']
+>>> run_query(city, "SELECT name, id_number, birth_date FROM v_person").frame.iloc[0].tolist()
+['****', '****', '1985-1989']
 """
 
 from __future__ import annotations

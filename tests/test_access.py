@@ -777,10 +777,14 @@ def test_postgres_analyst_login_sees_no_not_shared_source(pg_city: tuple[CityCon
     analyst = _engine(sa.make_url(url).set(username=login, password=None))
     try:
         with analyst.connect() as conn:
-            for sql in ("SELECT count(*) FROM v_crosswalk WHERE department = 'weijian'",
-                        "SELECT count(*) FROM v_conflict WHERE department = 'weijian'",
-                        "SELECT count(*) FROM v_provenance WHERE department = 'weijian'",
-                        "SELECT count(*) FROM v_person WHERE position('weijian' in departments) > 0"):  # fmt: skip
+            where = {
+                "v_crosswalk": "department = 'weijian'",
+                "v_conflict": "department = 'weijian'",
+                "v_provenance": "department = 'weijian'",
+                "v_person": "strpos(departments, 'weijian') > 0",
+            }
+            for view, condition in where.items():
+                sql = f"SELECT count(*) FROM {view} WHERE {condition}"
                 assert conn.exec_driver_sql(sql).scalar() == 0, sql
     finally:
         analyst.dispose()

@@ -44,6 +44,7 @@ from quality.report import (
     ReportSet,
     UnmaskedDataError,
     build_reports,
+    check_masked,
     night_key,
     render_reports,
     reports_dir,
@@ -796,3 +797,41 @@ def test_every_report_renders_in_chromium_without_errors(
         lines = sum(_lines(x["scores"]) for x in report.data["trend"]["series"])
         assert chart["series"] == len(report.data["trend"]["series"]) > 0, (report.name, chart)
         assert chart["lines"] == lines > 0, (report.name, chart)
+
+
+def _luhn_card(prefix: str, length: int) -> str:
+    body = prefix + "3" * (length - len(prefix) - 1)
+    for check in "0123456789":
+        digits = [int(c) for c in body + check][::-1]
+        total = sum(d if i % 2 == 0 else (d * 2 - 9 if d > 4 else d * 2)
+                    for i, d in enumerate(digits))  # fmt: skip
+        if total % 10 == 0:
+            return body + check
+    raise AssertionError
+
+
+@pytest.mark.parametrize(
+    ("text", "known"),
+    [
+        ("联系电话 0591-87654321", ()),
+        ("邮箱 zhang.san@example.com", ()),
+        (f"银行卡 {_luhn_card('622202', 19)}", ()),
+        ("住址：福建省福州市台江区鳌峰路80号3单元", ()),
+        ("经办人 王晓明 已核实", ("王晓明",)),
+        ("身份证 11010519491231002X", ()),
+        (r"Incorrect string value: '\xD5\xC511010519491231002X'", ()),
+    ],
+)  # fmt: skip
+def test_the_gate_catches_every_kind_of_personal_data(text: str, known: tuple[str, ...]) -> None:
+    with pytest.raises(UnmaskedDataError) as err:
+        check_masked({"report.html": text}, known=known)
+    assert "report.html" in str(err.value)
+    for word in ("87654321", "zhang.san", "鳌峰路", "晓明", "19491231"):
+        assert word not in str(err.value)  # the refusal itself shows nothing in clear
+
+
+def test_public_enterprise_addresses_pass_the_gate() -> None:
+    address = "福建省福州市鼓楼区五一北路12号"
+    check_masked({"renshe.html": f"企业住所：{address}"}, public=[address])
+    with pytest.raises(UnmaskedDataError):
+        check_masked({"renshe.html": f"企业住所：{address}"})
