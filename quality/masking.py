@@ -332,9 +332,15 @@ def _id_difference(a: str, b: str) -> str:
 
 
 def _digits_difference(a: str, b: str) -> str:
+    kinds = {"固定电话" if d.startswith("0") else "手机" for d in (a, b)}
+    if len(kinds) == 2:
+        return "一方为固定电话，一方为手机号码"
     if len(a) != len(b):
         return f"位数不同（{len(a)} 位 / {len(b)} 位）"
-    return f"第{_runs(_positions(a, b))}位不同"
+    positions = _positions(a, b)
+    if len(positions) > len(a) // 2:
+        return "号码不同"
+    return f"第{_runs(positions)}位不同"
 
 
 def _date_difference(a: str, b: str) -> str:
@@ -377,7 +383,7 @@ _MOBILE = re.compile(r"(?<!\d)(?:\+?86[- ]?)?(1[3-9]\d)[- ]?(\d{4})[- ]?(\d{4})(
 _LANDLINE = re.compile(r"(?<![\dA-Za-z-])(0\d{2,3})[- ]?(\d{3,4})[- ]?(\d{4})(?![\d-])")
 _CARD = re.compile(r"(?<![0-9A-Za-z])(62\d{14,17}|4\d{15}|5[1-5]\d{14}|3[47]\d{13})(?![0-9A-Za-z])")
 _EMAIL = re.compile(
-    r"(?<![\w.+-])([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
+    r"(?<![\w.+-])([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@((?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,})\b"
 )
 # A street address below district level: a road, street, lane or village with a house number.
 _STREET = re.compile(
