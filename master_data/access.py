@@ -493,40 +493,64 @@ def _hidden_row(release: Release, dept: str = "department", table: str = "source
     return "(" + " OR ".join(pairs) + ")" if pairs else "1 = 0"
 
 
-def _visible_members(release: Release, entity: str, master_id: str) -> str:
-    """SQL: the crosswalk rows of an entity that the analyst may see."""
+def _shared_rows(release: Release, entity: str) -> str:
+    """SQL: the crosswalk rows of ``entity`` the analyst may see (from shared sources)."""
     return (
-        f"FROM {crosswalk_table.name} x WHERE x.entity = '{entity}' AND x.master_id = {master_id}"
+        f"FROM {crosswalk_table.name} x WHERE x.entity = '{entity}'"
         f" AND NOT {_hidden_row(release, 'x.department', 'x.source_table')}"
     )
 
 
-def _visible(release: Release, entity: str, master_id: str) -> str:
-    """SQL: an entity has a member row the analyst may see (else it is left out whole)."""
-    return f"EXISTS (SELECT 1 {_visible_members(release, entity, master_id)})"
+def _visible_ids(release: Release, entity: str) -> str:
+    """SQL: the master IDs with a member row from a shared source (uncorrelated, so that the
+    database evaluates it once, not once per row)."""
+    return f"SELECT DISTINCT x.master_id {_shared_rows(release, entity)}"
+
+
+def _members(release: Release, entity: str, dialect: Dialect) -> str:
+    """SQL: per visible master ID its shared member rows (``m_count``) and their departments
+    (``m_departments``, sorted, comma-separated): joined to the golden table, it also leaves
+    out whom only unshared sources know."""
+    rows = _shared_rows(release, entity)
+    if dialect == "postgresql":
+        return (
+            "SELECT x.master_id AS m_id, count(*) AS m_count, string_agg(DISTINCT x.department,"
+            f" ',' ORDER BY x.department) AS m_departments {rows} GROUP BY x.master_id"
+        )
+    # one derived table (SQLite then indexes it for the join): rows per department, in order
+    return (
+        "SELECT m_id, sum(n) AS m_count, group_concat(d, ',') AS m_departments FROM (SELECT"
+        f" x.master_id AS m_id, x.department AS d, count(*) AS n {rows} GROUP BY x.master_id,"
+        " x.department ORDER BY x.master_id, x.department) GROUP BY m_id"
+    )
+
+
+def _golden_from(spec: ViewSpec, release: Release, entity: str, dialect: Dialect) -> str:
+    """SQL: FROM clause of a golden view, ``g`` the table, joined to its shared members."""
+    if not release.hidden:
+        return f"FROM {spec.table.name} g"
+    joined = f"FROM {spec.table.name} g JOIN ({_members(release, entity, dialect)}) m"
+    joined += " ON m.m_id = g.master_id"
+    if entity == "enterprise":
+        joined += (
+            f" LEFT JOIN ({_visible_ids(release, 'person')}) vp"
+            " ON vp.master_id = g.legal_rep_master_id"
+        )
+    return joined
 
 
 def _golden_columns(spec: ViewSpec, sql: _Sql, release: Release, entity: str) -> dict[str, str]:
-    """Each column of a golden view, masked, with membership counted over shared sources."""
+    """Each column of a golden view, masked, with membership counted over shared sources
+    (``m`` of :func:`_golden_from`)."""
     cols = {c: c for c in spec.columns}
     for column, kind in spec.masks.items():
         if kind in PER_ROW_KINDS:
             cols[column] = sql.mask(kind, column)
     if release.hidden:
-        members = _visible_members(release, entity, "g.master_id")
-        cols["member_count"] = f"(SELECT count(*) {members})"
-        if sql.dialect == "postgresql":
-            cols["departments"] = (
-                f"(SELECT string_agg(DISTINCT x.department, ',' ORDER BY x.department) {members})"
-            )
-        else:
-            cols["departments"] = (
-                "(SELECT group_concat(d, ',') FROM (SELECT DISTINCT x.department AS d "
-                f"{members} ORDER BY d))"
-            )
+        cols["member_count"] = "m_count"
+        cols["departments"] = "m_departments"
     if entity == "enterprise" and release.hidden:
-        seen = _visible(release, "person", "g.legal_rep_master_id")
-        cols["legal_rep_master_id"] = f"CASE WHEN {seen} THEN g.legal_rep_master_id END"
+        cols["legal_rep_master_id"] = "vp.master_id"
     return cols
 
 
@@ -545,20 +569,25 @@ def _person_release(spec: ViewSpec, dialect: Dialect, release: Release) -> str:
     k = release.k
     cols = _golden_columns(spec, sql, release, "person")
     year = sql.year("g.birth_date")
-    where = f" WHERE {_visible(release, 'person', 'g.master_id')}" if release.hidden else ""
+    # the levels are computed on the quasi-identifiers alone (narrow rows through the window
+    # steps), then joined back to the table
+    members = f" JOIN ({_members(release, 'person', dialect)}) m ON m.m_id = g.master_id"
     base = (
-        f"SELECT g.*, {year} AS q_year,"
+        f"SELECT g.master_id AS q_id, {year} AS q_year, g.sex AS q_sex,"
+        + (" m.m_count AS m_count, m.m_departments AS m_departments," if release.hidden else "")
+        + " g.ethnicity AS q_ethnicity, g.province AS q_province, g.city AS q_city,"
+        " g.district AS q_district, g.division_code AS q_division,"
+        " CASE WHEN g.address IS NULL THEN 0 ELSE 1 END AS q_has_address,"
         " CASE WHEN g.ethnicity IS NULL THEN NULL WHEN g.ethnicity = '汉族' THEN '汉族'"
-        " ELSE '少数民族' END AS q_eth"
-        f" FROM {spec.table.name} g{where}"
+        f" ELSE '少数民族' END AS q_eth FROM {spec.table.name} g"
+        + (members if release.hidden else "")
     )
     # integer division in both dialects (and no %, which the PostgreSQL driver reads as a
     # placeholder)
     b5, b10, b20 = ("(q_year / 5) * 5", "(q_year / 10) * 10", "(q_year / 20) * 20")
-    has_address = "CASE WHEN address IS NULL THEN 0 ELSE 1 END"
-    l1 = f"province, city, district, division_code, sex, q_b5, ethnicity, {has_address}"
-    l2 = f"province, city, sex, q_b10, q_eth, {has_address}"
-    l3 = "sex, q_b20"
+    l1 = "q_province, q_city, q_district, q_division, q_sex, q_b5, q_ethnicity, q_has_address"
+    l2 = "q_province, q_city, q_sex, q_b10, q_eth, q_has_address"
+    l3 = "q_sex, q_b20"
     stars = f"'{SUPPRESSED}'"
 
     def band(start: str, width: int) -> str:
@@ -618,9 +647,10 @@ def _person_release(spec: ViewSpec, dialect: Dialect, release: Release) -> str:
     inner = base
     for i, step in enumerate(steps):
         inner = f"SELECT {step} FROM ({inner}) q{i}"
+    joins = f"FROM ({inner}) q JOIN {spec.table.name} g ON g.master_id = q.q_id"
     return (
         f"SELECT {', '.join(f'{expr} AS {name}' for name, expr in released.items())}"
-        f"{_CARRY} FROM ({inner}) g"
+        f"{_CARRY} {joins}"
     )
 
 
@@ -658,9 +688,8 @@ def _view_select(spec: ViewSpec, dialect: Dialect, *, masked: bool, release: Rel
         return _person_release(spec, dialect, release)
     if spec.name == "v_enterprise":
         cols = _golden_columns(spec, sql, release, "enterprise")
-        only = f" WHERE {_visible(release, 'enterprise', 'g.master_id')}" if release.hidden else ""
         select = ", ".join(f"{e} AS {c}" if e != c else f"g.{c}" for c, e in cols.items())
-        return f"SELECT {select}{_CARRY} FROM {name} g{only}"
+        return f"SELECT {select}{_CARRY} {_golden_from(spec, release, 'enterprise', dialect)}"
     cols = {c: (sql.mask(spec.masks[c], c) if spec.masks.get(c) in PER_ROW_KINDS else c)
             for c in spec.columns}  # fmt: skip
     where: list[str] = []
@@ -672,11 +701,11 @@ def _view_select(spec: ViewSpec, dialect: Dialect, *, masked: bool, release: Rel
         codes = ", ".join(_q(c) for c in sorted(release.hidden_departments))
         where.append(f"authority_department NOT IN ({codes})")
     if spec.name == "v_relationship" and release.hidden:
-        where.append(_visible(release, "person", "person_master_id"))
+        where.append(f"person_master_id IN ({_visible_ids(release, 'person')})")
     if spec.name == "v_id_event" and release.hidden:
         where.append(
-            f"NOT (entity = 'person' AND master_id IN (SELECT g.master_id FROM "
-            f"{person_table.name} g WHERE NOT {_visible(release, 'person', 'g.master_id')}))"
+            f"NOT (entity = 'person' AND master_id IN (SELECT master_id FROM {person_table.name})"
+            f" AND master_id NOT IN ({_visible_ids(release, 'person')}))"
         )
     select = ", ".join(f"{e} AS {c}" if e != c else c for c, e in cols.items())
     where_sql = f" WHERE {' AND '.join(where)}" if where else ""

@@ -34,7 +34,7 @@ import os
 import re
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -47,6 +47,7 @@ from etl.config import CityConfig
 from etl.state import warehouse_url
 from etl.warehouse import conflict_table, engine_for
 from quality.masking import (
+    ALL_KINDS,
     address_parts,
     describe_difference,
     find_clear,
@@ -308,16 +309,21 @@ def reports_dir(city: CityConfig, run_id: str) -> Path:
 
 
 def check_masked(
-    documents: Mapping[str, str], *, known: Sequence[str] = (), public: Sequence[str] = ()
+    documents: Mapping[str, str],
+    *,
+    known: Sequence[str] = (),
+    public: Sequence[str] = (),
+    kinds: Iterable[str] = ALL_KINDS,
 ) -> None:
     """Raise :class:`UnmaskedDataError` if any document (name → text) holds personal data in
     clear (:func:`quality.masking.find_clear`: ID numbers, mobile and landline numbers, bank
     cards, e-mail addresses, street addresses, and the ``known`` personal values the documents
     were built from); ``public`` values (enterprise addresses, the e-mail's own sender and
-    recipient) do not count. The message lists each finding masked, never in clear."""
+    recipient) do not count; ``kinds`` narrows what is looked for. The message lists each
+    finding masked, never in clear."""
     problems = []
     for name, text in documents.items():
-        found = find_clear(text, known=known, public=public)
+        found = find_clear(text, known=known, public=public, kinds=kinds)
         if found:
             shown = ", ".join(sorted({_hint(f) for f in found})[:5])
             problems.append(f"{name}: {len(found)} in clear ({shown})")
