@@ -533,8 +533,8 @@ def _golden_from(spec: ViewSpec, release: Release, entity: str, dialect: Dialect
     joined += " ON m.m_id = g.master_id"
     if entity == "enterprise":
         joined += (
-            f" LEFT JOIN ({_visible_ids(release, 'person')}) vp"
-            " ON vp.master_id = g.legal_rep_master_id"
+            f" LEFT JOIN (SELECT v.master_id AS vp_id FROM ({_visible_ids(release, 'person')}) v)"
+            " vp ON vp.vp_id = g.legal_rep_master_id"
         )
     return joined
 
@@ -550,7 +550,7 @@ def _golden_columns(spec: ViewSpec, sql: _Sql, release: Release, entity: str) ->
         cols["member_count"] = "m_count"
         cols["departments"] = "m_departments"
     if entity == "enterprise" and release.hidden:
-        cols["legal_rep_master_id"] = "vp.master_id"
+        cols["legal_rep_master_id"] = "vp.vp_id"
     return cols
 
 
