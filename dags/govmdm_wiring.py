@@ -143,10 +143,9 @@ def notify_data_engineering(context: Context) -> None:
     """
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    from etl.config import load_city_config
     from etl.night import read_summary
 
-    city = load_city_config(_config())
+    city, recipient, contact, config_problem = _alert_recipient()
     ti = context.get("ti")
     dag_run = context.get("dag_run")
     dag_id = str(getattr(context.get("dag"), "dag_id", None) or getattr(ti, "dag_id", "?"))
@@ -159,12 +158,16 @@ def notify_data_engineering(context: Context) -> None:
     subject = f"[govmdm] {dag_id} 夜间任务失败 night {night}" + (f": {where}" if where else "")
     what = f"的任务 <b>{html.escape(where)}</b> 失败。" if where else "未能全部完成。"
     lines = [
-        f"<p>{html.escape(city.data_engineering_contact.name)}，您好：</p>",
+        f"<p>{html.escape(contact)}，您好：</p>",
         f"<p>govmdm 夜间任务 <b>{html.escape(dag_id)}</b>（night {html.escape(night)}）{what}</p>",
     ]
     if exc := context.get("exception"):
         lines.append(f"<pre>{html.escape(str(exc))[:4000]}</pre>")
-    if not where:
+    if config_problem:
+        lines.append(
+            f"<p>配置错误 / configuration error:</p><pre>{html.escape(config_problem)}</pre>"
+        )
+    if not where and city is not None:
         summary = read_summary(city.var_dir, night) if night != "?" else {}
         for code in summary.get("flagged", []):
             entry = summary["departments"][code]
@@ -179,11 +182,40 @@ def notify_data_engineering(context: Context) -> None:
         lines.append(f"<p>Airflow run: {html.escape(str(dag_run.run_id))}</p>")
     with SmtpHook() as smtp:
         smtp.send_email_smtp(
-            to=[str(city.data_engineering_contact.email)],
+            to=[recipient],
             from_email=smtp.from_email or conf.get("email", "from_email", fallback=None),
             subject=subject,
             html_content="\n".join(lines),
         )
+
+
+def _alert_recipient() -> tuple[Any, str, str, str | None]:
+    """(city or None, address, name, configuration problem) for a failure e-mail.
+
+    A callback must send its e-mail even when the configuration is what failed: the contact
+    then comes from ``city.yaml`` read as plain YAML, else ``GOVMDM_ALERT_EMAIL``, else the
+    sender address of ``[email] from_email``."""
+    import yaml
+
+    from etl.config import ConfigError, load_city_config
+
+    try:
+        city = load_city_config(_config(), tolerant=True)
+        contact = city.data_engineering_contact
+        return city, str(contact.email), contact.name, None
+    except ConfigError as exc:
+        problem = str(exc)
+    try:
+        data = yaml.safe_load((_config() / "city.yaml").read_text(encoding="utf-8"))
+        contact = data["data_engineering_contact"]
+        return None, str(contact["email"]), str(contact.get("name", "")), problem
+    except Exception:  # the city file itself is what is broken: use the fallbacks below
+        pass
+    fallback = (
+        os.environ.get("GOVMDM_ALERT_EMAIL", "").strip()
+        or parseaddr(conf.get("email", "from_email", fallback="") or "")[1]
+    )
+    return None, fallback, "data engineering", problem
 
 
 def _night_id(context: Context) -> str:
@@ -202,10 +234,13 @@ def _night_id(context: Context) -> str:
     when = getattr(dag_run, "logical_date", None) or getattr(dag_run, "run_after", None)
     if when is None:
         return "?"
-    from etl.config import load_city_config
+    from etl.config import ConfigError, load_city_config
     from etl.night import run_id_for
 
-    return run_id_for(when, load_city_config(_config()).timezone)
+    try:
+        return run_id_for(when, load_city_config(_config(), tolerant=True).timezone)
+    except ConfigError:
+        return when.date().isoformat()
 
 
 # --- the night ----------------------------------------------------------------------------------
@@ -264,13 +299,18 @@ def night_dag(
                     "govmdm_replay needs the run ID of the night to replay: "
                     """trigger it with -c '{"run_id": "2026-07-01"}'"""
                 )
-            out = glue.plan(
-                _config(),
-                when=run.logical_date or run.run_after,
-                run_id=p.get("run_id") or None,
-                departments=p.get("departments") or None,
-                replay=mode == "replay",
-            )
+            from etl.config import ConfigError
+
+            try:
+                out = glue.plan(
+                    _config(),
+                    when=run.logical_date or run.run_after,
+                    run_id=p.get("run_id") or None,
+                    departments=p.get("departments") or None,
+                    replay=mode == "replay",
+                )
+            except (ConfigError, ValueError) as exc:  # a retry cannot fix configuration
+                raise AirflowFailException(f"the night cannot start:\n{exc}") from exc
             return {
                 **out,
                 "mode": mode,

@@ -1,6 +1,7 @@
 """The audit log: who did what to the golden data, and when.
 
-Every publish, export, lookup, query, views install and review decision writes one row of
+Every publish, export, lookup, query, views install, review decision and accepted mass
+deletion writes one row of
 ``audit_log`` in the warehouse: who (``GOVMDM_USER`` if set, else the OS login), when, the
 action, its target, the role it ran as (analyst | privileged | platform), how many rows it
 returned or wrote, its outcome (ok | refused | failed) and details as JSON. Refused attempts
@@ -34,6 +35,7 @@ ACTIONS = (
     "query",
     "explain",
     "review_decide",
+    "accept_deletions",
 )
 OUTCOMES = ("ok", "refused", "failed")
 

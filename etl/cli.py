@@ -139,12 +139,18 @@ def config_check(
 ) -> None:
     """Validate config/ and list the departments, their tables and authorities."""
     from etl.config import ConfigError, load_city_config
+    from quality.rules import load_quality_rules
 
     try:
-        city = load_city_config(config)
+        city = load_city_config(config, tolerant=True)
     except ConfigError as exc:
         console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
         raise typer.Exit(2) from exc
+    problems = [line for lines in city.broken.values() for line in lines]
+    try:
+        load_quality_rules(city)
+    except ConfigError as exc:
+        problems += exc.problems
     table = Table(title=f"{city.name} ({city.division_code}): {len(city.departments)} departments")
     for col in ("department", "name", "tables", "authority for", "contact"):
         table.add_column(col)
@@ -157,8 +163,20 @@ def config_check(
         tables = ", ".join(f"{t.name} ({t.entity})" for t in d.tables)
         table.add_row(d.code, d.name, tables, auth or "—", f"{d.contact.name} <{d.contact.email}>")
     console.print(table)
+    if problems:
+        broken = f" (departments not run: {', '.join(city.broken)})" if city.broken else ""
+        console.print(
+            f"[red]Configuration has errors{broken}:[/red]\n" + "\n".join(problems),
+            highlight=False,
+        )
     if connect:
-        _probe_sources(city)
+        try:
+            _probe_sources(city)
+        except typer.Exit:
+            if not problems:
+                raise
+    if problems:
+        raise typer.Exit(2)
 
 
 def _probe_sources(city: Any) -> None:
@@ -201,13 +219,18 @@ Departments = Annotated[
 
 
 def _load(config: Path) -> Any:
+    """The city, loaded the way a night loads it: a broken department file flags that
+    department (said here, in red) and the others run; a broken city file stops (exit 2)."""
     from etl.config import ConfigError, load_city_config
 
     try:
-        return load_city_config(config)
+        city = load_city_config(config, tolerant=True)
     except ConfigError as exc:
         console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
         raise typer.Exit(2) from exc
+    for code in city.broken:
+        console.print(f"[red]{city.broken_message(code)}", highlight=False)
+    return city
 
 
 def _run_id(city: Any, run_id: str | None) -> str:
@@ -219,14 +242,26 @@ def _run_id(city: Any, run_id: str | None) -> str:
     return dt.datetime.now(ZoneInfo(city.timezone)).date().isoformat()
 
 
-def _check_departments(city: Any, departments: list[str] | None) -> None:
+def _check_departments(city: Any, departments: list[str] | None) -> list[str] | None:
+    """The departments to run (None: all that load); exits 2 on an unknown code, 1 when every
+    named department's configuration is broken."""
     known = [d.code for d in city.departments]
-    unknown = [d for d in departments or [] if d not in known]
+    broken = [d for d in departments or [] if d in city.broken]
+    if broken and len(broken) == len(departments or []):
+        console.print(f"[red]Not run: the configuration of {', '.join(broken)} is broken (above)")
+        raise typer.Exit(1)
+    unknown = [d for d in departments or [] if d not in known and d not in broken]
     if unknown:
         console.print(
             f"[red]Unknown department {', '.join(unknown)}; configured: {', '.join(known)}"
         )
         raise typer.Exit(2)
+    return [d for d in departments if d in known] if departments else None
+
+
+def _flags_broken(city: Any, departments: list[str] | None) -> bool:
+    """Whether a department this command was asked to run could not load."""
+    return any(d in city.broken for d in departments) if departments else bool(city.broken)
 
 
 @app.command()
@@ -247,13 +282,13 @@ def extract(
     from etl.extract import extract_all
 
     city = _load(config)
-    _check_departments(city, department)
+    runnable = _check_departments(city, department)
     rid = _run_id(city, run_id)
-    chosen = department or [d.code for d in city.departments]
+    chosen = runnable or [d.code for d in city.departments]
     with _progress() as bar:
         task = bar.add_task("departments", total=len(chosen))
         results = extract_all(
-            city, rid, departments=department, full=full,
+            city, rid, departments=runnable, full=full,
             progress=lambda r: bar.advance(task, 1),
         )  # fmt: skip
     table = Table(title=f"Extraction, run {rid}", title_justify="left")
@@ -277,8 +312,83 @@ def extract(
             if r.ok and t.message:
                 console.print(f"[yellow]{r.department}[/yellow]: {t.message}", highlight=False)
     console.print(f"Raw Parquet: {city.var_dir / 'raw' / f'run={rid}'}")
-    if not all(r.ok for r in results):
+    if not all(r.ok for r in results) or _flags_broken(city, department):
         raise typer.Exit(1)
+
+
+@app.command("accept-deletions")
+def accept_deletions(
+    department: Annotated[str, typer.Option("--department", "-d", help="The department.")],
+    reason: Annotated[
+        str, typer.Option(help="Why the deletion is real (who confirmed it, the ticket).")
+    ],
+    table: Annotated[
+        str | None, typer.Option(help="The table (default: the department's only table).")
+    ] = None,
+    rows: Annotated[
+        int | None,
+        typer.Option(min=1, help="Deletions to accept (default: what the last night held)."),
+    ] = None,
+    config: ConfigDir = Path("config"),
+) -> None:
+    """Accept a mass deletion that held a department's batch back: the next night lets it
+    through and the base libraries drop the deleted rows.
+
+    A night that deletes more than a table's `max_deleted_share` of its keys (or empties it)
+    holds the department's batch back; once the department confirms the deletion is real, run
+    this. It is written to the audit log (`govmdm audit list`) with your login and the reason.
+    """
+    from etl import audit
+    from etl.state import RunState, warehouse_url
+
+    city = _load(config)
+    runnable = _check_departments(city, [department]) or [department]
+    dept = city.department(runnable[0])
+    names = [t.name for t in dept.tables]
+    if table is None and len(names) > 1:
+        console.print(f"[red]{dept.code} has several tables: name one with --table ({names})")
+        raise typer.Exit(2)
+    chosen = table or names[0]
+    if chosen not in names:
+        console.print(f"[red]{dept.code} has no table {chosen!r}; its tables: {names}")
+        raise typer.Exit(2)
+    with RunState.for_city(city) as state:
+        held = [
+            r
+            for r in state.ledger()
+            if r["department"] == dept.code
+            and r["table_name"] == chosen
+            and r["deletion_guard"] == "held"
+        ]
+        last = held[-1] if held else None
+        count = rows or (int(last["rows_deleted"]) if last else 0)
+        if not count:
+            console.print(
+                f"[red]No night held a deletion of {dept.code} {chosen!r} back; give --rows to "
+                "accept one in advance"
+            )
+            raise typer.Exit(2)
+        state.accept_deletions(
+            dept.code,
+            chosen,
+            count,
+            by=audit.who(),
+            reason=reason,
+            held_run_id=last["run_id"] if last else None,
+        )
+    audit.record(
+        warehouse_url(city),
+        "accept_deletions",
+        f"{dept.code}.{chosen}",
+        role="platform",
+        row_count=count,
+        detail={"reason": reason, "held_run_id": last["run_id"] if last else None},
+    )
+    console.print(
+        f"Accepted: the next night may delete up to {count:,} rows of {dept.code} {chosen!r} "
+        f"beyond its limit (by {audit.who()}, audited).",
+        highlight=False,
+    )
 
 
 def _raw_rows(city: Any, run_id: str, department: str, table: str) -> int:
@@ -304,7 +414,7 @@ def standardize(
     from etl.standardize import standardize_all
 
     city = _load(config)
-    _check_departments(city, department)
+    department = _check_departments(city, department)
     rid = _run_id(city, run_id)
     with _progress() as bar:
         tasks: dict[str, Any] = {}
@@ -336,7 +446,7 @@ def standardize(
         if r.message:
             console.print(f"[yellow]{r.department}[/yellow]: {r.message}", highlight=False)
     console.print(f"Canonical Parquet: {city.var_dir / 'canonical' / f'run={rid}'}")
-    if any(r.status == "failed" for r in results):
+    if any(r.status in ("failed", "config") for r in results) or _flags_broken(city, department):
         raise typer.Exit(1)
 
 

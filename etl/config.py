@@ -292,6 +292,14 @@ class TableConfig(_Strict):
     columns: dict[str, ColumnMapping] = Field(
         min_length=1, description="source column → canonical field (or mapping)"
     )
+    max_deleted_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="the largest share of the table's keys one night may delete before its "
+        "batch is held back for data engineering to confirm (a table emptied is always held), "
+        "e.g. 0.05",
+    )
 
     @field_validator("columns")
     @classmethod
@@ -598,6 +606,9 @@ class CityConfig(CityFile):
     departments: list[DepartmentConfig] = Field(min_length=1)
     root: Path
     var_dir: Path = Field(default_factory=_default_var_dir)
+    broken: dict[str, list[str]] = Field(default_factory=dict)
+    """Departments whose file is broken (code → its problem lines), left out of
+    ``departments`` by a tolerant load; empty after a strict one."""
 
     @model_validator(mode="after")
     def _one_source_per_field(self) -> CityConfig:
@@ -616,6 +627,12 @@ class CityConfig(CityFile):
             if d.code == code:
                 return d
         raise KeyError(code)
+
+    def broken_message(self, code: str) -> str:
+        """Why department ``code`` cannot run: its configuration problems, one per line."""
+        return f"{code}: its configuration is broken, so it does not run:\n" + "\n".join(
+            self.broken[code]
+        )
 
     def authority(self, entity: str, field: str) -> DepartmentConfig | None:
         """The department that is the authority for ``entity``'s ``field``, if any.
@@ -944,11 +961,14 @@ def _issue_line(
     return _problem(path, doc, model, loc, issue.what, issue.fix)
 
 
-def load_city_config(config_dir: str | Path = "config") -> CityConfig:
+def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = False) -> CityConfig:
     """Read ``<config_dir>/city.yaml`` and every ``<config_dir>/departments/*.yaml``.
 
     Every file is checked before anything is raised, so one run of the loader lists every
-    problem of every file.
+    problem of every file. ``tolerant`` is how a night loads: a broken department file flags
+    that department only (left out of ``departments``, its problems in ``broken`` under the
+    file's name) while the city files, the other departments and the rules between them
+    (unique codes, one authority per field) must still be valid.
 
     >>> city = load_city_config("config")
     >>> len(city.departments), city.division_code
@@ -984,28 +1004,36 @@ def load_city_config(config_dir: str | Path = "config") -> CityConfig:
             "department, e.g. departments/gongan.yaml (see the example city's config/)"
         )
     loaded: list[tuple[DepartmentConfig, _Doc]] = []
+    broken: dict[str, list[str]] = {}
     for path in files:
-        doc = _read_yaml(path, problems)
-        if doc is None:
-            continue
-        try:
-            dept = DepartmentConfig.model_validate(doc.data)
-        except ValidationError as exc:
-            problems += _translate(exc, DepartmentConfig, doc, path)
-            continue
-        dept._source_file = path
-        if path.stem != dept.code:
-            problems.append(
-                _problem(
-                    path,
-                    doc,
-                    DepartmentConfig,
-                    ("code",),
-                    f"code '{dept.code}' does not match the file name",
-                    f"name the file {dept.code}.yaml, or set `code: {path.stem}`",
+        own: list[str] = []
+        doc = _read_yaml(path, own)
+        dept: DepartmentConfig | None = None
+        if doc is not None:
+            try:
+                dept = DepartmentConfig.model_validate(doc.data)
+            except ValidationError as exc:
+                own += _translate(exc, DepartmentConfig, doc, path)
+        if dept is not None and doc is not None:
+            dept._source_file = path
+            if path.stem != dept.code:
+                own.append(
+                    _problem(
+                        path,
+                        doc,
+                        DepartmentConfig,
+                        ("code",),
+                        f"code '{dept.code}' does not match the file name",
+                        f"name the file {dept.code}.yaml, or set `code: {path.stem}`",
+                    )
                 )
-            )
-        loaded.append((dept, doc))
+            elif not own:
+                loaded.append((dept, doc))
+        if own:
+            broken[path.stem] = own
+    if not tolerant or not loaded:
+        problems += [line for lines in broken.values() for line in lines]
+        broken = {}
 
     departments = [d for d, _ in loaded]
     if not city_ok or problems:
@@ -1017,7 +1045,12 @@ def load_city_config(config_dir: str | Path = "config") -> CityConfig:
     assert city_doc is not None
     try:
         city = CityConfig.model_validate(
-            {**city_doc.data, "departments": departments, "root": cdir.resolve().parent}
+            {
+                **city_doc.data,
+                "departments": departments,
+                "root": cdir.resolve().parent,
+                "broken": broken,
+            }
         )
     except ValidationError as exc:
         raise ConfigError(_translate(exc, CityConfig, city_doc, city_doc.path, loaded)) from None

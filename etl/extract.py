@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -56,10 +57,12 @@ from sqlalchemy.types import TypeEngine
 from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
 from etl.config import save_settings_snapshot as _save_settings
 from etl.state import (
+    HASH_SUFFIX,
     LedgerEntry,
     Mode,
     RunState,
     Status,
+    hash_set_path,
     key_set_path,
     pending_key_set_path,
     pending_seen_set_path,
@@ -100,6 +103,10 @@ class TableExtract:
     rows_deleted: int | None = None  # None: no key scan tonight
     rows_unchanged: int = 0  # read again at the watermark or NULL-stamped, same version: dropped
     rows_late: int = 0  # found by the key scan with a stamp below the watermark, read tonight
+    rows_backdated: int = 0  # changed with an old stamp: found by the row-hash check, read
+    rows_duplicate: int = 0  # rows sharing a key with another row: set apart, rejected
+    keys_before: int | None = None  # keys in the committed key set (None: no key scan)
+    deletion_guard: str | None = None  # held | accepted: deletions above the table's limit
     deleted_path: Path | None = None
     message: str | None = None
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -187,6 +194,7 @@ def extract_all(
     retries: int = 3,
     backoff_s: float = 2.0,
     deletion_scan_every_nights: int = 1,
+    hash_check_every_nights: int = 7,
 ) -> list[DepartmentExtract]:
     """Extract every department (or those named), one after another; one failing never stops
     the others. Saves the configuration used beside the run's raw output.
@@ -215,6 +223,7 @@ def extract_all(
                 retries=retries,
                 backoff_s=backoff_s,
                 deletion_scan_every_nights=deletion_scan_every_nights,
+                hash_check_every_nights=hash_check_every_nights,
                 state=state,
             )
             results.append(result)
@@ -233,6 +242,7 @@ def extract_department(
     retries: int = 3,
     backoff_s: float = 2.0,
     deletion_scan_every_nights: int = 1,
+    hash_check_every_nights: int = 7,
     fast_path: bool = True,
     state: RunState | None = None,
 ) -> DepartmentExtract:
@@ -242,34 +252,67 @@ def extract_department(
     ``retries`` more times with exponential backoff (``backoff_s``, twice that, ...) and then
     reported as ``unreachable``; schema drift as ``drift``; anything else as ``failed``.
     ``fast_path=False`` reads PostgreSQL through SQLAlchemy instead of COPY (same output).
+    Every ``hash_check_every_nights``-th incremental night reads the whole table and compares
+    each row's hash with the one kept from earlier nights: a row changed without moving its
+    change column (a back-dated stamp) is read then, and counted as ``rows_backdated``.
 
     >>> r = extract_department(city, city.department("renshe"), "2026-07-01")
     >>> r.status, r.tables[0].rows_read, r.tables[0].parquet_path.name
     ('ok', 596, 'insured_person.parquet')
     """
     _check_run_id(run_id)
-    if chunk_rows < 1 or retries < 0 or deletion_scan_every_nights < 1:
+    if (
+        chunk_rows < 1
+        or retries < 0
+        or deletion_scan_every_nights < 1
+        or hash_check_every_nights < 1
+    ):
         raise ValueError("chunk_rows and deletion_scan_every_nights must be ≥ 1, retries ≥ 0")
     own_state = state is None
     st = state if state is not None else RunState.for_city(city)
     try:
-        result = _extract_department(
-            city,
-            dept,
-            run_id,
-            st,
-            full,
-            chunk_rows,
-            retries,
-            backoff_s,
-            deletion_scan_every_nights,
-            fast_path,
-        )
+        try:
+            result = _extract_department(
+                city,
+                dept,
+                run_id,
+                st,
+                full,
+                chunk_rows,
+                retries,
+                backoff_s,
+                deletion_scan_every_nights,
+                fast_path,
+                hash_check_every_nights,
+            )
+        except Exception as exc:  # unforeseen: this department is flagged, the city goes on
+            log.exception("%s: extraction failed", dept.code)
+            result = _unforeseen(city, dept, run_id, st, exc)
         _record(st, run_id, dept, result)
         return result
     finally:
         if own_state:
             st.close()
+
+
+def _unforeseen(
+    city: CityConfig, dept: DepartmentConfig, run_id: str, state: RunState, exc: BaseException
+) -> DepartmentExtract:
+    """A department whose extraction raised something no handler foresaw: nothing of it is
+    kept tonight, its ledger rows say why, and its watermarks stay."""
+    shutil.rmtree(raw_dir(city.var_dir, run_id, dept.code), ignore_errors=True)
+    state.discard_pending(run_id, dept.code)
+    message = _failed_message(dept, None, exc)
+    tables = []
+    for t in dept.tables:
+        committed = state.watermark(dept.code, t.name)
+        value = committed[1] if committed else None
+        mode: Mode = "incremental" if committed else "full"
+        tables.append(
+            TableExtract(t.name, mode, "failed", watermark_before=value, watermark_after=value,
+                         message=f"not extracted: {message}")
+        )  # fmt: skip
+    return DepartmentExtract(dept.code, "failed", tables, message)
 
 
 def detect_deletions(city: CityConfig, dept: DepartmentConfig, run_id: str) -> dict[str, list[str]]:
@@ -313,6 +356,10 @@ class _Plan:
     since: str | None  # the value to read from; None reads everything
     scan_keys: bool
     nights_since_scan: int
+    check_hashes: bool = False  # compare every row's hash with the kept ones tonight
+    nights_since_check: int = 0
+    rebuild: str | None = None  # why the key set is rebuilt by a full read tonight
+    published_keys: pa.Array | None = None  # what deletions are found against then
 
 
 def _extract_department(
@@ -326,8 +373,12 @@ def _extract_department(
     backoff_s: float,
     scan_every: int,
     fast_path: bool,
+    hash_every: int = 7,
 ) -> DepartmentExtract:
-    plans = [_plan(city, dept, state, i, t, full, scan_every) for i, t in enumerate(dept.tables)]
+    plans = [
+        _plan(city, dept, state, i, t, full, scan_every, hash_every)
+        for i, t in enumerate(dept.tables)
+    ]
     out_dir = raw_dir(city.var_dir, run_id, dept.code)
 
     def flagged(
@@ -395,11 +446,50 @@ def _extract_department(
     finally:
         engine.dispose()
     for p, t in zip(plans, tables, strict=True):
+        _guard_deletions(state, run_id, dept, p.table, t)
+    for p, t in zip(plans, tables, strict=True):
         if t.watermark_after is not None:
             state.propose_watermark(
                 run_id, dept.code, p.table.name, p.table.change_column, t.watermark_after
             )
     return DepartmentExtract(dept.code, "ok", tables, None, attempt)
+
+
+def _guard_deletions(
+    state: RunState, run_id: str, dept: DepartmentConfig, table: TableConfig, t: TableExtract
+) -> None:
+    """Mark a deletion above the table's limit (``max_deleted_share`` of its keys, or every
+    key) ``held``: its department's delivery rule then holds the batch back, as a blocking
+    rule does, until data engineering accepts it (``govmdm accept-deletions``); an accepted one
+    is ``accepted`` and goes through."""
+    gone, before = t.rows_deleted, t.keys_before
+    if not gone or not before:
+        return
+    share = gone / before
+    if gone < before and share <= table.max_deleted_share:
+        return
+    what = (
+        f"every one of its {before:,} rows is gone"
+        if gone == before
+        else f"{gone:,} of its {before:,} rows ({share:.1%}) are gone, above the limit of "
+        f"{table.max_deleted_share:.0%} (config key max_deleted_share of {table.name!r})"
+    )
+    allowance = state.deletion_allowance(run_id, dept.code, table.name)
+    limit = int(before * table.max_deleted_share)
+    if allowance is not None and gone <= allowance[0] + limit:
+        t.deletion_guard = "accepted"
+        note = f"{what}; accepted by {allowance[1]} (govmdm accept-deletions), so they go through"
+    else:
+        t.deletion_guard = "held"
+        note = (
+            f"{what}. The department's batch is held back and the base libraries keep its rows "
+            f"until this is explained. Fix: ask {dept.contact.name} <{dept.contact.email}> "
+            f"whether the rows were really deleted; if they were, run `govmdm accept-deletions "
+            f"-d {dept.code} --table {table.name} --reason <who confirmed it>` and the next "
+            "night lets the deletion through; if not, have the rows restored"
+        )
+    t.message = f"{t.message}\n{note}" if t.message else note
+    log.warning("%s: %s: %s", dept.code, table.name, note)
 
 
 def _plan(
@@ -410,14 +500,33 @@ def _plan(
     table: TableConfig,
     full: bool,
     scan_every: int,
+    hash_every: int = 7,
 ) -> _Plan:
     committed = state.watermark(dept.code, table.name)
     value = committed[1] if committed else None
     # A watermark kept for another change column says nothing about this one.
     incremental = not full and committed is not None and committed[0] == table.change_column
     keys = key_set_path(city.var_dir, dept.code, table.name)
+    rebuild = None
+    if committed is not None:  # a night was published: its key and seen sets must be there
+        rebuild = _check_state_file(keys, "key set") or _check_state_file(
+            seen_set_path(city.var_dir, dept.code, table.name), "seen set", optional=True
+        )
     nights = _nights_since_scan(keys) if keys.is_file() else None
     scan = nights is None or nights + 1 >= scan_every
+    if rebuild is not None:
+        log.warning("%s: %s: %s", dept.code, table.name, rebuild)
+        return _Plan(
+            index, table, "full", value, None, scan_keys=False, nights_since_scan=0,
+            rebuild=rebuild, published_keys=_published_keys(state, dept.code, table.name),
+        )  # fmt: skip
+    hashes = hash_set_path(city.var_dir, dept.code, table.name)
+    if damaged := _check_state_file(hashes, "row hashes", optional=True):  # rebuilt below
+        log.warning(
+            "%s: %s: %s; the next row-hash check rebuilds them", dept.code, table.name, damaged
+        )
+    since_check = _nights_since_scan(hashes, "nights_since_check") if hashes.is_file() else None
+    check = since_check is None or since_check + 1 >= hash_every
     return _Plan(
         index,
         table,
@@ -426,7 +535,35 @@ def _plan(
         value if incremental else None,
         scan_keys=incremental and scan,
         nights_since_scan=0 if (not incremental or scan or nights is None) else nights + 1,
+        check_hashes=incremental and check,
+        nights_since_check=0 if (not incremental or check) else (since_check or 0) + 1,
     )
+
+
+def _check_state_file(path: Path, what: str, *, optional: bool = False) -> str | None:
+    """None if the state file reads whole; else why not (a damaged one is moved aside, named,
+    so that tonight rebuilds it and nothing mistakes it for good state again)."""
+    if not path.is_file():
+        return None if optional else f"its {what} {path} is missing"
+    try:
+        pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        os.replace(path, aside)
+        return f"its {what} {path} is damaged ({type(exc).__name__}: {exc}); moved to {aside}"
+    return None
+
+
+def _published_keys(state: RunState, department: str, table: str) -> pa.Array:
+    """The source keys of a table that the published golden tables hold (its crosswalk)."""
+    from etl.warehouse import crosswalk_table
+
+    x = crosswalk_table.c
+    if not sa.inspect(state.engine).has_table(crosswalk_table.name):
+        return pa.array([], pa.string())
+    query = sa.select(x.source_key).where(x.department == department, x.source_table == table)
+    with state.engine.connect() as conn:
+        return pa.array([k for (k,) in conn.execute(query)], pa.string())
 
 
 def _extract_once(
@@ -443,7 +580,7 @@ def _extract_once(
         conn = engine.connect()
     except sa.exc.DBAPIError as exc:
         raise _ConnectionLost(_first_line(exc)) from exc
-    with conn:
+    try:
         try:
             _begin_read_only(conn)
             live = _check_drift(conn, dept, plans, state)
@@ -469,6 +606,8 @@ def _extract_once(
             if _connection_broken(conn, exc):
                 raise _ConnectionLost(_first_line(exc)) from exc
             raise _TableFailed(None, exc) from exc
+    finally:
+        _close_quietly(conn)
     for p in plans:
         state.save_schema_snapshot(
             run_id,
@@ -477,6 +616,18 @@ def _extract_once(
             {c: live[p.table.name][c][1] for c in p.table.source_columns},
         )
     return out
+
+
+def _close_quietly(conn: sa.Connection) -> None:
+    """Close a source connection that may be dead: a server that terminated the backend makes
+    the closing rollback raise, which must not replace the error that says why (and whether a
+    retry can help)."""
+    try:
+        conn.close()
+    except Exception as exc:
+        log.warning("closing the source connection failed: %s", _first_line(exc))
+        with contextlib.suppress(Exception):
+            conn.invalidate()
 
 
 def _begin_read_only(conn: sa.Connection) -> None:
@@ -492,6 +643,30 @@ def _begin_read_only(conn: sa.Connection) -> None:
         conn.exec_driver_sql("START TRANSACTION READ ONLY, WITH CONSISTENT SNAPSHOT")
     elif backend == "sqlite":
         conn.exec_driver_sql("BEGIN")  # the file is opened read-only (mode=ro)
+        # SQLite stores whatever bytes it is given: one value that is not UTF-8 must not stop
+        # the table. It is read with U+FFFD in place of the bad bytes and standardization
+        # rejects its row (`<column>:invalid_encoding`).
+        raw = conn.connection.driver_connection
+        if raw is not None:
+            raw.text_factory = _lenient_text
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _valid_utf8(table: pa.Table) -> pa.Table:
+    """``table`` with every value that is not UTF-8 decoded with U+FFFD for the bad bytes
+    (COPY from a SQL_ASCII database hands such bytes through untouched)."""
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = column.cast(pa.binary()).to_pylist()
+            fixed = [None if v is None else v.decode("utf-8", "replace") for v in raw]
+            table = table.set_column(i, name, pa.array(fixed, pa.string()))
+    return table
 
 
 # --- drift ---------------------------------------------------------------------------------------
@@ -671,6 +846,7 @@ def _extract_table(
         seen_set_path(city.var_dir, dept.code, t.name) if plan.since is not None else None,
     )
     read_keys: list[pa.Array] = []  # incremental nights: every key read, kept or not
+    read_versions: list[pa.Array] = []  # every row read tonight: key and content hash
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(ParquetSink(path, schema, chunk_rows, meta))
         keys = None
@@ -683,6 +859,7 @@ def _extract_table(
             rows = _with_row_key(chunk(), t.primary_key)
             if plan.mode == "incremental":
                 read_keys.append(rows[ROW_KEY].combine_chunks())
+            read_versions.append(_versions(rows))
             rows = seen.keep_changed(rows)
             sink.write(rows)
             if keys is not None:
@@ -704,12 +881,48 @@ def _extract_table(
                 result.rows_late = _read_late_rows(
                     conn, copy, t, columns, types, booleans, late, chunk_rows, sink.write
                 )
+        hashes_out = pending_key_set_path(city.var_dir, run_id, dept.code, f"{t.name}{HASH_SUFFIX}")
+        committed_hashes = hash_set_path(city.var_dir, dept.code, t.name)
+        if plan.mode == "full":
+            _write_versions(hashes_out, read_versions, 0)
+        elif plan.check_hashes:
+            result.rows_backdated = _check_hashes(
+                conn, copy, t, columns, types, booleans, chunk_rows, committed_hashes,
+                read_keys, hashes_out, sink.write,
+            )  # fmt: skip
+        else:
+            _carry_versions(committed_hashes, read_versions, hashes_out, plan.nights_since_check)
     seen.write(pending_seen_set_path(city.var_dir, run_id, dept.code, t.name), meta)
     result.rows_read = sink.rows
+    dups = _duplicate_keys(conn, t, types)
+    result.rows_duplicate = _set_duplicates_apart(
+        conn, copy, t, columns, types, booleans, chunk_rows, dups, path,
+        duplicates_path(city.var_dir, run_id, dept.code, t.name), meta,
+    )  # fmt: skip
+    result.rows_read = pq.ParquetFile(path).metadata.num_rows + result.rows_duplicate
     result.rows_unchanged = seen.unchanged
     result.parquet_path = path
     top = seen.top
     result.watermark_after = _watermark_text(top) if top is not None else plan.watermark
+    if result.rows_duplicate:
+        shown = ", ".join(sorted(dups)[:5])
+        note = (
+            f"{len(dups)} key(s) of {t.name!r} appear more than once in the source table "
+            f"(e.g. {shown}): all {result.rows_duplicate} row(s) with them were rejected "
+            f"(duplicate_key), and their records leave the base libraries until fixed. Ask "
+            f"{dept.name} to remove the duplicates and add a primary key constraint on "
+            f"{', '.join(t.primary_key)}"
+        )
+        log.warning("%s: %s", dept.code, note)
+        duplicate_note = note
+    else:
+        duplicate_note = None
+    if result.rows_backdated:
+        result.message = (
+            f"{result.rows_backdated} row(s) changed at the source without their change column "
+            f"({t.change_column}) moving past the watermark; the row-hash check found them and "
+            f"they were read tonight. Ask {dept.name} why rows are changed with old change stamps"
+        )
     if result.rows_late:
         result.message = (
             f"{result.rows_late} row(s) were found by the key scan with a change stamp below the "
@@ -717,6 +930,8 @@ def _extract_table(
             "are written with old change stamps"
         )
 
+    if duplicate_note:
+        result.message = f"{result.message}\n{duplicate_note}" if result.message else duplicate_note
     if plan.mode == "incremental" and not plan.scan_keys:  # carry the key set forward
         committed = key_set_path(city.var_dir, dept.code, t.name)
         union = pa.concat_arrays(
@@ -727,7 +942,23 @@ def _extract_table(
         )
         _write_key_set(keys_out, [pc.unique(union)], plan.nights_since_scan)
     if plan.mode == "full" or plan.scan_keys:
-        gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
+        committed = key_set_path(city.var_dir, dept.code, t.name)
+        if plan.published_keys is not None:  # rebuilt: deletions are what the master still has
+            after = pq.read_table(keys_out, columns=[ROW_KEY]).column(ROW_KEY)
+            before = plan.published_keys
+            lost = pc.filter(before, pc.invert(pc.is_in(before, value_set=after)))
+            gone = sorted(lost.to_pylist())
+            result.keys_before = len(before)
+            note = (
+                f"{plan.rebuild}. The table was read in full to rebuild it, and {len(gone):,} "
+                "row(s) the base libraries still held were found deleted at the source"
+            )
+            result.message = f"{result.message}\n{note}" if result.message else note
+        else:
+            gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
+            result.keys_before = (
+                pq.ParquetFile(committed).metadata.num_rows if committed.is_file() else 0
+            )
         target = deleted_path(city.var_dir, run_id, dept.code, t.name)
         with ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
             sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
@@ -829,6 +1060,125 @@ def _versions(rows: pa.Table) -> pa.Array:
         ],
         pa.string(),
     )
+
+
+def duplicates_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
+    """Tonight's rows of a table whose key is not unique at the source (every copy), set
+    apart from ``raw_path`` for standardization to reject."""
+    return raw_dir(var_dir, run_id, department) / f"{table}.duplicates.parquet"
+
+
+def _duplicate_keys(
+    conn: sa.Connection, table: TableConfig, types: dict[str, TypeEngine[Any]]
+) -> set[str]:
+    """The keys (as row-key text) that more than one source row holds: a table without a
+    primary key constraint can have them, and one would re-point a key to another person."""
+    t = sa.table(table.name, *[sa.column(c, types[c]) for c in table.primary_key])
+    cols = [t.c[c] for c in table.primary_key]
+    query = sa.select(*cols).group_by(*cols).having(sa.func.count() > 1)
+    return {KEY_SEPARATOR.join(_text(v) or "" for v in row) for row in conn.execute(query).all()}
+
+
+def _set_duplicates_apart(
+    conn: sa.Connection,
+    copy: bool,
+    table: TableConfig,
+    columns: list[str],
+    types: dict[str, TypeEngine[Any]],
+    booleans: set[str],
+    chunk_rows: int,
+    dups: set[str],
+    path: Path,
+    target: Path,
+    meta: dict[str, Any],
+) -> int:
+    """Move every row of a duplicated key out of ``path`` into ``target`` (all its copies,
+    read again from the source); how many rows ``target`` holds."""
+    target.unlink(missing_ok=True)
+    if not dups:
+        return 0
+    keys = pa.array(sorted(dups), pa.string())
+    kept = pq.read_table(path)
+    kept = kept.filter(pc.invert(pc.is_in(kept[ROW_KEY], value_set=keys)))
+    schema = _schema([ROW_KEY, *columns])
+    with ParquetSink(path, schema, chunk_rows, meta) as sink:
+        sink.write(kept.select(schema.names).cast(schema))
+    found = 0
+    with ParquetSink(target, schema, chunk_rows, meta) as sink:
+        for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
+            rows = _with_row_key(chunk(), table.primary_key)
+            rows = rows.filter(pc.is_in(rows[ROW_KEY], value_set=keys))
+            sink.write(rows)
+            found += rows.num_rows
+    return found
+
+
+def _write_versions(path: Path, parts: Sequence[pa.Array], nights_since_check: int) -> None:
+    versions = pc.unique(pa.concat_arrays(list(parts))) if parts else pa.array([], pa.string())
+    schema = _schema([_VERSION])
+    with ParquetSink(path, schema, _KEY_ROWS, {"nights_since_check": nights_since_check}) as sink:
+        sink.write(pa.table([versions], schema=schema))
+
+
+def _version_keys(versions: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(versions, "\x1f[0-9a-f]{32}$", "")
+
+
+def _carry_versions(
+    committed: Path, tonight: Sequence[pa.Array], out: Path, nights_since_check: int
+) -> None:
+    """The committed row hashes with tonight's rows' replacing their keys' old ones."""
+    if not committed.is_file():
+        return  # the next row-hash check builds them
+    before = pq.read_table(committed).column(_VERSION).combine_chunks()
+    if tonight:
+        now = pa.concat_arrays(list(tonight))
+        before = pc.filter(before, pc.invert(pc.is_in(_version_keys(before), _version_keys(now))))
+        before = pa.concat_arrays([before, now])
+    _write_versions(out, [before], nights_since_check)
+
+
+def _check_hashes(
+    conn: sa.Connection,
+    copy: bool,
+    table: TableConfig,
+    columns: list[str],
+    types: dict[str, TypeEngine[Any]],
+    booleans: set[str],
+    chunk_rows: int,
+    committed: Path,
+    read_keys: list[pa.Array],
+    out: Path,
+    write: Callable[[pa.Table], None],
+) -> int:
+    """Read the whole table, keep every row's hash (``out``) and write the rows whose hash
+    changed although tonight's read by change column did not see them: changes written with
+    a back-dated stamp. How many. Without kept hashes (first check), only keeps them."""
+    before = (
+        pq.read_table(committed).column(_VERSION).combine_chunks() if committed.is_file() else None
+    )
+    known = _version_keys(before) if before is not None else None
+    read = pa.concat_arrays(read_keys) if read_keys else pa.array([], pa.string())
+    found, versions = 0, []
+    for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
+        rows = _with_row_key(chunk(), table.primary_key)
+        mine = _versions(rows)
+        versions.append(mine)
+        if before is None or known is None:
+            continue
+        changed = pc.and_(
+            pc.and_(
+                pc.invert(pc.is_in(mine, value_set=before)),
+                pc.is_in(rows[ROW_KEY], value_set=known),
+            ),
+            pc.invert(pc.is_in(rows[ROW_KEY], value_set=read)),
+        )
+        hits = rows.filter(changed)
+        if hits.num_rows:
+            write(hits)
+            found += hits.num_rows
+    _write_versions(out, versions, 0)
+    return found
 
 
 def _late_keys(scanned: Path, committed: Path, read: list[pa.Array]) -> pa.Array:
@@ -966,19 +1316,28 @@ def _read_copy(
         _parse_csv,
         columns=columns,
         booleans=booleans,
-        encoding="utf8" if encoding in ("utf-8", "utf8") else encoding,
+        encoding="utf8" if encoding in ("utf-8", "utf8", "ascii", "sql_ascii") else encoding,
     )
-    # COPY sends one message per row, so a block of whole messages is a block of whole rows:
-    # each block is parsed on its own, off this thread, while the next one is read.
-    block, rows = bytearray(), 0
-    for row in _copy_rows(raw, statement.as_bytes(raw)):
-        block += row
-        rows += 1
-        if rows >= chunk_rows or len(block) >= _COPY_BLOCK_BYTES:
+    # A SQL_ASCII database holds any bytes, and the server refuses to send the ones that are
+    # not UTF-8 as UTF-8: during the COPY take them as they are (_parse_csv marks the bad ones).
+    as_is = raw.info.parameter_status("server_encoding") == "SQL_ASCII"
+    if as_is:
+        conn.exec_driver_sql("SET LOCAL client_encoding = 'SQL_ASCII'")
+    try:
+        # COPY sends one message per row, so a block of whole messages is a block of whole
+        # rows: each block is parsed on its own, off this thread, while the next one is read.
+        block, rows = bytearray(), 0
+        for row in _copy_rows(raw, statement.as_bytes(raw)):
+            block += row
+            rows += 1
+            if rows >= chunk_rows or len(block) >= _COPY_BLOCK_BYTES:
+                yield functools.partial(decode, block, rows)
+                block, rows = bytearray(), 0
+        if rows:
             yield functools.partial(decode, block, rows)
-            block, rows = bytearray(), 0
-    if rows:
-        yield functools.partial(decode, block, rows)
+    finally:
+        if as_is and not raw.broken:
+            conn.exec_driver_sql("SET LOCAL client_encoding = 'UTF8'")
 
 
 def _copy_rows(raw: Any, statement: bytes) -> Iterator[memoryview]:
@@ -1072,6 +1431,7 @@ def _parse_csv(
     )
     if table.num_rows != rows:
         raise ValueError(f"COPY sent {rows} rows but {table.num_rows} were parsed")
+    table = _valid_utf8(table)
     for c in booleans:  # PostgreSQL prints t/f; the SQLAlchemy path writes true/false
         i = table.schema.get_field_index(c)
         table = table.set_column(i, c, pc.if_else(pc.equal(table[c], "t"), "true", "false"))
@@ -1151,6 +1511,31 @@ def _float_text(value: float) -> str:
 # --- writing -------------------------------------------------------------------------------------
 
 
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Delete the temp files of ``path`` (``.<name>.<PID>.tmp``) left by writers that were
+    killed; a file whose process still runs (a concurrent writer) is left alone. Returns what
+    was deleted."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
 class ParquetSink:
     """Writes tables to ``path`` in row groups of about ``chunk_rows`` rows; the file appears
     only on success (temp file, then rename)."""
@@ -1161,6 +1546,7 @@ class ParquetSink:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        remove_stale_temp_files(path)
         self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
         self.chunk_rows = chunk_rows
         # Dictionary pages cost more than they save on mostly distinct text (zstd finds the
@@ -1249,10 +1635,10 @@ def _write_key_set(
             sink.write(pa.table([array], schema=schema))
 
 
-def _nights_since_scan(path: Path) -> int:
+def _nights_since_scan(path: Path, key: str = "nights_since_scan") -> int:
     meta = pq.read_schema(path).metadata or {}
     try:
-        return int(json.loads(meta.get(b"govmdm", b"{}")).get("nights_since_scan", 0))
+        return int(json.loads(meta.get(b"govmdm", b"{}")).get(key, 0))
     except (ValueError, AttributeError):
         return 0
 
@@ -1281,7 +1667,11 @@ def _engine(url: URL) -> sa.Engine:
     backend = url.get_backend_name()
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "govmdm-extract"}
+        connect_args = {
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "govmdm-extract",
+            "client_encoding": "utf8",  # a SQL_ASCII database would default to bytes
+        }
     elif backend in ("mysql", "mariadb"):
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
     return sa.create_engine(url, connect_args=connect_args, poolclass=sa.NullPool)
@@ -1366,6 +1756,10 @@ def _record(
                 rows_deleted=t.rows_deleted,
                 rows_unchanged=t.rows_unchanged,
                 rows_late=t.rows_late,
+                rows_backdated=t.rows_backdated,
+                rows_duplicate=t.rows_duplicate,
+                keys_before=t.keys_before,
+                deletion_guard=t.deletion_guard,
             )
             for t in result.tables
         ]

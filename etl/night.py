@@ -141,7 +141,7 @@ def plan(
     ``run_id`` defaults to the date of ``when`` in the city's time zone. ``replay`` recomputes
     a past night from the raw data it extracted, so that night must exist.
     """
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
     if run_id is None:
         if when is None:
             raise ValueError("give the night's run_id or the time it runs (when)")
@@ -151,8 +151,8 @@ def plan(
             f"run ID {run_id!r} is not allowed: use letters, digits and _ . : + - (e.g. 2026-07-01)"
         )
     known = [d.code for d in city.departments]
-    chosen = list(departments) if departments else known
-    unknown = [c for c in chosen if c not in known]
+    chosen = list(departments) if departments else [*known, *city.broken]
+    unknown = [c for c in chosen if c not in known and c not in city.broken]
     if unknown:
         raise ValueError(f"unknown department(s) {', '.join(unknown)}; configured: {known}")
     raw_root = city.var_dir / "raw" / f"run={run_id}"
@@ -160,10 +160,14 @@ def plan(
         _check_replay(city, run_id, raw_root)
     else:
         save_settings_snapshot(city, raw_root / "settings.json")
+    broken = {c: city.broken_message(c) for c in chosen if c in city.broken}
+    for code, message in broken.items():  # flagged tonight, in the night's record
+        _note(city, run_id, code, "extract", {"status": "config", "message": message})
     return {
         "run_id": run_id,
         "city": city.name,
         "timezone": city.timezone,
+        "broken": broken,
         "departments": [c for c in known if c in chosen],
         "pools": [pool_name(city.department(c)) for c in known if c in chosen],
         "connections": {c: city.department(c).connection for c in known if c in chosen},
@@ -222,8 +226,8 @@ def extract(
     the scheduler's retries. ``replay`` reads nothing from the source: it checks that the night
     kept every table's raw Parquet and reuses it.
     """
-    city = load_city_config(config)
-    dept = city.department(department)
+    city = load_city_config(config, tolerant=True)
+    dept = _department(city, run_id, department, "extract")
     if replay:
         return _reuse_raw(city, dept, run_id)
     result = extract_department(city, dept, run_id, full=full, retries=retries, backoff_s=backoff_s)
@@ -246,6 +250,13 @@ def extract(
     return _note(city, run_id, department, "extract", {**outcome, "tables": tables})
 
 
+def _department(city: CityConfig, run_id: str, code: str, stage: str) -> DepartmentConfig:
+    """The department ``code``; flags it (not retryable) when its configuration is broken."""
+    if code in city.broken:
+        _flag(city, run_id, code, stage, "config", city.broken_message(code))
+    return city.department(code)
+
+
 def _reuse_raw(city: CityConfig, dept: DepartmentConfig, run_id: str) -> dict[str, Any]:
     """A replay's extraction: the raw Parquet the night kept, or the department is flagged."""
     paths = {t.name: raw_path(city.var_dir, run_id, dept.code, t.name) for t in dept.tables}
@@ -264,8 +275,10 @@ def _reuse_raw(city: CityConfig, dept: DepartmentConfig, run_id: str) -> dict[st
 def standardize(config: str | Path, department: str, run_id: str) -> dict[str, Any]:
     """Standardize one department's raw rows (see :func:`etl.standardize.standardize_department`);
     flags it unless every row read is either standardized or rejected with a reason."""
-    city = load_city_config(config)
-    result = standardize_department(city, city.department(department), run_id)
+    city = load_city_config(config, tolerant=True)
+    result = standardize_department(
+        city, _department(city, run_id, department, "standardize"), run_id
+    )
     if result.status != "ok":
         _flag(city, run_id, department, "standardize", result.status, result.message)
     return _note(
@@ -291,9 +304,14 @@ def validate(config: str | Path, department: str, run_id: str) -> dict[str, Any]
     from quality.rules import QualityRules, load_quality_rules
     from quality.suites import held_departments
 
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
+    _department(city, run_id, department, "validate")
     own = QualityRules(
-        tuple(r for r in load_quality_rules(city) if r.table_department == department)
+        tuple(
+            r
+            for r in load_quality_rules(city, every_department=False)
+            if r.table_department == department
+        )
     )
     blocking = [r.id for r in own if r.blocking and r.stage in ("batch", "ledger")]
     if department in held_departments(city, run_id, rules=own):
@@ -333,7 +351,7 @@ def link(
             f"night {run_id}: no department delivered data; nothing is linked or published and "
             "last night's golden tables stay in place. Fix: see each department's failed task"
         )
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
     held_back = sorted(set(held) - set(delivered))
     linked = link_night(city, run_id, full=full, retrain=retrain, held=held_back)
     outcome = {
@@ -355,7 +373,7 @@ def publish(config: str | Path, run_id: str) -> dict[str, Any]:
     (:func:`master_data.consolidate.publish`); returns the golden tables' row counts."""
     from master_data.consolidate import publish as publish_night
 
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
     summary = publish_night(city, run_id)
     outcome = {
         "run_id": run_id,
@@ -374,7 +392,7 @@ def quality(config: str | Path, run_id: str) -> dict[str, Any]:
     night's mean score."""
     from quality.suites import run_quality
 
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
     night = run_quality(city, run_id)
     departments = {
         code: {
@@ -402,7 +420,7 @@ def build_reports(config: str | Path, run_id: str) -> dict[str, Any]:
     (:func:`quality.report.build_reports`)."""
     from quality.report import build_reports as build
 
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
     reports = build(city, run_id)
     outcome = {
         "run_id": run_id,
@@ -430,7 +448,7 @@ def send_reports(
     from quality.deliver import SmtpSettings, deliver_reports
     from quality.report import render_reports
 
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
     path = night_dir(city.var_dir, run_id) / "delivery.json"
     sent = {d["report"]: d for d in _read_json(path).get("deliveries", []) if d["status"] == "sent"}
     reports = render_reports(city, run_id)
@@ -503,17 +521,20 @@ def summarize(
     its task died before it could note anything (killed, timed out). ``flagged`` lists the
     departments that did not make it through every stage.
     """
-    city = load_city_config(config)
+    city = load_city_config(config, tolerant=True)
     with RunState.for_city(city) as state:
         ledger = state.ledger(run_id)
     out_dir = night_dir(city.var_dir, run_id)
     departments: dict[str, Any] = {}
-    for d in city.departments:
-        noted = _read_json(out_dir / f"department={d.code}.json")
-        states = dict((task_states or {}).get(d.code, {}))
+    names = {d.code: d.name for d in city.departments}
+    for code in [*names, *city.broken]:
+        noted = _read_json(out_dir / f"department={code}.json")
+        states = dict((task_states or {}).get(code, {}))
+        if code in city.broken:  # flagged whatever an earlier attempt noted
+            noted["extract"] = {"status": "config", "message": city.broken_message(code)}
         if not noted and not states:
             continue
-        entry: dict[str, Any] = {"name": d.name, **noted}
+        entry: dict[str, Any] = {"name": names.get(code, code), **noted}
         for stage, st in states.items():
             entry.setdefault(stage, {})["task_state"] = st
         failed = next(
@@ -521,7 +542,7 @@ def summarize(
                 s
                 for s in STAGES
                 if entry.get(s, {}).get("status")
-                in ("failed", "drift", "unreachable", "skipped", "held")
+                in ("failed", "drift", "unreachable", "skipped", "held", "config")
                 or entry.get(s, {}).get("task_state") in ("failed", "upstream_failed")
             ),
             None,
@@ -535,9 +556,9 @@ def summarize(
         entry["ledger"] = [
             {k: row[k] for k in ("table_name", "mode", "rows_read", "rows_deleted", "status")}
             for row in ledger
-            if row["department"] == d.code
+            if row["department"] == code
         ]
-        departments[d.code] = entry
+        departments[code] = entry
     summary = {
         "run_id": run_id,
         "city": city.name,

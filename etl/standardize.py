@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from etl import normalize
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
-from etl.extract import ParquetSink, raw_path
+from etl.extract import ParquetSink, duplicates_path, raw_path
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,11 @@ ROW_REASONS: dict[str, str] = {
     "row_unidentifiable": "该行既无有效证件号码，也缺少可识别的姓名（名称）及其他信息，无法使用",
     "code_unmapped": "代码不在配置的代码表中，按原值处理",
     "change_value_unparseable": "更新时间字段无法解析",
+    "invalid_encoding": "该列的值含无法识别的字符编码（乱码，不是有效的UTF-8），整行无法使用",
+    "duplicate_key": "主键在源表中重复（多行共用同一主键），无法确定哪一行有效，全部拒收",
 }
+BAD_BYTES = "\ufffd"
+"""What extraction puts where a source value held bytes that are not UTF-8."""
 # An empty value is a defect only where the row needs it; an empty 注册号 of a firm founded after
 # the 2015 reform, or a person without a phone, is normal.
 REQUIRED: dict[str, frozenset[str]] = {
@@ -107,7 +111,7 @@ class DepartmentStandardized:
     rejected: int = 0
     reject_reasons: Counter[str] = field(default_factory=Counter)
     field_reasons: Counter[str] = field(default_factory=Counter)
-    status: str = "ok"  # ok | skipped | failed
+    status: str = "ok"  # ok | skipped | failed | config
     message: str = ""
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -117,6 +121,21 @@ class DepartmentStandardized:
         return self.rows_read == self.standardized + self.rejected
 
 
+UNPARSEABLE: frozenset[str] = frozenset(
+    {"date_unparseable", "code_unmapped", "change_value_unparseable", "sex_invalid",
+     "ethnicity_invalid", "capital_invalid"}
+)  # fmt: skip
+"""Reason codes that say a value could not be read the way the configuration says it is
+written; when every value of a column has one, the configuration is what is wrong."""
+CONFIG_SUSPECT_ROWS = 20
+"""A column is judged misconfigured only with at least this many filled values tonight."""
+
+
+class ConfigSuspected(RuntimeError):
+    """Every value of a column was unreadable: a configuration error for data engineering,
+    not the department's data."""
+
+
 class ReconciliationError(RuntimeError):
     """Rows read ≠ rows standardized + rows rejected: a row went missing or was doubled."""
 
@@ -124,6 +143,14 @@ class ReconciliationError(RuntimeError):
 def canonical_dir(var_dir: Path, run_id: str, department: str) -> Path:
     """Where one department's canonical output of one run lives."""
     return var_dir / "canonical" / f"run={run_id}" / f"department={department}"
+
+
+def problem_path(var_dir: Path, run_id: str, department: str) -> Path:
+    """Where a configuration problem standardization found is noted for data engineering
+    (beside the department's folder: it outlives a flagged department's output)."""
+    path = canonical_dir(var_dir, run_id, department).with_name(f"department={department}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # --- one row -------------------------------------------------------------------------------
@@ -213,8 +240,14 @@ def standardize_row(
     if out["updated_at"] is None and raw.get(table.change_column) not in (None, ""):
         reasons.append(f"{table.change_column}:change_value_unparseable")
     out["extras"] = json.dumps(extras, ensure_ascii=False, sort_keys=True) if extras else None
+    garbled = [
+        f"{c}:invalid_encoding"
+        for c in table.source_columns
+        if isinstance(raw.get(c), str) and BAD_BYTES in raw[c]
+    ]
+    reasons += garbled
     out["reasons"] = reasons
-    return out, reasons, _usable(entity, out)
+    return out, reasons, not garbled and _usable(entity, out)
 
 
 def _place(entity: str, fld: str, result: normalize.Normalized[Any], out: dict[str, Any]) -> None:
@@ -277,6 +310,7 @@ def standardize_department(
     out_dir = canonical_dir(city.var_dir, run_id, dept.code)
     sources = [(t, raw_path(city.var_dir, run_id, dept.code, t.name)) for t in dept.tables]
     sources = [(t, p) for t, p in sources if p.exists()]
+    duplicated = [(t, duplicates_path(city.var_dir, run_id, dept.code, t.name)) for t, _ in sources]
     if not sources:
         result.status = "skipped"
         result.message = (
@@ -285,6 +319,7 @@ def standardize_department(
         )
         return result
     file_meta = {"run_id": run_id, "department": dept.code}
+    problem_path(city.var_dir, run_id, dept.code).unlink(missing_ok=True)
     try:
         # every sink renames into place on success and removes its temp file on failure
         with contextlib.ExitStack() as stack:
@@ -304,11 +339,22 @@ def standardize_department(
                     result, entity, table, path, sinks[entity], rejects, run_id, ctx, batch_rows,
                     progress,
                 )  # fmt: skip
+            for table, path in duplicated:
+                if path.is_file():
+                    _reject_duplicates(result, table, path, rejects, run_id)
             if not result.reconciled:
                 raise ReconciliationError(
                     f"{dept.code}: reconciliation failed: read {result.rows_read} rows but "
                     f"standardized {result.standardized} and rejected {result.rejected}"
                 )
+    except ConfigSuspected as exc:
+        result.status = "config"
+        result.message = str(exc)
+        problem_path(city.var_dir, run_id, dept.code).write_text(
+            json.dumps({"department": dept.code, "message": str(exc)}, ensure_ascii=False),
+            encoding="utf-8",
+        )
+        return result
     except Exception as exc:  # one department's failure is that department's problem
         log.exception("standardizing %s failed", dept.code)
         result.status = "failed"
@@ -329,10 +375,16 @@ def _standardize_table(
     progress: Callable[[str, int], None] | None,
 ) -> None:  # fmt: skip
     """Standardize one raw table into its entity's sink and the rejects sink, counting."""
+    filled: Counter[str] = Counter()  # column → values given
+    unreadable: Counter[str] = Counter()  # column → values its configuration cannot read
+    examples: dict[str, str] = {}
+    columns = {m.field: c for c, m in table.columns.items() if m.field}
+    columns[table.change_column] = table.change_column
     for rows in _raw_batches(path, batch_rows):
         good, bad = [], []
         for raw in rows:
             canon, reasons, usable = standardize_row(entity, table, raw, ctx)
+            _count_readable(table, raw, reasons, columns, filled, unreadable, examples)
             meta = {
                 "department": result.department, "source_table": table.name,
                 "source_key": raw["_row_key"], "run_id": run_id,
@@ -341,7 +393,8 @@ def _standardize_table(
             if usable:
                 good.append({**canon, **meta})
                 continue
-            codes = [*reasons, "row:row_unidentifiable"]
+            garbled = any(c.endswith(":invalid_encoding") for c in reasons)
+            codes = reasons if garbled else [*reasons, "row:row_unidentifiable"]
             result.reject_reasons.update(codes)
             raw_json = json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
             bad.append({**meta, "entity": entity, "reasons": codes, "raw": raw_json})
@@ -352,6 +405,72 @@ def _standardize_table(
         result.rejected += len(bad)
         if progress:
             progress(result.department, len(rows))
+    for column, given in filled.items():
+        if given >= CONFIG_SUSPECT_ROWS and unreadable[column] == given:
+            raise ConfigSuspected(
+                _config_suspect_message(result.department, table, column, given, examples[column])
+            )
+
+
+def _reject_duplicates(
+    result: DepartmentStandardized, table: TableConfig, path: Path, rejects: ParquetSink,
+    run_id: str,
+) -> None:  # fmt: skip
+    """Every copy of a key the source holds more than once goes to rejects: which one is
+    the department's row cannot be told, and linking one would re-point the key."""
+    codes = [f"{c}:duplicate_key" for c in table.primary_key]
+    for rows in _raw_batches(path, 20_000):
+        bad = [
+            {
+                "department": result.department,
+                "source_table": table.name,
+                "source_key": raw["_row_key"],
+                "run_id": run_id,
+                "entity": table.entity,
+                "reasons": codes,
+                "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str),
+            }
+            for raw in rows
+        ]
+        rejects.write(pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
+        result.reject_reasons.update(c for _ in rows for c in codes)
+        result.rows_read += len(rows)
+        result.rejected += len(rows)
+
+
+def _count_readable(
+    table: TableConfig, raw: dict[str, Any], reasons: list[str], columns: dict[str, str],
+    filled: Counter[str], unreadable: Counter[str], examples: dict[str, str],
+) -> None:  # fmt: skip
+    bad = {code.partition(":")[0] for code in reasons if code.partition(":")[2] in UNPARSEABLE}
+    for fld, column in columns.items():
+        value = raw.get(column)
+        if value is None or not str(value).strip():
+            continue
+        filled[column] += 1
+        if fld in bad:
+            unreadable[column] += 1
+            examples.setdefault(column, str(value))
+
+
+def _config_suspect_message(
+    code: str, table: TableConfig, column: str, given: int, example: str
+) -> str:
+    mapping = table.columns.get(column)
+    if column == table.change_column and (mapping is None or mapping.field is None):
+        key, how = "change_kind / change_format", f"change_format {table.change_format!r}"
+    elif mapping is not None and mapping.codes is not None:
+        key, how = f"columns.{column}.codes", "its code table"
+    else:
+        fmt = mapping.format if mapping is not None else None
+        key, how = f"columns.{column}.format", f"format {fmt!r}"
+    return (
+        f"{code}: table {table.name!r}: none of the {given:,} values of column {column!r} can be "
+        f"read with {how} (e.g. {example!r}): a configuration error, not the department's data. "
+        f"Nothing of {code} is published tonight and it is not scored. Fix: correct `{key}` of "
+        f"{table.name!r} in config/departments/{code}.yaml to how the column is written, then "
+        "rerun the night"
+    )
 
 
 def standardize_all(

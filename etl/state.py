@@ -64,6 +64,10 @@ ledger_table = sa.Table(
     sa.Column("rows_deleted", sa.BigInteger),
     sa.Column("rows_unchanged", sa.BigInteger),
     sa.Column("rows_late", sa.BigInteger),
+    sa.Column("rows_backdated", sa.BigInteger),
+    sa.Column("rows_duplicate", sa.BigInteger),
+    sa.Column("keys_before", sa.BigInteger),  # keys the committed key set held
+    sa.Column("deletion_guard", sa.String(16)),  # held | accepted | None (within the limit)
     sa.Column("watermark_before", sa.Text),
     sa.Column("watermark_after", sa.Text),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
@@ -71,6 +75,20 @@ ledger_table = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("message", sa.Text),
     sa.Column("parquet_path", sa.Text),
+)
+deletion_acceptance_table = sa.Table(
+    "etl_deletion_acceptance",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("department", _name, nullable=False),
+    sa.Column("table_name", _name, nullable=False),
+    sa.Column("rows_accepted", sa.BigInteger, nullable=False),
+    sa.Column("held_run_id", _run),  # the night that held the deletion back
+    sa.Column("accepted_by", _name, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("accepted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("applied_run_id", _run),  # the night that let it through
+    sa.Column("consumed_at", sa.DateTime(timezone=True)),  # that night was published
 )
 schema_snapshot_table = sa.Table(
     "etl_schema_snapshot",
@@ -102,6 +120,10 @@ class LedgerEntry:
     rows_deleted: int | None = None
     rows_unchanged: int | None = None  # re-read at the watermark or NULL-stamped, not changed
     rows_late: int | None = None  # found by the key scan below the watermark (back-dated)
+    rows_backdated: int | None = None  # changed with an old stamp: found by the hash check
+    rows_duplicate: int | None = None  # rows of keys the source holds twice: rejected
+    keys_before: int | None = None  # keys in the committed key set the deletions are out of
+    deletion_guard: str | None = None  # held | accepted: a deletion above the table's limit
 
 
 def warehouse_url(city: CityConfig) -> str:
@@ -142,6 +164,14 @@ def pending_seen_set_path(var_dir: Path, run_id: str, department: str, table: st
 
 
 SEEN_SUFFIX = ".seen"
+HASH_SUFFIX = ".hashes"
+
+
+def hash_set_path(var_dir: Path, department: str, table: str) -> Path:
+    """The committed row hashes of a table: a version (key and content hash) of every row, as
+    of the last row-hash check and the nights since; compared on the next check to find rows
+    changed with a back-dated change stamp."""
+    return key_set_path(var_dir, department, f"{table}{HASH_SUFFIX}")
 
 
 class RunState:
@@ -260,12 +290,67 @@ class RunState:
                     )
                 )
             conn.execute(pending_watermark_table.delete().where(p.run_id == run_id))
+            a = deletion_acceptance_table.c
+            conn.execute(
+                deletion_acceptance_table.update()
+                .where(a.applied_run_id == run_id, a.consumed_at.is_(None))
+                .values(consumed_at=now)
+            )
         for pending in (self.var_dir / "state" / "keys").glob(f"*/pending/run={run_id}"):
             department = pending.parent.parent.name
             for proposed in pending.glob("*.parquet"):
                 os.replace(proposed, key_set_path(self.var_dir, department, proposed.stem))
             shutil.rmtree(pending, ignore_errors=True)
         return len(rows)
+
+    # --- mass deletions ------------------------------------------------------------------------
+
+    def accept_deletions(
+        self,
+        department: str,
+        table: str,
+        rows: int,
+        *,
+        by: str,
+        reason: str,
+        held_run_id: str | None,
+    ) -> None:
+        """Let the next night delete up to ``rows`` keys of a table beyond its limit (see
+        :func:`deletion_allowance`); the acceptance is used up when that night publishes."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                deletion_acceptance_table.insert().values(
+                    department=department,
+                    table_name=table,
+                    rows_accepted=rows,
+                    held_run_id=held_run_id,
+                    accepted_by=by,
+                    reason=reason,
+                    accepted_at=_now(),
+                )
+            )
+
+    def deletion_allowance(
+        self, run_id: str, department: str, table: str
+    ) -> tuple[int, str] | None:
+        """Rows accepted for deletion and by whom, not yet used by a published night; marks
+        the acceptances as applied by ``run_id`` (used up when it publishes)."""
+        a = deletion_acceptance_table.c
+        mine = [a.department == department, a.table_name == table, a.consumed_at.is_(None)]
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(a.id, a.rows_accepted, a.accepted_by).where(*mine).order_by(a.id)
+            ).all()
+            if not rows:
+                return None
+            conn.execute(
+                deletion_acceptance_table.update()
+                .where(a.id.in_([r.id for r in rows]))
+                .values(applied_run_id=run_id)
+            )
+        return sum(r.rows_accepted for r in rows), ", ".join(
+            dict.fromkeys(r.accepted_by for r in rows)
+        )
 
     # --- ledger --------------------------------------------------------------------------------
 

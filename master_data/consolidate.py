@@ -177,7 +177,7 @@ def link(
     :func:`publish` leaves their watermarks where they were (the next night reads them again).
     """
     settings = settings or load_match_settings(
-        city.root / "config", {d.code for d in city.departments}
+        city.root / "config", {d.code for d in city.departments} | set(city.broken)
     )
     say = progress or (lambda _msg: None)
     engine = engine_for(warehouse_url(city))

@@ -11,7 +11,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from etl.cli import ConfigDir, Departments, RunId, _check_departments, _load, _run_id, app, console
+from etl.cli import (
+    ConfigDir,
+    Departments,
+    RunId,
+    _check_departments,
+    _flags_broken,
+    _load,
+    _run_id,
+    app,
+    console,
+)
 from quality.results import DIMENSIONS
 
 _STATUS_STYLE = {"passed": "green", "failed": "red", "error": "magenta", "not_run": "yellow"}
@@ -41,7 +51,7 @@ def quality(
     from quality.suites import run_quality
 
     city = _load(config)
-    _check_departments(city, department)
+    department = _check_departments(city, department)
     try:
         rules = load_quality_rules(city, Path(config) / "quality")
     except ConfigError as exc:
@@ -65,8 +75,20 @@ def quality(
     errors = [r for r in night.results if r.status == "error"]
     for r in errors:
         console.print(f"[magenta]{r.rule_id}[/magenta]: {r.message}", highlight=False)
+    from quality.suites import UNSTANDARDIZED
+
+    undelivered = sorted(
+        {d for d, q in night.departments.items() if not q.delivered}
+        | {r.department for r in night.results if r.message == UNSTANDARDIZED}
+    )
+    if undelivered:
+        console.print(
+            "[bold red]Not extracted or not standardized tonight, so their batch rules could "
+            f"not run:[/bold red] {', '.join(undelivered)}",
+            highlight=False,
+        )
     console.print("Results: dq_result, dq_scorecard in the warehouse (`govmdm quality --rules`)")
-    if held or errors:
+    if held or errors or undelivered or _flags_broken(city, department):
         raise typer.Exit(1)
 
 

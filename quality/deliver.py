@@ -186,11 +186,17 @@ def deliver_reports(
     every delivery is ``skipped`` with the reason. A department with no configured contact is
     skipped; a failed send is recorded and the next report goes on.
     """
+    from etl.state import RunState
+    from quality.suites import platform_failure
+
     settings = settings or SmtpSettings.from_env(env)
     targets: list[tuple[Report, str | None]] = []
     contacts = {d.code: str(d.contact.email) for d in city.departments}
+    with RunState.for_city(city) as state:
+        platform = platform_failure(state.ledger(reports.run_id))
     for code, report in reports.departments.items():
-        targets.append((report, contacts.get(code)))
+        # a platform failure is no department's business: only data engineering hears of it
+        targets.append((report, None if platform else contacts.get(code)))
     if overview and reports.overview is not None:
         targets.append((reports.overview, str(city.data_engineering_contact.email)))
     if settings is None:
@@ -210,9 +216,8 @@ def deliver_reports(
     deliveries = []
     for report, to in targets:
         if to is None:
-            deliveries.append(
-                Delivery(report.name, None, "skipped", "no contact configured for department")
-            )
+            why = platform or "no contact configured for department"
+            deliveries.append(Delivery(report.name, None, "skipped", why))
             continue
         try:
             message = build_message(city, report, to, settings.sender)

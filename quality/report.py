@@ -38,13 +38,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import jinja2
 import sqlalchemy as sa
 
 from etl.config import CityConfig
-from etl.state import warehouse_url
+from etl.state import RunState, warehouse_url
 from etl.warehouse import conflict_table, engine_for
 from quality.masking import (
     ALL_KINDS,
@@ -57,6 +57,7 @@ from quality.masking import (
     policy,
 )
 from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
+from quality.suites import PLATFORM_FAILURE, platform_failure
 
 __all__ = [
     "DEFAULT_NIGHTS",
@@ -548,6 +549,10 @@ def _headline(
     if not rows:
         status = "attention"
         reasons.append("今晚没有本部门的质量检查结果（检查未执行），请联系数据工程团队。")
+    platform = [r for r in unrun if str(r.get("message", "")).startswith(PLATFORM_FAILURE)]
+    if rows and len(platform) == len(rows):
+        reason = "今晚因平台故障未能抽取数据，本晚不评分，不计入本部门，无需处理。"
+        return {"status": "attention", "label": HEADLINES["attention"], "reasons": [reason]}
     if held:
         reasons.append(f"阻断级规则未通过（{'、'.join(held)}），本批数据已暂扣，未进入基础库。")
     if serious:
@@ -673,6 +678,7 @@ def overview_data(
         )
     reported = {r["code"] for r in rows}
     missing = [{"code": c, "name": n} for c, n in names.items() if c not in reported]
+    alerts = platform_alerts(city, night.run_id)
     counts = {s: sum(r["headline"]["status"] == s for r in rows) for s in HEADLINES}
     worst = next((s for s in reversed(list(HEADLINES)) if counts[s]), "passed")
     if missing:
@@ -684,6 +690,9 @@ def overview_data(
     ]
     if missing:
         reasons.append(f"{len(missing)} 个已配置部门今晚没有质量检查结果")
+    if alerts:
+        worst = worst if _rank(worst) > _rank("attention") else "attention"
+        reasons.append(f"{len(alerts)} 项平台或配置问题需要数据工程团队处理（不计入部门得分）")
     return {
         "report": "overview",
         "schema_version": SCHEMA_VERSION,
@@ -698,8 +707,63 @@ def overview_data(
             if r["held_back_rules"]
         ],
         "without_results": missing,
+        "alerts": alerts,
         "counts": counts,
     }
+
+
+ALERT_LABELS: Final = {
+    "config": "部门配置文件有误，该部门今晚未运行",
+    "mass_deletion": "源表出现超限的批量删除，本批数据已暂扣",
+    "unreadable_column": "某列全部值无法按配置读取（配置错误），该部门今晚未发布、不评分",
+    "platform": "平台故障：今晚没有任何部门的数据被抽取，本晚不评分",
+}
+
+
+def platform_alerts(city: CityConfig, run_id: str) -> list[dict[str, Any]]:
+    """What data engineering must act on tonight that is no department's data fault (a broken
+    department file, …): ``{code, name, kind, label, message}`` each, never scored."""
+    alerts = [
+        {
+            "code": code,
+            "name": code,
+            "kind": "config",
+            "label": ALERT_LABELS["config"],
+            "message": "\n".join(problems),
+        }
+        for code, problems in city.broken.items()
+    ]
+    names = {d.code: d.name for d in city.departments}
+    with RunState.for_city(city) as state:
+        ledger = state.ledger(run_id)
+    if (why := platform_failure(ledger)) is not None:
+        alerts.append(
+            {"code": "-", "name": "全部部门", "kind": "platform",
+             "label": ALERT_LABELS["platform"], "message": why}
+        )  # fmt: skip
+    for path in sorted((city.var_dir / "canonical" / f"run={run_id}").glob("department=*.json")):
+        noted = json.loads(path.read_text(encoding="utf-8"))
+        alerts.append(
+            {
+                "code": noted["department"],
+                "name": names.get(noted["department"], noted["department"]),
+                "kind": "unreadable_column",
+                "label": ALERT_LABELS["unreadable_column"],
+                "message": noted["message"],
+            }
+        )
+    for row in ledger:
+        if row.get("deletion_guard") == "held":
+            alerts.append(
+                {
+                    "code": row["department"],
+                    "name": names.get(row["department"], row["department"]),
+                    "kind": "mass_deletion",
+                    "label": ALERT_LABELS["mass_deletion"],
+                    "message": f"{row['table_name']}: {row['message']}",
+                }
+            )
+    return alerts
 
 
 def _rank(status: str) -> int:

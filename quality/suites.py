@@ -266,12 +266,33 @@ def run_quality(
     )
     night = _Night.open(city, run_id, as_of)
     try:
-        judged = _judge(night, selected)
+        tonight = [r for r in night.ledger if r["run_id"] == run_id]
+        if (why := platform_failure(tonight)) is not None:
+            log.warning("night %s: %s", run_id, why)
+            judged = {r.id: _not_run(night, r, why) for r in selected}
+        else:
+            judged = _judge(night, selected)
         results = tuple(judged[r.id] for r in selected)
         scorecard, summary = _store(night, chosen, results, whole=departments is None)
     finally:
         night.engine.dispose()
     return QualityRun(run_id, night.as_of, results, tuple(scorecard), summary)
+
+
+PLATFORM_FAILURE: Final = (
+    "平台故障：今晚没有任何部门的数据被抽取（数据中心网络、调度或仓库故障），本晚不评分，"
+    "不计入任何部门"
+)
+
+
+def platform_failure(ledger: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why a night is the platform's failure and nobody's score (every table it tried to
+    extract failed), or None. ``ledger``: the night's ledger rows (none: a replay, or rules
+    judged without extraction — not a failure)."""
+    if not ledger or any(r["status"] == "ok" for r in ledger):
+        return None
+    failed = sorted({r["department"] for r in ledger})
+    return PLATFORM_FAILURE + f"（抽取记录：{'、'.join(failed)} 均失败）"
 
 
 def held_departments(
@@ -286,7 +307,7 @@ def held_departments(
     >>> held_departments(city, "2026-07-01")
     set()
     """
-    rules = rules if rules is not None else load_quality_rules(city)
+    rules = rules if rules is not None else load_quality_rules(city, every_department=False)
     blocking = [r for r in rules if r.blocking and r.stage in ("batch", "ledger")]
     night = _Night.open(city, run_id, None)
     try:
@@ -326,7 +347,7 @@ def _source_table(
     if not extracted:
         missing = f"{_not_extracted(entry)}，本规则未运行"
     elif frame is None:
-        missing = "今晚没有标准化结果（标准化失败或未运行），本规则未运行"
+        missing = UNSTANDARDIZED
     elif len(frame) == 0:
         missing = "今晚没有新增或变更的数据行，本规则未运行"
     else:
@@ -345,7 +366,9 @@ def _source_table(
             linked = f"{suite}.linked"
             out.update(_checked(night, referential, frame, frame["source_key"], linked))
     for r in rules:
-        if r.kind == "delivery":
+        if r.check == "encoding":
+            out[r.id] = _encoding(night, r, frame) if not missing else _not_run(night, r, missing)
+        elif r.kind == "delivery":
             out[r.id] = _delivery(night, r, entry)
         elif r.kind == "freshness":
             out[r.id] = _freshness(night, r, table, dept, entry, frame)
@@ -365,6 +388,7 @@ def _not_extracted(entry: Mapping[str, Any] | None) -> str:
     return f"今晚未能抽取本部门数据（{_EXTRACTION_STATUS.get(entry['status'], entry['status'])}）"
 
 
+UNSTANDARDIZED: Final = "今晚没有标准化结果（标准化失败或未运行），本规则未运行"
 _UNPUBLISHED = "今晚的主数据尚未发布（或仓库中是其他夜间的数据），本规则未运行"
 
 
@@ -508,6 +532,8 @@ def _from_check(night: _Night, rule: Rule, c: CheckResult) -> RuleResult:
 
 
 def _delivery(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> RuleResult:
+    if rule.check == "deletions":
+        return _deletions(night, rule, entry)
     if rule.check == "schema":
         if entry is None:
             return _not_run(night, rule, "今晚没有该表的抽取记录，表结构未能检查")
@@ -523,6 +549,55 @@ def _delivery(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> Rul
         return _result(night, rule, "failed", 1, 1, (), message)
     return _result(
         night, rule, "passed", 1, 0, (), f"今晚已抽取 {entry['rows_read']:,} 行（{entry['mode']}）"
+    )
+
+
+def _encoding(night: _Night, rule: Rule, frame: pd.DataFrame | None) -> RuleResult:
+    """The built-in rule on values that are not UTF-8: which rows, which columns."""
+    assert frame is not None
+    columns: Counter[str] = Counter()
+    keys = []
+    for key, reasons in zip(frame["source_key"], frame["reasons"], strict=True):
+        bad = [
+            c.rpartition(":")[0]
+            for c in (reasons if reasons is not None else ())
+            if c.endswith(":invalid_encoding")
+        ]
+        if bad:
+            keys.append(str(key))
+            columns.update(bad)
+    if not keys:
+        return _result(
+            night, rule, "passed", len(frame), 0, (), f"检查 {len(frame):,} 行，未发现乱码"
+        )
+    where = "，".join(f"列 {c} {n} 行" for c, n in columns.most_common())
+    message = (
+        f"检查 {len(frame):,} 行，{len(keys):,} 行含乱码（{where}），这些行已拒收，其余数据照常处理"
+    )
+    return _result(night, rule, "failed", len(frame), len(keys), tuple(keys), message)
+
+
+def _deletions(night: _Night, rule: Rule, entry: Mapping[str, Any] | None) -> RuleResult:
+    """The built-in mass-deletion rule (:func:`quality.rules.deletion_rules`)."""
+    if entry is None or entry["status"] != "ok":
+        return _not_run(night, rule, f"{_not_extracted(entry)}，无法判断删除量")
+    gone, before = entry.get("rows_deleted"), entry.get("keys_before")
+    if gone is None or not before:
+        return _result(night, rule, "passed", 1, 0, (), "今晚未核对删除（未做主键比对或首次抽取）")
+    share = gone / before
+    scale = "整表被清空" if gone == before else f"占 {share:.1%}"
+    said = f"今晚发现 {gone:,} 行在源表中被删除（此前共 {before:,} 行，{scale}"
+    guard = entry.get("deletion_guard")
+    if guard == "held":
+        message = (
+            f"{said}，超过允许的 {rule.threshold:.0%}）。本批数据已暂扣，基础库保留上一晚的"
+            "数据；数据工程团队已收到提醒，核实后方可放行"
+        )
+        return _result(night, rule, "failed", 1, 1, (), message)
+    if guard == "accepted":
+        return _result(night, rule, "passed", 1, 0, (), f"{said}），已由数据工程团队确认放行")
+    return _result(
+        night, rule, "passed", 1, 0, (), f"{said}），未超过允许的 {rule.threshold:.0%}）"
     )
 
 

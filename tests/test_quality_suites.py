@@ -478,8 +478,10 @@ def test_the_command_scores_a_night(city: CityConfig, night1: tuple[QualityRun, 
 
     args = ["quality", "--config", str(ROOT / "config"), "--run-id", NIGHT1, "-d", "weijian"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output  # failures are the department's, not the run's
+    # its source was down: its batch rules could not run, which the exit code says (--help)
+    assert result.exit_code == 1, result.output
     assert "weijian" in result.output and "WJ-D01" in result.output
+    assert "could not run: weijian" in " ".join(result.output.split())
     assert run_quality(city, NIGHT1, departments=["weijian"]).results == tuple(
         r for r in night1[0].results if r.department == "weijian"
     )

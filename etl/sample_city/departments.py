@@ -493,12 +493,30 @@ def by_code(code: str) -> Department:
     raise KeyError(code)
 
 
+KEY_PREFIXES: dict[str, str] = {
+    "gongan": "RK3501",
+    "minzheng": "MZ",
+    "weijian": "H",
+    "shichang": "3501",
+}
+"""The text before the 12-digit number of a department's keys (the others use bare integers)."""
+
+
+def key_number(dept: Department, key: Any) -> int:
+    """The running number of a key :func:`key_factory` made.
+
+    >>> key_number(SHICHANG, "3501000123456789")
+    123456789
+    """
+    prefix = KEY_PREFIXES.get(dept.code)
+    text = str(key)
+    return int(text[len(prefix) :] if prefix and text.startswith(prefix) else text)
+
+
 def key_factory(dept: Department, start: int) -> Iterator[Any]:
     """Primary keys in the department's own style, from a seeded starting number."""
     n = start
-    prefix = {"gongan": "RK3501", "minzheng": "MZ", "weijian": "H", "shichang": "3501"}.get(
-        dept.code
-    )
+    prefix = KEY_PREFIXES.get(dept.code)
     while True:
         n += 1
         yield n if prefix is None else f"{prefix}{n:012d}"

@@ -371,10 +371,10 @@ class Night:
         return b
 
     def _max_key(self, dept: Department) -> int:
+        # the number after the department's prefix: an all-digit prefix (shichang's 3501) is
+        # not part of it, or every night's keys would grow by it
         return max(
-            int("".join(c for c in key if c.isdigit())[-12:] if not key.isdigit() else key)
-            for (code, key) in self.truth.rows
-            if code == dept.code
+            depts.key_number(dept, key) for (code, key) in self.truth.rows if code == dept.code
         )
 
     def stamp(self) -> dt.datetime:
