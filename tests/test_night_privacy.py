@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -27,7 +28,7 @@ from etl.config import CityConfig, load_city_config
 from etl.sample_city.generate import generate_city
 from etl.state import warehouse_url
 from master_data import access
-from quality.masking import find_clear, mask_id
+from quality.masking import find_clear, mask_id, redact_message
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -211,15 +212,34 @@ def _everywhere(night: Night) -> dict[str, str]:
 
 
 def test_a_badly_encoded_source_value_stays_out_of_every_record(night: Night) -> None:
-    assert set(night.flagged) == {"weijian", "renshe"}
-    assert "extraction failed" in night.flagged["weijian"]
+    # the row is read with U+FFFD for the bad bytes and rejected by standardization; no record
+    # of the night, log line or report quotes what the bytes surrounded
+    assert set(night.flagged) == {"renshe"}
+    rejects = pq.read_table(
+        night.city.var_dir / "canonical" / f"run={NIGHT}" / "department=weijian" / "rejects.parquet"
+    ).to_pylist()
+    assert any("invalid_encoding" in str(r) for r in rejects if "HBAD0001" in str(r))
     texts = _everywhere(night)
-    assert "<值已隐去>" in texts["etl_ledger"] and "<值已隐去>" in texts["flagged weijian"]
     for where, text in texts.items():
         assert BAD_PHONE not in text and BAD_ID not in text, where
         assert BAD_PHONE[:3] + "****" + BAD_PHONE[-4:] not in text, where
         assert find_clear(text, kinds={"id", "mobile"}) == [], where
     assert mask_id(BAD_ID) not in texts["log"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"OperationalError: Could not decode to UTF-8 column 'xm' with text '\ufffd\ufffd{BAD_PHONE}'",
+        f"DataError: (1366, \"Incorrect string value: '\\xD5\\xC5{BAD_ID}' for column 'sfzh'\")",
+        f'InvalidTextRepresentation: invalid input syntax for type bigint: "{BAD_PHONE}"',
+        f"UniqueViolation: duplicate key value violates unique constraint; DETAIL: Key (sfzh)=({BAD_ID})",
+    ],
+)  # fmt: skip
+def test_a_driver_message_loses_the_value_it_quotes(message: str) -> None:
+    redacted = redact_message(message)
+    assert BAD_ID not in redacted and BAD_PHONE not in redacted
+    assert find_clear(redacted) == [] and "<值已隐去>" in redacted
 
 
 def test_an_unreachable_source_reports_no_connection_details_to_its_department(
