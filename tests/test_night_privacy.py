@@ -230,10 +230,12 @@ def test_a_badly_encoded_source_value_stays_out_of_every_record(night: Night) ->
 @pytest.mark.parametrize(
     "message",
     [
-        f"OperationalError: Could not decode to UTF-8 column 'xm' with text '\ufffd\ufffd{BAD_PHONE}'",
+        f"OperationalError: Could not decode to UTF-8 column 'xm' "
+        f"with text '\ufffd\ufffd{BAD_PHONE}'",
         f"DataError: (1366, \"Incorrect string value: '\\xD5\\xC5{BAD_ID}' for column 'sfzh'\")",
         f'InvalidTextRepresentation: invalid input syntax for type bigint: "{BAD_PHONE}"',
-        f"UniqueViolation: duplicate key value violates unique constraint; DETAIL: Key (sfzh)=({BAD_ID})",
+        f"UniqueViolation: duplicate key value violates unique constraint; "
+        f"DETAIL: Key (sfzh)=({BAD_ID})",
     ],
 )  # fmt: skip
 def test_a_driver_message_loses_the_value_it_quotes(message: str) -> None:
