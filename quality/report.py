@@ -116,6 +116,7 @@ ATTRIBUTE_LABELS: Mapping[str, str] = {
 }
 ENTITY_LABELS: Mapping[str, str] = {"person": "自然人", "enterprise": "法人"}
 
+_NOT_EXTRACTED = "今晚未能抽取本部门数据"
 _DELIVERY_DETAIL = (
     "技术细节（连接、主机等）已记录在当晚的运行记录中，由数据工程团队处理；如本部门数据库有变更或"
     "停机安排，请告知数据工程团队。"
@@ -225,10 +226,17 @@ def render_reports(
         present = set(night.results) | set(night.scorecard_tonight)
         configured = [d.code for d in city.departments if d.code in present]
         codes = configured + sorted(present - set(configured))
+    # the platform's own contacts (departments' 数据责任人, data engineering) are named in
+    # messages on purpose: official addresses, not the data's persons
+    contacts = tuple(
+        str(c.email)
+        for c in (*(d.contact for d in city.departments), city.data_engineering_contact)
+    )
     reports: dict[str, Report] = {}
     for code in codes:
         data = department_data(city, night, code, nights=nights)
         known, public = personal_values(night.conflicts.get(code, []))
+        public += contacts
         reports[code] = replace(
             _render(out, code, "department", data, data["headline"]["status"]),
             known=known, public=public,
@@ -237,6 +245,7 @@ def render_reports(
     if department is None:
         data = overview_data(city, night, [reports[c].data for c in codes], names)
         known, public = personal_values([r for c in codes for r in night.conflicts.get(c, [])])
+        public += contacts
         overview = replace(
             _render(out, "overview", "overview", data, data["headline"]["status"]),
             known=known, public=public,
@@ -503,10 +512,8 @@ def _message(row: Mapping[str, Any]) -> str | None:
     message = row["message"]
     if not message:
         return None
-    if row["kind"] == "delivery" and row["status"] != "passed" and "：" in message:
-        head = message.split("：", 1)[0]
-        if not head.startswith("表结构发生变更"):
-            return f"{head}。{_DELIVERY_DETAIL}"
+    if row["kind"] == "delivery" and message.startswith(_NOT_EXTRACTED) and "：" in message:
+        return f"{message.split('：', 1)[0]}。{_DELIVERY_DETAIL}"
     return mask_text(message)
 
 
