@@ -372,7 +372,7 @@ def accept_deletions(
             dept.code,
             chosen,
             count,
-            by=audit.who(),
+            by=audit.who(state.engine),
             reason=reason,
             held_run_id=last["run_id"] if last else None,
         )
@@ -386,7 +386,7 @@ def accept_deletions(
     )
     console.print(
         f"Accepted: the next night may delete up to {count:,} rows of {dept.code} {chosen!r} "
-        f"beyond its limit (by {audit.who()}, audited).",
+        f"beyond its limit (audited).",
         highlight=False,
     )
 

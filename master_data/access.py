@@ -12,18 +12,24 @@ release nothing ``v_person`` leaves out. Sources the catalog does not share (不
 withheld: their rows, their values and membership in them. Enterprise names, credit codes and
 business addresses are public registration data and stay.
 
-**Roles.** On PostgreSQL :func:`install_views` creates the roles ``govmdm_analyst`` (SELECT on the
-masked views and ``catalog`` only: the ``mdm_*`` tables, the ``*_full`` views and ``audit_log``
-are refused) and ``govmdm_privileged`` (SELECT on everything published, never a write), and
-grants both to the warehouse user so that ``govmdm query`` can ``SET ROLE``. An analyst's own
-login is ``CREATE ROLE wang LOGIN ... IN ROLE govmdm_analyst``. SQLite has no roles: there
-``govmdm query`` opens the file read-only and lets an analyst's statement read the masked views
-only.
+**Roles.** On PostgreSQL :func:`install_views` creates the roles ``govmdm_analyst`` (SELECT on
+the masked views and ``catalog`` only), ``govmdm_privileged`` (also everything published and the
+whole audit log, never a write) and ``govmdm_steward`` (the review queue, and decisions through
+one function); names from ``roles:`` in ``config/catalog.yaml``. Nobody is made a member of
+them by govmdm: a DBA gives each person a login in one of them (``CREATE ROLE wang LOGIN ... IN
+ROLE govmdm_analyst``).
 
-**Privileged callers.** ``--privileged`` is honoured for OS logins listed in
-``config/catalog.yaml`` (``privileged_users``) or ``GOVMDM_PRIVILEGED_USERS``; ``GOVMDM_USER``
-names the person in the audit log but grants nothing. This is a guard rail in the tool; the
-boundary is the database role of whoever connects.
+**Whose connection.** Analysts' commands (query, export, lookup, audit list, review) run on the
+caller's *own* login (``GOVMDM_ANALYST_URL``, else ``GOVMDM_WAREHOUSE_URL``), never on the
+pipeline's owner login: they refuse a login that could become a superuser, the tables' owner or
+any role that may write them (:func:`session`), so a query that escapes ``SET ROLE`` by any trick
+finds nothing above the login. ``statement_timeout`` bounds every statement and the backend of a
+client that dies is cancelled. On SQLite the file's permissions are the only boundary, and the
+tool says so: the file's owner (by OS user ID) is privileged and steward, everyone else an
+analyst, and ``govmdm query`` opens the file read-only with an authorizer and a time limit.
+
+**Privilege** comes from the database (membership of the privileged role) or the OS user ID,
+never from an environment variable or a config file the caller can point elsewhere.
 
 **Pseudonyms.** Extracts that leave the platform can replace master IDs, ID numbers and source
 keys by HMAC-SHA256 tokens keyed by ``GOVMDM_PSEUDONYM_KEY``: the same value gives the same
@@ -45,7 +51,7 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -66,8 +72,9 @@ from etl.warehouse import (
     person_table,
     provenance_table,
     relationship_table,
+    review_queue_table,
+    run_table,
 )
-from master_data.published import warehouse
 from quality.masking import (
     MASK_DESCRIPTIONS,
     POLICY,
@@ -90,9 +97,10 @@ Dialect = Literal["sqlite", "postgresql"]
 
 ANALYST_ROLE = "govmdm_analyst"
 PRIVILEGED_ROLE = "govmdm_privileged"
-DB_ROLES: dict[Role, str] = {"analyst": ANALYST_ROLE, "privileged": PRIVILEGED_ROLE}
+STEWARD_ROLE = "govmdm_steward"
+_ROLE_NAME = r"^[a-z_][a-z0-9_]{0,62}$"
+ANALYST_URL_ENV = "GOVMDM_ANALYST_URL"
 PSEUDONYM_KEY_ENV = "GOVMDM_PSEUDONYM_KEY"
-PRIVILEGED_USERS_ENV = "GOVMDM_PRIVILEGED_USERS"
 POLICY_FILE = "catalog.yaml"
 CATALOG_TABLE = "catalog"
 _MIN_KEY_BYTES = 16
@@ -732,39 +740,148 @@ def _protected() -> list[str]:
     ]
 
 
-def roles_sql() -> list[str]:
-    """The roles (cluster-wide, created once) and the warehouse user's membership in them,
-    each only if missing, so a nightly run needs no CREATEROLE once a DBA has done it."""
-    create = " ".join(
-        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{r}') THEN CREATE ROLE {r} NOLOGIN;"
-        " END IF;"
-        for r in DB_ROLES.values()
+class DbRoles(BaseModel):
+    """The PostgreSQL roles govmdm grants to, from ``roles:`` in ``config/catalog.yaml``.
+
+    Roles are cluster-wide: warehouses that share a server and must not share analysts name
+    their roles apart. A login is given one of them by a DBA (``GRANT govmdm_analyst TO wang``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    analyst: str = Field(
+        default=ANALYST_ROLE, pattern=_ROLE_NAME, description="reads the masked views"
     )
-    member = " ".join(
-        f"IF NOT pg_has_role(current_user, '{r}', 'MEMBER') THEN GRANT {r} TO CURRENT_USER; END IF;"
-        for r in DB_ROLES.values()
+    privileged: str = Field(
+        default=PRIVILEGED_ROLE, pattern=_ROLE_NAME, description="also reads personal data in clear"
+    )
+    steward: str = Field(
+        default=STEWARD_ROLE, pattern=_ROLE_NAME, description="decides the review queue's pairs"
+    )
+
+    def of(self, role: Role) -> str:
+        """The database role behind a govmdm role."""
+        return self.analyst if role == "analyst" else self.privileged
+
+    @property
+    def names(self) -> list[str]:
+        """All three, analyst first."""
+        return [self.analyst, self.privileged, self.steward]
+
+
+def roles_sql(roles: DbRoles | None = None) -> list[str]:
+    """The roles (cluster-wide, NOLOGIN, created once, each only if missing) and the privileged
+    role's membership in the analyst role. Nobody else is made a member: the warehouse owner
+    least of all, so that no analyst's login can become it."""
+    r = roles or DbRoles()
+    create = " ".join(
+        f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{n}') THEN "
+        f"CREATE ROLE {_ident(n)} NOLOGIN; END IF;"
+        for n in r.names
+    )
+    member = (
+        f"IF NOT pg_has_role('{r.privileged}', '{r.analyst}', 'MEMBER') THEN "
+        f"GRANT {_ident(r.analyst)} TO {_ident(r.privileged)}; END IF;"
     )
     return [f"DO $$ BEGIN {create} END $$", f"DO $$ BEGIN {member} END $$"]
 
 
-def dba_sql(user: str) -> str:
-    """What a DBA runs once when the warehouse user may not create roles."""
-    roles = ", ".join(DB_ROLES.values())
-    create = "; ".join(f"CREATE ROLE {r} NOLOGIN" for r in DB_ROLES.values())
-    return f"{create}; GRANT {roles} TO {user}"
+def dba_sql(roles: DbRoles | None = None) -> str:
+    """What a DBA runs once when the warehouse owner may not create roles."""
+    r = roles or DbRoles()
+    create = "; ".join(f"CREATE ROLE {_ident(n)} NOLOGIN" for n in r.names)
+    return f"{create}; GRANT {_ident(r.analyst)} TO {_ident(r.privileged)}"
 
 
-def grants_sql() -> list[str]:
-    """Privileges: the analyst reads the masked views and the catalog, nothing else."""
+def login_sql(login: str, role: str) -> str:
+    """A person's own login in one govmdm role, as the README tells a DBA to create it.
+
+    >>> login_sql("wang", "govmdm_analyst")
+    "CREATE ROLE wang LOGIN PASSWORD '…' IN ROLE govmdm_analyst"
+    """
+    name = login if login.startswith("<") else _ident(login)  # a placeholder stays readable
+    return f"CREATE ROLE {name} LOGIN PASSWORD '…' IN ROLE {_ident(role)}"
+
+
+def grants_sql(roles: DbRoles | None = None, schema: str = "public") -> list[str]:
+    """Privileges. The analyst role reads the masked views and the catalog; the privileged role
+    also everything published and the whole audit log, never a write; the steward role reads
+    the review queue and decides through ``govmdm_review_decide``. All three write the audit
+    log only through its functions and read only their own rows of it (``v_audit_log``)."""
+    from master_data.review import decide_function_sql  # review imports nothing of access
+
+    r = roles or DbRoles()
+    a, p, s = (_ident(n) for n in r.names)
     protected = ", ".join(_protected())
     masked = ", ".join(sorted(ANALYST_RELATIONS))
     return [
+        f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {a}, {p}, {s}",
+        f"REVOKE CREATE ON SCHEMA {_ident(schema)} FROM PUBLIC",
         f"REVOKE ALL ON TABLE {protected} FROM PUBLIC",
-        f"REVOKE ALL ON TABLE {protected} FROM {ANALYST_ROLE}",
-        f"REVOKE ALL ON TABLE {masked} FROM {ANALYST_ROLE}, {PRIVILEGED_ROLE}",
-        f"GRANT SELECT ON TABLE {masked} TO {ANALYST_ROLE}, {PRIVILEGED_ROLE}",
-        f"GRANT SELECT ON TABLE {protected} TO {PRIVILEGED_ROLE}",
+        f"REVOKE ALL ON TABLE {protected} FROM {a}, {p}, {s}",
+        f"REVOKE ALL ON TABLE {masked} FROM {a}, {p}, {s}",
+        f"GRANT SELECT ON TABLE {masked} TO {a}, {p}",
+        f"GRANT SELECT ON TABLE {protected} TO {p}",
+        # the export's manifest names the night it read: run IDs and counts, nothing personal
+        f"GRANT SELECT ON TABLE {run_table.name} TO {a}",
+        f"GRANT SELECT ON TABLE {review_queue_table.name} TO {s}",
+        *audit.functions_sql(schema, r.names),
+        *find_person_sql(schema, [r.analyst, r.privileged]),
+        *decide_function_sql(schema, r.steward),
     ]
+
+
+FIND_PERSON_FUNCTION = "govmdm_find_person"
+
+
+def find_person_sql(schema: str, grantees: list[str]) -> list[str]:
+    """PostgreSQL: ``govmdm_find_person``, the only way an analyst's login turns an ID number,
+    or a name and a birth date, into master IDs. It answers one key per running ``lookup``
+    audit entry of the caller, and writes the (masked) key into that entry first."""
+    s = _ident(schema)
+    sql = _Sql("postgresql")
+    fixed = "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+    fn = f"{s}.{FIND_PERSON_FUNCTION}(bigint, text, text, date)"
+    body = (
+        f"CREATE OR REPLACE FUNCTION {s}.{FIND_PERSON_FUNCTION}(p_audit_id bigint, "
+        f"p_id_number text, p_name text, p_birth_date date) RETURNS SETOF text {fixed} AS $fn$\n"
+        "DECLARE shown text;\n"
+        "BEGIN\n"
+        "  IF p_id_number IS NOT NULL THEN\n"
+        f"    shown := 'id_number ' || {sql.mask_id('p_id_number')};\n"
+        "  ELSIF p_name IS NOT NULL AND p_birth_date IS NOT NULL THEN\n"
+        f"    shown := 'name ' || {sql.mask_name('p_name')} || ' ' || p_birth_date::text;\n"
+        "  ELSE\n"
+        "    RAISE EXCEPTION 'give an ID number, or a name with a birth date';\n"
+        "  END IF;\n"
+        f"  UPDATE {s}.audit_log SET target = shown,\n"
+        "    detail = (detail::jsonb || '{\"resolved\": true}'::jsonb)::text\n"
+        "  WHERE id = p_audit_id AND who = session_user AND action = 'lookup'\n"
+        "    AND outcome = 'running'\n"
+        "    AND NOT coalesce((detail::jsonb ->> 'resolved')::boolean, false);\n"
+        "  IF NOT FOUND THEN\n"
+        "    RAISE EXCEPTION 'a lookup answers one key, under its own running audit entry "
+        "(govmdm lookup writes it)' USING ERRCODE = 'insufficient_privilege';\n"
+        "  END IF;\n"
+        "  IF p_id_number IS NOT NULL THEN\n"
+        f"    RETURN QUERY SELECT master_id::text FROM {s}.{person_table.name}\n"
+        "      WHERE id_number = p_id_number ORDER BY 1;\n"
+        "  ELSE\n"
+        f"    RETURN QUERY SELECT master_id::text FROM {s}.{person_table.name}\n"
+        "      WHERE name = p_name AND birth_date = p_birth_date ORDER BY 1;\n"
+        "  END IF;\n"
+        "END $fn$"
+    )
+    out = [body, f"REVOKE ALL ON FUNCTION {fn} FROM PUBLIC"]
+    if grantees:
+        out.append(f"GRANT EXECUTE ON FUNCTION {fn} TO {', '.join(map(_ident, grantees))}")
+    return out
+
+
+def _ident(name: str) -> str:
+    """A PostgreSQL identifier, quoted only when it must be."""
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass
@@ -792,8 +909,9 @@ def install_views(engine: sa.Engine, city: CityConfig) -> InstallReport:
     report = InstallReport(backend=dialect)
     metadata.create_all(engine, checkfirst=True)
     audit.ensure_table(engine)
+    roles = load_share_policy(city).roles
     if dialect == "postgresql":
-        report.roles = _install_roles(engine, report)
+        report.roles = _install_roles(engine, report, roles)
     release = release_of(city)
     with engine.begin() as conn:
         for spec in VIEWS:
@@ -803,32 +921,32 @@ def install_views(engine: sa.Engine, city: CityConfig) -> InstallReport:
                 report.views.append(name)
         report.catalog_rows = write_catalog(conn, city)
         if dialect == "postgresql" and report.roles:
-            for stmt in grants_sql():
-                conn.exec_driver_sql(stmt)
+            schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar())
+            for stmt in grants_sql(roles, schema):
+                conn.exec_driver_sql(stmt.replace("%", "%%"))  # the driver's paramstyle
             report.grants = True
     return report
 
 
-def _install_roles(engine: sa.Engine, report: InstallReport) -> bool:
-    """Create the roles and make the warehouse user a member; True if both roles exist."""
-    fix = dba_sql(engine.url.username or "<warehouse user>")
-    for stmt in roles_sql():
+def _install_roles(engine: sa.Engine, report: InstallReport, roles: DbRoles) -> bool:
+    """Create the roles; True if all three exist."""
+    for stmt in roles_sql(roles):
         try:
             with engine.begin() as conn:
                 conn.exec_driver_sql(stmt)
         except sa.exc.DBAPIError as exc:
             report.warnings.append(
                 f"{_first_line(exc.orig or exc)}. Fix: a DBA runs once, as a role with "
-                f"CREATEROLE: {fix}"
+                f"CREATEROLE: {dba_sql(roles)}"
             )
     with engine.connect() as conn:
         existing = set(
             conn.execute(
-                sa.text("SELECT rolname FROM pg_roles WHERE rolname IN (:a, :p)"),
-                {"a": ANALYST_ROLE, "p": PRIVILEGED_ROLE},
+                sa.text("SELECT rolname FROM pg_roles WHERE rolname = ANY(:names)"),
+                {"names": roles.names},
             ).scalars()
         )
-    return existing == set(DB_ROLES.values())
+    return existing == set(roles.names)
 
 
 def _create_view(conn: sa.Connection, dialect: Dialect, name: str, select: str) -> None:
@@ -908,7 +1026,7 @@ class SharePolicyEntry(BaseModel):
 
 
 class SharePolicy(BaseModel):
-    """``config/catalog.yaml``: share types per resource and who may see data in clear."""
+    """``config/catalog.yaml``: share types per resource, the database roles, the query limit."""
 
     model_config = ConfigDict(extra="forbid")
     default: SharePolicyEntry = Field(
@@ -916,10 +1034,6 @@ class SharePolicy(BaseModel):
             share_type="conditional", condition="经数据共享平台申请审批后共享", basis=None
         ),
         description="for resources not listed under resources",
-    )
-    privileged_users: list[str] = Field(
-        default_factory=list,
-        description="OS logins allowed to use --privileged (personal data in clear)",
     )
     resources: dict[str, SharePolicyEntry] = Field(
         default_factory=dict,
@@ -932,6 +1046,27 @@ class SharePolicy(BaseModel):
         description="every combination of quasi-identifiers in v_person stands for at least "
         "this many persons (GB/T 37964 k-anonymity)",
     )
+    roles: DbRoles = Field(
+        default_factory=DbRoles, description="PostgreSQL role names (cluster-wide)"
+    )
+    query_timeout_s: float = Field(
+        default=30, gt=0, le=3600, description="an analyst's statement is cancelled after this long"
+    )
+    export_timeout_s: float = Field(
+        default=600, gt=0, le=86400, description="the same for each view read by govmdm export"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_privileged_users(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "privileged_users" in data:
+            raise ValueError(
+                "privileged_users is no longer read: a list anyone can edit, or point --config "
+                "at, cannot grant anything. Fix: remove the key; on PostgreSQL a DBA grants the "
+                "privileged role to a person's own login (GRANT govmdm_privileged TO li); on "
+                "SQLite the warehouse file's owner is privileged"
+            )
+        return data
 
     def for_resource(self, resource_id: str) -> SharePolicyEntry:
         """The policy of one resource: its own, else the default."""
@@ -944,7 +1079,7 @@ def policy_path(city: CityConfig) -> Path:
 
 
 def load_share_policy(city: CityConfig) -> SharePolicy:
-    """The sharing policy; defaults (everything conditional, nobody privileged) without a file.
+    """The sharing policy; defaults (everything conditional, default role names) without a file.
 
     Resource IDs are checked against the city: a golden table (``mdm_person``) or a
     department's table (``gongan/t_rk_jbxx``).
@@ -967,30 +1102,272 @@ def load_share_policy(city: CityConfig) -> SharePolicy:
     return policy
 
 
-def privileged_users(city: CityConfig) -> frozenset[str]:
-    """OS logins that may use ``--privileged``: the policy file's and ``GOVMDM_PRIVILEGED_USERS``
-    (comma-separated)."""
-    env = {u.strip() for u in os.environ.get(PRIVILEGED_USERS_ENV, "").split(",") if u.strip()}
-    return frozenset(load_share_policy(city).privileged_users) | env
+Capability = Literal["analyst", "privileged", "steward"]
+
+# Whoever can become one of these (or a superuser, or a role that may create roles or bypass
+# row security) is above every govmdm role: analysts' commands refuse such a login.
+_ABOVE = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program",
+          "pg_write_all_data")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The person at the keyboard as the warehouse knows them: their login (PostgreSQL) or OS
+    account (SQLite), what they may do, and what really protects the data."""
+
+    who: str
+    backend: Dialect
+    may: frozenset[Capability]
+    boundary: str
+
+
+@dataclass
+class Session:
+    """A caller's own connection to the warehouse (see :func:`session`)."""
+
+    engine: sa.Engine
+    caller: Caller
+    policy: SharePolicy
+
+    def role(self, privileged: bool, *, action: str) -> Role:
+        """``privileged`` if asked for and the caller holds it, else ``analyst``; a refusal is
+        audited and raised as :class:`AccessDenied`."""
+        c, roles = self.caller, self.policy.roles
+        if not privileged:
+            if c.may & {"analyst", "privileged"}:
+                return "analyst"
+            raise AccessDenied(
+                f"the login {c.who!r} may not read the analyst views. Fix: a DBA runs "
+                f"GRANT {_ident(roles.analyst)} TO {_ident(c.who)}"
+            )
+        if "privileged" in c.may:
+            return "privileged"
+        if c.backend == "postgresql":
+            why = (
+                f"--privileged: the login {c.who!r} is not in the {roles.privileged} role; "
+                "personal data in clear is granted by the database, not by govmdm. Fix: if "
+                f"your duties need it, a DBA runs GRANT {_ident(roles.privileged)} TO "
+                f"{_ident(c.who)}; without --privileged you see the masked views"
+            )
+        else:
+            why = (
+                f"--privileged: {c.who!r} does not own the warehouse file. {c.boundary}. Fix: "
+                "run as the file's owner, or leave out --privileged for the masked views"
+            )
+        self.refuse(action, "--privileged", why, role="privileged")
+        raise AssertionError  # refuse() raised
+
+    def require(self, capability: Capability, *, action: str, target: str) -> None:
+        """Raise :class:`AccessDenied` (audited) unless the caller holds ``capability``."""
+        c, roles = self.caller, self.policy.roles
+        if capability in c.may:
+            return
+        if c.backend == "postgresql":
+            role = getattr(roles, capability)
+            why = (
+                f"{action.replace('_', ' ')}: the login {c.who!r} is not in the {role} role. "
+                f"Fix: a DBA runs GRANT {_ident(role)} TO {_ident(c.who)}"
+            )
+        else:
+            why = (
+                f"{action.replace('_', ' ')}: {c.who!r} does not own the warehouse file. "
+                f"{c.boundary}. Fix: run as the file's owner"
+            )
+        self.refuse(action, target, why, role=capability)
+
+    def refuse(self, action: str, target: str, why: str, *, role: str) -> None:
+        """Audit a refusal (best effort) and raise it."""
+        with contextlib.suppress(Exception):
+            audit.record(self.engine, action, target, role=role, outcome="refused",
+                         detail={"reason": why})  # fmt: skip
+        raise AccessDenied(why)
+
+
+@contextlib.contextmanager
+def session(city: CityConfig, *, export: bool = False) -> Iterator[Session]:
+    """The caller's own connection: on PostgreSQL the login of ``GOVMDM_ANALYST_URL`` (else of
+    ``GOVMDM_WAREHOUSE_URL``), refused unless it is no more than an analyst, privileged user or
+    steward — never the warehouse owner or a superuser —, with ``statement_timeout`` set and a
+    dead client's backend cancelled; on SQLite the warehouse file, the OS user ID deciding.
+
+    >>> with session(city) as s:
+    ...     s.caller.who, sorted(s.caller.may)
+    ('wang', ['analyst'])
+    """
+    from etl.state import WAREHOUSE_ENV
+    from etl.warehouse import engine_for
+
+    policy = load_share_policy(city)
+    if export:  # whole views: a longer limit than an ad-hoc query's
+        policy = policy.model_copy(update={"query_timeout_s": policy.export_timeout_s})
+    url, source = os.environ.get(ANALYST_URL_ENV, "").strip(), ANALYST_URL_ENV
+    if not url:
+        url, source = warehouse_url(city), WAREHOUSE_ENV
+    if sa.make_url(url).get_backend_name() == "sqlite" and source == WAREHOUSE_ENV:
+        base = engine_for(url)
+    else:
+        base = _personal_engine(url, policy, source)
+    try:
+        engine = base.execution_options(
+            govmdm_roles=policy.roles, govmdm_timeout_s=policy.query_timeout_s,
+            govmdm_source=source,
+        )  # fmt: skip
+        caller = _caller(engine)
+        yield Session(engine.execution_options(govmdm_caller=caller), caller, policy)
+    finally:
+        base.dispose()
+
+
+def _personal_engine(url: str, policy: SharePolicy, source: str) -> sa.Engine:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise AccessSetupError(
+            f"{source} is not a database URL. Fix: postgresql+psycopg://<you>@<host>/<warehouse>"
+        ) from None
+    if parsed.get_backend_name() != "postgresql":
+        return sa.create_engine(parsed)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    ms = max(1, int(policy.query_timeout_s * 1000))
+    # Session defaults; each read sets its own again inside its transaction. A client that dies
+    # mid-query is noticed within a second and its backend cancelled.
+    options = (
+        f"-c statement_timeout={ms} -c lock_timeout={ms} "
+        f"-c idle_in_transaction_session_timeout={max(ms, 60_000)} "
+        "-c client_connection_check_interval=1000"
+    )
+    given = parsed.query.get("options")
+    if given:
+        options = f"{given if isinstance(given, str) else ' '.join(given)} {options}"
+    parsed = parsed.difference_update_query(["options"])
+    return sa.create_engine(parsed, connect_args={"options": options, "application_name": "govmdm"})
+
+
+def _caller(engine: sa.Engine) -> Caller:
+    """Who ``engine`` logs in as; :class:`AccessDenied` for a login above every govmdm role."""
+    cached = engine.get_execution_options().get("govmdm_caller")
+    if isinstance(cached, Caller):
+        return cached
+    if _dialect(engine) == "sqlite":
+        return _sqlite_caller(engine)
+    return _postgres_caller(engine)
+
+
+def _postgres_caller(engine: sa.Engine) -> Caller:
+    roles: DbRoles = engine.get_execution_options().get("govmdm_roles") or DbRoles()
+    from master_data.review import DECIDE_FUNCTION
+
+    tables = [*_protected(), *(v.name for v in VIEWS)]
+    query = sa.text(
+        "WITH reach AS (SELECT r.oid, r.rolname, r.rolsuper, r.rolcreaterole, r.rolbypassrls "
+        "  FROM pg_roles r WHERE pg_has_role(session_user, r.oid, 'MEMBER')), "
+        "rel AS (SELECT c.oid, c.relname, c.relowner FROM pg_class c "
+        "  WHERE c.oid IN (SELECT to_regclass(x) FROM unnest(CAST(:tables AS text[])) AS x)) "
+        "SELECT session_user::text AS login, "
+        " ARRAY(SELECT rolname::text FROM reach WHERE rolsuper ORDER BY 1) AS supers, "
+        " ARRAY(SELECT rolname::text FROM reach WHERE rolcreaterole OR rolbypassrls"
+        "       OR rolname = ANY(CAST(:above AS text[])) ORDER BY 1) AS powers, "
+        " ARRAY(SELECT relname::text FROM rel WHERE pg_has_role(session_user, relowner, 'MEMBER')"
+        "       OR EXISTS (SELECT FROM reach WHERE has_table_privilege(reach.oid, rel.oid,"
+        "                  'INSERT, UPDATE, DELETE, TRUNCATE')) ORDER BY 1) AS writes, "
+        " to_regclass(:masked) IS NOT NULL AS installed, "
+        " EXISTS (SELECT FROM reach WHERE has_table_privilege(reach.oid,"
+        "         to_regclass(:masked), 'SELECT')) AS analyst, "
+        " EXISTS (SELECT FROM reach WHERE has_table_privilege(reach.oid,"
+        "         to_regclass(:full), 'SELECT')) AS privileged, "
+        " EXISTS (SELECT FROM reach WHERE has_function_privilege(reach.oid,"
+        "         to_regprocedure(:decide), 'EXECUTE')) AS steward"
+    )
+    with engine.connect() as conn:
+        row = conn.execute(
+            query,
+            {"tables": tables, "above": list(_ABOVE), "masked": VIEWS[0].name,
+             "full": VIEWS[0].full_name, "decide": f"{DECIDE_FUNCTION}(text, text, text, text)"},
+        ).one()  # fmt: skip
+    login = str(row.login)
+    if row.supers or row.powers or row.writes:
+        if row.supers:
+            what = f"is or can become the superuser {row.supers[0]}"
+        elif row.powers:
+            what = (
+                f"can become {', '.join(row.powers)} (CREATEROLE, BYPASSRLS, server files or "
+                "writing all data)"
+            )
+        else:
+            what = f"owns or may write {', '.join(row.writes)}"
+        source = engine.get_execution_options().get("govmdm_source", "the connection")
+        raise AccessDenied(
+            f"{source} logs in as {login!r}, which {what}: a query could escape to that, so "
+            "analysts' commands refuse it (the warehouse owner's login is for the pipeline). "
+            f"Fix: set {ANALYST_URL_ENV} to your own login, a member of {roles.analyst} (or "
+            f"{roles.privileged} / {roles.steward}) only; a DBA creates it once: "
+            f"{login_sql('<you>', roles.analyst)}"
+        )
+    if not row.installed:
+        raise AccessSetupError(
+            "the analyst views are not installed in this warehouse. Fix: the warehouse owner "
+            "runs `govmdm views install` (every publish does), or a DBA the SQL of "
+            "`govmdm views install --sql`"
+        )
+    may: set[Capability] = set()
+    if row.analyst:
+        may.add("analyst")
+    if row.privileged:
+        may.add("privileged")
+    if row.steward:
+        may.add("steward")
+    boundary = f"PostgreSQL login {login}: the database's grants decide what it may read"
+    return Caller(login, "postgresql", frozenset(may), boundary)
+
+
+def _sqlite_caller(engine: sa.Engine) -> Caller:
+    import stat
+
+    path = Path(_sqlite_path(engine))
+    st = path.stat()
+    uid = os.geteuid()
+    owner = _account(st.st_uid)
+    boundary = (
+        f"On SQLite the file's permissions are the only boundary ({path}: owner {owner}, "
+        f"{stat.filemode(st.st_mode)}): whoever can read it reads every table in clear, "
+        "whatever govmdm shows; govmdm treats its owner as privileged and steward and everyone "
+        "else as an analyst. Roles the database enforces need PostgreSQL"
+    )
+    full = uid in (st.st_uid, 0)
+    may: frozenset[Capability] = frozenset(
+        ("analyst", "privileged", "steward") if full else ("analyst",)
+    )
+    return Caller(audit.os_user(), "sqlite", may, boundary)
+
+
+def _account(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
 
 
 def resolve_role(city: CityConfig, privileged: bool, *, action: str = "query") -> Role:
-    """``privileged`` if asked for and allowed, else ``analyst``; a refusal is audited."""
+    """``privileged`` if asked for and the caller holds it (PostgreSQL: their login is in the
+    privileged role; SQLite: they own the warehouse file), else ``analyst``; a refusal is
+    audited. Nothing the caller sets in the environment or a config file counts."""
     if not privileged:
         return "analyst"
-    login = audit.os_user()
-    if login in privileged_users(city):
-        return "privileged"
-    with contextlib.suppress(Exception):
-        audit.record(
-            warehouse_url(city), action, "--privileged", role="privileged", outcome="refused",
-            detail={"reason": f"{login} is not a privileged user"},
-        )  # fmt: skip
-    raise AccessDenied(
-        f"--privileged: the login {login!r} is not a privileged user. Fix: a data steward adds it "
-        f"to privileged_users in {policy_path(city)} (or {PRIVILEGED_USERS_ENV} for this "
-        "deployment); without --privileged you see the masked views"
-    )
+    with session(city) as s:
+        return s.role(True, action=action)
+
+
+def boundary_note(city: CityConfig) -> str | None:
+    """On SQLite, the plain sentence that file permissions are the only boundary; else None."""
+    if os.environ.get(ANALYST_URL_ENV, "").strip():
+        return None
+    if sa.make_url(warehouse_url(city)).get_backend_name() != "sqlite":
+        return None
+    with session(city) as s:
+        return s.caller.boundary
 
 
 # --- keyed pseudonyms --------------------------------------------------------------------------
@@ -1134,8 +1511,15 @@ _FORBIDDEN_WORDS = frozenset({
     "deallocate", "discard", "load", "into", "set_config", "lo_import", "lo_export",
     "pg_read_file", "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_terminate_backend",
     "pg_cancel_backend", "pg_reload_conf", "pg_sleep", "load_extension", "dblink", "dblink_exec",
-    "query_to_xml", "cursor_to_xml", "table_to_xml",
+    "query_to_xml", "cursor_to_xml", "table_to_xml", "ts_stat", "ts_rewrite",
 })
+# Families of the above: functions that run SQL given as text, read server files, sleep or hold
+# locks. The words are a first line only; the caller's own login is what holds.
+_FORBIDDEN_PREFIXES = (
+    "query_to_xml", "cursor_to_xml", "table_to_xml", "schema_to_xml", "database_to_xml",
+    "pg_sleep", "pg_advisory", "pg_try_advisory", "pg_read_", "pg_ls_", "pg_file", "dblink",
+    "lo_", "pg_terminate", "pg_cancel", "pg_reload", "pg_rotate", "pg_promote",
+)
 # fmt: on
 _STARTERS = frozenset({"select", "with", "values"})
 _WORD = re.compile(r"[^\W\d][\w$]*")  # identifiers may be Chinese
@@ -1220,7 +1604,9 @@ def check_sql(
             f"only SELECT statements run here, not {first.upper() or 'that'}: govmdm query is "
             "read-only (write SELECT … or WITH … SELECT …)"
         )
-    bad = sorted({w for w in (*words, *quoted) if w in _FORBIDDEN_WORDS})
+    bad = sorted(
+        {w for w in (*words, *quoted) if w in _FORBIDDEN_WORDS or w.startswith(_FORBIDDEN_PREFIXES)}
+    )
     if bad:
         raise QueryRefused(
             f"{', '.join(w.upper() for w in bad)} cannot be used here: govmdm query runs one "
@@ -1277,10 +1663,18 @@ class QueryResult:
 
 
 def fetch(engine: sa.Engine, sql: str, role: Role) -> QueryResult:
-    """Run ``sql`` read-only as ``role``: checked by :func:`check_sql`, then on PostgreSQL in a
-    READ ONLY transaction under ``SET ROLE``, on SQLite on a ``mode=ro`` connection whose
-    authorizer lets the analyst read the masked views only. Analyst output is scrubbed."""
+    """Run ``sql`` read-only as ``role`` on a caller's own connection (:func:`session`).
+
+    The text check (:func:`check_sql`) is a first line only. What holds is the connection: on
+    PostgreSQL the caller's login, refused if it could become anything above a govmdm role, in
+    a READ ONLY transaction under ``SET LOCAL ROLE`` with ``statement_timeout``; on SQLite a
+    ``mode=ro`` connection whose authorizer lets the analyst read the masked views only, and a
+    progress handler that stops it at the time limit. Analyst output is scrubbed; errors are
+    cut to their first line and masked before anyone sees them.
+    """
     dialect = _dialect(engine)
+    if dialect == "postgresql":
+        _caller(engine)  # refuses an owner's or superuser's connection
     known = _known_relations(engine)
     allowed = ANALYST_RELATIONS if role == "analyst" else None
     relations = check_sql(sql, dialect=dialect, allowed=allowed, known=known)
@@ -1302,36 +1696,68 @@ def _unique(columns: list[str]) -> list[str]:
     return out
 
 
+def _settings(engine: sa.Engine) -> tuple[DbRoles, float]:
+    options = engine.get_execution_options()
+    roles = options.get("govmdm_roles")
+    timeout = options.get("govmdm_timeout_s")
+    return (
+        roles if isinstance(roles, DbRoles) else DbRoles(),
+        float(timeout) if timeout else float(SharePolicy.model_fields["query_timeout_s"].default),
+    )
+
+
+def _timed_out(timeout_s: float) -> AccessError:
+    return AccessError(
+        f"the query ran longer than {timeout_s:g} s and was stopped (query_timeout_s in "
+        f"config/catalog.yaml). Fix: narrow it with WHERE or LIMIT, or aggregate in SQL"
+    )
+
+
+def _error_text(exc: BaseException) -> str:
+    """An error as it may be shown or logged: its first line, ID and mobile numbers masked."""
+    return mask_text(_first_line(exc))[:500]
+
+
 def _fetch_postgres(engine: sa.Engine, sql: str, role: Role) -> tuple[list[str], Sequence[Any]]:
     import psycopg
 
+    roles, timeout_s = _settings(engine)
+    ms = max(1, int(timeout_s * 1000))
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
         cur.execute("SET TRANSACTION READ ONLY")
         cur.execute("SET LOCAL standard_conforming_strings = on")
+        cur.execute(f"SET LOCAL statement_timeout = {ms}")
+        cur.execute(f"SET LOCAL lock_timeout = {ms}")
         try:
-            cur.execute(f"SET LOCAL ROLE {DB_ROLES[role]}")
+            cur.execute(f"SET LOCAL ROLE {_ident(roles.of(role))}")
         except psycopg.Error as exc:
-            user = engine.url.username or "<warehouse user>"
             raise AccessSetupError(
-                f"cannot act as the {DB_ROLES[role]} role ({_first_line(exc)}). Fix: run "
-                f"`govmdm views install`; if the warehouse user may not create roles, a DBA "
-                f"runs once: {dba_sql(user)}"
+                f"cannot act as the {roles.of(role)} role ({_error_text(exc)}). Fix: a DBA "
+                f"runs `govmdm views install --sql` and GRANT {_ident(roles.of(role))} TO "
+                "your login"
             ) from None
         try:
-            cur.execute(sql)
+            # prepared: the extended protocol runs exactly one statement
+            cur.execute(sql, prepare=True)  # type: ignore[call-arg]  # psycopg's cursor
+        except psycopg.errors.QueryCanceled:
+            raise _timed_out(timeout_s) from None
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise QueryRefused(f"PostgreSQL refused it: {_first_line(exc)}") from None
+            raise QueryRefused(f"PostgreSQL refused it: {_error_text(exc)}") from None
         except psycopg.Error as exc:
-            raise AccessError(f"the query failed: {_first_line(exc)}") from None
+            raise AccessError(f"the query failed: {_error_text(exc)}") from None
         if cur.description is None:
             raise QueryRefused("the statement returned no rows: govmdm query runs SELECTs")
         columns = [d[0] for d in cur.description]
-        rows = cur.fetchall()
+        try:
+            rows = cur.fetchall()
+        except psycopg.errors.QueryCanceled:
+            raise _timed_out(timeout_s) from None
         return columns, rows
     finally:
-        raw.rollback()
+        with contextlib.suppress(Exception):
+            raw.rollback()
         raw.close()
 
 
@@ -1374,14 +1800,25 @@ def _authorizer(role: Role, denied: list[str]) -> Callable[..., int]:
     return authorize
 
 
+_PROGRESS_STEPS = 20_000  # SQLite VM instructions between two looks at the clock (~1 ms)
+
+
 def _fetch_sqlite(engine: sa.Engine, sql: str, role: Role) -> tuple[list[str], Sequence[Any]]:
+    import time
+
+    _, timeout_s = _settings(engine)
     path = _sqlite_path(engine)
     conn = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True, timeout=60)
     denied: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    # A reader holds its WAL snapshot (and so holds back checkpoints) until it ends: bound it.
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_STEPS)
     try:
         conn.set_authorizer(_authorizer(role, denied))
         try:
             cur = conn.execute(sql)
+            columns = None if cur.description is None else [d[0] for d in cur.description]
+            rows = cur.fetchall()
         except sqlite3.DatabaseError as exc:
             if denied:
                 tables = sorted({d for d in denied if not d.startswith("action")})
@@ -1390,11 +1827,12 @@ def _fetch_sqlite(engine: sa.Engine, sql: str, role: Role) -> tuple[list[str], S
                 raise QueryRefused(
                     "only reads are allowed: govmdm query runs one read-only SELECT"
                 ) from None
-            raise AccessError(f"the query failed: {exc}") from None
-        if cur.description is None:
+            if time.monotonic() > deadline and "interrupt" in str(exc).lower():
+                raise _timed_out(timeout_s) from None
+            raise AccessError(f"the query failed: {_error_text(exc)}") from None
+        if columns is None:
             raise QueryRefused("the statement returned no rows: govmdm query runs SELECTs")
-        columns = [d[0] for d in cur.description]
-        return columns, cur.fetchall()
+        return columns, rows
     finally:
         conn.close()
 
@@ -1406,25 +1844,32 @@ def _first_line(exc: BaseException) -> str:
 def run_query(
     city: CityConfig, sql: str, *, privileged: bool = False, audit_it: bool = True
 ) -> QueryResult:
-    """``govmdm query``: run one SELECT against what the caller's role may read; audited
-    (refusals too, with the reason)."""
-    role = resolve_role(city, privileged, action="query")
-    with warehouse(city) as engine:
-        try:
-            result = fetch(engine, sql, role)
-        except AccessError as exc:
-            if audit_it:
-                audit.record(
-                    engine, "query", _sql_target(sql), role=role,
-                    outcome="refused" if isinstance(exc, QueryRefused) else "failed",
-                    detail={"sql": sql, "reason": str(exc)},
-                )  # fmt: skip
-            raise
+    """``govmdm query``: run one SELECT on the caller's own connection against what their role
+    may read. Audited: the entry is written before the query runs (a killed query leaves it
+    ``running``) and completed after, refusals and failures too."""
+    with session(city) as s:
+        role = s.role(privileged, action="query")
+        entry = None
         if audit_it:
-            audit.record(
-                engine, "query", _sql_target(sql), role=role, row_count=len(result.frame),
-                detail={"sql": sql, "relations": sorted(result.relations),
-                        "scrubbed": result.scrubbed},
+            entry = audit.begin(s.engine, "query", _sql_target(sql), role=role,
+                                detail={"sql": sql})  # fmt: skip
+        try:
+            result = fetch(s.engine, sql, role)
+        except AccessError as exc:
+            if entry is not None:
+                outcome = "refused" if isinstance(exc, QueryRefused | AccessDenied) else "failed"
+                audit.finish(s.engine, entry, outcome=outcome, detail={"reason": str(exc)})
+            raise
+        except BaseException as exc:  # Ctrl-C, a lost connection: say so, then go on failing
+            if entry is not None:
+                with contextlib.suppress(Exception):
+                    audit.finish(s.engine, entry, outcome="failed",
+                                 detail={"reason": type(exc).__name__})  # fmt: skip
+            raise
+        if entry is not None:
+            audit.finish(
+                s.engine, entry, row_count=len(result.frame),
+                detail={"relations": sorted(result.relations), "scrubbed": result.scrubbed},
             )  # fmt: skip
     return result
 
@@ -1476,7 +1921,12 @@ def export(
     target = out_dir or city.var_dir / "exports" / f"{stamp}-{suffix}"
     target.mkdir(parents=True, exist_ok=True)
     result = ExportResult(target, role, pseudonymize)
-    with warehouse(city) as engine:
+    with session(city, export=True) as own:
+        engine = own.engine
+        entry = audit.begin(
+            engine, "export", str(target), role=role,
+            detail={"format": "parquet", "pseudonymized": pseudonymize},
+        )  # fmt: skip
         try:
             for spec in specs:
                 rows = _export_rows(engine, spec, role, key, release)
@@ -1492,14 +1942,13 @@ def export(
             dictionary = data_dictionary(city, specs, role=role, pseudonymized=key is not None)
             result.dictionary = _write_dictionary(dictionary, target)
             _write_manifest(result, city, engine)
-        except AccessError as exc:
-            audit.record(engine, "export", str(target), role=role, outcome="failed",
-                         detail={"reason": str(exc)})  # fmt: skip
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                audit.finish(engine, entry, outcome="failed", detail={"reason": str(exc)})
             raise
-        audit.record(
-            engine, "export", str(target), role=role, row_count=sum(result.rows.values()),
-            detail={"format": "parquet", "pseudonymized": pseudonymize, "rows": result.rows,
-                    "scrubbed": result.scrubbed},
+        audit.finish(
+            engine, entry, row_count=sum(result.rows.values()),
+            detail={"rows": result.rows, "scrubbed": result.scrubbed},
         )  # fmt: skip
     return result
 
@@ -1634,7 +2083,7 @@ def _write_manifest(result: ExportResult, city: CityConfig, engine: sa.Engine) -
         "role": result.role,
         "pseudonymized": result.pseudonymized,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "created_by": audit.who(),
+        "created_by": audit.who(engine),
         "files": {k: p.name for k, p in result.files.items()},
         "rows": result.rows,
         "dictionary": "data_dictionary.parquet",

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from etl.cli import ConfigDir, _load, app, console
+
+notes = Console(stderr=True)
 
 views_app = typer.Typer(help="The analyst views, roles and grants.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log: who read or changed what.", no_args_is_help=True)
@@ -28,8 +31,8 @@ Privileged = Annotated[
     bool,
     typer.Option(
         "--privileged",
-        help="Personal data in clear (full views). Only for logins in privileged_users of "
-        "config/catalog.yaml or GOVMDM_PRIVILEGED_USERS; audited.",
+        help="Personal data in clear (full views). PostgreSQL: only for a login in the "
+        "privileged role; SQLite: only for the warehouse file's owner. Audited.",
     ),
 ]
 
@@ -55,6 +58,20 @@ def _fail(exc: Exception) -> typer.Exit:
     console.print(f"[red]{escape(str(exc))}", highlight=False)
     refused = isinstance(exc, AccessDenied | QueryRefused | PseudonymKeyMissing)
     return typer.Exit(2 if refused else 1)
+
+
+def _boundary(city: Any, privileged: bool) -> None:
+    """Where privilege is asked for on SQLite, say plainly what really protects the data."""
+    from master_data.access import AccessError, boundary_note
+
+    if not privileged:
+        return
+    try:
+        note = boundary_note(city)
+    except AccessError:
+        return
+    if note:
+        notes.print(f"[yellow]{escape(note)}.", highlight=False)
 
 
 def _text(value: Any) -> str:
@@ -88,6 +105,7 @@ def query(
     if fmt is QueryFormat.parquet and out is None:
         console.print("[red]--format parquet needs --out FILE.parquet")
         raise typer.Exit(2)
+    _boundary(city, privileged)
     try:
         result = run_query(city, sql, privileged=privileged)
     except AccessError as exc:
@@ -168,6 +186,7 @@ def export(
     if unknown:
         console.print(f"[red]No view {', '.join(unknown)}; views: {', '.join(VIEW_BY_NAME)}")
         raise typer.Exit(2)
+    _boundary(city, privileged)
     try:
         result = do_export(
             city, out, privileged=privileged, pseudonymize=pseudonymize, views=view or None
@@ -211,6 +230,7 @@ def lookup(
     from master_data.lookup import lookup as do_lookup
 
     city = _load(config)
+    _boundary(city, privileged)
     try:
         result = do_lookup(
             city, id_number=id_number, name=name, birth_date=birth_date,
@@ -344,6 +364,7 @@ def views_install(
         AccessError,
         grants_sql,
         install_views,
+        load_share_policy,
         release_of,
         roles_sql,
         views_sql,
@@ -356,7 +377,10 @@ def views_install(
             pg = engine.dialect.name == "postgresql"
             stmts = views_sql("postgresql" if pg else "sqlite", release_of(city))
             if pg:
-                stmts = roles_sql() + stmts + grants_sql()
+                roles = load_share_policy(city).roles
+                with engine.connect() as conn:
+                    schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar())
+                stmts = roles_sql(roles) + stmts + grants_sql(roles, schema)
             print(";\n".join(stmts) + ";")
             return
         try:
@@ -391,31 +415,32 @@ def audit_list(
     ),
     config: ConfigDir = Path("config"),
 ) -> None:
-    """The audit log, newest first. Privileged users see everyone's entries, others their own."""
+    """The audit log, newest first: your own entries; everyone's for the privileged role
+    (PostgreSQL) or the warehouse file's owner (SQLite). An entry still `running` was begun
+    and never finished (the command was killed or is still at work)."""
     from etl import audit
-    from etl.state import warehouse_url
-    from etl.warehouse import engine_for
-    from master_data.access import privileged_users
+    from master_data.access import AccessError, session
 
     city = _load(config)
-    mine = audit.os_user() not in privileged_users(city)
-    if mine:
-        user = audit.who()
-    engine = engine_for(warehouse_url(city))
     try:
-        rows = audit.entries(engine, action=action, user=user, limit=limit)
-    finally:
-        engine.dispose()
+        with session(city) as own:
+            mine = "privileged" not in own.caller.may
+            if mine and own.caller.backend == "sqlite":
+                notes.print(f"[yellow]{escape(own.caller.boundary)}.", highlight=False)
+            rows = audit.entries(own.engine, action=action, user=user, limit=limit, own=mine)
+            me = own.caller.who
+    except AccessError as exc:
+        raise _fail(exc) from exc
     if fmt is ListFormat.json:
         print(json.dumps(rows, ensure_ascii=False, indent=2, default=str))
         return
-    table = Table(title="Audit log" + (f" ({user})" if mine else ""), title_justify="left")
+    table = Table(title="Audit log" + (f" ({me})" if mine else ""), title_justify="left")
     for col in ("when", "who", "action", "role", "outcome", "rows", "target"):
         table.add_column(col, overflow="fold")
     for r in rows:
         style = "" if r["outcome"] == "ok" else "[red]"
         table.add_row(
-            str(r["at"])[:19], r["who"], r["action"], _text(r["role"]), style + r["outcome"],
-            _text(r["row_count"]), r["target"],
+            str(r["at"])[:19], escape(r["who"]), r["action"], _text(r["role"]),
+            style + r["outcome"], _text(r["row_count"]), escape(r["target"]),
         )  # fmt: skip
     console.print(table)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from etl.cli import ConfigDir, RunId, _load, _progress, _run_id, app, console
@@ -145,12 +146,10 @@ def explain(
 
     Personal data is masked unless ``--privileged``; every explain is written to the audit log.
     """
-    from rich.markup import escape
-
     from etl import audit
     from etl.state import warehouse_url
     from master_data.access import (
-        AccessDenied,
+        AccessError,
         NotShared,
         mask_explanation,
         release_of,
@@ -162,13 +161,13 @@ def explain(
     city = _load(config)
     try:
         role = resolve_role(city, privileged, action="explain")
-    except AccessDenied as exc:
-        console.print(f"[red]{exc}", highlight=False)
+    except AccessError as exc:
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
     try:
         ex = do_explain(city, ref)
     except ExplainError as exc:
-        console.print(f"[red]{exc}", highlight=False)
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     if role == "analyst":
         try:
@@ -210,14 +209,17 @@ def review_list(
     entity: Annotated[str | None, typer.Option(help="person or enterprise")] = None,
     limit: Annotated[int, typer.Option(min=1)] = 50,
 ) -> None:
-    """The open review queue, most probable first."""
-    from rich.markup import escape
-
-    from master_data.access import mask_review_rows
+    """The open review queue, most probable first (the steward role; on SQLite the warehouse
+    file's owner)."""
+    from master_data.access import AccessError, mask_review_rows
     from master_data.review import queue
 
     city = _load(config)
-    rows = mask_review_rows(queue(city, entity=entity, limit=limit))
+    try:
+        rows = mask_review_rows(queue(city, entity=entity, limit=limit))
+    except AccessError as exc:
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from exc
     table = Table(title=f"Review queue ({len(rows)} shown)", title_justify="left")
     for col in ("entity", "left", "right", "probability", "masters", "field weights"):
         table.add_column(col, overflow="fold")
@@ -229,8 +231,8 @@ def review_list(
         )  # fmt: skip
     console.print(table)
     console.print(
-        "Decide with `govmdm review decide LEFT RIGHT link|apart --by NAME`; the decision holds "
-        "on every later night."
+        "Decide with `govmdm review decide LEFT RIGHT link|apart`; the decision is recorded "
+        "under your login and holds on every later night."
     )
 
 
@@ -239,22 +241,34 @@ def review_decide(
     left: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
     right: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
     decision: Annotated[str, typer.Argument(help="link or apart")],
-    by: Annotated[str, typer.Option("--by", help="who decides (recorded)")],
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by", help="Checked against your login, never recorded instead of it (optional)."
+        ),
+    ] = None,
     note: Annotated[str | None, typer.Option(help="why")] = None,
     config: ConfigDir = Path("config"),
 ) -> None:
-    """Record a reviewer's decision on a pair: it overrides the model from the next night on."""
+    """Record a steward's decision on a pair: it overrides the model from the next night on.
+
+    Only the steward role decides (PostgreSQL: a login in govmdm_steward; SQLite: the warehouse
+    file's owner, where file permissions are the only boundary); the decision and its audit
+    row carry the authenticated login.
+    """
+    from master_data.access import AccessError
     from master_data.review import ReviewError, decide
 
     city = _load(config)
     try:
         entity = decide(city, left, right, decision, by=by, note=note)
-    except ReviewError as exc:
-        console.print(f"[red]{exc}", highlight=False)
+    except (ReviewError, AccessError) as exc:
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
     console.print(
-        f"Recorded: {entity} {left} ~ {right}: {decision} by {by}. "
-        "Run `govmdm consolidate` to apply it."
+        escape(f"Recorded: {entity} {left} ~ {right}: {decision}. ")
+        + "Run `govmdm consolidate` to apply it.",
+        highlight=False,
     )
 
 

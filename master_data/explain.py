@@ -139,7 +139,7 @@ def explain(city: CityConfig, ref: str) -> Explanation:
     for r in reviews:
         out.notes.append(
             f"open review: {r.left_record} ~ {r.right_record} (p = {r.probability:.3f}): "
-            f"`govmdm review decide {r.left_record} {r.right_record} link|apart --by NAME`"
+            f"`govmdm review decide {r.left_record} {r.right_record} link|apart`"
         )
     return out
 

@@ -17,6 +17,7 @@ Every lookup is audited with the master IDs it returned, never the key in clear.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,15 +28,15 @@ import sqlalchemy as sa
 from etl import audit
 from etl import normalize as nz
 from etl.config import CityConfig
-from etl.warehouse import enterprise_table, person_table
+from etl.warehouse import person_table
 from master_data.access import (
+    VIEW_BY_NAME,
     AccessError,
     Role,
     require_views,
-    resolve_role,
     scrub,
+    session,
 )
-from master_data.published import warehouse
 from quality.masking import mask_id, mask_name
 
 
@@ -112,11 +113,14 @@ def lookup(
         raise LookupError_(
             "give exactly one key: --id-number, --name with --birth-date, or --credit-code"
         )
-    role = resolve_role(city, privileged, action="lookup")
-    with warehouse(city) as engine:
+    target = _key_target(keys[0], id_number, name, credit_code)
+    with session(city) as own:
+        role = own.role(privileged, action="lookup")
+        engine = own.engine
+        entry = audit.begin(engine, "lookup", target, role=role)  # before anything is read
         try:
             require_views(engine)
-            result, ids = _resolve(engine, id_number, name, birth_date, credit_code, role)
+            result, ids = _resolve(engine, entry, id_number, name, birth_date, credit_code, role)
             for entity, master_id in ids:
                 match = _match(engine, city, entity, master_id, role)
                 if match is not None:
@@ -125,12 +129,15 @@ def lookup(
                 # known only from sources shared with nobody: to the analyst, not there at all
                 result.notes.append("基础库中没有匹配的记录")
         except AccessError as exc:
-            audit.record(engine, "lookup", _key_target(keys[0], id_number, name, credit_code),
-                         role=role, outcome="refused", detail={"reason": str(exc)})  # fmt: skip
+            audit.finish(engine, entry, outcome="refused", detail={"reason": str(exc)})
             raise
-        audit.record(
-            engine, "lookup", f"{result.key_kind} {result.key_shown}", role=role,
-            row_count=len(result.matches),
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                audit.finish(engine, entry, outcome="failed",
+                             detail={"reason": type(exc).__name__})  # fmt: skip
+            raise
+        audit.finish(
+            engine, entry, row_count=len(result.matches),
             detail={"master_ids": [m.master_id for m in result.matches]},
         )  # fmt: skip
     if role == "analyst":
@@ -149,13 +156,14 @@ def _key_target(kind: str, id_number: str | None, name: str | None, code: str | 
 
 def _resolve(
     engine: sa.Engine,
+    entry: int,
     id_number: str | None,
     name: str | None,
     birth_date: str | None,
     credit_code: str | None,
     role: Role,
 ) -> tuple[LookupResult, list[tuple[str, str]]]:
-    p, e = person_table.c, enterprise_table.c
+    e = sa.table(VIEW_BY_NAME["v_enterprise"].name, *(sa.column(c) for c in _FIRM_KEYS)).c
     if id_number:
         r = nz.id_number(id_number)
         if r.value is None:
@@ -164,7 +172,7 @@ def _resolve(
         result = LookupResult("id_number", shown, role)
         if "id_upgraded_15_to_18" in r.reasons:
             result.notes.append(f"15位身份证号已升级为18位：{shown}")
-        query = sa.select(p.master_id).where(p.id_number == r.value)
+        query = _find_person(engine, entry, id_number=r.value)
         entity = "person"
     elif name or birth_date:
         if not (name and birth_date):
@@ -177,14 +185,14 @@ def _resolve(
             raise _refuse(f"not a date: {birth_date!r}", d.reasons)
         shown_name = n.value if role == "privileged" else mask_name(n.value) or ""
         result = LookupResult("name_birth_date", f"{shown_name} {d.value.isoformat()}", role)
-        query = sa.select(p.master_id).where(p.name == n.value, p.birth_date == d.value)
+        query = _find_person(engine, entry, name=n.value, birth_date=d.value)
         entity = "person"
     else:
         code = (credit_code or "").strip()
         u = nz.uscc(code)
         if u.value is not None:
             result = LookupResult("credit_code", u.value, role)
-            query = sa.select(e.master_id).where(e.uscc == u.value)
+            query = sa.select(e.master_id).where(e.uscc == u.value)  # in clear in the view
         else:
             legacy = nz.legacy_code(code)
             kind = legacy.extra.get("kind")
@@ -194,11 +202,38 @@ def _resolve(
             result = LookupResult(str(kind), legacy.value, role)
             query = sa.select(e.master_id).where(e[str(kind)] == legacy.value)
         entity = "enterprise"
-    with engine.connect() as conn:
+    with engine.begin() as conn:
         ids = sorted(conn.execute(query).scalars())
     if not ids:
         result.notes.append("基础库中没有匹配的记录")
     return result, [(entity, i) for i in ids]
+
+
+_FIRM_KEYS = ("master_id", "uscc", "reg_no", "org_code")
+
+
+def _find_person(
+    engine: sa.Engine,
+    entry: int,
+    *,
+    id_number: str | None = None,
+    name: str | None = None,
+    birth_date: dt.date | None = None,
+) -> sa.Executable:
+    """The master IDs of a person key. On PostgreSQL through ``govmdm_find_person``, which an
+    analyst's login may call once per running lookup entry of their own (the view masks the
+    key); on SQLite from the table (the file's permissions are the boundary there)."""
+    if engine.dialect.name == "postgresql":
+        found = (
+            sa.func.govmdm_find_person(entry, id_number, name, birth_date)
+            .table_valued("master_id")
+            .render_derived()
+        )
+        return sa.select(found.c.master_id)
+    p = person_table.c
+    if id_number is not None:
+        return sa.select(p.master_id).where(p.id_number == id_number)
+    return sa.select(p.master_id).where(p.name == name, p.birth_date == birth_date)
 
 
 def _rows(conn: sa.Connection, sql: str, **params: Any) -> list[dict[str, Any]]:

@@ -5,7 +5,9 @@ and a scan of everything an analyst can get for ID or mobile numbers in clear.""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -45,7 +47,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
     var = tmp_path_factory.mktemp("var")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.PRIVILEGED_USERS_ENV,
+        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV,
                      access.PSEUDONYM_KEY_ENV):  # fmt: skip
             mp.delenv(name, raising=False)
         generate_city(var / "city", persons=600, enterprises=70, seed=7)
@@ -64,7 +66,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.PRIVILEGED_USERS_ENV,
+    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV,
                  access.PSEUDONYM_KEY_ENV):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -204,7 +206,7 @@ def test_sqlite_guard_holds_without_the_text_check(city: CityConfig) -> None:
         engine.dispose()
 
 
-def test_analyst_query_reads_the_views_and_privileged_needs_a_listed_login(
+def test_analyst_query_reads_the_views_and_privileged_needs_the_file_owner(
     city: CityConfig, env: pytest.MonkeyPatch
 ) -> None:
     result = access.run_query(
@@ -212,18 +214,23 @@ def test_analyst_query_reads_the_views_and_privileged_needs_a_listed_login(
     )
     assert len(result.frame) > 0 and result.role == "analyst"
     assert result.relations == {"v_person"}
-    with pytest.raises(access.AccessDenied, match="not a privileged user"):
-        access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
-    env.setenv("GOVMDM_USER", audit.os_user())  # naming yourself grants nothing
-    with pytest.raises(access.AccessDenied):
-        access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
-    env.setenv(access.PRIVILEGED_USERS_ENV, f"someone,{audit.os_user()}")
-    with pytest.raises(access.QueryRefused):  # listed, but without the flag: still masked
+    with env.context() as other:  # someone who can read the file but does not own it
+        other.setattr(os, "geteuid", lambda: _owner(city) + 4242)
+        with pytest.raises(access.AccessDenied, match="does not own the warehouse file"):
+            access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
+        other.setenv("GOVMDM_USER", audit.os_user())  # naming yourself grants nothing
+        with pytest.raises(access.AccessDenied):
+            access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
+    with pytest.raises(access.QueryRefused):  # the owner, but without the flag: still masked
         access.run_query(city, "SELECT id_number FROM mdm_person")
     full = access.run_query(
         city, "SELECT id_number FROM mdm_person WHERE id_number IS NOT NULL", privileged=True
     )
     assert full.role == "privileged" and find_clear(_text_of_frame(full.frame))
+
+
+def _owner(city: CityConfig) -> int:
+    return os.stat(warehouse_url(city).removeprefix("sqlite:///")).st_uid
 
 
 # --- PostgreSQL: real roles and grants ---------------------------------------------------------
@@ -249,21 +256,47 @@ def _copy_warehouse(city: CityConfig, target_url: str) -> None:
 
 @pytest.fixture
 def pg_city(
-    city: CityConfig, pg_database: str, env: pytest.MonkeyPatch
+    city: CityConfig, pg_database: str, env: pytest.MonkeyPatch, tmp_path: Path
 ) -> Iterator[tuple[CityConfig, str]]:
-    _copy_warehouse(city, pg_database)
-    env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
-    yield city, pg_database
+    """The night in PostgreSQL with roles named after the database (roles are cluster-wide),
+    and GOVMDM_ANALYST_URL set to an analyst's own login, made the README's way."""
+    import yaml
+
+    db = sa.make_url(pg_database).database
+    roles = {k: f"{db}_{k}" for k in ("analyst", "privileged", "steward")}
+    shutil.copytree(city.root / "config", tmp_path / "config")
+    policy = tmp_path / "config" / "catalog.yaml"
+    doc = yaml.safe_load(policy.read_text(encoding="utf-8")) | {"roles": roles}
+    policy.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    mine = load_city_config(tmp_path / "config")
+    login = f"{db}_login"
+    admin = _engine(pg_database)
+    try:
+        _copy_warehouse(mine, pg_database)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {roles['analyst']}")
+        env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
+        env.setenv(access.ANALYST_URL_ENV, sa.make_url(pg_database).set(username=login)
+                   .render_as_string(hide_password=False))  # fmt: skip
+        yield mine, pg_database
+    finally:
+        with admin.begin() as conn:
+            for role in (login, *roles.values()):
+                if conn.exec_driver_sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'").first():
+                    conn.exec_driver_sql(f"DROP OWNED BY {role}")
+                    conn.exec_driver_sql(f"DROP ROLE {role}")
+        admin.dispose()
 
 
 def test_postgres_analyst_login_is_refused_the_tables_and_reads_the_views(
     pg_city: tuple[CityConfig, str],
 ) -> None:
-    _, url = pg_city
+    city, url = pg_city
     login = f"govmdm_test_analyst_{uuid.uuid4().hex[:8]}"
     admin = _engine(url)
     with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {access.ANALYST_ROLE}")
+        analyst_role = access.load_share_policy(city).roles.analyst
+        conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {analyst_role}")
     analyst = _engine(sa.make_url(url).set(username=login, password=None))
     try:
         with analyst.connect() as conn:
@@ -295,21 +328,19 @@ def test_postgres_analyst_login_is_refused_the_tables_and_reads_the_views(
 
 
 def test_postgres_query_runs_as_the_analyst_role(pg_city: tuple[CityConfig, str]) -> None:
-    city, url = pg_city
+    city, _ = pg_city
     result = access.run_query(
         city, "SELECT current_user AS u, count(*) AS n FROM v_person GROUP BY 1"
     )
-    assert result.frame.iloc[0]["u"] == access.ANALYST_ROLE and result.frame.iloc[0]["n"] > 0
-    engine = wh.engine_for(url)
-    try:  # the database refuses on its own, without the text check
+    analyst_role = access.load_share_policy(city).roles.analyst
+    assert result.frame.iloc[0]["u"] == analyst_role and result.frame.iloc[0]["n"] > 0
+    with access.session(city) as s:  # the database refuses on its own, without the text check
         with pytest.raises(access.QueryRefused, match="permission denied"):
-            access._fetch_postgres(engine, "SELECT * FROM mdm_person", "analyst")
+            access._fetch_postgres(s.engine, "SELECT * FROM mdm_person", "analyst")
         with pytest.raises(access.AccessError, match="read-only"):
             access._fetch_postgres(
-                engine, "WITH d AS (DELETE FROM mdm_run RETURNING 1) SELECT * FROM d", "privileged"
+                s.engine, "WITH d AS (DELETE FROM mdm_run RETURNING 1) SELECT * FROM d", "analyst"
             )
-    finally:
-        engine.dispose()
     for sql in (
         "SELECT set_config('role', 'postgres', true)",
         "SELECT $$x$$",
@@ -447,9 +478,10 @@ def test_export_writes_typed_parquet_and_a_data_dictionary(
     assert (tmp_path / "x" / "data_dictionary.csv").is_file()
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert manifest["night"] == NIGHT and manifest["role"] == "analyst"
-    with pytest.raises(access.AccessDenied):
-        access.export(city, tmp_path / "y", privileged=True)
-    env.setenv(access.PRIVILEGED_USERS_ENV, audit.os_user())
+    with env.context() as other:
+        other.setattr(os, "geteuid", lambda: _owner(city) + 4242)
+        with pytest.raises(access.AccessDenied):
+            access.export(city, tmp_path / "y", privileged=True)
     full = access.export(city, tmp_path / "z", privileged=True, views=["v_person"])
     assert find_clear(_text_of_frame(pd.read_parquet(full.files["person"])))
     assert str(pq.read_schema(full.files["person"]).field("birth_date").type) == "date32[day]"
@@ -492,7 +524,11 @@ def test_share_policy_is_validated(city: CityConfig, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="condition"):
         access.load_share_policy(bad)
     path.write_text("privileged_users: [wang]\n", encoding="utf-8")
-    assert access.load_share_policy(bad).privileged_users == ["wang"]
+    with pytest.raises(ConfigError, match="privileged_users is no longer read"):
+        access.load_share_policy(bad)
+    path.write_text("roles: {analyst: wang; DROP TABLE x}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"roles\.analyst"):
+        access.load_share_policy(bad)
 
 
 # --- explain, audit ----------------------------------------------------------------------------
@@ -514,7 +550,7 @@ def test_explain_can_be_masked_for_analysts(city: CityConfig) -> None:
 def test_audit_rows_for_each_action(
     city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    env.setenv("GOVMDM_USER", "王芳")
+    env.setenv("GOVMDM_USER", "王芳")  # names nobody: the log says who the OS says
     access.run_query(city, "SELECT count(*) FROM v_person")
     with pytest.raises(access.QueryRefused):
         access.run_query(city, "SELECT id_number FROM mdm_person WHERE id_number = "
@@ -525,12 +561,12 @@ def test_audit_rows_for_each_action(
     engine = wh.engine_for(warehouse_url(city))
     try:
         with engine.begin() as conn:  # the review-decision hook: in the decision's transaction
-            audit.record(conn, "review_decide", "person a ~ b", role="platform",
-                         detail={"decision": "link", "decided_by": "王芳"})  # fmt: skip
+            audit.record(conn, "review_decide", "person a ~ b", role="steward",
+                         detail={"decision": "link"})  # fmt: skip
         with pytest.raises(RuntimeError), engine.begin() as conn:
             audit.record(conn, "review_decide", "person c ~ d")
             raise RuntimeError("the decision failed: its audit row goes too")
-        rows = audit.entries(engine, user="王芳", limit=20)
+        rows = audit.entries(engine, user=audit.os_user(), limit=20)
         everything = audit.entries(engine, limit=1000)
     finally:
         engine.dispose()
@@ -550,7 +586,8 @@ def test_audit_rows_for_each_action(
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     listed = json.loads(out.output)
-    assert listed and {r["who"] for r in listed} == {"王芳"}  # not privileged: own entries only
+    # the file's owner sees everyone's entries (here also a refused non-owner's)
+    assert listed and audit.os_user() in {r["who"] for r in listed}
 
 
 # --- de-identification: no combination of released columns singles anyone out ------------------
@@ -750,8 +787,7 @@ def test_not_shared_sources_are_withheld_from_analysts(
                  "WHERE departments = 'gongan,weijian'")["master_id"].iloc[0]  # fmt: skip
     shown = access.mask_explanation(explain(city, both), access.release_of(city))
     assert "weijian" not in repr(shown) and shown.members
-    # the privileged role, for its legal duty, sees everything
-    env.setenv(access.PRIVILEGED_USERS_ENV, audit.os_user())
+    # the privileged role (here: the warehouse file's owner), for its legal duty, sees all
     full = access.run_query(
         city, "SELECT count(*) FROM v_crosswalk_full WHERE department = 'weijian'", privileged=True
     )
@@ -769,11 +805,12 @@ def test_not_shared_sources_are_withheld_from_analysts(
 
 
 def test_postgres_analyst_login_sees_no_not_shared_source(pg_city: tuple[CityConfig, str]) -> None:
-    _, url = pg_city
+    city, url = pg_city
     login = f"govmdm_test_share_{uuid.uuid4().hex[:8]}"
     admin = _engine(url)
     with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {access.ANALYST_ROLE}")
+        analyst_role = access.load_share_policy(city).roles.analyst
+        conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {analyst_role}")
     analyst = _engine(sa.make_url(url).set(username=login, password=None))
     try:
         with analyst.connect() as conn:

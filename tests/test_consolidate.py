@@ -228,16 +228,16 @@ def test_review_decisions_override_the_model(city: CityConfig) -> None:
     no_id = [k for k in keys if pd.isna(ids[k])]
     # (two different valid ID numbers could never be linked, not even by a reviewer)
     a, b = no_id[0], next(k for k in keys if k != no_id[0])
-    assert decide(city, a, b, "link", by="测试员") == "person"
+    assert decide(city, a, b, "link") == "person"
     # a model link kept apart
     model = persons[persons["link_rule"] == "model"]
     m = model.iloc[0]
     partner = persons[(persons["master_id"] == m["master_id"]) & (persons.index != m.name)]
     c = mc.record_id(m["department"], m["source_table"], m["source_key"])
     d = mc.record_id(*partner.iloc[0][mc._META])
-    decide(city, c, d, "apart", by="测试员", note="不是同一人")
+    decide(city, c, d, "apart", note="不是同一人")
     with pytest.raises(ReviewError, match="one of link, apart"):
-        decide(city, a, b, "maybe", by="x")
+        decide(city, a, b, "maybe")
     mc.consolidate(city, run)
     after = _crosswalk(city, run, "person")
     assert after[a] == after[b]

@@ -533,7 +533,7 @@ def test_a_new_row_merges_two_masters_and_keeping_apart_splits_them(
     assert linked.entities["person"].events == {"merged": 1}
 
     # a reviewer keeps the patient apart from the registered resident; the next night splits
-    assert decide(city, a, b, "apart", by="测试员", note="不是同一人") == "person"
+    assert decide(city, a, b, "apart", note="不是同一人") == "person"
     linked = run_night(city, NIGHT2)
     xw2 = _crosswalk(city, NIGHT2, "person")
     assert xw2[a] == xw2[c] == m_a  # the part with more of its records keeps the ID

@@ -5,6 +5,7 @@ provenance, members and relations; bad keys are refused in Chinese; every lookup
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
     var = tmp_path_factory.mktemp("var")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.PRIVILEGED_USERS_ENV):
+        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV):
             mp.delenv(name, raising=False)
         generate_city(var / "city", persons=600, enterprises=70, seed=11)
         c = load_city_config(ROOT / "config")
@@ -54,7 +55,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.PRIVILEGED_USERS_ENV):
+    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -172,10 +173,11 @@ def test_privileged_lookup_is_clear_and_everything_is_audited(
     city: CityConfig, env: pytest.MonkeyPatch, expected: pd.DataFrame
 ) -> None:
     p = _persons(expected, 1).iloc[0]
-    with pytest.raises(access.AccessDenied):
-        lookup(city, id_number=p["id_number"], privileged=True)
-    env.setenv(access.PRIVILEGED_USERS_ENV, audit.os_user())
-    env.setenv("GOVMDM_USER", "李娜")
+    with env.context() as other:  # not the warehouse file's owner
+        other.setattr(os, "geteuid", lambda: _owner(city) + 4242)
+        with pytest.raises(access.AccessDenied):
+            lookup(city, id_number=p["id_number"], privileged=True)
+    env.setenv("GOVMDM_USER", "李娜")  # names nobody: the OS account is recorded
     found = lookup(city, id_number=p["id_number"], privileged=True)
     assert found.role == "privileged" and found.matches[0].record["id_number"] == p["id_number"]
     assert found.matches[0].record["name"] == p["name"]
@@ -187,7 +189,7 @@ def test_privileged_lookup_is_clear_and_everything_is_audited(
         rows = audit.entries(engine, action="lookup", limit=200)
     finally:
         engine.dispose()
-    mine = [r for r in rows if r["who"] == "李娜"]
+    mine = [r for r in rows if r["who"] == audit.os_user()]
     assert [(r["outcome"], r["row_count"]) for r in mine[:3]] == [
         ("refused", None), ("ok", 0), ("ok", 1),
     ]  # fmt: skip
@@ -196,7 +198,13 @@ def test_privileged_lookup_is_clear_and_everything_is_audited(
     assert find_clear(json.dumps(rows, ensure_ascii=False, default=str)) == []
 
 
-def test_lookup_command(city: CityConfig, expected: pd.DataFrame) -> None:
+def _owner(city: CityConfig) -> int:
+    return os.stat(warehouse_url(city).removeprefix("sqlite:///")).st_uid
+
+
+def test_lookup_command(
+    city: CityConfig, expected: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = _persons(expected, 1).iloc[0]
     runner = CliRunner()
     base = ["--config", str(ROOT / "config")]
@@ -209,4 +217,9 @@ def test_lookup_command(city: CityConfig, expected: pd.DataFrame) -> None:
     assert json.loads(out.output)["matches"][0]["master_id"] == p["master_id"]
     out = runner.invoke(app, ["lookup", "--id-number", p["id_number"], "--privileged", *base],
                         env=env)  # fmt: skip
-    assert out.exit_code == 2 and "not a privileged user" in out.output
+    assert out.exit_code == 0 and p["id_number"] in out.output  # the file's owner
+    monkeypatch.setattr(os, "geteuid", lambda: _owner(city) + 4242)  # anyone else
+    spoof = {**env, "GOVMDM_PRIVILEGED_USERS": "root", "LOGNAME": "root", "USER": "root"}
+    out = runner.invoke(app, ["lookup", "--id-number", p["id_number"], "--privileged", *base],
+                        env=spoof)  # fmt: skip
+    assert out.exit_code == 2 and "does not own the warehouse file" in out.output

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from etl.audit import os_user as audit_user
 from etl.cli import app
 from etl.config import load_city_config
 from etl.sample_city.generate import generate_city
@@ -26,7 +27,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.setenv("GOVMDM_USER", "liuyang")
     monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
     for code in CODES:
         monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
@@ -95,7 +95,7 @@ def test_an_emptied_table_is_held_until_accepted(var: Path) -> None:
             sa.text("SELECT applied_run_id, consumed_at IS NOT NULL FROM etl_deletion_acceptance")
         ).all()
     engine.dispose()
-    assert [tuple(a) for a in audit] == [("liuyang", "shuiwu.纳税人登记信息", deleted)]
+    assert [tuple(a) for a in audit] == [(audit_user(), "shuiwu.纳税人登记信息", deleted)]
     assert [tuple(u) for u in used] == [("n4", 1)]
 
 

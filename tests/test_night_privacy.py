@@ -116,8 +116,7 @@ def night() -> Iterator[Night]:
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("GOVMDM_VAR", str(var))
-            for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.PRIVILEGED_USERS_ENV,
-                         "GOVMDM_SMTP_HOST"):  # fmt: skip
+            for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", "GOVMDM_SMTP_HOST"):
                 mp.delenv(name, raising=False)
             city = load_city_config(CONFIG)
             generate_city(var / "city", persons=600, enterprises=70, seed=7)
