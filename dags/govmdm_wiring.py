@@ -308,6 +308,7 @@ def night_dag(
                     run_id=p.get("run_id") or None,
                     departments=p.get("departments") or None,
                     replay=mode == "replay",
+                    full=mode == "rebuild" or bool(p.get("full")),
                 )
             except (ConfigError, ValueError) as exc:  # a retry cannot fix configuration
                 raise AirflowFailException(f"the night cannot start:\n{exc}") from exc

@@ -278,19 +278,41 @@ def extract(
     Incremental by each table's change column; the first night (or --full) takes everything.
     A department whose schema drifted or whose database cannot be reached is flagged, and the
     others go on. Exit code 1 if any department was flagged.
+
+    Rerunning a night that was published replays it: the departments whose rows it published
+    reuse the raw data it kept (their sources are not read), so standardize and consolidate
+    publish the night again exactly as it was. An older night than the latest published one is
+    refused (exit code 2), with the command that works.
     """
     from etl.extract import extract_all
+    from etl.night import NightRefused, rerun_plan
 
     city = _load(config)
     runnable = _check_departments(city, department)
     rid = _run_id(city, run_id)
     chosen = runnable or [d.code for d in city.departments]
+    try:
+        how = rerun_plan(city, rid, chosen, full=full)
+    except NightRefused as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    replayed = [c for c in chosen if how[c] == "replay"]
+    fresh = [c for c in chosen if how[c] == "extract"]
+    if replayed:
+        console.print(
+            f"[yellow]Night {rid} is published with the rows of {', '.join(replayed)}: their raw "
+            "data is replayed and their sources are not read, so the night is published again "
+            "exactly as it was.",
+            highlight=False,
+        )
+    results = []
     with _progress() as bar:
-        task = bar.add_task("departments", total=len(chosen))
-        results = extract_all(
-            city, rid, departments=runnable, full=full,
-            progress=lambda r: bar.advance(task, 1),
-        )  # fmt: skip
+        task = bar.add_task("departments", total=len(fresh))
+        if fresh:
+            results = extract_all(
+                city, rid, departments=fresh, full=full,
+                progress=lambda r: bar.advance(task, 1),
+            )  # fmt: skip
     table = Table(title=f"Extraction, run {rid}", title_justify="left")
     cols = ("department", "table", "mode", "rows", "unchanged", "late", "deleted", "watermark")
     numbers = ("rows", "unchanged", "late", "deleted", "s")
@@ -304,6 +326,10 @@ def extract(
                 f"{t.rows_late:,}", "—" if t.rows_deleted is None else f"{t.rows_deleted:,}",
                 t.watermark_after or "—", f"{t.duration_s:.1f}", f"[{style}]{t.status}",
             )  # fmt: skip
+    for code in replayed:
+        for t in city.department(code).tables:
+            rows = f"{_raw_rows(city, rid, code, t.name):,}"
+            table.add_row(code, t.name, "replay", rows, "—", "—", "—", "—", "—", "[green]reused")
     console.print(table)
     for r in results:
         if r.message:

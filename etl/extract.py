@@ -54,6 +54,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.types import TypeEngine
 
+from etl import failpoints
 from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
 from etl.config import save_settings_snapshot as _save_settings
 from etl.state import (
@@ -271,6 +272,8 @@ def extract_department(
     own_state = state is None
     st = state if state is not None else RunState.for_city(city)
     try:
+        _refuse_published(st, dept, run_id)
+        failpoints.reached("extract:start")
         try:
             result = _extract_department(
                 city,
@@ -289,6 +292,7 @@ def extract_department(
             log.exception("%s: extraction failed", dept.code)
             result = _unforeseen(city, dept, run_id, st, exc)
         _record(st, run_id, dept, result)
+        failpoints.reached("extract:recorded")
         return result
     finally:
         if own_state:
@@ -313,6 +317,20 @@ def _unforeseen(
                          message=f"not extracted: {message}")
         )  # fmt: skip
     return DepartmentExtract(dept.code, "failed", tables, message)
+
+
+def _refuse_published(state: RunState, dept: DepartmentConfig, run_id: str) -> None:
+    """Night ``run_id`` moved this department's watermarks when it published: reading it again
+    would read only what changed since and replace the raw data the night was published from."""
+    moved = sorted(t for t, run in state.committed_by(dept.code).items() if run == run_id)
+    if moved:
+        raise ValueError(
+            f"{dept.code}: night {run_id} was published and moved the watermarks of "
+            f"{', '.join(moved)}; extracting it again would read only the rows changed since and "
+            f"replace the raw data it was published from. Fix: `govmdm extract --run-id {run_id}` "
+            "replays the night from that raw data; to read the source again, extract a new night "
+            "under a new run ID"
+        )
 
 
 def detect_deletions(city: CityConfig, dept: DepartmentConfig, run_id: str) -> dict[str, list[str]]:
@@ -452,6 +470,7 @@ def _extract_department(
             state.propose_watermark(
                 run_id, dept.code, p.table.name, p.table.change_column, t.watermark_after
             )
+    failpoints.reached("extract:proposed")
     return DepartmentExtract(dept.code, "ok", tables, None, attempt)
 
 
@@ -892,6 +911,7 @@ def _extract_table(
             )  # fmt: skip
         else:
             _carry_versions(committed_hashes, read_versions, hashes_out, plan.nights_since_check)
+    failpoints.reached("extract:table-written")
     seen.write(pending_seen_set_path(city.var_dir, run_id, dept.code, t.name), meta)
     result.rows_read = sink.rows
     dups = _duplicate_keys(conn, t, types)
@@ -963,6 +983,7 @@ def _extract_table(
         with ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
             sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
         result.rows_deleted, result.deleted_path = len(gone), target
+    failpoints.reached("extract:keys-written")
     result.duration_s = time.perf_counter() - start
     return result
 

@@ -37,7 +37,14 @@ from etl.config import CityConfig, DepartmentConfig, load_city_config, save_sett
 from etl.extract import extract_department, raw_dir, raw_path
 from etl.standardize import canonical_dir, standardize_department
 from etl.state import RunState, warehouse_url
-from etl.warehouse import engine_for, enterprise_table, latest_run, person_table, run_table
+from etl.warehouse import (
+    engine_for,
+    enterprise_table,
+    latest_run,
+    person_table,
+    published_run,
+    run_table,
+)
 
 CONFIG_ENV = "GOVMDM_CONFIG"
 """Environment variable naming the configuration folder (default: the project's ``config/``)."""
@@ -51,6 +58,10 @@ STAGES = ("extract", "standardize", "validate")
 """The per-department stages of a night, in order."""
 CITY_STAGES = ("link", "publish", "quality", "reports", "delivery")
 """The stages of a night over the whole city, each noted in ``<stage>.json``."""
+
+
+class NightRefused(ValueError):
+    """A night cannot be extracted again as asked; the message names the way that can."""
 
 
 class DepartmentFlagged(RuntimeError):
@@ -135,11 +146,15 @@ def plan(
     run_id: str | None = None,
     departments: Iterable[str] | None = None,
     replay: bool = False,
+    full: bool = False,
 ) -> dict[str, Any]:
     """Tonight's run ID and departments, checked before any department starts.
 
     ``run_id`` defaults to the date of ``when`` in the city's time zone. ``replay`` recomputes
-    a past night from the raw data it extracted, so that night must exist.
+    a past night from the raw data it extracted, so that night must exist. A night that was
+    published already is run again as a replay of the departments it published
+    (:func:`rerun_plan`, listed under ``rerun``), or refused with the way that works (an older
+    night, or ``full``: :class:`NightRefused`).
     """
     city = load_city_config(config, tolerant=True)
     if run_id is None:
@@ -156,10 +171,13 @@ def plan(
     if unknown:
         raise ValueError(f"unknown department(s) {', '.join(unknown)}; configured: {known}")
     raw_root = city.var_dir / "raw" / f"run={run_id}"
+    rerun: dict[str, str] = {}
     if replay:
         _check_replay(city, run_id, raw_root)
     else:
-        save_settings_snapshot(city, raw_root / "settings.json")
+        rerun = rerun_plan(city, run_id, [c for c in chosen if c in known], full=full)
+        if "replay" not in rerun.values():  # a rerun keeps the settings it was extracted with
+            save_settings_snapshot(city, raw_root / "settings.json")
     broken = {c: city.broken_message(c) for c in chosen if c in city.broken}
     for code, message in broken.items():  # flagged tonight, in the night's record
         _note(city, run_id, code, "extract", {"status": "config", "message": message})
@@ -172,7 +190,79 @@ def plan(
         "pools": [pool_name(city.department(c)) for c in known if c in chosen],
         "connections": {c: city.department(c).connection for c in known if c in chosen},
         "replay": replay,
+        "rerun": sorted(c for c, how in rerun.items() if how == "replay"),
     }
+
+
+def rerun_plan(
+    city: CityConfig, run_id: str, departments: Iterable[str], *, full: bool = False
+) -> dict[str, str]:
+    """How each department's extraction of night ``run_id`` runs: ``extract`` (read the source
+    from the committed watermark) or ``replay`` (reuse the raw data the night kept).
+
+    A night not yet published is extracted. A published night, rerun, is replayed for every
+    department whose rows it published — their watermarks moved past those rows, so reading
+    the source again would read only what changed since and publish less — and extracted for
+    the others (flagged or held back that night: their watermarks did not move). Refused with
+    :class:`NightRefused`, naming what works: a night older than the latest published one,
+    ``full`` for a department it published, and a department whose raw data is gone.
+
+    >>> rerun_plan(city, "2026-07-01", ["gongan", "renshe"])  # doctest: +SKIP
+    {'gongan': 'replay', 'renshe': 'extract'}
+    """
+    chosen = list(departments)
+    engine = engine_for(warehouse_url(city))
+    try:
+        own = published_run(engine, run_id)
+        latest = latest_run(engine)
+    finally:
+        engine.dispose()
+    if own is None or latest is None:
+        return {c: "extract" for c in chosen}
+    new_night = (
+        "read every source in full as a new night: `govmdm extract --full --run-id NEW` (or "
+        "trigger govmdm_full_rebuild with a new run_id), then standardize and consolidate it"
+    )
+    if latest["run_id"] != run_id:
+        raise NightRefused(
+            f"night {run_id} was published before night {latest['run_id']}: running it again "
+            f"would put the golden tables back to {run_id} while the watermarks stay at "
+            f"{latest['run_id']}'s, losing what was read since. Fix: rerun night "
+            f"{latest['run_id']} (it is replayed from its raw data), or {new_night}"
+        )
+    summary = json.loads(own["summary"])
+    published = summary.get("departments")
+    if published is None:  # published by an older govmdm: who had raw data and was not held
+        held = set(summary.get("held_back", []))
+        published = [
+            d.code
+            for d in city.departments
+            if d.code not in held and raw_dir(city.var_dir, run_id, d.code).is_dir()
+        ]
+    out = {}
+    for code in chosen:
+        if code not in published:
+            out[code] = "extract"
+            continue
+        if full:
+            raise NightRefused(
+                f"{code}: night {run_id} is published with its rows; reading it in full again "
+                "under the same night would replace the raw data the night was published from. "
+                f"Fix: rerun the night without --full (it is replayed), or {new_night}"
+            )
+        tables = city.department(code).tables
+        gone = [
+            t.name for t in tables if not raw_path(city.var_dir, run_id, code, t.name).is_file()
+        ]
+        if gone:
+            raise NightRefused(
+                f"{code}: night {run_id} is published with its rows, but the raw data they came "
+                f"from is gone ({', '.join(gone)} under {raw_dir(city.var_dir, run_id, code)}): "
+                "it cannot be replayed, and reading the source again would read only what "
+                f"changed since. Fix: {new_night}"
+            )
+        out[code] = "replay"
+    return out
 
 
 def _check_replay(city: CityConfig, run_id: str, raw_root: Path) -> None:
@@ -224,10 +314,17 @@ def extract(
 
     ``retries`` and ``backoff_s`` cover a brief network blip inside the task; longer outages are
     the scheduler's retries. ``replay`` reads nothing from the source: it checks that the night
-    kept every table's raw Parquet and reuses it.
+    kept every table's raw Parquet and reuses it. A night that published this department's rows
+    already is replayed that way too (:func:`rerun_plan`).
     """
     city = load_city_config(config, tolerant=True)
     dept = _department(city, run_id, department, "extract")
+    if not replay:
+        try:
+            replay = rerun_plan(city, run_id, [department], full=full)[department] == "replay"
+        except NightRefused as exc:
+            _note(city, run_id, department, "extract", {"status": "failed", "message": str(exc)})
+            raise DepartmentFlagged(department, "extract", "failed", str(exc)) from exc
     if replay:
         return _reuse_raw(city, dept, run_id)
     result = extract_department(city, dept, run_id, full=full, retries=retries, backoff_s=backoff_s)

@@ -6,15 +6,19 @@ value, and each field that failed or was repaired carries a ``field:reason`` cod
 whose counts do not reconcile (read = standardized + rejected) fails, and only that department.
 
 Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/department=<code>/``:
-``person.parquet``, ``enterprise.parquet`` (whichever the department has) and ``rejects.parquet``.
+``person.parquet``, ``enterprise.parquet`` (whichever the department has) and ``rejects.parquet``,
+then ``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
+standardization killed part way, or raw data extracted again since, leaves none that matches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import normalize
+from etl import failpoints, normalize
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
 from etl.extract import ParquetSink, duplicates_path, raw_path
 
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 ROW_REASONS: dict[str, str] = {
     "row_unidentifiable": "该行既无有效证件号码，也缺少可识别的姓名（名称）及其他信息，无法使用",
+    "key_missing": "主键为空，无法追踪该行的更新与删除，不能进入主数据",
     "code_unmapped": "代码不在配置的代码表中，按原值处理",
     "change_value_unparseable": "更新时间字段无法解析",
     "invalid_encoding": "该列的值含无法识别的字符编码（乱码，不是有效的UTF-8），整行无法使用",
@@ -151,6 +156,35 @@ def problem_path(var_dir: Path, run_id: str, department: str) -> Path:
     path = canonical_dir(var_dir, run_id, department).with_name(f"department={department}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+DONE = "_standardized.json"
+
+
+def unfinished(city: CityConfig, dept: DepartmentConfig, run_id: str) -> str | None:
+    """Why ``dept``'s canonical output of ``run_id`` cannot be linked, or None when it can: its
+    standardization finished, from the raw files that are there now, one per configured table.
+
+    >>> unfinished(city, city.department("renshe"), "2026-07-01")  # doctest: +SKIP
+    "renshe: the standardization of night 2026-07-01 did not finish"
+    """
+    folder = canonical_dir(city.var_dir, run_id, dept.code)
+    try:
+        done = json.loads((folder / DONE).read_text(encoding="utf-8"))["raw"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{dept.code}: the standardization of night {run_id} did not finish"
+    for t in dept.tables:
+        path = raw_path(city.var_dir, run_id, dept.code, t.name)
+        if t.name not in done:
+            return f"{dept.code}: table {t.name!r} was not extracted completely in night {run_id}"
+        if not path.is_file() or _digest(path) != done[t.name]:
+            return f"{dept.code}: table {t.name!r} was extracted again after it was standardized"
+    return None
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()
 
 
 # --- one row -------------------------------------------------------------------------------
@@ -308,6 +342,9 @@ def standardize_department(
     result = DepartmentStandardized(dept.code)
     ctx = _Context(city.division_code, as_of or dt.date.today())
     out_dir = canonical_dir(city.var_dir, run_id, dept.code)
+    marker = out_dir / DONE
+    before = marker.read_bytes() if marker.is_file() else None
+    marker.unlink(missing_ok=True)  # killed part way, the outputs may be half old, half new
     sources = [(t, raw_path(city.var_dir, run_id, dept.code, t.name)) for t in dept.tables]
     sources = [(t, p) for t, p in sources if p.exists()]
     duplicated = [(t, duplicates_path(city.var_dir, run_id, dept.code, t.name)) for t, _ in sources]
@@ -326,6 +363,7 @@ def standardize_department(
             rejects = stack.enter_context(
                 ParquetSink(out_dir / "rejects.parquet", REJECT_SCHEMA, batch_rows, file_meta)
             )
+            stack.callback(failpoints.reached, "standardize:closing")  # after the entity sinks
             sinks: dict[str, ParquetSink] = {}
             for table, path in sources:
                 entity: str = table.entity
@@ -357,6 +395,8 @@ def standardize_department(
         return result
     except Exception as exc:  # one department's failure is that department's problem
         log.exception("standardizing %s failed", dept.code)
+        if before is not None:  # every sink kept its old file: the old outputs stand
+            marker.write_bytes(before)
         result.status = "failed"
         result.message = (
             str(exc)
@@ -366,6 +406,12 @@ def standardize_department(
         return result
     result.outputs = {entity: sink.path for entity, sink in sinks.items()}
     result.outputs["rejects"] = rejects.path
+    failpoints.reached("standardize:written")
+    done = {"run_id": run_id, "raw": {t.name: _digest(path) for t, path in sources}}
+    tmp = out_dir / f".{DONE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(done, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, out_dir / DONE)
+    failpoints.reached("standardize:marked")
     return result
 
 
@@ -390,16 +436,22 @@ def _standardize_table(
                 "source_key": raw["_row_key"], "run_id": run_id,
             }  # fmt: skip
             result.field_reasons.update(reasons)
-            if usable:
+            keyless = not (raw["_row_key"] or "").strip()  # NULL or blank primary key
+            if usable and not keyless:
                 good.append({**canon, **meta})
                 continue
             garbled = any(c.endswith(":invalid_encoding") for c in reasons)
-            codes = reasons if garbled else [*reasons, "row:row_unidentifiable"]
+            codes = [
+                *reasons,
+                *(["row:key_missing"] if keyless else []),
+                *([] if usable or garbled else ["row:row_unidentifiable"]),
+            ]
             result.reject_reasons.update(codes)
             raw_json = json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
             bad.append({**meta, "entity": entity, "reasons": codes, "raw": raw_json})
         sink.write(pa.Table.from_pylist(good, schema=SCHEMAS[entity]))
         rejects.write(pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
+        failpoints.reached("standardize:batch")
         result.rows_read += len(rows)
         result.standardized += len(good)
         result.rejected += len(bad)

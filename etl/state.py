@@ -15,13 +15,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from etl import failpoints
 from etl.config import CityConfig
 
 Mode = Literal["full", "incremental"]
@@ -226,6 +227,17 @@ class RunState:
             row = conn.execute(query).first()
         return (row.change_column, row.value) if row else None
 
+    def committed_by(self, department: str) -> dict[str, str]:
+        """Table → the night whose commit moved its watermark last, for one department.
+
+        >>> state.committed_by("renshe")
+        {'insured_person': '2026-07-01'}
+        """
+        w = watermark_table.c
+        query = sa.select(w.table_name, w.run_id).where(w.department == department)
+        with self.engine.connect() as conn:
+            return {r.table_name: r.run_id for r in conn.execute(query)}
+
     def propose_watermark(
         self, run_id: str, department: str, table: str, change_column: str, value: str
     ) -> None:
@@ -262,17 +274,24 @@ class RunState:
         for pending in root.glob(f"{department or '*'}/pending/run={run_id}"):
             shutil.rmtree(pending, ignore_errors=True)
 
-    def commit_watermarks(self, run_id: str) -> int:
+    def commit_watermarks(self, run_id: str, departments: Collection[str] | None = None) -> int:
         """Make run ``run_id``'s proposed watermarks and key sets current; returns how many
         watermarks moved. Call it after the night has published.
+
+        ``departments``: only theirs move — the departments whose rows the night published; the
+        others' proposals are dropped, so the next night reads their rows again. None: all.
+        Safe to call again after a crash part way: what moved stays moved, the rest moves.
 
         >>> state.commit_watermarks("2026-07-01")
         6
         """
         p, w = pending_watermark_table.c, watermark_table.c
         now = _now()
+        mine = [p.run_id == run_id]
+        if departments is not None:
+            mine.append(p.department.in_(sorted(departments)))
         with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(pending_watermark_table).where(p.run_id == run_id)).all()
+            rows = conn.execute(sa.select(pending_watermark_table).where(*mine)).all()
             for r in rows:
                 conn.execute(
                     watermark_table.delete().where(
@@ -291,15 +310,17 @@ class RunState:
                 )
             conn.execute(pending_watermark_table.delete().where(p.run_id == run_id))
             a = deletion_acceptance_table.c
-            conn.execute(
-                deletion_acceptance_table.update()
-                .where(a.applied_run_id == run_id, a.consumed_at.is_(None))
-                .values(consumed_at=now)
-            )
-        for pending in (self.var_dir / "state" / "keys").glob(f"*/pending/run={run_id}"):
+            used = [a.applied_run_id == run_id, a.consumed_at.is_(None)]
+            if departments is not None:
+                used.append(a.department.in_(sorted(departments)))
+            conn.execute(deletion_acceptance_table.update().where(*used).values(consumed_at=now))
+        failpoints.reached("publish:watermarks-db")
+        for pending in sorted((self.var_dir / "state" / "keys").glob(f"*/pending/run={run_id}")):
             department = pending.parent.parent.name
-            for proposed in pending.glob("*.parquet"):
-                os.replace(proposed, key_set_path(self.var_dir, department, proposed.stem))
+            if departments is None or department in departments:
+                for proposed in sorted(pending.glob("*.parquet")):
+                    os.replace(proposed, key_set_path(self.var_dir, department, proposed.stem))
+                    failpoints.reached("publish:keysets-moving")
             shutil.rmtree(pending, ignore_errors=True)
         return len(rows)
 
@@ -437,14 +458,17 @@ class RunState:
             )
 
 
-def commit_watermarks(city: CityConfig, run_id: str) -> int:
-    """Move run ``run_id``'s watermarks and key sets into place once the night has published.
+def commit_watermarks(
+    city: CityConfig, run_id: str, departments: Collection[str] | None = None
+) -> int:
+    """Move run ``run_id``'s watermarks and key sets into place once the night has published
+    (only ``departments``' if given: see :meth:`RunState.commit_watermarks`).
 
     >>> commit_watermarks(city, "2026-07-01")
     6
     """
     with RunState.for_city(city) as state:
-        return state.commit_watermarks(run_id)
+        return state.commit_watermarks(run_id, departments)
 
 
 def _add_missing_columns(engine: sa.Engine) -> None:

@@ -16,16 +16,24 @@ night changes nothing. Reviewers' decisions (``mdm_review_decision``) are writte
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import json
 import math
+import os
+import socket
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+
+from etl import failpoints
 
 metadata = sa.MetaData()
 _id = sa.String(16)
@@ -159,11 +167,11 @@ id_event_table = sa.Table(
     sa.Column("run_id", _run, primary_key=True),
     sa.Column("entity", sa.String(16), primary_key=True),
     sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("event", sa.String(16), nullable=False),  # issued | merged | split | retired
+    sa.Column("event", sa.String(16), nullable=False),  # issued restored merged split retired
     sa.Column("master_id", _id, nullable=False, index=True),
     sa.Column("old_ids", _text, nullable=False),
     sa.Column("reason", _text, nullable=False),
-    comment="master-ID history: what each night issued, merged, split and retired",
+    comment="master-ID history: what each night issued, restored, merged, split and retired",
 )
 review_queue_table = sa.Table(
     "mdm_review_queue",
@@ -232,6 +240,7 @@ class Night:
     run_id: str
     mode: str
     state_dir: str
+    """Where the night's master state lives: relative to ``var/`` (so that ``var/`` can move)."""
     summary: dict[str, Any]
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     touched: frozenset[str] | None = None
@@ -283,6 +292,7 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
             table = tables[name]
             for rows in _records(frame, table, chunk_rows):
                 conn.execute(table.insert(), rows)
+                failpoints.reached("publish:inserting")
         conn.execute(run_table.delete().where(run_table.c.run_id == night.run_id))
         conn.execute(
             run_table.insert().values(
@@ -293,6 +303,7 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
                 summary=json.dumps(night.summary, ensure_ascii=False, sort_keys=True),
             )
         )
+        failpoints.reached("publish:before-commit")
 
 
 def latest_run(engine: sa.Engine, *, before: str | None = None) -> Mapping[str, Any] | None:
@@ -312,6 +323,201 @@ def latest_run(engine: sa.Engine, *, before: str | None = None) -> Mapping[str, 
                 query = query.where(r.published_at < own)
         row = conn.execute(query).first()
     return dict(row._mapping) if row else None
+
+
+def published_run(engine: sa.Engine, run_id: str) -> Mapping[str, Any] | None:
+    """Night ``run_id``'s row of ``mdm_run`` if it was published, else None."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(run_table).where(run_table.c.run_id == run_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def state_dir_of(var_dir: Path, run: Mapping[str, Any]) -> Path:
+    """The master-state folder of a published night (a row of ``mdm_run``).
+
+    Stored relative to ``var/``; rows written by an older govmdm hold an absolute path, which
+    counts only when ``var/master/run=<id>`` is not there (a moved or copied ``var/`` reads its
+    own state, never the folder it was copied from). A rerun stopped while swapping the folder
+    left the published one as ``run=<id>.old``, which is read then.
+
+    >>> state_dir_of(Path("/srv/var"), {"run_id": "7", "state_dir": "master/run=7"})
+    PosixPath('/srv/var/master/run=7')
+    """
+    stored = Path(str(run["state_dir"]))
+    own = var_dir / "master" / f"run={run['run_id']}"
+    if stored.is_absolute() and not own.is_dir() and stored.is_dir():
+        own = stored
+    elif not stored.is_absolute():
+        own = var_dir / stored
+    if not own.is_dir() and (old := own.with_name(own.name + ".old")).is_dir():
+        return old  # a rerun was replacing it when it stopped
+    return own
+
+
+# --- one night at a time ------------------------------------------------------------------------
+
+
+class WarehouseBusy(RuntimeError):
+    """Another night is linking or publishing into the same warehouse right now."""
+
+
+_LOCK_KEY = (1735357037, 1)  # pg_try_advisory_lock(int, int): "govm", the night lock
+_LOCK_NAME = "govmdm_night"
+_held: dict[tuple[str, int], list[Any]] = {}  # (url, thread) → [release, depth]
+
+
+@contextlib.contextmanager
+def night_lock(
+    url: str, run_id: str, stage: str, *, lock_dir: Path | None = None
+) -> Iterator[None]:
+    """Hold the warehouse's night lock while linking or publishing night ``run_id``; raise
+    :class:`WarehouseBusy` at once, naming the holder, if another process holds it.
+
+    PostgreSQL: a session advisory lock; MySQL/MariaDB: ``GET_LOCK``; SQLite: an ``flock`` on a
+    file beside the database. The server or the kernel releases each of them when the holder's
+    connection or process ends, however it ends (SIGKILL included), so a crash never leaves a
+    stale lock behind. Re-entrant within one thread: ``consolidate`` holds it across link and
+    publish. Other backends lock a file in ``lock_dir``, which serialises only processes sharing
+    that folder.
+
+    >>> with night_lock("sqlite:///var/warehouse/govmdm.sqlite", "2026-07-01", "link"):
+    ...     ...
+    """
+    key = (url, threading.get_ident())
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    what = f"night {run_id} ({stage}), pid {os.getpid()} on {socket.gethostname()}"
+    backend = sa.make_url(url).get_backend_name()
+    if backend == "postgresql":
+        release = _lock_postgres(url, what)
+    elif backend in ("mysql", "mariadb"):
+        release = _lock_mysql(url, what)
+    else:
+        database = sa.make_url(url).database if backend == "sqlite" else None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            path = Path(database).with_name(Path(database).name + ".night-lock")
+        elif lock_dir is not None:
+            path = lock_dir / "night.lock"
+        else:
+            raise ValueError(f"no night lock for {backend} without a lock_dir")
+        release = _lock_file(path, what)
+    _held[key] = [release, 1]
+    try:
+        yield
+    finally:
+        del _held[key]
+        release()
+
+
+def _busy(holder: str, where: str) -> WarehouseBusy:
+    return WarehouseBusy(
+        f"another govmdm night is linking or publishing into the warehouse ({where}): "
+        f"{holder}. Only one night at a time may link or publish, so this one did not start. "
+        "Fix: wait until that night has finished, then run this one again"
+    )
+
+
+def _lock_postgres(url: str, what: str) -> Any:
+    engine = sa.create_engine(
+        url, poolclass=sa.pool.NullPool, connect_args={"application_name": f"govmdm {what}"[:63]}
+    )
+    conn = engine.connect()
+    try:
+        got = conn.execute(sa.select(sa.func.pg_try_advisory_lock(*_LOCK_KEY))).scalar()
+        holder = None
+        if not got:
+            holder = conn.execute(
+                sa.text(
+                    "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
+                    "JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.classid = :a AND l.objid = :b "
+                    "AND l.objsubid = 2 AND l.granted AND l.database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                ),
+                {"a": _LOCK_KEY[0], "b": _LOCK_KEY[1]},
+            ).first()
+        conn.commit()  # the lock is the session's: no transaction stays open while it is held
+    except BaseException:
+        conn.close()
+        engine.dispose()
+        raise
+    if not got:
+        conn.close()
+        engine.dispose()
+        who = (
+            f"{holder.application_name or 'a session'} (server pid {holder.pid}, since "
+            f"{holder.backend_start:%Y-%m-%d %H:%M:%S %Z})"
+            if holder is not None
+            else "a session that has just finished"
+        )
+        raise _busy(who, _where(url))
+
+    def release() -> None:
+        with contextlib.suppress(Exception):  # closing the session releases it anyway
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(*_LOCK_KEY)))
+            conn.commit()
+        conn.close()
+        engine.dispose()
+
+    return release
+
+
+def _lock_mysql(url: str, what: str) -> Any:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    conn = engine.connect()
+    name = sa.func.concat(_LOCK_NAME + ":", sa.func.database())
+    try:
+        got = conn.execute(sa.select(sa.func.get_lock(name, 0))).scalar()
+        holder = None if got == 1 else conn.execute(sa.select(sa.func.is_used_lock(name))).scalar()
+        conn.commit()
+    except BaseException:
+        conn.close()
+        engine.dispose()
+        raise
+    if got != 1:
+        conn.close()
+        engine.dispose()
+        raise _busy(f"connection {holder}" if holder else "another session", _where(url))
+
+    def release() -> None:
+        with contextlib.suppress(Exception):
+            conn.execute(sa.select(sa.func.release_lock(name)))
+            conn.commit()
+        conn.close()
+        engine.dispose()
+
+    return release
+
+
+def _lock_file(path: Path, what: str) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        os.close(fd)
+        raise _busy(holder or "a process that has just finished", str(path)) from None
+    since = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{what}, since {since}\n".encode(), 0)
+
+    def release() -> None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the descriptor releases the flock
+
+    return release
+
+
+def _where(url: str) -> str:
+    u = sa.make_url(url)
+    return f"{u.get_backend_name()} database {u.database} on {u.host or 'localhost'}"
 
 
 def read(engine: sa.Engine, table: sa.Table, **where: Any) -> pd.DataFrame:

@@ -118,7 +118,7 @@ COLUMN_ZH: dict[str, dict[str, str]] = {
     },
     "mdm_id_event": {
         "run_id": "批次", "entity": "主体类型（person / enterprise）", "seq": "批次内序号",
-        "event": "事件（issued 新发 / merged 合并 / split 拆分 / retired 注销）",
+        "event": "事件（issued 新发 / restored 恢复 / merged 合并 / split 拆分 / retired 注销）",
         "master_id": "事件后的主数据标识", "old_ids": "事件前的主数据标识（逗号分隔）",
         "reason": "原因说明",
     },

@@ -5,7 +5,9 @@ Registered on :data:`etl.cli.app`; every command is a thin layer over :mod:`mast
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +30,20 @@ Retrain = Annotated[
 ]
 
 
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """A night that cannot be linked or published says why and how to fix it, without a
+    traceback, and the command ends with exit code 1."""
+    from etl.warehouse import WarehouseBusy
+    from master_data.consolidate import ConsolidateError
+
+    try:
+        yield
+    except (ConsolidateError, WarehouseBusy) as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
 def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
     from master_data.consolidate import link as do_link
     from quality.suites import held_departments
@@ -39,13 +55,20 @@ def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
             "Their rows stay as last published; `govmdm quality` says which rule.",
             highlight=False,
         )
-    with _progress() as bar:
+    with _refusals(), _progress() as bar:
         task = bar.add_task("linking", total=None)
         linked = do_link(
             city, rid, full=full, retrain=retrain, held=held,
             progress=lambda msg: bar.update(task, description=msg[:40]),
         )  # fmt: skip
     _print_linked(linked)
+    for why in linked.unfinished.values():
+        console.print(
+            f"[yellow]Not linked tonight: {why}. Its rows wait and its watermarks stay.",
+            highlight=False,
+        )
+    for what in linked.recovered:
+        console.print(f"[yellow]Damaged master state recovered: {what}", highlight=False)
     return linked
 
 
@@ -98,16 +121,20 @@ def publish(config: ConfigDir = Path("config"), run_id: RunId = None) -> None:
 
     city = _load(config)
     rid = _run_id(city, run_id)
-    try:
+    with _refusals():
         summary = do_publish(city, rid)
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}", highlight=False)
-        raise typer.Exit(1) from exc
     counts = {e: s["masters"] for e, s in summary["entities"].items()}
     console.print(
         f"Published night {rid}: {counts['person']:,} persons, {counts['enterprise']:,} "
         f"enterprises; {summary['watermarks_committed']} watermarks moved."
     )
+    waiting = sorted({*summary.get("held_back", []), *summary.get("unfinished", {})})
+    if waiting:
+        console.print(
+            f"[yellow]Watermarks kept for {', '.join(waiting)}: their rows of tonight were not "
+            "published; the next night reads them again.",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -117,11 +144,19 @@ def consolidate(
     full: Full = False,
     retrain: Retrain = False,
 ) -> None:
-    """`govmdm link` then `govmdm publish`."""
+    """`govmdm link` then `govmdm publish`, as one night: no other night links or publishes in
+    between."""
+    from etl.state import warehouse_url
+    from etl.warehouse import night_lock
+
     city = _load(config)
     rid = _run_id(city, run_id)
-    _linking(city, rid, full, retrain)
-    publish(config=config, run_id=rid)
+    with (
+        _refusals(),
+        night_lock(warehouse_url(city), rid, "consolidate", lock_dir=city.var_dir / "warehouse"),
+    ):
+        _linking(city, rid, full, retrain)
+        publish(config=config, run_id=rid)
 
 
 @app.command()
@@ -155,6 +190,7 @@ def explain(
         release_of,
         resolve_role,
     )
+    from master_data.consolidate import ConsolidateError
     from master_data.explain import ExplainError
     from master_data.explain import explain as do_explain
 
@@ -166,7 +202,7 @@ def explain(
         raise typer.Exit(2) from exc
     try:
         ex = do_explain(city, ref)
-    except ExplainError as exc:
+    except (ExplainError, LookupError, ConsolidateError) as exc:  # nothing published, damage
         console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     if role == "analyst":
@@ -286,7 +322,7 @@ def evaluate(
     city = _load(config)
     try:
         result = evaluate_published(city, truth or city.var_dir / "city")
-    except (FileNotFoundError, LookupError) as exc:
+    except (FileNotFoundError, LookupError, ValueError) as exc:
         console.print(f"[red]{exc}", highlight=False)
         raise typer.Exit(1) from exc
     if as_json:

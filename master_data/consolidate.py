@@ -21,7 +21,9 @@ and then enterprises:
 
 Everything is written under ``<var>/master/run=<run_id>/`` and nothing in the warehouse changes;
 :func:`publish` then replaces the master tables in one transaction and moves the extraction
-watermarks. Rerunning a night starts again from the last night published before it.
+watermarks of the departments whose rows it published. Rerunning a night starts again from the
+last night published before it. One night at a time links or publishes
+(:func:`etl.warehouse.night_lock`), and a night is published only on the night it was linked on.
 
 >>> result = link(city, "2026-07-01")
 >>> publish(city, "2026-07-01")
@@ -34,7 +36,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,18 +50,26 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from etl import failpoints
 from etl.config import CityConfig
-from etl.extract import ROW_KEY, deleted_path
-from etl.standardize import SCHEMAS, canonical_dir
+from etl.extract import ROW_KEY, deleted_path, raw_dir, raw_path
+from etl.standardize import SCHEMAS, canonical_dir, unfinished
 from etl.state import RunState, commit_watermarks, warehouse_url
 from etl.warehouse import (
     KEY_COLUMNS,
     Night,
+    crosswalk_table,
     engine_for,
+    enterprise_table,
     latest_run,
+    night_lock,
+    person_table,
+    published_run,
     read,
     review_decision_table,
+    review_queue_table,
     run_table,
+    state_dir_of,
 )
 from etl.warehouse import publish as publish_night
 from master_data import compare as cmp
@@ -105,6 +115,25 @@ def master_dir(var_dir: Path, run_id: str) -> Path:
     return var_dir / "master" / f"run={run_id}"
 
 
+class ConsolidateError(RuntimeError):
+    """A night cannot be linked or published as asked; the message says why and how to fix it."""
+
+
+class DamagedState(ConsolidateError):
+    """A master-state file is there but cannot be read (truncated, overwritten, not Arrow)."""
+
+    def __init__(self, path: Path, cause: BaseException, fix: str | None = None) -> None:
+        self.path, self.cause = path, cause
+        what = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+        super().__init__(
+            f"the master-state file {path} is damaged ({what})" + (f". Fix: {fix}" if fix else "")
+        )
+
+    def with_fix(self, fix: str) -> DamagedState:
+        """The same damage, with the command that recovers from it."""
+        return DamagedState(self.path, self.cause, fix)
+
+
 @dataclass
 class EntityLinked:
     """What linking did for one entity type."""
@@ -120,6 +149,7 @@ class EntityLinked:
     review_links: int = 0
     refused_hard_key: int = 0
     refused_kept_apart: int = 0
+    unkeyed: int = 0  # canonical rows with no source key: left out, they belong in rejects
     masters: int = 0
     singletons: int = 0
     review_queue: int = 0
@@ -142,6 +172,10 @@ class Linked:
     entities: dict[str, EntityLinked]
     relationships: int = 0
     unresolved: int = 0
+    departments: list[str] = field(default_factory=list)  # whose rows of tonight were linked
+    held_back: list[str] = field(default_factory=list)  # by a blocking quality rule
+    unfinished: dict[str, str] = field(default_factory=dict)  # department → why not linked
+    recovered: list[str] = field(default_factory=list)  # damaged base files, and how recovered
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready counts, stored with the published night."""
@@ -149,6 +183,10 @@ class Linked:
             "run_id": self.run_id,
             "mode": self.mode,
             "base_run": self.base_run,
+            "departments": self.departments,
+            "held_back": self.held_back,
+            "unfinished": self.unfinished,
+            "recovered": self.recovered,
             "relationships": self.relationships,
             "unresolved_references": self.unresolved,
             "entities": {e: asdict(r) for e, r in self.entities.items()},
@@ -175,7 +213,28 @@ def link(
     quality rule holds back (``quality.suites.held_departments``): their rows, rejects and
     deletions of tonight are left out, so the master keeps what they published before, and
     :func:`publish` leaves their watermarks where they were (the next night reads them again).
+    A department whose extraction or standardization of tonight did not finish is left out the
+    same way (:func:`etl.standardize.unfinished` says why).
+
+    Raises :class:`ConsolidateError` when there is nothing to link, when a department's rows
+    were read before another night moved its watermark (extract the night again), or when the
+    last night's master state is damaged (:class:`DamagedState`, naming the file and the fix);
+    :class:`etl.warehouse.WarehouseBusy` while another night links or publishes.
     """
+    with night_lock(warehouse_url(city), run_id, "link", lock_dir=city.var_dir / "warehouse"):
+        failpoints.reached("link:start")
+        return _link_night(city, run_id, full, retrain, held, settings, progress)
+
+
+def _link_night(
+    city: CityConfig,
+    run_id: str,
+    full: bool,
+    retrain: bool,
+    held: Collection[str],
+    settings: MatchSettings | None,
+    progress: Progress | None,
+) -> Linked:
     settings = settings or load_match_settings(
         city.root / "config", {d.code for d in city.departments} | set(city.broken)
     )
@@ -184,14 +243,33 @@ def link(
     try:
         base = latest_run(engine, before=run_id)
         decisions = _decisions(engine)
+        latest = latest_run(engine)
+        holds_base = base is not None and latest == base
+        rerun = published_run(engine, run_id) is not None
     finally:
         engine.dispose()
-    base_dir = Path(base["state_dir"]) if base else None
+    if rerun and latest is not None and latest["run_id"] != run_id:
+        raise ConsolidateError(_older_night(run_id, latest["run_id"]))
+    base_dir = state_dir_of(city.var_dir, base) if base else None
     if base_dir is not None and not base_dir.is_dir():
-        raise FileNotFoundError(
+        raise ConsolidateError(
             f"the last published night {base['run_id']!r} kept its master state in {base_dir}, "  # type: ignore[index]
-            "which is gone. Fix: restore it, or run `govmdm consolidate --full --retrain`"
+            "which is gone: tonight cannot carry its master IDs forward. Fix: restore the folder "
+            "from a backup (govmdm reads it wherever var/ is), or rerun that night (extract, "
+            "standardize and consolidate it again: it is replayed from its raw data), then run "
+            "this again"
         )
+    delivered, not_done = _delivered(city, run_id, held)
+    if not delivered:
+        raise ConsolidateError(_nothing_to_link(city, run_id, held, not_done))
+    if not rerun:  # a published night's rows were read on the night it was linked on
+        _refuse_stale(city, run_id, delivered)
+    for code, why in sorted(not_done.items()):
+        not_done[code] = (
+            f"{why}. Fix: `govmdm standardize --run-id {run_id} -d {code}` (after `govmdm "
+            f"extract --run-id {run_id} -d {code}` if its extraction failed)"
+        )
+        log.warning("%s; its rows are not linked tonight and its watermarks stay", not_done[code])
     mode = "full" if full or base_dir is None else "delta"
     out = master_dir(city.var_dir, run_id)
     work = out.with_name(out.name + ".tmp")
@@ -200,33 +278,157 @@ def link(
     base_summary = json.loads(base["summary"]) if base else {}
     results: dict[str, EntityLinked] = {}
     next_seq: dict[str, int] = {}
+    left_out = frozenset(held) | frozenset(not_done)
+    complete = _read_in_full(city, run_id, delivered) and not left_out
+    recovered: list[str] = []
     for entity in ENTITIES:
         say(f"{entity}: linking")
-        results[entity], next_seq[entity] = _link_entity(
-            city,
-            run_id,
-            entity,
-            settings.entity(entity),
-            settings,
+        base_state = _BaseState(
             base_dir / entity if base_dir else None,
-            work / entity,
-            full=mode == "full",
-            retrain=retrain or base_dir is None,
-            next_seq=base_summary.get("next_seq", {}).get(entity, 1),
-            decisions=decisions[decisions["entity"] == entity],
-            held=frozenset(held),
-            say=say,
+            entity,
+            fallback=mode == "full",
+            warehouse=warehouse_url(city) if holds_base else None,
+            records_needed=not complete,
         )
+        try:
+            results[entity], next_seq[entity] = _link_entity(
+                city,
+                run_id,
+                entity,
+                settings.entity(entity),
+                settings,
+                base_state,
+                work / entity,
+                full=mode == "full",
+                retrain=retrain or base_dir is None,
+                next_seq=base_summary.get("next_seq", {}).get(entity, 1),
+                decisions=decisions[decisions["entity"] == entity],
+                held=left_out,
+                say=say,
+            )
+        except DamagedState as exc:
+            shutil.rmtree(work, ignore_errors=True)
+            fix = _recovery(run_id, exc.path, full=mode == "full", retrain=retrain)
+            raise exc.with_fix(fix) from exc.cause
+        recovered += base_state.recovered
+        failpoints.reached("link:entity-done")
     say("relationships")
     linked = Linked(run_id, mode, base["run_id"] if base else None, out, results)
+    linked.departments = sorted(delivered)
+    linked.held_back = sorted(set(held))
+    linked.unfinished = dict(sorted(not_done.items()))
+    linked.recovered = recovered
     linked.relationships, linked.unresolved = _relationships(work, run_id)
     summary = linked.summary()
     summary["next_seq"] = next_seq
-    summary["held_back"] = sorted(held)
     (work / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
+    failpoints.reached("link:before-rename")
+    # a rerun replaces a published night's folder: until the new one is in place the old one
+    # stays readable as run=<id>.old (etl.warehouse.state_dir_of falls back to it)
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    failpoints.reached("link:swapping")
     work.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    failpoints.reached("link:renamed")
     return linked
+
+
+def _delivered(
+    city: CityConfig, run_id: str, held: Collection[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The departments whose rows of ``run_id`` can be linked tonight, and those extracted
+    tonight whose extraction or standardization did not finish (with why). Departments with
+    nothing extracted tonight are in neither: they simply have nothing new."""
+    delivered, not_done = [], {}
+    for dept in city.departments:
+        present = raw_dir(city.var_dir, run_id, dept.code).is_dir() or (
+            canonical_dir(city.var_dir, run_id, dept.code).is_dir()
+        )
+        if not present or dept.code in held:
+            continue
+        why = unfinished(city, dept, run_id)
+        if why is None:
+            delivered.append(dept.code)
+        else:
+            not_done[dept.code] = why
+    return delivered, not_done
+
+
+def _nothing_to_link(
+    city: CityConfig, run_id: str, held: Collection[str], not_done: dict[str, str]
+) -> str:
+    if not_done or held:
+        reasons = [*not_done.values(), *(f"{c}: held back by a blocking rule" for c in held)]
+        return (
+            f"night {run_id}: no department's rows can be linked ({'; '.join(reasons)}). Fix: "
+            f"`govmdm standardize --run-id {run_id}` (after `govmdm extract --run-id {run_id}` "
+            "for a department whose extraction failed), then consolidate"
+        )
+    return (
+        f"night {run_id} has nothing to link: no department was extracted and standardized for "
+        f"it under {city.var_dir}. Fix: `govmdm extract --run-id {run_id}`, then `govmdm "
+        f"standardize --run-id {run_id}`, then consolidate"
+    )
+
+
+def _refuse_stale(city: CityConfig, run_id: str, delivered: list[str]) -> None:
+    """Refuse rows read from a watermark another night has moved since: they may be older than
+    what that night published (two nights extracted at once)."""
+    with RunState.for_city(city) as state:
+        for code in delivered:
+            dept = city.department(code)
+            moved_by = state.committed_by(code)
+            for t in dept.tables:
+                if moved_by.get(t.name) in (None, run_id):
+                    continue
+                meta = pq.read_schema(raw_path(city.var_dir, run_id, code, t.name)).metadata or {}
+                read_from = json.loads(meta.get(b"govmdm", b"{}")).get("watermark_before")
+                now = state.watermark(code, t.name)
+                if now is not None and read_from != now[1]:
+                    raise ConsolidateError(
+                        f"night {run_id} read {code}.{t.name} from watermark {read_from!r}, but "
+                        f"night {moved_by[t.name]} has moved it to {now[1]!r} since: its rows may "
+                        f"be older than what that night published. Fix: extract the night again "
+                        f"(`govmdm extract --run-id {run_id}`, then standardize and consolidate)"
+                    )
+
+
+def _read_in_full(city: CityConfig, run_id: str, delivered: list[str]) -> bool:
+    """Every department and table was read in full tonight: last night's records are not needed
+    (every live source row is in tonight's)."""
+    if sorted(delivered) != sorted(d.code for d in city.departments):
+        return False
+    for code in delivered:
+        for t in city.department(code).tables:
+            meta = pq.read_schema(raw_path(city.var_dir, run_id, code, t.name)).metadata or {}
+            if json.loads(meta.get(b"govmdm", b"{}")).get("mode") != "full":
+                return False
+    return True
+
+
+def _recovery(run_id: str, path: Path, *, full: bool, retrain: bool) -> str:
+    """The command that recovers from a damaged base-night file ``path``."""
+    rebuild = f"`govmdm consolidate --run-id {run_id} --full{' --retrain' if retrain else ''}`"
+    if path.name.startswith("records."):
+        return (
+            "last night's records can only be read again from the sources: extract every "
+            f"department in full (`govmdm extract --full --run-id {run_id}`, or under a new run "
+            f"ID if {run_id} is published), standardize it, then {rebuild}"
+        )
+    if path.name.startswith("model."):
+        return f"fit the model afresh: `govmdm consolidate --run-id {run_id} --retrain`"
+    if not full:
+        return (
+            f"{rebuild} rebuilds tonight without last night's caches, reading what the "
+            "warehouse holds of that night instead"
+        )
+    return (
+        "the warehouse no longer holds the night this file belongs to, so it cannot stand in: "
+        "restore the file from a backup, or extract every department in full and run " + rebuild
+    )
 
 
 def _link_entity(
@@ -235,7 +437,7 @@ def _link_entity(
     entity: str,
     match: EntityMatch,
     settings: MatchSettings,
-    base: Path | None,
+    base_state: _BaseState,
     out: Path,
     *,
     full: bool,
@@ -257,22 +459,23 @@ def _link_entity(
     start = time.perf_counter()
     out.mkdir(parents=True)
     result = EntityLinked(entity)
-    tonight, gone = _tonight(city, run_id, entity, held)
+    tonight, gone, result.unkeyed = _tonight(city, run_id, entity, held)
     settings_json = match.model_dump_json()
-    model = None if retrain or base is None else _load_model(base / "model.json")
+    base = base_state.folder
+    model = None if retrain or base is None else base_state.model()
     delta = (
         not full
         and model is not None
         and base is not None
         and all((base / f).is_file() for f in _DELTA_CACHES)  # else: made by an older govmdm
-        and (base / "match.json").read_text() == settings_json
+        and base_state.text("match.json") == settings_json
     )
     (out / "match.json").write_text(settings_json)
 
     # 1. tonight's records: last night's, less the replaced and the removed, plus tonight's
     changed = pd.Index(tonight[RECORD].to_pandas())
     removed = changed.union(pd.Index(gone))
-    previous = read_state(base, "records") if base else None
+    previous = base_state.records()
     if previous is not None and previous.num_rows:
         left_over = pc.is_in(previous[RECORD], value_set=pa.array(gone, pa.string()))
         result.removed = int(
@@ -287,6 +490,7 @@ def _link_entity(
     if previous is None or not delta:  # a delta night appends: order is nobody's business
         all_records = all_records.take(pc.sort_indices(all_records, [(RECORD, "ascending")]))
     write_state(all_records, out, "records")
+    failpoints.reached("link:records")
     result.records, result.changed = all_records.num_rows, tonight.num_rows
 
     # 2. candidate pairs, comparisons and scores
@@ -294,7 +498,7 @@ def _link_entity(
     if delta:
         assert base is not None and model is not None
         say(f"{entity}: blocking {len(changed):,} changed rows against the cached keys")
-        old_keys = read_state(base, "blockkeys")
+        old_keys = base_state.read("blockkeys")
         mine = candidate_pairs(
             _records_frame(tonight, None),
             match.blocking,
@@ -330,6 +534,7 @@ def _link_entity(
         result.model_trained = True
     (out / "model.json").write_text(model.to_json())
     fresh = _edges(compared, pairs, levels, model, entity, match.thresholds.keep)
+    failpoints.reached("link:scored")
 
     # 3. the affected records and their edges
     present = all_records[RECORD]
@@ -348,19 +553,19 @@ def _link_entity(
             pd.Index(pd.concat([fresh.loc[usable, "left"], fresh.loc[usable, "right"],
                                 decided["left_record"], decided["right_record"]]))
         )  # fmt: skip
-        components = read_state(base, "components")
+        components = base_state.read("components")
         hit = pc.unique(components.filter(_is_in(components[RECORD], seeds))["component"])
         in_old = pc.is_in(components["component"], value_set=hit)
         affected_old = pd.Index(components.filter(in_old)[RECORD].to_pandas())
         affected = affected_old.difference(removed).union(changed)
-        base_edges = read_state(base, "edges")
+        base_edges = base_state.read("edges")
         touching = pc.or_(
             _is_in(base_edges["left"], affected_old), _is_in(base_edges["right"], affected_old)
         )
         carried = base_edges.filter(touching).to_pandas()
         carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
         edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
-        base_xw = read_state(base, "crosswalk")
+        base_xw = base_state.read("crosswalk")
         base_xw_affected = base_xw.filter(_is_in(base_xw[RECORD], affected_old)).to_pandas()
         outside = pd.Index(edges["left"]).union(pd.Index(edges["right"])).difference(affected)
         outside_master = (
@@ -376,7 +581,7 @@ def _link_entity(
     else:
         affected_old = pd.Index([], dtype=object)  # only a delta night carries rows over
         edges = fresh
-        base_xw_affected = read_state(base, "crosswalk").to_pandas() if base else None
+        base_xw_affected = base_state.read("crosswalk").to_pandas() if base else None
         outside_master = pd.Series(dtype=object)
         records = compared
         hard_keys = records[HARD_KEY[entity]]
@@ -386,6 +591,7 @@ def _link_entity(
     # 4. clusters and components of the affected records
     say(f"{entity}: clustering {len(records):,} records")
     labels, comp, accepted, counts = _cluster(records, edges, decided, entity, auto)
+    failpoints.reached("link:clustered")
     for k, v in counts.items():
         setattr(result, k, v)
     edges = edges.assign(accepted=accepted)
@@ -397,12 +603,14 @@ def _link_entity(
         if base_xw_affected is not None
         else pd.DataFrame({RECORD: pd.Series(dtype=str), "master_id": pd.Series(dtype=str)})
     )
+    registry = base_state.retired()
     ids = assign_ids(
         pd.DataFrame({RECORD: records.index, "cluster": labels}), prev, entity=entity,
-        next_seq=next_seq,
+        next_seq=next_seq, retired=registry,
     )  # fmt: skip
     master_of = pd.Series(ids.assignment["master_id"].to_numpy(), index=records.index)
     write_state(_events(ids.events, entity), out, "events")
+    write_state(_retired(registry, ids.events, prev, run_id), out, "retired")
     result.events = {
         k: int(v) for k, v in pd.Series([e.event for e in ids.events]).value_counts().items()
     }
@@ -426,7 +634,7 @@ def _link_entity(
     golden["master_id"] = golden["master_id"].astype(object)  # also when nothing was relinked
     extra.index = extra.index.astype(object)
     golden = golden.merge(extra, left_on="master_id", right_index=True)
-    golden["run_id"] = _changed_by(golden, base, run_id)
+    golden["run_id"] = _changed_by(golden, base_state, run_id)
     provenance = provenance.assign(entity=entity)
     conflicts = conflicts.assign(entity=entity, run_id=run_id)
 
@@ -435,7 +643,7 @@ def _link_entity(
     review = _review_band(edges, hard_keys, everyone, decisions, model, match, entity, run_id)
     if base is not None and state_file(base, "review").is_file() and len(review):
         # a pair keeps the night it was first queued
-        queued = read_state(base, "review", ["left_record", "right_record", "run_id"]).to_pandas()
+        queued = base_state.read("review", ["left_record", "right_record", "run_id"]).to_pandas()
         since = review[["left_record", "right_record"]].merge(
             queued, on=["left_record", "right_record"], how="left"
         )["run_id"]
@@ -450,7 +658,7 @@ def _link_entity(
         kept_rows = None
         if delta:
             assert base is not None
-            kept_rows = _kept(name, read_state(base, name), affected_old, removed,
+            kept_rows = _kept(name, base_state.read(name), affected_old, removed,
                               set(prev["master_id"]), run_id)  # fmt: skip
         _write_merged(out, name, frame, kept_rows)
     if not delta:
@@ -468,10 +676,14 @@ def _link_entity(
 
 def _tonight(
     city: CityConfig, run_id: str, entity: str, held: frozenset[str]
-) -> tuple[pa.Table, list[str]]:
-    """Tonight's canonical rows of ``entity`` (the record ID first, sorted by it), and the
-    record IDs that left: deleted at the source, or rejected tonight. Held departments give
-    neither."""
+) -> tuple[pa.Table, list[str], int]:
+    """Tonight's canonical rows of ``entity`` (the record ID first, sorted by it), the record
+    IDs that left (deleted at the source, or rejected tonight), and how many rows had no source
+    key. Held departments give none of them.
+
+    A row without a source key cannot be tracked from night to night; standardization rejects
+    it (``row:key_missing``). One that reaches this point anyway (canonical rows written by an
+    older govmdm) is left out and counted, and the night goes on."""
     tables, gone = [], []
     schema = SCHEMAS[entity]
     for dept in city.departments:
@@ -484,7 +696,7 @@ def _tonight(
         rejects = folder / "rejects.parquet"
         if rejects.is_file():
             r = pq.read_table(rejects, columns=["entity", *_META]).to_pandas()
-            r = r[r["entity"] == entity]
+            r = r[(r["entity"] == entity) & r["source_key"].notna()]
             gone += [record_id(*row) for row in r[_META].itertuples(index=False, name=None)]
         for table in dept.tables:
             if table.entity != entity:
@@ -494,9 +706,21 @@ def _tonight(
                 keys = pq.read_table(deleted).column(ROW_KEY).to_pylist()
                 gone += [record_id(dept.code, table.name, k) for k in keys]
     rows = pa.concat_tables(tables) if tables else schema.empty_table()
+    key = rows["source_key"]
+    keyless = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(key), ""), True)
+    unkeyed = pc.sum(keyless).as_py() or 0
+    if unkeyed:
+        lost = rows.filter(keyless).group_by(["department", "source_table"]).aggregate([])
+        log.warning(
+            "night %s: %d %s row(s) without a source key left out (%s). Fix: standardize the "
+            "night again: such rows go to rejects with row:key_missing",
+            run_id, unkeyed, entity,
+            ", ".join(f"{d}.{t}" for d, t in zip(*lost.to_pydict().values(), strict=True)),
+        )  # fmt: skip
+        rows = rows.filter(pc.invert(keyless))
     ids = pc.binary_join_element_wise(*[rows[c] for c in _META], "/")  # = record_id()
     rows = rows.add_column(0, RECORD, ids)
-    return rows.take(pc.sort_indices(rows, [(RECORD, "ascending")])), gone
+    return rows.take(pc.sort_indices(rows, [(RECORD, "ascending")])), gone, unkeyed
 
 
 RANDOM_PAIRS = 200_000
@@ -816,12 +1040,12 @@ def _kept(
     return kept
 
 
-def _changed_by(golden: pd.DataFrame, base: Path | None, run_id: str) -> pd.Series:
+def _changed_by(golden: pd.DataFrame, base: _BaseState, run_id: str) -> pd.Series:
     """Each golden record's ``run_id``: the night that last changed it — last night's value
     where the record is exactly as last night published it, else tonight."""
-    if base is None or not state_file(base, "golden").is_file() or not len(golden):
+    if base.folder is None or not state_file(base.folder, "golden").is_file() or not len(golden):
         return pd.Series(run_id, index=golden.index)
-    old_table = read_state(base, "golden")
+    old_table = base.read("golden")
     ids = pa.array(golden["master_id"].to_numpy(dtype=object), pa.string())
     old = old_table.filter(pc.is_in(old_table["master_id"], value_set=ids)).to_pandas()
     same = [c for c in golden.columns if c in old.columns and c != "run_id"]
@@ -865,11 +1089,127 @@ def state_file(folder: Path, name: str) -> Path:
 
 def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
     """A state table (optionally only ``columns``); a night linked by an older govmdm has it as
-    Parquet, which is read as well."""
+    Parquet, which is read as well. A file that is there but cannot be read raises
+    :class:`DamagedState` naming it."""
     path = state_file(folder, name)
     if not path.is_file() and (old := folder / f"{name}.parquet").is_file():
-        return pq.read_table(old, columns=columns)
-    return feather.read_table(path, columns=columns)
+        path = old
+    if not path.is_file():
+        raise FileNotFoundError(f"no master-state file {path}")
+    try:
+        if path.suffix == ".parquet":
+            return pq.read_table(path, columns=columns)
+        return feather.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+        raise DamagedState(path, exc) from exc
+
+
+class _BaseState:
+    """Last night's master state of one entity, as linking reads it.
+
+    A damaged file raises :class:`DamagedState`. On a full night, the files whose content the
+    warehouse also holds (the crosswalk, golden records and review queue) are read from the
+    warehouse instead when it holds that very night, and last night's records are not needed
+    when every department was read in full tonight; each file recovered so is noted."""
+
+    _FROM_WAREHOUSE = frozenset({"crosswalk", "golden", "review"})
+
+    def __init__(
+        self,
+        folder: Path | None,
+        entity: str,
+        *,
+        fallback: bool,
+        warehouse: str | None,
+        records_needed: bool,
+    ) -> None:
+        self.folder, self.entity = folder, entity
+        self.fallback, self.warehouse, self.records_needed = fallback, warehouse, records_needed
+        self.recovered: list[str] = []
+
+    def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
+        """State table ``name`` (optionally only ``columns``)."""
+        assert self.folder is not None
+        try:
+            return read_state(self.folder, name, columns)
+        except DamagedState as exc:
+            if not (self.fallback and self.warehouse and name in self._FROM_WAREHOUSE):
+                raise
+            table = self._from_warehouse(name)
+            log.warning("%s; read from the warehouse instead", exc)
+            self.recovered.append(f"{exc.path} (read from the warehouse instead)")
+            return table.select(columns) if columns else table
+
+    def records(self) -> pa.Table | None:
+        """Last night's records (None on a first night, or when tonight read everything)."""
+        if self.folder is None:
+            return None
+        try:
+            return read_state(self.folder, "records")
+        except DamagedState as exc:
+            if self.fallback and not self.records_needed:
+                log.warning("%s; every source was read in full tonight: not needed", exc)
+                self.recovered.append(f"{exc.path} (not needed: every source was read in full)")
+                return None
+            raise
+
+    def model(self) -> FellegiSunter | None:
+        """Last night's fitted model, or None if it has none."""
+        assert self.folder is not None
+        path = self.folder / "model.json"
+        if not path.is_file():
+            return None
+        try:
+            return FellegiSunter.from_json(path.read_text())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DamagedState(path, exc) from exc
+
+    def text(self, name: str) -> str | None:
+        """A small text file of last night's state (None if missing or unreadable: a cache)."""
+        assert self.folder is not None
+        try:
+            return (self.folder / name).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def retired(self) -> pd.DataFrame:
+        """IDs retired on earlier nights with the records they last held (empty if none)."""
+        if self.folder is None or not state_file(self.folder, "retired").is_file():
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in _RETIRED})
+        return self.read("retired").to_pandas()
+
+    def _from_warehouse(self, name: str) -> pa.Table:
+        assert self.warehouse is not None
+        engine = engine_for(self.warehouse)
+        try:
+            if name == "golden":
+                table = person_table if self.entity == "person" else enterprise_table
+                frame = read(engine, table)
+            elif name == "crosswalk":
+                frame = read(engine, crosswalk_table, entity=self.entity).drop(columns="entity")
+                keys = frame[_META].astype(str).agg("/".join, axis=1) if len(frame) else []
+                frame.insert(0, RECORD, keys)
+            else:
+                frame = read(engine, review_queue_table, entity=self.entity)
+        finally:
+            engine.dispose()
+        return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+_RETIRED = ["master_id", RECORD, "run_id"]
+
+
+def _retired(
+    registry: pd.DataFrame, events: list[IdEvent], prev: pd.DataFrame, run_id: str
+) -> pd.DataFrame:
+    """The retired-ID registry after tonight: less the IDs restored tonight, plus the IDs
+    retired tonight with the records they held, so a record that comes back later gets its old
+    ID back (:func:`master_data.identity.assign_ids`)."""
+    restored = {e.master_id for e in events if e.event == "restored"}
+    retired = {e.master_id for e in events if e.event == "retired"}
+    last = prev[prev["master_id"].isin(retired)][["master_id", RECORD]].assign(run_id=run_id)
+    out = pd.concat([registry[~registry["master_id"].isin(restored)][_RETIRED], last])
+    return out.astype(object).sort_values(["master_id", RECORD]).reset_index(drop=True)
 
 
 def write_state(rows: pa.Table | pd.DataFrame, folder: Path, name: str) -> None:
@@ -981,46 +1321,102 @@ def _relationships(work: Path, run_id: str) -> tuple[int, int]:
 
 
 def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
-    """Publish the night :func:`link` prepared, atomically, then move the watermarks.
+    """Publish the night :func:`link` prepared, atomically, then move the watermarks of the
+    departments whose rows it published.
 
     A delta night whose base night is what the warehouse holds publishes incrementally: only
     the rows of the master IDs it touched are replaced (in the same single transaction).
-    Anything else — a full night, or a rerun of an older night — replaces the tables whole.
+    Anything else — a full night, or a rerun of the latest night — replaces the tables whole.
+    A night is published only on top of the night it was linked on: if another night was
+    published since, or this night is older than the latest published one, it raises
+    :class:`ConsolidateError` (publishing it would undo a newer night) and changes nothing.
     """
+    with night_lock(warehouse_url(city), run_id, "publish", lock_dir=city.var_dir / "warehouse"):
+        failpoints.reached("publish:start")
+        return _publish_night(city, run_id)
+
+
+def _publish_night(city: CityConfig, run_id: str) -> dict[str, Any]:
     state = master_dir(city.var_dir, run_id)
     summary_path = state / "summary.json"
     if not summary_path.is_file():
-        raise FileNotFoundError(
+        raise ConsolidateError(
             f"no linked night {run_id!r} under {state}. Fix: run `govmdm link --run-id {run_id}`"
         )
-    summary = _read_json(summary_path)
+    relink = f"link it again: `govmdm consolidate --run-id {run_id}`"
+    try:
+        summary = _read_json(summary_path)
+    except (OSError, ValueError) as exc:
+        raise DamagedState(summary_path, exc, relink) from exc
     engine = engine_for(warehouse_url(city))
     try:
         held = latest_run(engine)
+        _refuse_to_undo(engine, run_id, summary.get("base_run"), held)
         touched: frozenset[str] | None = None
-        if (
-            summary["mode"] == "delta"
-            and held is not None
-            and held["run_id"] == summary["base_run"]
-        ):
-            touched = frozenset(
-                m for e in ENTITIES
-                for m in read_state(state / e, "touched")["master_id"].to_pylist()
-            )  # fmt: skip
-        frames = _publish_frames(state, run_id, touched)
-        night = Night(run_id, summary["mode"], str(state), summary, frames, touched)
+        try:
+            if (
+                summary["mode"] == "delta"
+                and held is not None
+                and held["run_id"] == summary["base_run"]
+            ):
+                touched = frozenset(
+                    m for e in ENTITIES
+                    for m in read_state(state / e, "touched")["master_id"].to_pylist()
+                )  # fmt: skip
+            frames = _publish_frames(state, run_id, touched)
+        except DamagedState as exc:
+            raise exc.with_fix(relink) from exc.cause
+        stored = (Path("master") / state.name).as_posix()  # relative to var/: var/ can move
+        night = Night(run_id, summary["mode"], stored, summary, frames, touched)
         publish_night(engine, night)
+        failpoints.reached("publish:committed")
         after_publish(engine, city, run_id, summary)  # analyst views, grants, catalog, audit
     finally:
         engine.dispose()
     summary["published"] = "incremental" if touched is not None else "whole"
-    if summary.get("held_back"):  # their rows were left out: read them again next night
+    departments = summary.get("departments")
+    if departments is None:  # linked by an older govmdm: everyone but the held-back
         with RunState.for_city(city) as state_db:
-            for code in summary["held_back"]:
+            for code in summary.get("held_back", []):
                 state_db.discard_pending(run_id, code)
-    summary["watermarks_committed"] = commit_watermarks(city, run_id)
+    summary["watermarks_committed"] = commit_watermarks(city, run_id, departments)
+    failpoints.reached("publish:watermarks-committed")
     summary["states_pruned"] = prune_states(city)
+    failpoints.reached("publish:done")
     return summary
+
+
+def _refuse_to_undo(
+    engine: Any, run_id: str, base_run: str | None, held: Mapping[str, Any] | None
+) -> None:
+    """Raise unless publishing ``run_id`` (linked on ``base_run``) builds on what the warehouse
+    holds (``held``): the night it was linked on, or the night itself (a rerun)."""
+    current = held["run_id"] if held is not None else None
+    if current == run_id:
+        before = latest_run(engine, before=run_id)
+        if (before["run_id"] if before else None) == base_run:
+            return
+    elif current == base_run:
+        return
+    if current is not None and current != run_id and published_run(engine, run_id) is not None:
+        raise ConsolidateError(_older_night(run_id, current))
+    on = f"night {base_run}" if base_run else "an empty warehouse"
+    now = f"night {current}" if current else "no night at all"
+    raise ConsolidateError(
+        f"night {run_id} was linked on {on}, but the warehouse holds {now} now (another night "
+        f"was published or rolled back meanwhile); publishing {run_id} would undo it. Nothing "
+        f"was published. Fix: link it again: `govmdm consolidate --run-id {run_id}`"
+    )
+
+
+def _older_night(run_id: str, latest: str) -> str:
+    return (
+        f"night {run_id} was published before night {latest}; linking and publishing it again "
+        f"would put the golden tables back to {run_id} while the watermarks stay at {latest}'s, "
+        f"losing what was read since. Fix: rerun night {latest} instead (it is replayed from "
+        "its raw data), or read every source in full as a new night "
+        "(`govmdm extract --full --run-id NEW`, then standardize and consolidate NEW)"
+    )
 
 
 def prune_states(city: CityConfig, keep: int | None = None) -> list[str]:
@@ -1033,8 +1429,9 @@ def prune_states(city: CityConfig, keep: int | None = None) -> list[str]:
         runs = read(engine, run_table).sort_values("published_at", ascending=False)
     finally:
         engine.dispose()
-    kept = {Path(p).resolve() for p in runs["state_dir"].head(keep)}
-    published = {Path(p).resolve() for p in runs["state_dir"]}
+    folders = [state_dir_of(city.var_dir, r).resolve() for r in runs.to_dict("records")]
+    kept = set(folders[:keep])
+    published = set(folders)
     removed = []
     for folder in sorted((city.var_dir / "master").glob("run=*")):
         # unpublished folders are a night in progress (or a link not yet published): left alone
@@ -1093,9 +1490,12 @@ def consolidate(
     held: Collection[str] = (),
     progress: Progress | None = None,
 ) -> Linked:
-    """:func:`link` then :func:`publish`."""
-    linked = link(city, run_id, full=full, retrain=retrain, held=held, progress=progress)
-    publish(city, run_id)
+    """:func:`link` then :func:`publish`, holding the night lock across both."""
+    with night_lock(
+        warehouse_url(city), run_id, "consolidate", lock_dir=city.var_dir / "warehouse"
+    ):
+        linked = link(city, run_id, full=full, retrain=retrain, held=held, progress=progress)
+        publish(city, run_id)
     return linked
 
 
@@ -1104,10 +1504,6 @@ def consolidate(
 
 def _decisions(engine: Any) -> pd.DataFrame:
     return read(engine, review_decision_table)
-
-
-def _load_model(path: Path) -> FellegiSunter | None:
-    return FellegiSunter.from_json(path.read_text()) if path.is_file() else None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

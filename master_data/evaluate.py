@@ -706,6 +706,22 @@ def golden_accuracy(
 # --- everything at once --------------------------------------------------------------------------
 
 
+class TruthMismatch(ValueError):
+    """The truth describes another city than the one whose crosswalk is scored."""
+
+
+def _check_same_city(truth_dir: Path | str, rows: int, unknown: int) -> None:
+    """Scores against a truth that does not know most of the crosswalk's source rows would be
+    meaningless (recall 0 beside a perfect-looking cluster F1): refuse them."""
+    if rows and unknown * 2 > rows:
+        raise TruthMismatch(
+            f"the truth in {truth_dir} does not describe the data being scored: only "
+            f"{rows - unknown:,} of the {rows:,} source rows scored appear in it, so it is the "
+            "truth of another city (another seed or size, or another department set). Fix: point "
+            "--truth at the folder of the sample city the sources were extracted from"
+        )
+
+
 @dataclass(frozen=True)
 class RowCounts:
     """Where the rows of one entity type went (source rows unless named otherwise)."""
@@ -803,6 +819,7 @@ def evaluate(
             "the truth is of night %s: night %s is scored on later values", truth.night, night
         )
     al = _align(crosswalk, truth.rows, night)
+    _check_same_city(truth_dir, len(crosswalk), len(al.unknown))
     goldens = {"person": golden_persons, "enterprise": golden_enterprises}
     entities: dict[str, EntityEvaluation] = {}
     for e in _types(al):

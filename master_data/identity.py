@@ -2,10 +2,12 @@
 
 Tonight's clusters inherit last night's master IDs by maximum overlap of member records: the
 pairs (cluster, old ID) are taken largest overlap first, and each old ID and each cluster is used
-once. A cluster left without an old ID gets a new one from the sequence. What happened to every
-old ID is written as an event:
+once. A cluster left without an old ID gets back an ID retired on an earlier night if it holds a
+record that ID last held (a row deleted and inserted again is the same person or enterprise),
+else a new one from the sequence. What happened to every old ID is written as an event:
 
 - ``issued``: a new ID for a cluster with no member seen before under any ID;
+- ``restored``: a retired ID back in use, for a cluster holding a record it last held;
 - ``merged``: an old ID lost to another cluster's ID that absorbed its records;
 - ``split``: an old ID kept by one cluster while some of its records went to other clusters;
 - ``retired``: an old ID whose records were all deleted or rejected.
@@ -42,7 +44,7 @@ def format_id(entity: str, seq: int) -> str:
 class IdEvent:
     """What happened to one master ID tonight."""
 
-    event: str  # issued | merged | split | retired
+    event: str  # issued | restored | merged | split | retired
     master_id: str  # the ID that carries the records now (the old ID for retired)
     old_ids: tuple[str, ...]
     reason: str
@@ -64,12 +66,15 @@ def assign_ids(
     entity: str,
     next_seq: int,
     reasons: Mapping[tuple[str, str], str] | None = None,
+    retired: pd.DataFrame | None = None,
 ) -> Assignment:
     """Give every cluster a master ID.
 
     ``clusters``: columns ``record_id`` and ``cluster`` (any label). ``previous``: last published
     crosswalk, columns ``record_id`` and ``master_id`` (empty on the first night). ``reasons`` may
     explain a merge: ``(surviving ID, absorbed ID)`` → why (e.g. the rule of the joining link).
+    ``retired``: IDs retired on earlier nights (and not in use since), columns ``master_id``,
+    ``record_id`` (the records each last held) and ``run_id`` (the night it was retired).
     """
     reasons = reasons or {}
     # a cluster's smallest record ID: sort once, keep each cluster's first row (no Python per group)
@@ -92,6 +97,23 @@ def assign_ids(
             continue
         owner[c] = old
         taken.add(old)
+    restored: dict[str, str] = {}  # ID → the night it had been retired
+    if retired is not None and len(retired):
+        back = clusters.merge(retired[["record_id", "master_id", "run_id"]], on="record_id")
+        back = back[
+            ~back["cluster"].isin(list(owner)) & ~back["master_id"].isin(previous["master_id"])
+        ]
+        votes = back.groupby(["cluster", "master_id", "run_id"]).size().rename("n").reset_index()
+        votes["first"] = votes["cluster"].map(smallest)
+        votes = votes.sort_values(["n", "master_id", "first"], ascending=[False, True, True])
+        for c, old, night in zip(
+            votes["cluster"], votes["master_id"], votes["run_id"], strict=True
+        ):
+            if c in owner or old in taken:
+                continue
+            owner[c] = old
+            taken.add(old)
+            restored[old] = str(night)
     events: list[IdEvent] = []
     seq = next_seq
     for c in smallest.sort_values().index:  # new IDs in the order of each cluster's first record
@@ -107,7 +129,11 @@ def assign_ids(
         .sort_values(["master_id", "new"])
     )
     for new_id in sorted(set(ids) - set(moves["new"])):
-        events.append(IdEvent("issued", new_id, (), "新主体：成员记录此前均未关联任何主体"))
+        if new_id in restored:
+            why = f"恢复使用：成员记录重新出现，该主体ID曾于 {restored[new_id]} 注销"
+            events.append(IdEvent("restored", new_id, (new_id,), why))
+        else:
+            events.append(IdEvent("issued", new_id, (), "新主体：成员记录此前均未关联任何主体"))
     for old in sorted(set(previous["master_id"]) - set(moves["master_id"])):
         events.append(IdEvent("retired", old, (old,), "全部成员记录已删除或被拒收"))
     targets_of = moves.groupby("master_id")["new"].size()

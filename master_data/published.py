@@ -18,7 +18,14 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from etl.state import warehouse_url
-from etl.warehouse import crosswalk_table, engine_for, enterprise_table, latest_run, person_table
+from etl.warehouse import (
+    crosswalk_table,
+    engine_for,
+    enterprise_table,
+    latest_run,
+    person_table,
+    state_dir_of,
+)
 from etl.warehouse import read as read_table
 from master_data.evaluate import Evaluation, evaluate
 
@@ -52,7 +59,7 @@ def published_night(city: CityConfig) -> PublishedNight:
             "nothing is published yet. Fix: run `govmdm consolidate` (or `make demo`) first"
         )
     return PublishedNight(
-        run["run_id"], run["mode"], Path(run["state_dir"]), json.loads(run["summary"])
+        run["run_id"], run["mode"], state_dir_of(city.var_dir, run), json.loads(run["summary"])
     )
 
 

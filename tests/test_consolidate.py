@@ -276,11 +276,22 @@ def test_publish_on_postgres(city: CityConfig, pg_database: str, tmp_path: Path)
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_rerunning_an_older_night_starts_from_before_it(city: CityConfig) -> None:
-    """Night 0 rerun after night 1 was published builds on nothing before it, not on night 1."""
+def test_rerunning_an_older_night_is_refused(city: CityConfig) -> None:
+    """Night 0 rerun after night 1 was published would put the golden tables back behind the
+    watermarks: refused, naming the night to rerun instead; a rerun of a night starts from the
+    night published before it, so night 0's base is nothing."""
     assert _latest(city) == NIGHT1
-    rerun = mc.link(city, NIGHT0)
-    assert (rerun.mode, rerun.base_run) == ("full", None)
+    state = mc.master_dir(city.var_dir, NIGHT0)
+    before = {p.name: p.stat().st_mtime_ns for p in state.rglob("*")}
+    with pytest.raises(mc.ConsolidateError, match=f"Fix: rerun night {NIGHT1}"):
+        mc.link(city, NIGHT0)
+    assert {p.name: p.stat().st_mtime_ns for p in state.rglob("*")} == before
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        assert wh.latest_run(engine, before=NIGHT0) is None
+        assert wh.latest_run(engine, before=NIGHT1)["run_id"] == NIGHT0  # type: ignore[index]
+    finally:
+        engine.dispose()
 
 
 def test_a_held_back_department_keeps_last_nights_rows_and_watermarks(city: CityConfig) -> None:

@@ -6,7 +6,10 @@ database stopped (its Airflow connection points at a database file that does not
 others have none and read the embedded demo databases) and another department's export broken
 (a blocking quality rule holds its batch back). Both are flagged, every other department goes
 on, the golden tables are published, scored and announced as Asset events, each department
-gets its report and the data-engineering contact the failure mail.
+gets its report and the data-engineering contact the failure mail. Night 1 is then replayed
+(``govmdm_replay``), and once both sources are mended ``govmdm_nightly`` is triggered for night
+1 again: the departments it published are replayed from their raw data, the two it missed are
+read and published, and the run is green.
 
 Airflow configures itself once per process from the environment, so the nights run in a child
 process (this file run as a script) and the tests read what it wrote: its JSON report, the
@@ -103,8 +106,20 @@ def _run_nights(spec_path: Path) -> None:
                 .where(AssetEvent.source_run_id == run.run_id)
             ).all()
             summary = summary_path(Path(spec["city"]).parent, night["run_id"])
+            warehouse = sqlite3.connect(Path(spec["city"]).parent / "warehouse" / "govmdm.sqlite")
+            warehouse.row_factory = sqlite3.Row
+            marks = warehouse.execute("SELECT department, table_name, value FROM etl_watermark")
+            watermarks = {f"{r['department']}/{r['table_name']}": r["value"] for r in marks}
+            ledger = warehouse.execute(
+                "SELECT department, status, mode, watermark_after FROM etl_ledger WHERE run_id = ?",
+                (night["run_id"],),
+            )
+            ledger_rows = [dict(r) for r in ledger]
+            warehouse.close()
             results.append(
                 {
+                    "watermarks": watermarks,  # as this night left them
+                    "ledger": ledger_rows,
                     "dag_id": dag.dag_id,
                     "state": str(run.state),
                     "summary": json.loads(summary.read_text()) if summary.is_file() else {},
@@ -216,6 +231,11 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                 "logical_date": f"{night1}T09:00:00+08:00",
                 "run_id": night1,
                 "conf": {"run_id": night1},
+            },
+            {  # both sources mended; the nightly DAG triggered for night 1 once more
+                "logical_date": f"{night1}T05:00:00+08:00",
+                "run_id": night1,
+                "source_sql": {HELD: "DELETE FROM t_qy_djxx WHERE tyshxydm = 'BROKEN-EXPORT'"},
             },
         ],
     }
@@ -363,10 +383,9 @@ def test_stopped_source_fails_only_its_department(nights: dict[str, Any]) -> Non
 
 
 def test_stopped_source_is_flagged_and_keeps_its_watermark(nights: dict[str, Any]) -> None:
-    from etl.state import RunState
-
-    night0, night1 = nights["run_ids"]
-    summary = nights["runs"][1]["summary"]
+    night1 = nights["run_ids"][1]
+    run = nights["runs"][1]  # the watermarks and ledger as night 1's run left them
+    summary = run["summary"]
     assert summary["flagged"] == sorted([STOPPED, HELD])
     entry = summary["departments"][STOPPED]
     assert entry["failed_stage"] == "extract"
@@ -374,18 +393,17 @@ def test_stopped_source_is_flagged_and_keeps_its_watermark(nights: dict[str, Any
     assert entry["extract"]["status"] == "unreachable"
     assert summary["golden"]["published_run"] == night1
     assert summary["quality"]["departments"][STOPPED]["delivered"] is False  # in its report
-    with RunState.for_city(nights["city"]) as state:
-        ledger = {r["department"]: r for r in state.ledger(night1)}
-        assert ledger[STOPPED]["status"] == "unreachable"
-        assert {r["status"] for c, r in ledger.items() if c != STOPPED} == {"ok"}
-        assert {r["mode"] for c, r in ledger.items() if c != STOPPED} == {"incremental"}
-        before = {r["department"]: r["watermark_after"] for r in state.ledger(night0)}
-        # flagged departments' watermarks stay at night 0: the next night reads them again
-        for code in (STOPPED, HELD):
-            table = nights["city"].department(code).tables[0].name
-            assert state.watermark(code, table)[1] == before[code], code
-        moved = nights["city"].department("gongan").tables[0].name
-        assert state.watermark("gongan", moved)[1] == ledger["gongan"]["watermark_after"]
+    ledger = {r["department"]: r for r in run["ledger"]}
+    assert ledger[STOPPED]["status"] == "unreachable"
+    assert {r["status"] for c, r in ledger.items() if c != STOPPED} == {"ok"}
+    assert {r["mode"] for c, r in ledger.items() if c != STOPPED} == {"incremental"}
+    before = {r["department"]: r["watermark_after"] for r in nights["runs"][0]["ledger"]}
+    # flagged departments' watermarks stay at night 0: the next night reads them again
+    for code in (STOPPED, HELD):
+        table = nights["city"].department(code).tables[0].name
+        assert run["watermarks"][f"{code}/{table}"] == before[code], code
+    moved = nights["city"].department("gongan").tables[0].name
+    assert run["watermarks"][f"gongan/{moved}"] == ledger["gongan"]["watermark_after"]
 
 
 def test_blocking_rule_holds_a_batch_out_of_the_golden_tables(nights: dict[str, Any]) -> None:
@@ -445,6 +463,39 @@ def test_replay_recomputes_the_latest_night_without_the_sources(nights: dict[str
     assert {e["asset"] for e in replay["asset_events"]} == {"mdm_person", "mdm_enterprise"}
     with RunState.for_city(nights["city"]) as state:  # no source was read again
         assert len(state.ledger(nights["run_ids"][1])) == len(nights["city"].departments)
+
+
+# --- govmdm_nightly triggered again for the published night 1 ----------------------------------
+
+
+def test_a_published_night_triggered_again_replays_it_and_catches_up(
+    nights: dict[str, Any],
+) -> None:
+    """The departments night 1 published are replayed (their watermarks moved past those rows:
+    reading them again would publish less); the two it missed are read again now that their
+    sources are mended; nothing is lost and the run is green."""
+    from test_night_safety import unaccounted
+
+    night1, rerun = nights["runs"][1], nights["runs"][3]
+    codes = {d.code for d in nights["city"].departments}
+    published = codes - {STOPPED, HELD}
+    assert (rerun["dag_id"], rerun["state"]) == ("govmdm_nightly", "success"), nights["log"]
+    summary = rerun["summary"]
+    assert summary["flagged"] == []
+    status = {c: d["extract"]["status"] for c, d in summary["departments"].items()}
+    assert status == {**dict.fromkeys(published, "reused"), STOPPED: "ok", HELD: "ok"}
+    assert summary["link"]["base_run"] == night1["summary"]["link"]["base_run"]
+    assert sorted(summary["link"]["departments"]) == sorted(codes)
+    read = {r["department"]: r for r in rerun["ledger"]}
+    for key, mark in night1["watermarks"].items():
+        code = key.split("/")[0]
+        if code in published:
+            assert rerun["watermarks"][key] == mark, key  # nothing read again, nothing moved
+        else:  # caught up: read now, and committed
+            assert read[code]["status"] == "ok"
+            assert rerun["watermarks"][key] == read[code]["watermark_after"], key
+    assert summary["golden"]["mdm_person"] >= night1["summary"]["golden"]["mdm_person"]
+    assert unaccounted(nights["city"]) == (set(), set())
 
 
 if __name__ == "__main__":
