@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,9 +86,11 @@ def sample(
     The truth (which source row is which real person or enterprise, and the true values) goes to
     OUT/truth/*.parquet, never into the databases.
     """
+    from etl.config import PRIVATE_UMASK
     from etl.sample_city.generate import generate_city
     from etl.sample_city.generate import next_night as apply_next_night
 
+    os.umask(PRIVATE_UMASK)  # the sample's persons are made up, but the files hold them like data
     targets = target or []
     if next_night:
         try:

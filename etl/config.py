@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
+import logging
 import os
 import re
 import types
@@ -46,6 +47,8 @@ from pydantic.fields import FieldInfo
 from yaml.nodes import MappingNode, Node, SequenceNode
 
 from etl import divisions
+
+log = logging.getLogger(__name__)
 
 Entity = Literal["person", "enterprise"]
 ChangeKind = Literal["timestamp", "string", "epoch_seconds"]
@@ -1047,7 +1050,7 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
         raise ConfigError(problems)
     assert city_doc is not None
     try:
-        return CityConfig.model_validate(
+        city = CityConfig.model_validate(
             {
                 **city_doc.data,
                 "departments": departments,
@@ -1057,6 +1060,31 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
         )
     except ValidationError as exc:
         raise ConfigError(_translate(exc, CityConfig, city_doc, city_doc.path, loaded)) from None
+    make_private(city.var_dir)
+    return city
+
+
+PRIVATE_UMASK = 0o077
+
+
+def make_private(var_dir: Path) -> None:
+    """Keep what a run writes to its owner: ``var_dir`` mode 0700, and this process's umask
+    077 so that every file it (or a child such as Airflow) creates is 0600 and every folder
+    0700 — the warehouse with its -wal/-shm, raw and canonical Parquet, master state, run
+    records, reports, exports. Everything govmdm runs loads the configuration first, so this
+    holds for the command line, the DAG's tasks and the demo alike.
+    """
+    os.umask(PRIVATE_UMASK)
+    var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        if var_dir.stat().st_mode & 0o077:
+            var_dir.chmod(0o700)
+    except PermissionError:
+        log.warning(
+            "%s is readable by others and not ours to change (mode %o). Fix: its owner runs "
+            "`chmod 700 %s`",
+            var_dir, var_dir.stat().st_mode & 0o777, var_dir,
+        )  # fmt: skip
 
 
 def load_yaml_model(path: str | Path, model: type[_M]) -> _M:

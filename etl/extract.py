@@ -69,6 +69,7 @@ from etl.state import (
     pending_seen_set_path,
     seen_set_path,
 )
+from quality.masking import redact_message
 
 log = logging.getLogger(__name__)
 
@@ -448,16 +449,16 @@ def _extract_department(
                     )
                 wait = backoff_s * 2 ** (attempt - 1)
                 log.warning(
-                    "%s: attempt %d failed (%s); retrying in %.1f s", dept.code, attempt, exc, wait
-                )
+                    "%s: attempt %d failed (%s); retrying in %.1f s",
+                    dept.code, attempt, redact_message(str(exc)), wait,
+                )  # fmt: skip
                 time.sleep(wait)
             except _Drift as exc:
                 return flagged("drift", str(exc), exc.problems, attempt)
             except _TableFailed as exc:
-                log.error(
-                    "%s: %s failed", dept.code, exc.table or "schema check", exc_info=exc.cause
-                )
                 message = _failed_message(dept, exc.table, exc.cause)
+                # no traceback: the driver's exception quotes the source value in clear
+                log.error("%s", message)
                 per_table = {exc.table: [message]} if exc.table else None
                 return flagged("failed", message, per_table, attempt)
     finally:
@@ -1708,9 +1709,11 @@ def _connection_broken(conn: sa.Connection, exc: BaseException) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The driver's one-line reason, without the source value it may quote (personal data goes
+    into no ledger, log or e-mail)."""
     cause = getattr(exc, "orig", None) or exc
     text = str(cause).strip()
-    return f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}"
+    return redact_message(f"{type(cause).__name__}: {text.splitlines()[0] if text else ''}")
 
 
 def _where(url: URL) -> str:

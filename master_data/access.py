@@ -3,13 +3,14 @@
 **Views.** Every published table an analyst may read has two views in the warehouse:
 ``v_person`` (masked) and ``v_person_full`` (as published), likewise ``v_enterprise``,
 ``v_provenance``, ``v_crosswalk``, ``v_relationship``, ``v_conflict`` and ``v_id_event``; plus the
-``catalog`` table (信息资源目录). The masking is SQL inside the view, the same on SQLite and
-PostgreSQL and equal to :mod:`quality.masking`: ID numbers ``110101********1234``, phones
-``138****5678``, names ``张*``; a person's address is cut to the district
-(``福建省福州市台江区****``; the detail and the name's pinyin read ``****``); a source key is
-masked where it is an ID or mobile number; a legal representative's name and ID, and conflict
-values by attribute. Enterprise names, credit codes and business addresses are public
-registration data and stay.
+``catalog`` table (信息资源目录). The masked views are a de-identified release built in SQL (the
+same on SQLite and PostgreSQL) from the per-field policy of :mod:`quality.masking`: a person's
+name, ID number, phone and street address are not released; sex, birth date, residence and
+ethnicity are generalised together so that every combination in ``v_person`` stands for at
+least k persons (``k_anonymity`` in ``config/catalog.yaml``); conflict values and source keys
+release nothing ``v_person`` leaves out. Sources the catalog does not share (不予共享) are
+withheld: their rows, their values and membership in them. Enterprise names, credit codes and
+business addresses are public registration data and stay.
 
 **Roles.** On PostgreSQL :func:`install_views` creates the roles ``govmdm_analyst`` (SELECT on
 the masked views and ``catalog`` only), ``govmdm_privileged`` (also everything published and the
@@ -36,8 +37,8 @@ token in every table and every extract made with that key, so joins still work.
 
 >>> install_views(engine, city).views[:2]
 ['v_person', 'v_enterprise']
->>> run_query(city, "SELECT name, id_number FROM v_person LIMIT 1").frame.iloc[0].tolist()
-['刘**', '350182********8550']
+>>> run_query(city, "SELECT name, id_number, birth_date FROM v_person").frame.iloc[0].tolist()
+['****', '****', '1985-1989']
 """
 
 from __future__ import annotations
@@ -74,7 +75,19 @@ from etl.warehouse import (
     review_queue_table,
     run_table,
 )
-from quality.masking import find_clear, mask_id, mask_name, mask_phone, mask_text
+from quality.masking import (
+    MASK_DESCRIPTIONS,
+    POLICY,
+    RELEASE_DESCRIPTIONS,
+    SUPPRESSED,
+    find_clear,
+    mask_id,
+    mask_name,
+    mask_phone,
+    mask_text,
+    policy,
+    release_field,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +104,7 @@ PSEUDONYM_KEY_ENV = "GOVMDM_PSEUDONYM_KEY"
 POLICY_FILE = "catalog.yaml"
 CATALOG_TABLE = "catalog"
 _MIN_KEY_BYTES = 16
+_MIN_KEY_BITS = 64
 
 
 class AccessError(Exception):
@@ -116,16 +130,19 @@ class PseudonymKeyMissing(AccessError):
 # --- what each view masks and pseudonymizes ------------------------------------------------------
 
 MASKS: dict[str, str] = {
-    "id": "脱敏：保留前6位和后4位（110101********1234）",
-    "phone": "脱敏：隐藏中间4位（138****5678）",
-    "name": "脱敏：仅保留首字（张*）",
-    "address": "脱敏：仅保留省、市、区县（福建省福州市台江区****）",
-    "hidden": "脱敏：全部隐藏（****）",
-    "key": "脱敏：键值为身份证号或手机号时按其规则脱敏",
-    "evidence": "脱敏：法定代表人身份证号按身份证规则脱敏",
-    "conflict": "脱敏：按属性脱敏（身份证号、电话、姓名、个人住址）",
+    "hidden": RELEASE_DESCRIPTIONS["suppress"],
+    "withheld": RELEASE_DESCRIPTIONS["suppress"] + "，有无取值也不发布",
+    "kanon": RELEASE_DESCRIPTIONS["generalise"],
+    "name": f"脱敏：{MASK_DESCRIPTIONS['name']}",
+    "key": "脱敏：键值为身份证号或手机号时不发布（****）",
+    "evidence": "脱敏：法定代表人身份证号不发布（****）",
+    "conflict": "脱敏：按字段的发布规则（个人的身份证号、电话、姓名、住址、出生日期、性别、民族"
+    "不发布）",
+    "counts": "不予共享的来源存在时不发布（会暴露其记录）",
+    "departments": "仅列出可共享来源的部门，不予共享的来源不计入",
 }
-"""Mask kinds → what an analyst sees (for the data dictionary and the catalog)."""
+"""Mask kinds of the analyst views → what an analyst sees (for the data dictionary and the
+catalog). Each golden column's kind comes from :data:`quality.masking.POLICY`."""
 
 PSEUDONYMS: dict[str, str] = {
     "master_id": "主数据标识",
@@ -137,8 +154,28 @@ PSEUDONYMS: dict[str, str] = {
 }
 """Pseudonym kinds → what the HMAC token replaces."""
 
-_PERSON_NAME_ATTRS = ("name",)
 _ID_ATTRS = ("id_number", "legal_rep_id")
+_RELEASE_KIND = {"suppress": "hidden", "generalise": "kanon", "mask": "name"}
+QUASI_IDENTIFIERS = ("sex", "birth_date", "division_code", "address", "province", "city",
+                     "district", "ethnicity")  # fmt: skip
+"""The person columns generalised together for k-anonymity in ``v_person``."""
+DEFAULT_K = 5
+
+
+def _golden_masks(entity: str, table: sa.Table) -> dict[str, str]:
+    """The masked view's kind for each column of a golden table, from the masking policy."""
+    out = {}
+    for column in table.columns:
+        rule = policy(entity, column.name)
+        if rule.release == "mask" and rule.mask != "name":
+            raise ValueError(f"no SQL mask for {entity}.{column.name} ({rule.mask})")
+        if rule.release != "clear":
+            out[column.name] = _RELEASE_KIND[rule.release]
+        if entity == "person" and rule.release == "suppress":
+            # whether a person has a phone or an ID number would single people out as well
+            out[column.name] = "withheld"
+    out.update({"member_count": "departments", "departments": "departments"})
+    return out
 
 
 @dataclass(frozen=True)
@@ -168,8 +205,7 @@ VIEWS: tuple[ViewSpec, ...] = (
         "v_person",
         person_table,
         "person",
-        masks={"name": "name", "name_pinyin": "hidden", "id_number": "id", "phone": "phone",
-               "address": "address", "address_detail": "hidden"},
+        masks=_golden_masks("person", person_table),
         pseudonyms={"master_id": "master_id", "employer_master_id": "master_id",
                     "id_number": "id"},
     ),
@@ -177,7 +213,7 @@ VIEWS: tuple[ViewSpec, ...] = (
         "v_enterprise",
         enterprise_table,
         "enterprise",
-        masks={"legal_rep_name": "name", "legal_rep_id": "id"},
+        masks=_golden_masks("enterprise", enterprise_table),
         pseudonyms={"master_id": "master_id", "legal_rep_master_id": "master_id",
                     "legal_rep_id": "id"},
     ),
@@ -185,7 +221,7 @@ VIEWS: tuple[ViewSpec, ...] = (
         "v_provenance",
         provenance_table,
         "provenance",
-        masks={"source_key": "key"},
+        masks={"source_key": "key", "candidates": "counts", "agreeing": "counts"},
         pseudonyms={"master_id": "master_id", "source_key": "record"},
     ),
     ViewSpec(
@@ -228,7 +264,43 @@ def view_for(table_name: str) -> ViewSpec | None:
     return next((v for v in VIEWS if v.table.name == table_name), None)
 
 
-# --- masking, in Python (equal to the views' SQL) ------------------------------------------------
+@dataclass(frozen=True)
+class Release:
+    """What the share policy (``config/catalog.yaml``) withholds from the analyst views, and
+    the k of their k-anonymity.
+
+    ``hidden`` are the (department, table) sources shared with nobody (不予共享): their rows,
+    their values in conflicts, and membership in them are left out of every masked view, and
+    an entity known only to them is left out whole. ``withheld`` are golden tables not shared
+    (their masked view is empty).
+    """
+
+    k: int = DEFAULT_K
+    hidden: frozenset[tuple[str, str]] = frozenset()
+    hidden_departments: frozenset[str] = frozenset()
+    withheld: frozenset[str] = frozenset()
+
+
+def release_of(city: CityConfig) -> Release:
+    """The city's :class:`Release`, from its share policy."""
+    share = load_share_policy(city)
+    hidden = frozenset(
+        (d.code, t.name)
+        for d in city.departments
+        for t in d.tables
+        if share.for_resource(f"{d.code}/{t.name}").share_type == "not_shared"
+    )
+    whole = frozenset(
+        d.code for d in city.departments if d.tables and all((d.code, t.name) in hidden
+                                                             for t in d.tables)
+    )  # fmt: skip
+    withheld = frozenset(
+        v.table.name for v in VIEWS if share.for_resource(v.table.name).share_type == "not_shared"
+    )
+    return Release(share.k_anonymity, hidden, whole, withheld)
+
+
+# --- masking, in Python (equal to the views' SQL for every column but the k-anonymous ones) -----
 
 _ID_LIKE = re.compile(r"\d{17}[\dXx]|\d{15}")
 _MOBILE_LIKE = re.compile(r"1[3-9]\d{9}")
@@ -244,11 +316,12 @@ def mask_address(
     """
     if address is None:
         return None
-    return f"{province or ''}{city or ''}{district or ''}****"
+    return f"{province or ''}{city or ''}{district or ''}{SUPPRESSED}"
 
 
 def mask_source_key(key: str | None) -> str | None:
-    """A source key masked when the whole key is an ID number or a mobile number."""
+    """A source key as a report or log shows it: masked when the whole key is an ID number or
+    a mobile number."""
     if key is None:
         return None
     if _ID_LIKE.fullmatch(key):
@@ -258,52 +331,48 @@ def mask_source_key(key: str | None) -> str | None:
     return key
 
 
-def _mask_conflict(value: str | None, entity: str, attribute: str) -> str | None:
-    if value is None:
+def release_source_key(key: str | None) -> str | None:
+    """A source key as the analyst views show it: suppressed when the whole key is an ID
+    number or a mobile number (a de-identified release keeps no part of either)."""
+    if key is None:
         return None
-    if attribute in _ID_ATTRS:
-        return mask_id(value)
-    if attribute == "phone":
-        return mask_phone(value)
-    if attribute == "legal_rep_name" or (entity == "person" and attribute in _PERSON_NAME_ATTRS):
-        return mask_name(value)
-    if entity == "person" and attribute == "address":
-        return "****"
-    return value
+    return SUPPRESSED if _ID_LIKE.fullmatch(key) or _MOBILE_LIKE.fullmatch(key) else key
 
 
 def mask_value(kind: str, column: str, row: Mapping[str, Any]) -> Any:
-    """``row[column]`` as the masked view shows it (mask ``kind`` from :data:`MASKS`)."""
+    """``row[column]`` as the masked view shows it (mask ``kind`` from :data:`MASKS`; the
+    k-anonymous and count columns are computed over the whole table, in SQL only)."""
     value = row[column]
+    if kind == "withheld":
+        return SUPPRESSED
     if value is None:
         return None
     text = str(value)
-    if kind == "id":
-        return mask_id(text)
-    if kind == "phone":
-        return mask_phone(text)
+    if kind == "hidden":
+        return SUPPRESSED
     if kind == "name":
         return mask_name(text)
-    if kind == "address":
-        return mask_address(text, row.get("province"), row.get("city"), row.get("district"))
-    if kind == "hidden":
-        return "****"
     if kind == "key":
-        return mask_source_key(text)
+        return release_source_key(text)
     if kind == "evidence":
-        return mask_id(text) if row.get("kind") == "legal_representative" else text
+        return SUPPRESSED if row.get("kind") == "legal_representative" else text
     if kind == "conflict":
-        return _mask_conflict(text, str(row.get("entity")), str(row.get("attribute")))
-    raise ValueError(f"unknown mask kind {kind!r}")
+        return release_field(str(row.get("entity")), str(row.get("attribute")), text)
+    raise ValueError(f"mask kind {kind!r} is computed over the whole table, in SQL only")
+
+
+PER_ROW_KINDS = frozenset({"hidden", "withheld", "name", "key", "evidence", "conflict"})
+"""Mask kinds :func:`mask_value` computes row by row."""
 
 
 def mask_rows(spec: ViewSpec, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of ``spec``'s table as its masked view shows them."""
+    """Rows of ``spec``'s table with the per-row masks of its view applied."""
     out = []
     for row in rows:
         masked = dict(row)
         for column, kind in spec.masks.items():
-            masked[column] = mask_value(kind, column, row)
+            if kind in PER_ROW_KINDS:
+                masked[column] = mask_value(kind, column, row)
         out.append(masked)
     return out
 
@@ -311,6 +380,10 @@ def mask_rows(spec: ViewSpec, rows: Sequence[Mapping[str, Any]]) -> list[dict[st
 # --- masking, in SQL ---------------------------------------------------------------------------
 
 _STARS = "*" * 128
+
+
+def _q(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 class _Sql:
@@ -370,6 +443,17 @@ class _Sql:
             return f"{c} ~ '^1[3-9][0-9]{{9}}$'"
         return f"{c} GLOB '1[3-9]{'[0-9]' * 9}'"
 
+    def hidden(self, c: str) -> str:
+        return f"CASE WHEN {c} IS NULL THEN NULL ELSE '{SUPPRESSED}' END"
+
+    def text(self, c: str) -> str:
+        return f"CAST({c} AS TEXT)"
+
+    def year(self, c: str) -> str:
+        if self.dialect == "postgresql":
+            return f"CAST(EXTRACT(YEAR FROM {c}) AS INTEGER)"
+        return f"CAST(substr({c}, 1, 4) AS INTEGER)"
+
     def mask(self, kind: str, c: str) -> str:
         if kind == "id":
             return self.mask_id(c)
@@ -377,29 +461,27 @@ class _Sql:
             return self.mask_phone(c)
         if kind == "name":
             return self.mask_name(c)
-        if kind == "address":
-            parts = " || ".join(f"coalesce({p}, '')" for p in ("province", "city", "district"))
-            return f"CASE WHEN {c} IS NULL THEN NULL ELSE {parts} || '****' END"
         if kind == "hidden":
-            return f"CASE WHEN {c} IS NULL THEN NULL ELSE '****' END"
+            return self.hidden(c)
+        if kind == "withheld":
+            return f"'{SUPPRESSED}'"
         if kind == "key":
             return (
-                f"CASE WHEN {self.id_like(c)} THEN {self.mask_id(c)}"
-                f" WHEN {self.mobile_like(c)} THEN {self.mask_phone(c)} ELSE {c} END"
-            )
-        if kind == "evidence":
-            return f"CASE WHEN kind = 'legal_representative' THEN {self.mask_id(c)} ELSE {c} END"
-        if kind == "conflict":
-            ids = ", ".join(f"'{a}'" for a in _ID_ATTRS)
-            return (
-                f"CASE WHEN {c} IS NULL THEN NULL"
-                f" WHEN attribute IN ({ids}) THEN {self.mask_id(c)}"
-                f" WHEN attribute = 'phone' THEN {self.mask_phone(c)}"
-                f" WHEN attribute = 'legal_rep_name' OR (entity = 'person' AND attribute = 'name')"
-                f" THEN {self.mask_name(c)}"
-                f" WHEN entity = 'person' AND attribute = 'address' THEN '****'"
+                f"CASE WHEN {self.id_like(c)} OR {self.mobile_like(c)} THEN '{SUPPRESSED}'"
                 f" ELSE {c} END"
             )
+        if kind == "evidence":
+            return f"CASE WHEN kind = 'legal_representative' THEN {self.hidden(c)} ELSE {c} END"
+        if kind == "conflict":
+            whens = []
+            for (entity, attribute), rule in sorted(POLICY.items()):
+                if rule.release == "clear":
+                    continue
+                shown = self.mask(rule.mask, c) if rule.release == "mask" else f"'{SUPPRESSED}'"
+                whens.append(
+                    f" WHEN entity = '{entity}' AND attribute = '{attribute}' THEN {shown}"
+                )
+            return f"CASE WHEN {c} IS NULL THEN NULL{''.join(whens)} ELSE {c} END"
         raise ValueError(f"unknown mask kind {kind!r}")
 
 
@@ -413,22 +495,238 @@ def _dialect(engine: sa.Engine) -> Dialect:
     return "postgresql" if name == "postgresql" else "sqlite"
 
 
-def view_select(spec: ViewSpec, dialect: Dialect, *, masked: bool) -> str:
-    """The SELECT behind ``spec``'s masked (or full) view."""
+def _hidden_row(release: Release, dept: str = "department", table: str = "source_table") -> str:
+    """SQL: the row comes from a source shared with nobody."""
+    pairs = [f"({dept} = {_q(d)} AND {table} = {_q(t)})" for d, t in sorted(release.hidden)]
+    return "(" + " OR ".join(pairs) + ")" if pairs else "1 = 0"
+
+
+def _shared_rows(release: Release, entity: str) -> str:
+    """SQL: the crosswalk rows of ``entity`` the analyst may see (from shared sources)."""
+    return (
+        f"FROM {crosswalk_table.name} x WHERE x.entity = '{entity}'"
+        f" AND NOT {_hidden_row(release, 'x.department', 'x.source_table')}"
+    )
+
+
+def _visible_ids(release: Release, entity: str) -> str:
+    """SQL: the master IDs with a member row from a shared source (uncorrelated, so that the
+    database evaluates it once, not once per row)."""
+    return f"SELECT DISTINCT x.master_id {_shared_rows(release, entity)}"
+
+
+def _members(release: Release, entity: str, dialect: Dialect) -> str:
+    """SQL: per visible master ID its shared member rows (``m_count``) and their departments
+    (``m_departments``, sorted, comma-separated): joined to the golden table, it also leaves
+    out whom only unshared sources know."""
+    rows = _shared_rows(release, entity)
+    if dialect == "postgresql":
+        return (
+            "SELECT x.master_id AS m_id, count(*) AS m_count, string_agg(DISTINCT x.department,"
+            f" ',' ORDER BY x.department) AS m_departments {rows} GROUP BY x.master_id"
+        )
+    # one derived table (SQLite then indexes it for the join): rows per department, in order
+    return (
+        "SELECT m_id, sum(n) AS m_count, group_concat(d, ',') AS m_departments FROM (SELECT"
+        f" x.master_id AS m_id, x.department AS d, count(*) AS n {rows} GROUP BY x.master_id,"
+        " x.department ORDER BY x.master_id, x.department) GROUP BY m_id"
+    )
+
+
+def _golden_from(spec: ViewSpec, release: Release, entity: str, dialect: Dialect) -> str:
+    """SQL: FROM clause of a golden view, ``g`` the table, joined to its shared members."""
+    if not release.hidden:
+        return f"FROM {spec.table.name} g"
+    joined = f"FROM {spec.table.name} g JOIN ({_members(release, entity, dialect)}) m"
+    joined += " ON m.m_id = g.master_id"
+    if entity == "enterprise":
+        joined += (
+            f" LEFT JOIN (SELECT v.master_id AS vp_id FROM ({_visible_ids(release, 'person')}) v)"
+            " vp ON vp.vp_id = g.legal_rep_master_id"
+        )
+    return joined
+
+
+def _golden_columns(spec: ViewSpec, sql: _Sql, release: Release, entity: str) -> dict[str, str]:
+    """Each column of a golden view, masked, with membership counted over shared sources
+    (``m`` of :func:`_golden_from`)."""
+    cols = {c: c for c in spec.columns}
+    for column, kind in spec.masks.items():
+        if kind in PER_ROW_KINDS:
+            cols[column] = sql.mask(kind, column)
+    if release.hidden:
+        cols["member_count"] = "m_count"
+        cols["departments"] = "m_departments"
+    if entity == "enterprise" and release.hidden:
+        cols["legal_rep_master_id"] = "vp.vp_id"
+    return cols
+
+
+def _person_release(spec: ViewSpec, dialect: Dialect, release: Release) -> str:
+    """``v_person``: direct identifiers suppressed, and the quasi-identifiers (sex, birth
+    date, residence, ethnicity) generalised together so that every released combination is
+    shared by at least k persons.
+
+    Each person is released at the finest level whose class, counted among the persons not
+    released at a finer level, has k members: (1) district, 5-year birth band, sex, ethnicity;
+    (2) city, 10-year band, sex, 汉族/少数民族; (3) 20-year band and sex; (4) nothing. If
+    fewer than k persons end at level 4, the coarsest released level joins them, so every
+    combination, ``****`` included, stands for k persons or more.
+    """
     sql = _Sql(dialect)
-    cols = [
-        f"{sql.mask(spec.masks[c], c)} AS {c}" if masked and c in spec.masks else c
-        for c in spec.columns
+    k = release.k
+    cols = _golden_columns(spec, sql, release, "person")
+    year = sql.year("g.birth_date")
+    # the levels are computed on the quasi-identifiers alone (narrow rows through the window
+    # steps), then joined back to the table
+    members = f" JOIN ({_members(release, 'person', dialect)}) m ON m.m_id = g.master_id"
+    base = (
+        f"SELECT g.master_id AS q_id, {year} AS q_year, g.sex AS q_sex,"
+        + (" m.m_count AS m_count, m.m_departments AS m_departments," if release.hidden else "")
+        + " g.ethnicity AS q_ethnicity, g.province AS q_province, g.city AS q_city,"
+        " g.district AS q_district, g.division_code AS q_division,"
+        " CASE WHEN g.address IS NULL THEN 0 ELSE 1 END AS q_has_address,"
+        " CASE WHEN g.ethnicity IS NULL THEN NULL WHEN g.ethnicity = '汉族' THEN '汉族'"
+        f" ELSE '少数民族' END AS q_eth FROM {spec.table.name} g"
+        + (members if release.hidden else "")
+    )
+    # integer division in both dialects (and no %, which the PostgreSQL driver reads as a
+    # placeholder)
+    b5, b10, b20 = ("(q_year / 5) * 5", "(q_year / 10) * 10", "(q_year / 20) * 20")
+    l1 = "q_province, q_city, q_district, q_division, q_sex, q_b5, q_ethnicity, q_has_address"
+    l2 = "q_province, q_city, q_sex, q_b10, q_eth, q_has_address"
+    l3 = "q_sex, q_b20"
+    stars = f"'{SUPPRESSED}'"
+
+    def band(start: str, width: int) -> str:
+        return f"{sql.text(start)} || '-' || {sql.text(f'{start} + {width - 1}')}"
+
+    def at(levels: str, shown: str, column: str) -> str:
+        # where a column is released it shows NULL as NULL (its NULL-ness is in the partition);
+        # where it is not, it reads **** whether or not it had a value
+        return (
+            f"CASE WHEN q_level IN ({levels}) THEN CASE WHEN {column} IS NULL THEN NULL"
+            f" ELSE {shown} END ELSE {stars} END"
+        )
+
+    released = dict(cols)
+    released.update(
+        {
+            "sex": at("1, 2, 3", "sex", "sex"),
+            "birth_date": (
+                f"CASE WHEN q_level = 4 THEN {stars} WHEN q_year IS NULL THEN NULL"
+                f" WHEN q_level = 1 THEN {band('q_b5', 5)}"
+                f" WHEN q_level = 2 THEN {band('q_b10', 10)} ELSE {band('q_b20', 20)} END"
+            ),
+            "division_code": at("1", "division_code", "division_code"),
+            "district": at("1", "district", "district"),
+            "province": at("1, 2", "province", "province"),
+            "city": at("1, 2", "city", "city"),
+            "address": at(
+                "1, 2",
+                "coalesce(province, '') || coalesce(city, '') || CASE WHEN q_level = 1 THEN"
+                f" coalesce(district, '') ELSE '' END || {stars}",
+                "address",
+            ),
+            "ethnicity": at(
+                "1, 2", "CASE WHEN q_level = 1 THEN ethnicity ELSE q_eth END", "ethnicity"
+            ),
+        }
+    )
+    # Nested derived tables, not WITH: SQLite's authorizer names a CTE, not the view, as the
+    # reader of mdm_person, and an analyst may name a CTE anything.
+    steps = [
+        f"q0.*, {b5} AS q_b5, {b10} AS q_b10, {b20} AS q_b20",
+        f"q1.*, count(*) OVER (PARTITION BY {l1}) AS q_n1",
+        f"q2.*, count(*) OVER (PARTITION BY CASE WHEN q_n1 >= {k} THEN 1 ELSE 0 END, {l2}) AS q_n2",
+        f"q3.*, count(*) OVER (PARTITION BY CASE WHEN q_n1 >= {k} OR q_n2 >= {k} THEN 1"
+        f" ELSE 0 END, {l3}) AS q_n3",
+        f"q4.*, CASE WHEN q_n1 >= {k} THEN 1 WHEN q_n2 >= {k} THEN 2 WHEN q_n3 >= {k} THEN 3"
+        " ELSE 4 END AS q_first",
+        "q5.*, sum(CASE WHEN q_first = 4 THEN 1 ELSE 0 END) OVER () AS q_c4,"
+        " sum(CASE WHEN q_first = 3 THEN 1 ELSE 0 END) OVER () AS q_c3,"
+        " sum(CASE WHEN q_first = 2 THEN 1 ELSE 0 END) OVER () AS q_c2",
+        "q6.*, CASE WHEN q_c4 = 0 THEN q_first"
+        f" WHEN q_first = 3 AND q_c4 < {k} THEN 4"
+        f" WHEN q_first = 2 AND q_c4 + q_c3 < {k} THEN 4"
+        f" WHEN q_first = 1 AND q_c4 + q_c3 + q_c2 < {k} THEN 4"
+        " ELSE q_first END AS q_level",
     ]
-    return f"SELECT {', '.join(cols)} FROM {spec.table.name}"
+    inner = base
+    for i, step in enumerate(steps):
+        inner = f"SELECT {step} FROM ({inner}) q{i}"
+    joins = f"FROM ({inner}) q JOIN {spec.table.name} g ON g.master_id = q.q_id"
+    return (
+        f"SELECT {', '.join(f'{expr} AS {name}' for name, expr in released.items())}"
+        f"{_CARRY} {joins}"
+    )
 
 
-def views_sql(dialect: Dialect) -> list[str]:
+_CARRIED = "govmdm_clear_"
+_CARRY = "\x00carry\x00"  # where carried columns go in a select list
+
+
+def view_select(
+    spec: ViewSpec,
+    dialect: Dialect,
+    *,
+    masked: bool,
+    release: Release | None = None,
+    carry: Sequence[str] = (),
+) -> str:
+    """The SELECT behind ``spec``'s masked (or full) view; ``release`` (default: nothing
+    withheld, k = 5) says what the share policy withholds from the masked one. ``carry``
+    adds these columns in clear as ``govmdm_clear_<column>`` (for pseudonymized exports, never
+    for a view)."""
+    select = _view_select(spec, dialect, masked=masked, release=release or Release())
+    # a select list reads the input row: `id_number AS govmdm_clear_id_number` is the clear value
+    # even where the masked column of the same name is computed beside it
+    extra = "".join(f", {c} AS {_CARRIED}{c}" for c in carry)
+    return select.replace(_CARRY, extra, 1)
+
+
+def _view_select(spec: ViewSpec, dialect: Dialect, *, masked: bool, release: Release) -> str:
+    if not masked:
+        return f"SELECT {', '.join(spec.columns)}{_CARRY} FROM {spec.table.name}"
+    sql = _Sql(dialect)
+    name = spec.table.name
+    if name in release.withheld:
+        return f"SELECT {', '.join(spec.columns)}{_CARRY} FROM {name} WHERE 1 = 0"
+    if spec.name == "v_person":
+        return _person_release(spec, dialect, release)
+    if spec.name == "v_enterprise":
+        cols = _golden_columns(spec, sql, release, "enterprise")
+        select = ", ".join(f"{e} AS {c}" if e != c else f"g.{c}" for c, e in cols.items())
+        return f"SELECT {select}{_CARRY} {_golden_from(spec, release, 'enterprise', dialect)}"
+    cols = {c: (sql.mask(spec.masks[c], c) if spec.masks.get(c) in PER_ROW_KINDS else c)
+            for c in spec.columns}  # fmt: skip
+    where: list[str] = []
+    if spec.name in ("v_provenance", "v_crosswalk", "v_conflict"):
+        where.append(f"NOT {_hidden_row(release)}")
+    if spec.name == "v_provenance" and release.hidden:
+        cols["candidates"] = cols["agreeing"] = "CAST(NULL AS INTEGER)"
+    if spec.name == "v_conflict" and release.hidden_departments:
+        codes = ", ".join(_q(c) for c in sorted(release.hidden_departments))
+        where.append(f"authority_department NOT IN ({codes})")
+    if spec.name == "v_relationship" and release.hidden:
+        where.append(f"person_master_id IN ({_visible_ids(release, 'person')})")
+    if spec.name == "v_id_event" and release.hidden:
+        where.append(
+            f"NOT (entity = 'person' AND master_id IN (SELECT master_id FROM {person_table.name})"
+            f" AND master_id NOT IN ({_visible_ids(release, 'person')}))"
+        )
+    select = ", ".join(f"{e} AS {c}" if e != c else c for c, e in cols.items())
+    where_sql = f" WHERE {' AND '.join(where)}" if where else ""
+    return f"SELECT {select}{_CARRY} FROM {name}{where_sql}"
+
+
+def views_sql(dialect: Dialect, release: Release | None = None) -> list[str]:
     """CREATE VIEW statements for every view, masked and full (idempotent on PostgreSQL)."""
     create = "CREATE OR REPLACE VIEW" if dialect == "postgresql" else "CREATE VIEW"
     out = []
     for spec in VIEWS:
-        out.append(f"{create} {spec.name} AS {view_select(spec, dialect, masked=True)}")
+        masked = view_select(spec, dialect, masked=True, release=release)
+        out.append(f"{create} {spec.name} AS {masked}")
         out.append(f"{create} {spec.full_name} AS {view_select(spec, dialect, masked=False)}")
     return out
 
@@ -614,10 +912,12 @@ def install_views(engine: sa.Engine, city: CityConfig) -> InstallReport:
     roles = load_share_policy(city).roles
     if dialect == "postgresql":
         report.roles = _install_roles(engine, report, roles)
+    release = release_of(city)
     with engine.begin() as conn:
         for spec in VIEWS:
             for name, masked in ((spec.name, True), (spec.full_name, False)):
-                _create_view(conn, dialect, name, view_select(spec, dialect, masked=masked))
+                select = view_select(spec, dialect, masked=masked, release=release)
+                _create_view(conn, dialect, name, select)
                 report.views.append(name)
         report.catalog_rows = write_catalog(conn, city)
         if dialect == "postgresql" and report.roles:
@@ -738,6 +1038,13 @@ class SharePolicy(BaseModel):
     resources: dict[str, SharePolicyEntry] = Field(
         default_factory=dict,
         description="resource ID (mdm_person, or department/table) → its share policy",
+    )
+    k_anonymity: int = Field(
+        default=DEFAULT_K,
+        ge=2,
+        le=1000,
+        description="every combination of quasi-identifiers in v_person stands for at least "
+        "this many persons (GB/T 37964 k-anonymity)",
     )
     roles: DbRoles = Field(
         default_factory=DbRoles, description="PostgreSQL role names (cluster-wide)"
@@ -1082,7 +1389,40 @@ def pseudonym_key() -> bytes:
             f"{PSEUDONYM_KEY_ENV} is too short ({len(key)} bytes): an ID number is guessable, "
             f"only the key protects it. Fix: use at least {_MIN_KEY_BYTES} random characters"
         )
+    bits = key_strength(raw)
+    if bits < _MIN_KEY_BITS:
+        raise PseudonymKeyMissing(
+            f"{PSEUDONYM_KEY_ENV} is too predictable (about {bits:.0f} bits; repeated "
+            f"characters, runs like abcd or 1234 and repeated blocks count for little): whoever "
+            f"guesses it can compute the pseudonym of any ID number. Fix: use a random secret of "
+            f"at least {_MIN_KEY_BITS} bits, e.g. `openssl rand -hex 32`"
+        )
     return key
+
+
+def key_strength(key: str) -> float:
+    """A cautious estimate of a key's entropy in bits: the Shannon entropy of its characters
+    times the characters that neither continue a run (``abcd``, ``1234``, ``aaaa``) nor repeat
+    an earlier block of four or more.
+
+    >>> key_strength("a" * 32), round(key_strength("9f86d081884c7d659a2feaa0c55ad015"))
+    (0.0, 116)
+    """
+    import math
+    from collections import Counter
+
+    if not key:
+        return 0.0
+    counts = Counter(key)
+    per_char = sum(n / len(key) * math.log2(len(key) / n) for n in counts.values())
+    fresh = 0
+    for i, ch in enumerate(key):
+        step = ord(ch) - ord(key[i - 1]) if i else None
+        run = i >= 2 and step == ord(key[i - 1]) - ord(key[i - 2]) and abs(step or 0) <= 1
+        repeat = i >= 4 and any(key[i - n + 1 : i + 1] in key[: i - n + 1]
+                                for n in range(4, min(i, 16) + 1))  # fmt: skip
+        fresh += not (run or repeat)
+    return per_char * fresh
 
 
 def pseudonym(value: str | None, key: bytes) -> str | None:
@@ -1126,22 +1466,31 @@ def pseudonymize_rows(
 
 # --- scrubbing: the last line of defence on analyst output ---------------------------------------
 
-_CANDIDATE = re.compile(r"\d{15}|1[3-9]\d[- ]?\d{4}[- ]?\d{4}")
+_CANDIDATE = re.compile(r"\d{15}|1[3-9]\d[- ]?\d{4}[- ]?\d{4}|0\d{2,3}[- ]?\d{3,4}[- ]?\d{4}")
+SCRUB_KINDS = frozenset({"id", "mobile", "landline", "card"})
+"""What the scrub looks for: not e-mails or street addresses, which the catalog (contacts) and
+the enterprise views (registered addresses) show on purpose."""
 
 
 def scrub(value: Any) -> tuple[Any, bool]:
-    """``value`` with any valid ID number or mobile number in it masked; and whether it was."""
-    if not isinstance(value, str) or not _CANDIDATE.search(value) or not find_clear(value):
+    """``value`` with any valid ID number, mobile or landline number or bank card in it masked;
+    and whether it was."""
+    if (
+        not isinstance(value, str)
+        or not _CANDIDATE.search(value)
+        or not find_clear(value, kinds=SCRUB_KINDS)
+    ):
         return value, False
     return mask_text(value), True
 
 
-def scrub_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """A copy of ``frame`` with :func:`scrub` applied to every text cell; and how many changed."""
+def scrub_frame(frame: pd.DataFrame, skip: Sequence[str] = ()) -> tuple[pd.DataFrame, int]:
+    """A copy of ``frame`` with :func:`scrub` applied to every text cell but those of ``skip``
+    (keyed pseudonyms: hex that may hold 11 digits in a row); and how many changed."""
     out = frame.copy()
     changed = 0
     for column in out.columns:
-        if out[column].dtype != object:
+        if out[column].dtype != object or column in skip:
             continue
         values = out[column].tolist()
         for i, v in enumerate(values):
@@ -1565,6 +1914,7 @@ def export(
 
     role = resolve_role(city, privileged, action="export")
     key = pseudonym_key() if pseudonymize else None
+    release = release_of(city)
     specs = [VIEW_BY_NAME[v] for v in views] if views else list(VIEWS)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     suffix = f"{role}{'-pseudonymized' if pseudonymize else ''}"
@@ -1579,10 +1929,10 @@ def export(
         )  # fmt: skip
         try:
             for spec in specs:
-                rows = _export_rows(engine, spec, role, key)
+                rows = _export_rows(engine, spec, role, key, release)
                 frame = pd.DataFrame.from_records(rows, columns=spec.columns)
                 if role == "analyst":
-                    frame, hits = scrub_frame(frame)
+                    frame, hits = scrub_frame(frame, skip=list(spec.pseudonyms) if key else ())
                     result.scrubbed += hits
                 path = target / f"{spec.export_name}.parquet"
                 _write_parquet(frame, spec, path, role=role, pseudonymized=key is not None,
@@ -1604,24 +1954,32 @@ def export(
 
 
 def _export_rows(
-    engine: sa.Engine, spec: ViewSpec, role: Role, key: bytes | None
+    engine: sa.Engine, spec: ViewSpec, role: Role, key: bytes | None, release: Release
 ) -> list[dict[str, Any]]:
     if key is None:
         name = spec.name if role == "analyst" else spec.full_name
         got = fetch(engine, f"SELECT * FROM {name}", role)
         return [dict(zip(got.columns, r, strict=True)) for r in got.frame.itertuples(index=False)]
-    # Tokens are computed from clear values (the same ID gives the same token everywhere), so
-    # the platform reads the full view and masks here exactly as the masked view does.
-    got = fetch(engine, f"SELECT * FROM {spec.full_name}", "privileged")
-    clear = [dict(zip(got.columns, r, strict=True)) for r in got.frame.itertuples(index=False)]
-    tokens = pseudonymize_rows(spec, clear, key)
     if role == "privileged":
-        return tokens
-    masked = mask_rows(spec, clear)
-    return [
-        {c: (t[c] if c in spec.pseudonyms and t[c] != r[c] else m[c]) for c in spec.columns}
-        for r, t, m in zip(clear, tokens, masked, strict=True)
-    ]
+        got = fetch(engine, f"SELECT * FROM {spec.full_name}", "privileged")
+        rows = [dict(zip(got.columns, r, strict=True)) for r in got.frame.itertuples(index=False)]
+        return pseudonymize_rows(spec, rows, key)
+    # Tokens are computed from clear values (the same ID gives the same token everywhere): the
+    # platform runs the masked view's own SELECT with the pseudonymized columns carried in clear.
+    carry = list(spec.pseudonyms)
+    select = view_select(spec, _dialect(engine), masked=True, release=release, carry=carry)
+    got = fetch(engine, select, "privileged")
+    out = []
+    for r in got.frame.itertuples(index=False):
+        row = dict(zip(got.columns, r, strict=True))
+        masked = {c: row[c] for c in spec.columns}
+        clear = masked | {c: row[f"{_CARRIED}{c}"] for c in carry}
+        tokens = pseudonymize_rows(spec, [clear], key)[0]
+        out.append(
+            {c: (tokens[c] if c in carry and tokens[c] != clear[c] else masked[c])
+             for c in spec.columns}
+        )  # fmt: skip
+    return out
 
 
 def _write_parquet(
@@ -1741,55 +2099,87 @@ _CONFLICT_NOTE = re.compile(
     r"^conflict: (?P<dept>\S+) says (?P<attr>\S+) = (?P<value>.*), authority (?P<auth>\S+) "
     r"says (?P<auth_value>.*) \((?P<key>[^()]*)\)$"
 )
+_RECORD = re.compile(r"(?P<dept>[^/\s]+)/(?P<table>[^/\s]+)/(?P<key>\S+)")
 
 
-def _mask_attribute(entity: str, attribute: str, value: str | None) -> str | None:
-    if value is None:
-        return None
-    if entity == "person" and attribute == "address":
-        return "****" if value else value
-    return _mask_conflict(value, entity, attribute)
+def _hidden_record(record: str, release: Release) -> bool:
+    m = _RECORD.fullmatch(record.strip())
+    return m is not None and (m["dept"], m["table"]) in release.hidden
 
 
-def mask_explanation(ex: Any) -> Any:
-    """A :class:`master_data.explain.Explanation` as an analyst may see it: values masked by
-    attribute, member rows and record IDs masked, free text passed through :func:`mask_text`."""
+def release_record(record: str) -> str:
+    """A record ID (``department/table/key``) with its key as the analyst views show it."""
+    m = _RECORD.fullmatch(record.strip())
+    if not m:
+        return mask_text(record)
+    return f"{m['dept']}/{m['table']}/{release_source_key(m['key'])}"
+
+
+class NotShared(AccessDenied):
+    """The entity is known only from sources shared with nobody (不予共享)."""
+
+
+def mask_explanation(ex: Any, release: Release | None = None) -> Any:
+    """A :class:`master_data.explain.Explanation` as an analyst may see it: what the analyst
+    views release — personal values suppressed, public ones in clear, keys that are ID or
+    mobile numbers suppressed — and nothing from a source shared with nobody (``release``): its
+    member rows, their links, its provenance and its conflicts are left out.
+
+    Raises :class:`NotShared` if every member row comes from such a source."""
+    release = release or Release()
     entity = ex.entity
-    attributes = [
-        a | {"value": _mask_attribute(entity, str(a["attribute"]), a["value"]),
-             "source_key": mask_source_key(a["source_key"])}
-        for a in ex.attributes
-    ]  # fmt: skip
+    attributes = []
+    for a in ex.attributes:
+        hidden = a["department"] is not None and any(
+            d == a["department"] for d in release.hidden_departments
+        )
+        shown = a | {
+            "value": release_field(entity, str(a["attribute"]), a["value"]),
+            "source_key": release_source_key(a["source_key"]),
+            "agree": None if release.hidden else a["agree"],
+        }
+        if hidden or (a["department"] and a.get("source_table")
+                      and (a["department"], a["source_table"]) in release.hidden):  # fmt: skip
+            shown |= {"department": None, "source_key": None, "updated": None, "rule": None}
+        attributes.append(shown)
     members = []
     for m in ex.members:
-        masked = dict(m)
-        for column in ("name", "legal_rep_name"):
-            if masked.get(column) and (entity == "person" or column == "legal_rep_name"):
-                masked[column] = mask_name(masked[column])
-        for column in ("id_number", "legal_rep_id"):
-            if masked.get(column):
-                masked[column] = mask_id(masked[column])
-        if masked.get("phone"):
-            masked["phone"] = mask_phone(masked["phone"])
-        if masked.get("address") and entity == "person":
-            masked["address"] = "****"
+        if m.get("record") and _hidden_record(str(m["record"]), release):
+            continue
+        masked = {
+            c: (v if c in ("record", "link_rule", "updated_at") else release_field(entity, c, v))
+            for c, v in m.items()
+        }
         if masked.get("record"):
-            masked["record"] = mask_text(str(masked["record"]))
+            masked["record"] = release_record(str(masked["record"]))
         members.append(masked)
+    if ex.members and not members:
+        raise NotShared(
+            f"{ex.master_id} is known only from sources that are not shared (不予共享, "
+            "config/catalog.yaml); only a privileged user may explain it"
+        )
     links = [
-        lk | {"left": mask_text(lk["left"]), "right": mask_text(lk["right"])} for lk in ex.links
+        lk | {"left": release_record(lk["left"]), "right": release_record(lk["right"])}
+        for lk in ex.links
+        if not (_hidden_record(lk["left"], release) or _hidden_record(lk["right"], release))
     ]
     notes = []
     for note in ex.notes:
         m = _CONFLICT_NOTE.match(note)
         if m:
+            if m["dept"] in release.hidden_departments or m["auth"] in release.hidden_departments:
+                continue
             attr = m["attr"]
-            value = _mask_attribute(entity, attr, _unrepr(m["value"]))
-            auth_value = _mask_attribute(entity, attr, _unrepr(m["auth_value"]))
+            value = release_field(entity, attr, _unrepr(m["value"]))
+            auth_value = release_field(entity, attr, _unrepr(m["auth_value"]))
             note = (
                 f"conflict: {m['dept']} says {attr} = {value!r}, authority {m['auth']} says "
-                f"{auth_value!r} ({m['key']})"
+                f"{auth_value!r} ({release_source_key(m['key'])})"
             )
+        elif any(_hidden_record(r.group(0), release) for r in _RECORD.finditer(note)):
+            continue
+        else:
+            note = _RECORD.sub(lambda r: release_record(r.group(0)), note)
         notes.append(mask_text(note))
     return replace(ex, attributes=attributes, members=members, links=links, notes=notes)
 
@@ -1805,9 +2195,17 @@ def _unrepr(text: str) -> str | None:
 
 
 def mask_review_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Review-queue rows with record IDs masked where a key is an ID or mobile number."""
+    """Review-queue rows as ``govmdm review list`` prints them: record IDs with keys that are ID
+    or mobile numbers masked (:func:`quality.masking.mask_key`)."""
     return [
-        dict(r) | {"left_record": mask_text(str(r["left_record"])),
-                   "right_record": mask_text(str(r["right_record"]))}
+        dict(r) | {"left_record": _mask_record(str(r["left_record"])),
+                   "right_record": _mask_record(str(r["right_record"]))}
         for r in rows
     ]  # fmt: skip
+
+
+def _mask_record(record: str) -> str:
+    m = _RECORD.fullmatch(record.strip())
+    if not m:
+        return mask_text(record)
+    return f"{m['dept']}/{m['table']}/{mask_source_key(m['key'])}"

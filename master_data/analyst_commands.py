@@ -75,7 +75,8 @@ def _boundary(city: Any, privileged: bool) -> None:
 
 
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    """A value from the data as a table cell: rich markup in it is shown, never applied."""
+    return "" if value is None else escape(str(value))
 
 
 @app.command()
@@ -123,7 +124,7 @@ def query(
     else:
         table = Table(title_justify="left")
         for col in frame.columns:
-            table.add_column(str(col), overflow="fold")
+            table.add_column(_text(col), overflow="fold")
         for row in frame.head(max_rows).itertuples(index=False):
             table.add_row(*[_text(v) for v in row])
         more = len(frame) - max_rows
@@ -240,9 +241,9 @@ def lookup(
     if as_json:
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return
-    console.rule(f"[bold]{result.key_kind} {result.key_shown}[/bold] ({result.role})")
+    console.rule(f"[bold]{result.key_kind} {_text(result.key_shown)}[/bold] ({result.role})")
     for note in result.notes:
-        console.print(note, highlight=False)
+        console.print(note, highlight=False, markup=False)
     for m in result.matches:
         _print_match(m)
     if not result.matches:
@@ -262,9 +263,10 @@ def _print_match(m: Any) -> None:
         p = by_attr.get(attribute_of.get(column, ""))
         golden.add_row(
             column, _text(value),
-            f"{p['department_name']} ({p['department']})" if p else "",
+            _text(f"{p['department_name']} ({p['department']})") if p else "",
             _text(p["source_key"]) if p else "", _text(p["source_updated_at"])[:19] if p else "",
-            _text(p["rule"]) if p else "", f"{p['agreeing']}/{p['candidates']}" if p else "",
+            _text(p["rule"]) if p else "",
+            f"{p['agreeing']}/{p['candidates']}" if p and p["candidates"] is not None else "",
         )  # fmt: skip
     console.print(golden)
     members = Table(title="member source rows", title_justify="left")
@@ -273,15 +275,15 @@ def _print_match(m: Any) -> None:
     for r in m.members:
         prob = r["link_probability"]
         members.add_row(
-            f"{r['department_name']} ({r['department']})", r["source_table"],
-            _text(r["source_key"]), r["link_rule"], "" if prob is None else f"{prob:.4f}",
+            _text(f"{r['department_name']} ({r['department']})"), _text(r["source_table"]),
+            _text(r["source_key"]), _text(r["link_rule"]), "" if prob is None else f"{prob:.4f}",
             _text(r["first_run_id"]),
         )  # fmt: skip
     console.print(members)
     if m.related:
         related = Table(title="related", title_justify="left")
         for col in m.related[0]:
-            related.add_column(col, overflow="fold")
+            related.add_column(_text(col), overflow="fold")
         for r in m.related:
             related.add_row(*[_text(v) for v in r.values()])
         console.print(related)
@@ -363,6 +365,7 @@ def views_install(
         grants_sql,
         install_views,
         load_share_policy,
+        release_of,
         roles_sql,
         views_sql,
     )
@@ -372,7 +375,7 @@ def views_install(
     try:
         if sql:
             pg = engine.dialect.name == "postgresql"
-            stmts = views_sql("postgresql" if pg else "sqlite")
+            stmts = views_sql("postgresql" if pg else "sqlite", release_of(city))
             if pg:
                 roles = load_share_policy(city).roles
                 with engine.connect() as conn:

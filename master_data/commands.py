@@ -183,7 +183,13 @@ def explain(
     """
     from etl import audit
     from etl.state import warehouse_url
-    from master_data.access import AccessError, mask_explanation, resolve_role
+    from master_data.access import (
+        AccessError,
+        NotShared,
+        mask_explanation,
+        release_of,
+        resolve_role,
+    )
     from master_data.consolidate import ConsolidateError
     from master_data.explain import ExplainError
     from master_data.explain import explain as do_explain
@@ -192,40 +198,45 @@ def explain(
     try:
         role = resolve_role(city, privileged, action="explain")
     except AccessError as exc:
-        console.print(f"[red]{exc}", highlight=False)
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
     try:
         ex = do_explain(city, ref)
     except (ExplainError, LookupError, ConsolidateError) as exc:  # nothing published, damage
-        console.print(f"[red]{exc}", highlight=False)
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     if role == "analyst":
-        ex = mask_explanation(ex)
+        try:
+            ex = mask_explanation(ex, release_of(city))
+        except NotShared as exc:
+            audit.record(warehouse_url(city), "explain", ex.master_id, role=role,
+                         outcome="refused", detail={"reason": str(exc)})  # fmt: skip
+            console.print(f"[red]{escape(str(exc))}", highlight=False)
+            raise typer.Exit(2) from exc
     audit.record(warehouse_url(city), "explain", ex.master_id, role=role, row_count=len(ex.members))
     console.rule(f"[bold]{ex.master_id}[/bold] ({ex.entity}, night {ex.run_id})")
     golden = Table(title="golden record", title_justify="left")
     for col in ("attribute", "value", "department", "source key", "updated", "rule", "agree"):
         golden.add_column(col)
     for a in ex.attributes:
-        golden.add_row(
-            a["attribute"], a["value"], a["department"] or "—", a["source_key"] or "—",
-            a["updated"] or "—", a["rule"] or "—", a["agree"] or "—",
-        )  # fmt: skip
+        golden.add_row(*[escape(str(v)) if v is not None else "—" for v in (
+            a["attribute"], a["value"], a["department"], a["source_key"], a["updated"], a["rule"],
+            a["agree"])])  # fmt: skip
     console.print(golden)
     members = Table(title="member rows", title_justify="left")
     for col in ex.member_columns:
         members.add_column(col, overflow="fold")
     for m in ex.members:
-        members.add_row(*[m.get(c) or "" for c in ex.member_columns])
+        members.add_row(*[escape(str(m.get(c) or "")) for c in ex.member_columns])
     console.print(members)
     links = Table(title="links", title_justify="left")
     for col in ("left", "right", "rule / probability", "field weights"):
         links.add_column(col, overflow="fold")
     for lk in ex.links:
-        links.add_row(lk["left"], lk["right"], lk["why"], lk["weights"])
+        links.add_row(*[escape(str(lk[c])) for c in ("left", "right", "why", "weights")])
     console.print(links)
     for line in ex.notes:
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
 
 
 @review_app.command("list")
@@ -236,12 +247,12 @@ def review_list(
 ) -> None:
     """The open review queue, most probable first (the steward role; on SQLite the warehouse
     file's owner)."""
-    from master_data.access import AccessError
+    from master_data.access import AccessError, mask_review_rows
     from master_data.review import queue
 
     city = _load(config)
     try:
-        rows = queue(city, entity=entity, limit=limit)
+        rows = mask_review_rows(queue(city, entity=entity, limit=limit))
     except AccessError as exc:
         console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
@@ -252,7 +263,7 @@ def review_list(
         table.add_row(
             r["entity"], escape(r["left_record"]), escape(r["right_record"]),
             f"{r['probability']:.3f}", f"{r['left_master_id']} / {r['right_master_id']}",
-            r["weights_text"],
+            escape(r["weights_text"]),
         )  # fmt: skip
     console.print(table)
     console.print(

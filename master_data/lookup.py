@@ -5,12 +5,14 @@ Keys: an ID number (15 or 18 digits, normalized the way the pipeline does, so ``
 15-digit number find the 18-digit golden record), a name with a birth date (namesakes all come
 back), or a credit code (a legacy 15-digit 注册号 or 9-character organization code works too).
 The key is resolved against the golden tables; what is shown is read from the analyst views
-(``v_person``, …) or, for a privileged caller, the full views. Every lookup is audited with the
-master IDs it returned, never the key in clear.
+(``v_person``, …) or, for a privileged caller, the full views: an analyst sees what the
+de-identified views release (name, ID number and phone suppressed, birth date, residence and
+the like generalised), and nothing of a person known only to sources that are not shared.
+Every lookup is audited with the master IDs it returned, never the key in clear.
 
 >>> found = lookup(city, id_number="350121197403155015")
->>> found.matches[0].record["name"], found.matches[0].record["id_number"]
-('蔡*', '350121********5015')
+>>> found.matches[0].record["name"], found.matches[0].record["birth_date"]
+('****', '1970-1974')
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from master_data.access import (
     VIEW_BY_NAME,
     AccessError,
     Role,
-    mask_source_key,
     require_views,
     scrub,
     session,
@@ -121,7 +122,12 @@ def lookup(
             require_views(engine)
             result, ids = _resolve(engine, entry, id_number, name, birth_date, credit_code, role)
             for entity, master_id in ids:
-                result.matches.append(_match(engine, city, entity, master_id, role))
+                match = _match(engine, city, entity, master_id, role)
+                if match is not None:
+                    result.matches.append(match)
+            if ids and not result.matches:
+                # known only from sources shared with nobody: to the analyst, not there at all
+                result.notes.append("基础库中没有匹配的记录")
         except AccessError as exc:
             audit.finish(engine, entry, outcome="refused", detail={"reason": str(exc)})
             raise
@@ -238,12 +244,17 @@ def _rows(conn: sa.Connection, sql: str, **params: Any) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(stmt, params)]
 
 
-def _match(engine: sa.Engine, city: CityConfig, entity: str, master_id: str, role: Role) -> Match:
+def _match(
+    engine: sa.Engine, city: CityConfig, entity: str, master_id: str, role: Role
+) -> Match | None:
     full = "_full" if role == "privileged" else ""
     golden = f"v_{entity}{full}"
     names = {d.code: d.name for d in city.departments}
     with engine.connect() as conn:
-        record = _rows(conn, f"SELECT * FROM {golden} WHERE master_id = :m", m=master_id)[0]
+        records = _rows(conn, f"SELECT * FROM {golden} WHERE master_id = :m", m=master_id)
+        if not records:  # the analyst's view leaves out what no shared source holds
+            return None
+        record = records[0]
         provenance = _rows(
             conn,
             f"SELECT attribute, department, source_table, source_key, source_updated_at, rule, "
@@ -278,8 +289,6 @@ def _match(engine: sa.Engine, city: CityConfig, entity: str, master_id: str, rol
             )
     for p in provenance:
         p["department_name"] = names.get(p["department"], p["department"])
-        if role == "analyst":
-            p["source_key"] = mask_source_key(p["source_key"])
     for m in members:
         m["department_name"] = names.get(m["department"], m["department"])
     return Match(entity, master_id, record, provenance, members, related)

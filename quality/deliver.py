@@ -269,9 +269,13 @@ def build_message(city: CityConfig, report: Report, recipient: str, sender: str)
             f"{report.name} e-mail text": report.text,
             f"{report.name} e-mail HTML": report.html,
             f"{report.name} e-mail attachment": report.json_text,
-            f"{report.name} e-mail (raw)": msg.as_string(),
-        }
+        },
+        known=report.known,
+        public=report.public,
     )
+    # the raw message wraps and encodes lines, which may put a key's digits at a line start:
+    # there only ID and mobile numbers are looked for (the parts above were checked whole)
+    check_masked({f"{report.name} e-mail (raw)": msg.as_string()}, kinds=("id", "mobile"))
     return msg
 
 

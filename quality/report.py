@@ -34,8 +34,8 @@ import os
 import re
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Final
@@ -46,7 +46,16 @@ import sqlalchemy as sa
 from etl.config import CityConfig
 from etl.state import RunState, warehouse_url
 from etl.warehouse import conflict_table, engine_for
-from quality.masking import find_clear, mask_id, mask_key, mask_name, mask_phone, mask_text
+from quality.masking import (
+    ALL_KINDS,
+    address_parts,
+    describe_difference,
+    find_clear,
+    mask_field,
+    mask_key,
+    mask_text,
+    policy,
+)
 from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
 from quality.suites import PLATFORM_FAILURE, platform_failure
 
@@ -107,10 +116,11 @@ ATTRIBUTE_LABELS: Mapping[str, str] = {
 }
 ENTITY_LABELS: Mapping[str, str] = {"person": "自然人", "enterprise": "法人"}
 
-# Attribute → how its values are masked in a report (anything else: mask_text).
-_NAME_ATTRIBUTES = frozenset({"name", "legal_rep_name"})
-_ID_ATTRIBUTES = frozenset({"id_number", "legal_rep_id"})
-_PHONE_ATTRIBUTES = frozenset({"phone"})
+_NOT_EXTRACTED = "今晚未能抽取本部门数据"
+_DELIVERY_DETAIL = (
+    "技术细节（连接、主机等）已记录在当晚的运行记录中，由数据工程团队处理；如本部门数据库有变更或"
+    "停机安排，请告知数据工程团队。"
+)
 
 _TEMPLATES = Path(__file__).with_name("templates")
 
@@ -137,6 +147,10 @@ class Report:
     """A plain-text summary, the e-mail's alternative to the HTML."""
     html_path: Path
     json_path: Path
+    known: tuple[str, ...] = ()
+    """Personal values the report was built from, in clear: the gate checks none is shown."""
+    public: tuple[str, ...] = ()
+    """Public values it may show as they are (enterprise names and addresses)."""
 
     @property
     def department(self) -> str | None:
@@ -212,14 +226,30 @@ def render_reports(
         present = set(night.results) | set(night.scorecard_tonight)
         configured = [d.code for d in city.departments if d.code in present]
         codes = configured + sorted(present - set(configured))
+    # the platform's own contacts (departments' 数据责任人, data engineering) are named in
+    # messages on purpose: official addresses, not the data's persons
+    contacts = tuple(
+        str(c.email)
+        for c in (*(d.contact for d in city.departments), city.data_engineering_contact)
+    )
     reports: dict[str, Report] = {}
     for code in codes:
         data = department_data(city, night, code, nights=nights)
-        reports[code] = _render(out, code, "department", data, data["headline"]["status"])
+        known, public = personal_values(night.conflicts.get(code, []))
+        public += contacts
+        reports[code] = replace(
+            _render(out, code, "department", data, data["headline"]["status"]),
+            known=known, public=public,
+        )  # fmt: skip
     overview = None
     if department is None:
         data = overview_data(city, night, [reports[c].data for c in codes], names)
-        overview = _render(out, "overview", "overview", data, data["headline"]["status"])
+        known, public = personal_values([r for c in codes for r in night.conflicts.get(c, [])])
+        public += contacts
+        overview = replace(
+            _render(out, "overview", "overview", data, data["headline"]["status"]),
+            known=known, public=public,
+        )  # fmt: skip
     result = ReportSet(run_id=run_id, directory=out, departments=reports, overview=overview)
     for report in result.all():
         check_masked(
@@ -227,9 +257,36 @@ def render_reports(
                 report.html_path.name: report.html,
                 report.json_path.name: report.json_text,
                 f"{report.name} (e-mail text)": report.text,
-            }
+            },
+            known=report.known,
+            public=report.public,
         )
     return result
+
+
+def personal_values(
+    conflicts: Sequence[Mapping[str, Any]],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(personal, public) values of a night's conflict rows, in clear: what a report built
+    from them must not show (names, street addresses, ID and phone numbers of persons, legal
+    representatives) and what it may (enterprise names and addresses, public registration)."""
+    known: set[str] = set()
+    public: set[str] = set()
+    for row in conflicts:
+        entity, attribute = str(row["entity"]), str(row["attribute"])
+        rule = policy(entity, attribute)
+        for value in (row["value"], row["authority_value"]):
+            if value is None or not str(value).strip():
+                continue
+            text = str(value).strip()
+            if not rule.personal:
+                public.add(text)
+            elif rule.mask == "address":
+                detail = address_parts(text)[3]
+                known.update(v for v in (text, detail) if len(v) >= 4)
+            elif rule.mask in ("name", "id", "phone"):
+                known.add(text)
+    return tuple(sorted(known)), tuple(sorted(public))
 
 
 def write_reports(reports: ReportSet) -> None:
@@ -240,7 +297,11 @@ def write_reports(reports: ReportSet) -> None:
     would have left.
     """
     for report in reports.all():
-        check_masked({report.html_path.name: report.html, report.json_path.name: report.json_text})
+        check_masked(
+            {report.html_path.name: report.html, report.json_path.name: report.json_text},
+            known=report.known,
+            public=report.public,
+        )
     reports.directory.mkdir(parents=True, exist_ok=True)
     for report in reports.all():
         _write_atomic(report.html_path, report.html)
@@ -257,14 +318,24 @@ def reports_dir(city: CityConfig, run_id: str) -> Path:
     return city.var_dir / "reports" / f"run={run_id}"
 
 
-def check_masked(documents: Mapping[str, str]) -> None:
-    """Raise :class:`UnmaskedDataError` if any document (name → text) holds a valid ID number
-    or mobile number in clear; the message lists each finding masked, never in clear."""
+def check_masked(
+    documents: Mapping[str, str],
+    *,
+    known: Sequence[str] = (),
+    public: Sequence[str] = (),
+    kinds: Iterable[str] = ALL_KINDS,
+) -> None:
+    """Raise :class:`UnmaskedDataError` if any document (name → text) holds personal data in
+    clear (:func:`quality.masking.find_clear`: ID numbers, mobile and landline numbers, bank
+    cards, e-mail addresses, street addresses, and the ``known`` personal values the documents
+    were built from); ``public`` values (enterprise addresses, the e-mail's own sender and
+    recipient) do not count; ``kinds`` narrows what is looked for. The message lists each
+    finding masked, never in clear."""
     problems = []
     for name, text in documents.items():
-        found = find_clear(text)
+        found = find_clear(text, known=known, public=public, kinds=kinds)
         if found:
-            shown = ", ".join(sorted({mask_text(f) for f in found})[:5])
+            shown = ", ".join(sorted({_hint(f) for f in found})[:5])
             problems.append(f"{name}: {len(found)} in clear ({shown})")
     if problems:
         raise UnmaskedDataError(
@@ -275,6 +346,12 @@ def check_masked(documents: Mapping[str, str]) -> None:
         )
 
 
+def _hint(found: str) -> str:
+    """A finding as an error message may show it: masked, or only its first character."""
+    masked = mask_text(found)
+    return masked if masked != found else found[:1] + "*" * max(len(found) - 1, 1)
+
+
 def night_key(run_id: str) -> tuple[tuple[int, int | str], ...]:
     """Sort key for run IDs: digit runs compare as numbers (``night-9`` < ``night-10``)."""
     return tuple(
@@ -282,24 +359,16 @@ def night_key(run_id: str) -> tuple[tuple[int, int | str], ...]:
     )
 
 
-def mask_conflict_value(attribute: str, value: Any) -> str | None:
-    """A conflicting value as a report may show it, masked by the attribute's type.
+def mask_conflict_value(attribute: str, value: Any, entity: str = "person") -> str | None:
+    """A conflicting value as a report shows it: masked by the field's policy
+    (:func:`quality.masking.mask_field`).
 
     >>> mask_conflict_value("name", "张三丰"), mask_conflict_value("phone", "13812345678")
     ('张**', '138****5678')
-    >>> mask_conflict_value("address", "鼓楼区五四路 1 号，电话 13812345678")
-    '鼓楼区五四路 1 号，电话 138****5678'
+    >>> mask_conflict_value("name", "福州闽江科技有限公司", "enterprise")
+    '福州闽江科技有限公司'
     """
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    text = str(value)
-    masker: Callable[[str], str | None] = (
-        mask_name if attribute in _NAME_ATTRIBUTES
-        else mask_id if attribute in _ID_ATTRIBUTES
-        else mask_phone if attribute in _PHONE_ATTRIBUTES
-        else mask_text
-    )  # fmt: skip
-    return masker(text)
+    return mask_field(entity, attribute, value)
 
 
 # --------------------------------------------------------------------------- reading a night
@@ -431,9 +500,21 @@ def _rule(row: Mapping[str, Any], failing_nights: int) -> dict[str, Any]:
         "failing_nights": failing_nights,
         "sample_keys": [mask_key(k) for k in _json_list(row["sample_keys"])[:SAMPLES_PER_RULE]],
         "fix": mask_text(row["fix"]) if row["fix"] else None,
-        "message": mask_text(row["message"]) if row["message"] else None,
+        "message": _message(row),
         "held_back": bool(row["held_back"]),
     }
+
+
+def _message(row: Mapping[str, Any]) -> str | None:
+    """A rule's message as its department reads it. A failed extraction says what happened,
+    never how the platform connects (host, port, database, connection variables): those stay
+    in the night's records for the data-engineering team."""
+    message = row["message"]
+    if not message:
+        return None
+    if row["kind"] == "delivery" and message.startswith(_NOT_EXTRACTED) and "：" in message:
+        return f"{message.split('：', 1)[0]}。{_DELIVERY_DETAIL}"
+    return mask_text(message)
 
 
 def _threshold_text(kind: str, threshold: float) -> str:
@@ -550,8 +631,11 @@ def _conflicts(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> d
                     {
                         "source_table": m["source_table"],
                         "source_key": mask_key(str(m["source_key"])),
-                        "value": mask_conflict_value(attribute, m["value"]),
-                        "authority_value": mask_conflict_value(attribute, m["authority_value"]),
+                        "value": mask_field(entity, attribute, m["value"]),
+                        "authority_value": mask_field(entity, attribute, m["authority_value"]),
+                        "difference": describe_difference(
+                            entity, attribute, m["value"], m["authority_value"]
+                        ),
                     }
                     for m in members[:SAMPLES_PER_ATTRIBUTE]
                 ],
