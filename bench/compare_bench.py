@@ -18,8 +18,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from etl.identifiers import id_check_digit
-from etl.normalize import name_pinyin
+from fields.identifiers import id_check_digit
+from fields.normalize import name_pinyin
 from master_data.compare import compare
 
 SURNAMES = list("王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾")

@@ -122,9 +122,10 @@ def _step(step: str, var: Path, run_id: str, opts: dict[str, Any]) -> dict[str, 
         progress("done")
         report = {"summary": linked.summary(), "stages": stages}
     elif step == "publish":
+        from access.access import after_publish
         from master_data.consolidate import publish
 
-        summary = publish(city, run_id)
+        summary = publish(city, run_id, after_publish)
         report = {"watermarks": summary["watermarks_committed"], "published": summary["published"]}
     elif step == "evaluate":
         from master_data.published import evaluate_published

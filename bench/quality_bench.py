@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from etl.identifiers import id_check_digit
+from fields.identifiers import id_check_digit
 from quality import checks as qc
 
 DIVISIONS = ["350102", "350103", "350104", "350105", "350111", "350112", "350121", "350122"]

@@ -1,6 +1,6 @@
 """The tasks of a govmdm night and the builder that the three DAG files share.
 
-Thin wiring only: every task calls one function of :mod:`etl.night` (which calls the stage in
+Thin wiring only: every task calls one function of :mod:`pipeline.night` (which calls the stage in
 ``etl/``, ``master_data/`` or ``quality/``) and passes the night's run ID and department codes,
 never data. Nothing here reads a file, a connection or a Variable at import time.
 
@@ -69,14 +69,14 @@ _MAPPED = re.compile(r"^department\.(?P<stage>\w+?)_(?P<index>\d+)$")
 
 def _config() -> Path:
     """The configuration folder: ``$GOVMDM_CONFIG``, else the project's ``config/``."""
-    from etl.night import config_dir
+    from pipeline.night import config_dir
 
     return config_dir(PROJECT / "config")
 
 
 def _flagged(exc: Exception) -> Exception:
     """A department's own failure: retried by the scheduler only when that can help."""
-    from etl.night import DepartmentFlagged
+    from pipeline.night import DepartmentFlagged
 
     if isinstance(exc, DepartmentFlagged) and not exc.retryable:
         return AirflowFailException(str(exc))
@@ -143,7 +143,7 @@ def notify_data_engineering(context: Context) -> None:
     """
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    from etl.night import read_summary
+    from pipeline.night import read_summary
 
     city, recipient, contact, config_problem = _alert_recipient()
     ti = context.get("ti")
@@ -235,7 +235,7 @@ def _night_id(context: Context) -> str:
     if when is None:
         return "?"
     from etl.config import ConfigError, load_city_config
-    from etl.night import run_id_for
+    from pipeline.night import run_id_for
 
     try:
         return run_id_for(when, load_city_config(_config(), tolerant=True).timezone)
@@ -290,7 +290,7 @@ def night_dag(
         def plan() -> dict[str, Any]:
             """Work out the night's run ID (the logical date in the city's time zone, or the
             ``run_id`` parameter) and the departments to run, and check them."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             ctx = get_current_context()
             p, run = ctx["params"], ctx["dag_run"]
@@ -337,7 +337,7 @@ def night_dag(
             """Read one department's source database, read-only, into raw Parquet (incremental
             by watermark; in full on a rebuild; not at all on a replay). An unreachable source
             is retried with exponential backoff; schema drift fails at once."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             replay = planned["mode"] == "replay"
             try:
@@ -356,7 +356,7 @@ def night_dag(
         def standardize(department: str, planned: dict[str, Any]) -> dict[str, Any]:
             """Canonical person and enterprise rows, raw kept beside clean; rows that identify
             no one go to rejects with reasons. Fails the department if counts do not reconcile."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             try:
                 return glue.standardize(_config(), department, planned["run_id"])
@@ -367,7 +367,7 @@ def night_dag(
         def validate(department: str, planned: dict[str, Any]) -> dict[str, Any]:
             """The department's blocking quality rules on tonight's batch: a failure holds its
             batch back from the golden tables (this task fails, the night goes on)."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             try:
                 return glue.validate(_config(), department, planned["run_id"])
@@ -393,7 +393,7 @@ def night_dag(
             master entities: candidates, Fellegi–Sunter scores, rules, clusters, stable master
             IDs, golden records. Runs whatever the other departments did; the rest are held
             back (their watermarks stay, the next night reads them again)."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             made_it = [d["department"] for d in delivered]
             return glue.link(
@@ -409,7 +409,7 @@ def night_dag(
         def publish(planned: dict[str, Any], linked: dict[str, Any]) -> dict[str, Any]:
             """Replace the golden tables in one transaction and move the watermarks (not those
             of departments held back tonight)."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             return glue.publish(_config(), planned["run_id"])
 
@@ -421,7 +421,7 @@ def night_dag(
             ledger and consistency-with-the-authority rules, and the golden-table rules — store
             results and scorecards, then emit the ``mdm_person`` / ``mdm_enterprise`` Asset
             events with the night's counts and quality scores, for downstream DAGs."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             scored = glue.quality(_config(), planned["run_id"])
             scores = {c: q["score"] for c, q in scored["departments"].items()}
@@ -444,7 +444,7 @@ def night_dag(
         def build_reports(planned: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
             """Each department's data-quality report (Chinese HTML + JSON twin) and the
             overview, under ``var/reports/run=<id>/``; personal data masked."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             return glue.build_reports(_config(), planned["run_id"])
 
@@ -453,7 +453,7 @@ def night_dag(
             """E-mail each department its report and the overview to the data-engineering
             contact through the ``smtp_default`` connection (or ``GOVMDM_SMTP_*``). A retry
             sends only what has not gone out yet."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             if not planned["send_reports"]:
                 raise AirflowSkipException("send_reports is off for this run")
@@ -464,7 +464,7 @@ def night_dag(
             """Write the night's summary (per department, golden tables) to
             ``var/nights/run=<id>/night.json``; fail the DAG run if a department was flagged or
             a stage failed, after everything else is done."""
-            from etl import night as glue
+            from pipeline import night as glue
 
             ctx = get_current_context()
             ti = ctx["ti"]

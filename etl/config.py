@@ -46,7 +46,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from etl import divisions
+from fields import divisions
 
 log = logging.getLogger(__name__)
 

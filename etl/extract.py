@@ -54,7 +54,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.types import TypeEngine
 
-from etl import failpoints
 from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
 from etl.config import save_settings_snapshot as _save_settings
 from etl.state import (
@@ -69,7 +68,8 @@ from etl.state import (
     pending_seen_set_path,
     seen_set_path,
 )
-from quality.masking import redact_message
+from fields.masking import redact_message
+from store import failpoints
 
 log = logging.getLogger(__name__)
 
@@ -575,7 +575,7 @@ def _check_state_file(path: Path, what: str, *, optional: bool = False) -> str |
 
 def _published_keys(state: RunState, department: str, table: str) -> pa.Array:
     """The source keys of a table that the published golden tables hold (its crosswalk)."""
-    from etl.warehouse import crosswalk_table
+    from store.warehouse import crosswalk_table
 
     x = crosswalk_table.c
     if not sa.inspect(state.engine).has_table(crosswalk_table.name):

@@ -29,9 +29,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import failpoints, normalize
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
 from etl.extract import ParquetSink, duplicates_path, raw_path
+from fields import normalize
+from store import failpoints
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from etl import failpoints
 from etl.config import CityConfig
+from store import failpoints
 
 Mode = Literal["full", "incremental"]
 Status = Literal["ok", "drift", "unreachable", "failed"]

@@ -4,7 +4,7 @@ A :class:`BlockingPass` names the keys two rows must share to become a candidate
 candidates are the union of all passes. Keys are canonical column names or the derived keys of
 :data:`DERIVED_KEYS`. Deterministic identifiers only count when valid: as a key, ``id_number``
 and ``legal_rep_id`` mean a valid GB 11643 number, ``uscc`` a valid GB 32100 code, and any value
-whose field carries a ``reject_field`` reason (:data:`etl.normalize.SEVERITY`) is no key at all.
+whose field carries a ``reject_field`` reason (:data:`fields.normalize.SEVERITY`) is no key at all.
 
 >>> import pandas as pd
 >>> df = pd.DataFrame(
@@ -38,8 +38,8 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from recordlinkage.base import BaseIndexAlgorithm
 
-from etl import identifiers, normalize
 from etl.standardize import SCHEMAS
+from fields import identifiers, normalize
 
 __all__ = [
     "DEFAULT_MAX_BLOCK",
@@ -152,7 +152,7 @@ def valid_id(df: pd.DataFrame, column: str = "id_number") -> pd.Series[bool]:
     """Rows whose ID number may serve as a deterministic key.
 
     18 characters, GB 11643 check character and birth date right
-    (:func:`etl.identifiers.id_is_valid`), and no ``reject_field`` reason on the field.
+    (:func:`fields.identifiers.id_is_valid`), and no ``reject_field`` reason on the field.
 
     >>> import pandas as pd
     >>> ids = pd.DataFrame({"id_number": ["11010519491231002X", "110105194912310021", None]})

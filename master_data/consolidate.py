@@ -23,7 +23,7 @@ Everything is written under ``<var>/master/run=<run_id>/`` and nothing in the wa
 :func:`publish` then replaces the master tables in one transaction and moves the extraction
 watermarks of the departments whose rows it published. Rerunning a night starts again from the
 last night published before it. One night at a time links or publishes
-(:func:`etl.warehouse.night_lock`), and a night is published only on the night it was linked on.
+(:func:`store.warehouse.night_lock`), and a night is published only on the night it was linked on.
 
 >>> result = link(city, "2026-07-01")
 >>> publish(city, "2026-07-01")
@@ -50,12 +50,19 @@ import pyarrow.parquet as pq
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from etl import failpoints
 from etl.config import CityConfig
 from etl.extract import ROW_KEY, deleted_path, raw_dir, raw_path
 from etl.standardize import SCHEMAS, canonical_dir, unfinished
 from etl.state import RunState, commit_watermarks, warehouse_url
-from etl.warehouse import (
+from master_data import compare as cmp
+from master_data.blocking import candidate_pairs, delta_candidates
+from master_data.cluster import TIER_MODEL, TIER_REVIEW_LINK, TIER_RULE, cluster
+from master_data.identity import IdEvent, assign_ids
+from master_data.model import DegenerateModelError, FellegiSunter, u_from_random_pairs
+from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
+from master_data.survivorship import ATTRIBUTES, survive
+from store import failpoints
+from store.warehouse import (
     KEY_COLUMNS,
     Night,
     crosswalk_table,
@@ -71,17 +78,12 @@ from etl.warehouse import (
     run_table,
     state_dir_of,
 )
-from etl.warehouse import publish as publish_night
-from master_data import compare as cmp
-from master_data.access import after_publish
-from master_data.blocking import candidate_pairs, delta_candidates
-from master_data.cluster import TIER_MODEL, TIER_REVIEW_LINK, TIER_RULE, cluster
-from master_data.identity import IdEvent, assign_ids
-from master_data.model import DegenerateModelError, FellegiSunter, u_from_random_pairs
-from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
-from master_data.survivorship import ATTRIBUTES, survive
+from store.warehouse import publish as publish_night
 
 log = logging.getLogger(__name__)
+
+# Called with (engine, city, run ID, summary) once a night is committed; must not raise.
+AfterPublish = Callable[[Any, CityConfig, str, dict[str, Any]], object]
 
 Progress = Callable[[str], None]
 RECORD = "record_id"
@@ -219,7 +221,7 @@ def link(
     Raises :class:`ConsolidateError` when there is nothing to link, when a department's rows
     were read before another night moved its watermark (extract the night again), or when the
     last night's master state is damaged (:class:`DamagedState`, naming the file and the fix);
-    :class:`etl.warehouse.WarehouseBusy` while another night links or publishes.
+    :class:`store.warehouse.WarehouseBusy` while another night links or publishes.
     """
     with night_lock(warehouse_url(city), run_id, "link", lock_dir=city.var_dir / "warehouse"):
         failpoints.reached("link:start")
@@ -324,7 +326,7 @@ def _link_night(
     (work / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2))
     failpoints.reached("link:before-rename")
     # a rerun replaces a published night's folder: until the new one is in place the old one
-    # stays readable as run=<id>.old (etl.warehouse.state_dir_of falls back to it)
+    # stays readable as run=<id>.old (store.warehouse.state_dir_of falls back to it)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
@@ -1320,9 +1322,14 @@ def _relationships(work: Path, run_id: str) -> tuple[int, int]:
 # --- publish -------------------------------------------------------------------------------------
 
 
-def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
+def publish(
+    city: CityConfig, run_id: str, after_publish: AfterPublish | None = None
+) -> dict[str, Any]:
     """Publish the night :func:`link` prepared, atomically, then move the watermarks of the
     departments whose rows it published.
+
+    ``after_publish`` runs once the night is committed, before the watermarks move (the
+    pipeline passes the analyst access layer's hook: views, grants, catalog, audit row).
 
     A delta night whose base night is what the warehouse holds publishes incrementally: only
     the rows of the master IDs it touched are replaced (in the same single transaction).
@@ -1333,10 +1340,12 @@ def publish(city: CityConfig, run_id: str) -> dict[str, Any]:
     """
     with night_lock(warehouse_url(city), run_id, "publish", lock_dir=city.var_dir / "warehouse"):
         failpoints.reached("publish:start")
-        return _publish_night(city, run_id)
+        return _publish_night(city, run_id, after_publish)
 
 
-def _publish_night(city: CityConfig, run_id: str) -> dict[str, Any]:
+def _publish_night(
+    city: CityConfig, run_id: str, after_publish: AfterPublish | None
+) -> dict[str, Any]:
     state = master_dir(city.var_dir, run_id)
     summary_path = state / "summary.json"
     if not summary_path.is_file():
@@ -1370,7 +1379,8 @@ def _publish_night(city: CityConfig, run_id: str) -> dict[str, Any]:
         night = Night(run_id, summary["mode"], stored, summary, frames, touched)
         publish_night(engine, night)
         failpoints.reached("publish:committed")
-        after_publish(engine, city, run_id, summary)  # analyst views, grants, catalog, audit
+        if after_publish is not None:
+            after_publish(engine, city, run_id, summary)
     finally:
         engine.dispose()
     summary["published"] = "incremental" if touched is not None else "whole"

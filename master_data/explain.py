@@ -22,7 +22,12 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from etl.config import CityConfig
-from etl.warehouse import (
+from master_data.compare import features_for
+from master_data.consolidate import RECORD, RULES, read_state, record_id, state_file
+from master_data.model import FellegiSunter
+from master_data.published import published_night, warehouse
+from master_data.survivorship import ATTRIBUTES
+from store.warehouse import (
     conflict_table,
     crosswalk_table,
     enterprise_table,
@@ -31,11 +36,6 @@ from etl.warehouse import (
     provenance_table,
     review_queue_table,
 )
-from master_data.compare import features_for
-from master_data.consolidate import RECORD, RULES, read_state, record_id, state_file
-from master_data.model import FellegiSunter
-from master_data.published import published_night, warehouse
-from master_data.survivorship import ATTRIBUTES
 
 _MASTER_ID = re.compile(r"^[PE]\d{10}$")
 MEMBER_COLUMNS = {

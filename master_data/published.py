@@ -18,7 +18,8 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from etl.state import warehouse_url
-from etl.warehouse import (
+from master_data.evaluate import Evaluation, evaluate
+from store.warehouse import (
     crosswalk_table,
     engine_for,
     enterprise_table,
@@ -26,8 +27,7 @@ from etl.warehouse import (
     person_table,
     state_dir_of,
 )
-from etl.warehouse import read as read_table
-from master_data.evaluate import Evaluation, evaluate
+from store.warehouse import read as read_table
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ How the results are counted, and why:
   keys, but GX builds them one row at a time: about 4 s more for 75,000 failing rows.) A null
   key is reported as ``""``.
 - **Validity** (``valid``) checks are a custom GX ``ColumnMapExpectation`` whose condition calls
-  the :data:`VALIDATORS` (on :mod:`etl.identifiers`, :mod:`etl.divisions`, phonenumbers) once
+  the :data:`VALIDATORS` (on :mod:`fields.identifiers`, :mod:`fields.divisions`, phonenumbers) once
   per distinct value: GX itself drops the nulls, counts and lists the failures exactly like its
   built-in checks, and the suite JSON names the validator; a precomputed boolean column would
   cost the same validator calls plus a copy of the frame, and hide the failing values from GX.
@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 import phonenumbers
 
-from etl import divisions, identifiers
+from fields import divisions, identifiers
 
 if TYPE_CHECKING:
     from great_expectations.core import (
@@ -173,7 +173,7 @@ def iso_date_valid(value: object) -> bool:
     return True
 
 
-# The forms etl.normalize.phones writes: mobile 13812345678, landline 0591-87654321, service
+# The forms fields.normalize.phones writes: mobile 13812345678, landline 0591-87654321, service
 # 4008001234, each optionally with -extension; numbers abroad in E.164.
 _MOBILE = re.compile(r"(1\d{10})(?:-\d{1,6})?")
 _LANDLINE = re.compile(r"0(\d{2,3})-(\d{7,8})(?:-\d{1,6})?")
@@ -191,7 +191,7 @@ def _cn_number_valid(national: str, area_digits: int) -> bool:
 
 
 def phone_valid(value: object) -> bool:
-    """One telephone number in the canonical form of :func:`etl.normalize.phones`.
+    """One telephone number in the canonical form of :func:`fields.normalize.phones`.
 
     The number must be in a range phonenumbers knows, and a landline's area code must be the
     real one (``0591-87654321``, not ``05918-7654321``).

@@ -40,7 +40,7 @@ from email.utils import formatdate, make_msgid
 from typing import Literal
 
 from etl.config import CityConfig
-from quality.masking import mask_text
+from fields.masking import mask_text
 from quality.report import Report, ReportSet, UnmaskedDataError, check_masked
 
 __all__ = [

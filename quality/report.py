@@ -15,7 +15,7 @@ Content-Security-Policy forbids any fetch, so the report reads the same from an 
 file share or an air-gapped desk.
 
 Personal data is masked as it is read (sample keys, conflict values by attribute type), and
-every rendered file is scanned with :func:`quality.masking.find_clear` before anything is
+every rendered file is scanned with :func:`fields.masking.find_clear` before anything is
 written: a valid ID number or mobile number in clear raises :class:`UnmaskedDataError` and no
 file of the night is written.
 
@@ -45,8 +45,7 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from etl.state import RunState, warehouse_url
-from etl.warehouse import conflict_table, engine_for
-from quality.masking import (
+from fields.masking import (
     ALL_KINDS,
     address_parts,
     describe_difference,
@@ -58,6 +57,7 @@ from quality.masking import (
 )
 from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
 from quality.suites import PLATFORM_FAILURE, platform_failure
+from store.warehouse import conflict_table, engine_for
 
 __all__ = [
     "DEFAULT_NIGHTS",
@@ -326,7 +326,7 @@ def check_masked(
     kinds: Iterable[str] = ALL_KINDS,
 ) -> None:
     """Raise :class:`UnmaskedDataError` if any document (name → text) holds personal data in
-    clear (:func:`quality.masking.find_clear`: ID numbers, mobile and landline numbers, bank
+    clear (:func:`fields.masking.find_clear`: ID numbers, mobile and landline numbers, bank
     cards, e-mail addresses, street addresses, and the ``known`` personal values the documents
     were built from); ``public`` values (enterprise addresses, the e-mail's own sender and
     recipient) do not count; ``kinds`` narrows what is looked for. The message lists each
@@ -341,7 +341,7 @@ def check_masked(
         raise UnmaskedDataError(
             "refusing to write or send reports with personal data in clear — "
             + "; ".join(problems)
-            + ". Fix: mask the values where they are produced (quality.masking) — sample keys "
+            + ". Fix: mask the values where they are produced (fields.masking) — sample keys "
             "in dq_result must be masked by the suites."
         )
 
@@ -361,7 +361,7 @@ def night_key(run_id: str) -> tuple[tuple[int, int | str], ...]:
 
 def mask_conflict_value(attribute: str, value: Any, entity: str = "person") -> str | None:
     """A conflicting value as a report shows it: masked by the field's policy
-    (:func:`quality.masking.mask_field`).
+    (:func:`fields.masking.mask_field`).
 
     >>> mask_conflict_value("name", "张三丰"), mask_conflict_value("phone", "13812345678")
     ('张**', '138****5678')

@@ -6,7 +6,7 @@ masked sample keys and the status. ``dq_scorecard`` holds one row per night, dep
 GB/T 36344 dimension (plus ``overall``). Both are per-night tables: rerunning a night replaces
 that night's rows only, in one transaction, so the trend over nights stays intact.
 
-The tables share the warehouse's SQLAlchemy metadata, so :func:`etl.warehouse.engine_for`
+The tables share the warehouse's SQLAlchemy metadata, so :func:`store.warehouse.engine_for`
 creates them with the master tables.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from etl.warehouse import metadata
+from store.warehouse import metadata
 
 DIMENSIONS = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
 """GB/T 36344-2018 data-quality dimensions, in the standard's order."""

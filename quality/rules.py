@@ -59,7 +59,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from yaml.nodes import Node
 
-from etl import normalize
 from etl.config import (
     FIELDS,
     CityConfig,
@@ -69,6 +68,7 @@ from etl.config import (
     yaml_line_of,
 )
 from etl.standardize import ROW_REASONS
+from fields import normalize
 from quality.checks import VALIDATORS
 
 __all__ = [
@@ -553,7 +553,7 @@ def _resolve_rule(
                 _Problem(
                     (*at, "reasons", j),
                     f"no reason code '{code}'",
-                    _choose(code, sorted(_REASON_CODES), "codes of etl.normalize.REASONS"),
+                    _choose(code, sorted(_REASON_CODES), "codes of fields.normalize.REASONS"),
                 )
             )
     if rs.chars is not None and not 0 <= rs.chars[0] < rs.chars[1]:

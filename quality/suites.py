@@ -47,16 +47,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from etl import normalize
 from etl.config import CityConfig, DepartmentConfig, TableConfig
 from etl.standardize import canonical_dir
 from etl.state import RunState, warehouse_url
-from etl.warehouse import conflict_table, crosswalk_table, engine_for, latest_run
+from fields import normalize
+from fields.masking import mask_key
 from quality.checks import Check, CheckResult, run_checks
-from quality.masking import mask_key
 from quality.results import DimensionScore, RuleResult, result_table, scorecard_table
 from quality.rules import KEY_FIELD, QualityRules, Rule, load_quality_rules
 from quality.scorecard import score_department
+from store.warehouse import conflict_table, crosswalk_table, engine_for, latest_run
 
 __all__ = [
     "SAMPLE_KEYS",

@@ -1,4 +1,4 @@
-"""Analysts' access: masked views equal to quality.masking, guarded read-only queries, roles on
+"""Analysts' access: masked views equal to fields.masking, guarded read-only queries, roles on
 real PostgreSQL, keyed pseudonyms, exports with a data dictionary, the catalog, the audit log,
 and a scan of everything an analyst can get for ID or mobile numbers in clear."""
 
@@ -21,20 +21,19 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
-import etl.warehouse as wh
-from etl import audit
-from etl.cli import app
+import store.warehouse as wh
+from access import access, audit
+from access.catalog import build_catalog
+from access.lookup import lookup
+from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
-from master_data import access
+from fields.masking import find_clear, mask_id, mask_name, mask_phone
 from master_data import consolidate as mc
-from master_data.catalog import build_catalog
 from master_data.explain import explain
-from master_data.lookup import lookup
-from quality.masking import find_clear, mask_id, mask_name, mask_phone
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
@@ -119,7 +118,7 @@ def _sql_mask(url: str, dialect: access.Dialect, kind: str, values: list[Any]) -
 
 
 def _assert_views_equal_python(url: str, city: CityConfig) -> None:
-    """Every masked view's per-row masks, row for row, equal quality.masking's policy applied to
+    """Every masked view's per-row masks, row for row, equal fields.masking's policy applied to
     the same rows in clear (carried beside them by the view's own SELECT)."""
     release = access.release_of(city)
     dialect: access.Dialect = "postgresql" if url.startswith("postgresql") else "sqlite"

@@ -26,19 +26,18 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
-import etl.warehouse as wh
-from etl import audit
-from etl.cli import app
+import store.warehouse as wh
+from access import access, audit
+from access.lookup import lookup
+from access.review import ReviewError, decide, queue
+from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
-from master_data import access
+from fields.masking import find_clear
 from master_data import consolidate as mc
-from master_data.lookup import lookup
-from master_data.review import ReviewError, decide, queue
-from quality.masking import find_clear
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
@@ -457,7 +456,7 @@ def _wait(predicate: object, seconds: float) -> bool:
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """`govmdm ARGS` in its own process (so that it can be killed like a client)."""
-    code = "import sys; from etl.cli import app; sys.argv = ['govmdm', *sys.argv[1:]]; app()"
+    code = "import sys; from cli.main import app; sys.argv = ['govmdm', *sys.argv[1:]]; app()"
     return subprocess.Popen(
         [sys.executable, "-c", code, *args],
         env={**os.environ, **env},

@@ -14,9 +14,9 @@ import recordlinkage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import normalize
-from etl.identifiers import id_check_digit
 from etl.standardize import ENTERPRISE_SCHEMA, PERSON_SCHEMA
+from fields import normalize
+from fields.identifiers import id_check_digit
 from master_data.blocking import (
     DEFAULT_PASSES,
     BlockingPass,

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import recordlinkage
 
-from etl import normalize
-from etl.identifiers import id_check_digit, make_uscc, upgrade_id15
 from etl.standardize import ENTERPRISE_SCHEMA, PERSON_SCHEMA
+from fields import normalize
+from fields.identifiers import id_check_digit, make_uscc, upgrade_id15
 from master_data.compare import (
     MISSING,
     Address,

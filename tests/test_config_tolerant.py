@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 import pytest
 from typer.testing import CliRunner
 
-from etl import night
-from etl.cli import app
+from cli.main import app
 from etl.config import ConfigError, load_city_config
 from etl.sample_city.generate import generate_city
+from pipeline import night
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")

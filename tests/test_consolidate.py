@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import etl.warehouse as wh
+import store.warehouse as wh
+from access.review import ReviewError, decide
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city, next_night
@@ -22,7 +23,6 @@ from master_data import consolidate as mc
 from master_data.evaluate import load_truth
 from master_data.explain import explain
 from master_data.published import evaluate_published
-from master_data.review import ReviewError, decide
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT0, NIGHT1 = "2026-06-30", "2026-07-01"

@@ -3,7 +3,7 @@ never pass what is published, and running the night again gives exactly the unin
 
 Night 0 of a small sample city is published, then the city's next night is applied to its
 sources. Night 1 runs uninterrupted once (the reference). Then, for each fail point of
-:mod:`etl.failpoints` — spread over extract, standardize, link and publish, including between
+:mod:`store.failpoints` — spread over extract, standardize, link and publish, including between
 publish's transaction and the watermark commit — a fresh copy of night 0 runs night 1 in a child
 process (``govmdm extract``, ``standardize``, ``consolidate``) that kills itself with SIGKILL at
 that point: no ``finally``, no atexit, no cleanup. Afterwards:
@@ -41,11 +41,11 @@ import yaml
 from dbservers import make_url_for, server_url
 from test_night_safety import cli, source_keys
 
-import etl.warehouse as wh
-from etl import failpoints
+import store.warehouse as wh
 from etl.config import CityConfig, load_city_config
 from etl.sample_city.generate import generate_city, next_night
 from etl.state import RunState, warehouse_url
+from store import failpoints
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ DIGESTED = {
 # The night in one child process: the three commands as typed by hand.
 _NIGHT = """
 import sys
-from etl.cli import app
+from cli.main import app
 for command in ("extract", "standardize", "consolidate"):
     code = app([command, "--run-id", sys.argv[1], "--config", sys.argv[2]], standalone_mode=False)
     if code:

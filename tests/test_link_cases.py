@@ -21,16 +21,16 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-import etl.warehouse as wh
-from etl import identifiers
+import store.warehouse as wh
+from access.review import decide
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.departments import by_code
 from etl.sample_city.generate import generate_city, sqlite_url
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
+from fields import identifiers
 from master_data import consolidate as mc
-from master_data.review import decide
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT0, NIGHT1, NIGHT2 = "2026-06-30", "2026-07-01", "2026-07-02"

@@ -13,20 +13,19 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import etl.warehouse as wh
-from etl import audit
-from etl.cli import app
+import store.warehouse as wh
+from access import access, audit
+from access.lookup import LookupError_, lookup
+from cli.main import app
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
-from etl.identifiers import downgrade_id18
 from etl.sample_city.generate import generate_city
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
-from master_data import access
+from fields.identifiers import downgrade_id18
+from fields.masking import find_clear, mask_id, mask_name
 from master_data import consolidate as mc
 from master_data.evaluate import load_truth
-from master_data.lookup import LookupError_, lookup
-from quality.masking import find_clear, mask_id, mask_name
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from etl.audit import os_user as audit_user
-from etl.cli import app
+from access.audit import os_user as audit_user
+from cli.main import app
 from etl.config import load_city_config
 from etl.sample_city.generate import generate_city
 from etl.state import warehouse_url

@@ -23,12 +23,12 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from etl import night as glue
+from access import access
 from etl.config import CityConfig, load_city_config
 from etl.sample_city.generate import generate_city
 from etl.state import warehouse_url
-from master_data import access
-from quality.masking import find_clear, mask_id, redact_message
+from fields.masking import find_clear, mask_id, redact_message
+from pipeline import night as glue
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"

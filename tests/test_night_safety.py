@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner, Result
 
-import etl.warehouse as wh
-from etl.cli import app
+import store.warehouse as wh
+from cli.main import app
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city, next_night
@@ -205,7 +205,7 @@ def test_an_older_night_is_refused_with_the_way_that_works(var: Path) -> None:
 def test_the_dag_tasks_replay_a_published_night(var: Path) -> None:
     """What govmdm_nightly's tasks call, for a night already published by hand: every
     department's raw data is reused and the same night is published again."""
-    from etl import night as glue
+    from pipeline import night as glue
 
     city = _city()
     night1 = next_night(var / "city")["as_of"]
@@ -229,7 +229,7 @@ def test_the_dag_tasks_replay_a_published_night(var: Path) -> None:
 def test_a_rerun_reads_again_a_department_the_night_did_not_publish(var: Path) -> None:
     """A department held back on a published night kept its watermark: a rerun of that night
     reads its source again (catching it up) and replays everyone else."""
-    from etl import night as glue
+    from pipeline import night as glue
 
     city = _city()
     night1 = next_night(var / "city")["as_of"]
@@ -261,7 +261,7 @@ def _govmdm(*args: str, kill_at: str | None = None) -> subprocess.CompletedProce
     if kill_at:
         env["GOVMDM_KILL_AT"] = kill_at
     return subprocess.run(
-        [sys.executable, "-c", "from etl.cli import app; app()", *args],
+        [sys.executable, "-c", "from cli.main import app; app()", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 
@@ -483,7 +483,7 @@ def test_var_moves_and_old_absolute_state_paths_still_read(
 _HOLDER = textwrap.dedent(
     """
     import sys, time
-    from etl.warehouse import night_lock
+    from store.warehouse import night_lock
     with night_lock(sys.argv[1], "held-night", "link"):
         print("held", flush=True)
         time.sleep(600)

@@ -1,4 +1,4 @@
-"""Table-driven cases for etl.normalize: worked identifiers from COMPAT.md and the real-world
+"""Table-driven cases for fields.normalize: worked identifiers from COMPAT.md and the real-world
 forms departments write (full-width digits, traditional characters, Excel serials, …)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from etl import identifiers, normalize
-from etl.normalize import SEVERITY
+from fields import identifiers, normalize
+from fields.normalize import SEVERITY
 
 AS_OF = dt.date(2026, 11, 1)
 

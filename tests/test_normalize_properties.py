@@ -1,4 +1,4 @@
-"""Property tests for etl.normalize: the contract holds for any input, and valid IDs round-trip.
+"""Property tests for fields.normalize: the contract holds for any input, and valid IDs round-trip.
 
 The contract: a normalizer never raises; it returns a value or at least one reason; every reason
 is a known code; a value is dropped exactly when a reason is reject_field.
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl import identifiers, normalize
-from etl.normalize import REASONS, SEVERITY, Normalized
+from fields import identifiers, normalize
+from fields.normalize import REASONS, SEVERITY, Normalized
 
 SETTINGS = settings(max_examples=300, deadline=None)
 

@@ -12,8 +12,8 @@ import json
 import pandas as pd
 import pytest
 
-from etl import normalize
-from etl.identifiers import id_check_digit
+from fields import normalize
+from fields.identifiers import id_check_digit
 from quality.checks import (
     GX_SEVERITY,
     Check,

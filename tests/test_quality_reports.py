@@ -36,10 +36,9 @@ from aiosmtpd.controller import Controller
 from typer.testing import CliRunner
 
 from etl.config import CityConfig, load_city_config
-from etl.identifiers import id_check_digit
-from etl.warehouse import conflict_table, engine_for
+from fields.identifiers import id_check_digit
+from fields.masking import ALL_KINDS, find_clear
 from quality.deliver import DeliveryConfigError, SmtpSettings, deliver_reports
-from quality.masking import ALL_KINDS, find_clear
 from quality.report import (
     ReportSet,
     UnmaskedDataError,
@@ -50,6 +49,7 @@ from quality.report import (
     reports_dir,
 )
 from quality.results import DIMENSIONS, result_table, scorecard_table
+from store.warehouse import conflict_table, engine_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHTS = ("2026-06-28", "2026-06-29", "2026-06-30")
@@ -545,7 +545,7 @@ def test_smtp_settings_from_environment() -> None:
 def test_cli_writes_reports_and_says_smtp_is_not_configured(
     night: Night, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from etl.cli import app
+    from cli.main import app
 
     monkeypatch.setenv("GOVMDM_VAR", str(night.city.var_dir))
     monkeypatch.setenv("GOVMDM_WAREHOUSE_URL", str(night.engine.url))

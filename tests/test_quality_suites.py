@@ -23,13 +23,13 @@ from etl.extract import extract_all
 from etl.sample_city.generate import generate_city, next_night
 from etl.standardize import standardize_all
 from etl.state import LedgerEntry, Mode, RunState, Status, warehouse_url
-from etl.warehouse import conflict_table, crosswalk_table, engine_for
+from fields.masking import find_clear, mask_key
 from master_data import consolidate as mc
-from quality.masking import find_clear, mask_key
 from quality.results import DIMENSIONS, OVERALL, RuleResult, result_table, scorecard_table
 from quality.rules import DEFAULT_DIMENSION, KINDS, Dimension, load_quality_rules
 from quality.scorecard import grade, rule_score, score_department
 from quality.suites import QualityRun, held_departments, run_quality
+from store.warehouse import conflict_table, crosswalk_table, engine_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT0, NIGHT1 = "2026-06-30", "2026-07-01"
@@ -461,7 +461,7 @@ def test_grades_and_their_caps() -> None:
 def test_the_command_lists_the_rules() -> None:
     from typer.testing import CliRunner
 
-    from etl.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(
         app, ["quality", "--config", str(ROOT / "config"), "--rules", "-d", "weijian"]
@@ -474,7 +474,7 @@ def test_the_command_lists_the_rules() -> None:
 def test_the_command_scores_a_night(city: CityConfig, night1: tuple[QualityRun, set[str]]) -> None:
     from typer.testing import CliRunner
 
-    from etl.cli import app
+    from cli.main import app
 
     args = ["quality", "--config", str(ROOT / "config"), "--run-id", NIGHT1, "-d", "weijian"]
     result = CliRunner().invoke(app, args)

@@ -17,8 +17,7 @@ from sqlalchemy.engine import make_url
 from stdnum.cn import ric, uscc
 from typer.testing import CliRunner
 
-from etl import identifiers
-from etl.cli import app
+from cli.main import app
 from etl.sample_city import departments as depts
 from etl.sample_city.generate import (
     drop_database,
@@ -27,6 +26,7 @@ from etl.sample_city.generate import (
     sqlite_url,
     target_url,
 )
+from fields import identifiers
 
 SMALL = {"persons": 1500, "enterprises": 200, "seed": 11}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from etl.cli import app
+from cli.main import app
 from etl.config import CityConfig, load_city_config
 from etl.sample_city.generate import generate_city
 from etl.sources import probe

@@ -106,7 +106,7 @@ def test_sample_next_night_on_postgresql_keeps_keys_in_their_columns(
 ) -> None:
     from typer.testing import CliRunner
 
-    from etl.cli import app
+    from cli.main import app
 
     name = f"govmdm_test_{uuid.uuid4().hex[:10]}"
     base = sa.make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)

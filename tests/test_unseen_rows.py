@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 import etl.extract as ex
-from etl.cli import app
+from cli.main import app
 from etl.config import load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city

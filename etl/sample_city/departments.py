@@ -15,9 +15,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl import identifiers
 from etl.sample_city import dirt, pools
 from etl.sample_city.entities import Enterprise, Person
+from fields import identifiers
 
 Row = dict[str, Any]
 

@@ -8,8 +8,8 @@ import random
 
 import opencc
 
-from etl import divisions
 from etl.sample_city import pools
+from fields import divisions
 
 _FULLWIDTH = str.maketrans("0123456789Xx-", "０１２３４５６７８９ＸＸ－")
 EXCEL_EPOCH = dt.date(1899, 12, 30)

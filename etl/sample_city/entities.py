@@ -11,8 +11,8 @@ import functools
 import random
 from dataclasses import dataclass, field
 
-from etl import divisions, identifiers
 from etl.sample_city import pools
+from fields import divisions, identifiers
 
 CITY_CODE = "350100"
 CITY_PREFIX = "3501"

@@ -217,7 +217,7 @@ def generate_city(
 
 
 def _person_record(p: Person) -> dict[str, Any]:
-    from etl import divisions
+    from fields import divisions
 
     d = divisions.lookup(p.division_code)
     assert d is not None

@@ -37,7 +37,7 @@ from etl.config import CityConfig, DepartmentConfig, load_city_config, save_sett
 from etl.extract import extract_department, raw_dir, raw_path
 from etl.standardize import canonical_dir, standardize_department
 from etl.state import RunState, warehouse_url
-from etl.warehouse import (
+from store.warehouse import (
     engine_for,
     enterprise_table,
     latest_run,
@@ -468,10 +468,11 @@ def link(
 def publish(config: str | Path, run_id: str) -> dict[str, Any]:
     """Publish the linked night atomically and move the watermarks
     (:func:`master_data.consolidate.publish`); returns the golden tables' row counts."""
+    from access.access import after_publish
     from master_data.consolidate import publish as publish_night
 
     city = load_city_config(config, tolerant=True)
-    summary = publish_night(city, run_id)
+    summary = publish_night(city, run_id, after_publish)
     outcome = {
         "run_id": run_id,
         "mode": summary["mode"],

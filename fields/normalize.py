@@ -15,7 +15,7 @@ explains each code in one Chinese line for department reports.
 
 Libraries do the heavy lifting: ``unicodedata`` NFKC for full-width forms, OpenCC ``t2s`` for
 traditional characters, pypinyin for pinyin keys, phonenumbers for telephone numbers, and the
-check-digit code in :mod:`etl.identifiers` and division table in :mod:`etl.divisions`.
+check-digit code in :mod:`fields.identifiers` and division table in :mod:`fields.divisions`.
 Hand-written, and why:
 
 - surname readings: pypinyin has no surname mode (python-pinyin issue #297);
@@ -46,7 +46,7 @@ import opencc
 import phonenumbers
 from pypinyin import Style, lazy_pinyin
 
-from etl import divisions, identifiers
+from fields import divisions, identifiers
 
 __all__ = [
     "FIELDS",

@@ -24,8 +24,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from etl.config import CityConfig, TableConfig
-from master_data.access import (
+from access.access import (
     CATALOG_TABLE,
     MASKS,
     PSEUDONYMS,
@@ -35,6 +34,7 @@ from master_data.access import (
     load_share_policy,
     parquet_type,
 )
+from etl.config import CityConfig, TableConfig
 from master_data.survivorship import ATTRIBUTES
 
 SHARE_TYPES_ZH = {

@@ -1,6 +1,6 @@
 """`govmdm report`: build the night's quality reports and, with ``--send``, e-mail them.
 
-Registered on :data:`etl.cli.app`; a thin layer over :mod:`quality.report` and
+Registered on :data:`cli.common.app`; a thin layer over :mod:`quality.report` and
 :mod:`quality.deliver`.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from etl.cli import ConfigDir, _load, app, console
+from cli.common import ConfigDir, _load, app, console
 
 _HEADLINE_STYLE = {
     "passed": "green",
@@ -54,9 +54,9 @@ def report(
     personal data in clear.
     """
     from etl.state import warehouse_url
-    from etl.warehouse import engine_for
     from quality.deliver import DeliveryConfigError, SmtpSettings, deliver_reports
     from quality.report import UnmaskedDataError, build_reports
+    from store.warehouse import engine_for
 
     city = _load(config)
     known = [d.code for d in city.departments]

@@ -21,7 +21,7 @@ and exports, ``lookup``, ``explain`` and ``review``.
   where nobody is named and no combination of columns may single anyone out. Direct
   identifiers (name, ID number, phone, street address) are suppressed; quasi-identifiers (sex,
   birth date, residence, ethnicity) are generalised together until every combination is shared
-  by at least *k* persons (:mod:`master_data.access` builds that in SQL); everything else is
+  by at least *k* persons (:mod:`access.access` builds that in SQL); everything else is
   released with its mask.
 
 Where two values of one field disagree (多元校核), :func:`describe_difference` says what differs
@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from etl.identifiers import id_is_valid
+from fields.identifiers import id_is_valid
 
 MaskKind = Literal["clear", "id", "phone", "name", "address", "birth_date", "hidden"]
 ReleaseKind = Literal["clear", "mask", "suppress", "generalise"]
@@ -195,7 +195,7 @@ def mask_address(value: str | None) -> str | None:
 
 def address_parts(value: str) -> tuple[str | None, str | None, str | None, str]:
     """(province, city, district, detail) of an address, as the standardizer parses it."""
-    from etl import normalize  # the parser loads the division table: only when needed
+    from fields import normalize  # the parser loads the division table: only when needed
 
     parsed = normalize.address(value).value
     if parsed is None:
@@ -307,7 +307,7 @@ def _name_difference(a: str, b: str) -> str:
 
     if lazy_pinyin(a) == lazy_pinyin(b):
         how.append("同音")
-    from etl.normalize import person_name
+    from fields.normalize import person_name
 
     if person_name(a).value == person_name(b).value:
         how = ["繁简或全半角不同"]

@@ -1,6 +1,6 @@
 """`govmdm quality`: judge a night's quality rules and show each department's scorecard.
 
-Registered on :data:`etl.cli.app`; a thin layer over :func:`quality.suites.run_quality`.
+Registered on :data:`cli.common.app`; a thin layer over :func:`quality.suites.run_quality`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from etl.cli import (
+from cli.common import (
     ConfigDir,
     Departments,
     RunId,

@@ -33,7 +33,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from etl import failpoints
+from store import failpoints
 
 metadata = sa.MetaData()
 _id = sa.String(16)

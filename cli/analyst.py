@@ -1,7 +1,7 @@
 """`govmdm query | export | lookup | catalog | views install | audit list`: analysts' access.
 
-Registered on :data:`etl.cli.app`; every command is a thin layer over :mod:`master_data.access`,
-:mod:`master_data.lookup`, :mod:`master_data.catalog` and :mod:`etl.audit`. Output is masked
+Registered on :data:`cli.common.app`; every command is a thin layer over :mod:`access.access`,
+:mod:`access.lookup`, :mod:`access.catalog` and :mod:`access.audit`. Output is masked
 unless ``--privileged`` is given by a privileged user (see ``config/catalog.yaml``).
 """
 
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from etl.cli import ConfigDir, _load, app, console
+from cli.common import ConfigDir, _load, app, console
 
 notes = Console(stderr=True)
 
@@ -53,7 +53,7 @@ class ListFormat(StrEnum):
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    from master_data.access import AccessDenied, PseudonymKeyMissing, QueryRefused
+    from access.access import AccessDenied, PseudonymKeyMissing, QueryRefused
 
     console.print(f"[red]{escape(str(exc))}", highlight=False)
     refused = isinstance(exc, AccessDenied | QueryRefused | PseudonymKeyMissing)
@@ -62,7 +62,7 @@ def _fail(exc: Exception) -> typer.Exit:
 
 def _boundary(city: Any, privileged: bool) -> None:
     """Where privilege is asked for on SQLite, say plainly what really protects the data."""
-    from master_data.access import AccessError, boundary_note
+    from access.access import AccessError, boundary_note
 
     if not privileged:
         return
@@ -99,7 +99,7 @@ def query(
 
     Anything but a single SELECT is refused, and so is any table the role may not read.
     """
-    from master_data.access import AccessError, run_query
+    from access.access import AccessError, run_query
 
     city = _load(config)
     if fmt is QueryFormat.parquet and out is None:
@@ -178,8 +178,8 @@ def export(
     """Write the golden tables as Parquet for DuckDB / pandas, with a data dictionary
     (data_dictionary.parquet / .csv: column, type, 中文说明, masked?, authority) and
     manifest.json. Masked views unless --privileged; audited."""
-    from master_data.access import VIEW_BY_NAME, AccessError
-    from master_data.access import export as do_export
+    from access.access import VIEW_BY_NAME, AccessError
+    from access.access import export as do_export
 
     city = _load(config)
     unknown = [v for v in view or [] if v not in VIEW_BY_NAME]
@@ -226,8 +226,8 @@ def lookup(
     """One person or enterprise: the golden record, each attribute's source department and
     date, the member source rows and related persons/enterprises. Masked unless --privileged;
     audited."""
-    from master_data.access import AccessError
-    from master_data.lookup import lookup as do_lookup
+    from access.access import AccessError
+    from access.lookup import lookup as do_lookup
 
     city = _load(config)
     _boundary(city, privileged)
@@ -302,9 +302,9 @@ def catalog(
 ) -> None:
     """The catalog of shared resources (信息资源目录): every golden table and department
     source, with fields, owner, authority, update frequency and share type."""
+    from access.catalog import FREQUENCY_ZH, build_catalog
+    from access.catalog import resource as one_resource
     from etl.config import ConfigError
-    from master_data.catalog import FREQUENCY_ZH, build_catalog
-    from master_data.catalog import resource as one_resource
 
     city = _load(config)
     try:
@@ -357,10 +357,8 @@ def views_install(
 ) -> None:
     """Create or replace the masked and full views and the catalog table; on PostgreSQL also
     the roles govmdm_analyst / govmdm_privileged and their grants. Idempotent."""
-    from etl import audit
-    from etl.state import warehouse_url
-    from etl.warehouse import engine_for
-    from master_data.access import (
+    from access import audit
+    from access.access import (
         AccessError,
         grants_sql,
         install_views,
@@ -369,6 +367,8 @@ def views_install(
         roles_sql,
         views_sql,
     )
+    from etl.state import warehouse_url
+    from store.warehouse import engine_for
 
     city = _load(config)
     engine = engine_for(warehouse_url(city))
@@ -418,8 +418,8 @@ def audit_list(
     """The audit log, newest first: your own entries; everyone's for the privileged role
     (PostgreSQL) or the warehouse file's owner (SQLite). An entry still `running` was begun
     and never finished (the command was killed or is still at work)."""
-    from etl import audit
-    from master_data.access import AccessError, session
+    from access import audit
+    from access.access import AccessError, session
 
     city = _load(config)
     try:

@@ -1,6 +1,6 @@
 """`govmdm link | publish | consolidate | explain | review | evaluate`: master data commands.
 
-Registered on :data:`etl.cli.app`; every command is a thin layer over :mod:`master_data`.
+Registered on :data:`cli.common.app`; every command is a thin layer over :mod:`master_data`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from etl.cli import ConfigDir, RunId, _load, _progress, _run_id, app, console
+from cli.common import ConfigDir, RunId, _load, _progress, _run_id, app, console
 
 review_app = typer.Typer(
     help="The review queue: pairs the model could not decide.", no_args_is_help=True
@@ -34,8 +34,8 @@ Retrain = Annotated[
 def _refusals() -> Iterator[None]:
     """A night that cannot be linked or published says why and how to fix it, without a
     traceback, and the command ends with exit code 1."""
-    from etl.warehouse import WarehouseBusy
     from master_data.consolidate import ConsolidateError
+    from store.warehouse import WarehouseBusy
 
     try:
         yield
@@ -117,12 +117,13 @@ def link(
 @app.command()
 def publish(config: ConfigDir = Path("config"), run_id: RunId = None) -> None:
     """Publish a linked night to the warehouse in one transaction; move the watermarks."""
+    from access.access import after_publish
     from master_data.consolidate import publish as do_publish
 
     city = _load(config)
     rid = _run_id(city, run_id)
     with _refusals():
-        summary = do_publish(city, rid)
+        summary = do_publish(city, rid, after_publish)
     counts = {e: s["masters"] for e, s in summary["entities"].items()}
     console.print(
         f"Published night {rid}: {counts['person']:,} persons, {counts['enterprise']:,} "
@@ -147,7 +148,7 @@ def consolidate(
     """`govmdm link` then `govmdm publish`, as one night: no other night links or publishes in
     between."""
     from etl.state import warehouse_url
-    from etl.warehouse import night_lock
+    from store.warehouse import night_lock
 
     city = _load(config)
     rid = _run_id(city, run_id)
@@ -181,15 +182,15 @@ def explain(
 
     Personal data is masked unless ``--privileged``; every explain is written to the audit log.
     """
-    from etl import audit
-    from etl.state import warehouse_url
-    from master_data.access import (
+    from access import audit
+    from access.access import (
         AccessError,
         NotShared,
         mask_explanation,
         release_of,
         resolve_role,
     )
+    from etl.state import warehouse_url
     from master_data.consolidate import ConsolidateError
     from master_data.explain import ExplainError
     from master_data.explain import explain as do_explain
@@ -247,8 +248,8 @@ def review_list(
 ) -> None:
     """The open review queue, most probable first (the steward role; on SQLite the warehouse
     file's owner)."""
-    from master_data.access import AccessError, mask_review_rows
-    from master_data.review import queue
+    from access.access import AccessError, mask_review_rows
+    from access.review import queue
 
     city = _load(config)
     try:
@@ -292,8 +293,8 @@ def review_decide(
     file's owner, where file permissions are the only boundary); the decision and its audit
     row carry the authenticated login.
     """
-    from master_data.access import AccessError
-    from master_data.review import ReviewError, decide
+    from access.access import AccessError
+    from access.review import ReviewError, decide
 
     city = _load(config)
     try:

@@ -23,9 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl import audit
+from access import audit
 from etl.config import CityConfig
-from etl.warehouse import crosswalk_table, read, review_decision_table, review_queue_table
+from store.warehouse import crosswalk_table, read, review_decision_table, review_queue_table
 
 DECISIONS = ("link", "apart")
 DECIDE_FUNCTION = "govmdm_review_decide"
@@ -37,7 +37,7 @@ class ReviewError(ValueError):
 
 def queue(city: CityConfig, *, entity: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """The open queue of the last published night, most probable first (stewards only)."""
-    from master_data.access import session  # access imports this module's SQL
+    from access.access import session  # access imports this module's SQL
 
     with session(city) as s:
         s.require("steward", action="review_list", target="review queue")
@@ -62,7 +62,7 @@ def decide(
 ) -> str:
     """Record ``decision`` on the pair as the authenticated steward; returns its entity type.
     Either row order works. ``by``, if given, must name the caller (it is checked, not used)."""
-    from master_data.access import session  # access imports this module's SQL
+    from access.access import session  # access imports this module's SQL
 
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -116,7 +116,7 @@ def decide(
 
 
 def _pg_reason(exc: sa.exc.DBAPIError) -> str:
-    from quality.masking import mask_text
+    from fields.masking import mask_text
 
     text = (str(exc.orig or exc).strip().splitlines() or ["the decision failed"])[0]
     if "no published source row" in text:
@@ -148,7 +148,7 @@ def _entity_of(engine: sa.Engine, a: str, b: str) -> str:
     return found[a]
 
 
-# Masks ID and mobile numbers in text inside PostgreSQL, as quality.masking.mask_text does.
+# Masks ID and mobile numbers in text inside PostgreSQL, as fields.masking.mask_text does.
 def _sql_mask_text(c: str) -> str:
     ids = (
         f"regexp_replace({c}, '(?<![0-9A-Za-z])([0-9]{{6}})[0-9]{{8}}([0-9]{{3}}[0-9Xx])"

@@ -1,46 +1,28 @@
-"""The ``govmdm`` command: every pipeline stage from the shell, no scheduler needed."""
+"""The night's commands: sample city, configuration check, extract, accepting deletions,
+standardize and the Airflow demo."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(
-    name="govmdm",
-    help="Nightly ETL and master data for government data sharing (一数一源、多元校核).",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
+from cli.common import (
+    ConfigDir,
+    Departments,
+    RunId,
+    _check_departments,
+    _flags_broken,
+    _load,
+    _progress,
+    _run_id,
+    app,
+    config_app,
+    console,
 )
-config_app = typer.Typer(
-    help="Inspect and validate the configuration in config/.", no_args_is_help=True
-)
-app.add_typer(config_app, name="config")
-# Piped or logged output (make demo in CI, Airflow logs) gets room for the summary tables.
-console = Console(width=None if sys.stdout.isatty() else 160)
-
-ConfigDir = Annotated[
-    Path, typer.Option("--config", help="Configuration folder.", show_default=True)
-]
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description:<10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def _row_table(title: str, manifest: dict[str, Any], out: Path) -> Table:
@@ -204,66 +186,6 @@ def _probe_sources(city: Any) -> None:
         raise typer.Exit(1)
 
 
-RunId = Annotated[
-    str | None,
-    typer.Option(
-        "--run-id",
-        help="The night's ID (default: today's date in the city's time zone). Rerunning a night "
-        "with the same ID replaces its output.",
-    ),
-]
-Departments = Annotated[
-    list[str] | None,
-    typer.Option("--department", "-d", help="Only this department (repeatable)."),
-]
-
-
-def _load(config: Path) -> Any:
-    """The city, loaded the way a night loads it: a broken department file flags that
-    department (said here, in red) and the others run; a broken city file stops (exit 2)."""
-    from etl.config import ConfigError, load_city_config
-
-    try:
-        city = load_city_config(config, tolerant=True)
-    except ConfigError as exc:
-        console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
-        raise typer.Exit(2) from exc
-    for code in city.broken:
-        console.print(f"[red]{city.broken_message(code)}", highlight=False)
-    return city
-
-
-def _run_id(city: Any, run_id: str | None) -> str:
-    if run_id:
-        return run_id
-    import datetime as dt
-    from zoneinfo import ZoneInfo
-
-    return dt.datetime.now(ZoneInfo(city.timezone)).date().isoformat()
-
-
-def _check_departments(city: Any, departments: list[str] | None) -> list[str] | None:
-    """The departments to run (None: all that load); exits 2 on an unknown code, 1 when every
-    named department's configuration is broken."""
-    known = [d.code for d in city.departments]
-    broken = [d for d in departments or [] if d in city.broken]
-    if broken and len(broken) == len(departments or []):
-        console.print(f"[red]Not run: the configuration of {', '.join(broken)} is broken (above)")
-        raise typer.Exit(1)
-    unknown = [d for d in departments or [] if d not in known and d not in broken]
-    if unknown:
-        console.print(
-            f"[red]Unknown department {', '.join(unknown)}; configured: {', '.join(known)}"
-        )
-        raise typer.Exit(2)
-    return [d for d in departments if d in known] if departments else None
-
-
-def _flags_broken(city: Any, departments: list[str] | None) -> bool:
-    """Whether a department this command was asked to run could not load."""
-    return any(d in city.broken for d in departments) if departments else bool(city.broken)
-
-
 @app.command()
 def extract(
     config: ConfigDir = Path("config"),
@@ -285,7 +207,7 @@ def extract(
     refused (exit code 2), with the command that works.
     """
     from etl.extract import extract_all
-    from etl.night import NightRefused, rerun_plan
+    from pipeline.night import NightRefused, rerun_plan
 
     city = _load(config)
     runnable = _check_departments(city, department)
@@ -364,7 +286,7 @@ def accept_deletions(
     holds the department's batch back; once the department confirms the deletion is real, run
     this. It is written to the audit log (`govmdm audit list`) with your login and the reason.
     """
-    from etl import audit
+    from access import audit
     from etl.state import RunState, warehouse_url
 
     city = _load(config)
@@ -495,7 +417,7 @@ def demo(
     import json
     import re
 
-    from etl import night as nightly
+    from pipeline import night as nightly
 
     city = _load(config)
     out = city.var_dir / "city"
@@ -583,7 +505,7 @@ def demo(
         f"Airflow's log: {log}\nAirflow metadata database: {city.var_dir / 'airflow'}/airflow.db",
         highlight=False,
     )
-    from master_data import commands as master
+    from cli import master
 
     console.rule(f"[bold]night {rid}: against the sample city's truth")
     master.evaluate(config=config, truth=out, as_json=False)
@@ -591,13 +513,3 @@ def demo(
         "Watch the nights in the Airflow UI: `airflow standalone` on var/airflow (dags/README.md). "
         "Try: `govmdm explain <master ID | department:key>`, `govmdm review list`."
     )
-
-
-# The master-data commands (link, publish, consolidate, explain, review, evaluate) register here.
-from master_data import analyst_commands as _analyst_commands  # noqa: E402, F401
-from master_data import commands as _master_commands  # noqa: E402, F401
-from quality import commands as _quality_commands  # noqa: E402, F401
-from quality import report_commands as _report_commands  # noqa: E402, F401
-
-if __name__ == "__main__":
-    app()

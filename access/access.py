@@ -4,7 +4,7 @@
 ``v_person`` (masked) and ``v_person_full`` (as published), likewise ``v_enterprise``,
 ``v_provenance``, ``v_crosswalk``, ``v_relationship``, ``v_conflict`` and ``v_id_event``; plus the
 ``catalog`` table (信息资源目录). The masked views are a de-identified release built in SQL (the
-same on SQLite and PostgreSQL) from the per-field policy of :mod:`quality.masking`: a person's
+same on SQLite and PostgreSQL) from the per-field policy of :mod:`fields.masking`: a person's
 name, ID number, phone and street address are not released; sex, birth date, residence and
 ethnicity are generalised together so that every combination in ``v_person`` stands for at
 least k persons (``k_anonymity`` in ``config/catalog.yaml``); conflict values and source keys
@@ -60,22 +60,10 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from etl import audit
+from access import audit
 from etl.config import CityConfig, ConfigError, load_yaml_model
 from etl.state import warehouse_url
-from etl.warehouse import (
-    conflict_table,
-    crosswalk_table,
-    enterprise_table,
-    id_event_table,
-    metadata,
-    person_table,
-    provenance_table,
-    relationship_table,
-    review_queue_table,
-    run_table,
-)
-from quality.masking import (
+from fields.masking import (
     MASK_DESCRIPTIONS,
     POLICY,
     RELEASE_DESCRIPTIONS,
@@ -87,6 +75,18 @@ from quality.masking import (
     mask_text,
     policy,
     release_field,
+)
+from store.warehouse import (
+    conflict_table,
+    crosswalk_table,
+    enterprise_table,
+    id_event_table,
+    metadata,
+    person_table,
+    provenance_table,
+    relationship_table,
+    review_queue_table,
+    run_table,
 )
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ MASKS: dict[str, str] = {
     "departments": "仅列出可共享来源的部门，不予共享的来源不计入",
 }
 """Mask kinds of the analyst views → what an analyst sees (for the data dictionary and the
-catalog). Each golden column's kind comes from :data:`quality.masking.POLICY`."""
+catalog). Each golden column's kind comes from :data:`fields.masking.POLICY`."""
 
 PSEUDONYMS: dict[str, str] = {
     "master_id": "主数据标识",
@@ -807,7 +807,7 @@ def grants_sql(roles: DbRoles | None = None, schema: str = "public") -> list[str
     also everything published and the whole audit log, never a write; the steward role reads
     the review queue and decides through ``govmdm_review_decide``. All three write the audit
     log only through its functions and read only their own rows of it (``v_audit_log``)."""
-    from master_data.review import decide_function_sql  # review imports nothing of access
+    from access.review import decide_function_sql  # review imports nothing of access
 
     r = roles or DbRoles()
     a, p, s = (_ident(n) for n in r.names)
@@ -903,7 +903,7 @@ def install_views(engine: sa.Engine, city: CityConfig) -> InstallReport:
     Without the right to create roles (CREATEROLE), the views and grants are still installed
     when the roles exist already, and a warning says what a DBA must run once.
     """
-    from master_data.catalog import write_catalog  # catalog imports this module
+    from access.catalog import write_catalog  # catalog imports this module
 
     dialect = _dialect(engine)
     report = InstallReport(backend=dialect)
@@ -1195,7 +1195,7 @@ def session(city: CityConfig, *, export: bool = False) -> Iterator[Session]:
     ('wang', ['analyst'])
     """
     from etl.state import WAREHOUSE_ENV
-    from etl.warehouse import engine_for
+    from store.warehouse import engine_for
 
     policy = load_share_policy(city)
     if export:  # whole views: a longer limit than an ad-hoc query's
@@ -1256,7 +1256,7 @@ def _caller(engine: sa.Engine) -> Caller:
 
 def _postgres_caller(engine: sa.Engine) -> Caller:
     roles: DbRoles = engine.get_execution_options().get("govmdm_roles") or DbRoles()
-    from master_data.review import DECIDE_FUNCTION
+    from access.review import DECIDE_FUNCTION
 
     tables = [*_protected(), *(v.name for v in VIEWS)]
     query = sa.text(
@@ -1910,7 +1910,7 @@ def export(
     analyst role). ``privileged`` exports the full views. ``pseudonymize`` replaces master IDs,
     ID numbers and source keys by keyed tokens (:func:`pseudonym`), on top of either.
     """
-    from master_data.catalog import data_dictionary  # catalog imports this module
+    from access.catalog import data_dictionary  # catalog imports this module
 
     role = resolve_role(city, privileged, action="export")
     key = pseudonym_key() if pseudonymize else None
@@ -1994,7 +1994,7 @@ def _write_parquet(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from master_data.catalog import column_description
+    from access.catalog import column_description
 
     fields = []
     arrays = []
@@ -2074,7 +2074,7 @@ def _write_dictionary(dictionary: pd.DataFrame, target: Path) -> Path:
 def _write_manifest(result: ExportResult, city: CityConfig, engine: sa.Engine) -> None:
     import json
 
-    from etl.warehouse import latest_run
+    from store.warehouse import latest_run
 
     run = latest_run(engine)
     manifest = {
@@ -2196,7 +2196,7 @@ def _unrepr(text: str) -> str | None:
 
 def mask_review_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Review-queue rows as ``govmdm review list`` prints them: record IDs with keys that are ID
-    or mobile numbers masked (:func:`quality.masking.mask_key`)."""
+    or mobile numbers masked (:func:`fields.masking.mask_key`)."""
     return [
         dict(r) | {"left_record": _mask_record(str(r["left_record"])),
                    "right_record": _mask_record(str(r["right_record"]))}

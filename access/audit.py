@@ -5,7 +5,7 @@ deletion writes a row of ``audit_log`` in the warehouse: who, when, the action, 
 role it ran as (analyst | privileged | steward | platform), how many rows it returned or wrote,
 its outcome (ok | refused | failed, or running while it has not finished) and details as JSON.
 Targets and details never hold an ID number or a mobile number in clear: they are masked
-(:func:`quality.masking.mask_text`) before they are written.
+(:func:`fields.masking.mask_text`) before they are written.
 
 **Who** is never taken from a variable the user sets. On PostgreSQL it is the connection's
 login (``session_user``), written by the database itself; on SQLite it is the OS account of the
@@ -40,7 +40,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from quality.masking import mask_text
+from fields.masking import mask_text
 
 ACTIONS = (
     "publish",

@@ -25,11 +25,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl import audit
-from etl import normalize as nz
-from etl.config import CityConfig
-from etl.warehouse import person_table
-from master_data.access import (
+from access import audit
+from access.access import (
     VIEW_BY_NAME,
     AccessError,
     Role,
@@ -37,7 +34,10 @@ from master_data.access import (
     scrub,
     session,
 )
-from quality.masking import mask_id, mask_name
+from etl.config import CityConfig
+from fields import normalize as nz
+from fields.masking import mask_id, mask_name
+from store.warehouse import person_table
 
 
 class LookupError_(AccessError):  # the builtin LookupError is a different thing

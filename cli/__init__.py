@@ -1,0 +1,1 @@
+"""The ``govmdm`` command line: commands only, over the pipeline and stage packages."""

@@ -1,0 +1,102 @@
+"""What every ``govmdm`` command shares: the Typer app, the console, common options and
+loading the configuration the way a night loads it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+app = typer.Typer(
+    name="govmdm",
+    help="Nightly ETL and master data for government data sharing (一数一源、多元校核).",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+config_app = typer.Typer(
+    help="Inspect and validate the configuration in config/.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+# Piped or logged output (make demo in CI, Airflow logs) gets room for the summary tables.
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+ConfigDir = Annotated[
+    Path, typer.Option("--config", help="Configuration folder.", show_default=True)
+]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+RunId = Annotated[
+    str | None,
+    typer.Option(
+        "--run-id",
+        help="The night's ID (default: today's date in the city's time zone). Rerunning a night "
+        "with the same ID replaces its output.",
+    ),
+]
+Departments = Annotated[
+    list[str] | None,
+    typer.Option("--department", "-d", help="Only this department (repeatable)."),
+]
+
+
+def _load(config: Path) -> Any:
+    """The city, loaded the way a night loads it: a broken department file flags that
+    department (said here, in red) and the others run; a broken city file stops (exit 2)."""
+    from etl.config import ConfigError, load_city_config
+
+    try:
+        city = load_city_config(config, tolerant=True)
+    except ConfigError as exc:
+        console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    for code in city.broken:
+        console.print(f"[red]{city.broken_message(code)}", highlight=False)
+    return city
+
+
+def _run_id(city: Any, run_id: str | None) -> str:
+    if run_id:
+        return run_id
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(city.timezone)).date().isoformat()
+
+
+def _check_departments(city: Any, departments: list[str] | None) -> list[str] | None:
+    """The departments to run (None: all that load); exits 2 on an unknown code, 1 when every
+    named department's configuration is broken."""
+    known = [d.code for d in city.departments]
+    broken = [d for d in departments or [] if d in city.broken]
+    if broken and len(broken) == len(departments or []):
+        console.print(f"[red]Not run: the configuration of {', '.join(broken)} is broken (above)")
+        raise typer.Exit(1)
+    unknown = [d for d in departments or [] if d not in known and d not in broken]
+    if unknown:
+        console.print(
+            f"[red]Unknown department {', '.join(unknown)}; configured: {', '.join(known)}"
+        )
+        raise typer.Exit(2)
+    return [d for d in departments if d in known] if departments else None
+
+
+def _flags_broken(city: Any, departments: list[str] | None) -> bool:
+    """Whether a department this command was asked to run could not load."""
+    return any(d in city.broken for d in departments) if departments else bool(city.broken)

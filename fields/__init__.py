@@ -1,0 +1,3 @@
+"""The canonical fields: identifiers, administrative divisions, normalization and masking.
+
+The bottom layer: it imports no other package of the project."""

@@ -1,0 +1,1 @@
+"""One function per stage of the night, used by both the command line and the DAG."""
