@@ -22,6 +22,7 @@ from fields.masking import (
     release_key,
     release_record,
     replace_records,
+    scrub,
 )
 
 _CONFLICT_NOTE = re.compile(
@@ -36,7 +37,8 @@ def mask_explanation(ex: Any, release: Release | None = None) -> Any:
     views release — personal values suppressed, public ones in clear, keys that are ID or
     mobile numbers suppressed (:mod:`fields.masking`) — and nothing from a source shared with
     nobody (``release``): its member rows, their links, its provenance and its conflicts are
-    left out.
+    left out. What is left passes the last gate of analyst output (:func:`fields.masking.scrub`)
+    as query, lookup and export do.
 
     Raises :class:`NotShared` if every member row comes from such a source."""
     release = release or Release()
@@ -57,7 +59,17 @@ def mask_explanation(ex: Any, release: Release | None = None) -> Any:
     ]
     notes = [n for n in (_note(ex.entity, note, release) for note in ex.notes) if n is not None]
     attributes = [_attribute(ex.entity, a, release) for a in ex.attributes]
-    return replace(ex, attributes=attributes, members=members, links=links, notes=notes)
+    return replace(
+        ex,
+        attributes=[_scrubbed(a) for a in attributes],
+        members=[_scrubbed(m) for m in members],
+        links=[_scrubbed(lk) for lk in links],
+        notes=notes,
+    )
+
+
+def _scrubbed(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: scrub(v)[0] for k, v in row.items()}
 
 
 def _hidden_record(record: str, release: Release) -> bool:

@@ -27,10 +27,19 @@ and exports, ``lookup``, ``explain`` and ``review``.
 Where two values of one field disagree (多元校核), :func:`describe_difference` says what differs
 without showing either value: ``第3字不同（同音）``, ``出生日期中月、日互换``.
 
+Every output calls one pair of functions per kind of thing, the first for a reader who holds
+the rows (reports, e-mails, logs, the review queue), the second for a de-identified release
+(the analyst views, exports, ``lookup``, ``explain``):
+
+- one value of a field: :func:`mask_field` / :func:`release_field`;
+- a source key: :func:`mask_key` / :func:`release_key`;
+- a record ID ``department/table/key``: :func:`mask_record` / :func:`release_record`.
+
 Free text (messages, keys, log lines) goes through :func:`mask_text`; :func:`find_clear` is the
 gate that reports, e-mails and analyst output pass before they leave: ID numbers, mobile and
 landline numbers, bank cards and e-mail addresses in clear, and any of the personal values
-(names, street addresses) the caller knows the document was built from.
+(names, street addresses) the caller knows the document was built from. What an analyst is
+shown passes :func:`scrub` last.
 
 >>> mask_text("身份证 11010519491231002X，电话 13812345678")
 '身份证 110105********002X，电话 138****5678'

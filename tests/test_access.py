@@ -65,8 +65,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
     var = tmp_path_factory.mktemp("var")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV,
-                     PSEUDONYM_KEY_ENV):  # fmt: skip
+        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV, PSEUDONYM_KEY_ENV):
             mp.delenv(name, raising=False)
         generate_city(var / "city", persons=600, enterprises=70, seed=7)
         c = load_city_config(ROOT / "config")
@@ -84,8 +83,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV,
-                 PSEUDONYM_KEY_ENV):  # fmt: skip
+    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV, PSEUDONYM_KEY_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -744,8 +742,7 @@ def test_masked_views_and_exports_resist_reidentification(
     assert (released["district"].dropna() != "****").mean() > 0.15
     # explain, for an analyst, shows no more than the views
     for person in truth.head(15).to_dict("records"):
-        shown = repr(mask_explanation(explain(city, person["master_id"]),
-                                             release_of(city)))  # fmt: skip
+        shown = repr(mask_explanation(explain(city, person["master_id"]), release_of(city)))
         assert person["birth_date"][:10] not in shown and mask_id(person["id_number"]) not in shown
         assert person["name"] not in shown and mask_name(person["name"]) not in shown
 
