@@ -38,6 +38,7 @@ from access.release import ANALYST_RELATIONS, VIEWS, protected, release_of
 from access.review import decide_function_sql
 from access.viewsql import Dialect, SqlMask, dialect_of, view_select
 from etl.config import CityConfig
+from fields.masking import policy
 from store.warehouse import metadata, person_table, review_queue_table, run_table
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ def find_person_sql(schema: str, grantees: list[str]) -> list[str]:
     audit entry of the caller, and writes the (masked) key into that entry first."""
     s = ident(schema)
     sql = SqlMask("postgresql")
+    # the key as the audit log keeps it, masked as lookup shows it
+    shown_id = sql.mask(policy("person", "id_number").mask, "p_id_number")
+    shown_name = sql.mask(policy("person", "name").mask, "p_name")
     fixed = "LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
     fn = f"{s}.{FIND_PERSON_FUNCTION}(bigint, text, text, date)"
     body = (
@@ -83,9 +87,9 @@ def find_person_sql(schema: str, grantees: list[str]) -> list[str]:
         "DECLARE shown text;\n"
         "BEGIN\n"
         "  IF p_id_number IS NOT NULL THEN\n"
-        f"    shown := 'id_number ' || {sql.mask_id('p_id_number')};\n"
+        f"    shown := 'id_number ' || {shown_id};\n"
         "  ELSIF p_name IS NOT NULL AND p_birth_date IS NOT NULL THEN\n"
-        f"    shown := 'name ' || {sql.mask_name('p_name')} || ' ' || p_birth_date::text;\n"
+        f"    shown := 'name ' || {shown_name} || ' ' || p_birth_date::text;\n"
         "  ELSE\n"
         "    RAISE EXCEPTION 'give an ID number, or a name with a birth date';\n"
         "  END IF;\n"
