@@ -291,9 +291,8 @@ def _begin(
     if _has_functions(conn):
         entry = conn.execute(
             sa.text(f"SELECT {BEGIN_FUNCTION}(:action, :target, :role, :detail)"),
-            {"action": action, "target": mask_text(target), "role": role,
-             "detail": _json(detail)},
-        ).scalar_one()  # fmt: skip
+            {"action": action, "target": mask_text(target), "role": role, "detail": _json(detail)},
+        ).scalar_one()
         return int(entry)
     ensure_table(conn)
     person: Any = (
@@ -303,10 +302,17 @@ def _begin(
     )
     row = conn.execute(
         audit_table.insert()
-        .values(at=dt.datetime.now(dt.UTC), who=person, action=action, target=mask_text(target),
-                role=role, outcome=RUNNING, detail=_json(detail))
+        .values(
+            at=dt.datetime.now(dt.UTC),
+            who=person,
+            action=action,
+            target=mask_text(target),
+            role=role,
+            outcome=RUNNING,
+            detail=_json(detail),
+        )
         .returning(audit_table.c.id)
-    ).scalar()  # fmt: skip
+    ).scalar()
     return int(row)  # type: ignore[arg-type]  # RETURNING always gives the new row's ID
 
 
@@ -329,9 +335,13 @@ def _finish(
     conn.execute(
         audit_table.update()
         .where(t.id == entry, t.outcome == RUNNING)
-        .values(outcome=outcome, row_count=row_count, finished_at=dt.datetime.now(dt.UTC),
-                detail=_json(merged))
-    )  # fmt: skip
+        .values(
+            outcome=outcome,
+            row_count=row_count,
+            finished_at=dt.datetime.now(dt.UTC),
+            detail=_json(merged),
+        )
+    )
 
 
 @contextmanager

@@ -468,7 +468,7 @@ def link(
 def publish(config: str | Path, run_id: str) -> dict[str, Any]:
     """Publish the linked night atomically and move the watermarks
     (:func:`master_data.consolidate.publish`); returns the golden tables' row counts."""
-    from access.access import after_publish
+    from access.views import after_publish
     from master_data.consolidate import publish as publish_night
 
     city = load_city_config(config, tolerant=True)

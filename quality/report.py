@@ -66,7 +66,6 @@ __all__ = [
     "ReportSet",
     "UnmaskedDataError",
     "build_reports",
-    "mask_conflict_value",
     "night_key",
     "render_reports",
     "reports_dir",
@@ -357,18 +356,6 @@ def night_key(run_id: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(
         (0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", run_id)
     )
-
-
-def mask_conflict_value(attribute: str, value: Any, entity: str = "person") -> str | None:
-    """A conflicting value as a report shows it: masked by the field's policy
-    (:func:`fields.masking.mask_field`).
-
-    >>> mask_conflict_value("name", "张三丰"), mask_conflict_value("phone", "13812345678")
-    ('张**', '138****5678')
-    >>> mask_conflict_value("name", "福州闽江科技有限公司", "enterprise")
-    '福州闽江科技有限公司'
-    """
-    return mask_field(entity, attribute, value)
 
 
 # --------------------------------------------------------------------------- reading a night
