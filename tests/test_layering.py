@@ -91,9 +91,6 @@ def test_sideways_imports_only_between_cli_modules() -> None:
     assert sideways == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="access.access imports catalog and review inside functions; next step"
-)
 def test_no_import_cycle_between_modules() -> None:
     edges = {m: {t for t, _ in ts} for m, ts in _imports().items()}
     cycles: list[list[str]] = []
