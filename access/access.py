@@ -76,7 +76,8 @@ from fields.masking import (
     policy,
     release_field,
 )
-from store.warehouse import (
+from store.tables import (
+    PUBLISHED_TABLES,
     conflict_table,
     crosswalk_table,
     enterprise_table,
@@ -734,7 +735,7 @@ def views_sql(dialect: Dialect, release: Release | None = None) -> list[str]:
 def _protected() -> list[str]:
     """What the analyst role must never read: every warehouse table, the full views, the log."""
     return [
-        *(t.name for t in metadata.sorted_tables),
+        *(t.name for t in PUBLISHED_TABLES),
         *(v.full_name for v in VIEWS),
         audit.audit_table.name,
     ]
@@ -1088,7 +1089,7 @@ def load_share_policy(city: CityConfig) -> SharePolicy:
     if not path.is_file():
         return SharePolicy()
     policy = load_yaml_model(path, SharePolicy)
-    known = {t.name for t in metadata.sorted_tables} | {
+    known = {t.name for t in PUBLISHED_TABLES} | {
         f"{d.code}/{t.name}" for d in city.departments for t in d.tables
     }
     problems = [

@@ -25,7 +25,6 @@ import pandas as pd
 import sqlalchemy as sa
 
 from access.access import (
-    CATALOG_TABLE,
     MASKS,
     PSEUDONYMS,
     VIEWS,
@@ -36,6 +35,7 @@ from access.access import (
 )
 from etl.config import CityConfig, TableConfig
 from master_data.survivorship import ATTRIBUTES
+from store.tables import catalog_table, metadata
 
 SHARE_TYPES_ZH = {
     "unconditional": "无条件共享",
@@ -123,34 +123,6 @@ COLUMN_ZH: dict[str, dict[str, str]] = {
         "reason": "原因说明",
     },
 }  # fmt: skip
-
-_catalog_metadata = sa.MetaData()
-catalog_table = sa.Table(
-    CATALOG_TABLE,
-    _catalog_metadata,
-    sa.Column("resource_id", sa.String(256), primary_key=True),
-    sa.Column("field", sa.String(128), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("resource_title", sa.Text, nullable=False),
-    sa.Column("resource_kind", sa.String(16), nullable=False, comment="golden | source"),
-    sa.Column("entity", sa.String(16)),
-    sa.Column("analyst_view", sa.String(64)),
-    sa.Column("owner", sa.Text, nullable=False),
-    sa.Column("owner_code", sa.String(64)),
-    sa.Column("contact", sa.Text),
-    sa.Column("update_frequency", sa.String(16), nullable=False),
-    sa.Column("share_type", sa.String(16), nullable=False),
-    sa.Column("share_type_zh", sa.String(16), nullable=False),
-    sa.Column("share_condition", sa.Text),
-    sa.Column("share_basis", sa.Text),
-    sa.Column("maps_to", sa.String(128), comment="canonical field of a source column"),
-    sa.Column("description", sa.Text, nullable=False),
-    sa.Column("data_type", sa.String(64)),
-    sa.Column("authority", sa.String(64), comment="the authoritative department's code"),
-    sa.Column("authority_name", sa.Text),
-    sa.Column("masked", sa.Text, comment="how the analyst views show it; NULL: in clear"),
-    comment="信息资源目录: every shared resource's fields, owner, authority and share type",
-)
 
 
 @dataclass
@@ -332,7 +304,7 @@ def catalog_frame(resources: Sequence[Resource]) -> pd.DataFrame:
 
 def write_catalog(conn: sa.Connection, city: CityConfig) -> int:
     """Replace the ``catalog`` table's rows (in the caller's transaction); returns the count."""
-    _catalog_metadata.create_all(conn, checkfirst=True)
+    metadata.create_all(conn, tables=[catalog_table], checkfirst=True)
     frame = catalog_frame(build_catalog(city))
     conn.execute(catalog_table.delete())
     records = [

@@ -37,7 +37,7 @@ from access.access import (
 from etl.config import CityConfig
 from fields import normalize as nz
 from fields.masking import mask_id, mask_name
-from store.warehouse import person_table
+from store.tables import person_table
 
 
 class LookupError_(AccessError):  # the builtin LookupError is a different thing

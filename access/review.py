@@ -25,7 +25,8 @@ import sqlalchemy as sa
 
 from access import audit
 from etl.config import CityConfig
-from store.warehouse import crosswalk_table, read, review_decision_table, review_queue_table
+from store.tables import crosswalk_table, review_decision_table, review_queue_table
+from store.warehouse import read
 
 DECISIONS = ("link", "apart")
 DECIDE_FUNCTION = "govmdm_review_decide"

@@ -55,9 +55,10 @@ from fields.masking import (
     mask_text,
     policy,
 )
-from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
+from quality.results import DIMENSIONS, OVERALL
 from quality.suites import PLATFORM_FAILURE, platform_failure
-from store.warehouse import conflict_table, engine_for
+from store.tables import conflict_table, result_table, scorecard_table
+from store.warehouse import engine_for
 
 __all__ = [
     "DEFAULT_NIGHTS",
