@@ -102,6 +102,11 @@ class Field:
         return self.group == self.name
 
     @property
+    def is_date(self) -> bool:
+        """A date (a format may say how a department writes it)."""
+        return self.arrow is not None and pa.types.is_date(self.arrow)
+
+    @property
     def golden(self) -> bool:
         """A column of the entity's golden table."""
         return self.sql is not None

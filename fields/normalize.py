@@ -49,7 +49,7 @@ from pypinyin import Style, lazy_pinyin
 from fields import divisions, identifiers
 
 __all__ = [
-    "FIELDS",
+    "NORMALIZERS",
     "REASONS",
     "SEVERITY",
     "Address",
@@ -1471,7 +1471,9 @@ def _legacy_as(kind: str) -> Callable[..., Normalized[str]]:
     return normalizer
 
 
-_FIELDS: dict[str, Callable[..., Normalized[Any]]] = {
+# Named after the canonical field each cleans (fields.dictionary: Field.normalized_by), except an
+# enterprise's name, whose normalizer also derives the matching key and the branch suffix.
+_NORMALIZERS: dict[str, Callable[..., Normalized[Any]]] = {
     "name": person_name,
     "legal_rep_name": person_name,
     "id_number": id_number,
@@ -1497,9 +1499,11 @@ def _accepted(fn: Callable[..., Any]) -> frozenset[str]:
     return frozenset(list(inspect.signature(fn).parameters)[1:])
 
 
-def normalize_value(field_name: str, raw: object, **context: Any) -> Normalized[Any]:
-    """Normalize ``raw`` as the canonical field ``field_name``; context the normalizer does not
-    take (e.g. as_of for a name) is ignored. An unknown field name is a programming error.
+def normalize_value(normalizer: str, raw: object, **context: Any) -> Normalized[Any]:
+    """Normalize ``raw`` with the normalizer of that name (one of :data:`NORMALIZERS`: a
+    canonical field's is :attr:`fields.dictionary.Field.normalized_by`, named after the field
+    except ``enterprise_name``); context the normalizer does not take (e.g. as_of for a name) is
+    ignored. An unknown name is a programming error.
 
     >>> normalize_value("id_number", "110105491231002", sex="女").value
     '11010519491231002X'
@@ -1507,13 +1511,14 @@ def normalize_value(field_name: str, raw: object, **context: Any) -> Normalized[
     Decimal('100')
     """
     try:
-        fn = _FIELDS[field_name]
+        fn = _NORMALIZERS[normalizer]
     except KeyError:
         raise KeyError(
-            f"no normalizer for field {field_name!r}; known: {sorted(_FIELDS)}"
+            f"no normalizer for field {normalizer!r}; known: {sorted(_NORMALIZERS)}"
         ) from None
     accepted = _accepted(fn)
     return fn(raw, **{k: v for k, v in context.items() if k in accepted})
 
 
-FIELDS: tuple[str, ...] = tuple(_FIELDS)
+NORMALIZERS: tuple[str, ...] = tuple(_NORMALIZERS)
+"""The names :func:`normalize_value` takes."""
