@@ -34,6 +34,7 @@ from access.access import (
     parquet_type,
 )
 from etl.config import CityConfig, TableConfig
+from fields import dictionary
 from master_data.survivorship import ATTRIBUTES
 from store.tables import catalog_table, metadata
 
@@ -55,25 +56,11 @@ GOLDEN_TITLES = {
 }
 
 FIELD_ZH = {
-    "person": {
-        "name": "姓名", "id_number": "公民身份号码", "sex": "性别", "birth_date": "出生日期",
-        "phone": "联系电话", "address": "住址", "ethnicity": "民族",
-        "employer_uscc": "工作单位统一社会信用代码", "status": "人员状态",
-    },
-    "enterprise": {
-        "name": "单位名称", "uscc": "统一社会信用代码", "reg_no": "工商注册号（15位）",
-        "org_code": "组织机构代码", "legal_rep_name": "法定代表人姓名",
-        "legal_rep_id": "法定代表人身份证号", "address": "住所（经营场所）",
-        "registered_capital": "注册资本（万元）", "established_date": "成立日期",
-        "status": "登记状态",
-    },
-}  # fmt: skip
-"""Canonical fields in Chinese, for source tables and golden attributes."""
+    entity: {name: dictionary.label(entity, name) for name in dictionary.source_fields(entity)}
+    for entity in dictionary.ENTITIES
+}
+"""Canonical fields in Chinese, for source tables (from :mod:`fields.dictionary`)."""
 
-_ADDRESS_ZH = {
-    "division_code": "行政区划代码（GB/T 2260）", "province": "省（自治区、直辖市）",
-    "city": "市（地区、州）", "district": "区（县）", "address_detail": "详细地址（街路巷门牌）",
-}  # fmt: skip
 _TAIL_ZH = {
     "member_count": "归并的源记录数", "departments": "提供源记录的部门（代码，逗号分隔）",
     "updated_at": "各源记录中最近的更新时间", "run_id": "最后一次改变该记录的批次（夜间运行）",
@@ -81,15 +68,11 @@ _TAIL_ZH = {
 COLUMN_ZH: dict[str, dict[str, str]] = {
     "mdm_person": {
         "master_id": "自然人主数据标识（P + 10位数字，跨批次稳定）",
-        **FIELD_ZH["person"], "name_pinyin": "姓名拼音（无声调，用于匹配）",
-        "address": "住址（标准化全文）", **_ADDRESS_ZH,
-        "employer_master_id": "工作单位的法人主数据标识", **_TAIL_ZH,
+        **dictionary.descriptions("person"), **_TAIL_ZH,
     },
     "mdm_enterprise": {
         "master_id": "法人主数据标识（E + 10位数字，跨批次稳定）",
-        **FIELD_ZH["enterprise"], "name_key": "名称匹配键（去掉行政区划和组织形式变体）",
-        "branch": "分支机构名称后缀", "legal_rep_master_id": "法定代表人的自然人主数据标识",
-        "address": "住所（标准化全文）", **_ADDRESS_ZH, **_TAIL_ZH,
+        **dictionary.descriptions("enterprise"), **_TAIL_ZH,
     },
     "mdm_provenance": {
         "entity": "主体类型（person 自然人 / enterprise 法人）", "master_id": "主数据标识",

@@ -272,7 +272,7 @@ def label(entity: str, name: str) -> str:
         return name
 
 
-def description(entity: str, name: str) -> str:
-    """How ``entity``'s golden column ``name`` is described (its label unless it has its own)."""
-    f = field(entity, name)
-    return f.description or f.label
+def descriptions(entity: str) -> dict[str, str]:
+    """How each column of ``entity``'s golden table is described (its label unless it has its
+    own description), for the catalog and the data dictionary of an export."""
+    return {f.name: f.description or f.label for f in golden_fields(entity)}
