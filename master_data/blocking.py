@@ -596,8 +596,12 @@ def _skipped(
     shown = ", ".join(f"{s.key} ({s.size} rows)" for s in found[:5])
     log.warning(
         "blocking pass %r: skipped %d block(s) larger than max_block=%d: %s%s",
-        blocking_pass.name, len(found), max_block, shown, ", …" if len(found) > 5 else "",
-    )  # fmt: skip
+        blocking_pass.name,
+        len(found),
+        max_block,
+        shown,
+        ", …" if len(found) > 5 else "",
+    )
     return tuple(found)
 
 
@@ -682,10 +686,15 @@ def candidate_pairs(
         union = np.sort(np.concatenate([union, new]), kind="stable")  # merges two sorted runs
         reports.append(
             PassReport(
-                p.name, p.keys, algorithm.keyed_rows, algorithm.blocks, len(codes), len(new),
+                p.name,
+                p.keys,
+                algorithm.keyed_rows,
+                algorithm.blocks,
+                len(codes),
+                len(new),
                 algorithm.skipped,
             )
-        )  # fmt: skip
+        )
         log.info("blocking pass %r: %d pairs, %d new", p.name, len(codes), len(new))
     report = BlockingReport(
         records=len(df),

@@ -2,7 +2,11 @@
 reports read.
 
 ``dq_result`` holds one row per night, department, rule: what was checked, how many rows failed,
-masked sample keys and the status. ``dq_scorecard`` holds one row per night, department and
+masked sample keys and the status (``passed``, ``failed``, ``error``: the check could not run, a
+config or data problem the message names; ``not_run``: its input was missing tonight, e.g. the
+department's extraction failed). A rule's severity is ``warning`` (reported), ``error`` (flags
+the department) or ``blocking`` (also holds its batch out of the golden tables).
+``dq_scorecard`` holds one row per night, department and
 GB/T 36344 dimension (plus ``overall``). Both are per-night tables: rerunning a night replaces
 that night's rows only, in one transaction, so the trend over nights stays intact.
 
@@ -16,12 +20,6 @@ from dataclasses import dataclass
 
 DIMENSIONS = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
 """GB/T 36344-2018 data-quality dimensions, in the standard's order."""
-SEVERITIES = ("warning", "error", "blocking")
-"""``warning``: reported; ``error``: flags the department; ``blocking``: also holds its batch
-out of the golden tables."""
-STATUSES = ("passed", "failed", "error", "not_run")
-"""``error``: the check could not run (config or data problem, message says which);
-``not_run``: its input was missing tonight (e.g. the department's extraction failed)."""
 OVERALL = "overall"
 
 
