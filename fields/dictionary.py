@@ -93,6 +93,7 @@ class Field:
     description: str | None = None
     """How the golden column is described, where that differs from ``label``."""
     unit: str | None = None
+    """The unit of a number (the golden column's comment)."""
     normalizer: str | None = None
     """The normalizer of a source field, where it is not named after the field."""
 
