@@ -25,9 +25,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from access.policy import Role, load_share_policy
-from access.release import CATALOG_TABLE, MASKS, PSEUDONYMS, VIEWS, ViewSpec, parquet_type
+from access.release import MASKS, PSEUDONYMS, VIEWS, ViewSpec, parquet_type
 from etl.config import CityConfig, TableConfig
+from fields import dictionary
 from master_data.survivorship import ATTRIBUTES
+from store.tables import catalog_table, metadata
 
 SHARE_TYPES_ZH = {
     "unconditional": "无条件共享",
@@ -47,28 +49,11 @@ GOLDEN_TITLES = {
 }
 
 FIELD_ZH = {
-    "person": {
-        "name": "姓名", "id_number": "公民身份号码", "sex": "性别", "birth_date": "出生日期",
-        "phone": "联系电话", "address": "住址", "ethnicity": "民族",
-        "employer_uscc": "工作单位统一社会信用代码", "status": "人员状态",
-    },
-    "enterprise": {
-        "name": "单位名称", "uscc": "统一社会信用代码", "reg_no": "工商注册号（15位）",
-        "org_code": "组织机构代码", "legal_rep_name": "法定代表人姓名",
-        "legal_rep_id": "法定代表人身份证号", "address": "住所（经营场所）",
-        "registered_capital": "注册资本（万元）", "established_date": "成立日期",
-        "status": "登记状态",
-    },
-}  # fmt: skip
-"""Canonical fields in Chinese, for source tables and golden attributes."""
-
-_ADDRESS_ZH = {
-    "division_code": "行政区划代码（GB/T 2260）",
-    "province": "省（自治区、直辖市）",
-    "city": "市（地区、州）",
-    "district": "区（县）",
-    "address_detail": "详细地址（街路巷门牌）",
+    entity: {name: dictionary.label(entity, name) for name in dictionary.source_fields(entity)}
+    for entity in dictionary.ENTITIES
 }
+"""Canonical fields in Chinese, for source tables (from :mod:`fields.dictionary`)."""
+
 _TAIL_ZH = {
     "member_count": "归并的源记录数",
     "departments": "提供源记录的部门（代码，逗号分隔）",
@@ -78,21 +63,12 @@ _TAIL_ZH = {
 COLUMN_ZH: dict[str, dict[str, str]] = {
     "mdm_person": {
         "master_id": "自然人主数据标识（P + 10位数字，跨批次稳定）",
-        **FIELD_ZH["person"],
-        "name_pinyin": "姓名拼音（无声调，用于匹配）",
-        "address": "住址（标准化全文）",
-        **_ADDRESS_ZH,
-        "employer_master_id": "工作单位的法人主数据标识",
+        **dictionary.descriptions("person"),
         **_TAIL_ZH,
     },
     "mdm_enterprise": {
         "master_id": "法人主数据标识（E + 10位数字，跨批次稳定）",
-        **FIELD_ZH["enterprise"],
-        "name_key": "名称匹配键（去掉行政区划和组织形式变体）",
-        "branch": "分支机构名称后缀",
-        "legal_rep_master_id": "法定代表人的自然人主数据标识",
-        "address": "住所（标准化全文）",
-        **_ADDRESS_ZH,
+        **dictionary.descriptions("enterprise"),
         **_TAIL_ZH,
     },
     "mdm_provenance": {
@@ -145,34 +121,6 @@ COLUMN_ZH: dict[str, dict[str, str]] = {
         "reason": "原因说明",
     },
 }
-
-_catalog_metadata = sa.MetaData()
-catalog_table = sa.Table(
-    CATALOG_TABLE,
-    _catalog_metadata,
-    sa.Column("resource_id", sa.String(256), primary_key=True),
-    sa.Column("field", sa.String(128), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("resource_title", sa.Text, nullable=False),
-    sa.Column("resource_kind", sa.String(16), nullable=False, comment="golden | source"),
-    sa.Column("entity", sa.String(16)),
-    sa.Column("analyst_view", sa.String(64)),
-    sa.Column("owner", sa.Text, nullable=False),
-    sa.Column("owner_code", sa.String(64)),
-    sa.Column("contact", sa.Text),
-    sa.Column("update_frequency", sa.String(16), nullable=False),
-    sa.Column("share_type", sa.String(16), nullable=False),
-    sa.Column("share_type_zh", sa.String(16), nullable=False),
-    sa.Column("share_condition", sa.Text),
-    sa.Column("share_basis", sa.Text),
-    sa.Column("maps_to", sa.String(128), comment="canonical field of a source column"),
-    sa.Column("description", sa.Text, nullable=False),
-    sa.Column("data_type", sa.String(64)),
-    sa.Column("authority", sa.String(64), comment="the authoritative department's code"),
-    sa.Column("authority_name", sa.Text),
-    sa.Column("masked", sa.Text, comment="how the analyst views show it; NULL: in clear"),
-    comment="信息资源目录: every shared resource's fields, owner, authority and share type",
-)
 
 
 @dataclass
@@ -365,7 +313,7 @@ def catalog_frame(resources: Sequence[Resource]) -> pd.DataFrame:
 
 def write_catalog(conn: sa.Connection, city: CityConfig) -> int:
     """Replace the ``catalog`` table's rows (in the caller's transaction); returns the count."""
-    _catalog_metadata.create_all(conn, checkfirst=True)
+    metadata.create_all(conn, tables=[catalog_table], checkfirst=True)
     frame = catalog_frame(build_catalog(city))
     conn.execute(catalog_table.delete())
     records = [

@@ -34,7 +34,7 @@ from access.session import session
 from etl.config import CityConfig
 from fields import normalize as nz
 from fields.masking import mask_field, scrub
-from store.warehouse import person_table
+from store.tables import person_table
 
 
 class LookupError_(AccessError):  # the builtin LookupError is a different thing

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from etl.config import CityConfig, ConfigError, load_yaml_model
-from store.warehouse import metadata
+from store.tables import PUBLISHED_TABLES
 
 Role = Literal["analyst", "privileged"]
 ShareType = Literal["unconditional", "conditional", "not_shared"]
@@ -192,7 +192,7 @@ def load_share_policy(city: CityConfig) -> SharePolicy:
     if not path.is_file():
         return SharePolicy()
     policy = load_yaml_model(path, SharePolicy)
-    known = {t.name for t in metadata.sorted_tables} | {
+    known = {t.name for t in PUBLISHED_TABLES} | {
         f"{d.code}/{t.name}" for d in city.departments for t in d.tables
     }
     problems = [

@@ -27,12 +27,12 @@ from access.audit import audit_table
 from access.policy import DEFAULT_K, Role, load_share_policy
 from etl.config import CityConfig
 from fields.masking import MASK_DESCRIPTIONS, RELEASE_DESCRIPTIONS, policy
-from store.warehouse import (
+from store.tables import (
+    PUBLISHED_TABLES,
     conflict_table,
     crosswalk_table,
     enterprise_table,
     id_event_table,
-    metadata,
     person_table,
     provenance_table,
     relationship_table,
@@ -221,7 +221,7 @@ def release_of(city: CityConfig) -> Release:
 def protected() -> list[str]:
     """What the analyst role must never read: every warehouse table, the full views, the log."""
     return [
-        *(t.name for t in metadata.sorted_tables),
+        *(t.name for t in PUBLISHED_TABLES),
         *(v.full_name for v in VIEWS),
         audit_table.name,
     ]

@@ -28,7 +28,8 @@ from access.policy import DECIDE_FUNCTION
 from access.session import session
 from etl.config import CityConfig
 from fields.masking import mask_record, mask_text
-from store.warehouse import crosswalk_table, read, review_decision_table, review_queue_table
+from store.tables import crosswalk_table, review_decision_table, review_queue_table
+from store.warehouse import read
 
 DECISIONS = ("link", "apart")
 

@@ -39,7 +39,7 @@ from access.review import decide_function_sql
 from access.viewsql import Dialect, SqlMask, dialect_of, view_select
 from etl.config import CityConfig
 from fields.masking import policy
-from store.warehouse import metadata, person_table, review_queue_table, run_table
+from store.tables import metadata, person_table, review_queue_table, run_table
 
 log = logging.getLogger(__name__)
 

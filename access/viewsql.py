@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from access.errors import AccessSetupError
 from access.release import PER_ROW_KINDS, VIEWS, Release, ViewSpec
 from fields.masking import POLICY, SUPPRESSED
-from store.warehouse import crosswalk_table, person_table
+from store.tables import crosswalk_table, person_table
 
 Dialect = Literal["sqlite", "postgresql"]
 

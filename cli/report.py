@@ -102,7 +102,7 @@ def _latest_night(engine: Any) -> str | None:
     import sqlalchemy as sa
 
     from quality.report import night_key
-    from quality.results import result_table
+    from store.tables import result_table
 
     with engine.connect() as conn:
         runs = list(conn.execute(sa.select(result_table.c.run_id).distinct()).scalars())

@@ -51,75 +51,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Literal
 
+from fields.dictionary import FIELDS, PUBLIC, FieldPolicy
 from fields.identifiers import id_is_valid
-
-MaskKind = Literal["clear", "id", "phone", "name", "address", "birth_date", "hidden"]
-ReleaseKind = Literal["clear", "mask", "suppress", "generalise"]
 
 SUPPRESSED = "****"
 """What a suppressed value reads as, everywhere."""
 
-
-@dataclass(frozen=True)
-class FieldPolicy:
-    """How one field of a person or an enterprise is shown (see the module docstring)."""
-
-    mask: MaskKind
-    release: ReleaseKind
-    personal: bool
-
-    @property
-    def masked(self) -> bool:
-        """True if a single value of the field is not shown as it is."""
-        return self.mask != "clear"
-
-
-def _p(mask: MaskKind, release: ReleaseKind, personal: bool = True) -> FieldPolicy:
-    return FieldPolicy(mask, release, personal)
-
-
-_PUBLIC = _p("clear", "clear", personal=False)
-
-# fmt: off
-POLICY: dict[tuple[str, str], FieldPolicy] = {
-    ("person", "name"): _p("name", "suppress"),
-    ("person", "name_pinyin"): _p("hidden", "suppress"),
-    ("person", "id_number"): _p("id", "suppress"),
-    ("person", "phone"): _p("phone", "suppress"),
-    ("person", "address"): _p("address", "generalise"),
-    ("person", "address_detail"): _p("hidden", "suppress"),
-    ("person", "division_code"): _p("clear", "generalise"),
-    ("person", "province"): _p("clear", "generalise"),
-    ("person", "city"): _p("clear", "generalise"),
-    ("person", "district"): _p("clear", "generalise"),
-    ("person", "sex"): _p("clear", "generalise"),
-    ("person", "birth_date"): _p("birth_date", "generalise"),
-    ("person", "ethnicity"): _p("clear", "generalise"),
-    ("person", "employer_uscc"): _p("clear", "clear"),
-    ("person", "status"): _p("clear", "clear"),
-    ("enterprise", "name"): _PUBLIC,
-    ("enterprise", "name_key"): _PUBLIC,
-    ("enterprise", "branch"): _PUBLIC,
-    ("enterprise", "uscc"): _PUBLIC,
-    ("enterprise", "reg_no"): _PUBLIC,
-    ("enterprise", "org_code"): _PUBLIC,
-    ("enterprise", "legal_rep_name"): _p("name", "mask"),
-    ("enterprise", "legal_rep_id"): _p("id", "suppress"),
-    ("enterprise", "address"): _PUBLIC,
-    ("enterprise", "address_detail"): _PUBLIC,
-    ("enterprise", "division_code"): _PUBLIC,
-    ("enterprise", "province"): _PUBLIC,
-    ("enterprise", "city"): _PUBLIC,
-    ("enterprise", "district"): _PUBLIC,
-    ("enterprise", "registered_capital"): _PUBLIC,
-    ("enterprise", "established_date"): _PUBLIC,
-    ("enterprise", "status"): _PUBLIC,
-}
-"""(entity, field) → its policy. A field not listed is not personal data and shown as it is."""
-# fmt: on
+POLICY: dict[tuple[str, str], FieldPolicy] = {(f.entity, f.name): f.policy for f in FIELDS}
+"""(entity, field) → its policy, from :mod:`fields.dictionary`. A field not listed is not
+personal data and shown as it is."""
 
 MASK_DESCRIPTIONS: dict[str, str] = {
     "id": "保留前6位和后4位（110101********1234）",
@@ -141,7 +83,7 @@ RELEASE_DESCRIPTIONS: dict[str, str] = {
 
 def policy(entity: str, field: str) -> FieldPolicy:
     """The policy of ``entity``'s ``field`` (public and not masked if the field is not listed)."""
-    return POLICY.get((entity, field), _PUBLIC)
+    return POLICY.get((entity, field), PUBLIC)
 
 
 # --- one value -----------------------------------------------------------------------------------

@@ -62,20 +62,22 @@ from master_data.model import DegenerateModelError, FellegiSunter, u_from_random
 from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
 from master_data.survivorship import ATTRIBUTES, survive
 from store import failpoints
-from store.warehouse import (
-    KEY_COLUMNS,
-    Night,
+from store.tables import (
     crosswalk_table,
-    engine_for,
     enterprise_table,
-    latest_run,
-    night_lock,
     person_table,
-    published_run,
-    read,
     review_decision_table,
     review_queue_table,
     run_table,
+)
+from store.warehouse import (
+    KEY_COLUMNS,
+    Night,
+    engine_for,
+    latest_run,
+    night_lock,
+    published_run,
+    read,
     state_dir_of,
 )
 from store.warehouse import publish as publish_night

@@ -27,7 +27,7 @@ from master_data.consolidate import RECORD, RULES, read_state, record_id, state_
 from master_data.model import FellegiSunter
 from master_data.published import published_night, warehouse
 from master_data.survivorship import ATTRIBUTES
-from store.warehouse import (
+from store.tables import (
     conflict_table,
     crosswalk_table,
     enterprise_table,

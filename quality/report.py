@@ -45,6 +45,7 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from etl.state import RunState, warehouse_url
+from fields import dictionary
 from fields.masking import (
     ALL_KINDS,
     address_parts,
@@ -55,9 +56,10 @@ from fields.masking import (
     mask_text,
     policy,
 )
-from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
+from quality.results import DIMENSIONS, OVERALL
 from quality.suites import PLATFORM_FAILURE, platform_failure
-from store.warehouse import conflict_table, engine_for
+from store.tables import conflict_table, result_table, scorecard_table
+from store.warehouse import engine_for
 
 __all__ = [
     "DEFAULT_NIGHTS",
@@ -95,24 +97,6 @@ STATUS_LABELS: Mapping[str, str] = {
 }
 NOT_COVERED = "未覆盖"
 OVERALL_LABEL = "综合"
-ATTRIBUTE_LABELS: Mapping[str, str] = {
-    "name": "名称",
-    "id_number": "身份证号",
-    "sex": "性别",
-    "birth_date": "出生日期",
-    "phone": "联系电话",
-    "address": "地址",
-    "ethnicity": "民族",
-    "employer_uscc": "就业单位统一社会信用代码",
-    "status": "状态",
-    "uscc": "统一社会信用代码",
-    "reg_no": "注册号",
-    "org_code": "组织机构代码",
-    "legal_rep_name": "法定代表人姓名",
-    "legal_rep_id": "法定代表人身份证号",
-    "registered_capital": "注册资本（万元）",
-    "established_date": "成立日期",
-}
 ENTITY_LABELS: Mapping[str, str] = {"person": "自然人", "enterprise": "法人"}
 
 _NOT_EXTRACTED = "今晚未能抽取本部门数据"
@@ -633,9 +617,7 @@ def _conflicts(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> d
 
 
 def _attribute_label(entity: str, attribute: str) -> str:
-    if attribute == "name":
-        return "姓名" if entity == "person" else "企业名称"
-    return ATTRIBUTE_LABELS.get(attribute, attribute)
+    return dictionary.label(entity, attribute)
 
 
 # ---------------------------------------------------------------------------- the overview

@@ -68,7 +68,7 @@ from etl.config import (
     yaml_line_of,
 )
 from etl.standardize import ROW_REASONS
-from fields import normalize
+from fields import dictionary, normalize
 from quality.checks import VALIDATORS
 
 __all__ = [
@@ -130,15 +130,8 @@ KEY_FIELD: Final = "source_key"
 """``field: source_key`` names a department table's primary key."""
 
 _GOLDEN_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
-    "mdm_person": (
-        "master_id", "name", "name_pinyin", "id_number", "sex", "birth_date", "phone",
-        "division_code", "address", "ethnicity", "employer_uscc", "status",
-    ),
-    "mdm_enterprise": (
-        "master_id", "name", "uscc", "reg_no", "org_code", "legal_rep_name", "legal_rep_id",
-        "division_code", "address", "registered_capital", "established_date", "status",
-    ),
-}  # fmt: skip
+    table: ("master_id", *dictionary.checkable(entity)) for table, entity in GOLDEN_TABLES.items()
+}
 _VALIDITY_FORMS: Final = ("validator", "values", "code_table", "pattern", "reasons")
 _KIND_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "completeness": frozenset({"field"}),

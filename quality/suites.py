@@ -53,10 +53,11 @@ from etl.state import RunState, warehouse_url
 from fields import normalize
 from fields.masking import mask_key
 from quality.checks import Check, CheckResult, run_checks
-from quality.results import DimensionScore, RuleResult, result_table, scorecard_table
+from quality.results import DimensionScore, RuleResult
 from quality.rules import KEY_FIELD, QualityRules, Rule, load_quality_rules
 from quality.scorecard import score_department
-from store.warehouse import conflict_table, crosswalk_table, engine_for, latest_run
+from store.tables import conflict_table, crosswalk_table, result_table, scorecard_table
+from store.warehouse import engine_for, latest_run
 
 __all__ = [
     "SAMPLE_KEYS",

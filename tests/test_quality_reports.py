@@ -48,8 +48,9 @@ from quality.report import (
     render_reports,
     reports_dir,
 )
-from quality.results import DIMENSIONS, result_table, scorecard_table
-from store.warehouse import conflict_table, engine_for
+from quality.results import DIMENSIONS
+from store.tables import conflict_table, result_table, scorecard_table
+from store.warehouse import engine_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHTS = ("2026-06-28", "2026-06-29", "2026-06-30")

@@ -25,11 +25,12 @@ from etl.standardize import standardize_all
 from etl.state import LedgerEntry, Mode, RunState, Status, warehouse_url
 from fields.masking import find_clear, mask_key
 from master_data import consolidate as mc
-from quality.results import DIMENSIONS, OVERALL, RuleResult, result_table, scorecard_table
+from quality.results import DIMENSIONS, OVERALL, RuleResult
 from quality.rules import DEFAULT_DIMENSION, KINDS, Dimension, load_quality_rules
 from quality.scorecard import grade, rule_score, score_department
 from quality.suites import QualityRun, held_departments, run_quality
-from store.warehouse import conflict_table, crosswalk_table, engine_for
+from store.tables import conflict_table, crosswalk_table, result_table, scorecard_table
+from store.warehouse import engine_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT0, NIGHT1 = "2026-06-30", "2026-07-01"
