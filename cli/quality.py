@@ -75,7 +75,7 @@ def quality(
     errors = [r for r in night.results if r.status == "error"]
     for r in errors:
         console.print(f"[magenta]{r.rule_id}[/magenta]: {r.message}", highlight=False)
-    from quality.suites import UNSTANDARDIZED
+    from quality.tonight import UNSTANDARDIZED
 
     undelivered = sorted(
         {d for d, q in night.departments.items() if not q.delivered}
