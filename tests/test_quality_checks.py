@@ -33,7 +33,8 @@ ID_3 = _id("35011119700101456")
 ID_7 = _id("35010319880808789")
 BAD_CHECK = ID_2[:17] + ("0" if ID_2[17] != "0" else "1")
 
-# rkbh P05 appears twice (duplicate key); P01 and P07 share an ID number.
+# rkbh P05 appears twice (duplicate key); P01 and P07 share an ID number. Laid out by hand (fmt:
+# skip): each column's seven values stay in line with the rows P01…P07.
 FRAME = pd.DataFrame(
     {
         "rkbh": ["P01", "P02", "P03", "P04", "P05", "P05", "P07"],
@@ -62,11 +63,12 @@ CHECKS = [
     Check("GA-PER-004", "unique", "rkbh", meta={**META, "severity": "blocking"}),
     Check("GA-PER-005", "in_set", "xb", {"value_set": ["男", "女"]}, meta=META),
     Check("GA-PER-006", "valid", "csrq", {"validator": "date"}, meta=META),
-    Check("GA-PER-007", "valid", "lxdh", {"validator": "phone"},
-          meta={**META, "severity": "warning"}),
+    Check(
+        "GA-PER-007", "valid", "lxdh", {"validator": "phone"}, meta={**META, "severity": "warning"}
+    ),
     Check("GA-PER-008", "valid", "xzqh", {"validator": "division_code"}, meta=META),
     Check("GA-PER-009", "regex", "xm", {"regex": r"[\u4e00-\u9fff·]{2,30}"}, meta=META),
-]  # fmt: skip
+]
 
 # rule → (success, rows_checked, rows_failed, failed_keys)
 TRUTH = {
@@ -128,8 +130,10 @@ def test_meta_and_severity_round_trip_through_gx_json() -> None:
     suite_run = validate(FRAME, CHECKS, key_column="rkbh", suite_name="gongan.t_rk_jbxx")
     document = json.loads(json.dumps(suite_run.gx_result.to_json_dict(), ensure_ascii=False))
     assert document["suite_name"] == "gongan.t_rk_jbxx"
-    configs = {r["expectation_config"]["meta"]["rule_id"]: r["expectation_config"]
-               for r in document["results"]}  # fmt: skip
+    configs = {
+        r["expectation_config"]["meta"]["rule_id"]: r["expectation_config"]
+        for r in document["results"]
+    }
     assert set(configs) == set(TRUTH)
     for check in CHECKS:
         config = configs[check.rule_id]
@@ -173,8 +177,12 @@ def test_all_failing_keys_beyond_gx_partial_lists() -> None:
         },
         index=pd.Index([f"row{i}" for i in range(n)]),  # not 0..n-1: must not matter
     )
-    [r] = run_checks(frame, [Check("B-1", "in_set", "code", {"value_set": ["ok"]})],
-                     key_column="key", suite_name="big")  # fmt: skip
+    [r] = run_checks(
+        frame,
+        [Check("B-1", "in_set", "code", {"value_set": ["ok"]})],
+        key_column="key",
+        suite_name="big",
+    )
     expected = tuple(f"K{i:05d}" for i in range(n) if i % 3)
     assert r.rows_failed == len(expected) == 1000
     assert r.failed_keys == expected
@@ -222,11 +230,29 @@ def test_duplicate_rule_ids_and_missing_key_column_are_refused() -> None:
 
 
 PHONE_INPUTS = [
-    "13812345678", "+86 138 1234 5678", "+8613812345678", "(0591)8765-4321转123", "0591-87654321",
-    "010-12345678", "01012345678", "05918-7654321", "0591 87654321", "4008001234", "400-800-1234",
-    "95588", "12345", "0591-8765432", "14012345678", "13812345678,13912345678", "87654321",
-    "+1 650 253 0000", "+16502530000", "138****5678", "0591-87654321-123", "021-1234567",
-]  # fmt: skip
+    "13812345678",
+    "+86 138 1234 5678",
+    "+8613812345678",
+    "(0591)8765-4321转123",
+    "0591-87654321",
+    "010-12345678",
+    "01012345678",
+    "05918-7654321",
+    "0591 87654321",
+    "4008001234",
+    "400-800-1234",
+    "95588",
+    "12345",
+    "0591-8765432",
+    "14012345678",
+    "13812345678,13912345678",
+    "87654321",
+    "+1 650 253 0000",
+    "+16502530000",
+    "138****5678",
+    "0591-87654321-123",
+    "021-1234567",
+]
 
 
 @pytest.mark.parametrize("raw", PHONE_INPUTS)
