@@ -32,6 +32,7 @@ from quality.results import RuleResult
 from quality.tonight import Batch, Tonight
 
 __all__ = [
+    "DIMENSION_HELP",
     "SAMPLE_KEYS",
     "Dimension",
     "Invalid",
@@ -48,6 +49,7 @@ __all__ = [
 
 Dimension = Literal["规范性", "完整性", "准确性", "一致性", "时效性", "可访问性"]
 """GB/T 36344 dimensions, as :data:`quality.results.DIMENSIONS` lists them."""
+DIMENSION_HELP: Final = "a GB/T 36344 dimension: 规范性 完整性 准确性 一致性 时效性 可访问性"
 Severity = Literal["warning", "error", "blocking"]
 Stage = Literal["batch", "ledger", "linked"]
 SAMPLE_KEYS: Final = 20
@@ -154,9 +156,7 @@ class Rule(BaseModel):
     named_department: str | None = Field(
         default=None, alias="department", description="the owning department's code"
     )
-    dimension: Dimension = Field(
-        description="a GB/T 36344 dimension: 规范性 完整性 准确性 一致性 时效性 可访问性"
-    )
+    dimension: Dimension = Field(description=DIMENSION_HELP)
     severity: Severity = Field("error", description="`warning`, `error` or `blocking`")
     written_threshold: float | None = Field(
         default=None,

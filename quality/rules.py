@@ -91,6 +91,7 @@ from fields import normalize
 from quality.checks import VALIDATORS, Check, CheckResult, tally
 from quality.results import RuleResult
 from quality.rule_base import (
+    DIMENSION_HELP,
     Dimension,
     Invalid,
     Loc,
@@ -209,18 +210,22 @@ class _RowRule(Rule):
     judged_at: ClassVar[Stage] = "batch"
     can_block: ClassVar[bool] = True
     on_golden: ClassVar[bool] = True
+    reads_raw: ClassVar[bool] = False
+    """Reads the department's raw text rather than the cleaned value."""
+    on_keys: ClassVar[bool] = False
+    """May check the primary key (``source_key``, a golden table's ``master_id``)."""
 
     field: str = Field(description="a canonical field, or `source_key`")
 
     def _column(self, table: TableConfig, problems: list[Problem], at: Loc) -> str | None:
         mapped = table.field_columns
         if self.field == KEY_FIELD:
-            if self.kind != "uniqueness":
+            if not self.on_keys:
                 what = f"`{KEY_FIELD}` is checked by uniqueness rules only"
                 problems.append(Problem((*at, "field"), what, "name a canonical field"))
             return "+".join(table.primary_key)
         if self.field not in mapped:
-            choices = sorted(mapped) + ([KEY_FIELD] if self.kind == "uniqueness" else [])
+            choices = sorted(mapped) + ([KEY_FIELD] if self.on_keys else [])
             problems.append(
                 Problem(
                     (*at, "field"),
@@ -240,7 +245,7 @@ class _RowRule(Rule):
             problems.append(Problem((*at, "table"), what, "use " + " or ".join(GOLDEN_TABLES)))
             return None
         columns = _GOLDEN_COLUMNS[target]
-        if self.field not in columns or (self.field == "master_id" and self.kind != "uniqueness"):
+        if self.field not in columns or (self.field == "master_id" and not self.on_keys):
             problems.append(
                 Problem(
                     (*at, "field"),
@@ -290,7 +295,7 @@ class _RowRule(Rule):
         assert batch.frame is not None
         if batch.golden:
             return _column(batch.frame, self.field)
-        if self.kind in ("completeness", "validity"):
+        if self.reads_raw:
             return _column(batch.frame, f"raw_{self.field}").map(_strip)
         if self.field == KEY_FIELD:
             return batch.frame["source_key"]
@@ -330,8 +335,10 @@ class _RowRule(Rule):
 class Completeness(_RowRule):
     """The field is filled (the department's raw value; placeholders count as empty)."""
 
+    reads_raw: ClassVar[bool] = True
+
     kind: Literal["completeness"]
-    dimension: Dimension = "完整性"
+    dimension: Dimension = Field(default="完整性", description=DIMENSION_HELP)
 
     def expectation(self, batch: Batch) -> tuple[pd.Series, Check]:
         value = self.values_judged(batch)
@@ -342,8 +349,11 @@ class Completeness(_RowRule):
 class Uniqueness(_RowRule):
     """No two rows hold the same cleaned value (or primary key)."""
 
+    on_keys: ClassVar[bool] = True
+
     kind: Literal["uniqueness"]
-    dimension: Dimension = "准确性"  # GB/T 36344 counts 唯一性 and 重复率 under 准确性
+    # GB/T 36344 counts 唯一性 and 重复率 under 准确性
+    dimension: Dimension = Field(default="准确性", description=DIMENSION_HELP)
 
     def expectation(self, batch: Batch) -> tuple[pd.Series, Check]:
         return self.values_judged(batch), self.gx_check("unique")
@@ -355,8 +365,10 @@ _FORMS: Final = ("validator", "values", "code_table", "pattern", "reasons")
 class Validity(_RowRule):
     """The department's raw value (or the golden value) is well formed: one of five forms."""
 
+    reads_raw: ClassVar[bool] = True
+
     kind: Literal["validity"]
-    dimension: Dimension = "规范性"
+    dimension: Dimension = Field(default="规范性", description=DIMENSION_HELP)
     validator: Annotated[str, AfterValidator(_validator_name)] | None = Field(
         None, description="one of " + ", ".join(VALIDATORS)
     )
@@ -445,7 +457,8 @@ class Referential(_RowRule):
     can_block: ClassVar[bool] = False
 
     kind: Literal["referential"]
-    dimension: Dimension = "一致性"  # 关联数据一致性
+    # 关联数据一致性
+    dimension: Dimension = Field(default="一致性", description=DIMENSION_HELP)
     references: Annotated[tuple[str, str], BeforeValidator(_golden_column)] = Field(
         description="a golden column: mdm_enterprise.uscc"
     )

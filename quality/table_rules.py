@@ -21,7 +21,16 @@ from pydantic import Field
 
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
 from quality.results import RuleResult
-from quality.rule_base import Dimension, Loc, Placement, Problem, Rule, Stage, choose
+from quality.rule_base import (
+    DIMENSION_HELP,
+    Dimension,
+    Loc,
+    Placement,
+    Problem,
+    Rule,
+    Stage,
+    choose,
+)
 from quality.tonight import EXTRACTION_STATUS, UNPUBLISHED, Batch, Tonight, not_extracted
 from store.warehouse import conflict_table, crosswalk_table
 
@@ -59,7 +68,7 @@ class Freshness(_LedgerRule):
     """The newest change stamp is at most ``threshold`` days old at the end of the night's day."""
 
     kind: Literal["freshness"]
-    dimension: Dimension = "时效性"
+    dimension: Dimension = Field(default="时效性", description=DIMENSION_HELP)
 
     def problems(self, golden: bool) -> Iterator[tuple[str | None, str, str]]:
         yield from _positive(super().problems(golden), self.written_threshold, "days")
@@ -128,7 +137,9 @@ class Volume(_LedgerRule):
     default_threshold: ClassVar[float] = 0.5
 
     kind: Literal["volume"]
-    dimension: Dimension = "完整性"  # 记录完整性: rows gone missing from a delivery
+    dimension: Dimension = Field(
+        "完整性", description=DIMENSION_HELP
+    )  # 记录完整性: rows gone missing from a delivery
     window: int = Field(7, ge=1, description="earlier nights compared, e.g. 7")
 
     def problems(self, golden: bool) -> Iterator[tuple[str | None, str, str]]:
@@ -172,7 +183,7 @@ class Delivery(_LedgerRule):
     """The table was extracted tonight (``extraction``) or kept its agreed schema (``schema``)."""
 
     kind: Literal["delivery"]
-    dimension: Dimension = "可访问性"
+    dimension: Dimension = Field(default="可访问性", description=DIMENSION_HELP)
     check: Literal["extraction", "schema"] = Field(
         "extraction", description="`extraction` or `schema`"
     )
@@ -211,7 +222,8 @@ class Consistency(Rule):
     judged_at: ClassVar[Stage] = "linked"
 
     kind: Literal["consistency"]
-    dimension: Dimension = "一致性"  # 相同数据一致性
+    # 相同数据一致性
+    dimension: Dimension = Field(default="一致性", description=DIMENSION_HELP)
     attributes: tuple[str, ...] | None = Field(None, description="the attributes compared")
 
     def _fitted(
@@ -262,7 +274,7 @@ class Deletions(_LedgerRule):
     """Built in: a night deletes at most the table's ``max_deleted_share`` of its keys."""
 
     kind: Literal["delivery"] = "delivery"
-    dimension: Dimension = "完整性"
+    dimension: Dimension = Field(default="完整性", description=DIMENSION_HELP)
 
     def judge(self, batch: Batch) -> RuleResult:
         night, entry = batch.night, batch.entry
@@ -289,7 +301,7 @@ class Encoding(_LedgerRule):
     """Built in: no value of the table holds bytes that are not UTF-8 (乱码)."""
 
     kind: Literal["delivery"] = "delivery"
-    dimension: Dimension = "规范性"
+    dimension: Dimension = Field(default="规范性", description=DIMENSION_HELP)
 
     def judge(self, batch: Batch) -> RuleResult:
         night, frame = batch.night, batch.frame
