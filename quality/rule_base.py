@@ -230,13 +230,19 @@ class Rule(BaseModel):
                 "built, so only completeness, validity, uniqueness and volume rules on a "
                 "department's batch may block; use `error`",
             )
-        t = self.written_threshold
-        if t is not None and not 0 < t <= 1:
-            yield (
-                "threshold",
-                f"{t} is not a share",
-                "give the least share of rows that must pass, e.g. 0.99",
-            )
+        if self.written_threshold is not None and (
+            why := self._bad_threshold(self.written_threshold)
+        ):
+            yield ("threshold", *why)
+
+    def _bad_threshold(self, threshold: float) -> tuple[str, str] | None:
+        """What is wrong with a written threshold, and the fix; by default it is a share."""
+        if 0 < threshold <= 1:
+            return None
+        return (
+            f"{threshold} is not a share",
+            "give the least share of rows that must pass, e.g. 0.99",
+        )
 
     def placed(self, at: Placement) -> Self:
         """This rule, applying where ``at`` says."""

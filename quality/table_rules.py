@@ -12,7 +12,7 @@ import math
 import statistics
 import zoneinfo
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal, Self
 
 import pandas as pd
@@ -70,8 +70,8 @@ class Freshness(_LedgerRule):
     kind: Literal["freshness"]
     dimension: Dimension = Field(default="时效性", description=DIMENSION_HELP)
 
-    def problems(self, golden: bool) -> Iterator[tuple[str | None, str, str]]:
-        yield from _positive(super().problems(golden), self.written_threshold, "days")
+    def _bad_threshold(self, threshold: float) -> tuple[str, str] | None:
+        return _not_positive(threshold, "days")
 
     def _threshold(self, dept: DepartmentConfig) -> float:
         return self.written_threshold or float(FRESHNESS_DAYS[dept.update_frequency])
@@ -119,15 +119,9 @@ def _change_stamp(text: str | None, table: TableConfig, timezone: str) -> dt.dat
     return stamp
 
 
-def _positive(
-    problems: Iterator[tuple[str | None, str, str]], threshold: float | None, unit: str
-) -> Iterator[tuple[str | None, str, str]]:
-    """The rule's problems, a threshold that is a number of days or a change, not a share."""
-    for p in problems:
-        if p[0] != "threshold":
-            yield p
-    if threshold is not None and threshold <= 0:
-        yield "threshold", f"{threshold} is not positive", f"give the {unit}"
+def _not_positive(threshold: float, unit: str) -> tuple[str, str] | None:
+    """A threshold that is a number of days or a change, not a share, must be positive."""
+    return None if threshold > 0 else (f"{threshold} is not positive", f"give the {unit}")
 
 
 class Volume(_LedgerRule):
@@ -142,9 +136,8 @@ class Volume(_LedgerRule):
     )  # 记录完整性: rows gone missing from a delivery
     window: int = Field(7, ge=1, description="earlier nights compared, e.g. 7")
 
-    def problems(self, golden: bool) -> Iterator[tuple[str | None, str, str]]:
-        unit = "largest relative change, e.g. 0.3"
-        yield from _positive(super().problems(golden), self.written_threshold, unit)
+    def _bad_threshold(self, threshold: float) -> tuple[str, str] | None:
+        return _not_positive(threshold, "largest relative change, e.g. 0.3")
 
     def judge(self, batch: Batch) -> RuleResult:
         night, entry = batch.night, batch.entry
@@ -188,12 +181,8 @@ class Delivery(_LedgerRule):
         "extraction", description="`extraction` or `schema`"
     )
 
-    def problems(self, golden: bool) -> Iterator[tuple[str | None, str, str]]:
-        for p in super().problems(golden):
-            if p[0] != "threshold":
-                yield p
-        if self.written_threshold is not None:
-            yield "threshold", "a delivery rule passes or fails", "remove `threshold`"
+    def _bad_threshold(self, threshold: float) -> tuple[str, str] | None:
+        return "a delivery rule passes or fails", "remove `threshold`"
 
     def judge(self, batch: Batch) -> RuleResult:
         night, entry = batch.night, batch.entry

@@ -15,6 +15,7 @@ import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 import pandas as pd
@@ -239,7 +240,7 @@ def batch_frame(
     return frame.reset_index(drop=True)
 
 
-def _rejected(path: Any, table: TableConfig) -> pd.DataFrame:
+def _rejected(path: Path, table: TableConfig) -> pd.DataFrame:
     data = pq.read_table(path)
     mask = pc.and_(
         pc.equal(data["entity"], table.entity), pc.equal(data["source_table"], table.name)
