@@ -287,7 +287,8 @@ class Deletions(_LedgerRule):
 
 
 class Encoding(_LedgerRule):
-    """Built in: no value of the table holds bytes that are not UTF-8 (乱码)."""
+    """Built in: no value of the table holds bytes that are not UTF-8 (乱码). Judged on the
+    batch's reason codes, but reported and scored as a delivery rule of the table."""
 
     kind: Literal["delivery"] = "delivery"
     dimension: Dimension = Field(default="规范性", description=DIMENSION_HELP)
