@@ -146,6 +146,7 @@ _GOLDEN_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
         "division_code", "address", "registered_capital", "established_date", "status",
     ),
 }  # fmt: skip
+_VALIDITY_FORMS: Final = ("validator", "values", "code_table", "pattern", "reasons")
 _REASON_CODES: Final = frozenset(normalize.REASONS) | frozenset(ROW_REASONS)
 
 
@@ -359,9 +360,6 @@ class Uniqueness(_RowRule):
         return self.values_judged(batch), self.gx_check("unique")
 
 
-_FORMS: Final = ("validator", "values", "code_table", "pattern", "reasons")
-
-
 class Validity(_RowRule):
     """The department's raw value (or the golden value) is well formed: one of five forms."""
 
@@ -388,11 +386,11 @@ class Validity(_RowRule):
 
     def problems(self, golden: bool) -> Iterator[tuple[str | None, str, str]]:
         yield from super().problems(golden)
-        given = [k for k in _FORMS if getattr(self, k) not in (None, False)]
+        given = [k for k in _VALIDITY_FORMS if getattr(self, k) not in (None, False)]
         if len(given) != 1:
             yield (
                 None,
-                f"a validity rule needs exactly one of {', '.join(_FORMS)}"
+                f"a validity rule needs exactly one of {', '.join(_VALIDITY_FORMS)}"
                 + (f", got {', '.join(given)}" if given else ""),
                 "e.g. `validator: id_number`, `values: [男, 女]`, `code_table: true`, "
                 r"`pattern: '\d{8}'` or `reasons: [traditional_converted]`",
