@@ -222,8 +222,9 @@ def render_reports(
         public += contacts
         reports[code] = replace(
             _render(out, code, "department", data, data["headline"]["status"]),
-            known=known, public=public,
-        )  # fmt: skip
+            known=known,
+            public=public,
+        )
     overview = None
     if department is None:
         data = overview_data(city, night, [reports[c].data for c in codes], names)
@@ -231,8 +232,9 @@ def render_reports(
         public += contacts
         overview = replace(
             _render(out, "overview", "overview", data, data["headline"]["status"]),
-            known=known, public=public,
-        )  # fmt: skip
+            known=known,
+            public=public,
+        )
     result = ReportSet(run_id=run_id, directory=out, departments=reports, overview=overview)
     for report in result.all():
         check_masked(
@@ -714,9 +716,14 @@ def platform_alerts(city: CityConfig, run_id: str) -> list[dict[str, Any]]:
         ledger = state.ledger(run_id)
     if (why := platform_failure(ledger)) is not None:
         alerts.append(
-            {"code": "-", "name": "全部部门", "kind": "platform",
-             "label": ALERT_LABELS["platform"], "message": why}
-        )  # fmt: skip
+            {
+                "code": "-",
+                "name": "全部部门",
+                "kind": "platform",
+                "label": ALERT_LABELS["platform"],
+                "message": why,
+            }
+        )
     for path in sorted((city.var_dir / "canonical" / f"run={run_id}").glob("department=*.json")):
         noted = json.loads(path.read_text(encoding="utf-8"))
         alerts.append(

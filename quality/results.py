@@ -21,6 +21,8 @@ from dataclasses import dataclass
 DIMENSIONS = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
 """GB/T 36344-2018 data-quality dimensions, in the standard's order."""
 OVERALL = "overall"
+SEVERITIES = ("warning", "error", "blocking")
+"""A rule's severity, mildest first."""
 
 
 @dataclass(frozen=True)
