@@ -56,20 +56,22 @@ from sqlalchemy.types import TypeEngine
 
 from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
 from etl.config import save_settings_snapshot as _save_settings
-from etl.state import (
-    HASH_SUFFIX,
-    LedgerEntry,
-    Mode,
-    RunState,
-    Status,
-    hash_set_path,
-    key_set_path,
-    pending_key_set_path,
-    pending_seen_set_path,
-    seen_set_path,
-)
+from etl.state import LedgerEntry, Mode, RunState, Status
 from fields.masking import redact_message
 from store import failpoints
+from store.layout import (
+    deleted_path,
+    duplicates_path,
+    hash_set_path,
+    key_set_path,
+    pending_hash_set_path,
+    pending_key_set_path,
+    pending_seen_set_path,
+    raw_dir,
+    raw_path,
+    raw_settings_path,
+    seen_set_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -151,36 +153,6 @@ class _TableFailed(Exception):
         super().__init__(f"{table or 'schema check'}: {cause}")
 
 
-# --- paths ---------------------------------------------------------------------------------------
-
-
-def raw_dir(var_dir: Path, run_id: str, department: str) -> Path:
-    """Where a department's raw Parquet of one run goes.
-
-    >>> raw_dir(Path("var"), "2026-07-01", "renshe")
-    PosixPath('var/raw/run=2026-07-01/department=renshe')
-    """
-    return var_dir / "raw" / f"run={run_id}" / f"department={department}"
-
-
-def raw_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """The raw Parquet of one table in one run.
-
-    >>> raw_path(Path("var"), "2026-07-01", "renshe", "insured_person").name
-    'insured_person.parquet'
-    """
-    return raw_dir(var_dir, run_id, department) / f"{table}.parquet"
-
-
-def deleted_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """The keys found deleted from one table in one run (column ``_row_key``).
-
-    >>> deleted_path(Path("var"), "2026-07-02", "minzheng", "社会救助对象").name
-    '社会救助对象.deleted.parquet'
-    """
-    return raw_dir(var_dir, run_id, department) / f"{table}.deleted.parquet"
-
-
 # --- public entry points -------------------------------------------------------------------------
 
 
@@ -210,8 +182,7 @@ def extract_all(
     unknown = [code for code in wanted if code not in known]
     if unknown:
         raise ValueError(f"unknown department(s) {unknown}; configured: {', '.join(known)}")
-    run_root = city.var_dir / "raw" / f"run={run_id}"
-    _save_settings(city, run_root / "settings.json")
+    _save_settings(city, raw_settings_path(city.var_dir, run_id))
     results = []
     with RunState.for_city(city) as state:
         for code in wanted:
@@ -900,7 +871,7 @@ def _extract_table(
                 result.rows_late = _read_late_rows(
                     conn, copy, t, columns, types, booleans, late, chunk_rows, sink.write
                 )
-        hashes_out = pending_key_set_path(city.var_dir, run_id, dept.code, f"{t.name}{HASH_SUFFIX}")
+        hashes_out = pending_hash_set_path(city.var_dir, run_id, dept.code, t.name)
         committed_hashes = hash_set_path(city.var_dir, dept.code, t.name)
         if plan.mode == "full":
             _write_versions(hashes_out, read_versions, 0)
@@ -1081,12 +1052,6 @@ def _versions(rows: pa.Table) -> pa.Array:
         ],
         pa.string(),
     )
-
-
-def duplicates_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """Tonight's rows of a table whose key is not unique at the source (every copy), set
-    apart from ``raw_path`` for standardization to reject."""
-    return raw_dir(var_dir, run_id, department) / f"{table}.duplicates.parquet"
 
 
 def _duplicate_keys(

@@ -23,6 +23,7 @@ from etl.config import CityConfig, DepartmentConfig, load_city_config
 from etl.extract import DepartmentExtract, detect_deletions, extract_all, extract_department
 from etl.sample_city.generate import drop_database, generate_city, next_night, target_url
 from etl.state import RunState, commit_watermarks
+from store import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
@@ -51,7 +52,7 @@ def _by_code(results: list[DepartmentExtract]) -> dict[str, DepartmentExtract]:
 
 def _raw(city: CityConfig, run_id: str, code: str) -> pa.Table:
     table = city.department(code).tables[0].name
-    path = ex.raw_path(city.var_dir, run_id, code, table)
+    path = layout.raw_path(city.var_dir, run_id, code, table)
     return pq.read_table(path).replace_schema_metadata(None).sort_by(ex.ROW_KEY)
 
 
@@ -301,7 +302,7 @@ def test_a_renamed_column_is_drift_for_that_department_only(city: CityConfig, ou
     ):
         assert needle in renshe.message, needle
     assert all(r.status == "ok" for r in results.values())
-    assert not ex.raw_dir(city.var_dir, "night-0", "renshe").exists()
+    assert not layout.raw_dir(city.var_dir, "night-0", "renshe").exists()
     with RunState.for_city(city) as state:
         ledger = {r["department"]: r for r in state.ledger("night-0")}
         assert ledger["renshe"]["status"] == "drift" and "id_no" in ledger["renshe"]["message"]
@@ -536,7 +537,7 @@ def test_postgres_edge_values_survive_copy(
 
 
 def _raw_edge(city: CityConfig, run_id: str) -> pa.Table:
-    path = ex.raw_path(city.var_dir, run_id, "edge", "Edge 表")
+    path = layout.raw_path(city.var_dir, run_id, "edge", "Edge 表")
     return pq.read_table(path).replace_schema_metadata(None).sort_by(ex.ROW_KEY)
 
 
