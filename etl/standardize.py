@@ -110,7 +110,12 @@ ENTERPRISE_SCHEMA = pa.schema(
 )  # fmt: skip
 SCHEMAS = {"person": PERSON_SCHEMA, "enterprise": ENTERPRISE_SCHEMA}
 REJECT_SCHEMA = pa.schema(
-    [*_META, ("entity", pa.string()), ("reasons", pa.list_(pa.string())), ("raw", pa.string())]
+    [
+        *_META,
+        ("entity", pa.string()),
+        ("reasons", pa.list_(pa.string())),
+        ("raw", pa.map_(pa.string(), pa.string())),  # source column → its raw text
+    ]
 )
 
 
@@ -491,8 +496,7 @@ def _standardize_table(
                 *([] if usable or garbled else ["row:row_unidentifiable"]),
             ]
             result.reject_reasons.update(codes)
-            raw_json = json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
-            bad.append({**meta, "entity": entity, "reasons": codes, "raw": raw_json})
+            bad.append({**meta, "entity": entity, "reasons": codes, "raw": _raw_values(raw)})
         sink.write(pa.Table.from_pylist(good, schema=SCHEMAS[entity]))
         rejects.write(pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
         failpoints.reached("standardize:batch")
@@ -527,7 +531,7 @@ def _reject_duplicates(
                 "run_id": run_id,
                 "entity": table.entity,
                 "reasons": codes,
-                "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str),
+                "raw": _raw_values(raw),
             }
             for raw in rows
         ]
@@ -535,6 +539,12 @@ def _reject_duplicates(
         result.reject_reasons.update(c for _ in rows for c in codes)
         result.rows_read += len(rows)
         result.rejected += len(rows)
+
+
+def _raw_values(raw: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """A raw row as the rejects keep it (column ``raw``, a map): each source column, in name
+    order, with its text as extracted."""
+    return [(column, None if v is None else str(v)) for column, v in sorted(raw.items())]
 
 
 def _count_readable(

@@ -218,13 +218,13 @@ def batch_frame(
         mask = pc.and_(
             pc.equal(data["entity"], table.entity), pc.equal(data["source_table"], table.name)
         )
-        bad = data.filter(mask).to_pandas()
-        if len(bad):
-            raw = [json.loads(text) for text in bad["raw"]]
+        bad = data.filter(mask)
+        if bad.num_rows:
             extra = {
-                f"raw_{f}": [r.get(col) for r in raw] for f, col in table.field_columns.items()
+                f"raw_{f}": pc.map_lookup(bad["raw"], col, "first").to_pylist()
+                for f, col in table.field_columns.items()
             }
-            parts.append(bad[["source_key", "reasons"]].assign(**extra))
+            parts.append(bad.select(["source_key", "reasons"]).to_pandas().assign(**extra))
     if not parts:
         return pd.DataFrame({"source_key": pd.Series(dtype=object)})
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
