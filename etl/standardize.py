@@ -6,9 +6,11 @@ value, and each field that failed or was repaired carries a ``field:reason`` cod
 whose counts do not reconcile (read = standardized + rejected) fails, and only that department.
 
 Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/department=<code>/``:
-``person.parquet``, ``enterprise.parquet`` (whichever the department has) and ``rejects.parquet``,
-then ``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
+``person.parquet``, ``enterprise.parquet`` (whichever the department has) and ``rejects.parquet``
+(each rejected row's reasons and its raw values, source column → text), then
+``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
 standardization killed part way, or raw data extracted again since, leaves none that matches.
+Every path is :mod:`store.layout`'s.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_full_extraction_matches_the_source_tables(city: CityConfig, out: Path) 
         assert raw.column_names == [ex.ROW_KEY, *dept.tables[0].source_columns]
         assert all(f.type == pa.string() for f in raw.schema)
         assert t.watermark_before is None and t.watermark_after is not None
-    assert (city.var_dir / "raw" / "run=night-0" / "settings.json").is_file()
+    assert layout.raw_settings_path(city.var_dir, "night-0").is_file()
     with RunState.for_city(city) as state:
         ledger = state.ledger("night-0")
         assert {(r["department"], r["status"], r["mode"]) for r in ledger} == {
