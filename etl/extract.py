@@ -849,9 +849,8 @@ class _TableSource:
         """``table`` as the live schema (column → type, type text) describes it."""
         columns = table.source_columns
         types = {c: live[c][0] for c in columns}
-        return cls(
-            conn, copy, table, types, {c: type_class(live[c][1]) for c in columns}, chunk_rows
-        )
+        classes = {c: type_class(live[c][1]) for c in columns}
+        return cls(conn, copy, table, types, classes, chunk_rows)
 
     @property
     def columns(self) -> list[str]:
