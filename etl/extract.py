@@ -72,6 +72,7 @@ from store.layout import (
     raw_settings_path,
     seen_set_path,
 )
+from store.warehouse import crosswalk_table
 
 log = logging.getLogger(__name__)
 
@@ -586,8 +587,6 @@ def _check_state_file(path: Path, what: str, *, optional: bool = False) -> str |
 
 def _published_keys(state: RunState, department: str, table: str) -> pa.Array:
     """The source keys of a table that the published golden tables hold (its crosswalk)."""
-    from store.warehouse import crosswalk_table
-
     x = crosswalk_table.c
     if not sa.inspect(state.engine).has_table(crosswalk_table.name):
         return pa.array([], pa.string())
