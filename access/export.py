@@ -31,6 +31,7 @@ from access.release import VIEW_BY_NAME, VIEWS, Release, ViewSpec, parquet_type,
 from access.session import resolve_role, session
 from access.viewsql import CARRIED, dialect_of, view_select
 from etl.config import CityConfig
+from store import layout
 from store.warehouse import latest_run
 
 
@@ -68,7 +69,7 @@ def export(
     specs = [VIEW_BY_NAME[v] for v in views] if views else list(VIEWS)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     suffix = f"{role}{'-pseudonymized' if pseudonymize else ''}"
-    target = out_dir or city.var_dir / "exports" / f"{stamp}-{suffix}"
+    target = out_dir or layout.export_dir(city.var_dir, f"{stamp}-{suffix}")
     target.mkdir(parents=True, exist_ok=True)
     result = ExportResult(target, role, pseudonymize)
     with session(city, export=True) as own:

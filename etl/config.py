@@ -48,6 +48,7 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 
 from fields import dictionary, divisions
 from fields.dictionary import Entity
+from store.layout import city_source_path
 
 log = logging.getLogger(__name__)
 
@@ -382,11 +383,6 @@ class TableConfig(_Strict):
         'sfzh'
         """
         return {m.field: col for col, m in self.columns.items() if m.field is not None}
-
-    @property
-    def extra_columns(self) -> dict[str, str]:
-        """Extra name → source column, for columns carried through unchanged."""
-        return {m.extra: col for col, m in self.columns.items() if m.extra is not None}
 
     @property
     def source_columns(self) -> tuple[str, ...]:
@@ -977,8 +973,36 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
             city_ok = True
         except ValidationError as exc:
             problems += _translate(exc, CityFile, city_doc, city_doc.path)
+    loaded, broken = _load_departments(_department_files(cdir / "departments", problems))
+    if not tolerant or not loaded:
+        problems += [line for lines in broken.values() for line in lines]
+        broken = {}
+    departments = [d for d, _ in loaded]
+    if not city_ok or problems:
+        for issue in _cross_department_issues(departments):
+            problems.append(
+                _issue_line(issue.path, issue, CityConfig, city_doc, cdir / "city.yaml", loaded)
+            )
+        raise ConfigError(problems)
+    assert city_doc is not None
+    try:
+        city = CityConfig.model_validate(
+            {
+                **city_doc.data,
+                "departments": departments,
+                "root": cdir.resolve().parent,
+                "broken": broken,
+            }
+        )
+    except ValidationError as exc:
+        raise ConfigError(_translate(exc, CityConfig, city_doc, city_doc.path, loaded)) from None
+    make_private(city.var_dir)
+    return city
 
-    ddir = cdir / "departments"
+
+def _department_files(ddir: Path, problems: list[str]) -> list[Path]:
+    """The department files (``*.yaml``) in ``ddir``; a stray ``*.yml`` or none at all is
+    added to ``problems``."""
     files = sorted(ddir.glob("*.yaml")) if ddir.is_dir() else []
     for stray in sorted(ddir.glob("*.yml")) if ddir.is_dir() else []:
         problems.append(
@@ -989,6 +1013,14 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
             f"{ddir}: (directory): no department files (*.yaml). Fix: add one file per "
             "department, e.g. departments/gongan.yaml (see the example city's config/)"
         )
+    return files
+
+
+def _load_departments(
+    files: Sequence[Path],
+) -> tuple[list[tuple[DepartmentConfig, _Doc]], dict[str, list[str]]]:
+    """The departments that load cleanly (with their documents), and the problems of each
+    file that does not, under the file's name."""
     loaded: list[tuple[DepartmentConfig, _Doc]] = []
     broken: dict[str, list[str]] = {}
     for path in files:
@@ -1017,31 +1049,7 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
                 loaded.append((dept, doc))
         if own:
             broken[path.stem] = own
-    if not tolerant or not loaded:
-        problems += [line for lines in broken.values() for line in lines]
-        broken = {}
-
-    departments = [d for d, _ in loaded]
-    if not city_ok or problems:
-        for issue in _cross_department_issues(departments):
-            problems.append(
-                _issue_line(issue.path, issue, CityConfig, city_doc, cdir / "city.yaml", loaded)
-            )
-        raise ConfigError(problems)
-    assert city_doc is not None
-    try:
-        city = CityConfig.model_validate(
-            {
-                **city_doc.data,
-                "departments": departments,
-                "root": cdir.resolve().parent,
-                "broken": broken,
-            }
-        )
-    except ValidationError as exc:
-        raise ConfigError(_translate(exc, CityConfig, city_doc, city_doc.path, loaded)) from None
-    make_private(city.var_dir)
-    return city
+    return loaded, broken
 
 
 PRIVATE_UMASK = 0o077
@@ -1063,8 +1071,10 @@ def make_private(var_dir: Path) -> None:
         log.warning(
             "%s is readable by others and not ours to change (mode %o). Fix: its owner runs "
             "`chmod 700 %s`",
-            var_dir, var_dir.stat().st_mode & 0o777, var_dir,
-        )  # fmt: skip
+            var_dir,
+            var_dir.stat().st_mode & 0o777,
+            var_dir,
+        )
 
 
 def load_yaml_model(path: str | Path, model: type[_M]) -> _M:
@@ -1112,7 +1122,7 @@ def resolve_connection(city: CityConfig, dept: DepartmentConfig) -> str:
                 "set it to a URL like postgresql+psycopg://user:password@host:5432/db",
             ) from None
         return raw
-    default = city.var_dir / "city" / "sources" / f"{dept.connection}.sqlite"
+    default = city_source_path(city.var_dir, dept.connection)
     if default.is_file():
         return f"sqlite:///{default}"
     where = dept.source_file or dept.code

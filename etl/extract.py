@@ -56,20 +56,23 @@ from sqlalchemy.types import TypeEngine
 
 from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
 from etl.config import save_settings_snapshot as _save_settings
-from etl.state import (
-    HASH_SUFFIX,
-    LedgerEntry,
-    Mode,
-    RunState,
-    Status,
-    hash_set_path,
-    key_set_path,
-    pending_key_set_path,
-    pending_seen_set_path,
-    seen_set_path,
-)
+from etl.state import LedgerEntry, Mode, RunState, Status
 from fields.masking import redact_message
 from store import failpoints
+from store.layout import (
+    deleted_path,
+    duplicates_path,
+    hash_set_path,
+    key_set_path,
+    pending_hash_set_path,
+    pending_key_set_path,
+    pending_seen_set_path,
+    raw_dir,
+    raw_path,
+    raw_settings_path,
+    seen_set_path,
+)
+from store.tables import crosswalk_table
 
 log = logging.getLogger(__name__)
 
@@ -151,36 +154,6 @@ class _TableFailed(Exception):
         super().__init__(f"{table or 'schema check'}: {cause}")
 
 
-# --- paths ---------------------------------------------------------------------------------------
-
-
-def raw_dir(var_dir: Path, run_id: str, department: str) -> Path:
-    """Where a department's raw Parquet of one run goes.
-
-    >>> raw_dir(Path("var"), "2026-07-01", "renshe")
-    PosixPath('var/raw/run=2026-07-01/department=renshe')
-    """
-    return var_dir / "raw" / f"run={run_id}" / f"department={department}"
-
-
-def raw_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """The raw Parquet of one table in one run.
-
-    >>> raw_path(Path("var"), "2026-07-01", "renshe", "insured_person").name
-    'insured_person.parquet'
-    """
-    return raw_dir(var_dir, run_id, department) / f"{table}.parquet"
-
-
-def deleted_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """The keys found deleted from one table in one run (column ``_row_key``).
-
-    >>> deleted_path(Path("var"), "2026-07-02", "minzheng", "社会救助对象").name
-    '社会救助对象.deleted.parquet'
-    """
-    return raw_dir(var_dir, run_id, department) / f"{table}.deleted.parquet"
-
-
 # --- public entry points -------------------------------------------------------------------------
 
 
@@ -210,8 +183,7 @@ def extract_all(
     unknown = [code for code in wanted if code not in known]
     if unknown:
         raise ValueError(f"unknown department(s) {unknown}; configured: {', '.join(known)}")
-    run_root = city.var_dir / "raw" / f"run={run_id}"
-    _save_settings(city, run_root / "settings.json")
+    _save_settings(city, raw_settings_path(city.var_dir, run_id))
     results = []
     with RunState.for_city(city) as state:
         for code in wanted:
@@ -313,9 +285,15 @@ def _unforeseen(
         value = committed[1] if committed else None
         mode: Mode = "incremental" if committed else "full"
         tables.append(
-            TableExtract(t.name, mode, "failed", watermark_before=value, watermark_after=value,
-                         message=f"not extracted: {message}")
-        )  # fmt: skip
+            TableExtract(
+                t.name,
+                mode,
+                "failed",
+                watermark_before=value,
+                watermark_after=value,
+                message=f"not extracted: {message}",
+            )
+        )
     return DepartmentExtract(dept.code, "failed", tables, message)
 
 
@@ -333,23 +311,10 @@ def _refuse_published(state: RunState, dept: DepartmentConfig, run_id: str) -> N
         )
 
 
-def detect_deletions(city: CityConfig, dept: DepartmentConfig, run_id: str) -> dict[str, list[str]]:
-    """Per table, the row keys present in the last committed key set but gone from the key set
-    run ``run_id`` saw (a full snapshot or a key scan). Tables without a key scan in this run
-    are left out; a table's first key set finds nothing.
-
-    >>> detect_deletions(city, city.department("minzheng"), "2026-07-02")
-    {'社会救助对象': ['MZ000000812345', 'MZ000000812377']}
-    """
-    out: dict[str, list[str]] = {}
-    for table in dept.tables:
-        gone = _deleted_keys(city.var_dir, run_id, dept.code, table.name)
-        if gone is not None:
-            out[table.name] = gone
-    return out
-
-
 def _deleted_keys(var_dir: Path, run_id: str, department: str, table: str) -> list[str] | None:
+    """The row keys of a table in the last committed key set but gone from the key set run
+    ``run_id`` proposed (a full snapshot or a key scan); None without a key set tonight, none
+    before the table's first committed one."""
     new = pending_key_set_path(var_dir, run_id, department, table)
     if not new.is_file():
         return None
@@ -380,6 +345,34 @@ class _Plan:
     published_keys: pa.Array | None = None  # what deletions are found against then
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One department's extraction tonight: what it reads, where it writes, in what chunks."""
+
+    city: CityConfig
+    dept: DepartmentConfig
+    run_id: str
+    state: RunState
+    chunk_rows: int
+    fast_path: bool  # PostgreSQL through COPY
+
+
+class _Flagged(Exception):
+    """The department is flagged tonight: nothing of it is kept, its ledger rows say why."""
+
+    def __init__(
+        self,
+        status: Status,
+        message: str,
+        per_table: dict[str, list[str]] | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.status, self.message = status, message
+        self.per_table = per_table or {}  # table -> its own problem lines
+        self.attempts = attempts
+        super().__init__(message)
+
+
 def _extract_department(
     city: CityConfig,
     dept: DepartmentConfig,
@@ -397,72 +390,15 @@ def _extract_department(
         _plan(city, dept, state, i, t, full, scan_every, hash_every)
         for i, t in enumerate(dept.tables)
     ]
-    out_dir = raw_dir(city.var_dir, run_id, dept.code)
-
-    def flagged(
-        status: Status,
-        message: str,
-        per_table: dict[str, list[str]] | None = None,
-        attempts: int = 1,
-    ) -> DepartmentExtract:
-        shutil.rmtree(out_dir, ignore_errors=True)  # nothing half-extracted is left behind
-        state.discard_pending(run_id, dept.code)
-        tables = []
-        for p in plans:
-            own = (per_table or {}).get(p.table.name)
-            note = "\n".join(own) if own else f"not extracted: {message.splitlines()[0]}"
-            tables.append(
-                TableExtract(
-                    p.table.name,
-                    p.mode,
-                    status,
-                    watermark_before=p.watermark,
-                    watermark_after=p.watermark,
-                    message=note,
-                )
-            )
-        return DepartmentExtract(dept.code, status, tables, message, attempts)
-
+    job = _Job(city, dept, run_id, state, chunk_rows, fast_path)
     try:
-        url = _read_only_url(resolve_connection(city, dept))
-    except ConfigError as exc:
-        return flagged("failed", str(exc))
-    try:
-        engine = _engine(url)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
-        return flagged("failed", _driver_message(dept, url, exc))
-    attempt = 0
-    try:
-        while True:
-            attempt += 1
-            try:
-                tables = _extract_once(
-                    engine, city, dept, run_id, plans, state, chunk_rows, fast_path
-                )
-                break
-            except _ConnectionLost as exc:
-                if attempt > retries:
-                    return flagged(
-                        "unreachable",
-                        _unreachable_message(dept, url, attempt, exc),
-                        attempts=attempt,
-                    )
-                wait = backoff_s * 2 ** (attempt - 1)
-                log.warning(
-                    "%s: attempt %d failed (%s); retrying in %.1f s",
-                    dept.code, attempt, redact_message(str(exc)), wait,
-                )  # fmt: skip
-                time.sleep(wait)
-            except _Drift as exc:
-                return flagged("drift", str(exc), exc.problems, attempt)
-            except _TableFailed as exc:
-                message = _failed_message(dept, exc.table, exc.cause)
-                # no traceback: the driver's exception quotes the source value in clear
-                log.error("%s", message)
-                per_table = {exc.table: [message]} if exc.table else None
-                return flagged("failed", message, per_table, attempt)
-    finally:
-        engine.dispose()
+        url, engine = _open_source(city, dept)
+        try:
+            tables, attempts = _read_with_retries(engine, url, job, plans, retries, backoff_s)
+        finally:
+            engine.dispose()
+    except _Flagged as flag:
+        return _flagged(job, plans, flag)
     for p, t in zip(plans, tables, strict=True):
         _guard_deletions(state, run_id, dept, p.table, t)
     for p, t in zip(plans, tables, strict=True):
@@ -471,7 +407,76 @@ def _extract_department(
                 run_id, dept.code, p.table.name, p.table.change_column, t.watermark_after
             )
     failpoints.reached("extract:proposed")
-    return DepartmentExtract(dept.code, "ok", tables, None, attempt)
+    return DepartmentExtract(dept.code, "ok", tables, None, attempts)
+
+
+def _open_source(city: CityConfig, dept: DepartmentConfig) -> tuple[URL, sa.Engine]:
+    """The department's connection URL (read-only) and an engine on it; flagged if neither the
+    configuration nor the installed drivers can give one."""
+    try:
+        url = _read_only_url(resolve_connection(city, dept))
+    except ConfigError as exc:
+        raise _Flagged("failed", str(exc)) from exc
+    try:
+        return url, _engine(url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise _Flagged("failed", _driver_message(dept, url, exc)) from exc
+
+
+def _read_with_retries(
+    engine: sa.Engine, url: URL, job: _Job, plans: list[_Plan], retries: int, backoff_s: float
+) -> tuple[list[TableExtract], int]:
+    """Every table read, and the attempts it took: a lost connection is retried ``retries``
+    more times with exponential backoff, then flagged ``unreachable``; drift and a table that
+    cannot be read are flagged at once."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return _extract_once(engine, job, plans), attempt
+        except _ConnectionLost as exc:
+            if attempt > retries:
+                message = _unreachable_message(job.dept, url, attempt, exc)
+                raise _Flagged("unreachable", message, attempts=attempt) from exc
+            wait = backoff_s * 2 ** (attempt - 1)
+            log.warning(
+                "%s: attempt %d failed (%s); retrying in %.1f s",
+                job.dept.code,
+                attempt,
+                redact_message(str(exc)),
+                wait,
+            )
+            time.sleep(wait)
+        except _Drift as exc:
+            raise _Flagged("drift", str(exc), exc.problems, attempt) from exc
+        except _TableFailed as exc:
+            message = _failed_message(job.dept, exc.table, exc.cause)
+            # no traceback: the driver's exception quotes the source value in clear
+            log.error("%s", message)
+            per_table = {exc.table: [message]} if exc.table else None
+            raise _Flagged("failed", message, per_table, attempt) from exc
+
+
+def _flagged(job: _Job, plans: list[_Plan], flag: _Flagged) -> DepartmentExtract:
+    """A flagged department: nothing half-extracted is left behind, nothing it proposed stays,
+    and every table's watermark stays where it was."""
+    shutil.rmtree(raw_dir(job.city.var_dir, job.run_id, job.dept.code), ignore_errors=True)
+    job.state.discard_pending(job.run_id, job.dept.code)
+    tables = []
+    for p in plans:
+        own = flag.per_table.get(p.table.name)
+        note = "\n".join(own) if own else f"not extracted: {flag.message.splitlines()[0]}"
+        tables.append(
+            TableExtract(
+                p.table.name,
+                p.mode,
+                flag.status,
+                watermark_before=p.watermark,
+                watermark_after=p.watermark,
+                message=note,
+            )
+        )
+    return DepartmentExtract(job.dept.code, flag.status, tables, flag.message, flag.attempts)
 
 
 def _guard_deletions(
@@ -536,9 +541,16 @@ def _plan(
     if rebuild is not None:
         log.warning("%s: %s: %s", dept.code, table.name, rebuild)
         return _Plan(
-            index, table, "full", value, None, scan_keys=False, nights_since_scan=0,
-            rebuild=rebuild, published_keys=_published_keys(state, dept.code, table.name),
-        )  # fmt: skip
+            index,
+            table,
+            "full",
+            value,
+            None,
+            scan_keys=False,
+            nights_since_scan=0,
+            rebuild=rebuild,
+            published_keys=_published_keys(state, dept.code, table.name),
+        )
     hashes = hash_set_path(city.var_dir, dept.code, table.name)
     if damaged := _check_state_file(hashes, "row hashes", optional=True):  # rebuilt below
         log.warning(
@@ -575,8 +587,6 @@ def _check_state_file(path: Path, what: str, *, optional: bool = False) -> str |
 
 def _published_keys(state: RunState, department: str, table: str) -> pa.Array:
     """The source keys of a table that the published golden tables hold (its crosswalk)."""
-    from store.tables import crosswalk_table
-
     x = crosswalk_table.c
     if not sa.inspect(state.engine).has_table(crosswalk_table.name):
         return pa.array([], pa.string())
@@ -585,16 +595,8 @@ def _published_keys(state: RunState, department: str, table: str) -> pa.Array:
         return pa.array([k for (k,) in conn.execute(query)], pa.string())
 
 
-def _extract_once(
-    engine: sa.Engine,
-    city: CityConfig,
-    dept: DepartmentConfig,
-    run_id: str,
-    plans: list[_Plan],
-    state: RunState,
-    chunk_rows: int,
-    fast_path: bool,
-) -> list[TableExtract]:
+def _extract_once(engine: sa.Engine, job: _Job, plans: list[_Plan]) -> list[TableExtract]:
+    """Every table of the department in one read-only transaction, then its schema snapshot."""
     try:
         conn = engine.connect()
     except sa.exc.DBAPIError as exc:
@@ -602,16 +604,15 @@ def _extract_once(
     try:
         try:
             _begin_read_only(conn)
-            live = _check_drift(conn, dept, plans, state)
-            copy = fast_path and _is_psycopg(conn)
+            live = _check_drift(conn, job.dept, plans, job.state)
+            copy = job.fast_path and _is_psycopg(conn)
             out = []
             for p in plans:
                 try:
-                    out.append(
-                        _extract_table(
-                            conn, copy, city, dept, run_id, p, live[p.table.name], chunk_rows
-                        )
+                    source = _TableSource.on(
+                        conn, copy, p.table, live[p.table.name], job.chunk_rows
                     )
+                    out.append(_extract_table(source, job, p))
                 except (_Drift, _ConnectionLost):
                     raise
                 except Exception as exc:
@@ -628,9 +629,9 @@ def _extract_once(
     finally:
         _close_quietly(conn)
     for p in plans:
-        state.save_schema_snapshot(
-            run_id,
-            dept.code,
+        job.state.save_schema_snapshot(
+            job.run_id,
+            job.dept.code,
             p.table.name,
             {c: live[p.table.name][c][1] for c in p.table.source_columns},
         )
@@ -824,50 +825,134 @@ def _check_drift(
 # --- one table -----------------------------------------------------------------------------------
 
 
-def _extract_table(
-    conn: sa.Connection,
-    copy: bool,
-    city: CityConfig,
-    dept: DepartmentConfig,
-    run_id: str,
-    plan: _Plan,
-    live: dict[str, tuple[TypeEngine[Any], str]],
-    chunk_rows: int,
-) -> TableExtract:
+@dataclass(frozen=True)
+class _TableSource:
+    """One configured table on an open source connection, read in chunks of text."""
+
+    conn: sa.Connection
+    copy: bool  # PostgreSQL's COPY rather than SQLAlchemy
+    table: TableConfig
+    types: dict[str, TypeEngine[Any]]  # each source column's live type
+    classes: dict[str, str]  # each source column's type class (see type_class)
+    chunk_rows: int
+
+    @classmethod
+    def on(
+        cls,
+        conn: sa.Connection,
+        copy: bool,
+        table: TableConfig,
+        live: dict[str, tuple[TypeEngine[Any], str]],
+        chunk_rows: int,
+    ) -> _TableSource:
+        """``table`` as the live schema (column → type, type text) describes it."""
+        columns = table.source_columns
+        types = {c: live[c][0] for c in columns}
+        classes = {c: type_class(live[c][1]) for c in columns}
+        return cls(conn, copy, table, types, classes, chunk_rows)
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns read: every source column of the configured table."""
+        return list(self.table.source_columns)
+
+    def chunks(self, since: tuple[str, Any] | None = None) -> Iterator[_Chunk]:
+        """Every row (or those changed ``since``), as chunks decoded on the writer thread."""
+        booleans = {c for c in self.columns if self.classes[c] == "boolean"}
+        return _read(
+            self.conn,
+            self.copy,
+            self.table.name,
+            self.columns,
+            self.types,
+            booleans,
+            since,
+            self.chunk_rows,
+        )
+
+    def rows(self) -> Iterator[pa.Table]:
+        """Every row with its ``_row_key``, chunk by chunk."""
+        for chunk in self.chunks():
+            yield _with_row_key(chunk(), self.table.primary_key)
+
+    def keys(self) -> Iterator[pa.Array]:
+        """Every row key, read from the primary key columns only."""
+        pk = self.table.primary_key
+        types = {c: self.types[c] for c in pk}
+        chunks = _read(
+            self.conn, self.copy, self.table.name, pk, types, set(), None, self.chunk_rows
+        )
+        for chunk in chunks:
+            yield _with_row_key(chunk(), pk)[ROW_KEY]
+
+    def since(self, watermark: str | None) -> tuple[str, Any] | None:
+        """``(change column, watermark in the column's own type)`` to read from, or None."""
+        if watermark is None:
+            return None
+        change = self.table.change_column
+        return change, _watermark_value(watermark, self.table, self.classes[change])
+
+
+def _extract_table(source: _TableSource, job: _Job, plan: _Plan) -> TableExtract:
+    """Read one table into its raw Parquet, set the rows of duplicated keys apart, and propose
+    its key set, seen set and row hashes."""
     t = plan.table
     result = TableExtract(t.name, plan.mode, watermark_before=plan.watermark)
     start = time.perf_counter()
-    columns = list(t.source_columns)
-    types = {c: live[c][0] for c in columns}
-    booleans = {c for c in columns if type_class(live[c][1]) == "boolean"}
-    since = None
-    if plan.since is not None:
-        since = (
-            t.change_column,
-            _watermark_value(plan.since, t, type_class(live[t.change_column][1])),
-        )
-    path = raw_path(city.var_dir, run_id, dept.code, t.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    schema = _schema([ROW_KEY, *columns])
+    var, run_id, code = job.city.var_dir, job.run_id, job.dept.code
+    path = raw_path(var, run_id, code, t.name)
     meta = {
-        "department": dept.code,
+        "department": code,
         "table": t.name,
         "run_id": run_id,
         "mode": plan.mode,
         "watermark_before": plan.watermark,
         "change_column": t.change_column,
     }
-    keys_out = pending_key_set_path(city.var_dir, run_id, dept.code, t.name)
-    seen = _SeenVersions(
-        t.change_column,
-        t.change_kind,
-        plan.since,
-        seen_set_path(city.var_dir, dept.code, t.name) if plan.since is not None else None,
-    )
+    committed_seen = seen_set_path(var, code, t.name) if plan.since is not None else None
+    seen = _SeenVersions(t.change_column, t.change_kind, plan.since, committed_seen)
+    result.rows_late, result.rows_backdated = _write_raw(source, job, plan, path, meta, seen)
+    failpoints.reached("extract:table-written")
+    seen.write(pending_seen_set_path(var, run_id, code, t.name), meta)
+    dups = _duplicate_keys(source)
+    apart = duplicates_path(var, run_id, code, t.name)
+    result.rows_duplicate = _set_duplicates_apart(source, dups, path, apart, meta)
+    result.rows_read = pq.ParquetFile(path).metadata.num_rows + result.rows_duplicate
+    result.rows_unchanged = seen.unchanged
+    result.parquet_path = path
+    result.watermark_after = _watermark_text(seen.top) if seen.top is not None else plan.watermark
+    result.message = _table_notes(job.dept, t, result, dups)
+    keys_out = pending_key_set_path(var, run_id, code, t.name)
+    if plan.mode == "incremental" and not plan.scan_keys:  # carry the key set forward
+        committed = key_set_path(var, code, t.name)
+        _carry_key_set(committed, path, keys_out, job.chunk_rows, plan.nights_since_scan)
+    if plan.mode == "full" or plan.scan_keys:
+        _write_deletions(job, plan, keys_out, meta, result)
+    failpoints.reached("extract:keys-written")
+    result.duration_s = time.perf_counter() - start
+    return result
+
+
+def _write_raw(
+    source: _TableSource,
+    job: _Job,
+    plan: _Plan,
+    path: Path,
+    meta: dict[str, Any],
+    seen: _SeenVersions,
+) -> tuple[int, int]:
+    """Write tonight's rows of a table to ``path`` (and, read in full, its key set), scan its
+    keys and check its row hashes when the plan says so; how many rows each of those found
+    (late, back-dated) and added."""
+    t = plan.table
+    var, run_id, code = job.city.var_dir, job.run_id, job.dept.code
+    keys_out = pending_key_set_path(var, run_id, code, t.name)
     read_keys: list[pa.Array] = []  # incremental nights: every key read, kept or not
     read_versions: list[pa.Array] = []  # every row read tonight: key and content hash
+    late = 0
     with contextlib.ExitStack() as stack:
-        sink = stack.enter_context(ParquetSink(path, schema, chunk_rows, meta))
+        schema = _schema([ROW_KEY, *source.columns])
+        sink = stack.enter_context(ParquetSink(path, schema, job.chunk_rows, meta))
         keys = None
         if plan.mode == "full":  # a full snapshot is also tonight's key set
             keys = stack.enter_context(
@@ -885,45 +970,59 @@ def _extract_table(
                 keys.write(rows.select([ROW_KEY]))
 
         with _in_background(write) as put:
-            for chunk in _read(conn, copy, t.name, columns, types, booleans, since, chunk_rows):
+            for chunk in source.chunks(source.since(plan.since)):
                 put(chunk)
         if plan.scan_keys:
-            pk = {c: types[c] for c in t.primary_key}
-            scanned = _read(conn, copy, t.name, t.primary_key, pk, set(), None, chunk_rows)
-            _write_key_set(
-                keys_out, (_with_row_key(c(), t.primary_key)[ROW_KEY] for c in scanned), 0
-            )
+            _write_key_set(keys_out, source.keys(), 0)
             # Keys the source has that no night has read: rows inserted with a change stamp
             # already below the watermark (back-dated, or a clock behind ours). Read them now.
-            late = _late_keys(keys_out, key_set_path(city.var_dir, dept.code, t.name), read_keys)
-            if len(late):
-                result.rows_late = _read_late_rows(
-                    conn, copy, t, columns, types, booleans, late, chunk_rows, sink.write
-                )
-        hashes_out = pending_key_set_path(city.var_dir, run_id, dept.code, f"{t.name}{HASH_SUFFIX}")
-        committed_hashes = hash_set_path(city.var_dir, dept.code, t.name)
-        if plan.mode == "full":
-            _write_versions(hashes_out, read_versions, 0)
-        elif plan.check_hashes:
-            result.rows_backdated = _check_hashes(
-                conn, copy, t, columns, types, booleans, chunk_rows, committed_hashes,
-                read_keys, hashes_out, sink.write,
-            )  # fmt: skip
-        else:
-            _carry_versions(committed_hashes, read_versions, hashes_out, plan.nights_since_check)
-    failpoints.reached("extract:table-written")
-    seen.write(pending_seen_set_path(city.var_dir, run_id, dept.code, t.name), meta)
-    result.rows_read = sink.rows
-    dups = _duplicate_keys(conn, t, types)
-    result.rows_duplicate = _set_duplicates_apart(
-        conn, copy, t, columns, types, booleans, chunk_rows, dups, path,
-        duplicates_path(city.var_dir, run_id, dept.code, t.name), meta,
-    )  # fmt: skip
-    result.rows_read = pq.ParquetFile(path).metadata.num_rows + result.rows_duplicate
-    result.rows_unchanged = seen.unchanged
-    result.parquet_path = path
-    top = seen.top
-    result.watermark_after = _watermark_text(top) if top is not None else plan.watermark
+            late_keys = _late_keys(keys_out, key_set_path(var, code, t.name), read_keys)
+            if len(late_keys):
+                late = _read_late_rows(source, late_keys, sink.write)
+        backdated = _keep_row_hashes(source, job, plan, read_keys, read_versions, sink.write)
+    return late, backdated
+
+
+def _keep_row_hashes(
+    source: _TableSource,
+    job: _Job,
+    plan: _Plan,
+    read_keys: list[pa.Array],
+    read_versions: list[pa.Array],
+    write: Callable[[pa.Table], None],
+) -> int:
+    """Propose the table's row hashes: tonight's (read in full), a fresh check of every row
+    (writing the back-dated changes it finds; how many), or the committed ones carried
+    forward with tonight's rows."""
+    t = plan.table
+    out = pending_hash_set_path(job.city.var_dir, job.run_id, job.dept.code, t.name)
+    committed = hash_set_path(job.city.var_dir, job.dept.code, t.name)
+    if plan.mode == "full":
+        _write_versions(out, read_versions, 0)
+    elif plan.check_hashes:
+        return _check_hashes(source, committed, read_keys, out, write)
+    else:
+        _carry_versions(committed, read_versions, out, plan.nights_since_check)
+    return 0
+
+
+def _table_notes(
+    dept: DepartmentConfig, t: TableConfig, result: TableExtract, dups: set[str]
+) -> str | None:
+    """What the ledger says about a table read well: late and back-dated rows, duplicate keys."""
+    message = None
+    if result.rows_backdated:
+        message = (
+            f"{result.rows_backdated} row(s) changed at the source without their change column "
+            f"({t.change_column}) moving past the watermark; the row-hash check found them and "
+            f"they were read tonight. Ask {dept.name} why rows are changed with old change stamps"
+        )
+    if result.rows_late:
+        message = (
+            f"{result.rows_late} row(s) were found by the key scan with a change stamp below the "
+            f"watermark ({t.change_column}); they were read tonight. Ask {dept.name} why rows "
+            "are written with old change stamps"
+        )
     if result.rows_duplicate:
         shown = ", ".join(sorted(dups)[:5])
         note = (
@@ -934,58 +1033,51 @@ def _extract_table(
             f"{', '.join(t.primary_key)}"
         )
         log.warning("%s: %s", dept.code, note)
-        duplicate_note = note
-    else:
-        duplicate_note = None
-    if result.rows_backdated:
-        result.message = (
-            f"{result.rows_backdated} row(s) changed at the source without their change column "
-            f"({t.change_column}) moving past the watermark; the row-hash check found them and "
-            f"they were read tonight. Ask {dept.name} why rows are changed with old change stamps"
-        )
-    if result.rows_late:
-        result.message = (
-            f"{result.rows_late} row(s) were found by the key scan with a change stamp below the "
-            f"watermark ({t.change_column}); they were read tonight. Ask {dept.name} why rows "
-            "are written with old change stamps"
-        )
+        message = f"{message}\n{note}" if message else note
+    return message
 
-    if duplicate_note:
-        result.message = f"{result.message}\n{duplicate_note}" if result.message else duplicate_note
-    if plan.mode == "incremental" and not plan.scan_keys:  # carry the key set forward
-        committed = key_set_path(city.var_dir, dept.code, t.name)
-        union = pa.concat_arrays(
-            [
-                pq.read_table(committed, columns=[ROW_KEY]).column(ROW_KEY).combine_chunks(),
-                *_parquet_keys(path, chunk_rows),
-            ]
+
+def _carry_key_set(
+    committed: Path, path: Path, keys_out: Path, chunk_rows: int, nights_since_scan: int
+) -> None:
+    """Propose the committed key set plus the keys read tonight (no key scan tonight)."""
+    union = pa.concat_arrays(
+        [
+            pq.read_table(committed, columns=[ROW_KEY]).column(ROW_KEY).combine_chunks(),
+            *_parquet_keys(path, chunk_rows),
+        ]
+    )
+    _write_key_set(keys_out, [pc.unique(union)], nights_since_scan)
+
+
+def _write_deletions(
+    job: _Job, plan: _Plan, keys_out: Path, meta: dict[str, Any], result: TableExtract
+) -> None:
+    """Write the keys gone from the source since the committed key set (or, the key set being
+    rebuilt, since what the published golden tables hold) and count them."""
+    t = plan.table
+    var, run_id, code = job.city.var_dir, job.run_id, job.dept.code
+    committed = key_set_path(var, code, t.name)
+    if plan.published_keys is not None:  # rebuilt: deletions are what the master still has
+        after = pq.read_table(keys_out, columns=[ROW_KEY]).column(ROW_KEY)
+        before = plan.published_keys
+        lost = pc.filter(before, pc.invert(pc.is_in(before, value_set=after)))
+        gone = sorted(lost.to_pylist())
+        result.keys_before = len(before)
+        note = (
+            f"{plan.rebuild}. The table was read in full to rebuild it, and {len(gone):,} "
+            "row(s) the base libraries still held were found deleted at the source"
         )
-        _write_key_set(keys_out, [pc.unique(union)], plan.nights_since_scan)
-    if plan.mode == "full" or plan.scan_keys:
-        committed = key_set_path(city.var_dir, dept.code, t.name)
-        if plan.published_keys is not None:  # rebuilt: deletions are what the master still has
-            after = pq.read_table(keys_out, columns=[ROW_KEY]).column(ROW_KEY)
-            before = plan.published_keys
-            lost = pc.filter(before, pc.invert(pc.is_in(before, value_set=after)))
-            gone = sorted(lost.to_pylist())
-            result.keys_before = len(before)
-            note = (
-                f"{plan.rebuild}. The table was read in full to rebuild it, and {len(gone):,} "
-                "row(s) the base libraries still held were found deleted at the source"
-            )
-            result.message = f"{result.message}\n{note}" if result.message else note
-        else:
-            gone = _deleted_keys(city.var_dir, run_id, dept.code, t.name) or []
-            result.keys_before = (
-                pq.ParquetFile(committed).metadata.num_rows if committed.is_file() else 0
-            )
-        target = deleted_path(city.var_dir, run_id, dept.code, t.name)
-        with ParquetSink(target, _schema([ROW_KEY]), chunk_rows, meta) as sink:
-            sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
-        result.rows_deleted, result.deleted_path = len(gone), target
-    failpoints.reached("extract:keys-written")
-    result.duration_s = time.perf_counter() - start
-    return result
+        result.message = f"{result.message}\n{note}" if result.message else note
+    else:
+        gone = _deleted_keys(var, run_id, code, t.name) or []
+        result.keys_before = (
+            pq.ParquetFile(committed).metadata.num_rows if committed.is_file() else 0
+        )
+    target = deleted_path(var, run_id, code, t.name)
+    with ParquetSink(target, _schema([ROW_KEY]), job.chunk_rows, meta) as sink:
+        sink.write(pa.table([pa.array(gone, pa.string())], schema=_schema([ROW_KEY])))
+    result.rows_deleted, result.deleted_path = len(gone), target
 
 
 _VERSION = "_row_version"
@@ -1083,35 +1175,19 @@ def _versions(rows: pa.Table) -> pa.Array:
     )
 
 
-def duplicates_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """Tonight's rows of a table whose key is not unique at the source (every copy), set
-    apart from ``raw_path`` for standardization to reject."""
-    return raw_dir(var_dir, run_id, department) / f"{table}.duplicates.parquet"
-
-
-def _duplicate_keys(
-    conn: sa.Connection, table: TableConfig, types: dict[str, TypeEngine[Any]]
-) -> set[str]:
+def _duplicate_keys(source: _TableSource) -> set[str]:
     """The keys (as row-key text) that more than one source row holds: a table without a
     primary key constraint can have them, and one would re-point a key to another person."""
-    t = sa.table(table.name, *[sa.column(c, types[c]) for c in table.primary_key])
-    cols = [t.c[c] for c in table.primary_key]
+    pk = source.table.primary_key
+    t = sa.table(source.table.name, *[sa.column(c, source.types[c]) for c in pk])
+    cols = [t.c[c] for c in pk]
     query = sa.select(*cols).group_by(*cols).having(sa.func.count() > 1)
-    return {KEY_SEPARATOR.join(_text(v) or "" for v in row) for row in conn.execute(query).all()}
+    rows = source.conn.execute(query).all()
+    return {KEY_SEPARATOR.join(_text(v) or "" for v in row) for row in rows}
 
 
 def _set_duplicates_apart(
-    conn: sa.Connection,
-    copy: bool,
-    table: TableConfig,
-    columns: list[str],
-    types: dict[str, TypeEngine[Any]],
-    booleans: set[str],
-    chunk_rows: int,
-    dups: set[str],
-    path: Path,
-    target: Path,
-    meta: dict[str, Any],
+    source: _TableSource, dups: set[str], path: Path, target: Path, meta: dict[str, Any]
 ) -> int:
     """Move every row of a duplicated key out of ``path`` into ``target`` (all its copies,
     read again from the source); how many rows ``target`` holds."""
@@ -1121,13 +1197,12 @@ def _set_duplicates_apart(
     keys = pa.array(sorted(dups), pa.string())
     kept = pq.read_table(path)
     kept = kept.filter(pc.invert(pc.is_in(kept[ROW_KEY], value_set=keys)))
-    schema = _schema([ROW_KEY, *columns])
-    with ParquetSink(path, schema, chunk_rows, meta) as sink:
+    schema = _schema([ROW_KEY, *source.columns])
+    with ParquetSink(path, schema, source.chunk_rows, meta) as sink:
         sink.write(kept.select(schema.names).cast(schema))
     found = 0
-    with ParquetSink(target, schema, chunk_rows, meta) as sink:
-        for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
-            rows = _with_row_key(chunk(), table.primary_key)
+    with ParquetSink(target, schema, source.chunk_rows, meta) as sink:
+        for rows in source.rows():
             rows = rows.filter(pc.is_in(rows[ROW_KEY], value_set=keys))
             sink.write(rows)
             found += rows.num_rows
@@ -1160,13 +1235,7 @@ def _carry_versions(
 
 
 def _check_hashes(
-    conn: sa.Connection,
-    copy: bool,
-    table: TableConfig,
-    columns: list[str],
-    types: dict[str, TypeEngine[Any]],
-    booleans: set[str],
-    chunk_rows: int,
+    source: _TableSource,
     committed: Path,
     read_keys: list[pa.Array],
     out: Path,
@@ -1181,8 +1250,7 @@ def _check_hashes(
     known = _version_keys(before) if before is not None else None
     read = pa.concat_arrays(read_keys) if read_keys else pa.array([], pa.string())
     found, versions = 0, []
-    for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
-        rows = _with_row_key(chunk(), table.primary_key)
+    for rows in source.rows():
         mine = _versions(rows)
         versions.append(mine)
         if before is None or known is None:
@@ -1212,24 +1280,13 @@ def _late_keys(scanned: Path, committed: Path, read: list[pa.Array]) -> pa.Array
     return pc.filter(now, pc.invert(pc.is_in(now, value_set=known)))
 
 
-def _read_late_rows(
-    conn: sa.Connection,
-    copy: bool,
-    table: TableConfig,
-    columns: list[str],
-    types: dict[str, TypeEngine[Any]],
-    booleans: set[str],
-    late: pa.Array,
-    chunk_rows: int,
-    write: Callable[[pa.Table], None],
-) -> int:
+def _read_late_rows(source: _TableSource, late: pa.Array, write: Callable[[pa.Table], None]) -> int:
     """Read the whole table again and write the rows whose key is in ``late``; how many.
 
     Rare by nature (a source writing old stamps), so one more pass beats building a key list
     into SQL for every key type."""
     found = 0
-    for chunk in _read(conn, copy, table.name, columns, types, booleans, None, chunk_rows):
-        rows = _with_row_key(chunk(), table.primary_key)
+    for rows in source.rows():
         rows = rows.filter(pc.is_in(rows[ROW_KEY], value_set=late))
         if rows.num_rows:
             write(rows)
@@ -1258,14 +1315,6 @@ def _batch_max(column: pa.Array | pa.ChunkedArray, kind: str) -> Any:
         return value
     # ISO timestamps and the string kinds' formats sort as text; nulls are skipped.
     return pc.max(column).as_py()
-
-
-def _higher(a: Any, b: Any) -> Any:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return max(a, b)
 
 
 def _watermark_text(value: Any) -> str:

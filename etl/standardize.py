@@ -6,9 +6,11 @@ value, and each field that failed or was repaired carries a ``field:reason`` cod
 whose counts do not reconcile (read = standardized + rejected) fails, and only that department.
 
 Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/department=<code>/``:
-``person.parquet``, ``enterprise.parquet`` (whichever the department has) and ``rejects.parquet``,
-then ``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
+``person.parquet``, ``enterprise.parquet`` (whichever the department has) and ``rejects.parquet``
+(each rejected row's reasons and its raw values, source column → text), then
+``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
 standardization killed part way, or raw data extracted again since, leaves none that matches.
+Every path is :mod:`store.layout`'s.
 """
 
 from __future__ import annotations
@@ -30,9 +32,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
-from etl.extract import ParquetSink, duplicates_path, raw_path
+from etl.extract import ParquetSink
 from fields import dictionary, normalize
 from store import failpoints
+from store.layout import (
+    canonical_dir,
+    duplicates_path,
+    problem_path,
+    raw_path,
+    standardized_marker_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +93,12 @@ PERSON_SCHEMA = _canonical_schema("person")
 ENTERPRISE_SCHEMA = _canonical_schema("enterprise")
 SCHEMAS = {"person": PERSON_SCHEMA, "enterprise": ENTERPRISE_SCHEMA}
 REJECT_SCHEMA = pa.schema(
-    [*_META, ("entity", pa.string()), ("reasons", pa.list_(pa.string())), ("raw", pa.string())]
+    [
+        *_META,
+        ("entity", pa.string()),
+        ("reasons", pa.list_(pa.string())),
+        ("raw", pa.map_(pa.string(), pa.string())),  # source column → its raw text
+    ]
 )
 
 
@@ -109,9 +123,15 @@ class DepartmentStandardized:
 
 
 UNPARSEABLE: frozenset[str] = frozenset(
-    {"date_unparseable", "code_unmapped", "change_value_unparseable", "sex_invalid",
-     "ethnicity_invalid", "capital_invalid"}
-)  # fmt: skip
+    {
+        "date_unparseable",
+        "code_unmapped",
+        "change_value_unparseable",
+        "sex_invalid",
+        "ethnicity_invalid",
+        "capital_invalid",
+    }
+)
 """Reason codes that say a value could not be read the way the configuration says it is
 written; when every value of a column has one, the configuration is what is wrong."""
 CONFIG_SUSPECT_ROWS = 20
@@ -127,22 +147,6 @@ class ReconciliationError(RuntimeError):
     """Rows read ≠ rows standardized + rows rejected: a row went missing or was doubled."""
 
 
-def canonical_dir(var_dir: Path, run_id: str, department: str) -> Path:
-    """Where one department's canonical output of one run lives."""
-    return var_dir / "canonical" / f"run={run_id}" / f"department={department}"
-
-
-def problem_path(var_dir: Path, run_id: str, department: str) -> Path:
-    """Where a configuration problem standardization found is noted for data engineering
-    (beside the department's folder: it outlives a flagged department's output)."""
-    path = canonical_dir(var_dir, run_id, department).with_name(f"department={department}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-DONE = "_standardized.json"
-
-
 def unfinished(city: CityConfig, dept: DepartmentConfig, run_id: str) -> str | None:
     """Why ``dept``'s canonical output of ``run_id`` cannot be linked, or None when it can: its
     standardization finished, from the raw files that are there now, one per configured table.
@@ -150,9 +154,9 @@ def unfinished(city: CityConfig, dept: DepartmentConfig, run_id: str) -> str | N
     >>> unfinished(city, city.department("renshe"), "2026-07-01")  # doctest: +SKIP
     "renshe: the standardization of night 2026-07-01 did not finish"
     """
-    folder = canonical_dir(city.var_dir, run_id, dept.code)
+    marker = standardized_marker_path(city.var_dir, run_id, dept.code)
     try:
-        done = json.loads((folder / DONE).read_text(encoding="utf-8"))["raw"]
+        done = json.loads(marker.read_text(encoding="utf-8"))["raw"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{dept.code}: the standardization of night {run_id} did not finish"
     for t in dept.tables:
@@ -192,9 +196,14 @@ def _updated_at(raw: str | None, table: TableConfig) -> dt.datetime | None:
 
 
 def _field_value(
-    entity: str, fld: str, raw: str | None, mapping_codes: dict[str, str] | None,
-    fmt: str | None, row_context: dict[str, Any], ctx: _Context,
-) -> tuple[normalize.Normalized[Any], list[str]]:  # fmt: skip
+    entity: str,
+    fld: str,
+    raw: str | None,
+    mapping_codes: dict[str, str] | None,
+    fmt: str | None,
+    row_context: dict[str, Any],
+    ctx: _Context,
+) -> tuple[normalize.Normalized[Any], list[str]]:
     """Normalize one mapped field; returns the result and any mapping-level reason codes."""
     extra_reasons: list[str] = []
     value: Any = raw
@@ -272,10 +281,13 @@ def _place(entity: str, fld: str, result: normalize.Normalized[Any], out: dict[s
         if value is not None:
             parts = value.as_dict()
             out.update(
-                address=parts["full"], province=parts["province"], city=parts["city"],
-                district=parts["district"], division_code=parts["division_code"],
+                address=parts["full"],
+                province=parts["province"],
+                city=parts["city"],
+                district=parts["district"],
+                division_code=parts["division_code"],
                 address_detail=parts["detail"],
-            )  # fmt: skip
+            )
         return
     if fld == "phone":
         out["phone"] = value
@@ -322,14 +334,11 @@ def standardize_department(
     (True, 'ok')
     """
     result = DepartmentStandardized(dept.code)
-    ctx = _Context(city.division_code, as_of or dt.date.today())
-    out_dir = canonical_dir(city.var_dir, run_id, dept.code)
-    marker = out_dir / DONE
+    marker = standardized_marker_path(city.var_dir, run_id, dept.code)
     before = marker.read_bytes() if marker.is_file() else None
     marker.unlink(missing_ok=True)  # killed part way, the outputs may be half old, half new
     sources = [(t, raw_path(city.var_dir, run_id, dept.code, t.name)) for t in dept.tables]
     sources = [(t, p) for t, p in sources if p.exists()]
-    duplicated = [(t, duplicates_path(city.var_dir, run_id, dept.code, t.name)) for t, _ in sources]
     if not sources:
         result.status = "skipped"
         result.message = (
@@ -337,40 +346,23 @@ def standardize_department(
             f"run); nothing to standardize"
         )
         return result
-    file_meta = {"run_id": run_id, "department": dept.code}
-    problem_path(city.var_dir, run_id, dept.code).unlink(missing_ok=True)
+    problem = problem_path(city.var_dir, run_id, dept.code)
+    problem.unlink(missing_ok=True)
+    job = _Job(
+        run_id,
+        _Context(city.division_code, as_of or dt.date.today()),
+        canonical_dir(city.var_dir, run_id, dept.code),
+        batch_rows,
+        progress,
+    )
+    duplicated = [(t, duplicates_path(city.var_dir, run_id, dept.code, t.name)) for t, _ in sources]
     try:
-        # every sink renames into place on success and removes its temp file on failure
-        with contextlib.ExitStack() as stack:
-            rejects = stack.enter_context(
-                ParquetSink(out_dir / "rejects.parquet", REJECT_SCHEMA, batch_rows, file_meta)
-            )
-            stack.callback(failpoints.reached, "standardize:closing")  # after the entity sinks
-            sinks: dict[str, ParquetSink] = {}
-            for table, path in sources:
-                entity: str = table.entity
-                if entity not in sinks:
-                    sinks[entity] = stack.enter_context(
-                        ParquetSink(
-                            out_dir / f"{entity}.parquet", SCHEMAS[entity], batch_rows, file_meta
-                        )
-                    )
-                _standardize_table(
-                    result, entity, table, path, sinks[entity], rejects, run_id, ctx, batch_rows,
-                    progress,
-                )  # fmt: skip
-            for table, path in duplicated:
-                if path.is_file():
-                    _reject_duplicates(result, table, path, rejects, run_id)
-            if not result.reconciled:
-                raise ReconciliationError(
-                    f"{dept.code}: reconciliation failed: read {result.rows_read} rows but "
-                    f"standardized {result.standardized} and rejected {result.rejected}"
-                )
+        result.outputs = _write_canonical(result, job, sources, duplicated)
     except ConfigSuspected as exc:
         result.status = "config"
         result.message = str(exc)
-        problem_path(city.var_dir, run_id, dept.code).write_text(
+        problem.parent.mkdir(parents=True, exist_ok=True)
+        problem.write_text(
             json.dumps({"department": dept.code, "message": str(exc)}, ensure_ascii=False),
             encoding="utf-8",
         )
@@ -386,37 +378,95 @@ def standardize_department(
             else f"{dept.code}: standardization failed: {type(exc).__name__}: {exc}"
         )
         return result
-    result.outputs = {entity: sink.path for entity, sink in sinks.items()}
-    result.outputs["rejects"] = rejects.path
     failpoints.reached("standardize:written")
-    done = {"run_id": run_id, "raw": {t.name: _digest(path) for t, path in sources}}
-    tmp = out_dir / f".{DONE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(done, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out_dir / DONE)
+    _mark_standardized(marker, run_id, sources)
     failpoints.reached("standardize:marked")
     return result
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One department's standardization in one night: where it writes and how."""
+
+    run_id: str
+    ctx: _Context
+    out_dir: Path
+    batch_rows: int
+    progress: Callable[[str, int], None] | None
+
+
+def _write_canonical(
+    result: DepartmentStandardized,
+    job: _Job,
+    sources: list[tuple[TableConfig, Path]],
+    duplicated: list[tuple[TableConfig, Path]],
+) -> dict[str, Path]:
+    """Standardize ``sources`` into one Parquet per entity plus the rejects, reject the
+    duplicated keys' rows, and check that the counts reconcile; returns entity → path.
+
+    Every sink renames into place on success and removes its temp file on failure, so an
+    exception leaves the department's previous outputs as they were."""
+    meta = {"run_id": job.run_id, "department": result.department}
+    with contextlib.ExitStack() as stack:
+        rejects = stack.enter_context(
+            ParquetSink(job.out_dir / "rejects.parquet", REJECT_SCHEMA, job.batch_rows, meta)
+        )
+        stack.callback(failpoints.reached, "standardize:closing")  # after the entity sinks
+        sinks: dict[str, ParquetSink] = {}
+        for table, path in sources:
+            entity: str = table.entity
+            if entity not in sinks:
+                sinks[entity] = stack.enter_context(
+                    ParquetSink(
+                        job.out_dir / f"{entity}.parquet", SCHEMAS[entity], job.batch_rows, meta
+                    )
+                )
+            _standardize_table(result, entity, table, path, sinks[entity], rejects, job)
+        for table, path in duplicated:
+            if path.is_file():
+                _reject_duplicates(result, table, path, rejects, job.run_id)
+        if not result.reconciled:
+            raise ReconciliationError(
+                f"{result.department}: reconciliation failed: read {result.rows_read} rows but "
+                f"standardized {result.standardized} and rejected {result.rejected}"
+            )
+    return {**{entity: sink.path for entity, sink in sinks.items()}, "rejects": rejects.path}
+
+
+def _mark_standardized(marker: Path, run_id: str, sources: list[tuple[TableConfig, Path]]) -> None:
+    """Name the raw files the finished standardization read (see :func:`unfinished`)."""
+    done = {"run_id": run_id, "raw": {t.name: _digest(path) for t, path in sources}}
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(done, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, marker)
+
+
 def _standardize_table(
-    result: DepartmentStandardized, entity: str, table: TableConfig, path: Path,
-    sink: ParquetSink, rejects: ParquetSink, run_id: str, ctx: _Context, batch_rows: int,
-    progress: Callable[[str, int], None] | None,
-) -> None:  # fmt: skip
+    result: DepartmentStandardized,
+    entity: str,
+    table: TableConfig,
+    path: Path,
+    sink: ParquetSink,
+    rejects: ParquetSink,
+    job: _Job,
+) -> None:
     """Standardize one raw table into its entity's sink and the rejects sink, counting."""
     filled: Counter[str] = Counter()  # column → values given
     unreadable: Counter[str] = Counter()  # column → values its configuration cannot read
     examples: dict[str, str] = {}
     columns = {m.field: c for c, m in table.columns.items() if m.field}
     columns[table.change_column] = table.change_column
-    for rows in _raw_batches(path, batch_rows):
+    for rows in _raw_batches(path, job.batch_rows):
         good, bad = [], []
         for raw in rows:
-            canon, reasons, usable = standardize_row(entity, table, raw, ctx)
+            canon, reasons, usable = standardize_row(entity, table, raw, job.ctx)
             _count_readable(table, raw, reasons, columns, filled, unreadable, examples)
             meta = {
-                "department": result.department, "source_table": table.name,
-                "source_key": raw["_row_key"], "run_id": run_id,
-            }  # fmt: skip
+                "department": result.department,
+                "source_table": table.name,
+                "source_key": raw["_row_key"],
+                "run_id": job.run_id,
+            }
             result.field_reasons.update(reasons)
             keyless = not (raw["_row_key"] or "").strip()  # NULL or blank primary key
             if usable and not keyless:
@@ -429,16 +479,15 @@ def _standardize_table(
                 *([] if usable or garbled else ["row:row_unidentifiable"]),
             ]
             result.reject_reasons.update(codes)
-            raw_json = json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str)
-            bad.append({**meta, "entity": entity, "reasons": codes, "raw": raw_json})
+            bad.append({**meta, "entity": entity, "reasons": codes, "raw": _raw_values(raw)})
         sink.write(pa.Table.from_pylist(good, schema=SCHEMAS[entity]))
         rejects.write(pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
         failpoints.reached("standardize:batch")
         result.rows_read += len(rows)
         result.standardized += len(good)
         result.rejected += len(bad)
-        if progress:
-            progress(result.department, len(rows))
+        if job.progress:
+            job.progress(result.department, len(rows))
     for column, given in filled.items():
         if given >= CONFIG_SUSPECT_ROWS and unreadable[column] == given:
             raise ConfigSuspected(
@@ -447,9 +496,12 @@ def _standardize_table(
 
 
 def _reject_duplicates(
-    result: DepartmentStandardized, table: TableConfig, path: Path, rejects: ParquetSink,
+    result: DepartmentStandardized,
+    table: TableConfig,
+    path: Path,
+    rejects: ParquetSink,
     run_id: str,
-) -> None:  # fmt: skip
+) -> None:
     """Every copy of a key the source holds more than once goes to rejects: which one is
     the department's row cannot be told, and linking one would re-point the key."""
     codes = [f"{c}:duplicate_key" for c in table.primary_key]
@@ -462,7 +514,7 @@ def _reject_duplicates(
                 "run_id": run_id,
                 "entity": table.entity,
                 "reasons": codes,
-                "raw": json.dumps(raw, ensure_ascii=False, sort_keys=True, default=str),
+                "raw": _raw_values(raw),
             }
             for raw in rows
         ]
@@ -472,10 +524,21 @@ def _reject_duplicates(
         result.rejected += len(rows)
 
 
+def _raw_values(raw: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """A raw row as the rejects keep it (column ``raw``, a map): each source column, in name
+    order, with its text as extracted."""
+    return [(column, None if v is None else str(v)) for column, v in sorted(raw.items())]
+
+
 def _count_readable(
-    table: TableConfig, raw: dict[str, Any], reasons: list[str], columns: dict[str, str],
-    filled: Counter[str], unreadable: Counter[str], examples: dict[str, str],
-) -> None:  # fmt: skip
+    table: TableConfig,
+    raw: dict[str, Any],
+    reasons: list[str],
+    columns: dict[str, str],
+    filled: Counter[str],
+    unreadable: Counter[str],
+    examples: dict[str, str],
+) -> None:
     bad = {code.partition(":")[0] for code in reasons if code.partition(":")[2] in UNPARSEABLE}
     for fld, column in columns.items():
         value = raw.get(column)

@@ -1,11 +1,11 @@
 """Run state: watermarks, the extraction ledger, schema snapshots and key sets.
 
-The tables (defined in :mod:`store.tables`) live in the warehouse database
-(``sqlite:///<var_dir>/warehouse/govmdm.sqlite`` unless ``GOVMDM_WAREHOUSE_URL`` names another,
-e.g. PostgreSQL); key sets for deletion detection live as Parquet under
-``<var_dir>/state/keys``. An extraction only *proposes* a watermark and a key set;
-:meth:`RunState.commit_watermarks` makes them current once the night has published, so a failed
-night reruns from the same place (DESIGN: "watermarks move only after success").
+The tables live in the warehouse database (``sqlite:///<var_dir>/warehouse/govmdm.sqlite`` unless
+``GOVMDM_WAREHOUSE_URL`` names another, e.g. PostgreSQL); key sets for deletion detection live as
+Parquet under ``<var_dir>/state/keys`` (every path: :mod:`store.layout`). An extraction only
+*proposes* a watermark and a key set; :meth:`RunState.commit_watermarks` makes them current once
+the night has published, so a failed night reruns from the same place (DESIGN: "watermarks move
+only after success").
 
 >>> state = RunState.for_city(city)
 >>> state.watermark("renshe", "insured_person")  # None before the first committed night
@@ -25,6 +25,12 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from store import failpoints
+from store.layout import (
+    key_set_path,
+    pending_key_set_dirs,
+    pending_key_sets_dir,
+    warehouse_sqlite_path,
+)
 from store.tables import (
     STATE_TABLES,
     deletion_acceptance_table,
@@ -74,44 +80,9 @@ def warehouse_url(city: CityConfig) -> str:
     """
     if url := os.environ.get(WAREHOUSE_ENV, "").strip():
         return url
-    path = city.var_dir / "warehouse" / "govmdm.sqlite"
+    path = warehouse_sqlite_path(city.var_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
-
-
-def key_set_path(var_dir: Path, department: str, table: str) -> Path:
-    """The committed key set of a table: every source key seen by the last committed night."""
-    return var_dir / "state" / "keys" / department / f"{table}.parquet"
-
-
-def pending_key_set_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """A key set proposed by run ``run_id``; becomes the committed one on commit."""
-    return (
-        var_dir / "state" / "keys" / department / "pending" / f"run={run_id}" / f"{table}.parquet"
-    )
-
-
-def seen_set_path(var_dir: Path, department: str, table: str) -> Path:
-    """The committed *seen set* of a table: a version (key and content hash) of each row whose
-    change stamp equals the watermark or is NULL. Incremental nights read those rows again
-    (``>=`` and ``IS NULL``) and drop the versions already seen."""
-    return key_set_path(var_dir, department, f"{table}{SEEN_SUFFIX}")
-
-
-def pending_seen_set_path(var_dir: Path, run_id: str, department: str, table: str) -> Path:
-    """A seen set proposed by run ``run_id``; becomes the committed one on commit."""
-    return pending_key_set_path(var_dir, run_id, department, f"{table}{SEEN_SUFFIX}")
-
-
-SEEN_SUFFIX = ".seen"
-HASH_SUFFIX = ".hashes"
-
-
-def hash_set_path(var_dir: Path, department: str, table: str) -> Path:
-    """The committed row hashes of a table: a version (key and content hash) of every row, as
-    of the last row-hash check and the nights since; compared on the next check to find rows
-    changed with a back-dated change stamp."""
-    return key_set_path(var_dir, department, f"{table}{HASH_SUFFIX}")
 
 
 class RunState:
@@ -209,8 +180,11 @@ class RunState:
         where = [p.run_id == run_id] + ([p.department == department] if department else [])
         with self.engine.begin() as conn:
             conn.execute(pending_watermark_table.delete().where(*where))
-        root = self.var_dir / "state" / "keys"
-        for pending in root.glob(f"{department or '*'}/pending/run={run_id}"):
+        if department is None:
+            folders = list(pending_key_set_dirs(self.var_dir, run_id).values())
+        else:
+            folders = [pending_key_sets_dir(self.var_dir, run_id, department)]
+        for pending in folders:
             shutil.rmtree(pending, ignore_errors=True)
 
     def commit_watermarks(self, run_id: str, departments: Collection[str] | None = None) -> int:
@@ -254,8 +228,7 @@ class RunState:
                 used.append(a.department.in_(sorted(departments)))
             conn.execute(deletion_acceptance_table.update().where(*used).values(consumed_at=now))
         failpoints.reached("publish:watermarks-db")
-        for pending in sorted((self.var_dir / "state" / "keys").glob(f"*/pending/run={run_id}")):
-            department = pending.parent.parent.name
+        for department, pending in pending_key_set_dirs(self.var_dir, run_id).items():
             if departments is None or department in departments:
                 for proposed in sorted(pending.glob("*.parquet")):
                     os.replace(proposed, key_set_path(self.var_dir, department, proposed.stem))

@@ -62,6 +62,7 @@ from master_data.model import DegenerateModelError, FellegiSunter, u_from_random
 from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
 from master_data.survivorship import ATTRIBUTES, survive
 from store import failpoints
+from store.layout import state_dir_of
 from store.tables import (
     crosswalk_table,
     enterprise_table,
@@ -78,7 +79,6 @@ from store.warehouse import (
     night_lock,
     published_run,
     read,
-    state_dir_of,
 )
 from store.warehouse import publish as publish_night
 

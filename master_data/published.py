@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from etl.config import CityConfig
 from etl.state import warehouse_url
 from master_data.evaluate import Evaluation, evaluate
+from store.layout import state_dir_of
 from store.tables import crosswalk_table, enterprise_table, person_table
-from store.warehouse import engine_for, latest_run, state_dir_of
+from store.warehouse import engine_for, latest_run
 from store.warehouse import read as read_table
 
 

@@ -58,6 +58,7 @@ from fields.masking import (
 )
 from quality.results import DIMENSIONS, OVERALL
 from quality.suites import PLATFORM_FAILURE, platform_failure
+from store import layout
 from store.tables import conflict_table, result_table, scorecard_table
 from store.warehouse import engine_for
 
@@ -300,7 +301,7 @@ def write_reports(reports: ReportSet) -> None:
 
 def reports_dir(city: CityConfig, run_id: str) -> Path:
     """``<var>/reports/run=<run_id>``."""
-    return city.var_dir / "reports" / f"run={run_id}"
+    return layout.reports_dir(city.var_dir, run_id)
 
 
 def check_masked(
@@ -724,7 +725,7 @@ def platform_alerts(city: CityConfig, run_id: str) -> list[dict[str, Any]]:
                 "message": why,
             }
         )
-    for path in sorted((city.var_dir / "canonical" / f"run={run_id}").glob("department=*.json")):
+    for path in layout.problem_paths(city.var_dir, run_id):
         noted = json.loads(path.read_text(encoding="utf-8"))
         alerts.append(
             {

@@ -10,7 +10,6 @@ Great Expectations suite, run when the first of them asks for its result.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import zoneinfo
 from collections.abc import Mapping, Sequence
@@ -19,14 +18,15 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from etl.config import CityConfig, DepartmentConfig, TableConfig
-from etl.standardize import canonical_dir
 from etl.state import RunState, warehouse_url
 from quality.checks import Check, CheckResult, run_checks
+from store import layout
 from store.tables import metadata
 from store.warehouse import engine_for, latest_run
 
@@ -222,7 +222,7 @@ def batch_frame(
     (the department's own text). A rejected row has its raw values (from the rejects file) and
     no clean ones. None when the night has no standardized output for the department.
     """
-    folder = canonical_dir(city.var_dir, run_id, dept.code)
+    folder = layout.canonical_dir(city.var_dir, run_id, dept.code)
     accepted, rejects = folder / f"{table.entity}.parquet", folder / "rejects.parquet"
     if not accepted.is_file() and not rejects.is_file():
         return None
@@ -231,19 +231,21 @@ def batch_frame(
         data = pq.read_table(accepted)
         data = data.filter(pc.equal(data["source_table"], table.name))
         parts.append(data.to_pandas())
-    if rejects.is_file() and len(bad := _rejected(rejects, table)):
-        raw = [json.loads(text) for text in bad["raw"]]
-        extra = {f"raw_{f}": [r.get(col) for r in raw] for f, col in table.field_columns.items()}
-        parts.append(bad[["source_key", "reasons"]].assign(**extra))
+    if rejects.is_file() and (bad := _rejected(rejects, table)).num_rows:
+        extra = {
+            f"raw_{f}": pc.map_lookup(bad["raw"], col, "first").to_pylist()
+            for f, col in table.field_columns.items()
+        }
+        parts.append(bad.select(["source_key", "reasons"]).to_pandas().assign(**extra))
     if not parts:
         return pd.DataFrame({"source_key": pd.Series(dtype=object)})
     frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
     return frame.reset_index(drop=True)
 
 
-def _rejected(path: Path, table: TableConfig) -> pd.DataFrame:
+def _rejected(path: Path, table: TableConfig) -> pa.Table:
     data = pq.read_table(path)
     mask = pc.and_(
         pc.equal(data["entity"], table.entity), pc.equal(data["source_table"], table.name)
     )
-    return data.filter(mask).to_pandas()
+    return data.filter(mask)

@@ -172,28 +172,6 @@ def published_run(engine: sa.Engine, run_id: str) -> Mapping[str, Any] | None:
     return dict(row._mapping) if row else None
 
 
-def state_dir_of(var_dir: Path, run: Mapping[str, Any]) -> Path:
-    """The master-state folder of a published night (a row of ``mdm_run``).
-
-    Stored relative to ``var/``; rows written by an older govmdm hold an absolute path, which
-    counts only when ``var/master/run=<id>`` is not there (a moved or copied ``var/`` reads its
-    own state, never the folder it was copied from). A rerun stopped while swapping the folder
-    left the published one as ``run=<id>.old``, which is read then.
-
-    >>> state_dir_of(Path("/srv/var"), {"run_id": "7", "state_dir": "master/run=7"})
-    PosixPath('/srv/var/master/run=7')
-    """
-    stored = Path(str(run["state_dir"]))
-    own = var_dir / "master" / f"run={run['run_id']}"
-    if stored.is_absolute() and not own.is_dir() and stored.is_dir():
-        own = stored
-    elif not stored.is_absolute():
-        own = var_dir / stored
-    if not own.is_dir() and (old := own.with_name(own.name + ".old")).is_dir():
-        return old  # a rerun was replacing it when it stopped
-    return own
-
-
 # --- one night at a time ------------------------------------------------------------------------
 
 

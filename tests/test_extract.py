@@ -20,9 +20,10 @@ import sqlalchemy as sa
 
 import etl.extract as ex
 from etl.config import CityConfig, DepartmentConfig, load_city_config
-from etl.extract import DepartmentExtract, detect_deletions, extract_all, extract_department
+from etl.extract import DepartmentExtract, extract_all, extract_department
 from etl.sample_city.generate import drop_database, generate_city, next_night, target_url
 from etl.state import RunState, commit_watermarks
+from store import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
@@ -51,7 +52,7 @@ def _by_code(results: list[DepartmentExtract]) -> dict[str, DepartmentExtract]:
 
 def _raw(city: CityConfig, run_id: str, code: str) -> pa.Table:
     table = city.department(code).tables[0].name
-    path = ex.raw_path(city.var_dir, run_id, code, table)
+    path = layout.raw_path(city.var_dir, run_id, code, table)
     return pq.read_table(path).replace_schema_metadata(None).sort_by(ex.ROW_KEY)
 
 
@@ -105,7 +106,7 @@ def test_full_extraction_matches_the_source_tables(city: CityConfig, out: Path) 
         assert raw.column_names == [ex.ROW_KEY, *dept.tables[0].source_columns]
         assert all(f.type == pa.string() for f in raw.schema)
         assert t.watermark_before is None and t.watermark_after is not None
-    assert (city.var_dir / "raw" / "run=night-0" / "settings.json").is_file()
+    assert layout.raw_settings_path(city.var_dir, "night-0").is_file()
     with RunState.for_city(city) as state:
         ledger = state.ledger("night-0")
         assert {(r["department"], r["status"], r["mode"]) for r in ledger} == {
@@ -143,10 +144,8 @@ def test_second_night_reads_exactly_the_changed_rows_and_finds_deletions(
         gone = set(pq.read_table(t.deleted_path)[ex.ROW_KEY].to_pylist())
         assert gone == _truth_keys(out, code, "deleted_night", 1)
         assert t.rows_deleted == len(gone) == changes["deleted"]
-    minzheng = city.department("minzheng")
-    assert set(detect_deletions(city, minzheng, "night-1")["社会救助对象"]) == _truth_keys(
-        out, "minzheng", "deleted_night", 1
-    )
+    gone = ex._deleted_keys(city.var_dir, "night-1", "minzheng", "社会救助对象")
+    assert gone is not None and set(gone) == _truth_keys(out, "minzheng", "deleted_night", 1)
 
 
 def test_an_uncommitted_night_reads_the_same_rows_again(city: CityConfig, out: Path) -> None:
@@ -301,7 +300,7 @@ def test_a_renamed_column_is_drift_for_that_department_only(city: CityConfig, ou
     ):
         assert needle in renshe.message, needle
     assert all(r.status == "ok" for r in results.values())
-    assert not ex.raw_dir(city.var_dir, "night-0", "renshe").exists()
+    assert not layout.raw_dir(city.var_dir, "night-0", "renshe").exists()
     with RunState.for_city(city) as state:
         ledger = {r["department"]: r for r in state.ledger("night-0")}
         assert ledger["renshe"]["status"] == "drift" and "id_no" in ledger["renshe"]["message"]
@@ -536,7 +535,7 @@ def test_postgres_edge_values_survive_copy(
 
 
 def _raw_edge(city: CityConfig, run_id: str) -> pa.Table:
-    path = ex.raw_path(city.var_dir, run_id, "edge", "Edge 表")
+    path = layout.raw_path(city.var_dir, run_id, "edge", "Edge 表")
     return pq.read_table(path).replace_schema_metadata(None).sort_by(ex.ROW_KEY)
 
 

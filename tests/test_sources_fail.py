@@ -15,6 +15,7 @@ from etl.config import load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import drop_database, generate_city, target_url
 from etl.state import RunState
+from store import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
@@ -137,7 +138,7 @@ def test_temp_files_of_killed_writers_are_removed_and_a_live_writers_are_not(out
 
     generate_city(out, persons=300, enterprises=60, seed=1)
     city = load_city_config(ROOT / "config")
-    folder = city.var_dir / "raw" / "run=n1" / "department=gongan"
+    folder = layout.raw_dir(city.var_dir, "n1", "gongan")
     folder.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()

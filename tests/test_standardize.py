@@ -13,7 +13,8 @@ import pytest
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city
-from etl.standardize import DONE, canonical_dir, standardize_all, standardize_row
+from etl.standardize import standardize_all, standardize_row
+from store.layout import STANDARDIZED, canonical_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "2026-07-01"
@@ -219,4 +220,8 @@ def test_a_failing_department_publishes_nothing_and_others_go_on(
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert all(r.status == "ok" for code, r in results.items() if code != "minzheng")
     gongan = canonical_dir(city.var_dir, RUN, "gongan")
-    assert sorted(p.name for p in gongan.iterdir()) == [DONE, "person.parquet", "rejects.parquet"]
+    assert sorted(p.name for p in gongan.iterdir()) == [
+        STANDARDIZED,
+        "person.parquet",
+        "rejects.parquet",
+    ]

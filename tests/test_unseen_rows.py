@@ -16,6 +16,7 @@ from etl.config import load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city
 from etl.state import commit_watermarks, warehouse_url
+from store import layout
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
@@ -49,7 +50,7 @@ def test_a_change_with_a_back_dated_stamp_is_found_by_the_row_hash_check(var: Pa
     found = {r.department: r for r in extract_all(city, "n1", hash_check_every_nights=1)}
     t = found["renshe"].tables[0]
     assert (t.rows_read, t.rows_backdated) == (1, 1)
-    raw = pq.read_table(ex.raw_path(city.var_dir, "n1", "renshe", "insured_person"))
+    raw = pq.read_table(layout.raw_path(city.var_dir, "n1", "renshe", "insured_person"))
     assert raw[ex.ROW_KEY].to_pylist() == [str(key)] and raw["mobile"].to_pylist() == [
         "13900000000"
     ]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from etl.sample_city import pools
 from fields import divisions, identifiers
 
-CITY_CODE = "350100"
 CITY_PREFIX = "3501"
 # The legal-person reform: credit codes issued from 2015-10-01; older firms also carry a
 # 15-digit registration number and a 9-character organization code.

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from etl.sample_city import departments as depts
 from etl.sample_city.departments import DEPARTMENTS, Department, Rendered, World
 from etl.sample_city.entities import CityBuilder, Enterprise, Person, build_city
+from store.layout import sample_source_path
 
 START_DATE = dt.date(2026, 6, 30)  # night 0 of every sample city: fixed, never "today"
 CHUNK = 20_000
@@ -62,7 +63,7 @@ def _quiet(task: str, advance: int, total: int) -> None:
 
 def sqlite_url(out: Path, code: str) -> str:
     """The embedded default: one SQLite file per department."""
-    return f"sqlite:///{out / 'sources' / f'{code}.sqlite'}"
+    return f"sqlite:///{sample_source_path(out, code)}"
 
 
 def target_url(base: str, code: str) -> str:
@@ -222,29 +223,54 @@ def _person_record(p: Person) -> dict[str, Any]:
     d = divisions.lookup(p.division_code)
     assert d is not None
     return {
-        "person_id": p.person_id, "name": p.name, "id_number": p.id_number, "sex": p.sex,
-        "birth_date": p.birth_date, "ethnicity_code": p.ethnicity_code, "ethnicity": p.ethnicity,
-        "phone": p.phone, "landline": p.landline, "province": d.province, "city": d.prefecture,
-        "district": d.name, "division_code": p.division_code, "address_detail": p.address_detail,
-        "address": p.address, "employer_id": p.employer_id, "status": p.status,
-        "twin_of": p.twin_of, "namesake_group": p.namesake_group,
+        "person_id": p.person_id,
+        "name": p.name,
+        "id_number": p.id_number,
+        "sex": p.sex,
+        "birth_date": p.birth_date,
+        "ethnicity_code": p.ethnicity_code,
+        "ethnicity": p.ethnicity,
+        "phone": p.phone,
+        "landline": p.landline,
+        "province": d.province,
+        "city": d.prefecture,
+        "district": d.name,
+        "division_code": p.division_code,
+        "address_detail": p.address_detail,
+        "address": p.address,
+        "employer_id": p.employer_id,
+        "status": p.status,
+        "twin_of": p.twin_of,
+        "namesake_group": p.namesake_group,
         "previous_division_code": p.previous_address[0] if p.previous_address else None,
         "previous_address_detail": p.previous_address[1] if p.previous_address else None,
         "previous_phone": p.previous_phone,
-    }  # fmt: skip
+    }
 
 
 def _enterprise_record(e: Enterprise, persons: dict[str, Person]) -> dict[str, Any]:
     rep = persons[e.legal_rep_id]
     return {
-        "enterprise_id": e.enterprise_id, "name": e.name, "uscc": e.uscc, "reg_no": e.reg_no,
-        "org_code": e.org_code, "legal_rep_person_id": e.legal_rep_id, "legal_rep_name": rep.name,
-        "legal_rep_id": rep.id_number, "division_code": e.division_code,
-        "address_detail": e.address_detail, "address": e.address,
-        "registered_capital": e.registered_capital, "established_date": e.established_date,
-        "status": e.status, "parent_enterprise_id": e.parent_id, "trade_name": e.trade_name,
-        "industry": e.industry, "legal_form": e.legal_form, "branch_suffix": e.branch_suffix,
-    }  # fmt: skip
+        "enterprise_id": e.enterprise_id,
+        "name": e.name,
+        "uscc": e.uscc,
+        "reg_no": e.reg_no,
+        "org_code": e.org_code,
+        "legal_rep_person_id": e.legal_rep_id,
+        "legal_rep_name": rep.name,
+        "legal_rep_id": rep.id_number,
+        "division_code": e.division_code,
+        "address_detail": e.address_detail,
+        "address": e.address,
+        "registered_capital": e.registered_capital,
+        "established_date": e.established_date,
+        "status": e.status,
+        "parent_enterprise_id": e.parent_id,
+        "trade_name": e.trade_name,
+        "industry": e.industry,
+        "legal_form": e.legal_form,
+        "branch_suffix": e.branch_suffix,
+    }
 
 
 def _write_table(
@@ -264,19 +290,29 @@ def write_truth(out: Path, truth: Truth, manifest: dict[str, Any]) -> None:
         tdir / "enterprises.parquet",
     )
     rows_schema = pa.schema(
-        [("department", pa.string()), ("table", pa.string()), ("source_key", pa.string()),
-         ("entity_type", pa.string()), ("entity_id", pa.string()),
-         ("created_night", pa.int32()), ("deleted_night", pa.int32())]
-    )  # fmt: skip
+        [
+            ("department", pa.string()),
+            ("table", pa.string()),
+            ("source_key", pa.string()),
+            ("entity_type", pa.string()),
+            ("entity_id", pa.string()),
+            ("created_night", pa.int32()),
+            ("deleted_night", pa.int32()),
+        ]
+    )
     _write_table(
         [dataclasses.asdict(r) for r in truth.rows.values()],
         tdir / "source_rows.parquet",
         rows_schema,
     )
     dirt_schema = pa.schema(
-        [("department", pa.string()), ("source_key", pa.string()), ("column", pa.string()),
-         ("kind", pa.string())]
-    )  # fmt: skip
+        [
+            ("department", pa.string()),
+            ("source_key", pa.string()),
+            ("column", pa.string()),
+            ("kind", pa.string()),
+        ]
+    )
     dirt_rows = [
         {"department": d, "source_key": k, "column": c, "kind": kind}
         for (d, k), labels in truth.dirt.items()
@@ -301,24 +337,44 @@ def read_truth(out: Path) -> tuple[Truth, dict[str, Any]]:
     for r in pq.read_table(tdir / "persons.parquet").to_pylist():
         prev = r["previous_division_code"]
         persons[r["person_id"]] = Person(
-            person_id=r["person_id"], name=r["name"], sex=r["sex"], birth_date=r["birth_date"],
-            id_number=r["id_number"], ethnicity_code=r["ethnicity_code"], ethnicity=r["ethnicity"],
-            phone=r["phone"], landline=r["landline"], division_code=r["division_code"],
-            address_detail=r["address_detail"], employer_id=r["employer_id"], status=r["status"],
-            twin_of=r["twin_of"], namesake_group=r["namesake_group"],
+            person_id=r["person_id"],
+            name=r["name"],
+            sex=r["sex"],
+            birth_date=r["birth_date"],
+            id_number=r["id_number"],
+            ethnicity_code=r["ethnicity_code"],
+            ethnicity=r["ethnicity"],
+            phone=r["phone"],
+            landline=r["landline"],
+            division_code=r["division_code"],
+            address_detail=r["address_detail"],
+            employer_id=r["employer_id"],
+            status=r["status"],
+            twin_of=r["twin_of"],
+            namesake_group=r["namesake_group"],
             previous_address=(prev, r["previous_address_detail"]) if prev else None,
             previous_phone=r["previous_phone"],
-        )  # fmt: skip
+        )
     enterprises: dict[str, Enterprise] = {}
     for r in pq.read_table(tdir / "enterprises.parquet").to_pylist():
         enterprises[r["enterprise_id"]] = Enterprise(
-            enterprise_id=r["enterprise_id"], name=r["name"], uscc=r["uscc"], reg_no=r["reg_no"],
-            org_code=r["org_code"], legal_rep_id=r["legal_rep_person_id"],
-            division_code=r["division_code"], address_detail=r["address_detail"],
-            registered_capital=r["registered_capital"], established_date=r["established_date"],
-            status=r["status"], parent_id=r["parent_enterprise_id"], trade_name=r["trade_name"],
-            industry=r["industry"], legal_form=r["legal_form"], branch_suffix=r["branch_suffix"],
-        )  # fmt: skip
+            enterprise_id=r["enterprise_id"],
+            name=r["name"],
+            uscc=r["uscc"],
+            reg_no=r["reg_no"],
+            org_code=r["org_code"],
+            legal_rep_id=r["legal_rep_person_id"],
+            division_code=r["division_code"],
+            address_detail=r["address_detail"],
+            registered_capital=r["registered_capital"],
+            established_date=r["established_date"],
+            status=r["status"],
+            parent_id=r["parent_enterprise_id"],
+            trade_name=r["trade_name"],
+            industry=r["industry"],
+            legal_form=r["legal_form"],
+            branch_suffix=r["branch_suffix"],
+        )
     truth = Truth(persons, enterprises)
     for r in pq.read_table(tdir / "source_rows.parquet").to_pylist():
         truth.rows[(r["department"], r["source_key"])] = SourceRow(**r)
@@ -434,11 +490,25 @@ class Night:
         return self.rng.sample(items, k)
 
     def draw(self) -> None:
-        """All of tonight's events, in a fixed order."""
-        g, rs, wj, sc, sw = depts.GONGAN, depts.RENSHE, depts.WEIJIAN, depts.SHICHANG, depts.SHUIWU
+        """All of tonight's events, in a fixed order (the order the seeded draws are made in)."""
         alive = sorted(p for p, x in self.truth.persons.items() if x.status == "正常")
-        n = len(alive)
-        for pid in self.sample(alive, 0.005):  # moves
+        self._moves(alive)
+        self._new_phones(alive)
+        self._deaths(alive)
+        self._births(len(alive))
+        working = sorted(
+            e for e, x in self.truth.enterprises.items() if x.status in ("存续", "在业")
+        )
+        self._arrivals(len(alive), working)
+        self._new_enterprises(alive)
+        self._cancellations(working)
+        self._capital_increases(working)
+        self._assistance_ended()
+        self._hospital_visits(alive)
+
+    def _moves(self, alive: list[str]) -> None:
+        """Persons who move: a new address at 公安, news that reaches 卫健 late or never."""
+        for pid in self.sample(alive, 0.005):
             p = self.truth.persons[pid]
             p.previous_address = (p.division_code, p.address_detail)
             p.division_code = self.rng.choice(self.builder.districts)
@@ -454,8 +524,11 @@ class Night:
                     self.label("weijian", key, "HOME_ADDR", "stale_value")
             for key in self.rows(pid, "minzheng"):
                 self.label("minzheng", key, "居住地址", "stale_value")
+
+    def _new_phones(self, alive: list[str]) -> None:
+        """Persons who change their mobile number: 人社 hears of half of them."""
         with_phone = [pid for pid in alive if self.truth.persons[pid].phone]
-        for pid in self.sample(with_phone, 0.003):  # new phone numbers
+        for pid in self.sample(with_phone, 0.003):
             p = self.truth.persons[pid]
             p.previous_phone, p.phone = p.phone, self.builder.mobile()
             self.count("phone_changed")
@@ -467,23 +540,31 @@ class Night:
                     self.label("renshe", key, "mobile", "stale_value")
             for key in self.rows(pid, "weijian"):
                 self.label("weijian", key, "TEL", "stale_value")
-        for pid in self.sample(self.older_than(alive, 70), 0.001):  # deaths
+
+    def _deaths(self, alive: list[str]) -> None:
+        """Elderly persons who die: 公安 marks them, 民政 deletes their assistance rows."""
+        for pid in self.sample(self.older_than(alive, 70), 0.001):
             self.truth.persons[pid].status = "死亡"
             self.count("person_died")
             for key in self.rows(pid, "gongan"):
                 self.update("gongan", key, {"hjzt": "20"})
             for key in self.rows(pid, "minzheng"):
                 self.delete("minzheng", key)
-        for _ in range(max(1, n // 2000)):  # births
+
+    def _births(self, population: int) -> None:
+        """Newborns, registered at 公安 and seen at a hospital."""
+        g, wj = depts.GONGAN, depts.WEIJIAN
+        for _ in range(max(1, population // 2000)):
             p = self.builder.person(born=self.as_of - dt.timedelta(days=self.rng.randrange(3)))
             self.truth.persons[p.person_id] = p
             self.count("person_born")
             self.insert(g, [Rendered(g.row(p, p.address, self.stamp()), p.person_id)])
             self.insert(wj, wj.render(self.rng, self.world, p)[:1])
-        working = sorted(
-            e for e, x in self.truth.enterprises.items() if x.status in ("存续", "在业")
-        )
-        for _ in range(max(1, n // 1000)):  # arrivals who start work here
+
+    def _arrivals(self, population: int, working: list[str]) -> None:
+        """Adults who come to work here: insured at 人社, half of them registered at 公安."""
+        g, rs = depts.GONGAN, depts.RENSHE
+        for _ in range(max(1, population // 1000)):
             p = self.builder.person(
                 born=self.as_of - dt.timedelta(days=365 * self.rng.randrange(22, 50))
             )
@@ -493,8 +574,12 @@ class Night:
             self.insert(rs, rs.render(self.rng, self.world, p))
             if self.rng.random() < 0.5:
                 self.insert(g, [Rendered(g.row(p, p.address, self.stamp()), p.person_id)])
+
+    def _new_enterprises(self, alive: list[str]) -> None:
+        """Enterprises registered tonight at 市场监管, most of them also at 税务."""
+        sc, sw = depts.SHICHANG, depts.SHUIWU
         adults = self.older_than(alive, 25)
-        for _ in range(max(1, len(self.truth.enterprises) // 300)):  # new enterprises
+        for _ in range(max(1, len(self.truth.enterprises) // 300)):
             e = self.builder.enterprise(self.truth.persons[self.rng.choice(adults)])
             e.established_date = self.as_of
             e.status = "存续"
@@ -503,29 +588,43 @@ class Night:
             self.insert(sc, [Rendered(sc.row(self.world, e, self.stamp()), e.enterprise_id)])
             if self.rng.random() < 0.7:
                 self.insert(sw, sw.render(self.rng, self.world, e)[:1])
-        for eid in self.sample(working, 0.001):  # cancellations
+
+    def _cancellations(self, working: list[str]) -> None:
+        """Enterprises cancelled tonight, at 市场监管 and at 税务."""
+        for eid in self.sample(working, 0.001):
             self.truth.enterprises[eid].status = "注销"
             self.count("enterprise_cancelled")
             for key in self.rows(eid, "shichang"):
                 self.update("shichang", key, {"djzt": "注销"})
             for key in self.rows(eid, "shuiwu"):
                 self.update("shuiwu", key, {"纳税人状态": "注销"})
-        for eid in self.sample(working, 0.003):  # capital increases
+
+    def _capital_increases(self, working: list[str]) -> None:
+        """Enterprises that double their registered capital."""
+        sc = depts.SHICHANG
+        for eid in self.sample(working, 0.003):
             e = self.truth.enterprises[eid]
             e.registered_capital = e.registered_capital * 2 or 100.0
             self.count("enterprise_capital_changed")
             for key in self.rows(eid, "shichang"):
                 self.update("shichang", key, {"zczb": sc.row(self.world, e, self.stamp())["zczb"]})
+
+    def _assistance_ended(self) -> None:
+        """民政 rows deleted: their persons are no longer eligible for assistance."""
         live_mz = sorted(
             k
             for (c, k), r in self.truth.rows.items()
             if c == "minzheng" and r.deleted_night is None
         )
-        for key in self.sample(live_mz, 0.01):  # no longer eligible for assistance
+        for key in self.sample(live_mz, 0.01):
             if self.truth.rows[("minzheng", key)].deleted_night is None:
                 self.delete("minzheng", key)
                 self.count("assistance_ended")
-        for pid in self.sample(alive, 0.005):  # hospital visits create new records
+
+    def _hospital_visits(self, alive: list[str]) -> None:
+        """Hospital visits that create new 卫健 records."""
+        wj = depts.WEIJIAN
+        for pid in self.sample(alive, 0.005):
             self.insert(wj, wj.render(self.rng, self.world, self.truth.persons[pid])[:1])
             self.count("hospital_record_added")
 
