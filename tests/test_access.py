@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -27,12 +28,8 @@ from access.catalog import build_catalog
 from access.lookup import lookup
 from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
-from etl.extract import extract_all
-from etl.sample_city.generate import generate_city
-from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields.masking import find_clear, mask_id, mask_name, mask_phone
-from master_data import consolidate as mc
 from master_data.explain import explain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,25 +38,20 @@ KEY = "test-pseudonym-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
-    """A 600-person city, one night published to SQLite, with the publish hook run."""
-    var = tmp_path_factory.mktemp("var")
+def city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 600-person city, one night published to SQLite, with the publish hook run; a copy
+    (queries, lookups and exports add audit rows)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV,
-                     access.PSEUDONYM_KEY_ENV):  # fmt: skip
-            mp.delenv(name, raising=False)
-        generate_city(var / "city", persons=600, enterprises=70, seed=7)
-        c = load_city_config(ROOT / "config")
-        assert all(r.ok for r in extract_all(c, NIGHT))
-        standardize_all(c, NIGHT)
-        mc.link(c, NIGHT)
-        summary = mc.publish(c, NIGHT)
-        engine = wh.engine_for(warehouse_url(c))
-        report = access.after_publish(engine, c, NIGHT, summary)  # what publish() calls
-        engine.dispose()
-        assert report is not None and report.warnings == []
-        yield c
+        yield make_city(
+            mp,
+            persons=600,
+            enterprises=70,
+            seed=7,
+            until="published",
+            views=True,
+            run_id=NIGHT,
+            copy=True,
+        )
 
 
 @pytest.fixture

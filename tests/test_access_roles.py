@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -32,12 +33,8 @@ from access.lookup import lookup
 from access.review import ReviewError, decide, queue
 from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
-from etl.extract import extract_all
-from etl.sample_city.generate import generate_city
-from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields.masking import find_clear
-from master_data import consolidate as mc
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
@@ -58,23 +55,20 @@ WHO_AFTER_ESCAPE = (
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
-    """A 600-person city, one night published to SQLite, with the publish hook run."""
-    var = tmp_path_factory.mktemp("var")
+def city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 600-person city, one night published to SQLite, with the publish hook run; a copy
+    (review decisions and the audit log write to it)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        for name in ENV_NAMES:
-            mp.delenv(name, raising=False)
-        generate_city(var / "city", persons=600, enterprises=70, seed=7)
-        c = load_city_config(ROOT / "config")
-        assert all(r.ok for r in extract_all(c, NIGHT))
-        standardize_all(c, NIGHT)
-        mc.link(c, NIGHT)
-        summary = mc.publish(c, NIGHT)
-        engine = wh.engine_for(warehouse_url(c))
-        access.after_publish(engine, c, NIGHT, summary)
-        engine.dispose()
-        yield c
+        yield make_city(
+            mp,
+            persons=600,
+            enterprises=70,
+            seed=7,
+            until="published",
+            views=True,
+            run_id=NIGHT,
+            copy=True,
+        )
 
 
 @pytest.fixture

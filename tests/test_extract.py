@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 
 import etl.extract as ex
 from etl.config import CityConfig, DepartmentConfig, load_city_config
@@ -40,9 +41,9 @@ def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def city(out: Path) -> CityConfig:
-    generate_city(out, persons=600, enterprises=60, seed=1)
-    return load_city_config(ROOT / "config")
+def city(out: Path, make_city: CityFactory, monkeypatch: pytest.MonkeyPatch) -> CityConfig:
+    """The generated city at ``out``, a copy (extraction writes beside it, tests change it)."""
+    return make_city(monkeypatch, persons=600, enterprises=60, seed=1, copy=out.parent)
 
 
 def _by_code(results: list[DepartmentExtract]) -> dict[str, DepartmentExtract]:

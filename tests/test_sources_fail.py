@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 
 from etl.config import load_city_config
 from etl.extract import extract_all
@@ -132,11 +133,12 @@ def test_sample_next_night_on_postgresql_keeps_keys_in_their_columns(
             drop_database(target_url(base, code))
 
 
-def test_temp_files_of_killed_writers_are_removed_and_a_live_writers_are_not(out: Path) -> None:
+def test_temp_files_of_killed_writers_are_removed_and_a_live_writers_are_not(
+    out: Path, make_city: CityFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import subprocess
 
-    generate_city(out, persons=300, enterprises=60, seed=1)
-    city = load_city_config(ROOT / "config")
+    city = make_city(monkeypatch, persons=300, enterprises=60, seed=1, copy=out.parent)
     folder = city.var_dir / "raw" / "run=n1" / "department=gongan"
     folder.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
