@@ -6,11 +6,13 @@ sources and warehouse.
 asking for the same city share one build. A test that only reads the city may use that build
 itself; one that writes anything into it — a next night, a rerun, a review decision, an audit
 row, a changed source row — asks for a copy (``copy=True``, or ``copy=<var folder>``).
+:func:`copy_warehouse` publishes a city's night into a server warehouse (PostgreSQL).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +112,25 @@ def _after_publish(city: CityConfig, run_id: str, summary: dict[str, Any]) -> No
     finally:
         engine.dispose()
     assert report is not None and report.warnings == [], report
+
+
+def copy_warehouse(city: CityConfig, target_url: str) -> None:
+    """Publish the night in ``city``'s SQLite warehouse into the (empty) warehouse at
+    ``target_url``, e.g. a PostgreSQL database, then run the after-publish hook there: views,
+    roles, grants."""
+    source = wh.engine_for(warehouse_url(city))
+    target = wh.engine_for(target_url)
+    try:
+        frames = {t.name: wh.read(source, t) for t in (*wh.CURRENT_TABLES, *wh.NIGHTLY_TABLES)}
+        run = wh.latest_run(source)
+        assert run is not None
+        summary = json.loads(run["summary"])
+        wh.publish(target, wh.Night(run["run_id"], run["mode"], run["state_dir"], summary, frames))
+        report = access.after_publish(target, city, run["run_id"], summary)
+        assert report is not None and report.grants, report
+    finally:
+        source.dispose()
+        target.dispose()
 
 
 class CityFactory:

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from sample_cities import CityFactory
+from sample_cities import CityFactory, copy_warehouse, isolate
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -56,10 +56,7 @@ def city(make_city: CityFactory) -> Iterator[CityConfig]:
 
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV,
-                 access.PSEUDONYM_KEY_ENV):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
+    isolate(monkeypatch, city.var_dir)
     return monkeypatch
 
 
@@ -227,24 +224,6 @@ def _owner(city: CityConfig) -> int:
 # --- PostgreSQL: real roles and grants ---------------------------------------------------------
 
 
-def _copy_warehouse(city: CityConfig, target_url: str) -> None:
-    """Publish the SQLite warehouse's night into another warehouse, then install the views."""
-    source = wh.engine_for(warehouse_url(city))
-    target = wh.engine_for(target_url)
-    try:
-        frames = {t.name: wh.read(source, t) for t in (*wh.CURRENT_TABLES, *wh.NIGHTLY_TABLES)}
-        run = wh.latest_run(source)
-        assert run is not None
-        night = wh.Night(run["run_id"], run["mode"], run["state_dir"], json.loads(run["summary"]),
-                         frames)  # fmt: skip
-        wh.publish(target, night)
-        report = access.after_publish(target, city, run["run_id"], night.summary)
-        assert report is not None and report.grants, report
-    finally:
-        source.dispose()
-        target.dispose()
-
-
 @pytest.fixture
 def pg_city(
     city: CityConfig, pg_database: str, env: pytest.MonkeyPatch, tmp_path: Path
@@ -263,12 +242,12 @@ def pg_city(
     login = f"{db}_login"
     admin = _engine(pg_database)
     try:
-        _copy_warehouse(mine, pg_database)
+        copy_warehouse(mine, pg_database)
         with admin.begin() as conn:
             conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {roles['analyst']}")
         env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
-        env.setenv(access.ANALYST_URL_ENV, sa.make_url(pg_database).set(username=login)
-                   .render_as_string(hide_password=False))  # fmt: skip
+        login_url = sa.make_url(pg_database).set(username=login)
+        env.setenv(access.ANALYST_URL_ENV, login_url.render_as_string(hide_password=False))
         yield mine, pg_database
     finally:
         with admin.begin() as conn:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from sample_cities import CityFactory
+from sample_cities import CityFactory, copy_warehouse, isolate
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -38,8 +38,6 @@ from fields.masking import find_clear
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
-ENV_NAMES = ("GOVMDM_WAREHOUSE_URL", access.ANALYST_URL_ENV, "GOVMDM_USER",
-             "GOVMDM_PRIVILEGED_USERS", access.PSEUDONYM_KEY_ENV)  # fmt: skip
 
 # The escape of the issue: the first call drops the role for the rest of the statement, the
 # second reads the golden table as whoever is left.
@@ -73,9 +71,7 @@ def city(make_city: CityFactory) -> Iterator[CityConfig]:
 
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
+    isolate(monkeypatch, city.var_dir)
     return monkeypatch
 
 
@@ -159,33 +155,14 @@ class Pg:
             engine.dispose()
 
 
-def _copy_warehouse(city: CityConfig, target_url: str) -> None:
-    """Publish the SQLite warehouse's night into PostgreSQL, then install views, roles, grants."""
-    source = wh.engine_for(warehouse_url(city))
-    target = wh.engine_for(target_url)
-    try:
-        frames = {t.name: wh.read(source, t) for t in (*wh.CURRENT_TABLES, *wh.NIGHTLY_TABLES)}
-        run = wh.latest_run(source)
-        assert run is not None
-        night = wh.Night(run["run_id"], run["mode"], run["state_dir"], json.loads(run["summary"]),
-                         frames)  # fmt: skip
-        wh.publish(target, night)
-        report = access.after_publish(target, city, run["run_id"], night.summary)
-        assert report is not None and report.grants, report
-    finally:
-        source.dispose()
-        target.dispose()
-
-
 @pytest.fixture
 def pg(city: CityConfig, pg_database: str, env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pg]:
     db = sa.make_url(pg_database).database
-    roles = {"analyst": f"{db}_analyst", "privileged": f"{db}_privileged",
-             "steward": f"{db}_steward"}  # fmt: skip
+    roles = {kind: f"{db}_{kind}" for kind in ("analyst", "privileged", "steward")}
     c = _config_copy(city, tmp_path, roles=roles)
     out = Pg(c, pg_database, roles)
     try:
-        _copy_warehouse(c, pg_database)
+        copy_warehouse(c, pg_database)
         env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
         yield out
     finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sample_cities import CityFactory
+from sample_cities import CityFactory, isolate
 from typer.testing import CliRunner
 
 import store.warehouse as wh
@@ -47,9 +47,7 @@ def city(make_city: CityFactory) -> Iterator[CityConfig]:
 
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV):
-        monkeypatch.delenv(name, raising=False)
+    isolate(monkeypatch, city.var_dir)
     return monkeypatch
 
 

@@ -425,9 +425,8 @@ def smtp_server() -> Iterator[tuple[SmtpSettings, _Handler]]:
     controller.start()
     try:
         settings = SmtpSettings(
-            host="127.0.0.1", port=controller.port, sender="dq-report@example.gov.cn",
-            timeout=10,
-        )  # fmt: skip
+            host="127.0.0.1", port=controller.port, sender="dq-report@example.gov.cn", timeout=10
+        )
         yield settings, handler
     finally:
         controller.stop()
