@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from sample_cities import CityFactory
+from sample_cities import CityFactory, isolate
 
 import etl.extract as ex
 from etl.config import CityConfig, DepartmentConfig, load_city_config
@@ -32,11 +32,7 @@ CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
 @pytest.fixture
 def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty var folder for a sample city at ``<tmp>/city``, with no connections set."""
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    for code in CODES:
-        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
-        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
+    isolate(monkeypatch, tmp_path)
     return tmp_path / "city"
 
 

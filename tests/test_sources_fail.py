@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sample_cities import CityFactory
+from sample_cities import CityFactory, isolate
 
 from etl.config import load_city_config
 from etl.extract import extract_all
@@ -23,11 +23,8 @@ CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
 
 @pytest.fixture
 def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    for code in CODES:
-        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
-        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
+    """An empty var folder for a sample city at ``<tmp>/city``, with no connections set."""
+    isolate(monkeypatch, tmp_path)
     return tmp_path / "city"
 
 
