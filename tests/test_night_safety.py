@@ -31,7 +31,7 @@ from typer.testing import CliRunner, Result
 import store.warehouse as wh
 from cli.main import app
 from etl.config import CityConfig, load_city_config
-from etl.sample_city.generate import generate_city, next_night
+from etl.sample_city.generate import next_night
 from etl.standardize import canonical_dir
 from etl.state import RunState, warehouse_url
 from master_data import consolidate as mc
@@ -614,9 +614,9 @@ def test_consolidate_before_any_extract_and_explain_on_an_empty_warehouse(
     assert "nothing is published yet" in explained.output
 
 
-def test_evaluate_refuses_the_truth_of_another_city(var: Path, tmp_path: Path) -> None:
-    generate_city(tmp_path / "other", persons=60, enterprises=8, seed=SEED + 1)
-    wrong = cli("evaluate", "--truth", str(tmp_path / "other"))
+def test_evaluate_refuses_the_truth_of_another_city(var: Path, make_city: CityFactory) -> None:
+    other = make_city.path(persons=60, enterprises=8, seed=SEED + 1) / "city"
+    wrong = cli("evaluate", "--truth", str(other))
     text = " ".join(wrong.output.split())
     assert wrong.exit_code == 1 and "does not describe the data being scored" in text
     assert "recall" not in text.lower() and "1.0000" not in text
