@@ -1,14 +1,17 @@
-"""Real-database fixtures: throwaway PostgreSQL and MariaDB databases per test.
-
-Without a reachable server these fixtures skip the test, or fail it when CI=true.
+"""Shared fixtures: throwaway PostgreSQL and MariaDB databases per test (without a reachable
+server these skip the test, or fail it when CI=true), and sample cities built once per session.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from dbservers import require_server, temporary_database
+
+if TYPE_CHECKING:
+    from sample_cities import CityFactory
 
 # Fixture -> marker, so `-m postgres` / `-m "not mariadb"` select tests by what they need.
 _FIXTURE_MARKERS = {
@@ -52,3 +55,11 @@ def mariadb_database(mariadb_server_url: str) -> Iterator[str]:
     """URL of a fresh, empty utf8mb4 MariaDB database, dropped after the test."""
     with temporary_database("mariadb") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def make_city(tmp_path_factory: pytest.TempPathFactory) -> CityFactory:
+    """Sample cities, each built once per session and shared or copied (``sample_cities``)."""
+    from sample_cities import CityFactory  # the pipeline's imports, only for tests that use it
+
+    return CityFactory(tmp_path_factory)

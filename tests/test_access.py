@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory, copy_warehouse, isolate
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -33,13 +34,10 @@ from access.pseudonyms import PSEUDONYM_KEY_ENV, pseudonym, pseudonym_key
 from access.query import _fetch_postgres, _fetch_sqlite, run_query
 from access.release import PER_ROW_KINDS, VIEWS, ViewSpec, release_of
 from access.session import session
-from access.views import after_publish, install_views
+from access.views import install_views
 from access.viewsql import Dialect, SqlMask, view_select
 from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
-from etl.extract import extract_all
-from etl.sample_city.generate import generate_city
-from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields.masking import (
     SCRUB_KINDS,
@@ -51,7 +49,6 @@ from fields.masking import (
     release_field,
     release_key,
 )
-from master_data import consolidate as mc
 from master_data.explain import explain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,31 +57,25 @@ KEY = "test-pseudonym-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
-    """A 600-person city, one night published to SQLite, with the publish hook run."""
-    var = tmp_path_factory.mktemp("var")
+def city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 600-person city, one night published to SQLite, with the publish hook run; a copy
+    (queries, lookups and exports add audit rows)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV, PSEUDONYM_KEY_ENV):
-            mp.delenv(name, raising=False)
-        generate_city(var / "city", persons=600, enterprises=70, seed=7)
-        c = load_city_config(ROOT / "config")
-        assert all(r.ok for r in extract_all(c, NIGHT))
-        standardize_all(c, NIGHT)
-        mc.link(c, NIGHT)
-        summary = mc.publish(c, NIGHT)
-        engine = wh.engine_for(warehouse_url(c))
-        report = after_publish(engine, c, NIGHT, summary)  # what publish() calls
-        engine.dispose()
-        assert report is not None and report.warnings == []
-        yield c
+        yield make_city(
+            mp,
+            persons=600,
+            enterprises=70,
+            seed=7,
+            until="published",
+            views=True,
+            run_id=NIGHT,
+            copy=True,
+        )
 
 
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV, PSEUDONYM_KEY_ENV):
-        monkeypatch.delenv(name, raising=False)
+    isolate(monkeypatch, city.var_dir)
     return monkeypatch
 
 
@@ -281,24 +272,6 @@ def _owner(city: CityConfig) -> int:
 # --- PostgreSQL: real roles and grants ---------------------------------------------------------
 
 
-def _copy_warehouse(city: CityConfig, target_url: str) -> None:
-    """Publish the SQLite warehouse's night into another warehouse, then install the views."""
-    source = wh.engine_for(warehouse_url(city))
-    target = wh.engine_for(target_url)
-    try:
-        frames = {t.name: wh.read(source, t) for t in (*wh.CURRENT_TABLES, *wh.NIGHTLY_TABLES)}
-        run = wh.latest_run(source)
-        assert run is not None
-        night = wh.Night(run["run_id"], run["mode"], run["state_dir"], json.loads(run["summary"]),
-                         frames)  # fmt: skip
-        wh.publish(target, night)
-        report = after_publish(target, city, run["run_id"], night.summary)
-        assert report is not None and report.grants, report
-    finally:
-        source.dispose()
-        target.dispose()
-
-
 @pytest.fixture
 def pg_city(
     city: CityConfig, pg_database: str, env: pytest.MonkeyPatch, tmp_path: Path
@@ -317,12 +290,12 @@ def pg_city(
     login = f"{db}_login"
     admin = _engine(pg_database)
     try:
-        _copy_warehouse(mine, pg_database)
+        copy_warehouse(mine, pg_database)
         with admin.begin() as conn:
             conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {roles['analyst']}")
         env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
-        env.setenv(ANALYST_URL_ENV, sa.make_url(pg_database).set(username=login)
-                   .render_as_string(hide_password=False))  # fmt: skip
+        login_url = sa.make_url(pg_database).set(username=login)
+        env.setenv(ANALYST_URL_ENV, login_url.render_as_string(hide_password=False))
         yield mine, pg_database
     finally:
         with admin.begin() as conn:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory, copy_warehouse, isolate
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
@@ -32,24 +33,16 @@ from access.errors import AccessDenied, AccessError, QueryRefused
 from access.export import export
 from access.lookup import lookup
 from access.policy import ANALYST_URL_ENV
-from access.pseudonyms import PSEUDONYM_KEY_ENV
 from access.query import _fetch_postgres, run_query
 from access.review import ReviewError, decide, queue
 from access.session import session
-from access.views import after_publish
 from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
-from etl.extract import extract_all
-from etl.sample_city.generate import generate_city
-from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields.masking import find_clear
-from master_data import consolidate as mc
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
-ENV_NAMES = ("GOVMDM_WAREHOUSE_URL", ANALYST_URL_ENV, "GOVMDM_USER",
-             "GOVMDM_PRIVILEGED_USERS", PSEUDONYM_KEY_ENV)  # fmt: skip
 
 # The escape of the issue: the first call drops the role for the rest of the statement, the
 # second reads the golden table as whoever is left.
@@ -65,30 +58,25 @@ WHO_AFTER_ESCAPE = (
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
-    """A 600-person city, one night published to SQLite, with the publish hook run."""
-    var = tmp_path_factory.mktemp("var")
+def city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 600-person city, one night published to SQLite, with the publish hook run; a copy
+    (review decisions and the audit log write to it)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        for name in ENV_NAMES:
-            mp.delenv(name, raising=False)
-        generate_city(var / "city", persons=600, enterprises=70, seed=7)
-        c = load_city_config(ROOT / "config")
-        assert all(r.ok for r in extract_all(c, NIGHT))
-        standardize_all(c, NIGHT)
-        mc.link(c, NIGHT)
-        summary = mc.publish(c, NIGHT)
-        engine = wh.engine_for(warehouse_url(c))
-        after_publish(engine, c, NIGHT, summary)
-        engine.dispose()
-        yield c
+        yield make_city(
+            mp,
+            persons=600,
+            enterprises=70,
+            seed=7,
+            until="published",
+            views=True,
+            run_id=NIGHT,
+            copy=True,
+        )
 
 
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
+    isolate(monkeypatch, city.var_dir)
     return monkeypatch
 
 
@@ -172,33 +160,14 @@ class Pg:
             engine.dispose()
 
 
-def _copy_warehouse(city: CityConfig, target_url: str) -> None:
-    """Publish the SQLite warehouse's night into PostgreSQL, then install views, roles, grants."""
-    source = wh.engine_for(warehouse_url(city))
-    target = wh.engine_for(target_url)
-    try:
-        frames = {t.name: wh.read(source, t) for t in (*wh.CURRENT_TABLES, *wh.NIGHTLY_TABLES)}
-        run = wh.latest_run(source)
-        assert run is not None
-        night = wh.Night(run["run_id"], run["mode"], run["state_dir"], json.loads(run["summary"]),
-                         frames)  # fmt: skip
-        wh.publish(target, night)
-        report = after_publish(target, city, run["run_id"], night.summary)
-        assert report is not None and report.grants, report
-    finally:
-        source.dispose()
-        target.dispose()
-
-
 @pytest.fixture
 def pg(city: CityConfig, pg_database: str, env: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Pg]:
     db = sa.make_url(pg_database).database
-    roles = {"analyst": f"{db}_analyst", "privileged": f"{db}_privileged",
-             "steward": f"{db}_steward"}  # fmt: skip
+    roles = {kind: f"{db}_{kind}" for kind in ("analyst", "privileged", "steward")}
     c = _config_copy(city, tmp_path, roles=roles)
     out = Pg(c, pg_database, roles)
     try:
-        _copy_warehouse(c, pg_database)
+        copy_warehouse(c, pg_database)
         env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
         yield out
     finally:

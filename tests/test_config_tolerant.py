@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from sample_cities import CityFactory
 from typer.testing import CliRunner
 
 from cli.main import app
 from etl.config import ConfigError, load_city_config
-from etl.sample_city.generate import generate_city
 from pipeline import night
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,18 +21,14 @@ CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
 
 
 @pytest.fixture
-def broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of config/ whose renshe.yaml misspells a key, over a small sample city."""
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path / "var"))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    for code in CODES:
-        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
-        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
+def broken(make_city: CityFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of config/ whose renshe.yaml misspells a key, over a small sample city (a copy:
+    the nights run on it)."""
+    make_city(monkeypatch, persons=400, enterprises=60, seed=1, copy=tmp_path / "var")
     config = tmp_path / "project" / "config"
     shutil.copytree(ROOT / "config", config)
     path = config / "departments" / "renshe.yaml"
     path.write_text(path.read_text().replace("update_frequency:", "update_frequncy:"))
-    generate_city(tmp_path / "var" / "city", persons=400, enterprises=60, seed=1)
     return config
 
 

@@ -11,12 +11,13 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 
 import store.warehouse as wh
 from access.review import ReviewError, decide
-from etl.config import CityConfig, load_city_config
+from etl.config import CityConfig
 from etl.extract import extract_all
-from etl.sample_city.generate import generate_city, next_night
+from etl.sample_city.generate import next_night
 from etl.standardize import standardize_all
 from etl.state import RunState, warehouse_url
 from master_data import consolidate as mc
@@ -34,17 +35,11 @@ def _night(city: CityConfig, run_id: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
-    """A 900-person city, night 0 linked and published (embedded SQLite warehouse)."""
-    var = tmp_path_factory.mktemp("var")
+def city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 900-person city, night 0 linked and published (embedded SQLite warehouse); a copy
+    (the tests run the next nights on it)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        mp.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-        generate_city(var / "city", persons=900, enterprises=90, seed=7)
-        c = load_city_config(ROOT / "config")
-        _night(c, NIGHT0)
-        mc.consolidate(c, NIGHT0)
-        yield c
+        yield make_city(mp, persons=900, enterprises=90, seed=7, until="published", copy=True)
 
 
 def _tables(city: CityConfig) -> dict[str, pd.DataFrame]:

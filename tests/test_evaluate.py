@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from sample_cities import CityFactory
 
 from master_data import evaluate as ev
 from master_data.evaluate import (
@@ -388,13 +389,9 @@ def _perfect_outputs(truth: GroundTruth) -> tuple[pd.DataFrame, pd.DataFrame, pd
 
 
 @pytest.fixture(scope="module")
-def small_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from etl.sample_city.generate import generate_city, next_night
-
-    out = tmp_path_factory.mktemp("eval_city")
-    generate_city(out, persons=200, enterprises=30, seed=7)
-    next_night(out)  # births, new firms and a deleted row
-    return out
+def small_city(make_city: CityFactory) -> Path:
+    """A city generated with its next night (births, new firms and a deleted row); shared."""
+    return make_city.path(persons=200, enterprises=30, seed=7, nights=1) / "city"
 
 
 def test_generated_city_with_perfect_outputs_scores_one(small_city: Path) -> None:

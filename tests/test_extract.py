@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory, isolate
 
 import etl.extract as ex
 from etl.config import CityConfig, DepartmentConfig, load_city_config
@@ -32,18 +33,14 @@ CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
 @pytest.fixture
 def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty var folder for a sample city at ``<tmp>/city``, with no connections set."""
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    for code in CODES:
-        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
-        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
+    isolate(monkeypatch, tmp_path)
     return tmp_path / "city"
 
 
 @pytest.fixture
-def city(out: Path) -> CityConfig:
-    generate_city(out, persons=600, enterprises=60, seed=1)
-    return load_city_config(ROOT / "config")
+def city(out: Path, make_city: CityFactory, monkeypatch: pytest.MonkeyPatch) -> CityConfig:
+    """The generated city at ``out``, a copy (extraction writes beside it, tests change it)."""
+    return make_city(monkeypatch, persons=600, enterprises=60, seed=1, copy=out.parent)
 
 
 def _by_code(results: list[DepartmentExtract]) -> dict[str, DepartmentExtract]:

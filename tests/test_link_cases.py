@@ -20,19 +20,19 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 
 import store.warehouse as wh
 from access.review import decide
-from etl.config import CityConfig, load_city_config
+from etl.config import CityConfig
 from etl.extract import extract_all
 from etl.sample_city.departments import by_code
-from etl.sample_city.generate import generate_city, sqlite_url
+from etl.sample_city.generate import sqlite_url
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields import identifiers
 from master_data import consolidate as mc
 
-ROOT = Path(__file__).resolve().parents[1]
 NIGHT0, NIGHT1, NIGHT2 = "2026-06-30", "2026-07-01", "2026-07-02"
 STAMP = dt.datetime(2026, 6, 1, 9, 30)  # before night 0; every case row is in night 0
 EVENT_STAMP = dt.datetime(2026, 7, 1, 10, 0)  # after night 0's watermarks: read on night 1
@@ -439,13 +439,11 @@ def _crosswalk(city: CityConfig, run_id: str, entity: str) -> pd.Series:
 
 
 @pytest.fixture(scope="module")
-def crosswalks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, pd.Series]]:
+def crosswalks(make_city: CityFactory) -> Iterator[dict[str, pd.Series]]:
     """A 600-person city with every case row added, night 0 linked and published."""
-    var = tmp_path_factory.mktemp("var")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        mp.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-        generate_city(var / "city", persons=600, enterprises=100, seed=23)
+        city = make_city(mp, persons=600, enterprises=100, seed=23, copy=True)
+        var = city.var_dir
         truth = var / "city" / "truth"
         generated_ids = set(pd.read_parquet(truth / "persons.parquet")["id_number"])
         firms = pd.read_parquet(truth / "enterprises.parquet")
@@ -454,7 +452,6 @@ def crosswalks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, p
         mine = {v for r in rows for _k, v in r.values if isinstance(v, str)}
         assert not mine & (generated_ids | set(firms["uscc"]) | set(firms["reg_no"].dropna()))
         insert_rows(var, rows)
-        city = load_city_config(ROOT / "config")
         run_night(city, NIGHT0)
         yield {e: _crosswalk(city, NIGHT0, e) for e in ("person", "enterprise")}
 
@@ -503,13 +500,10 @@ def _events(city: CityConfig, run_id: str) -> list[tuple[str, str, str, str]]:
 
 
 def test_a_new_row_merges_two_masters_and_keeping_apart_splits_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_city: CityFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    generate_city(tmp_path / "city", persons=600, enterprises=100, seed=23)
+    city = make_city(monkeypatch, persons=600, enterprises=100, seed=23, copy=tmp_path)
     insert_rows(tmp_path, [EV_GONGAN, EV_WEIJIAN])
-    city = load_city_config(ROOT / "config")
     a, b, c = EV_GONGAN.record, EV_WEIJIAN.record, EV_RENSHE.record
 
     # night 0: two people, each issued a master ID

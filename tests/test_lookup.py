@@ -11,23 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sample_cities import CityFactory, isolate
 from typer.testing import CliRunner
 
 import store.warehouse as wh
 from access import audit
 from access.errors import AccessDenied
 from access.lookup import LookupError_, lookup
-from access.policy import ANALYST_URL_ENV
-from access.views import after_publish
 from cli.main import app
-from etl.config import CityConfig, load_city_config
-from etl.extract import extract_all
-from etl.sample_city.generate import generate_city
-from etl.standardize import standardize_all
+from etl.config import CityConfig
 from etl.state import warehouse_url
 from fields.identifiers import downgrade_id18
 from fields.masking import find_clear, mask_id, mask_name
-from master_data import consolidate as mc
 from master_data.evaluate import load_truth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,30 +30,25 @@ NIGHT = "2026-06-30"
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
-    """A 600-person city, one night published (SQLite) and the views installed."""
-    var = tmp_path_factory.mktemp("var")
+def city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 600-person city, one night published (SQLite) and the views installed; a copy (every
+    lookup is audited in its warehouse)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV):
-            mp.delenv(name, raising=False)
-        generate_city(var / "city", persons=600, enterprises=70, seed=11)
-        c = load_city_config(ROOT / "config")
-        assert all(r.ok for r in extract_all(c, NIGHT))
-        standardize_all(c, NIGHT)
-        mc.link(c, NIGHT)
-        summary = mc.publish(c, NIGHT)
-        engine = wh.engine_for(warehouse_url(c))
-        after_publish(engine, c, NIGHT, summary)
-        engine.dispose()
-        yield c
+        yield make_city(
+            mp,
+            persons=600,
+            enterprises=70,
+            seed=11,
+            until="published",
+            views=True,
+            run_id=NIGHT,
+            copy=True,
+        )
 
 
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV):
-        monkeypatch.delenv(name, raising=False)
+    isolate(monkeypatch, city.var_dir)
     return monkeypatch
 
 

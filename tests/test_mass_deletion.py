@@ -9,29 +9,24 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 from typer.testing import CliRunner
 
 from access.audit import os_user as audit_user
 from cli.main import app
 from etl.config import load_city_config
-from etl.sample_city.generate import generate_city
 from etl.state import warehouse_url
 
 ROOT = Path(__file__).resolve().parents[1]
-CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
 CONFIG = str(ROOT / "config")
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    for code in CODES:
-        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
-        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
-    generate_city(tmp_path / "city", persons=400, enterprises=60, seed=1)
+def var(make_city: CityFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``var/`` holding a copy of a small generated city (the tests empty its tables)."""
+    make_city(monkeypatch, persons=400, enterprises=60, seed=1, copy=tmp_path)
     return tmp_path
 
 

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from sample_cities import CityFactory
 
-from etl.config import load_city_config
-from etl.extract import extract_all
-from etl.sample_city.generate import generate_city
-from etl.standardize import standardize_all
-from master_data import consolidate as mc
 from master_data.cluster import TIER_MODEL, TIER_REVIEW_LINK, TIER_RULE, cluster
 from master_data.identity import assign_ids
 from master_data.published import evaluate_published
 from master_data.survivorship import survive
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # --- clustering ----------------------------------------------------------------------------------
 
@@ -141,15 +133,14 @@ def test_the_authority_wins_then_rank_then_recency() -> None:
 
 
 @pytest.mark.slow
-def test_linkage_quality_on_a_10k_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    generate_city(tmp_path / "city", persons=10_000, enterprises=1_000, seed=11)
-    city = load_city_config(ROOT / "config")
-    assert all(r.ok for r in extract_all(city, "n0"))
-    standardize_all(city, "n0")
-    mc.consolidate(city, "n0")
-    ev = evaluate_published(city, tmp_path / "city")
+def test_linkage_quality_on_a_10k_sample(
+    make_city: CityFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the shared build: the test only reads what night n0 published
+    city = make_city(
+        monkeypatch, persons=10_000, enterprises=1_000, seed=11, until="published", run_id="n0"
+    )
+    ev = evaluate_published(city, city.var_dir / "city")
     for entity in ("person", "enterprise"):
         pairwise = ev.entities[entity].pairwise
         assert pairwise.precision >= 0.995, (entity, pairwise)

@@ -25,14 +25,14 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from sample_cities import CityFactory
 from typer.testing import CliRunner, Result
 
 import store.warehouse as wh
 from cli.main import app
 from etl.config import CityConfig, load_city_config
-from etl.extract import extract_all
-from etl.sample_city.generate import generate_city, next_night
-from etl.standardize import canonical_dir, standardize_all
+from etl.sample_city.generate import next_night
+from etl.standardize import canonical_dir
 from etl.state import RunState, warehouse_url
 from master_data import consolidate as mc
 
@@ -44,30 +44,19 @@ PERSONS, ENTERPRISES, SEED = 300, 60, 3
 # --- the city ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``var/`` of a small city with its first night published."""
-    var = tmp_path_factory.mktemp("template") / "var"
-    manifest = generate_city(var / "city", persons=PERSONS, enterprises=ENTERPRISES, seed=SEED)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        mp.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-        city = load_city_config(CONFIG)
-        night = manifest["as_of"]
-        assert all(r.ok for r in extract_all(city, night))
-        standardize_all(city, night)
-        mc.consolidate(city, night)
-    return var
-
-
 @pytest.fixture
-def var(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the template in a new place (``var/`` moves with its master state)."""
+def var(make_city: CityFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the template — ``var/`` of a small city with its first night published, built
+    once — in a new place (``var/`` moves with its master state)."""
     moved = tmp_path / "var"
-    shutil.copytree(template, moved)
-    monkeypatch.setenv("GOVMDM_VAR", str(moved))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    monkeypatch.delenv("GOVMDM_KILL_AT", raising=False)
+    make_city(
+        monkeypatch,
+        persons=PERSONS,
+        enterprises=ENTERPRISES,
+        seed=SEED,
+        until="published",
+        copy=moved,
+    )
     return moved
 
 
@@ -625,9 +614,9 @@ def test_consolidate_before_any_extract_and_explain_on_an_empty_warehouse(
     assert "nothing is published yet" in explained.output
 
 
-def test_evaluate_refuses_the_truth_of_another_city(var: Path, tmp_path: Path) -> None:
-    generate_city(tmp_path / "other", persons=60, enterprises=8, seed=SEED + 1)
-    wrong = cli("evaluate", "--truth", str(tmp_path / "other"))
+def test_evaluate_refuses_the_truth_of_another_city(var: Path, make_city: CityFactory) -> None:
+    other = make_city.path(persons=60, enterprises=8, seed=SEED + 1) / "city"
+    wrong = cli("evaluate", "--truth", str(other))
     text = " ".join(wrong.output.split())
     assert wrong.exit_code == 1 and "does not describe the data being scored" in text
     assert "recall" not in text.lower() and "1.0000" not in text

@@ -9,25 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sample_cities import CityFactory
 from typer.testing import CliRunner
 
 from cli.main import app
 from etl.config import load_city_config
 from etl.extract import extract_all
-from etl.sample_city.generate import generate_city
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
 
 
 @pytest.fixture
-def var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    for code in CODES:
-        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
-        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
-    generate_city(tmp_path / "city", persons=300, enterprises=60, seed=1)
+def var(make_city: CityFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``var/`` holding a copy of a small generated city (the tests run nights on it)."""
+    make_city(monkeypatch, persons=300, enterprises=60, seed=1, copy=tmp_path)
     return tmp_path
 
 

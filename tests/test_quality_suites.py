@@ -17,10 +17,11 @@ from typing import get_args
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 
 from etl.config import CityConfig, ConfigError, load_city_config
 from etl.extract import extract_all
-from etl.sample_city.generate import generate_city, next_night
+from etl.sample_city.generate import next_night
 from etl.standardize import standardize_all
 from etl.state import LedgerEntry, Mode, RunState, Status, warehouse_url
 from fields.masking import find_clear, mask_key
@@ -37,18 +38,11 @@ NIGHT0, NIGHT1 = "2026-06-30", "2026-07-01"
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
-    """A 900-person city, night 0 extracted, standardized, linked and published."""
-    var = tmp_path_factory.mktemp("var")
+def city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 900-person city, night 0 extracted, standardized, linked and published; a copy (the
+    tests run quality and the next night on it)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOVMDM_VAR", str(var))
-        mp.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-        generate_city(var / "city", persons=900, enterprises=90, seed=7)
-        c = load_city_config(ROOT / "config")
-        assert all(r.ok for r in extract_all(c, NIGHT0))
-        standardize_all(c, NIGHT0)
-        mc.consolidate(c, NIGHT0)
-        yield c
+        yield make_city(mp, persons=900, enterprises=90, seed=7, until="published", copy=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory
 from sqlalchemy.engine import make_url
 from stdnum.cn import ric, uscc
 from typer.testing import CliRunner
@@ -32,10 +33,9 @@ SMALL = {"persons": 1500, "enterprises": 200, "seed": 11}
 
 
 @pytest.fixture(scope="module")
-def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("city")
-    generate_city(out, **SMALL)
-    return out
+def city(make_city: CityFactory) -> Path:
+    """The generated city's folder (the shared build: the tests only read it)."""
+    return make_city.path(**SMALL) / "city"
 
 
 def truth(out: Path, name: str) -> pd.DataFrame:

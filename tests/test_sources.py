@@ -6,24 +6,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sample_cities import CityFactory
 from typer.testing import CliRunner
 
 from cli.main import app
-from etl.config import CityConfig, load_city_config
-from etl.sample_city.generate import generate_city
+from etl.config import CityConfig
 from etl.sources import probe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def city(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CityConfig:
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    for d in ("GONGAN", "RENSHE", "MINZHENG", "WEIJIAN", "SHICHANG", "SHUIWU"):
-        monkeypatch.delenv(f"AIRFLOW_CONN_{d}", raising=False)
-        monkeypatch.delenv(f"GOVMDM_CONN_{d}", raising=False)
-    generate_city(tmp_path / "city", persons=200, enterprises=30, seed=3)
-    return load_city_config(ROOT / "config")
+def city(make_city: CityFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CityConfig:
+    """The generated city at ``<tmp>/city``, a copy (tests change its sources)."""
+    return make_city(monkeypatch, persons=200, enterprises=30, seed=3, copy=tmp_path)
 
 
 def test_every_configured_table_and_column_exists_in_the_sample_city(city: CityConfig) -> None:

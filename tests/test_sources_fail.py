@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sample_cities import CityFactory, isolate
 
 from etl.config import load_city_config
 from etl.extract import extract_all
@@ -23,11 +24,8 @@ CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
 
 @pytest.fixture
 def out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path))
-    monkeypatch.delenv("GOVMDM_WAREHOUSE_URL", raising=False)
-    for code in CODES:
-        monkeypatch.delenv(f"AIRFLOW_CONN_{code.upper()}", raising=False)
-        monkeypatch.delenv(f"GOVMDM_CONN_{code.upper()}", raising=False)
+    """An empty var folder for a sample city at ``<tmp>/city``, with no connections set."""
+    isolate(monkeypatch, tmp_path)
     return tmp_path / "city"
 
 
@@ -133,11 +131,12 @@ def test_sample_next_night_on_postgresql_keeps_keys_in_their_columns(
             drop_database(target_url(base, code))
 
 
-def test_temp_files_of_killed_writers_are_removed_and_a_live_writers_are_not(out: Path) -> None:
+def test_temp_files_of_killed_writers_are_removed_and_a_live_writers_are_not(
+    out: Path, make_city: CityFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import subprocess
 
-    generate_city(out, persons=300, enterprises=60, seed=1)
-    city = load_city_config(ROOT / "config")
+    city = make_city(monkeypatch, persons=300, enterprises=60, seed=1, copy=out.parent)
     folder = layout.raw_dir(city.var_dir, "n1", "gongan")
     folder.mkdir(parents=True)
     dead = subprocess.Popen(["true"])

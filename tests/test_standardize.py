@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from sample_cities import CityFactory
 
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
@@ -22,20 +24,20 @@ AS_OF = dt.date(2026, 7, 1)
 
 
 @pytest.fixture(scope="module")
-def night(tmp_path_factory: pytest.TempPathFactory) -> tuple[CityConfig, Path]:
-    tmp = tmp_path_factory.mktemp("std")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GOVMDM_VAR", str(tmp))
-    for d in ("GONGAN", "RENSHE", "MINZHENG", "WEIJIAN", "SHICHANG", "SHUIWU"):
-        mp.delenv(f"AIRFLOW_CONN_{d}", raising=False)
-        mp.delenv(f"GOVMDM_CONN_{d}", raising=False)
-    generate_city(tmp / "city", persons=1500, enterprises=250, seed=21)
-    city = load_city_config(ROOT / "config")
-    assert all(r.status == "ok" for r in extract_all(city, RUN))
-    results = standardize_all(city, RUN, as_of=AS_OF)
-    assert all(r.status == "ok" and r.reconciled for r in results), results
-    yield city, tmp / "city"
-    mp.undo()
+def night(make_city: CityFactory) -> Iterator[tuple[CityConfig, Path]]:
+    """A 1500-person city, extracted and standardized; a copy (a test standardizes again)."""
+    with pytest.MonkeyPatch.context() as mp:
+        city = make_city(
+            mp,
+            persons=1500,
+            enterprises=250,
+            seed=21,
+            until="standardized",
+            run_id=RUN,
+            as_of=AS_OF,
+            copy=True,
+        )
+        yield city, city.var_dir / "city"
 
 
 def canonical(city: CityConfig, dept: str, entity: str) -> pd.DataFrame:
