@@ -18,7 +18,7 @@ from cli.common import (
     _check_departments,
     _flags_broken,
     _load,
-    _run_id,
+    _night,
     app,
     console,
 )
@@ -47,8 +47,8 @@ def quality(
     or the configuration have errors.
     """
     from etl.config import ConfigError
+    from pipeline import night as nightly
     from quality.rules import load_quality_rules
-    from quality.suites import run_quality
 
     city = _load(config)
     department = _check_departments(city, department)
@@ -60,9 +60,11 @@ def quality(
     if list_rules:
         _print_rules(rules, department)
         return
-    rid = _run_id(city, run_id)
-    with console.status(f"judging the quality rules of night {rid}"):
-        night = run_quality(city, rid, departments=department, rules=rules)
+    tonight = _night(city, config, run_id)
+    judged: list[Any] = []
+    with console.status(f"judging the quality rules of night {tonight.run_id}"):
+        nightly.quality(tonight, departments=department, rules=rules, on_result=judged.append)
+    night = judged[0]
     _print_scorecards(night)
     _print_failures(night)
     held = sorted(d for d, q in night.departments.items() if q.held_back)
@@ -114,11 +116,16 @@ def _print_scorecards(night: Any) -> None:
         failed = "/".join(str(q.failed[s]) for s in ("warning", "error", "blocking"))
         grade_style = {"A": "green", "B": "cyan", "C": "yellow"}.get(q.grade or "", "red")
         table.add_row(
-            code, _score(q.score), f"[{grade_style}]{q.grade or '—'}", _change(q.change),
-            *[_score(scores.get(d)) for d in DIMENSIONS], failed, str(q.not_run),
+            code,
+            _score(q.score),
+            f"[{grade_style}]{q.grade or '—'}",
+            _change(q.change),
+            *[_score(scores.get(d)) for d in DIMENSIONS],
+            failed,
+            str(q.not_run),
             "[green]yes" if q.delivered else "[red]no",
             "[bold red]HELD" if q.held_back else "—",
-        )  # fmt: skip
+        )
     table.caption = "score 0–100 per GB/T 36344 dimension; — = not covered tonight"
     console.print(table)
 
@@ -135,23 +142,42 @@ def _print_failures(night: Any) -> None:
         where = f"{r.target}.{r.column_name}" if r.column_name else r.target
         counts = f"{r.rows_failed:,}/{r.rows_checked:,}" if r.status == "failed" else "error"
         table.add_row(
-            r.department, r.rule_id, f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
-            r.dimension, where, counts, r.description,
-        )  # fmt: skip
+            r.department,
+            r.rule_id,
+            f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
+            r.dimension,
+            where,
+            counts,
+            r.description,
+        )
     console.print(table)
 
 
 def _print_rules(rules: Any, departments: list[str] | None) -> None:
     table = Table(title=f"Quality rules ({len(rules)})", title_justify="left")
-    for col in ("rule", "department", "kind", "dimension", "severity", "threshold", "target",
-                "description"):  # fmt: skip
+    for col in (
+        "rule",
+        "department",
+        "kind",
+        "dimension",
+        "severity",
+        "threshold",
+        "target",
+        "description",
+    ):
         table.add_column(col, overflow="fold")
     for r in rules:
         if departments and r.department not in departments:
             continue
         where = f"{r.target}.{r.column}" if r.column else r.target
         table.add_row(
-            r.id, r.department, r.kind, r.dimension, f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
-            f"{r.threshold:g}", where, r.description,
-        )  # fmt: skip
+            r.id,
+            r.department,
+            r.kind,
+            r.dimension,
+            f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
+            f"{r.threshold:g}",
+            where,
+            r.description,
+        )
     console.print(table)
