@@ -250,25 +250,20 @@ def explain(
             console.print(f"[red]{escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from exc
     audit.record(warehouse_url(city), "explain", ex.master_id, role=role, row_count=len(ex.members))
+    _print_explanation(ex)
+
+
+_ATTRIBUTE_KEYS = ("attribute", "value", "department", "source_key", "updated", "rule", "agree")
+
+
+def _print_explanation(ex: Any) -> None:
+    """The golden record with each value's source, the member rows and the links."""
     console.rule(f"[bold]{ex.master_id}[/bold] ({ex.entity}, night {ex.run_id})")
     golden = Table(title="golden record", title_justify="left")
     for col in ("attribute", "value", "department", "source key", "updated", "rule", "agree"):
         golden.add_column(col)
     for a in ex.attributes:
-        golden.add_row(
-            *[
-                escape(str(v)) if v is not None else "—"
-                for v in (
-                    a["attribute"],
-                    a["value"],
-                    a["department"],
-                    a["source_key"],
-                    a["updated"],
-                    a["rule"],
-                    a["agree"],
-                )
-            ]
-        )
+        golden.add_row(*[escape(str(a[k])) if a[k] is not None else "—" for k in _ATTRIBUTE_KEYS])
     console.print(golden)
     members = Table(title="member rows", title_justify="left")
     for col in ex.member_columns:
