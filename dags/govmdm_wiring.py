@@ -198,10 +198,10 @@ def _alert_recipient() -> tuple[Any, str, str, str | None]:
     sender address of ``[email] from_email``."""
     import yaml
 
-    from etl.config import ConfigError, load_city_config
+    from pipeline.context import ConfigError, load_city
 
     try:
-        city = load_city_config(_config(), tolerant=True)
+        city = load_city(_config())
         contact = city.data_engineering_contact
         return city, str(contact.email), contact.name, None
     except ConfigError as exc:
@@ -235,11 +235,10 @@ def _night_id(context: Context) -> str:
     when = getattr(dag_run, "logical_date", None) or getattr(dag_run, "run_after", None)
     if when is None:
         return "?"
-    from etl.config import ConfigError, load_city_config
-    from pipeline.context import run_id_for
+    from pipeline.context import ConfigError, Night
 
     try:
-        return run_id_for(when, load_city_config(_config(), tolerant=True).timezone)
+        return str(Night.at(_config(), when).run_id)
     except ConfigError:
         return when.date().isoformat()
 
@@ -261,9 +260,8 @@ def _plan(mode: Mode) -> Any:
     def plan() -> dict[str, Any]:
         """Work out the night's run ID (the logical date in the city's time zone, or the
         ``run_id`` parameter) and the departments to run, and check them."""
-        from etl.config import ConfigError
         from pipeline import night as glue
-        from pipeline.context import Night
+        from pipeline.context import ConfigError, Night
 
         ctx = get_current_context()
         p, run = ctx["params"], ctx["dag_run"]

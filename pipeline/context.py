@@ -18,8 +18,20 @@ import zoneinfo
 from pathlib import Path
 from typing import Literal
 
-from etl.config import CityConfig, load_city_config
+from etl.config import CityConfig, ConfigError, load_city_config
 from etl.state import warehouse_url
+
+__all__ = [
+    "CONFIG_ENV",
+    "ConfigError",
+    "DepartmentFlagged",
+    "Night",
+    "NightRefused",
+    "check_run_id",
+    "config_dir",
+    "load_city",
+    "run_id_for",
+]
 
 CONFIG_ENV = "GOVMDM_CONFIG"
 """Environment variable naming the configuration folder (default: the project's ``config/``)."""
@@ -57,6 +69,13 @@ def config_dir(default: str | Path = "config") -> Path:
     return Path(os.environ.get(CONFIG_ENV, "").strip() or default)
 
 
+def load_city(config: str | Path) -> CityConfig:
+    """The city configured in ``config``, loaded the way a night loads it: a broken department
+    file flags that department (:attr:`CityConfig.broken`); a broken city file raises
+    :class:`ConfigError`."""
+    return load_city_config(config, tolerant=True)
+
+
 def run_id_for(when: dt.datetime, timezone: str) -> str:
     """The night's run ID: the date of ``when`` in the city's time zone.
 
@@ -90,12 +109,12 @@ class Night:
     def open(cls, config: str | Path, run_id: str) -> Night:
         """Night ``run_id`` of the city configured in ``config`` (loaded tolerantly: a broken
         department file flags that department, :attr:`CityConfig.broken`)."""
-        return cls.of(load_city_config(config, tolerant=True), config, run_id)
+        return cls.of(load_city(config), config, run_id)
 
     @classmethod
     def at(cls, config: str | Path, when: dt.datetime) -> Night:
         """The night that runs at ``when``: its run ID is that date in the city's time zone."""
-        city = load_city_config(config, tolerant=True)
+        city = load_city(config)
         return cls.of(city, config, run_id_for(when, city.timezone))
 
     @classmethod

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pyarrow.parquet as pq
@@ -250,7 +251,7 @@ def _flag(night: Night, department: str, stage: str, status: str, message: str) 
     raise DepartmentFlagged(department, stage, status, message)
 
 
-def _rows(path: Any) -> int:
+def _rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows if path.is_file() else 0
 
 
