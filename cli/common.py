@@ -83,6 +83,16 @@ def _night(city: Any, config: Path, run_id: str | None) -> Any:
         raise typer.Exit(2) from exc
 
 
+def _summarize(night: Any) -> None:
+    """Bring the night's summary (``var/nights/run=<id>/night.json``) up to date, as the
+    DAG's last task does, and say where it is."""
+    from pipeline import night as nightly
+    from pipeline.record import summary_path
+
+    nightly.summarize(night)
+    console.print(f"Night record: {summary_path(night.var_dir, night.run_id)}", highlight=False)
+
+
 def _check_departments(city: Any, departments: list[str] | None) -> list[str] | None:
     """The departments to run (None: all that load); exits 2 on an unknown code, 1 when every
     named department's configuration is broken."""

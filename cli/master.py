@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import ConfigDir, RunId, _load, _night, _progress, app, console
+from cli.common import ConfigDir, RunId, _load, _night, _progress, _summarize, app, console
 
 review_app = typer.Typer(
     help="The review queue: pairs the model could not decide.", no_args_is_help=True
@@ -97,6 +97,7 @@ def _publishing(night: Any) -> None:
             "published; the next night reads them again.",
             highlight=False,
         )
+    _summarize(night)
 
 
 def _print_linked(linked: Any) -> None:

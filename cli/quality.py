@@ -19,6 +19,7 @@ from cli.common import (
     _flags_broken,
     _load,
     _night,
+    _summarize,
     app,
     console,
 )
@@ -90,6 +91,7 @@ def quality(
             highlight=False,
         )
     console.print("Results: dq_result, dq_scorecard in the warehouse (`govmdm quality --rules`)")
+    _summarize(tonight)
     if held or errors or undelivered or _flags_broken(city, department):
         raise typer.Exit(1)
 
