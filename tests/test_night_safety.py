@@ -247,9 +247,7 @@ def test_a_rerun_reads_again_a_department_the_night_did_not_publish(var: Path) -
     assert glue.extract(tonight, codes[1])["status"] == "reused"
     glue.standardize(tonight, codes[0])
     glue.link(tonight, departments=codes)
-    assert glue.publish(tonight)["watermarks_committed"] == len(
-        city.department(codes[0]).tables
-    )
+    assert glue.publish(tonight)["watermarks_committed"] == len(city.department(codes[0]).tables)
     assert watermarks(city)[(codes[0], city.department(codes[0]).tables[0].name)] != held_mark
     assert unaccounted(city) == (set(), set())
 
