@@ -135,8 +135,10 @@ def query(
         )
         console.print(table)
     if result.scrubbed:
-        console.print(f"[yellow]{result.scrubbed} values held an ID or mobile number in clear and "
-                      "were masked.")  # fmt: skip
+        console.print(
+            f"[yellow]{result.scrubbed} values held an ID or mobile number in clear and "
+            "were masked."
+        )
 
 
 def _to_parquet(frame: Any, out: Path) -> None:
@@ -236,9 +238,13 @@ def lookup(
     _boundary(city, privileged)
     try:
         result = do_lookup(
-            city, id_number=id_number, name=name, birth_date=birth_date,
-            credit_code=credit_code, privileged=privileged,
-        )  # fmt: skip
+            city,
+            id_number=id_number,
+            name=name,
+            birth_date=birth_date,
+            credit_code=credit_code,
+            privileged=privileged,
+        )
     except AccessError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -256,8 +262,7 @@ def lookup(
 def _print_match(m: Any) -> None:
     by_attr = {p["attribute"]: p for p in m.provenance}
     golden = Table(title=f"{m.master_id} ({m.entity}): golden record", title_justify="left")
-    for col in ("column", "value", "source department", "source key", "updated", "rule",
-                "agree"):  # fmt: skip
+    for col in ("column", "value", "source department", "source key", "updated", "rule", "agree"):
         golden.add_column(col, overflow="fold")
     from master_data.survivorship import ATTRIBUTES
 
@@ -265,12 +270,14 @@ def _print_match(m: Any) -> None:
     for column, value in m.record.items():
         p = by_attr.get(attribute_of.get(column, ""))
         golden.add_row(
-            column, _text(value),
+            column,
+            _text(value),
             _text(f"{p['department_name']} ({p['department']})") if p else "",
-            _text(p["source_key"]) if p else "", _text(p["source_updated_at"])[:19] if p else "",
+            _text(p["source_key"]) if p else "",
+            _text(p["source_updated_at"])[:19] if p else "",
             _text(p["rule"]) if p else "",
             f"{p['agreeing']}/{p['candidates']}" if p and p["candidates"] is not None else "",
-        )  # fmt: skip
+        )
     console.print(golden)
     members = Table(title="member source rows", title_justify="left")
     for col in ("department", "table", "key", "link", "probability", "since"):
@@ -278,10 +285,13 @@ def _print_match(m: Any) -> None:
     for r in m.members:
         prob = r["link_probability"]
         members.add_row(
-            _text(f"{r['department_name']} ({r['department']})"), _text(r["source_table"]),
-            _text(r["source_key"]), _text(r["link_rule"]), "" if prob is None else f"{prob:.4f}",
+            _text(f"{r['department_name']} ({r['department']})"),
+            _text(r["source_table"]),
+            _text(r["source_key"]),
+            _text(r["link_rule"]),
+            "" if prob is None else f"{prob:.4f}",
             _text(r["first_run_id"]),
-        )  # fmt: skip
+        )
     console.print(members)
     if m.related:
         related = Table(title="related", title_justify="left")
@@ -328,9 +338,12 @@ def catalog(
             table.add_column(col, overflow="fold")
         for f in r.fields:
             table.add_row(
-                f.name, f.description, f.maps_to or f.data_type or "",
-                f.authority_name or "", f.masked or "明文",
-            )  # fmt: skip
+                f.name,
+                f.description,
+                f.maps_to or f.data_type or "",
+                f.authority_name or "",
+                f.masked or "明文",
+            )
         table.caption = (
             f"owner {r.owner} ({r.contact}); {FREQUENCY_ZH[r.update_frequency]}更新; "
             f"{r.share_type_zh}" + (f": {r.share_condition}" if r.share_condition else "")
@@ -338,15 +351,30 @@ def catalog(
         console.print(table)
         return
     table = Table(title=f"信息资源目录 {city.name}", title_justify="left")
-    for col in ("resource", "title", "owner", "fields", "authority for", "frequency",
-                "share type", "condition / basis", "view"):  # fmt: skip
+    for col in (
+        "resource",
+        "title",
+        "owner",
+        "fields",
+        "authority for",
+        "frequency",
+        "share type",
+        "condition / basis",
+        "view",
+    ):
         table.add_column(col, overflow="fold")
     for r in resources:
         table.add_row(
-            r.resource_id, r.title, r.owner, str(len(r.fields)), ", ".join(r.authority_for),
-            FREQUENCY_ZH[r.update_frequency], r.share_type_zh,
-            r.share_condition or r.share_basis or "", r.analyst_view or "",
-        )  # fmt: skip
+            r.resource_id,
+            r.title,
+            r.owner,
+            str(len(r.fields)),
+            ", ".join(r.authority_for),
+            FREQUENCY_ZH[r.update_frequency],
+            r.share_type_zh,
+            r.share_condition or r.share_basis or "",
+            r.analyst_view or "",
+        )
     table.caption = "Fields: govmdm catalog --resource ID; in SQL: SELECT * FROM catalog"
     console.print(table)
 
@@ -387,19 +415,25 @@ def views_install(
         except AccessError as exc:
             raise _fail(exc) from exc
         audit.record(
-            engine, "views_install", engine.url.render_as_string(hide_password=True),
-            role="platform", row_count=len(report.views),
+            engine,
+            "views_install",
+            engine.url.render_as_string(hide_password=True),
+            role="platform",
+            row_count=len(report.views),
             detail={"grants": report.grants, "warnings": report.warnings},
-        )  # fmt: skip
+        )
     finally:
         engine.dispose()
     console.print(
         f"{len(report.views)} views on {report.backend} ({', '.join(report.views[::2])} and "
         f"their _full twins); catalog: {report.catalog_rows} fields"
-        + (f"; roles and grants: {'ok' if report.grants else 'not set'}"
-           if report.backend == "postgresql" else ""),
+        + (
+            f"; roles and grants: {'ok' if report.grants else 'not set'}"
+            if report.backend == "postgresql"
+            else ""
+        ),
         highlight=False,
-    )  # fmt: skip
+    )
     for w in report.warnings:
         console.print(f"[yellow]{w}", highlight=False)
 
@@ -440,7 +474,12 @@ def audit_list(
     for r in rows:
         style = "" if r["outcome"] == "ok" else "[red]"
         table.add_row(
-            str(r["at"])[:19], escape(r["who"]), r["action"], _text(r["role"]),
-            style + r["outcome"], _text(r["row_count"]), escape(r["target"]),
-        )  # fmt: skip
+            str(r["at"])[:19],
+            escape(r["who"]),
+            r["action"],
+            _text(r["role"]),
+            style + r["outcome"],
+            _text(r["row_count"]),
+            escape(r["target"]),
+        )
     console.print(table)

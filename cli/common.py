@@ -71,13 +71,26 @@ def _load(config: Path) -> Any:
     return city
 
 
-def _run_id(city: Any, run_id: str | None) -> str:
-    if run_id:
-        return run_id
-    import datetime as dt
-    from zoneinfo import ZoneInfo
+def _night(city: Any, config: Path, run_id: str | None) -> Any:
+    """The night ``run_id`` (default: today in the city's time zone) of the loaded city, as
+    the pipeline's stages take it; exits 2 on a run ID that cannot name the night's folders."""
+    from pipeline.context import Night
 
-    return dt.datetime.now(ZoneInfo(city.timezone)).date().isoformat()
+    try:
+        return Night.of(city, config, run_id)
+    except ValueError as exc:
+        console.print(f"[red]{exc}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _summarize(night: Any) -> None:
+    """Bring the night's summary (``var/nights/run=<id>/night.json``) up to date, as the
+    DAG's last task does, and say where it is."""
+    from pipeline import night as nightly
+    from pipeline.record import summary_path
+
+    nightly.summarize(night)
+    console.print(f"Night record: {summary_path(night.var_dir, night.run_id)}", highlight=False)
 
 
 def _check_departments(city: Any, departments: list[str] | None) -> list[str] | None:

@@ -15,7 +15,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import ConfigDir, RunId, _load, _progress, _run_id, app, console
+from cli.common import ConfigDir, RunId, _load, _night, _progress, _summarize, app, console
+from store import layout
 
 review_app = typer.Typer(
     help="The review queue: pairs the model could not decide.", no_args_is_help=True
@@ -35,32 +36,38 @@ def _refusals() -> Iterator[None]:
     """A night that cannot be linked or published says why and how to fix it, without a
     traceback, and the command ends with exit code 1."""
     from master_data.consolidate import ConsolidateError
+    from pipeline.night import NothingToLink
     from store.warehouse import WarehouseBusy
 
     try:
         yield
-    except (ConsolidateError, WarehouseBusy) as exc:
+    except (ConsolidateError, WarehouseBusy, NothingToLink) as exc:
         console.print(f"[red]{exc}", highlight=False)
         raise typer.Exit(1) from exc
 
 
-def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
-    from master_data.consolidate import link as do_link
-    from quality.suites import held_departments
+def _linking(night: Any, full: bool, retrain: bool) -> None:
+    """Link the night (:func:`pipeline.night.link`) and show what it did."""
+    from pipeline import night as nightly
 
-    held = held_departments(city, rid)
-    if held:
-        console.print(
-            f"[yellow]Held back by a blocking quality rule tonight: {', '.join(sorted(held))}. "
-            "Their rows stay as last published; `govmdm quality` says which rule.",
-            highlight=False,
-        )
+    results: list[Any] = []
     with _refusals(), _progress() as bar:
         task = bar.add_task("linking", total=None)
-        linked = do_link(
-            city, rid, full=full, retrain=retrain, held=held,
+        outcome = nightly.link(
+            night,
+            full=full,
+            retrain=retrain,
             progress=lambda msg: bar.update(task, description=msg[:40]),
-        )  # fmt: skip
+            on_result=results.append,
+        )
+    if outcome["held_back"]:
+        console.print(
+            "[yellow]Held back by a blocking quality rule tonight: "
+            f"{', '.join(outcome['held_back'])}. Their rows stay as last published; "
+            "`govmdm quality` says which rule.",
+            highlight=False,
+        )
+    linked = results[0]
     _print_linked(linked)
     for why in linked.unfinished.values():
         console.print(
@@ -69,7 +76,29 @@ def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
         )
     for what in linked.recovered:
         console.print(f"[yellow]Damaged master state recovered: {what}", highlight=False)
-    return linked
+
+
+def _publishing(night: Any) -> None:
+    """Publish the linked night (:func:`pipeline.night.publish`) and say what moved."""
+    from pipeline import night as nightly
+
+    results: list[dict[str, Any]] = []
+    with _refusals():
+        nightly.publish(night, on_result=results.append)
+    summary = results[0]
+    counts = {e: s["masters"] for e, s in summary["entities"].items()}
+    console.print(
+        f"Published night {night.run_id}: {counts['person']:,} persons, "
+        f"{counts['enterprise']:,} enterprises; {summary['watermarks_committed']} watermarks moved."
+    )
+    waiting = sorted({*summary.get("held_back", []), *summary.get("unfinished", {})})
+    if waiting:
+        console.print(
+            f"[yellow]Watermarks kept for {', '.join(waiting)}: their rows of tonight were not "
+            "published; the next night reads them again.",
+            highlight=False,
+        )
+    _summarize(night)
 
 
 def _print_linked(linked: Any) -> None:
@@ -78,19 +107,42 @@ def _print_linked(linked: Any) -> None:
         + (f", from {linked.base_run})" if linked.base_run else ")"),
         title_justify="left",
     )
-    cols = ("entity", "rows", "changed", "removed", "pairs", "rule links", "model links",
-            "refused", "masters", "singletons", "review", "conflicts", "IDs", "s")  # fmt: skip
+    cols = (
+        "entity",
+        "rows",
+        "changed",
+        "removed",
+        "pairs",
+        "rule links",
+        "model links",
+        "refused",
+        "masters",
+        "singletons",
+        "review",
+        "conflicts",
+        "IDs",
+        "s",
+    )
     for col in cols:
         table.add_column(col, justify="left" if col in ("entity", "IDs") else "right")
     for e, r in linked.entities.items():
         ids = ", ".join(f"{k} {v:,}" for k, v in sorted(r.events.items())) or "—"
         table.add_row(
-            e, f"{r.records:,}", f"{r.changed:,}", f"{r.removed:,}", f"{r.pairs_compared:,}",
-            f"{r.rule_links:,}", f"{r.model_links:,}",
-            f"{r.refused_hard_key + r.refused_kept_apart:,}", f"{r.masters:,}",
-            f"{r.singletons:,}", f"{r.review_queue:,}", f"{r.conflicts:,}", ids,
+            e,
+            f"{r.records:,}",
+            f"{r.changed:,}",
+            f"{r.removed:,}",
+            f"{r.pairs_compared:,}",
+            f"{r.rule_links:,}",
+            f"{r.model_links:,}",
+            f"{r.refused_hard_key + r.refused_kept_apart:,}",
+            f"{r.masters:,}",
+            f"{r.singletons:,}",
+            f"{r.review_queue:,}",
+            f"{r.conflicts:,}",
+            ids,
             f"{r.seconds:.1f}",
-        )  # fmt: skip
+        )
     table.caption = (
         f"relationships {linked.relationships:,}, unresolved references {linked.unresolved:,}; "
         f"state: {linked.state_dir}"
@@ -111,31 +163,14 @@ def link(
     is always full and trains the model.
     """
     city = _load(config)
-    _linking(city, _run_id(city, run_id), full, retrain)
+    _linking(_night(city, config, run_id), full, retrain)
 
 
 @app.command()
 def publish(config: ConfigDir = Path("config"), run_id: RunId = None) -> None:
     """Publish a linked night to the warehouse in one transaction; move the watermarks."""
-    from access.views import after_publish
-    from master_data.consolidate import publish as do_publish
-
     city = _load(config)
-    rid = _run_id(city, run_id)
-    with _refusals():
-        summary = do_publish(city, rid, after_publish)
-    counts = {e: s["masters"] for e, s in summary["entities"].items()}
-    console.print(
-        f"Published night {rid}: {counts['person']:,} persons, {counts['enterprise']:,} "
-        f"enterprises; {summary['watermarks_committed']} watermarks moved."
-    )
-    waiting = sorted({*summary.get("held_back", []), *summary.get("unfinished", {})})
-    if waiting:
-        console.print(
-            f"[yellow]Watermarks kept for {', '.join(waiting)}: their rows of tonight were not "
-            "published; the next night reads them again.",
-            highlight=False,
-        )
+    _publishing(_night(city, config, run_id))
 
 
 @app.command()
@@ -147,17 +182,13 @@ def consolidate(
 ) -> None:
     """`govmdm link` then `govmdm publish`, as one night: no other night links or publishes in
     between."""
-    from etl.state import warehouse_url
-    from store.warehouse import night_lock
+    from pipeline import night as nightly
 
     city = _load(config)
-    rid = _run_id(city, run_id)
-    with (
-        _refusals(),
-        night_lock(warehouse_url(city), rid, "consolidate", lock_dir=city.var_dir / "warehouse"),
-    ):
-        _linking(city, rid, full, retrain)
-        publish(config=config, run_id=rid)
+    night = _night(city, config, run_id)
+    with _refusals(), nightly.lock(night, "consolidate"):
+        _linking(night, full, retrain)
+        _publishing(night)
 
 
 @app.command()
@@ -207,19 +238,31 @@ def explain(
         try:
             ex = mask_explanation(ex, release_of(city))
         except NotShared as exc:
-            audit.record(warehouse_url(city), "explain", ex.master_id, role=role,
-                         outcome="refused", detail={"reason": str(exc)})  # fmt: skip
+            audit.record(
+                warehouse_url(city),
+                "explain",
+                ex.master_id,
+                role=role,
+                outcome="refused",
+                detail={"reason": str(exc)},
+            )
             console.print(f"[red]{escape(str(exc))}", highlight=False)
             raise typer.Exit(2) from exc
     audit.record(warehouse_url(city), "explain", ex.master_id, role=role, row_count=len(ex.members))
+    _print_explanation(ex)
+
+
+_ATTRIBUTE_KEYS = ("attribute", "value", "department", "source_key", "updated", "rule", "agree")
+
+
+def _print_explanation(ex: Any) -> None:
+    """The golden record with each value's source, the member rows and the links."""
     console.rule(f"[bold]{ex.master_id}[/bold] ({ex.entity}, night {ex.run_id})")
     golden = Table(title="golden record", title_justify="left")
     for col in ("attribute", "value", "department", "source key", "updated", "rule", "agree"):
         golden.add_column(col)
     for a in ex.attributes:
-        golden.add_row(*[escape(str(v)) if v is not None else "—" for v in (
-            a["attribute"], a["value"], a["department"], a["source_key"], a["updated"], a["rule"],
-            a["agree"])])  # fmt: skip
+        golden.add_row(*[escape(str(a[k])) if a[k] is not None else "—" for k in _ATTRIBUTE_KEYS])
     console.print(golden)
     members = Table(title="member rows", title_justify="left")
     for col in ex.member_columns:
@@ -259,10 +302,13 @@ def review_list(
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
-            r["entity"], escape(r["left_record"]), escape(r["right_record"]),
-            f"{r['probability']:.3f}", f"{r['left_master_id']} / {r['right_master_id']}",
+            r["entity"],
+            escape(r["left_record"]),
+            escape(r["right_record"]),
+            f"{r['probability']:.3f}",
+            f"{r['left_master_id']} / {r['right_master_id']}",
             escape(r["weights_text"]),
-        )  # fmt: skip
+        )
     console.print(table)
     console.print(
         "Decide with `govmdm review decide LEFT RIGHT link|apart`; the decision is recorded "
@@ -319,7 +365,7 @@ def evaluate(
 
     city = _load(config)
     try:
-        result = evaluate_published(city, truth or city.var_dir / "city")
+        result = evaluate_published(city, truth or layout.city_dir(city.var_dir))
     except (FileNotFoundError, LookupError, ValueError) as exc:
         console.print(f"[red]{exc}", highlight=False)
         raise typer.Exit(1) from exc
@@ -327,15 +373,34 @@ def evaluate(
         print(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
         return
     table = Table(title="Linkage against the truth", title_justify="left")
-    for col in ("entity", "rows", "masters", "true", "pair P", "pair R", "pair F1",
-                "cluster P", "cluster R", "cluster F1", "golden accuracy"):  # fmt: skip
+    for col in (
+        "entity",
+        "rows",
+        "masters",
+        "true",
+        "pair P",
+        "pair R",
+        "pair F1",
+        "cluster P",
+        "cluster R",
+        "cluster F1",
+        "golden accuracy",
+    ):
         table.add_column(col, justify="left" if col == "entity" else "right")
     for e, ev in result.entities.items():
         p, c = ev.pairwise, ev.clusters
         acc = ev.golden.fully_correct if ev.golden is not None else float("nan")
         table.add_row(
-            e, f"{ev.counts.linked:,}", f"{ev.counts.clusters:,}", f"{ev.counts.true_entities:,}",
-            f"{p.precision:.4f}", f"{p.recall:.4f}", f"{p.f1:.4f}", f"{c.precision:.4f}",
-            f"{c.recall:.4f}", f"{c.f1:.4f}", f"{acc:.4f}",
-        )  # fmt: skip
+            e,
+            f"{ev.counts.linked:,}",
+            f"{ev.counts.clusters:,}",
+            f"{ev.counts.true_entities:,}",
+            f"{p.precision:.4f}",
+            f"{p.recall:.4f}",
+            f"{p.f1:.4f}",
+            f"{c.precision:.4f}",
+            f"{c.recall:.4f}",
+            f"{c.f1:.4f}",
+            f"{acc:.4f}",
+        )
     console.print(table)

@@ -3,6 +3,7 @@ standardize and the Airflow demo."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,12 +18,13 @@ from cli.common import (
     _check_departments,
     _flags_broken,
     _load,
+    _night,
     _progress,
-    _run_id,
     app,
     config_app,
     console,
 )
+from store import layout
 
 
 def _row_table(title: str, manifest: dict[str, Any], out: Path) -> Table:
@@ -91,9 +93,13 @@ def sample(
                 bar.advance(tasks[name], step)
 
             manifest = generate_city(
-                out, persons=persons, enterprises=enterprises, seed=seed, targets=targets,
+                out,
+                persons=persons,
+                enterprises=enterprises,
+                seed=seed,
+                targets=targets,
                 progress=advance,
-            )  # fmt: skip
+            )
         title = f"Sample city (seed {seed}) written to {out}"
     console.print(_row_table(title, manifest, out))
     console.print(f"Ground truth: {out / 'truth'}/{{persons,enterprises,source_rows,dirt}}.parquet")
@@ -175,10 +181,12 @@ def _probe_sources(city: Any) -> None:
             table.add_row(d.code, result.backend or "—", "—", "—", f"[red]{result.problem}")
         for t in result.tables:
             status = (
-                f"[red]{t.problem}" if t.problem
-                else f"[red]missing columns: {', '.join(t.missing_columns)}" if t.missing_columns
+                f"[red]{t.problem}"
+                if t.problem
+                else f"[red]missing columns: {', '.join(t.missing_columns)}"
+                if t.missing_columns
                 else "[green]ok"
-            )  # fmt: skip
+            )
             rows = "—" if t.rows is None else f"{t.rows:,}"
             table.add_row(d.code, result.backend or "—", t.table, rows, status)
     console.print(table)
@@ -206,36 +214,67 @@ def extract(
     publish the night again exactly as it was. An older night than the latest published one is
     refused (exit code 2), with the command that works.
     """
-    from etl.extract import extract_all
-    from pipeline.night import NightRefused, rerun_plan
+    from pipeline import night as nightly
 
     city = _load(config)
-    runnable = _check_departments(city, department)
-    rid = _run_id(city, run_id)
-    chosen = runnable or [d.code for d in city.departments]
+    chosen = _check_departments(city, department) or [d.code for d in city.departments]
+    night = _night(city, config, run_id)
     try:
-        how = rerun_plan(city, rid, chosen, full=full)
-    except NightRefused as exc:
+        replayed = nightly.plan(night, departments=department, full=full)["rerun"]
+    except nightly.NightRefused as exc:
         console.print(f"[red]{exc}", highlight=False)
         raise typer.Exit(2) from exc
-    replayed = [c for c in chosen if how[c] == "replay"]
-    fresh = [c for c in chosen if how[c] == "extract"]
     if replayed:
         console.print(
-            f"[yellow]Night {rid} is published with the rows of {', '.join(replayed)}: their raw "
-            "data is replayed and their sources are not read, so the night is published again "
-            "exactly as it was.",
+            f"[yellow]Night {night.run_id} is published with the rows of {', '.join(replayed)}: "
+            "their raw data is replayed and their sources are not read, so the night is "
+            "published again exactly as it was.",
             highlight=False,
         )
-    results = []
+    results: list[Any] = []
+    reused: dict[str, Any] = {}
+    refused: list[str] = []
     with _progress() as bar:
-        task = bar.add_task("departments", total=len(fresh))
-        if fresh:
-            results = extract_all(
-                city, rid, departments=fresh, full=full,
-                progress=lambda r: bar.advance(task, 1),
-            )  # fmt: skip
-    table = Table(title=f"Extraction, run {rid}", title_justify="left")
+        task = bar.add_task("departments", total=len(chosen) - len(replayed))
+
+        def extracted(result: Any) -> None:
+            results.append(result)
+            bar.advance(task, 1)
+
+        for code in chosen:
+            try:
+                outcome = nightly.extract(
+                    night,
+                    code,
+                    full=full,
+                    replay=code in replayed,
+                    retries=3,
+                    backoff_s=2.0,
+                    on_result=extracted,
+                )
+            except nightly.DepartmentFlagged as exc:
+                if not any(r.department == code for r in results):
+                    refused.append(f"[red]{code}[/red]: {exc}")
+                continue
+            if outcome["status"] == "reused":
+                reused[code] = outcome["tables"]
+    console.print(_extraction_table(night.run_id, results, reused))
+    for r in results:
+        if r.message:
+            console.print(f"[red]{r.department}[/red]: {r.message}", highlight=False)
+        for t in r.tables:
+            if r.ok and t.message:
+                console.print(f"[yellow]{r.department}[/yellow]: {t.message}", highlight=False)
+    for line in refused:
+        console.print(line, highlight=False)
+    console.print(f"Raw Parquet: {night.raw_root}")
+    if refused or not all(r.ok for r in results) or _flags_broken(city, department):
+        raise typer.Exit(1)
+
+
+def _extraction_table(run_id: str, results: list[Any], reused: dict[str, Any]) -> Table:
+    """Each table extracted tonight, then each table replayed from the raw data kept."""
+    table = Table(title=f"Extraction, run {run_id}", title_justify="left")
     cols = ("department", "table", "mode", "rows", "unchanged", "late", "deleted", "watermark")
     numbers = ("rows", "unchanged", "late", "deleted", "s")
     for col in (*cols, "s", "status"):
@@ -243,25 +282,24 @@ def extract(
     for r in results:
         for t in r.tables:
             style = "green" if t.status == "ok" else "red"
+            deleted = "—" if t.rows_deleted is None else f"{t.rows_deleted:,}"
             table.add_row(
-                r.department, t.table, t.mode, f"{t.rows_read:,}", f"{t.rows_unchanged:,}",
-                f"{t.rows_late:,}", "—" if t.rows_deleted is None else f"{t.rows_deleted:,}",
-                t.watermark_after or "—", f"{t.duration_s:.1f}", f"[{style}]{t.status}",
-            )  # fmt: skip
-    for code in replayed:
-        for t in city.department(code).tables:
-            rows = f"{_raw_rows(city, rid, code, t.name):,}"
-            table.add_row(code, t.name, "replay", rows, "—", "—", "—", "—", "—", "[green]reused")
-    console.print(table)
-    for r in results:
-        if r.message:
-            console.print(f"[red]{r.department}[/red]: {r.message}", highlight=False)
-        for t in r.tables:
-            if r.ok and t.message:
-                console.print(f"[yellow]{r.department}[/yellow]: {t.message}", highlight=False)
-    console.print(f"Raw Parquet: {city.var_dir / 'raw' / f'run={rid}'}")
-    if not all(r.ok for r in results) or _flags_broken(city, department):
-        raise typer.Exit(1)
+                r.department,
+                t.table,
+                t.mode,
+                f"{t.rows_read:,}",
+                f"{t.rows_unchanged:,}",
+                f"{t.rows_late:,}",
+                deleted,
+                t.watermark_after or "—",
+                f"{t.duration_s:.1f}",
+                f"[{style}]{t.status}",
+            )
+    for code, tables in reused.items():
+        for name, t in tables.items():
+            rows = f"{t['rows']:,}"
+            table.add_row(code, name, "replay", rows, "—", "—", "—", "—", "—", "[green]reused")
+    return table
 
 
 @app.command("accept-deletions")
@@ -359,43 +397,56 @@ def standardize(
     Every row lands either in the canonical table or in the rejects table with its reasons;
     a department whose counts do not reconcile fails (exit code 1), the others go on.
     """
-    from etl.standardize import standardize_all
+    from pipeline import night as nightly
 
     city = _load(config)
     department = _check_departments(city, department)
-    rid = _run_id(city, run_id)
+    night = _night(city, config, run_id)
+    chosen = [d for d in city.departments if department is None or d.code in department]
+    results: list[Any] = []
     with _progress() as bar:
-        tasks: dict[str, Any] = {}
-        for d in city.departments:
-            if department is None or d.code in department:
-                total = sum(_raw_rows(city, rid, d.code, t.name) for t in d.tables)
-                tasks[d.code] = bar.add_task(d.code, total=total)
-        results = standardize_all(
-            city, rid, departments=department,
-            progress=lambda code, n: bar.advance(tasks[code], n),
-        )  # fmt: skip
-    table = Table(title=f"Standardization, run {rid}", title_justify="left")
-    cols = ("department", "read", "standardized", "rejected", "rejected by reason",
-            "top field reasons", "status")  # fmt: skip
-    for col in cols:
-        table.add_column(
-            col, justify="right" if col in ("read", "standardized", "rejected") else "left"
-        )
+        tasks = {
+            d.code: bar.add_task(
+                d.code, total=sum(_raw_rows(city, night.run_id, d.code, t.name) for t in d.tables)
+            )
+            for d in chosen
+        }
+        for d in chosen:
+            with contextlib.suppress(nightly.DepartmentFlagged):  # shown in the table below
+                nightly.standardize(
+                    night,
+                    d.code,
+                    progress=lambda code, n: bar.advance(tasks[code], n),
+                    on_result=results.append,
+                )
+    console.print(_standardization_table(night.run_id, results))
+    for r in results:
+        if r.message:
+            console.print(f"[yellow]{r.department}[/yellow]: {r.message}", highlight=False)
+    console.print(f"Canonical Parquet: {layout.canonical_run_dir(city.var_dir, night.run_id)}")
+    if any(r.status in ("failed", "config") for r in results) or _flags_broken(city, department):
+        raise typer.Exit(1)
+
+
+def _standardization_table(run_id: str, results: list[Any]) -> Table:
+    table = Table(title=f"Standardization, run {run_id}", title_justify="left")
+    numbers = ("read", "standardized", "rejected")
+    for col in ("department", *numbers, "rejected by reason", "top field reasons", "status"):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in results:
         top = ", ".join(f"{code} {n:,}" for code, n in r.field_reasons.most_common(3)) or "—"
         why = ", ".join(f"{c} {n:,}" for c, n in r.reject_reasons.most_common(3)) or "—"
         style = {"ok": "green", "skipped": "yellow"}.get(r.status, "red")
         table.add_row(
-            r.department, f"{r.rows_read:,}", f"{r.standardized:,}", f"{r.rejected:,}", why, top,
+            r.department,
+            f"{r.rows_read:,}",
+            f"{r.standardized:,}",
+            f"{r.rejected:,}",
+            why,
+            top,
             f"[{style}]{r.status}",
-        )  # fmt: skip
-    console.print(table)
-    for r in results:
-        if r.message:
-            console.print(f"[yellow]{r.department}[/yellow]: {r.message}", highlight=False)
-    console.print(f"Canonical Parquet: {city.var_dir / 'canonical' / f'run={rid}'}")
-    if any(r.status in ("failed", "config") for r in results) or _flags_broken(city, department):
-        raise typer.Exit(1)
+        )
+    return table
 
 
 @app.command()
@@ -415,12 +466,11 @@ def demo(
     The first run generates the sample city; each later run applies the next night's changes.
     """
     import json
-    import re
 
-    from pipeline import night as nightly
+    from pipeline.record import read_summary, summary_path
 
     city = _load(config)
-    out = city.var_dir / "city"
+    out = layout.city_dir(city.var_dir)
     console.rule("[bold]govmdm demo")
     config_check(config, connect=False)
     if fresh or not (out / "city.json").exists():
@@ -433,7 +483,39 @@ def demo(
         console.print("[yellow]A source failed the probe: the night flags it and goes on.")
     rid = json.loads((out / "city.json").read_text())["as_of"]  # the sample city's night
     console.rule(f"[bold]night {rid}: the nightly DAG, run by Airflow")
-    log = city.var_dir / "airflow" / "logs" / f"demo-night-{rid}.log"
+    log = layout.demo_log_path(city.var_dir, rid)
+    code = _run_demo_night(city, config, rid, log)
+    summary = read_summary(city.var_dir, rid)
+    if not summary:
+        console.print(f"[red]The DAG run stopped before its summary; Airflow's log: {log}")
+        raise typer.Exit(1)
+    console.print(_demo_table(rid, summary))
+    _print_demo_night(summary)
+    if code != 0:
+        flagged = ", ".join(summary["flagged"]) or "a stage failed"
+        console.print(f"[yellow]The DAG run ended failed ({flagged}); the others were published.")
+    console.print(
+        f"Night summary: {summary_path(city.var_dir, rid)}\n"
+        f"Airflow's log: {log}\nAirflow metadata database: {layout.airflow_db_path(city.var_dir)}",
+        highlight=False,
+    )
+    from cli import master
+
+    console.rule(f"[bold]night {rid}: against the sample city's truth")
+    master.evaluate(config=config, truth=out, as_json=False)
+    console.print(
+        "Watch the nights in the Airflow UI: `airflow standalone` on var/airflow (dags/README.md). "
+        "Try: `govmdm explain <master ID | department:key>`, `govmdm review list`."
+    )
+
+
+def _run_demo_night(city: Any, config: Path, rid: str, log: Path) -> int:
+    """Night ``rid`` through the nightly DAG on the project-local Airflow, the running task in
+    the status line; prints the Airflow commands run and returns the DAG run's exit code."""
+    import re
+
+    from pipeline.airflow_local import run_local_night
+
     started = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
     with console.status("Airflow: starting (db migrate, pools import, dags test)") as status:
 
@@ -442,36 +524,46 @@ def demo(
                 index = f" [{m[2]}]" if m[2] != "-1" else ""
                 status.update(f"Airflow: govmdm_nightly · {m[1]}{index}")
 
-        code, commands = nightly.run_local_night(city, config, rid, log=log, on_line=show)
+        code, commands = run_local_night(city, config, rid, log=log, on_line=show)
     for command in commands:
         console.print(f"$ {command}", style="dim", highlight=False)
-    summary = nightly.read_summary(city.var_dir, rid)
-    if not summary:
-        console.print(f"[red]The DAG run stopped before its summary; Airflow's log: {log}")
-        raise typer.Exit(1)
+    return code
 
+
+def _demo_table(rid: str, summary: dict[str, Any]) -> Table:
+    """Each department's night, from the night's summary."""
     table = Table(title=f"Night {rid} in Airflow (govmdm_nightly)", title_justify="left")
     numbers = ("rows read", "deleted", "standardized", "rejected", "quality")
     quality = summary.get("quality", {}).get("departments", {})
     for col in ("department", "name", "extract", *numbers, "status"):
         table.add_column(col, justify="right" if col in numbers else "left", overflow="fold")
-    for code_, d in summary["departments"].items():
+    for code, d in summary["departments"].items():
         ext, std = d.get("extract", {}), d.get("standardize", {})
         tables = ext.get("tables", {}).values()
         modes = sorted({t.get("mode", "?") for t in tables})
         deleted = sum(t.get("deleted") or 0 for t in tables)
-        status_ = (
-            "[green]ok" if d["status"] == "ok"
-            else f"[red]{d.get('failed_stage')}: {d.get('message', '').splitlines()[0]}"
-        )  # fmt: skip
-        q = quality.get(code_, {})
+        if d["status"] == "ok":
+            status = "[green]ok"
+        else:
+            status = f"[red]{d.get('failed_stage')}: {d.get('message', '').splitlines()[0]}"
+        q = quality.get(code, {})
         score = "—" if q.get("score") is None else f"{q['score']:.1f} {q.get('grade') or ''}"
         table.add_row(
-            code_, d.get("name", ""), "/".join(modes) or "—", f"{ext.get('rows', 0):,}",
-            f"{deleted:,}", f"{std.get('standardized', 0):,}", f"{std.get('rejected', 0):,}",
-            score, status_,
-        )  # fmt: skip
-    console.print(table)
+            code,
+            d.get("name", ""),
+            "/".join(modes) or "—",
+            f"{ext.get('rows', 0):,}",
+            f"{deleted:,}",
+            f"{std.get('standardized', 0):,}",
+            f"{std.get('rejected', 0):,}",
+            score,
+            status,
+        )
+    return table
+
+
+def _print_demo_night(summary: dict[str, Any]) -> None:
+    """What the night linked and published, its quality and where its reports are."""
     if linked := summary.get("link"):
         base = f", on night {linked['base_run']}" if linked.get("base_run") else ""
         console.print(
@@ -497,19 +589,3 @@ def demo(
             f"{summary.get('delivery', {}).get('note', 'not sent')}",
             highlight=False,
         )
-    if code != 0:
-        flagged = ", ".join(summary["flagged"]) or "a stage failed"
-        console.print(f"[yellow]The DAG run ended failed ({flagged}); the others were published.")
-    console.print(
-        f"Night summary: {nightly.summary_path(city.var_dir, rid)}\n"
-        f"Airflow's log: {log}\nAirflow metadata database: {city.var_dir / 'airflow'}/airflow.db",
-        highlight=False,
-    )
-    from cli import master
-
-    console.rule(f"[bold]night {rid}: against the sample city's truth")
-    master.evaluate(config=config, truth=out, as_json=False)
-    console.print(
-        "Watch the nights in the Airflow UI: `airflow standalone` on var/airflow (dags/README.md). "
-        "Try: `govmdm explain <master ID | department:key>`, `govmdm review list`."
-    )

@@ -18,7 +18,8 @@ from cli.common import (
     _check_departments,
     _flags_broken,
     _load,
-    _run_id,
+    _night,
+    _summarize,
     app,
     console,
 )
@@ -46,8 +47,8 @@ def quality(
     or the configuration have errors.
     """
     from etl.config import ConfigError
+    from pipeline import night as nightly
     from quality.rules import load_quality_rules
-    from quality.suites import run_quality
 
     city = _load(config)
     department = _check_departments(city, department)
@@ -59,9 +60,11 @@ def quality(
     if list_rules:
         _print_rules(rules, department)
         return
-    rid = _run_id(city, run_id)
-    with console.status(f"judging the quality rules of night {rid}"):
-        night = run_quality(city, rid, departments=department, rules=rules)
+    tonight = _night(city, config, run_id)
+    judged: list[Any] = []
+    with console.status(f"judging the quality rules of night {tonight.run_id}"):
+        nightly.quality(tonight, departments=department, rules=rules, on_result=judged.append)
+    night = judged[0]
     _print_scorecards(night)
     _print_failures(night)
     held = sorted(d for d, q in night.departments.items() if q.held_back)
@@ -87,6 +90,7 @@ def quality(
             highlight=False,
         )
     console.print("Results: dq_result, dq_scorecard in the warehouse (`govmdm quality --rules`)")
+    _summarize(tonight)
     if held or errors or undelivered or _flags_broken(city, department):
         raise typer.Exit(1)
 

@@ -6,13 +6,14 @@ Registered on :data:`cli.common.app`; a thin layer over :mod:`quality.report` an
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from cli.common import ConfigDir, _load, app, console
+from cli.common import ConfigDir, _load, _night, app, console
 
 _HEADLINE_STYLE = {
     "passed": "green",
@@ -48,15 +49,17 @@ def report(
     nights: Annotated[int, typer.Option(min=1, help="Nights in the trend chart.")] = 14,
 ) -> None:
     """Write each department's data-quality report (HTML in Chinese + JSON) and the overview
-    under var/reports/run=ID/; with --send, e-mail them.
+    under var/reports/run=ID/; with --send, e-mail them (a report already e-mailed for the
+    night is not sent again, so a rerun after a mail-server outage sends only the rest).
 
     Exit code 1 if any e-mail failed, 2 if there is nothing to report or a report would hold
     personal data in clear.
     """
-    from etl.state import warehouse_url
-    from quality.deliver import DeliveryConfigError, SmtpSettings, deliver_reports
-    from quality.report import UnmaskedDataError, build_reports
-    from store.warehouse import engine_for
+    import dataclasses
+
+    from pipeline import night as nightly
+    from quality.deliver import DeliveryConfigError, SmtpSettings
+    from quality.report import UnmaskedDataError
 
     city = _load(config)
     known = [d.code for d in city.departments]
@@ -70,19 +73,21 @@ def report(
         except DeliveryConfigError as exc:
             console.print(f"[red]{exc}", highlight=False)
             raise typer.Exit(2) from exc
-    engine = engine_for(warehouse_url(city))
-    rid = run_id or _latest_night(engine)
+    rid = run_id or nightly.last_judged_night(city)
     if rid is None:
         console.print(
             "[red]No quality results in the warehouse yet: run the quality suites for a night "
             "first."
         )
         raise typer.Exit(2)
+    night = _night(city, config, rid)
+    built: list[Any] = []
     try:
-        reports = build_reports(city, rid, department, nights=nights, engine=engine)
+        nightly.build_reports(night, department, nights=nights, on_result=built.append)
     except UnmaskedDataError as exc:
         console.print(f"[red]{exc}", highlight=False)
         raise typer.Exit(2) from exc
+    reports = built[0]
     if not reports.departments:
         console.print(f"[yellow]No quality results for night {rid}.")
     console.print(_report_table(rid, reports))
@@ -90,23 +95,16 @@ def report(
     if not send:
         console.print("Not e-mailed (use --send).")
         return
-    result = deliver_reports(city, reports, settings)
+    smtp = dataclasses.asdict(settings) if settings is not None else None
+    sent: list[Any] = []
+    with contextlib.suppress(nightly.DeliveryFailed):  # each failure is in the table below
+        nightly.send_reports(night, department, smtp=smtp, nights=nights, on_result=sent.append)
+    result = sent[0]
     if result.smtp_configured:
         console.print(_delivery_table(result))
     console.print(result.note, highlight=False, style=None if result.smtp_configured else "yellow")
     if not result.ok:
         raise typer.Exit(1)
-
-
-def _latest_night(engine: Any) -> str | None:
-    import sqlalchemy as sa
-
-    from quality.report import night_key
-    from store.tables import result_table
-
-    with engine.connect() as conn:
-        runs = list(conn.execute(sa.select(result_table.c.run_id).distinct()).scalars())
-    return max(runs, key=night_key) if runs else None
 
 
 def _report_table(run_id: str, reports: Any) -> Table:

@@ -1,8 +1,9 @@
 """The tasks of a govmdm night and the builder that the three DAG files share.
 
-Thin wiring only: every task calls one function of :mod:`pipeline.night` (which calls the stage in
-``etl/``, ``master_data/`` or ``quality/``) and passes the night's run ID and department codes,
-never data. Nothing here reads a file, a connection or a Variable at import time.
+Thin wiring only: every task calls one stage function of :mod:`pipeline.night` (which calls the
+stage in ``etl/``, ``master_data/`` or ``quality/``) with the night's context
+(:class:`pipeline.context.Night`) and department codes, never data. Nothing here reads a file,
+a connection or a Variable at import time.
 
 This module holds no DAG itself (``.airflowignore`` keeps the DAG processor from parsing it).
 """
@@ -69,14 +70,14 @@ _MAPPED = re.compile(r"^department\.(?P<stage>\w+?)_(?P<index>\d+)$")
 
 def _config() -> Path:
     """The configuration folder: ``$GOVMDM_CONFIG``, else the project's ``config/``."""
-    from pipeline.night import config_dir
+    from pipeline.context import config_dir
 
     return config_dir(PROJECT / "config")
 
 
 def _flagged(exc: Exception) -> Exception:
     """A department's own failure: retried by the scheduler only when that can help."""
-    from pipeline.night import DepartmentFlagged
+    from pipeline.context import DepartmentFlagged
 
     if isinstance(exc, DepartmentFlagged) and not exc.retryable:
         return AirflowFailException(str(exc))
@@ -143,7 +144,7 @@ def notify_data_engineering(context: Context) -> None:
     """
     from airflow.providers.smtp.hooks.smtp import SmtpHook
 
-    from pipeline.night import read_summary
+    from pipeline.record import read_summary
 
     city, recipient, contact, config_problem = _alert_recipient()
     ti = context.get("ti")
@@ -197,10 +198,10 @@ def _alert_recipient() -> tuple[Any, str, str, str | None]:
     sender address of ``[email] from_email``."""
     import yaml
 
-    from etl.config import ConfigError, load_city_config
+    from pipeline.context import ConfigError, load_city
 
     try:
-        city = load_city_config(_config(), tolerant=True)
+        city = load_city(_config())
         contact = city.data_engineering_contact
         return city, str(contact.email), contact.name, None
     except ConfigError as exc:
@@ -234,13 +235,241 @@ def _night_id(context: Context) -> str:
     when = getattr(dag_run, "logical_date", None) or getattr(dag_run, "run_after", None)
     if when is None:
         return "?"
-    from etl.config import ConfigError, load_city_config
-    from pipeline.night import run_id_for
+    from pipeline.context import ConfigError, Night
 
     try:
-        return run_id_for(when, load_city_config(_config(), tolerant=True).timezone)
+        return str(Night.at(_config(), when).run_id)
     except ConfigError:
         return when.date().isoformat()
+
+
+# --- the tasks of a night ------------------------------------------------------------------------
+
+
+def _night(planned: dict[str, Any]) -> Any:
+    """The planned night's context (:class:`pipeline.context.Night`)."""
+    from pipeline.context import Night
+
+    return Night.open(_config(), planned["run_id"])
+
+
+def _plan(mode: Mode) -> Any:
+    """The ``plan`` task of a ``mode`` night."""
+
+    @task
+    def plan() -> dict[str, Any]:
+        """Work out the night's run ID (the logical date in the city's time zone, or the
+        ``run_id`` parameter) and the departments to run, and check them."""
+        from pipeline import night as glue
+        from pipeline.context import ConfigError, Night
+
+        ctx = get_current_context()
+        p, run = ctx["params"], ctx["dag_run"]
+        if mode == "replay" and not p.get("run_id"):
+            raise AirflowFailException(
+                "govmdm_replay needs the run ID of the night to replay: "
+                """trigger it with -c '{"run_id": "2026-07-01"}'"""
+            )
+        full = mode == "rebuild" or bool(p.get("full"))
+        try:
+            if p.get("run_id"):
+                night = Night.open(_config(), p["run_id"])
+            else:
+                night = Night.at(_config(), run.logical_date or run.run_after)
+            out = glue.plan(
+                night, departments=p.get("departments") or None, replay=mode == "replay", full=full
+            )
+        except (ConfigError, ValueError) as exc:  # a retry cannot fix configuration
+            raise AirflowFailException(f"the night cannot start:\n{exc}") from exc
+        return {
+            **out,
+            "mode": mode,
+            "full": full,
+            "retrain": bool(p.get("retrain")),
+            "send_reports": bool(p.get("send_reports", True)),
+        }
+
+    return plan
+
+
+@task
+def departments(planned: dict[str, Any]) -> list[str]:
+    """The department codes to map over."""
+    return list(planned["departments"])
+
+
+@task(
+    map_index_template=DEPARTMENT,
+    pool=SOURCES_POOL,
+    retries=3,
+    retry_delay=dt.timedelta(minutes=5),
+    retry_exponential_backoff=2.0,
+    max_retry_delay=dt.timedelta(minutes=40),
+)
+def extract(department: str, planned: dict[str, Any]) -> dict[str, Any]:
+    """Read one department's source database, read-only, into raw Parquet (incremental
+    by watermark; in full on a rebuild; not at all on a replay). An unreachable source
+    is retried with exponential backoff; schema drift fails at once."""
+    from pipeline import night as glue
+
+    replay = planned["mode"] == "replay"
+    try:
+        with _source_connection(None if replay else planned["connections"][department]):
+            return glue.extract(_night(planned), department, full=planned["full"], replay=replay)
+    except glue.DepartmentFlagged as exc:
+        raise _flagged(exc) from exc
+
+
+@task(map_index_template=DEPARTMENT)
+def standardize(department: str, planned: dict[str, Any]) -> dict[str, Any]:
+    """Canonical person and enterprise rows, raw kept beside clean; rows that identify
+    no one go to rejects with reasons. Fails the department if counts do not reconcile."""
+    from pipeline import night as glue
+
+    try:
+        return glue.standardize(_night(planned), department)
+    except glue.DepartmentFlagged as exc:
+        raise _flagged(exc) from exc
+
+
+@task(map_index_template=DEPARTMENT)
+def validate(department: str, planned: dict[str, Any]) -> dict[str, Any]:
+    """The department's blocking quality rules on tonight's batch: a failure holds its
+    batch back from the golden tables (this task fails, the night goes on)."""
+    from pipeline import night as glue
+
+    try:
+        return glue.validate(_night(planned), department)
+    except glue.DepartmentFlagged as exc:
+        raise _flagged(exc) from exc
+
+
+@task_group(group_id="department")
+def department(code: str, planned: dict[str, Any]) -> Any:
+    """One department's night, mapped over the departments: extract → standardize →
+    validate."""
+    extracted = extract(department=code, planned=planned)
+    standardized = standardize(department=code, planned=planned)
+    validated = validate(department=code, planned=planned)
+    extracted >> standardized >> validated
+    return validated
+
+
+@task(
+    trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
+    execution_timeout=dt.timedelta(hours=2),
+)
+def link(planned: dict[str, Any], delivered: Any) -> dict[str, Any]:
+    """Link the canonical rows of every department that made it through tonight into
+    master entities: candidates, Fellegi–Sunter scores, rules, clusters, stable master
+    IDs, golden records. Runs whatever the other departments did; the rest are held
+    back (their watermarks stay, the next night reads them again)."""
+    from pipeline import night as glue
+
+    made_it = [d["department"] for d in delivered]
+    return glue.link(
+        _night(planned),
+        departments=made_it,
+        held=[c for c in planned["departments"] if c not in made_it],
+        full=planned["full"],
+        retrain=planned["retrain"],
+    )
+
+
+@task
+def publish(planned: dict[str, Any], linked: dict[str, Any]) -> dict[str, Any]:
+    """Replace the golden tables in one transaction and move the watermarks (not those
+    of departments held back tonight)."""
+    from pipeline import night as glue
+
+    return glue.publish(_night(planned))
+
+
+@task(outlets=[MDM_PERSON, MDM_ENTERPRISE], execution_timeout=dt.timedelta(hours=1))
+def validate_golden(
+    planned: dict[str, Any], linked: dict[str, Any], published: dict[str, Any]
+) -> Any:
+    """Judge every quality rule on the published night — each department's batch,
+    ledger and consistency-with-the-authority rules, and the golden-table rules — store
+    results and scorecards, then emit the ``mdm_person`` / ``mdm_enterprise`` Asset
+    events with the night's counts and quality scores, for downstream DAGs."""
+    from pipeline import night as glue
+
+    scored = glue.quality(_night(planned))
+    scores = {c: q["score"] for c, q in scored["departments"].items()}
+    for table, asset in GOLDEN.items():
+        yield Metadata(
+            asset,
+            {
+                "run_id": planned["run_id"],
+                "mode": published["mode"],
+                "rows": published[table],
+                "departments": linked["departments"],
+                "held_back": linked["held_back"],
+                "quality_score": scored["score"],
+                "department_scores": scores,
+            },
+        )
+    return scored
+
+
+@task
+def build_reports(planned: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
+    """Each department's data-quality report (Chinese HTML + JSON twin) and the
+    overview, under ``var/reports/run=<id>/``; personal data masked."""
+    from pipeline import night as glue
+
+    return glue.build_reports(_night(planned))
+
+
+@task(retries=2, retry_delay=dt.timedelta(minutes=10))
+def send_reports(planned: dict[str, Any], reports: dict[str, Any]) -> dict[str, Any]:
+    """E-mail each department its report and the overview to the data-engineering
+    contact through the ``smtp_default`` connection (or ``GOVMDM_SMTP_*``). A retry
+    sends only what has not gone out yet."""
+    from pipeline import night as glue
+
+    if not planned["send_reports"]:
+        raise AirflowSkipException("send_reports is off for this run")
+    return glue.send_reports(_night(planned), smtp=_smtp_settings())
+
+
+@task(trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None, retries=0)
+def summary(planned: dict[str, Any]) -> dict[str, Any]:
+    """Write the night's summary (per department, golden tables) to
+    ``var/nights/run=<id>/night.json``; fail the DAG run if a department was flagged or
+    a stage failed, after everything else is done."""
+    from pipeline import night as glue
+
+    ti = get_current_context()["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
+    per_department, failed_stages = _task_states(states, planned["departments"], ti.task_id)
+    result = glue.summarize(
+        _night(planned), task_states=per_department, extra={"mode": planned["mode"]}
+    )
+    problems = [
+        f"{c}: {result['departments'][c]['message']}" for c in result["flagged"]
+    ] + failed_stages
+    if problems:
+        raise AirflowFailException(
+            f"night {planned['run_id']} finished with problems:\n" + "\n".join(problems)
+        )
+    return {k: result[k] for k in ("run_id", "flagged", "golden")}
+
+
+def _task_states(
+    states: dict[str, str], codes: list[str], own: str
+) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """The scheduler's task states of the night: per department (code → stage → state) from
+    the mapped tasks, and the other tasks that failed."""
+    per_department: dict[str, dict[str, str]] = {}
+    failed_stages = []
+    for key, state in states.items():
+        if m := _MAPPED.match(key):
+            per_department.setdefault(codes[int(m["index"])], {})[m["stage"]] = state
+        elif key != own and state in ("failed", "upstream_failed"):
+            failed_stages.append(f"{key} {state}")
+    return per_department, failed_stages
 
 
 # --- the night ----------------------------------------------------------------------------------
@@ -286,219 +515,20 @@ def night_dag(
         tags=tags,
     )
     def night() -> None:
-        @task
-        def plan() -> dict[str, Any]:
-            """Work out the night's run ID (the logical date in the city's time zone, or the
-            ``run_id`` parameter) and the departments to run, and check them."""
-            from pipeline import night as glue
-
-            ctx = get_current_context()
-            p, run = ctx["params"], ctx["dag_run"]
-            if mode == "replay" and not p.get("run_id"):
-                raise AirflowFailException(
-                    "govmdm_replay needs the run ID of the night to replay: "
-                    """trigger it with -c '{"run_id": "2026-07-01"}'"""
-                )
-            from etl.config import ConfigError
-
-            try:
-                out = glue.plan(
-                    _config(),
-                    when=run.logical_date or run.run_after,
-                    run_id=p.get("run_id") or None,
-                    departments=p.get("departments") or None,
-                    replay=mode == "replay",
-                    full=mode == "rebuild" or bool(p.get("full")),
-                )
-            except (ConfigError, ValueError) as exc:  # a retry cannot fix configuration
-                raise AirflowFailException(f"the night cannot start:\n{exc}") from exc
-            return {
-                **out,
-                "mode": mode,
-                "full": mode == "rebuild" or bool(p.get("full")),
-                "retrain": bool(p.get("retrain")),
-                "send_reports": bool(p.get("send_reports", True)),
-            }
-
-        @task
-        def departments(planned: dict[str, Any]) -> list[str]:
-            """The department codes to map over."""
-            return list(planned["departments"])
-
-        @task(
-            map_index_template=DEPARTMENT,
-            pool=SOURCES_POOL,
-            retries=3,
-            retry_delay=dt.timedelta(minutes=5),
-            retry_exponential_backoff=2.0,
-            max_retry_delay=dt.timedelta(minutes=40),
-        )
-        def extract(department: str, planned: dict[str, Any]) -> dict[str, Any]:
-            """Read one department's source database, read-only, into raw Parquet (incremental
-            by watermark; in full on a rebuild; not at all on a replay). An unreachable source
-            is retried with exponential backoff; schema drift fails at once."""
-            from pipeline import night as glue
-
-            replay = planned["mode"] == "replay"
-            try:
-                with _source_connection(None if replay else planned["connections"][department]):
-                    return glue.extract(
-                        _config(),
-                        department,
-                        planned["run_id"],
-                        full=planned["full"],
-                        replay=replay,
-                    )
-            except glue.DepartmentFlagged as exc:
-                raise _flagged(exc) from exc
-
-        @task(map_index_template=DEPARTMENT)
-        def standardize(department: str, planned: dict[str, Any]) -> dict[str, Any]:
-            """Canonical person and enterprise rows, raw kept beside clean; rows that identify
-            no one go to rejects with reasons. Fails the department if counts do not reconcile."""
-            from pipeline import night as glue
-
-            try:
-                return glue.standardize(_config(), department, planned["run_id"])
-            except glue.DepartmentFlagged as exc:
-                raise _flagged(exc) from exc
-
-        @task(map_index_template=DEPARTMENT)
-        def validate(department: str, planned: dict[str, Any]) -> dict[str, Any]:
-            """The department's blocking quality rules on tonight's batch: a failure holds its
-            batch back from the golden tables (this task fails, the night goes on)."""
-            from pipeline import night as glue
-
-            try:
-                return glue.validate(_config(), department, planned["run_id"])
-            except glue.DepartmentFlagged as exc:
-                raise _flagged(exc) from exc
-
-        @task_group(group_id="department")
-        def department(code: str, planned: dict[str, Any]) -> Any:
-            """One department's night, mapped over the departments: extract → standardize →
-            validate."""
-            extracted = extract(department=code, planned=planned)
-            standardized = standardize(department=code, planned=planned)
-            validated = validate(department=code, planned=planned)
-            extracted >> standardized >> validated
-            return validated
-
-        @task(
-            trigger_rule=TriggerRule.ALL_DONE_MIN_ONE_SUCCESS,
-            execution_timeout=dt.timedelta(hours=2),
-        )
-        def link(planned: dict[str, Any], delivered: Any) -> dict[str, Any]:
-            """Link the canonical rows of every department that made it through tonight into
-            master entities: candidates, Fellegi–Sunter scores, rules, clusters, stable master
-            IDs, golden records. Runs whatever the other departments did; the rest are held
-            back (their watermarks stay, the next night reads them again)."""
-            from pipeline import night as glue
-
-            made_it = [d["department"] for d in delivered]
-            return glue.link(
-                _config(),
-                planned["run_id"],
-                departments=made_it,
-                held=[c for c in planned["departments"] if c not in made_it],
-                full=planned["full"],
-                retrain=planned["retrain"],
-            )
-
-        @task
-        def publish(planned: dict[str, Any], linked: dict[str, Any]) -> dict[str, Any]:
-            """Replace the golden tables in one transaction and move the watermarks (not those
-            of departments held back tonight)."""
-            from pipeline import night as glue
-
-            return glue.publish(_config(), planned["run_id"])
-
-        @task(outlets=[MDM_PERSON, MDM_ENTERPRISE], execution_timeout=dt.timedelta(hours=1))
-        def validate_golden(
-            planned: dict[str, Any], linked: dict[str, Any], published: dict[str, Any]
-        ) -> Any:
-            """Judge every quality rule on the published night — each department's batch,
-            ledger and consistency-with-the-authority rules, and the golden-table rules — store
-            results and scorecards, then emit the ``mdm_person`` / ``mdm_enterprise`` Asset
-            events with the night's counts and quality scores, for downstream DAGs."""
-            from pipeline import night as glue
-
-            scored = glue.quality(_config(), planned["run_id"])
-            scores = {c: q["score"] for c, q in scored["departments"].items()}
-            for table, asset in GOLDEN.items():
-                yield Metadata(
-                    asset,
-                    {
-                        "run_id": planned["run_id"],
-                        "mode": published["mode"],
-                        "rows": published[table],
-                        "departments": linked["departments"],
-                        "held_back": linked["held_back"],
-                        "quality_score": scored["score"],
-                        "department_scores": scores,
-                    },
-                )
-            return scored
-
-        @task
-        def build_reports(planned: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
-            """Each department's data-quality report (Chinese HTML + JSON twin) and the
-            overview, under ``var/reports/run=<id>/``; personal data masked."""
-            from pipeline import night as glue
-
-            return glue.build_reports(_config(), planned["run_id"])
-
-        @task(retries=2, retry_delay=dt.timedelta(minutes=10))
-        def send_reports(planned: dict[str, Any], reports: dict[str, Any]) -> dict[str, Any]:
-            """E-mail each department its report and the overview to the data-engineering
-            contact through the ``smtp_default`` connection (or ``GOVMDM_SMTP_*``). A retry
-            sends only what has not gone out yet."""
-            from pipeline import night as glue
-
-            if not planned["send_reports"]:
-                raise AirflowSkipException("send_reports is off for this run")
-            return glue.send_reports(_config(), planned["run_id"], smtp=_smtp_settings())
-
-        @task(trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None, retries=0)
-        def summary(planned: dict[str, Any]) -> dict[str, Any]:
-            """Write the night's summary (per department, golden tables) to
-            ``var/nights/run=<id>/night.json``; fail the DAG run if a department was flagged or
-            a stage failed, after everything else is done."""
-            from pipeline import night as glue
-
-            ctx = get_current_context()
-            ti = ctx["ti"]
-            states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id]).get(ti.run_id, {})
-            codes = planned["departments"]
-            per_department: dict[str, dict[str, str]] = {}
-            failed_stages = []
-            for key, state in states.items():
-                if m := _MAPPED.match(key):
-                    code = codes[int(m["index"])]
-                    per_department.setdefault(code, {})[m["stage"]] = state
-                elif key != ti.task_id and state in ("failed", "upstream_failed"):
-                    failed_stages.append(f"{key} {state}")
-            result = glue.summarize(
-                _config(), planned["run_id"], task_states=per_department, extra={"mode": mode}
-            )
-            problems = [
-                f"{c}: {result['departments'][c]['message']}" for c in result["flagged"]
-            ] + failed_stages
-            if problems:
-                raise AirflowFailException(
-                    f"night {planned['run_id']} finished with problems:\n" + "\n".join(problems)
-                )
-            return {k: result[k] for k in ("run_id", "flagged", "golden")}
-
-        planned = plan()
-        delivered = department.partial(planned=planned).expand(code=departments(planned))
-        linked = link(planned, delivered)
-        published = publish(planned, linked)
-        scored = validate_golden(planned, linked, published)
-        sent = send_reports(planned, build_reports(planned, scored))
-        sent >> summary(planned)
+        _wire_night(mode)
 
     return night()
+
+
+def _wire_night(mode: Mode) -> None:
+    """The night's tasks and their order, inside the DAG being built."""
+    planned = _plan(mode)()
+    delivered = department.partial(planned=planned).expand(code=departments(planned))
+    linked = link(planned, delivered)
+    published = publish(planned, linked)
+    scored = validate_golden(planned, linked, published)
+    sent = send_reports(planned, build_reports(planned, scored))
+    sent >> summary(planned)
 
 
 def _params(send_reports: bool = True, **extra: Param) -> dict[str, Param]:

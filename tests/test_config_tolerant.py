@@ -73,22 +73,23 @@ def test_the_night_flags_it_everywhere_and_keeps_its_published_rows(broken: Path
     shutil.copytree(ROOT / "config", good / "config")
     run = {"n1": good / "config", "n2": broken}
     for rid, config in run.items():
-        planned = night.plan(config, run_id=rid)
+        tonight = night.Night.open(config, rid)
+        planned = night.plan(tonight)
         delivered = []
         for code in planned["departments"]:
-            night.extract(config, code, rid)
-            night.standardize(config, code, rid)
-            night.validate(config, code, rid)
+            night.extract(tonight, code)
+            night.standardize(tonight, code)
+            night.validate(tonight, code)
             delivered.append(code)
-        night.link(config, rid, departments=delivered)
-        night.publish(config, rid)
-        night.quality(config, rid)
-        night.build_reports(config, rid)
+        night.link(tonight, departments=delivered)
+        night.publish(tonight)
+        night.quality(tonight)
+        night.build_reports(tonight)
     assert "renshe" not in planned["departments"] and "renshe.yaml" in planned["broken"]["renshe"]
     with pytest.raises(night.DepartmentFlagged) as flagged:
-        night.extract(broken, "renshe", "n2")
+        night.extract(night.Night.open(broken, "n2"), "renshe")
     assert not flagged.value.retryable and "update_frequncy" in str(flagged.value)
-    summary = night.summarize(broken, "n2")
+    summary = night.summarize(night.Night.open(broken, "n2"))
     assert summary["flagged"] == ["renshe"]
     assert "renshe.yaml: update_frequncy" in summary["departments"]["renshe"]["message"]
     city = load_city_config(broken, tolerant=True)

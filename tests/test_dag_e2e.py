@@ -71,7 +71,7 @@ def _run_nights(spec_path: Path) -> None:
     from sqlalchemy import delete, select
 
     from etl.sample_city.generate import next_night
-    from pipeline.night import summary_path
+    from pipeline.record import summary_path
 
     bag = DagBag(dag_folder=str(DAGS))
     assert not bag.import_errors, bag.import_errors
@@ -249,7 +249,7 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     try:
         for cmd in (["db", "migrate"], ["pools", "import", str(root / "pools.json")]):
             if cmd[0] == "pools":
-                from pipeline.night import pools
+                from pipeline.airflow_local import pools
 
                 city = load_city_config(ROOT / "config")
                 (root / "pools.json").write_text(json.dumps(pools(city)))

@@ -94,7 +94,8 @@ def test_nightly_schedule_is_two_in_the_morning_in_shanghai(dagbag: Any) -> None
 def test_departments_are_mapped_with_readable_names(dagbag: Any) -> None:
     from airflow.sdk.definitions.taskgroup import MappedTaskGroup
 
-    from pipeline.night import SOURCES_POOL  # the pool the demo and `airflow pools import` create
+    # the pool the demo and `airflow pools import` create
+    from pipeline.airflow_local import SOURCES_POOL
 
     for dag in _dags(dagbag):
         group = dag.task_group_dict["department"]

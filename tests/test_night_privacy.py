@@ -53,19 +53,20 @@ def _run_night(city: CityConfig, run_id: str) -> dict[str, str]:
     """Every task of the nightly DAG in order; the departments flagged, with their message."""
     flagged: dict[str, str] = {}
     delivered = []
+    tonight = glue.Night.open(CONFIG, run_id)
     for dept in city.departments:
         try:
-            glue.extract(CONFIG, dept.code, run_id, retries=0, backoff_s=0.0)
-            glue.standardize(CONFIG, dept.code, run_id)
-            glue.validate(CONFIG, dept.code, run_id)
+            glue.extract(tonight, dept.code, retries=0, backoff_s=0.0)
+            glue.standardize(tonight, dept.code)
+            glue.validate(tonight, dept.code)
             delivered.append(dept.code)
         except glue.DepartmentFlagged as exc:
             flagged[dept.code] = str(exc)
-    glue.link(CONFIG, run_id, departments=delivered, held=sorted(flagged))
-    glue.publish(CONFIG, run_id)
-    glue.quality(CONFIG, run_id)
-    glue.build_reports(CONFIG, run_id)
-    glue.summarize(CONFIG, run_id)
+    glue.link(tonight, departments=delivered, held=sorted(flagged))
+    glue.publish(tonight)
+    glue.quality(tonight)
+    glue.build_reports(tonight)
+    glue.summarize(tonight)
     return flagged
 
 

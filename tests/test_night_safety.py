@@ -200,19 +200,20 @@ def test_the_dag_tasks_replay_a_published_night(var: Path) -> None:
     night1 = next_night(var / "city")["as_of"]
     run_night(night1)
     published, marks = tables(var), watermarks(city)
-    planned = glue.plan(CONFIG, run_id=night1)
+    tonight = glue.Night.open(CONFIG, night1)
+    planned = glue.plan(tonight)
     codes = [d.code for d in city.departments]
     assert planned["rerun"] == sorted(codes)
     for code in codes:
-        assert glue.extract(CONFIG, code, night1)["status"] == "reused"
-        glue.standardize(CONFIG, code, night1)
-        glue.validate(CONFIG, code, night1)
-    glue.link(CONFIG, night1, departments=codes)
-    assert glue.publish(CONFIG, night1)["watermarks_committed"] == 0
+        assert glue.extract(tonight, code)["status"] == "reused"
+        glue.standardize(tonight, code)
+        glue.validate(tonight, code)
+    glue.link(tonight, departments=codes)
+    assert glue.publish(tonight)["watermarks_committed"] == 0
     assert_same_tables(published, tables(var))
     assert watermarks(city) == marks
     with pytest.raises(glue.NightRefused, match="new run_id"):
-        glue.plan(CONFIG, run_id=night1, full=True)  # govmdm_full_rebuild on that date
+        glue.plan(tonight, full=True)  # govmdm_full_rebuild on that date
 
 
 def test_a_rerun_reads_again_a_department_the_night_did_not_publish(var: Path) -> None:
@@ -222,21 +223,20 @@ def test_a_rerun_reads_again_a_department_the_night_did_not_publish(var: Path) -
 
     city = _city()
     night1 = next_night(var / "city")["as_of"]
+    tonight = glue.Night.open(CONFIG, night1)
     for code in [d.code for d in city.departments]:
-        glue.extract(CONFIG, code, night1)
-        glue.standardize(CONFIG, code, night1)
+        glue.extract(tonight, code)
+        glue.standardize(tonight, code)
     codes = [d.code for d in city.departments]
-    glue.link(CONFIG, night1, departments=codes[1:], held=codes[:1])
-    glue.publish(CONFIG, night1)
+    glue.link(tonight, departments=codes[1:], held=codes[:1])
+    glue.publish(tonight)
     held_mark = watermarks(city)[(codes[0], city.department(codes[0]).tables[0].name)]
-    assert glue.plan(CONFIG, run_id=night1)["rerun"] == sorted(codes[1:])
-    assert glue.extract(CONFIG, codes[0], night1)["status"] == "ok"
-    assert glue.extract(CONFIG, codes[1], night1)["status"] == "reused"
-    glue.standardize(CONFIG, codes[0], night1)
-    glue.link(CONFIG, night1, departments=codes)
-    assert glue.publish(CONFIG, night1)["watermarks_committed"] == len(
-        city.department(codes[0]).tables
-    )
+    assert glue.plan(tonight)["rerun"] == sorted(codes[1:])
+    assert glue.extract(tonight, codes[0])["status"] == "ok"
+    assert glue.extract(tonight, codes[1])["status"] == "reused"
+    glue.standardize(tonight, codes[0])
+    glue.link(tonight, departments=codes)
+    assert glue.publish(tonight)["watermarks_committed"] == len(city.department(codes[0]).tables)
     assert watermarks(city)[(codes[0], city.department(codes[0]).tables[0].name)] != held_mark
     assert unaccounted(city) == (set(), set())
 
