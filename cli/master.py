@@ -34,7 +34,7 @@ Retrain = Annotated[
 def _refusals() -> Iterator[None]:
     """A night that cannot be linked or published says why and how to fix it, without a
     traceback, and the command ends with exit code 1."""
-    from master_data.consolidate import ConsolidateError
+    from master_data.night_state import ConsolidateError
     from store.warehouse import WarehouseBusy
 
     try:
@@ -45,7 +45,7 @@ def _refusals() -> Iterator[None]:
 
 
 def _linking(city: Any, rid: str, full: bool, retrain: bool) -> Any:
-    from master_data.consolidate import link as do_link
+    from master_data.link import link as do_link
     from quality.suites import held_departments
 
     held = held_departments(city, rid)
@@ -118,7 +118,7 @@ def link(
 def publish(config: ConfigDir = Path("config"), run_id: RunId = None) -> None:
     """Publish a linked night to the warehouse in one transaction; move the watermarks."""
     from access.access import after_publish
-    from master_data.consolidate import publish as do_publish
+    from master_data.publish import publish as do_publish
 
     city = _load(config)
     rid = _run_id(city, run_id)
@@ -191,9 +191,9 @@ def explain(
         resolve_role,
     )
     from etl.state import warehouse_url
-    from master_data.consolidate import ConsolidateError
     from master_data.explain import ExplainError
     from master_data.explain import explain as do_explain
+    from master_data.night_state import ConsolidateError
 
     city = _load(config)
     try:

@@ -433,14 +433,14 @@ def link(
     full: bool = False,
     retrain: bool = False,
 ) -> dict[str, Any]:
-    """Link tonight's canonical rows into master entities (:func:`master_data.consolidate.link`).
+    """Link tonight's canonical rows into master entities (:func:`master_data.link.link`).
 
     ``departments`` are those that made it through tonight; with none, there is nothing to link
     and the night stops here (last night's golden tables stay published). ``held`` are the
     others: none of their rows of tonight is linked, and publishing leaves their watermarks
     where they were, so the next night reads them again.
     """
-    from master_data.consolidate import link as link_night
+    from master_data.link import link as link_night
 
     delivered = sorted(departments)
     if not delivered:
@@ -467,9 +467,9 @@ def link(
 
 def publish(config: str | Path, run_id: str) -> dict[str, Any]:
     """Publish the linked night atomically and move the watermarks
-    (:func:`master_data.consolidate.publish`); returns the golden tables' row counts."""
+    (:func:`master_data.publish.publish`); returns the golden tables' row counts."""
     from access.access import after_publish
-    from master_data.consolidate import publish as publish_night
+    from master_data.publish import publish as publish_night
 
     city = load_city_config(config, tolerant=True)
     summary = publish_night(city, run_id, after_publish)

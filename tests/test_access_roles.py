@@ -37,7 +37,8 @@ from etl.sample_city.generate import generate_city
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields.masking import find_clear
-from master_data import consolidate as mc
+from master_data.link import link
+from master_data.publish import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
@@ -69,8 +70,8 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
         c = load_city_config(ROOT / "config")
         assert all(r.ok for r in extract_all(c, NIGHT))
         standardize_all(c, NIGHT)
-        mc.link(c, NIGHT)
-        summary = mc.publish(c, NIGHT)
+        link(c, NIGHT)
+        summary = publish(c, NIGHT)
         engine = wh.engine_for(warehouse_url(c))
         access.after_publish(engine, c, NIGHT, summary)
         engine.dispose()

@@ -24,8 +24,9 @@ from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields.identifiers import downgrade_id18
 from fields.masking import find_clear, mask_id, mask_name
-from master_data import consolidate as mc
 from master_data.evaluate import load_truth
+from master_data.link import link
+from master_data.publish import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
@@ -43,8 +44,8 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
         c = load_city_config(ROOT / "config")
         assert all(r.ok for r in extract_all(c, NIGHT))
         standardize_all(c, NIGHT)
-        mc.link(c, NIGHT)
-        summary = mc.publish(c, NIGHT)
+        link(c, NIGHT)
+        summary = publish(c, NIGHT)
         engine = wh.engine_for(warehouse_url(c))
         access.after_publish(engine, c, NIGHT, summary)
         engine.dispose()

@@ -12,8 +12,8 @@ from etl.config import load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city
 from etl.standardize import standardize_all
-from master_data import consolidate as mc
 from master_data.cluster import TIER_MODEL, TIER_REVIEW_LINK, TIER_RULE, cluster
+from master_data.consolidate import consolidate
 from master_data.identity import assign_ids
 from master_data.published import evaluate_published
 from master_data.survivorship import survive
@@ -148,7 +148,7 @@ def test_linkage_quality_on_a_10k_sample(tmp_path: Path, monkeypatch: pytest.Mon
     city = load_city_config(ROOT / "config")
     assert all(r.ok for r in extract_all(city, "n0"))
     standardize_all(city, "n0")
-    mc.consolidate(city, "n0")
+    consolidate(city, "n0")
     ev = evaluate_published(city, tmp_path / "city")
     for entity in ("person", "enterprise"):
         pairwise = ev.entities[entity].pairwise

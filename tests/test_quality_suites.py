@@ -24,7 +24,7 @@ from etl.sample_city.generate import generate_city, next_night
 from etl.standardize import standardize_all
 from etl.state import LedgerEntry, Mode, RunState, Status, warehouse_url
 from fields.masking import find_clear, mask_key
-from master_data import consolidate as mc
+from master_data.consolidate import consolidate
 from quality.results import DIMENSIONS, OVERALL, RuleResult, result_table, scorecard_table
 from quality.rules import DEFAULT_DIMENSION, KINDS, Dimension, load_quality_rules
 from quality.scorecard import grade, rule_score, score_department
@@ -46,7 +46,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
         c = load_city_config(ROOT / "config")
         assert all(r.ok for r in extract_all(c, NIGHT0))
         standardize_all(c, NIGHT0)
-        mc.consolidate(c, NIGHT0)
+        consolidate(c, NIGHT0)
         yield c
 
 
@@ -313,7 +313,7 @@ def night1(city: CityConfig, night0: QualityRun) -> tuple[QualityRun, set[str]]:
     assert {r.department for r in results if not r.ok} == {"weijian"}
     standardize_all(city, NIGHT1)
     held = held_departments(city, NIGHT1)
-    mc.consolidate(city, NIGHT1)
+    consolidate(city, NIGHT1)
     return run_quality(city, NIGHT1), held
 
 
