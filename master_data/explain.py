@@ -40,29 +40,13 @@ from store.warehouse import (
 )
 
 _MASTER_ID = re.compile(r"^[PE]\d{10}$")
+_IDENTIFYING = {  # the member columns between the name and the address
+    "person": ["id_number", "sex", "birth_date", "phone"],
+    "enterprise": ["uscc", "reg_no", "org_code", "legal_rep_name"],
+}
 MEMBER_COLUMNS = {
-    "person": [
-        "record",
-        "link_rule",
-        "name",
-        "id_number",
-        "sex",
-        "birth_date",
-        "phone",
-        "address",
-        "updated_at",
-    ],
-    "enterprise": [
-        "record",
-        "link_rule",
-        "name",
-        "uscc",
-        "reg_no",
-        "org_code",
-        "legal_rep_name",
-        "address",
-        "updated_at",
-    ],
+    entity: ["record", "link_rule", "name", *columns, "address", "updated_at"]
+    for entity, columns in _IDENTIFYING.items()
 }
 
 

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -283,12 +284,12 @@ def _link_night(
         run_id,
         settings,
         work,
-        mode == "full",
-        retrain or base.folder is None,
-        summary.get("next_seq", {}),
-        base.decisions,
-        left_out,
-        progress or (lambda _msg: None),
+        full=mode == "full",
+        retrain=retrain or base.folder is None,
+        next_seq=summary.get("next_seq", {}),
+        decisions=base.decisions,
+        held=left_out,
+        say=progress or (lambda _msg: None),
     )
     complete = read_in_full(city, run_id, ready) and not left_out
     linked = Linked(run_id, mode, base.run_id, out, {})
@@ -448,20 +449,8 @@ def _settle(
     linked = scope.edges.assign(accepted=clustered.accepted)
 
     night.say(f"{entity}: master IDs and golden records")
-    previous, registry = scope.previous, base.retired()
-    ids = assign_ids(
-        pd.DataFrame({RECORD: scope.records.index, "cluster": clustered.labels}),
-        previous[[RECORD, "master_id"]],
-        entity=entity,
-        next_seq=night.next_seq.get(entity, 1),
-        retired=registry,
-    )
-    master_of = pd.Series(ids.assignment["master_id"].to_numpy(), index=scope.records.index)
-    write_state(events_table(ids.events, entity), out, "events")
-    write_state(retired_after(registry, ids.events, previous, run_id), out, "retired")
-    result.events = {
-        k: int(v) for k, v in pd.Series([e.event for e in ids.events]).value_counts().items()
-    }
+    master_of, next_seq = _master_ids(night, entity, base, scope, clustered.labels, result)
+    previous = scope.previous
     golden, provenance, conflicts = golden_records(
         scope.records.assign(master_id=master_of),
         entity,
@@ -492,7 +481,35 @@ def _settle(
     touched = set(previous["master_id"]) | set(master_of)
     write_state(pd.DataFrame({"master_id": sorted(touched)}), out, "touched")
     _count_state(out, result)
-    return ids.next_seq
+    return next_seq
+
+
+def _master_ids(
+    night: _Night,
+    entity: str,
+    base: BaseState,
+    scope: Relink,
+    labels: np.ndarray,
+    result: EntityLinked,
+) -> tuple[pd.Series, int]:
+    """Each relinked record's master ID (clusters ``labels``), carried forward from the base
+    night's crosswalk; the ID events and the retired-ID registry written; the next free ID."""
+    out = night.work / entity
+    registry = base.retired()
+    ids = assign_ids(
+        pd.DataFrame({RECORD: scope.records.index, "cluster": labels}),
+        scope.previous[[RECORD, "master_id"]],
+        entity=entity,
+        next_seq=night.next_seq.get(entity, 1),
+        retired=registry,
+    )
+    write_state(events_table(ids.events, entity), out, "events")
+    write_state(retired_after(registry, ids.events, scope.previous, night.run_id), out, "retired")
+    result.events = {
+        k: int(v) for k, v in pd.Series([e.event for e in ids.events]).value_counts().items()
+    }
+    master_of = pd.Series(ids.assignment["master_id"].to_numpy(), index=scope.records.index)
+    return master_of, ids.next_seq
 
 
 def _count_state(out: Path, result: EntityLinked) -> None:

@@ -30,7 +30,7 @@ _SEED = 20260630  # fixed: the same rows give the same model
 
 def top_levels(entity: str) -> dict[str, int]:
     """Each comparison feature's top agreement level (the model's ``levels``)."""
-    return {f.label: len(f.levels) - 1 for f in cmp.features_for(entity)}
+    return {f.label: f.max_level for f in cmp.features_for(entity)}
 
 
 def train(
