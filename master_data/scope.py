@@ -148,7 +148,7 @@ class Relink:
     previous: pd.DataFrame  # the base crosswalk rows of the records whose entities are redone
     outside: pd.Series  # record → master ID, of the records at an edge's far end not relinked
     hard_keys: pd.Series  # record → hard key, of every record at either end of an edge
-    redone: pd.Index | None  # base records whose state rows are replaced; None: all of them
+    redone: pd.Index | None  # base records whose state rows are replaced (None: all of them)
 
     def carried(self, name: str, base: BaseState, run_id: str) -> pa.Table | None:
         """The rows of the base night's state table ``name`` carried over as they are: those
@@ -202,30 +202,23 @@ def closure(
     ``removed`` or reviewed (``decided``) record or gains a usable ``fresh`` link, plus
     tonight's rows; their base edges carried over beside tonight's."""
     ok = usable(fresh, auto_link)
-    seeds = removed.union(
-        pd.Index(
-            pd.concat(
-                [
-                    fresh.loc[ok, "left"],
-                    fresh.loc[ok, "right"],
-                    decided["left_record"],
-                    decided["right_record"],
-                ]
-            )
-        )
-    )
+    ends = [fresh.loc[ok, "left"], fresh.loc[ok, "right"]]
+    ends += [decided["left_record"], decided["right_record"]]
+    seeds = removed.union(pd.Index(pd.concat(ends)))
     comps = base.read("components")
     hit = pc.unique(comps.filter(is_in(comps[RECORD], seeds))["component"])
-    redone = pd.Index(comps.filter(pc.is_in(comps["component"], value_set=hit))[RECORD].to_pandas())
-    affected = redone.difference(removed).union(changed)
+    # the base records of the components hit: relinked (less the removed ones)
+    members = pd.Index(
+        comps.filter(pc.is_in(comps["component"], value_set=hit))[RECORD].to_pandas()
+    )
+    affected = members.difference(removed).union(changed)
     old = base.read("edges")
-    carried = old.filter(
-        pc.or_(is_in(old["left"], redone), is_in(old["right"], redone))
-    ).to_pandas()
+    carried = old.filter(pc.or_(is_in(old["left"], members), is_in(old["right"], members)))
+    carried = carried.to_pandas()
     carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
     edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
     xw = base.read("crosswalk")
-    previous = xw.filter(is_in(xw[RECORD], redone)).to_pandas()
+    previous = xw.filter(is_in(xw[RECORD], members)).to_pandas()
     outside = pd.Index(edges["left"]).union(pd.Index(edges["right"])).difference(affected)
     master_outside = (
         xw.filter(is_in(xw[RECORD], outside))
@@ -236,4 +229,4 @@ def closure(
     relinked = records_frame(records, affected)
     key = HARD_KEY[entity]
     hard_keys = pd.concat([relinked[key], records_frame(records, outside)[key]])
-    return Relink(relinked, edges, previous, master_outside, hard_keys, redone.union(removed))
+    return Relink(relinked, edges, previous, master_outside, hard_keys, members.union(removed))
