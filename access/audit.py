@@ -41,6 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fields.masking import mask_text
+from store.tables import audit_table, metadata
 
 ACTIONS = (
     "publish",
@@ -60,22 +61,6 @@ OWN_VIEW = "v_audit_log"
 BEGIN_FUNCTION = "govmdm_audit_begin"
 FINISH_FUNCTION = "govmdm_audit_finish"
 
-audit_metadata = sa.MetaData()
-audit_table = sa.Table(
-    "audit_log",
-    audit_metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("who", sa.String(128), nullable=False, index=True),
-    sa.Column("action", sa.String(32), nullable=False, index=True),
-    sa.Column("target", sa.Text, nullable=False),
-    sa.Column("role", sa.String(16), comment="analyst | privileged | steward | platform"),
-    sa.Column("row_count", sa.BigInteger),
-    sa.Column("outcome", sa.String(16), nullable=False, comment="running | ok | refused | failed"),
-    sa.Column("detail", sa.Text, nullable=False, comment="JSON"),
-    sa.Column("finished_at", sa.DateTime(timezone=True), comment="NULL while running"),
-    comment="who read or changed the golden data, when, and what",
-)
 _COLUMNS = [c.name for c in audit_table.columns]
 
 Bind = sa.Engine | sa.Connection | str
@@ -123,7 +108,7 @@ def ensure_table(bind: sa.Engine | sa.Connection) -> None:
     with _connection(bind, write=True) as conn:
         inspector = sa.inspect(conn)
         if not inspector.has_table(audit_table.name):
-            audit_metadata.create_all(conn)
+            metadata.create_all(conn, tables=[audit_table])
         elif "finished_at" not in {c["name"] for c in inspector.get_columns(audit_table.name)}:
             kind = "timestamptz" if conn.dialect.name == "postgresql" else "TIMESTAMP"
             conn.exec_driver_sql(f"ALTER TABLE audit_log ADD COLUMN finished_at {kind}")
@@ -291,9 +276,8 @@ def _begin(
     if _has_functions(conn):
         entry = conn.execute(
             sa.text(f"SELECT {BEGIN_FUNCTION}(:action, :target, :role, :detail)"),
-            {"action": action, "target": mask_text(target), "role": role,
-             "detail": _json(detail)},
-        ).scalar_one()  # fmt: skip
+            {"action": action, "target": mask_text(target), "role": role, "detail": _json(detail)},
+        ).scalar_one()
         return int(entry)
     ensure_table(conn)
     person: Any = (
@@ -303,10 +287,17 @@ def _begin(
     )
     row = conn.execute(
         audit_table.insert()
-        .values(at=dt.datetime.now(dt.UTC), who=person, action=action, target=mask_text(target),
-                role=role, outcome=RUNNING, detail=_json(detail))
+        .values(
+            at=dt.datetime.now(dt.UTC),
+            who=person,
+            action=action,
+            target=mask_text(target),
+            role=role,
+            outcome=RUNNING,
+            detail=_json(detail),
+        )
         .returning(audit_table.c.id)
-    ).scalar()  # fmt: skip
+    ).scalar()
     return int(row)  # type: ignore[arg-type]  # RETURNING always gives the new row's ID
 
 
@@ -329,9 +320,13 @@ def _finish(
     conn.execute(
         audit_table.update()
         .where(t.id == entry, t.outcome == RUNNING)
-        .values(outcome=outcome, row_count=row_count, finished_at=dt.datetime.now(dt.UTC),
-                detail=_json(merged))
-    )  # fmt: skip
+        .values(
+            outcome=outcome,
+            row_count=row_count,
+            finished_at=dt.datetime.now(dt.UTC),
+            detail=_json(merged),
+        )
+    )
 
 
 @contextmanager

@@ -24,18 +24,12 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from access.access import (
-    CATALOG_TABLE,
-    MASKS,
-    PSEUDONYMS,
-    VIEWS,
-    Role,
-    ViewSpec,
-    load_share_policy,
-    parquet_type,
-)
+from access.policy import Role, load_share_policy
+from access.release import MASKS, PSEUDONYMS, VIEWS, ViewSpec, parquet_type
 from etl.config import CityConfig, TableConfig
+from fields import dictionary
 from master_data.survivorship import ATTRIBUTES
+from store.tables import catalog_table, metadata
 
 SHARE_TYPES_ZH = {
     "unconditional": "无条件共享",
@@ -55,102 +49,78 @@ GOLDEN_TITLES = {
 }
 
 FIELD_ZH = {
-    "person": {
-        "name": "姓名", "id_number": "公民身份号码", "sex": "性别", "birth_date": "出生日期",
-        "phone": "联系电话", "address": "住址", "ethnicity": "民族",
-        "employer_uscc": "工作单位统一社会信用代码", "status": "人员状态",
-    },
-    "enterprise": {
-        "name": "单位名称", "uscc": "统一社会信用代码", "reg_no": "工商注册号（15位）",
-        "org_code": "组织机构代码", "legal_rep_name": "法定代表人姓名",
-        "legal_rep_id": "法定代表人身份证号", "address": "住所（经营场所）",
-        "registered_capital": "注册资本（万元）", "established_date": "成立日期",
-        "status": "登记状态",
-    },
-}  # fmt: skip
-"""Canonical fields in Chinese, for source tables and golden attributes."""
+    entity: {name: dictionary.label(entity, name) for name in dictionary.source_fields(entity)}
+    for entity in dictionary.ENTITIES
+}
+"""Canonical fields in Chinese, for source tables (from :mod:`fields.dictionary`)."""
 
-_ADDRESS_ZH = {
-    "division_code": "行政区划代码（GB/T 2260）", "province": "省（自治区、直辖市）",
-    "city": "市（地区、州）", "district": "区（县）", "address_detail": "详细地址（街路巷门牌）",
-}  # fmt: skip
 _TAIL_ZH = {
-    "member_count": "归并的源记录数", "departments": "提供源记录的部门（代码，逗号分隔）",
-    "updated_at": "各源记录中最近的更新时间", "run_id": "最后一次改变该记录的批次（夜间运行）",
-}  # fmt: skip
+    "member_count": "归并的源记录数",
+    "departments": "提供源记录的部门（代码，逗号分隔）",
+    "updated_at": "各源记录中最近的更新时间",
+    "run_id": "最后一次改变该记录的批次（夜间运行）",
+}
 COLUMN_ZH: dict[str, dict[str, str]] = {
     "mdm_person": {
         "master_id": "自然人主数据标识（P + 10位数字，跨批次稳定）",
-        **FIELD_ZH["person"], "name_pinyin": "姓名拼音（无声调，用于匹配）",
-        "address": "住址（标准化全文）", **_ADDRESS_ZH,
-        "employer_master_id": "工作单位的法人主数据标识", **_TAIL_ZH,
+        **dictionary.descriptions("person"),
+        **_TAIL_ZH,
     },
     "mdm_enterprise": {
         "master_id": "法人主数据标识（E + 10位数字，跨批次稳定）",
-        **FIELD_ZH["enterprise"], "name_key": "名称匹配键（去掉行政区划和组织形式变体）",
-        "branch": "分支机构名称后缀", "legal_rep_master_id": "法定代表人的自然人主数据标识",
-        "address": "住所（标准化全文）", **_ADDRESS_ZH, **_TAIL_ZH,
+        **dictionary.descriptions("enterprise"),
+        **_TAIL_ZH,
     },
     "mdm_provenance": {
-        "entity": "主体类型（person 自然人 / enterprise 法人）", "master_id": "主数据标识",
-        "attribute": "属性名", "department": "取值来源部门（代码）",
-        "source_table": "来源表", "source_key": "来源记录主键",
-        "source_updated_at": "来源记录的更新时间", "candidates": "该属性有值的源记录数",
+        "entity": "主体类型（person 自然人 / enterprise 法人）",
+        "master_id": "主数据标识",
+        "attribute": "属性名",
+        "department": "取值来源部门（代码）",
+        "source_table": "来源表",
+        "source_key": "来源记录主键",
+        "source_updated_at": "来源记录的更新时间",
+        "candidates": "该属性有值的源记录数",
         "agreeing": "其中与所取值一致的记录数",
         "rule": "取值规则（authority 权威部门 / rank 部门优先级 / recency 最新）",
     },
     "mdm_crosswalk": {
-        "entity": "主体类型（person / enterprise）", "department": "源部门（代码）",
-        "source_table": "源表", "source_key": "源记录主键", "master_id": "所属主数据标识",
+        "entity": "主体类型（person / enterprise）",
+        "department": "源部门（代码）",
+        "source_table": "源表",
+        "source_key": "源记录主键",
+        "master_id": "所属主数据标识",
         "link_rule": "关联方式（确定性规则名，或 model 概率模型，singleton 单独成体）",
-        "link_probability": "模型匹配概率", "first_run_id": "首次关联的批次",
+        "link_probability": "模型匹配概率",
+        "first_run_id": "首次关联的批次",
     },
     "mdm_relationship": {
         "kind": "关系类型（legal_representative 法定代表人 / employer 工作单位）",
-        "person_master_id": "自然人主数据标识", "enterprise_master_id": "法人主数据标识",
+        "person_master_id": "自然人主数据标识",
+        "enterprise_master_id": "法人主数据标识",
         "evidence": "关联依据（法定代表人身份证号，或工作单位统一社会信用代码）",
     },
     "mdm_conflict": {
-        "run_id": "发现冲突的批次", "entity": "主体类型（person / enterprise）",
-        "master_id": "主数据标识", "attribute": "属性名", "department": "与权威值不一致的部门",
-        "source_table": "该部门的表", "source_key": "该部门的记录主键", "value": "该部门的值",
-        "authority_department": "权威部门（代码）", "authority_value": "权威部门的值（基础库取值）",
+        "run_id": "发现冲突的批次",
+        "entity": "主体类型（person / enterprise）",
+        "master_id": "主数据标识",
+        "attribute": "属性名",
+        "department": "与权威值不一致的部门",
+        "source_table": "该部门的表",
+        "source_key": "该部门的记录主键",
+        "value": "该部门的值",
+        "authority_department": "权威部门（代码）",
+        "authority_value": "权威部门的值（基础库取值）",
     },
     "mdm_id_event": {
-        "run_id": "批次", "entity": "主体类型（person / enterprise）", "seq": "批次内序号",
+        "run_id": "批次",
+        "entity": "主体类型（person / enterprise）",
+        "seq": "批次内序号",
         "event": "事件（issued 新发 / restored 恢复 / merged 合并 / split 拆分 / retired 注销）",
-        "master_id": "事件后的主数据标识", "old_ids": "事件前的主数据标识（逗号分隔）",
+        "master_id": "事件后的主数据标识",
+        "old_ids": "事件前的主数据标识（逗号分隔）",
         "reason": "原因说明",
     },
-}  # fmt: skip
-
-_catalog_metadata = sa.MetaData()
-catalog_table = sa.Table(
-    CATALOG_TABLE,
-    _catalog_metadata,
-    sa.Column("resource_id", sa.String(256), primary_key=True),
-    sa.Column("field", sa.String(128), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Column("resource_title", sa.Text, nullable=False),
-    sa.Column("resource_kind", sa.String(16), nullable=False, comment="golden | source"),
-    sa.Column("entity", sa.String(16)),
-    sa.Column("analyst_view", sa.String(64)),
-    sa.Column("owner", sa.Text, nullable=False),
-    sa.Column("owner_code", sa.String(64)),
-    sa.Column("contact", sa.Text),
-    sa.Column("update_frequency", sa.String(16), nullable=False),
-    sa.Column("share_type", sa.String(16), nullable=False),
-    sa.Column("share_type_zh", sa.String(16), nullable=False),
-    sa.Column("share_condition", sa.Text),
-    sa.Column("share_basis", sa.Text),
-    sa.Column("maps_to", sa.String(128), comment="canonical field of a source column"),
-    sa.Column("description", sa.Text, nullable=False),
-    sa.Column("data_type", sa.String(64)),
-    sa.Column("authority", sa.String(64), comment="the authoritative department's code"),
-    sa.Column("authority_name", sa.Text),
-    sa.Column("masked", sa.Text, comment="how the analyst views show it; NULL: in clear"),
-    comment="信息资源目录: every shared resource's fields, owner, authority and share type",
-)
+}
 
 
 @dataclass
@@ -315,24 +285,35 @@ def catalog_frame(resources: Sequence[Resource]) -> pd.DataFrame:
         for i, f in enumerate(r.fields):
             rows.append(
                 {
-                    "resource_id": r.resource_id, "field": f.name, "position": i,
-                    "resource_title": r.title, "resource_kind": r.kind, "entity": r.entity,
-                    "analyst_view": r.analyst_view, "owner": r.owner,
-                    "owner_code": r.owner_code, "contact": r.contact,
-                    "update_frequency": r.update_frequency, "share_type": r.share_type,
-                    "share_type_zh": r.share_type_zh, "share_condition": r.share_condition,
-                    "share_basis": r.share_basis, "maps_to": f.maps_to,
-                    "description": f.description, "data_type": f.data_type,
-                    "authority": f.authority, "authority_name": f.authority_name,
+                    "resource_id": r.resource_id,
+                    "field": f.name,
+                    "position": i,
+                    "resource_title": r.title,
+                    "resource_kind": r.kind,
+                    "entity": r.entity,
+                    "analyst_view": r.analyst_view,
+                    "owner": r.owner,
+                    "owner_code": r.owner_code,
+                    "contact": r.contact,
+                    "update_frequency": r.update_frequency,
+                    "share_type": r.share_type,
+                    "share_type_zh": r.share_type_zh,
+                    "share_condition": r.share_condition,
+                    "share_basis": r.share_basis,
+                    "maps_to": f.maps_to,
+                    "description": f.description,
+                    "data_type": f.data_type,
+                    "authority": f.authority,
+                    "authority_name": f.authority_name,
                     "masked": f.masked,
                 }
-            )  # fmt: skip
+            )
     return pd.DataFrame(rows, columns=[c.name for c in catalog_table.columns])
 
 
 def write_catalog(conn: sa.Connection, city: CityConfig) -> int:
     """Replace the ``catalog`` table's rows (in the caller's transaction); returns the count."""
-    _catalog_metadata.create_all(conn, checkfirst=True)
+    metadata.create_all(conn, tables=[catalog_table], checkfirst=True)
     frame = catalog_frame(build_catalog(city))
     conn.execute(catalog_table.delete())
     records = [

@@ -26,18 +26,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from access import audit
-from access.access import (
-    VIEW_BY_NAME,
-    AccessError,
-    Role,
-    require_views,
-    scrub,
-    session,
-)
+from access.errors import AccessError
+from access.policy import Role
+from access.query import require_views
+from access.release import VIEW_BY_NAME
+from access.session import session
 from etl.config import CityConfig
 from fields import normalize as nz
-from fields.masking import mask_id, mask_name
-from store.warehouse import person_table
+from fields.masking import mask_field, scrub
+from store.tables import person_table
 
 
 class LookupError_(AccessError):  # the builtin LookupError is a different thing
@@ -107,8 +104,15 @@ def lookup(
 ) -> LookupResult:
     """Look one entity up by exactly one key: ``id_number``, ``name`` + ``birth_date``, or
     ``credit_code``. Audited (refusals too)."""
-    keys = [k for k, v in (("id_number", id_number), ("name", name or birth_date),
-                            ("credit_code", credit_code)) if v]  # fmt: skip
+    keys = [
+        k
+        for k, v in (
+            ("id_number", id_number),
+            ("name", name or birth_date),
+            ("credit_code", credit_code),
+        )
+        if v
+    ]
     if len(keys) != 1:
         raise LookupError_(
             "give exactly one key: --id-number, --name with --birth-date, or --credit-code"
@@ -133,24 +137,35 @@ def lookup(
             raise
         except BaseException as exc:
             with contextlib.suppress(Exception):
-                audit.finish(engine, entry, outcome="failed",
-                             detail={"reason": type(exc).__name__})  # fmt: skip
+                audit.finish(engine, entry, outcome="failed", detail={"reason": type(exc).__name__})
             raise
         audit.finish(
-            engine, entry, row_count=len(result.matches),
+            engine,
+            entry,
+            row_count=len(result.matches),
             detail={"master_ids": [m.master_id for m in result.matches]},
-        )  # fmt: skip
+        )
     if role == "analyst":
         for m in result.matches:
             _scrub_match(m)
     return result
 
 
+def _shown_id(value: str) -> str:
+    """An ID number as a key is shown to an analyst and in the audit log."""
+    return mask_field("person", "id_number", value) or ""
+
+
+def _shown_name(value: str) -> str:
+    """A name as a key is shown to an analyst and in the audit log."""
+    return mask_field("person", "name", value) or ""
+
+
 def _key_target(kind: str, id_number: str | None, name: str | None, code: str | None) -> str:
     if kind == "id_number":
-        return f"id_number {mask_id((id_number or '').strip())}"
+        return f"id_number {_shown_id((id_number or '').strip())}"
     if kind == "name":
-        return f"name {mask_name((name or '').strip())}"
+        return f"name {_shown_name((name or '').strip())}"
     return f"credit_code {(code or '').strip()}"
 
 
@@ -167,8 +182,8 @@ def _resolve(
     if id_number:
         r = nz.id_number(id_number)
         if r.value is None:
-            raise _refuse(f"not a valid ID number ({mask_id(id_number.strip())})", r.reasons)
-        shown = r.value if role == "privileged" else mask_id(r.value) or ""
+            raise _refuse(f"not a valid ID number ({_shown_id(id_number.strip())})", r.reasons)
+        shown = r.value if role == "privileged" else _shown_id(r.value)
         result = LookupResult("id_number", shown, role)
         if "id_upgraded_15_to_18" in r.reasons:
             result.notes.append(f"15位身份证号已升级为18位：{shown}")
@@ -183,7 +198,7 @@ def _resolve(
         d = nz.date(birth_date)
         if d.value is None:
             raise _refuse(f"not a date: {birth_date!r}", d.reasons)
-        shown_name = n.value if role == "privileged" else mask_name(n.value) or ""
+        shown_name = n.value if role == "privileged" else _shown_name(n.value)
         result = LookupResult("name_birth_date", f"{shown_name} {d.value.isoformat()}", role)
         query = _find_person(engine, entry, name=n.value, birth_date=d.value)
         entity = "person"
@@ -197,8 +212,9 @@ def _resolve(
             legacy = nz.legacy_code(code)
             kind = legacy.extra.get("kind")
             if legacy.value is None or kind not in ("reg_no", "org_code"):
-                raise _refuse(f"not a credit code, 注册号 or organization code: {code!r}",
-                              u.reasons)  # fmt: skip
+                raise _refuse(
+                    f"not a credit code, 注册号 or organization code: {code!r}", u.reasons
+                )
             result = LookupResult(str(kind), legacy.value, role)
             query = sa.select(e.master_id).where(e[str(kind)] == legacy.value)
         entity = "enterprise"
@@ -260,15 +276,17 @@ def _match(
             f"SELECT attribute, department, source_table, source_key, source_updated_at, rule, "
             f"agreeing, candidates FROM v_provenance{full} "
             "WHERE entity = :e AND master_id = :m ORDER BY attribute",
-            e=entity, m=master_id,
-        )  # fmt: skip
+            e=entity,
+            m=master_id,
+        )
         members = _rows(
             conn,
             f"SELECT department, source_table, source_key, link_rule, link_probability, "
             f"first_run_id FROM v_crosswalk{full} WHERE entity = :e AND master_id = :m "
             "ORDER BY department, source_table, source_key",
-            e=entity, m=master_id,
-        )  # fmt: skip
+            e=entity,
+            m=master_id,
+        )
         if entity == "person":
             related = _rows(
                 conn,

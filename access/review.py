@@ -24,11 +24,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from access import audit
+from access.policy import DECIDE_FUNCTION
+from access.session import session
 from etl.config import CityConfig
-from store.warehouse import crosswalk_table, read, review_decision_table, review_queue_table
+from fields.masking import mask_record, mask_text
+from store.tables import crosswalk_table, review_decision_table, review_queue_table
+from store.warehouse import read
 
 DECISIONS = ("link", "apart")
-DECIDE_FUNCTION = "govmdm_review_decide"
 
 
 class ReviewError(ValueError):
@@ -36,9 +39,9 @@ class ReviewError(ValueError):
 
 
 def queue(city: CityConfig, *, entity: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """The open queue of the last published night, most probable first (stewards only)."""
-    from access.access import session  # access imports this module's SQL
-
+    """The open queue of the last published night, most probable first (stewards only), as a
+    steward is shown it: record IDs whose keys are ID or mobile numbers masked
+    (:func:`fields.masking.mask_record`)."""
     with session(city) as s:
         s.require("steward", action="review_list", target="review queue")
         rows = read(s.engine, review_queue_table, **({"entity": entity} if entity else {}))
@@ -47,6 +50,8 @@ def queue(city: CityConfig, *, entity: str | None = None, limit: int = 50) -> li
     for r in rows.to_dict("records"):
         weights = json.loads(r["weights"])
         r["weights_text"] = ", ".join(f"{f} {w['weight']:+.1f}" for f, w in sorted(weights.items()))
+        r["left_record"] = mask_record(str(r["left_record"]))
+        r["right_record"] = mask_record(str(r["right_record"]))
         out.append(r)
     return out
 
@@ -62,8 +67,6 @@ def decide(
 ) -> str:
     """Record ``decision`` on the pair as the authenticated steward; returns its entity type.
     Either row order works. ``by``, if given, must name the caller (it is checked, not used)."""
-    from access.access import session  # access imports this module's SQL
-
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
     if left == right:
@@ -74,11 +77,12 @@ def decide(
         who = s.caller.who
         if by is not None and by.strip() != who:
             s.refuse(
-                "review_decide", f"{a} ~ {b}",
+                "review_decide",
+                f"{a} ~ {b}",
                 f"--by {by.strip()!r} is not you: decisions are recorded under the login that "
                 f"makes them ({who!r}). Fix: leave out --by",
                 role="steward",
-            )  # fmt: skip
+            )
         if s.caller.backend == "postgresql":
             try:
                 with s.engine.begin() as conn:
@@ -109,15 +113,17 @@ def decide(
                 )
             )
             audit.record(  # commits, or rolls back, with the decision
-                conn, "review_decide", f"{entity} {a} ~ {b}", role="steward", row_count=1,
+                conn,
+                "review_decide",
+                f"{entity} {a} ~ {b}",
+                role="steward",
+                row_count=1,
                 detail={"decision": decision, "decided_by": who, "note": note},
-            )  # fmt: skip
+            )
     return entity
 
 
 def _pg_reason(exc: sa.exc.DBAPIError) -> str:
-    from fields.masking import mask_text
-
     text = (str(exc.orig or exc).strip().splitlines() or ["the decision failed"])[0]
     if "no published source row" in text:
         text += ". Fix: write it as department/table/key, as `govmdm review list` shows it"

@@ -122,7 +122,7 @@ def _step(step: str, var: Path, run_id: str, opts: dict[str, Any]) -> dict[str, 
         progress("done")
         report = {"summary": linked.summary(), "stages": stages}
     elif step == "publish":
-        from access.access import after_publish
+        from access.views import after_publish
         from master_data.publish import publish
 
         summary = publish(city, run_id, after_publish)

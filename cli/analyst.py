@@ -1,7 +1,7 @@
 """`govmdm query | export | lookup | catalog | views install | audit list`: analysts' access.
 
-Registered on :data:`cli.common.app`; every command is a thin layer over :mod:`access.access`,
-:mod:`access.lookup`, :mod:`access.catalog` and :mod:`access.audit`. Output is masked
+Registered on :data:`cli.common.app`; every command is a thin layer over the :mod:`access`
+package (query, export, lookup, catalog, views, audit). Output is masked
 unless ``--privileged`` is given by a privileged user (see ``config/catalog.yaml``).
 """
 
@@ -53,7 +53,7 @@ class ListFormat(StrEnum):
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    from access.access import AccessDenied, PseudonymKeyMissing, QueryRefused
+    from access.errors import AccessDenied, PseudonymKeyMissing, QueryRefused
 
     console.print(f"[red]{escape(str(exc))}", highlight=False)
     refused = isinstance(exc, AccessDenied | QueryRefused | PseudonymKeyMissing)
@@ -62,7 +62,8 @@ def _fail(exc: Exception) -> typer.Exit:
 
 def _boundary(city: Any, privileged: bool) -> None:
     """Where privilege is asked for on SQLite, say plainly what really protects the data."""
-    from access.access import AccessError, boundary_note
+    from access.errors import AccessError
+    from access.session import boundary_note
 
     if not privileged:
         return
@@ -99,7 +100,8 @@ def query(
 
     Anything but a single SELECT is refused, and so is any table the role may not read.
     """
-    from access.access import AccessError, run_query
+    from access.errors import AccessError
+    from access.query import run_query
 
     city = _load(config)
     if fmt is QueryFormat.parquet and out is None:
@@ -178,8 +180,9 @@ def export(
     """Write the golden tables as Parquet for DuckDB / pandas, with a data dictionary
     (data_dictionary.parquet / .csv: column, type, 中文说明, masked?, authority) and
     manifest.json. Masked views unless --privileged; audited."""
-    from access.access import VIEW_BY_NAME, AccessError
-    from access.access import export as do_export
+    from access.errors import AccessError
+    from access.export import export as do_export
+    from access.release import VIEW_BY_NAME
 
     city = _load(config)
     unknown = [v for v in view or [] if v not in VIEW_BY_NAME]
@@ -226,7 +229,7 @@ def lookup(
     """One person or enterprise: the golden record, each attribute's source department and
     date, the member source rows and related persons/enterprises. Masked unless --privileged;
     audited."""
-    from access.access import AccessError
+    from access.errors import AccessError
     from access.lookup import lookup as do_lookup
 
     city = _load(config)
@@ -358,15 +361,11 @@ def views_install(
     """Create or replace the masked and full views and the catalog table; on PostgreSQL also
     the roles govmdm_analyst / govmdm_privileged and their grants. Idempotent."""
     from access import audit
-    from access.access import (
-        AccessError,
-        grants_sql,
-        install_views,
-        load_share_policy,
-        release_of,
-        roles_sql,
-        views_sql,
-    )
+    from access.errors import AccessError
+    from access.policy import load_share_policy, roles_sql
+    from access.release import release_of
+    from access.views import grants_sql, install_views
+    from access.viewsql import views_sql
     from etl.state import warehouse_url
     from store.warehouse import engine_for
 
@@ -419,7 +418,8 @@ def audit_list(
     (PostgreSQL) or the warehouse file's owner (SQLite). An entry still `running` was begun
     and never finished (the command was killed or is still at work)."""
     from access import audit
-    from access.access import AccessError, session
+    from access.errors import AccessError
+    from access.session import session
 
     city = _load(config)
     try:

@@ -117,7 +117,7 @@ def link(
 @app.command()
 def publish(config: ConfigDir = Path("config"), run_id: RunId = None) -> None:
     """Publish a linked night to the warehouse in one transaction; move the watermarks."""
-    from access.access import after_publish
+    from access.views import after_publish
     from master_data.publish import publish as do_publish
 
     city = _load(config)
@@ -183,13 +183,10 @@ def explain(
     Personal data is masked unless ``--privileged``; every explain is written to the audit log.
     """
     from access import audit
-    from access.access import (
-        AccessError,
-        NotShared,
-        mask_explanation,
-        release_of,
-        resolve_role,
-    )
+    from access.errors import AccessError, NotShared
+    from access.explain import mask_explanation
+    from access.release import release_of
+    from access.session import resolve_role
     from etl.state import warehouse_url
     from master_data.explain import ExplainError
     from master_data.explain import explain as do_explain
@@ -248,12 +245,12 @@ def review_list(
 ) -> None:
     """The open review queue, most probable first (the steward role; on SQLite the warehouse
     file's owner)."""
-    from access.access import AccessError, mask_review_rows
+    from access.errors import AccessError
     from access.review import queue
 
     city = _load(config)
     try:
-        rows = mask_review_rows(queue(city, entity=entity, limit=limit))
+        rows = queue(city, entity=entity, limit=limit)
     except AccessError as exc:
         console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
@@ -293,7 +290,7 @@ def review_decide(
     file's owner, where file permissions are the only boundary); the decision and its audit
     row carry the authenticated login.
     """
-    from access.access import AccessError
+    from access.errors import AccessError
     from access.review import ReviewError, decide
 
     city = _load(config)

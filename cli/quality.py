@@ -24,7 +24,6 @@ from cli.common import (
 )
 from quality.results import DIMENSIONS
 
-_STATUS_STYLE = {"passed": "green", "failed": "red", "error": "magenta", "not_run": "yellow"}
 _SEVERITY_STYLE = {"warning": "yellow", "error": "red", "blocking": "bold red"}
 
 
@@ -75,7 +74,7 @@ def quality(
     errors = [r for r in night.results if r.status == "error"]
     for r in errors:
         console.print(f"[magenta]{r.rule_id}[/magenta]: {r.message}", highlight=False)
-    from quality.suites import UNSTANDARDIZED
+    from quality.tonight import UNSTANDARDIZED
 
     undelivered = sorted(
         {d for d, q in night.departments.items() if not q.delivered}
@@ -114,11 +113,16 @@ def _print_scorecards(night: Any) -> None:
         failed = "/".join(str(q.failed[s]) for s in ("warning", "error", "blocking"))
         grade_style = {"A": "green", "B": "cyan", "C": "yellow"}.get(q.grade or "", "red")
         table.add_row(
-            code, _score(q.score), f"[{grade_style}]{q.grade or '—'}", _change(q.change),
-            *[_score(scores.get(d)) for d in DIMENSIONS], failed, str(q.not_run),
+            code,
+            _score(q.score),
+            f"[{grade_style}]{q.grade or '—'}",
+            _change(q.change),
+            *[_score(scores.get(d)) for d in DIMENSIONS],
+            failed,
+            str(q.not_run),
             "[green]yes" if q.delivered else "[red]no",
             "[bold red]HELD" if q.held_back else "—",
-        )  # fmt: skip
+        )
     table.caption = "score 0–100 per GB/T 36344 dimension; — = not covered tonight"
     console.print(table)
 
@@ -135,23 +139,42 @@ def _print_failures(night: Any) -> None:
         where = f"{r.target}.{r.column_name}" if r.column_name else r.target
         counts = f"{r.rows_failed:,}/{r.rows_checked:,}" if r.status == "failed" else "error"
         table.add_row(
-            r.department, r.rule_id, f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
-            r.dimension, where, counts, r.description,
-        )  # fmt: skip
+            r.department,
+            r.rule_id,
+            f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
+            r.dimension,
+            where,
+            counts,
+            r.description,
+        )
     console.print(table)
 
 
 def _print_rules(rules: Any, departments: list[str] | None) -> None:
     table = Table(title=f"Quality rules ({len(rules)})", title_justify="left")
-    for col in ("rule", "department", "kind", "dimension", "severity", "threshold", "target",
-                "description"):  # fmt: skip
+    for col in (
+        "rule",
+        "department",
+        "kind",
+        "dimension",
+        "severity",
+        "threshold",
+        "target",
+        "description",
+    ):
         table.add_column(col, overflow="fold")
     for r in rules:
         if departments and r.department not in departments:
             continue
         where = f"{r.target}.{r.column}" if r.column else r.target
         table.add_row(
-            r.id, r.department, r.kind, r.dimension, f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
-            f"{r.threshold:g}", where, r.description,
-        )  # fmt: skip
+            r.id,
+            r.department,
+            r.kind,
+            r.dimension,
+            f"[{_SEVERITY_STYLE[r.severity]}]{r.severity}",
+            f"{r.threshold:g}",
+            where,
+            r.description,
+        )
     console.print(table)

@@ -102,7 +102,7 @@ def _latest_night(engine: Any) -> str | None:
     import sqlalchemy as sa
 
     from quality.report import night_key
-    from quality.results import result_table
+    from store.tables import result_table
 
     with engine.connect() as conn:
         runs = list(conn.execute(sa.select(result_table.c.run_id).distinct()).scalars())
@@ -111,8 +111,17 @@ def _latest_night(engine: Any) -> str | None:
 
 def _report_table(run_id: str, reports: Any) -> Table:
     table = Table(title=f"Quality reports, night {run_id}", title_justify="left")
-    cols = ("report", "name", "headline", "overall", "grade", "failed (B/E/W)", "not run",
-            "conflicts", "file")  # fmt: skip
+    cols = (
+        "report",
+        "name",
+        "headline",
+        "overall",
+        "grade",
+        "failed (B/E/W)",
+        "not run",
+        "conflicts",
+        "file",
+    )
     for col in cols:
         table.add_column(
             col, justify="right" if col in ("overall", "not run", "conflicts") else "left"
@@ -122,19 +131,30 @@ def _report_table(run_id: str, reports: Any) -> Table:
         f = d["summary"]["failed_by_severity"]
         overall = d["score"]["overall"]
         table.add_row(
-            code, d["department"]["name"],
+            code,
+            d["department"]["name"],
             f"[{_HEADLINE_STYLE[r.headline]}]{r.headline_label}",
-            "未覆盖" if overall is None else f"{overall:.1f}", d["score"]["grade"] or "—",
-            f"{f['blocking']}/{f['error']}/{f['warning']}", str(d["summary"]["could_not_run"]),
-            f"{d['summary']['conflicts']:,}", r.html_path.name,
-        )  # fmt: skip
+            "未覆盖" if overall is None else f"{overall:.1f}",
+            d["score"]["grade"] or "—",
+            f"{f['blocking']}/{f['error']}/{f['warning']}",
+            str(d["summary"]["could_not_run"]),
+            f"{d['summary']['conflicts']:,}",
+            r.html_path.name,
+        )
     if reports.overview is not None:
         o = reports.overview
         held = ", ".join(h["code"] for h in o.data["held_back"]) or "—"
         table.add_row(
-            "overview", o.data["city"], f"[{_HEADLINE_STYLE[o.headline]}]{o.headline_label}",
-            "", "", "", "", "", o.html_path.name,
-        )  # fmt: skip
+            "overview",
+            o.data["city"],
+            f"[{_HEADLINE_STYLE[o.headline]}]{o.headline_label}",
+            "",
+            "",
+            "",
+            "",
+            "",
+            o.html_path.name,
+        )
         table.caption = f"held back: {held}"
     return table
 

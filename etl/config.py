@@ -46,39 +46,19 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from yaml.nodes import MappingNode, Node, SequenceNode
 
-from fields import divisions
+from fields import dictionary, divisions
+from fields.dictionary import Entity
 
 log = logging.getLogger(__name__)
 
-Entity = Literal["person", "enterprise"]
 ChangeKind = Literal["timestamp", "string", "epoch_seconds"]
 UpdateFrequency = Literal["daily", "weekly", "monthly"]
 
-PERSON_FIELDS: tuple[str, ...] = (
-    "name",
-    "id_number",
-    "sex",
-    "birth_date",
-    "phone",
-    "address",
-    "ethnicity",
-    "employer_uscc",
-    "status",
-)
-ENTERPRISE_FIELDS: tuple[str, ...] = (
-    "name",
-    "uscc",
-    "reg_no",
-    "org_code",
-    "legal_rep_name",
-    "legal_rep_id",
-    "address",
-    "registered_capital",
-    "established_date",
-    "status",
-)
+PERSON_FIELDS: tuple[str, ...] = dictionary.source_fields("person")
+ENTERPRISE_FIELDS: tuple[str, ...] = dictionary.source_fields("enterprise")
 FIELDS: dict[str, tuple[str, ...]] = {"person": PERSON_FIELDS, "enterprise": ENTERPRISE_FIELDS}
-DATE_FIELDS = frozenset({"birth_date", "established_date"})
+"""The canonical fields a department's column may map onto (see :mod:`fields.dictionary`)."""
+DATE_FIELDS = frozenset(f.name for f in dictionary.FIELDS if f.is_source and f.is_date)
 DATE_FORMATS = ("excel_serial", "chinese", "auto")
 
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -575,7 +575,7 @@ def _check_state_file(path: Path, what: str, *, optional: bool = False) -> str |
 
 def _published_keys(state: RunState, department: str, table: str) -> pa.Array:
     """The source keys of a table that the published golden tables hold (its crosswalk)."""
-    from store.warehouse import crosswalk_table
+    from store.tables import crosswalk_table
 
     x = crosswalk_table.c
     if not sa.inspect(state.engine).has_table(crosswalk_table.name):

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
 from etl.extract import ParquetSink, duplicates_path, raw_path
-from fields import normalize
+from fields import dictionary, normalize
 from store import failpoints
 
 log = logging.getLogger(__name__)
@@ -66,41 +66,22 @@ _TAIL = [
     ("extras", pa.string()),
     ("reasons", pa.list_(pa.string())),
 ]
-_ADDRESS = [
-    ("address", pa.string()),
-    ("province", pa.string()),
-    ("city", pa.string()),
-    ("district", pa.string()),
-    ("division_code", pa.string()),
-    ("address_detail", pa.string()),
-]
-PERSON_SCHEMA = pa.schema(
-    _META
-    + [
-        ("name", pa.string()), ("name_pinyin", pa.string()), ("id_number", pa.string()),
-        ("sex", pa.string()), ("birth_date", pa.date32()), ("phone", pa.string()),
-        ("phones_all", pa.list_(pa.string())),
-    ]
-    + _ADDRESS
-    + [("ethnicity", pa.string()), ("employer_uscc", pa.string()), ("status", pa.string())]
-    + _TAIL
-    + [(f"raw_{f}", pa.string()) for f in FIELDS["person"]]
-)  # fmt: skip
-ENTERPRISE_SCHEMA = pa.schema(
-    _META
-    + [
-        ("name", pa.string()), ("name_key", pa.string()), ("branch", pa.string()),
-        ("uscc", pa.string()), ("reg_no", pa.string()), ("org_code", pa.string()),
-        ("legal_rep_name", pa.string()), ("legal_rep_id", pa.string()),
-    ]
-    + _ADDRESS
-    + [
-        ("registered_capital", pa.decimal128(20, 4)), ("established_date", pa.date32()),
-        ("status", pa.string()),
-    ]
-    + _TAIL
-    + [(f"raw_{f}", pa.string()) for f in FIELDS["enterprise"]]
-)  # fmt: skip
+
+
+def _canonical_schema(entity: str) -> pa.Schema:
+    """Row metadata, the entity's columns (:mod:`fields.dictionary`), the tail, raw values."""
+    return pa.schema(
+        [
+            *_META,
+            *dictionary.canonical_fields(entity),
+            *_TAIL,
+            *[(f"raw_{f}", pa.string()) for f in FIELDS[entity]],
+        ]
+    )
+
+
+PERSON_SCHEMA = _canonical_schema("person")
+ENTERPRISE_SCHEMA = _canonical_schema("enterprise")
 SCHEMAS = {"person": PERSON_SCHEMA, "enterprise": ENTERPRISE_SCHEMA}
 REJECT_SCHEMA = pa.schema(
     [*_META, ("entity", pa.string()), ("reasons", pa.list_(pa.string())), ("raw", pa.string())]
@@ -223,7 +204,7 @@ def _field_value(
             value = mapping_codes[key]
         else:
             extra_reasons.append("code_unmapped")
-    name = "enterprise_name" if entity == "enterprise" and fld == "name" else fld
+    name = dictionary.field(entity, fld).normalized_by or fld
     context: dict[str, Any] = {"as_of": ctx.as_of, "default_city_code": ctx.city_code}
     if name in ("birth_date", "established_date"):
         context["fmt"] = None if fmt in (None, "auto") else fmt

@@ -1,8 +1,9 @@
 """Run state: watermarks, the extraction ledger, schema snapshots and key sets.
 
-The tables live in the warehouse database (``sqlite:///<var_dir>/warehouse/govmdm.sqlite`` unless
-``GOVMDM_WAREHOUSE_URL`` names another, e.g. PostgreSQL); key sets for deletion detection live as
-Parquet under ``<var_dir>/state/keys``. An extraction only *proposes* a watermark and a key set;
+The tables (defined in :mod:`store.tables`) live in the warehouse database
+(``sqlite:///<var_dir>/warehouse/govmdm.sqlite`` unless ``GOVMDM_WAREHOUSE_URL`` names another,
+e.g. PostgreSQL); key sets for deletion detection live as Parquet under
+``<var_dir>/state/keys``. An extraction only *proposes* a watermark and a key set;
 :meth:`RunState.commit_watermarks` makes them current once the night has published, so a failed
 night reruns from the same place (DESIGN: "watermarks move only after success").
 
@@ -24,82 +25,20 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from store import failpoints
+from store.tables import (
+    STATE_TABLES,
+    deletion_acceptance_table,
+    ledger_table,
+    metadata,
+    pending_watermark_table,
+    schema_snapshot_table,
+    watermark_table,
+)
 
 Mode = Literal["full", "incremental"]
 Status = Literal["ok", "drift", "unreachable", "failed"]
 
 WAREHOUSE_ENV = "GOVMDM_WAREHOUSE_URL"
-
-_metadata = sa.MetaData()
-_name = sa.String(128)
-_run = sa.String(64)
-
-watermark_table = sa.Table(
-    "etl_watermark",
-    _metadata,
-    sa.Column("department", _name, primary_key=True),
-    sa.Column("table_name", _name, primary_key=True),
-    sa.Column("change_column", _name, nullable=False),
-    sa.Column("value", sa.Text, nullable=False),
-    sa.Column("run_id", _run, nullable=False),
-    sa.Column("committed_at", sa.DateTime(timezone=True)),
-)
-pending_watermark_table = sa.Table(
-    "etl_pending_watermark",
-    _metadata,
-    sa.Column("run_id", _run, primary_key=True),
-    sa.Column("department", _name, primary_key=True),
-    sa.Column("table_name", _name, primary_key=True),
-    sa.Column("change_column", _name, nullable=False),
-    sa.Column("value", sa.Text, nullable=False),
-    sa.Column("committed_at", sa.DateTime(timezone=True)),  # the proposal's time until moved
-)
-ledger_table = sa.Table(
-    "etl_ledger",
-    _metadata,
-    sa.Column("run_id", _run, primary_key=True),
-    sa.Column("department", _name, primary_key=True),
-    sa.Column("table_name", _name, primary_key=True),
-    sa.Column("mode", sa.String(16), nullable=False),
-    sa.Column("rows_read", sa.BigInteger, nullable=False),
-    sa.Column("rows_deleted", sa.BigInteger),
-    sa.Column("rows_unchanged", sa.BigInteger),
-    sa.Column("rows_late", sa.BigInteger),
-    sa.Column("rows_backdated", sa.BigInteger),
-    sa.Column("rows_duplicate", sa.BigInteger),
-    sa.Column("keys_before", sa.BigInteger),  # keys the committed key set held
-    sa.Column("deletion_guard", sa.String(16)),  # held | accepted | None (within the limit)
-    sa.Column("watermark_before", sa.Text),
-    sa.Column("watermark_after", sa.Text),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("duration_s", sa.Float, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("message", sa.Text),
-    sa.Column("parquet_path", sa.Text),
-)
-deletion_acceptance_table = sa.Table(
-    "etl_deletion_acceptance",
-    _metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("department", _name, nullable=False),
-    sa.Column("table_name", _name, nullable=False),
-    sa.Column("rows_accepted", sa.BigInteger, nullable=False),
-    sa.Column("held_run_id", _run),  # the night that held the deletion back
-    sa.Column("accepted_by", _name, nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("accepted_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("applied_run_id", _run),  # the night that let it through
-    sa.Column("consumed_at", sa.DateTime(timezone=True)),  # that night was published
-)
-schema_snapshot_table = sa.Table(
-    "etl_schema_snapshot",
-    _metadata,
-    sa.Column("department", _name, primary_key=True),
-    sa.Column("table_name", _name, primary_key=True),
-    sa.Column("column_name", _name, primary_key=True),
-    sa.Column("type_text", sa.Text, nullable=False),
-    sa.Column("run_id", _run, nullable=False),
-)
 
 
 @dataclass(frozen=True)
@@ -189,7 +128,7 @@ class RunState:
         # Mapped extraction tasks may share one SQLite warehouse: wait for the lock, don't fail.
         connect_args = {"timeout": 60} if backend == "sqlite" else {}
         self.engine = sa.create_engine(url, connect_args=connect_args)
-        _metadata.create_all(self.engine, checkfirst=True)
+        metadata.create_all(self.engine, tables=STATE_TABLES, checkfirst=True)
         _add_missing_columns(self.engine)
 
     @classmethod
@@ -475,7 +414,7 @@ def _add_missing_columns(engine: sa.Engine) -> None:
     """Add the nullable columns a newer govmdm defines to tables an older one created."""
     inspector = sa.inspect(engine)
     with engine.begin() as conn:
-        for table in _metadata.sorted_tables:
+        for table in STATE_TABLES:
             have = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in have and column.nullable:

@@ -1,3 +1,4 @@
-"""The canonical fields: identifiers, administrative divisions, normalization and masking.
+"""The canonical fields: the data dictionary, identifiers, administrative divisions,
+normalization and masking.
 
 The bottom layer: it imports no other package of the project."""

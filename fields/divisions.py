@@ -14,9 +14,14 @@ from importlib import resources
 _SPAN = re.compile(r"^\[(\d*)-(\d*)\](.+)$")
 # Names in the table that stand for a grouping, not a place
 _PLACEHOLDERS = {
-    "市辖区", "县", "省直辖行政单位", "省直辖县级行政单位", "自治区直辖县级行政单位",
-    "省直辖县级行政区划", "自治区直辖县级行政区划",
-}  # fmt: skip
+    "市辖区",
+    "县",
+    "省直辖行政单位",
+    "省直辖县级行政单位",
+    "自治区直辖县级行政单位",
+    "省直辖县级行政区划",
+    "自治区直辖县级行政区划",
+}
 
 
 @dataclass(frozen=True, slots=True)

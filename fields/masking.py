@@ -21,16 +21,25 @@ and exports, ``lookup``, ``explain`` and ``review``.
   where nobody is named and no combination of columns may single anyone out. Direct
   identifiers (name, ID number, phone, street address) are suppressed; quasi-identifiers (sex,
   birth date, residence, ethnicity) are generalised together until every combination is shared
-  by at least *k* persons (:mod:`access.access` builds that in SQL); everything else is
+  by at least *k* persons (:mod:`access.viewsql` builds that in SQL); everything else is
   released with its mask.
 
 Where two values of one field disagree (多元校核), :func:`describe_difference` says what differs
 without showing either value: ``第3字不同（同音）``, ``出生日期中月、日互换``.
 
+Every output calls one pair of functions per kind of thing, the first for a reader who holds
+the rows (reports, e-mails, logs, the review queue), the second for a de-identified release
+(the analyst views, exports, ``lookup``, ``explain``):
+
+- one value of a field: :func:`mask_field` / :func:`release_field`;
+- a source key: :func:`mask_key` / :func:`release_key`;
+- a record ID ``department/table/key``: :func:`mask_record` / :func:`release_record`.
+
 Free text (messages, keys, log lines) goes through :func:`mask_text`; :func:`find_clear` is the
 gate that reports, e-mails and analyst output pass before they leave: ID numbers, mobile and
 landline numbers, bank cards and e-mail addresses in clear, and any of the personal values
-(names, street addresses) the caller knows the document was built from.
+(names, street addresses) the caller knows the document was built from. What an analyst is
+shown passes :func:`scrub` last.
 
 >>> mask_text("身份证 11010519491231002X，电话 13812345678")
 '身份证 110105********002X，电话 138****5678'
@@ -41,76 +50,18 @@ landline numbers, bank cards and e-mail addresses in clear, and any of the perso
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Literal
 
+from fields.dictionary import FIELDS, PUBLIC, FieldPolicy
 from fields.identifiers import id_is_valid
-
-MaskKind = Literal["clear", "id", "phone", "name", "address", "birth_date", "hidden"]
-ReleaseKind = Literal["clear", "mask", "suppress", "generalise"]
 
 SUPPRESSED = "****"
 """What a suppressed value reads as, everywhere."""
 
-
-@dataclass(frozen=True)
-class FieldPolicy:
-    """How one field of a person or an enterprise is shown (see the module docstring)."""
-
-    mask: MaskKind
-    release: ReleaseKind
-    personal: bool
-
-    @property
-    def masked(self) -> bool:
-        """True if a single value of the field is not shown as it is."""
-        return self.mask != "clear"
-
-
-def _p(mask: MaskKind, release: ReleaseKind, personal: bool = True) -> FieldPolicy:
-    return FieldPolicy(mask, release, personal)
-
-
-_PUBLIC = _p("clear", "clear", personal=False)
-
-# fmt: off
-POLICY: dict[tuple[str, str], FieldPolicy] = {
-    ("person", "name"): _p("name", "suppress"),
-    ("person", "name_pinyin"): _p("hidden", "suppress"),
-    ("person", "id_number"): _p("id", "suppress"),
-    ("person", "phone"): _p("phone", "suppress"),
-    ("person", "address"): _p("address", "generalise"),
-    ("person", "address_detail"): _p("hidden", "suppress"),
-    ("person", "division_code"): _p("clear", "generalise"),
-    ("person", "province"): _p("clear", "generalise"),
-    ("person", "city"): _p("clear", "generalise"),
-    ("person", "district"): _p("clear", "generalise"),
-    ("person", "sex"): _p("clear", "generalise"),
-    ("person", "birth_date"): _p("birth_date", "generalise"),
-    ("person", "ethnicity"): _p("clear", "generalise"),
-    ("person", "employer_uscc"): _p("clear", "clear"),
-    ("person", "status"): _p("clear", "clear"),
-    ("enterprise", "name"): _PUBLIC,
-    ("enterprise", "name_key"): _PUBLIC,
-    ("enterprise", "branch"): _PUBLIC,
-    ("enterprise", "uscc"): _PUBLIC,
-    ("enterprise", "reg_no"): _PUBLIC,
-    ("enterprise", "org_code"): _PUBLIC,
-    ("enterprise", "legal_rep_name"): _p("name", "mask"),
-    ("enterprise", "legal_rep_id"): _p("id", "suppress"),
-    ("enterprise", "address"): _PUBLIC,
-    ("enterprise", "address_detail"): _PUBLIC,
-    ("enterprise", "division_code"): _PUBLIC,
-    ("enterprise", "province"): _PUBLIC,
-    ("enterprise", "city"): _PUBLIC,
-    ("enterprise", "district"): _PUBLIC,
-    ("enterprise", "registered_capital"): _PUBLIC,
-    ("enterprise", "established_date"): _PUBLIC,
-    ("enterprise", "status"): _PUBLIC,
-}
-"""(entity, field) → its policy. A field not listed is not personal data and shown as it is."""
-# fmt: on
+POLICY: dict[tuple[str, str], FieldPolicy] = {(f.entity, f.name): f.policy for f in FIELDS}
+"""(entity, field) → its policy, from :mod:`fields.dictionary`. A field not listed is not
+personal data and shown as it is."""
 
 MASK_DESCRIPTIONS: dict[str, str] = {
     "id": "保留前6位和后4位（110101********1234）",
@@ -132,7 +83,7 @@ RELEASE_DESCRIPTIONS: dict[str, str] = {
 
 def policy(entity: str, field: str) -> FieldPolicy:
     """The policy of ``entity``'s ``field`` (public and not masked if the field is not listed)."""
-    return POLICY.get((entity, field), _PUBLIC)
+    return POLICY.get((entity, field), PUBLIC)
 
 
 # --- one value -----------------------------------------------------------------------------------
@@ -425,6 +376,11 @@ def _is_id(candidate: str, glued: bool) -> bool:
     return id_is_valid(candidate.upper()) or not glued
 
 
+def _mask_card(m: re.Match[str]) -> str:
+    card = m.group(0)
+    return card[:4] + "*" * (len(card) - 8) + card[-4:] if _luhn(card) else card
+
+
 def _mask_piece(piece: str) -> str:
     def id18(m: re.Match[str]) -> str:
         start, end = m.span()
@@ -436,8 +392,7 @@ def _mask_piece(piece: str) -> str:
         return m.group(1) + "*" * 8 + m.group(3)[-4:]
 
     piece = _ID.sub(id18, piece)
-    piece = _CARD.sub(lambda m: m.group(0)[:4] + "*" * (len(m.group(0)) - 8) + m.group(0)[-4:]
-                      if _luhn(m.group(0)) else m.group(0), piece)  # fmt: skip
+    piece = _CARD.sub(_mask_card, piece)
     piece = _MOBILE.sub(lambda m: m.group(1) + "****" + m.group(3), piece)
     piece = _ID15.sub(lambda m: m.group(1) + "*" * 5 + m.group(2)[-1] + m.group(3), piece)
     piece = _LANDLINE.sub(lambda m: m.group(1) + "****" + m.group(3), piece)
@@ -451,9 +406,80 @@ def mask_text(text: str) -> str:
 
 
 def mask_key(key: str) -> str:
-    """A source key as it may appear in a report: masked where it is (or holds) an ID number
-    or a mobile number, as some departments key rows by them; other keys as they are."""
+    """A source key as it may appear in a report, a log or the review queue: masked where it
+    is (or holds) an ID number or a mobile number, as some departments key rows by them; other
+    keys as they are.
+
+    >>> mask_key("350121197403155015"), mask_key("RK3501000301006001")
+    ('350121********5015', 'RK3501000301006001')
+    """
     return mask_text(key)
+
+
+_ID_LIKE = re.compile(r"\d{17}[\dXx]|\d{15}")
+_MOBILE_LIKE = re.compile(r"1[3-9]\d{9}")
+
+
+def release_key(key: str | None) -> str | None:
+    """A source key as a de-identified release shows it: suppressed when the whole key is an ID
+    number or a mobile number (a release keeps no part of either); other keys as they are.
+
+    >>> release_key("13812345678"), release_key("RK3501000301006001")
+    ('****', 'RK3501000301006001')
+    """
+    if key is None:
+        return None
+    return SUPPRESSED if _ID_LIKE.fullmatch(key) or _MOBILE_LIKE.fullmatch(key) else key
+
+
+_RECORD = re.compile(r"(?P<dept>[^/\s]+)/(?P<table>[^/\s]+)/(?P<key>\S+)")
+
+
+def parse_record(record: str) -> tuple[str, str, str] | None:
+    """(department, table, key) of a record ID ``department/table/key``; None if it is not one.
+
+    >>> parse_record("gongan/t_rk_jbxx/RK1")
+    ('gongan', 't_rk_jbxx', 'RK1')
+    """
+    m = _RECORD.fullmatch(record.strip())
+    return None if m is None else (m["dept"], m["table"], m["key"])
+
+
+def mask_record(record: str) -> str:
+    """A record ID with its key masked as :func:`mask_key` masks it (text that is no record ID:
+    :func:`mask_text`).
+
+    >>> mask_record("gongan/t_rk_jbxx/13812345678")
+    'gongan/t_rk_jbxx/138****5678'
+    """
+    parts = parse_record(record)
+    if parts is None:
+        return mask_text(record)
+    dept, table, key = parts
+    return f"{dept}/{table}/{mask_key(key)}"
+
+
+def release_record(record: str) -> str:
+    """A record ID with its key as a de-identified release shows it (:func:`release_key`).
+
+    >>> release_record("gongan/t_rk_jbxx/13812345678")
+    'gongan/t_rk_jbxx/****'
+    """
+    parts = parse_record(record)
+    if parts is None:
+        return mask_text(record)
+    dept, table, key = parts
+    return f"{dept}/{table}/{release_key(key)}"
+
+
+def replace_records(text: str, how: Callable[[str], str]) -> str:
+    """``text`` with every record ID in it replaced by ``how(record)``."""
+    return _RECORD.sub(lambda m: how(m.group(0)), text)
+
+
+def records_in(text: str) -> list[str]:
+    """The record IDs (``department/table/key``) that ``text`` names."""
+    return [m.group(0) for m in _RECORD.finditer(text)]
 
 
 def find_clear(
@@ -499,6 +525,28 @@ def find_clear(
         if value in text and not any(value in p for p in allowed):
             found.append(value)
     return found
+
+
+_CANDIDATE = re.compile(r"\d{15}|1[3-9]\d[- ]?\d{4}[- ]?\d{4}|0\d{2,3}[- ]?\d{3,4}[- ]?\d{4}")
+SCRUB_KINDS: frozenset[str] = frozenset({"id", "mobile", "landline", "card"})
+"""What the last gate of analyst output looks for: not e-mails or street addresses, which the
+catalog (contacts) and the enterprise views (registered addresses) show on purpose."""
+
+
+def scrub(value: object) -> tuple[object, bool]:
+    """``value`` with any valid ID number, mobile or landline number or bank card in it masked,
+    and whether it was: the last line of defence on what an analyst is shown.
+
+    >>> scrub("联系 13812345678"), scrub(42)
+    (('联系 138****5678', True), (42, False))
+    """
+    if (
+        not isinstance(value, str)
+        or not _CANDIDATE.search(value)
+        or not find_clear(value, kinds=SCRUB_KINDS)
+    ):
+        return value, False
+    return mask_text(value), True
 
 
 # Driver messages that quote the offending source value: the value is personal data of unknown

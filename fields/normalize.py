@@ -49,7 +49,7 @@ from pypinyin import Style, lazy_pinyin
 from fields import divisions, identifiers
 
 __all__ = [
-    "FIELDS",
+    "NORMALIZERS",
     "REASONS",
     "SEVERITY",
     "Address",
@@ -184,9 +184,30 @@ def _guarded(fn: Callable[P, Normalized[T]]) -> Callable[P, Normalized[T]]:
 # --------------------------------------------------------------------------- text
 
 _MISSING = {
-    "", "null", "none", "nil", "nan", "n/a", "na", "#n/a", "无", "-", "--", "---", "—", "——",
-    "/", "\\", "空", "暂无", "不详", "未知", "未填", "(空)", "(null)",
-}  # fmt: skip
+    "",
+    "null",
+    "none",
+    "nil",
+    "nan",
+    "n/a",
+    "na",
+    "#n/a",
+    "无",
+    "-",
+    "--",
+    "---",
+    "—",
+    "——",
+    "/",
+    "\\",
+    "空",
+    "暂无",
+    "不详",
+    "未知",
+    "未填",
+    "(空)",
+    "(null)",
+}
 _SPACE = re.compile(r"\s+")
 
 
@@ -334,7 +355,8 @@ def person_name(raw: object, *, allow_latin: bool = False) -> Normalized[str]:
 
 
 # pypinyin has no surname mode (python-pinyin issue #297 is open), so the readings of surnames
-# that differ from the everyday reading are listed here.
+# that differ from the everyday reading are listed here. Both reading tables stay packed (fmt:
+# skip): one character and its reading per line would spread 84 short pairs over 84 lines.
 _SURNAME_READINGS = {
     "单": "shan", "曾": "zeng", "区": "ou", "仇": "qiu", "解": "xie", "查": "zha", "朴": "piao",
     "翟": "zhai", "盖": "ge", "乐": "yue", "种": "chong", "秘": "bi", "缪": "miao", "覃": "qin",
@@ -513,10 +535,19 @@ def id_number(
 
 # GB 32100-2015 registration departments (first character) and, for 9 (市场监管), the types.
 _USCC_DEPTS = {
-    "1": "机构编制", "2": "外交", "3": "司法行政", "4": "文化", "5": "民政", "6": "旅游",
-    "7": "宗教", "8": "工会", "9": "市场监管", "A": "中央军委改革和编制办公室", "N": "农业",
+    "1": "机构编制",
+    "2": "外交",
+    "3": "司法行政",
+    "4": "文化",
+    "5": "民政",
+    "6": "旅游",
+    "7": "宗教",
+    "8": "工会",
+    "9": "市场监管",
+    "A": "中央军委改革和编制办公室",
+    "N": "农业",
     "Y": "其他",
-}  # fmt: skip
+}
 _USCC_TYPES_9 = {"1": "企业", "2": "个体工商户", "3": "农民专业合作社"}
 _USCC_CONFUSABLE = str.maketrans("OIZS", "0125")
 
@@ -747,9 +778,13 @@ def phones(raw: object, *, default_area_code: str | None = None) -> Normalized[s
 EXCEL_EPOCH = dt.date(1899, 12, 30)
 _EXCEL_MAX = 80000  # 2119-01-10
 _PLACEHOLDER_DATES = {
-    dt.date(1900, 1, 1), dt.date(1899, 12, 30), dt.date(1899, 12, 31),
-    dt.date(9999, 12, 31), dt.date(9999, 1, 1), dt.date(1, 1, 1),
-}  # fmt: skip
+    dt.date(1900, 1, 1),
+    dt.date(1899, 12, 30),
+    dt.date(1899, 12, 31),
+    dt.date(9999, 12, 31),
+    dt.date(9999, 1, 1),
+    dt.date(1, 1, 1),
+}
 _YEAR_RANGE = (1800, 2200)
 
 _YMD = re.compile(
@@ -986,20 +1021,31 @@ class _Place:
 
 
 _PLACEHOLDER_NAMES = {
-    "市辖区", "县", "市区", "省直辖县级行政区划", "自治区直辖县级行政区划",
-    "省直辖县级行政单位", "自治区直辖县级行政单位", "林区",
-}  # fmt: skip
-_ETHNIC_STEMS = (
-    "蒙古", "回", "藏", "维吾尔", "苗", "彝", "壮", "布依", "朝鲜", "满", "侗", "瑶", "白",
-    "土家", "哈尼", "哈萨克", "傣", "黎", "傈僳", "佤", "畲", "高山", "拉祜", "水", "东乡",
-    "纳西", "景颇", "柯尔克孜", "土", "达斡尔", "仫佬", "羌", "布朗", "撒拉", "毛南", "仡佬",
-    "锡伯", "阿昌", "普米", "塔吉克", "怒", "乌孜别克", "俄罗斯", "鄂温克", "德昂", "保安",
-    "裕固", "京", "塔塔尔", "独龙", "鄂伦春", "赫哲", "门巴", "珞巴", "基诺", "各族",
-)  # fmt: skip
+    "市辖区",
+    "县",
+    "市区",
+    "省直辖县级行政区划",
+    "自治区直辖县级行政区划",
+    "省直辖县级行政单位",
+    "自治区直辖县级行政单位",
+    "林区",
+}
 _SUFFIXES = (
-    "特别行政区", "自治区", "自治州", "自治县", "自治旗", "地区", "林区", "特区", "省", "市", "区",
-    "县", "旗", "盟",
-)  # fmt: skip
+    "特别行政区",
+    "自治区",
+    "自治州",
+    "自治县",
+    "自治旗",
+    "地区",
+    "林区",
+    "特区",
+    "省",
+    "市",
+    "区",
+    "县",
+    "旗",
+    "盟",
+)
 # After an abbreviated name: 中山路 is a street, 长乐市 a different full name; 鼓楼东街 is either
 # a street or 鼓楼(区) + 东街, so it only counts inside the default city.
 _NOT_AFTER_SHORT = re.compile(r"^(?:[路街巷弄道里]|大道|大街|[市县区旗])")
@@ -1243,8 +1289,7 @@ def address(raw: object, *, default_city_code: str | None = None) -> Normalized[
 
 # ---------------------------------------------------------------- enterprise name
 
-_BRACKETS = str.maketrans({"(": "（", ")": "）", "[": "（", "]": "）", "【": "（", "】": "）",
-                           "〔": "（", "〕": "）", "{": "（", "}": "）"})  # fmt: skip
+_BRACKETS = str.maketrans("()[]【】〔〕{}", "（）（）（）（）（）")
 _BRANCH_SUFFIX = (
     r"（?(?P<branch>[^（）]+?"
     r"(?:分公司|分店|营业部|办事处|分行|支行|分厂|分所|分部|分社|营业所))）?$"
@@ -1340,9 +1385,21 @@ def enterprise_name(raw: object) -> Normalized[str]:
 # ------------------------------------------------------------ sex, ethnicity, money
 
 _SEX = {
-    "男": "男", "男性": "男", "m": "男", "male": "男", "man": "男", "1": "男", "先生": "男",
-    "女": "女", "女性": "女", "f": "女", "female": "女", "woman": "女", "2": "女", "女士": "女",
-}  # fmt: skip
+    "男": "男",
+    "男性": "男",
+    "m": "男",
+    "male": "男",
+    "man": "男",
+    "1": "男",
+    "先生": "男",
+    "女": "女",
+    "女性": "女",
+    "f": "女",
+    "female": "女",
+    "woman": "女",
+    "2": "女",
+    "女士": "女",
+}
 _SEX_UNKNOWN = {"0", "9", "未知", "未说明", "未知的性别", "未说明的性别", "u", "unknown", "不详"}
 
 
@@ -1376,14 +1433,65 @@ def sex(raw: object) -> Normalized[str]:
 
 # GB/T 3304-1991
 _ETHNICITIES = (
-    "汉族", "蒙古族", "回族", "藏族", "维吾尔族", "苗族", "彝族", "壮族", "布依族", "朝鲜族",
-    "满族", "侗族", "瑶族", "白族", "土家族", "哈尼族", "哈萨克族", "傣族", "黎族", "傈僳族",
-    "佤族", "畲族", "高山族", "拉祜族", "水族", "东乡族", "纳西族", "景颇族", "柯尔克孜族",
-    "土族", "达斡尔族", "仫佬族", "羌族", "布朗族", "撒拉族", "毛南族", "仡佬族", "锡伯族",
-    "阿昌族", "普米族", "塔吉克族", "怒族", "乌孜别克族", "俄罗斯族", "鄂温克族", "德昂族",
-    "保安族", "裕固族", "京族", "塔塔尔族", "独龙族", "鄂伦春族", "赫哲族", "门巴族", "珞巴族",
+    "汉族",
+    "蒙古族",
+    "回族",
+    "藏族",
+    "维吾尔族",
+    "苗族",
+    "彝族",
+    "壮族",
+    "布依族",
+    "朝鲜族",
+    "满族",
+    "侗族",
+    "瑶族",
+    "白族",
+    "土家族",
+    "哈尼族",
+    "哈萨克族",
+    "傣族",
+    "黎族",
+    "傈僳族",
+    "佤族",
+    "畲族",
+    "高山族",
+    "拉祜族",
+    "水族",
+    "东乡族",
+    "纳西族",
+    "景颇族",
+    "柯尔克孜族",
+    "土族",
+    "达斡尔族",
+    "仫佬族",
+    "羌族",
+    "布朗族",
+    "撒拉族",
+    "毛南族",
+    "仡佬族",
+    "锡伯族",
+    "阿昌族",
+    "普米族",
+    "塔吉克族",
+    "怒族",
+    "乌孜别克族",
+    "俄罗斯族",
+    "鄂温克族",
+    "德昂族",
+    "保安族",
+    "裕固族",
+    "京族",
+    "塔塔尔族",
+    "独龙族",
+    "鄂伦春族",
+    "赫哲族",
+    "门巴族",
+    "珞巴族",
     "基诺族",
-)  # fmt: skip
+)
+# Ethnic stems that end a division's name (延边朝鲜族自治州): every group but 汉, and 各族.
+_ETHNIC_STEMS = (*(n[:-1] for n in _ETHNICITIES[1:]), "各族")
 _ETHNIC_CODES = {f"{i:02d}": n for i, n in enumerate(_ETHNICITIES, 1)} | {
     "97": "其他",
     "98": "外国血统中国籍人士",
@@ -1418,12 +1526,29 @@ def ethnicity(raw: object) -> Normalized[str]:
 
 _CAPITAL = re.compile(r"^(?P<n>\d+(?:\.\d+)?)(?P<unit>亿元|亿|万元|万|元)?(?P<cur>.*)$")
 _CURRENCIES = {
-    "": "CNY", "人民币": "CNY", "rmb": "CNY", "cny": "CNY", "美元": "USD", "usd": "USD",
-    "港元": "HKD", "港币": "HKD", "hkd": "HKD", "欧元": "EUR", "eur": "EUR", "日元": "JPY",
-    "jpy": "JPY", "英镑": "GBP", "新台币": "TWD",
-}  # fmt: skip
-_IN_WAN = {"亿元": Decimal(10000), "亿": Decimal(10000), "万元": Decimal(1), "万": Decimal(1),
-           "元": Decimal("0.0001")}  # fmt: skip
+    "": "CNY",
+    "人民币": "CNY",
+    "rmb": "CNY",
+    "cny": "CNY",
+    "美元": "USD",
+    "usd": "USD",
+    "港元": "HKD",
+    "港币": "HKD",
+    "hkd": "HKD",
+    "欧元": "EUR",
+    "eur": "EUR",
+    "日元": "JPY",
+    "jpy": "JPY",
+    "英镑": "GBP",
+    "新台币": "TWD",
+}
+_IN_WAN = {
+    "亿元": Decimal(10000),
+    "亿": Decimal(10000),
+    "万元": Decimal(1),
+    "万": Decimal(1),
+    "元": Decimal("0.0001"),
+}
 
 
 @_guarded
@@ -1471,7 +1596,9 @@ def _legacy_as(kind: str) -> Callable[..., Normalized[str]]:
     return normalizer
 
 
-_FIELDS: dict[str, Callable[..., Normalized[Any]]] = {
+# Named after the canonical field each cleans (fields.dictionary: Field.normalized_by), except an
+# enterprise's name, whose normalizer also derives the matching key and the branch suffix.
+_NORMALIZERS: dict[str, Callable[..., Normalized[Any]]] = {
     "name": person_name,
     "legal_rep_name": person_name,
     "id_number": id_number,
@@ -1497,9 +1624,11 @@ def _accepted(fn: Callable[..., Any]) -> frozenset[str]:
     return frozenset(list(inspect.signature(fn).parameters)[1:])
 
 
-def normalize_value(field_name: str, raw: object, **context: Any) -> Normalized[Any]:
-    """Normalize ``raw`` as the canonical field ``field_name``; context the normalizer does not
-    take (e.g. as_of for a name) is ignored. An unknown field name is a programming error.
+def normalize_value(normalizer: str, raw: object, **context: Any) -> Normalized[Any]:
+    """Normalize ``raw`` with the normalizer of that name (one of :data:`NORMALIZERS`: a
+    canonical field's is :attr:`fields.dictionary.Field.normalized_by`, named after the field
+    except ``enterprise_name``); context the normalizer does not take (e.g. as_of for a name) is
+    ignored. An unknown name is a programming error.
 
     >>> normalize_value("id_number", "110105491231002", sex="女").value
     '11010519491231002X'
@@ -1507,13 +1636,14 @@ def normalize_value(field_name: str, raw: object, **context: Any) -> Normalized[
     Decimal('100')
     """
     try:
-        fn = _FIELDS[field_name]
+        fn = _NORMALIZERS[normalizer]
     except KeyError:
         raise KeyError(
-            f"no normalizer for field {field_name!r}; known: {sorted(_FIELDS)}"
+            f"no normalizer for field {normalizer!r}; known: {sorted(_NORMALIZERS)}"
         ) from None
     accepted = _accepted(fn)
     return fn(raw, **{k: v for k, v in context.items() if k in accepted})
 
 
-FIELDS: tuple[str, ...] = tuple(_FIELDS)
+NORMALIZERS: tuple[str, ...] = tuple(_NORMALIZERS)
+"""The names :func:`normalize_value` takes."""

@@ -39,11 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from recordlinkage.base import BaseIndexAlgorithm
 
 from etl.standardize import SCHEMAS
-from fields import identifiers, normalize
+from fields import dictionary, identifiers, normalize
 
 __all__ = [
     "DEFAULT_MAX_BLOCK",
-    "DEFAULT_PASSES",
     "DERIVED_KEYS",
     "KEY_SCHEMA",
     "BlockingPass",
@@ -70,17 +69,11 @@ Positions = npt.NDArray[np.int64]
 
 # Canonical column -> the field its reason codes are filed under ("address:address_unparsed").
 _REASON_FIELD = {
-    "name_pinyin": "name",
-    "name_key": "name",
-    "branch": "name",
-    "phones_all": "phone",
-    **{c: "address" for c in ("province", "city", "district", "division_code", "address_detail")},
+    f.name: f.group for f in dictionary.FIELDS if f.group is not None and f.group != f.name
 }
-# Keys whose values are personal data: masked in logs and reports (GB/T 35273 style).
-_PERSONAL = frozenset(
-    {"name", "name_pinyin", "id_number", "phone", "phone_any", "legal_rep_id", "legal_rep_name",
-     "birth_date", "address", "address_detail"}
-)  # fmt: skip
+# Keys whose values are personal data: masked in logs and reports (GB/T 35273 style): the masked
+# fields of either entity, and each number of a person's phones.
+_PERSONAL = frozenset({f.name for f in dictionary.FIELDS if f.policy.masked} | {"phone_any"})
 
 
 # --- validity -----------------------------------------------------------------------------
@@ -328,32 +321,12 @@ class BlockingPass(BaseModel):
         return keys
 
 
-DEFAULT_PASSES: dict[str, list[dict[str, Any]]] = {
-    "person": [
-        {"name": "id_number", "keys": ["id_number"]},
-        {"name": "pinyin_birth_date", "keys": ["name_pinyin", "birth_date"]},
-        {"name": "phone", "keys": ["phone_any"]},
-        {"name": "name_district", "keys": ["name", "division_code"]},
-        {"name": "pinyin_birth_year", "keys": ["name_pinyin", "birth_year"]},
-    ],
-    "enterprise": [
-        {"name": "uscc", "keys": ["uscc"]},
-        {"name": "reg_no", "keys": ["reg_no"]},
-        {"name": "org_code", "keys": ["org_code"]},
-        {"name": "name_key", "keys": ["name_key"]},
-        {"name": "name_key_district", "keys": ["name_key", "division_code"]},
-        {"name": "legal_rep_name_key", "keys": ["legal_rep_id", "name_key"]},
-    ],
-}
-"""Default passes as plain data (the shape of ``blocking:`` in config/matching.yaml)."""
-
-
 def load_passes(data: Mapping[str, Any]) -> dict[str, list[BlockingPass]]:
     """Validate ``{entity: [{name, keys, max_block?}, ...]}`` into passes.
 
     Errors name the entity, the pass and the fix.
 
-    >>> load_passes(DEFAULT_PASSES)["person"][0]
+    >>> load_passes({"person": [{"name": "id_number", "keys": ["id_number"]}]})["person"][0]
     BlockingPass(name='id_number', keys=('id_number',), max_block=None)
     """
     out: dict[str, list[BlockingPass]] = {}
@@ -623,8 +596,12 @@ def _skipped(
     shown = ", ".join(f"{s.key} ({s.size} rows)" for s in found[:5])
     log.warning(
         "blocking pass %r: skipped %d block(s) larger than max_block=%d: %s%s",
-        blocking_pass.name, len(found), max_block, shown, ", …" if len(found) > 5 else "",
-    )  # fmt: skip
+        blocking_pass.name,
+        len(found),
+        max_block,
+        shown,
+        ", …" if len(found) > 5 else "",
+    )
     return tuple(found)
 
 
@@ -709,10 +686,15 @@ def candidate_pairs(
         union = np.sort(np.concatenate([union, new]), kind="stable")  # merges two sorted runs
         reports.append(
             PassReport(
-                p.name, p.keys, algorithm.keyed_rows, algorithm.blocks, len(codes), len(new),
+                p.name,
+                p.keys,
+                algorithm.keyed_rows,
+                algorithm.blocks,
+                len(codes),
+                len(new),
                 algorithm.skipped,
             )
-        )  # fmt: skip
+        )
         log.info("blocking pass %r: %d pairs, %d new", p.name, len(codes), len(new))
     report = BlockingReport(
         records=len(df),

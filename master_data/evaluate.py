@@ -530,32 +530,35 @@ def _capital(v: Any) -> Hashable | None:
         return _text(v)
 
 
-# golden attribute -> (truth columns any of which may match, normaliser)
-PERSON_ATTRIBUTES: dict[str, tuple[tuple[str, ...], Normaliser]] = {
-    "name": (("name",), _text),
-    "id_number": (("id_number",), _ident),
-    "sex": (("sex",), _text),
-    "birth_date": (("birth_date",), _date),
-    "phone": (("phone", "landline"), _phone),
-    "division_code": (("division_code",), _division),
-    "address_detail": (("address_detail",), _text),
-    "ethnicity": (("ethnicity", "ethnicity_code"), _text),
-    "status": (("status",), _text),
+SCORED: dict[str, dict[str, tuple[tuple[str, ...], Normaliser]]] = {
+    "person": {
+        "name": (("name",), _text),
+        "id_number": (("id_number",), _ident),
+        "sex": (("sex",), _text),
+        "birth_date": (("birth_date",), _date),
+        "phone": (("phone", "landline"), _phone),
+        "division_code": (("division_code",), _division),
+        "address_detail": (("address_detail",), _text),
+        "ethnicity": (("ethnicity", "ethnicity_code"), _text),
+        "status": (("status",), _text),
+    },
+    "enterprise": {
+        "name": (("name",), _text),
+        "uscc": (("uscc",), _ident),
+        "reg_no": (("reg_no",), _ident),
+        "org_code": (("org_code",), _ident),
+        "legal_rep_id": (("legal_rep_id",), _ident),
+        "legal_rep_name": (("legal_rep_name",), _text),
+        "division_code": (("division_code",), _division),
+        "address_detail": (("address_detail",), _text),
+        "registered_capital": (("registered_capital",), _capital),
+        "established_date": (("established_date",), _date),
+        "status": (("status",), _text),
+    },
 }
-ENTERPRISE_ATTRIBUTES: dict[str, tuple[tuple[str, ...], Normaliser]] = {
-    "name": (("name",), _text),
-    "uscc": (("uscc",), _ident),
-    "reg_no": (("reg_no",), _ident),
-    "org_code": (("org_code",), _ident),
-    "legal_rep_id": (("legal_rep_id",), _ident),
-    "legal_rep_name": (("legal_rep_name",), _text),
-    "division_code": (("division_code",), _division),
-    "address_detail": (("address_detail",), _text),
-    "registered_capital": (("registered_capital",), _capital),
-    "established_date": (("established_date",), _date),
-    "status": (("status",), _text),
-}
-ATTRIBUTES = {"person": PERSON_ATTRIBUTES, "enterprise": ENTERPRISE_ATTRIBUTES}
+"""Golden column scored → (the ground truth's columns, any of which may match; the normaliser
+both sides are compared by). Not survivorship's attributes: an address is scored by its
+division and its detail, and a person's employer is not in the truth."""
 
 
 @dataclass(frozen=True)
@@ -656,7 +659,7 @@ def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str)
     attributes: dict[str, AttributeAccuracy] = {}
     skipped: list[str] = []
     every = pd.Series(True, index=scored.index)
-    for attr, (columns, fn) in ATTRIBUTES[entity].items():
+    for attr, (columns, fn) in SCORED[entity].items():
         present = [c for c in columns if c in true.columns]
         if attr not in scored.columns or not present:
             skipped.append(attr)

@@ -29,7 +29,7 @@ from master_data.night_state import read_state, state_file
 from master_data.published import published_night, warehouse
 from master_data.records import RECORD, record_id
 from master_data.survivorship import ATTRIBUTES
-from store.warehouse import (
+from store.tables import (
     conflict_table,
     crosswalk_table,
     enterprise_table,

@@ -79,15 +79,8 @@ from master_data.scope import (
 from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
 from master_data.train import train
 from store import failpoints
-from store.warehouse import (
-    engine_for,
-    latest_run,
-    night_lock,
-    published_run,
-    read,
-    review_decision_table,
-    state_dir_of,
-)
+from store.tables import review_decision_table
+from store.warehouse import engine_for, latest_run, night_lock, published_run, read, state_dir_of
 
 log = logging.getLogger(__name__)
 

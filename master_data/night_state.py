@@ -30,16 +30,14 @@ from master_data.identity import RETIRED_COLUMNS
 from master_data.model import FellegiSunter
 from master_data.records import META, RECORD
 from master_data.settings import load_match_settings
-from store.warehouse import (
+from store.tables import (
     crosswalk_table,
-    engine_for,
     enterprise_table,
     person_table,
-    read,
     review_queue_table,
     run_table,
-    state_dir_of,
 )
+from store.warehouse import engine_for, read, state_dir_of
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,8 @@ import sqlalchemy as sa
 from etl.config import CityConfig
 from etl.state import warehouse_url
 from master_data.evaluate import Evaluation, evaluate
-from store.warehouse import (
-    crosswalk_table,
-    engine_for,
-    enterprise_table,
-    latest_run,
-    person_table,
-    state_dir_of,
-)
+from store.tables import crosswalk_table, enterprise_table, person_table
+from store.warehouse import engine_for, latest_run, state_dir_of
 from store.warehouse import read as read_table
 
 

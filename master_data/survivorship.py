@@ -21,50 +21,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-# attribute → the canonical columns that survive together (the first one decides "has a value")
+from fields import dictionary
+from store.tables import conflict_table, provenance_table
+
 ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
-    "person": {
-        "name": ("name", "name_pinyin"),
-        "id_number": ("id_number",),
-        "sex": ("sex",),
-        "birth_date": ("birth_date",),
-        "phone": ("phone",),
-        "address": (
-            "division_code", "address", "province", "city", "district", "address_detail",
-        ),
-        "ethnicity": ("ethnicity",),
-        "employer_uscc": ("employer_uscc",),
-        "status": ("status",),
-    },
-    "enterprise": {
-        "name": ("name", "name_key", "branch"),
-        "uscc": ("uscc",),
-        "reg_no": ("reg_no",),
-        "org_code": ("org_code",),
-        "legal_rep_name": ("legal_rep_name",),
-        "legal_rep_id": ("legal_rep_id",),
-        "address": (
-            "division_code", "address", "province", "city", "district", "address_detail",
-        ),
-        "registered_capital": ("registered_capital",),
-        "established_date": ("established_date",),
-        "status": ("status",),
-    },
-}  # fmt: skip
+    entity: dictionary.attributes(entity) for entity in dictionary.ENTITIES
+}
+"""Attribute → the golden columns that survive together (the first one decides "has a value"),
+from :mod:`fields.dictionary`."""
 
-PROVENANCE_COLUMNS = [
-    "master_id", "attribute", "department", "source_table", "source_key", "source_updated_at",
-    "candidates", "agreeing", "rule",
-]  # fmt: skip
-CONFLICT_COLUMNS = [
-    "master_id", "attribute", "department", "source_table", "source_key", "value",
-    "authority_department", "authority_value",
-]  # fmt: skip
-
-
-def golden_columns(entity: str) -> list[str]:
-    """The golden table's value columns, in order."""
-    return [c for cols in ATTRIBUTES[entity].values() for c in cols]
+# The rows of mdm_provenance and mdm_conflict, less what the publish adds (entity, night).
+PROVENANCE_COLUMNS = [c.name for c in provenance_table.columns if c.name != "entity"]
+CONFLICT_COLUMNS = [c.name for c in conflict_table.columns if c.name not in ("run_id", "entity")]
 
 
 def survive(

@@ -37,14 +37,8 @@ from etl.config import CityConfig, DepartmentConfig, load_city_config, save_sett
 from etl.extract import extract_department, raw_dir, raw_path
 from etl.standardize import canonical_dir, standardize_department
 from etl.state import RunState, warehouse_url
-from store.warehouse import (
-    engine_for,
-    enterprise_table,
-    latest_run,
-    person_table,
-    published_run,
-    run_table,
-)
+from store.tables import enterprise_table, person_table, run_table
+from store.warehouse import engine_for, latest_run, published_run
 
 CONFIG_ENV = "GOVMDM_CONFIG"
 """Environment variable naming the configuration folder (default: the project's ``config/``)."""
@@ -468,7 +462,7 @@ def link(
 def publish(config: str | Path, run_id: str) -> dict[str, Any]:
     """Publish the linked night atomically and move the watermarks
     (:func:`master_data.publish.publish`); returns the golden tables' row counts."""
-    from access.access import after_publish
+    from access.views import after_publish
     from master_data.publish import publish as publish_night
 
     city = load_city_config(config, tolerant=True)

@@ -1,7 +1,8 @@
 """Run data-quality checks through Great Expectations 1.x and return plain results.
 
-A :class:`Check` is one quality rule as data (rule ID, kind, column, parameters, pass threshold,
-and ``meta``: owning department, GB/T 36344 dimension, severity, Chinese description).
+A :class:`Check` is one quality rule as data (rule ID, kind — ``not_null``, ``unique``,
+``in_set``, ``regex`` or ``valid`` —, column, parameters, pass threshold, and ``meta``: owning
+department, GB/T 36344 dimension, severity, Chinese description).
 :func:`run_checks` turns a list of them into a GX ``ExpectationSuite``, validates a pandas
 DataFrame with it and returns one :class:`CheckResult` per check, in the order given.
 
@@ -35,8 +36,12 @@ How the results are counted, and why:
 - **Severity**: our three levels go onto GX's own ``severity`` in order (warning → info, error →
   warning, blocking → critical), so GX's ``get_max_severity_failure`` ranks them as we do; our
   word stays in ``meta["severity"]``.
-- **Errors**: an expectation GX cannot evaluate (missing column, a bound of the wrong type) gives
-  a result with ``error`` set, naming the rule, the column and the fix; the others still run.
+- **Errors**: an expectation GX cannot evaluate (missing column, a parameter of the wrong type)
+  gives a result with ``error`` set, naming the rule, the column and the fix; the others still
+  run.
+- **Flags counted directly**: a rule whose verdict on each row is already computed (a
+  standardizer flag, a lookup in a golden table) needs no expectation; :func:`tally` counts its
+  verdicts the way GX counts a check.
 
 GX is slow to import (about 5 s), so it is imported on first use; one ephemeral context, with
 progress bars off and GX's INFO logging quieted, serves the whole process. Validation goes
@@ -53,7 +58,7 @@ import logging
 import re
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -62,6 +67,7 @@ import pandas as pd
 import phonenumbers
 
 from fields import divisions, identifiers
+from quality.results import DIMENSIONS, SEVERITIES
 
 if TYPE_CHECKING:
     from great_expectations.core import (
@@ -72,28 +78,24 @@ if TYPE_CHECKING:
     from great_expectations.expectations import Expectation
 
 __all__ = [
-    "DIMENSIONS",
     "GX_SEVERITY",
     "KINDS",
-    "SEVERITIES",
     "VALIDATORS",
     "Check",
     "CheckResult",
     "SuiteRun",
     "run_checks",
+    "tally",
     "validate",
 ]
 
 log = logging.getLogger(__name__)
 
-SEVERITIES: Final = ("warning", "error", "blocking")
 GX_SEVERITY: Final[Mapping[str, str]] = {
     "warning": "info",
     "error": "warning",
     "blocking": "critical",
 }
-# GB/T 36344-2018 数据质量评价指标
-DIMENSIONS: Final = ("规范性", "完整性", "准确性", "一致性", "时效性", "可访问性")
 
 
 # ------------------------------------------------------------------------------ validators
@@ -230,31 +232,18 @@ VALIDATORS: Final[Mapping[str, Callable[[object], bool]]] = {
 # ---------------------------------------------------------------------------------- checks
 
 
-@dataclass(frozen=True)
-class _Kind:
-    gx_class: str  # name in great_expectations.expectations; "" = our validity expectation
-    table_level: bool = False
-    required: tuple[str, ...] = ()
-    optional: tuple[str, ...] = ()
-
-
-KINDS: Final[Mapping[str, _Kind]] = {
-    "not_null": _Kind("ExpectColumnValuesToNotBeNull"),
-    "unique": _Kind("ExpectColumnValuesToBeUnique"),
-    "in_set": _Kind("ExpectColumnValuesToBeInSet", required=("value_set",)),
-    "not_in_set": _Kind("ExpectColumnValuesToNotBeInSet", required=("value_set",)),
-    "regex": _Kind("ExpectColumnValuesToMatchRegex", required=("regex",)),
-    "valid": _Kind("", required=("validator",)),
-    "between": _Kind(
-        "ExpectColumnValuesToBeBetween",
-        optional=("min_value", "max_value", "strict_min", "strict_max"),
-    ),
-    "length_between": _Kind(
-        "ExpectColumnValueLengthsToBeBetween", optional=("min_value", "max_value")
-    ),
-    "row_count_between": _Kind(
-        "ExpectTableRowCountToBeBetween", table_level=True, optional=("min_value", "max_value")
-    ),
+KINDS: Final[Mapping[str, str]] = {
+    "not_null": "ExpectColumnValuesToNotBeNull",
+    "unique": "ExpectColumnValuesToBeUnique",
+    "in_set": "ExpectColumnValuesToBeInSet",
+    "regex": "ExpectColumnValuesToMatchRegex",
+    "valid": "",  # our validity expectation, defined on first use
+}
+"""Each kind of check and its class in ``great_expectations.expectations``."""
+_PARAMS: Final[Mapping[str, tuple[str, ...]]] = {
+    "in_set": ("value_set",),
+    "regex": ("regex",),
+    "valid": ("validator",),
 }
 
 
@@ -262,13 +251,11 @@ KINDS: Final[Mapping[str, _Kind]] = {
 class Check:
     """One quality rule, as configured.
 
-    ``params`` by kind: ``in_set``/``not_in_set`` ``value_set``; ``regex`` ``regex`` (matched
-    against the whole value); ``valid`` ``validator`` (a key of :data:`VALIDATORS`); ``between``,
-    ``length_between`` and ``row_count_between`` ``min_value``/``max_value`` (at least one).
-    ``threshold`` is the fraction of rows that must pass (GX ``mostly``; 1.0 = every row).
-    ``meta`` travels in the expectation's GX ``meta``: ``department``, ``dimension`` (one of
-    :data:`DIMENSIONS`), ``severity`` (one of :data:`SEVERITIES`, default ``error``) and
-    ``description_zh``.
+    ``params`` by kind: ``in_set`` ``value_set``; ``regex`` ``regex`` (matched against the whole
+    value); ``valid`` ``validator`` (a key of :data:`VALIDATORS`). ``threshold`` is the fraction
+    of rows that must pass (GX ``mostly``; 1.0 = every row). ``meta`` travels in the
+    expectation's GX ``meta``: ``department``, ``dimension`` (one of :data:`DIMENSIONS`),
+    ``severity`` (one of :data:`SEVERITIES`, default ``error``) and ``description_zh``.
 
     A malformed check raises ``ValueError`` naming the rule and the fix, so a config loader can
     report it with its file and key.
@@ -282,47 +269,48 @@ class Check:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def bad(problem: str) -> ValueError:
-            return ValueError(f"quality rule {self.rule_id!r}: {problem}")
-
         if not self.rule_id:
             raise ValueError("quality rule without a rule_id: give every rule a stable ID")
-        spec = KINDS.get(self.kind)
-        if spec is None:
-            raise bad(f"unknown kind {self.kind!r}; use one of {', '.join(KINDS)}")
-        if spec.table_level and self.column is not None:
-            raise bad(f"a {self.kind} check is about the whole table: remove `column`")
-        if not spec.table_level and not self.column:
-            raise bad(f"a {self.kind} check needs `column`")
-        missing = [k for k in spec.required if k not in self.params]
-        unknown = sorted(set(self.params) - set(spec.required) - set(spec.optional))
+        if problem := self._problem():
+            raise ValueError(f"quality rule {self.rule_id!r}: {problem}")
+
+    def _problem(self) -> str | None:
+        """What is wrong with the check, or None."""
+        if self.kind not in KINDS:
+            return f"unknown kind {self.kind!r}; use one of {', '.join(KINDS)}"
+        if not self.column:
+            return f"a {self.kind} check needs `column`"
+        required = _PARAMS.get(self.kind, ())
+        missing = [k for k in required if k not in self.params]
+        unknown = sorted(set(self.params) - set(required))
         if missing:
-            raise bad(f"{self.kind} needs params {missing}")
+            return f"{self.kind} needs params {missing}"
         if unknown:
-            allowed = [*spec.required, *spec.optional] or ["none"]
-            raise bad(f"unknown params {unknown} for {self.kind}; allowed: {allowed}")
-        if spec.optional and not spec.required and not self._bounds():
-            raise bad(f"{self.kind} needs min_value, max_value or both")
+            return f"unknown params {unknown} for {self.kind}; allowed: {[*required] or ['none']}"
         if not 0.0 < self.threshold <= 1.0:
-            raise bad(f"threshold {self.threshold} must be in (0, 1]; 1.0 means every row")
+            return f"threshold {self.threshold} must be in (0, 1]; 1.0 means every row"
+        return self._param_problem() or self._meta_problem()
+
+    def _param_problem(self) -> str | None:
         if self.kind == "regex":
             try:
                 re.compile(self.params["regex"])
             except (re.error, TypeError) as e:
-                raise bad(f"regex {self.params['regex']!r} does not compile: {e}") from None
+                return f"regex {self.params['regex']!r} does not compile: {e}"
         if self.kind == "valid" and self.params["validator"] not in VALIDATORS:
             known = ", ".join(VALIDATORS)
-            raise bad(f"unknown validator {self.params['validator']!r}; use one of {known}")
+            return f"unknown validator {self.params['validator']!r}; use one of {known}"
+        return None
+
+    def _meta_problem(self) -> str | None:
         if self.meta.get("severity", "error") not in SEVERITIES:
-            raise bad(f"severity {self.meta['severity']!r}; use one of {', '.join(SEVERITIES)}")
+            return f"severity {self.meta['severity']!r}; use one of {', '.join(SEVERITIES)}"
         if "dimension" in self.meta and self.meta["dimension"] not in DIMENSIONS:
-            raise bad(
+            return (
                 f"dimension {self.meta['dimension']!r} is not a GB/T 36344 dimension; use one of "
                 + "、".join(DIMENSIONS)
             )
-
-    def _bounds(self) -> dict[str, Any]:
-        return {k: self.params[k] for k in ("min_value", "max_value") if k in self.params}
+        return None
 
     @property
     def severity(self) -> str:
@@ -426,22 +414,15 @@ def _validity_expectation() -> type[Expectation]:
     return ExpectColumnValuesToPassGovmdmValidator
 
 
-def _expectation(check: Check, frame: pd.DataFrame, engine: _Engine) -> Expectation:
+def _expectation(check: Check, engine: _Engine) -> Expectation:
     import great_expectations.expectations as gxe
     from great_expectations.expectations.metadata_types import FailureSeverity
 
-    spec = KINDS[check.kind]
     kwargs: dict[str, Any] = dict(check.params)
     if check.kind == "regex":
         kwargs["regex"] = rf"\A(?:{kwargs['regex']})\Z"
-    if check.kind == "between" and check.column in frame and _is_datetime(frame[check.column]):
-        # GX compares a datetime64 column with date bounds and fails: make them Timestamps
-        for bound in ("min_value", "max_value"):
-            if isinstance(kwargs.get(bound), str | dt.date):
-                kwargs[bound] = pd.Timestamp(kwargs[bound])
-    if not spec.table_level:
-        kwargs.update(column=check.column, mostly=check.threshold)
-    cls = engine.validity_expectation if check.kind == "valid" else getattr(gxe, spec.gx_class)
+    kwargs.update(column=check.column, mostly=check.threshold)
+    cls = engine.validity_expectation if check.kind == "valid" else getattr(gxe, KINDS[check.kind])
     meta = {"rule_id": check.rule_id, **check.meta, "severity": check.severity}
     description = check.meta.get("description_zh")
     expectation: Expectation = cls(
@@ -453,13 +434,8 @@ def _expectation(check: Check, frame: pd.DataFrame, engine: _Engine) -> Expectat
     return expectation
 
 
-def _is_datetime(series: pd.Series) -> bool:
-    return bool(pd.api.types.is_datetime64_any_dtype(series.dtype))
-
-
 def _error_message(check: Check, frame: pd.DataFrame, problem: str, *, built: bool = True) -> str:
     """One line: which rule on which column, what GX said, and what to change in the config."""
-    where = f"column {check.column!r}" if check.column else "the table"
     params = dict(check.params)
     if check.column and check.column not in frame.columns:
         shown = ", ".join(map(str, list(frame.columns)[:30]))
@@ -469,14 +445,13 @@ def _error_message(check: Check, frame: pd.DataFrame, problem: str, *, built: bo
         )
     elif not built:
         fix = f"correct this rule's params {params} as GX's message says"
-    elif check.column:
+    else:
         fix = (
             f"make this rule's params {params} fit the column's type "
             f"({frame[check.column].dtype}), or point the rule at the right column"
         )
-    else:
-        fix = f"correct this rule's params {params}"
     problem = " ".join(problem.split()).rstrip(".")
+    where = f"column {check.column!r}"
     return f"rule {check.rule_id} ({check.kind} on {where}) could not run: {problem}. Fix: {fix}"
 
 
@@ -506,8 +481,6 @@ def _check_result(
         )
     result: Mapping[str, Any] = outcome.result
     observed = {k: v for k, v in result.items() if not isinstance(v, list | dict | tuple)}
-    if KINDS[check.kind].table_level:
-        return CheckResult(check.rule_id, bool(outcome.success), len(frame), 0, (), observed)
     positions = np.asarray(result.get("unexpected_index_list") or [], dtype=np.int64)
     return CheckResult(
         rule_id=check.rule_id,
@@ -546,7 +519,7 @@ def validate(
         expectations: list[Expectation] = []
         for check in checks:
             try:
-                expectations.append(_expectation(check, frame, engine))
+                expectations.append(_expectation(check, engine))
             except Exception as e:  # GX's own validation of the parameters
                 message = _error_message(check, frame, f"GX rejected the rule: {e}", built=False)
                 built_errors[check.rule_id] = CheckResult(check.rule_id, False, 0, 0, error=message)
@@ -581,3 +554,18 @@ def run_checks(
     how rows are counted.
     """
     return list(validate(frame, checks, key_column=key_column, suite_name=suite_name).results)
+
+
+def tally(
+    rule_id: str, failed: Iterable[bool | None], keys: pd.Series, threshold: float
+) -> CheckResult:
+    """The result of a rule whose verdict on each row is already known (None: not judged),
+    counted as GX counts a check (see the module docstring): ``failed[i]`` is row ``i``'s."""
+    verdicts = list(failed)
+    checked = sum(v is not None for v in verdicts)
+    failing = [i for i, v in enumerate(verdicts) if v]
+    success = not checked or (checked - len(failing)) / checked >= threshold
+    labels = keys.to_numpy(dtype=object)
+    return CheckResult(
+        rule_id, success, checked, len(failing), tuple(_key_text(labels[i]) for i in failing)
+    )

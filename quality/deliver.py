@@ -167,9 +167,6 @@ class DeliveryResult:
         """No delivery failed (skipped ones are not failures)."""
         return all(d.status != "failed" for d in self.deliveries)
 
-    def by_status(self, status: Status) -> list[Delivery]:
-        return [d for d in self.deliveries if d.status == status]
-
 
 def deliver_reports(
     city: CityConfig,

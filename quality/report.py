@@ -45,6 +45,7 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from etl.state import RunState, warehouse_url
+from fields import dictionary
 from fields.masking import (
     ALL_KINDS,
     address_parts,
@@ -55,9 +56,10 @@ from fields.masking import (
     mask_text,
     policy,
 )
-from quality.results import DIMENSIONS, OVERALL, result_table, scorecard_table
+from quality.results import DIMENSIONS, OVERALL
 from quality.suites import PLATFORM_FAILURE, platform_failure
-from store.warehouse import conflict_table, engine_for
+from store.tables import conflict_table, result_table, scorecard_table
+from store.warehouse import engine_for
 
 __all__ = [
     "DEFAULT_NIGHTS",
@@ -66,7 +68,6 @@ __all__ = [
     "ReportSet",
     "UnmaskedDataError",
     "build_reports",
-    "mask_conflict_value",
     "night_key",
     "render_reports",
     "reports_dir",
@@ -96,24 +97,6 @@ STATUS_LABELS: Mapping[str, str] = {
 }
 NOT_COVERED = "未覆盖"
 OVERALL_LABEL = "综合"
-ATTRIBUTE_LABELS: Mapping[str, str] = {
-    "name": "名称",
-    "id_number": "身份证号",
-    "sex": "性别",
-    "birth_date": "出生日期",
-    "phone": "联系电话",
-    "address": "地址",
-    "ethnicity": "民族",
-    "employer_uscc": "就业单位统一社会信用代码",
-    "status": "状态",
-    "uscc": "统一社会信用代码",
-    "reg_no": "注册号",
-    "org_code": "组织机构代码",
-    "legal_rep_name": "法定代表人姓名",
-    "legal_rep_id": "法定代表人身份证号",
-    "registered_capital": "注册资本（万元）",
-    "established_date": "成立日期",
-}
 ENTITY_LABELS: Mapping[str, str] = {"person": "自然人", "enterprise": "法人"}
 
 _NOT_EXTRACTED = "今晚未能抽取本部门数据"
@@ -239,8 +222,9 @@ def render_reports(
         public += contacts
         reports[code] = replace(
             _render(out, code, "department", data, data["headline"]["status"]),
-            known=known, public=public,
-        )  # fmt: skip
+            known=known,
+            public=public,
+        )
     overview = None
     if department is None:
         data = overview_data(city, night, [reports[c].data for c in codes], names)
@@ -248,8 +232,9 @@ def render_reports(
         public += contacts
         overview = replace(
             _render(out, "overview", "overview", data, data["headline"]["status"]),
-            known=known, public=public,
-        )  # fmt: skip
+            known=known,
+            public=public,
+        )
     result = ReportSet(run_id=run_id, directory=out, departments=reports, overview=overview)
     for report in result.all():
         check_masked(
@@ -357,18 +342,6 @@ def night_key(run_id: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(
         (0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", run_id)
     )
-
-
-def mask_conflict_value(attribute: str, value: Any, entity: str = "person") -> str | None:
-    """A conflicting value as a report shows it: masked by the field's policy
-    (:func:`fields.masking.mask_field`).
-
-    >>> mask_conflict_value("name", "张三丰"), mask_conflict_value("phone", "13812345678")
-    ('张**', '138****5678')
-    >>> mask_conflict_value("name", "福州闽江科技有限公司", "enterprise")
-    '福州闽江科技有限公司'
-    """
-    return mask_field(entity, attribute, value)
 
 
 # --------------------------------------------------------------------------- reading a night
@@ -646,9 +619,7 @@ def _conflicts(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> d
 
 
 def _attribute_label(entity: str, attribute: str) -> str:
-    if attribute == "name":
-        return "姓名" if entity == "person" else "企业名称"
-    return ATTRIBUTE_LABELS.get(attribute, attribute)
+    return dictionary.label(entity, attribute)
 
 
 # ---------------------------------------------------------------------------- the overview
@@ -745,9 +716,14 @@ def platform_alerts(city: CityConfig, run_id: str) -> list[dict[str, Any]]:
         ledger = state.ledger(run_id)
     if (why := platform_failure(ledger)) is not None:
         alerts.append(
-            {"code": "-", "name": "全部部门", "kind": "platform",
-             "label": ALERT_LABELS["platform"], "message": why}
-        )  # fmt: skip
+            {
+                "code": "-",
+                "name": "全部部门",
+                "kind": "platform",
+                "label": ALERT_LABELS["platform"],
+                "message": why,
+            }
+        )
     for path in sorted((city.var_dir / "canonical" / f"run={run_id}").glob("department=*.json")):
         noted = json.loads(path.read_text(encoding="utf-8"))
         alerts.append(

@@ -11,7 +11,11 @@ and says in Chinese what it checks (``description``) and how the department fixe
 >>> rule.department, rule.kind, rule.column, rule.dimension
 ('renshe', 'validity', 'id_no', '规范性')
 
-Rule kinds, what they read and why:
+Each kind is a class (:data:`RULE_KINDS`; what all share is :class:`quality.rule_base.Rule`):
+the keys it takes, when it is judged (its ``judged_at``: ``batch``, ``ledger`` or ``linked``; a
+rule in ``golden.yaml`` is judged on the published golden tables), its default dimension,
+whether it may block, and its ``judge``. The row rules are here, the rules on a table as a whole
+in :mod:`quality.table_rules`. What they read and why:
 
 - ``completeness`` — the department's **raw** value is filled (blank and placeholders such as
   ``NULL``/``无``/``-`` count as empty): whether a field was filled is the department's fact,
@@ -38,6 +42,12 @@ Rule kinds, what they read and why:
 - ``delivery`` — from the ledger: ``check: extraction`` (every table was read) or
   ``check: schema`` (no schema drift).
 
+Completeness, validity (but ``reasons``) and uniqueness go through Great Expectations, one suite
+per table (:mod:`quality.checks`); a referential rule and a ``reasons`` rule count flags the
+rule computes itself, so they count them directly. Every department table also has two built-in
+rules: no mass deletion (:func:`quality.table_rules.deletion_rules`) and no 乱码
+(:func:`quality.table_rules.encoding_rules`).
+
 Rows judged by a rule: ``threshold`` is the least share of them that must pass (GX ``mostly``).
 Severity ``blocking`` holds the department's batch out of the golden tables; only rules judged
 before consolidation (completeness, validity, uniqueness, volume) may block.
@@ -48,205 +58,481 @@ problem as ``<file>: rules[i] (<rule id>).<key> (line N): <what is wrong>. Fix: 
 
 from __future__ import annotations
 
-import difflib
+import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, Self, get_args
 
+import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 from yaml.nodes import Node
 
 from etl.config import (
-    FIELDS,
     CityConfig,
     ConfigError,
     DepartmentConfig,
+    TableConfig,
     load_yaml_model,
     yaml_line_of,
 )
 from etl.standardize import ROW_REASONS
-from fields import normalize
-from quality.checks import VALIDATORS
+from fields import dictionary, normalize
+from quality.checks import VALIDATORS, Check, CheckResult, tally
+from quality.results import RuleResult
+from quality.rule_base import (
+    DIMENSION_HELP,
+    Dimension,
+    Invalid,
+    Loc,
+    Placement,
+    Problem,
+    Rule,
+    Stage,
+    Where,
+    choose,
+    find_department,
+)
+from quality.table_rules import (
+    Consistency,
+    Delivery,
+    Freshness,
+    Volume,
+    deletion_rules,
+    encoding_rules,
+)
+from quality.tonight import UNPUBLISHED, Batch, Tonight
 
 __all__ = [
-    "BLOCKABLE",
     "DEFAULT_DIMENSION",
-    "FRESHNESS_DAYS",
     "GOLDEN_FILE",
     "GOLDEN_TABLES",
     "KEY_FIELD",
     "KINDS",
+    "RULE_KINDS",
+    "TABLE_LEVEL",
+    "Completeness",
     "QualityRules",
+    "Referential",
     "Rule",
+    "RuleSpec",
+    "Uniqueness",
+    "Validity",
     "load_quality_rules",
 ]
 
-Kind = Literal[
-    "completeness",
-    "validity",
-    "uniqueness",
-    "referential",
-    "freshness",
-    "volume",
-    "consistency",
-    "delivery",
-]
-Dimension = Literal["规范性", "完整性", "准确性", "一致性", "时效性", "可访问性"]
-"""GB/T 36344 dimensions, as :data:`quality.results.DIMENSIONS` lists them."""
-Severity = Literal["warning", "error", "blocking"]
-KINDS: Final[tuple[str, ...]] = get_args(Kind)
-DEFAULT_DIMENSION: Final[Mapping[str, str]] = {
-    "completeness": "完整性",
-    "validity": "规范性",
-    "uniqueness": "准确性",  # GB/T 36344 counts 唯一性 and 重复率 under 准确性
-    "referential": "一致性",  # 关联数据一致性
-    "freshness": "时效性",
-    "volume": "完整性",  # 记录完整性: rows gone missing from a delivery
-    "consistency": "一致性",  # 相同数据一致性
-    "delivery": "可访问性",
-}
-# When a rule is judged: on the standardized batch; from the ledger; after the night is linked.
-STAGE: Final[Mapping[str, str]] = {
-    "completeness": "batch",
-    "validity": "batch",
-    "uniqueness": "batch",
-    "referential": "linked",
-    "freshness": "ledger",
-    "volume": "ledger",
-    "consistency": "linked",
-    "delivery": "ledger",
-}
-BLOCKABLE: Final = frozenset({"completeness", "validity", "uniqueness", "volume"})
-TABLE_LEVEL: Final = frozenset({"freshness", "volume", "delivery"})
-"""Kinds judged once per table (pass or fail), not row by row."""
-GOLDEN_KINDS: Final = frozenset({"completeness", "validity", "uniqueness", "referential"})
 GOLDEN_TABLES: Final[Mapping[str, str]] = {"mdm_person": "person", "mdm_enterprise": "enterprise"}
 GOLDEN_FILE: Final = "golden.yaml"
-FRESHNESS_DAYS: Final[Mapping[str, int]] = {"daily": 1, "weekly": 7, "monthly": 31}
 KEY_FIELD: Final = "source_key"
 """``field: source_key`` names a department table's primary key."""
 
 _GOLDEN_COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
-    "mdm_person": (
-        "master_id", "name", "name_pinyin", "id_number", "sex", "birth_date", "phone",
-        "division_code", "address", "ethnicity", "employer_uscc", "status",
-    ),
-    "mdm_enterprise": (
-        "master_id", "name", "uscc", "reg_no", "org_code", "legal_rep_name", "legal_rep_id",
-        "division_code", "address", "registered_capital", "established_date", "status",
-    ),
-}  # fmt: skip
-_VALIDITY_FORMS: Final = ("validator", "values", "code_table", "pattern", "reasons")
-_KIND_KEYS: Final[Mapping[str, frozenset[str]]] = {
-    "completeness": frozenset({"field"}),
-    "validity": frozenset({"field", "chars", *_VALIDITY_FORMS}),
-    "uniqueness": frozenset({"field"}),
-    "referential": frozenset({"field", "references"}),
-    "freshness": frozenset(),
-    "volume": frozenset({"window"}),
-    "consistency": frozenset({"attributes"}),
-    "delivery": frozenset({"check"}),
+    table: ("master_id", *dictionary.checkable(entity)) for table, entity in GOLDEN_TABLES.items()
 }
-_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-_HAN = re.compile(r"[\u4e00-\u9fff]")
+_VALIDITY_FORMS: Final = ("validator", "values", "code_table", "pattern", "reasons")
 _REASON_CODES: Final = frozenset(normalize.REASONS) | frozenset(ROW_REASONS)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _validator_name(name: str) -> str:
+    if name not in VALIDATORS:
+        raise Invalid(f"no validator '{name}'", choose(name, list(VALIDATORS), "validators"))
+    return name
 
 
-class RuleSpec(_Strict):
-    """One rule as written in YAML (its meaning is checked against the city afterwards)."""
+def _regular_expression(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise Invalid(
+            f"not a regular expression ({exc})",
+            "quote it in single quotes and escape as Python's re does",
+        ) from None
+    return pattern
 
-    id: str = Field(description="a stable rule ID such as `GA-V01`; never reuse one")
-    kind: Kind = Field(description="completeness, validity, uniqueness, referential, ...")
-    description: str = Field(description="what the rule checks, in Chinese")
-    fix: str = Field(description="how the department fixes a failure, in Chinese")
-    department: str | None = Field(None, description="the owning department's code")
-    dimension: Dimension | None = Field(
-        None, description="a GB/T 36344 dimension: 规范性 完整性 准确性 一致性 时效性 可访问性"
+
+def _reason_code(code: str) -> str:
+    if code not in _REASON_CODES:
+        codes = sorted(_REASON_CODES)
+        raise Invalid(
+            f"no reason code '{code}'", choose(code, codes, "codes of fields.normalize.REASONS")
+        )
+    return code
+
+
+def _part(chars: tuple[int, int]) -> tuple[int, int]:
+    if not 0 <= chars[0] < chars[1]:
+        raise Invalid(
+            f"{list(chars)} is not a part of a value",
+            "write [start, end] with 0 ≤ start < end, e.g. [0, 6]",
+        )
+    return chars
+
+
+def _some(values: tuple[str, ...]) -> tuple[str, ...]:
+    if not values:
+        raise Invalid("the list is empty", "list the allowed values")
+    return values
+
+
+def _golden_column(text: object) -> object:
+    """``mdm_enterprise.uscc`` as ``("mdm_enterprise", "uscc")``, if it is a golden column."""
+    if not isinstance(text, str):
+        return text
+    table, _, column = text.partition(".")
+    if table not in _GOLDEN_COLUMNS or column not in _GOLDEN_COLUMNS[table]:
+        choices = [f"{t}.{c}" for t, cols in _GOLDEN_COLUMNS.items() for c in cols]
+        raise Invalid(f"'{text}' is not a golden column", choose(text, choices, "golden columns"))
+    return table, column
+
+
+# --- rules on rows -----------------------------------------------------------------------------
+
+
+class _RowRule(Rule):
+    """A rule on one field of each row of a department's batch or of a golden table."""
+
+    judged_at: ClassVar[Stage] = "batch"
+    can_block: ClassVar[bool] = True
+    on_golden: ClassVar[bool] = True
+    reads_raw: ClassVar[bool] = False
+    """Reads the department's raw text rather than the cleaned value."""
+    on_keys: ClassVar[bool] = False
+    """May check the primary key (``source_key``, a golden table's ``master_id``)."""
+
+    field: str = Field(description="a canonical field, or `source_key`")
+
+    def _column(self, table: TableConfig, problems: list[Problem], at: Loc) -> str | None:
+        mapped = table.field_columns
+        if self.field == KEY_FIELD:
+            if not self.on_keys:
+                what = f"`{KEY_FIELD}` is checked by uniqueness rules only"
+                problems.append(Problem((*at, "field"), what, "name a canonical field"))
+            return "+".join(table.primary_key)
+        if self.field not in mapped:
+            choices = sorted(mapped) + ([KEY_FIELD] if self.on_keys else [])
+            problems.append(
+                Problem(
+                    (*at, "field"),
+                    f"table {table.name} maps no column to '{self.field}'",
+                    choose(self.field, choices, f"fields of {table.name}"),
+                )
+            )
+            return None
+        return mapped[self.field]
+
+    def place_golden(self, where: Where, problems: list[Problem], at: Loc) -> Self | None:
+        """This golden rule checked and placed: its owner is the attribute's authority, or
+        the department it names."""
+        target = self.table
+        if target is None or target not in GOLDEN_TABLES:
+            what = f"'{target}' is not a golden table" if target else "a golden rule needs `table`"
+            problems.append(Problem((*at, "table"), what, "use " + " or ".join(GOLDEN_TABLES)))
+            return None
+        columns = _GOLDEN_COLUMNS[target]
+        if self.field not in columns or (self.field == "master_id" and not self.on_keys):
+            problems.append(
+                Problem(
+                    (*at, "field"),
+                    f"'{self.field}' is not a checkable column of {target}",
+                    choose(self.field, columns, f"columns of {target}"),
+                )
+            )
+            return None
+        owner = self._golden_owner(where.city, GOLDEN_TABLES[target], problems, at)
+        if owner is None:
+            return None
+        placement = Placement(
+            department=owner.code,
+            target=target,
+            column=self.field,
+            golden=True,
+            table_department=None,
+            threshold=self.written_threshold or 1.0,
+        )
+        return self.placed(placement)
+
+    def _golden_owner(
+        self, city: CityConfig, entity: str, problems: list[Problem], at: Loc
+    ) -> DepartmentConfig | None:
+        if self.named_department is not None:
+            if self.named_department in city.broken:  # its department does not run tonight
+                return None
+            return find_department(city, self.named_department, (*at, "department"), problems)
+        attribute = "address" if self.field == "division_code" else self.field
+        owner = city.authority(entity, attribute)
+        # with a department file broken tonight, its authorities are unknown: its rules wait
+        if owner is None and not city.broken:
+            problems.append(
+                Problem(
+                    (*at, "field"),
+                    f"no department is the authority for {entity} `{attribute}`, so the rule "
+                    "has no owner",
+                    "write `department:` on the rule to name who answers for it",
+                )
+            )
+        return owner
+
+    def values_judged(self, batch: Batch) -> pd.Series:
+        """The field's values: the golden column; the department's raw text (surrounding
+        whitespace ignored: CHAR columns pad with it) for completeness and validity; the
+        cleaned value (or the source key) for uniqueness and referential rules."""
+        assert batch.frame is not None
+        if batch.golden:
+            return _column(batch.frame, self.field)
+        if self.reads_raw:
+            return _column(batch.frame, f"raw_{self.field}").map(_strip)
+        if self.field == KEY_FIELD:
+            return batch.frame["source_key"]
+        return _column(batch.frame, self.field)
+
+    def gx_check(self, kind: str, **params: Any) -> Check:
+        meta = {
+            "department": self.department,
+            "dimension": self.dimension,
+            "severity": self.severity,
+            "description_zh": self.description,
+            "target": self.target,
+        }
+        return Check(self.id, kind, self.id, params, self.threshold, meta)
+
+    def judge(self, batch: Batch) -> RuleResult:
+        if batch.missing:
+            return self.not_run(batch.night, batch.missing)
+        return self.counted(batch.night, batch.checked(self))
+
+    def counted(self, night: Tonight, c: CheckResult) -> RuleResult:
+        """The result of a rule judged row by row."""
+        if c.error:
+            return self.result(night, "error", message=c.error)
+        status = "passed" if c.success else "failed"
+        if c.rows_checked:
+            share = 1 - c.rows_failed / c.rows_checked
+            message = (
+                f"检查 {c.rows_checked:,} 行，{c.rows_failed:,} 行不通过"
+                f"（通过率 {share:.2%}，要求不低于 {self.threshold:.0%}）"
+            )
+        else:
+            message = "没有可检查的值（该字段今晚全部为空）"
+        return self.result(night, status, c.rows_checked, c.rows_failed, c.failed_keys, message)
+
+
+class Completeness(_RowRule):
+    """The field is filled (the department's raw value; placeholders count as empty)."""
+
+    reads_raw: ClassVar[bool] = True
+
+    kind: Literal["completeness"]
+    dimension: Dimension = Field(default="完整性", description=DIMENSION_HELP)
+
+    def expectation(self, batch: Batch) -> tuple[pd.Series, Check]:
+        value = self.values_judged(batch)
+        filled = value if batch.golden else _map_distinct(value, _filled)
+        return filled, self.gx_check("not_null")
+
+
+class Uniqueness(_RowRule):
+    """No two rows hold the same cleaned value (or primary key)."""
+
+    on_keys: ClassVar[bool] = True
+
+    kind: Literal["uniqueness"]
+    # GB/T 36344 counts 唯一性 and 重复率 under 准确性
+    dimension: Dimension = Field(default="准确性", description=DIMENSION_HELP)
+
+    def expectation(self, batch: Batch) -> tuple[pd.Series, Check]:
+        return self.values_judged(batch), self.gx_check("unique")
+
+
+class Validity(_RowRule):
+    """The department's raw value (or the golden value) is well formed: one of five forms."""
+
+    reads_raw: ClassVar[bool] = True
+
+    kind: Literal["validity"]
+    dimension: Dimension = Field(default="规范性", description=DIMENSION_HELP)
+    validator: Annotated[str, AfterValidator(_validator_name)] | None = Field(
+        None, description="one of " + ", ".join(VALIDATORS)
     )
-    severity: Severity = Field("error", description="`warning`, `error` or `blocking`")
-    threshold: float | None = Field(
-        None, description="least share of rows passing (volume: largest change; freshness: days)"
+    values: Annotated[tuple[str, ...], AfterValidator(_some)] | None = Field(
+        None, description="the allowed values, quoted"
     )
-    table: str | None = Field(None, description="the department's table, or a golden table")
-    field: str | None = Field(None, description="a canonical field, or `source_key`")
-    validator: str | None = Field(None, description="one of " + ", ".join(VALIDATORS))
-    values: list[str] | None = Field(None, description="the allowed values, quoted")
     code_table: bool = Field(False, description="`true`: the config's code table is the set")
-    pattern: str | None = Field(None, description="a regular expression for the whole value")
-    reasons: list[str] | None = Field(None, description="standardizer reason codes")
-    chars: tuple[int, int] | None = Field(None, description="a part of the value: [start, end]")
-    references: str | None = Field(None, description="a golden column: mdm_enterprise.uscc")
-    attributes: list[str] | None = Field(None, description="the attributes compared")
-    check: Literal["extraction", "schema"] | None = Field(
-        None, description="`extraction` or `schema`"
+    pattern: Annotated[str, AfterValidator(_regular_expression)] | None = Field(
+        None, description="a regular expression for the whole value"
     )
-    window: int | None = Field(None, ge=1, description="earlier nights compared, e.g. 7")
-
-
-class RuleFile(_Strict):
-    """What one ``config/quality/*.yaml`` file holds."""
-
-    department: str | None = Field(
-        None, description="the department these rules belong to (its code, as the file name)"
+    reasons: tuple[Annotated[str, AfterValidator(_reason_code)], ...] | None = Field(
+        None, description="standardizer reason codes"
     )
-    table: str | None = Field(None, description="the default table of every rule")
-    rules: list[RuleSpec] = Field(min_length=1, description="the rules, one mapping each")
+    chars: Annotated[tuple[int, int], AfterValidator(_part)] | None = Field(
+        None, description="a part of the value: [start, end]"
+    )
+
+    def problems(self, golden: bool) -> Iterator[tuple[str | None, str, str]]:
+        yield from super().problems(golden)
+        given = [k for k in _VALIDITY_FORMS if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            yield (
+                None,
+                f"a validity rule needs exactly one of {', '.join(_VALIDITY_FORMS)}"
+                + (f", got {', '.join(given)}" if given else ""),
+                "e.g. `validator: id_number`, `values: [男, 女]`, `code_table: true`, "
+                r"`pattern: '\d{8}'` or `reasons: [traditional_converted]`",
+            )
+        if golden and (self.code_table or self.reasons is not None):
+            key = "code_table" if self.code_table else "reasons"
+            yield (
+                key,
+                f"`{key}` applies to a department's raw values, not to a golden table",
+                "use `values: [...]`, `validator:` or `pattern:`",
+            )
+
+    def _fitted(
+        self, table: TableConfig, dept: DepartmentConfig, problems: list[Problem], at: Loc
+    ) -> Self:
+        if not self.code_table or self.field not in table.field_columns:
+            return self
+        column = table.field_columns[self.field]
+        codes = table.columns[column].codes
+        if not codes:
+            problems.append(
+                Problem(
+                    (*at, "code_table"),
+                    f"column {column} has no code table in {dept.source_file or dept.code}",
+                    "list the allowed raw values with `values: [...]` instead",
+                )
+            )
+            return self
+        return self.model_copy(update={"values": tuple(codes)})
+
+    def expectation(self, batch: Batch) -> tuple[pd.Series, Check] | None:
+        if self.reasons is not None:
+            return None  # flags the standardizer set: counted directly
+        value = self.values_judged(batch)
+        if self.chars is not None:
+            start, end = self.chars
+            value = value.map(lambda v: v[start:end] if isinstance(v, str) else v)
+        if self.validator is not None:
+            return value, self.gx_check("valid", validator=self.validator)
+        if self.values is not None:
+            return value, self.gx_check("in_set", value_set=list(self.values))
+        assert self.pattern is not None
+        return value, self.gx_check("regex", regex=self.pattern)
+
+    def judge(self, batch: Batch) -> RuleResult:
+        if self.reasons is None or batch.missing:
+            return super().judge(batch)
+        assert batch.frame is not None
+        codes = {f"{self.field}:{code}" for code in self.reasons}
+        filled = _map_distinct(self.values_judged(batch), _filled)
+        flagged = [
+            None if v is None else bool(codes.intersection(rs if rs is not None else ()))
+            for v, rs in zip(filled, batch.frame["reasons"], strict=True)
+        ]
+        return self.counted(batch.night, tally(self.id, flagged, batch.keys, self.threshold))
 
 
-@dataclass(frozen=True)
-class Rule:
-    """One validated rule, resolved against the city's configuration."""
+class Referential(_RowRule):
+    """The cleaned value exists in a golden table column; judged once the night is published."""
 
-    id: str
-    department: str
-    kind: str
-    dimension: str
-    severity: str
-    threshold: float
-    description: str
-    fix: str
-    target: str
-    """The department's source table, or the golden table."""
-    entity: str
-    field: str | None
-    """The canonical field (``source_key`` for the primary key), or the golden column."""
-    column: str | None
-    """The column as its owner knows it: the department's source column(s), the golden column."""
-    golden: bool
-    source_file: Path
-    table_department: str | None = None
-    """The department whose table the rule reads (None for a golden rule)."""
-    validator: str | None = None
-    values: tuple[str, ...] | None = None
-    pattern: str | None = None
-    reasons: tuple[str, ...] | None = None
-    chars: tuple[int, int] | None = None
-    references: tuple[str, str] | None = None
-    attributes: tuple[str, ...] | None = None
-    check: str | None = None
-    window: int = 7
+    judged_at: ClassVar[Stage] = "linked"
+    can_block: ClassVar[bool] = False
 
-    @property
-    def stage(self) -> str:
-        """``batch``, ``ledger``, ``linked`` (after consolidation) or ``golden``."""
-        return "golden" if self.golden else STAGE[self.kind]
+    kind: Literal["referential"]
+    # 关联数据一致性
+    dimension: Dimension = Field(default="一致性", description=DIMENSION_HELP)
+    references: Annotated[tuple[str, str], BeforeValidator(_golden_column)] = Field(
+        description="a golden column: mdm_enterprise.uscc"
+    )
 
-    @property
-    def table_level(self) -> bool:
-        """Judged once per table (freshness, volume, delivery) rather than row by row."""
-        return self.kind in TABLE_LEVEL
+    def judge(self, batch: Batch) -> RuleResult:
+        night = batch.night
+        if batch.missing:
+            return self.not_run(night, batch.missing)
+        if not night.published:
+            return self.not_run(night, UNPUBLISHED)
+        ref_table, ref_column = self.references
+        known = set(night.golden_table(ref_table)[ref_column].dropna())
+        unknown = self.values_judged(batch).map(lambda v: None if _empty(v) else v not in known)
+        return self.counted(night, tally(self.id, unknown, batch.keys, self.threshold))
 
-    @property
-    def blocking(self) -> bool:
-        """A failure holds the department's batch out of the golden tables."""
-        return self.severity == "blocking"
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series([None] * len(frame), dtype=object)
+
+
+def _strip(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _empty(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
+
+
+def _filled(value: object) -> object:
+    """The value if the department filled it, None when blank or a placeholder (NULL, 无, -)."""
+    return value if not _empty(value) and normalize.text(value).ok else None
+
+
+def _map_distinct(series: pd.Series, fn: Callable[[object], object]) -> pd.Series:
+    """``series.map(fn)``, calling ``fn`` once per distinct value."""
+    cache: dict[object, object] = {}
+
+    def once(v: object) -> object:
+        if _empty(v):
+            return None
+        if v not in cache:
+            cache[v] = fn(v)
+        return cache[v]
+
+    return pd.Series([once(v) for v in series], dtype=object)
+
+
+# --- the kinds a rules file may name ---------------------------------------------------------
+
+RuleSpec = Annotated[
+    Completeness
+    | Validity
+    | Uniqueness
+    | Referential
+    | Freshness
+    | Volume
+    | Consistency
+    | Delivery,
+    Field(discriminator="kind"),
+]
+"""One rule as written in a rules file: the class of its ``kind``."""
+RULE_KINDS: Final[Mapping[str, type[Rule]]] = {
+    "completeness": Completeness,
+    "validity": Validity,
+    "uniqueness": Uniqueness,
+    "referential": Referential,
+    "freshness": Freshness,
+    "volume": Volume,
+    "consistency": Consistency,
+    "delivery": Delivery,
+}
+KINDS: Final[tuple[str, ...]] = tuple(RULE_KINDS)
+DEFAULT_DIMENSION: Final[Mapping[str, str]] = {
+    kind: cls.model_fields["dimension"].default for kind, cls in RULE_KINDS.items()
+}
+TABLE_LEVEL: Final = frozenset(kind for kind, cls in RULE_KINDS.items() if cls.table_level)
+"""Kinds judged once per table (pass or fail), not row by row."""
+_SPEC: Final = TypeAdapter(RuleSpec)
+
+
+# --- the city's rules --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -272,19 +558,20 @@ class QualityRules:
         """The rules ``department`` answers for, its golden rules included."""
         return [r for r in self.rules if r.department == department]
 
-    def stage(self, department: str, stage: str) -> list[Rule]:
-        """The rules of ``department`` judged at ``stage`` (see :attr:`Rule.stage`)."""
-        return [r for r in self.owned_by(department) if r.stage == stage]
-
 
 # --- loading -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Problem:
-    loc: tuple[str | int, ...]
-    what: str
-    fix: str
+class RuleFile(BaseModel):
+    """What one ``config/quality/*.yaml`` file holds (each rule is read as :data:`RuleSpec`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    department: str | None = Field(
+        None, description="the department these rules belong to (its code, as the file name)"
+    )
+    table: str | None = Field(None, description="the default table of every rule")
+    rules: list[dict[str, Any]] = Field(min_length=1, description="the rules, one mapping each")
 
 
 def load_quality_rules(
@@ -308,7 +595,6 @@ def load_quality_rules(
                 f"({qdir}/<department>.yaml) and {qdir}/{GOLDEN_FILE} (see the example city)"
             ]
         )
-    files = sorted(qdir.glob("*.yaml"))
     problems = [
         f"{p}: (file): ignored: only *.yaml is read. Fix: rename it to {p.stem}.yaml"
         for p in sorted(qdir.glob("*.yml"))
@@ -316,7 +602,7 @@ def load_quality_rules(
     rules: list[Rule] = []
     first_seen: dict[str, Path] = {}
     covered: set[str] = set()
-    for path in files:
+    for path in sorted(qdir.glob("*.yaml")):
         if path.stem in city.broken:  # its department file is broken: it does not run tonight
             continue
         try:
@@ -324,511 +610,178 @@ def load_quality_rules(
         except ConfigError as exc:
             problems += _with_rule_ids(path, exc.problems)
             continue
-        file_rules, file_problems = _resolve_file(city, path, spec)
+        file_rules, file_problems = _read_file(city, path, spec, first_seen)
+        rules += file_rules
         lines = _yaml_lines(path)
-        for p in file_problems:
-            problems.append(_format(path, spec, lines, p))
-        for i, rule in enumerate(file_rules):
-            if rule is None:
-                continue
-            if rule.id in first_seen:
-                problems.append(
-                    _format(
-                        path,
-                        spec,
-                        lines,
-                        _Problem(
-                            ("rules", i, "id"),
-                            f"rule ID {rule.id} is also used in {first_seen[rule.id]}",
-                            "give every rule its own ID; results are kept by ID night after night",
-                        ),
-                    )
-                )
-                continue
-            first_seen[rule.id] = path
-            rules.append(rule)
+        problems += [_format(path, spec, lines, p) for p in file_problems]
         if spec.department:
             covered.add(spec.department)
-    for dept in city.departments if every_department else ():
-        if dept.code not in covered and not any(
-            p.startswith(str(qdir / f"{dept.code}.yaml")) for p in problems
-        ):
-            problems.append(
-                f"{qdir / f'{dept.code}.yaml'}: (file): department {dept.code} ({dept.name}) has "
-                "no quality rules. Fix: add the file with at least its completeness, validity, "
-                "freshness and delivery rules (copy another department's file as a start)"
-            )
+    if every_department:
+        problems += _uncovered(city, qdir, covered, problems)
     if problems:
         raise ConfigError(problems)
     return QualityRules((*rules, *deletion_rules(city), *encoding_rules(city)))
 
 
-ENCODING_RULE: Final = "{code}-ENC{index:02d}"
-"""The ID of the built-in rule on values that are not valid UTF-8."""
-
-
-def encoding_rules(city: CityConfig) -> list[Rule]:
-    """The built-in rule on every department table: no value may hold bytes that are not
-    UTF-8 (乱码). Such rows are rejected (``<column>:invalid_encoding``) and the rest of the
-    table goes on; the report names the columns."""
+def _uncovered(city: CityConfig, qdir: Path, covered: set[str], problems: list[str]) -> list[str]:
+    """A problem for each department with no rules file (and none reported broken)."""
     return [
-        Rule(
-            id=ENCODING_RULE.format(code=dept.code, index=i + 1),
-            department=dept.code,
-            kind="delivery",
-            dimension="规范性",
-            severity="error",
-            threshold=1.0,
-            description="数据中不得含有无法识别的字符编码（乱码，不是有效的UTF-8）；含乱码的行已拒收",
-            fix="按报告所列的列和主键，在本部门系统中以UTF-8重新录入或转换这些值后重新推送",
-            target=table.name,
-            entity=table.entity,
-            field=None,
-            column=None,
-            golden=False,
-            source_file=dept.source_file or city.root / "config",
-            table_department=dept.code,
-            check="encoding",
-        )
+        f"{qdir / f'{dept.code}.yaml'}: (file): department {dept.code} ({dept.name}) has "
+        "no quality rules. Fix: add the file with at least its completeness, validity, "
+        "freshness and delivery rules (copy another department's file as a start)"
         for dept in city.departments
-        for i, table in enumerate(dept.tables)
+        if dept.code not in covered
+        and not any(p.startswith(str(qdir / f"{dept.code}.yaml")) for p in problems)
     ]
 
 
-DELETION_RULE: Final = "{code}-DEL{index:02d}"
-"""The ID of the built-in mass-deletion rule of each department table."""
-
-
-def deletion_rules(city: CityConfig) -> list[Rule]:
-    """The built-in rule on every department table: a night may not delete more than the
-    table's ``max_deleted_share`` of its keys (nor empty it) unless data engineering accepted
-    it (``govmdm accept-deletions``). Blocking: the batch is held back and the base libraries
-    keep the department's rows; its report says why."""
-    out = []
-    for dept in city.departments:
-        for i, table in enumerate(dept.tables):
-            out.append(
-                Rule(
-                    id=DELETION_RULE.format(code=dept.code, index=i + 1),
-                    department=dept.code,
-                    kind="delivery",
-                    dimension="完整性",
-                    severity="blocking",
-                    threshold=table.max_deleted_share,
-                    description=(
-                        f"一晚之内删除的记录不应超过全表的 {table.max_deleted_share:.0%}，"
-                        "也不应整表清空；超过时本批数据暂扣，基础库保留上一晚的数据，待核实"
-                    ),
-                    fix=(
-                        "如系误删或导出程序故障（例如前置表被清空后重新导入了一部分），请恢复"
-                        "数据后重新推送；如确为真实的批量删除，请书面告知数据工程团队，由其执行"
-                        "确认命令后放行"
-                    ),
-                    target=table.name,
-                    entity=table.entity,
-                    field=None,
-                    column=None,
-                    golden=False,
-                    source_file=dept.source_file or city.root / "config",
-                    table_department=dept.code,
-                    check="deletions",
+def _read_file(
+    city: CityConfig, path: Path, spec: RuleFile, first_seen: dict[str, Path]
+) -> tuple[list[Rule], list[Problem]]:
+    """The file's rules, checked and placed, and its problems; ``first_seen`` records each ID."""
+    problems: list[Problem] = []
+    where = _file_where(city, path, spec, problems)
+    if where is None:
+        return [], problems
+    out: list[Rule] = []
+    for i, raw in enumerate(spec.rules):
+        before = len(problems)
+        rule = _read_rule(where, raw, ("rules", i), problems)
+        if rule is None or len(problems) != before:
+            continue
+        if rule.id in first_seen:
+            problems.append(
+                Problem(
+                    ("rules", i, "id"),
+                    f"rule ID {rule.id} is also used in {first_seen[rule.id]}",
+                    "give every rule its own ID; results are kept by ID night after night",
                 )
             )
-    return out
+            continue
+        first_seen[rule.id] = path
+        out.append(rule)
+    return out, problems
 
 
-def _resolve_file(
-    city: CityConfig, path: Path, spec: RuleFile
-) -> tuple[list[Rule | None], list[_Problem]]:
-    """Check ``spec`` against the city; one resolved rule (or None) per written rule."""
-    golden = path.name == GOLDEN_FILE
-    problems: list[_Problem] = []
-    dept: DepartmentConfig | None = None
-    if golden:
+def _file_where(
+    city: CityConfig, path: Path, spec: RuleFile, problems: list[Problem]
+) -> Where | None:
+    """The file's department (None for golden.yaml); None when the department is wrong."""
+    at: Loc = ("department",)
+    if path.name == GOLDEN_FILE:
         if spec.department is not None:
             problems.append(
-                _Problem(
-                    ("department",),
+                Problem(
+                    at,
                     f"{GOLDEN_FILE} belongs to no single department",
                     "remove `department:`; each golden rule belongs to the authority of its "
                     "attribute, or to the `department:` written on the rule",
                 )
             )
-    elif spec.department is None:
+        return Where(city, None, spec.table)
+    if spec.department is None:
+        fix = f"add `department: {path.stem}`"
+        problems.append(Problem(at, "required key is missing", fix))
+        return None
+    if spec.department != path.stem:
         problems.append(
-            _Problem(("department",), "required key is missing", f"add `department: {path.stem}`")
-        )
-    elif spec.department != path.stem:
-        problems.append(
-            _Problem(
-                ("department",),
+            Problem(
+                at,
                 f"department '{spec.department}' does not match the file name",
                 f"name the file {spec.department}.yaml, or set `department: {path.stem}`",
             )
         )
-    else:
-        dept = _department(city, spec.department, ("department",), problems)
-    if not golden and dept is None:
-        return [None] * len(spec.rules), problems
-    out: list[Rule | None] = []
-    for i, rs in enumerate(spec.rules):
-        before = len(problems)
-        rule = _resolve_rule(city, path, spec, dept, i, rs, problems)
-        out.append(rule if len(problems) == before else None)
-    return out, problems
+        return None
+    dept = find_department(city, spec.department, at, problems)
+    return Where(city, dept, spec.table) if dept is not None else None
 
 
-def _department(
-    city: CityConfig, code: str, loc: tuple[str | int, ...], problems: list[_Problem]
-) -> DepartmentConfig | None:
+def _read_rule(where: Where, raw: dict[str, Any], at: Loc, problems: list[Problem]) -> Rule | None:
+    """One written rule: its keys validated by its kind's class, then checked and placed."""
     try:
-        return city.department(code)
-    except KeyError:
-        known = [d.code for d in city.departments]
-        problems.append(_Problem(loc, f"no department '{code}'", _choose(code, known, "codes")))
+        rule: Rule = _SPEC.validate_python(raw)
+    except ValidationError as exc:
+        problems += [_pydantic_problem(err, raw, at) for err in exc.errors()]
         return None
-
-
-def _resolve_rule(
-    city: CityConfig,
-    path: Path,
-    spec: RuleFile,
-    file_dept: DepartmentConfig | None,
-    i: int,
-    rs: RuleSpec,
-    problems: list[_Problem],
-) -> Rule | None:
-    at: tuple[str | int, ...] = ("rules", i)
-
-    def bad(key: str | None, what: str, fix: str) -> None:
-        problems.append(_Problem((*at, key) if key else at, what, fix))
-
-    golden = file_dept is None
-    if not _ID.match(rs.id):
-        bad("id", f"'{rs.id}' is not a rule ID", "use letters, digits and - _ . such as GA-V01")
-    for key, text in (("description", rs.description), ("fix", rs.fix)):
-        if not _HAN.search(text):
-            bad(key, f"`{key}` is not in Chinese", "department contacts read it: write it in 中文")
-    # keys that do not apply to the kind
-    allowed = _KIND_KEYS[rs.kind]
-    for key in ("field", "chars", "references", "attributes", "check", "window", *_VALIDITY_FORMS):
-        value = getattr(rs, key)
-        if key not in allowed and value not in (None, False):
-            uses = ", ".join(sorted(allowed)) or "none of the kind keys"
-            bad(
-                key,
-                f"`{key}` does not apply to a {rs.kind} rule",
-                f"remove it ({rs.kind} uses {uses})",
-            )
-    if "field" in allowed and rs.field is None:
-        bad(None, f"a {rs.kind} rule needs `field`", "add `field:` with the checked field")
-    if rs.kind == "validity":
-        given = [k for k in _VALIDITY_FORMS if getattr(rs, k) not in (None, False)]
-        if len(given) != 1:
-            bad(
-                None,
-                f"a validity rule needs exactly one of {', '.join(_VALIDITY_FORMS)}"
-                + (f", got {', '.join(given)}" if given else ""),
-                "e.g. `validator: id_number`, `values: [男, 女]`, `code_table: true`, "
-                r"`pattern: '\d{8}'` or `reasons: [traditional_converted]`",
-            )
-    if rs.validator is not None and rs.validator not in VALIDATORS:
-        bad(
-            "validator",
-            f"no validator '{rs.validator}'",
-            _choose(rs.validator, list(VALIDATORS), "validators"),
-        )
-    if rs.pattern is not None:
-        try:
-            re.compile(rs.pattern)
-        except re.error as exc:
-            bad(
-                "pattern",
-                f"not a regular expression ({exc})",
-                "quote it in single quotes and escape as Python's re does",
-            )
-    for j, code in enumerate(rs.reasons or ()):
-        if code not in _REASON_CODES:
-            problems.append(
-                _Problem(
-                    (*at, "reasons", j),
-                    f"no reason code '{code}'",
-                    _choose(code, sorted(_REASON_CODES), "codes of fields.normalize.REASONS"),
-                )
-            )
-    if rs.chars is not None and not 0 <= rs.chars[0] < rs.chars[1]:
-        bad(
-            "chars",
-            f"{list(rs.chars)} is not a part of a value",
-            "write [start, end] with 0 ≤ start < end, e.g. [0, 6]",
-        )
-    if rs.values is not None and not rs.values:
-        bad("values", "the list is empty", "list the allowed values")
-    # severity and threshold by kind
-    if rs.severity == "blocking" and (golden or rs.kind not in BLOCKABLE):
-        bad(
-            "severity",
-            f"a {'golden ' if golden else ''}{rs.kind} rule cannot block",
-            "blocking holds a department's batch out of the golden tables before they are "
-            "built, so only completeness, validity, uniqueness and volume rules on a "
-            "department's batch may block; use `error`",
-        )
-    if golden and rs.kind not in GOLDEN_KINDS:
-        bad(
-            "kind",
-            f"a golden rule cannot be a {rs.kind} rule",
-            "use " + ", ".join(sorted(GOLDEN_KINDS)),
-        )
-    if rs.kind == "delivery" and rs.threshold is not None:
-        bad("threshold", "a delivery rule passes or fails", "remove `threshold`")
-    if rs.threshold is not None:
-        if rs.kind in ("volume", "freshness"):
-            if rs.threshold <= 0:
-                unit = "largest relative change, e.g. 0.3" if rs.kind == "volume" else "days"
-                bad("threshold", f"{rs.threshold} is not positive", f"give the {unit}")
-        elif not 0 < rs.threshold <= 1:
-            bad(
-                "threshold",
-                f"{rs.threshold} is not a share",
-                "give the least share of rows that must pass, e.g. 0.99",
-            )
-
-    # owner and target
-    if golden:
-        return _resolve_golden(city, path, i, rs, problems)
-    assert file_dept is not None
-    owner = file_dept
-    if rs.department is not None:
-        found = _department(city, rs.department, (*at, "department"), problems)
-        if found is None:
+    for key, what, fix in rule.problems(where.golden):
+        problems.append(Problem((*at, key) if key else at, what, fix))
+    if where.golden:
+        if not isinstance(rule, _RowRule):
+            golden_kinds = sorted(k for k, cls in RULE_KINDS.items() if cls.on_golden)
+            what = f"a golden rule cannot be a {rule.kind} rule"
+            problems.append(Problem((*at, "kind"), what, "use " + ", ".join(golden_kinds)))
             return None
-        owner = found
-    table_name = rs.table or spec.table
-    if table_name is None:
-        if len(file_dept.tables) > 1:
-            names = ", ".join(t.name for t in file_dept.tables)
-            bad(
-                "table",
-                f"{file_dept.code} has several tables",
-                f"add `table:` naming one of {names}",
-            )
-            return None
-        table = file_dept.tables[0]
-    else:
-        match = [t for t in file_dept.tables if t.name == table_name]
-        if not match:
-            bad(
-                "table",
-                f"{file_dept.code} has no table '{table_name}'",
-                _choose(table_name, [t.name for t in file_dept.tables], "tables"),
-            )
-            return None
-        table = match[0]
-    column: str | None = None
-    if rs.field is not None:
-        mapped = table.field_columns
-        if rs.field == KEY_FIELD:
-            if rs.kind != "uniqueness":
-                bad(
-                    "field",
-                    f"`{KEY_FIELD}` is checked by uniqueness rules only",
-                    "name a canonical field",
-                )
-            column = "+".join(table.primary_key)
-        elif rs.field not in mapped:
-            choices = sorted(mapped) + ([KEY_FIELD] if rs.kind == "uniqueness" else [])
-            bad(
-                "field",
-                f"table {table.name} maps no column to '{rs.field}'",
-                _choose(rs.field, choices, f"fields of {table.name}"),
-            )
-        else:
-            column = mapped[rs.field]
-    values = tuple(rs.values) if rs.values is not None else None
-    if rs.code_table and rs.field in table.field_columns:
-        codes = table.columns[table.field_columns[rs.field]].codes
-        if not codes:
-            bad(
-                "code_table",
-                f"column {table.field_columns[rs.field]} has no code table in "
-                f"{file_dept.source_file or file_dept.code}",
-                "list the allowed raw values with `values: [...]` instead",
-            )
-        else:
-            values = tuple(codes)
-    if rs.kind == "referential":
-        refs = _reference(rs.references, (*at, "references"), problems)
-    else:
-        refs = None
-    for j, attribute in enumerate(rs.attributes or ()):
-        if attribute not in FIELDS[table.entity]:
-            problems.append(
-                _Problem(
-                    (*at, "attributes", j),
-                    f"'{attribute}' is not a {table.entity} attribute",
-                    _choose(attribute, FIELDS[table.entity], f"{table.entity} fields"),
-                )
-            )
-    if rs.kind == "freshness":
-        threshold = rs.threshold or float(FRESHNESS_DAYS[file_dept.update_frequency])
-    elif rs.kind == "volume":
-        threshold = rs.threshold or 0.5
-    else:
-        threshold = rs.threshold or 1.0
-    return Rule(
-        id=rs.id,
-        department=owner.code,
-        kind=rs.kind,
-        dimension=rs.dimension or DEFAULT_DIMENSION[rs.kind],
-        severity=rs.severity,
-        threshold=threshold,
-        description=rs.description,
-        fix=rs.fix,
-        target=table.name,
-        entity=table.entity,
-        field=rs.field,
-        column=column,
-        golden=False,
-        source_file=path,
-        table_department=file_dept.code,
-        validator=rs.validator,
-        values=values,
-        pattern=rs.pattern,
-        reasons=tuple(rs.reasons) if rs.reasons is not None else None,
-        chars=rs.chars,
-        references=refs,
-        attributes=tuple(rs.attributes) if rs.attributes else None,
-        check=rs.check or ("extraction" if rs.kind == "delivery" else None),
-        window=rs.window or 7,
-    )
-
-
-def _resolve_golden(
-    city: CityConfig, path: Path, i: int, rs: RuleSpec, problems: list[_Problem]
-) -> Rule | None:
-    at: tuple[str | int, ...] = ("rules", i)
-    target = rs.table
-    if target is None or target not in GOLDEN_TABLES:
-        problems.append(
-            _Problem(
-                (*at, "table"),
-                f"'{target}' is not a golden table" if target else "a golden rule needs `table`",
-                "use " + " or ".join(GOLDEN_TABLES),
-            )
-        )
-        return None
-    entity = GOLDEN_TABLES[target]
-    if rs.field is None:
-        return None  # reported above
-    columns = _GOLDEN_COLUMNS[target]
-    if rs.field not in columns or (rs.field == "master_id" and rs.kind != "uniqueness"):
-        problems.append(
-            _Problem(
-                (*at, "field"),
-                f"'{rs.field}' is not a checkable column of {target}",
-                _choose(rs.field, columns, f"columns of {target}"),
-            )
-        )
-        return None
-    if rs.code_table or rs.reasons is not None:
-        key = "code_table" if rs.code_table else "reasons"
-        problems.append(
-            _Problem(
-                (*at, key),
-                f"`{key}` applies to a department's raw values, not to a golden table",
-                "use `values: [...]`, `validator:` or `pattern:`",
-            )
-        )
-    owner: DepartmentConfig | None
-    if rs.department is not None:
-        if rs.department in city.broken:  # its department does not run tonight
-            return None
-        owner = _department(city, rs.department, (*at, "department"), problems)
-    else:
-        attribute = "address" if rs.field == "division_code" else rs.field
-        owner = city.authority(entity, attribute)
-        # with a department file broken tonight, its authorities are unknown: its rules wait
-        if owner is None and not city.broken:
-            problems.append(
-                _Problem(
-                    (*at, "field"),
-                    f"no department is the authority for {entity} `{attribute}`, so the rule "
-                    "has no owner",
-                    "write `department:` on the rule to name who answers for it",
-                )
-            )
-    if owner is None:
-        return None
-    refs = (
-        _reference(rs.references, (*at, "references"), problems)
-        if rs.kind == "referential"
-        else None
-    )
-    return Rule(
-        id=rs.id,
-        department=owner.code,
-        kind=rs.kind,
-        dimension=rs.dimension or DEFAULT_DIMENSION[rs.kind],
-        severity=rs.severity,
-        threshold=rs.threshold or 1.0,
-        description=rs.description,
-        fix=rs.fix,
-        target=target,
-        entity=entity,
-        field=rs.field,
-        column=rs.field,
-        golden=True,
-        source_file=path,
-        validator=rs.validator,
-        values=tuple(rs.values) if rs.values is not None else None,
-        pattern=rs.pattern,
-        chars=rs.chars,
-        references=refs,
-    )
-
-
-def _reference(
-    text: str | None, loc: tuple[str | int, ...], problems: list[_Problem]
-) -> tuple[str, str] | None:
-    choices = [f"{t}.{c}" for t, cols in _GOLDEN_COLUMNS.items() for c in cols]
-    if text is None:
-        problems.append(
-            _Problem(
-                loc[:-1],
-                "a referential rule needs `references`",
-                "add e.g. `references: mdm_enterprise.uscc`",
-            )
-        )
-        return None
-    table, _, column = text.partition(".")
-    if table not in _GOLDEN_COLUMNS or column not in _GOLDEN_COLUMNS[table]:
-        problems.append(
-            _Problem(
-                loc, f"'{text}' is not a golden column", _choose(text, choices, "golden columns")
-            )
-        )
-        return None
-    return table, column
-
-
-def _choose(word: str, choices: Sequence[str], what: str) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean `{close[0]}`?"
-    return f"use one of the {what}: {', '.join(choices)}"
+        return rule.place_golden(where, problems, at)
+    return rule.place(where, problems, at)
 
 
 # --- problem lines -----------------------------------------------------------------------------
 
 
-def _format(path: Path, spec: RuleFile, lines: Node | None, p: _Problem) -> str:
+def _pydantic_problem(err: Mapping[str, Any], raw: Mapping[str, Any], at: Loc) -> Problem:
+    """One pydantic error on a written rule as a problem at its key (the kind's tag left out)."""
+    loc = tuple(err["loc"])
+    kind = raw.get("kind")
+    cls = RULE_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is not None and loc and loc[0] == kind:
+        loc = loc[1:]
+    error = err.get("ctx", {}).get("error")
+    if isinstance(error, Invalid):
+        return Problem((*at, *loc), error.what, error.fix)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return _kind_problem(kind, at)
+    assert cls is not None
+    key = str(loc[-1]) if loc else "value"
+    what, fix = _describe(err, cls, key)
+    return Problem((*at, *loc), what, fix)
+
+
+def _kind_problem(kind: object, at: Loc) -> Problem:
+    if kind is None:
+        return Problem(
+            (*at, "kind"), "required key is missing", "add `kind:` — " + ", ".join(KINDS)
+        )
+    return Problem(
+        (*at, "kind"), f"'{kind}' is not allowed here", choose(str(kind), KINDS, "kinds")
+    )
+
+
+_COMMON_KEYS: Final = frozenset(f.alias or name for name, f in Rule.model_fields.items())
+
+
+def _keys(cls: type[Rule]) -> list[str]:
+    return [f.alias or name for name, f in cls.model_fields.items()]
+
+
+def _describe(err: Mapping[str, Any], cls: type[Rule], key: str) -> tuple[str, str]:
+    """A pydantic error as (what is wrong, how to fix it)."""
+    fields = {f.alias or name: f for name, f in cls.model_fields.items()}
+    hint = fields[key].description if key in fields else None
+    kind = cls.model_fields["kind"].annotation
+    name = get_args(kind)[0] if get_args(kind) else "this"
+    if err["type"] == "missing":
+        return "required key is missing", f"add `{key}:` — {hint or 'see the example rules'}"
+    if err["type"] == "extra_forbidden":
+        if any(key in _keys(other) for other in RULE_KINDS.values()):
+            uses = ", ".join(sorted(set(_keys(cls)) - _COMMON_KEYS)) or "none of the kind keys"
+            return f"`{key}` does not apply to a {name} rule", f"remove it ({name} uses {uses})"
+        return f"unknown key '{key}'", choose(key, _keys(cls), "allowed keys")
+    if err["type"] == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"'{err.get('input')}' is not allowed here", f"use one of {expected}"
+    message = str(err["msg"]).rstrip(".")
+    return message, f"set `{key}` to {hint}" if hint else "correct the value"
+
+
+def _format(path: Path, spec: RuleFile, lines: Node | None, p: Problem) -> str:
     """``<file>: rules[i] (<id>).<key> (line N): <what>. Fix: <fix>``."""
     parts: list[str] = []
     for k, item in enumerate(p.loc):
         if isinstance(item, int):
             parts[-1] += f"[{item}]"
             if k == 1 and p.loc[0] == "rules" and item < len(spec.rules):
-                parts[-1] += f" ({spec.rules[item].id})"
+                rid = spec.rules[item].get("id")
+                parts[-1] += f" ({rid})" if rid else ""
         else:
             parts.append(str(item))
     where = ".".join(parts) or "(top level)"

@@ -117,10 +117,15 @@ def score_department(
             covered.append(score)
         rows.append(
             DimensionScore(
-                run_id, department, dimension, score, len(scored), None,
+                run_id,
+                department,
+                dimension,
+                score,
+                len(scored),
+                None,
                 _change(score, previous.get(dimension)),
             )
-        )  # fmt: skip
+        )
     overall = _round(sum(covered) / len(covered)) if covered else None
     error_failed = any(r.status == "failed" and r.severity == "error" for r in mine)
     held = any(r.held_back for r in mine)

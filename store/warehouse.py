@@ -1,9 +1,10 @@
-"""The warehouse's master tables, and the atomic publish of one night.
+"""The atomic publish of one night into the warehouse's master tables, and the night lock.
 
 Golden tables (人口基础库 ``mdm_person``, 法人基础库 ``mdm_enterprise``), per-attribute provenance,
 the crosswalk from every accepted source row to its master ID, person↔enterprise relationships,
 the review queue and the night's conflicts and ID events all live in the warehouse database
-(SQLite under ``var/warehouse`` by default, PostgreSQL via ``GOVMDM_WAREHOUSE_URL``).
+(SQLite under ``var/warehouse`` by default, PostgreSQL via ``GOVMDM_WAREHOUSE_URL``); their
+definitions, with every other table of that database, are in :mod:`store.tables`.
 
 :func:`publish` replaces them in **one transaction**: a reader sees last night or tonight, never
 half of either, and a crash leaves last night in place. Current-state tables are replaced whole;
@@ -34,179 +35,18 @@ import pandas as pd
 import sqlalchemy as sa
 
 from store import failpoints
-
-metadata = sa.MetaData()
-_id = sa.String(16)
-_name = sa.String(128)
-_key = sa.String(256)
-_run = sa.String(64)
-_text = sa.Text
-
-
-def _address() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("division_code", sa.String(6)),
-        sa.Column("address", _text),
-        sa.Column("province", sa.String(32)),
-        sa.Column("city", sa.String(32)),
-        sa.Column("district", sa.String(32)),
-        sa.Column("address_detail", _text),
-    ]
-
-
-def _golden_tail() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("member_count", sa.Integer, nullable=False),
-        sa.Column("departments", _text, nullable=False, comment="member rows' departments"),
-        sa.Column("updated_at", sa.DateTime, comment="latest updated_at of any member row"),
-        sa.Column("run_id", _run, nullable=False, comment="the night that last changed it"),
-    ]
-
-
-person_table = sa.Table(
-    "mdm_person",
+from store.tables import (
+    conflict_table,
+    crosswalk_table,
+    enterprise_table,
+    id_event_table,
     metadata,
-    sa.Column("master_id", _id, primary_key=True),
-    sa.Column("name", sa.String(64)),
-    sa.Column("name_pinyin", sa.String(128)),
-    sa.Column("id_number", sa.String(18)),
-    sa.Column("sex", sa.String(2)),
-    sa.Column("birth_date", sa.Date),
-    sa.Column("phone", sa.String(32)),
-    *_address(),
-    sa.Column("ethnicity", sa.String(16)),
-    sa.Column("employer_uscc", sa.String(18)),
-    sa.Column("employer_master_id", _id),
-    sa.Column("status", sa.String(16)),
-    *_golden_tail(),
-    comment="人口基础库: one golden record per person",
-)
-enterprise_table = sa.Table(
-    "mdm_enterprise",
-    metadata,
-    sa.Column("master_id", _id, primary_key=True),
-    sa.Column("name", sa.String(256)),
-    sa.Column("name_key", sa.String(256)),
-    sa.Column("branch", sa.String(128)),
-    sa.Column("uscc", sa.String(18)),
-    sa.Column("reg_no", sa.String(15)),
-    sa.Column("org_code", sa.String(10)),
-    sa.Column("legal_rep_name", sa.String(64)),
-    sa.Column("legal_rep_id", sa.String(18)),
-    sa.Column("legal_rep_master_id", _id),
-    *_address(),
-    sa.Column("registered_capital", sa.Numeric(20, 4), comment="万元"),
-    sa.Column("established_date", sa.Date),
-    sa.Column("status", sa.String(16)),
-    *_golden_tail(),
-    comment="法人基础库: one golden record per enterprise (a branch is its own entity)",
-)
-provenance_table = sa.Table(
-    "mdm_provenance",
-    metadata,
-    sa.Column("entity", sa.String(16), primary_key=True),
-    sa.Column("master_id", _id, primary_key=True),
-    sa.Column("attribute", sa.String(32), primary_key=True),
-    sa.Column("department", _name, nullable=False),
-    sa.Column("source_table", _name, nullable=False),
-    sa.Column("source_key", _key, nullable=False),
-    sa.Column("source_updated_at", sa.DateTime),
-    sa.Column("candidates", sa.Integer, nullable=False, comment="member rows with a value"),
-    sa.Column("agreeing", sa.Integer, nullable=False, comment="of them, with this value"),
-    sa.Column("rule", sa.String(16), nullable=False, comment="authority | rank | recency"),
-    comment="where each golden attribute came from",
-)
-crosswalk_table = sa.Table(
-    "mdm_crosswalk",
-    metadata,
-    sa.Column("entity", sa.String(16), primary_key=True),
-    sa.Column("department", _name, primary_key=True),
-    sa.Column("source_table", _name, primary_key=True),
-    sa.Column("source_key", _key, primary_key=True),
-    sa.Column("master_id", _id, nullable=False, index=True),
-    sa.Column("link_rule", sa.String(32), nullable=False, comment="how the row joined"),
-    sa.Column("link_probability", sa.Float),
-    sa.Column("first_run_id", _run, nullable=False),
-    comment="every accepted source row → its master ID",
-)
-relationship_table = sa.Table(
-    "mdm_relationship",
-    metadata,
-    sa.Column("kind", sa.String(32), primary_key=True),  # legal_representative | employer
-    sa.Column("person_master_id", _id, primary_key=True),
-    sa.Column("enterprise_master_id", _id, primary_key=True),
-    sa.Column("evidence", sa.String(32), nullable=False, comment="the ID or credit code"),
-    comment="person ↔ enterprise: legal representatives and employers",
-)
-unresolved_table = sa.Table(
-    "mdm_unresolved_reference",
-    metadata,
-    sa.Column("kind", sa.String(32), primary_key=True),
-    sa.Column("master_id", _id, primary_key=True),
-    sa.Column("evidence", sa.String(32), nullable=False),
-    comment="a golden employer credit code or legal representative ID with no master entity",
-)
-conflict_table = sa.Table(
-    "mdm_conflict",
-    metadata,
-    sa.Column("run_id", _run, primary_key=True),
-    sa.Column("entity", sa.String(16), primary_key=True),
-    sa.Column("master_id", _id, primary_key=True),
-    sa.Column("attribute", sa.String(32), primary_key=True),
-    sa.Column("department", _name, primary_key=True),
-    sa.Column("source_table", _name, primary_key=True),
-    sa.Column("source_key", _key, primary_key=True),
-    sa.Column("value", _text),
-    sa.Column("authority_department", _name, nullable=False),
-    sa.Column("authority_value", _text),
-    comment="多元校核: a department's value that contradicts the authority's golden value",
-)
-id_event_table = sa.Table(
-    "mdm_id_event",
-    metadata,
-    sa.Column("run_id", _run, primary_key=True),
-    sa.Column("entity", sa.String(16), primary_key=True),
-    sa.Column("seq", sa.Integer, primary_key=True),
-    sa.Column("event", sa.String(16), nullable=False),  # issued restored merged split retired
-    sa.Column("master_id", _id, nullable=False, index=True),
-    sa.Column("old_ids", _text, nullable=False),
-    sa.Column("reason", _text, nullable=False),
-    comment="master-ID history: what each night issued, restored, merged, split and retired",
-)
-review_queue_table = sa.Table(
-    "mdm_review_queue",
-    metadata,
-    sa.Column("entity", sa.String(16), primary_key=True),
-    sa.Column("left_record", _key, primary_key=True),
-    sa.Column("right_record", _key, primary_key=True),
-    sa.Column("left_master_id", _id, nullable=False),
-    sa.Column("right_master_id", _id, nullable=False),
-    sa.Column("probability", sa.Float, nullable=False),
-    sa.Column("weights", _text, nullable=False, comment="JSON: feature → level, weight"),
-    sa.Column("run_id", _run, nullable=False, comment="the night the pair was first queued"),
-    comment="pairs the model could not decide: a reviewer links or keeps them apart",
-)
-review_decision_table = sa.Table(
-    "mdm_review_decision",
-    metadata,
-    sa.Column("entity", sa.String(16), primary_key=True),
-    sa.Column("left_record", _key, primary_key=True),
-    sa.Column("right_record", _key, primary_key=True),
-    sa.Column("decision", sa.String(8), nullable=False),  # link | apart
-    sa.Column("decided_by", _name, nullable=False),
-    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("note", _text),
-    comment="reviewers' decisions; they override the model on every later night",
-)
-run_table = sa.Table(
-    "mdm_run",
-    metadata,
-    sa.Column("run_id", _run, primary_key=True),
-    sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("mode", sa.String(16), nullable=False),  # full | delta
-    sa.Column("state_dir", _text, nullable=False),
-    sa.Column("summary", _text, nullable=False, comment="JSON counts of the night"),
-    comment="published nights, newest last; the latest is what the tables hold",
+    person_table,
+    provenance_table,
+    relationship_table,
+    review_queue_table,
+    run_table,
+    unresolved_table,
 )
 
 CURRENT_TABLES = (
@@ -249,7 +89,7 @@ class Night:
 
 
 def engine_for(url: str) -> sa.Engine:
-    """An engine on the warehouse, with the master tables created if missing.
+    """An engine on the warehouse, with its tables (:mod:`store.tables`) created if missing.
 
     SQLite runs in WAL mode so readers keep reading the last published night during a publish.
     """

@@ -22,16 +22,35 @@ from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 import store.warehouse as wh
-from access import access, audit
+from access import audit
 from access.catalog import build_catalog
+from access.errors import AccessDenied, AccessError, NotShared, PseudonymKeyMissing, QueryRefused
+from access.explain import mask_explanation
+from access.export import export
 from access.lookup import lookup
+from access.policy import ANALYST_URL_ENV, load_share_policy
+from access.pseudonyms import PSEUDONYM_KEY_ENV, pseudonym, pseudonym_key
+from access.query import _fetch_postgres, _fetch_sqlite, run_query
+from access.release import PER_ROW_KINDS, VIEWS, ViewSpec, release_of
+from access.session import session
+from access.views import after_publish, install_views
+from access.viewsql import Dialect, SqlMask, view_select
 from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
-from fields.masking import find_clear, mask_id, mask_name, mask_phone
+from fields.masking import (
+    SCRUB_KINDS,
+    SUPPRESSED,
+    find_clear,
+    mask_id,
+    mask_name,
+    mask_phone,
+    release_field,
+    release_key,
+)
 from master_data.explain import explain
 from master_data.link import link
 from master_data.publish import publish
@@ -47,8 +66,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
     var = tmp_path_factory.mktemp("var")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV,
-                     access.PSEUDONYM_KEY_ENV):  # fmt: skip
+        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV, PSEUDONYM_KEY_ENV):
             mp.delenv(name, raising=False)
         generate_city(var / "city", persons=600, enterprises=70, seed=7)
         c = load_city_config(ROOT / "config")
@@ -57,7 +75,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
         link(c, NIGHT)
         summary = publish(c, NIGHT)
         engine = wh.engine_for(warehouse_url(c))
-        report = access.after_publish(engine, c, NIGHT, summary)  # what publish() calls
+        report = after_publish(engine, c, NIGHT, summary)  # what publish() calls
         engine.dispose()
         assert report is not None and report.warnings == []
         yield c
@@ -66,8 +84,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV,
-                 access.PSEUDONYM_KEY_ENV):  # fmt: skip
+    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV, PSEUDONYM_KEY_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -103,12 +120,41 @@ EDGE = {
     "key": ["350121197403155015", "350121740315501", "13812345678", "RK3501000301006001",
             "631867001", None],
 }  # fmt: skip
-PYTHON = {"id": mask_id, "phone": mask_phone, "name": mask_name, "key": access.release_source_key}
+PYTHON = {"id": mask_id, "phone": mask_phone, "name": mask_name, "key": release_key}
 
 
-def _sql_mask(url: str, dialect: access.Dialect, kind: str, values: list[Any]) -> list[Any]:
+def _mask_value(kind: str, column: str, row: dict[str, Any]) -> Any:
+    """``row[column]`` as a masked view shows it, from fields.masking (per-row kinds only)."""
+    value = row[column]
+    if kind == "withheld":
+        return SUPPRESSED
+    if value is None:
+        return None
+    text = str(value)
+    if kind == "hidden":
+        return SUPPRESSED
+    if kind == "name":
+        return mask_name(text)
+    if kind == "key":
+        return release_key(text)
+    if kind == "evidence":
+        return SUPPRESSED if row.get("kind") == "legal_representative" else text
+    if kind == "conflict":
+        return release_field(str(row.get("entity")), str(row.get("attribute")), text)
+    raise ValueError(f"mask kind {kind!r} is computed over the whole table, in SQL only")
+
+
+def _mask_rows(spec: ViewSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of ``spec``'s table with the per-row masks of its view applied, in Python."""
+    return [
+        dict(row) | {c: _mask_value(k, c, row) for c, k in spec.masks.items() if k in PER_ROW_KINDS}
+        for row in rows
+    ]
+
+
+def _sql_mask(url: str, dialect: Dialect, kind: str, values: list[Any]) -> list[Any]:
     query = sa.text(
-        f"SELECT {access._Sql(dialect).mask(kind, 'x')} FROM (SELECT CAST(:v AS TEXT) AS x) t"
+        f"SELECT {SqlMask(dialect).mask(kind, 'x')} FROM (SELECT CAST(:v AS TEXT) AS x) t"
     )
     engine = _engine(url)
     try:
@@ -121,20 +167,20 @@ def _sql_mask(url: str, dialect: access.Dialect, kind: str, values: list[Any]) -
 def _assert_views_equal_python(url: str, city: CityConfig) -> None:
     """Every masked view's per-row masks, row for row, equal fields.masking's policy applied to
     the same rows in clear (carried beside them by the view's own SELECT)."""
-    release = access.release_of(city)
-    dialect: access.Dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
-    for spec in access.VIEWS:
-        per_row = [c for c, k in spec.masks.items() if k in access.PER_ROW_KINDS]
+    release = release_of(city)
+    dialect: Dialect = "postgresql" if url.startswith("postgresql") else "sqlite"
+    for spec in VIEWS:
+        per_row = [c for c, k in spec.masks.items() if k in PER_ROW_KINDS]
         if not per_row:
             continue
-        select = access.view_select(spec, dialect, masked=True, release=release,
+        select = view_select(spec, dialect, masked=True, release=release,
                                     carry=spec.columns)  # fmt: skip
         frame = _read(url, select)
         rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
         assert len(rows) == len(_read(url, f"SELECT * FROM {spec.name}")) > 0, spec.name
         for row in rows:
             clear = {c: row[f"govmdm_clear_{c}"] for c in spec.columns}
-            expected = access.mask_rows(spec, [clear])[0]
+            expected = _mask_rows(spec, [clear])[0]
             assert {c: row[c] for c in per_row} == {c: expected[c] for c in per_row}, spec.name
 
 
@@ -155,9 +201,9 @@ def test_masked_views_equal_python_masking(city: CityConfig) -> None:
 def test_views_install_is_idempotent(city: CityConfig) -> None:
     engine = wh.engine_for(warehouse_url(city))
     try:
-        first = access.install_views(engine, city)
-        again = access.install_views(engine, city)
-        assert first.views == again.views and len(again.views) == 2 * len(access.VIEWS)
+        first = install_views(engine, city)
+        again = install_views(engine, city)
+        assert first.views == again.views and len(again.views) == 2 * len(VIEWS)
         assert first.catalog_rows == again.catalog_rows > 0
     finally:
         engine.dispose()
@@ -186,21 +232,21 @@ def test_views_install_is_idempotent(city: CityConfig) -> None:
 def test_analyst_query_refuses_what_it_must(
     city: CityConfig, env: pytest.MonkeyPatch, sql: str, reason: str
 ) -> None:
-    with pytest.raises(access.QueryRefused, match=re.escape(reason)):
-        access.run_query(city, sql)
+    with pytest.raises(QueryRefused, match=re.escape(reason)):
+        run_query(city, sql)
 
 
 def test_sqlite_guard_holds_without_the_text_check(city: CityConfig) -> None:
     """The read-only connection and its authorizer refuse on their own."""
     engine = wh.engine_for(warehouse_url(city))
     try:
-        with pytest.raises(access.QueryRefused, match="mdm_person"):
-            access._fetch_sqlite(engine, "SELECT name FROM mdm_person", "analyst")
-        with pytest.raises(access.QueryRefused, match="only reads"):
-            access._fetch_sqlite(engine, "CREATE TEMP VIEW x AS SELECT 1", "analyst")
-        with pytest.raises((access.QueryRefused, sqlite3.Error, access.AccessError)):
-            access._fetch_sqlite(engine, "DELETE FROM mdm_run", "privileged")  # mode=ro
-        _, rows = access._fetch_sqlite(engine, "SELECT count(*) FROM v_person", "analyst")
+        with pytest.raises(QueryRefused, match="mdm_person"):
+            _fetch_sqlite(engine, "SELECT name FROM mdm_person", "analyst")
+        with pytest.raises(QueryRefused, match="only reads"):
+            _fetch_sqlite(engine, "CREATE TEMP VIEW x AS SELECT 1", "analyst")
+        with pytest.raises((QueryRefused, sqlite3.Error, AccessError)):
+            _fetch_sqlite(engine, "DELETE FROM mdm_run", "privileged")  # mode=ro
+        _, rows = _fetch_sqlite(engine, "SELECT count(*) FROM v_person", "analyst")
         assert rows[0][0] > 0
     finally:
         engine.dispose()
@@ -209,21 +255,21 @@ def test_sqlite_guard_holds_without_the_text_check(city: CityConfig) -> None:
 def test_analyst_query_reads_the_views_and_privileged_needs_the_file_owner(
     city: CityConfig, env: pytest.MonkeyPatch
 ) -> None:
-    result = access.run_query(
+    result = run_query(
         city, "WITH p AS (SELECT * FROM v_person) SELECT master_id, name, id_number FROM p"
     )
     assert len(result.frame) > 0 and result.role == "analyst"
     assert result.relations == {"v_person"}
     with env.context() as other:  # someone who can read the file but does not own it
         other.setattr(os, "geteuid", lambda: _owner(city) + 4242)
-        with pytest.raises(access.AccessDenied, match="does not own the warehouse file"):
-            access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
+        with pytest.raises(AccessDenied, match="does not own the warehouse file"):
+            run_query(city, "SELECT * FROM mdm_person", privileged=True)
         other.setenv("GOVMDM_USER", audit.os_user())  # naming yourself grants nothing
-        with pytest.raises(access.AccessDenied):
-            access.run_query(city, "SELECT * FROM mdm_person", privileged=True)
-    with pytest.raises(access.QueryRefused):  # the owner, but without the flag: still masked
-        access.run_query(city, "SELECT id_number FROM mdm_person")
-    full = access.run_query(
+        with pytest.raises(AccessDenied):
+            run_query(city, "SELECT * FROM mdm_person", privileged=True)
+    with pytest.raises(QueryRefused):  # the owner, but without the flag: still masked
+        run_query(city, "SELECT id_number FROM mdm_person")
+    full = run_query(
         city, "SELECT id_number FROM mdm_person WHERE id_number IS NOT NULL", privileged=True
     )
     assert full.role == "privileged" and find_clear(_text_of_frame(full.frame))
@@ -247,7 +293,7 @@ def _copy_warehouse(city: CityConfig, target_url: str) -> None:
         night = wh.Night(run["run_id"], run["mode"], run["state_dir"], json.loads(run["summary"]),
                          frames)  # fmt: skip
         wh.publish(target, night)
-        report = access.after_publish(target, city, run["run_id"], night.summary)
+        report = after_publish(target, city, run["run_id"], night.summary)
         assert report is not None and report.grants, report
     finally:
         source.dispose()
@@ -276,7 +322,7 @@ def pg_city(
         with admin.begin() as conn:
             conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {roles['analyst']}")
         env.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
-        env.setenv(access.ANALYST_URL_ENV, sa.make_url(pg_database).set(username=login)
+        env.setenv(ANALYST_URL_ENV, sa.make_url(pg_database).set(username=login)
                    .render_as_string(hide_password=False))  # fmt: skip
         yield mine, pg_database
     finally:
@@ -295,7 +341,7 @@ def test_postgres_analyst_login_is_refused_the_tables_and_reads_the_views(
     login = f"govmdm_test_analyst_{uuid.uuid4().hex[:8]}"
     admin = _engine(url)
     with admin.begin() as conn:
-        analyst_role = access.load_share_policy(city).roles.analyst
+        analyst_role = load_share_policy(city).roles.analyst
         conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {analyst_role}")
     analyst = _engine(sa.make_url(url).set(username=login, password=None))
     try:
@@ -329,16 +375,14 @@ def test_postgres_analyst_login_is_refused_the_tables_and_reads_the_views(
 
 def test_postgres_query_runs_as_the_analyst_role(pg_city: tuple[CityConfig, str]) -> None:
     city, _ = pg_city
-    result = access.run_query(
-        city, "SELECT current_user AS u, count(*) AS n FROM v_person GROUP BY 1"
-    )
-    analyst_role = access.load_share_policy(city).roles.analyst
+    result = run_query(city, "SELECT current_user AS u, count(*) AS n FROM v_person GROUP BY 1")
+    analyst_role = load_share_policy(city).roles.analyst
     assert result.frame.iloc[0]["u"] == analyst_role and result.frame.iloc[0]["n"] > 0
-    with access.session(city) as s:  # the database refuses on its own, without the text check
-        with pytest.raises(access.QueryRefused, match="permission denied"):
-            access._fetch_postgres(s.engine, "SELECT * FROM mdm_person", "analyst")
-        with pytest.raises(access.AccessError, match="read-only"):
-            access._fetch_postgres(
+    with session(city) as s:  # the database refuses on its own, without the text check
+        with pytest.raises(QueryRefused, match="permission denied"):
+            _fetch_postgres(s.engine, "SELECT * FROM mdm_person", "analyst")
+        with pytest.raises(AccessError, match="read-only"):
+            _fetch_postgres(
                 s.engine, "WITH d AS (DELETE FROM mdm_run RETURNING 1) SELECT * FROM d", "analyst"
             )
     for sql in (
@@ -347,8 +391,8 @@ def test_postgres_query_runs_as_the_analyst_role(pg_city: tuple[CityConfig, str]
         "SELECT E'\\'' FROM v_person",
         "SELECT * FROM pg_catalog.pg_authid, mdm_person",
     ):
-        with pytest.raises(access.QueryRefused):
-            access.run_query(city, sql)
+        with pytest.raises(QueryRefused):
+            run_query(city, sql)
 
 
 def test_postgres_analyst_outputs_hold_nothing_in_clear(
@@ -363,10 +407,10 @@ def test_postgres_analyst_outputs_hold_nothing_in_clear(
 
 def _assert_analyst_outputs_clean(city: CityConfig, tmp_path: Path) -> None:
     texts: dict[str, str] = {}
-    for spec in access.VIEWS:
-        frame = access.run_query(city, f"SELECT * FROM {spec.name}").frame
+    for spec in VIEWS:
+        frame = run_query(city, f"SELECT * FROM {spec.name}").frame
         texts[f"query {spec.name}"] = _text_of_frame(frame)
-    texts["query catalog"] = _text_of_frame(access.run_query(city, "SELECT * FROM catalog").frame)
+    texts["query catalog"] = _text_of_frame(run_query(city, "SELECT * FROM catalog").frame)
     full = wh.engine_for(warehouse_url(city))
     try:
         persons_all = wh.read(full, wh.person_table)
@@ -382,7 +426,7 @@ def _assert_analyst_outputs_clean(city: CityConfig, tmp_path: Path) -> None:
     for f in firms.itertuples():
         found = lookup(city, credit_code=f.uscc)
         texts[f"lookup {f.master_id}"] = json.dumps(found.to_dict(), ensure_ascii=False)
-    exported = access.export(city, tmp_path / "export")
+    exported = export(city, tmp_path / "export")
     for path in sorted(exported.out_dir.iterdir()):
         if path.suffix == ".parquet":
             texts[f"export {path.name}"] = _text_of_frame(pq.read_table(path).to_pandas())
@@ -395,7 +439,7 @@ def _assert_analyst_outputs_clean(city: CityConfig, tmp_path: Path) -> None:
     leaks = {
         where: found[:3]
         for where, text in texts.items()
-        if (found := find_clear(text, known=known, kinds=access.SCRUB_KINDS))
+        if (found := find_clear(text, known=known, kinds=SCRUB_KINDS))
     }
     assert leaks == {}
     assert sum(len(t) for t in texts.values()) > 100_000  # the scan did see the data
@@ -413,7 +457,7 @@ def test_analyst_outputs_hold_nothing_in_clear(
                 ["catalog", "--format", "json"]):  # fmt: skip
         out = runner.invoke(app, [*cmd, *args], env={"GOVMDM_VAR": str(city.var_dir)})
         assert out.exit_code == 0, out.output
-        assert find_clear(out.output, kinds=access.SCRUB_KINDS) == [], cmd
+        assert find_clear(out.output, kinds=SCRUB_KINDS) == [], cmd
 
 
 # --- pseudonyms, exports, the data dictionary --------------------------------------------------
@@ -422,15 +466,15 @@ def test_analyst_outputs_hold_nothing_in_clear(
 def test_pseudonymized_export_keeps_joins_and_hides_identifiers(
     city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    with pytest.raises(access.PseudonymKeyMissing, match=access.PSEUDONYM_KEY_ENV):
-        access.export(city, tmp_path / "none", pseudonymize=True)
-    env.setenv(access.PSEUDONYM_KEY_ENV, KEY)
-    out = access.export(city, tmp_path / "a", pseudonymize=True)
+    with pytest.raises(PseudonymKeyMissing, match=PSEUDONYM_KEY_ENV):
+        export(city, tmp_path / "none", pseudonymize=True)
+    env.setenv(PSEUDONYM_KEY_ENV, KEY)
+    out = export(city, tmp_path / "a", pseudonymize=True)
     person = pd.read_parquet(out.files["person"])
     firm = pd.read_parquet(out.files["enterprise"])
     rel = pd.read_parquet(out.files["relationship"])
     xw = pd.read_parquet(out.files["crosswalk"])
-    clear_rel = access.run_query(city, "SELECT * FROM v_relationship").frame
+    clear_rel = run_query(city, "SELECT * FROM v_relationship").frame
     assert len(rel.merge(person, left_on="person_master_id", right_on="master_id")) == len(
         clear_rel
     )
@@ -442,28 +486,26 @@ def test_pseudonymized_export_keeps_joins_and_hides_identifiers(
     clear = _read(warehouse_url(city), "SELECT master_id, id_number, name FROM mdm_person "
                   "WHERE departments LIKE '%gongan%'")  # fmt: skip
     row = clear.dropna().iloc[0]
-    token = access.pseudonym(row["master_id"], KEY.encode())
+    token = pseudonym(row["master_id"], KEY.encode())
     mine = person.set_index("master_id").loc[token]
-    assert mine["id_number"] == access.pseudonym(row["id_number"], KEY.encode())
+    assert mine["id_number"] == pseudonym(row["id_number"], KEY.encode())
     assert mine["name"] == "****"
     reps = firm.dropna(subset=["legal_rep_master_id"]).merge(
         person, left_on="legal_rep_master_id", right_on="master_id", suffixes=("", "_p")
     )
     assert len(reps) > 0 and (reps["legal_rep_id"] == reps["id_number"]).all()
     text = "\n".join(_text_of_frame(pd.read_parquet(p)) for p in out.files.values())
-    assert (
-        not re.search(r"\b[PE]\d{10}\b", text) and find_clear(text, kinds=access.SCRUB_KINDS) == []
-    )
-    env.setenv(access.PSEUDONYM_KEY_ENV, KEY + "-other-recipient")
-    other = access.export(city, tmp_path / "b", pseudonymize=True, views=["v_person"])
+    assert not re.search(r"\b[PE]\d{10}\b", text) and find_clear(text, kinds=SCRUB_KINDS) == []
+    env.setenv(PSEUDONYM_KEY_ENV, KEY + "-other-recipient")
+    other = export(city, tmp_path / "b", pseudonymize=True, views=["v_person"])
     assert set(pd.read_parquet(other.files["person"])["master_id"]).isdisjoint(person["master_id"])
 
 
 def test_export_writes_typed_parquet_and_a_data_dictionary(
     city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    out = access.export(city, tmp_path / "x")
-    assert set(out.files) == {v.export_name for v in access.VIEWS}
+    out = export(city, tmp_path / "x")
+    assert set(out.files) == {v.export_name for v in VIEWS}
     schema = pq.read_schema(out.files["person"])
     assert str(schema.field("birth_date").type) == "string"  # a band: 1970-1974
     firm_schema = pq.read_schema(out.files["enterprise"])
@@ -480,9 +522,9 @@ def test_export_writes_typed_parquet_and_a_data_dictionary(
     assert manifest["night"] == NIGHT and manifest["role"] == "analyst"
     with env.context() as other:
         other.setattr(os, "geteuid", lambda: _owner(city) + 4242)
-        with pytest.raises(access.AccessDenied):
-            access.export(city, tmp_path / "y", privileged=True)
-    full = access.export(city, tmp_path / "z", privileged=True, views=["v_person"])
+        with pytest.raises(AccessDenied):
+            export(city, tmp_path / "y", privileged=True)
+    full = export(city, tmp_path / "z", privileged=True, views=["v_person"])
     assert find_clear(_text_of_frame(pd.read_parquet(full.files["person"])))
     assert str(pq.read_schema(full.files["person"]).field("birth_date").type) == "date32[day]"
 
@@ -494,7 +536,7 @@ def test_catalog_comes_from_config(city: CityConfig, env: pytest.MonkeyPatch) ->
     resources = {r.resource_id: r for r in build_catalog(city)}
     assert set(resources) >= {"mdm_person", "mdm_enterprise", "gongan/t_rk_jbxx",
                               "weijian/PATIENT_INFO", "shuiwu/纳税人登记信息"}  # fmt: skip
-    assert len(resources) == len(access.VIEWS) + sum(len(d.tables) for d in city.departments)
+    assert len(resources) == len(VIEWS) + sum(len(d.tables) for d in city.departments)
     assert resources["weijian/PATIENT_INFO"].share_type == "not_shared"
     assert resources["mdm_enterprise"].share_type_zh == "无条件共享"
     assert resources["renshe/insured_person"].share_type == "conditional"  # the default
@@ -507,7 +549,7 @@ def test_catalog_comes_from_config(city: CityConfig, env: pytest.MonkeyPatch) ->
     assert person["phone"].authority == "renshe" and person["phone"].masked
     assert "k" in (person["sex"].masked or "")  # generalised with the other quasi-identifiers
     assert person["status"].masked is None
-    rows = access.run_query(
+    rows = run_query(
         city, "SELECT field, share_type FROM catalog WHERE resource_id = 'weijian/PATIENT_INFO'"
     ).frame
     assert len(rows) > 0 and set(rows["share_type"]) == {"not_shared"}
@@ -519,16 +561,16 @@ def test_share_policy_is_validated(city: CityConfig, tmp_path: Path) -> None:
     path = tmp_path / "config" / "catalog.yaml"
     path.write_text("resources:\n  mdm_persons: {share_type: unconditional}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="mdm_persons: no such resource"):
-        access.load_share_policy(bad)
+        load_share_policy(bad)
     path.write_text("resources:\n  mdm_person: {share_type: conditional}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="condition"):
-        access.load_share_policy(bad)
+        load_share_policy(bad)
     path.write_text("privileged_users: [wang]\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="privileged_users is no longer read"):
-        access.load_share_policy(bad)
+        load_share_policy(bad)
     path.write_text("roles: {analyst: wang; DROP TABLE x}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"roles\.analyst"):
-        access.load_share_policy(bad)
+        load_share_policy(bad)
 
 
 # --- explain, audit ----------------------------------------------------------------------------
@@ -540,7 +582,7 @@ def test_explain_can_be_masked_for_analysts(city: CityConfig) -> None:
                       "AND department <> 'weijian'")  # fmt: skip
     ex = explain(city, conflicts["master_id"].iloc[0])
     assert find_clear(repr(ex)) != [] or any(a["attribute"] == "name" for a in ex.attributes)
-    masked = access.mask_explanation(ex, access.release_of(city))
+    masked = mask_explanation(ex, release_of(city))
     assert find_clear(repr(masked)) == []
     name = next(a for a in ex.attributes if a["attribute"] == "name")["value"]
     assert name not in repr(masked)
@@ -551,13 +593,13 @@ def test_audit_rows_for_each_action(
     city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     env.setenv("GOVMDM_USER", "王芳")  # names nobody: the log says who the OS says
-    access.run_query(city, "SELECT count(*) FROM v_person")
-    with pytest.raises(access.QueryRefused):
-        access.run_query(city, "SELECT id_number FROM mdm_person WHERE id_number = "
+    run_query(city, "SELECT count(*) FROM v_person")
+    with pytest.raises(QueryRefused):
+        run_query(city, "SELECT id_number FROM mdm_person WHERE id_number = "
                          "'350121197403155015'")  # fmt: skip
     firm = _read(warehouse_url(city), "SELECT master_id, uscc FROM mdm_enterprise").iloc[0]
     lookup(city, credit_code=firm["uscc"])
-    access.export(city, tmp_path / "audit", views=["v_id_event"])
+    export(city, tmp_path / "audit", views=["v_id_event"])
     engine = wh.engine_for(warehouse_url(city))
     try:
         with engine.begin() as conn:  # the review-decision hook: in the decision's transaction
@@ -663,20 +705,20 @@ def _visible_truth(city: CityConfig) -> pd.DataFrame:
     """The published persons (in clear) that the analyst views release."""
     truth = _read(warehouse_url(city), "SELECT * FROM mdm_person")
     truth["birth_date"] = truth["birth_date"].astype(str)
-    shown = set(access.run_query(city, "SELECT master_id FROM v_person").frame["master_id"])
+    shown = set(run_query(city, "SELECT master_id FROM v_person").frame["master_id"])
     return truth[truth["master_id"].isin(shown)].astype(object).where(truth.notna(), None)
 
 
 def _assert_no_person_attribute_in_other_views(city: CityConfig) -> None:
     """What the other views say of persons cannot be joined back to v_person to learn more."""
-    conflicts = access.run_query(city, "SELECT attribute, value, authority_value FROM v_conflict "
+    conflicts = run_query(city, "SELECT attribute, value, authority_value FROM v_conflict "
                                  "WHERE entity = 'person'").frame  # fmt: skip
     personal = conflicts[conflicts["attribute"].isin(QUASI)]
     assert len(personal) > 0
     assert set(personal["value"].dropna()) | set(personal["authority_value"].dropna()) == {"****"}
-    firms = access.run_query(city, "SELECT legal_rep_id FROM v_enterprise").frame
+    firms = run_query(city, "SELECT legal_rep_id FROM v_enterprise").frame
     assert set(firms["legal_rep_id"].dropna()) == {"****"}
-    reps = access.run_query(city, "SELECT evidence FROM v_relationship "
+    reps = run_query(city, "SELECT evidence FROM v_relationship "
                             "WHERE kind = 'legal_representative'").frame  # fmt: skip
     assert len(reps) > 0 and set(reps["evidence"]) == {"****"}
 
@@ -684,15 +726,15 @@ def _assert_no_person_attribute_in_other_views(city: CityConfig) -> None:
 def test_masked_views_and_exports_resist_reidentification(
     city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    k = access.release_of(city).k
+    k = release_of(city).k
     truth = _visible_truth(city)
-    released = access.run_query(city, "SELECT * FROM v_person").frame
+    released = run_query(city, "SELECT * FROM v_person").frame
     assert len(released) == len(truth) > 500
     _assert_deidentified(released, truth, k, "v_person")
-    exported = access.export(city, tmp_path / "plain", views=["v_person"])
+    exported = export(city, tmp_path / "plain", views=["v_person"])
     _assert_deidentified(pd.read_parquet(exported.files["person"]), truth, k, "person.parquet")
-    env.setenv(access.PSEUDONYM_KEY_ENV, KEY)
-    tokens = access.export(city, tmp_path / "tokens", views=["v_person"], pseudonymize=True)
+    env.setenv(PSEUDONYM_KEY_ENV, KEY)
+    tokens = export(city, tmp_path / "tokens", views=["v_person"], pseudonymize=True)
     _assert_deidentified(pd.read_parquet(tokens.files["person"]), truth, k, "pseudonymized")
     _assert_no_person_attribute_in_other_views(city)
     # still useful in a 600-person city: nearly everyone keeps sex and a birth band, and the
@@ -701,8 +743,7 @@ def test_masked_views_and_exports_resist_reidentification(
     assert (released["district"].dropna() != "****").mean() > 0.15
     # explain, for an analyst, shows no more than the views
     for person in truth.head(15).to_dict("records"):
-        shown = repr(access.mask_explanation(explain(city, person["master_id"]),
-                                             access.release_of(city)))  # fmt: skip
+        shown = repr(mask_explanation(explain(city, person["master_id"]), release_of(city)))
         assert person["birth_date"][:10] not in shown and mask_id(person["id_number"]) not in shown
         assert person["name"] not in shown and mask_name(person["name"]) not in shown
 
@@ -710,8 +751,8 @@ def test_masked_views_and_exports_resist_reidentification(
 def test_postgres_masked_views_resist_reidentification(pg_city: tuple[CityConfig, str]) -> None:
     city, _ = pg_city
     truth = _visible_truth(city)
-    released = access.run_query(city, "SELECT * FROM v_person").frame
-    _assert_deidentified(released, truth, access.release_of(city).k, "v_person on PostgreSQL")
+    released = run_query(city, "SELECT * FROM v_person").frame
+    _assert_deidentified(released, truth, release_of(city).k, "v_person on PostgreSQL")
     _assert_no_person_attribute_in_other_views(city)
     sqlite_view = _read(warehouse_url(city).replace(warehouse_url(city), _sqlite_url(city)),
                         "SELECT * FROM v_person ORDER BY master_id")  # fmt: skip
@@ -751,44 +792,44 @@ def _weijian_seen(city: CityConfig) -> dict[str, int]:
         "conflicts": "SELECT count(*) FROM v_conflict WHERE department = 'weijian'",
         "membership": "SELECT count(*) FROM v_person WHERE departments LIKE '%weijian%'",
     }
-    return {k: int(access.run_query(city, sql).frame.iloc[0, 0]) for k, sql in q.items()}
+    return {k: int(run_query(city, sql).frame.iloc[0, 0]) for k, sql in q.items()}
 
 
 def test_not_shared_sources_are_withheld_from_analysts(
     city: CityConfig, env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert access.release_of(city).hidden == {("weijian", "PATIENT_INFO")}
+    assert release_of(city).hidden == {("weijian", "PATIENT_INFO")}
     clear = _read(warehouse_url(city), "SELECT count(*) AS n FROM mdm_crosswalk "
                   "WHERE department = 'weijian'")  # fmt: skip
     assert clear["n"].iloc[0] > 100
     assert _weijian_seen(city) == {"crosswalk": 0, "provenance": 0, "conflicts": 0, "membership": 0}
     # membership does not show through the counts either
-    persons = access.run_query(city, "SELECT master_id, member_count FROM v_person").frame
-    visible = access.run_query(city, "SELECT master_id, count(*) AS n FROM v_crosswalk "
+    persons = run_query(city, "SELECT master_id, member_count FROM v_person").frame
+    visible = run_query(city, "SELECT master_id, count(*) AS n FROM v_crosswalk "
                                "WHERE entity = 'person' GROUP BY master_id").frame  # fmt: skip
     merged = persons.merge(visible, on="master_id", how="left")
     assert (merged["member_count"] == merged["n"]).all()
-    counts = access.run_query(city, "SELECT candidates, agreeing FROM v_provenance").frame
+    counts = run_query(city, "SELECT candidates, agreeing FROM v_provenance").frame
     assert counts["candidates"].isna().all() and counts["agreeing"].isna().all()
     # a person known only to weijian is not there at all: not in v_person, lookup, explain
     only = _read(warehouse_url(city), "SELECT master_id, id_number FROM mdm_person "
                  "WHERE departments = 'weijian' AND id_number IS NOT NULL")  # fmt: skip
     assert len(only) > 0
     hidden = only.iloc[0]
-    assert access.run_query(city, f"SELECT * FROM v_person WHERE master_id = "
+    assert run_query(city, f"SELECT * FROM v_person WHERE master_id = "
                             f"'{hidden['master_id']}'").frame.empty  # fmt: skip
-    assert access.run_query(city, f"SELECT * FROM v_id_event WHERE master_id = "
+    assert run_query(city, f"SELECT * FROM v_id_event WHERE master_id = "
                             f"'{hidden['master_id']}'").frame.empty  # fmt: skip
     assert lookup(city, id_number=hidden["id_number"]).matches == []
-    with pytest.raises(access.NotShared):
-        access.mask_explanation(explain(city, hidden["master_id"]), access.release_of(city))
+    with pytest.raises(NotShared):
+        mask_explanation(explain(city, hidden["master_id"]), release_of(city))
     # a person also known to gongan: explained without weijian's rows, links or conflicts
     both = _read(warehouse_url(city), "SELECT master_id FROM mdm_person "
                  "WHERE departments = 'gongan,weijian'")["master_id"].iloc[0]  # fmt: skip
-    shown = access.mask_explanation(explain(city, both), access.release_of(city))
+    shown = mask_explanation(explain(city, both), release_of(city))
     assert "weijian" not in repr(shown) and shown.members
     # the privileged role (here: the warehouse file's owner), for its legal duty, sees all
-    full = access.run_query(
+    full = run_query(
         city, "SELECT count(*) FROM v_crosswalk_full WHERE department = 'weijian'", privileged=True
     )
     assert int(full.frame.iloc[0, 0]) == clear["n"].iloc[0]
@@ -796,11 +837,11 @@ def test_not_shared_sources_are_withheld_from_analysts(
     shared = _with_share(city, tmp_path, "conditional")
     engine = wh.engine_for(warehouse_url(shared))
     try:
-        access.install_views(engine, shared)
+        install_views(engine, shared)
         seen = _weijian_seen(shared)
         assert seen["crosswalk"] == clear["n"].iloc[0] and seen["membership"] > 0
     finally:
-        access.install_views(engine, city)
+        install_views(engine, city)
         engine.dispose()
 
 
@@ -809,7 +850,7 @@ def test_postgres_analyst_login_sees_no_not_shared_source(pg_city: tuple[CityCon
     login = f"govmdm_test_share_{uuid.uuid4().hex[:8]}"
     admin = _engine(url)
     with admin.begin() as conn:
-        analyst_role = access.load_share_policy(city).roles.analyst
+        analyst_role = load_share_policy(city).roles.analyst
         conn.exec_driver_sql(f"CREATE ROLE {login} LOGIN IN ROLE {analyst_role}")
     analyst = _engine(sa.make_url(url).set(username=login, password=None))
     try:
@@ -839,17 +880,17 @@ def test_postgres_analyst_login_sees_no_not_shared_source(pg_city: tuple[CityCon
      "Passw0rd!Passw0rd!Passw0rd!", "1111111111111111111111111111111111111111"],
 )  # fmt: skip
 def test_a_predictable_pseudonym_key_is_refused(key: str, env: pytest.MonkeyPatch) -> None:
-    env.setenv(access.PSEUDONYM_KEY_ENV, key)
-    with pytest.raises(access.PseudonymKeyMissing, match="too predictable"):
-        access.pseudonym_key()
+    env.setenv(PSEUDONYM_KEY_ENV, key)
+    with pytest.raises(PseudonymKeyMissing, match="too predictable"):
+        pseudonym_key()
 
 
 def test_a_random_pseudonym_key_is_accepted(env: pytest.MonkeyPatch) -> None:
     import secrets
 
     for key in (secrets.token_hex(16), secrets.token_urlsafe(24), KEY):
-        env.setenv(access.PSEUDONYM_KEY_ENV, key)
-        assert access.pseudonym_key() == key.encode()
+        env.setenv(PSEUDONYM_KEY_ENV, key)
+        assert pseudonym_key() == key.encode()
 
 
 def _copy_var(city: CityConfig, tmp_path: Path) -> Path:

@@ -27,9 +27,16 @@ from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 import store.warehouse as wh
-from access import access, audit
+from access import audit
+from access.errors import AccessDenied, AccessError, QueryRefused
+from access.export import export
 from access.lookup import lookup
+from access.policy import ANALYST_URL_ENV
+from access.pseudonyms import PSEUDONYM_KEY_ENV
+from access.query import _fetch_postgres, run_query
 from access.review import ReviewError, decide, queue
+from access.session import session
+from access.views import after_publish
 from cli.main import app
 from etl.config import CityConfig, ConfigError, load_city_config
 from etl.extract import extract_all
@@ -42,8 +49,8 @@ from master_data.publish import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
-ENV_NAMES = ("GOVMDM_WAREHOUSE_URL", access.ANALYST_URL_ENV, "GOVMDM_USER",
-             "GOVMDM_PRIVILEGED_USERS", access.PSEUDONYM_KEY_ENV)  # fmt: skip
+ENV_NAMES = ("GOVMDM_WAREHOUSE_URL", ANALYST_URL_ENV, "GOVMDM_USER",
+             "GOVMDM_PRIVILEGED_USERS", PSEUDONYM_KEY_ENV)  # fmt: skip
 
 # The escape of the issue: the first call drops the role for the rest of the statement, the
 # second reads the golden table as whoever is left.
@@ -73,7 +80,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
         link(c, NIGHT)
         summary = publish(c, NIGHT)
         engine = wh.engine_for(warehouse_url(c))
-        access.after_publish(engine, c, NIGHT, summary)
+        after_publish(engine, c, NIGHT, summary)
         engine.dispose()
         yield c
 
@@ -177,7 +184,7 @@ def _copy_warehouse(city: CityConfig, target_url: str) -> None:
         night = wh.Night(run["run_id"], run["mode"], run["state_dir"], json.loads(run["summary"]),
                          frames)  # fmt: skip
         wh.publish(target, night)
-        report = access.after_publish(target, city, run["run_id"], night.summary)
+        report = after_publish(target, city, run["run_id"], night.summary)
         assert report is not None and report.grants, report
     finally:
         source.dispose()
@@ -210,22 +217,22 @@ def test_postgres_escape_from_set_role_finds_only_the_analysts_login(
     pg: Pg, env: pytest.MonkeyPatch
 ) -> None:
     login, url = pg.login("analyst")
-    env.setenv(access.ANALYST_URL_ENV, url)
+    env.setenv(ANALYST_URL_ENV, url)
     for sql in (ESCAPE, WHO_AFTER_ESCAPE, "SELECT pg_read_file('/etc/hostname')",
                 "SELECT * FROM pg_ls_dir('/')"):  # fmt: skip
-        with pytest.raises(access.AccessError):
-            access.run_query(pg.city, sql)
-    with access.session(pg.city) as s:
+        with pytest.raises(AccessError):
+            run_query(pg.city, sql)
+    with session(pg.city) as s:
         # without the text check: the database itself holds
-        with pytest.raises(access.QueryRefused, match="permission denied for table mdm_person"):
-            access._fetch_postgres(s.engine, ESCAPE, "analyst")
-        _, rows = access._fetch_postgres(s.engine, WHO_AFTER_ESCAPE, "analyst")
+        with pytest.raises(QueryRefused, match="permission denied for table mdm_person"):
+            _fetch_postgres(s.engine, ESCAPE, "analyst")
+        _, rows = _fetch_postgres(s.engine, WHO_AFTER_ESCAPE, "analyst")
         xml = str(rows[0][1])
         assert f"<u>{login}</u>" in xml and f"<s>{login}</s>" in xml  # not the owner
         for sql in ("SELECT pg_read_file('/etc/hostname')", "SELECT * FROM pg_ls_dir('/')",
                     "SELECT set_config('role', 'postgres', true)"):  # fmt: skip
-            with pytest.raises(access.AccessError, match="permission denied"):
-                access._fetch_postgres(s.engine, sql, "analyst")
+            with pytest.raises(AccessError, match="permission denied"):
+                _fetch_postgres(s.engine, sql, "analyst")
     outcomes = _read(pg.owner_url, "SELECT outcome FROM audit_log WHERE who = :w", w=login)
     assert len(outcomes) == 4 and all(o.outcome != "ok" for o in outcomes)
 
@@ -234,27 +241,27 @@ def test_postgres_owner_and_superuser_logins_are_refused_for_analysts(
     pg: Pg, env: pytest.MonkeyPatch
 ) -> None:
     # the pipeline's URL (a superuser here) is not an analyst's, whichever variable holds it
-    with pytest.raises(access.AccessDenied, match="superuser"):
-        access.run_query(pg.city, "SELECT count(*) FROM v_person")
-    env.setenv(access.ANALYST_URL_ENV, pg.owner_url)
-    with pytest.raises(access.AccessDenied, match=r"GOVMDM_ANALYST_URL logs in as 'postgres'"):
-        access.run_query(pg.city, "SELECT pg_read_file('/etc/hostname')")
+    with pytest.raises(AccessDenied, match="superuser"):
+        run_query(pg.city, "SELECT count(*) FROM v_person")
+    env.setenv(ANALYST_URL_ENV, pg.owner_url)
+    with pytest.raises(AccessDenied, match=r"GOVMDM_ANALYST_URL logs in as 'postgres'"):
+        run_query(pg.city, "SELECT pg_read_file('/etc/hostname')")
     # an analyst's login that may also write a table is above the analyst role too
     writer, url = pg.login("analyst")
     pg.admin(f"GRANT INSERT ON mdm_conflict TO {writer}")
-    env.setenv(access.ANALYST_URL_ENV, url)
-    with pytest.raises(access.AccessDenied, match="may write mdm_conflict"):
-        access.run_query(pg.city, "SELECT count(*) FROM v_person")
+    env.setenv(ANALYST_URL_ENV, url)
+    with pytest.raises(AccessDenied, match="may write mdm_conflict"):
+        run_query(pg.city, "SELECT count(*) FROM v_person")
 
 
 def test_postgres_errors_are_scrubbed_before_they_are_shown(
     pg: Pg, env: pytest.MonkeyPatch
 ) -> None:
     _, url = pg.login("analyst")
-    env.setenv(access.ANALYST_URL_ENV, url)
+    env.setenv(ANALYST_URL_ENV, url)
     clear = _person_ids(pg.city, 1)["id_number"].iloc[0]
-    with pytest.raises(access.AccessError) as caught:
-        access.run_query(pg.city, f"SELECT CAST('{clear}' AS integer) FROM v_person")
+    with pytest.raises(AccessError) as caught:
+        run_query(pg.city, f"SELECT CAST('{clear}' AS integer) FROM v_person")
     assert "out of range" in str(caught.value) and find_clear(str(caught.value)) == []
     assert clear[:6] + "********" + clear[-4:] in str(caught.value)
 
@@ -264,21 +271,21 @@ def test_postgres_errors_are_scrubbed_before_they_are_shown(
 
 def test_postgres_privilege_comes_from_the_database_role(pg: Pg, env: pytest.MonkeyPatch) -> None:
     _, analyst = pg.login("analyst")
-    env.setenv(access.ANALYST_URL_ENV, analyst)
+    env.setenv(ANALYST_URL_ENV, analyst)
     for name in ("GOVMDM_PRIVILEGED_USERS", "GOVMDM_USER", "LOGNAME", "USER"):
         env.setenv(name, f"root,{audit.os_user()}" if "PRIVILEGED" in name else "root")
-    with pytest.raises(access.AccessDenied, match=f"not in the {pg.roles['privileged']} role"):
-        access.run_query(pg.city, "SELECT id_number FROM v_person_full", privileged=True)
-    with pytest.raises(access.AccessDenied):
+    with pytest.raises(AccessDenied, match=f"not in the {pg.roles['privileged']} role"):
+        run_query(pg.city, "SELECT id_number FROM v_person_full", privileged=True)
+    with pytest.raises(AccessDenied):
         lookup(pg.city, credit_code="91350100M000100Y43", privileged=True)
     _, privileged = pg.login("privileged")
-    env.setenv(access.ANALYST_URL_ENV, privileged)
-    full = access.run_query(
+    env.setenv(ANALYST_URL_ENV, privileged)
+    full = run_query(
         pg.city, "SELECT id_number FROM v_person_full WHERE id_number IS NOT NULL",
         privileged=True,
     )  # fmt: skip
     assert full.role == "privileged" and find_clear(full.frame.to_csv())
-    masked = access.run_query(pg.city, "SELECT id_number FROM v_person")  # masked unless asked
+    masked = run_query(pg.city, "SELECT id_number FROM v_person")  # masked unless asked
     assert find_clear(masked.frame.to_csv()) == []
 
 
@@ -291,23 +298,23 @@ def test_sqlite_privilege_is_the_file_owners_not_an_environment_variable(
         env.setenv(name, f"root,{audit.os_user()}" if "PRIVILEGED" in name else "root")
     env.setattr(os, "geteuid", lambda: owner + 4242)  # someone else, who can read the file
     sql = "SELECT id_number FROM mdm_person"
-    with pytest.raises(access.AccessDenied, match="only boundary"):
-        access.run_query(city, sql, privileged=True)
-    with pytest.raises(access.AccessDenied, match="does not own the warehouse file"):
+    with pytest.raises(AccessDenied, match="only boundary"):
+        run_query(city, sql, privileged=True)
+    with pytest.raises(AccessDenied, match="does not own the warehouse file"):
         lookup(city, credit_code="91350100M000100Y43", privileged=True)
-    with pytest.raises(access.AccessDenied):
-        access.export(city, tmp_path / "x", privileged=True)
-    assert access.run_query(city, "SELECT count(*) FROM v_person").role == "analyst"
+    with pytest.raises(AccessDenied):
+        export(city, tmp_path / "x", privileged=True)
+    assert run_query(city, "SELECT count(*) FROM v_person").role == "analyst"
     # a private --config cannot list anyone either
     private = _config_copy(city, tmp_path / "mine")
     (tmp_path / "mine" / "config" / "catalog.yaml").write_text(
         "privileged_users: [root]\n", encoding="utf-8"
     )
     with pytest.raises(ConfigError, match="privileged_users is no longer read"):
-        access.run_query(private, sql, privileged=True)
+        run_query(private, sql, privileged=True)
     env.undo()  # the owner, as themselves
     env.setenv("GOVMDM_VAR", str(city.var_dir))
-    full = access.run_query(city, f"{sql} WHERE id_number IS NOT NULL", privileged=True)
+    full = run_query(city, f"{sql} WHERE id_number IS NOT NULL", privileged=True)
     assert full.role == "privileged" and find_clear(full.frame.to_csv())
 
 
@@ -335,11 +342,11 @@ def test_sqlite_review_decisions_need_the_steward_and_record_the_os_account(
     owner = os.stat(Path(warehouse_url(city).removeprefix("sqlite:///"))).st_uid
     with env.context() as other:
         other.setattr(os, "geteuid", lambda: owner + 4242)
-        with pytest.raises(access.AccessDenied, match="does not own the warehouse file"):
+        with pytest.raises(AccessDenied, match="does not own the warehouse file"):
             decide(city, a, b, "link", by="数据管理处 王芳")
-        with pytest.raises(access.AccessDenied):
+        with pytest.raises(AccessDenied):
             queue(city)
-    with pytest.raises(access.AccessDenied, match="is not you"):
+    with pytest.raises(AccessDenied, match="is not you"):
         decide(city, a, b, "link", by="数据管理处 王芳")
     assert decide(city, a, b, "apart", note="不是同一人") == "person"
     rows = _read(
@@ -365,21 +372,21 @@ def test_postgres_review_decisions_need_the_steward_role(pg: Pg, env: pytest.Mon
     analyst, analyst_url = pg.login("analyst")
     steward, steward_url = pg.login("steward")
     env.setenv("GOVMDM_USER", "数据管理处 王芳")
-    env.setenv(access.ANALYST_URL_ENV, analyst_url)
-    with pytest.raises(access.AccessDenied, match=f"not in the {pg.roles['steward']} role"):
+    env.setenv(ANALYST_URL_ENV, analyst_url)
+    with pytest.raises(AccessDenied, match=f"not in the {pg.roles['steward']} role"):
         decide(pg.city, a, b, "link", by="数据管理处 王芳")
-    with pytest.raises(access.AccessDenied):
+    with pytest.raises(AccessDenied):
         queue(pg.city)
     with (
-        access.session(pg.city) as s,
+        session(pg.city) as s,
         pytest.raises(sa.exc.ProgrammingError),
         s.engine.begin() as c,
     ):
         c.execute(sa.text("SELECT govmdm_review_decide(:a, :b, 'link', NULL)"), {"a": a, "b": b})
-    env.setenv(access.ANALYST_URL_ENV, steward_url)
+    env.setenv(ANALYST_URL_ENV, steward_url)
     [(queued,)] = _read(pg.owner_url, "SELECT count(*) FROM mdm_review_queue")
     assert len(queue(pg.city, limit=1000)) == queued
-    with pytest.raises(access.AccessDenied, match="is not you"):
+    with pytest.raises(AccessDenied, match="is not you"):
         decide(pg.city, a, b, "link", by="数据管理处 王芳")
     with pytest.raises(ReviewError, match="no published source row"):
         decide(pg.city, a, "gongan/t_rk_jbxx/nope", "link")
@@ -393,7 +400,7 @@ def test_postgres_review_decisions_need_the_steward_role(pg: Pg, env: pytest.Mon
         (steward, "steward", "ok"),
     ]  # fmt: skip
     # the steward role writes nothing directly
-    with access.session(pg.city) as s, s.engine.connect() as conn:
+    with session(pg.city) as s, s.engine.connect() as conn:
         for sql in ("UPDATE mdm_review_decision SET decided_by = 'x'",
                     "DELETE FROM mdm_review_decision", "SELECT * FROM mdm_person"):  # fmt: skip
             with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
@@ -411,12 +418,12 @@ def test_postgres_audit_log_is_append_only_and_knows_who_connected(
     wang, wang_url = pg.login("analyst")
     env.setenv("GOVMDM_USER", "someone_else")
     env.setenv("LOGNAME", "root")
-    env.setenv(access.ANALYST_URL_ENV, wang_url)
-    access.run_query(pg.city, "SELECT count(*) FROM v_person WHERE name LIKE '王%'")
-    env.setenv(access.ANALYST_URL_ENV, li_url)
-    access.run_query(pg.city, "SELECT count(*) FROM v_enterprise")
+    env.setenv(ANALYST_URL_ENV, wang_url)
+    run_query(pg.city, "SELECT count(*) FROM v_person WHERE name LIKE '王%'")
+    env.setenv(ANALYST_URL_ENV, li_url)
+    run_query(pg.city, "SELECT count(*) FROM v_enterprise")
     [(wang_entry,)] = _read(pg.owner_url, "SELECT id FROM audit_log WHERE who = :w", w=wang)
-    with access.session(pg.city) as s, s.engine.connect() as conn:
+    with session(pg.city) as s, s.engine.connect() as conn:
         for sql in ("DELETE FROM audit_log", "UPDATE audit_log SET who = 'x'",
                     "INSERT INTO audit_log (at, who, action, target, outcome, detail) "
                     "VALUES (now(), 'wang', 'query', 'x', 'ok', '{}')",
@@ -433,14 +440,14 @@ def test_postgres_audit_log_is_append_only_and_knows_who_connected(
     assert mine[0]["finished_at"] is not None and mine[0]["detail"]["sql"].startswith("SELECT")
     out = CliRunner().invoke(
         app, ["audit", "list", "--format", "json", "--config", str(pg.city.root / "config")],
-        env={access.ANALYST_URL_ENV: wang_url, "GOVMDM_USER": li},
+        env={ANALYST_URL_ENV: wang_url, "GOVMDM_USER": li},
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     listed = json.loads(out.output[out.output.index("[") :])
     assert {r["who"] for r in listed} == {wang} and "王%" in listed[0]["target"]
     _, boss = pg.login("privileged")
-    env.setenv(access.ANALYST_URL_ENV, boss)
-    with access.session(pg.city) as s:
+    env.setenv(ANALYST_URL_ENV, boss)
+    with session(pg.city) as s:
         everyone = audit.entries(s.engine, action="query")
     assert {li, wang} <= {r["who"] for r in everyone}
     assert "someone_else" not in {r["who"] for r in everyone}
@@ -475,7 +482,7 @@ def test_postgres_killed_query_leaves_its_audit_row_and_its_backend_is_cancelled
     _set_policy(pg.city.root, query_timeout_s=600)
     proc = _cli(["query", "SELECT count(*) FROM generate_series(1, 1000000000000) AS g, v_id_event",
                  "--config", str(pg.city.root / "config")],
-                {access.ANALYST_URL_ENV: url, "GOVMDM_VAR": str(pg.city.var_dir)})  # fmt: skip
+                {ANALYST_URL_ENV: url, "GOVMDM_VAR": str(pg.city.var_dir)})  # fmt: skip
 
     def backends() -> list[sa.Row[object]]:
         return _read(pg.owner_url, "SELECT pid, state FROM pg_stat_activity WHERE usename = :u "
@@ -525,7 +532,7 @@ def test_sqlite_audit_log_is_append_only_and_knows_the_os_account(
     env.setenv("GOVMDM_USER", "王芳")
     env.setenv("LOGNAME", "someone_else")
     env.setenv("USER", "someone_else")
-    access.run_query(city, "SELECT count(*) FROM v_enterprise")
+    run_query(city, "SELECT count(*) FROM v_enterprise")
     db = warehouse_url(city).removeprefix("sqlite:///")
     with sqlite3.connect(db) as conn:
         last = conn.execute("SELECT id, who, outcome FROM audit_log ORDER BY id DESC").fetchone()
@@ -536,7 +543,7 @@ def test_sqlite_audit_log_is_append_only_and_knows_the_os_account(
                 conn.execute(sql)
     owner = os.stat(db).st_uid
     env.setattr(os, "geteuid", lambda: owner + 4242)
-    access.run_query(city, "SELECT count(*) FROM v_person")
+    run_query(city, "SELECT count(*) FROM v_person")
     out = CliRunner().invoke(
         app, ["audit", "list", "--format", "json", "--config", str(ROOT / "config")],
         env={"GOVMDM_VAR": str(city.var_dir), "GOVMDM_USER": audit.os_user()},
@@ -551,20 +558,20 @@ def test_sqlite_audit_log_is_append_only_and_knows_the_os_account(
 
 def test_postgres_statements_have_a_time_limit(pg: Pg, env: pytest.MonkeyPatch) -> None:
     login, url = pg.login("analyst")
-    env.setenv(access.ANALYST_URL_ENV, url)
+    env.setenv(ANALYST_URL_ENV, url)
     _set_policy(pg.city.root, query_timeout_s=1)
     started = time.monotonic()
-    with pytest.raises(access.AccessError, match="ran longer than 1 s"):
-        access.run_query(pg.city, "SELECT count(*) FROM generate_series(1, 1000000000000)")
+    with pytest.raises(AccessError, match="ran longer than 1 s"):
+        run_query(pg.city, "SELECT count(*) FROM generate_series(1, 1000000000000)")
     assert time.monotonic() - started < 15
     for sql in ("SELECT pg_sleep_for('1 minute')", "SELECT pg_advisory_lock(1)",
                 "SELECT pg_try_advisory_xact_lock(1)", "SELECT pg_sleep(60)"):  # fmt: skip
-        with pytest.raises(access.QueryRefused, match="cannot be used here"):
-            access.run_query(pg.city, sql)
-    with access.session(pg.city) as s:
+        with pytest.raises(QueryRefused, match="cannot be used here"):
+            run_query(pg.city, sql)
+    with session(pg.city) as s:
         started = time.monotonic()
-        with pytest.raises(access.AccessError, match="ran longer than 1 s"):
-            access._fetch_postgres(s.engine, "SELECT pg_sleep(60)", "analyst")  # no text check
+        with pytest.raises(AccessError, match="ran longer than 1 s"):
+            _fetch_postgres(s.engine, "SELECT pg_sleep(60)", "analyst")  # no text check
         assert time.monotonic() - started < 15
         with s.engine.connect() as conn:
             settings = {k: conn.exec_driver_sql(f"SHOW {k}").scalar() for k in (
@@ -582,8 +589,8 @@ def test_sqlite_statements_have_a_time_limit(
 ) -> None:
     c = _config_copy(city, tmp_path, query_timeout_s=1)
     started = time.monotonic()
-    with pytest.raises(access.AccessError, match="ran longer than 1 s"):
-        access.run_query(c, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
+    with pytest.raises(AccessError, match="ran longer than 1 s"):
+        run_query(c, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) "
                          "SELECT count(*) FROM n")  # fmt: skip
     assert time.monotonic() - started < 10
     # the reader is gone: a checkpoint can move the whole WAL into the database again
@@ -630,9 +637,9 @@ def test_postgres_readme_analyst_login_uses_the_tool(
     assert all(r["outcome"] == "ok" for r in lookups)
     assert any(r["detail"].get("master_ids") == [person["master_id"]] for r in lookups)
     # the lookup function answers one key per audit entry of one's own, nothing more
-    env.setenv(access.ANALYST_URL_ENV, url)
+    env.setenv(ANALYST_URL_ENV, url)
     with (
-        access.session(pg.city) as s,
+        session(pg.city) as s,
         s.engine.connect() as conn,
         pytest.raises(sa.exc.DBAPIError, match="one key"),
     ):

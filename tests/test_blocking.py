@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,7 +19,6 @@ from etl.standardize import ENTERPRISE_SCHEMA, PERSON_SCHEMA
 from fields import normalize
 from fields.identifiers import id_check_digit
 from master_data.blocking import (
-    DEFAULT_PASSES,
     BlockingPass,
     PassIndex,
     candidate_pairs,
@@ -28,9 +28,11 @@ from master_data.blocking import (
     valid_id,
     valid_uscc,
 )
+from master_data.settings import load_match_settings
 
-PERSON_PASSES = load_passes(DEFAULT_PASSES)["person"]
-ENTERPRISE_PASSES = load_passes(DEFAULT_PASSES)["enterprise"]
+SETTINGS = load_match_settings(Path(__file__).resolve().parents[1] / "config")
+PERSON_PASSES = SETTINGS.person.blocking
+ENTERPRISE_PASSES = SETTINGS.enterprise.blocking
 
 
 def _id(division: str, birth: str, seq: str) -> str:
@@ -285,7 +287,7 @@ def test_derived_keys() -> None:
 
 
 def test_load_passes_validates() -> None:
-    passes = load_passes(DEFAULT_PASSES)
+    passes = {"person": PERSON_PASSES, "enterprise": ENTERPRISE_PASSES}
     assert [p.name for p in passes["person"]] == [
         "id_number", "pinyin_birth_date", "phone", "name_district", "pinyin_birth_year",
     ]  # fmt: skip

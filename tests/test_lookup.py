@@ -14,8 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 import store.warehouse as wh
-from access import access, audit
+from access import audit
+from access.errors import AccessDenied
 from access.lookup import LookupError_, lookup
+from access.policy import ANALYST_URL_ENV
+from access.views import after_publish
 from cli.main import app
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
@@ -38,7 +41,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
     var = tmp_path_factory.mktemp("var")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GOVMDM_VAR", str(var))
-        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV):
+        for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV):
             mp.delenv(name, raising=False)
         generate_city(var / "city", persons=600, enterprises=70, seed=11)
         c = load_city_config(ROOT / "config")
@@ -47,7 +50,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
         link(c, NIGHT)
         summary = publish(c, NIGHT)
         engine = wh.engine_for(warehouse_url(c))
-        access.after_publish(engine, c, NIGHT, summary)
+        after_publish(engine, c, NIGHT, summary)
         engine.dispose()
         yield c
 
@@ -55,7 +58,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CityConfig]:
 @pytest.fixture
 def env(city: CityConfig, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setenv("GOVMDM_VAR", str(city.var_dir))
-    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", access.ANALYST_URL_ENV):
+    for name in ("GOVMDM_WAREHOUSE_URL", "GOVMDM_USER", ANALYST_URL_ENV):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -175,7 +178,7 @@ def test_privileged_lookup_is_clear_and_everything_is_audited(
     p = _persons(expected, 1).iloc[0]
     with env.context() as other:  # not the warehouse file's owner
         other.setattr(os, "geteuid", lambda: _owner(city) + 4242)
-        with pytest.raises(access.AccessDenied):
+        with pytest.raises(AccessDenied):
             lookup(city, id_number=p["id_number"], privileged=True)
     env.setenv("GOVMDM_USER", "李娜")  # names nobody: the OS account is recorded
     found = lookup(city, id_number=p["id_number"], privileged=True)

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from access import access
+from access.export import export
 from etl.config import CityConfig, load_city_config
 from etl.sample_city.generate import generate_city
 from etl.state import warehouse_url
@@ -124,8 +124,8 @@ def night() -> Iterator[Night]:
             _plant_bad_encoding(var / "city")
             mp.setenv("GOVMDM_CONN_RENSHE", UNREACHABLE)
             result = Night(city, flagged=_run_night(city, NIGHT))
-            result.export = access.export(city).out_dir
-            result.outside = access.export(city, outside, views=["v_person"]).out_dir
+            result.export = export(city).out_dir
+            result.outside = export(city, outside, views=["v_person"]).out_dir
             result.log = "\n".join(records)
             yield result
     finally:

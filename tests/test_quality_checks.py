@@ -6,7 +6,6 @@ is started once for the module (GX takes seconds to import).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pandas as pd
@@ -34,7 +33,8 @@ ID_3 = _id("35011119700101456")
 ID_7 = _id("35010319880808789")
 BAD_CHECK = ID_2[:17] + ("0" if ID_2[17] != "0" else "1")
 
-# rkbh P05 appears twice (duplicate key); P01 and P07 share an ID number.
+# rkbh P05 appears twice (duplicate key); P01 and P07 share an ID number. Laid out by hand (fmt:
+# skip): each column's seven values stay in line with the rows P01…P07.
 FRAME = pd.DataFrame(
     {
         "rkbh": ["P01", "P02", "P03", "P04", "P05", "P05", "P07"],
@@ -63,12 +63,12 @@ CHECKS = [
     Check("GA-PER-004", "unique", "rkbh", meta={**META, "severity": "blocking"}),
     Check("GA-PER-005", "in_set", "xb", {"value_set": ["男", "女"]}, meta=META),
     Check("GA-PER-006", "valid", "csrq", {"validator": "date"}, meta=META),
-    Check("GA-PER-007", "valid", "lxdh", {"validator": "phone"},
-          meta={**META, "severity": "warning"}),
+    Check(
+        "GA-PER-007", "valid", "lxdh", {"validator": "phone"}, meta={**META, "severity": "warning"}
+    ),
     Check("GA-PER-008", "valid", "xzqh", {"validator": "division_code"}, meta=META),
     Check("GA-PER-009", "regex", "xm", {"regex": r"[\u4e00-\u9fff·]{2,30}"}, meta=META),
-    Check("GA-PER-010", "row_count_between", params={"min_value": 1, "max_value": 5}, meta=META),
-]  # fmt: skip
+]
 
 # rule → (success, rows_checked, rows_failed, failed_keys)
 TRUTH = {
@@ -81,7 +81,6 @@ TRUTH = {
     "GA-PER-007": (False, 6, 2, ("P04", "P07")),
     "GA-PER-008": (False, 6, 1, ("P04",)),
     "GA-PER-009": (False, 7, 1, ("P03",)),
-    "GA-PER-010": (False, 7, 0, ()),
 }
 
 
@@ -107,7 +106,6 @@ def test_gx_prints_no_progress_bars(capfd: pytest.CaptureFixture[str]) -> None:
 
 
 def test_observed_has_numbers_not_row_values(run: dict[str, CheckResult]) -> None:
-    assert run["GA-PER-010"].observed == {"observed_value": 7}
     observed = run["GA-PER-002"].observed
     assert observed["element_count"] == 7 and observed["missing_count"] == 1
     assert not any(isinstance(v, list | dict) for v in observed.values())
@@ -132,8 +130,10 @@ def test_meta_and_severity_round_trip_through_gx_json() -> None:
     suite_run = validate(FRAME, CHECKS, key_column="rkbh", suite_name="gongan.t_rk_jbxx")
     document = json.loads(json.dumps(suite_run.gx_result.to_json_dict(), ensure_ascii=False))
     assert document["suite_name"] == "gongan.t_rk_jbxx"
-    configs = {r["expectation_config"]["meta"]["rule_id"]: r["expectation_config"]
-               for r in document["results"]}  # fmt: skip
+    configs = {
+        r["expectation_config"]["meta"]["rule_id"]: r["expectation_config"]
+        for r in document["results"]
+    }
     assert set(configs) == set(TRUTH)
     for check in CHECKS:
         config = configs[check.rule_id]
@@ -151,15 +151,13 @@ def test_meta_and_severity_round_trip_through_gx_json() -> None:
 def test_a_check_gx_cannot_run_gives_an_error_and_the_others_run() -> None:
     checks = [
         Check("E-1", "not_null", "hjdz", meta=META),
-        Check("E-2", "between", "xm", {"min_value": 0, "max_value": 3}),
         Check("E-3", "in_set", "xb", {"value_set": ["男", "女"]}),
     ]
-    missing, wrong_type, fine = run_checks(FRAME, checks, key_column="rkbh", suite_name="errors")
+    missing, fine = run_checks(FRAME, checks, key_column="rkbh", suite_name="errors")
     assert missing.error is not None and not missing.success
     assert "E-1" in missing.error and "'hjdz'" in missing.error and "Fix:" in missing.error
     assert "set `column`" in missing.error
     assert (missing.rows_checked, missing.rows_failed, missing.failed_keys) == (0, 0, ())
-    assert wrong_type.error is not None and "E-2" in wrong_type.error and "type" in wrong_type.error
     assert (fine.error, fine.rows_failed, fine.failed_keys) == (None, 1, ("P03",))
 
 
@@ -179,8 +177,12 @@ def test_all_failing_keys_beyond_gx_partial_lists() -> None:
         },
         index=pd.Index([f"row{i}" for i in range(n)]),  # not 0..n-1: must not matter
     )
-    [r] = run_checks(frame, [Check("B-1", "in_set", "code", {"value_set": ["ok"]})],
-                     key_column="key", suite_name="big")  # fmt: skip
+    [r] = run_checks(
+        frame,
+        [Check("B-1", "in_set", "code", {"value_set": ["ok"]})],
+        key_column="key",
+        suite_name="big",
+    )
     expected = tuple(f"K{i:05d}" for i in range(n) if i % 3)
     assert r.rows_failed == len(expected) == 1000
     assert r.failed_keys == expected
@@ -198,16 +200,6 @@ def test_nulls_are_ignored_by_validity_and_null_keys_reported_empty() -> None:
     assert (nn.rows_checked, nn.rows_failed, nn.failed_keys) == (3, 2, ("A", "C"))
 
 
-def test_between_on_a_datetime_column_with_date_bounds() -> None:
-    frame = pd.DataFrame(
-        {"k": ["A", "B", "C"], "updated_at": pd.to_datetime(["2026-11-20", "1900-01-01", None])}
-    )
-    check = Check("D-1", "between", "updated_at",
-                  {"min_value": dt.date(2000, 1, 1), "max_value": "2030-01-01"})  # fmt: skip
-    [r] = run_checks(frame, [check], key_column="k", suite_name="dates")
-    assert (r.error, r.rows_checked, r.failed_keys) == (None, 2, ("B",))
-
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -218,8 +210,7 @@ def test_between_on_a_datetime_column_with_date_bounds() -> None:
         ({"kind": "valid", "column": "x", "params": {"validator": "iban"}}, "unknown validator"),
         ({"kind": "not_null", "column": "x", "threshold": 0.0}, "threshold"),
         ({"kind": "not_null"}, "needs `column`"),
-        ({"kind": "row_count_between", "column": "x", "params": {"min_value": 1}}, "remove"),
-        ({"kind": "between", "column": "x"}, "min_value, max_value"),
+        ({"kind": "unique", "column": "x", "params": {"value_set": []}}, "unknown params"),
         ({"kind": "not_null", "column": "x", "meta": {"severity": "fatal"}}, "severity"),
         ({"kind": "not_null", "column": "x", "meta": {"dimension": "唯一性"}}, "GB/T 36344"),
     ],
@@ -239,11 +230,29 @@ def test_duplicate_rule_ids_and_missing_key_column_are_refused() -> None:
 
 
 PHONE_INPUTS = [
-    "13812345678", "+86 138 1234 5678", "+8613812345678", "(0591)8765-4321转123", "0591-87654321",
-    "010-12345678", "01012345678", "05918-7654321", "0591 87654321", "4008001234", "400-800-1234",
-    "95588", "12345", "0591-8765432", "14012345678", "13812345678,13912345678", "87654321",
-    "+1 650 253 0000", "+16502530000", "138****5678", "0591-87654321-123", "021-1234567",
-]  # fmt: skip
+    "13812345678",
+    "+86 138 1234 5678",
+    "+8613812345678",
+    "(0591)8765-4321转123",
+    "0591-87654321",
+    "010-12345678",
+    "01012345678",
+    "05918-7654321",
+    "0591 87654321",
+    "4008001234",
+    "400-800-1234",
+    "95588",
+    "12345",
+    "0591-8765432",
+    "14012345678",
+    "13812345678,13912345678",
+    "87654321",
+    "+1 650 253 0000",
+    "+16502530000",
+    "138****5678",
+    "0591-87654321-123",
+    "021-1234567",
+]
 
 
 @pytest.mark.parametrize("raw", PHONE_INPUTS)

@@ -48,8 +48,9 @@ from quality.report import (
     render_reports,
     reports_dir,
 )
-from quality.results import DIMENSIONS, result_table, scorecard_table
-from store.warehouse import conflict_table, engine_for
+from quality.results import DIMENSIONS
+from store.tables import conflict_table, result_table, scorecard_table
+from store.warehouse import engine_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHTS = ("2026-06-28", "2026-06-29", "2026-06-30")
@@ -70,7 +71,8 @@ PHONE_A, PHONE_B, PHONE_C = "13812345678", "13912345679", "+86 137-1234-5670"
 assert all(find_clear(x) for x in (ID_A, ID_B, ID_C, ID_E, PHONE_A, PHONE_B, PHONE_C))
 
 # rule ID → department, severity, dimension, status per night (None: absent that night),
-# held back tonight, sample keys
+# held back tonight, sample keys. RULES, SCORES and CONFLICTS are tables laid out by hand (fmt:
+# skip): one rule, department or conflict per line or two, the same fields in the same place.
 RULES: dict[str, dict[str, Any]] = {
     "GA-PER-001": dict(dept="gongan", sev="error", dim="完整性", statuses=("failed",) * 3,
                        keys=["RK0001", "RK0002"]),
@@ -140,16 +142,25 @@ def _result_rows() -> list[dict[str, Any]]:
             failed = status == "failed"
             rows.append(
                 dict(
-                    run_id=night, department=r["dept"], rule_id=rule_id,
-                    target="t_source", column_name="col", kind="valid", dimension=r["dim"],
-                    severity=r["sev"], description=f"规则 {rule_id} 的说明",
-                    fix=f"整改 {rule_id}：核对源系统后更正", threshold=0.99,
-                    rows_checked=1000, rows_failed=37 if failed else 0,
+                    run_id=night,
+                    department=r["dept"],
+                    rule_id=rule_id,
+                    target="t_source",
+                    column_name="col",
+                    kind="valid",
+                    dimension=r["dim"],
+                    severity=r["sev"],
+                    description=f"规则 {rule_id} 的说明",
+                    fix=f"整改 {rule_id}：核对源系统后更正",
+                    threshold=0.99,
+                    rows_checked=1000,
+                    rows_failed=37 if failed else 0,
                     sample_keys=json.dumps(r["keys"] if failed else [], ensure_ascii=False),
-                    status=status, held_back=failed and r.get("held", False),
+                    status=status,
+                    held_back=failed and r.get("held", False),
                     message=r.get("message") if status == "error" else None,
                 )
-            )  # fmt: skip
+            )
     return rows
 
 
@@ -162,18 +173,31 @@ def _scorecard_rows() -> list[dict[str, Any]]:
                 before = dims.get(dim, (None,) * 3)[i - 1] if i else None
                 rows.append(
                     dict(
-                        run_id=night, department=dept, dimension=dim, score=score,
+                        run_id=night,
+                        department=dept,
+                        dimension=dim,
+                        score=score,
                         rules=0 if score is None else 2,
                         grade=GRADES[dept] if dim == "overall" else None,
                         change=None if score is None or before is None else score - before,
                     )
-                )  # fmt: skip
+                )
     return rows
 
 
 def _fill(engine: sa.Engine) -> None:
-    columns = ("run_id", "entity", "master_id", "attribute", "department", "source_table",
-               "source_key", "value", "authority_department", "authority_value")  # fmt: skip
+    columns = (
+        "run_id",
+        "entity",
+        "master_id",
+        "attribute",
+        "department",
+        "source_table",
+        "source_key",
+        "value",
+        "authority_department",
+        "authority_value",
+    )
     with engine.begin() as conn:
         conn.execute(result_table.insert(), _result_rows())
         conn.execute(scorecard_table.insert(), _scorecard_rows())
@@ -243,8 +267,10 @@ def test_headline_scores_and_trend(night: Night) -> None:
     series = {s["name"]: s["scores"] for s in gongan.data["trend"]["series"]}
     assert series["时效性"] == [60.0, None, 50.0] and "可访问性" not in series
     labels = {
-        "gongan": "不合格", "renshe": "数据被暂扣", "minzheng": "通过",
-    }  # fmt: skip
+        "gongan": "不合格",
+        "renshe": "数据被暂扣",
+        "minzheng": "通过",
+    }
     for dept, label in labels.items():
         assert night.reports.departments[dept].headline_label == label
         assert label in night.reports.departments[dept].html
@@ -280,8 +306,10 @@ def test_failed_rules_by_severity_with_streaks_and_masked_samples(night: Night) 
         {"code": "renshe", "name": night.city.department("renshe").name, "rules": ["RS-PER-001"]}
     ]
     assert {d["code"] for d in overview.data["without_results"]} == {
-        "weijian", "shichang", "shuiwu",
-    }  # fmt: skip
+        "weijian",
+        "shichang",
+        "shuiwu",
+    }
 
 
 def test_conflicts_grouped_by_attribute_and_masked_by_type(night: Night) -> None:
@@ -338,8 +366,9 @@ def test_no_personal_data_in_clear_in_any_report(night: Night) -> None:
         for clear in CLEAR:
             assert clear not in text, (path.name, clear[:3])
     for report in night.reports.all():
-        assert find_clear(report.text, known=report.known, public=report.public,
-                          kinds=ALL_KINDS) == []  # fmt: skip
+        assert (
+            find_clear(report.text, known=report.known, public=report.public, kinds=ALL_KINDS) == []
+        )
         assert "五四路" in " ".join(report.known) or report.name != "minzheng"
 
 
@@ -386,8 +415,10 @@ def test_single_department_and_a_night_without_results(night: Night) -> None:
 
 def test_night_order_and_streak_break_on_absent_night() -> None:
     assert sorted(["night-10", "night-9", "night-1"], key=night_key) == [
-        "night-1", "night-9", "night-10",
-    ]  # fmt: skip
+        "night-1",
+        "night-9",
+        "night-10",
+    ]
     assert sorted(NIGHTS[::-1], key=night_key) == list(NIGHTS)
 
 
@@ -425,9 +456,11 @@ def smtp_server() -> Iterator[tuple[SmtpSettings, _Handler]]:
     controller.start()
     try:
         settings = SmtpSettings(
-            host="127.0.0.1", port=controller.port, sender="dq-report@example.gov.cn",
+            host="127.0.0.1",
+            port=controller.port,
+            sender="dq-report@example.gov.cn",
             timeout=10,
-        )  # fmt: skip
+        )
         yield settings, handler
     finally:
         controller.stop()
@@ -529,8 +562,14 @@ def test_smtp_settings_from_environment() -> None:
     assert SmtpSettings.from_env({}) is None
     plain = SmtpSettings.from_env(base)
     assert plain is not None and (plain.port, plain.starttls, plain.user) == (25, False, None)
-    tls = SmtpSettings.from_env({**base, "GOVMDM_SMTP_PORT": "587", "GOVMDM_SMTP_USER": "dq",
-                                 "GOVMDM_SMTP_PASSWORD": "s3cret"})  # fmt: skip
+    tls = SmtpSettings.from_env(
+        {
+            **base,
+            "GOVMDM_SMTP_PORT": "587",
+            "GOVMDM_SMTP_USER": "dq",
+            "GOVMDM_SMTP_PASSWORD": "s3cret",
+        }
+    )
     assert tls is not None and tls.starttls and tls.password == "s3cret"
     assert "s3cret" not in repr(tls)
     with pytest.raises(DeliveryConfigError, match="GOVMDM_SMTP_FROM"):
@@ -558,8 +597,9 @@ def test_cli_writes_reports_and_says_smtp_is_not_configured(
     result = CliRunner().invoke(app, ["report", "--run-id", NIGHTS[1], "-d", "minzheng"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in reports_dir(night.city, NIGHTS[1]).iterdir()) == [
-        "minzheng.html", "minzheng.json",
-    ]  # fmt: skip
+        "minzheng.html",
+        "minzheng.json",
+    ]
     result = CliRunner().invoke(app, ["report", "-d", "nosuch"])
     assert result.exit_code == 2 and "Unknown department" in result.output
 
@@ -611,16 +651,29 @@ class _Chromium:
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         args = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--remote-debugging-pipe", f"--user-data-dir={self.profile}", "--no-first-run",
-            "--disable-extensions", "--disable-background-networking", "--disable-sync",
-            "--disable-component-update", "--hide-scrollbars", "--mute-audio", "about:blank",
-        ]  # fmt: skip
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self.profile}",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-sync",
+            "--disable-component-update",
+            "--hide-scrollbars",
+            "--mute-audio",
+            "about:blank",
+        ]
         self._stderr = (self.profile / "stderr.log").open("wb")
         self.process = subprocess.Popen(
             [_BASH, "-c", f'exec "$@" 3<&{a} 4>&{b} {a}<&- {b}>&-', "bash", self.exe, *args],
-            pass_fds=(a, b), stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr,
-        )  # fmt: skip
+            pass_fds=(a, b),
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=self._stderr,
+        )
         os.close(a)
         os.close(b)
         threading.Thread(target=self._read, daemon=True).start()
@@ -718,9 +771,13 @@ class _Chromium:
         height = 800
         for _ in range(2):  # the page's height depends on the width: set, measure, set again
             self.call(
-                "Emulation.setDeviceMetricsOverride", session=self.session,
-                width=width, height=height, deviceScaleFactor=1, mobile=False,
-            )  # fmt: skip
+                "Emulation.setDeviceMetricsOverride",
+                session=self.session,
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             height = min(int(self.evaluate("document.documentElement.scrollHeight")), 8000)
         data = base64.b64decode(
             self.call("Page.captureScreenshot", session=self.session, format="png")["data"]
@@ -804,8 +861,9 @@ def _luhn_card(prefix: str, length: int) -> str:
     body = prefix + "3" * (length - len(prefix) - 1)
     for check in "0123456789":
         digits = [int(c) for c in body + check][::-1]
-        total = sum(d if i % 2 == 0 else (d * 2 - 9 if d > 4 else d * 2)
-                    for i, d in enumerate(digits))  # fmt: skip
+        total = sum(
+            d if i % 2 == 0 else (d * 2 - 9 if d > 4 else d * 2) for i, d in enumerate(digits)
+        )
         if total % 10 == 0:
             return body + check
     raise AssertionError
@@ -822,7 +880,7 @@ def _luhn_card(prefix: str, length: int) -> str:
         ("身份证 11010519491231002X", ()),
         (r"Incorrect string value: '\xD5\xC511010519491231002X'", ()),
     ],
-)  # fmt: skip
+)
 def test_the_gate_catches_every_kind_of_personal_data(text: str, known: tuple[str, ...]) -> None:
     with pytest.raises(UnmaskedDataError) as err:
         check_masked({"report.html": text}, known=known)

@@ -25,11 +25,12 @@ from etl.standardize import standardize_all
 from etl.state import LedgerEntry, Mode, RunState, Status, warehouse_url
 from fields.masking import find_clear, mask_key
 from master_data.consolidate import consolidate
-from quality.results import DIMENSIONS, OVERALL, RuleResult, result_table, scorecard_table
+from quality.results import DIMENSIONS, OVERALL, RuleResult
 from quality.rules import DEFAULT_DIMENSION, KINDS, Dimension, load_quality_rules
 from quality.scorecard import grade, rule_score, score_department
 from quality.suites import QualityRun, held_departments, run_quality
-from store.warehouse import conflict_table, crosswalk_table, engine_for
+from store.tables import conflict_table, crosswalk_table, result_table, scorecard_table
+from store.warehouse import engine_for
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT0, NIGHT1 = "2026-06-30", "2026-07-01"
@@ -131,7 +132,8 @@ def test_rule_errors_name_the_file_the_rule_the_key_and_the_fix(tmp_path: Path) 
 # --- night 0: the planted dirt -----------------------------------------------------------------
 
 
-# rule, owner, dimension, dirt labels (column, kinds) whose rows the rule must fail exactly
+# rule, owner, dimension, dirt labels (column, kinds) whose rows the rule must fail exactly; a
+# table laid out by hand (fmt: skip), one rule per line
 PLANTED = [
     ("RS-V01", "renshe", "规范性", "id_no", {"legacy_15_digit_id", "fullwidth_digits"}),
     ("RS-V03", "renshe", "规范性", "employer_uscc", {"excel_damaged_code"}),
@@ -208,8 +210,12 @@ def test_conflicts_with_the_authority_go_to_the_disagreeing_department(
             crosswalk = pd.read_sql(sa.select(crosswalk_table), conn)
     finally:
         engine.dispose()
-    for rule_id, dept in (("RS-K02", "renshe"), ("MZ-K01", "minzheng"), ("WJ-K02", "weijian"),
-                          ("SW-K01", "shuiwu")):  # fmt: skip
+    for rule_id, dept in (
+        ("RS-K02", "renshe"),
+        ("MZ-K01", "minzheng"),
+        ("WJ-K02", "weijian"),
+        ("SW-K01", "shuiwu"),
+    ):
         r = night0.result(rule_id)
         mine = conflicts[(conflicts["department"] == dept) & (conflicts["run_id"] == NIGHT0)]
         assert r.rows_failed == mine["source_key"].nunique() > 0, rule_id
@@ -355,11 +361,20 @@ def test_freshness_volume_and_delivery_from_the_ledger(
     c = load_city_config(ROOT / "config")
     started = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
-    def entry(run: str, dept: str, table: str, rows: int, *, mode: Mode = "full",
-              watermark: str | None = None, status: Status = "ok",
-              message: str | None = None) -> LedgerEntry:  # fmt: skip
-        return LedgerEntry(run, dept, table, mode, rows, None, watermark, started, 0.1, status,
-                           message)  # fmt: skip
+    def entry(
+        run: str,
+        dept: str,
+        table: str,
+        rows: int,
+        *,
+        mode: Mode = "full",
+        watermark: str | None = None,
+        status: Status = "ok",
+        message: str | None = None,
+    ) -> LedgerEntry:
+        return LedgerEntry(
+            run, dept, table, mode, rows, None, watermark, started, 0.1, status, message
+        )
 
     history = [5000, 100, 110, 90, 95, 105, 100, 100]  # the 5000 falls out of a window of 7
     ledger = [
@@ -368,16 +383,35 @@ def test_freshness_volume_and_delivery_from_the_ledger(
         for d, t in (("renshe", "insured_person"), ("gongan", "t_rk_jbxx"))
     ]
     ledger += [
-        entry("2026-06-08", "renshe", "insured_person", 104,
-              watermark="2026-06-07 12:00:00"),  # 1.5 days old at the end of 06-08
+        entry(
+            "2026-06-08", "renshe", "insured_person", 104, watermark="2026-06-07 12:00:00"
+        ),  # 1.5 days old at the end of 06-08
         entry("2026-06-08", "gongan", "t_rk_jbxx", 30, watermark="20260601000000"),
-        entry("2026-06-08", "minzheng", "社会救助对象", 0, status="drift",
-              message="column 身份证号 is gone"),
-        entry("2026-06-08", "weijian", "PATIENT_INFO", 0, status="unreachable",
-              message="cannot reach the source database"),
-        entry("2026-06-08", "shichang", "t_qy_djxx", 12, mode="incremental",
-              watermark="2026-06-08 10:00:00"),
-    ]  # fmt: skip
+        entry(
+            "2026-06-08",
+            "minzheng",
+            "社会救助对象",
+            0,
+            status="drift",
+            message="column 身份证号 is gone",
+        ),
+        entry(
+            "2026-06-08",
+            "weijian",
+            "PATIENT_INFO",
+            0,
+            status="unreachable",
+            message="cannot reach the source database",
+        ),
+        entry(
+            "2026-06-08",
+            "shichang",
+            "t_qy_djxx",
+            12,
+            mode="incremental",
+            watermark="2026-06-08 10:00:00",
+        ),
+    ]
     with RunState.for_city(c) as state:
         state.record(ledger)
     run = run_quality(c, "2026-06-08")
@@ -412,9 +446,24 @@ def _r(
     kind: str = "completeness",
 ) -> RuleResult:
     return RuleResult(
-        "n", "d", rule_id, "t", None, kind, dimension, severity, "规则", None, threshold,
-        checked, failed, (), status, False, None,
-    )  # fmt: skip
+        "n",
+        "d",
+        rule_id,
+        "t",
+        None,
+        kind,
+        dimension,
+        severity,
+        "规则",
+        None,
+        threshold,
+        checked,
+        failed,
+        (),
+        status,
+        False,
+        None,
+    )
 
 
 def test_the_scorecard_formula_on_hand_made_results() -> None:
