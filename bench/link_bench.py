@@ -97,7 +97,7 @@ def _step(step: str, var: Path, run_id: str, opts: dict[str, Any]) -> dict[str, 
             "rejected": sum(d.rejected for d in done),
         }
     elif step == "link":
-        from master_data.consolidate import link
+        from master_data.link import link
 
         t0 = time.perf_counter()
         stages: list[dict[str, Any]] = []
@@ -123,7 +123,7 @@ def _step(step: str, var: Path, run_id: str, opts: dict[str, Any]) -> dict[str, 
         report = {"summary": linked.summary(), "stages": stages}
     elif step == "publish":
         from access.views import after_publish
-        from master_data.consolidate import publish
+        from master_data.publish import publish
 
         summary = publish(city, run_id, after_publish)
         report = {"watermarks": summary["watermarks_committed"], "published": summary["published"]}
@@ -155,7 +155,8 @@ def child(step: str, var: Path, run_id: str, opts: dict[str, Any]) -> None:
 
     import etl.extract
     import etl.standardize  # noqa: F401
-    import master_data.consolidate  # noqa: F401
+    import master_data.link
+    import master_data.publish  # noqa: F401
 
     start_mib, cpu0, t0 = _peak_mib(), _cpu_s(), time.perf_counter()
     report = _step(step, var, run_id, opts)

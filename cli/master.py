@@ -35,7 +35,7 @@ Retrain = Annotated[
 def _refusals() -> Iterator[None]:
     """A night that cannot be linked or published says why and how to fix it, without a
     traceback, and the command ends with exit code 1."""
-    from master_data.consolidate import ConsolidateError
+    from master_data.night_state import ConsolidateError
     from pipeline.night import NothingToLink
     from store.warehouse import WarehouseBusy
 
@@ -219,9 +219,9 @@ def explain(
     from access.release import release_of
     from access.session import resolve_role
     from etl.state import warehouse_url
-    from master_data.consolidate import ConsolidateError
     from master_data.explain import ExplainError
     from master_data.explain import explain as do_explain
+    from master_data.night_state import ConsolidateError
 
     city = _load(config)
     try:

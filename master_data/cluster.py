@@ -19,6 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
+from scipy import sparse
+from scipy.sparse import csgraph
+
+from master_data.deterministic import HARD_KEY
 
 # Edge tiers: lower tiers merge first.
 TIER_REVIEW_LINK = 0
@@ -44,13 +49,6 @@ class Clusters:
     labels: np.ndarray
     refused: list[Refusal] = field(default_factory=list)
     merged_by: dict[tuple[int, int], tuple[int, float]] = field(default_factory=dict)
-
-    def groups(self) -> dict[int, list[int]]:
-        """Label → record indexes, in index order."""
-        out: dict[int, list[int]] = {}
-        for i, label in enumerate(self.labels.tolist()):
-            out.setdefault(label, []).append(i)
-        return out
 
 
 def cluster(
@@ -119,3 +117,99 @@ def cluster(
 def _kept_apart(a: set[int], b: set[int], kept_apart: dict[int, set[int]]) -> bool:
     """Whether a member of ``a`` was kept apart from a member of ``b`` (both: flagged members)."""
     return bool(b) and any(not kept_apart[x].isdisjoint(b) for x in a)
+
+
+# --- records: the kernel on a night's records, scored edges and reviewers' decisions ----------
+
+
+@dataclass
+class RecordClusters:
+    """How a night's records cluster (:func:`cluster_records`)."""
+
+    labels: np.ndarray  # each record's cluster label
+    component: pd.Series  # each record's component: its links' reach, taken or refused
+    accepted: np.ndarray  # which edges clustering took
+    counts: dict[str, int]  # links taken by kind, and refused by reason
+
+
+def cluster_records(
+    records: pd.DataFrame,
+    edges: pd.DataFrame,
+    decided: pd.DataFrame,
+    entity: str,
+    auto_link: float,
+) -> RecordClusters:
+    """Cluster ``records`` (indexed by record ID, sorted) along the usable ``edges`` (a rule
+    holds, or the probability reaches ``auto_link``) and reviewers' ``decided`` pairs.
+
+    A record's component is the smallest record ID of the records joined to it by usable links
+    and reviewers' links, whether clustering took them or not: a delta night relinks whole
+    components."""
+    position = pd.Series(np.arange(len(records)), index=records.index)
+    li = position.reindex(edges["left"]).to_numpy(dtype=float)
+    ri = position.reindex(edges["right"]).to_numpy(dtype=float)
+    inside = ~np.isnan(li) & ~np.isnan(ri)
+    rule = edges["rule"].notna().to_numpy()
+    usable = rule | (edges["probability"].to_numpy() >= auto_link)
+    if (usable & ~inside).any():
+        raise RuntimeError(  # the relinked records are closed under usable links by construction
+            f"{entity}: a usable link leaves the records being relinked; "
+            "run `govmdm consolidate --full` and report this as a bug"
+        )
+    li_used, ri_used = li[usable].astype(np.int64), ri[usable].astype(np.int64)
+    tier = np.where(rule[usable], TIER_RULE, TIER_MODEL)
+    scores = edges["probability"].to_numpy()[usable]
+    graph = list(
+        zip(li_used.tolist(), ri_used.tolist(), tier.tolist(), scores.tolist(), strict=True)
+    )
+    links = _decided(decided, position, "link")
+    graph += [(a, b, TIER_REVIEW_LINK, 1.0) for a, b in links]
+    hard = records[HARD_KEY[entity]].where(records[HARD_KEY[entity]].notna(), None).tolist()
+    clusters = cluster(
+        len(records), graph, hard_keys=hard, apart=_decided(decided, position, "apart")
+    )
+    taken = {(int(a), int(b)) for a, b in clusters.merged_by}
+    accepted = np.zeros(len(edges), dtype=bool)
+    lo, hi = np.minimum(li_used, ri_used), np.maximum(li_used, ri_used)
+    accepted[np.flatnonzero(usable)] = [
+        (int(a), int(b)) in taken for a, b in zip(lo, hi, strict=True)
+    ]
+    a = np.concatenate([li_used, np.array([p[0] for p in links], dtype=np.int64)])
+    b = np.concatenate([ri_used, np.array([p[1] for p in links], dtype=np.int64)])
+    component = _components(records.index, a, b)
+    return RecordClusters(clusters.labels, component, accepted, _counts(clusters))
+
+
+def _decided(decided: pd.DataFrame, position: pd.Series, decision: str) -> list[tuple[int, int]]:
+    """The positions of the record pairs a reviewer decided ``decision`` on, both ends present."""
+    mine = decided[
+        decided["left_record"].isin(position.index)
+        & decided["right_record"].isin(position.index)
+        & (decided["decision"] == decision)
+    ]
+    return [
+        (int(position[a]), int(position[b]))
+        for a, b in zip(mine["left_record"], mine["right_record"], strict=True)
+    ]
+
+
+def _counts(clusters: Clusters) -> dict[str, int]:
+    """Links taken by kind (rule, model, reviewer), and refused by reason."""
+    counts = {"rule_links": 0, "model_links": 0, "review_links": 0}
+    for t, _score in clusters.merged_by.values():
+        counts[{TIER_RULE: "rule_links", TIER_MODEL: "model_links"}.get(t, "review_links")] += 1
+    counts["refused_hard_key"] = sum(r.reason == "hard_key" for r in clusters.refused)
+    counts["refused_kept_apart"] = sum(r.reason == "kept_apart" for r in clusters.refused)
+    return counts
+
+
+def _components(ids: pd.Index, a: np.ndarray, b: np.ndarray) -> pd.Series:
+    """Each of the (sorted) ``ids``' connected component along the links between positions
+    ``a`` and ``b``, labelled by its smallest ID."""
+    n = len(ids)
+    graph = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    _, comp_of = csgraph.connected_components(graph, directed=False)
+    # a component's label: its smallest record ID (records are sorted: the lowest position)
+    lowest = np.full(comp_of.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(lowest, comp_of, np.arange(n))
+    return pd.Series(ids.to_numpy(dtype=object)[lowest[comp_of]], index=ids, name="component")

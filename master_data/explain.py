@@ -23,9 +23,11 @@ import sqlalchemy as sa
 
 from etl.config import CityConfig
 from master_data.compare import features_for
-from master_data.consolidate import RECORD, RULES, read_state, record_id, state_file
+from master_data.deterministic import RULES
 from master_data.model import FellegiSunter
+from master_data.night_state import read_state, state_file
 from master_data.published import published_night, warehouse
+from master_data.records import RECORD, record_id
 from master_data.survivorship import ATTRIBUTES
 from store.tables import (
     conflict_table,
@@ -38,12 +40,14 @@ from store.tables import (
 )
 
 _MASTER_ID = re.compile(r"^[PE]\d{10}$")
+_IDENTIFYING = {  # the member columns between the name and the address
+    "person": ["id_number", "sex", "birth_date", "phone"],
+    "enterprise": ["uscc", "reg_no", "org_code", "legal_rep_name"],
+}
 MEMBER_COLUMNS = {
-    "person": ["record", "link_rule", "name", "id_number", "sex", "birth_date", "phone",
-               "address", "updated_at"],
-    "enterprise": ["record", "link_rule", "name", "uscc", "reg_no", "org_code",
-                   "legal_rep_name", "address", "updated_at"],
-}  # fmt: skip
+    entity: ["record", "link_rule", "name", *columns, "address", "updated_at"]
+    for entity, columns in _IDENTIFYING.items()
+}
 
 
 class ExplainError(LookupError):

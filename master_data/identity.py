@@ -22,10 +22,11 @@ IDs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
+
+from master_data.records import META, RECORD
 
 PREFIX = {"person": "P", "enterprise": "E"}
 ID_DIGITS = 10
@@ -65,38 +66,23 @@ def assign_ids(
     *,
     entity: str,
     next_seq: int,
-    reasons: Mapping[tuple[str, str], str] | None = None,
     retired: pd.DataFrame | None = None,
 ) -> Assignment:
     """Give every cluster a master ID.
 
     ``clusters``: columns ``record_id`` and ``cluster`` (any label). ``previous``: last published
-    crosswalk, columns ``record_id`` and ``master_id`` (empty on the first night). ``reasons`` may
-    explain a merge: ``(surviving ID, absorbed ID)`` → why (e.g. the rule of the joining link).
+    crosswalk, columns ``record_id`` and ``master_id`` (empty on the first night).
     ``retired``: IDs retired on earlier nights (and not in use since), columns ``master_id``,
     ``record_id`` (the records each last held) and ``run_id`` (the night it was retired).
     """
-    reasons = reasons or {}
     # a cluster's smallest record ID: sort once, keep each cluster's first row (no Python per group)
     by_record = clusters.sort_values("record_id", kind="mergesort")
     smallest = by_record.drop_duplicates("cluster").set_index("cluster")["record_id"]
     joined = clusters.merge(previous[["record_id", "master_id"]], on="record_id", how="left")
-    overlap = (
-        joined.dropna(subset=["master_id"])
-        .groupby(["cluster", "master_id"])
-        .size()
-        .rename("n")
-        .reset_index()
-    )
-    overlap["first"] = overlap["cluster"].map(smallest)
-    overlap = overlap.sort_values(["n", "master_id", "first"], ascending=[False, True, True])
+    overlap = joined.dropna(subset=["master_id"]).groupby(["cluster", "master_id"]).size()
     owner: dict[object, str] = {}  # cluster → inherited ID
     taken: set[str] = set()
-    for c, old in zip(overlap["cluster"], overlap["master_id"], strict=True):
-        if c in owner or old in taken:
-            continue
-        owner[c] = old
-        taken.add(old)
+    overlap = _inherit(overlap.rename("n").reset_index(), smallest, owner, taken)
     restored: dict[str, str] = {}  # ID → the night it had been retired
     if retired is not None and len(retired):
         back = clusters.merge(retired[["record_id", "master_id", "run_id"]], on="record_id")
@@ -104,17 +90,12 @@ def assign_ids(
             ~back["cluster"].isin(list(owner)) & ~back["master_id"].isin(previous["master_id"])
         ]
         votes = back.groupby(["cluster", "master_id", "run_id"]).size().rename("n").reset_index()
-        votes["first"] = votes["cluster"].map(smallest)
-        votes = votes.sort_values(["n", "master_id", "first"], ascending=[False, True, True])
-        for c, old, night in zip(
-            votes["cluster"], votes["master_id"], votes["run_id"], strict=True
-        ):
-            if c in owner or old in taken:
-                continue
-            owner[c] = old
-            taken.add(old)
-            restored[old] = str(night)
-    events: list[IdEvent] = []
+        votes = _inherit(votes, smallest, owner, taken)
+        restored = {
+            old: str(night)
+            for old, night in zip(votes["master_id"], votes["run_id"], strict=True)
+            if old in taken
+        }
     seq = next_seq
     for c in smallest.sort_values().index:  # new IDs in the order of each cluster's first record
         if c not in owner:
@@ -122,7 +103,35 @@ def assign_ids(
             seq += 1
     ids = pd.Series(owner, name="master_id")
     out = clusters.assign(master_id=clusters["cluster"].map(ids))
-    # what became of each old ID: only IDs that did not simply carry over need a look
+    events = _events(overlap, ids, set(previous["master_id"]), taken, restored)
+    return Assignment(out[["record_id", "cluster", "master_id"]], events, seq)
+
+
+def _inherit(
+    votes: pd.DataFrame, smallest: pd.Series, owner: dict[object, str], taken: set[str]
+) -> pd.DataFrame:
+    """Hand old IDs to clusters, largest overlap ``n`` first (ties: the ID, then the cluster's
+    smallest record ID), each ID and each cluster once; ``votes`` sorted so."""
+    votes = votes.assign(first=votes["cluster"].map(smallest))
+    votes = votes.sort_values(["n", "master_id", "first"], ascending=[False, True, True])
+    for c, old in zip(votes["cluster"], votes["master_id"], strict=True):
+        if c in owner or old in taken:
+            continue
+        owner[c] = old
+        taken.add(old)
+    return votes
+
+
+def _events(
+    overlap: pd.DataFrame,
+    ids: pd.Series,
+    previous: set[str],
+    taken: set[str],
+    restored: dict[str, str],
+) -> list[IdEvent]:
+    """What became of each old ID, and where each new one came from (sorted)."""
+    events: list[IdEvent] = []
+    # only IDs that did not simply carry over need a look
     moves = (
         overlap.assign(new=overlap["cluster"].map(ids))[["master_id", "new"]]
         .drop_duplicates()
@@ -134,7 +143,7 @@ def assign_ids(
             events.append(IdEvent("restored", new_id, (new_id,), why))
         else:
             events.append(IdEvent("issued", new_id, (), "新主体：成员记录此前均未关联任何主体"))
-    for old in sorted(set(previous["master_id"]) - set(moves["master_id"])):
+    for old in sorted(previous - set(moves["master_id"])):
         events.append(IdEvent("retired", old, (old,), "全部成员记录已删除或被拒收"))
     targets_of = moves.groupby("master_id")["new"].size()
     moved = moves[
@@ -147,7 +156,76 @@ def assign_ids(
             events.append(IdEvent("split", old, (old,), f"部分成员记录拆分至 {'、'.join(others)}"))
             continue
         for target in targets:
-            why = reasons.get((target, old)) or "成员记录与该主体关联"
-            events.append(IdEvent("merged", target, (old,), why))
+            events.append(IdEvent("merged", target, (old,), "成员记录与该主体关联"))
     events.sort(key=lambda e: (e.event, e.master_id, e.old_ids))
-    return Assignment(out[["record_id", "cluster", "master_id"]], events, seq)
+    return events
+
+
+# --- the tables linking writes: ID events, the retired-ID registry, the crosswalk --------------
+
+RETIRED_COLUMNS = ["master_id", RECORD, "run_id"]
+
+
+def events_table(events: list[IdEvent], entity: str) -> pd.DataFrame:
+    """Tonight's ID events as the rows of ``mdm_id_event`` (without the night)."""
+    return pd.DataFrame(
+        {
+            "entity": entity,
+            "seq": range(len(events)),
+            "event": [e.event for e in events],
+            "master_id": [e.master_id for e in events],
+            "old_ids": [",".join(e.old_ids) for e in events],
+            "reason": [e.reason for e in events],
+        }
+    )
+
+
+def retired_after(
+    registry: pd.DataFrame, events: list[IdEvent], previous: pd.DataFrame, run_id: str
+) -> pd.DataFrame:
+    """The retired-ID registry after tonight: less the IDs restored tonight, plus the IDs
+    retired tonight with the records they held, so a record that comes back later gets its old
+    ID back (:func:`assign_ids`)."""
+    restored = {e.master_id for e in events if e.event == "restored"}
+    retired = {e.master_id for e in events if e.event == "retired"}
+    last = previous[previous["master_id"].isin(retired)][["master_id", RECORD]]
+    out = pd.concat(
+        [
+            registry[~registry["master_id"].isin(restored)][RETIRED_COLUMNS],
+            last.assign(run_id=run_id),
+        ]
+    )
+    return out.astype(object).sort_values(["master_id", RECORD]).reset_index(drop=True)
+
+
+def crosswalk(
+    records: pd.DataFrame,
+    edges: pd.DataFrame,
+    master_of: pd.Series,
+    previous: pd.DataFrame,
+    run_id: str,
+) -> pd.DataFrame:
+    """Each record's master ID and the strongest accepted link (of ``edges``) that joined it;
+    ``previous``: the base night's crosswalk rows of these records (their first night)."""
+    accepted = edges[edges["accepted"]]
+    ends = pd.concat(
+        [
+            accepted[["left", "rule", "probability"]].rename(columns={"left": RECORD}),
+            accepted[["right", "rule", "probability"]].rename(columns={"right": RECORD}),
+        ]
+    )
+    ends = ends.assign(
+        _rank=ends["rule"].notna().astype(int),
+        link_rule=ends["rule"].fillna("model"),
+    ).sort_values([RECORD, "_rank", "probability"], ascending=[True, False, False])
+    best = ends.drop_duplicates(RECORD).set_index(RECORD)
+    out = records[META].copy()
+    out["master_id"] = master_of
+    out["link_rule"] = best["link_rule"].reindex(out.index).fillna("singleton")
+    out["link_probability"] = best["probability"].reindex(out.index)
+    # a record linked only by a reviewer's decision has no stored edge of its own
+    linked = out["master_id"].map(out["master_id"].value_counts()) > 1
+    out.loc[linked & (out["link_rule"] == "singleton"), "link_rule"] = "review_decision"
+    first = previous.set_index(RECORD)["first_run_id"]
+    out["first_run_id"] = first.reindex(out.index).fillna(run_id)
+    return out.reset_index()

@@ -200,40 +200,12 @@ class FellegiSunter:
             raise ValueError(f"max_iter must be at least 1, got {max_iter}")
         tops = _resolve_levels(levels_df, levels)
         pats = _patterns(levels_df, tops)
-        if pats.pairs < MIN_PAIRS:
-            raise ValueError(
-                f"cannot fit a Fellegi–Sunter model on {pats.pairs} candidate pairs: "
-                f"need at least {MIN_PAIRS}; check blocking, or reuse the last saved model"
-            )
         features = list(tops)
+        _check_fittable(pats, features, bool(fixed_u))
         fixed = _check_fixed_u(fixed_u or {}, tops)
-        if len(features) < 3 and not fixed:
-            raise ValueError(
-                f"cannot learn m and u unsupervised from {len(features)} feature(s) {features}: "
-                "two classes need at least three features; pass fixed_u (u_from_random_pairs)"
-            )
         m, u, lam = _initial(pats, tops, fixed, init)
-
-        counts = pats.counts
-        iterations, converged = 0, False
-        while iterations < max_iter and not converged:
-            iterations += 1
-            post, _ = _e_step(pats.codes, counts, m, u, lam)
-            w_match = counts * post
-            new_lam = _clamp(float(w_match.sum()) / pats.pairs)
-            new_m = [_m_step(pats.codes[:, j], w_match, tops[f]) for j, f in enumerate(features)]
-            new_u = [
-                fixed[f] if f in fixed else _m_step(pats.codes[:, j], counts - w_match, tops[f])
-                for j, f in enumerate(features)
-            ]
-            change = max(
-                abs(new_lam - lam),
-                *(float(np.max(np.abs(a - b))) for a, b in zip(new_m, m, strict=True)),
-                *(float(np.max(np.abs(a - b))) for a, b in zip(new_u, u, strict=True)),
-            )
-            m, u, lam = new_m, new_u, new_lam
-            converged = change < tol
-        _, loglik = _e_step(pats.codes, counts, m, u, lam)
+        m, u, lam, iterations, converged = _em(pats, tops, fixed, (m, u, lam), max_iter, tol)
+        _, loglik = _e_step(pats.codes, pats.counts, m, u, lam)
         # 2·log-likelihood ratio of the two-class model over "features independent, one class".
         lr = 2.0 * (loglik - _independent_log_likelihood(pats, tops))
 
@@ -649,6 +621,54 @@ def _initial(
             u.append(_m_step(pats.codes[:, j], pats.counts, top))
     lam = init.prior if init is not None else 0.1
     return m, u, lam
+
+
+def _check_fittable(pats: _Patterns, features: list[str], fixed_u: bool) -> None:
+    """Raise ``ValueError`` unless EM can fit a model on ``pats`` (``fixed_u``: some u given)."""
+    if pats.pairs < MIN_PAIRS:
+        raise ValueError(
+            f"cannot fit a Fellegi–Sunter model on {pats.pairs} candidate pairs: "
+            f"need at least {MIN_PAIRS}; check blocking, or reuse the last saved model"
+        )
+    if len(features) < 3 and not fixed_u:
+        raise ValueError(
+            f"cannot learn m and u unsupervised from {len(features)} feature(s) {features}: "
+            "two classes need at least three features; pass fixed_u (u_from_random_pairs)"
+        )
+
+
+def _em(
+    pats: _Patterns,
+    tops: Mapping[str, int],
+    fixed: Mapping[str, FloatArray],
+    start: tuple[list[FloatArray], list[FloatArray], float],
+    max_iter: int,
+    tol: float,
+) -> tuple[list[FloatArray], list[FloatArray], float, int, bool]:
+    """EM from ``start`` (m, u, λ) until no parameter moves by ``tol`` or ``max_iter`` rounds;
+    m, u, λ, the rounds run and whether it converged. u stays ``fixed`` where given."""
+    m, u, lam = start
+    features = list(tops)
+    counts = pats.counts
+    iterations, converged = 0, False
+    while iterations < max_iter and not converged:
+        iterations += 1
+        post, _ = _e_step(pats.codes, counts, m, u, lam)
+        w_match = counts * post
+        new_lam = _clamp(float(w_match.sum()) / pats.pairs)
+        new_m = [_m_step(pats.codes[:, j], w_match, tops[f]) for j, f in enumerate(features)]
+        new_u = [
+            fixed[f] if f in fixed else _m_step(pats.codes[:, j], counts - w_match, tops[f])
+            for j, f in enumerate(features)
+        ]
+        change = max(
+            abs(new_lam - lam),
+            *(float(np.max(np.abs(a - b))) for a, b in zip(new_m, m, strict=True)),
+            *(float(np.max(np.abs(a - b))) for a, b in zip(new_u, u, strict=True)),
+        )
+        m, u, lam = new_m, new_u, new_lam
+        converged = change < tol
+    return m, u, lam, iterations, converged
 
 
 def _e_step(

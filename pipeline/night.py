@@ -281,7 +281,7 @@ def link(
     progress: Callable[[str], None] | None = None,
     on_result: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Link tonight's canonical rows into master entities (:func:`master_data.consolidate.link`).
+    """Link tonight's canonical rows into master entities (:func:`master_data.link.link`).
 
     ``held`` are the departments held back tonight (default: those a blocking quality rule
     holds back, :func:`quality.suites.held_departments`): none of their rows of tonight is
@@ -290,7 +290,7 @@ def link(
     one); with none, there is nothing to link and the night stops here (:class:`NothingToLink`;
     last night's golden tables stay published). ``on_result`` sees the full linking result.
     """
-    from master_data.consolidate import link as link_night
+    from master_data.link import link as link_night
     from quality.suites import held_departments
 
     city, run_id = night.city, night.run_id
@@ -324,10 +324,10 @@ def publish(
     night: Night, *, on_result: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """Publish the linked night atomically and move the watermarks
-    (:func:`master_data.consolidate.publish`); returns the golden tables' row counts.
+    (:func:`master_data.publish.publish`); returns the golden tables' row counts.
     ``on_result`` sees the publish summary (entities, held back, unfinished)."""
     from access.views import after_publish
-    from master_data.consolidate import publish as publish_night
+    from master_data.publish import publish as publish_night
 
     summary = publish_night(night.city, night.run_id, after_publish)
     if on_result is not None:

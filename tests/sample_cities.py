@@ -28,7 +28,8 @@ from etl.sample_city.departments import DEPARTMENTS
 from etl.sample_city.generate import generate_city, next_night
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
-from master_data import consolidate as mc
+from master_data.link import link
+from master_data.publish import publish
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
 NIGHT0 = "2026-06-30"  # the sample city's first night (its manifest's ``as_of``)
@@ -97,9 +98,9 @@ def build(spec: CitySpec, var: Path) -> None:
         standardized = standardize_all(city, spec.run_id, as_of=spec.as_of)
         assert all(r.status == "ok" and r.reconciled for r in standardized), standardized
     if spec.reaches("linked"):
-        mc.link(city, spec.run_id)
+        link(city, spec.run_id)
     if spec.reaches("published"):
-        summary = mc.publish(city, spec.run_id)
+        summary = publish(city, spec.run_id)
         if spec.views:
             _after_publish(city, spec.run_id, summary)
 

@@ -20,10 +20,15 @@ from etl.extract import extract_all
 from etl.sample_city.generate import next_night
 from etl.standardize import standardize_all
 from etl.state import RunState, warehouse_url
-from master_data import consolidate as mc
+from master_data.consolidate import consolidate
 from master_data.evaluate import load_truth
 from master_data.explain import explain
+from master_data.link import link
+from master_data.night_state import SORT, ConsolidateError, prune_states, read_state
+from master_data.publish import publish
 from master_data.published import evaluate_published
+from master_data.records import META, record_id
+from store.layout import master_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT0, NIGHT1 = "2026-06-30", "2026-07-01"
@@ -55,12 +60,9 @@ def _tables(city: CityConfig) -> dict[str, pd.DataFrame]:
 
 
 def _crosswalk(city: CityConfig, run_id: str, entity: str) -> pd.Series:
-    state = mc.master_dir(city.var_dir, run_id) / entity
+    state = master_dir(city.var_dir, run_id) / entity
     return (
-        mc.read_state(state, "crosswalk")
-        .to_pandas()
-        .set_index("record_id")["master_id"]
-        .sort_index()
+        read_state(state, "crosswalk").to_pandas().set_index("record_id")["master_id"].sort_index()
     )
 
 
@@ -129,29 +131,29 @@ def test_provenance_names_the_authority_and_conflicts_go_to_the_other_department
 
 def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """A state table in a fixed order (a delta night appends its rows, a full night sorts)."""
-    return frame.sort_values(mc._SORT[name], kind="mergesort").reset_index(drop=True)
+    return frame.sort_values(SORT[name], kind="mergesort").reset_index(drop=True)
 
 
 def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None:
     before = {e: _crosswalk(city, NIGHT0, e) for e in ("person", "enterprise")}
     next_night(city.var_dir / "city")
     _night(city, NIGHT1)
-    delta = mc.link(city, NIGHT1)
+    delta = link(city, NIGHT1)
     assert delta.mode == "delta" and delta.entities["person"].changed > 0
     relinked = delta.entities["person"].records_relinked
     assert 0 < relinked < delta.entities["person"].records / 5
     delta_ids = {e: _crosswalk(city, NIGHT1, e) for e in ("person", "enterprise")}
-    state = mc.master_dir(city.var_dir, NIGHT1)
+    state = master_dir(city.var_dir, NIGHT1)
     delta_files = {
-        (e, f): _sorted(mc.read_state(state / e, f).to_pandas(), f)
+        (e, f): _sorted(read_state(state / e, f).to_pandas(), f)
         for e in ("person", "enterprise")
         for f in ("edges", "components", "crosswalk", "golden", "provenance", "conflicts", "review")
     }
-    published = mc.publish(city, NIGHT1)
+    published = publish(city, NIGHT1)
     assert published["published"] == "incremental"  # the warehouse held the delta's base night
     incremental = _tables(city)
 
-    full = mc.link(city, NIGHT1, full=True)
+    full = link(city, NIGHT1, full=True)
     assert full.mode == "full"
     for e in ("person", "enterprise"):
         assert delta_ids[e].equals(_crosswalk(city, NIGHT1, e)), e
@@ -160,15 +162,15 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
         assert (before[e][kept] == delta_ids[e][kept]).mean() > 0.99
     for (e, f), frame in delta_files.items():
         pd.testing.assert_frame_equal(
-            frame, _sorted(mc.read_state(state / e, f).to_pandas(), f), obj=f"{e} {f}"
+            frame, _sorted(read_state(state / e, f).to_pandas(), f), obj=f"{e} {f}"
         )
     assert delta.entities["person"].pairs_compared < full.entities["person"].pairs_compared / 10
 
-    assert mc.publish(city, NIGHT1)["published"] == "whole"
+    assert publish(city, NIGHT1)["published"] == "whole"
     first = _tables(city)
     for name, frame in first.items():  # the incremental publish left what a whole one writes
         pd.testing.assert_frame_equal(frame, incremental[name], obj=name)
-    mc.consolidate(city, NIGHT1)  # the same night again changes nothing
+    consolidate(city, NIGHT1)  # the same night again changes nothing
     again = _tables(city)
     for name, frame in first.items():
         pd.testing.assert_frame_equal(frame, again[name], obj=name)
@@ -190,7 +192,7 @@ def test_a_crash_during_publish_leaves_the_last_night(
     monkeypatch.setattr(wh, "_records", failing)
     run = _latest(city)
     with pytest.raises(RuntimeError, match="disk full"):
-        mc.publish(city, run)
+        publish(city, run)
     after = _tables(city)
     for name, frame in before.items():
         pd.testing.assert_frame_equal(frame, after[name], obj=name)
@@ -213,13 +215,11 @@ def test_review_decisions_override_the_model(city: CityConfig) -> None:
     # two rows of different entities, linked by a reviewer
     singles = persons[persons["link_rule"] == "singleton"]
     ids = (
-        mc.read_state(
-            mc.master_dir(city.var_dir, run) / "person", "records", ["record_id", "id_number"]
-        )
+        read_state(master_dir(city.var_dir, run) / "person", "records", ["record_id", "id_number"])
         .to_pandas()
         .set_index("record_id")["id_number"]
     )
-    keys = [mc.record_id(*r) for r in singles[mc._META].itertuples(index=False, name=None)]
+    keys = [record_id(*r) for r in singles[META].itertuples(index=False, name=None)]
     no_id = [k for k in keys if pd.isna(ids[k])]
     # (two different valid ID numbers could never be linked, not even by a reviewer)
     a, b = no_id[0], next(k for k in keys if k != no_id[0])
@@ -228,12 +228,12 @@ def test_review_decisions_override_the_model(city: CityConfig) -> None:
     model = persons[persons["link_rule"] == "model"]
     m = model.iloc[0]
     partner = persons[(persons["master_id"] == m["master_id"]) & (persons.index != m.name)]
-    c = mc.record_id(m["department"], m["source_table"], m["source_key"])
-    d = mc.record_id(*partner.iloc[0][mc._META])
+    c = record_id(m["department"], m["source_table"], m["source_key"])
+    d = record_id(*partner.iloc[0][META])
     decide(city, c, d, "apart", note="不是同一人")
     with pytest.raises(ReviewError, match="one of link, apart"):
         decide(city, a, b, "maybe")
-    mc.consolidate(city, run)
+    consolidate(city, run)
     after = _crosswalk(city, run, "person")
     assert after[a] == after[b]
     assert after[c] != after[d]
@@ -253,7 +253,7 @@ def test_explain_shows_sources_members_and_links(city: CityConfig) -> None:
 
 def test_publish_on_postgres(city: CityConfig, pg_database: str, tmp_path: Path) -> None:
     """The same night published to a PostgreSQL warehouse holds the same golden tables."""
-    state = mc.master_dir(city.var_dir, _latest(city))
+    state = master_dir(city.var_dir, _latest(city))
     night = wh.Night("pg-night", "full", str(state), {"n": 1})
     sqlite_tables = _tables(city)
     for name in ("mdm_person", "mdm_enterprise", "mdm_crosswalk"):
@@ -276,10 +276,10 @@ def test_rerunning_an_older_night_is_refused(city: CityConfig) -> None:
     watermarks: refused, naming the night to rerun instead; a rerun of a night starts from the
     night published before it, so night 0's base is nothing."""
     assert _latest(city) == NIGHT1
-    state = mc.master_dir(city.var_dir, NIGHT0)
+    state = master_dir(city.var_dir, NIGHT0)
     before = {p.name: p.stat().st_mtime_ns for p in state.rglob("*")}
-    with pytest.raises(mc.ConsolidateError, match=f"Fix: rerun night {NIGHT1}"):
-        mc.link(city, NIGHT0)
+    with pytest.raises(ConsolidateError, match=f"Fix: rerun night {NIGHT1}"):
+        link(city, NIGHT0)
     assert {p.name: p.stat().st_mtime_ns for p in state.rglob("*")} == before
     engine = wh.engine_for(warehouse_url(city))
     try:
@@ -292,7 +292,7 @@ def test_rerunning_an_older_night_is_refused(city: CityConfig) -> None:
 def test_a_held_back_department_keeps_last_nights_rows_and_watermarks(city: CityConfig) -> None:
     """A department a blocking quality rule holds back adds nothing tonight; its watermarks stay,
     so the next night reads its rows again."""
-    mc.consolidate(city, NIGHT1)  # the module's last published night is NIGHT1 again
+    consolidate(city, NIGHT1)  # the module's last published night is NIGHT1 again
     night2 = "2026-07-02"
     next_night(city.var_dir / "city")
     _night(city, night2)
@@ -302,12 +302,12 @@ def test_a_held_back_department_keeps_last_nights_rows_and_watermarks(city: City
     with RunState.for_city(city) as state:
         before = state.watermark("renshe", "insured_person")
         gongan_before = state.watermark("gongan", "t_rk_jbxx")
-    linked = mc.consolidate(city, night2, held={"renshe"})
+    linked = consolidate(city, night2, held={"renshe"})
     tonight = linked.entities["person"].changed
     everyone = sum(len(pd.read_parquet(p)) for p in canonical.glob("*/person.parquet"))
     assert tonight == everyone - len(renshe_rows)
     xw = _crosswalk(city, night2, "person")
-    ids = [mc.record_id("renshe", "insured_person", k) for k in renshe_rows["source_key"]]
+    ids = [record_id("renshe", "insured_person", k) for k in renshe_rows["source_key"]]
     new = [i for i in ids if i not in _crosswalk(city, NIGHT1, "person").index]
     assert new and not xw.index.isin(new).any()  # renshe's new rows wait for a later night
     with RunState.for_city(city) as state:
@@ -320,13 +320,13 @@ def test_old_master_state_is_pruned_after_publish(city: CityConfig) -> None:
     latest = _latest(city)
     folders = sorted(p.name for p in (city.var_dir / "master").glob("run=*"))
     assert len(folders) >= 3
-    removed = mc.prune_states(city, keep=1)
+    removed = prune_states(city, keep=1)
     assert latest not in removed and len(removed) == len(folders) - 1
     assert [p.name for p in (city.var_dir / "master").glob("run=*")] == [f"run={latest}"]
     assert (
         explain(
             city,
-            mc.read_state(mc.master_dir(city.var_dir, latest) / "person", "golden")["master_id"][
+            read_state(master_dir(city.var_dir, latest) / "person", "golden")["master_id"][
                 0
             ].as_py(),
         )

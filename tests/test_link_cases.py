@@ -31,7 +31,11 @@ from etl.sample_city.generate import sqlite_url
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from fields import identifiers
-from master_data import consolidate as mc
+from master_data.consolidate import consolidate
+from master_data.link import Linked
+from master_data.night_state import read_state
+from master_data.records import record_id
+from store.layout import master_dir
 
 NIGHT0, NIGHT1, NIGHT2 = "2026-06-30", "2026-07-01", "2026-07-02"
 STAMP = dt.datetime(2026, 6, 1, 9, 30)  # before night 0; every case row is in night 0
@@ -81,7 +85,7 @@ class Row:
 
     @property
     def record(self) -> str:
-        return mc.record_id(self.dept, by_code(self.dept).table_name, str(self.key))
+        return record_id(self.dept, by_code(self.dept).table_name, str(self.key))
 
     def as_dict(self) -> dict[str, Any]:
         return {by_code(self.dept).key: self.key, **dict(self.values)}
@@ -426,16 +430,16 @@ def insert_rows(var: Path, rows: Sequence[Row]) -> None:
             engine.dispose()
 
 
-def run_night(city: CityConfig, run_id: str) -> mc.Linked:
+def run_night(city: CityConfig, run_id: str) -> Linked:
     assert all(r.ok for r in extract_all(city, run_id))
     standardize_all(city, run_id)
-    return mc.consolidate(city, run_id)
+    return consolidate(city, run_id)
 
 
 def _crosswalk(city: CityConfig, run_id: str, entity: str) -> pd.Series:
     """record_id → master_id of one linked night."""
-    state = mc.master_dir(city.var_dir, run_id) / entity
-    return mc.read_state(state, "crosswalk").to_pandas().set_index("record_id")["master_id"]
+    state = master_dir(city.var_dir, run_id) / entity
+    return read_state(state, "crosswalk").to_pandas().set_index("record_id")["master_id"]
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,11 @@ from etl.config import CityConfig, load_city_config
 from etl.sample_city.generate import next_night
 from etl.standardize import canonical_dir
 from etl.state import RunState, warehouse_url
-from master_data import consolidate as mc
+from master_data.consolidate import consolidate
+from master_data.link import link
+from master_data.night_state import ConsolidateError, read_state
+from master_data.publish import publish
+from store.layout import master_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -282,7 +286,7 @@ def test_a_killed_standardize_moves_only_the_standardized_departments_watermarks
     for (code, table), mark in after.items():
         expected = proposed[(code, table)] if code in codes[:2] else before[(code, table)]
         assert mark == expected, (code, table)
-    summary = json.loads((mc.master_dir(var, night1) / "summary.json").read_text())
+    summary = json.loads((master_dir(var, night1) / "summary.json").read_text())
     assert summary["departments"] == sorted(codes[:2])
     assert sorted(summary["unfinished"]) == sorted(codes[2:])
 
@@ -350,7 +354,7 @@ def test_consolidate_never_crashes_on_a_keyless_canonical_row(var: Path) -> None
     pq.write_table(pq.read_table(path).from_pandas(frame, schema=rows.schema), path)
     raw = json.loads((canonical_dir(var, night1, "weijian") / "_standardized.json").read_text())
     assert raw["raw"]
-    linked = mc.consolidate(city, night1)
+    linked = consolidate(city, night1)
     assert linked.entities["person"].unkeyed == 1
     assert linked.entities["person"].records == len(
         tables(var)["mdm_crosswalk"].query("entity == 'person'")
@@ -379,7 +383,7 @@ def reference(var: Path, tmp_path: Path) -> dict[str, pd.DataFrame]:
 
 
 def _base_state(var: Path) -> Path:
-    return mc.master_dir(var, _night0(var))
+    return master_dir(var, _night0(var))
 
 
 @pytest.mark.parametrize("entity", ["person", "enterprise"])
@@ -442,7 +446,7 @@ def test_a_rerun_killed_while_replacing_the_state_keeps_the_published_state(var:
     published = tables(var)
     killed = _govmdm("consolidate", "--run-id", night1, kill_at="link:swapping")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    state = mc.master_dir(var, night1)
+    state = master_dir(var, night1)
     assert not state.exists() and state.with_name(state.name + ".old").is_dir()
     master_id = published["mdm_person"]["master_id"].iloc[0]
     explained = cli("explain", master_id)
@@ -534,15 +538,15 @@ def test_two_nights_linked_on_one_base_publish_once_and_issue_each_id_once(var: 
     second = f"{first}.second"
     assert cli("extract", "--run-id", second).exit_code == 0
     assert cli("standardize", "--run-id", second).exit_code == 0
-    mc.link(city, first)
-    mc.link(city, second)
-    mc.publish(city, first)
+    link(city, first)
+    link(city, second)
+    publish(city, first)
     published = tables(var)
-    with pytest.raises(mc.ConsolidateError, match=f"was linked on night .* holds night {first}"):
-        mc.publish(city, second)
+    with pytest.raises(ConsolidateError, match=f"was linked on night .* holds night {first}"):
+        publish(city, second)
     assert_same_tables(published, tables(var))
-    with pytest.raises(mc.ConsolidateError, match="extract the night again"):
-        mc.link(city, second)  # its rows were read before the first night moved the watermarks
+    with pytest.raises(ConsolidateError, match="extract the night again"):
+        link(city, second)  # its rows were read before the first night moved the watermarks
     run_night(second)
     events = tables(var)["mdm_id_event"]
     issued = events[events["event"] == "issued"]
@@ -670,9 +674,9 @@ def test_a_deleted_then_reinserted_row_gets_its_master_id_back(var: Path) -> Non
         now["mdm_id_event"].query("event == 'issued' and run_id == @night2")["master_id"]
     )
     # a full rebuild of the night gives the same IDs as the delta night did
-    delta = mc.read_state(mc.master_dir(var, night2) / "person", "crosswalk").to_pandas()
-    mc.link(city, night2, full=True)
-    full = mc.read_state(mc.master_dir(var, night2) / "person", "crosswalk").to_pandas()
+    delta = read_state(master_dir(var, night2) / "person", "crosswalk").to_pandas()
+    link(city, night2, full=True)
+    full = read_state(master_dir(var, night2) / "person", "crosswalk").to_pandas()
     pd.testing.assert_frame_equal(
         delta.sort_values("record_id").reset_index(drop=True),
         full.sort_values("record_id").reset_index(drop=True),

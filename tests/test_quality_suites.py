@@ -25,7 +25,7 @@ from etl.sample_city.generate import next_night
 from etl.standardize import standardize_all
 from etl.state import LedgerEntry, Mode, RunState, Status, warehouse_url
 from fields.masking import find_clear, mask_key
-from master_data import consolidate as mc
+from master_data.consolidate import consolidate
 from quality.results import DIMENSIONS, OVERALL, RuleResult
 from quality.rules import DEFAULT_DIMENSION, KINDS, Dimension, load_quality_rules
 from quality.scorecard import grade, rule_score, score_department
@@ -313,7 +313,7 @@ def night1(city: CityConfig, night0: QualityRun) -> tuple[QualityRun, set[str]]:
     assert {r.department for r in results if not r.ok} == {"weijian"}
     standardize_all(city, NIGHT1)
     held = held_departments(city, NIGHT1)
-    mc.consolidate(city, NIGHT1)
+    consolidate(city, NIGHT1)
     return run_quality(city, NIGHT1), held
 
 

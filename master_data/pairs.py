@@ -1,0 +1,97 @@
+"""Candidate pairs and their scores: blocking, comparison, the model and the rules.
+
+:func:`candidates` finds the pairs to compare — every candidate pair of the night's records, or,
+given the base night's block keys, only those touching tonight's rows (blocked against the
+cached keys, so the cost grows with the changes rather than with the city) — and :func:`edges`
+scores them and keeps the ones worth storing: a deterministic rule holds, or the match
+probability is at least the ``keep`` threshold.
+
+>>> found = candidates(records, tonight_rows, removed, None, settings.person)
+>>> scored = edges(found.compared, found.pairs, levels, model, "person", keep=0.5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from master_data.blocking import candidate_pairs, delta_candidates
+from master_data.deterministic import rule_links
+from master_data.model import FellegiSunter
+from master_data.records import RECORD, is_in, records_frame
+from master_data.settings import EntityMatch
+
+
+@dataclass
+class Found:
+    """The candidate pairs of a night and what finding them left behind."""
+
+    pairs: pd.MultiIndex
+    compared: pd.DataFrame  # the records at either end of a pair (and tonight's), by record ID
+    keys: pa.Table  # every record's block keys: the next night blocks against them
+    report: dict[str, Any]  # the blocking report (:class:`master_data.blocking.BlockingReport`)
+
+
+def candidates(
+    records: pa.Table,
+    tonight: pa.Table,
+    removed: pd.Index,
+    cached: pa.Table | None,
+    match: EntityMatch,
+) -> Found:
+    """The candidate pairs among ``records``: with the base night's block keys ``cached``, the
+    pairs that touch one of ``tonight``'s rows (``removed``: the record IDs whose cached keys
+    are stale); without, every pair."""
+    if cached is None:
+        compared = records_frame(records)
+        found = candidate_pairs(compared, match.blocking, max_block=match.max_block, keep_keys=True)
+        assert found.keys is not None
+        return Found(found.pairs, compared, found.keys, found.report.as_dict())
+    changed = pd.Index(tonight[RECORD].to_pandas())
+    mine = candidate_pairs(
+        records_frame(tonight), match.blocking, max_block=match.max_block, keep_keys=True
+    ).keys
+    assert mine is not None
+    keys = pa.concat_tables([cached.filter(pc.invert(is_in(cached[RECORD], removed))), mine])
+    found = delta_candidates(
+        keys, set(changed), match.blocking, records=records.num_rows, max_block=match.max_block
+    )
+    pairs = found.pairs
+    ends = pd.Index(pairs.get_level_values(0)).union(pd.Index(pairs.get_level_values(1)))
+    compared = records_frame(records, ends.union(changed))
+    return Found(pairs, compared, keys, found.report.as_dict())
+
+
+def edges(
+    records: pd.DataFrame,
+    pairs: pd.MultiIndex,
+    levels: pd.DataFrame,
+    model: FellegiSunter,
+    entity: str,
+    keep: float,
+) -> pd.DataFrame:
+    """The scored pairs worth keeping: a rule holds, or the probability is at least ``keep``.
+    One row per pair: ``left``, ``right``, each feature's comparison level, ``probability``
+    and ``rule``."""
+    left = pairs.get_level_values(0)
+    right = pairs.get_level_values(1)
+    probability = model.probability(levels).to_numpy() if len(pairs) else np.empty(0)
+    rule = rule_links(records, left, right, entity)
+    frame = pd.DataFrame(
+        {"left": np.asarray(left, dtype=object), "right": np.asarray(right, dtype=object)}
+    )
+    for feature in levels.columns:
+        frame[feature] = levels[feature].to_numpy(dtype=np.int8)
+    frame["probability"] = probability
+    frame["rule"] = rule
+    return frame[frame["rule"].notna() | (frame["probability"] >= keep)].reset_index(drop=True)
+
+
+def usable(edges: pd.DataFrame, auto_link: float) -> pd.Series:
+    """The edges clustering may follow: a rule holds, or the probability reaches ``auto_link``."""
+    return edges["rule"].notna() | (edges["probability"] >= auto_link)

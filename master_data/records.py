@@ -1,0 +1,118 @@
+"""The records a night links: tonight's canonical rows of one entity type, keyed by record ID.
+
+A record is one source row, identified from night to night by ``department/table/key``
+(:func:`record_id`). :func:`tonight` reads the night's canonical rows of every department that
+goes in, with the record IDs that left tonight (deleted at the source, or rejected);
+:func:`records_frame` turns the Arrow records into the pandas frame the comparison and
+clustering kernels read.
+
+>>> rows, gone, unkeyed = tonight(city, "2026-07-01", "person", held=frozenset())
+>>> rows.column_names[0]
+'record_id'
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from etl.config import CityConfig
+from etl.extract import ROW_KEY
+from etl.standardize import SCHEMAS
+from store.layout import canonical_dir, deleted_path
+
+log = logging.getLogger(__name__)
+
+RECORD = "record_id"
+META = ["department", "source_table", "source_key"]
+"""The columns a record ID is made of, in order."""
+_NOT_LINKED = ("extras",)  # columns linking never reads (raw_* neither): left in Arrow
+
+
+def record_id(department: str, table: str, key: str) -> str:
+    """The record ID of a source row: ``department/table/key``.
+
+    >>> record_id("gongan", "t_rk_jbxx", "RK3501000204182001")
+    'gongan/t_rk_jbxx/RK3501000204182001'
+    """
+    return f"{department}/{table}/{key}"
+
+
+def is_in(values: pa.ChunkedArray | pa.Array, ids: pd.Index) -> pa.ChunkedArray | pa.Array:
+    """Which of the string ``values`` (record or master IDs) are among ``ids``."""
+    if pa.types.is_null(values.type):  # an all-NULL column written from an empty frame
+        values = values.cast(pa.string())
+    return pc.is_in(values, value_set=pa.array(ids.to_numpy(dtype=object), pa.string()))
+
+
+def records_frame(records: pa.Table, ids: pd.Index | None = None) -> pd.DataFrame:
+    """The records with ``ids`` (all if None) as pandas, indexed by record ID, sorted, without
+    the columns linking never reads."""
+    if ids is not None:
+        records = records.filter(is_in(records[RECORD], ids))
+    columns = [c for c in records.column_names if c not in _NOT_LINKED and not c.startswith("raw_")]
+    return records.select(columns).to_pandas().set_index(RECORD).sort_index()
+
+
+def tonight(
+    city: CityConfig, run_id: str, entity: str, held: frozenset[str]
+) -> tuple[pa.Table, list[str], int]:
+    """Tonight's canonical rows of ``entity`` (the record ID first, sorted by it), the record
+    IDs that left (deleted at the source, or rejected tonight), and how many rows had no source
+    key. Departments in ``held`` give none of them.
+
+    A row without a source key cannot be tracked from night to night; standardization rejects
+    it (``row:key_missing``). One that reaches this point anyway (a canonical file edited or
+    written outside standardization) is left out and counted, and the night goes on."""
+    tables, gone = [], []
+    schema = SCHEMAS[entity]
+    for dept in city.departments:
+        if dept.code in held:
+            continue
+        path = canonical_dir(city.var_dir, run_id, dept.code) / f"{entity}.parquet"
+        if path.is_file():
+            tables.append(pq.read_table(path).select(schema.names).cast(schema))
+        gone += _rejected(city, run_id, dept.code, entity)
+        for table in dept.tables:
+            deleted = deleted_path(city.var_dir, run_id, dept.code, table.name)
+            if table.entity == entity and deleted.is_file():
+                keys = pq.read_table(deleted).column(ROW_KEY).to_pylist()
+                gone += [record_id(dept.code, table.name, k) for k in keys]
+    rows, unkeyed = _keyed(
+        pa.concat_tables(tables) if tables else schema.empty_table(), run_id, entity
+    )
+    ids = pc.binary_join_element_wise(*[rows[c] for c in META], "/")  # = record_id()
+    rows = rows.add_column(0, RECORD, ids)
+    return rows.take(pc.sort_indices(rows, [(RECORD, "ascending")])), gone, unkeyed
+
+
+def _rejected(city: CityConfig, run_id: str, department: str, entity: str) -> list[str]:
+    """The record IDs of ``department``'s rows of ``entity`` rejected tonight."""
+    path = canonical_dir(city.var_dir, run_id, department) / "rejects.parquet"
+    if not path.is_file():
+        return []
+    r = pq.read_table(path, columns=["entity", *META]).to_pandas()
+    r = r[(r["entity"] == entity) & r["source_key"].notna()]
+    return [record_id(*row) for row in r[META].itertuples(index=False, name=None)]
+
+
+def _keyed(rows: pa.Table, run_id: str, entity: str) -> tuple[pa.Table, int]:
+    """``rows`` less those without a source key (logged with their tables), and how many."""
+    keyless = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(rows["source_key"]), ""), True)
+    unkeyed = int(pc.sum(keyless).as_py() or 0)
+    if not unkeyed:
+        return rows, 0
+    lost = rows.filter(keyless).group_by(["department", "source_table"]).aggregate([])
+    log.warning(
+        "night %s: %d %s row(s) without a source key left out (%s). Fix: standardize the "
+        "night again: such rows go to rejects with row:key_missing",
+        run_id,
+        unkeyed,
+        entity,
+        ", ".join(f"{d}.{t}" for d, t in zip(*lost.to_pydict().values(), strict=True)),
+    )
+    return rows.filter(pc.invert(keyless)), unkeyed

@@ -1,0 +1,113 @@
+"""Person ↔ enterprise relationships: employers and legal representatives, by master ID.
+
+A person record names its employer by credit code, an enterprise record its legal
+representative by ID number. After both entity types are linked, :func:`relationships` resolves
+those references over every golden record to the master IDs of the records holding them,
+writes the golden records' ``employer_master_id`` and ``legal_rep_master_id``, the
+relationship table, and the references that resolved to no one.
+
+>>> relationships(master_dir(var, "2026-07-01"), "2026-07-01")
+(412, 3)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.compute as pc
+
+from master_data.night_state import read_state, write_state
+from master_data.records import RECORD
+
+
+def relationships(state: Path, run_id: str) -> tuple[int, int]:
+    """Resolve the references of the night linked into ``state``; how many relationships and
+    how many unresolved references. A golden record whose resolved reference changed tonight
+    joins its entity's touched master IDs."""
+    gp = _resolve(
+        state / "person",
+        "employer_master_id",
+        "employer_uscc",
+        _owner(state / "enterprise", "uscc"),
+        run_id,
+    )
+    ge = _resolve(
+        state / "enterprise",
+        "legal_rep_master_id",
+        "legal_rep_id",
+        _owner(state / "person", "id_number"),
+        run_id,
+    )
+    employer = gp.dropna(subset=["employer_master_id"])
+    rep = ge.dropna(subset=["legal_rep_master_id"])
+    rel = pd.concat(
+        [
+            _rows(
+                "employer",
+                employer["master_id"],
+                employer["employer_master_id"],
+                employer["employer_uscc"],
+            ),
+            _rows(
+                "legal_representative",
+                rep["legal_rep_master_id"],
+                rep["master_id"],
+                rep["legal_rep_id"],
+            ),
+        ],
+        ignore_index=True,
+    ).drop_duplicates(["kind", "person_master_id", "enterprise_master_id"])
+    write_state(rel, state, "relationships")
+    no_employer = gp[gp["employer_uscc"].notna() & gp["employer_master_id"].isna()]
+    no_rep = ge[ge["legal_rep_id"].notna() & ge["legal_rep_master_id"].isna()]
+    unresolved = pd.concat(
+        [
+            _unresolved("employer", no_employer["master_id"], no_employer["employer_uscc"]),
+            _unresolved("legal_representative", no_rep["master_id"], no_rep["legal_rep_id"]),
+        ],
+        ignore_index=True,
+    )
+    write_state(unresolved, state, "unresolved")
+    return len(rel), len(unresolved)
+
+
+def _owner(folder: Path, column: str) -> pd.Series:
+    """``column`` value → master ID of the first record (by record ID) that has it."""
+    records = read_state(folder, "records", [RECORD, column])
+    records = records.filter(pc.is_valid(records[column]))
+    xw = read_state(folder, "crosswalk", [RECORD, "master_id"])
+    both = records.join(xw, RECORD)
+    both = both.take(pc.sort_indices(both, [(RECORD, "ascending")])).to_pandas()
+    return both.drop_duplicates(column).set_index(column)["master_id"]
+
+
+def _resolve(folder: Path, target: str, evidence: str, of: pd.Series, run_id: str) -> pd.DataFrame:
+    """Set the golden records' ``target`` to the master ID their ``evidence`` resolves to."""
+    golden = read_state(folder, "golden").to_pandas()
+    before = golden[target] if target in golden.columns else pd.Series(None, index=golden.index)
+    golden[target] = golden[evidence].map(of)
+    differs = ~(before.eq(golden[target]) | (before.isna() & golden[target].isna()))
+    moved = golden.loc[differs, "master_id"]
+    golden.loc[differs & golden[target].notna() & before.notna(), "run_id"] = run_id
+    touched = read_state(folder, "touched")["master_id"].to_pandas()
+    write_state(pd.DataFrame({"master_id": sorted(set(touched) | set(moved))}), folder, "touched")
+    write_state(golden, folder, "golden")
+    return golden
+
+
+def _rows(kind: str, person: pd.Series, enterprise: pd.Series, evidence: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "kind": kind,
+            "person_master_id": person.to_numpy(),
+            "enterprise_master_id": enterprise.to_numpy(),
+            "evidence": evidence.to_numpy(),
+        }
+    )
+
+
+def _unresolved(kind: str, master_id: pd.Series, evidence: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"kind": kind, "master_id": master_id.to_numpy(), "evidence": evidence.to_numpy()}
+    )

@@ -1,0 +1,81 @@
+"""Training the match model: u from random record pairs, then m and the prior by EM.
+
+Blocking makes the candidate pairs mostly true matches, so EM alone cannot tell which of its
+two classes is the non-matches; random pairs are almost all non-matches and pin u down. A full
+night (or ``--retrain``) fits the model; a delta night reuses the base night's, so a delta night
+and a full rebuild on the same data score every pair alike.
+
+>>> model = train(records, cmp.compare(records, pairs, "person"), "person", settings)
+>>> model.features[:2]
+['name', 'id_number']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pandas as pd
+
+from master_data import compare as cmp
+from master_data.model import DegenerateModelError, FellegiSunter, u_from_random_pairs
+from master_data.settings import MatchSettings
+
+log = logging.getLogger(__name__)
+
+RANDOM_PAIRS = 200_000
+_SEED = 20260630  # fixed: the same rows give the same model
+
+
+def top_levels(entity: str) -> dict[str, int]:
+    """Each comparison feature's top agreement level (the model's ``levels``)."""
+    return {f.label: f.max_level for f in cmp.features_for(entity)}
+
+
+def train(
+    records: pd.DataFrame, levels: pd.DataFrame, entity: str, settings: MatchSettings
+) -> FellegiSunter:
+    """Fit the model on ``records`` and their candidate pairs' comparison ``levels``."""
+    tops = top_levels(entity)
+    u = u_from_random_pairs(cmp.compare(records, _random_pairs(records), entity), levels=tops)
+    try:
+        fitted = FellegiSunter.fit(
+            levels, levels=tops, max_iter=settings.em.max_iter, tol=settings.em.tol, fixed_u=u
+        )
+    except DegenerateModelError as exc:
+        if "λ =" not in str(exc):
+            raise
+        # Blocking found (almost) nothing but matches: then the candidates' level frequencies
+        # are m itself, which is where EM was heading.
+        log.warning("%s: EM put every candidate in one class; m from candidate frequencies", entity)
+        fitted = FellegiSunter(_frequencies(levels, tops), u, 1 - 1 / (len(levels) + 2))
+    # EM's prior is the share of matches among the *candidates*; u describes random pairs. The
+    # prior that goes with u is the share among *all* pairs: λ · candidates / all pairs.
+    n = len(records)
+    everyone = max(n * (n - 1) / 2, 1.0)
+    prior = min(fitted.prior * len(levels) / everyone, 0.5)
+    return dataclasses.replace(fitted, prior=prior)
+
+
+def _frequencies(levels: pd.DataFrame, tops: dict[str, int]) -> dict[str, list[float]]:
+    """Each feature's level frequencies among ``levels`` (missing ignored), half-count smoothed."""
+    out = {}
+    for f, top in tops.items():
+        values = levels[f].to_numpy()
+        counts = np.bincount(values[values >= 0], minlength=top + 1)[: top + 1] + 0.5
+        out[f] = (counts / counts.sum()).tolist()
+    return out
+
+
+def _random_pairs(records: pd.DataFrame, n: int = RANDOM_PAIRS) -> pd.MultiIndex:
+    """Up to ``n`` distinct random pairs of different records, deterministic for the same rows."""
+    size = len(records)
+    rng = np.random.default_rng(_SEED)
+    a = rng.integers(0, size, n)
+    b = rng.integers(0, size, n)
+    keep = a != b
+    a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    coded = np.unique(a.astype(np.int64) * size + b)
+    ids = records.index.to_numpy()
+    return pd.MultiIndex.from_arrays([ids[coded // size], ids[coded % size]])
