@@ -41,11 +41,21 @@ class ReviewError(ValueError):
 def queue(city: CityConfig, *, entity: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """The open queue of the last published night, most probable first (stewards only), as a
     steward is shown it: record IDs whose keys are ID or mobile numbers masked
-    (:func:`fields.masking.mask_record`)."""
+    (:func:`fields.masking.mask_record`). Audited: who listed which queue, and how many pairs
+    they were shown."""
     with session(city) as s:
         s.require("steward", action="review_list", target="review queue")
         rows = read(s.engine, review_queue_table, **({"entity": entity} if entity else {}))
-    rows = rows.sort_values(["probability", "left_record"], ascending=[False, True]).head(limit)
+        rows = rows.sort_values(["probability", "left_record"], ascending=[False, True])
+        rows = rows.head(limit)
+        audit.record(
+            s.engine,
+            "review_list",
+            f"review queue {entity or 'person, enterprise'}",
+            role="steward",
+            row_count=len(rows),
+            detail={"limit": limit},
+        )
     out = []
     for r in rows.to_dict("records"):
         weights = json.loads(r["weights"])

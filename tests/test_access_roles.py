@@ -333,6 +333,17 @@ def test_sqlite_review_decisions_need_the_steward_and_record_the_os_account(
         (audit.os_user(), "ok"), (audit.os_user(), "refused"), ("uid:" + str(owner + 4242),
                                                                  "refused"),
     ]  # fmt: skip
+    # listing the queue is audited too: refused for the other account, ok for the steward
+    shown = queue(city, entity="person", limit=3)
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        listed = audit.entries(engine, action="review_list", limit=10)
+    finally:
+        engine.dispose()
+    assert [(r["who"], r["outcome"], r["row_count"]) for r in listed[:2]] == [
+        (audit.os_user(), "ok", len(shown)),
+        ("uid:" + str(owner + 4242), "refused", None),
+    ]
 
 
 def test_postgres_review_decisions_need_the_steward_role(pg: Pg, env: pytest.MonkeyPatch) -> None:
@@ -354,6 +365,11 @@ def test_postgres_review_decisions_need_the_steward_role(pg: Pg, env: pytest.Mon
     env.setenv(ANALYST_URL_ENV, steward_url)
     [(queued,)] = _read(pg.owner_url, "SELECT count(*) FROM mdm_review_queue")
     assert len(queue(pg.city, limit=1000)) == queued
+    listed = _read(
+        pg.owner_url,
+        "SELECT who, outcome, row_count FROM audit_log WHERE action = 'review_list' ORDER BY id",
+    )
+    assert [tuple(r) for r in listed] == [(analyst, "refused", None), (steward, "ok", queued)]
     with pytest.raises(AccessDenied, match="is not you"):
         decide(pg.city, a, b, "link", by="数据管理处 王芳")
     with pytest.raises(ReviewError, match="no published source row"):
