@@ -1269,3 +1269,18 @@ def save_settings_snapshot(city: CityConfig, path: str | Path) -> Path:
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)  # readers never see a half-written snapshot
     return target
+
+
+def night_date(city: CityConfig, run_id: str) -> dt.date:
+    """The day a night's data describes: the ``YYYY-MM-DD`` in its run ID (the default run IDs
+    and Airflow's ``scheduled__<date>…`` carry one), else today in the city's time zone.
+
+    >>> night_date(city, "2026-07-01")
+    datetime.date(2026, 7, 1)
+    """
+    if m := re.search(r"\d{4}-\d{2}-\d{2}", run_id):
+        try:
+            return dt.date.fromisoformat(m.group(0))
+        except ValueError:
+            pass
+    return dt.datetime.now(zoneinfo.ZoneInfo(city.timezone)).date()

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
+from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig, night_date
 from etl.extract import ParquetSink
 from fields import dictionary, normalize
 from store import failpoints
@@ -350,7 +350,7 @@ def standardize_department(
     problem.unlink(missing_ok=True)
     job = _Job(
         run_id,
-        _Context(city.division_code, as_of or dt.date.today()),
+        _Context(city.division_code, as_of or night_date(city, run_id)),
         canonical_dir(city.var_dir, run_id, dept.code),
         batch_rows,
         progress,

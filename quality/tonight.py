@@ -10,8 +10,6 @@ Great Expectations suite, run when the first of them asks for its result.
 from __future__ import annotations
 
 import datetime as dt
-import re
-import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from etl.config import CityConfig, DepartmentConfig, TableConfig
+from etl.config import CityConfig, DepartmentConfig, TableConfig, night_date
 from etl.state import RunState, warehouse_url
 from quality.checks import Check, CheckResult, run_checks
 from store import layout
@@ -196,21 +194,6 @@ def not_extracted(entry: Mapping[str, Any] | None) -> str:
     if entry is None:
         return "今晚没有该表的抽取记录（抽取未运行）"
     return f"今晚未能抽取本部门数据（{EXTRACTION_STATUS.get(entry['status'], entry['status'])}）"
-
-
-def night_date(city: CityConfig, run_id: str) -> dt.date:
-    """The day a night's data describes: the ``YYYY-MM-DD`` in its run ID (the default run IDs
-    and Airflow's ``scheduled__<date>…`` carry one), else today in the city's time zone.
-
-    >>> night_date(city, "2026-07-01")
-    datetime.date(2026, 7, 1)
-    """
-    if m := re.search(r"\d{4}-\d{2}-\d{2}", run_id):
-        try:
-            return dt.date.fromisoformat(m.group(0))
-        except ValueError:
-            pass
-    return dt.datetime.now(zoneinfo.ZoneInfo(city.timezone)).date()
 
 
 def batch_frame(

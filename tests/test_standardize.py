@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import generate_city
 from etl.standardize import standardize_all, standardize_row
-from store.layout import STANDARDIZED, canonical_dir
+from store.layout import STANDARDIZED, canonical_dir, raw_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "2026-07-01"
@@ -227,3 +228,29 @@ def test_a_failing_department_publishes_nothing_and_others_go_on(
         "person.parquet",
         "rejects.parquet",
     ]
+
+
+def test_a_replayed_night_judges_dates_by_its_own_day(night: tuple[CityConfig, Path]) -> None:
+    """Standardize without an explicit date judges "in the future" against the night's date (its
+    run ID), not the day it happens to run: a night replayed months later gives the same rows."""
+    city, _ = night
+    old = "2021-01-01"
+    shutil.copytree(raw_run_dir(city.var_dir, RUN), raw_run_dir(city.var_dir, old))
+    assert all(r.status == "ok" for r in standardize_all(city, old))  # no as_of: the night's day
+    replayed = canonical_frames(city, old)
+    future = replayed[replayed.reasons.map(lambda r: "birth_date:date_in_future" in list(r))]
+    assert len(future) > 0  # born after 2021-01-01: in the future for that night, not today
+    assert all(r.status == "ok" for r in standardize_all(city, old, as_of=dt.date(2021, 1, 1)))
+    pd.testing.assert_frame_equal(canonical_frames(city, old), replayed)
+
+
+def canonical_frames(city: CityConfig, run_id: str) -> pd.DataFrame:
+    """Every department's canonical person rows and rejects of a night, in one frame."""
+    frames = []
+    for dept in city.departments:
+        folder = canonical_dir(city.var_dir, run_id, dept.code)
+        for name in ("person.parquet", "rejects.parquet"):
+            if (folder / name).is_file():
+                frame = pd.read_parquet(folder / name)
+                frames.append(frame[["source_table", "source_key", "reasons"]].assign(file=name))
+    return pd.concat(frames, ignore_index=True).sort_values(["file", "source_key"])
