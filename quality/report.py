@@ -29,6 +29,7 @@ in calendar order.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -58,6 +59,7 @@ from fields.masking import (
 )
 from quality.results import DIMENSIONS, OVERALL
 from quality.suites import PLATFORM_FAILURE, platform_failure
+from quality.tonight import NO_NEW_ROWS
 from store import layout
 from store.tables import conflict_table, result_table, scorecard_table
 from store.warehouse import engine_for
@@ -65,13 +67,17 @@ from store.warehouse import engine_for
 __all__ = [
     "DEFAULT_NIGHTS",
     "HEADLINES",
+    "VERDICTS",
     "Report",
     "ReportSet",
     "UnmaskedDataError",
+    "build_index",
     "build_reports",
     "night_key",
     "render_reports",
     "reports_dir",
+    "reports_root",
+    "rule_page",
     "write_reports",
 ]
 
@@ -88,6 +94,14 @@ HEADLINES: Mapping[str, str] = {
     "held_back": "数据被暂扣",
 }
 """Headline status → its Chinese label, from best to worst."""
+VERDICTS: Mapping[str, str] = {"A": "passed", "B": "attention", "C": "failed", "D": "failed"}
+"""The scorecard's grade → the headline it earns (see :func:`quality.scorecard.grade`)."""
+GRADE_MEANINGS: Mapping[str, str] = {
+    "A": "≥ 95 分且无错误级规则未通过",
+    "B": "85–95 分，或有错误级规则未通过",
+    "C": "70–85 分",
+    "D": "低于 70 分或数据被暂扣",
+}
 SEVERITY_ORDER = ("blocking", "error", "warning")
 SEVERITY_LABELS: Mapping[str, str] = {"blocking": "阻断", "error": "错误", "warning": "警告"}
 STATUS_LABELS: Mapping[str, str] = {
@@ -179,7 +193,8 @@ def build_reports(
     nights: int = DEFAULT_NIGHTS,
     engine: sa.Engine | None = None,
 ) -> ReportSet:
-    """Render the night's reports and write them under ``var/reports/run=<run_id>/``.
+    """Render the night's reports and write them under ``var/reports/run=<run_id>/``, then
+    rebuild the index and the rule pages that link them (:func:`build_index`).
 
     Every department with results tonight gets ``<code>.html`` and ``<code>.json``, and the
     night gets ``overview.html|json``; with ``department``, only that department's report is
@@ -188,6 +203,7 @@ def build_reports(
     """
     reports = render_reports(city, run_id, department, nights=nights, engine=engine)
     write_reports(reports)
+    build_index(city, engine=engine)
     return reports
 
 
@@ -403,13 +419,15 @@ def department_data(
     history = night.history.get(code, {})
     past = sorted((n for n in history if night_key(n) <= night_key(night.run_id)), key=night_key)
     failed: dict[str, list[dict[str, Any]]] = {s: [] for s in SEVERITY_ORDER}
-    unrun, passed = [], []
+    unrun, passed, idle = [], [], []
     for row in rows:
         rule = _rule(row, _failing_nights(history, past, row["rule_id"]))
         if row["status"] == "failed":
             failed.setdefault(row["severity"], []).append(rule)
         elif row["status"] == "passed":
             passed.append({k: rule[k] for k in ("rule_id", "description", "dimension")})
+        elif row["status"] == "not_run" and row["message"] == NO_NEW_ROWS:
+            idle.append({k: rule[k] for k in ("rule_id", "description", "dimension")})
         else:
             unrun.append(rule)
     for group in failed.values():
@@ -423,6 +441,7 @@ def department_data(
         "failed": sum(len(g) for g in failed.values()),
         "failed_by_severity": {s: len(failed.get(s, [])) for s in SEVERITY_ORDER},
         "could_not_run": len(unrun),
+        "no_new_rows": len(idle),
         "held_back": any(bool(r["held_back"]) for r in rows),
         "conflicts": conflicts["total"],
     }
@@ -432,7 +451,7 @@ def department_data(
         "run_id": night.run_id,
         "city": city.name,
         "department": {"code": code, "name": names.get(code, code)},
-        "headline": _headline(rows, failed, unrun),
+        "headline": _headline(rows, failed, unrun, overall.get("grade"), idle=len(idle)),
         "score": {
             "overall": _round(overall.get("score")),
             "grade": overall.get("grade"),
@@ -448,6 +467,7 @@ def department_data(
             if failed[s]
         ],
         "rules_not_run": unrun,
+        "rules_without_new_rows": idle,
         "passed_rules": passed,
         "conflicts": conflicts,
     }
@@ -520,7 +540,15 @@ def _headline(
     rows: Sequence[Mapping[str, Any]],
     failed: Mapping[str, Sequence[Mapping[str, Any]]],
     unrun: Sequence[Mapping[str, Any]],
+    grade: str | None,
+    *,
+    idle: int = 0,
 ) -> dict[str, Any]:
+    """The verdict: held back when a blocking rule held the batch; otherwise the scorecard's
+    grade decides (:data:`VERDICTS`; an A with any failed or unrun rule only earns 需关注), so
+    the verdict and the grade beside it never disagree; without a grade (nothing scored), the
+    failed rules' severities decide. Rules with no new or changed row to judge tonight
+    (``idle``) are no one's problem: they neither pass nor count as could-not-run."""
     reasons: list[str] = []
     held = [r["rule_id"] for r in rows if r["held_back"]]
     serious = [r["rule_id"] for s in ("blocking", "error") for r in failed.get(s, [])]
@@ -544,13 +572,25 @@ def _headline(
         reasons.append(f"{len(unrun)} 条规则未能执行。")
     if held:
         status = "held_back"
+    elif grade is not None and grade in VERDICTS:
+        status = VERDICTS[grade]
+        if status == "passed" and (warnings or serious or unrun):
+            status = "attention"
+        reasons.insert(0, f"综合等级 {grade}（{GRADE_MEANINGS[grade]}），结论按等级判定。")
     elif serious:
         status = "failed"
     elif warnings or unrun or not rows:
         status = "attention"
     else:
         status = "passed"
-        reasons.append(f"全部 {len(rows)} 条规则通过。")
+    if status == "passed" and len(rows) > idle:
+        reasons.append(
+            f"全部 {len(rows) - idle} 条已运行的规则通过。"
+            if idle
+            else f"全部 {len(rows)} 条规则通过。"
+        )
+    if idle:
+        reasons.append(f"{idle} 条规则今晚没有新增或变更的数据行可检查，无需处理。")
     return {"status": status, "label": HEADLINES[status], "reasons": reasons}
 
 
@@ -754,6 +794,165 @@ def _rank(status: str) -> int:
     return list(HEADLINES).index(status)
 
 
+# ------------------------------------------------------------------- the index and rule pages
+
+INDEX_NAME: Final = "index.html"
+RULES_DIR: Final = "rules"
+
+
+def reports_root(city: CityConfig) -> Path:
+    """``<var>/reports``: every night's folder, the index and the rule pages."""
+    return reports_dir(city, "").parent
+
+
+def rule_page(department: str, rule_id: str) -> str:
+    """A rule's history page, relative to :func:`reports_root`."""
+    return f"{RULES_DIR}/{_slug(department)}/{_slug(rule_id)}.html"
+
+
+def build_index(city: CityConfig, *, engine: sa.Engine | None = None) -> list[Path]:
+    """Write ``index.html`` (nights × departments: each cell the night's headline, score, grade
+    and change, linking to that night's department report) and one page per rule
+    (``rules/<department>/<rule>.html``: its pass rate per night as a chart, and each night's
+    status and masked failing keys), from the reports on disk and ``dq_result``.
+
+    Every page is scanned by the same gate as the reports before anything is written; rule
+    pages of rules no longer in the warehouse are removed. Returns the files written.
+    """
+    engine = engine or engine_for(warehouse_url(city))
+    root = reports_root(city)
+    nights = _reported_nights(root)
+    history = _rule_history(engine)
+    names = {d.code: d.name for d in city.departments}
+    env = _environment()
+    pages: dict[Path, str] = {}
+    rules = []
+    for (code, rule_id), by_night in sorted(history.items()):
+        data = rule_history_data(city, code, rule_id, by_night, nights, names)
+        chart = trend_chart(data["trend"], y_suffix="%")
+        html = env.get_template("rule.html").render(
+            report=data, chart=chart, title=data["title"], up="../../"
+        )
+        pages[root / data["page"]] = html
+        rules.append(
+            {k: data[k] for k in ("department", "rule_id", "page", "latest", "description")}
+        )
+    index = index_data(city, nights, rules, names)
+    title = f"{city.name} 数据质量报告索引"
+    pages[root / INDEX_NAME] = env.get_template("index.html").render(
+        report=index, title=title, up=""
+    )
+    check_masked({str(p.relative_to(root)): html for p, html in pages.items()})
+    for path, html in pages.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, html)
+    for stale in (root / RULES_DIR).glob("*/*.html"):
+        if stale not in pages:
+            stale.unlink()
+    return sorted(pages)
+
+
+def _reported_nights(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Night → department code → its report's JSON twin, for every night on disk."""
+    nights: dict[str, dict[str, dict[str, Any]]] = {}
+    for folder in root.glob("run=*"):
+        found = {}
+        for path in sorted(folder.glob("*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("report") == "department":
+                found[data["department"]["code"]] = data
+        nights[folder.name.removeprefix("run=")] = found
+    return dict(sorted(nights.items(), key=lambda kv: night_key(kv[0])))
+
+
+def _rule_history(engine: sa.Engine) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """(department, rule) → night → its ``dq_result`` row."""
+    history: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    with engine.connect() as conn:
+        for row in conn.execute(sa.select(result_table)).mappings():
+            history[(row["department"], row["rule_id"])][row["run_id"]] = dict(row)
+    return history
+
+
+def rule_history_data(
+    city: CityConfig,
+    code: str,
+    rule_id: str,
+    by_night: Mapping[str, Mapping[str, Any]],
+    reported: Mapping[str, Mapping[str, Any]],
+    names: Mapping[str, str],
+) -> dict[str, Any]:
+    """The data of one rule's history page: a row per night it has a result (oldest first),
+    each with its pass rate, status and masked failing keys, and the pass-rate trend."""
+    order = sorted(by_night, key=night_key)
+    statuses = {n: {rule_id: str(by_night[n]["status"])} for n in order}
+    rows = []
+    for i, n in enumerate(order):
+        rule = _rule(by_night[n], _failing_nights(statuses, order[: i + 1], rule_id))
+        has_report = code in reported.get(n, {})
+        rows.append({"run_id": n, "report": f"run={n}/{code}.html" if has_report else None, **rule})
+    latest = rows[-1]
+    rates = [None if r["pass_rate"] is None else round(r["pass_rate"] * 100, 2) for r in rows]
+    return {
+        "report": "rule",
+        "city": city.name,
+        "title": f"规则 {rule_id} 历史（{names.get(code, code)}）",
+        "department": {"code": code, "name": names.get(code, code)},
+        "rule_id": rule_id,
+        "page": rule_page(code, rule_id),
+        "latest": {k: latest[k] for k in ("run_id", "status", "status_label", "pass_rate")}
+        | {"failing_nights": latest["failing_nights"], "severity": latest["severity"]},
+        "description": latest["description"],
+        "nights": rows[::-1],
+        "trend": {
+            "nights": order,
+            "series": [{"name": "pass_rate", "label": "通过率", "scores": rates}]
+            if any(v is not None for v in rates)
+            else [],
+        },
+    }
+
+
+def index_data(
+    city: CityConfig,
+    nights: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    rules: Sequence[Mapping[str, Any]],
+    names: Mapping[str, str],
+) -> dict[str, Any]:
+    """The index's data: nights (newest first) × departments, and every rule's latest state."""
+    present = {code for found in nights.values() for code in found}
+    codes = [c for c in names if c in present] + sorted(present - set(names))
+    rows = []
+    for n in reversed(list(nights)):
+        cells = {}
+        for code, data in nights[n].items():
+            score = data["score"]
+            cells[code] = {
+                "href": f"run={n}/{code}.html",
+                "headline": data["headline"],
+                "overall": score["overall"],
+                "grade": score["grade"],
+                "change": score["change"],
+            }
+        overview = reports_dir(city, n) / "overview.html"
+        rows.append(
+            {"run_id": n, "overview": f"run={n}/overview.html" if overview.exists() else None}
+            | {"cells": cells}
+        )
+    return {
+        "report": "index",
+        "city": city.name,
+        "departments": [{"code": c, "name": names.get(c, c)} for c in codes],
+        "nights": rows,
+        "rules": sorted(rules, key=lambda r: (r["department"]["code"], r["rule_id"])),
+    }
+
+
+def _slug(text: str) -> str:
+    """A file name for a code or rule ID: letters, digits, ``.``, ``_`` and ``-`` kept."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text) or "_"
+
+
 # ------------------------------------------------------------------------------- rendering
 
 
@@ -771,7 +970,10 @@ def _environment() -> jinja2.Environment:
     env.filters["percent"] = _format_percent
     env.filters["change"] = _format_change
     env.globals.update(
-        NOT_COVERED=NOT_COVERED, SEVERITY_LABELS=SEVERITY_LABELS, HEADLINES=HEADLINES
+        rule_page=rule_page,
+        NOT_COVERED=NOT_COVERED,
+        SEVERITY_LABELS=SEVERITY_LABELS,
+        HEADLINES=HEADLINES,
     )
     return env
 
@@ -784,7 +986,7 @@ def _render(out: Path, name: str, kind: str, data: dict[str, Any], headline: str
         if kind == "department"
         else f"{data['city']} 数据质量总览 {data['run_id']}"
     )
-    html = env.get_template(f"{kind}.html").render(report=data, chart=chart, title=title)
+    html = env.get_template(f"{kind}.html").render(report=data, chart=chart, title=title, up="../")
     text = env.get_template(f"{kind}.txt").render(report=data, title=title)
     return Report(
         name=name,
@@ -841,23 +1043,29 @@ class Chart:
     y_ticks: tuple[tuple[float, int], ...]
     x_labels: tuple[tuple[float, str], ...]
     series: tuple[ChartSeries, ...]
+    y_suffix: str = ""
+    """Unit after each y-axis tick (``%`` for pass rates)."""
 
     @property
     def point_count(self) -> int:
         return sum(len(s.points) for s in self.series)
 
 
-def trend_chart(trend: Mapping[str, Any], *, width: int = 720, height: int = 260) -> Chart | None:
-    """The trend as chart geometry, or None when there is no score to draw."""
+def trend_chart(
+    trend: Mapping[str, Any], *, width: int = 720, height: int = 260, y_suffix: str = ""
+) -> Chart | None:
+    """The trend (``nights`` and ``series`` of 0–100 values, one per night or None) as chart
+    geometry, nights spaced by date (:func:`night_offsets`); None when there is nothing to
+    draw."""
     nights: list[str] = trend["nights"]
     if not nights or not trend["series"]:
         return None
     left, top, right, bottom = 44, 16, 16, 48
     pw, ph = width - left - right, height - top - bottom
-    step = pw / max(len(nights) - 1, 1)
+    offsets = night_offsets(nights)
 
     def x(i: int) -> float:
-        return round(left + (i * step if len(nights) > 1 else pw / 2), 1)
+        return round(left + pw * offsets[i], 1)
 
     def y(v: float) -> float:
         return round(top + ph * (1 - max(0.0, min(v, 100.0)) / 100), 1)
@@ -879,15 +1087,44 @@ def trend_chart(trend: Mapping[str, Any], *, width: int = 720, height: int = 260
             ChartSeries(
                 label=s["label"],
                 color=_SERIES_COLORS[n % len(_SERIES_COLORS)],
-                width=3.0 if s["name"] == OVERALL else 1.5,
+                width=3.0 if s["name"] == OVERALL or len(trend["series"]) == 1 else 1.5,
                 paths=tuple(paths),
                 points=tuple(points),
             )
         )
-    every = max(1, -(-len(nights) // 8))  # at most about 8 labels on the x axis
-    labels = tuple((x(i), _short_night(n)) for i, n in enumerate(nights) if i % every == 0)
+    labels: list[tuple[float, str]] = []
+    for i, night in enumerate(nights):  # at most about 8 labels, none on top of another
+        if not labels or x(i) - labels[-1][0] >= pw / 9:
+            labels.append((x(i), _short_night(night)))
     ticks = tuple((y(v), v) for v in (0, 25, 50, 75, 100))
-    return Chart(width, height, left, top, pw, ph, ticks, labels, tuple(series))
+    return Chart(width, height, left, top, pw, ph, ticks, tuple(labels), tuple(series), y_suffix)
+
+
+def night_offsets(nights: Sequence[str]) -> list[float]:
+    """Where each night sits on a chart's x axis, 0 (first) to 1 (last): spaced by date when
+    every run ID starts with an ISO date (a week without a run leaves a week's gap), else
+    evenly; a single night sits in the middle.
+
+    >>> night_offsets(["2026-06-01", "2026-06-02", "2026-06-05"])
+    [0.0, 0.25, 1.0]
+    """
+    if len(nights) < 2:
+        return [0.5] * len(nights)
+    days = [_night_day(n) for n in nights]
+    if all(d is not None for d in days):
+        ordinals = [d.toordinal() for d in days if d is not None]
+        span = ordinals[-1] - ordinals[0]
+        if span > 0:
+            return [(o - ordinals[0]) / span for o in ordinals]
+    return [i / (len(nights) - 1) for i in range(len(nights))]
+
+
+def _night_day(run_id: str) -> dt.date | None:
+    m = re.match(r"\d{4}-\d{2}-\d{2}", run_id)
+    try:
+        return dt.date.fromisoformat(m.group(0)) if m else None
+    except ValueError:
+        return None
 
 
 def _short_night(run_id: str) -> str:

@@ -29,6 +29,7 @@ from store.tables import metadata
 from store.warehouse import engine_for, latest_run
 
 __all__ = [
+    "NO_NEW_ROWS",
     "UNPUBLISHED",
     "UNSTANDARDIZED",
     "Batch",
@@ -45,7 +46,7 @@ EXTRACTION_STATUS: Final = {
 }
 UNSTANDARDIZED: Final = "今晚没有标准化结果（标准化失败或未运行），本规则未运行"
 UNPUBLISHED: Final = "今晚的主数据尚未发布（或仓库中是其他夜间的数据），本规则未运行"
-_NO_ROWS: Final = "今晚没有新增或变更的数据行，本规则未运行"
+NO_NEW_ROWS: Final = "今晚没有新增或变更的数据行，本规则未运行"
 _KEY: Final = "__key__"
 
 
@@ -140,7 +141,7 @@ class Batch:
         elif frame is None:
             missing = UNSTANDARDIZED
         elif len(frame) == 0:
-            missing = _NO_ROWS
+            missing = NO_NEW_ROWS
         else:
             missing = ""
         return cls(night, table.name, rules, dept, table, entry, frame, missing)
