@@ -889,6 +889,8 @@ def rule_history_data(
     rows = []
     for i, n in enumerate(order):
         rule = _rule(by_night[n], _failing_nights(statuses, order[: i + 1], rule_id))
+        if rule["status"] not in ("passed", "failed"):  # it judged nothing: no pass rate
+            rule["pass_rate"] = None
         has_report = code in reported.get(n, {})
         rows.append({"run_id": n, "report": f"run={n}/{code}.html" if has_report else None, **rule})
     latest = rows[-1]
