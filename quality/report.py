@@ -2,11 +2,17 @@
 the data-engineering team, each as self-contained HTML (in Chinese) and a JSON twin.
 
 A department's report says, for one night: a headline (通过 / 需关注 / 不合格 / 数据被暂扣) and
-why; the overall score and grade; the score on each GB/T 36344 dimension (未覆盖 where no rule
+why, derived from the grade beside it (:data:`VERDICTS`) so the two never disagree; the overall
+score and grade; the score on each GB/T 36344 dimension (未覆盖 where no rule
 covers it, never 100) with a trend chart over the last nights; the failed rules by severity
 with rows failed and checked, threshold, how many nights in a row each has failed, masked
 sample keys and how to fix it; rules that could not run; and the department's values that
 contradict the authoritative department (多元校核), by attribute, with masked samples.
+
+Rules with no new or changed row to judge tonight are listed apart: they are no one's problem.
+Beside the nights' folders, :func:`build_index` keeps ``index.html`` (nights × departments, each
+cell linking to that night's report) and a history page per rule (pass rate per night as a
+chart, masked failing keys), all linked to each other.
 
 Everything is read from the warehouse (``dq_result``, ``dq_scorecard``, ``mdm_conflict``); the
 JSON twin is the very dictionary the HTML is rendered from, so the two never disagree. The HTML
