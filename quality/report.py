@@ -580,9 +580,11 @@ def _headline(
         status = "held_back"
     elif grade is not None and grade in VERDICTS:
         status = VERDICTS[grade]
+        why = f"综合等级 {grade}（{GRADE_MEANINGS[grade]}），结论按等级判定"
         if status == "passed" and (warnings or serious or unrun):
             status = "attention"
-        reasons.insert(0, f"综合等级 {grade}（{GRADE_MEANINGS[grade]}），结论按等级判定。")
+            why += "；等级虽为 A，但有规则未通过或未能执行，故为需关注"
+        reasons.insert(0, why + "。")
     elif serious:
         status = "failed"
     elif warnings or unrun or not rows:

@@ -104,6 +104,7 @@ def test_the_verdict_derives_from_the_grade(
     judged = "failed" if failed else "passed"
     data = _report(*warehouse, [_rule(1, severity=severity, rows_failed=failed, status=judged)])
     assert (data["score"]["grade"], data["headline"]["status"]) == (grade, status)
+    assert data["headline"]["reasons"][0].startswith(f"综合等级 {grade}")
 
 
 def test_a_batch_held_back_stays_held_back_whatever_its_grade(
