@@ -253,7 +253,7 @@ def build_message(city: CityConfig, report: Report, recipient: str, sender: str)
     msg["X-Govmdm-Run"] = data["run_id"]
     msg["X-Govmdm-Report"] = report.name
     msg.set_content(report.text)
-    msg.add_alternative(report.html, subtype="html")
+    msg.add_alternative(report.mail_html, subtype="html")
     msg.add_attachment(
         report.json_text.encode("utf-8"),
         maintype="application",
@@ -264,7 +264,7 @@ def build_message(city: CityConfig, report: Report, recipient: str, sender: str)
         {
             f"{report.name} e-mail subject": subject,
             f"{report.name} e-mail text": report.text,
-            f"{report.name} e-mail HTML": report.html,
+            f"{report.name} e-mail HTML": report.mail_html,
             f"{report.name} e-mail attachment": report.json_text,
         },
         known=report.known,

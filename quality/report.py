@@ -155,6 +155,9 @@ class Report:
     """Personal values the report was built from, in clear: the gate checks none is shown."""
     public: tuple[str, ...] = ()
     """Public values it may show as they are (enterprise names and addresses)."""
+    mail_html: str = ""
+    """The HTML as e-mailed: ``html`` without the links to the index, the rule pages and the
+    night's other reports, which only resolve beside the file on disk."""
 
     @property
     def department(self) -> str | None:
@@ -265,6 +268,7 @@ def render_reports(
                 report.html_path.name: report.html,
                 report.json_path.name: report.json_text,
                 f"{report.name} (e-mail text)": report.text,
+                f"{report.name} (e-mail HTML)": report.mail_html,
             },
             known=report.known,
             public=report.public,
@@ -996,7 +1000,9 @@ def _render(out: Path, name: str, kind: str, data: dict[str, Any], headline: str
         if kind == "department"
         else f"{data['city']} 数据质量总览 {data['run_id']}"
     )
-    html = env.get_template(f"{kind}.html").render(report=data, chart=chart, title=title, up="../")
+    page = env.get_template(f"{kind}.html")
+    html = page.render(report=data, chart=chart, title=title, up="../")
+    mail_html = page.render(report=data, chart=chart, title=title, up=None)
     text = env.get_template(f"{kind}.txt").render(report=data, title=title)
     return Report(
         name=name,
@@ -1007,6 +1013,7 @@ def _render(out: Path, name: str, kind: str, data: dict[str, Any], headline: str
         text=text,
         html_path=out / f"{name}.html",
         json_path=out / f"{name}.json",
+        mail_html=mail_html,
     )
 
 

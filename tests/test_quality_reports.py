@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import queue
+import re
 import shutil
 import socket
 import subprocess
@@ -449,6 +450,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _unlinked(html: str) -> str:
+    """A page without its links (their text kept), its navigation bar and any white space."""
+    return re.sub(r"<nav\b.*?</nav>|</?a\b[^>]*>|\s+", "", html, flags=re.S)
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[tuple[SmtpSettings, _Handler]]:
     handler = _Handler()
@@ -505,7 +511,10 @@ def test_each_contact_gets_exactly_its_own_report(
         assert name in msg["Subject"] and TONIGHT in msg["Subject"]
         assert report.headline_label in msg["Subject"]
         assert msg["To"] == contact[dept]
-        assert parts["text/html"] == report.html and name in parts["text/html"]
+        assert parts["text/html"] == report.mail_html and name in parts["text/html"]
+        # the e-mailed copy is the page without links that resolve only beside it on disk
+        assert "<a " not in report.mail_html and "<a " in report.html
+        assert _unlinked(report.html) == _unlinked(report.mail_html)
         attachment = parts[f"{dept}-{TONIGHT}.json"]
         assert json.loads(attachment) == report.data
         body = "\n".join(str(v) if isinstance(v, str) else v.decode() for v in parts.values())
