@@ -8,8 +8,8 @@ A decision is a POST with a CSRF token drawn from that secret, and goes through
 :func:`access.review.decide_pair`, that is :func:`access.review.decide`, like ``govmdm review
 decide``: recorded and audited under the login serving the page, the steward.
 
->>> app = create_app(city, token=secrets.token_urlsafe(24))
->>> uvicorn.run(app, host=HOST, port=8765)
+>>> app = create_app(city, token=new_token())
+>>> serve(app, port=8765)  # until Ctrl-C
 """
 
 from __future__ import annotations
@@ -88,84 +88,12 @@ class _Gate(BaseHTTPMiddleware):
 def create_app(city: CityConfig, *, token: str, privileged: bool = False) -> Starlette:
     """The review pages of ``city``; ``privileged`` shows values in clear (the caller's
     privilege is checked on every page, not taken from here)."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-    env.globals.update(highlight=highlight, field_zh=lambda f: _FIELD_ZH.get(f, f))
-    templates = Jinja2Templates(env=env)
-    state: dict[str, Any] = {"skipped": [], "decided": {}}
-
-    def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
-        context |= {"privileged": privileged, "csrf": csrf_token(token), "state": state}
-        done = request.query_params.get("done")
-        if done and done in state["decided"]:
-            context["done"] = state["decided"][done]
-            rows = recent_decisions(city, limit=1)
-            context["audit"] = rows[0] if rows else None
-        return templates.TemplateResponse(request, name, context, status_code=status)
-
-    def ordered() -> list[dict[str, Any]]:
-        rows = queue(city, limit=500, privileged=privileged)
-        for r in rows:
-            r["status"] = state["decided"].get(r["ref"], {}).get("decision") or (
-                SKIP if r["ref"] in state["skipped"] else None
-            )
-        return sorted(rows, key=lambda r: r["status"] == SKIP)  # stable: by probability
-
-    async def queue_page(request: Request) -> Response:
-        try:
-            rows = await run_in_threadpool(ordered)
-        except (AccessError, ReviewError, LookupError) as exc:
-            return page(request, "error.html", 403, message=str(exc))
-        return await run_in_threadpool(page, request, "queue.html", rows=rows)
-
-    async def pair_page(request: Request) -> Response:
-        ref = request.path_params["ref"]
-        try:
-            view = await run_in_threadpool(pair, city, ref, privileged=privileged)
-        except (AccessError, ReviewError, LookupError) as exc:
-            return page(request, "error.html", 404, message=str(exc))
-        chart = waterfall(view.prior, view.weights)
-        context = {"view": view, "chart": chart, "decided": state["decided"].get(ref)}
-        return await run_in_threadpool(page, request, "pair.html", **context)
-
-    async def decide_page(request: Request) -> Response:
-        ref = request.path_params["ref"]
-        form = await request.form()
-        origin = request.headers.get("origin")
-        expected = f"{request.url.scheme}://{request.url.netloc}"
-        if not hmac.compare_digest(str(form.get("csrf", "")), csrf_token(token)) or (
-            origin is not None and origin != expected
-        ):
-            return page(request, "error.html", 403, message="the form is stale: reload the page")
-        decision, note = str(form.get("decision", "")), str(form.get("note", "")).strip()
-        if decision == SKIP:
-            if ref not in state["skipped"]:
-                state["skipped"].append(ref)
-            return RedirectResponse(await run_in_threadpool(_next, ordered, ref), 303)
-        if decision not in DECISIONS:
-            return page(request, "error.html", 400, message=f"unknown decision {decision!r}")
-        try:
-            entity, left, right = await run_in_threadpool(
-                decide_pair, city, ref, decision, note=note or None
-            )
-        except (AccessError, ReviewError, LookupError) as exc:
-            return page(request, "error.html", 403, message=str(exc))
-        state["decided"][ref] = {
-            "ref": ref,
-            "decision": decision,
-            "entity": entity,
-            "left": left,
-            "right": right,
-            "note": note,
-        }
-        return RedirectResponse(await run_in_threadpool(_next, ordered, ref), 303)
-
+    pages = _Pages(city, token, privileged)
     return Starlette(
         routes=[
-            Route("/", queue_page),
-            Route("/pair/{ref:str}", pair_page, methods=["GET"]),
-            Route("/pair/{ref:str}", decide_page, methods=["POST"]),
+            Route("/", pages.queue_page),
+            Route("/pair/{ref:str}", pages.pair_page, methods=["GET"]),
+            Route("/pair/{ref:str}", pages.decide_page, methods=["POST"]),
         ],
         middleware=[
             Middleware(TrustedHostMiddleware, allowed_hosts=[HOST, "localhost"]),
@@ -174,10 +102,93 @@ def create_app(city: CityConfig, *, token: str, privileged: bool = False) -> Sta
     )
 
 
-def _next(ordered: Any, ref: str) -> str:
-    """Where to go after deciding ``ref``: the first pair still open, else the queue."""
-    open_pairs = [r for r in ordered() if r["status"] is None and r["ref"] != ref]
-    return f"/pair/{open_pairs[0]['ref']}?done={ref}" if open_pairs else f"/?done={ref}"
+class _Pages:
+    """The pages, and what this session remembers: pairs skipped, pairs decided."""
+
+    def __init__(self, city: CityConfig, token: str, privileged: bool) -> None:
+        self.city, self.token, self.privileged = city, token, privileged
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        env.globals.update(highlight=highlight, field_zh=lambda f: _FIELD_ZH.get(f, f))
+        self.templates = Jinja2Templates(env=env)
+        self.skipped: list[str] = []
+        self.decided: dict[str, dict[str, Any]] = {}
+
+    def page(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
+        context |= {"privileged": self.privileged, "csrf": csrf_token(self.token)}
+        done = request.query_params.get("done")
+        if done and done in self.decided:
+            context["done"] = self.decided[done]
+            rows = recent_decisions(self.city, limit=1)
+            context["audit"] = rows[0] if rows else None
+        return self.templates.TemplateResponse(request, name, context, status_code=status)
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """The queue, most probable first, pairs skipped in this session last."""
+        rows = queue(self.city, limit=500, privileged=self.privileged)
+        for r in rows:
+            r["status"] = self.decided.get(r["ref"], {}).get("decision") or (
+                SKIP if r["ref"] in self.skipped else None
+            )
+        return sorted(rows, key=lambda r: r["status"] == SKIP)  # stable: by probability
+
+    def next_page(self, ref: str) -> str:
+        """Where to go after ``ref``: the first pair still open, else the queue."""
+        open_pairs = [r for r in self.ordered() if r["status"] is None and r["ref"] != ref]
+        return f"/pair/{open_pairs[0]['ref']}?done={ref}" if open_pairs else f"/?done={ref}"
+
+    async def queue_page(self, request: Request) -> Response:
+        try:
+            rows = await run_in_threadpool(self.ordered)
+        except (AccessError, ReviewError, LookupError) as exc:
+            return self.page(request, "error.html", 403, message=str(exc))
+        return await run_in_threadpool(self.page, request, "queue.html", rows=rows)
+
+    async def pair_page(self, request: Request) -> Response:
+        ref = request.path_params["ref"]
+        try:
+            view = await run_in_threadpool(pair, self.city, ref, privileged=self.privileged)
+        except (AccessError, ReviewError, LookupError) as exc:
+            return self.page(request, "error.html", 404, message=str(exc))
+        chart = waterfall(view.prior, view.weights)
+        decided = self.decided.get(ref)
+        return await run_in_threadpool(
+            self.page, request, "pair.html", view=view, chart=chart, decided=decided
+        )
+
+    async def decide_page(self, request: Request) -> Response:
+        ref = request.path_params["ref"]
+        form = await request.form()
+        origin = request.headers.get("origin")
+        expected = f"{request.url.scheme}://{request.url.netloc}"
+        if not hmac.compare_digest(str(form.get("csrf", "")), csrf_token(self.token)) or (
+            origin is not None and origin != expected
+        ):
+            return self.page(request, "error.html", 403, message="表单已过期：请重新打开页面")
+        decision, note = str(form.get("decision", "")), str(form.get("note", "")).strip()
+        if decision == SKIP:
+            if ref not in self.skipped:
+                self.skipped.append(ref)
+        elif decision in DECISIONS:
+            try:
+                entity, left, right = await run_in_threadpool(
+                    decide_pair, self.city, ref, decision, note=note or None
+                )
+            except (AccessError, ReviewError, LookupError) as exc:
+                return self.page(request, "error.html", 403, message=str(exc))
+            self.decided[ref] = {
+                "decision": decision,
+                "entity": entity,
+                "left": left,
+                "right": right,
+                "note": note,
+            }
+        else:
+            return self.page(request, "error.html", 400, message=f"unknown decision {decision!r}")
+        return RedirectResponse(await run_in_threadpool(self.next_page, ref), 303)
 
 
 def new_token() -> str:
