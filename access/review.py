@@ -40,6 +40,7 @@ from etl.config import CityConfig
 from fields.masking import describe_difference, mask_field, mask_record, mask_text
 from master_data.compare import features_for, level_label
 from master_data.explain import explain
+from master_data.settings import load_match_settings
 from store.tables import crosswalk_table, review_decision_table, review_queue_table
 from store.warehouse import read
 
@@ -213,6 +214,7 @@ class PairView:
     member_columns: list[str] = field(default_factory=list)
     clusters: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
     privileged: bool = False
+    bands: tuple[float, float] = (0.5, 0.99)  # the night's review and auto_link thresholds
 
 
 def pair(city: CityConfig, ref: str, *, privileged: bool = False) -> PairView:
@@ -307,7 +309,13 @@ def _pair_view(city: CityConfig, row: dict[str, Any], privileged: bool) -> PairV
         member_columns=sides[0].member_columns,
         clusters=(shown[0], shown[1]),
         privileged=privileged,
+        bands=_bands(city, entity),
     )
+
+
+def _bands(city: CityConfig, entity: str) -> tuple[float, float]:
+    t = getattr(load_match_settings(city.root / "config"), entity).thresholds
+    return float(t.review), float(t.auto_link)
 
 
 def _show(entity: str, column: str, value: Any, privileged: bool) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -102,6 +103,23 @@ def test_pair_view_is_masked_unless_privileged(city: CityConfig) -> None:
     assert len(masked.clusters[0]) >= 1 and len(masked.clusters[1]) >= 1
     total = masked.prior + sum(w["weight"] for w in masked.weights)
     assert abs(1 / (1 + 2**-total) - masked.probability) < 1e-9
+
+
+def test_review_serve_binds_localhost_and_prints_the_secret_once(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import web.app
+    from cli.main import app
+
+    served: list[tuple[object, int]] = []
+    monkeypatch.setattr(web.app, "serve", lambda a, *, port: served.append((a, port)))
+    result = CliRunner().invoke(app, ["review", "serve", "--port", "18765"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert [port for _, port in served] == [18765]
+    assert re.search(r"http://127\.0\.0\.1:18765/\?token=[\w-]{20,}", result.output)
+    assert web.app.HOST == "127.0.0.1"
 
 
 def _http(

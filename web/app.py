@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -122,7 +123,10 @@ class _Pages:
         done = request.query_params.get("done")
         if done and done in self.decided:
             context["done"] = self.decided[done]
-            rows = recent_decisions(self.city, limit=1)
+            try:  # the banner's audit row; a login that may not read the log still decides
+                rows = recent_decisions(self.city, limit=1)
+            except (AccessError, sa.exc.SQLAlchemyError):
+                rows = []
             context["audit"] = rows[0] if rows else None
         return self.templates.TemplateResponse(request, name, context, status_code=status)
 
@@ -153,7 +157,7 @@ class _Pages:
             view = await run_in_threadpool(pair, self.city, ref, privileged=self.privileged)
         except (AccessError, ReviewError, LookupError) as exc:
             return self.page(request, "error.html", 404, message=str(exc))
-        chart = waterfall(view.prior, view.weights)
+        chart = waterfall(view.prior, view.weights, bands=view.bands)
         decided = self.decided.get(ref)
         return await run_in_threadpool(
             self.page, request, "pair.html", view=view, chart=chart, decided=decided

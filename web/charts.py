@@ -52,18 +52,31 @@ class Bar:
 
 @dataclass(frozen=True)
 class Waterfall:
-    """The laid-out waterfall: bars, the zero line (p = 0.5) and the chart's size."""
+    """The laid-out waterfall: bars, the bands' lines (label, y) and the chart's size."""
 
     bars: list[Bar]
     width: float
     height: float
     bar_width: float
-    zero_y: float
+    lines: list[tuple[str, float]]
     probability: float
 
 
-def waterfall(prior: float, weights: list[dict[str, Any]], *, height: float = 260) -> Waterfall:
-    """The prior log2 odds, then each field's weight, then the total, as Splink draws it."""
+def log2_odds(p: float) -> float:
+    """log2(p / (1 − p)): where a probability sits on the waterfall's scale."""
+    p = min(max(p, 1e-12), 1 - 1e-12)
+    return math.log2(p / (1 - p))
+
+
+def waterfall(
+    prior: float,
+    weights: list[dict[str, Any]],
+    *,
+    bands: tuple[float, ...] = (),
+    height: float = 260,
+) -> Waterfall:
+    """The prior log2 odds, then each field's weight, then the total, as Splink draws it;
+    a dashed line at each probability of ``bands`` (the review and auto-link thresholds)."""
     steps = [("先验", "λ", prior, "prior")]
     steps += [
         (
@@ -80,8 +93,9 @@ def waterfall(prior: float, weights: list[dict[str, Any]], *, height: float = 26
         level = start + weight
         spans.append((label, sub, start, level, kind))
     spans.append(("合计", "log₂ odds", 0.0, level, "total"))
-    top = max(0.0, *(max(s[2], s[3]) for s in spans))
-    bottom = min(0.0, *(min(s[2], s[3]) for s in spans))
+    marks = [log2_odds(b) for b in bands]
+    top = max(0.0, *marks, *(max(s[2], s[3]) for s in spans))
+    bottom = min(0.0, *marks, *(min(s[2], s[3]) for s in spans))
     plot, pad = height - 70, 20.0
     scale = plot / ((top - bottom) or 1.0)
 
@@ -105,9 +119,9 @@ def waterfall(prior: float, weights: list[dict[str, Any]], *, height: float = 26
     ]
     return Waterfall(
         bars=bars,
-        width=40 + len(bars) * (bar_width + gap),
+        width=80 + len(bars) * (bar_width + gap),
         height=height,
         bar_width=bar_width,
-        zero_y=y(0.0),
+        lines=[(f"p={b:g}", y(m)) for b, m in zip(bands, marks, strict=True)],
         probability=1 / (1 + math.pow(2.0, -level)),
     )
