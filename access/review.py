@@ -220,7 +220,9 @@ class PairView:
 def pair(city: CityConfig, ref: str, *, privileged: bool = False) -> PairView:
     """The queued pair ``ref`` (:func:`pair_ref`) with both rows' fields side by side, the
     per-field match weights and the two clusters it would join (stewards only; clear values
-    only for a privileged caller). Audited as a listing of the pair."""
+    only for a privileged caller). Audited as a listing of the pair. The rows' values and the
+    clusters come from :func:`master_data.explain.explain`, read as ``govmdm explain`` reads
+    them (the warehouse URL and the published night's state), not on the steward's login."""
     with session(city) as s:
         s.require("steward", action="review_list", target="review queue")
         if privileged:
