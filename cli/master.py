@@ -352,6 +352,41 @@ def review_decide(
     )
 
 
+@review_app.command("serve")
+def review_serve(
+    config: ConfigDir = Path("config"),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 8765,
+    privileged: Annotated[
+        bool,
+        typer.Option(
+            "--privileged",
+            help="Show personal values in clear (only if your login holds the privilege).",
+        ),
+    ] = False,
+) -> None:
+    """The review queue as web pages on 127.0.0.1 only: pairs side by side, match weights,
+    the clusters they would join; link / apart / skip as `review decide` does (audited, under
+    your login). Open the address it prints: it carries this session's secret."""
+    from access.errors import AccessError
+    from access.review import queue
+    from web.app import HOST, create_app, new_token, serve
+
+    city = _load(config)
+    try:
+        queue(city, limit=1, privileged=privileged)  # refuse a non-steward before serving
+    except (AccessError, LookupError) as exc:
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from exc
+    token = new_token()
+    console.print(
+        f"Review page (this address carries the session's secret; Ctrl-C stops):\n"
+        f"http://{HOST}:{port}/?token={token}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    serve(create_app(city, token=token, privileged=privileged), port=port)
+
+
 @app.command()
 def evaluate(
     config: ConfigDir = Path("config"),

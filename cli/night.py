@@ -62,6 +62,13 @@ def sample(
         bool,
         typer.Option("--next-night", help="Apply the next night's changes to an existing city."),
     ] = False,
+    review_pairs: Annotated[
+        bool,
+        typer.Option(
+            "--review-pairs/--no-review-pairs",
+            help="Plant hard cases whose pairs land in the review band, for `govmdm review`.",
+        ),
+    ] = True,
 ) -> None:
     """Generate the sample city (福州市): six departmental databases plus ground truth.
 
@@ -99,6 +106,7 @@ def sample(
                 seed=seed,
                 targets=targets,
                 progress=advance,
+                review_band=review_pairs,
             )
         title = f"Sample city (seed {seed}) written to {out}"
     console.print(_row_table(title, manifest, out))

@@ -12,6 +12,7 @@ Layers, bottom to top (README, "Layout"):
     access       analyst views, share policy, query, export, lookup, catalog, review, audit
     pipeline     one function per stage of the night
     cli, dags    commands and DAG wiring
+    web          the review page (`govmdm review serve` starts it)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ LAYERS = {
     "pipeline": 6,
     "cli": 7,
     "dags": 7,
+    "web": 7,
 }
 STAGE_PACKAGES = ["fields", "store", "etl", "master_data", "quality", "access", "pipeline"]
 

@@ -20,6 +20,7 @@ from etl.sample_city.entities import Enterprise, Person
 from fields import identifiers
 
 Row = dict[str, Any]
+REVIEW_BAND_SHARE = 0.025  # of 卫健 rows (birth day ≤ 12): ~0.9 %, under its 99 % sex completeness
 
 
 @dataclass
@@ -38,6 +39,7 @@ class World:
     persons: dict[str, Person]
     enterprises: dict[str, Enterprise]
     as_of: dt.date
+    review_band: bool = False  # plant hard cases: rows the model can only half decide
 
     def stamp(self, rng: random.Random, *, since_days: int = 3 * 365) -> dt.datetime:
         """A past modification time, at most ``since_days`` before the city's date."""
@@ -349,8 +351,38 @@ class Weijian(Department):
                 "ORG_NAME": org,
                 "UPDATE_TIME": self.stamp_value(world.stamp(rng)),
             }
+            swappable = p.birth_date.day <= 12 and p.birth_date.day != p.birth_date.month
+            if world.review_band and swappable and rng.random() < REVIEW_BAND_SHARE:
+                self._hard_case(rng, p, row, planted)
             out.append(Rendered(row, p.person_id, planted))
         return out
+
+    def _hard_case(self, rng: random.Random, p: Person, row: Row, planted: list[Any]) -> None:
+        """A walk-in patient's row the model can only half decide: no ID number and no sex
+        code, a relative's mobile, the name misheard, another street of the same district
+        (where they work), day and month of birth swapped. Its pairs with the person's other
+        rows score between ``review`` and ``auto_link``, so a steward has real pairs to decide.
+        Only for birth dates whose day and month can be swapped."""
+        b = p.birth_date
+        row["ID_CARD_NO"] = None
+        row["SEX_CODE"] = None
+        row["TEL"] = f"1{rng.choice('3589')}{rng.randrange(10**9):09d}"
+        row["BIRTH_DAY"] = f"{b.year}/{b.day}/{b.month}"
+        keep = ("ID_CARD_NO", "PATIENT_NAME", "BIRTH_DAY")
+        planted[:] = [lab for lab in planted if lab[0] not in keep]
+        planted += [
+            ("ID_CARD_NO", "missing"),
+            ("SEX_CODE", "missing"),
+            ("TEL", "stale_value"),
+            ("BIRTH_DAY", "day_month_swapped"),
+        ]
+        if typo := dirt.name_typo(rng, p.name):
+            row["PATIENT_NAME"] = typo[0]
+            planted.append(("PATIENT_NAME", typo[1]))
+        street = rng.choice(pools.STREETS[p.division_code])
+        detail = f"{street}{rng.randrange(1, 400)}号"
+        row["HOME_ADDR"] = dirt.short_address(rng, p.division_code, detail)
+        planted.append(("HOME_ADDR", "stale_value"))
 
 
 class Shichang(Department):

@@ -172,8 +172,13 @@ def generate_city(
     seed: int,
     targets: Iterable[str] = (),
     progress: Progress = _quiet,
+    review_band: bool = False,
 ) -> dict[str, Any]:
     """Draw the city and write every department to SQLite under ``out/sources`` and each target.
+
+    ``review_band`` also plants hard cases (:meth:`departments.Weijian._hard_case`): rows whose
+    pairs the model scores between ``review`` and ``auto_link``, so the review queue has real
+    pairs; the later nights' new rows get them too. Off, the city is drawn exactly as before.
 
     Returns the manifest also written to ``out/city.json``.
     """
@@ -181,7 +186,7 @@ def generate_city(
     targets = list(targets)
     _b, plist, elist = build_city(random.Random(seed), START_DATE, persons, enterprises)
     truth = Truth({p.person_id: p for p in plist}, {e.enterprise_id: e for e in elist})
-    world = World(truth.persons, truth.enterprises, START_DATE)
+    world = World(truth.persons, truth.enterprises, START_DATE, review_band=review_band)
     counts: dict[str, int] = {}
     for dept in DEPARTMENTS:
         urls = [sqlite_url(out, dept.code)] + [target_url(t, dept.code) for t in targets]
@@ -210,6 +215,8 @@ def generate_city(
         "rows": counts,
         "targets": [make_url(t).render_as_string(hide_password=True) for t in targets],
     }
+    if review_band:
+        manifest["review_band"] = True
     write_truth(out, truth, manifest)
     return manifest
 
@@ -406,7 +413,12 @@ class Night:
         self.seed = manifest["seed"]
         self.as_of = START_DATE + dt.timedelta(days=self.night)
         self.rng = random.Random(f"{self.seed}:night:{self.night}")
-        self.world = World(truth.persons, truth.enterprises, self.as_of)
+        self.world = World(
+            truth.persons,
+            truth.enterprises,
+            self.as_of,
+            review_band=bool(manifest.get("review_band")),
+        )
         self.builder = self._restore_builder()
         self.changes = {d.code: TableChanges() for d in DEPARTMENTS}
         self.events: dict[str, int] = {}
