@@ -226,6 +226,7 @@ def test_a_steward_decides_a_pair_in_the_browser_and_the_next_night_honours_it(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(driver, WebDriver)
     rows = queue(city, limit=1000, privileged=True)
@@ -248,6 +249,8 @@ def test_a_steward_decides_a_pair_in_the_browser_and_the_next_night_honours_it(
         driver.save_screenshot(str(tmp_path / "review-pair.png"))
         driver.find_element(By.ID, "note").send_keys("同一人：就诊时未带身份证")
         driver.find_element(By.CSS_SELECTOR, "button.link").click()
+        # the POST redirects to the recorded page: wait for it (a loaded machine is slow)
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "recorded"))
         banner = driver.find_element(By.ID, "recorded").text
         assert "link" in banner and "审计日志 #" in banner and "review_decide" in banner
         driver.get(f"{base}/")
