@@ -15,11 +15,23 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import ConfigDir, RunId, _load, _night, _progress, _summarize, app, console
+from cli.common import (
+    ConfigDir,
+    RunId,
+    _load,
+    _night,
+    _progress,
+    _summarize,
+    app,
+    console,
+    say,
+)
 from store import layout
 
 review_app = typer.Typer(
-    help="The review queue: pairs the model could not decide.", no_args_is_help=True
+    help="The review queue: pairs the model could not decide.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(review_app, name="review")
 
@@ -144,10 +156,10 @@ def _print_linked(linked: Any) -> None:
             f"{r.seconds:.1f}",
         )
     table.caption = (
-        f"relationships {linked.relationships:,}, unresolved references {linked.unresolved:,}; "
-        f"state: {linked.state_dir}"
+        f"relationships {linked.relationships:,}, unresolved references {linked.unresolved:,}"
     )
     console.print(table)
+    say(f"Master state: {linked.state_dir}")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import ConfigDir, _load, _night, app, console
+from cli.common import ConfigDir, _load, _night, app, console, say
 
 _HEADLINE_STYLE = {
     "passed": "green",
@@ -91,7 +91,7 @@ def report(
     if not reports.departments:
         console.print(f"[yellow]No quality results for night {rid}.")
     console.print(_report_table(rid, reports))
-    console.print(f"Reports: {reports.directory}", highlight=False)
+    say(f"Reports: {reports.directory}")
     if not send:
         console.print("Not e-mailed (use --send).")
         return

@@ -25,6 +25,7 @@ from cli.common import (
     _progress,
     app,
     console,
+    say,
 )
 
 DEPARTMENT_STAGES = ("extract", "standardize", "validate")
@@ -162,8 +163,4 @@ def _report(night: Any, summary: dict[str, Any], problems: list[str]) -> None:
         _print_demo_night(summary)
     for line in problems:
         console.print(f"[red]{line}", highlight=False, soft_wrap=True)
-    console.print(
-        f"Night record: {summary_path(night.var_dir, night.run_id)}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(f"Night record: {summary_path(night.var_dir, night.run_id)}")
