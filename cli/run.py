@@ -145,8 +145,10 @@ def _city_stages(
         bar.update(task, description=stage)
         nightly.build_reports(night)
         bar.advance(task, 1)
-    except (nightly.NothingToLink, ConsolidateError, WarehouseBusy) as exc:
+    except (nightly.NothingToLink, ConsolidateError, WarehouseBusy) as exc:  # said how to fix
         problems.append(f"{stage}: {exc}")
+    except Exception as exc:  # failed as its DAG task would fail: the night's record still ends
+        problems.append(f"{stage} failed: {type(exc).__name__}: {exc}")
     bar.update(task, description="city")
 
 
