@@ -156,9 +156,11 @@ def query(
         )
 
 
+# What SQLite and PostgreSQL say of a relation or a column they do not know.
+_QUALIFIED = r"(?:\w+\.)?(\w+)"
 _UNKNOWN = (
-    ("view", re.compile(r'no such table: (?:\w+\.)?(\w+)|relation "(?:\w+\.)?(\w+)" does not exist')),
-    ("column", re.compile(r'no such column: (?:\w+\.)?(\w+)|column "?(?:\w+\.)?(\w+)"? does not')),
+    ("view", re.compile(rf'no such table: {_QUALIFIED}|relation "{_QUALIFIED}" does not exist')),
+    ("column", re.compile(rf'no such column: {_QUALIFIED}|column "?{_QUALIFIED}"? does not')),
 )
 
 

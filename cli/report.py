@@ -41,7 +41,7 @@ def report(
     send: Annotated[
         bool,
         typer.Option(
-            "--send/--no-send",
+            "--send",
             help="E-mail each department its report and the overview to the data-engineering "
             "contact (SMTP from GOVMDM_SMTP_*).",
         ),

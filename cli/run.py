@@ -10,6 +10,7 @@ Exit codes follow the DAG run's outcome: 0 when every department made it through
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,12 +90,13 @@ def _departments(
 
     delivered = []
     for code in codes:
+        replay = code in planned["rerun"]
         stages: dict[str, Callable[[], Any]] = {
-            "extract": lambda c=code: nightly.extract(
-                night, c, full=full, replay=c in planned["rerun"], retries=3, backoff_s=2.0
+            "extract": partial(
+                nightly.extract, night, code, full=full, replay=replay, retries=3, backoff_s=2.0
             ),
-            "standardize": lambda c=code: nightly.standardize(night, c),
-            "validate": lambda c=code: nightly.validate(night, c),
+            "standardize": partial(nightly.standardize, night, code),
+            "validate": partial(nightly.validate, night, code),
         }
         for done, (stage, step) in enumerate(stages.items()):
             bar.update(task, description=f"{code} {stage}")

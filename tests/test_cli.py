@@ -57,7 +57,7 @@ def var(night0: tuple[CityConfig, Result], monkeypatch: pytest.MonkeyPatch) -> P
 def test_run_takes_a_night_through_every_stage(
     night0: tuple[CityConfig, Result], var: Path
 ) -> None:
-    city, done = night0
+    done = night0[1]
     assert done.exit_code == 0, done.output
     out = done.output
     persons = _count(var, "SELECT count(*) FROM mdm_person")
@@ -138,6 +138,7 @@ def _help(*command: str) -> str:
         (("sample",), "--next-night"),
         (("query",), "--privileged"),
         (("config", "check"), "--connect"),
+        (("report",), "--send"),
     ],
 )
 def test_boolean_options_are_shown_as_flags(command: tuple[str, ...], flag: str) -> None:
