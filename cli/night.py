@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -518,24 +519,45 @@ def demo(
 
 
 def _run_demo_night(city: Any, config: Path, rid: str, log: Path) -> int:
-    """Night ``rid`` through the nightly DAG on the project-local Airflow, the running task in
-    the status line; prints the Airflow commands run and returns the DAG run's exit code."""
-    import re
+    """Night ``rid`` through the nightly DAG on the project-local Airflow: a line as each task
+    starts and ends (the running one in the status line too); prints the Airflow commands run
+    and returns the DAG run's exit code."""
+    import time
 
     from pipeline.airflow_local import run_local_night
 
-    started = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
+    codes = [d.code for d in city.departments]  # the plan maps over them in this order
+    began = time.monotonic()
     with console.status("Airflow: starting (db migrate, pools import, dags test)") as status:
 
         def show(line: str) -> None:
-            if m := started.search(line):
-                index = f" [{m[2]}]" if m[2] != "-1" else ""
-                status.update(f"Airflow: govmdm_nightly · {m[1]}{index}")
+            if event := task_event(line, codes):
+                say(f"  {time.monotonic() - began:5.0f}s  {event}")
+                status.update(f"Airflow: govmdm_nightly · {event}")
 
         code, commands = run_local_night(city, config, rid, log=log, on_line=show)
     for command in commands:
         say(f"$ {command}")
     return code
+
+
+_TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end) task(?: task)?_id=(\S+) map_index=(-?\d+)")
+
+
+def task_event(line: str, departments: list[str]) -> str | None:
+    """What a line of ``airflow dags test`` says about a task of the night, if anything: the
+    task starting or ending, a mapped one named by its department.
+
+    >>> task_event("... [DAG TEST] starting task_id=department.extract map_index=1", ["a", "b"])
+    'department.extract [b] started'
+    >>> task_event("[DAG TEST] end task task_id=link map_index=-1", ["a"])
+    'link finished'
+    """
+    if not (m := _TASK_EVENT.search(line)):
+        return None
+    index = int(m[3])
+    mapped = f" [{departments[index]}]" if 0 <= index < len(departments) else ""
+    return f"{m[2]}{mapped} {'started' if m[1] == 'starting' else 'finished'}"
 
 
 def _demo_table(rid: str, summary: dict[str, Any]) -> Table:

@@ -551,8 +551,17 @@ def _params(send_reports: bool = True, **extra: Param) -> dict[str, Param]:
 
 
 def nightly_params() -> dict[str, Param]:
-    """Parameters of the nightly DAG (for manual runs)."""
-    return _params()
+    """Parameters of the nightly DAG (for manual runs): ``run_id`` runs a given night on any
+    logical date (``govmdm demo`` runs the sample city's night on the current date)."""
+    return _params(
+        run_id=Param(
+            "",
+            type="string",
+            pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:+-]*)?$",
+            title="Run ID",
+            description="The night's run ID; empty: the logical date in the city's time zone.",
+        )
+    )
 
 
 def rebuild_params() -> dict[str, Param]:
