@@ -519,9 +519,9 @@ def demo(
 
 
 def _run_demo_night(city: Any, config: Path, rid: str, log: Path) -> int:
-    """Night ``rid`` through the nightly DAG on the project-local Airflow: a line as each task
-    starts and ends (the running one in the status line too); prints the Airflow commands run
-    and returns the DAG run's exit code."""
+    """Night ``rid`` through the nightly DAG on the project-local Airflow: a line as each
+    Airflow command and each task starts, and as each task ends (the latest in the status line
+    too); returns the DAG run's exit code."""
     import time
 
     from pipeline.airflow_local import run_local_night
@@ -535,9 +535,7 @@ def _run_demo_night(city: Any, config: Path, rid: str, log: Path) -> int:
                 say(f"  {time.monotonic() - began:5.0f}s  {event}")
                 status.update(f"Airflow: govmdm_nightly · {event}")
 
-        code, commands = run_local_night(city, config, rid, log=log, on_line=show)
-    for command in commands:
-        say(f"$ {command}")
+        code, _ = run_local_night(city, config, rid, log=log, on_line=show)
     return code
 
 
@@ -545,14 +543,16 @@ _TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end) task(?: task)?_id=(\S+) m
 
 
 def task_event(line: str, departments: list[str]) -> str | None:
-    """What a line of ``airflow dags test`` says about a task of the night, if anything: the
-    task starting or ending, a mapped one named by its department.
+    """What a line of Airflow's output says of the night's progress, if anything: the Airflow
+    command starting, a task starting or ending (a mapped one named by its department).
 
     >>> task_event("... [DAG TEST] starting task_id=department.extract map_index=1", ["a", "b"])
     'department.extract [b] started'
     >>> task_event("[DAG TEST] end task task_id=link map_index=-1", ["a"])
     'link finished'
     """
+    if line.startswith("$ airflow "):
+        return line[2:].strip()
     if not (m := _TASK_EVENT.search(line)):
         return None
     index = int(m[3])

@@ -151,9 +151,13 @@ def run_local_night(
 def _airflow(
     step: list[str], env: dict[str, str], out: Any, on_line: Callable[[str], None] | None
 ) -> int:
-    """Run ``airflow <step>``, its output to ``out`` and each line to ``on_line``; its exit code."""
-    out.write(f"$ airflow {' '.join(step)}\n")
+    """Run ``airflow <step>``, its output to ``out`` and each line (the command first, as
+    ``$ airflow …``) to ``on_line``; its exit code."""
+    command = f"$ airflow {shlex.join(step)}\n"
+    out.write(command)
     out.flush()
+    if on_line is not None:
+        on_line(command)
     proc = subprocess.Popen(
         [sys.executable, "-m", "airflow", *step],
         env=env,
