@@ -257,8 +257,9 @@ def export(
     table.add_column("rows", justify="right")
     for name, path in result.files.items():
         table.add_row(path.name, f"{result.rows[name]:,}")
-    table.caption = f"{result.out_dir}; data dictionary: data_dictionary.parquet / .csv"
+    table.caption = "data dictionary: data_dictionary.parquet / .csv"
     console.print(table)
+    say(f"Exported to: {result.out_dir}")
 
 
 @app.command()

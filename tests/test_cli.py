@@ -197,3 +197,12 @@ def test_query_as_json_and_did_you_mean(night0: tuple[CityConfig, Result], var: 
     assert "no such column: master_di; did you mean master_id or person_master_id?" in (
         column.output
     )
+
+
+def test_paths_are_printed_whole_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.common import console, say
+
+    path = "/srv/govmdm/var/" + "/".join(f"[night-{i}]" for i in range(30)) + "/night.json"
+    assert len(path) > console.width
+    say(f"Night record: {path}")
+    assert capsys.readouterr().out == f"Night record: {path}\n"
