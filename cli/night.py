@@ -615,4 +615,5 @@ def _print_demo_night(summary: dict[str, Any]) -> None:
         console.print(f"Quality (GB/T 36344, mean of the departments): {score:.1f}")
     if reports := summary.get("reports"):
         say(f"Reports: {reports['directory']}/<department>.html and overview.html")
-        say(f"Delivery: {summary.get('delivery', {}).get('note', 'not sent')}")
+        unsent = "not e-mailed (govmdm report --send e-mails them)"
+        say(f"Delivery: {summary.get('delivery', {}).get('note', unsent)}")

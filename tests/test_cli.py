@@ -76,6 +76,7 @@ def test_run_takes_a_night_through_every_stage(
         f"Golden tables (night {NIGHT0}): 人口基础库 mdm_person {persons:,} · "
         f"法人基础库 mdm_enterprise {enterprises:,}"
     ) in out
+    assert "\nDelivery: not e-mailed (govmdm report --send e-mails them)\n" in out
     record = var / "nights" / f"run={NIGHT0}" / "night.json"
     assert f"\nNight record: {record}\n" in out  # one line, whatever its length
     reports = var / "reports" / f"run={NIGHT0}"
