@@ -119,7 +119,8 @@ def _flags_broken(city: Any, departments: list[str] | None) -> bool:
     return any(d in city.broken for d in departments) if departments else bool(city.broken)
 
 
-def say(text: str) -> None:
-    """A line holding a path or a command, printed as is: no markup or highlighting applied
-    and never wrapped or cut by the console, so it can be copied from the terminal."""
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+def say(text: str, style: str | None = None) -> None:
+    """A line holding a path or a command, printed as is (in ``style``): no markup or
+    highlighting applied and never wrapped or cut by the console, so it can be copied from the
+    terminal."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)

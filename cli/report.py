@@ -102,13 +102,7 @@ def report(
     result = sent[0]
     if result.smtp_configured:
         console.print(_delivery_table(result))
-    console.print(
-        result.note,
-        markup=False,
-        highlight=False,
-        soft_wrap=True,  # it names the reports' folder: one line, to copy
-        style=None if result.smtp_configured else "yellow",
-    )
+    say(result.note, style=None if result.smtp_configured else "yellow")
     if not result.ok:
         raise typer.Exit(1)
 
