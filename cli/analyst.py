@@ -88,7 +88,10 @@ def _text(value: Any) -> str:
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help='One SELECT, e.g. "SELECT * FROM v_person LIMIT 5".')],
+    sql: Annotated[
+        str,
+        typer.Argument(metavar="SQL", help='One SELECT, e.g. "SELECT * FROM v_person LIMIT 5".'),
+    ],
     fmt: Annotated[QueryFormat, typer.Option("--format", help="Output format.")] = (
         QueryFormat.table
     ),

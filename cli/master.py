@@ -208,8 +208,9 @@ def explain(
     ref: Annotated[
         str,
         typer.Argument(
+            metavar="REF",
             help="A master ID (P0000000001, E0000000001), or a source row as "
-            "department:key or department/table/key."
+            "department:key or department/table/key.",
         ),
     ],
     config: ConfigDir = Path("config"),
@@ -223,7 +224,7 @@ def explain(
 ) -> None:
     """The golden record, where each attribute came from, its member rows, and why they link.
 
-    Personal data is masked unless ``--privileged``; every explain is written to the audit log.
+    Personal data is masked unless `--privileged`; every explain is written to the audit log.
     """
     from access import audit
     from access.errors import AccessError, NotShared
@@ -330,9 +331,9 @@ def review_list(
 
 @review_app.command("decide")
 def review_decide(
-    left: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
-    right: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
-    decision: Annotated[str, typer.Argument(help="link or apart")],
+    left: Annotated[str, typer.Argument(metavar="LEFT", help="record ID (department/table/key)")],
+    right: Annotated[str, typer.Argument(metavar="RIGHT", help="record ID (department/table/key)")],
+    decision: Annotated[str, typer.Argument(metavar="DECISION", help="link or apart")],
     by: Annotated[
         str | None,
         typer.Option(

@@ -207,3 +207,9 @@ def test_paths_are_printed_whole_on_one_line(capsys: pytest.CaptureFixture[str])
     assert len(path) > console.width
     say(f"Night record: {path}")
     assert capsys.readouterr().out == f"Night record: {path}\n"
+
+
+def test_arguments_are_named_in_capitals() -> None:
+    assert "Usage: govmdm query [OPTIONS] {SQL}" in _help("query")
+    assert "[OPTIONS] {LEFT} {RIGHT} {DECISION}" in _help("review", "decide")
+    assert "masked unless `--privileged`;" in _help("explain")
