@@ -8,6 +8,7 @@ unless ``--privileged`` is given by a privileged user (see ``config/catalog.yaml
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -18,12 +19,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import ConfigDir, _load, app, console
+from cli.common import ConfigDir, _load, app, console, say
 
 notes = Console(stderr=True)
 
-views_app = typer.Typer(help="The analyst views, roles and grants.", no_args_is_help=True)
-audit_app = typer.Typer(help="The audit log: who read or changed what.", no_args_is_help=True)
+views_app = typer.Typer(
+    help="The analyst views, roles and grants.", no_args_is_help=True, rich_markup_mode=None
+)
+audit_app = typer.Typer(
+    help="The audit log: who read or changed what.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(views_app, name="views")
 app.add_typer(audit_app, name="audit")
 
@@ -40,6 +45,7 @@ Privileged = Annotated[
 class QueryFormat(StrEnum):
     table = "table"
     csv = "csv"
+    json = "json"
     parquet = "parquet"
 
 
@@ -82,7 +88,10 @@ def _text(value: Any) -> str:
 
 @app.command()
 def query(
-    sql: Annotated[str, typer.Argument(help='One SELECT, e.g. "SELECT * FROM v_person LIMIT 5".')],
+    sql: Annotated[
+        str,
+        typer.Argument(metavar="SQL", help='One SELECT, e.g. "SELECT * FROM v_person LIMIT 5".'),
+    ],
     fmt: Annotated[QueryFormat, typer.Option("--format", help="Output format.")] = (
         QueryFormat.table
     ),
@@ -111,18 +120,27 @@ def query(
     try:
         result = run_query(city, sql, privileged=privileged)
     except AccessError as exc:
+        if hint := did_you_mean(str(exc)):
+            exc = type(exc)(f"{exc}; {hint}")
         raise _fail(exc) from exc
     frame = result.frame
     if fmt is QueryFormat.parquet:
         assert out is not None
         _to_parquet(frame, out)
-        console.print(f"{len(frame):,} rows → {out}", highlight=False)
+        say(f"{len(frame):,} rows → {out}")
     elif fmt is QueryFormat.csv:
         if out is None:
             frame.to_csv(sys.stdout, index=False)
         else:
             frame.to_csv(out, index=False, encoding="utf-8-sig")
-            console.print(f"{len(frame):,} rows → {out}", highlight=False)
+            say(f"{len(frame):,} rows → {out}")
+    elif fmt is QueryFormat.json:
+        text = frame.to_json(orient="records", force_ascii=False, date_format="iso")
+        if out is None:
+            sys.stdout.write(text + "\n")
+        else:
+            out.write_text(text + "\n", encoding="utf-8")
+            say(f"{len(frame):,} rows → {out}")
     else:
         table = Table(title_justify="left")
         for col in frame.columns:
@@ -139,6 +157,41 @@ def query(
             f"[yellow]{result.scrubbed} values held an ID or mobile number in clear and "
             "were masked."
         )
+
+
+# What SQLite and PostgreSQL say of a relation or a column they do not know.
+_QUALIFIED = r"(?:\w+\.)?(\w+)"
+_UNKNOWN = (
+    ("view", re.compile(rf'no such table: {_QUALIFIED}|relation "{_QUALIFIED}" does not exist')),
+    ("column", re.compile(rf'no such column: {_QUALIFIED}|column "?{_QUALIFIED}"? does not')),
+)
+
+
+def did_you_mean(message: str) -> str | None:
+    """For a query that names an unknown view or column, the analyst views or columns whose
+    names are closest (difflib), as "did you mean …?"; None when there is nothing to suggest.
+
+    >>> did_you_mean("the query failed: no such table: v_persn")
+    'did you mean v_person?'
+    >>> did_you_mean("the query failed: no such column: p.nmae")
+    'did you mean name?'
+    """
+    import difflib
+
+    from access.release import ANALYST_RELATIONS, VIEWS
+
+    for kind, pattern in _UNKNOWN:
+        if m := pattern.search(message):
+            name = (m[1] or m[2]).lower()
+            names = (
+                sorted(ANALYST_RELATIONS)
+                if kind == "view"
+                else sorted({c for v in VIEWS for c in v.columns})
+            )
+            close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+            if close:
+                return f"did you mean {' or '.join(close)}?"
+    return None
 
 
 def _to_parquet(frame: Any, out: Path) -> None:
@@ -207,8 +260,9 @@ def export(
     table.add_column("rows", justify="right")
     for name, path in result.files.items():
         table.add_row(path.name, f"{result.rows[name]:,}")
-    table.caption = f"{result.out_dir}; data dictionary: data_dictionary.parquet / .csv"
+    table.caption = "data dictionary: data_dictionary.parquet / .csv"
     console.print(table)
+    say(f"Exported to: {result.out_dir}")
 
 
 @app.command()

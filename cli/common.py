@@ -15,12 +15,16 @@ app = typer.Typer(
     name="govmdm",
     help="Nightly ETL and master data for government data sharing (一数一源、多元校核).",
     no_args_is_help=True,
-    rich_markup_mode="markdown",
+    # Plain help, as click prints it: rich markup would eat "[...]" and markdown "<...>" in the
+    # help texts, and rich shows every flag with a "<bool>" value it does not take.
+    rich_markup_mode=None,
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
 config_app = typer.Typer(
-    help="Inspect and validate the configuration in config/.", no_args_is_help=True
+    help="Inspect and validate the configuration in config/.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(config_app, name="config")
 # Piped or logged output (make demo in CI, Airflow logs) gets room for the summary tables.
@@ -90,7 +94,7 @@ def _summarize(night: Any) -> None:
     from pipeline.record import summary_path
 
     nightly.summarize(night)
-    console.print(f"Night record: {summary_path(night.var_dir, night.run_id)}", highlight=False)
+    say(f"Night record: {summary_path(night.var_dir, night.run_id)}")
 
 
 def _check_departments(city: Any, departments: list[str] | None) -> list[str] | None:
@@ -113,3 +117,10 @@ def _check_departments(city: Any, departments: list[str] | None) -> list[str] | 
 def _flags_broken(city: Any, departments: list[str] | None) -> bool:
     """Whether a department this command was asked to run could not load."""
     return any(d in city.broken for d in departments) if departments else bool(city.broken)
+
+
+def say(text: str, style: str | None = None) -> None:
+    """A line holding a path or a command, printed as is (in ``style``): no markup or
+    highlighting applied and never wrapped or cut by the console, so it can be copied from the
+    terminal."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True, style=style)

@@ -15,11 +15,23 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.common import ConfigDir, RunId, _load, _night, _progress, _summarize, app, console
+from cli.common import (
+    ConfigDir,
+    RunId,
+    _load,
+    _night,
+    _progress,
+    _summarize,
+    app,
+    console,
+    say,
+)
 from store import layout
 
 review_app = typer.Typer(
-    help="The review queue: pairs the model could not decide.", no_args_is_help=True
+    help="The review queue: pairs the model could not decide.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(review_app, name="review")
 
@@ -144,10 +156,10 @@ def _print_linked(linked: Any) -> None:
             f"{r.seconds:.1f}",
         )
     table.caption = (
-        f"relationships {linked.relationships:,}, unresolved references {linked.unresolved:,}; "
-        f"state: {linked.state_dir}"
+        f"relationships {linked.relationships:,}, unresolved references {linked.unresolved:,}"
     )
     console.print(table)
+    say(f"Master state: {linked.state_dir}")
 
 
 @app.command()
@@ -196,8 +208,9 @@ def explain(
     ref: Annotated[
         str,
         typer.Argument(
+            metavar="REF",
             help="A master ID (P0000000001, E0000000001), or a source row as "
-            "department:key or department/table/key."
+            "department:key or department/table/key.",
         ),
     ],
     config: ConfigDir = Path("config"),
@@ -211,7 +224,7 @@ def explain(
 ) -> None:
     """The golden record, where each attribute came from, its member rows, and why they link.
 
-    Personal data is masked unless ``--privileged``; every explain is written to the audit log.
+    Personal data is masked unless `--privileged`; every explain is written to the audit log.
     """
     from access import audit
     from access.errors import AccessError, NotShared
@@ -318,9 +331,9 @@ def review_list(
 
 @review_app.command("decide")
 def review_decide(
-    left: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
-    right: Annotated[str, typer.Argument(help="record ID (department/table/key)")],
-    decision: Annotated[str, typer.Argument(help="link or apart")],
+    left: Annotated[str, typer.Argument(metavar="LEFT", help="record ID (department/table/key)")],
+    right: Annotated[str, typer.Argument(metavar="RIGHT", help="record ID (department/table/key)")],
+    decision: Annotated[str, typer.Argument(metavar="DECISION", help="link or apart")],
     by: Annotated[
         str | None,
         typer.Option(

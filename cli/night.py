@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +25,7 @@ from cli.common import (
     app,
     config_app,
     console,
+    say,
 )
 from store import layout
 
@@ -38,7 +41,6 @@ def _row_table(title: str, manifest: dict[str, Any], out: Path) -> Table:
         c = changes.get(d.code)
         delta = f"+{c['inserted']} ~{c['updated']} -{c['deleted']}" if c else "—"
         table.add_row(d.code, d.title, d.table_name, f"{manifest['rows'][d.code]:,}", delta)
-    table.caption = f"SQLite databases: {out / 'sources'}/<department>.sqlite"
     return table
 
 
@@ -110,16 +112,24 @@ def sample(
             )
         title = f"Sample city (seed {seed}) written to {out}"
     console.print(_row_table(title, manifest, out))
-    console.print(f"Ground truth: {out / 'truth'}/{{persons,enterprises,source_rows,dirt}}.parquet")
+    say(f"SQLite databases: {out / 'sources'}/<department>.sqlite")
+    say(f"Ground truth: {out / 'truth'}/{{persons,enterprises,source_rows,dirt}}.parquet")
     if targets:
-        from etl.sample_city.departments import DEPARTMENTS
-        from etl.sample_city.generate import target_url
+        console.print("Also loaded into (paste these to read from the server instead of SQLite):")
+        for line in conn_exports(targets):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
 
-        console.print("Also loaded into (set these to read from the server instead of SQLite):")
-        for t in targets:
-            for d in DEPARTMENTS:
-                url = target_url(t, d.code)
-                console.print(f"  GOVMDM_CONN_{d.code.upper()}={url}", highlight=False)
+
+def conn_exports(targets: list[str]) -> list[str]:
+    """The shell lines that point govmdm at the departments loaded into ``targets``."""
+    from etl.sample_city.departments import DEPARTMENTS
+    from etl.sample_city.generate import target_url
+
+    return [
+        f"export GOVMDM_CONN_{d.code.upper()}={shlex.quote(target_url(t, d.code))}"
+        for t in targets
+        for d in DEPARTMENTS
+    ]
 
 
 @config_app.command("check")
@@ -275,7 +285,7 @@ def extract(
                 console.print(f"[yellow]{r.department}[/yellow]: {t.message}", highlight=False)
     for line in refused:
         console.print(line, highlight=False)
-    console.print(f"Raw Parquet: {night.raw_root}")
+    say(f"Raw Parquet: {night.raw_root}")
     if refused or not all(r.ok for r in results) or _flags_broken(city, department):
         raise typer.Exit(1)
 
@@ -431,7 +441,7 @@ def standardize(
     for r in results:
         if r.message:
             console.print(f"[yellow]{r.department}[/yellow]: {r.message}", highlight=False)
-    console.print(f"Canonical Parquet: {layout.canonical_run_dir(city.var_dir, night.run_id)}")
+    say(f"Canonical Parquet: {layout.canonical_run_dir(city.var_dir, night.run_id)}")
     if any(r.status in ("failed", "config") for r in results) or _flags_broken(city, department):
         raise typer.Exit(1)
 
@@ -460,7 +470,7 @@ def _standardization_table(run_id: str, results: list[Any]) -> Table:
 @app.command()
 def demo(
     fresh: Annotated[
-        bool, typer.Option(help="Start a new city instead of the next night.")
+        bool, typer.Option("--fresh", help="Start a new city instead of the next night.")
     ] = False,
     config: ConfigDir = Path("config"),
     persons: Annotated[int, typer.Option(min=10)] = 5000,
@@ -495,18 +505,17 @@ def demo(
     code = _run_demo_night(city, config, rid, log)
     summary = read_summary(city.var_dir, rid)
     if not summary:
-        console.print(f"[red]The DAG run stopped before its summary; Airflow's log: {log}")
+        console.print("[red]The DAG run stopped before its summary.")
+        say(f"Airflow's log: {log}")
         raise typer.Exit(1)
     console.print(_demo_table(rid, summary))
     _print_demo_night(summary)
     if code != 0:
         flagged = ", ".join(summary["flagged"]) or "a stage failed"
         console.print(f"[yellow]The DAG run ended failed ({flagged}); the others were published.")
-    console.print(
-        f"Night summary: {summary_path(city.var_dir, rid)}\n"
-        f"Airflow's log: {log}\nAirflow metadata database: {layout.airflow_db_path(city.var_dir)}",
-        highlight=False,
-    )
+    say(f"Night summary: {summary_path(city.var_dir, rid)}")
+    say(f"Airflow's log: {log}")
+    say(f"Airflow metadata database: {layout.airflow_db_path(city.var_dir)}")
     from cli import master
 
     console.rule(f"[bold]night {rid}: against the sample city's truth")
@@ -518,24 +527,45 @@ def demo(
 
 
 def _run_demo_night(city: Any, config: Path, rid: str, log: Path) -> int:
-    """Night ``rid`` through the nightly DAG on the project-local Airflow, the running task in
-    the status line; prints the Airflow commands run and returns the DAG run's exit code."""
-    import re
+    """Night ``rid`` through the nightly DAG on the project-local Airflow: a line as each
+    Airflow command and each task starts, and as each task ends (the latest in the status line
+    too); returns the DAG run's exit code."""
+    import time
 
     from pipeline.airflow_local import run_local_night
 
-    started = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
+    codes = [d.code for d in city.departments]  # the plan maps over them in this order
+    began = time.monotonic()
     with console.status("Airflow: starting (db migrate, pools import, dags test)") as status:
 
         def show(line: str) -> None:
-            if m := started.search(line):
-                index = f" [{m[2]}]" if m[2] != "-1" else ""
-                status.update(f"Airflow: govmdm_nightly · {m[1]}{index}")
+            if event := task_event(line, codes):
+                say(f"  {time.monotonic() - began:5.0f}s  {event}")
+                status.update(f"Airflow: govmdm_nightly · {event}")
 
-        code, commands = run_local_night(city, config, rid, log=log, on_line=show)
-    for command in commands:
-        console.print(f"$ {command}", style="dim", highlight=False)
+        code, _ = run_local_night(city, config, rid, log=log, on_line=show)
     return code
+
+
+_TASK_EVENT = re.compile(r"\[DAG TEST\] (starting|end) task(?: task)?_id=(\S+) map_index=(-?\d+)")
+
+
+def task_event(line: str, departments: list[str]) -> str | None:
+    """What a line of Airflow's output says of the night's progress, if anything: the Airflow
+    command starting, a task starting or ending (a mapped one named by its department).
+
+    >>> task_event("... [DAG TEST] starting task_id=department.extract map_index=1", ["a", "b"])
+    'department.extract [b] started'
+    >>> task_event("[DAG TEST] end task task_id=link map_index=-1", ["a"])
+    'link finished'
+    """
+    if line.startswith("$ airflow "):
+        return line[2:].strip()
+    if not (m := _TASK_EVENT.search(line)):
+        return None
+    index = int(m[3])
+    mapped = f" [{departments[index]}]" if 0 <= index < len(departments) else ""
+    return f"{m[2]}{mapped} {'started' if m[1] == 'starting' else 'finished'}"
 
 
 def _demo_table(rid: str, summary: dict[str, Any]) -> Table:
@@ -592,8 +622,6 @@ def _print_demo_night(summary: dict[str, Any]) -> None:
     if (score := summary.get("quality", {}).get("score")) is not None:
         console.print(f"Quality (GB/T 36344, mean of the departments): {score:.1f}")
     if reports := summary.get("reports"):
-        console.print(
-            f"Reports: {reports['directory']}/<department>.html and overview.html — "
-            f"{summary.get('delivery', {}).get('note', 'not sent')}",
-            highlight=False,
-        )
+        say(f"Reports: {reports['directory']}/<department>.html and overview.html")
+        unsent = "not e-mailed (govmdm report --send e-mails them)"
+        say(f"Delivery: {summary.get('delivery', {}).get('note', unsent)}")

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cli.common import ConfigDir, _load, _night, app, console
+from cli.common import ConfigDir, _load, _night, app, console, say
 
 _HEADLINE_STYLE = {
     "passed": "green",
@@ -41,7 +41,7 @@ def report(
     send: Annotated[
         bool,
         typer.Option(
-            "--send/--no-send",
+            "--send",
             help="E-mail each department its report and the overview to the data-engineering "
             "contact (SMTP from GOVMDM_SMTP_*).",
         ),
@@ -91,7 +91,7 @@ def report(
     if not reports.departments:
         console.print(f"[yellow]No quality results for night {rid}.")
     console.print(_report_table(rid, reports))
-    console.print(f"Reports: {reports.directory}", highlight=False)
+    say(f"Reports: {reports.directory}")
     if not send:
         console.print("Not e-mailed (use --send).")
         return
@@ -102,7 +102,7 @@ def report(
     result = sent[0]
     if result.smtp_configured:
         console.print(_delivery_table(result))
-    console.print(result.note, highlight=False, style=None if result.smtp_configured else "yellow")
+    say(result.note, style=None if result.smtp_configured else "yellow")
     if not result.ok:
         raise typer.Exit(1)
 

@@ -306,7 +306,7 @@ def departments(planned: dict[str, Any]) -> list[str]:
     retry_exponential_backoff=2.0,
     max_retry_delay=dt.timedelta(minutes=40),
 )
-def extract(department: str, planned: dict[str, Any]) -> dict[str, Any]:
+def extract(department: str, planned: dict[str, Any]) -> str:
     """Read one department's source database, read-only, into raw Parquet (incremental
     by watermark; in full on a rebuild; not at all on a replay). An unreachable source
     is retried with exponential backoff; schema drift fails at once."""
@@ -315,21 +315,25 @@ def extract(department: str, planned: dict[str, Any]) -> dict[str, Any]:
     replay = planned["mode"] == "replay"
     try:
         with _source_connection(None if replay else planned["connections"][department]):
-            return glue.extract(_night(planned), department, full=planned["full"], replay=replay)
+            out = glue.extract(_night(planned), department, full=planned["full"], replay=replay)
     except glue.DepartmentFlagged as exc:
         raise _flagged(exc) from exc
+    return said_extracted(out)
 
 
 @task(map_index_template=DEPARTMENT)
-def standardize(department: str, planned: dict[str, Any]) -> dict[str, Any]:
+def standardize(department: str, planned: dict[str, Any]) -> str:
     """Canonical person and enterprise rows, raw kept beside clean; rows that identify
     no one go to rejects with reasons. Fails the department if counts do not reconcile."""
     from pipeline import night as glue
 
     try:
-        return glue.standardize(_night(planned), department)
+        out = glue.standardize(_night(planned), department)
     except glue.DepartmentFlagged as exc:
         raise _flagged(exc) from exc
+    return f"{department}: {out['read']:,} read, {out['standardized']:,} standardized, " + (
+        f"{out['rejected']:,} rejected"
+    )
 
 
 @task(map_index_template=DEPARTMENT)
@@ -410,20 +414,21 @@ def validate_golden(
                 "department_scores": scores,
             },
         )
-    return scored
+    return {"score": scored["score"], "departments": scores}
 
 
 @task
-def build_reports(planned: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
+def build_reports(planned: dict[str, Any], scored: dict[str, Any]) -> str:
     """Each department's data-quality report (Chinese HTML + JSON twin) and the
     overview, under ``var/reports/run=<id>/``; personal data masked."""
     from pipeline import night as glue
 
-    return glue.build_reports(_night(planned))
+    out = glue.build_reports(_night(planned))
+    return f"{len(out['reports'])} reports in {out['directory']}"
 
 
 @task(retries=2, retry_delay=dt.timedelta(minutes=10))
-def send_reports(planned: dict[str, Any], reports: dict[str, Any]) -> dict[str, Any]:
+def send_reports(planned: dict[str, Any], reports: str) -> str:
     """E-mail each department its report and the overview to the data-engineering
     contact through the ``smtp_default`` connection (or ``GOVMDM_SMTP_*``). A retry
     sends only what has not gone out yet."""
@@ -431,7 +436,9 @@ def send_reports(planned: dict[str, Any], reports: dict[str, Any]) -> dict[str, 
 
     if not planned["send_reports"]:
         raise AirflowSkipException("send_reports is off for this run")
-    return glue.send_reports(_night(planned), smtp=_smtp_settings())
+    out = glue.send_reports(_night(planned), smtp=_smtp_settings())
+    sent = sum(d["status"] == "sent" for d in out["deliveries"])
+    return f"{sent} of {len(out['deliveries'])} reports e-mailed: {out['note']}"
 
 
 @task(trigger_rule=TriggerRule.ALL_DONE, on_failure_callback=None, retries=0)
@@ -455,6 +462,20 @@ def summary(planned: dict[str, Any]) -> dict[str, Any]:
             f"night {planned['run_id']} finished with problems:\n" + "\n".join(problems)
         )
     return {k: result[k] for k in ("run_id", "flagged", "golden")}
+
+
+def said_extracted(out: dict[str, Any]) -> str:
+    """An extraction's outcome as one line, for the task's return value in Airflow's UI.
+
+    >>> said_extracted({"department": "gongan", "status": "ok", "rows": 12,
+    ...                 "tables": {"t": {"mode": "incremental", "rows": 12}}})
+    'gongan: 12 rows read (incremental)'
+    """
+    tables = out.get("tables", {}).values()
+    rows = sum(t.get("rows") or 0 for t in tables)
+    modes = "/".join(sorted({str(t.get("mode", "?")) for t in tables})) or "no tables"
+    verb = "reused from the night's raw data" if out["status"] == "reused" else "read"
+    return f"{out['department']}: {rows:,} rows {verb} ({modes})"
 
 
 def _task_states(
@@ -551,8 +572,17 @@ def _params(send_reports: bool = True, **extra: Param) -> dict[str, Param]:
 
 
 def nightly_params() -> dict[str, Param]:
-    """Parameters of the nightly DAG (for manual runs)."""
-    return _params()
+    """Parameters of the nightly DAG (for manual runs): ``run_id`` runs a given night on any
+    logical date (``govmdm demo`` runs the sample city's night on the current date)."""
+    return _params(
+        run_id=Param(
+            "",
+            type="string",
+            pattern=r"^([A-Za-z0-9][A-Za-z0-9_.:+-]*)?$",
+            title="Run ID",
+            description="The night's run ID; empty: the logical date in the city's time zone.",
+        )
+    )
 
 
 def rebuild_params() -> dict[str, Param]:

@@ -4,7 +4,9 @@ Airflow that runs a night for ``govmdm demo``."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,8 +68,9 @@ def local_airflow_env(
 ) -> dict[str, str]:
     """The environment for running the DAGs with a project-local Airflow: ``AIRFLOW_HOME`` under
     ``var/airflow``, a SQLite metadata database, LocalExecutor, parallelism for two cores, the
-    project's ``dags/``. Department connections (``AIRFLOW_CONN_*``, ``GOVMDM_CONN_*``) pass
-    through; any other Airflow setting of the calling shell does not.
+    project's ``dags/``, the city's time zone for dates given without one. Department
+    connections (``AIRFLOW_CONN_*``, ``GOVMDM_CONN_*``) pass through; any other Airflow setting
+    of the calling shell does not.
     """
     home = layout.airflow_home(city.var_dir)
     inherited = os.environ if base is None else base
@@ -80,6 +83,7 @@ def local_airflow_env(
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
             "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__DEFAULT_TIMEZONE": city.timezone,
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             CONFIG_ENV: str(Path(config).resolve()),
             "GOVMDM_VAR": str(city.var_dir),
@@ -88,14 +92,17 @@ def local_airflow_env(
     return env
 
 
-def logical_date(city: CityConfig, run_id: str) -> str:
-    """The logical date whose night is ``run_id``: 02:00 that day in the city's time zone.
+def demo_logical_date(city: CityConfig, now: dt.datetime | None = None) -> str:
+    """A demo night's logical date: ``now`` (default: the current time) to the second, in the
+    city's time zone.
 
-    >>> logical_date(load_city_config("config"), "2026-07-01")
-    '2026-07-01T02:00:00+08:00'
+    >>> demo_logical_date(
+    ...     load_city_config("config"), dt.datetime(2026, 12, 4, 18, 30, 5, 123, tzinfo=dt.UTC)
+    ... )
+    '2026-12-05T02:30:05+08:00'
     """
-    day = dt.date.fromisoformat(run_id)
-    when = dt.datetime.combine(day, dt.time(2), tzinfo=zoneinfo.ZoneInfo(city.timezone))
+    zone = zoneinfo.ZoneInfo(city.timezone)
+    when = (now or dt.datetime.now(dt.UTC)).astimezone(zone).replace(microsecond=0)
     return when.isoformat()
 
 
@@ -107,13 +114,20 @@ def run_local_night(
     dag_id: str = "govmdm_nightly",
     log: Path,
     on_line: Callable[[str], None] | None = None,
+    now: dt.datetime | None = None,
 ) -> tuple[int, list[str]]:
     """Run one night through Airflow with ``airflow dags test`` on the project-local Airflow:
     migrate its metadata database, import the pools, run the DAG. Airflow's output goes to
     ``log``; returns the DAG run's exit code (non-zero when a department was flagged) and the
     commands run.
+
+    The DAG run's logical date is ``now`` (default: the current time, in the city's time zone)
+    and night ``run_id`` is passed as its ``run_id`` parameter, so a sample city's night, dated
+    months back, shows in Airflow's UI as the run it is: started at its logical date, lasting
+    minutes.
     """
     env = local_airflow_env(city, config)
+    conf = {"run_id": run_id}
     home = Path(env["AIRFLOW_HOME"])
     (home / "config").mkdir(parents=True, exist_ok=True)
     # the cluster policy that puts each extraction in its source database's pool
@@ -123,7 +137,7 @@ def run_local_night(
     steps = [
         ["db", "migrate"],
         ["pools", "import", str(pool_file)],
-        ["dags", "test", dag_id, logical_date(city, run_id)],
+        ["dags", "test", dag_id, demo_logical_date(city, now), "-c", json.dumps(conf)],
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w", encoding="utf-8") as out:
@@ -131,15 +145,19 @@ def run_local_night(
             code = _airflow(step, env, out, on_line)
             if code != 0 and step[0] != "dags":
                 raise RuntimeError(f"`airflow {' '.join(step)}` failed (exit {code}); see {log}")
-    return code, [f"airflow {' '.join(s)}" for s in steps]
+    return code, [f"airflow {shlex.join(s)}" for s in steps]
 
 
 def _airflow(
     step: list[str], env: dict[str, str], out: Any, on_line: Callable[[str], None] | None
 ) -> int:
-    """Run ``airflow <step>``, its output to ``out`` and each line to ``on_line``; its exit code."""
-    out.write(f"$ airflow {' '.join(step)}\n")
+    """Run ``airflow <step>``, its output to ``out`` and each line (the command first, as
+    ``$ airflow …``) to ``on_line``; its exit code."""
+    command = f"$ airflow {shlex.join(step)}\n"
+    out.write(command)
     out.flush()
+    if on_line is not None:
+        on_line(command)
     proc = subprocess.Popen(
         [sys.executable, "-m", "airflow", *step],
         env=env,
