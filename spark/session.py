@@ -9,6 +9,7 @@ is its owner's alone like the rest of ``var/``; so is the SQL warehouse folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -63,4 +64,5 @@ def session(var_dir: Path, master: str | None = None) -> SparkSession:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # not every gateway connection
     return spark
