@@ -54,6 +54,13 @@ RunId = Annotated[
         "with the same ID replaces its output.",
     ),
 ]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        help="What runs the stage: local or spark (default: `engine` in config/city.yaml).",
+    ),
+]
 Departments = Annotated[
     list[str] | None,
     typer.Option("--department", "-d", help="Only this department (repeatable)."),
@@ -75,13 +82,14 @@ def _load(config: Path) -> Any:
     return city
 
 
-def _night(city: Any, config: Path, run_id: str | None) -> Any:
+def _night(city: Any, config: Path, run_id: str | None, engine: str | None = None) -> Any:
     """The night ``run_id`` (default: today in the city's time zone) of the loaded city, as
-    the pipeline's stages take it; exits 2 on a run ID that cannot name the night's folders."""
+    the pipeline's stages take it, run by ``engine`` (default: the city's); exits 2 on a run ID
+    that cannot name the night's folders or an unknown engine."""
     from pipeline.context import Night
 
     try:
-        return Night.of(city, config, run_id)
+        return Night.of(city, config, run_id, engine)  # type: ignore[arg-type]  # checked there
     except ValueError as exc:
         console.print(f"[red]{exc}", highlight=False)
         raise typer.Exit(2) from exc

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cli.common import (
     ConfigDir,
+    EngineOption,
     RunId,
     _load,
     _night,
@@ -168,6 +169,7 @@ def link(
     run_id: RunId = None,
     full: Full = False,
     retrain: Retrain = False,
+    engine: EngineOption = None,
 ) -> None:
     """Link a night's canonical rows into master entities (nothing is published yet).
 
@@ -175,7 +177,7 @@ def link(
     is always full and trains the model.
     """
     city = _load(config)
-    _linking(_night(city, config, run_id), full, retrain)
+    _linking(_night(city, config, run_id, engine), full, retrain)
 
 
 @app.command()
@@ -191,13 +193,14 @@ def consolidate(
     run_id: RunId = None,
     full: Full = False,
     retrain: Retrain = False,
+    engine: EngineOption = None,
 ) -> None:
     """`govmdm link` then `govmdm publish`, as one night: no other night links or publishes in
     between."""
     from pipeline import night as nightly
 
     city = _load(config)
-    night = _night(city, config, run_id)
+    night = _night(city, config, run_id, engine)
     with _refusals(), nightly.lock(night, "consolidate"):
         _linking(night, full, retrain)
         _publishing(night)

@@ -16,6 +16,7 @@ from rich.table import Table
 from cli.common import (
     ConfigDir,
     Departments,
+    EngineOption,
     RunId,
     _check_departments,
     _flags_broken,
@@ -409,6 +410,7 @@ def standardize(
     config: ConfigDir = Path("config"),
     run_id: RunId = None,
     department: Departments = None,
+    engine: EngineOption = None,
 ) -> None:
     """Standardize a run's raw rows into canonical person and enterprise rows.
 
@@ -419,7 +421,7 @@ def standardize(
 
     city = _load(config)
     department = _check_departments(city, department)
-    night = _night(city, config, run_id)
+    night = _night(city, config, run_id, engine)
     chosen = [d for d in city.departments if department is None or d.code in department]
     results: list[Any] = []
     with _progress() as bar:

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 ChangeKind = Literal["timestamp", "string", "epoch_seconds"]
 UpdateFrequency = Literal["daily", "weekly", "monthly"]
+Engine = Literal["local", "spark"]
+"""What runs the heavy stages: ``local`` (this process) or ``spark`` (Apache Spark)."""
 
 PERSON_FIELDS: tuple[str, ...] = dictionary.source_fields("person")
 ENTERPRISE_FIELDS: tuple[str, ...] = dictionary.source_fields("enterprise")
@@ -542,6 +544,11 @@ class CityFile(_Strict):
     timezone: str = Field("Asia/Shanghai", description="an IANA time zone such as Asia/Shanghai")
     data_engineering_contact: Contact = Field(
         description="who runs the pipeline: {name: ..., email: ...}"
+    )
+    engine: Engine = Field(
+        "local",
+        description="`local` (this machine, the default) or `spark` (Apache Spark; needs the "
+        "govmdm[spark] extra)",
     )
 
     @field_validator("division_code")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -326,8 +327,10 @@ def standardize_department(
     as_of: dt.date | None = None,
     batch_rows: int = 20_000,
     progress: Callable[[str, int], None] | None = None,
+    batches: BatchRunner | None = None,
 ) -> DepartmentStandardized:
     """Standardize every table this department extracted in ``run_id``; never raises for its data.
+    ``batches`` runs the kernel over each raw file (default: :func:`local_batches`, here).
 
     >>> r = standardize_department(city, city.department("gongan"), "2026-07-01")  # doctest: +SKIP
     >>> r.reconciled, r.status
@@ -354,6 +357,7 @@ def standardize_department(
         canonical_dir(city.var_dir, run_id, dept.code),
         batch_rows,
         progress,
+        batches or local_batches,
     )
     duplicated = [(t, duplicates_path(city.var_dir, run_id, dept.code, t.name)) for t, _ in sources]
     try:
@@ -393,6 +397,7 @@ class _Job:
     out_dir: Path
     batch_rows: int
     progress: Callable[[str, int], None] | None
+    batches: BatchRunner
 
 
 def _write_canonical(
@@ -441,6 +446,81 @@ def _mark_standardized(marker: Path, run_id: str, sources: list[tuple[TableConfi
     os.replace(tmp, marker)
 
 
+@dataclass
+class StandardizedBatch:
+    """One batch of raw rows standardized (:func:`standardize_batch`): the canonical rows, the
+    rejected rows, and the counts the department's result and checks add up."""
+
+    rows: int
+    good: pa.Table
+    bad: pa.Table
+    reject_reasons: Counter[str] = field(default_factory=Counter)
+    field_reasons: Counter[str] = field(default_factory=Counter)
+    filled: Counter[str] = field(default_factory=Counter)
+    """column → values given"""
+    unreadable: Counter[str] = field(default_factory=Counter)
+    """column → values its configuration cannot read"""
+    examples: dict[str, str] = field(default_factory=dict)
+    """column → its first unreadable value"""
+
+
+Kernel = Callable[[list[dict[str, Any]]], StandardizedBatch]
+"""Standardizes one batch of raw rows (a :func:`standardize_batch` with its table bound)."""
+BatchRunner = Callable[[TableConfig, Path, Kernel, int], Iterator[StandardizedBatch]]
+"""Runs ``kernel`` over the raw file at ``path`` in batches of about ``batch_rows`` rows and
+yields the standardized batches in the file's row order. The local engine reads the file here
+(:func:`local_batches`); the Spark engine runs the same kernel inside Spark."""
+
+
+def local_batches(
+    table: TableConfig, path: Path, kernel: Kernel, batch_rows: int
+) -> Iterator[StandardizedBatch]:
+    """The local engine: the raw file read batch by batch in this process."""
+    for rows in _raw_batches(path, batch_rows):
+        yield kernel(rows)
+
+
+def standardize_batch(
+    department: str,
+    entity: str,
+    table: TableConfig,
+    run_id: str,
+    ctx: _Context,
+    rows: list[dict[str, Any]],
+) -> StandardizedBatch:
+    """Standardize one batch of ``table``'s raw rows: the kernel every engine runs."""
+    out = StandardizedBatch(0, SCHEMAS[entity].empty_table(), REJECT_SCHEMA.empty_table())
+    columns = {m.field: c for c, m in table.columns.items() if m.field}
+    columns[table.change_column] = table.change_column
+    good, bad = [], []
+    for raw in rows:
+        canon, reasons, usable = standardize_row(entity, table, raw, ctx)
+        _count_readable(table, raw, reasons, columns, out.filled, out.unreadable, out.examples)
+        meta = {
+            "department": department,
+            "source_table": table.name,
+            "source_key": raw["_row_key"],
+            "run_id": run_id,
+        }
+        out.field_reasons.update(reasons)
+        keyless = not (raw["_row_key"] or "").strip()  # NULL or blank primary key
+        if usable and not keyless:
+            good.append({**canon, **meta})
+            continue
+        garbled = any(c.endswith(":invalid_encoding") for c in reasons)
+        codes = [
+            *reasons,
+            *(["row:key_missing"] if keyless else []),
+            *([] if usable or garbled else ["row:row_unidentifiable"]),
+        ]
+        out.reject_reasons.update(codes)
+        bad.append({**meta, "entity": entity, "reasons": codes, "raw": _raw_values(raw)})
+    out.rows = len(rows)
+    out.good = pa.Table.from_pylist(good, schema=SCHEMAS[entity])
+    out.bad = pa.Table.from_pylist(bad, schema=REJECT_SCHEMA)
+    return out
+
+
 def _standardize_table(
     result: DepartmentStandardized,
     entity: str,
@@ -451,43 +531,27 @@ def _standardize_table(
     job: _Job,
 ) -> None:
     """Standardize one raw table into its entity's sink and the rejects sink, counting."""
-    filled: Counter[str] = Counter()  # column → values given
-    unreadable: Counter[str] = Counter()  # column → values its configuration cannot read
+    filled: Counter[str] = Counter()
+    unreadable: Counter[str] = Counter()
     examples: dict[str, str] = {}
-    columns = {m.field: c for c, m in table.columns.items() if m.field}
-    columns[table.change_column] = table.change_column
-    for rows in _raw_batches(path, job.batch_rows):
-        good, bad = [], []
-        for raw in rows:
-            canon, reasons, usable = standardize_row(entity, table, raw, job.ctx)
-            _count_readable(table, raw, reasons, columns, filled, unreadable, examples)
-            meta = {
-                "department": result.department,
-                "source_table": table.name,
-                "source_key": raw["_row_key"],
-                "run_id": job.run_id,
-            }
-            result.field_reasons.update(reasons)
-            keyless = not (raw["_row_key"] or "").strip()  # NULL or blank primary key
-            if usable and not keyless:
-                good.append({**canon, **meta})
-                continue
-            garbled = any(c.endswith(":invalid_encoding") for c in reasons)
-            codes = [
-                *reasons,
-                *(["row:key_missing"] if keyless else []),
-                *([] if usable or garbled else ["row:row_unidentifiable"]),
-            ]
-            result.reject_reasons.update(codes)
-            bad.append({**meta, "entity": entity, "reasons": codes, "raw": _raw_values(raw)})
-        sink.write(pa.Table.from_pylist(good, schema=SCHEMAS[entity]))
-        rejects.write(pa.Table.from_pylist(bad, schema=REJECT_SCHEMA))
+    kernel = functools.partial(
+        standardize_batch, result.department, entity, table, job.run_id, job.ctx
+    )
+    for batch in job.batches(table, path, kernel, job.batch_rows):
+        filled.update(batch.filled)
+        unreadable.update(batch.unreadable)
+        for column, example in batch.examples.items():
+            examples.setdefault(column, example)
+        result.field_reasons.update(batch.field_reasons)
+        result.reject_reasons.update(batch.reject_reasons)
+        sink.write(batch.good)
+        rejects.write(batch.bad)
         failpoints.reached("standardize:batch")
-        result.rows_read += len(rows)
-        result.standardized += len(good)
-        result.rejected += len(bad)
+        result.rows_read += batch.rows
+        result.standardized += batch.good.num_rows
+        result.rejected += batch.bad.num_rows
         if job.progress:
-            job.progress(result.department, len(rows))
+            job.progress(result.department, batch.rows)
     for column, given in filled.items():
         if given >= CONFIG_SUSPECT_ROWS and unreadable[column] == given:
             raise ConfigSuspected(

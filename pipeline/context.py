@@ -16,16 +16,18 @@ import os
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
-from etl.config import CityConfig, ConfigError, load_city_config
+from etl.config import CityConfig, ConfigError, Engine, load_city_config
 from etl.state import warehouse_url
 from store import layout
 
 __all__ = [
     "CONFIG_ENV",
+    "ENGINES",
     "ConfigError",
     "DepartmentFlagged",
+    "Engine",
     "Night",
     "NightRefused",
     "check_run_id",
@@ -38,8 +40,9 @@ CONFIG_ENV = "GOVMDM_CONFIG"
 """Environment variable naming the configuration folder (default: the project's ``config/``)."""
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")  # the run IDs extraction accepts
 
-Engine = Literal["local"]
-"""The engine that runs the stages: ``local`` (pandas, numpy and Arrow in this process)."""
+ENGINES: tuple[Engine, ...] = get_args(Engine)
+"""The engines that can run the stages: ``local`` (pandas, numpy and Arrow in this process) and
+``spark`` (the same kernels inside Apache Spark, :mod:`spark`)."""
 
 
 class NightRefused(ValueError):
@@ -99,7 +102,8 @@ def check_run_id(run_id: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Night:
-    """One night of one city: its configuration, run ID, paths and engine."""
+    """One night of one city: its configuration, run ID, paths and engine (``city.yaml``'s
+    ``engine`` unless the night was opened with another)."""
 
     city: CityConfig
     config: Path
@@ -107,10 +111,10 @@ class Night:
     engine: Engine = "local"
 
     @classmethod
-    def open(cls, config: str | Path, run_id: str) -> Night:
+    def open(cls, config: str | Path, run_id: str, engine: Engine | None = None) -> Night:
         """Night ``run_id`` of the city configured in ``config`` (loaded tolerantly: a broken
         department file flags that department, :attr:`CityConfig.broken`)."""
-        return cls.of(load_city(config), config, run_id)
+        return cls.of(load_city(config), config, run_id, engine)
 
     @classmethod
     def at(cls, config: str | Path, when: dt.datetime) -> Night:
@@ -119,11 +123,21 @@ class Night:
         return cls.of(city, config, run_id_for(when, city.timezone))
 
     @classmethod
-    def of(cls, city: CityConfig, config: str | Path, run_id: str | None = None) -> Night:
-        """Night ``run_id`` (default: today in the city's time zone) of a city already loaded."""
+    def of(
+        cls,
+        city: CityConfig,
+        config: str | Path,
+        run_id: str | None = None,
+        engine: Engine | None = None,
+    ) -> Night:
+        """Night ``run_id`` (default: today in the city's time zone) of a city already loaded,
+        run by ``engine`` (default: the city's ``engine``)."""
         if run_id is None:
             run_id = run_id_for(dt.datetime.now(dt.UTC), city.timezone)
-        return cls(city=city, config=Path(config), run_id=check_run_id(run_id))
+        engine = engine or city.engine
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not known: use one of {', '.join(ENGINES)}")
+        return cls(city=city, config=Path(config), run_id=check_run_id(run_id), engine=engine)
 
     @property
     def var_dir(self) -> Path:

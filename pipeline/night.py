@@ -202,9 +202,18 @@ def standardize(
 ) -> dict[str, Any]:
     """Standardize one department's raw rows (see :func:`etl.standardize.standardize_department`);
     flags it unless every row read is either standardized or rejected with a reason.
-    ``progress`` is told (department, rows) as rows are standardized."""
+    ``progress`` is told (department, rows) as rows are standardized. With the Spark engine
+    the same kernel runs inside Spark (:mod:`spark.standardize`)."""
     dept = _department(night, department, "standardize")
-    result = standardize_department(night.city, dept, night.run_id, progress=progress)
+    batches = None
+    if night.engine == "spark":
+        from spark.session import session
+        from spark.standardize import spark_batches
+
+        batches = spark_batches(session(night.var_dir))
+    result = standardize_department(
+        night.city, dept, night.run_id, progress=progress, batches=batches
+    )
     if on_result is not None:
         on_result(result)
     if result.status != "ok":

@@ -1,11 +1,12 @@
 """Shared fixtures: throwaway PostgreSQL and MariaDB databases per test (without a reachable
-server these skip the test, or fail it when CI=true), and sample cities built once per session.
+server these skip the test, or fail it when CI=true), sample cities built once per session, and
+one local[2] SparkSession for the whole session (started only if a test asks for it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from dbservers import require_server, temporary_database
@@ -19,6 +20,7 @@ _FIXTURE_MARKERS = {
     "pg_database": "postgres",
     "mariadb_server_url": "mariadb",
     "mariadb_database": "mariadb",
+    "spark": "spark",
 }
 
 
@@ -63,3 +65,14 @@ def make_city(tmp_path_factory: pytest.TempPathFactory) -> CityFactory:
     from sample_cities import CityFactory  # the pipeline's imports, only for tests that use it
 
     return CityFactory(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One ``local[2]`` SparkSession for every Spark test (starting one takes 10-20 s), its
+    scratch files under a temporary var/. Tests that do not ask for it never import PySpark."""
+    from spark.session import session
+
+    spark = session(tmp_path_factory.mktemp("spark-var"), master="local[2]")
+    yield spark
+    spark.stop()

@@ -10,9 +10,10 @@ Layers, bottom to top (README, "Layout"):
     master_data  linkage, clustering, master IDs, survivorship, publish
     quality      data-quality rules, suites, scorecards, reports, delivery
     access       analyst views, share policy, query, export, lookup, catalog, review, audit
+    spark        the Spark engine: the stages' kernels inside Apache Spark
     pipeline     one function per stage of the night
-    cli, dags    commands and DAG wiring
-    web          the review page (`govmdm review serve` starts it)
+    cli, dags,
+    web          commands, DAG wiring and the review page (`govmdm review serve`)
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ LAYERS = {
     "master_data": 3,
     "quality": 4,
     "access": 5,
-    "pipeline": 6,
-    "cli": 7,
-    "dags": 7,
-    "web": 7,
+    "spark": 6,
+    "pipeline": 7,
+    "cli": 8,
+    "dags": 8,
+    "web": 8,
 }
-STAGE_PACKAGES = ["fields", "store", "etl", "master_data", "quality", "access", "pipeline"]
+STAGE_PACKAGES = ["fields", "store", "etl", "master_data", "quality", "access", "spark", "pipeline"]
 
 
 def _module_name(path: Path) -> str:

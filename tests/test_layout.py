@@ -8,7 +8,17 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LIBRARY = ("fields", "store", "etl", "master_data", "quality", "access", "pipeline", "cli")
+LIBRARY = (
+    "fields",
+    "store",
+    "etl",
+    "master_data",
+    "quality",
+    "access",
+    "spark",
+    "pipeline",
+    "cli",
+)
 
 
 def _imported_names(node: ast.AST) -> list[str]:

@@ -1,0 +1,68 @@
+"""The SparkSession a night runs on: its scratch files under ``var/``, shuffle encrypted.
+
+Personal data (names, ID numbers, addresses) passes through Spark's shuffle and spill files,
+so they are encrypted (``spark.io.encryption.enabled``) and kept under ``<var>/spark/``, which
+is its owner's alone like the rest of ``var/``; so is the SQL warehouse folder.
+
+>>> spark = session(Path("var"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+__all__ = ["MASTER_ENV", "session", "spark_dir"]
+
+MASTER_ENV = "GOVMDM_SPARK_MASTER"
+"""Environment variable naming the Spark master (``yarn``, ``k8s://…``, ``local[4]``). Without
+it a night started by ``spark-submit`` uses the master it was submitted to, and any other
+night a ``local[2]`` Spark in this process."""
+_LOCAL = "local[2]"
+
+
+def spark_dir(var_dir: Path) -> Path:
+    """Where Spark keeps its scratch and warehouse files: ``<var>/spark/``."""
+    return var_dir / "spark"
+
+
+def session(var_dir: Path, master: str | None = None) -> SparkSession:
+    """The running SparkSession, or a new one writing only under ``<var>/spark/``.
+
+    ``master`` (default: ``$GOVMDM_SPARK_MASTER``, else ``local[2]`` unless started by
+    ``spark-submit``) is used only when no session is running yet.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    root = spark_dir(var_dir).resolve()
+    for sub in ("tmp", "warehouse"):
+        (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    builder = (
+        SparkSession.builder.appName("govmdm")
+        .config("spark.local.dir", str(root / "tmp"))
+        .config("spark.sql.warehouse.dir", str(root / "warehouse"))
+        .config("spark.io.encryption.enabled", "true")  # shuffle and spill hold personal data
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config(
+            "spark.driver.extraJavaOptions",
+            f"-Djava.io.tmpdir={root / 'tmp'} -Dderby.system.home={root / 'warehouse'}",
+        )
+    )
+    master = master or os.environ.get(MASTER_ENV)
+    if master is None and "PYSPARK_GATEWAY_PORT" not in os.environ:  # not inside spark-submit
+        master = _LOCAL
+    if master is not None:
+        builder = builder.master(master)
+    if master is not None and master.startswith("local"):
+        # local workers run this interpreter, whose environment holds govmdm and its kernels
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # not every gateway connection
+    return spark
