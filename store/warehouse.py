@@ -376,23 +376,45 @@ def _bulk_load(conn: sa.Connection) -> Iterator[None]:
 
 
 def _insert(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, chunk_rows: int) -> None:
-    """Append ``frame``'s rows to ``table`` inside ``conn``'s transaction, ``chunk_rows`` at a
-    time (the crash tests kill the publish between chunks): as tuples, converted a column at a
-    time by the column types' own bind processors (what a SQLAlchemy insert would send), then
+    """Append ``frame``'s rows to ``table`` inside ``conn``'s transaction, a chunk of
+    :func:`_records` at a time (the crash tests kill the publish between chunks): as tuples,
+    each column through its type's bind processor (what a SQLAlchemy insert would send), by
     ``COPY ... FROM STDIN`` on PostgreSQL (psycopg) and one prepared ``executemany`` elsewhere."""
-    columns = [c.name for c in table.columns if c.name in frame.columns]
-    missing = [c.name for c in table.columns if c.name not in frame.columns and not c.nullable]
-    if missing:
-        raise ValueError(f"{table.name}: rows lack required columns {missing}")
+    columns = _columns(frame, table)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         loader = _copy_in(conn, table, columns)
     else:
         loader = _execute_many(conn, table, columns)
     with loader as (order, write):
-        values = [_values(frame[c], table.c[c], conn.dialect) for c in order]
-        for start in range(0, len(frame), chunk_rows):
-            write(list(zip(*(v[start : start + chunk_rows] for v in values), strict=True)))
+        at = [columns.index(c) for c in order]
+        bind = [
+            table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for c in order
+        ]
+        for chunk in _records(frame, table, chunk_rows):
+            data = [
+                chunk[i] if p is None else [p(v) for v in chunk[i]]
+                for i, p in zip(at, bind, strict=True)
+            ]
+            write(list(zip(*data, strict=True)))
             failpoints.reached("publish:inserting")
+
+
+def _columns(frame: pd.DataFrame, table: sa.Table) -> list[str]:
+    """The columns of ``table`` that ``frame`` has, in the table's order; raise if it lacks a
+    required one."""
+    missing = [c.name for c in table.columns if c.name not in frame.columns and not c.nullable]
+    if missing:
+        raise ValueError(f"{table.name}: rows lack required columns {missing}")
+    return [c.name for c in table.columns if c.name in frame.columns]
+
+
+def _records(frame: pd.DataFrame, table: sa.Table, chunk_rows: int) -> Iterator[list[list[Any]]]:
+    """``frame``'s rows ``chunk_rows`` at a time, each chunk a list of columns (in the order of
+    :func:`_columns`) of plain Python values."""
+    columns = _columns(frame, table)
+    values = [_values(frame[c], table.c[c]) for c in columns]
+    for start in range(0, len(frame), chunk_rows):
+        yield [v[start : start + chunk_rows] for v in values]
 
 
 Write = Callable[[list[tuple[Any, ...]]], object]
@@ -437,9 +459,9 @@ def _execute_many(
     )
 
 
-def _values(series: pd.Series, column: sa.Column[Any], dialect: sa.Dialect) -> list[Any]:
-    """A column of rows as the driver takes it: Python values, None for every NaN/NaT/NA,
-    numbers in an integer column as int, then the column type's bind processor."""
+def _values(series: pd.Series, column: sa.Column[Any]) -> list[Any]:
+    """A column of rows as Python values: None for every NaN/NaT/NA, numbers in an integer
+    column as int."""
     missing = series.isna().to_numpy()
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         data = np.empty(len(series), dtype=object)
@@ -452,8 +474,7 @@ def _values(series: pd.Series, column: sa.Column[Any], dialect: sa.Dialect) -> l
     if isinstance(column.type, sa.Integer) and series.dtype.kind in "fO":
         data = np.array([v if v is None else round(v) for v in data], dtype=object)
     values: list[Any] = data.tolist()
-    process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return [process(v) for v in values] if process is not None else values
+    return values
 
 
 def _plain(value: Any) -> Any:
