@@ -1,0 +1,304 @@
+"""A full night of the sample city at scale: each stage's wall time, CPU seconds and peak RSS.
+
+    .venv/bin/python bench/scale_bench.py                       # 200,000 persons, SQLite
+    .venv/bin/python bench/scale_bench.py --warehouse postgresql+psycopg://postgres@127.0.0.1/postgres
+    .venv/bin/python bench/scale_bench.py --var /tmp/city200k --keep --repeat 1   # build once
+    .venv/bin/python bench/scale_bench.py --var /tmp/city200k --stages publish   # publish only
+
+Generates the sample city once (``--persons``, enterprises a tenth of that unless given), then
+runs the night ``--repeat`` times (default 3) from an empty warehouse: extract, standardize,
+link, publish, each stage in a fresh process so its peak RSS is its own. Prints every run and
+the median per stage, with the load average beside it (the figures are only as good as the
+machine is quiet; CPU seconds are the steadier figure).
+
+Warehouse: SQLite under each run's var folder, or ``--warehouse URL`` — then the URL is a
+server login: each run gets a new database on that server (``govmdm_bench_…``, dropped
+afterwards), so the night starts empty and nothing of the URL's own database is touched.
+
+``--stages`` runs a tail of the night on a kept ``--var`` (e.g. ``publish``: the night it holds,
+republished ``--repeat`` times; a republished night replaces the tables whole, as a first one
+does). ``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy, today's) —
+``spark`` is where the Spark engine plugs in (see :data:`ENGINES`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("extract", "standardize", "link", "publish")
+PUBLISH_TARGET_S = 20.0  # issue 15: publish ≤ 20 s for 200,000 persons
+
+
+# --- child side: one stage in a fresh process --------------------------------------------------
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """One stage on the local engine; what it reports besides the timings."""
+    from etl.config import load_city_config
+
+    city = load_city_config(ROOT / "config")
+    if stage == "generate":
+        from etl.sample_city.generate import generate_city
+
+        out = city.var_dir / "city"
+        manifest = generate_city(
+            out, persons=opts["persons"], enterprises=opts["enterprises"], seed=opts["seed"]
+        )
+        return {"run_id": manifest["as_of"], "rows": sum(manifest["rows"].values())}
+    if stage == "extract":
+        from etl.extract import extract_all
+
+        results = extract_all(city, run_id)
+        bad = [f"{r.department}: {r.message}" for r in results if not r.ok]
+        if bad:
+            raise SystemExit("extraction failed: " + "; ".join(bad))
+        return {"rows": sum(r.rows_read for r in results)}
+    if stage == "standardize":
+        from etl.standardize import standardize_all
+
+        done = standardize_all(city, run_id)
+        if any(d.status != "ok" or not d.reconciled for d in done):
+            raise SystemExit(f"standardization did not reconcile: {done}")
+        return {"rows": sum(d.standardized for d in done)}
+    if stage == "link":
+        from master_data.link import link
+
+        return {
+            "masters": sum(e["masters"] for e in link(city, run_id).summary()["entities"].values())
+        }
+    from access.views import after_publish
+    from master_data.publish import publish
+
+    return {"published": publish(city, run_id, after_publish)["published"]}
+
+
+def _spark_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The Spark engine's stages go here (``local[1]``/``local[2]`` or a cluster, chosen by
+    ``opts``), reporting as :func:`_local_stage` does; the engine is not part of this build."""
+    raise SystemExit("--engine spark: the Spark engine is not available in this build yet")
+
+
+ENGINES: dict[str, Callable[[str, str, dict[str, Any]], dict[str, Any]]] = {
+    "local": _local_stage,
+    "spark": _spark_stage,
+}
+"""How each engine runs one stage (in the child process): stage, run ID, options → report."""
+
+
+def child(stage: str, run_id: str, opts: dict[str, Any]) -> None:
+    # Heavy libraries are imported before the clock starts, like a long-lived worker would.
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    import access.views  # noqa: F401
+    import etl.extract
+    import etl.standardize  # noqa: F401
+    import master_data.link
+    import master_data.publish  # noqa: F401
+
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    report = ENGINES[opts["engine"]](stage, run_id, opts)
+    report.update(wall_s=time.perf_counter() - t0, cpu_s=_cpu_s() - cpu0, peak_mib=_peak_mib())
+    print(json.dumps(report, default=str))
+
+
+# --- parent side ---------------------------------------------------------------------------------
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.2f}/{five:.2f} (1/5 min) on {os.cpu_count()} CPUs"
+
+
+def _run(
+    stage: str, var: Path, url: str | None, run_id: str, opts: dict[str, Any]
+) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "GOVMDM_WAREHOUSE_URL"}
+    env["GOVMDM_VAR"] = str(var)
+    if url:
+        env["GOVMDM_WAREHOUSE_URL"] = url
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        stage,
+        "--run-id",
+        run_id,
+        "--opts",
+        json.dumps(opts),
+    ]
+    out = subprocess.run(cmd, env=env, cwd=ROOT, check=False, stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"stage {stage} failed (exit {out.returncode})")
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    report["load"] = os.getloadavg()[0]
+    return report
+
+
+@contextlib.contextmanager
+def _warehouse(server: str | None) -> Iterator[str | None]:
+    """None (SQLite under the run's var folder), or a new database on ``server``, dropped after."""
+    if not server:
+        yield None
+        return
+    import sqlalchemy as sa
+
+    url = sa.make_url(server)
+    name = f"govmdm_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    quoted = admin.dialect.identifier_preparer.quote(name)
+    force = " WITH (FORCE)" if url.get_backend_name() == "postgresql" else ""
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {quoted}")
+        try:
+            yield url.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted}{force}")
+    finally:
+        admin.dispose()
+
+
+def _fresh_var(root: Path, rep: int) -> Path:
+    """Run ``rep``'s var folder: empty but for the generated city (linked, read only)."""
+    var = root / f"run{rep}"
+    shutil.rmtree(var, ignore_errors=True)
+    var.mkdir(parents=True)
+    (var / "city").symlink_to(root / "city", target_is_directory=True)
+    return var
+
+
+def _say(rep: int, stage: str, r: dict[str, Any]) -> None:
+    rest = {k: v for k, v in r.items() if k not in ("wall_s", "cpu_s", "peak_mib", "load")}
+    print(
+        f"run {rep}  {stage:<12} {r['wall_s']:8.1f} s  cpu {r['cpu_s']:7.1f} s  peak "
+        f"{r['peak_mib']:7,.0f} MiB  load {r['load']:.2f}  {json.dumps(rest)}",
+        flush=True,
+    )
+
+
+def _medians(runs: list[dict[str, dict[str, Any]]], stages: tuple[str, ...], head: str) -> None:
+    print(f"\n{head}; median of {len(runs)}; {_load()}")
+    print(f"{'stage':<12} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9}   (each run's wall s)")
+    for stage in (*stages, "night"):
+        rows = [_night_total(r, stages) if stage == "night" else r[stage] for r in runs]
+        walls = [r["wall_s"] for r in rows]
+        print(
+            f"{stage:<12} {statistics.median(walls):8.1f} "
+            f"{statistics.median(r['cpu_s'] for r in rows):8.1f} "
+            f"{statistics.median(r['peak_mib'] for r in rows):9,.0f}   "
+            + " ".join(f"{w:.1f}" for w in walls)
+        )
+    if "publish" in stages:
+        wall = statistics.median(r["publish"]["wall_s"] for r in runs)
+        met = "met" if wall <= PUBLISH_TARGET_S else "MISSED"
+        print(
+            f"publish target (200,000 persons) ≤ {PUBLISH_TARGET_S:.0f} s: {met} "
+            f"({wall:.1f} s median)"
+        )
+
+
+def _night_total(run: dict[str, dict[str, Any]], stages: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "wall_s": sum(run[s]["wall_s"] for s in stages),
+        "cpu_s": sum(run[s]["cpu_s"] for s in stages),
+        "peak_mib": max(run[s]["peak_mib"] for s in stages),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--persons", type=int, default=200_000)
+    parser.add_argument("--enterprises", type=int, default=None, help="default: persons / 10")
+    parser.add_argument("--seed", type=int, default=20260630)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the night (median)")
+    parser.add_argument("--warehouse", default=None, help="a server login URL; default SQLite")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default="local")
+    parser.add_argument("--stages", default=",".join(STAGES), help="a tail of " + ",".join(STAGES))
+    parser.add_argument("--var", type=Path, default=None, help="default: a temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the var folder afterwards")
+    parser.add_argument("--child", choices=("generate", *STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.run_id, json.loads(args.opts))
+        return
+    stages = tuple(s.strip() for s in args.stages.split(","))
+    if stages != STAGES[len(STAGES) - len(stages) :]:
+        parser.error(f"--stages must be a tail of {','.join(STAGES)}")
+    if stages != STAGES and args.var is None:
+        parser.error("--stages without extract needs --var: a kept folder holding the night")
+    root = (args.var or Path(tempfile.mkdtemp(prefix="govmdm-scale-bench-"))).resolve()
+    opts = {
+        "engine": args.engine,
+        "persons": args.persons,
+        "seed": args.seed,
+        "enterprises": args.enterprises or max(5, args.persons // 10),
+    }
+    try:
+        _bench(root, stages, args, opts)
+    finally:
+        if args.keep or args.var is not None:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any]) -> None:
+    where = "SQLite" if not args.warehouse else f"a new database per run on {args.warehouse}"
+    head = f"{args.engine} engine, warehouse {where}, var {root}"
+    print(f"{head}; {_load()}", flush=True)
+    if not (root / "city" / "city.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        gen = _run("generate", root, None, "", opts)
+        print(
+            f"generated {gen['rows']:,} source rows ({opts['persons']:,} persons) in "
+            f"{gen['wall_s']:.1f} s",
+            flush=True,
+        )
+    run_id = json.loads((root / "city" / "city.json").read_text())["as_of"]
+    runs: list[dict[str, dict[str, Any]]] = []
+    for rep in range(1, args.repeat + 1):
+        var = _fresh_var(root, rep) if stages == STAGES else _kept_var(root)
+        with _warehouse(args.warehouse) as url:
+            runs.append({})
+            for stage in stages:
+                runs[-1][stage] = _run(stage, var, url, run_id, opts)
+                _say(rep, stage, runs[-1][stage])
+    _medians(runs, stages, f"{head}, night {run_id}")
+
+
+def _kept_var(root: Path) -> Path:
+    """The folder of the kept night: the last run's of an earlier full bench, or ``root``."""
+    kept = sorted(p for p in root.glob("run*") if (p / "master").is_dir())
+    return kept[-1] if kept else root
+
+
+if __name__ == "__main__":
+    main()
