@@ -1,4 +1,5 @@
-"""`govmdm link | publish | consolidate | explain | review | evaluate`: master data commands.
+"""`govmdm link | publish | consolidate | explain | model | review | evaluate`: master data
+commands.
 
 Registered on :data:`cli.common.app`; every command is a thin layer over :mod:`master_data`.
 """
@@ -35,6 +36,12 @@ review_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(review_app, name="review")
+model_app = typer.Typer(
+    help="The match model of the published night.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(model_app, name="model")
 
 Full = Annotated[
     bool, typer.Option("--full", help="Compare every candidate pair again (a rebuild).")
@@ -294,6 +301,66 @@ def _print_explanation(ex: Any) -> None:
     console.print(links)
     for line in ex.notes:
         console.print(line, highlight=False, markup=False)
+
+
+@model_app.command("show")
+def model_show(
+    config: ConfigDir = Path("config"),
+    entity: Annotated[str, typer.Option(metavar="ENTITY", help="person or enterprise")] = "person",
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", metavar="OUT", help="Also write the model as a self-contained HTML page."
+        ),
+    ] = None,
+) -> None:
+    """Each comparison's levels with m, u and match weight log2(m/u), the prior λ, and the
+    band thresholds of config/matching.yaml: the model the published night linked with."""
+    from master_data.model import FellegiSunter
+    from master_data.published import published_night
+    from master_data.settings import load_match_settings
+    from web.linkage import model_levels, model_page
+
+    if entity not in ("person", "enterprise"):
+        console.print(f"[red]--entity is person or enterprise, not {escape(entity)!r}")
+        raise typer.Exit(2)
+    city = _load(config)
+    try:
+        night = published_night(city)
+        path = night.state_dir / entity / "model.json"
+        model = FellegiSunter.from_json(path.read_text())
+    except (LookupError, OSError, ValueError, KeyError) as exc:
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
+    bands = load_match_settings(config).entity(entity).thresholds
+    thresholds = {"auto_link": bands.auto_link, "review": bands.review, "keep": bands.keep}
+    table = Table(
+        title=f"Match model of {entity}, night {night.run_id}: λ = {model.prior:.6g} "
+        f"(log2 odds {model.prior_weight:+.2f})",
+        title_justify="left",
+    )
+    for col in ("comparison", "level", "meaning", "m", "u", "weight"):
+        table.add_column(col, justify="right" if col in ("level", "m", "u", "weight") else "left")
+    for r in model_levels(model, entity):
+        colour = "green" if r.weight >= 0 else "red"
+        table.add_row(
+            r.feature,
+            str(r.level),
+            f"{r.label} / {r.label_zh}",
+            f"{r.m:.6g}",
+            f"{r.u:.6g}",
+            f"[{colour}]{r.weight:+.2f}",
+        )
+    table.caption = "bands (match probability): " + ", ".join(
+        f"{k} {v:g}" for k, v in thresholds.items()
+    )
+    console.print(table)
+    if html is not None:
+        html.write_text(
+            model_page(model, entity, thresholds=thresholds, run_id=night.run_id),
+            encoding="utf-8",
+        )
+        say(f"Model page: {html.resolve()}")
 
 
 @review_app.command("list")

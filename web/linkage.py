@@ -1,0 +1,143 @@
+"""Linkage you can see: the match model as a page (``govmdm model show --html``).
+
+Each comparison's levels with m, u and match weight log2(m/u), drawn as horizontal bars around
+zero as Splink's ``match_weights_chart`` draws them, with the prior λ as the first bar and the
+band thresholds beside them. The page is one self-contained file: inline CSS and SVG, no
+script, nothing fetched.
+
+>>> from master_data.model import FellegiSunter
+>>> model = FellegiSunter(m={"sex": [0.125, 0.875]}, u={"sex": [0.5, 0.5]}, prior=0.2)
+>>> [(r.feature, r.level, round(r.weight, 1)) for r in model_levels(model, "person")]
+[('sex', 0, -2.0), ('sex', 1, 0.8)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from master_data.compare import features_for
+from master_data.model import FellegiSunter
+from web.charts import log2_odds
+
+__all__ = ["LevelRow", "WeightChart", "model_levels", "model_page", "weight_chart"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class LevelRow:
+    """One level of one comparison: its name, m, u and match weight log2(m/u)."""
+
+    feature: str
+    level: int
+    label: str
+    label_zh: str
+    m: float
+    u: float
+    weight: float
+
+
+@dataclass(frozen=True)
+class WeightBar:
+    """One horizontal bar: a level's weight (or the prior's), laid out in pixels."""
+
+    feature: str
+    label: str
+    weight: float
+    x: float
+    y: float
+    width: float
+    kind: str  # prior | up | down
+
+
+@dataclass(frozen=True)
+class WeightChart:
+    """The laid-out chart: bars, the zero line's x, ticks (value, x) and the chart's size."""
+
+    bars: list[WeightBar]
+    zero: float
+    ticks: list[tuple[int, float]]
+    width: float
+    height: float
+    row: float
+    left: float
+
+
+def model_levels(model: FellegiSunter, entity: str) -> list[LevelRow]:
+    """Every level of every comparison of ``model``, in model order, named as the comparisons
+    of ``entity`` name them (``level k`` where a comparison is not known)."""
+    known = {f.label: f for f in features_for(entity)}
+    weights = model.level_weights()
+    rows = []
+    for f in model.features:
+        comp = known.get(f)
+        for level, (m, u) in enumerate(zip(model.m[f], model.u[f], strict=True)):
+            names = comp.levels if comp is not None else ()
+            names_zh = comp.levels_zh if comp is not None else ()
+            label = names[level] if level < len(names) else f"level {level}"
+            label_zh = names_zh[level] if level < len(names_zh) else label
+            rows.append(LevelRow(f, level, label, label_zh, m, u, weights[f][level]))
+    return rows
+
+
+def weight_chart(prior_weight: float, rows: list[LevelRow], *, width: float = 760) -> WeightChart:
+    """Horizontal bars of the prior and each level's weight around a zero line."""
+    left, row, top = 230.0, 22.0, 24.0
+    values = [prior_weight, *(r.weight for r in rows)]
+    low = math.floor(min(0.0, *values))
+    high = math.ceil(max(0.0, *values))
+    plot = width - left - 20
+    scale = plot / ((high - low) or 1)
+
+    def x(v: float) -> float:
+        return left + (v - low) * scale
+
+    entries = [("prior", "λ", prior_weight, "prior")]
+    entries += [(r.feature, r.label, r.weight, "up" if r.weight >= 0 else "down") for r in rows]
+    bars = [
+        WeightBar(
+            feature,
+            label,
+            weight,
+            x=min(x(0.0), x(weight)),
+            y=top + i * row,
+            width=max(abs(weight) * scale, 1.0),
+            kind=kind,
+        )
+        for i, (feature, label, weight, kind) in enumerate(entries)
+    ]
+    step = max(1, math.ceil((high - low) / 12))
+    first = math.ceil(low / step) * step  # multiples of step, so that zero is a tick
+    ticks = [(t, x(t)) for t in range(first, int(high) + 1, step)]
+    height = top + len(bars) * row + 30
+    return WeightChart(bars, x(0.0), ticks, width, height, row, left)
+
+
+def model_page(
+    model: FellegiSunter,
+    entity: str,
+    *,
+    thresholds: dict[str, float],
+    run_id: str | None = None,
+) -> str:
+    """The model of ``entity`` as one self-contained HTML page; ``thresholds`` maps a band
+    (auto_link, review, keep) to its match probability."""
+    rows = model_levels(model, entity)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    bands = [(name, p, log2_odds(p)) for name, p in thresholds.items()]
+    return env.get_template("model.html").render(
+        entity=entity,
+        run_id=run_id,
+        model=model,
+        rows=rows,
+        chart=weight_chart(model.prior_weight, rows),
+        bands=bands,
+    )
