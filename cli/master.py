@@ -231,10 +231,20 @@ def explain(
             help="Show personal data in clear (only for logins listed as privileged users).",
         ),
     ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="OUT",
+            help="Also write it as a self-contained page: the cluster as a graph, a waterfall "
+            "of match weights per link.",
+        ),
+    ] = None,
 ) -> None:
     """The golden record, where each attribute came from, its member rows, and why they link.
 
-    Personal data is masked unless `--privileged`; every explain is written to the audit log.
+    Personal data is masked unless `--privileged`, on the page as in the terminal; every
+    explain is written to the audit log.
     """
     from access import audit
     from access.errors import AccessError, NotShared
@@ -273,6 +283,25 @@ def explain(
             raise typer.Exit(2) from exc
     audit.record(warehouse_url(city), "explain", ex.master_id, role=role, row_count=len(ex.members))
     _print_explanation(ex)
+    if html is not None:
+        _write_explain_page(city, config, ex, html, privileged=role != "analyst")
+
+
+def _write_explain_page(city: Any, config: Path, ex: Any, out: Path, *, privileged: bool) -> None:
+    """The explanation (already masked for an analyst) as a page, with the published model."""
+    from master_data.model import FellegiSunter
+    from master_data.published import published_night
+    from master_data.settings import load_match_settings
+    from web.linkage import explain_page
+
+    path = published_night(city).state_dir / ex.entity / "model.json"
+    model = FellegiSunter.from_json(path.read_text())
+    bands = load_match_settings(config).entity(ex.entity).thresholds
+    thresholds = {"auto_link": bands.auto_link, "review": bands.review}
+    out.write_text(
+        explain_page(ex, model, thresholds=thresholds, privileged=privileged), encoding="utf-8"
+    )
+    say(f"Explain page: {out.resolve()}")
 
 
 _ATTRIBUTE_KEYS = ("attribute", "value", "department", "source_key", "updated", "rule", "agree")

@@ -1,11 +1,13 @@
-"""Linkage you can see: ``govmdm model show`` in the terminal and as a self-contained page,
-opened in headless Chromium (as the quality reports are): the numbers on the page are the
-model's, nothing is fetched, and no personal data is in clear."""
+"""Linkage you can see: ``govmdm model show`` and ``govmdm explain --html`` in the terminal and
+as self-contained pages, opened in headless Chromium (as the quality reports are): the numbers
+on the page are the model's, nothing is fetched, and no personal data is in clear."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,12 +16,15 @@ from sample_cities import CityFactory
 from test_quality_reports import _Chromium, _in_ci
 from typer.testing import CliRunner
 
+from access.explain import mask_explanation
+from access.release import release_of
 from cli.main import app
 from etl.config import CityConfig
 from fields.masking import ALL_KINDS, find_clear
+from master_data.explain import explain
 from master_data.model import FellegiSunter
 from master_data.published import published_night
-from web.linkage import model_levels, model_page, weight_chart
+from web.linkage import cluster_graph, link_weights, model_levels, model_page, weight_chart
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "config")
@@ -37,9 +42,9 @@ _READ_PAGE = """(() => ({
 
 @pytest.fixture(scope="module")
 def published(make_city: CityFactory) -> Iterator[CityConfig]:
-    """A published night (the same build as the consolidation tests read; read-only here)."""
+    """A copy of a published night (the consolidation tests' build; explain audits into it)."""
     with pytest.MonkeyPatch.context() as mp:
-        yield make_city(mp, persons=900, enterprises=90, seed=7, until="published")
+        yield make_city(mp, persons=900, enterprises=90, seed=7, until="published", copy=True)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +138,80 @@ def test_model_page_is_self_contained() -> None:
     page = model_page(model, "person", thresholds={"auto_link": 0.99, "review": 0.5})
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
     assert "https://" not in page
+
+
+_READ_EXPLAIN = """(() => ({
+  nodes: [...document.querySelectorAll('#cluster-graph circle.node')].map(c => c.dataset.record),
+  edges: [...document.querySelectorAll('#cluster-graph line.edge')].map(l =>
+    [l.dataset.left, l.dataset.right]),
+  waterfalls: [...document.querySelectorAll('svg.waterfall')].map(svg =>
+    [+svg.dataset.probability,
+     [...svg.querySelectorAll('rect.step')].map(r => [r.dataset.feature, +r.dataset.weight])]),
+  text: document.body.innerText,
+}))()"""
+
+
+def _linked_master(city: CityConfig) -> str:
+    """A person whose cluster has three or more member rows (so links the model scored)."""
+    with sqlite3.connect(city.var_dir / "warehouse" / "govmdm.sqlite") as db:
+        row = db.execute(
+            "SELECT master_id FROM mdm_crosswalk WHERE entity = 'person' GROUP BY master_id "
+            "HAVING count(*) >= 3 ORDER BY count(*) DESC, master_id LIMIT 1"
+        ).fetchone()
+    return str(row[0])
+
+
+def test_cluster_graph_puts_members_on_a_circle_and_links_between_them() -> None:
+    links = [
+        {"left": "a", "right": "b", "why": "rule: same ID number; p = 0.9990", "weights": ""},
+        {"left": "b", "right": "c", "why": "p = 0.7 (not used: below)", "weights": ""},
+    ]
+    graph = cluster_graph(["a", "b", "c"], links)
+    centre = graph.width / 2
+    radii = {round(((n.x - centre) ** 2 + (n.y - centre) ** 2) ** 0.5, 6) for n in graph.nodes}
+    assert len(radii) == 1 and radii.pop() > 0
+    assert [(e.left.record, e.right.record, e.label, e.used) for e in graph.edges] == [
+        ("a", "b", "same ID number", True),
+        ("b", "c", "p = 0.7", False),
+    ]
+    assert [(n.x, n.y) for n in cluster_graph(["a"], []).nodes] == [(centre, centre)]
+
+
+def test_explain_page_is_masked_and_its_waterfalls_are_the_models(
+    published: CityConfig, chromium: _Chromium, tmp_path: Path
+) -> None:
+    master = _linked_master(published)
+    out = tmp_path / "explain.html"
+    result = CliRunner().invoke(app, ["explain", master, "--config", CONFIG, "--html", str(out)])
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    clear = explain(published, master)  # what a privileged user would see
+    known = [
+        str(v)
+        for m in clear.members
+        for c, v in m.items()
+        if v and c in ("name", "id_number", "phone", "address")
+    ]
+    assert known and find_clear(text, known=known, kinds=ALL_KINDS) == []
+    assert chromium.open(out.as_uri()) == []
+    page = chromium.evaluate(_READ_EXPLAIN)
+    assert master in page["text"] and "已脱敏" in page["text"]
+    shown = mask_explanation(clear, release_of(published))  # as the terminal shows it
+    assert page["nodes"] == [m["record"] for m in shown.members]
+    assert len(page["nodes"]) >= 3
+    assert page["edges"] == [[lk["left"], lk["right"]] for lk in shown.links]
+    assert len(page["waterfalls"]) == len(shown.links) >= 2
+
+    model = FellegiSunter.from_json(
+        (published_night(published).state_dir / "person" / "model.json").read_text()
+    )
+    for (probability, steps), link in zip(page["waterfalls"], shown.links, strict=True):
+        weights = link_weights(model, "person", link["weights"])
+        assert [f for f, _ in steps] == ["先验", *(w["feature"] for w in weights), "合计"]
+        expected = [model.prior_weight, *(w["weight"] for w in weights)]
+        assert [w for _, w in steps[:-1]] == pytest.approx(expected)
+        assert steps[-1][1] == pytest.approx(sum(expected))
+        said = float(re.search(r"p = ([0-9.]+)", link["why"]).group(1))  # type: ignore[union-attr]
+        assert probability == pytest.approx(said, abs=5e-5)
+    if SHOTS is not None:
+        chromium.screenshot(SHOTS / "explain-person.png")

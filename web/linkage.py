@@ -1,9 +1,14 @@
-"""Linkage you can see: the match model as a page (``govmdm model show --html``).
+"""Linkage you can see: the match model as a page (``govmdm model show --html``), and an
+explanation as a page (``govmdm explain REF --html``).
 
 Each comparison's levels with m, u and match weight log2(m/u), drawn as horizontal bars around
 zero as Splink's ``match_weights_chart`` draws them, with the prior λ as the first bar and the
 band thresholds beside them. The page is one self-contained file: inline CSS and SVG, no
 script, nothing fetched.
+
+The explanation page shows the golden record with where each value came from, the cluster as a
+graph (member records on a circle, links as lines labelled by rule or probability; dashed where
+a link was not used) and, for each link the model scored, its match weights as a waterfall.
 
 >>> from master_data.model import FellegiSunter
 >>> model = FellegiSunter(m={"sex": [0.125, 0.875]}, u={"sex": [0.5, 0.5]}, prior=0.2)
@@ -14,16 +19,28 @@ script, nothing fetched.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from master_data.compare import features_for
 from master_data.model import FellegiSunter
-from web.charts import log2_odds
+from web.charts import log2_odds, waterfall
 
-__all__ = ["LevelRow", "WeightChart", "model_levels", "model_page", "weight_chart"]
+__all__ = [
+    "ClusterGraph",
+    "LevelRow",
+    "WeightChart",
+    "cluster_graph",
+    "explain_page",
+    "link_weights",
+    "model_levels",
+    "model_page",
+    "weight_chart",
+]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -127,17 +144,148 @@ def model_page(
     """The model of ``entity`` as one self-contained HTML page; ``thresholds`` maps a band
     (auto_link, review, keep) to its match probability."""
     rows = model_levels(model, entity)
-    env = jinja2.Environment(
+    bands = [(name, p, log2_odds(p)) for name, p in thresholds.items()]
+    return (
+        _env()
+        .get_template("model.html")
+        .render(
+            entity=entity,
+            run_id=run_id,
+            model=model,
+            rows=rows,
+            chart=weight_chart(model.prior_weight, rows),
+            bands=bands,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Node:
+    """A member record on the cluster graph."""
+
+    record: str
+    x: float
+    y: float
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A link between two members: what it says (rule or probability) and whether it was used."""
+
+    left: Node
+    right: Node
+    label: str
+    used: bool
+
+
+@dataclass(frozen=True)
+class ClusterGraph:
+    """Records on a circle, links as the lines between them."""
+
+    nodes: list[Node]
+    edges: list[Edge]
+    width: float
+    height: float
+
+
+_WEIGHT = re.compile(r"(\w+)=([^\s,]+) [+-]\d")
+
+
+def link_label(why: str) -> str:
+    """The short label of a link on the graph: its rule, else its probability.
+
+    >>> link_label("rule: same ID number; p = 0.9990")
+    'same ID number'
+    >>> link_label("p = 0.9731 (not used: a stronger link joined them)")
+    'p = 0.9731'
+    """
+    if why.startswith("rule: "):
+        return why[len("rule: ") :].split(";")[0]
+    return why.split(" (")[0]
+
+
+def cluster_graph(
+    members: list[str], links: list[dict[str, str]], size: float = 420
+) -> ClusterGraph:
+    """The members on a circle (a single one in the middle) and the links among them."""
+    records = list(
+        dict.fromkeys([*members, *(r for lk in links for r in (lk["left"], lk["right"]))])
+    )
+    centre, radius = size / 2, size / 2 - 90
+    n = len(records)
+    nodes = {
+        r: Node(
+            r,
+            centre + (radius * math.cos(2 * math.pi * i / n - math.pi / 2) if n > 1 else 0.0),
+            centre + (radius * math.sin(2 * math.pi * i / n - math.pi / 2) if n > 1 else 0.0),
+        )
+        for i, r in enumerate(records)
+    }
+    edges = [
+        Edge(
+            nodes[lk["left"]],
+            nodes[lk["right"]],
+            link_label(lk["why"]),
+            "(not used" not in lk["why"],
+        )
+        for lk in links
+    ]
+    return ClusterGraph(list(nodes.values()), edges, size, size)
+
+
+def link_weights(model: FellegiSunter, entity: str, text: str) -> list[dict[str, Any]]:
+    """The field weights of a link (explain's ``feature=level …`` text) as the model has them:
+    the exact log2(m/u) of each level, 0 where a side had no value."""
+    names = {f.label: list(f.levels) for f in features_for(entity)}
+    weights = model.level_weights()
+    out: list[dict[str, Any]] = []
+    for feature, label in _WEIGHT.findall(text):
+        if feature not in weights:
+            continue
+        levels = names.get(feature, [])
+        level = levels.index(label) if label in levels else int(label) if label.isdigit() else None
+        out.append(
+            {
+                "feature": feature,
+                "label": label,
+                "weight": 0.0 if level is None else weights[feature][level],
+            }
+        )
+    return out
+
+
+def explain_page(
+    ex: Any, model: FellegiSunter, *, thresholds: dict[str, float], privileged: bool
+) -> str:
+    """An explanation (:func:`master_data.explain.explain`, masked by
+    :func:`access.explain.mask_explanation` unless ``privileged``) as one self-contained page:
+    the golden record with provenance, the cluster as a graph, a waterfall per scored link."""
+    bands = tuple(sorted(p for k, p in thresholds.items() if k in ("review", "auto_link")))
+    pairs = [
+        (
+            lk,
+            waterfall(
+                model.prior_weight, link_weights(model, ex.entity, lk["weights"]), bands=bands
+            ),
+        )
+        for lk in ex.links
+    ]
+    members = [str(m["record"]) for m in ex.members if m.get("record")]
+    return (
+        _env()
+        .get_template("explain.html")
+        .render(
+            ex=ex,
+            graph=cluster_graph(members, ex.links),
+            pairs=pairs,
+            privileged=privileged,
+        )
+    )
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
-    )
-    bands = [(name, p, log2_odds(p)) for name, p in thresholds.items()]
-    return env.get_template("model.html").render(
-        entity=entity,
-        run_id=run_id,
-        model=model,
-        rows=rows,
-        chart=weight_chart(model.prior_weight, rows),
-        bands=bands,
     )
