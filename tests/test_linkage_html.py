@@ -167,14 +167,15 @@ def test_cluster_graph_puts_members_on_a_circle_and_links_between_them() -> None
         {"left": "b", "right": "c", "why": "p = 0.7 (not used: below)", "weights": ""},
     ]
     graph = cluster_graph(["a", "b", "c"], links)
-    centre = graph.width / 2
-    radii = {round(((n.x - centre) ** 2 + (n.y - centre) ** 2) ** 0.5, 6) for n in graph.nodes}
+    cx, cy = graph.width / 2, graph.height / 2
+    radii = {round(((n.x - cx) ** 2 + (n.y - cy) ** 2) ** 0.5, 6) for n in graph.nodes}
     assert len(radii) == 1 and radii.pop() > 0
     assert [(e.left.record, e.right.record, e.label, e.used) for e in graph.edges] == [
         ("a", "b", "same ID number", True),
         ("b", "c", "p = 0.7", False),
     ]
-    assert [(n.x, n.y) for n in cluster_graph(["a"], []).nodes] == [(centre, centre)]
+    single = cluster_graph(["a"], [])
+    assert [(n.x, n.y) for n in single.nodes] == [(single.width / 2, single.height / 2)]
 
 
 def test_explain_page_is_masked_and_its_waterfalls_are_the_models(

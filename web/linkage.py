@@ -166,6 +166,15 @@ class Node:
     record: str
     x: float
     y: float
+    label_x: float = 0.0
+    label_y: float = 0.0
+    anchor: str = "middle"  # text-anchor of its label, which sits outside the circle
+
+    @property
+    def short(self) -> str:
+        """department/key: the record without its table (the full ID is the node's title)."""
+        parts = self.record.split("/")
+        return f"{parts[0]}/{parts[-1]}" if len(parts) > 2 else self.record
 
 
 @dataclass(frozen=True)
@@ -211,16 +220,23 @@ def cluster_graph(
     records = list(
         dict.fromkeys([*members, *(r for lk in links for r in (lk["left"], lk["right"]))])
     )
-    centre, radius = size / 2, size / 2 - 90
     n = len(records)
-    nodes = {
-        r: Node(
+    size = max(size, min(60.0 * n + 200, 900.0))
+    centre, radius = size / 2, size / 2 - 90
+    margin = 130.0  # either side, for the labels of the nodes on the left and right
+    nodes = {}
+    for i, r in enumerate(records):
+        angle = 2 * math.pi * i / n - math.pi / 2
+        cos, sin = (math.cos(angle), math.sin(angle)) if n > 1 else (0.0, 1.0)
+        spread = radius if n > 1 else 0.0
+        nodes[r] = Node(
             r,
-            centre + (radius * math.cos(2 * math.pi * i / n - math.pi / 2) if n > 1 else 0.0),
-            centre + (radius * math.sin(2 * math.pi * i / n - math.pi / 2) if n > 1 else 0.0),
+            margin + centre + spread * cos,
+            centre + spread * sin,
+            label_x=margin + centre + (spread + 14) * cos,
+            label_y=centre + (spread + 14) * sin + 4,
+            anchor="start" if cos > 0.3 else "end" if cos < -0.3 else "middle",
         )
-        for i, r in enumerate(records)
-    }
     edges = [
         Edge(
             nodes[lk["left"]],
@@ -230,7 +246,7 @@ def cluster_graph(
         )
         for lk in links
     ]
-    return ClusterGraph(list(nodes.values()), edges, size, size)
+    return ClusterGraph(list(nodes.values()), edges, size + 2 * margin, size)
 
 
 def link_weights(model: FellegiSunter, entity: str, text: str) -> list[dict[str, Any]]:
