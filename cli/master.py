@@ -243,8 +243,8 @@ def explain(
 ) -> None:
     """The golden record, where each attribute came from, its member rows, and why they link.
 
-    Personal data is masked unless `--privileged`, on the page as in the terminal; every
-    explain is written to the audit log.
+    Personal data is masked unless `--privileged`; every explain is written to the audit log.
+    The page of `--html` is masked exactly as the terminal is.
     """
     from access import audit
     from access.errors import AccessError, NotShared

@@ -124,6 +124,20 @@ def test_model_show_prints_levels_bands_and_writes_the_page(
         chromium.screenshot(SHOTS / "model-person.png")
 
 
+def test_model_show_of_enterprises_and_of_an_unknown_entity(published: CityConfig) -> None:
+    result = CliRunner().invoke(
+        app, ["model", "show", "--config", CONFIG, "--entity", "enterprise"]
+    )
+    assert result.exit_code == 0, result.output
+    model = FellegiSunter.from_json(
+        (published_night(published).state_dir / "enterprise" / "model.json").read_text()
+    )
+    assert "Match model of enterprise" in result.output and "uscc" in result.output
+    assert f"λ = {model.prior:.6g}" in result.output
+    wrong = CliRunner().invoke(app, ["model", "show", "--config", CONFIG, "--entity", "firm"])
+    assert wrong.exit_code == 2 and "person or enterprise" in wrong.output
+
+
 def test_model_show_without_a_published_night_says_what_to_do(
     make_city: CityFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
