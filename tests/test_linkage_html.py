@@ -230,3 +230,17 @@ def test_explain_page_is_masked_and_its_waterfalls_are_the_models(
         assert probability == pytest.approx(said, abs=5e-5)
     if SHOTS is not None:
         chromium.screenshot(SHOTS / "explain-person.png")
+
+
+def test_explain_page_is_in_clear_only_for_the_privileged(
+    published: CityConfig, tmp_path: Path
+) -> None:
+    master = _linked_master(published)
+    out = tmp_path / "explain.html"
+    args = ["explain", master, "--config", CONFIG, "--privileged", "--html", str(out)]
+    result = CliRunner().invoke(app, args)  # on SQLite, the warehouse file's owner
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert "特权：明文显示" in text
+    ids = {str(m["id_number"]) for m in explain(published, master).members if m["id_number"]}
+    assert ids and all(i in text for i in ids) and find_clear(text)
