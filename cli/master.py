@@ -294,8 +294,12 @@ def _write_explain_page(city: Any, config: Path, ex: Any, out: Path, *, privileg
     from master_data.settings import load_match_settings
     from web.linkage import explain_page
 
-    path = published_night(city).state_dir / ex.entity / "model.json"
-    model = FellegiSunter.from_json(path.read_text())
+    try:
+        path = published_night(city).state_dir / ex.entity / "model.json"
+        model = FellegiSunter.from_json(path.read_text())
+    except (LookupError, OSError, ValueError, KeyError) as exc:
+        console.print(f"[red]No page written: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
     bands = load_match_settings(config).entity(ex.entity).thresholds
     thresholds = {"auto_link": bands.auto_link, "review": bands.review}
     out.write_text(

@@ -4,6 +4,7 @@ on the page are the model's, nothing is fetched, and no personal data is in clea
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from sample_cities import CityFactory
 from test_quality_reports import _Chromium, _in_ci
 from typer.testing import CliRunner
 
+import master_data.published as published_module
 from access.explain import mask_explanation
 from access.release import release_of
 from cli.main import app
@@ -244,3 +246,19 @@ def test_explain_page_is_in_clear_only_for_the_privileged(
     assert "特权：明文显示" in text
     ids = {str(m["id_number"]) for m in explain(published, master).members if m["id_number"]}
     assert ids and all(i in text for i in ids) and find_clear(text)
+
+
+def test_explain_without_a_readable_model_writes_no_page(
+    published: CityConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    night = published_night(published)
+    monkeypatch.setattr(
+        published_module,
+        "published_night",
+        lambda city: dataclasses.replace(night, state_dir=tmp_path / "gone"),
+    )
+    out = tmp_path / "explain.html"
+    args = ["explain", _linked_master(published), "--config", CONFIG, "--html", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and "No page written" in result.output
+    assert not out.exists()
