@@ -1,4 +1,5 @@
-"""`govmdm link | publish | consolidate | explain | review | evaluate`: master data commands.
+"""`govmdm link | publish | consolidate | explain | model | review | evaluate`: master data
+commands.
 
 Registered on :data:`cli.common.app`; every command is a thin layer over :mod:`master_data`.
 """
@@ -35,6 +36,12 @@ review_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(review_app, name="review")
+model_app = typer.Typer(
+    help="The match model of the published night.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(model_app, name="model")
 
 Full = Annotated[
     bool, typer.Option("--full", help="Compare every candidate pair again (a rebuild).")
@@ -224,10 +231,20 @@ def explain(
             help="Show personal data in clear (only for logins listed as privileged users).",
         ),
     ] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="OUT",
+            help="Also write it as a self-contained page: the cluster as a graph, a waterfall "
+            "of match weights per link.",
+        ),
+    ] = None,
 ) -> None:
     """The golden record, where each attribute came from, its member rows, and why they link.
 
     Personal data is masked unless `--privileged`; every explain is written to the audit log.
+    The page of `--html` is masked exactly as the terminal is.
     """
     from access import audit
     from access.errors import AccessError, NotShared
@@ -266,6 +283,29 @@ def explain(
             raise typer.Exit(2) from exc
     audit.record(warehouse_url(city), "explain", ex.master_id, role=role, row_count=len(ex.members))
     _print_explanation(ex)
+    if html is not None:
+        _write_explain_page(city, config, ex, html, privileged=role != "analyst")
+
+
+def _write_explain_page(city: Any, config: Path, ex: Any, out: Path, *, privileged: bool) -> None:
+    """The explanation (already masked for an analyst) as a page, with the published model."""
+    from master_data.model import FellegiSunter
+    from master_data.published import published_night
+    from master_data.settings import load_match_settings
+    from web.linkage import explain_page
+
+    try:
+        path = published_night(city).state_dir / ex.entity / "model.json"
+        model = FellegiSunter.from_json(path.read_text())
+    except (LookupError, OSError, ValueError, KeyError) as exc:
+        console.print(f"[red]No page written: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
+    bands = load_match_settings(config).entity(ex.entity).thresholds
+    thresholds = {"auto_link": bands.auto_link, "review": bands.review}
+    out.write_text(
+        explain_page(ex, model, thresholds=thresholds, privileged=privileged), encoding="utf-8"
+    )
+    say(f"Explain page: {out.resolve()}")
 
 
 _ATTRIBUTE_KEYS = ("attribute", "value", "department", "source_key", "updated", "rule", "agree")
@@ -294,6 +334,66 @@ def _print_explanation(ex: Any) -> None:
     console.print(links)
     for line in ex.notes:
         console.print(line, highlight=False, markup=False)
+
+
+@model_app.command("show")
+def model_show(
+    config: ConfigDir = Path("config"),
+    entity: Annotated[str, typer.Option(metavar="ENTITY", help="person or enterprise")] = "person",
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html", metavar="OUT", help="Also write the model as a self-contained HTML page."
+        ),
+    ] = None,
+) -> None:
+    """Each comparison's levels with m, u and match weight log2(m/u), the prior λ, and the
+    band thresholds of config/matching.yaml: the model the published night linked with."""
+    from master_data.model import FellegiSunter
+    from master_data.published import published_night
+    from master_data.settings import load_match_settings
+    from web.linkage import model_levels, model_page
+
+    if entity not in ("person", "enterprise"):
+        console.print(f"[red]--entity is person or enterprise, not {escape(entity)!r}")
+        raise typer.Exit(2)
+    city = _load(config)
+    try:
+        night = published_night(city)
+        path = night.state_dir / entity / "model.json"
+        model = FellegiSunter.from_json(path.read_text())
+    except (LookupError, OSError, ValueError, KeyError) as exc:
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
+    bands = load_match_settings(config).entity(entity).thresholds
+    thresholds = {"auto_link": bands.auto_link, "review": bands.review, "keep": bands.keep}
+    table = Table(
+        title=f"Match model of {entity}, night {night.run_id}: λ = {model.prior:.6g} "
+        f"(log2 odds {model.prior_weight:+.2f})",
+        title_justify="left",
+    )
+    for col in ("comparison", "level", "meaning", "m", "u", "weight"):
+        table.add_column(col, justify="right" if col in ("level", "m", "u", "weight") else "left")
+    for r in model_levels(model, entity):
+        colour = "green" if r.weight >= 0 else "red"
+        table.add_row(
+            r.feature,
+            str(r.level),
+            f"{r.label} / {r.label_zh}",
+            f"{r.m:.6g}",
+            f"{r.u:.6g}",
+            f"[{colour}]{r.weight:+.2f}",
+        )
+    table.caption = "bands (match probability): " + ", ".join(
+        f"{k} {v:g}" for k, v in thresholds.items()
+    )
+    console.print(table)
+    if html is not None:
+        html.write_text(
+            model_page(model, entity, thresholds=thresholds, run_id=night.run_id),
+            encoding="utf-8",
+        )
+        say(f"Model page: {html.resolve()}")
 
 
 @review_app.command("list")
