@@ -29,7 +29,6 @@ from etl.extract import ROW_KEY
 from etl.standardize import DepartmentStandardized, standardize_all
 from store.layout import canonical_dir, duplicates_path, raw_path
 
-
 GOLDEN = Path(__file__).parent / "data" / "standardize_golden.json"
 UPDATE = os.environ.get("GOVMDM_UPDATE_GOLDEN") == "1"
 # The city of test_standardize.py (one shared build), standardized again in a copy.
