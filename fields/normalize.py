@@ -254,11 +254,12 @@ def _clean(raw: object) -> str | None:
     if s is None:
         return None
     s = unicodedata.normalize("NFKC", s)
-    s = "".join(
-        " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
-        for c in s
-        if unicodedata.category(c) not in ("Cf", "Cs", "Co")
-    )
+    if not s.isprintable():  # printable: none of the categories below (the usual case)
+        s = "".join(
+            " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+            for c in s
+            if unicodedata.category(c) not in ("Cf", "Cs", "Co")
+        )
     s = _SPACE.sub(" ", s).strip()
     return None if s.casefold() in _MISSING else s
 

@@ -130,12 +130,26 @@ def city(make_city: CityFactory) -> Any:
         yield city
 
 
-def test_standardized_output_is_the_pinned_one(city: CityConfig) -> None:
-    got = digests(city, SPEC["run_id"])
-    if UPDATE:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_standardized_output_is_the_pinned_one(city: CityConfig, workers: int) -> None:
+    """In this process (one worker) or departments side by side in worker processes."""
+    got = digests(city, SPEC["run_id"], workers=workers)
+    if UPDATE and workers == 1:
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(got, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
     assert set(got) == set(expected)
     for dept, pinned in expected.items():
         assert got[dept] == pinned, dept
+
+
+def test_workers_run_departments_in_other_processes(city: CityConfig) -> None:
+    import etl.standardize as std
+
+    told: list[tuple[str, int]] = []
+    results = std.standardize_all(
+        city, SPEC["run_id"], as_of=AS_OF, workers=2, progress=lambda d, n: told.append((d, n))
+    )
+    assert [r.department for r in results] == [d.code for d in city.departments]
+    assert told == [(r.department, r.rows_read) for r in results]  # once each, when done
+    assert all(r.status == "ok" and r.reconciled and r.cpu_seconds > 0 for r in results)
