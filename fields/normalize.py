@@ -1122,22 +1122,40 @@ _COUNTRY = re.compile(r"^(?:中华人民共和国|中国)")
 
 def _matches(s: str, pos: int, level: str, parent: str | None) -> list[tuple[_Place, int]]:
     """Places of ``level`` whose name starts at ``pos`` (under ``parent`` code prefix)."""
-    index, longest = _place_index()
+    _, longest = _place_index()
+    prefixes = _name_prefixes()
     pos = _SKIP.match(s, pos).end()  # type: ignore[union-attr]  # the pattern always matches
+    n = 0  # no name is longer than the longest start of s that begins some name
+    while n < longest and pos + n < len(s) and s[pos : pos + n + 1] in prefixes:
+        n += 1
+    # what follows a name matters for two characters at most (_NOT_AFTER_SHORT, _WEAK_AFTER_SHORT)
+    return [(place, pos + k) for place, k in _matches_at(s[pos : pos + n + 2], level, parent)]
+
+
+@functools.cache
+def _name_prefixes() -> frozenset[str]:
+    """Every beginning of every name in :func:`_place_index`."""
+    return frozenset(name[:n] for name in _place_index()[0] for n in range(1, len(name) + 1))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _matches_at(s: str, level: str, parent: str | None) -> tuple[tuple[_Place, int], ...]:
+    """:func:`_matches` at the start of ``s``: places and where their names end. Addresses share
+    their beginnings (province, city, district), so each beginning is looked up once."""
+    index, longest = _place_index()
     out = []
-    for n in range(min(longest, len(s) - pos), 1, -1):
-        for place in index.get(s[pos : pos + n], ()):
+    for n in range(min(longest, len(s)), 1, -1):
+        for place in index.get(s[:n], ()):
             if place.level != level or (parent and not place.code.startswith(parent)):
                 continue
-            end = pos + n
-            if not place.full and _NOT_AFTER_SHORT.match(s[end:]):
+            if not place.full and _NOT_AFTER_SHORT.match(s[n:]):
                 continue
-            if not place.full and _WEAK_AFTER_SHORT.match(s[end:]):
+            if not place.full and _WEAK_AFTER_SHORT.match(s[n:]):
                 place = dataclasses.replace(place, weak=True)
             if parent is None and place.full and level == "county" and len(place.name) < 3:
                 continue  # 城区, 郊区, 矿区 mean something only under a city
-            out.append((place, end))
-    return out
+            out.append((place, n))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
