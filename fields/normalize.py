@@ -1243,8 +1243,9 @@ def _parse_address(
     ]
     if not paths:
         return Address(None, None, None, None, s, s), ("address_unparsed",), ()
-    best = max(p.score() for p in paths)
-    top = [p for p in paths if p.score() == best]
+    scores = [p.score() for p in paths]
+    best = max(scores)
+    top = [p for p, score in zip(paths, scores, strict=True) if score == best]
     if default_prefix and len({p.code for p in top}) > 1:
         near = [p for p in top if p.code.startswith(default_prefix)]
         top = near or top
