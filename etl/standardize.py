@@ -805,8 +805,16 @@ def standardize_all(
             pool.submit(standardize_department, city, d, run_id, as_of=as_of) for d in chosen
         ]
         results = []
-        for future in futures:
-            result = future.result()
+        for dept, future in zip(chosen, futures, strict=True):
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker died (killed, out of memory): only its own
+                log.error("standardizing %s failed in its worker process: %r", dept.code, exc)
+                result = DepartmentStandardized(dept.code, status="failed")
+                result.message = (
+                    f"{dept.code}: standardization failed: its worker process ended: "
+                    f"{type(exc).__name__}: {exc}"
+                )
             if progress:
                 progress(result.department, result.rows_read)
             results.append(result)

@@ -153,3 +153,24 @@ def test_workers_run_departments_in_other_processes(city: CityConfig) -> None:
     assert [r.department for r in results] == [d.code for d in city.departments]
     assert told == [(r.department, r.rows_read) for r in results]  # once each, when done
     assert all(r.status == "ok" and r.reconciled and r.cpu_seconds > 0 for r in results)
+
+
+def test_a_worker_that_dies_fails_its_department_not_the_call(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(Last in this module: it leaves 民政's output unfinished.)"""
+    import etl.standardize as std
+
+    real = std.standardize_rows
+
+    def dying(entity: str, table: Any, *args: Any) -> Any:
+        if table.name == "社会救助对象":
+            os._exit(9)  # as a worker killed for its memory would
+        return real(entity, table, *args)
+
+    monkeypatch.setattr(std, "standardize_rows", dying)
+    results = {r.department: r for r in std.standardize_all(city, SPEC["run_id"], workers=2)}
+    assert results["minzheng"].status == "failed"
+    assert "worker process ended" in results["minzheng"].message
+    assert std.unfinished(city, city.department("minzheng"), SPEC["run_id"])
+    assert set(results) == {d.code for d in city.departments}
