@@ -11,6 +11,11 @@ Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/departm
 ``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
 standardization killed part way, or raw data extracted again since, leaves none that matches.
 Every path is :mod:`store.layout`'s.
+
+A batch is standardized column by column, each distinct value of a column (the ID number with
+its row's birth date and sex) normalized once per table and joined back to its rows: most columns
+repeat their values heavily. :func:`standardize_all` runs departments side by side in worker
+processes.
 """
 
 from __future__ import annotations
