@@ -245,6 +245,11 @@ def standardize_row(
     return out, rows.reasons[0], rows.usable[0]
 
 
+MEMO_ENTRIES = 250_000
+"""A column's remembered values are forgotten past this many, between batches: a column whose
+values hardly repeat (ID numbers, addresses) would otherwise hold a whole table in memory."""
+
+
 class _Memo:
     """One table's normalized values, each distinct (column, value, context) once: most columns
     repeat their values heavily (dates, codes, names, divisions), and normalizing is the cost."""
@@ -306,6 +311,8 @@ def _field_columns(
     memo: dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]],
 ) -> list[tuple[tuple[Any, ...], tuple[str, ...], Any]]:
     """Normalize one mapped column, each distinct value (with its row context) once."""
+    if len(memo) > MEMO_ENTRIES:
+        memo.clear()
     cross_checked = (dictionary.field(entity, fld).normalized_by or fld) == "id_number"
     if cross_checked:
         births, sexes = context.get("birth_date"), context.get("sex")
@@ -387,6 +394,8 @@ def _change_times(
 ) -> list[tuple[str, ...]]:
     """Fill ``updated_at``; each row's reason code when its change value cannot be read."""
     times = []
+    if len(memo.updated) > MEMO_ENTRIES:
+        memo.updated.clear()
     for v in values:
         k = _key(v)
         if k not in memo.updated:
@@ -405,6 +414,8 @@ def _extras(extras: dict[str, list[Any]], n: int, memo: _Memo) -> list[str | Non
         return [None] * n
     names = list(extras)
     found: list[str | None] = []
+    if len(memo.extras) > MEMO_ENTRIES:
+        memo.extras.clear()
     for values in zip(*extras.values(), strict=True):
         k = tuple(_key(v) for v in values)
         if k not in memo.extras:

@@ -155,6 +155,33 @@ def test_workers_run_departments_in_other_processes(city: CityConfig) -> None:
     assert all(r.status == "ok" and r.reconciled and r.cpu_seconds > 0 for r in results)
 
 
+def test_small_batches_and_a_small_memo_change_nothing(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values remembered across batches, or forgotten between them, give the same rows."""
+    import etl.standardize as std
+
+    real, calls = std._normalize_once, [0]
+
+    def counted(*args: Any) -> Any:
+        calls[0] += 1
+        return real(*args)
+
+    monkeypatch.setattr(std, "_normalize_once", counted)
+    run_id = SPEC["run_id"]
+    weijian = city.department("weijian")
+    std.standardize_department(city, weijian, run_id, as_of=AS_OF, batch_rows=97)
+    remembered, calls[0] = calls[0], 0
+    monkeypatch.setattr(std, "MEMO_ENTRIES", 10)
+    expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    for dept in city.departments:
+        calls[0] = 0
+        r = std.standardize_department(city, dept, run_id, as_of=AS_OF, batch_rows=97)
+        assert department_digest(city, run_id, r) == expected[dept.code], dept.code
+        if dept.code == "weijian":
+            assert calls[0] > remembered  # it did forget
+
+
 def test_a_worker_that_dies_fails_its_department_not_the_call(
     city: CityConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
