@@ -653,10 +653,9 @@ _LOCAL = re.compile(r"[2-9]\d{6,7}")
 _MAX_PHONE_DIGITS = 20
 
 
-def _phone_canonical(n: phonenumbers.PhoneNumber, ext: str | None) -> tuple[str, str]:
-    """Canonical text and kind of a valid number."""
+def _phone_canonical(n: phonenumbers.PhoneNumber, kind_of: int) -> tuple[str, str]:
+    """Canonical text (without an extension) and kind of a valid number of type ``kind_of``."""
     nsn = phonenumbers.national_significant_number(n)
-    kind_of = phonenumbers.number_type(n)
     if n.country_code != 86:
         out, kind = phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164), "foreign"
     elif kind_of == phonenumbers.PhoneNumberType.MOBILE:
@@ -670,7 +669,7 @@ def _phone_canonical(n: phonenumbers.PhoneNumber, ext: str | None) -> tuple[str,
         kind = "landline"
     else:
         out, kind = nsn, "service"  # 400/800 and other non-geographic numbers
-    return (f"{out}-{ext}" if ext else out), kind
+    return out, kind
 
 
 @functools.lru_cache(maxsize=1 << 16)  # phonenumbers is the slow part; numbers repeat
@@ -680,6 +679,17 @@ def _parse_phone(digits: str) -> phonenumbers.PhoneNumber | None:
     except phonenumbers.NumberParseException:
         return None
     return n if phonenumbers.is_valid_number(n) else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _phone_facts(digits: str) -> tuple[str, str, bool]:
+    """Of the valid number ``digits`` reads as: canonical text (without an extension), kind, and
+    whether it is a fixed line (each worked out once: phonenumbers is the slow part)."""
+    n = _parse_phone(digits)
+    assert n is not None
+    kind_of = phonenumbers.number_type(n)
+    canonical, kind = _phone_canonical(n, kind_of)
+    return canonical, kind, kind_of == phonenumbers.PhoneNumberType.FIXED_LINE
 
 
 def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None, str, str]]:
@@ -699,11 +709,13 @@ def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None,
             joined = "".join(tokens[i:j])
             if len(joined) > _MAX_PHONE_DIGITS:
                 continue
-            n = _parse_phone(joined)
+            digits = joined
+            n = _parse_phone(digits)
             if n is None and area and _LOCAL.fullmatch(joined):
-                n = _parse_phone(f"0{area.lstrip('0')}{joined}")
+                digits = f"0{area.lstrip('0')}{joined}"
+                n = _parse_phone(digits)
             if n is not None:
-                found = (n, j)
+                found = (digits, j)
                 break
         if found is None:
             token = tokens[i]
@@ -713,18 +725,13 @@ def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None,
                 yield None, "phone_invalid", token
             i += 1
             continue
-        n, j = found
+        digits, j = found
+        canonical, kind, fixed_line = _phone_facts(digits)
         # "0591-87654321-123": a short group after a landline is its extension
         tail_ext = ext if j == len(tokens) else None
-        if (
-            tail_ext is None
-            and j == len(tokens) - 1
-            and len(tokens[j]) <= 5
-            and phonenumbers.number_type(n) == phonenumbers.PhoneNumberType.FIXED_LINE
-        ):
+        if tail_ext is None and j == len(tokens) - 1 and len(tokens[j]) <= 5 and fixed_line:
             tail_ext, j = tokens[j], j + 1
-        canonical, kind = _phone_canonical(n, tail_ext)
-        yield canonical, kind, "".join(tokens[i:j])
+        yield (f"{canonical}-{tail_ext}" if tail_ext else canonical), kind, "".join(tokens[i:j])
         i = j
 
 
