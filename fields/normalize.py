@@ -400,8 +400,14 @@ def _pinyin(name: str) -> str:
             head, rest = _COMPOUND_SURNAMES[name[:2]], name[2:]
         elif name[0] in _SURNAME_READINGS and len(name) > 1:
             head, rest = _SURNAME_READINGS[name[0]], name[1:]
-    body = "".join(lazy_pinyin(rest, style=Style.NORMAL)) if rest else ""
+    body = _reading(rest) if rest else ""
     return _PINYIN_KEEP.sub("", (head + body).lower())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _reading(text: str) -> str:
+    """Plain pinyin of a name after its surname (given names repeat far more than names)."""
+    return "".join(lazy_pinyin(text, style=Style.NORMAL))
 
 
 # -------------------------------------------------------------------- identifiers
