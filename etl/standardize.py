@@ -11,6 +11,11 @@ Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/departm
 ``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
 standardization killed part way, or raw data extracted again since, leaves none that matches.
 Every path is :mod:`store.layout`'s.
+
+A batch is standardized column by column, each distinct value of a column (the ID number with
+its row's birth date and sex) normalized once per table and joined back to its rows: most columns
+repeat their values heavily. :func:`standardize_all` runs departments side by side in worker
+processes.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ import functools
 import hashlib
 import json
 import logging
+import multiprocessing as mp
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -33,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig, night_date
-from etl.extract import ParquetSink
+from etl.extract import ROW_KEY, ParquetSink
 from fields import dictionary, normalize
 from store import failpoints
 from store.layout import (
@@ -116,6 +124,8 @@ class DepartmentStandardized:
     status: str = "ok"  # ok | skipped | failed | config
     message: str = ""
     outputs: dict[str, Path] = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of the process that standardized it
 
     @property
     def reconciled(self) -> bool:
@@ -223,57 +233,210 @@ def _field_value(
     return normalize.normalize_value(name, value, **context), extra_reasons
 
 
-def _usable(entity: str, out: dict[str, Any]) -> bool:
-    if entity == "person":
-        if out["id_number"]:
-            return True
-        return bool(out["name"]) and any(out[f] for f in ("birth_date", "phone", "address"))
-    return any(out[f] for f in ("uscc", "reg_no", "org_code", "name"))
-
-
 def standardize_row(
     entity: str, table: TableConfig, raw: dict[str, Any], ctx: _Context
 ) -> tuple[dict[str, Any], list[str], bool]:
-    """One raw row → (canonical row, its ``field:reason`` codes, usable?)."""
-    schema = SCHEMAS[entity]
-    out: dict[str, Any] = {name: None for name in schema.names}
-    reasons: list[str] = []
-    extras: dict[str, Any] = {}
-    targets = {col: m for col, m in table.columns.items()}
+    """One raw row → (canonical row, its ``field:reason`` codes, usable?); see
+    :func:`standardize_rows`, which does the same for a batch of rows."""
+    rows = standardize_rows(entity, table, {c: [v] for c, v in raw.items()}, 1, ctx, _Memo())
+    out = {
+        name: rows.columns[name][0] if name in rows.columns else None
+        for name in SCHEMAS[entity].names
+    }
+    return out, rows.reasons[0], rows.usable[0]
+
+
+MEMO_ENTRIES = 250_000
+"""A column's remembered values are forgotten past this many, between batches: a column whose
+values hardly repeat (ID numbers, addresses) would otherwise hold a whole table in memory."""
+
+
+class _Memo:
+    """One table's normalized values, each distinct (column, value, context) once: most columns
+    repeat their values heavily (dates, codes, names, divisions), and normalizing is the cost."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]]] = {}
+        self.updated: dict[Any, dt.datetime | None] = {}
+        self.extras: dict[tuple[Any, ...], str] = {}
+
+
+@dataclass
+class _Rows:
+    """A batch standardized: canonical columns (schema name → one value per row), each row's
+    reason codes, and whether it is usable."""
+
+    columns: dict[str, list[Any]]
+    reasons: list[list[str]]
+    usable: list[bool]
+
+
+def _key(value: Any) -> Any:
+    """A value as a memo key: equal only to the same value of the same type (1 ≠ "1" ≠ True)."""
+    return value if value.__class__ is str or value is None else (value.__class__, value)
+
+
+def _placed_columns(entity: str, fld: str) -> tuple[str, ...]:
+    """The canonical columns one mapped field fills (:func:`_place`)."""
+    if fld == "address":
+        return ("address", "province", "city", "district", "division_code", "address_detail")
+    if fld == "phone":
+        return ("phone", "phones_all")
+    if fld == "name":
+        return ("name", "name_pinyin") if entity == "person" else ("name", "name_key", "branch")
+    return (fld,)
+
+
+def _normalize_once(
+    entity: str, fld: str, mapping: Any, raw: Any, row_context: dict[str, Any], ctx: _Context
+) -> tuple[tuple[Any, ...], tuple[str, ...], Any]:
+    """One distinct value of a field: its canonical columns, its ``field:reason`` codes, and its
+    clean value (the ID number's cross-check context)."""
+    result, more = _field_value(entity, fld, raw, mapping.codes, mapping.format, row_context, ctx)
+    codes = (*more, *result.reasons)
+    if fld not in REQUIRED[entity]:
+        codes = tuple(c for c in codes if c not in _EMPTY)
+    names = _placed_columns(entity, fld)
+    out: dict[str, Any] = dict.fromkeys(names)
+    _place(entity, fld, result, out)
+    return tuple(out[n] for n in names), tuple(f"{fld}:{c}" for c in codes), result.value
+
+
+def _field_columns(
+    entity: str,
+    fld: str,
+    mapping: Any,
+    values: list[Any],
+    context: dict[str, list[Any]],
+    ctx: _Context,
+    memo: dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]],
+) -> list[tuple[tuple[Any, ...], tuple[str, ...], Any]]:
+    """Normalize one mapped column, each distinct value (with its row context) once."""
+    if len(memo) > MEMO_ENTRIES:
+        memo.clear()
+    cross_checked = (dictionary.field(entity, fld).normalized_by or fld) == "id_number"
+    if cross_checked:
+        births, sexes = context.get("birth_date"), context.get("sex")
+        keys = [
+            (_key(v), b, s)
+            for v, b, s in zip(
+                values, births or [None] * len(values), sexes or [None] * len(values), strict=True
+            )
+        ]
+    else:
+        keys = [_key(v) for v in values]
+    found = []
+    for k, v in zip(keys, values, strict=True):
+        hit = memo.get(k)
+        if hit is None:
+            row_context = {}
+            if cross_checked:
+                row_context = {
+                    n: c for n, c in zip(("birth_date", "sex"), k[1:], strict=True) if c is not None
+                }
+            hit = memo[k] = _normalize_once(entity, fld, mapping, v, row_context, ctx)
+        found.append(hit)
+    return found
+
+
+def standardize_rows(
+    entity: str, table: TableConfig, raw: dict[str, list[Any]], n: int, ctx: _Context, memo: _Memo
+) -> _Rows:
+    """``n`` raw rows (source column → values) → their canonical columns, reason codes and
+    usability, row for row what :func:`standardize_row` gives; ``memo`` carries the values
+    normalized so far in this table."""
+    nothing: list[Any] = [None] * n
+    out: dict[str, list[Any]] = {}
+    codes: list[list[tuple[str, ...]]] = []
+    context: dict[str, list[Any]] = {}
+    extras: dict[str, list[Any]] = {}
     # birth date and sex first: the ID number is cross-checked against the row's own values
-    order = sorted(targets, key=lambda c: targets[c].field not in ("birth_date", "sex"))
-    row_context: dict[str, Any] = {}
+    order = sorted(table.columns, key=lambda c: table.columns[c].field not in ("birth_date", "sex"))
     for col in order:
-        mapping = targets[col]
-        value = raw.get(col)
+        mapping = table.columns[col]
+        values = raw.get(col, nothing)
         if mapping.extra:
-            extras[mapping.extra] = value
+            extras[mapping.extra] = values
             continue
         fld = mapping.field
         assert fld is not None
-        out[f"raw_{fld}"] = value
-        result, more = _field_value(
-            entity, fld, value, mapping.codes, mapping.format, row_context, ctx
+        out[f"raw_{fld}"] = values
+        found = _field_columns(
+            entity, fld, mapping, values, context, ctx, memo.fields.setdefault(col, {})
         )
-        codes = (*more, *result.reasons)
-        if fld not in REQUIRED[entity]:
-            codes = tuple(c for c in codes if c not in _EMPTY)
-        reasons += [f"{fld}:{code}" for code in codes]
-        _place(entity, fld, result, out)
-        if fld in ("birth_date", "sex") and result.value is not None:
-            row_context[fld] = result.value
-    out["updated_at"] = _updated_at(raw.get(table.change_column), table)
-    if out["updated_at"] is None and raw.get(table.change_column) not in (None, ""):
-        reasons.append(f"{table.change_column}:change_value_unparseable")
-    out["extras"] = json.dumps(extras, ensure_ascii=False, sort_keys=True) if extras else None
+        names = _placed_columns(entity, fld)
+        placed: list[Any] = (
+            list(zip(*(f[0] for f in found), strict=True)) if n else [()] * len(names)
+        )
+        out.update({name: list(column) for name, column in zip(names, placed, strict=True)})
+        codes.append([f[1] for f in found])
+        if fld in ("birth_date", "sex"):
+            context[fld] = [f[2] for f in found]
+    codes.append(_change_times(table, raw.get(table.change_column, nothing), out, memo))
+    out["extras"] = _extras(extras, n, memo)
     garbled = [
-        f"{c}:invalid_encoding"
+        [f"{c}:invalid_encoding" if isinstance(v, str) and BAD_BYTES in v else "" for v in vals]
         for c in table.source_columns
-        if isinstance(raw.get(c), str) and BAD_BYTES in raw[c]
+        if (vals := raw.get(c)) is not None
     ]
-    reasons += garbled
+    codes.append(
+        [tuple(g for g in row if g) for row in zip(*garbled, strict=True)] if garbled else [()] * n
+    )
+    reasons = [[c for t in row for c in t] for row in zip(*codes, strict=True)]
     out["reasons"] = reasons
-    return out, reasons, not garbled and _usable(entity, out)
+    usable = _usable_rows(entity, out, n)
+    if garbled:
+        usable = [u and not any(g) for u, *g in zip(usable, *garbled, strict=True)]
+    return _Rows(out, reasons, usable)
+
+
+def _change_times(
+    table: TableConfig, values: list[Any], out: dict[str, list[Any]], memo: _Memo
+) -> list[tuple[str, ...]]:
+    """Fill ``updated_at``; each row's reason code when its change value cannot be read."""
+    times = []
+    if len(memo.updated) > MEMO_ENTRIES:
+        memo.updated.clear()
+    for v in values:
+        k = _key(v)
+        if k not in memo.updated:
+            memo.updated[k] = _updated_at(v, table)
+        times.append(memo.updated[k])
+    out["updated_at"] = times
+    bad = (f"{table.change_column}:change_value_unparseable",)
+    return [
+        bad if t is None and v not in (None, "") else () for t, v in zip(times, values, strict=True)
+    ]
+
+
+def _extras(extras: dict[str, list[Any]], n: int, memo: _Memo) -> list[str | None]:
+    """The unmapped columns carried through, as one JSON object per row."""
+    if not extras:
+        return [None] * n
+    names = list(extras)
+    found: list[str | None] = []
+    if len(memo.extras) > MEMO_ENTRIES:
+        memo.extras.clear()
+    for values in zip(*extras.values(), strict=True):
+        k = tuple(_key(v) for v in values)
+        if k not in memo.extras:
+            memo.extras[k] = json.dumps(
+                dict(zip(names, values, strict=True)), ensure_ascii=False, sort_keys=True
+            )
+        found.append(memo.extras[k])
+    return found
+
+
+def _usable_rows(entity: str, out: dict[str, list[Any]], n: int) -> list[bool]:
+    nothing: list[Any] = [None] * n
+    col = {f: out.get(f, nothing) for f in ("id_number", "name", "birth_date", "phone", "address")}
+    if entity == "person":
+        return [
+            bool(i) or (bool(nm) and bool(b or p or a))
+            for i, nm, b, p, a in zip(*col.values(), strict=True)
+        ]
+    col = {f: out.get(f, nothing) for f in ("uscc", "reg_no", "org_code", "name")}
+    return [bool(u or r or o or nm) for u, r, o, nm in zip(*col.values(), strict=True)]
 
 
 def _place(entity: str, fld: str, result: normalize.Normalized[Any], out: dict[str, Any]) -> None:
@@ -314,9 +477,10 @@ def _place(entity: str, fld: str, result: normalize.Normalized[Any], out: dict[s
 # --- one department ---------------------------------------------------------------------------
 
 
-def _raw_batches(path: Path, batch_rows: int) -> Iterator[list[dict[str, Any]]]:
+def _raw_batches(path: Path, batch_rows: int) -> Iterator[dict[str, list[Any]]]:
+    """The raw file in batches, each as source column → values."""
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-        yield batch.to_pylist()
+        yield batch.to_pydict()
 
 
 def standardize_department(
@@ -336,6 +500,25 @@ def standardize_department(
     >>> r.reconciled, r.status
     (True, 'ok')
     """
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = _standardize_department(
+        city, dept, run_id, as_of=as_of, batch_rows=batch_rows, progress=progress, batches=batches
+    )
+    result.wall_seconds = time.perf_counter() - wall
+    result.cpu_seconds = time.process_time() - cpu
+    return result
+
+
+def _standardize_department(
+    city: CityConfig,
+    dept: DepartmentConfig,
+    run_id: str,
+    *,
+    as_of: dt.date | None,
+    batch_rows: int,
+    progress: Callable[[str, int], None] | None,
+    batches: BatchRunner | None,
+) -> DepartmentStandardized:
     result = DepartmentStandardized(dept.code)
     marker = standardized_marker_path(city.var_dir, run_id, dept.code)
     before = marker.read_bytes() if marker.is_file() else None
@@ -464,8 +647,9 @@ class StandardizedBatch:
     """column → its first unreadable value"""
 
 
-Kernel = Callable[[list[dict[str, Any]]], StandardizedBatch]
-"""Standardizes one batch of raw rows (a :func:`standardize_batch` with its table bound)."""
+Kernel = Callable[[dict[str, list[Any]]], StandardizedBatch]
+"""Standardizes one batch of raw rows, source column → values (a :func:`standardize_batch` with
+its table bound)."""
 BatchRunner = Callable[[TableConfig, Path, Kernel, int], Iterator[StandardizedBatch]]
 """Runs ``kernel`` over the raw file at ``path`` in batches of about ``batch_rows`` rows and
 yields the standardized batches in the file's row order. The local engine reads the file here
@@ -486,38 +670,45 @@ def standardize_batch(
     table: TableConfig,
     run_id: str,
     ctx: _Context,
-    rows: list[dict[str, Any]],
+    raw: dict[str, list[Any]],
+    *,
+    memo: _Memo | None = None,
 ) -> StandardizedBatch:
-    """Standardize one batch of ``table``'s raw rows: the kernel every engine runs."""
-    out = StandardizedBatch(0, SCHEMAS[entity].empty_table(), REJECT_SCHEMA.empty_table())
-    columns = {m.field: c for c, m in table.columns.items() if m.field}
-    columns[table.change_column] = table.change_column
-    good, bad = [], []
-    for raw in rows:
-        canon, reasons, usable = standardize_row(entity, table, raw, ctx)
-        _count_readable(table, raw, reasons, columns, out.filled, out.unreadable, out.examples)
-        meta = {
-            "department": department,
-            "source_table": table.name,
-            "source_key": raw["_row_key"],
-            "run_id": run_id,
-        }
-        out.field_reasons.update(reasons)
-        keyless = not (raw["_row_key"] or "").strip()  # NULL or blank primary key
-        if usable and not keyless:
-            good.append({**canon, **meta})
-            continue
-        garbled = any(c.endswith(":invalid_encoding") for c in reasons)
-        codes = [
-            *reasons,
-            *(["row:key_missing"] if keyless else []),
-            *([] if usable or garbled else ["row:row_unidentifiable"]),
-        ]
-        out.reject_reasons.update(codes)
-        bad.append({**meta, "entity": entity, "reasons": codes, "raw": _raw_values(raw)})
-    out.rows = len(rows)
-    out.good = pa.Table.from_pylist(good, schema=SCHEMAS[entity])
+    """Standardize one batch of ``table``'s raw rows (source column → values): the kernel every
+    engine runs. ``memo`` carries the values normalized so far in this table (one per process)."""
+    n = len(raw.get(ROW_KEY, ()))
+    rows = standardize_rows(entity, table, raw, n, ctx, memo or _Memo())
+    readable = _Readable(table)
+    readable.count(raw, rows.reasons)
+    keys = raw.get(ROW_KEY, [None] * n)
+    keyless = [not (k or "").strip() for k in keys]  # NULL or blank primary key
+    good = [u and not k for u, k in zip(rows.usable, keyless, strict=True)]
+    meta = {
+        "department": [department] * n,
+        "source_table": [table.name] * n,
+        "source_key": keys,
+        "run_id": [run_id] * n,
+    }
+    canonical = pa.table(
+        {
+            f.name: pa.array(rows.columns.get(f.name) or meta.get(f.name) or [None] * n, f.type)
+            for f in SCHEMAS[entity]
+        },
+        schema=SCHEMAS[entity],
+    )
+    out = StandardizedBatch(
+        n, canonical.filter(pa.array(good, pa.bool_())), REJECT_SCHEMA.empty_table()
+    )
+    bad = _rejected_rows(
+        out.reject_reasons, department, entity, table, run_id, raw, rows, keyless, good
+    )
     out.bad = pa.Table.from_pylist(bad, schema=REJECT_SCHEMA)
+    out.field_reasons.update(c for r in rows.reasons for c in r)
+    out.filled, out.unreadable, out.examples = (
+        readable.filled,
+        readable.unreadable,
+        readable.examples,
+    )
     return out
 
 
@@ -535,7 +726,7 @@ def _standardize_table(
     unreadable: Counter[str] = Counter()
     examples: dict[str, str] = {}
     kernel = functools.partial(
-        standardize_batch, result.department, entity, table, job.run_id, job.ctx
+        standardize_batch, result.department, entity, table, job.run_id, job.ctx, memo=_Memo()
     )
     for batch in job.batches(table, path, kernel, job.batch_rows):
         filled.update(batch.filled)
@@ -559,6 +750,41 @@ def _standardize_table(
             )
 
 
+def _rejected_rows(
+    reject_reasons: Counter[str],
+    department: str,
+    entity: str,
+    table: TableConfig,
+    run_id: str,
+    raw: dict[str, list[Any]],
+    rows: _Rows,
+    keyless: list[bool],
+    good: list[bool],
+) -> list[dict[str, Any]]:
+    """The batch's rows that cannot be used, as the rejects keep them, with their reasons."""
+    bad = []
+    for i, ok in enumerate(good):
+        if ok:
+            continue
+        reasons = rows.reasons[i]
+        garbled = any(c.endswith(":invalid_encoding") for c in reasons)
+        codes = [
+            *reasons,
+            *(["row:key_missing"] if keyless[i] else []),
+            *([] if rows.usable[i] or garbled else ["row:row_unidentifiable"]),
+        ]
+        reject_reasons.update(codes)
+        row = {c: values[i] for c, values in raw.items()}
+        meta = {
+            "department": department,
+            "source_table": table.name,
+            "source_key": row[ROW_KEY],
+            "run_id": run_id,
+        }
+        bad.append({**meta, "entity": entity, "reasons": codes, "raw": _raw_values(row)})
+    return bad
+
+
 def _reject_duplicates(
     result: DepartmentStandardized,
     table: TableConfig,
@@ -569,7 +795,8 @@ def _reject_duplicates(
     """Every copy of a key the source holds more than once goes to rejects: which one is
     the department's row cannot be told, and linking one would re-point the key."""
     codes = [f"{c}:duplicate_key" for c in table.primary_key]
-    for rows in _raw_batches(path, 20_000):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=20_000):
+        rows = batch.to_pylist()
         bad = [
             {
                 "department": result.department,
@@ -594,24 +821,41 @@ def _raw_values(raw: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(column, None if v is None else str(v)) for column, v in sorted(raw.items())]
 
 
-def _count_readable(
-    table: TableConfig,
-    raw: dict[str, Any],
-    reasons: list[str],
-    columns: dict[str, str],
-    filled: Counter[str],
-    unreadable: Counter[str],
-    examples: dict[str, str],
-) -> None:
-    bad = {code.partition(":")[0] for code in reasons if code.partition(":")[2] in UNPARSEABLE}
-    for fld, column in columns.items():
-        value = raw.get(column)
-        if value is None or not str(value).strip():
-            continue
-        filled[column] += 1
-        if fld in bad:
-            unreadable[column] += 1
-            examples.setdefault(column, str(value))
+class _Readable:
+    """Per column of a table: values given, and values its configuration cannot read; a column
+    with many of the first and all of them unreadable is a configuration error."""
+
+    def __init__(self, table: TableConfig) -> None:
+        self.table = table
+        self.columns = {m.field: c for c, m in table.columns.items() if m.field}
+        self.columns[table.change_column] = table.change_column
+        self.filled: Counter[str] = Counter()
+        self.unreadable: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+
+    def count(self, raw: dict[str, list[Any]], reasons: list[list[str]]) -> None:
+        bad = [
+            {c.partition(":")[0] for c in codes if c.partition(":")[2] in UNPARSEABLE}
+            if codes
+            else ()
+            for codes in reasons
+        ]
+        for fld, column in self.columns.items():
+            values = raw.get(column) or [None] * len(reasons)
+            for value, unread in zip(values, bad, strict=True):
+                if value is None or not str(value).strip():
+                    continue
+                self.filled[column] += 1
+                if fld in unread:
+                    self.unreadable[column] += 1
+                    self.examples.setdefault(column, str(value))
+
+    def check(self, code: str) -> None:
+        for column, given in self.filled.items():
+            if given >= CONFIG_SUSPECT_ROWS and self.unreadable[column] == given:
+                raise ConfigSuspected(
+                    _config_suspect_message(code, self.table, column, given, self.examples[column])
+                )
 
 
 def _config_suspect_message(
@@ -641,7 +885,38 @@ def standardize_all(
     departments: list[str] | None = None,
     as_of: dt.date | None = None,
     progress: Callable[[str, int], None] | None = None,
+    workers: int | None = None,
 ) -> list[DepartmentStandardized]:
-    """Standardize every (or the named) department of ``run_id``, one failure stopping none."""
+    """Standardize every (or the named) department of ``run_id``, one failure stopping none.
+
+    Departments run side by side in ``workers`` processes (default: one per CPU, at most one per
+    department); with one worker they run one after another in this process. With several,
+    ``progress`` hears of each department once, when it is done."""
     chosen = [d for d in city.departments if departments is None or d.code in departments]
-    return [standardize_department(city, d, run_id, as_of=as_of, progress=progress) for d in chosen]
+    if workers is None:
+        workers = min(os.cpu_count() or 1, len(chosen))
+    if workers <= 1 or len(chosen) <= 1:
+        return [
+            standardize_department(city, d, run_id, as_of=as_of, progress=progress) for d in chosen
+        ]
+    # fork where there is one: a worker starts with what this process has loaded
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+        futures = [
+            pool.submit(standardize_department, city, d, run_id, as_of=as_of) for d in chosen
+        ]
+        results = []
+        for dept, future in zip(chosen, futures, strict=True):
+            try:
+                result = future.result()
+            except Exception as exc:  # the worker died (killed, out of memory): only its own
+                log.error("standardizing %s failed in its worker process: %r", dept.code, exc)
+                result = DepartmentStandardized(dept.code, status="failed")
+                result.message = (
+                    f"{dept.code}: standardization failed: its worker process ended: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+            if progress:
+                progress(result.department, result.rows_read)
+            results.append(result)
+    return results

@@ -254,11 +254,12 @@ def _clean(raw: object) -> str | None:
     if s is None:
         return None
     s = unicodedata.normalize("NFKC", s)
-    s = "".join(
-        " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
-        for c in s
-        if unicodedata.category(c) not in ("Cf", "Cs", "Co")
-    )
+    if not s.isprintable():  # printable: none of the categories below (the usual case)
+        s = "".join(
+            " " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c
+            for c in s
+            if unicodedata.category(c) not in ("Cf", "Cs", "Co")
+        )
     s = _SPACE.sub(" ", s).strip()
     return None if s.casefold() in _MISSING else s
 
@@ -399,8 +400,14 @@ def _pinyin(name: str) -> str:
             head, rest = _COMPOUND_SURNAMES[name[:2]], name[2:]
         elif name[0] in _SURNAME_READINGS and len(name) > 1:
             head, rest = _SURNAME_READINGS[name[0]], name[1:]
-    body = "".join(lazy_pinyin(rest, style=Style.NORMAL)) if rest else ""
+    body = _reading(rest) if rest else ""
     return _PINYIN_KEEP.sub("", (head + body).lower())
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _reading(text: str) -> str:
+    """Plain pinyin of a name after its surname (given names repeat far more than names)."""
+    return "".join(lazy_pinyin(text, style=Style.NORMAL))
 
 
 # -------------------------------------------------------------------- identifiers
@@ -652,10 +659,9 @@ _LOCAL = re.compile(r"[2-9]\d{6,7}")
 _MAX_PHONE_DIGITS = 20
 
 
-def _phone_canonical(n: phonenumbers.PhoneNumber, ext: str | None) -> tuple[str, str]:
-    """Canonical text and kind of a valid number."""
+def _phone_canonical(n: phonenumbers.PhoneNumber, kind_of: int) -> tuple[str, str]:
+    """Canonical text (without an extension) and kind of a valid number of type ``kind_of``."""
     nsn = phonenumbers.national_significant_number(n)
-    kind_of = phonenumbers.number_type(n)
     if n.country_code != 86:
         out, kind = phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164), "foreign"
     elif kind_of == phonenumbers.PhoneNumberType.MOBILE:
@@ -669,7 +675,7 @@ def _phone_canonical(n: phonenumbers.PhoneNumber, ext: str | None) -> tuple[str,
         kind = "landline"
     else:
         out, kind = nsn, "service"  # 400/800 and other non-geographic numbers
-    return (f"{out}-{ext}" if ext else out), kind
+    return out, kind
 
 
 @functools.lru_cache(maxsize=1 << 16)  # phonenumbers is the slow part; numbers repeat
@@ -679,6 +685,17 @@ def _parse_phone(digits: str) -> phonenumbers.PhoneNumber | None:
     except phonenumbers.NumberParseException:
         return None
     return n if phonenumbers.is_valid_number(n) else None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _phone_facts(digits: str) -> tuple[str, str, bool]:
+    """Of the valid number ``digits`` reads as: canonical text (without an extension), kind, and
+    whether it is a fixed line (each worked out once: phonenumbers is the slow part)."""
+    n = _parse_phone(digits)
+    assert n is not None
+    kind_of = phonenumbers.number_type(n)
+    canonical, kind = _phone_canonical(n, kind_of)
+    return canonical, kind, kind_of == phonenumbers.PhoneNumberType.FIXED_LINE
 
 
 def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None, str, str]]:
@@ -698,11 +715,13 @@ def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None,
             joined = "".join(tokens[i:j])
             if len(joined) > _MAX_PHONE_DIGITS:
                 continue
-            n = _parse_phone(joined)
+            digits = joined
+            n = _parse_phone(digits)
             if n is None and area and _LOCAL.fullmatch(joined):
-                n = _parse_phone(f"0{area.lstrip('0')}{joined}")
+                digits = f"0{area.lstrip('0')}{joined}"
+                n = _parse_phone(digits)
             if n is not None:
-                found = (n, j)
+                found = (digits, j)
                 break
         if found is None:
             token = tokens[i]
@@ -712,18 +731,13 @@ def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None,
                 yield None, "phone_invalid", token
             i += 1
             continue
-        n, j = found
+        digits, j = found
+        canonical, kind, fixed_line = _phone_facts(digits)
         # "0591-87654321-123": a short group after a landline is its extension
         tail_ext = ext if j == len(tokens) else None
-        if (
-            tail_ext is None
-            and j == len(tokens) - 1
-            and len(tokens[j]) <= 5
-            and phonenumbers.number_type(n) == phonenumbers.PhoneNumberType.FIXED_LINE
-        ):
+        if tail_ext is None and j == len(tokens) - 1 and len(tokens[j]) <= 5 and fixed_line:
             tail_ext, j = tokens[j], j + 1
-        canonical, kind = _phone_canonical(n, tail_ext)
-        yield canonical, kind, "".join(tokens[i:j])
+        yield (f"{canonical}-{tail_ext}" if tail_ext else canonical), kind, "".join(tokens[i:j])
         i = j
 
 
@@ -1121,22 +1135,40 @@ _COUNTRY = re.compile(r"^(?:中华人民共和国|中国)")
 
 def _matches(s: str, pos: int, level: str, parent: str | None) -> list[tuple[_Place, int]]:
     """Places of ``level`` whose name starts at ``pos`` (under ``parent`` code prefix)."""
-    index, longest = _place_index()
+    _, longest = _place_index()
+    prefixes = _name_prefixes()
     pos = _SKIP.match(s, pos).end()  # type: ignore[union-attr]  # the pattern always matches
+    n = 0  # no name is longer than the longest start of s that begins some name
+    while n < longest and pos + n < len(s) and s[pos : pos + n + 1] in prefixes:
+        n += 1
+    # what follows a name matters for two characters at most (_NOT_AFTER_SHORT, _WEAK_AFTER_SHORT)
+    return [(place, pos + k) for place, k in _matches_at(s[pos : pos + n + 2], level, parent)]
+
+
+@functools.cache
+def _name_prefixes() -> frozenset[str]:
+    """Every beginning of every name in :func:`_place_index`."""
+    return frozenset(name[:n] for name in _place_index()[0] for n in range(1, len(name) + 1))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _matches_at(s: str, level: str, parent: str | None) -> tuple[tuple[_Place, int], ...]:
+    """:func:`_matches` at the start of ``s``: places and where their names end. Addresses share
+    their beginnings (province, city, district), so each beginning is looked up once."""
+    index, longest = _place_index()
     out = []
-    for n in range(min(longest, len(s) - pos), 1, -1):
-        for place in index.get(s[pos : pos + n], ()):
+    for n in range(min(longest, len(s)), 1, -1):
+        for place in index.get(s[:n], ()):
             if place.level != level or (parent and not place.code.startswith(parent)):
                 continue
-            end = pos + n
-            if not place.full and _NOT_AFTER_SHORT.match(s[end:]):
+            if not place.full and _NOT_AFTER_SHORT.match(s[n:]):
                 continue
-            if not place.full and _WEAK_AFTER_SHORT.match(s[end:]):
+            if not place.full and _WEAK_AFTER_SHORT.match(s[n:]):
                 place = dataclasses.replace(place, weak=True)
             if parent is None and place.full and level == "county" and len(place.name) < 3:
                 continue  # 城区, 郊区, 矿区 mean something only under a city
-            out.append((place, end))
-    return out
+            out.append((place, n))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1224,8 +1256,9 @@ def _parse_address(
     ]
     if not paths:
         return Address(None, None, None, None, s, s), ("address_unparsed",), ()
-    best = max(p.score() for p in paths)
-    top = [p for p in paths if p.score() == best]
+    scores = [p.score() for p in paths]
+    best = max(scores)
+    top = [p for p, score in zip(paths, scores, strict=True) if score == best]
     if default_prefix and len({p.code for p in top}) > 1:
         near = [p for p in top if p.code.startswith(default_prefix)]
         top = near or top

@@ -64,7 +64,7 @@ def _standardize(kernel: Kernel, batches: Iterator[pa.RecordBatch]) -> Iterator[
         if batch.num_rows == 0:
             continue
         first = batch.column(_ROW_INDEX)[0].as_py()
-        rows = batch.drop_columns([_ROW_INDEX]).to_pylist()
+        rows = batch.drop_columns([_ROW_INDEX]).to_pydict()
         out = kernel(rows)
         counts = {name: dict(getattr(out, name)) for name in _COUNTS}
         yield pa.RecordBatch.from_pylist(

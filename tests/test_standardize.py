@@ -207,14 +207,14 @@ def test_a_failing_department_publishes_nothing_and_others_go_on(
     import etl.standardize as std
 
     city, _ = night
-    real = std.standardize_row
+    real = std.standardize_rows
 
-    def broken(entity: str, table: Any, raw: dict[str, Any], ctx: Any) -> Any:
+    def broken(entity: str, table: Any, *args: Any) -> Any:
         if table.name == "社会救助对象":
             raise ValueError("boom")
-        return real(entity, table, raw, ctx)
+        return real(entity, table, *args)
 
-    monkeypatch.setattr(std, "standardize_row", broken)
+    monkeypatch.setattr(std, "standardize_rows", broken)
     folder = canonical_dir(city.var_dir, RUN, "minzheng")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     results = {r.department: r for r in standardize_all(city, RUN, as_of=AS_OF)}
