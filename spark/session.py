@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from store.layout import spark_dir
+
 __all__ = ["MASTER_ENV", "session", "spark_dir"]
 
 MASTER_ENV = "GOVMDM_SPARK_MASTER"
@@ -23,11 +25,6 @@ MASTER_ENV = "GOVMDM_SPARK_MASTER"
 it a night started by ``spark-submit`` uses the master it was submitted to, and any other
 night a ``local[2]`` Spark in this process."""
 _LOCAL = "local[2]"
-
-
-def spark_dir(var_dir: Path) -> Path:
-    """Where Spark keeps its scratch and warehouse files: ``<var>/spark/``."""
-    return var_dir / "spark"
 
 
 def session(var_dir: Path, master: str | None = None) -> SparkSession:

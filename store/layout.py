@@ -276,6 +276,11 @@ def demo_log_path(var_dir: Path, run_id: str) -> Path:
     return airflow_home(var_dir) / "logs" / f"demo-night-{run_id}.log"
 
 
+def spark_dir(var_dir: Path) -> Path:
+    """Where the Spark engine keeps its scratch and warehouse files."""
+    return var_dir / "spark"
+
+
 def city_dir(var_dir: Path) -> Path:
     """The generated sample city: its databases and its truth."""
     return var_dir / "city"

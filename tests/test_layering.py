@@ -12,8 +12,8 @@ Layers, bottom to top (README, "Layout"):
     access       analyst views, share policy, query, export, lookup, catalog, review, audit
     spark        the Spark engine: the stages' kernels inside Apache Spark
     pipeline     one function per stage of the night
-    cli, dags,
-    web          commands, DAG wiring and the review page (`govmdm review serve`)
+    web          the review page and the linkage pages (`govmdm review serve` starts it)
+    cli, dags    commands and DAG wiring
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ LAYERS = {
     "access": 5,
     "spark": 6,
     "pipeline": 7,
-    "cli": 8,
-    "dags": 8,
     "web": 8,
+    "cli": 9,
+    "dags": 9,
 }
 STAGE_PACKAGES = ["fields", "store", "etl", "master_data", "quality", "access", "spark", "pipeline"]
 
