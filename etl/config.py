@@ -1278,16 +1278,26 @@ def save_settings_snapshot(city: CityConfig, path: str | Path) -> Path:
     return target
 
 
-def night_date(city: CityConfig, run_id: str) -> dt.date:
-    """The day a night's data describes: the ``YYYY-MM-DD`` in its run ID (the default run IDs
-    and Airflow's ``scheduled__<date>…`` carry one), else today in the city's time zone.
+def run_id_date(run_id: str) -> dt.date | None:
+    """The ``YYYY-MM-DD`` a run ID carries (the default run IDs and Airflow's
+    ``scheduled__<date>…`` carry one), or None.
 
-    >>> night_date(city, "2026-07-01")
-    datetime.date(2026, 7, 1)
+    >>> run_id_date("scheduled__2026-07-01T18:00:00+00:00"), run_id_date("n1")
+    (datetime.date(2026, 7, 1), None)
     """
     if m := re.search(r"\d{4}-\d{2}-\d{2}", run_id):
         try:
             return dt.date.fromisoformat(m.group(0))
         except ValueError:
-            pass
-    return dt.datetime.now(zoneinfo.ZoneInfo(city.timezone)).date()
+            return None
+    return None
+
+
+def night_date(city: CityConfig, run_id: str) -> dt.date:
+    """The day a night's data describes: the date in its run ID (:func:`run_id_date`), else
+    today in the city's time zone.
+
+    >>> night_date(city, "2026-07-01")
+    datetime.date(2026, 7, 1)
+    """
+    return run_id_date(run_id) or dt.datetime.now(zoneinfo.ZoneInfo(city.timezone)).date()

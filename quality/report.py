@@ -35,7 +35,6 @@ in calendar order.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -50,7 +49,7 @@ from typing import Any, Final
 import jinja2
 import sqlalchemy as sa
 
-from etl.config import CityConfig
+from etl.config import CityConfig, run_id_date
 from etl.state import RunState, warehouse_url
 from fields import dictionary
 from fields.masking import (
@@ -1127,21 +1126,13 @@ def night_offsets(nights: Sequence[str]) -> list[float]:
     """
     if len(nights) < 2:
         return [0.5] * len(nights)
-    days = [_night_day(n) for n in nights]
+    days = [run_id_date(n) for n in nights]
     if all(d is not None for d in days):
         ordinals = [d.toordinal() for d in days if d is not None]
         span = ordinals[-1] - ordinals[0]
         if span > 0:
             return [(o - ordinals[0]) / span for o in ordinals]
     return [i / (len(nights) - 1) for i in range(len(nights))]
-
-
-def _night_day(run_id: str) -> dt.date | None:
-    m = re.match(r"\d{4}-\d{2}-\d{2}", run_id)
-    try:
-        return dt.date.fromisoformat(m.group(0)) if m else None
-    except ValueError:
-        return None
 
 
 def _short_night(run_id: str) -> str:
