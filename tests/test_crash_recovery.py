@@ -81,18 +81,9 @@ KILL_POINTS = (
     "publish:watermarks-committed",
     "publish:done",
 )
-# PostgreSQL adds a server to the same code paths: one point per step that writes to it (the
-# ledger and proposed watermarks, the lock, the publish transaction, the watermark commit).
-PG_KILL_POINTS = (
-    "extract:recorded#6",
-    "link:renamed",
-    "publish:inserting#2",
-    "publish:before-commit",
-    "publish:committed",
-    "publish:watermarks-db",
-    "publish:keysets-moving#3",
-    "publish:done",
-)
+# The same points on PostgreSQL: every stage writes to the server (the ledger, proposed
+# watermarks and the key-set bookkeeping, the night lock, the publish transaction).
+PG_KILL_POINTS = KILL_POINTS
 DIGESTED = {
     "mdm_person": ("master_id",),
     "mdm_enterprise": ("master_id",),
