@@ -396,6 +396,84 @@ def model_show(
         say(f"Model page: {html.resolve()}")
 
 
+@model_app.command("summary")
+def model_summary(
+    config: ConfigDir = Path("config"),
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="A published night (default: the latest one)."),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            metavar="OUT",
+            help="Write the page here instead of var/reports/run=ID/linkage.html.",
+        ),
+    ] = None,
+) -> None:
+    """A night's linkage: cluster sizes, the scored pairs against the review and auto-link
+    bands, merges / splits / new and retired master IDs beside the night before and, on the
+    sample city, precision and recall per case kind; also written as a self-contained page
+    that the reports index links (the night's reports stage writes it too)."""
+    from master_data.published import published_night
+    from quality.linkage import EVENTS, case_rows_of, linkage_data, render_linkage_page
+    from quality.report import LINKAGE_NAME, build_index, reports_dir
+
+    city = _load(config)
+    try:
+        night = run_id or published_night(city).run_id
+        data = linkage_data(city, night)
+        page = render_linkage_page(data)
+    except (LookupError, OSError, ValueError, KeyError) as exc:
+        console.print(f"[red]{escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
+    _print_linkage(data, EVENTS, case_rows_of)
+    out = html or reports_dir(city, night) / LINKAGE_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    if html is None:
+        build_index(city)
+    say(f"Linkage summary: {out.resolve()}")
+
+
+def _print_linkage(data: dict[str, Any], events: dict[str, str], cases: Any) -> None:
+    previous = f", beside {data['previous']}" if data["previous"] else ", the first night"
+    table = Table(title=f"Linkage of night {data['run_id']}{previous}", title_justify="left")
+    for col in ("entity", "records", "masters", "pairs", "below", "review", "auto", *events):
+        table.add_column(col, justify="left" if col == "entity" else "right")
+    for entity, d in data["entities"].items():
+        for label, row in ((entity, d), ("  night before", d["previous"])):
+            if row is None:
+                continue
+            same = row is d
+            table.add_row(
+                label,
+                *(f"{d[k]:,}" if same else "" for k in ("records",)),
+                f"{row['masters']:,}" if row.get("masters") is not None else "—",
+                *(f"{d[k]:,}" if same else "" for k in ("pairs",)),
+                *(f"{d['bands'][k]:,}" if same else "" for k in ("below", "review", "auto")),
+                *(f"{row['events'][k] if same else row[k]:,}" for k in events),
+            )
+    console.print(table)
+    if data["truth"]["note"]:
+        say(data["truth"]["note"])
+    for entity in data["truth"]["entities"]:
+        t = Table(title=f"{entity}: pairs touching each case kind", title_justify="left")
+        for col in ("case kind", "rows", "true pairs", "linked pairs", "precision", "recall"):
+            t.add_column(col, justify="left" if col == "case kind" else "right")
+        for c in cases(data, entity):
+            t.add_row(
+                c.kind,
+                f"{c.rows:,}",
+                f"{c.true_pairs:,}",
+                f"{c.predicted_pairs:,}",
+                f"{c.precision:.4f}",
+                f"{c.recall:.4f}",
+            )
+        console.print(t)
+
+
 @review_app.command("list")
 def review_list(
     config: ConfigDir = Path("config"),

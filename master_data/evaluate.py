@@ -849,3 +849,148 @@ def evaluate(
             examples=tuple(_examples(al, e, examples, 20)),
         )
     return Evaluation(str(truth_dir), night, entities)
+
+
+# --- per case kind -----------------------------------------------------------------------------
+
+CASE_LABELS: dict[str, str] = {
+    "all": "全部记录",
+    "twin": "双胞胎（须分开）",
+    "namesake": "同名同生日（须分开）",
+    "moved": "迁居（地址已变）",
+    "phone_changed": "换了手机号",
+    "branch": "分支机构（须与总部分开）",
+    "missing": "缺失值（如无身份证号）",
+    "homophone": "同音字",
+    "similar_shape": "形近字",
+    "traditional_chinese": "繁体字",
+    "legacy_15_digit_id": "15 位旧身份证号",
+    "fullwidth_digits": "全角数字",
+    "bad_check_digit": "校验位错误",
+    "day_month_swapped": "月、日互换",
+    "excel_serial_date": "Excel 日期序号",
+    "stale_value": "过时的值",
+    "abbreviated_address": "地址简写",
+    "duplicate_row": "重复行",
+    "excel_damaged_code": "Excel 损坏的代码",
+    "legacy_organization_code": "旧组织机构代码",
+    "legacy_registration_number": "旧注册号",
+    "city_dropped": "名称缺市名",
+    "halfwidth_brackets": "半角括号",
+    "legal_form_variant": "企业类型写法不同",
+}
+"""Chinese labels of the case kinds: the sample city's planted dirt (``truth/dirt.parquet``)
+and the kinds of entity that test linkage (twins, namesakes, movers, branches)."""
+
+_ENTITY_CASES = {
+    "person": {
+        "twin": "twin_of",
+        "namesake": "namesake_group",
+        "moved": "previous_division_code",
+        "phone_changed": "previous_phone",
+    },
+    "enterprise": {"branch": "parent_enterprise_id"},
+}
+
+
+@dataclass(frozen=True)
+class CaseMetrics:
+    """Pairwise precision and recall over the pairs that touch rows of one case kind: a pair
+    counts when at least one of its two rows is of that kind (``all``: every pair, the same
+    figures as :class:`PairwiseMetrics`)."""
+
+    kind: str
+    label: str
+    rows: int  # live source rows of this kind
+    linked: int  # of them, in the crosswalk
+    true_pairs: int
+    predicted_pairs: int
+    true_positives: int
+    precision: float
+    recall: float
+
+
+def case_rows(truth: GroundTruth, truth_dir: Path | str) -> pd.DataFrame:
+    """(department, source_key, kind) of every truth row of a case kind: the rows of entities
+    of a kind (all rows of a twin, …) and the rows the generator dirtied (``dirt.parquet``)."""
+    path = Path(truth_dir)
+    tdir = path / "truth" if (path / "truth").is_dir() else path
+    keys = truth.rows[["department", "source_key", "entity_type", "entity_id"]].astype(str)
+    parts = []
+    for entity, (frame, id_col) in {
+        "person": (truth.persons, "person_id"),
+        "enterprise": (truth.enterprises, "enterprise_id"),
+    }.items():
+        for kind, column in _ENTITY_CASES[entity].items():
+            if column not in frame.columns:
+                continue
+            ids = set(frame.loc[frame[column].notna(), id_col].astype(str))
+            hit = keys[(keys["entity_type"] == entity) & keys["entity_id"].isin(ids)]
+            parts.append(hit[["department", "source_key"]].assign(kind=kind))
+    if (tdir / "dirt.parquet").exists():
+        dirt = pq.read_table(tdir / "dirt.parquet").to_pandas()
+        parts.append(dirt[["department", "source_key", "kind"]].astype(str))
+    if not parts:
+        return pd.DataFrame(columns=["department", "source_key", "kind"])
+    return pd.concat(parts, ignore_index=True).drop_duplicates(ignore_index=True)
+
+
+def _touching(frame: pd.DataFrame, by: str | list[str], flag: str) -> int:
+    """Pairs within each group of ``frame`` with at least one row whose ``flag`` is set."""
+    g = frame.groupby(by)[flag].agg(["size", "sum"])
+    n, rest = g["size"], g["size"] - g["sum"]
+    return int((n * (n - 1) // 2 - rest * (rest - 1) // 2).sum())
+
+
+def case_metrics(
+    truth_dir: Path | str, crosswalk: pd.DataFrame, night: int | None = None
+) -> dict[str, list[CaseMetrics]]:
+    """Per entity type, pairwise precision/recall of the pairs touching each case kind's rows,
+    ``all`` first, then the kinds by how many rows they have.
+
+    >>> cases = case_metrics("var/city", crosswalk)  # doctest: +SKIP
+    >>> [(c.kind, round(c.precision, 3)) for c in cases["person"]][:2]  # doctest: +SKIP
+    [('all', 0.998), ('missing', 0.991)]
+    """
+    truth = load_truth(truth_dir)
+    night = truth.night if night is None else night
+    al = _align(crosswalk, truth.rows, night)
+    _check_same_city(truth_dir, len(crosswalk), len(al.unknown))
+    cases = case_rows(truth, truth_dir)
+    out: dict[str, list[CaseMetrics]] = {}
+    for e in _types(al):
+        linked = al.linked[al.linked["entity_type"] == e]
+        live = al.live[al.live["entity_type"] == e]
+        found = []
+        for kind in sorted(cases["kind"].unique()):
+            keys = cases.loc[cases["kind"] == kind, ["department", "source_key"]]
+            found.append(_case(linked, live, kind, pd.MultiIndex.from_frame(keys)))
+        kinds = sorted((c for c in found if c.rows), key=lambda c: (-c.rows, c.kind))
+        out[e] = [_case(linked, live, "all", None), *kinds]
+    return out
+
+
+def _case(
+    linked: pd.DataFrame, live: pd.DataFrame, kind: str, keys: pd.MultiIndex | None
+) -> CaseMetrics:
+    def flag(frame: pd.DataFrame) -> pd.DataFrame:
+        if keys is None:
+            return frame.assign(case=True)
+        at = pd.MultiIndex.from_frame(frame[["department", "source_key"]].astype(str))
+        return frame.assign(case=at.isin(keys))
+
+    lk, lv = flag(linked), flag(live)
+    tp = _touching(lk, ["cluster", "truth"], "case")
+    predicted = _touching(lk, "cluster", "case")
+    true = _touching(lv, "entity_id", "case")
+    return CaseMetrics(
+        kind,
+        CASE_LABELS.get(kind, kind),
+        rows=int(lv["case"].sum()),
+        linked=int(lk["case"].sum()),
+        true_pairs=true,
+        predicted_pairs=predicted,
+        true_positives=tp,
+        precision=_ratio(tp, predicted),
+        recall=_ratio(tp, true),
+    )

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -45,6 +46,8 @@ from pipeline.record import (
 )
 from pipeline.reruns import check_replay, rerun_plan
 from store import layout
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DeliveryFailed",
@@ -403,6 +406,7 @@ def build_reports(
     from quality.report import build_reports as build
 
     trend = DEFAULT_NIGHTS if nights is None else nights
+    linkage = _linkage_page(night) if department is None else None
     reports = build(night.city, night.run_id, department, nights=trend)
     if on_result is not None:
         on_result(reports)
@@ -413,7 +417,24 @@ def build_reports(
             r.name: {"html": str(r.html_path), "headline": r.headline} for r in reports.all()
         },
     }
-    return outcome if department is not None else note_night(night, "reports", outcome)
+    if department is not None:
+        return outcome
+    return note_night(night, "reports", outcome | {"linkage": linkage})
+
+
+def _linkage_page(night: Night) -> dict[str, str | None]:
+    """The night's linkage summary page (:mod:`quality.linkage`), written before the reports
+    so that their index links it. A night that published nothing has none, and a page that
+    cannot be built says why in the night's record; neither stops the reports."""
+    from quality.linkage import write_linkage_page
+
+    try:
+        return {"html": str(write_linkage_page(night.city, night.run_id)), "why_not": None}
+    except LookupError as exc:
+        return {"html": None, "why_not": str(exc)}
+    except (OSError, ValueError, KeyError) as exc:  # a damaged state file: the reports go on
+        log.warning("night %s: no linkage summary page: %s", night.run_id, exc)
+        return {"html": None, "why_not": f"{type(exc).__name__}: {exc}"}
 
 
 class DeliveryFailed(RuntimeError):

@@ -72,6 +72,7 @@ from store.warehouse import engine_for
 __all__ = [
     "DEFAULT_NIGHTS",
     "HEADLINES",
+    "LINKAGE_NAME",
     "VERDICTS",
     "Report",
     "ReportSet",
@@ -318,7 +319,7 @@ def write_reports(reports: ReportSet) -> None:
         _write_atomic(report.html_path, report.html)
         _write_atomic(report.json_path, report.json_text)
     if reports.overview is not None:
-        keep = set(reports.files())
+        keep = {*reports.files(), reports.directory / LINKAGE_NAME}
         for stale in [*reports.directory.glob("*.html"), *reports.directory.glob("*.json")]:
             if stale not in keep:
                 stale.unlink()
@@ -809,6 +810,8 @@ def _rank(status: str) -> int:
 
 INDEX_NAME: Final = "index.html"
 RULES_DIR: Final = "rules"
+LINKAGE_NAME: Final = "linkage.html"
+"""The night's linkage summary (:mod:`quality.linkage`), beside its reports."""
 
 
 def reports_root(city: CityConfig) -> Path:
@@ -948,8 +951,10 @@ def index_data(
                 "change": score["change"],
             }
         overview = reports_dir(city, n) / "overview.html"
+        linkage = reports_dir(city, n) / LINKAGE_NAME
         rows.append(
             {"run_id": n, "overview": f"run={n}/overview.html" if overview.exists() else None}
+            | {"linkage": f"run={n}/{LINKAGE_NAME}" if linkage.exists() else None}
             | {"cells": cells}
         )
     return {
