@@ -625,5 +625,7 @@ def _print_demo_night(summary: dict[str, Any]) -> None:
         console.print(f"Quality (GB/T 36344, mean of the departments): {score:.1f}")
     if reports := summary.get("reports"):
         say(f"Reports: {reports['directory']}/<department>.html and overview.html")
+        if page := (reports.get("linkage") or {}).get("html"):
+            say(f"Linkage summary: {page}")
         unsent = "not e-mailed (govmdm report --send e-mails them)"
         say(f"Delivery: {summary.get('delivery', {}).get('note', unsent)}")

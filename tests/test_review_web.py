@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -19,16 +20,21 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 import uvicorn
+import yaml
 from sample_cities import CONFIG, NIGHT0, isolate
+from sqlalchemy.pool import NullPool
 
 import store.warehouse as wh
 from access import audit
+from access.policy import ANALYST_URL_ENV
 from access.review import pair, pair_ref, queue
+from access.views import after_publish
 from etl.config import CityConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.departments import DEPARTMENTS
@@ -220,42 +226,61 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         browser.quit()
 
 
+def _decide_in_browser(
+    city: CityConfig, driver: object, queued: int, ref: str, note: str, shot: Path
+) -> str:
+    """Open the queue (``queued`` pairs), open pair ``ref`` (the first), link it with ``note``
+    and return the page's banner once the decision is recorded."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert isinstance(driver, WebDriver)
+    with _served(city) as base:
+        driver.get(f"{base}/?token={TOKEN}")
+        listed = driver.find_elements(By.CSS_SELECTOR, "#queue tr[data-ref]")
+        assert len(listed) == queued
+        assert TOKEN not in driver.current_url
+        assert listed[0].get_attribute("data-ref") == ref  # most probable first
+        listed[0].find_element(By.LINK_TEXT, "复核").click()
+        assert driver.current_url.endswith(f"/pair/{ref}")
+        assert driver.find_elements(By.CSS_SELECTOR, "#fields .diff")  # characters that differ
+        assert len(driver.find_elements(By.CSS_SELECTOR, "table.cluster")) == 2
+        driver.save_screenshot(str(shot))
+        driver.find_element(By.ID, "note").send_keys(note)
+        driver.find_element(By.CSS_SELECTOR, "button.link").click()
+        # the POST redirects to the recorded page: wait for it (a loaded machine is slow)
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "recorded"))
+        banner = str(driver.find_element(By.ID, "recorded").text)
+        driver.get(f"{base}/")
+        status = driver.find_element(By.CSS_SELECTOR, "#queue tr[data-ref] .status-link").text
+        assert status == "link"
+    return banner
+
+
 @pytest.mark.slow
 def test_a_steward_decides_a_pair_in_the_browser_and_the_next_night_honours_it(
     city: CityConfig, driver: object, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver
-    from selenium.webdriver.support.ui import WebDriverWait
 
     assert isinstance(driver, WebDriver)
     rows = queue(city, limit=1000, privileged=True)
     left, right = rows[0]["left_record"], rows[0]["right_record"]
-    with _served(city) as base:
+    with _served(city) as base:  # the pair's page shows no value in clear
         driver.get(f"{base}/?token={TOKEN}")
-        listed = driver.find_elements(By.CSS_SELECTOR, "#queue tr[data-ref]")
-        assert len(listed) == len(rows)
-        assert TOKEN not in driver.current_url
-        listed[0].find_element(By.LINK_TEXT, "复核").click()
-        assert driver.current_url.endswith(f"/pair/{pair_ref(left, right)}")
+        driver.get(f"{base}/pair/{rows[0]['ref']}")
         page = driver.page_source
         clear = pair(city, rows[0]["ref"], privileged=True).fields
         personal = [f[s] for f in clear for s in ("left", "right") if f["field"] != "sex"]
         assert all(v not in page for v in personal if v and len(v) > 1)  # masked
-        assert driver.find_elements(By.CSS_SELECTOR, "#fields .diff")  # characters that differ
         bars = driver.find_elements(By.CSS_SELECTOR, "svg#waterfall rect")
         assert len(bars) == 2 + len(pair(city, rows[0]["ref"]).weights)  # prior, fields, total
-        assert len(driver.find_elements(By.CSS_SELECTOR, "table.cluster")) == 2
-        driver.save_screenshot(str(tmp_path / "review-pair.png"))
-        driver.find_element(By.ID, "note").send_keys("同一人：就诊时未带身份证")
-        driver.find_element(By.CSS_SELECTOR, "button.link").click()
-        # the POST redirects to the recorded page: wait for it (a loaded machine is slow)
-        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.ID, "recorded"))
-        banner = driver.find_element(By.ID, "recorded").text
-        assert "link" in banner and "审计日志 #" in banner and "review_decide" in banner
-        driver.get(f"{base}/")
-        status = driver.find_element(By.CSS_SELECTOR, "#queue tr[data-ref] .status-link").text
-        assert status == "link"
+    banner = _decide_in_browser(
+        city, driver, len(rows), rows[0]["ref"], "同一人：就诊时未带身份证", tmp_path / "p.png"
+    )
+    assert "link" in banner and "审计日志 #" in banner and "review_decide" in banner
     engine = wh.engine_for(warehouse_url(city))
     try:
         [logged] = audit.entries(engine, action="review_decide", limit=5)
@@ -269,6 +294,98 @@ def test_a_steward_decides_a_pair_in_the_browser_and_the_next_night_honours_it(
     next_night(city.var_dir / "city")
     _night(city, NIGHT1)
     assert _master(city, left) == _master(city, right)
+
+
+def _pg_rows(url: str, sql: str, **params: object) -> list[sa.Row[Any]]:
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(sql), params)
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_steward_decides_on_postgresql_and_the_next_night_honours_it(
+    pg_database: str, driver: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warehouse on PostgreSQL: the page reads as the steward's own login
+    (GOVMDM_ANALYST_URL, a login in the steward role as the README tells the DBA to make one),
+    the decision goes through ``govmdm_review_decide`` (recorded under that login, with its
+    audit row), and the next night, published into PostgreSQL, links the pair."""
+    var = tmp_path / "var"
+    isolate(monkeypatch, var)
+    generate_city(var / "city", persons=600, enterprises=70, seed=7, review_band=True)
+    db = sa.make_url(pg_database).database
+    roles = {kind: f"{db}_{kind}" for kind in ("analyst", "privileged", "steward")}
+    shutil.copytree(CONFIG, tmp_path / "config")
+    catalog = tmp_path / "config" / "catalog.yaml"
+    doc = yaml.safe_load(catalog.read_text(encoding="utf-8")) | {"roles": roles}
+    catalog.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
+    c = load_city_config(tmp_path / "config")
+    steward = f"{db}_steward_login"
+    try:
+        _night(c, NIGHT0)
+        owner = wh.engine_for(pg_database)
+        try:  # views, roles and grants, as `govmdm run` has every publish install them
+            run = wh.latest_run(owner)
+            assert run is not None
+            assert after_publish(owner, c, NIGHT0, json.loads(run["summary"]))
+        finally:
+            owner.dispose()
+        _pg_rows(pg_database, f"CREATE ROLE {steward} LOGIN IN ROLE {roles['steward']}")
+        url = sa.make_url(pg_database).set(username=steward, password=None)
+        monkeypatch.setenv(ANALYST_URL_ENV, url.render_as_string(hide_password=False))
+        queued = _pg_rows(
+            pg_database,
+            "SELECT left_record, right_record, left_master_id, right_master_id "
+            "FROM mdm_review_queue ORDER BY probability DESC, left_record",
+        )
+        assert len(queued) >= 5
+        left, right, left_id, right_id = queued[0]
+        assert left_id != right_id
+        banner = _decide_in_browser(
+            c,
+            driver,
+            len(queued),
+            pair_ref(left, right),
+            "同一人（PostgreSQL）",
+            tmp_path / "p.png",
+        )
+        assert "link" in banner and "审计日志 #" in banner
+        decided = _pg_rows(
+            pg_database,
+            "SELECT left_record, right_record, decision, decided_by, note FROM mdm_review_decision",
+        )
+        assert [tuple(r) for r in decided] == [
+            (min(left, right), max(left, right), "link", steward, "同一人（PostgreSQL）")
+        ]
+        logged = _pg_rows(
+            pg_database,
+            "SELECT who, role, outcome, detail FROM audit_log WHERE action = 'review_decide'",
+        )
+        assert [(r.who, r.role, r.outcome) for r in logged] == [(steward, "steward", "ok")]
+        detail = logged[0].detail
+        assert (json.loads(detail) if isinstance(detail, str) else detail)["decision"] == "link"
+        next_night(var / "city")
+        _night(c, NIGHT1)
+        linked = _pg_rows(
+            pg_database,
+            "SELECT DISTINCT master_id FROM mdm_crosswalk "
+            "WHERE department || '/' || source_table || '/' || source_key IN (:a, :b)",
+            a=left,
+            b=right,
+        )
+        assert len(linked) == 1  # one master ID: the night honoured the decision
+    finally:
+        existing = {r.rolname for r in _pg_rows(pg_database, "SELECT rolname FROM pg_roles")}
+        for role in [steward, *roles.values()]:
+            if role in existing:
+                _pg_rows(pg_database, f"DROP OWNED BY {role}")
+                _pg_rows(pg_database, f"DROP ROLE {role}")
 
 
 def _master(city: CityConfig, record: str) -> str:
