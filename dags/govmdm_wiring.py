@@ -419,8 +419,9 @@ def validate_golden(
 
 @task
 def build_reports(planned: dict[str, Any], scored: dict[str, Any]) -> str:
-    """Each department's data-quality report (Chinese HTML + JSON twin) and the
-    overview, under ``var/reports/run=<id>/``; personal data masked."""
+    """Each department's data-quality report (Chinese HTML + JSON twin), the
+    overview and the night's linkage summary, under ``var/reports/run=<id>/``;
+    personal data masked."""
     from pipeline import night as glue
 
     out = glue.build_reports(_night(planned))
