@@ -287,11 +287,26 @@ def _on_spark(planned: dict[str, Any], stage: str, args: list[str]) -> None:
     provider; the Spark application is killed with the task (timeout, or marked failed)."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
+    try:
+        Connection.get(SPARK_CONN_ID)
+    except AirflowNotFoundException as exc:  # the hook would quietly fall back to YARN
+        raise AirflowFailException(
+            f"engine: spark (config/city.yaml) needs the Airflow connection {SPARK_CONN_ID}, "
+            "the Spark cluster to submit to; there is none. Fix: create it, e.g. "
+            f"""AIRFLOW_CONN_{SPARK_CONN_ID.upper()}='{{"conn_type": "spark", "host": "yarn"}}' """
+            "(dags/README.md, The Spark engine), or set engine: local"
+        ) from exc
     job = spark_job(planned, stage, args)
     application = job.pop("application")
     hook = SparkSubmitHook(**job)
     try:
         hook.submit(application)
+    except FileNotFoundError as exc:
+        raise AirflowFailException(
+            f"engine: spark: {exc.filename or 'spark-submit'} is not on this worker's PATH. "
+            "Fix: install govmdm[spark] (its pyspark brings spark-submit) or the cluster's "
+            "Spark client on every Airflow worker"
+        ) from exc
     except Exception:  # spark-submit ran and failed: nothing is left running
         raise
     except BaseException:  # the task was stopped (timeout, marked failed): stop Spark too

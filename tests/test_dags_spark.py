@@ -82,6 +82,29 @@ def test_the_provider_builds_the_spark_submit_command(wiring: Any) -> None:
     ][-9:]  # fmt: skip
 
 
+def test_no_spark_default_connection_names_it_and_the_fix(
+    wiring: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.delenv("AIRFLOW_CONN_SPARK_DEFAULT")
+    with pytest.raises(AirflowFailException) as caught:
+        wiring._on_spark(PLANNED, "link", ["--departments", "gongan"])
+    message = str(caught.value)
+    assert "needs the Airflow connection spark_default" in message, message
+    assert "AIRFLOW_CONN_SPARK_DEFAULT=" in message and "engine: local" in message, message
+
+
+def test_a_worker_without_spark_submit_is_told_what_to_install(
+    wiring: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no spark-submit here
+    with pytest.raises(AirflowFailException, match=r"not on this worker's PATH\. Fix: install"):
+        wiring._on_spark(PLANNED, "link", ["--departments", "gongan"])
+
+
 def test_the_entry_point_refuses_a_standardize_without_department(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "pipeline" / "spark_submit.py"), "standardize",
