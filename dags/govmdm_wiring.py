@@ -64,6 +64,21 @@ MDM_ENTERPRISE = Asset(
 )
 GOLDEN = {"mdm_person": MDM_PERSON, "mdm_enterprise": MDM_ENTERPRISE}
 
+SPARK_CONN_ID = "spark_default"
+"""The Airflow connection of the Spark cluster a night on the Spark engine is submitted to (its
+host is the master: ``yarn``, ``k8s://https://…``, ``local[2]``; its extra the deploy mode and
+YARN queue). See dags/README.md, *The Spark engine*."""
+SPARK_CONF = {
+    "spark.io.encryption.enabled": "true",  # shuffle and spill files hold personal data
+    "spark.authenticate": "true",  # a shared secret between the driver and its executors …
+    "spark.network.crypto.enabled": "true",  # … and the rows they exchange encrypted with it
+}
+"""Spark settings every govmdm application is submitted with, whatever the cluster's
+``spark-defaults.conf`` says (sizing, archives and the Python to run belong there)."""
+SPARK_APP_ENV = "GOVMDM_SPARK_APP"
+"""Where ``spark-submit`` finds :mod:`pipeline.spark_submit` when the installed file's path is
+not right for the cluster (e.g. ``local:///opt/govmdm/…/spark_submit.py`` inside the image)."""
+
 DEPARTMENT = "{{ task.op_kwargs['department'] }}"  # the map name of a department's tasks
 _MAPPED = re.compile(r"^department\.(?P<stage>\w+?)_(?P<index>\d+)$")
 
@@ -243,6 +258,88 @@ def _night_id(context: Context) -> str:
         return when.date().isoformat()
 
 
+# --- the Spark engine ---------------------------------------------------------------------------
+
+
+def spark_job(planned: dict[str, Any], stage: str, args: list[str]) -> dict[str, Any]:
+    """What a night on the Spark engine submits for ``stage``: the provider's
+    :class:`~airflow.providers.apache.spark.hooks.spark_submit.SparkSubmitHook` arguments and the
+    application (:mod:`pipeline.spark_submit`). Only the run ID, department codes and paths
+    go on the command line."""
+    import pipeline.spark_submit
+
+    config = _config().resolve()
+    env = {"GOVMDM_CONFIG": str(config)}
+    if os.environ.get("GOVMDM_VAR", "").strip():
+        env["GOVMDM_VAR"] = os.environ["GOVMDM_VAR"]
+    return {
+        "application": os.environ.get(SPARK_APP_ENV, "").strip() or pipeline.spark_submit.__file__,
+        "conn_id": SPARK_CONN_ID,
+        "conf": dict(SPARK_CONF),
+        "name": f"govmdm-{stage}-{planned['run_id']}",
+        "application_args": [stage, "--config", str(config), "--run-id", planned["run_id"], *args],
+        "env_vars": env,
+    }
+
+
+def _on_spark(planned: dict[str, Any], stage: str, args: list[str]) -> None:
+    """Run ``stage`` of the planned night with ``spark-submit`` through the Apache Spark
+    provider; the Spark application is killed with the task (timeout, or marked failed)."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    try:
+        Connection.get(SPARK_CONN_ID)
+    except AirflowNotFoundException as exc:  # the hook would quietly fall back to YARN
+        raise AirflowFailException(
+            f"engine: spark (config/city.yaml) needs the Airflow connection {SPARK_CONN_ID}, "
+            "the Spark cluster to submit to; there is none. Fix: create it, e.g. "
+            f"""AIRFLOW_CONN_{SPARK_CONN_ID.upper()}='{{"conn_type": "spark", "host": "yarn"}}' """
+            "(dags/README.md, The Spark engine), or set engine: local"
+        ) from exc
+    job = spark_job(planned, stage, args)
+    application = job.pop("application")
+    hook = SparkSubmitHook(**job)
+    try:
+        hook.submit(application)
+    except FileNotFoundError as exc:
+        raise AirflowFailException(
+            f"engine: spark: {exc.filename or 'spark-submit'} is not on this worker's PATH. "
+            "Fix: install govmdm[spark] (its pyspark brings spark-submit) or the cluster's "
+            "Spark client on every Airflow worker"
+        ) from exc
+    except Exception:  # spark-submit ran and failed: nothing is left running
+        raise
+    except BaseException:  # the task was stopped (timeout, marked failed): stop Spark too
+        hook.on_kill()
+        raise
+
+
+def _standardize_on_spark(planned: dict[str, Any], department: str) -> dict[str, Any]:
+    """The department's standardization on Spark; its outcome from the night's record, or the
+    department flagged the way the local engine flags it."""
+    from pipeline import night as glue
+    from pipeline.spark_submit import noted
+
+    _on_spark(planned, "standardize", ["--department", department])
+    out = noted(_night(planned), "standardize", department)
+    if out.get("status") != "ok":
+        status = str(out.get("status", "failed"))
+        message = str(out.get("message", f"{department}: standardize noted no outcome"))
+        raise _flagged(glue.DepartmentFlagged(department, "standardize", status, message))
+    return out
+
+
+def _link_on_spark(planned: dict[str, Any], made_it: list[str]) -> dict[str, Any]:
+    """Link on Spark; its outcome (the link task's XCom) from the night's record."""
+    from pipeline.spark_submit import noted
+
+    held = [c for c in planned["departments"] if c not in made_it]
+    args = ["--departments", ",".join(made_it), "--held", ",".join(held)]
+    args += ["--full"] * bool(planned["full"]) + ["--retrain"] * bool(planned["retrain"])
+    _on_spark(planned, "link", args)
+    return {k: v for k, v in noted(_night(planned), "link").items() if k != "spark"}
+
+
 # --- the tasks of a night ------------------------------------------------------------------------
 
 
@@ -284,6 +381,7 @@ def _plan(mode: Mode) -> Any:
         return {
             **out,
             "mode": mode,
+            "engine": night.engine,
             "full": full,
             "retrain": bool(p.get("retrain")),
             "send_reports": bool(p.get("send_reports", True)),
@@ -327,6 +425,11 @@ def standardize(department: str, planned: dict[str, Any]) -> str:
     no one go to rejects with reasons. Fails the department if counts do not reconcile."""
     from pipeline import night as glue
 
+    if planned.get("engine") == "spark":
+        out = _standardize_on_spark(planned, department)
+        return f"{department} on Spark: {out['read']:,} read, " + (
+            f"{out['standardized']:,} standardized, {out['rejected']:,} rejected"
+        )
     try:
         out = glue.standardize(_night(planned), department)
     except glue.DepartmentFlagged as exc:
@@ -371,6 +474,8 @@ def link(planned: dict[str, Any], delivered: Any) -> dict[str, Any]:
     from pipeline import night as glue
 
     made_it = [d["department"] for d in delivered]
+    if planned.get("engine") == "spark":
+        return _link_on_spark(planned, made_it)
     return glue.link(
         _night(planned),
         departments=made_it,
