@@ -555,3 +555,20 @@ def evaluate(
             f"{acc:.4f}",
         )
     console.print(table)
+    console.print(_golden_table(result))
+
+
+def _golden_table(result: Any) -> Table:
+    """Per entity and attribute: the share of masters with the true value, over all masters
+    and over those where some member source row holds it (what survivorship could choose)."""
+    table = Table(title="Golden values against the truth", title_justify="left")
+    for col in ("entity", "attribute", "accuracy", "wrong", "where a source holds it", "wrong"):
+        table.add_column(col, justify="left" if col in ("entity", "attribute") else "right")
+    for e, ev in result.entities.items():
+        for attr, a in (ev.golden.attributes if ev.golden is not None else {}).items():
+            held = "" if a.held_accuracy is None else f"{a.held_accuracy:.4f}"
+            missed = "" if a.held is None else f"{a.held - (a.held_correct or 0):,} of {a.held:,}"
+            table.add_row(
+                e, attr, f"{a.accuracy:.4f}", f"{a.evaluated - a.correct:,}", held, missed
+            )
+    return table

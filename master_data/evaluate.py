@@ -563,11 +563,19 @@ division and its detail, and a person's employer is not in the truth."""
 
 @dataclass(frozen=True)
 class AttributeAccuracy:
-    """How many evaluated masters carry the true value of one attribute."""
+    """How many evaluated masters carry the true value of one attribute.
+
+    ``held``: of them, the masters where some member source row holds the true value (what
+    survivorship could have chosen), ``held_correct`` those right, ``held_accuracy`` the share;
+    ``None`` when the member rows were not given.
+    """
 
     correct: int
     evaluated: int
     accuracy: float
+    held: int | None = None
+    held_correct: int | None = None
+    held_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -641,7 +649,40 @@ def master_entities(linked: pd.DataFrame) -> pd.Series:
     )
 
 
-def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str) -> GoldenAccuracy:
+def _held(
+    records: pd.DataFrame | None,
+    al: _Aligned,
+    truth: GroundTruth,
+    entity: str,
+    owner: pd.Series,
+) -> dict[str, pd.Series]:
+    """Per scored attribute, the masters (index) where some linked member row holds the value of
+    the master's true entity (``records``: canonical rows with the source-row key columns)."""
+    if records is None or not len(records):
+        return {}
+    linked = al.linked[al.linked["entity"] == entity][[*_KEY, "master_id"]]
+    rows = records.assign(**{c: _as_text(records[c]) for c in _KEY}).merge(linked, on=_KEY)
+    rows = rows.assign(_entity_id=rows["master_id"].map(owner))
+    rows = rows[rows["_entity_id"].notna()].reset_index(drop=True)
+    true = _truth_entities(truth, entity).reindex(rows["_entity_id"]).reset_index(drop=True)
+    held: dict[str, pd.Series] = {}
+    for attr, (columns, fn) in SCORED[entity].items():
+        present = [c for c in columns if c in true.columns]
+        if attr not in rows.columns or not present:
+            continue
+        mine = _normalised(rows[attr], fn)
+        ok = mine.notna() & _matches(mine, [_normalised(true[c], fn) for c in present])
+        held[attr] = ok.groupby(rows["master_id"]).any()
+    return held
+
+
+def _golden(
+    golden: pd.DataFrame,
+    al: _Aligned,
+    truth: GroundTruth,
+    entity: str,
+    records: pd.DataFrame | None = None,
+) -> GoldenAccuracy:
     if "master_id" not in golden.columns:
         raise ValueError(f"golden {entity} table lacks master_id")
     g = golden.assign(master_id=golden["master_id"].astype(str))
@@ -659,6 +700,7 @@ def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str)
     attributes: dict[str, AttributeAccuracy] = {}
     skipped: list[str] = []
     every = pd.Series(True, index=scored.index)
+    held = _held(records, al, truth, entity, owner)
     for attr, (columns, fn) in SCORED[entity].items():
         present = [c for c in columns if c in true.columns]
         if attr not in scored.columns or not present:
@@ -666,9 +708,7 @@ def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str)
             continue
         ok = _matches(_normalised(scored[attr], fn), [_normalised(true[c], fn) for c in present])
         every &= ok
-        attributes[attr] = AttributeAccuracy(
-            int(ok.sum()), len(scored), _ratio(int(ok.sum()), len(scored))
-        )
+        attributes[attr] = _accuracy(ok, held.get(attr), scored["master_id"])
     return GoldenAccuracy(
         entity=entity,
         masters=len(g),
@@ -680,6 +720,16 @@ def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str)
     )
 
 
+def _accuracy(ok: pd.Series, held: pd.Series | None, masters: pd.Series) -> AttributeAccuracy:
+    """``ok``: per scored master, right or not; ``held``: per master, a member holds the truth."""
+    n, right = len(ok), int(ok.sum())
+    if held is None:
+        return AttributeAccuracy(right, n, _ratio(right, n))
+    mask = masters.map(held).fillna(False).astype(bool).to_numpy()
+    h, hr = int(mask.sum()), int(ok[mask].sum())
+    return AttributeAccuracy(right, n, _ratio(right, n), h, hr, _ratio(hr, h))
+
+
 def golden_accuracy(
     golden: pd.DataFrame,
     crosswalk: pd.DataFrame,
@@ -687,8 +737,10 @@ def golden_accuracy(
     entity: str,
     *,
     night: int | None = None,
+    records: pd.DataFrame | None = None,
 ) -> GoldenAccuracy:
-    """Per attribute, the share of masters whose golden value equals their true entity's value.
+    """Per attribute, the share of masters whose golden value equals their true entity's value
+    (and, given the member ``records``, the share among masters where some member holds it).
 
     Values are compared after normalising format: dates as dates, phones as digits (a person's
     mobile or landline both count), capital as ``Decimal`` to 4 places, identifiers upper-case
@@ -703,7 +755,7 @@ def golden_accuracy(
     if entity not in ENTITIES:
         raise ValueError(f"entity must be one of {ENTITIES}, not {entity!r}")
     night = truth.night if night is None else night
-    return _golden(golden, _align(crosswalk, truth.rows, night), truth, entity)
+    return _golden(golden, _align(crosswalk, truth.rows, night), truth, entity, records)
 
 
 # --- everything at once --------------------------------------------------------------------------
@@ -802,12 +854,15 @@ def evaluate(
     night: int | None = None,
     *,
     examples: int = 5,
+    records: Mapping[str, pd.DataFrame] | None = None,
 ) -> Evaluation:
     """Score one night's crosswalk and golden tables against a generated city's truth.
 
     ``truth_dir`` is the city directory (or its ``truth/``); ``night`` defaults to the night the
     truth files describe. Entity values in the truth are as of that night, so golden records of an
-    earlier night are scored against later values.
+    earlier night are scored against later values. ``records``: per entity, the night's canonical
+    member rows (``department, source_table, source_key`` and the attributes); with them each
+    attribute is also scored where some member row holds the true value (``held_accuracy``).
 
     >>> ev = evaluate("var/city", crosswalk, golden_persons, golden_enterprises)  # doctest: +SKIP
     >>> print(json.dumps(ev.to_dict(), ensure_ascii=False))  # doctest: +SKIP
@@ -845,7 +900,7 @@ def evaluate(
             counts=counts,
             pairwise=_pairwise(linked, live),
             clusters=_clusters(linked),
-            golden=None if g is None else _golden(g, al, truth, e),
+            golden=None if g is None else _golden(g, al, truth, e, (records or {}).get(e)),
             examples=tuple(_examples(al, e, examples, 20)),
         )
     return Evaluation(str(truth_dir), night, entities)

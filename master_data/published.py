@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import sqlalchemy as sa
 
 from etl.config import CityConfig
 from etl.state import warehouse_url
 from master_data.evaluate import Evaluation, evaluate
+from master_data.night_state import DamagedState, read_state
 from store.layout import state_dir_of
 from store.tables import crosswalk_table, enterprise_table, person_table
 from store.warehouse import engine_for, latest_run
 from store.warehouse import read as read_table
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,4 +71,18 @@ def evaluate_published(city: CityConfig, truth_dir: Path) -> Evaluation:
         crosswalk = read_table(engine, crosswalk_table)
         persons = read_table(engine, person_table)
         firms = read_table(engine, enterprise_table)
-    return evaluate(truth_dir, crosswalk, persons, firms)
+        night = published_night(city)
+    return evaluate(truth_dir, crosswalk, persons, firms, records=_records(night.state_dir))
+
+
+def _records(state_dir: Path) -> dict[str, pd.DataFrame]:
+    """The published night's canonical member rows per entity, where its state is still kept."""
+    out: dict[str, pd.DataFrame] = {}
+    for entity in ("person", "enterprise"):
+        try:
+            out[entity] = read_state(state_dir / entity, "records").to_pandas()
+        except DamagedState:
+            log.warning(
+                "no records in %s: golden values scored without what sources held", state_dir
+            )
+    return out
