@@ -7,7 +7,8 @@ For each attribute of a master entity, the value comes from one member row chose
    number): ``28-6-1606`` with the street dropped never beats a full address of another
    department;
 3. the value held by the most departments (**agreement**, ``agreement(3 of 4)``: 3 of the 4
-   departments that hold a value agree);
+   departments that hold a value agree); for a value that changes (a phone, an address: see
+   ``CHANGING``), each department by its newest row;
 4. the most recent ``updated_at`` (**most_recent**);
 5. the configured **rank** of departments; then department and source key, so the choice is
    deterministic (``tiebreak``).
@@ -43,6 +44,13 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
 }
 """Attribute → the golden columns that survive together (the first one decides "has a value"),
 from :mod:`fields.dictionary`."""
+
+CHANGING = frozenset(
+    {"phone", "address", "status", "employer_uscc", "legal_rep_name", "legal_rep_id",
+     "registered_capital"}
+)  # fmt: skip
+"""Attributes whose true value changes over a life (a department's newest row speaks for it);
+the others change only by correction (every row of a department counts)."""
 
 # The rows of mdm_provenance and mdm_conflict, less what the publish adds (entity, night).
 PROVENANCE_COLUMNS = [c.name for c in provenance_table.columns if c.name != "entity"]
@@ -148,10 +156,7 @@ def _choose(
     value = _comparable(has, attribute, lead)
     pair = pd.factorize(pd.Series(m) * (len(value) + 1) + pd.factorize(value)[0])[0]
     agree = np.bincount(pair)[pair]  # rows holding the same value in the master
-    depts = pd.DataFrame({"p": pair, "d": codes.dept}).drop_duplicates()
-    agree_depts = np.bincount(depts["p"], minlength=pair.max() + 1)[pair]
-    master_depts = pd.DataFrame({"m": m, "d": codes.dept}).drop_duplicates()
-    held_by = np.bincount(master_depts["m"], minlength=m.max() + 1)[m]
+    agree_depts, held_by = _department_votes(m, pair, codes, attribute in CHANGING)
     auth_rows = has["department"] == auth if auth else pd.Series(False, index=has.index)
     not_auth = (~auth_rows).to_numpy().astype(int)
     complete = _completeness(has, attribute)
@@ -199,6 +204,24 @@ def _rules(
     labels[not_auth[w] == 0] = "authority"
     rule[w] = labels
     return rule
+
+
+def _department_votes(
+    m: np.ndarray, pair: np.ndarray, codes: _Codes, changing: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: how many departments of its master hold its value, and how many hold one. For
+    a value that ``changing`` (a phone, an address), a department votes with its newest row only:
+    three old hospital visits with the number a person had then do not outvote last month's
+    visit. For one that does not (a name, a birth date), any of its rows counts: one newer row
+    with a typo does not take a department away from the value its other rows hold."""
+    rows = pd.DataFrame({"m": m, "d": codes.dept, "newer": codes.newer, "p": pair})
+    if changing:
+        voting = rows.sort_values(["m", "d", "newer"], kind="stable").drop_duplicates(["m", "d"])
+    else:
+        voting = rows.drop_duplicates(["p", "d"])
+    votes = np.bincount(voting["p"], minlength=pair.max() + 1)[pair]
+    voters = np.bincount(rows.drop_duplicates(["m", "d"])["m"], minlength=m.max() + 1)[m]
+    return votes, voters
 
 
 def _agreement_label(agree_depts: np.ndarray, held_by: np.ndarray) -> np.ndarray:
@@ -253,17 +276,24 @@ def _conflicts(chosen: _Chosen, attribute: str, lead: str) -> pd.DataFrame:
 
 
 def _authority_contradicted(chosen: _Chosen, attribute: str, lead: str) -> pd.DataFrame:
-    """The authority's winning rows that every other department's rows (two at least) contradict
-    with one value, the newest of them newer than the authority's row."""
+    """The authority's winning rows that every other department contradicts with one value (the
+    newest row of each department; two rows at least), the newest of them newer than the
+    authority's row."""
     has, auth = chosen.has, chosen.auth
     assert auth is not None
     from_authority = chosen.winners[chosen.winners["department"] == auth]
     others = has.assign(_value=chosen.value, _newer=chosen.newer)[has["department"] != auth]
     others = others[others["master_id"].isin(from_authority.index)]
-    by_master = others.groupby("master_id").agg(
-        values=("_value", "nunique"), rows=("_value", "size"), newest=("_newer", "min"),
-        value=("_value", "first"), at=("_newer", "idxmin"),
-    )  # fmt: skip
+    newest = others.sort_values("_newer", kind="stable").drop_duplicates(
+        ["master_id", "department"]
+    )
+    by_master = newest.groupby("master_id").agg(
+        values=("_value", "nunique"), value=("_value", "first"), at=("_newer", "idxmin")
+    )
+    by_master["newest"] = chosen.newer[by_master["at"].to_numpy()]
+    backing = others.groupby(["master_id", "_value"]).size()
+    held = list(zip(by_master.index, by_master["value"], strict=True))
+    by_master["rows"] = backing.reindex(held).to_numpy() if held else []
     kept = _comparable(from_authority, attribute, lead)
     auth_newer = pd.Series(
         chosen.newer[from_authority["_at"].to_numpy()], index=from_authority.index
@@ -275,11 +305,10 @@ def _authority_contradicted(chosen: _Chosen, attribute: str, lead: str) -> pd.Da
         & (by_master["newest"] < auth_newer.reindex(by_master.index))
     ]
     rows = from_authority.loc[hit.index].reset_index()
-    newest = has.loc[hit["at"].to_numpy()]
     return _conflict_rows(
         rows,
         attribute,
-        _shown(newest, attribute, lead).reset_index(drop=True),
+        _shown(has.loc[hit["at"].to_numpy()], attribute, lead).reset_index(drop=True),
         auth,
         _shown(rows, attribute, lead),
     )

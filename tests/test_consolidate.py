@@ -139,6 +139,24 @@ def test_provenance_names_the_authority_and_conflicts_go_to_the_other_department
     assert (phones["authority_value"] == phones["master_id"].map(golden["phone"])).all()
 
 
+def test_golden_values_are_true_wherever_a_source_holds_them(city: CityConfig) -> None:
+    """Scored against the city's truth: where some member row holds the true value, the golden
+    value is it (name, ID, sex, birth date, address). A phone without its authority's row is
+    chosen by agreement and recency (the sample city's stale copies are old ones); with one, the
+    authority's value is kept even when stale, and flagged where the others contradict it."""
+    ev = evaluate_published(city, city.var_dir / "city").entities["person"].golden
+    assert ev is not None
+    for attr in ("name", "id_number", "sex", "birth_date", "division_code", "address_detail"):
+        a = ev.attributes[attr]
+        assert a.held and a.held_accuracy is not None and a.held_accuracy >= 0.995, (attr, a)
+    phone = ev.attributes["phone"]
+    assert phone.held and phone.held_accuracy is not None and phone.held_accuracy >= 0.98
+    tables = _tables(city)
+    prov = tables["mdm_provenance"]
+    rules = prov.loc[prov["entity"] == "person", "rule"].str.replace(r"\(.*", "", regex=True)
+    assert {"agreement", "most_recent", "completeness"} <= set(rules)
+
+
 def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """A state table in a fixed order (a delta night appends its rows, a full night sorts)."""
     return frame.sort_values(SORT[name], kind="mergesort").reset_index(drop=True)
