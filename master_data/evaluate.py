@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -793,8 +794,65 @@ class RowCounts:
 
 
 @dataclass(frozen=True)
+class Band:
+    """Scored candidate pairs whose match probability lies in ``[low, high)`` (the last band
+    includes 1): how many, how many are truly one entity, the mean predicted probability and the
+    true share. A calibrated model has ``true_share`` close to ``mean_probability``."""
+
+    low: float
+    high: float
+    pairs: int
+    true_matches: int
+    mean_probability: float
+    true_share: float
+
+
+BANDS = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0)
+"""The calibration bands' edges: the default ``keep``, ``review`` and ``auto_link`` among them (a
+pair below ``keep`` is kept only when a rule links it)."""
+
+
+def _band(probability: np.ndarray, same: np.ndarray, low: float, high: float) -> Band:
+    inside = (probability >= low) & ((probability < high) | (high >= 1.0))
+    n, true = int(inside.sum()), int(same[inside].sum())
+    mean = float(probability[inside].mean()) if n else float("nan")
+    return Band(low, high, n, true, mean, _ratio(true, n))
+
+
+def calibration(
+    edges: pd.DataFrame,
+    records: pd.DataFrame,
+    truth_rows: pd.DataFrame,
+    bands: tuple[float, ...] = BANDS,
+    review: tuple[float, float] | None = None,
+) -> tuple[tuple[Band, ...], Band | None]:
+    """Predicted match probability against the truth, in bands, for one entity's scored pairs.
+
+    ``edges``: ``left, right`` (record IDs) and ``probability``, as linking kept them;
+    ``records``: ``record_id`` and the source-row key columns; ``truth_rows``: the generator's
+    rows (source key → true entity). Pairs with an end the truth does not know are left out.
+    ``review``: ``(review, auto_link)``, also scored as one band, the review band.
+
+    >>> bands, review = calibration(edges, recs, truth.rows, review=(0.5, 0.99))  # doctest: +SKIP
+    >>> review.pairs, review.true_share  # doctest: +SKIP
+    (143, 0.99)
+    """
+    tr = _truth_frame(truth_rows)
+    keyed = records[["record_id", *_KEY]].assign(**{c: _as_text(records[c]) for c in _KEY})
+    owner = keyed.merge(tr[[*_KEY, "entity_id"]], on=_KEY).set_index("record_id")["entity_id"]
+    left = edges["left"].map(owner)
+    right = edges["right"].map(owner)
+    known = (left.notna() & right.notna()).to_numpy()
+    probability = edges["probability"].to_numpy(dtype=float)[known]
+    same = (left == right).to_numpy()[known]
+    out = tuple(_band(probability, same, lo, hi) for lo, hi in itertools.pairwise(bands))
+    return out, (None if review is None else _band(probability, same, *review))
+
+
+@dataclass(frozen=True)
 class EntityEvaluation:
-    """Everything measured for one entity type."""
+    """Everything measured for one entity type; ``calibration`` and ``review_band`` when the
+    night's scored pairs were given."""
 
     entity: str
     counts: RowCounts
@@ -802,6 +860,8 @@ class EntityEvaluation:
     clusters: ClusterMetrics
     golden: GoldenAccuracy | None
     examples: tuple[ErrorExample, ...] = ()
+    calibration: tuple[Band, ...] = ()
+    review_band: Band | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -855,6 +915,8 @@ def evaluate(
     *,
     examples: int = 5,
     records: Mapping[str, pd.DataFrame] | None = None,
+    edges: Mapping[str, pd.DataFrame] | None = None,
+    review: Mapping[str, tuple[float, float]] | None = None,
 ) -> Evaluation:
     """Score one night's crosswalk and golden tables against a generated city's truth.
 
@@ -863,6 +925,8 @@ def evaluate(
     earlier night are scored against later values. ``records``: per entity, the night's canonical
     member rows (``department, source_table, source_key`` and the attributes); with them each
     attribute is also scored where some member row holds the true value (``held_accuracy``).
+    ``edges``: per entity, the night's scored pairs; with ``records`` they give the calibration
+    bands, and the review band of ``review`` (entity → ``(review, auto_link)``).
 
     >>> ev = evaluate("var/city", crosswalk, golden_persons, golden_enterprises)  # doctest: +SKIP
     >>> print(json.dumps(ev.to_dict(), ensure_ascii=False))  # doctest: +SKIP
@@ -895,6 +959,9 @@ def evaluate(
             true_entities_linked=int(linked["entity_id"].nunique()),
         )
         g = goldens.get(e)
+        bands: tuple[tuple[Band, ...], Band | None] = ((), None)
+        if edges and records and e in edges and e in records:
+            bands = calibration(edges[e], records[e], truth.rows, review=(review or {}).get(e))
         entities[e] = EntityEvaluation(
             entity=e,
             counts=counts,
@@ -902,5 +969,7 @@ def evaluate(
             clusters=_clusters(linked),
             golden=None if g is None else _golden(g, al, truth, e, (records or {}).get(e)),
             examples=tuple(_examples(al, e, examples, 20)),
+            calibration=bands[0],
+            review_band=bands[1],
         )
     return Evaluation(str(truth_dir), night, entities)

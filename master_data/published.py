@@ -22,6 +22,7 @@ from etl.config import CityConfig
 from etl.state import warehouse_url
 from master_data.evaluate import Evaluation, evaluate
 from master_data.night_state import DamagedState, read_state
+from master_data.settings import EntityMatch
 from store.layout import state_dir_of
 from store.tables import crosswalk_table, enterprise_table, person_table
 from store.warehouse import engine_for, latest_run
@@ -72,17 +73,31 @@ def evaluate_published(city: CityConfig, truth_dir: Path) -> Evaluation:
         persons = read_table(engine, person_table)
         firms = read_table(engine, enterprise_table)
         night = published_night(city)
-    return evaluate(truth_dir, crosswalk, persons, firms, records=_records(night.state_dir))
+    records, edges = _state(night.state_dir, "records"), _state(night.state_dir, "edges")
+    review = {
+        e: (match.thresholds.review, match.thresholds.auto_link)
+        for e in ("person", "enterprise")
+        if (match := _match(night.state_dir / e)) is not None
+    }
+    return evaluate(
+        truth_dir, crosswalk, persons, firms, records=records, edges=edges, review=review
+    )
 
 
-def _records(state_dir: Path) -> dict[str, pd.DataFrame]:
-    """The published night's canonical member rows per entity, where its state is still kept."""
+def _state(state_dir: Path, name: str) -> dict[str, pd.DataFrame]:
+    """One state table of the published night per entity, where its state is still kept."""
     out: dict[str, pd.DataFrame] = {}
     for entity in ("person", "enterprise"):
         try:
-            out[entity] = read_state(state_dir / entity, "records").to_pandas()
+            out[entity] = read_state(state_dir / entity, name).to_pandas()
         except DamagedState:
-            log.warning(
-                "no records in %s: golden values scored without what sources held", state_dir
-            )
+            log.warning("no %s in %s: evaluated without them", name, state_dir / entity)
     return out
+
+
+def _match(folder: Path) -> EntityMatch | None:
+    """The match settings the night ran with (``match.json`` beside its state)."""
+    try:
+        return EntityMatch.model_validate_json((folder / "match.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -144,7 +144,8 @@ def test_golden_values_are_true_wherever_a_source_holds_them(city: CityConfig) -
     value is it (name, ID, sex, birth date, address). A phone without its authority's row is
     chosen by agreement and recency (the sample city's stale copies are old ones); with one, the
     authority's value is kept even when stale, and flagged where the others contradict it."""
-    ev = evaluate_published(city, city.var_dir / "city").entities["person"].golden
+    person = evaluate_published(city, city.var_dir / "city").entities["person"]
+    ev = person.golden
     assert ev is not None
     for attr in ("name", "id_number", "sex", "birth_date", "division_code", "address_detail"):
         a = ev.attributes[attr]
@@ -155,6 +156,11 @@ def test_golden_values_are_true_wherever_a_source_holds_them(city: CityConfig) -
     prov = tables["mdm_provenance"]
     rules = prov.loc[prov["entity"] == "person", "rule"].str.replace(r"\(.*", "", regex=True)
     assert {"agreement", "most_recent", "completeness"} <= set(rules)
+    # the calibration bands cover every scored pair the night kept; the review band is 0.5–0.99
+    edges = read_state(master_dir(city.var_dir, NIGHT0) / "person", "edges")
+    assert sum(b.pairs for b in person.calibration) == edges.num_rows
+    assert person.review_band is not None
+    assert (person.review_band.low, person.review_band.high) == (0.5, 0.99)
 
 
 def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -285,6 +285,25 @@ def test_golden_accuracy_where_some_source_holds_the_true_value() -> None:
     assert golden_accuracy(golden, cw, truth, "person").attributes["phone"].held is None
 
 
+def test_calibration_bands_count_true_matches_by_predicted_probability() -> None:
+    rows = truth_rows({"a": "P1", "b": "P1", "c": "P2", "d": "P3", "e": "P3"})
+    records = rows.rename(columns={"table": "source_table"})[["department", "source_table",
+                                                              "source_key"]]  # fmt: skip
+    records = records.assign(record_id="r" + records["source_key"])
+    edges = pd.DataFrame(
+        {
+            "left": ["ra", "ra", "rc", "rd", "ra"],
+            "right": ["rb", "rc", "rd", "re", "rzz"],  # rzz: unknown to the truth, left out
+            "probability": [0.995, 0.6, 0.7, 0.3, 0.9],
+        }
+    )
+    bands, review = ev.calibration(edges, records, rows, bands=(0.0, 0.5, 0.99, 1.0),
+                                   review=(0.5, 0.99))  # fmt: skip
+    assert [(b.pairs, b.true_matches) for b in bands] == [(1, 1), (2, 0), (1, 1)]
+    assert bands[1].mean_probability == pytest.approx(0.65) and bands[1].true_share == 0.0
+    assert review is not None and (review.pairs, review.true_matches) == (2, 0)
+
+
 def test_golden_master_takes_the_true_entity_with_most_rows() -> None:
     rows = truth_rows({"a": "P2", "b": "P1", "c": "P1"})
     truth = GroundTruth(PERSONS, pd.DataFrame(), rows)
