@@ -125,7 +125,12 @@ class _Chosen:
     value: pd.Series
     winners: pd.DataFrame
     auth: str | None
+    m: np.ndarray  # per row of ``has``: master code, (master, value) code, department code,
+    pair: np.ndarray  # recency (lower is newer), whether it is the authority's row; ``first``:
+    dept: np.ndarray  # each master's winning row
     newer: np.ndarray
+    is_auth: np.ndarray
+    first: np.ndarray
 
     def provenance(self, attribute: str) -> pd.DataFrame:
         w = self.winners
@@ -166,15 +171,16 @@ def _choose(
     sort = np.lexsort((codes.key, codes.dept, *keys[::-1], not_auth, m))
     head = np.concatenate(([True], m[sort][1:] != m[sort][:-1]))
     first = sort[head]
-    rule = _rules(sort, head, m, pair, keys, not_auth)
-    rule = np.where(rule == "agreement", _agreement_label(agree_depts, held_by), rule)
+    rule = _rules(sort, head, m, pair, keys, not_auth)[first]
+    by_agreement = rule == "agreement"
+    rule[by_agreement] = _agreement_label(agree_depts[first], held_by[first])[by_agreement]
     winners = has.iloc[first].assign(
-        _at=has.index[first],
-        _rule=rule[first],
-        _candidates=np.bincount(m)[m][first],
-        _agreeing=agree[first],
+        _rule=rule, _candidates=np.bincount(m)[m][first], _agreeing=agree[first]
     )
-    return _Chosen(has, value, winners.set_index("master_id"), auth, codes.newer)
+    return _Chosen(
+        has, value, winners.set_index("master_id"), auth,
+        m, pair, codes.dept, codes.newer, not_auth == 0, first,
+    )  # fmt: skip
 
 
 def _rules(
@@ -278,40 +284,43 @@ def _conflicts(chosen: _Chosen, attribute: str, lead: str) -> pd.DataFrame:
 def _authority_contradicted(chosen: _Chosen, attribute: str, lead: str) -> pd.DataFrame:
     """The authority's winning rows that every other department contradicts with one value (the
     newest row of each department; two rows at least), the newest of them newer than the
-    authority's row."""
-    has, auth = chosen.has, chosen.auth
+    authority's row. On integer codes: this runs for every master of the night."""
+    auth, c = chosen.auth, chosen
     assert auth is not None
-    from_authority = chosen.winners[chosen.winners["department"] == auth]
-    others = has.assign(_value=chosen.value, _newer=chosen.newer)[has["department"] != auth]
-    others = others[others["master_id"].isin(from_authority.index)]
-    newest = others.sort_values("_newer", kind="stable").drop_duplicates(
-        ["master_id", "department"]
-    )
-    by_master = newest.groupby("master_id").agg(
-        values=("_value", "nunique"), value=("_value", "first"), at=("_newer", "idxmin")
-    )
-    by_master["newest"] = chosen.newer[by_master["at"].to_numpy()]
-    backing = others.groupby(["master_id", "_value"]).size()
-    held = list(zip(by_master.index, by_master["value"], strict=True))
-    by_master["rows"] = backing.reindex(held).to_numpy() if held else []
-    kept = _comparable(from_authority, attribute, lead)
-    auth_newer = pd.Series(
-        chosen.newer[from_authority["_at"].to_numpy()], index=from_authority.index
-    )
-    hit = by_master[
-        (by_master["values"] == 1)
-        & (by_master["rows"] >= 2)
-        & (by_master["value"] != kept.reindex(by_master.index))
-        & (by_master["newest"] < auth_newer.reindex(by_master.index))
+    n = int(c.m.max()) + 1
+    kept = np.full(n, -1)  # per master: the authority's kept (master, value) code and recency
+    kept_newer = np.zeros(n, dtype=c.newer.dtype)
+    won = c.first[c.is_auth[c.first]]
+    kept[c.m[won]], kept_newer[c.m[won]] = c.pair[won], c.newer[won]
+    others = np.flatnonzero(~c.is_auth & (kept[c.m] >= 0))
+    order = others[np.lexsort((c.newer[others], c.dept[others], c.m[others]))]
+    mo, do = c.m[order], c.dept[order]
+    newest = order[np.concatenate(([True], (mo[1:] != mo[:-1]) | (do[1:] != do[:-1])))[: len(mo)]]
+    values = np.bincount(c.m[_first_of(c.pair, newest)], minlength=n)  # distinct, per master
+    top = newest[np.lexsort((c.newer[newest], c.m[newest]))]
+    top = top[np.concatenate(([True], c.m[top][1:] != c.m[top][:-1]))[: len(top)]]
+    backing = np.bincount(c.pair[others], minlength=int(c.pair.max()) + 1)
+    mt = c.m[top]
+    hit = top[
+        (values[mt] == 1)
+        & (backing[c.pair[top]] >= 2)
+        & (c.pair[top] != kept[mt])
+        & (c.newer[top] < kept_newer[mt])
     ]
-    rows = from_authority.loc[hit.index].reset_index()
+    newer_rows = c.has.iloc[hit]
+    rows = c.winners.loc[newer_rows["master_id"].to_numpy()].reset_index()
     return _conflict_rows(
         rows,
         attribute,
-        _shown(has.loc[hit["at"].to_numpy()], attribute, lead).reset_index(drop=True),
+        _shown(newer_rows, attribute, lead).reset_index(drop=True),
         auth,
         _shown(rows, attribute, lead),
     )
+
+
+def _first_of(pair: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """One row of ``rows`` per distinct (master, value) code among them."""
+    return rows[np.unique(pair[rows], return_index=True)[1]]
 
 
 def _conflict_rows(
