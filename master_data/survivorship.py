@@ -88,7 +88,8 @@ def survive(
             for c in columns:
                 golden[c] = None
             continue
-        has = members.iloc[at].reset_index(drop=True)
+        has = members.iloc[at]
+        has.index = pd.RangeIndex(len(at))  # positions (no copy, unlike reset_index)
         chosen = _choose(has, master_code[at], codes.take(at), attribute, columns[0],
                          authority.get(attribute))  # fmt: skip
         for c in columns:
