@@ -81,7 +81,11 @@ COLUMN_ZH: dict[str, dict[str, str]] = {
         "source_updated_at": "来源记录的更新时间",
         "candidates": "该属性有值的源记录数",
         "agreeing": "其中与所取值一致的记录数",
-        "rule": "取值规则（authority 权威部门 / rank 部门优先级 / recency 最新）",
+        "rule": (
+            "取值规则（authority 权威部门 / completeness 地址最完整 / "
+            "agreement(k of n) 多部门一致 / most_recent 最新 / rank 部门优先级 / "
+            "tiebreak 确定性排序）"
+        ),
     },
     "mdm_crosswalk": {
         "entity": "主体类型（person / enterprise）",

@@ -633,3 +633,42 @@ def evaluate(
             f"{acc:.4f}",
         )
     console.print(table)
+    console.print(_golden_table(result))
+    console.print(_calibration_table(result))
+
+
+def _calibration_table(result: Any) -> Table:
+    """Per entity: the scored pairs in bands of predicted match probability, and the share
+    truly one entity; the review band (review ≤ p < auto_link) last."""
+    table = Table(
+        title="Calibration: predicted probability against the truth", title_justify="left"
+    )
+    for col in ("entity", "band", "pairs", "true matches", "mean predicted", "true share"):
+        table.add_column(col, justify="left" if col in ("entity", "band") else "right")
+    for e, ev in result.entities.items():
+        rows = [(f"[{b.low:g}, {b.high:g}{']' if b.high >= 1 else ')'}", b) for b in ev.calibration]
+        if ev.review_band is not None:
+            b = ev.review_band
+            rows.append((f"review band [{b.low:g}, {b.high:g})", b))
+        for label, b in rows:
+            mean, share = (
+                ("", "") if b.pairs == 0 else (f"{b.mean_probability:.4f}", f"{b.true_share:.4f}")
+            )
+            table.add_row(e, label, f"{b.pairs:,}", f"{b.true_matches:,}", mean, share)
+    return table
+
+
+def _golden_table(result: Any) -> Table:
+    """Per entity and attribute: the share of masters with the true value, over all masters
+    and over those where some member source row holds it (what survivorship could choose)."""
+    table = Table(title="Golden values against the truth", title_justify="left")
+    for col in ("entity", "attribute", "accuracy", "wrong", "where a source holds it", "wrong"):
+        table.add_column(col, justify="left" if col in ("entity", "attribute") else "right")
+    for e, ev in result.entities.items():
+        for attr, a in (ev.golden.attributes if ev.golden is not None else {}).items():
+            held = "" if a.held_accuracy is None else f"{a.held_accuracy:.4f}"
+            missed = "" if a.held is None else f"{a.held - (a.held_correct or 0):,} of {a.held:,}"
+            table.add_row(
+                e, attr, f"{a.accuracy:.4f}", f"{a.evaluated - a.correct:,}", held, missed
+            )
+    return table

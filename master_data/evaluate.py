@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -563,11 +564,19 @@ division and its detail, and a person's employer is not in the truth."""
 
 @dataclass(frozen=True)
 class AttributeAccuracy:
-    """How many evaluated masters carry the true value of one attribute."""
+    """How many evaluated masters carry the true value of one attribute.
+
+    ``held``: of them, the masters where some member source row holds the true value (what
+    survivorship could have chosen), ``held_correct`` those right, ``held_accuracy`` the share;
+    ``None`` when the member rows were not given.
+    """
 
     correct: int
     evaluated: int
     accuracy: float
+    held: int | None = None
+    held_correct: int | None = None
+    held_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -641,7 +650,40 @@ def master_entities(linked: pd.DataFrame) -> pd.Series:
     )
 
 
-def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str) -> GoldenAccuracy:
+def _held(
+    records: pd.DataFrame | None,
+    al: _Aligned,
+    truth: GroundTruth,
+    entity: str,
+    owner: pd.Series,
+) -> dict[str, pd.Series]:
+    """Per scored attribute, the masters (index) where some linked member row holds the value of
+    the master's true entity (``records``: canonical rows with the source-row key columns)."""
+    if records is None or not len(records):
+        return {}
+    linked = al.linked[al.linked["entity"] == entity][[*_KEY, "master_id"]]
+    rows = records.assign(**{c: _as_text(records[c]) for c in _KEY}).merge(linked, on=_KEY)
+    rows = rows.assign(_entity_id=rows["master_id"].map(owner))
+    rows = rows[rows["_entity_id"].notna()].reset_index(drop=True)
+    true = _truth_entities(truth, entity).reindex(rows["_entity_id"]).reset_index(drop=True)
+    held: dict[str, pd.Series] = {}
+    for attr, (columns, fn) in SCORED[entity].items():
+        present = [c for c in columns if c in true.columns]
+        if attr not in rows.columns or not present:
+            continue
+        mine = _normalised(rows[attr], fn)
+        ok = mine.notna() & _matches(mine, [_normalised(true[c], fn) for c in present])
+        held[attr] = ok.groupby(rows["master_id"]).any()
+    return held
+
+
+def _golden(
+    golden: pd.DataFrame,
+    al: _Aligned,
+    truth: GroundTruth,
+    entity: str,
+    records: pd.DataFrame | None = None,
+) -> GoldenAccuracy:
     if "master_id" not in golden.columns:
         raise ValueError(f"golden {entity} table lacks master_id")
     g = golden.assign(master_id=golden["master_id"].astype(str))
@@ -659,6 +701,7 @@ def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str)
     attributes: dict[str, AttributeAccuracy] = {}
     skipped: list[str] = []
     every = pd.Series(True, index=scored.index)
+    held = _held(records, al, truth, entity, owner)
     for attr, (columns, fn) in SCORED[entity].items():
         present = [c for c in columns if c in true.columns]
         if attr not in scored.columns or not present:
@@ -666,9 +709,7 @@ def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str)
             continue
         ok = _matches(_normalised(scored[attr], fn), [_normalised(true[c], fn) for c in present])
         every &= ok
-        attributes[attr] = AttributeAccuracy(
-            int(ok.sum()), len(scored), _ratio(int(ok.sum()), len(scored))
-        )
+        attributes[attr] = _accuracy(ok, held.get(attr), scored["master_id"])
     return GoldenAccuracy(
         entity=entity,
         masters=len(g),
@@ -680,6 +721,16 @@ def _golden(golden: pd.DataFrame, al: _Aligned, truth: GroundTruth, entity: str)
     )
 
 
+def _accuracy(ok: pd.Series, held: pd.Series | None, masters: pd.Series) -> AttributeAccuracy:
+    """``ok``: per scored master, right or not; ``held``: per master, a member holds the truth."""
+    n, right = len(ok), int(ok.sum())
+    if held is None:
+        return AttributeAccuracy(right, n, _ratio(right, n))
+    mask = masters.map(held).fillna(False).astype(bool).to_numpy()
+    h, hr = int(mask.sum()), int(ok[mask].sum())
+    return AttributeAccuracy(right, n, _ratio(right, n), h, hr, _ratio(hr, h))
+
+
 def golden_accuracy(
     golden: pd.DataFrame,
     crosswalk: pd.DataFrame,
@@ -687,8 +738,10 @@ def golden_accuracy(
     entity: str,
     *,
     night: int | None = None,
+    records: pd.DataFrame | None = None,
 ) -> GoldenAccuracy:
-    """Per attribute, the share of masters whose golden value equals their true entity's value.
+    """Per attribute, the share of masters whose golden value equals their true entity's value
+    (and, given the member ``records``, the share among masters where some member holds it).
 
     Values are compared after normalising format: dates as dates, phones as digits (a person's
     mobile or landline both count), capital as ``Decimal`` to 4 places, identifiers upper-case
@@ -703,7 +756,7 @@ def golden_accuracy(
     if entity not in ENTITIES:
         raise ValueError(f"entity must be one of {ENTITIES}, not {entity!r}")
     night = truth.night if night is None else night
-    return _golden(golden, _align(crosswalk, truth.rows, night), truth, entity)
+    return _golden(golden, _align(crosswalk, truth.rows, night), truth, entity, records)
 
 
 # --- everything at once --------------------------------------------------------------------------
@@ -741,8 +794,65 @@ class RowCounts:
 
 
 @dataclass(frozen=True)
+class Band:
+    """Scored candidate pairs whose match probability lies in ``[low, high)`` (the last band
+    includes 1): how many, how many are truly one entity, the mean predicted probability and the
+    true share. A calibrated model has ``true_share`` close to ``mean_probability``."""
+
+    low: float
+    high: float
+    pairs: int
+    true_matches: int
+    mean_probability: float
+    true_share: float
+
+
+BANDS = (0.0, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0)
+"""The calibration bands' edges: the default ``keep``, ``review`` and ``auto_link`` among them (a
+pair below ``keep`` is kept only when a rule links it)."""
+
+
+def _band(probability: np.ndarray, same: np.ndarray, low: float, high: float) -> Band:
+    inside = (probability >= low) & ((probability < high) | (high >= 1.0))
+    n, true = int(inside.sum()), int(same[inside].sum())
+    mean = float(probability[inside].mean()) if n else float("nan")
+    return Band(low, high, n, true, mean, _ratio(true, n))
+
+
+def calibration(
+    edges: pd.DataFrame,
+    records: pd.DataFrame,
+    truth_rows: pd.DataFrame,
+    bands: tuple[float, ...] = BANDS,
+    review: tuple[float, float] | None = None,
+) -> tuple[tuple[Band, ...], Band | None]:
+    """Predicted match probability against the truth, in bands, for one entity's scored pairs.
+
+    ``edges``: ``left, right`` (record IDs) and ``probability``, as linking kept them;
+    ``records``: ``record_id`` and the source-row key columns; ``truth_rows``: the generator's
+    rows (source key → true entity). Pairs with an end the truth does not know are left out.
+    ``review``: ``(review, auto_link)``, also scored as one band, the review band.
+
+    >>> bands, review = calibration(edges, recs, truth.rows, review=(0.5, 0.99))  # doctest: +SKIP
+    >>> review.pairs, review.true_share  # doctest: +SKIP
+    (143, 0.99)
+    """
+    tr = _truth_frame(truth_rows)
+    keyed = records[["record_id", *_KEY]].assign(**{c: _as_text(records[c]) for c in _KEY})
+    owner = keyed.merge(tr[[*_KEY, "entity_id"]], on=_KEY).set_index("record_id")["entity_id"]
+    left = edges["left"].map(owner)
+    right = edges["right"].map(owner)
+    known = (left.notna() & right.notna()).to_numpy()
+    probability = edges["probability"].to_numpy(dtype=float)[known]
+    same = (left == right).to_numpy()[known]
+    out = tuple(_band(probability, same, lo, hi) for lo, hi in itertools.pairwise(bands))
+    return out, (None if review is None else _band(probability, same, *review))
+
+
+@dataclass(frozen=True)
 class EntityEvaluation:
-    """Everything measured for one entity type."""
+    """Everything measured for one entity type; ``calibration`` and ``review_band`` when the
+    night's scored pairs were given."""
 
     entity: str
     counts: RowCounts
@@ -750,6 +860,8 @@ class EntityEvaluation:
     clusters: ClusterMetrics
     golden: GoldenAccuracy | None
     examples: tuple[ErrorExample, ...] = ()
+    calibration: tuple[Band, ...] = ()
+    review_band: Band | None = None
 
 
 def _jsonable(value: Any) -> Any:
@@ -802,12 +914,19 @@ def evaluate(
     night: int | None = None,
     *,
     examples: int = 5,
+    records: Mapping[str, pd.DataFrame] | None = None,
+    edges: Mapping[str, pd.DataFrame] | None = None,
+    review: Mapping[str, tuple[float, float]] | None = None,
 ) -> Evaluation:
     """Score one night's crosswalk and golden tables against a generated city's truth.
 
     ``truth_dir`` is the city directory (or its ``truth/``); ``night`` defaults to the night the
     truth files describe. Entity values in the truth are as of that night, so golden records of an
-    earlier night are scored against later values.
+    earlier night are scored against later values. ``records``: per entity, the night's canonical
+    member rows (``department, source_table, source_key`` and the attributes); with them each
+    attribute is also scored where some member row holds the true value (``held_accuracy``).
+    ``edges``: per entity, the night's scored pairs; with ``records`` they give the calibration
+    bands, and the review band of ``review`` (entity → ``(review, auto_link)``).
 
     >>> ev = evaluate("var/city", crosswalk, golden_persons, golden_enterprises)  # doctest: +SKIP
     >>> print(json.dumps(ev.to_dict(), ensure_ascii=False))  # doctest: +SKIP
@@ -840,13 +959,18 @@ def evaluate(
             true_entities_linked=int(linked["entity_id"].nunique()),
         )
         g = goldens.get(e)
+        bands: tuple[tuple[Band, ...], Band | None] = ((), None)
+        if edges and records and e in edges and e in records:
+            bands = calibration(edges[e], records[e], truth.rows, review=(review or {}).get(e))
         entities[e] = EntityEvaluation(
             entity=e,
             counts=counts,
             pairwise=_pairwise(linked, live),
             clusters=_clusters(linked),
-            golden=None if g is None else _golden(g, al, truth, e),
+            golden=None if g is None else _golden(g, al, truth, e, (records or {}).get(e)),
             examples=tuple(_examples(al, e, examples, 20)),
+            calibration=bands[0],
+            review_band=bands[1],
         )
     return Evaluation(str(truth_dir), night, entities)
 

@@ -637,11 +637,15 @@ def _trend(
 
 
 def _conflicts(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> dict[str, Any]:
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    """Conflict rows grouped by attribute and authority. A row of the authority itself (its
+    value kept, every other department holding another, newer one) groups apart, ``own``: its
+    ``value`` is what the others hold and ``authority_value`` the department's own."""
+    groups: dict[tuple[str, str, str, bool], list[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(row["entity"], row["attribute"], row["authority_department"])].append(row)
+        own = row["department"] == row["authority_department"]
+        groups[(row["entity"], row["attribute"], row["authority_department"], own)].append(row)
     by_attribute: list[dict[str, Any]] = []
-    for (entity, attribute, authority), members in groups.items():
+    for (entity, attribute, authority, own), members in groups.items():
         by_attribute.append(
             {
                 "entity": entity,
@@ -652,23 +656,31 @@ def _conflicts(rows: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> d
                     "code": authority,
                     "name": names.get(authority, authority),
                 },
+                "own": own,
                 "count": len(members),
                 "samples": [
-                    {
-                        "source_table": m["source_table"],
-                        "source_key": mask_key(str(m["source_key"])),
-                        "value": mask_field(entity, attribute, m["value"]),
-                        "authority_value": mask_field(entity, attribute, m["authority_value"]),
-                        "difference": describe_difference(
-                            entity, attribute, m["value"], m["authority_value"]
-                        ),
-                    }
+                    _conflict_sample(entity, attribute, m, own)
                     for m in members[:SAMPLES_PER_ATTRIBUTE]
                 ],
             }
         )
-    by_attribute.sort(key=lambda g: (-g["count"], g["entity"], g["attribute"]))
+    by_attribute.sort(key=lambda g: (-g["count"], g["entity"], g["attribute"], g["own"]))
     return {"total": len(rows), "by_attribute": by_attribute}
+
+
+def _conflict_sample(
+    entity: str, attribute: str, m: Mapping[str, Any], own: bool
+) -> dict[str, Any]:
+    """One masked sample: this department's value, and the one it is held against (the
+    authority's; for the authority's own row, what the other departments agree on)."""
+    mine, other = (m["authority_value"], m["value"]) if own else (m["value"], m["authority_value"])
+    return {
+        "source_table": m["source_table"],
+        "source_key": mask_key(str(m["source_key"])),
+        "value": mask_field(entity, attribute, mine),
+        "authority_value": mask_field(entity, attribute, other),
+        "difference": describe_difference(entity, attribute, mine, other),
+    }
 
 
 def _attribute_label(entity: str, attribute: str) -> str:

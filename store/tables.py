@@ -62,7 +62,12 @@ provenance_table = sa.Table(
     sa.Column("source_updated_at", sa.DateTime),
     sa.Column("candidates", sa.Integer, nullable=False, comment="member rows with a value"),
     sa.Column("agreeing", sa.Integer, nullable=False, comment="of them, with this value"),
-    sa.Column("rule", sa.String(16), nullable=False, comment="authority | rank | recency"),
+    sa.Column(
+        "rule",
+        sa.String(32),
+        nullable=False,
+        comment="authority | completeness | agreement(k of n) | most_recent | rank | tiebreak",
+    ),
     comment="where each golden attribute came from",
 )
 crosswalk_table = sa.Table(

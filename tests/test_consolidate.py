@@ -121,12 +121,46 @@ def test_provenance_names_the_authority_and_conflicts_go_to_the_other_department
     tables = _tables(city)
     prov = tables["mdm_provenance"]
     ids = prov[(prov["entity"] == "person") & (prov["attribute"] == "id_number")]
-    assert set(ids["rule"]) <= {"authority", "rank", "recency"}
+    fallback = {"authority", "completeness", "most_recent", "rank", "tiebreak"}
+    assert set(ids["rule"].str.replace(r"^agreement\(\d+ of \d+\)$", "agreement", regex=True)) <= {
+        *fallback,
+        "agreement",
+    }
     assert (ids.loc[ids["rule"] == "authority", "department"] == "gongan").all()
     conflicts = tables["mdm_conflict"]
     assert len(conflicts) > 0
-    assert (conflicts["department"] != conflicts["authority_department"]).all()
+    # a department's copy that differs from the authority, or the authority's own copy that every
+    # other department contradicts more recently: the authority value is the golden value
     assert (conflicts["value"] != conflicts["authority_value"]).all()
+    own = conflicts[conflicts["department"] == conflicts["authority_department"]]
+    golden = tables["mdm_person"].set_index("master_id")
+    phones = own[(own["entity"] == "person") & (own["attribute"] == "phone")]
+    assert len(phones) > 0
+    assert (phones["authority_value"] == phones["master_id"].map(golden["phone"])).all()
+
+
+def test_golden_values_are_true_wherever_a_source_holds_them(city: CityConfig) -> None:
+    """Scored against the city's truth: where some member row holds the true value, the golden
+    value is it (name, ID, sex, birth date, address). A phone without its authority's row is
+    chosen by agreement and recency (the sample city's stale copies are old ones); with one, the
+    authority's value is kept even when stale, and flagged where the others contradict it."""
+    person = evaluate_published(city, city.var_dir / "city").entities["person"]
+    ev = person.golden
+    assert ev is not None
+    for attr in ("name", "id_number", "sex", "birth_date", "division_code", "address_detail"):
+        a = ev.attributes[attr]
+        assert a.held and a.held_accuracy is not None and a.held_accuracy >= 0.995, (attr, a)
+    phone = ev.attributes["phone"]
+    assert phone.held and phone.held_accuracy is not None and phone.held_accuracy >= 0.98
+    tables = _tables(city)
+    prov = tables["mdm_provenance"]
+    rules = prov.loc[prov["entity"] == "person", "rule"].str.replace(r"\(.*", "", regex=True)
+    assert {"agreement", "most_recent", "completeness"} <= set(rules)
+    # the calibration bands cover every scored pair the night kept; the review band is 0.5–0.99
+    edges = read_state(master_dir(city.var_dir, NIGHT0) / "person", "edges")
+    assert sum(b.pairs for b in person.calibration) == edges.num_rows
+    assert person.review_band is not None
+    assert (person.review_band.low, person.review_band.high) == (0.5, 0.99)
 
 
 def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:

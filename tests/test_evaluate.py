@@ -265,6 +265,45 @@ def test_golden_phone_must_be_one_of_the_true_numbers() -> None:
     assert golden_accuracy(golden, cw, truth, "person").attributes["phone"].accuracy == 1.0
 
 
+def test_golden_accuracy_where_some_source_holds_the_true_value() -> None:
+    rows = truth_rows({"a": "P1", "b": "P1", "c": "P2", "d": "P3"})
+    truth = GroundTruth(PERSONS, pd.DataFrame(), rows)
+    cw = crosswalk(rows, {"a": "M1", "b": "M1", "c": "M2", "d": "M3"})
+    records = rows.rename(columns={"table": "source_table"})[["department", "source_table",
+                                                              "source_key"]]  # fmt: skip
+    # M1: the true mobile is held by row b but the stale a won; M2: nobody holds P2's landline;
+    # M3: P3 has no phone and no row has one (a blank is the truth)
+    records = records.assign(phone=["13900000000", "152-6197-5346", "13800000000", None])
+    golden = pd.DataFrame({"master_id": ["M1", "M2", "M3"],
+                           "phone": ["13900000000", "13800000000", None]})  # fmt: skip
+    acc = golden_accuracy(golden, cw, truth, "person", records=records).attributes["phone"]
+    assert (acc.correct, acc.evaluated) == (1, 3)
+    assert (acc.held, acc.held_correct, acc.held_accuracy) == (1, 0, 0.0)
+    golden.loc[0, "phone"] = "15261975346"
+    acc = golden_accuracy(golden, cw, truth, "person", records=records).attributes["phone"]
+    assert (acc.held, acc.held_correct, acc.held_accuracy) == (1, 1, 1.0)
+    assert golden_accuracy(golden, cw, truth, "person").attributes["phone"].held is None
+
+
+def test_calibration_bands_count_true_matches_by_predicted_probability() -> None:
+    rows = truth_rows({"a": "P1", "b": "P1", "c": "P2", "d": "P3", "e": "P3"})
+    records = rows.rename(columns={"table": "source_table"})[["department", "source_table",
+                                                              "source_key"]]  # fmt: skip
+    records = records.assign(record_id="r" + records["source_key"])
+    edges = pd.DataFrame(
+        {
+            "left": ["ra", "ra", "rc", "rd", "ra"],
+            "right": ["rb", "rc", "rd", "re", "rzz"],  # rzz: unknown to the truth, left out
+            "probability": [0.995, 0.6, 0.7, 0.3, 0.9],
+        }
+    )
+    bands, review = ev.calibration(edges, records, rows, bands=(0.0, 0.5, 0.99, 1.0),
+                                   review=(0.5, 0.99))  # fmt: skip
+    assert [(b.pairs, b.true_matches) for b in bands] == [(1, 1), (2, 0), (1, 1)]
+    assert bands[1].mean_probability == pytest.approx(0.65) and bands[1].true_share == 0.0
+    assert review is not None and (review.pairs, review.true_matches) == (2, 0)
+
+
 def test_golden_master_takes_the_true_entity_with_most_rows() -> None:
     rows = truth_rows({"a": "P2", "b": "P1", "c": "P1"})
     truth = GroundTruth(PERSONS, pd.DataFrame(), rows)

@@ -299,8 +299,8 @@ PERSON_APART = [
 ]
 
 # enterprises -------------------------------------------------------------------------------------
-U = {n: uscc(GULOU if n % 2 else CANGSHAN, 100 + n) for n in range(1, 11)}
-R = {n: reg_no(100 + n) for n in range(1, 11)}
+U = {n: uscc(GULOU if n % 2 else CANGSHAN, 100 + n) for n in range(1, 16)}
+R = {n: reg_no(100 + n) for n in range(1, 16)}
 REP, REP_ID = "吴建明", pid(GULOU, "19700315", 451)
 
 ENTERPRISE_LINK = [
@@ -366,6 +366,59 @@ ENTERPRISE_LINK = [
             ),
         ),
         id="enterprise-org-code-and-uscc",
+    ),
+    # 税务 knows these only by 注册号, and the registry's row has none: name, address and
+    # establishment date link them
+    pytest.param(
+        (
+            (
+                shichang(12, U[12], None, "福州鑫泰食品有限公司", REP, REP_ID, ADDR_JINAN),
+                shuiwu(
+                    12,
+                    "福州鑫泰食品有限责任公司",
+                    REP,
+                    "晋安区福新中路66号融侨新城5座1702室",
+                    zch=R[12],
+                ),
+            ),
+        ),
+        id="enterprise-reg-no-only-registry-without-it",
+    ),
+    pytest.param(
+        (
+            (
+                shichang(13, U[13], None, "福州恒信会计服务有限公司", REP, REP_ID, ADDR_GULOU),
+                shuiwu(13, "福州恒信会计服务有限公司", REP, "仓山区上渡路37号", zch=R[13]),
+            ),
+        ),
+        id="enterprise-reg-no-only-separate-operating-address",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="not linked yet: the legal representative's name is no comparison feature, "
+            "and name and establishment date alone do not link the rows",
+        ),
+    ),
+    pytest.param(
+        (
+            (
+                shichang(
+                    14,
+                    U[14],
+                    None,
+                    "福州市鼓楼区林秀英小吃店",
+                    "林秀英",
+                    pid(GULOU, "19720309", 286),
+                    ADDR_GULOU,
+                ),
+                shuiwu(14, "林秀英", "林秀英", "鼓楼区五四路158号", zch=R[14]),
+            ),
+        ),
+        id="enterprise-individual-business-under-the-operators-name",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="not linked yet: no blocking pass pairs a name with another row's legal "
+            "representative, and no feature compares them",
+        ),
     ),
 ]
 

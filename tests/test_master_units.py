@@ -110,7 +110,7 @@ def _members() -> pd.DataFrame:
     return frame
 
 
-def test_the_authority_wins_then_rank_then_recency() -> None:
+def test_the_authority_wins_and_is_flagged_when_all_others_say_otherwise_more_recently() -> None:
     golden, prov, conflicts = survive(
         _members(), "person", {"name": "gongan", "phone": "renshe"}, ["gongan", "weijian"]
     )
@@ -118,15 +118,49 @@ def test_the_authority_wins_then_rank_then_recency() -> None:
     p = prov.set_index("attribute")
     assert (p.loc["name", "department"], p.loc["name", "rule"]) == ("gongan", "authority")
     assert p.loc["phone", "agreeing"] == 1 and p.loc["phone", "candidates"] == 3
-    # every other department's differing value is a conflict with the authority
+    # every other department's differing value is a conflict with the authority; and the three
+    # departments that write 林海泽, all after 公安's 2020 row, flag 公安's own copy
     got = set(zip(conflicts["attribute"], conflicts["department"], strict=True))
     assert got == {("name", "weijian"), ("name", "renshe"), ("name", "minzheng"),
-                   ("phone", "weijian"), ("phone", "minzheng")}  # fmt: skip
-    no_authority, _, none = survive(_members(), "person", {}, ["weijian"])
-    assert no_authority.loc[0, "phone"] == "13900000001"  # rank before recency
+                   ("name", "gongan"), ("phone", "weijian"), ("phone", "minzheng")}  # fmt: skip
+    own = conflicts[conflicts["department"] == "gongan"].iloc[0]
+    assert (own["source_key"], own["value"], own["authority_value"]) == ("g1", "林海泽", "林海澤")
+    # the phones disagree among themselves: no flag for 人社
+
+
+def test_without_an_authority_agreement_then_recency_then_rank() -> None:
+    golden, prov, none = survive(_members(), "person", {}, ["weijian"])
+    p = prov.set_index("attribute")
+    assert golden.loc[0, "name"] == "林海泽"  # three departments of four agree
+    assert p.loc["name", "rule"] == "agreement(3 of 4)"
+    assert p.loc["name", "department"] == "minzheng"  # of the three, the most recent row
+    assert golden.loc[0, "phone"] == "13900000003"  # three values, one each: recency, not rank
+    assert p.loc["phone", "rule"] == "most_recent"
     assert len(none) == 0
-    by_recency, _, _ = survive(_members(), "person", {}, [])
-    assert by_recency.loc[0, "phone"] == "13900000003"
+    same_time = _members().assign(updated_at=dt.datetime(2026, 1, 1))
+    golden, prov, _ = survive(same_time, "person", {}, ["renshe", "weijian"])
+    assert golden.loc[0, "phone"] == "13900000002"
+    assert prov.set_index("attribute").loc["phone", "rule"] == "rank"
+
+
+def test_an_abbreviated_address_never_beats_a_full_one_without_an_authority() -> None:
+    rows = _members().iloc[[0, 2, 3]].reset_index(drop=True)  # weijian, renshe, minzheng
+    rows["division_code"] = "350102"
+    full = "湖东路277号融侨锦江28座1606室"
+    rows["address_detail"] = [full, None, "28-1606"]
+    rows["updated_at"] = [dt.datetime(2024, 1, 1), dt.datetime(2025, 1, 1), dt.datetime(2026, 6, 1)]
+    rows["address"] = "福建省福州市鼓楼区" + rows["address_detail"].fillna("")
+    golden, prov, _ = survive(rows, "person", {"address": "gongan"}, ["minzheng", "weijian"])
+    assert golden.loc[0, "address_detail"] == full
+    assert prov.set_index("attribute").loc["address", "rule"] == "completeness"
+    # with two departments on the full address, completeness still decides first
+    rows.loc[1, "address_detail"] = full
+    golden, prov, _ = survive(rows, "person", {}, [])
+    assert prov.set_index("attribute").loc["address", "rule"] == "completeness"
+    rows.loc[2, "address_detail"] = "湖东路277号融侨锦江28座1606"  # as complete, the newest
+    golden, prov, _ = survive(rows, "person", {}, [])
+    assert golden.loc[0, "address_detail"] == full
+    assert prov.set_index("attribute").loc["address", "rule"] == "agreement(2 of 3)"
 
 
 # --- the whole linkage on a 10,000-person city ------------------------------------------------

@@ -126,6 +126,9 @@ CONFLICTS = [
      PHONE_A, "renshe", PHONE_B),
     (TONIGHT, "enterprise", "E0000000001", "name", "renshe", "insured_person", "IP-5002",
      "福州闽江科技有限责任公司", "shichang", "福州闽江科技有限公司"),
+    # 人社 is the phone authority, its value kept; every other department holds a newer one
+    (TONIGHT, "person", "P0000000006", "phone", "renshe", "insured_person", "IP-5003",
+     PHONE_A, "renshe", PHONE_B),
     (TONIGHT, "enterprise", "E0000000001", "address", "renshe", "insured_person", "IP-5002",
      "福建省福州市鼓楼区五一北路12号", "shichang", "福建省福州市鼓楼区五一北路120号"),
 ]  # fmt: skip
@@ -339,7 +342,17 @@ def test_conflicts_grouped_by_attribute_and_masked_by_type(night: Night) -> None
     renshe = {
         (g["entity"], g["attribute"]): g["samples"][0]
         for g in night.reports.departments["renshe"].data["conflicts"]["by_attribute"]
+        if not g["own"]
     }
+    own = [g for g in night.reports.departments["renshe"].data["conflicts"]["by_attribute"]
+           if g["own"]]  # fmt: skip
+    assert [(g["attribute"], g["authority_department"]["code"], g["count"]) for g in own] == [
+        ("phone", "renshe", 1)
+    ]
+    # its own (kept) value first, then the newer one the others agree on
+    sample = own[0]["samples"][0]
+    assert (sample["value"], sample["authority_value"]) == ("139****5679", "138****5678")
+    assert "其他部门一致的较新取值" in night.reports.departments["renshe"].html
     assert renshe[("person", "id_number")]["value"] == ID_C[:6] + "********" + ID_C[-4:]
     assert renshe[("person", "id_number")]["difference"].endswith("段不同")
     # public registration data of an enterprise is shown as it is (nothing to hide, and the

@@ -125,7 +125,8 @@ def test_planted_dirt_is_real_and_labelled(city: Path) -> None:
         ("minzheng", "traditional_chinese"), ("minzheng", "missing"), ("weijian", "missing"),
         ("weijian", "bad_check_digit"), ("weijian", "day_month_swapped"),
         ("shuiwu", "legacy_registration_number"), ("shuiwu", "legacy_organization_code"),
-        ("gongan", "duplicate_row"),
+        ("gongan", "duplicate_row"), ("weijian", "stale_value"), ("minzheng", "stale_value"),
+        ("weijian", "unit_shorthand_address"), ("minzheng", "unit_shorthand_address"),
     ]:  # fmt: skip
         assert expected in kinds, expected
     engine = sa.create_engine(sqlite_url(city, "weijian"))

@@ -262,6 +262,15 @@ class Minzheng(Department):
             if rng.random() < 0.3:
                 address = dirt.traditional(address)
             phone = p.landline or p.phone
+            side = dirt.side_rng(p.id_number, "minzheng", i)
+            stale_phone = not p.landline and p.previous_phone and side.random() < 0.5
+            if stale_phone:  # an assistance file not touched since the number changed
+                phone = p.previous_phone
+                planted.append(("联系电话", "stale_value"))
+            short = dirt.unit_shorthand(division, detail)
+            if short and side.random() < 0.15:
+                address = short
+                planted.append(("居住地址", "unit_shorthand_address"))
             b = p.birth_date
             row = {
                 "姓名": name,
@@ -273,6 +282,8 @@ class Minzheng(Department):
                 "救助类型": rng.choice(pools.ASSISTANCE_TYPES),
                 "更新时间": self.stamp_value(world.stamp(rng)),
             }
+            if stale_phone:
+                row["更新时间"] = self.stamp_value(dirt.long_ago(world.as_of, side))
             out.append(Rendered(row, p.person_id, planted))
         return out
 
@@ -354,8 +365,25 @@ class Weijian(Department):
             swappable = p.birth_date.day <= 12 and p.birth_date.day != p.birth_date.month
             if world.review_band and swappable and rng.random() < REVIEW_BAND_SHARE:
                 self._hard_case(rng, p, row, planted)
+            else:
+                self._golden_case(world, dirt.side_rng(p.id_number, org), p, row, planted)
             out.append(Rendered(row, p.person_id, planted))
         return out
+
+    def _golden_case(
+        self, world: World, side: random.Random, p: Person, row: Row, planted: list[Any]
+    ) -> None:
+        """What makes survivorship work without an authority: an old visit's row keeps the
+        number the person had then (and an old change stamp), and a clerk writes the flat as
+        ``融侨锦江28-1606``, the street dropped. Drawn from ``side``, not the city's stream."""
+        if p.phone and p.previous_phone and side.random() < 0.5:
+            row["TEL"] = dirt.phone_format(side, p.previous_phone)
+            row["UPDATE_TIME"] = self.stamp_value(dirt.long_ago(world.as_of, side))
+            planted.append(("TEL", "stale_value"))
+        short = dirt.unit_shorthand(p.division_code, p.address_detail)
+        if short and side.random() < 0.15:
+            row["HOME_ADDR"] = short
+            planted.append(("HOME_ADDR", "unit_shorthand_address"))
 
     def _hard_case(self, rng: random.Random, p: Person, row: Row, planted: list[Any]) -> None:
         """A walk-in patient's row the model can only half decide: no ID number and no sex

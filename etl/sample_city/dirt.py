@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import random
+import re
 
 import opencc
 
@@ -82,6 +83,26 @@ def short_address(rng: random.Random, division_code: str, detail: str) -> str:
     if style == 1:
         return f"{d.name}{detail}"
     return f"{d.name[:-1]}{detail}"
+
+
+def unit_shorthand(division_code: str, detail: str) -> str | None:
+    """A clerk's shorthand for a flat: ``融侨锦江28-1606`` for ``…路12号融侨锦江28座1606室``, the
+    street and house number dropped, the district kept (None for an address without a flat)."""
+    m = re.search(r"号(.+?)(\d+)座(\d+)室$", detail)
+    d = divisions.lookup(division_code)
+    return f"{d.name}{m[1]}{m[2]}-{m[3]}" if m and d else None
+
+
+def side_rng(*parts: object) -> random.Random:
+    """A generator of its own, seeded by ``parts`` (an entity's ID number, say): dirt added after
+    the city's main random stream was fixed leaves every other row as it was."""
+    return random.Random(":".join(map(str, parts)))
+
+
+def long_ago(as_of: dt.date, rng: random.Random) -> dt.datetime:
+    """A modification time 3 to 6 years before ``as_of``: a copy nobody updated since."""
+    start = dt.datetime.combine(as_of, dt.time()) - dt.timedelta(days=6 * 365)
+    return start + dt.timedelta(seconds=rng.randrange(3 * 365 * 86400))
 
 
 def excel_damage(code: str) -> str | None:
