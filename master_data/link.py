@@ -76,7 +76,7 @@ from master_data.scope import (
     refuse_stale,
 )
 from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
-from master_data.train import train
+from master_data.train import features_left_out, is_rules_only, train
 from store import failpoints
 from store.layout import master_dir, state_dir_of, warehouse_dir
 from store.tables import review_decision_table
@@ -110,6 +110,8 @@ class EntityLinked:
     records_relinked: int = 0
     events: dict[str, int] = field(default_factory=dict)
     model_trained: bool = False
+    features_left_out: list[str] = field(default_factory=list)  # no values to learn from
+    rules_only: bool = False  # too few records or pairs to train: only the rules linked
     blocking: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -388,6 +390,12 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         night.say(f"{entity}: training the model (EM)")
         model = train(found.compared, levels, entity, night.settings)
         result.model_trained = True
+    result.features_left_out, result.rules_only = (
+        features_left_out(model, entity),
+        is_rules_only(model),
+    )
+    if result.features_left_out:
+        night.say(f"{entity}: left out of the model (no values): {result.features_left_out}")
     (out / "model.json").write_text(model.to_json())
     fresh = edges(found.compared, found.pairs, levels, model, entity, match.thresholds.keep)
     failpoints.reached("link:scored")
