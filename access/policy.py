@@ -179,7 +179,7 @@ class SharePolicy(BaseModel):
 
 def policy_path(city: CityConfig) -> Path:
     """``config/catalog.yaml`` beside the city's other configuration."""
-    return city.root / "config" / POLICY_FILE
+    return city.config_dir / POLICY_FILE
 
 
 def load_share_policy(city: CityConfig) -> SharePolicy:

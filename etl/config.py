@@ -498,6 +498,8 @@ class TableConfig(_Strict):
                     )
                 )
                 continue
+            if mapping.route is not None:  # fills what the field's own column leaves empty
+                continue
             for target in mapping.fills or (mapping.target,):
                 if target in owner:
                     issues.append(
@@ -559,7 +561,9 @@ class TableConfig(_Strict):
         >>> load_city_config().department("gongan").tables[0].field_columns["id_number"]
         'sfzh'
         """
-        return {f: col for col, m in self.columns.items() for f in m.fills}
+        own = {m.field: col for col, m in self.columns.items() if m.field is not None}
+        routed = {f: col for col, m in self.columns.items() if m.route for f in m.route}
+        return {**routed, **own}
 
     @property
     def source_columns(self) -> tuple[str, ...]:
@@ -771,7 +775,13 @@ class CityConfig(CityFile):
 
     departments: list[DepartmentConfig] = Field(min_length=1)
     root: Path
+    config_dir: Path = Field(default_factory=lambda data: Path(data["root"]) / "config")
+    """The folder every configuration file is read from (matching.yaml, catalog.yaml,
+    quality/ as well as city.yaml and departments/): the one ``load_city_config`` was given."""
     var_dir: Path = Field(default_factory=_default_var_dir)
+    warnings: list[str] = Field(default_factory=list)
+    """What the configuration leaves out and was given a default for (a department without a
+    contact), one ``<file>: <key>: <what>. Fix: <how>`` line each; ``config check`` prints them."""
     broken: dict[str, list[str]] = Field(default_factory=dict)
     """Departments whose file is broken (code → its problem lines), left out of
     ``departments`` by a tolerant load; empty after a strict one."""
@@ -1157,7 +1167,13 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
             city_ok = True
         except ValidationError as exc:
             problems += _translate(exc, CityFile, city_doc, city_doc.path)
-    loaded, broken = _load_departments(_department_files(cdir / "departments", problems))
+    default_contact = (
+        city_doc.data.get("data_engineering_contact") if city_ok and city_doc else None
+    )
+    warnings: list[str] = []
+    loaded, broken = _load_departments(
+        _department_files(cdir / "departments", problems), default_contact, warnings
+    )
     if not tolerant or not loaded:
         problems += [line for lines in broken.values() for line in lines]
         broken = {}
@@ -1175,6 +1191,8 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
                 **city_doc.data,
                 "departments": departments,
                 "root": cdir.resolve().parent,
+                "config_dir": cdir.resolve(),
+                "warnings": warnings,
                 "broken": broken,
             }
         )
@@ -1201,15 +1219,21 @@ def _department_files(ddir: Path, problems: list[str]) -> list[Path]:
 
 
 def _load_departments(
-    files: Sequence[Path],
+    files: Sequence[Path], default_contact: Any = None, warnings: list[str] | None = None
 ) -> tuple[list[tuple[DepartmentConfig, _Doc]], dict[str, list[str]]]:
     """The departments that load cleanly (with their documents), and the problems of each
-    file that does not, under the file's name."""
+    file that does not, under the file's name. A department without a ``contact`` gets
+    ``default_contact`` (the data engineering contact), with a line in ``warnings``."""
     loaded: list[tuple[DepartmentConfig, _Doc]] = []
     broken: dict[str, list[str]] = {}
     for path in files:
         own: list[str] = []
         doc = _read_yaml(path, own)
+        if _lacks_contact(doc) and default_contact is not None:
+            assert doc is not None
+            doc.data["contact"] = default_contact
+            if warnings is not None:
+                warnings.append(_no_contact(path, default_contact))
         dept: DepartmentConfig | None = None
         if doc is not None:
             try:
@@ -1234,6 +1258,19 @@ def _load_departments(
         if own:
             broken[path.stem] = own
     return loaded, broken
+
+
+def _lacks_contact(doc: _Doc | None) -> bool:
+    return doc is not None and isinstance(doc.data, dict) and doc.data.get("contact") is None
+
+
+def _no_contact(path: Path, contact: Any) -> str:
+    who = f"{contact.get('name')} <{contact.get('email')}>" if isinstance(contact, dict) else ""
+    return (
+        f"{path}: contact: missing; its reports go to the data engineering contact {who} "
+        "until it has its own. Fix: add `contact: {name: …, email: …}` with the department's "
+        "data owner (数据责任人)"
+    )
 
 
 PRIVATE_UMASK = 0o077

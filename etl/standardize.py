@@ -377,7 +377,14 @@ def standardize_rows(
     context: dict[str, list[Any]] = {}
     extras: dict[str, list[Any]] = {}
     # birth date and sex first: the ID number is cross-checked against the row's own values
-    order = sorted(table.columns, key=lambda c: table.columns[c].field not in ("birth_date", "sex"))
+    # a column of mixed identifiers last: it fills what the fields' own columns leave empty
+    order = sorted(
+        table.columns,
+        key=lambda c: (
+            table.columns[c].route is not None,
+            table.columns[c].field not in ("birth_date", "sex"),
+        ),
+    )
     for col in order:
         mapping = table.columns[col]
         values = raw.get(col, nothing)
@@ -446,10 +453,11 @@ def _routed(
 ) -> list[tuple[str, ...]]:
     """A column of mixed enterprise identifiers: each value to ``uscc``, ``reg_no`` or
     ``org_code`` by its structure and check characters; the organization code is also read out
-    of a credit code and of an old tax number. Fills the routed fields' columns (and ``raw_*``
-    of the field a value went to); returns each row's reason codes."""
-    filled = {f: [None] * len(values) for f in route}
-    raws = {f: [None] * len(values) for f in route}
+    of a credit code and of an old tax number. Fills the routed fields' columns where the
+    fields' own columns (already in ``out``) left them empty, with ``raw_*`` of the field a
+    value went to; returns each row's reason codes."""
+    filled = {f: list(out.get(f) or [None] * len(values)) for f in route}
+    raws = {f: list(out.get(f"raw_{f}") or [None] * len(values)) for f in route}
     reasons = []
     for i, v in enumerate(values):
         k = _key(v)
@@ -457,8 +465,9 @@ def _routed(
             memo[k] = _route_one(route, v)
         placed, why = memo[k]
         for f, value in placed.items():
-            filled[f][i] = value
-            raws[f][i] = v
+            if filled[f][i] is None:
+                filled[f][i] = value
+                raws[f][i] = v
         reasons.append(why)
     out.update(filled)
     out.update({f"raw_{f}": column for f, column in raws.items()})

@@ -176,7 +176,7 @@ def link(
     with night_lock(warehouse_url(city), run_id, "link", lock_dir=warehouse_dir(city.var_dir)):
         failpoints.reached("link:start")
         settings = settings or load_match_settings(
-            city.root / "config", {d.code for d in city.departments} | set(city.broken)
+            city.config_dir, {d.code for d in city.departments} | set(city.broken)
         )
         return _link_night(city, run_id, full, retrain, held, settings, progress)
 

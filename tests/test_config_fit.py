@@ -4,23 +4,31 @@ from two columns; a config folder elsewhere with other department names."""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
+import sqlite3
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
+from pydantic import ValidationError
 from sample_cities import CityFactory
+from typer.testing import CliRunner
 
 import store.warehouse as wh
-from etl.config import CityConfig, load_city_config
+from cli.main import app
+from etl.config import CityConfig, TableConfig, load_city_config
 from etl.extract import extract_all
-from etl.standardize import standardize_all
+from etl.standardize import _Context, standardize_all, standardize_row
 from etl.state import warehouse_url
-from fields import dictionary
+from fields import dictionary, identifiers
 from master_data.compare import features_for
 from master_data.link import link
 from master_data.publish import publish
+from store.layout import canonical_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CITY = {"persons": 200, "enterprises": 90, "seed": 5}
@@ -111,3 +119,276 @@ def test_a_city_without_a_field_runs_the_night(
     # every source row of the entity is in the crosswalk: nothing dropped for the missing field
     assert (crosswalk["entity"] == entity).sum() == linked["records"]
     assert 0 < len(golden) < linked["records"]
+
+
+# --- one column, several identifiers --------------------------------------------------------
+
+
+def test_a_mixed_identifier_column_routes_each_value(
+    make_city: CityFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tax department's 纳税人识别号 holds credit codes, 注册号 and old tax numbers: each
+    lands in its field, an old tax number as its organization code, and the rows it identifies
+    join their enterprise's registry row."""
+    city = make_city(monkeypatch, until="published", **CITY)
+    truth = city.var_dir / "city" / "truth"
+    enterprises = pd.read_parquet(truth / "enterprises.parquet").set_index("enterprise_id")
+    rows = pd.read_parquet(truth / "source_rows.parquet")
+    entity_of = rows.set_index(["department", "source_key"])["entity_id"]
+    canonical = pd.read_parquet(canonical_dir(city.var_dir, RUN, "shuiwu") / "enterprise.parquet")
+    with sqlite3.connect(city.var_dir / "city" / "sources" / "shuiwu.sqlite") as db:
+        number = dict(db.execute("SELECT 登记序号, 纳税人识别号 FROM 纳税人登记信息").fetchall())
+    kinds: dict[str, int] = {}
+    tax_rows = []
+    for row in canonical.itertuples():
+        e = enterprises.loc[entity_of[("shuiwu", row.source_key)]]
+        n = number[int(row.source_key)]
+        kind = "uscc" if n == e.uscc else "reg_no" if n == e.reg_no else "tax_no"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind == "tax_no":
+            assert n == e.division_code + e.org_code
+            assert row.org_code == e.org_code, row
+            tax_rows.append(row.source_key)
+        elif kind == "reg_no":
+            assert row.reg_no == e.reg_no
+        elif row.uscc is not None:
+            assert row.uscc == e.uscc
+    assert kinds["tax_no"] >= 3 and kinds["reg_no"] >= 3 and kinds["uscc"] > 50, kinds
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        crosswalk = wh.read(engine, wh.crosswalk_table)
+    finally:
+        engine.dispose()
+    crosswalk = crosswalk[crosswalk["entity"] == "enterprise"]
+    master = crosswalk.set_index(["department", "source_key"])["master_id"]
+    registry = {entity_of[("shichang", k)]: m for (d, k), m in master.items() if d == "shichang"}
+    joined = [master[("shuiwu", k)] == registry.get(entity_of[("shuiwu", k)]) for k in tax_rows]
+    assert all(joined), joined
+
+
+# --- column forms, one row at a time ----------------------------------------------------------
+
+AS_OF = dt.date(2026, 6, 30)
+
+
+def _table(entity: str, columns: dict[str, Any], **more: Any) -> TableConfig:
+    return TableConfig.model_validate(
+        {
+            "name": "t",
+            "entity": entity,
+            "primary_key": ["id"],
+            "change_column": "ts",
+            "change_kind": "timestamp",
+            "columns": columns,
+            **more,
+        }
+    )
+
+
+def _row(entity: str, table: TableConfig, **raw: Any) -> tuple[dict[str, Any], list[str]]:
+    out, reasons, _ = standardize_row(
+        entity, table, {"id": "1", "ts": None, **raw}, _Context("350100", AS_OF)
+    )
+    return out, reasons
+
+
+@pytest.mark.parametrize(
+    ("value", "uscc", "reg_no", "org_code", "reasons"),
+    [
+        ("91350100M000100Y43", "91350100M000100Y43", None, "M000100Y4", []),
+        ("M000100Y-4", None, None, "M000100Y4", []),
+        ("350102M000100Y4", None, None, "M000100Y4", []),  # old tax number
+        ("350100000000010", None, "350100000000010", None, []),  # 注册号 (MOD 11,10)
+        ("91350100M000100Y44", None, None, None, ["uscc:uscc_bad_check"]),
+        ("ABC", None, None, None, ["enterprise_identifier:legacy_code_unrecognized"]),
+        (None, None, None, None, []),
+    ],
+)
+def test_an_identifier_goes_where_its_structure_says(
+    value: str | None, uscc: str | None, reg_no: str | None, org_code: str | None, reasons: Any
+) -> None:
+    table = _table("enterprise", {"mc": "name", "nsrsbh": "enterprise_identifier"})
+    out, got = _row("enterprise", table, mc="某某有限公司", nsrsbh=value)
+    assert (out["uscc"], out["reg_no"], out["org_code"]) == (uscc, reg_no, org_code)
+    assert got == reasons
+
+
+def test_an_identifier_column_fills_only_what_the_fields_own_columns_leave_empty() -> None:
+    table = _table(
+        "enterprise",
+        {"mc": "name", "xydm": "uscc", "nsrsbh": {"field": ["uscc", "org_code"]}},
+    )
+    out, _ = _row("enterprise", table, mc="某某有限公司", xydm=None, nsrsbh="91350100M000100Y43")
+    assert (out["uscc"], out["org_code"]) == ("91350100M000100Y43", "M000100Y4")
+    own = identifiers.make_uscc("9", "1", "350100", "MA2YQ0TQ")
+    out, _ = _row("enterprise", table, mc="某某有限公司", xydm=own, nsrsbh="350102M000100Y4")
+    assert (out["uscc"], out["raw_uscc"], out["org_code"]) == (own, own, "M000100Y4")
+    # a 注册号 in a column routed to uscc and org_code only is reported, not guessed
+    out, got = _row("enterprise", table, mc="某某有限公司", nsrsbh="350100000000010")
+    assert out["reg_no"] is None and "enterprise_identifier:identifier_not_routed_reg_no" in got
+
+
+def test_a_status_read_from_two_columns() -> None:
+    cases = [
+        {"when": {"zxbs": "0"}, "value": "正常"},
+        {"when": {"zxbs": "1", "zxyy": "迁出"}, "value": "迁出"},
+        {"when": {"zxbs": "1", "zxyy": "死亡"}, "value": "死亡"},
+    ]
+    table = _table("person", {"xm": "name", "zxbs": {"field": "status", "cases": cases}})
+    assert table.source_columns == ("id", "ts", "xm", "zxbs", "zxyy")
+    got = {
+        (flag, why): _row("person", table, xm="张三", zxbs=flag, zxyy=why)
+        for flag, why in [("0", None), ("1", "迁出"), ("1", "死亡"), ("1", "失踪"), (None, None)]
+    }
+    assert {k: (out["status"], r) for k, (out, r) in got.items()} == {
+        ("0", None): ("正常", []),
+        ("1", "迁出"): ("迁出", []),
+        ("1", "死亡"): ("死亡", []),
+        ("1", "失踪"): ("1/失踪", ["status:code_unmapped"]),
+        (None, None): (None, []),
+    }
+
+
+@pytest.mark.parametrize(
+    ("unit", "raw", "wan"),
+    [
+        ("元", "5000000", "500"),
+        ("万元", "500", "500"),
+        (None, "500", "500"),
+        ("亿元", "2", "20000"),
+    ],
+)
+def test_a_bare_capital_is_read_in_the_columns_unit(unit: str | None, raw: str, wan: str) -> None:
+    mapping: dict[str, Any] = {"field": "registered_capital"}
+    if unit:
+        mapping["unit"] = unit
+    table = _table("enterprise", {"mc": "name", "zczb": mapping})
+    out, reasons = _row("enterprise", table, mc="某某有限公司", zczb=raw)
+    assert out["registered_capital"] == Decimal(wan) and reasons == []
+
+
+def test_dates_unpadded_and_in_two_formats() -> None:
+    fmt = ["%Y-%m-%d", "%-m/%-d/%Y"]
+    table = _table("enterprise", {"mc": "name", "rq": {"field": "established_date", "format": fmt}})
+    for raw, day in [("2001-05-07", dt.date(2001, 5, 7)), ("5/7/2001", dt.date(2001, 5, 7)),
+                     ("12/31/1999", dt.date(1999, 12, 31))]:  # fmt: skip
+        out, reasons = _row("enterprise", table, mc="某某有限公司", rq=raw)
+        assert (out["established_date"], reasons) == (day, [])
+    out, reasons = _row("enterprise", table, mc="某某有限公司", rq="2001.5.7")
+    assert out["established_date"] is None and reasons
+
+
+def test_change_stamps_with_an_offset_are_the_citys_wall_time() -> None:
+    table = _table(
+        "person",
+        {"xm": "name"},
+        change_kind="string",
+        change_format="%Y-%m-%dT%H:%M:%S%z",
+    )
+    out, reasons = _row("person", table, xm="张三", ts="2026-06-30T02:00:00+0000")
+    assert out["updated_at"] == dt.datetime(2026, 6, 30, 10, 0) and reasons == []
+    iso = _table("person", {"xm": "name"})
+    out, _ = _row("person", iso, xm="张三", ts="2026-06-30T02:00:00+00:00")
+    assert out["updated_at"] == dt.datetime(2026, 6, 30, 10, 0)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"nsrsbh": "enterprise_identifier"}, "enterprise form, not a person one"),
+        ({"nsrsbh": {"field": ["uscc", "name"]}}, "a list of distinct fields"),
+        ({"xm": {"field": "name", "unit": "元"}}, "`unit` applies to registered_capital only"),
+        ({"rq": {"field": "birth_date", "format": ["%Y%m%d", "%Q"]}}, "'%Q' cannot read back"),
+    ],
+)
+def test_column_forms_are_checked(columns: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        _table("person", {"xm2": "name", **columns})
+    assert message in str(info.value)
+
+
+# --- a configuration folder of its own ----------------------------------------------------------
+
+RENAMED = {"gongan": "hukou", "renshe": "shebao", "minzheng": "jiuzhu", "weijian": "yiyuan",
+           "shichang": "dengji", "shuiwu": "nashui"}  # fmt: skip
+
+
+def rename_departments(config: Path, names: dict[str, str]) -> None:
+    """Give the departments of the config copy other codes (their sources stay where they are),
+    leave the survivorship rank to be derived, and move the catalog's tables along."""
+    for old, new in names.items():
+        path = config / "departments" / f"{old}.yaml"
+        doc = yaml.safe_load(path.read_text())
+        doc["code"] = new
+        path.unlink()
+        (config / "departments" / f"{new}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+        rules = config / "quality" / f"{old}.yaml"
+        doc = yaml.safe_load(rules.read_text())
+        doc["department"] = new
+        rules.unlink()
+        (config / "quality" / f"{new}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    matching = yaml.safe_load((config / "matching.yaml").read_text())
+    for entity in ("person", "enterprise"):
+        del matching[entity]["survivorship_rank"]
+    (config / "matching.yaml").write_text(yaml.safe_dump(matching))
+    catalog = yaml.safe_load((config / "catalog.yaml").read_text())
+    catalog["resources"] = {
+        (f"{names[k.split('/')[0]]}/{k.split('/', 1)[1]}" if "/" in k else k): v
+        for k, v in catalog["resources"].items()
+    }
+    (config / "catalog.yaml").write_text(yaml.safe_dump(catalog, allow_unicode=True))
+
+
+def test_a_config_folder_elsewhere_with_other_departments_runs_the_night(
+    make_city: CityFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_city(monkeypatch, copy=tmp_path / "var", **CITY)
+    config = tmp_path / "elsewhere" / "fuzhou-settings"
+    shutil.copytree(ROOT / "config", config)
+    rename_departments(config, RENAMED)
+    # a real catalogue often lacks a contact and a department's quality rules
+    path = config / "departments" / "jiuzhu.yaml"
+    doc = yaml.safe_load(path.read_text())
+    del doc["contact"]
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    (config / "quality" / "jiuzhu.yaml").unlink()
+
+    checked = CliRunner().invoke(app, ["config", "check", "--config", str(config)])
+    assert checked.exit_code == 0, checked.output
+    flat = " ".join(checked.output.split())
+    assert "jiuzhu.yaml: contact: missing; its reports go to the data engineering contact" in flat
+    assert (
+        "department jiuzhu (" in flat and "has no quality rules: it runs with the built-in" in flat
+    )
+
+    city = load_city_config(config)
+    assert city.config_dir == config.resolve()
+    assert city.department("jiuzhu").contact == city.data_engineering_contact
+    summary = run_night(city)
+    assert sorted(summary["departments"]) == sorted(RENAMED.values())
+    engine = wh.engine_for(warehouse_url(city))
+    try:
+        provenance = wh.read(engine, wh.provenance_table)
+    finally:
+        engine.dispose()
+    assert set(provenance["department"]) <= set(RENAMED.values())
+    # the authority's value survives, the derived rank after it: 登记 holds the enterprise names
+    names = provenance[(provenance["entity"] == "enterprise") & (provenance["attribute"] == "name")]
+    assert (names["department"] == "dengji").mean() > 0.9
+
+
+def test_config_check_refuses_a_matching_file_naming_unknown_departments(
+    tmp_path: Path, config_copy: Path
+) -> None:
+    shutil.copytree(config_copy, tmp_path / "other")
+    checked = CliRunner().invoke(app, ["config", "check", "--config", str(tmp_path / "other")])
+    assert checked.exit_code == 0, checked.output
+    rename_departments(config_copy, RENAMED)
+    (config_copy / "matching.yaml").write_text((ROOT / "config" / "matching.yaml").read_text())
+    checked = CliRunner().invoke(app, ["config", "check", "--config", str(config_copy)])
+    assert checked.exit_code == 2
+    flat = " ".join(checked.output.split())
+    assert (
+        "matching.yaml: person.survivorship_rank[0]: no department 'gongan'. Fix: use one of"
+        in flat
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -457,6 +458,7 @@ class Shuiwu(Department):
             _vc("登记日期", 10),
             _vc("纳税人状态", 10),
             sa.Column("修改时间", sa.DateTime),
+            _vc("纳税人识别号", 20),  # credit code, 注册号 or old 15-character tax number
         ]
 
     def change_column(self) -> str:
@@ -507,9 +509,21 @@ class Shuiwu(Department):
                 "登记日期": registered,
                 "纳税人状态": status,
                 "修改时间": world.stamp(rng),
+                "纳税人识别号": _taxpayer_number(e, legacy=uscc is None),
             }
             out.append(Rendered(row, e.enterprise_id, planted))
         return out
+
+
+def _taxpayer_number(e: Enterprise, *, legacy: bool) -> str:
+    """The taxpayer number (纳税人识别号): the credit code since the 2015 reform; before it, the
+    old tax number (division + organization code) or the 注册号, half and half by the
+    enterprise's ID (drawn from no generator: the other columns stay as they were)."""
+    if not legacy or e.reg_no is None:
+        return e.uscc
+    if zlib.crc32(e.enterprise_id.encode()) % 2:
+        return e.division_code + e.org_code
+    return e.reg_no
 
 
 GONGAN, RENSHE, MINZHENG = Gongan(), Renshe(), Minzheng()
