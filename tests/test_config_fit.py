@@ -28,6 +28,8 @@ from fields import dictionary, identifiers
 from master_data.compare import features_for
 from master_data.link import link
 from master_data.publish import publish
+from master_data.settings import load_match_settings
+from master_data.train import features_left_out, is_rules_only, train
 from store.layout import canonical_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +55,26 @@ def without(config: Path, entity: str, field: str) -> None:
         for table in doc["tables"]:
             if table["entity"] == entity:
                 table["columns"] = {
-                    c: m
+                    c: kept
                     for c, m in table["columns"].items()
-                    if (m if isinstance(m, str) else m.get("field")) != field
+                    if (kept := _unmapped(m, field)) is not None
                 }
         path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
     for path in sorted((config / "quality").glob("*.yaml")):
         doc = yaml.safe_load(path.read_text())
         doc["rules"] = [r for r in doc["rules"] if not _names(r, field)]
         path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
+
+
+def _unmapped(mapping: Any, field: str) -> Any:
+    """A column's mapping without ``field`` (None: the column maps nothing else)."""
+    target = mapping if isinstance(mapping, str) else mapping.get("field")
+    if target == "enterprise_identifier":
+        target = ["uscc", "reg_no", "org_code"]
+    if isinstance(target, list):
+        rest = [f for f in target if f != field]
+        return {**({} if isinstance(mapping, str) else mapping), "field": rest} if rest else None
+    return None if target == field else mapping
 
 
 def _names(rule: Any, field: str) -> bool:
@@ -392,3 +405,20 @@ def test_config_check_refuses_a_matching_file_naming_unknown_departments(
         "matching.yaml: person.survivorship_rank[0]: no department 'gongan'. Fix: use one of"
         in flat
     )
+
+
+def test_config_check_warns_about_a_feature_no_department_supplies(config_copy: Path) -> None:
+    without(config_copy, "enterprise", "reg_no")
+    checked = CliRunner().invoke(app, ["config", "check", "--config", str(config_copy)])
+    assert checked.exit_code == 0, checked.output
+    flat = " ".join(checked.output.split())
+    assert "no enterprise table maps a column to `reg_no`: the match model does without it" in flat
+    assert "`org_code`" not in flat  # the tax department still has one
+
+
+@pytest.mark.parametrize("records", [0, 1])
+def test_too_few_records_give_a_rules_only_model(records: int) -> None:
+    frame = pd.DataFrame({"name": ["张三"] * records}, index=[f"r{i}" for i in range(records)])
+    model = train(frame, pd.DataFrame(), "person", load_match_settings(ROOT / "config"))
+    assert is_rules_only(model) and features_left_out(model, "person") == []
+    assert model.probability(pd.DataFrame({f: [1] for f in model.features})).iloc[0] < 1e-6
