@@ -405,7 +405,11 @@ class Validity(_RowRule):
         if not self.code_table or self.field not in table.field_columns:
             return self
         column = table.field_columns[self.field]
-        codes = table.columns[column].codes
+        mapping = table.columns[column]
+        # a value from several columns: the values its own column takes in the cases
+        codes = mapping.codes or {
+            case.when[column]: case.value for case in mapping.cases or () if column in case.when
+        }
         if not codes:
             problems.append(
                 Problem(

@@ -422,3 +422,68 @@ def test_too_few_records_give_a_rules_only_model(records: int) -> None:
     model = train(frame, pd.DataFrame(), "person", load_match_settings(ROOT / "config"))
     assert is_rules_only(model) and features_left_out(model, "person") == []
     assert model.probability(pd.DataFrame({f: [1] for f in model.features})).iloc[0] < 1e-6
+
+
+def test_column_forms_through_the_night(
+    make_city: CityFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config_copy: Path
+) -> None:
+    """公安 writes status as 注销标识 + 注销原因, half its birth dates as 5/7/1990 and its change
+    stamps in UTC with an offset; 市场监管 writes capital in 元: the night reads them all."""
+    make_city(monkeypatch, copy=tmp_path / "var", **CITY)
+    sources = tmp_path / "var" / "city" / "sources"
+    with sqlite3.connect(sources / "gongan.sqlite") as db:
+        rows = db.execute("SELECT rkbh, csrq, gxsj FROM t_rk_jbxx ORDER BY rkbh").fetchall()
+        db.execute("ALTER TABLE t_rk_jbxx ADD COLUMN zxbs VARCHAR(1)")
+        db.execute("ALTER TABLE t_rk_jbxx ADD COLUMN zxyy VARCHAR(10)")
+        expected = {}
+        for i, (key, born, stamp) in enumerate(rows):
+            flag, why = (
+                ("1", "迁出") if i % 7 == 3 else ("1", "死亡") if i % 11 == 5 else ("0", None)
+            )
+            day = dt.datetime.strptime(born, "%Y%m%d").date()
+            local = dt.datetime.strptime(stamp, "%Y%m%d%H%M%S")
+            utc = (local - dt.timedelta(hours=8)).strftime("%Y-%m-%dT%H:%M:%S+0000")
+            written = f"{day.month}/{day.day}/{day.year}" if i % 2 else born
+            db.execute(
+                "UPDATE t_rk_jbxx SET zxbs = ?, zxyy = ?, csrq = ?, gxsj = ? WHERE rkbh = ?",
+                (flag, why, written, utc, key),
+            )
+            expected[key] = ({"0": "正常"}.get(flag, why), day, local)
+    with sqlite3.connect(sources / "shichang.sqlite") as db:
+        capital = dict(db.execute("SELECT nbxh, zczb FROM t_qy_djxx").fetchall())
+        db.execute("UPDATE t_qy_djxx SET zczb = zczb * 10000")
+    path = config_copy / "departments" / "gongan.yaml"
+    doc = yaml.safe_load(path.read_text())
+    table = doc["tables"][0]
+    table["change_format"] = "%Y-%m-%dT%H:%M:%S%z"
+    table["columns"]["csrq"]["format"] = ["%Y%m%d", "%-m/%-d/%Y"]
+    del table["columns"]["hjzt"]
+    table["columns"]["zxbs"] = {
+        "field": "status",
+        "cases": [
+            {"when": {"zxbs": "0"}, "value": "正常"},
+            {"when": {"zxbs": "1", "zxyy": "迁出"}, "value": "迁出"},
+            {"when": {"zxbs": "1", "zxyy": "死亡"}, "value": "死亡"},
+        ],
+    }
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
+    path = config_copy / "departments" / "shichang.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["tables"][0]["columns"]["zczb"] = {"field": "registered_capital", "unit": "元"}
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
+
+    city = load_city_config(config_copy)
+    run_night(city)
+    person = pd.read_parquet(canonical_dir(city.var_dir, RUN, "gongan") / "person.parquet")
+    got = {
+        r.source_key: (r.status, r.birth_date, r.updated_at.to_pydatetime())
+        for r in person.itertuples()
+    }
+    assert got == {k: v for k, v in expected.items() if k in got}
+    assert len(got) >= len(expected) - 5  # the registry's own rejects (no usable identity)
+    assert {s for s, _, _ in got.values()} == {"正常", "迁出", "死亡"}
+    firms = pd.read_parquet(canonical_dir(city.var_dir, RUN, "shichang") / "enterprise.parquet")
+    assert len(firms) == len(capital)
+    assert all(
+        r.registered_capital == Decimal(str(capital[r.source_key])) for r in firms.itertuples()
+    )
