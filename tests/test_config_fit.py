@@ -397,13 +397,18 @@ def test_config_check_refuses_a_matching_file_naming_unknown_departments(
     checked = CliRunner().invoke(app, ["config", "check", "--config", str(tmp_path / "other")])
     assert checked.exit_code == 0, checked.output
     rename_departments(config_copy, RENAMED)
-    (config_copy / "matching.yaml").write_text((ROOT / "config" / "matching.yaml").read_text())
+    for name in ("matching.yaml", "catalog.yaml"):  # as shipped: the example city's names
+        (config_copy / name).write_text((ROOT / "config" / name).read_text())
     checked = CliRunner().invoke(app, ["config", "check", "--config", str(config_copy)])
     assert checked.exit_code == 2
     flat = " ".join(checked.output.split())
     assert (
         "matching.yaml: person.survivorship_rank[0]: no department 'gongan'. Fix: use one of"
         in flat
+    )
+    assert (
+        "catalog.yaml: resources.weijian/PATIENT_INFO: no such resource. Fix: the table is "
+        "yiyuan/PATIENT_INFO in this city's departments" in flat
     )
 
 
