@@ -370,6 +370,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result = EntityLinked(entity)
     rows, gone, result.unkeyed = tonight(night.city, night.run_id, entity, night.held)
     model = None if night.retrain else base.model()
+    if model is not None and is_rules_only(model):  # too few rows last night: try again
+        model = None
     settings_json = match.model_dump_json()
     carry = not night.full and model is not None and base.text("match.json") == settings_json
     (out / "match.json").write_text(settings_json)

@@ -22,6 +22,7 @@ import store.warehouse as wh
 from cli.main import app
 from etl.config import CityConfig, TableConfig, load_city_config
 from etl.extract import extract_all
+from etl.sample_city.generate import next_night
 from etl.standardize import _Context, standardize_all, standardize_row
 from etl.state import warehouse_url
 from fields import dictionary, identifiers
@@ -492,3 +493,16 @@ def test_column_forms_through_the_night(
     assert all(
         r.registered_capital == Decimal(str(capital[r.source_key])) for r in firms.itertuples()
     )
+
+
+def test_a_rules_only_night_is_followed_by_a_training_night(
+    make_city: CityFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    city = make_city(monkeypatch, copy=tmp_path / "var", persons=200, enterprises=20, seed=5)
+    first = run_night(city)["entities"]
+    assert first["enterprise"]["rules_only"] and not first["person"]["rules_only"]
+    next_night(city.var_dir / "city")
+    assert all(r.ok for r in extract_all(city, "2026-07-01"))
+    assert all(r.status == "ok" for r in standardize_all(city, "2026-07-01"))
+    second = link(city, "2026-07-01").summary()["entities"]
+    assert second["enterprise"]["model_trained"] and not second["person"]["model_trained"]
