@@ -517,13 +517,14 @@ class Shuiwu(Department):
 
 def _taxpayer_number(e: Enterprise, *, legacy: bool) -> str:
     """The taxpayer number (纳税人识别号): the credit code since the 2015 reform; before it, the
-    old tax number (division + organization code) or the 注册号, half and half by the
-    enterprise's ID (drawn from no generator: the other columns stay as they were)."""
+    old tax number (division + organization code), the 注册号 or the bare organization code, a
+    third each by the enterprise's ID (drawn from no generator: the other columns stay as they
+    were)."""
     if not legacy or e.reg_no is None:
         return e.uscc
-    if zlib.crc32(e.enterprise_id.encode()) % 2:
-        return e.division_code + e.org_code
-    return e.reg_no
+    return (e.division_code + e.org_code, e.reg_no, e.org_code)[
+        zlib.crc32(e.enterprise_id.encode()) % 3
+    ]
 
 
 GONGAN, RENSHE, MINZHENG = Gongan(), Renshe(), Minzheng()
