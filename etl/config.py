@@ -289,26 +289,7 @@ class ColumnMapping(_Strict):
                     )
                 )
             else:
-                formats = [self.format] if isinstance(self.format, str) else self.format
-                at = (
-                    (lambda i: ("format",))
-                    if isinstance(self.format, str)
-                    else (lambda i: ("format", i))
-                )
-                for i, fmt in enumerate(formats):
-                    if fmt not in DATE_FORMATS and (why := _strptime_problem(fmt)):
-                        issues.append(
-                            _Issue(
-                                at(i),
-                                why,
-                                "use a strptime format such as '%Y%m%d' or '%-m/%-d/%Y', or "
-                                "one of: " + ", ".join(DATE_FORMATS),
-                            )
-                        )
-                if not formats:
-                    issues.append(
-                        _Issue(("format",), "the list of formats is empty", "list a format")
-                    )
+                issues += _format_issues(self.format)
         if self.codes is not None and not self.codes:
             issues.append(
                 _Issue(("codes",), "the code table is empty", "list codes or remove `codes`")
@@ -402,6 +383,27 @@ class ColumnMapping(_Strict):
             if all(_case_text(row.get(c)) == v for c, v in case.when.items()):
                 return case.value
         return None
+
+
+def _format_issues(formats: str | list[str]) -> list[_Issue]:
+    """What is wrong with a date column's format, or with each of its list of formats."""
+    listed = (
+        [(("format",), formats)]
+        if isinstance(formats, str)
+        else [(("format", i), fmt) for i, fmt in enumerate(formats)]
+    )
+    if not listed:
+        return [_Issue(("format",), "the list of formats is empty", "list a format")]
+    return [
+        _Issue(
+            at,
+            why,
+            "use a strptime format such as '%Y%m%d' or '%-m/%-d/%Y', or one of: "
+            + ", ".join(DATE_FORMATS),
+        )
+        for at, fmt in listed
+        if fmt not in DATE_FORMATS and (why := _strptime_problem(fmt))
+    ]
 
 
 def _case_text(value: Any) -> str:
@@ -958,6 +960,9 @@ def _format_path(model: type[BaseModel], loc: Sequence[str | int]) -> str:
             continue
         tp = _unwrap(tp)
         origin = get_origin(tp)
+        if origin in (Union, types.UnionType) and isinstance(item, int):  # `str | list[str]`
+            tp = next((a for a in get_args(tp) if get_origin(a) in (list, tuple)), tp)
+            origin = get_origin(tp)
         if origin in (list, tuple) and isinstance(item, int):
             out += f"[{item}]"
             tp = get_args(tp)[0] if get_args(tp) else None

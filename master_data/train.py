@@ -45,9 +45,9 @@ def train(
     """Fit the model on ``records`` and their candidate pairs' comparison ``levels``.
 
     A feature that no random pair can compare (no department supplies the field, or every
-    value is empty tonight) is left out of the model with a warning; :func:`features_left_out` names
-    them. With fewer than two records, fewer than ``MIN_PAIRS`` candidate pairs or no feature
-    left there is nothing to learn from: the model is :func:`rules_only`.
+    value is empty tonight) is left out of the model with a warning (:func:`features_left_out`
+    names them). With fewer than two records, fewer than ``MIN_PAIRS`` candidate pairs or no
+    feature left there is nothing to learn from: the model is :func:`rules_only`.
     """
     if len(records) < 2 or len(levels) < MIN_PAIRS:
         log.warning(

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 import store.warehouse as wh
 from cli.main import app
-from etl.config import CityConfig, TableConfig, load_city_config
+from etl.config import CityConfig, ConfigError, TableConfig, load_city_config
 from etl.extract import extract_all
 from etl.sample_city.generate import next_night
 from etl.standardize import _Context, standardize_all, standardize_row
@@ -540,3 +540,25 @@ def test_a_tax_department_with_one_identifier_column_links_as_well(
     assert one_column.true_pairs == shipped.true_pairs > 50
     assert one_column.precision >= shipped.precision and one_column.recall >= shipped.recall
     assert one_column.f1 > 0.99
+
+
+def test_column_form_errors_name_the_file_the_key_and_the_fix(config_copy: Path) -> None:
+    gongan = config_copy / "departments" / "gongan.yaml"
+    gongan.write_text(gongan.read_text().replace('format: "%Y%m%d"', 'format: ["%Y%m%d", "%Q"]', 1))
+    shuiwu = config_copy / "departments" / "shuiwu.yaml"
+    shuiwu.write_text(
+        shuiwu.read_text().replace("{field: enterprise_identifier}", "{field: [uscc, phone]}")
+    )
+    with pytest.raises(ConfigError) as info:
+        load_city_config(config_copy)
+    problems = info.value.problems
+    assert any(
+        p.startswith(f"{gongan}: tables[0].columns.csrq.format[1] (line ")
+        and "'%Q' cannot read back" in p
+        for p in problems
+    ), problems
+    assert any(
+        p.startswith(f"{shuiwu}: tables[0].columns.纳税人识别号.field (line ")
+        and "Fix: write `field: enterprise_identifier`" in p
+        for p in problems
+    ), problems
