@@ -32,6 +32,7 @@ from master_data.link import link
 from master_data.publish import publish
 from master_data.settings import load_match_settings
 from master_data.train import features_left_out, is_rules_only, train
+from quality.table_rules import _change_stamp
 from store.layout import canonical_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -308,6 +309,9 @@ def test_change_stamps_with_an_offset_are_the_citys_wall_time() -> None:
     iso = _table("person", {"xm": "name"})
     out, _ = _row("person", iso, xm="张三", ts="2026-06-30T02:00:00+00:00")
     assert out["updated_at"] == dt.datetime(2026, 6, 30, 10, 0)
+    # the freshness rule reads the ledger's newest stamp the same way
+    newest = _change_stamp("2026-06-30T02:00:00+0000", table, "Asia/Shanghai")
+    assert newest == dt.datetime(2026, 6, 30, 10, 0)
 
 
 @pytest.mark.parametrize(
