@@ -271,14 +271,19 @@ def _source_fields(city: CityConfig, table: TableConfig) -> list[CatalogField]:
                     masked=MASKS[kind] if kind else None,
                 )
             )
+        elif mapping is not None and mapping.route is not None:
+            routes = "/".join(mapping.route)
+            fields.append(CatalogField(column, f"企业代码，按结构分至 {routes}", maps_to=routes))
         elif mapping is not None:
             fields.append(
                 CatalogField(column, f"扩展字段（{mapping.target}）", maps_to=mapping.target)
             )
         elif column in table.primary_key:
             fields.append(CatalogField(column, "记录主键"))
-        else:
+        elif column == table.change_column:
             fields.append(CatalogField(column, "更新时间（增量抽取依据）"))
+        else:  # read by another column's `cases`
+            fields.append(CatalogField(column, "参与多列取值的列（见该表 cases 配置）"))
     return fields
 
 

@@ -179,7 +179,7 @@ class SharePolicy(BaseModel):
 
 def policy_path(city: CityConfig) -> Path:
     """``config/catalog.yaml`` beside the city's other configuration."""
-    return city.root / "config" / POLICY_FILE
+    return city.config_dir / POLICY_FILE
 
 
 def load_share_policy(city: CityConfig) -> SharePolicy:
@@ -196,11 +196,23 @@ def load_share_policy(city: CityConfig) -> SharePolicy:
         f"{d.code}/{t.name}" for d in city.departments for t in d.tables
     }
     problems = [
-        f"{path}: resources.{key}: no such resource. Fix: use a golden table (mdm_person, "
-        f"mdm_enterprise, …) or department/table, e.g. {sorted(known - {key})[0]}"
+        f"{path}: resources.{key}: no such resource. Fix: {_resource_fix(key, known)}"
         for key in policy.resources
         if key not in known
     ]
     if problems:
         raise ConfigError(problems)
     return policy
+
+
+def _resource_fix(key: str, known: set[str]) -> str:
+    """How to fix an unknown resource ID: the configured department keeping that table, if
+    one does (the catalogue names another city's department), else what IDs look like."""
+    table = key.split("/", 1)[-1]
+    keeping = sorted(k for k in known if "/" in k and k.split("/", 1)[1] == table)
+    if keeping:
+        return f"the table is {' or '.join(keeping)} in this city's departments: write that"
+    return (
+        "use a golden table (mdm_person, mdm_enterprise, …) or department/table, e.g. "
+        f"{sorted(known - {key})[0]}, or remove the entry"
+    )

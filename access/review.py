@@ -316,7 +316,7 @@ def _pair_view(city: CityConfig, row: dict[str, Any], privileged: bool) -> PairV
 
 
 def _bands(city: CityConfig, entity: str) -> tuple[float, float]:
-    t = getattr(load_match_settings(city.root / "config"), entity).thresholds
+    t = getattr(load_match_settings(city.config_dir), entity).thresholds
     return float(t.review), float(t.auto_link)
 
 

@@ -146,7 +146,6 @@ def config_check(
 ) -> None:
     """Validate config/ and list the departments, their tables and authorities."""
     from etl.config import ConfigError, load_city_config
-    from quality.rules import load_quality_rules
 
     try:
         city = load_city_config(config, tolerant=True)
@@ -154,10 +153,7 @@ def config_check(
         console.print(f"[red]Configuration has errors:[/red]\n{exc}", highlight=False)
         raise typer.Exit(2) from exc
     problems = [line for lines in city.broken.values() for line in lines]
-    try:
-        load_quality_rules(city)
-    except ConfigError as exc:
-        problems += exc.problems
+    problems += _other_files(city)
     table = Table(title=f"{city.name} ({city.division_code}): {len(city.departments)} departments")
     for col in ("department", "name", "tables", "authority for", "contact"):
         table.add_column(col)
@@ -170,6 +166,9 @@ def config_check(
         tables = ", ".join(f"{t.name} ({t.entity})" for t in d.tables)
         table.add_row(d.code, d.name, tables, auth or "—", f"{d.contact.name} <{d.contact.email}>")
     console.print(table)
+    warnings = config_warnings(city)
+    if warnings:
+        console.print("[yellow]Warnings:[/yellow]\n" + "\n".join(warnings), highlight=False)
     if problems:
         broken = f" (departments not run: {', '.join(city.broken)})" if city.broken else ""
         console.print(
@@ -184,6 +183,49 @@ def config_check(
                 raise
     if problems:
         raise typer.Exit(2)
+
+
+def _other_files(city: Any) -> list[str]:
+    """The problems of the configuration's other files: quality rules, matching.yaml (its
+    departments must be the city's) and catalog.yaml (its tables must be the city's)."""
+    from access.policy import load_share_policy
+    from etl.config import ConfigError
+    from master_data.settings import load_match_settings
+    from quality.rules import load_quality_rules
+
+    problems: list[str] = []
+    codes = {d.code for d in city.departments} | set(city.broken)
+    for check in (
+        lambda: load_quality_rules(city),
+        lambda: load_match_settings(city.config_dir, codes),
+        lambda: load_share_policy(city),
+    ):
+        try:
+            check()
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
+
+
+def config_warnings(city: Any) -> list[str]:
+    """What the configuration runs without: defaults taken (a contact, quality rules) and
+    comparison features no department supplies, which the match model leaves out."""
+    from master_data.compare import features_for
+    from quality.rules import missing_rule_files
+
+    out = [*city.warnings, *missing_rule_files(city)]
+    for entity in ("person", "enterprise"):
+        mapped = {
+            f for d in city.departments for t in d.tables_for(entity) for f in t.field_columns
+        }
+        for feature in features_for(entity):
+            if feature.label not in mapped:
+                out.append(
+                    f"{city.config_dir / 'departments'}: no {entity} table maps a column to "
+                    f"`{feature.label}`: the match model does without it. Fix: map the column "
+                    "that holds it, if a department keeps one"
+                )
+    return out
 
 
 def _probe_sources(city: Any) -> None:

@@ -63,6 +63,11 @@ FIELDS: dict[str, tuple[str, ...]] = {"person": PERSON_FIELDS, "enterprise": ENT
 """The canonical fields a department's column may map onto (see :mod:`fields.dictionary`)."""
 DATE_FIELDS = frozenset(f.name for f in dictionary.FIELDS if f.is_source and f.is_date)
 DATE_FORMATS = ("excel_serial", "chinese", "auto")
+ENTERPRISE_IDENTIFIER = "enterprise_identifier"
+"""``{field: enterprise_identifier}``: a column holding credit codes, 注册号, organization codes
+and old tax numbers alike, each value routed to ``uscc``, ``reg_no`` or ``org_code``."""
+IDENTIFIER_FIELDS = ("uscc", "reg_no", "org_code")
+CAPITAL_UNITS = ("元", "万元", "亿元")
 
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECRET_HINTS = ("://", "@", "password", "passwd", "pwd", "secret", "token")
@@ -137,13 +142,36 @@ def _extra_name(column: str) -> str:
     return name if _IDENTIFIER.match(name) else "<name>"
 
 
+def strptime_format(fmt: str) -> str:
+    """``fmt`` as :func:`datetime.datetime.strptime` reads it: the unpadded ``%-m`` / ``%-d``
+    (and Windows' ``%#m``) become ``%m`` / ``%d``, which read one or two digits.
+
+    >>> dt.datetime.strptime("6/7/2024", strptime_format("%-m/%-d/%Y")).day
+    7
+    """
+    return fmt.replace("%-", "%").replace("%#", "%")
+
+
+def parse_stamp(text: str, fmt: str, tz: str) -> dt.datetime:
+    """A change stamp written in ``fmt`` as wall time in the city's time zone ``tz`` (naive):
+    a stamp with a ``%z`` offset is converted, one without is taken as it is.
+
+    >>> parse_stamp("2026-06-30 10:00:00+0000", "%Y-%m-%d %H:%M:%S%z", "Asia/Shanghai")
+    datetime.datetime(2026, 6, 30, 18, 0)
+    """
+    stamp = dt.datetime.strptime(text, strptime_format(fmt))
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(zoneinfo.ZoneInfo(tz)).replace(tzinfo=None)
+    return stamp
+
+
 def _strptime_problem(fmt: str) -> str | None:
     """Why ``fmt`` cannot read back a full date it wrote, or None if it can."""
     if "%" not in fmt:
         return f"'{fmt}' has no % directives"
-    sample = dt.datetime(2001, 12, 31, 23, 45, 56)
+    sample = dt.datetime(2001, 12, 31, 23, 45, 56, tzinfo=dt.timezone(dt.timedelta(hours=8)))
     try:
-        parsed = dt.datetime.strptime(sample.strftime(fmt), fmt)
+        parsed = dt.datetime.strptime(sample.strftime(fmt), strptime_format(fmt))
     except ValueError as exc:
         return f"'{fmt}' cannot read back what it writes ({exc})"
     if parsed.date() != sample.date():
@@ -163,7 +191,15 @@ class ColumnMapping(_Strict):
     In YAML either the shorthand ``xm: name`` or a mapping::
 
         csrq: {field: birth_date, format: "%Y%m%d"}
+        rq: {field: established_date, format: ["%Y-%m-%d", "%-m/%-d/%Y"]}  # tried in order
         xb: {field: sex, codes: {"1": 男, "2": 女}}
+        zczb: {field: registered_capital, unit: 元}
+        nsrsbh: {field: enterprise_identifier}  # or a list: {field: [uscc, org_code]}
+        zxbs:  # a value from two columns: the first case whose columns all match
+          field: status
+          cases:
+            - {when: {zxbs: "0"}, value: 正常}
+            - {when: {zxbs: "1", zxyy: 死亡}, value: 死亡}
         insurance_type: {extra: insurance_type}
     """
 
@@ -174,11 +210,17 @@ class ColumnMapping(_Strict):
         None,
         description="a lowercase name to carry the column through under, e.g. `extra: hospital`",
     )
-    format: str | None = Field(
+    route: list[str] | None = Field(
+        None,
+        description="the identifier fields this column's values are routed to by their "
+        "structure and check characters; written `field: enterprise_identifier` (all of uscc, "
+        "reg_no, org_code) or `field: [uscc, org_code]`",
+    )
+    format: str | list[str] | None = Field(
         None,
         description=(
-            "a date format: a strptime format such as '%Y%m%d', or excel_serial, chinese "
-            "(1985年3月7日) or auto"
+            "a date format: a strptime format such as '%Y%m%d' or '%-m/%-d/%Y', or "
+            "excel_serial, chinese (1985年3月7日) or auto; a list is tried in order"
         ),
     )
     codes: dict[str, str] | None = Field(
@@ -187,24 +229,38 @@ class ColumnMapping(_Strict):
             'a table from source codes to canonical values, keys quoted: {"1": 男, "2": 女}'
         ),
     )
+    cases: list[Case] | None = Field(
+        None,
+        description="a value read from several columns: the first case whose `when` columns "
+        "all hold their values gives `value`, e.g. {when: {zxbs: '1', zxyy: 死亡}, value: 死亡}",
+    )
+    unit: Literal["元", "万元", "亿元"] | None = Field(
+        None, description="the unit of a bare registered capital: 元, 万元 (the default) or 亿元"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         if isinstance(data, str):
-            return {"field": data}
+            data = {"field": data}
         if data is None:
             raise _invalid(
                 "the column has no mapping",
                 "write a canonical field (`xm: name`), a mapping such as "
                 "`{field: birth_date, format: '%Y%m%d'}`, or `{extra: <name>}`",
             )
+        if isinstance(data, dict):
+            field = data.get("field")
+            if field == ENTERPRISE_IDENTIFIER:
+                data = {**data, "field": None, "route": list(IDENTIFIER_FIELDS)}
+            elif isinstance(field, list):
+                data = {**data, "field": None, "route": field}
         return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ColumnMapping:
         issues: list[_Issue] = []
-        if (self.field is None) == (self.extra is None):
+        if sum(x is not None for x in (self.field, self.extra, self.route)) != 1:
             issues.append(
                 _Issue(
                     (),
@@ -213,6 +269,7 @@ class ColumnMapping(_Strict):
                     "`extra: <name>` to carry the column through",
                 )
             )
+        issues += self._route_issues() + self._form_issues()
         if self.extra is not None and not _IDENTIFIER.match(self.extra):
             issues.append(
                 _Issue(
@@ -223,7 +280,7 @@ class ColumnMapping(_Strict):
             )
         if self.format is not None:
             known = self.field in PERSON_FIELDS or self.field in ENTERPRISE_FIELDS
-            if self.field not in DATE_FIELDS and (known or self.extra is not None):
+            if self.field not in DATE_FIELDS and (known or self.extra is not None or self.route):
                 issues.append(
                     _Issue(
                         ("format",),
@@ -231,15 +288,8 @@ class ColumnMapping(_Strict):
                         "remove `format` from this column",
                     )
                 )
-            elif self.format not in DATE_FORMATS and (why := _strptime_problem(self.format)):
-                issues.append(
-                    _Issue(
-                        ("format",),
-                        why,
-                        "use a strptime format such as '%Y%m%d', or one of: "
-                        + ", ".join(DATE_FORMATS),
-                    )
-                )
+            else:
+                issues += _format_issues(self.format)
         if self.codes is not None and not self.codes:
             issues.append(
                 _Issue(("codes",), "the code table is empty", "list codes or remove `codes`")
@@ -248,10 +298,128 @@ class ColumnMapping(_Strict):
             raise _Invalid(issues)
         return self
 
+    def _route_issues(self) -> list[_Issue]:
+        if self.route is None:
+            return []
+        bad = [f for f in self.route if f not in IDENTIFIER_FIELDS]
+        if bad or not self.route or len(set(self.route)) != len(self.route):
+            return [
+                _Issue(
+                    ("field",),
+                    f"a column routed to several identifiers names {self.route}",
+                    f"write `field: {ENTERPRISE_IDENTIFIER}`, or a list of distinct fields "
+                    f"among {', '.join(IDENTIFIER_FIELDS)}",
+                )
+            ]
+        if self.codes is not None or self.cases is not None or self.unit is not None:
+            return [
+                _Issue(
+                    (),
+                    "an identifier column takes no `codes`, `cases` or `unit`",
+                    "remove them: its values are routed by structure and check characters",
+                )
+            ]
+        return []
+
+    def _form_issues(self) -> list[_Issue]:
+        issues = []
+        if self.unit is not None and self.field != "registered_capital":
+            issues.append(
+                _Issue(
+                    ("unit",),
+                    "`unit` applies to registered_capital only",
+                    "remove `unit` from this column",
+                )
+            )
+        if self.cases is not None and self.codes is not None:
+            issues.append(
+                _Issue(
+                    ("cases",),
+                    "give `codes` or `cases`, not both",
+                    "fold the code table into the cases",
+                )
+            )
+        if self.cases is not None and (self.field is None or not self.cases):
+            issues.append(
+                _Issue(
+                    ("cases",),
+                    "`cases` needs a canonical `field` and at least one case",
+                    "write `field: <canonical field>` and list the cases",
+                )
+            )
+        return issues
+
     @property
     def target(self) -> str:
-        """The name this column lands under: its canonical field or its extra name."""
+        """The name this column lands under: its canonical field, its extra name, or (routed
+        identifiers) enterprise_identifier."""
+        if self.route is not None:
+            return ENTERPRISE_IDENTIFIER
         return self.field if self.field is not None else str(self.extra)
+
+    @property
+    def formats(self) -> list[str | None]:
+        """The date formats to try, in order (``[None]``: none configured, read as auto)."""
+        if self.format is None:
+            return [None]
+        return [self.format] if isinstance(self.format, str) else list(self.format)
+
+    @property
+    def fills(self) -> tuple[str, ...]:
+        """The canonical fields this column fills (a routed column: each of its routes)."""
+        if self.route is not None:
+            return tuple(self.route)
+        return (self.field,) if self.field is not None else ()
+
+    @property
+    def case_columns(self) -> tuple[str, ...]:
+        """The other columns a ``cases`` mapping reads."""
+        return tuple(dict.fromkeys(c for case in self.cases or () for c in case.when))
+
+    def case_value(self, row: Mapping[str, Any]) -> str | None:
+        """The value of the first case whose columns all hold their values in ``row``
+        (source column → raw value); None when none does."""
+        for case in self.cases or ():
+            if all(_case_text(row.get(c)) == v for c, v in case.when.items()):
+                return case.value
+        return None
+
+
+def _format_issues(formats: str | list[str]) -> list[_Issue]:
+    """What is wrong with a date column's format, or with each of its list of formats."""
+    listed = (
+        [(("format",), formats)]
+        if isinstance(formats, str)
+        else [(("format", i), fmt) for i, fmt in enumerate(formats)]
+    )
+    if not listed:
+        return [_Issue(("format",), "the list of formats is empty", "list a format")]
+    return [
+        _Issue(
+            at,
+            why,
+            "use a strptime format such as '%Y%m%d' or '%-m/%-d/%Y', or one of: "
+            + ", ".join(DATE_FORMATS),
+        )
+        for at, fmt in listed
+        if fmt not in DATE_FORMATS and (why := _strptime_problem(fmt))
+    ]
+
+
+def _case_text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+class Case(_Strict):
+    """One case of a value read from several columns (``cases:``)."""
+
+    when: dict[str, str] = Field(
+        min_length=1, description="source column → its value (quoted; '' for empty)"
+    )
+    value: str = Field(description="the canonical value when every column holds its value")
+
+
+ColumnMapping.model_rebuild()
 
 
 class TableConfig(_Strict):
@@ -323,17 +491,28 @@ class TableConfig(_Strict):
                     )
                 )
                 continue
-            target = mapping.target
-            if target in owner:
+            if mapping.route is not None and entity != "enterprise":
                 issues.append(
                     _Issue(
-                        (column,),
-                        f"'{target}' is already mapped from column '{owner[target]}'",
-                        "map one column per field; carry the other through with "
-                        "`{extra: <another name>}`",
+                        (column, "field"),
+                        f"{ENTERPRISE_IDENTIFIER} is an enterprise form, not a {entity} one",
+                        "map the column to one canonical field",
                     )
                 )
-            owner.setdefault(target, column)
+                continue
+            if mapping.route is not None:  # fills what the field's own column leaves empty
+                continue
+            for target in mapping.fills or (mapping.target,):
+                if target in owner:
+                    issues.append(
+                        _Issue(
+                            (column,),
+                            f"'{target}' is already mapped from column '{owner[target]}'",
+                            "map one column per field; carry the other through with "
+                            "`{extra: <another name>}`",
+                        )
+                    )
+                owner.setdefault(target, column)
         if issues:
             raise _Invalid(issues)
         return columns
@@ -384,12 +563,16 @@ class TableConfig(_Strict):
         >>> load_city_config().department("gongan").tables[0].field_columns["id_number"]
         'sfzh'
         """
-        return {m.field: col for col, m in self.columns.items() if m.field is not None}
+        own = {m.field: col for col, m in self.columns.items() if m.field is not None}
+        routed = {f: col for col, m in self.columns.items() if m.route for f in m.route}
+        return {**routed, **own}
 
     @property
     def source_columns(self) -> tuple[str, ...]:
-        """Every column the config knows: key, change column, then mapped columns."""
-        return tuple(dict.fromkeys([*self.primary_key, self.change_column, *self.columns]))
+        """Every column the config knows: key, change column, mapped columns, then the other
+        columns a value from several columns (``cases``) reads."""
+        cases = [c for m in self.columns.values() for c in m.case_columns]
+        return tuple(dict.fromkeys([*self.primary_key, self.change_column, *self.columns, *cases]))
 
 
 class Contact(_Strict):
@@ -594,7 +777,13 @@ class CityConfig(CityFile):
 
     departments: list[DepartmentConfig] = Field(min_length=1)
     root: Path
+    config_dir: Path = Field(default_factory=lambda data: Path(data["root"]) / "config")
+    """The folder every configuration file is read from (matching.yaml, catalog.yaml,
+    quality/ as well as city.yaml and departments/): the one ``load_city_config`` was given."""
     var_dir: Path = Field(default_factory=_default_var_dir)
+    warnings: list[str] = Field(default_factory=list)
+    """What the configuration leaves out and was given a default for (a department without a
+    contact), one ``<file>: <key>: <what>. Fix: <how>`` line each; ``config check`` prints them."""
     broken: dict[str, list[str]] = Field(default_factory=dict)
     """Departments whose file is broken (code → its problem lines), left out of
     ``departments`` by a tolerant load; empty after a strict one."""
@@ -771,6 +960,9 @@ def _format_path(model: type[BaseModel], loc: Sequence[str | int]) -> str:
             continue
         tp = _unwrap(tp)
         origin = get_origin(tp)
+        if origin in (Union, types.UnionType) and isinstance(item, int):  # `str | list[str]`
+            tp = next((a for a in get_args(tp) if get_origin(a) in (list, tuple)), tp)
+            origin = get_origin(tp)
         if origin in (list, tuple) and isinstance(item, int):
             out += f"[{item}]"
             tp = get_args(tp)[0] if get_args(tp) else None
@@ -980,7 +1172,13 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
             city_ok = True
         except ValidationError as exc:
             problems += _translate(exc, CityFile, city_doc, city_doc.path)
-    loaded, broken = _load_departments(_department_files(cdir / "departments", problems))
+    default_contact = (
+        city_doc.data.get("data_engineering_contact") if city_ok and city_doc else None
+    )
+    warnings: list[str] = []
+    loaded, broken = _load_departments(
+        _department_files(cdir / "departments", problems), default_contact, warnings
+    )
     if not tolerant or not loaded:
         problems += [line for lines in broken.values() for line in lines]
         broken = {}
@@ -998,6 +1196,8 @@ def load_city_config(config_dir: str | Path = "config", *, tolerant: bool = Fals
                 **city_doc.data,
                 "departments": departments,
                 "root": cdir.resolve().parent,
+                "config_dir": cdir.resolve(),
+                "warnings": warnings,
                 "broken": broken,
             }
         )
@@ -1024,15 +1224,21 @@ def _department_files(ddir: Path, problems: list[str]) -> list[Path]:
 
 
 def _load_departments(
-    files: Sequence[Path],
+    files: Sequence[Path], default_contact: Any = None, warnings: list[str] | None = None
 ) -> tuple[list[tuple[DepartmentConfig, _Doc]], dict[str, list[str]]]:
     """The departments that load cleanly (with their documents), and the problems of each
-    file that does not, under the file's name."""
+    file that does not, under the file's name. A department without a ``contact`` gets
+    ``default_contact`` (the data engineering contact), with a line in ``warnings``."""
     loaded: list[tuple[DepartmentConfig, _Doc]] = []
     broken: dict[str, list[str]] = {}
     for path in files:
         own: list[str] = []
         doc = _read_yaml(path, own)
+        if _lacks_contact(doc) and default_contact is not None:
+            assert doc is not None
+            doc.data["contact"] = default_contact
+            if warnings is not None:
+                warnings.append(_no_contact(path, default_contact))
         dept: DepartmentConfig | None = None
         if doc is not None:
             try:
@@ -1057,6 +1263,19 @@ def _load_departments(
         if own:
             broken[path.stem] = own
     return loaded, broken
+
+
+def _lacks_contact(doc: _Doc | None) -> bool:
+    return doc is not None and isinstance(doc.data, dict) and doc.data.get("contact") is None
+
+
+def _no_contact(path: Path, contact: Any) -> str:
+    who = f"{contact.get('name')} <{contact.get('email')}>" if isinstance(contact, dict) else ""
+    return (
+        f"{path}: contact: missing; its reports go to the data engineering contact {who} "
+        "until it has its own. Fix: add `contact: {name: …, email: …}` with the department's "
+        "data owner (数据责任人)"
+    )
 
 
 PRIVATE_UMASK = 0o077

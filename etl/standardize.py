@@ -29,8 +29,9 @@ import logging
 import multiprocessing as mp
 import os
 import time
+import zoneinfo
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,7 +41,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig, night_date
+from etl.config import (
+    ENTERPRISE_IDENTIFIER,
+    FIELDS,
+    CityConfig,
+    ColumnMapping,
+    DepartmentConfig,
+    TableConfig,
+    night_date,
+    parse_stamp,
+    strptime_format,
+)
 from etl.extract import ROW_KEY, ParquetSink
 from fields import dictionary, normalize
 from store import failpoints
@@ -191,17 +202,21 @@ def _digest(path: Path) -> str:
 class _Context:
     city_code: str
     as_of: dt.date
+    timezone: str = "Asia/Shanghai"  # the city's: change stamps with an offset land in it
 
 
-def _updated_at(raw: str | None, table: TableConfig) -> dt.datetime | None:
+def _updated_at(raw: str | None, table: TableConfig, tz: str) -> dt.datetime | None:
     if raw is None or raw == "":
         return None
     try:
         if table.change_kind == "epoch_seconds":
             return _BEIJING_EPOCH + dt.timedelta(seconds=int(float(raw)))
         if table.change_kind == "string" and table.change_format:
-            return dt.datetime.strptime(raw, table.change_format)
-        return dt.datetime.fromisoformat(raw).replace(microsecond=0, tzinfo=None)
+            return parse_stamp(raw, table.change_format, tz)
+        stamp = dt.datetime.fromisoformat(raw).replace(microsecond=0)
+        if stamp.tzinfo is not None:  # an offset: the city's wall time, as the other stamps
+            stamp = stamp.astimezone(zoneinfo.ZoneInfo(tz))
+        return stamp.replace(tzinfo=None)
     except (ValueError, OverflowError):
         return None
 
@@ -210,27 +225,38 @@ def _field_value(
     entity: str,
     fld: str,
     raw: str | None,
-    mapping_codes: dict[str, str] | None,
-    fmt: str | None,
+    mapping: ColumnMapping,
     row_context: dict[str, Any],
     ctx: _Context,
 ) -> tuple[normalize.Normalized[Any], list[str]]:
     """Normalize one mapped field; returns the result and any mapping-level reason codes."""
     extra_reasons: list[str] = []
     value: Any = raw
-    if mapping_codes is not None and raw not in (None, ""):
+    if isinstance(raw, _Unmatched):
+        extra_reasons.append("code_unmapped")
+        value = str(raw)
+    if mapping.codes is not None and raw not in (None, ""):
         key = str(raw).strip()
-        if key in mapping_codes:
-            value = mapping_codes[key]
+        if key in mapping.codes:
+            value = mapping.codes[key]
         else:
             extra_reasons.append("code_unmapped")
     name = dictionary.field(entity, fld).normalized_by or fld
     context: dict[str, Any] = {"as_of": ctx.as_of, "default_city_code": ctx.city_code}
-    if name in ("birth_date", "established_date"):
-        context["fmt"] = None if fmt in (None, "auto") else fmt
+    if mapping.unit is not None:
+        context["unit"] = mapping.unit
     if name == "id_number":
         context.update(row_context)
-    return normalize.normalize_value(name, value, **context), extra_reasons
+    if name not in ("birth_date", "established_date"):
+        return normalize.normalize_value(name, value, **context), extra_reasons
+    result: normalize.Normalized[Any] | None = None
+    for fmt in mapping.formats:  # the first format that reads the value wins
+        context["fmt"] = None if fmt in (None, "auto") else strptime_format(fmt)
+        result = normalize.normalize_value(name, value, **context)
+        if result.value is not None:
+            break
+    assert result is not None
+    return result, extra_reasons
 
 
 def standardize_row(
@@ -292,7 +318,7 @@ def _normalize_once(
 ) -> tuple[tuple[Any, ...], tuple[str, ...], Any]:
     """One distinct value of a field: its canonical columns, its ``field:reason`` codes, and its
     clean value (the ID number's cross-check context)."""
-    result, more = _field_value(entity, fld, raw, mapping.codes, mapping.format, row_context, ctx)
+    result, more = _field_value(entity, fld, raw, mapping, row_context, ctx)
     codes = (*more, *result.reasons)
     if fld not in REQUIRED[entity]:
         codes = tuple(c for c in codes if c not in _EMPTY)
@@ -351,13 +377,25 @@ def standardize_rows(
     context: dict[str, list[Any]] = {}
     extras: dict[str, list[Any]] = {}
     # birth date and sex first: the ID number is cross-checked against the row's own values
-    order = sorted(table.columns, key=lambda c: table.columns[c].field not in ("birth_date", "sex"))
+    # a column of mixed identifiers last: it fills what the fields' own columns leave empty
+    order = sorted(
+        table.columns,
+        key=lambda c: (
+            table.columns[c].route is not None,
+            table.columns[c].field not in ("birth_date", "sex"),
+        ),
+    )
     for col in order:
         mapping = table.columns[col]
         values = raw.get(col, nothing)
         if mapping.extra:
             extras[mapping.extra] = values
             continue
+        if mapping.route is not None:
+            codes.append(_routed(mapping.route, values, out, memo.fields.setdefault(col, {})))
+            continue
+        if mapping.cases is not None:
+            values = _case_values(mapping, raw, n)
         fld = mapping.field
         assert fld is not None
         out[f"raw_{fld}"] = values
@@ -372,7 +410,9 @@ def standardize_rows(
         codes.append([f[1] for f in found])
         if fld in ("birth_date", "sex"):
             context[fld] = [f[2] for f in found]
-    codes.append(_change_times(table, raw.get(table.change_column, nothing), out, memo))
+    codes.append(
+        _change_times(table, raw.get(table.change_column, nothing), out, memo, ctx.timezone)
+    )
     out["extras"] = _extras(extras, n, memo)
     garbled = [
         [f"{c}:invalid_encoding" if isinstance(v, str) and BAD_BYTES in v else "" for v in vals]
@@ -390,8 +430,70 @@ def standardize_rows(
     return _Rows(out, reasons, usable)
 
 
+def _case_values(mapping: ColumnMapping, raw: dict[str, list[Any]], n: int) -> list[Any]:
+    """A value from several columns (``cases``): each row's first matching case; a row whose
+    values no case matches keeps them as read (``_Unmatched``, reported ``code_unmapped``)."""
+    columns = mapping.case_columns
+    nothing: list[Any] = [None] * n
+    out: list[Any] = []
+    for row in zip(*(raw.get(c, nothing) for c in columns), strict=True):
+        value = mapping.case_value(dict(zip(columns, row, strict=True)))
+        if value is None and any(v not in (None, "") for v in row):
+            value = _Unmatched("/".join("" if v is None else str(v) for v in row))
+        out.append(value)
+    return out
+
+
+class _Unmatched(str):
+    """The values of a row that no case of its ``cases`` mapping matches, joined by ``/``."""
+
+
+def _routed(
+    route: Sequence[str], values: list[Any], out: dict[str, list[Any]], memo: dict[Any, Any]
+) -> list[tuple[str, ...]]:
+    """A column of mixed enterprise identifiers: each value to ``uscc``, ``reg_no`` or
+    ``org_code`` by its structure and check characters; the organization code is also read out
+    of a credit code and of an old tax number. Fills the routed fields' columns where the
+    fields' own columns (already in ``out``) left them empty, with ``raw_*`` of the field a
+    value went to; returns each row's reason codes."""
+    filled = {f: list(out.get(f) or [None] * len(values)) for f in route}
+    raws = {f: list(out.get(f"raw_{f}") or [None] * len(values)) for f in route}
+    reasons = []
+    for i, v in enumerate(values):
+        k = _key(v)
+        if k not in memo:
+            memo[k] = _route_one(route, v)
+        placed, why = memo[k]
+        for f, value in placed.items():
+            if filled[f][i] is None:
+                filled[f][i] = value
+                raws[f][i] = v
+        reasons.append(why)
+    out.update(filled)
+    out.update({f"raw_{f}": column for f, column in raws.items()})
+    return reasons
+
+
+def _route_one(route: Sequence[str], raw: Any) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Where one identifier goes (field → value) and its reason codes."""
+    r = normalize.legacy_code(raw)
+    kind = r.extra.get("kind")
+    if kind is None or (r.value is None and "missing" in r.reasons):
+        codes = tuple(c for c in r.reasons if c not in _EMPTY)
+        return {}, tuple(f"{ENTERPRISE_IDENTIFIER}:{c}" for c in codes)
+    if kind not in route:
+        return {}, (f"{ENTERPRISE_IDENTIFIER}:identifier_not_routed_{kind}",)
+    if r.value is None:
+        return {}, tuple(f"{kind}:{c}" for c in r.reasons)
+    placed = {kind: r.value}
+    org = r.extra.get("org_code") if kind == "uscc" else r.extra.get("tax_org_code")
+    if org and "org_code" in route:
+        placed.setdefault("org_code", org)
+    return placed, tuple(f"{kind}:{c}" for c in r.reasons)
+
+
 def _change_times(
-    table: TableConfig, values: list[Any], out: dict[str, list[Any]], memo: _Memo
+    table: TableConfig, values: list[Any], out: dict[str, list[Any]], memo: _Memo, tz: str
 ) -> list[tuple[str, ...]]:
     """Fill ``updated_at``; each row's reason code when its change value cannot be read."""
     times = []
@@ -400,7 +502,7 @@ def _change_times(
     for v in values:
         k = _key(v)
         if k not in memo.updated:
-            memo.updated[k] = _updated_at(v, table)
+            memo.updated[k] = _updated_at(v, table, tz)
         times.append(memo.updated[k])
     out["updated_at"] = times
     bad = (f"{table.change_column}:change_value_unparseable",)
@@ -536,7 +638,7 @@ def _standardize_department(
     problem.unlink(missing_ok=True)
     job = _Job(
         run_id,
-        _Context(city.division_code, as_of or night_date(city, run_id)),
+        _Context(city.division_code, as_of or night_date(city, run_id), city.timezone),
         canonical_dir(city.var_dir, run_id, dept.code),
         batch_rows,
         progress,

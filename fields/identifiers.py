@@ -1,5 +1,6 @@
 """Chinese identifier algorithms: GB 11643 ID numbers, GB 32100 credit codes, GB 11714
-organization codes and the legacy 15-digit business registration numbers.
+organization codes, the legacy 15-digit business registration numbers and old 15-character tax
+registration numbers.
 
 Check characters come from python-stdnum where it computes them; validation is ours because
 stdnum is stricter than government data (COMPAT.md): it has no 15-digit IDs, rejects residence
@@ -108,3 +109,15 @@ def reg_no_check(first14: str) -> str:
 def reg_no_is_valid(number: str) -> bool:
     """A 15-digit business registration number (注册号) with a correct check digit."""
     return len(number) == 15 and number.isdigit() and mod_11_10.is_valid(number)
+
+
+def tax_no_org_code(number: str) -> str | None:
+    """The organization code inside an old 15-character tax registration number (税务登记号:
+    6-digit division code + 9-character organization code), or None if it is not one.
+
+    >>> tax_no_org_code("350102M000100Y4")
+    'M000100Y4'
+    """
+    if len(number) != 15 or not number[:6].isdigit() or number[0] == "0":
+        return None
+    return number[6:] if org_code_is_valid(number[6:]) else None

@@ -618,9 +618,10 @@ def uscc(raw: object) -> Normalized[str]:
 def legacy_code(raw: object) -> Normalized[str]:
     """Classify a legacy enterprise identifier; extra["kind"] is reg_no, org_code or uscc.
 
-    15 digits with an ISO 7064 MOD 11,10 check = business registration number (注册号); 9
-    characters with or without the hyphen = GB 11714 organization code; 18 characters = a credit
-    code put in the wrong column.
+    15 digits with an ISO 7064 MOD 11,10 check = business registration number (注册号); 15
+    characters of a division code and a valid organization code = an old tax registration number
+    (税务登记号), read as its organization code (extra["tax_no"]); 9 characters with or without
+    the hyphen = GB 11714 organization code; 18 characters = a credit code put in the wrong column.
 
     >>> r = legacy_code("M000100Y-4")
     >>> r.value, r.extra["kind"]
@@ -633,10 +634,15 @@ def legacy_code(raw: object) -> Normalized[str]:
         return _result(None, ("legacy_code_unrecognized",), {"compact": s})
     if "*" in s:
         return _result(None, ("value_masked",), {"compact": s})
+    org = identifiers.tax_no_org_code(s) if len(s) == 15 else None
     if len(s) == 15 and s.isdigit():
         if identifiers.reg_no_is_valid(s):
-            return _result(s, (), {"kind": "reg_no"})
-        return _result(None, ("reg_no_bad_check",), {"compact": s, "kind": "reg_no"})
+            # it may also read as an old tax number: both checks hold for about 1 in 10
+            return _result(s, (), {"kind": "reg_no", **({"tax_org_code": org} if org else {})})
+        if org is None:
+            return _result(None, ("reg_no_bad_check",), {"compact": s, "kind": "reg_no"})
+    if org is not None:
+        return _result(org, (), {"kind": "org_code", "tax_no": s})
     if len(s) == 9 and s.isalnum() and s.isascii():
         if identifiers.org_code_is_valid(s):
             return _result(s, (), {"kind": "org_code", "display": f"{s[:8]}-{s[8]}"})

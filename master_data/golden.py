@@ -22,6 +22,18 @@ from master_data.settings import EntityMatch
 from master_data.survivorship import ATTRIBUTES, survive
 
 
+def derived_rank(city: CityConfig, entity: str) -> list[str]:
+    """The survivorship rank when ``matching.yaml`` gives none: the departments keeping
+    ``entity`` rows, those that are the authority for more of its fields first (then in the
+    order of their files).
+
+    >>> derived_rank(load_city_config(), "enterprise")
+    ['shichang', 'shuiwu']
+    """
+    keeping = [d for d in city.departments if d.tables_for(entity)]
+    return [d.code for d in sorted(keeping, key=lambda d: -len(d.authority_for.fields(entity)))]
+
+
 def golden_records(
     members: pd.DataFrame,
     entity: str,
@@ -37,7 +49,8 @@ def golden_records(
     authority = {
         a: d.code for a in ATTRIBUTES[entity] if (d := city.authority(entity, a)) is not None
     }
-    golden, provenance, conflicts = survive(members, entity, authority, match.survivorship_rank)
+    rank = match.survivorship_rank or derived_rank(city, entity)
+    golden, provenance, conflicts = survive(members, entity, authority, rank)
     extra = members.groupby("master_id").agg(
         member_count=("department", "size"), updated_at=("updated_at", "max")
     )

@@ -76,7 +76,7 @@ from master_data.scope import (
     refuse_stale,
 )
 from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
-from master_data.train import train
+from master_data.train import features_left_out, is_rules_only, train
 from store import failpoints
 from store.layout import master_dir, state_dir_of, warehouse_dir
 from store.tables import review_decision_table
@@ -110,6 +110,8 @@ class EntityLinked:
     records_relinked: int = 0
     events: dict[str, int] = field(default_factory=dict)
     model_trained: bool = False
+    features_left_out: list[str] = field(default_factory=list)  # no values to learn from
+    rules_only: bool = False  # too few records or pairs to train: only the rules linked
     blocking: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -174,7 +176,7 @@ def link(
     with night_lock(warehouse_url(city), run_id, "link", lock_dir=warehouse_dir(city.var_dir)):
         failpoints.reached("link:start")
         settings = settings or load_match_settings(
-            city.root / "config", {d.code for d in city.departments} | set(city.broken)
+            city.config_dir, {d.code for d in city.departments} | set(city.broken)
         )
         return _link_night(city, run_id, full, retrain, held, settings, progress)
 
@@ -368,6 +370,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result = EntityLinked(entity)
     rows, gone, result.unkeyed = tonight(night.city, night.run_id, entity, night.held)
     model = None if night.retrain else base.model()
+    if model is not None and is_rules_only(model):  # too few rows last night: try again
+        model = None
     settings_json = match.model_dump_json()
     carry = not night.full and model is not None and base.text("match.json") == settings_json
     (out / "match.json").write_text(settings_json)
@@ -388,6 +392,12 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         night.say(f"{entity}: training the model (EM)")
         model = train(found.compared, levels, entity, night.settings)
         result.model_trained = True
+    result.features_left_out, result.rules_only = (
+        features_left_out(model, entity),
+        is_rules_only(model),
+    )
+    if result.features_left_out:
+        night.say(f"{entity}: left out of the model (no values): {result.features_left_out}")
     (out / "model.json").write_text(model.to_json())
     fresh = edges(found.compared, found.pairs, levels, model, entity, match.thresholds.keep)
     failpoints.reached("link:scored")

@@ -228,7 +228,7 @@ def prune_states(city: CityConfig, keep: int | None = None) -> list[str]:
     """Remove the master state of every night but the ``keep`` newest published ones
     (``state_nights_kept`` in config/matching.yaml) and any night being linked now; which."""
     if keep is None:
-        keep = load_match_settings(city.root / "config").state_nights_kept
+        keep = load_match_settings(city.config_dir).state_nights_kept
     engine = engine_for(warehouse_url(city))
     try:
         runs = read(engine, run_table).sort_values("published_at", ascending=False)

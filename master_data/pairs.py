@@ -80,7 +80,9 @@ def edges(
     and ``rule``."""
     left = pairs.get_level_values(0)
     right = pairs.get_level_values(1)
-    probability = model.probability(levels).to_numpy() if len(pairs) else np.empty(0)
+    probability = (
+        model.probability(levels[model.features]).to_numpy() if len(pairs) else np.empty(0)
+    )
     rule = rule_links(records, left, right, entity)
     frame = pd.DataFrame(
         {"left": np.asarray(left, dtype=object), "right": np.asarray(right, dtype=object)}

@@ -49,7 +49,9 @@ class EntityMatch(_Strict):
     max_block: int = Field(DEFAULT_MAX_BLOCK, ge=2, description="skip blocks bigger than this")
     thresholds: Thresholds = Field(default_factory=lambda: Thresholds.model_validate({}))
     survivorship_rank: list[str] = Field(
-        default_factory=list, description="departments after the authority, most trusted first"
+        default_factory=list,
+        description="departments after the authority, most trusted first; left out, the "
+        "departments keeping the entity's rows, those with more authority fields first",
     )
 
 

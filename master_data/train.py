@@ -19,13 +19,19 @@ import numpy as np
 import pandas as pd
 
 from master_data import compare as cmp
-from master_data.model import DegenerateModelError, FellegiSunter, u_from_random_pairs
+from master_data.model import (
+    MIN_PAIRS,
+    DegenerateModelError,
+    FellegiSunter,
+    u_from_random_pairs,
+)
 from master_data.settings import MatchSettings
 
 log = logging.getLogger(__name__)
 
 RANDOM_PAIRS = 200_000
 _SEED = 20260630  # fixed: the same rows give the same model
+RULES_ONLY_PRIOR = 1e-9
 
 
 def top_levels(entity: str) -> dict[str, int]:
@@ -36,9 +42,37 @@ def top_levels(entity: str) -> dict[str, int]:
 def train(
     records: pd.DataFrame, levels: pd.DataFrame, entity: str, settings: MatchSettings
 ) -> FellegiSunter:
-    """Fit the model on ``records`` and their candidate pairs' comparison ``levels``."""
+    """Fit the model on ``records`` and their candidate pairs' comparison ``levels``.
+
+    A feature that no random pair can compare (no department supplies the field, or every
+    value is empty tonight) is left out of the model with a warning (:func:`features_left_out`
+    names them). With fewer than two records, fewer than ``MIN_PAIRS`` candidate pairs or no
+    feature left there is nothing to learn from: the model is :func:`rules_only`.
+    """
+    if len(records) < 2 or len(levels) < MIN_PAIRS:
+        log.warning(
+            "%s: %d records, %d candidate pairs: too few to train a model; only the rules "
+            "(same ID number / credit code) link tonight",
+            entity,
+            len(records),
+            len(levels),
+        )
+        return rules_only(entity)
+    random = cmp.compare(records, _random_pairs(records), entity)
     tops = top_levels(entity)
-    u = u_from_random_pairs(cmp.compare(records, _random_pairs(records), entity), levels=tops)
+    absent = [f for f in tops if not (random[f] >= 0).any()]
+    if absent:
+        log.warning(
+            "%s: left out of the model, no department supplies a value tonight: %s",
+            entity,
+            ", ".join(absent),
+        )
+    tops = {f: k for f, k in tops.items() if f not in absent}
+    if not tops:
+        log.warning("%s: no comparison feature has a value in any record: rules only", entity)
+        return rules_only(entity)
+    levels = levels[list(tops)]
+    u = u_from_random_pairs(random[list(tops)], levels=tops)
     try:
         fitted = FellegiSunter.fit(
             levels, levels=tops, max_iter=settings.em.max_iter, tol=settings.em.tol, fixed_u=u
@@ -56,6 +90,24 @@ def train(
     everyone = max(n * (n - 1) / 2, 1.0)
     prior = min(fitted.prior * len(levels) / everyone, 0.5)
     return dataclasses.replace(fitted, prior=prior)
+
+
+def rules_only(entity: str) -> FellegiSunter:
+    """A model that learnt nothing: every feature's m equals its u and the prior is tiny, so
+    no pair links by probability and only the deterministic rules link records."""
+    flat = {f: [1 / (k + 1)] * (k + 1) for f, k in top_levels(entity).items()}
+    return FellegiSunter(flat, flat, RULES_ONLY_PRIOR)
+
+
+def is_rules_only(model: FellegiSunter) -> bool:
+    """Whether ``model`` is :func:`rules_only`'s (the night summary says so)."""
+    return model.prior == RULES_ONLY_PRIOR and model.m == model.u
+
+
+def features_left_out(model: FellegiSunter, entity: str) -> list[str]:
+    """The comparison features of ``entity`` that ``model`` does without (no values to learn
+    from when it was trained)."""
+    return [f for f in top_levels(entity) if f not in model.m]
 
 
 def _frequencies(levels: pd.DataFrame, tops: dict[str, int]) -> dict[str, list[float]]:

@@ -58,6 +58,7 @@ problem as ``<file>: rules[i] (<rule id>).<key> (line N): <what is wrong>. Fix: 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -112,6 +113,8 @@ from quality.table_rules import (
     encoding_rules,
 )
 from quality.tonight import UNPUBLISHED, Batch, Tonight
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_DIMENSION",
@@ -402,7 +405,11 @@ class Validity(_RowRule):
         if not self.code_table or self.field not in table.field_columns:
             return self
         column = table.field_columns[self.field]
-        codes = table.columns[column].codes
+        mapping = table.columns[column]
+        # a value from several columns: the values its own column takes in the cases
+        codes = mapping.codes or {
+            case.when[column]: case.value for case in mapping.cases or () if column in case.when
+        }
         if not codes:
             problems.append(
                 Problem(
@@ -580,14 +587,14 @@ def load_quality_rules(
     """Read and check every ``*.yaml`` under ``quality_dir`` (default ``config/quality``).
 
     Raises :class:`etl.config.ConfigError` listing every problem of every file.
-    ``every_department=False`` (linking asks which batch to hold back) lets a department with no
-    rules file pass with none but the built-in ones; ``govmdm config check`` and
-    ``govmdm quality`` still refuse it.
+    A department with no rules file runs with the built-in rules only (deletions, encoding);
+    unless ``every_department=False`` (linking asks which batch to hold back) that is logged as a
+    warning, which ``govmdm config check`` prints (:func:`missing_rule_files`).
 
     >>> len(load_quality_rules(city)) > 0
     True
     """
-    qdir = Path(quality_dir) if quality_dir is not None else city.root / "config" / "quality"
+    qdir = Path(quality_dir) if quality_dir is not None else city.config_dir / "quality"
     if not qdir.is_dir():
         raise ConfigError(
             [
@@ -617,18 +624,35 @@ def load_quality_rules(
         if spec.department:
             covered.add(spec.department)
     if every_department:
-        problems += _uncovered(city, qdir, covered, problems)
+        for line in _uncovered(city, qdir, covered, problems):
+            log.warning("%s", line)
     if problems:
         raise ConfigError(problems)
     return QualityRules((*rules, *deletion_rules(city), *encoding_rules(city)))
 
 
+def missing_rule_files(city: CityConfig, quality_dir: str | Path | None = None) -> list[str]:
+    """A warning for each department with no rules file under ``quality_dir`` (default
+    ``<config>/quality``): it runs with the built-in rules only."""
+    qdir = Path(quality_dir) if quality_dir is not None else city.config_dir / "quality"
+    covered = set()
+    for path in sorted(qdir.glob("*.yaml")) if qdir.is_dir() else []:
+        try:
+            spec = load_yaml_model(path, RuleFile)
+        except ConfigError:
+            covered.add(path.stem)  # its problems are reported by load_quality_rules
+            continue
+        covered.add(spec.department or path.stem)
+    return _uncovered(city, qdir, covered, [])
+
+
 def _uncovered(city: CityConfig, qdir: Path, covered: set[str], problems: list[str]) -> list[str]:
-    """A problem for each department with no rules file (and none reported broken)."""
+    """A warning for each department with no rules file (and none reported broken)."""
     return [
         f"{qdir / f'{dept.code}.yaml'}: (file): department {dept.code} ({dept.name}) has "
-        "no quality rules. Fix: add the file with at least its completeness, validity, "
-        "freshness and delivery rules (copy another department's file as a start)"
+        "no quality rules: it runs with the built-in ones only (deletions, encoding). Fix: add "
+        "the file with at least its completeness, validity, freshness and delivery rules (copy "
+        "another department's file as a start)"
         for dept in city.departments
         if dept.code not in covered
         and not any(p.startswith(str(qdir / f"{dept.code}.yaml")) for p in problems)

@@ -19,7 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 from pydantic import Field
 
-from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig
+from etl.config import FIELDS, CityConfig, DepartmentConfig, TableConfig, parse_stamp
 from quality.results import RuleResult
 from quality.rule_base import (
     DIMENSION_HELP,
@@ -110,7 +110,7 @@ def _change_stamp(text: str | None, table: TableConfig, timezone: str) -> dt.dat
         if table.change_kind == "epoch_seconds":
             return _BEIJING_EPOCH + dt.timedelta(seconds=float(text))
         if table.change_kind == "string" and table.change_format:
-            return dt.datetime.strptime(text, table.change_format)
+            return parse_stamp(text, table.change_format, timezone)
         stamp = dt.datetime.fromisoformat(text)
     except (ValueError, OverflowError):
         return None

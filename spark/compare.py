@@ -69,5 +69,7 @@ def _score(
         out = {side: table[side].cast(pa.string()) for side in ("left", "right")}
         for label in levels.columns:
             out[label] = pa.array(levels[label].to_numpy(), pa.int8())
-        out["probability"] = pa.array(model.probability(levels).to_numpy(), pa.float64())
+        out["probability"] = pa.array(
+            model.probability(levels[model.features]).to_numpy(), pa.float64()
+        )
         yield from pa.table(out).to_batches()

@@ -528,7 +528,7 @@ def test_catalog_comes_from_config(city: CityConfig, env: pytest.MonkeyPatch) ->
 
 
 def test_share_policy_is_validated(city: CityConfig, tmp_path: Path) -> None:
-    bad = city.model_copy(update={"root": tmp_path})
+    bad = city.model_copy(update={"root": tmp_path, "config_dir": tmp_path / "config"})
     (tmp_path / "config").mkdir()
     path = tmp_path / "config" / "catalog.yaml"
     path.write_text("resources:\n  mdm_persons: {share_type: unconditional}\n", encoding="utf-8")

@@ -27,7 +27,13 @@ from etl.state import LedgerEntry, Mode, RunState, Status, warehouse_url
 from fields.masking import find_clear, mask_key
 from master_data.consolidate import consolidate
 from quality.results import DIMENSIONS, OVERALL, RuleResult
-from quality.rules import DEFAULT_DIMENSION, KINDS, Dimension, load_quality_rules
+from quality.rules import (
+    DEFAULT_DIMENSION,
+    KINDS,
+    Dimension,
+    load_quality_rules,
+    missing_rule_files,
+)
 from quality.scorecard import grade, rule_score, score_department
 from quality.suites import QualityRun, held_departments, run_quality
 from store.tables import conflict_table, crosswalk_table, result_table, scorecard_table
@@ -119,7 +125,9 @@ def test_rule_errors_name_the_file_the_rule_the_key_and_the_fix(tmp_path: Path) 
     ), problems
     assert any("(MZ-U01).severity (line " in p and "'blocking'" in p for p in problems), problems
     assert any("(GD-P01).severity" in p and "cannot block" in p for p in problems), problems
-    assert any("weijian.yaml: (file)" in p and "no quality rules" in p for p in problems)
+    # a department without rules runs with the built-in ones: a warning, not a refusal
+    assert not any("weijian.yaml" in p for p in problems)
+    assert [w for w in missing_rule_files(city, qdir) if "weijian.yaml: (file)" in w]
     assert all(". Fix: " in p for p in problems)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -485,6 +486,7 @@ class Shuiwu(Department):
             _vc("登记日期", 10),
             _vc("纳税人状态", 10),
             sa.Column("修改时间", sa.DateTime),
+            _vc("纳税人识别号", 20),  # credit code, 注册号 or old 15-character tax number
         ]
 
     def change_column(self) -> str:
@@ -535,9 +537,22 @@ class Shuiwu(Department):
                 "登记日期": registered,
                 "纳税人状态": status,
                 "修改时间": world.stamp(rng),
+                "纳税人识别号": _taxpayer_number(e, legacy=uscc is None),
             }
             out.append(Rendered(row, e.enterprise_id, planted))
         return out
+
+
+def _taxpayer_number(e: Enterprise, *, legacy: bool) -> str:
+    """The taxpayer number (纳税人识别号): the credit code since the 2015 reform; before it, the
+    old tax number (division + organization code), the 注册号 or the bare organization code, a
+    third each by the enterprise's ID (drawn from no generator: the other columns stay as they
+    were)."""
+    if not legacy or e.reg_no is None:
+        return e.uscc
+    return (e.division_code + e.org_code, e.reg_no, e.org_code)[
+        zlib.crc32(e.enterprise_id.encode()) % 3
+    ]
 
 
 GONGAN, RENSHE, MINZHENG = Gongan(), Renshe(), Minzheng()
