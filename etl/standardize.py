@@ -251,14 +251,30 @@ MEMO_ENTRIES = 250_000
 values hardly repeat (ID numbers, addresses) would otherwise hold a whole table in memory."""
 
 
-class _Memo:
-    """One table's normalized values, each distinct (column, value, context) once: most columns
-    repeat their values heavily (dates, codes, names, divisions), and normalizing is the cost."""
+_FieldMemo = dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]]
+_SHARED_FIELDS: dict[tuple[Any, ...], _FieldMemo] = {}
+"""This process's normalized field values, shared by every table it standardizes: a person's
+name, ID number, phone and address come again in each department that holds the person.
+Forgotten when :func:`standardize_all` ends, and per field past :data:`MEMO_ENTRIES`."""
 
-    def __init__(self) -> None:
-        self.fields: dict[str, dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]]] = {}
+
+class _Memo:
+    """A table's normalized values, each distinct (field, mapping, value, context) once: most
+    columns repeat their values heavily (dates, codes, names, divisions), and normalizing is the
+    cost. ``fields`` is keyed by what decides a field's result (:func:`_memo_key`), so tables
+    given the same ``shared`` dict reuse each other's values."""
+
+    def __init__(self, shared: dict[tuple[Any, ...], _FieldMemo] | None = None) -> None:
+        self.fields: dict[tuple[Any, ...], _FieldMemo] = {} if shared is None else shared
         self.updated: dict[Any, dt.datetime | None] = {}
         self.extras: dict[tuple[Any, ...], str] = {}
+
+
+def _memo_key(entity: str, fld: str, mapping: Any, ctx: _Context) -> tuple[Any, ...]:
+    """Everything besides the value (and an ID number's row context) a field's result depends
+    on (:func:`_normalize_once`)."""
+    codes = None if mapping.codes is None else tuple(sorted(mapping.codes.items()))
+    return (entity, fld, codes, mapping.format, ctx)
 
 
 @dataclass
@@ -309,7 +325,7 @@ def _field_columns(
     values: list[Any],
     context: dict[str, list[Any]],
     ctx: _Context,
-    memo: dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]],
+    memo: _FieldMemo,
 ) -> list[tuple[tuple[Any, ...], tuple[str, ...], Any]]:
     """Normalize one mapped column, each distinct value (with its row context) once."""
     if len(memo) > MEMO_ENTRIES:
@@ -362,7 +378,13 @@ def standardize_rows(
         assert fld is not None
         out[f"raw_{fld}"] = values
         found = _field_columns(
-            entity, fld, mapping, values, context, ctx, memo.fields.setdefault(col, {})
+            entity,
+            fld,
+            mapping,
+            values,
+            context,
+            ctx,
+            memo.fields.setdefault(_memo_key(entity, fld, mapping, ctx), {}),
         )
         names = _placed_columns(entity, fld)
         placed: list[Any] = (
@@ -725,8 +747,9 @@ def _standardize_table(
     filled: Counter[str] = Counter()
     unreadable: Counter[str] = Counter()
     examples: dict[str, str] = {}
+    memo = _Memo(_SHARED_FIELDS)
     kernel = functools.partial(
-        standardize_batch, result.department, entity, table, job.run_id, job.ctx, memo=_Memo()
+        standardize_batch, result.department, entity, table, job.run_id, job.ctx, memo=memo
     )
     for batch in job.batches(table, path, kernel, job.batch_rows):
         filled.update(batch.filled)
@@ -896,9 +919,13 @@ def standardize_all(
     if workers is None:
         workers = min(os.cpu_count() or 1, len(chosen))
     if workers <= 1 or len(chosen) <= 1:
-        return [
-            standardize_department(city, d, run_id, as_of=as_of, progress=progress) for d in chosen
-        ]
+        try:
+            return [
+                standardize_department(city, d, run_id, as_of=as_of, progress=progress)
+                for d in chosen
+            ]
+        finally:
+            _SHARED_FIELDS.clear()
     # fork where there is one: a worker starts with what this process has loaded
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:

@@ -741,6 +741,26 @@ def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None,
         i = j
 
 
+def _plain_mobile_pattern() -> re.Pattern[str]:
+    """Eleven digits that phonenumbers reads, as region CN, as exactly themselves and a mobile:
+    its own CN mobile pattern, guarded so that no other number type of CN, no national or
+    international prefix and no country code could apply. Built from the installed metadata, so
+    a new phonenumbers release moves the shortcut with it (tests/test_normalize.py compares the
+    two ways on random numbers)."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region("CN")
+    assert meta is not None and meta.mobile is not None and meta.general_desc is not None
+    # the numbers every other CN type could also match start 10, 2–9 (fixed, shared-cost,
+    # toll-free) or are not 11 digits long (premium rate); the national prefix for parsing
+    # strips 11xx, 12xx and 179xx carrier codes, the international prefix starts 00 or 1[12]/179
+    guard = r"1(?:[3-68]\d|7[0-8]|9\d)\d{8}"
+    mobile = meta.mobile.national_number_pattern
+    general = meta.general_desc.national_number_pattern
+    return re.compile(rf"(?=(?:{guard})$)(?=(?:{mobile})$)(?:{general})", re.ASCII)
+
+
+_PLAIN_MOBILE = _plain_mobile_pattern()
+
+
 @_guarded
 def phones(raw: object, *, default_area_code: str | None = None) -> Normalized[str]:
     """Every phone number in a field; value = the first valid one in canonical form.
@@ -759,6 +779,8 @@ def phones(raw: object, *, default_area_code: str | None = None) -> Normalized[s
     s = _clean(raw)
     if s is None:
         return _result(None, ("phone_missing",))
+    if len(s) == 11 and _PLAIN_MOBILE.fullmatch(s):  # most fields: one mobile, nothing else
+        return Normalized(s, (), {"all": [s], "kinds": ["mobile"]})
     found: list[str] = []
     kinds: list[str] = []
     bad: list[tuple[str, str]] = []

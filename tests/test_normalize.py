@@ -364,6 +364,25 @@ def test_phone_kinds_and_default_area_code() -> None:
     assert normalize.phones("87654321", default_area_code="0591").value == "0591-87654321"
 
 
+def test_plain_mobile_shortcut_gives_what_phonenumbers_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A field holding only eleven digits skips phonenumbers when they are a CN mobile; every
+    such number, and every one that is not, reads the same both ways."""
+    import random
+    import re
+
+    rng = random.Random(15)
+    numbers = [f"1{a}{rng.randrange(10**9):09d}" for a in range(10) for _ in range(200)]
+    numbers += [f"1{rng.randrange(10**10):010d}" for _ in range(3000)]
+    numbers += ["17400012345", "17406012345", "16100012345", "14512345678", "19412345678"]
+    numbers += ["١٣٨١٢٣٤٥٦٧٨", "13812345678 ", "+8613812345678", "10012345678", "17912345678"]
+    shortcut = {n: normalize.phones(n) for n in numbers}
+    assert sum(bool(normalize._PLAIN_MOBILE.fullmatch(n)) for n in numbers) > 1000
+    monkeypatch.setattr(normalize, "_PLAIN_MOBILE", re.compile("(?!)"))
+    assert {n: normalize.phones(n) for n in numbers} == shortcut
+
+
 # -------------------------------------------------------------------------- dates
 
 D = dt.date(2024, 6, 27)
