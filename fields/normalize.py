@@ -759,6 +759,9 @@ def _plain_mobile_pattern() -> re.Pattern[str]:
 
 
 _PLAIN_MOBILE = _plain_mobile_pattern()
+# how departments write one mobile: 13812345678, 138 1234 5678, 138-1234-5678,
+# +86 138 1234 5678, 86-13812345678 (the digits are read as one number either way)
+_MOBILE_SHAPE = re.compile(r"(?:\+?86[ -]?)?(\d{3})[ -]?(\d{4})[ -]?(\d{4})", re.ASCII)
 
 
 @_guarded
@@ -779,8 +782,9 @@ def phones(raw: object, *, default_area_code: str | None = None) -> Normalized[s
     s = _clean(raw)
     if s is None:
         return _result(None, ("phone_missing",))
-    if len(s) == 11 and _PLAIN_MOBILE.fullmatch(s):  # most fields: one mobile, nothing else
-        return Normalized(s, (), {"all": [s], "kinds": ["mobile"]})
+    shape = _MOBILE_SHAPE.fullmatch(s)  # most fields: one mobile, nothing else
+    if shape and _PLAIN_MOBILE.fullmatch(mobile := "".join(shape.groups())):
+        return Normalized(mobile, (), {"all": [mobile], "kinds": ["mobile"]})
     found: list[str] = []
     kinds: list[str] = []
     bad: list[tuple[str, str]] = []
@@ -1157,6 +1161,14 @@ _COUNTRY = re.compile(r"^(?:中华人民共和国|中国)")
 
 def _matches(s: str, pos: int, level: str, parent: str | None) -> list[tuple[_Place, int]]:
     """Places of ``level`` whose name starts at ``pos`` (under ``parent`` code prefix)."""
+    return _matches_reach(s, pos, level, parent)[0]
+
+
+def _matches_reach(
+    s: str, pos: int, level: str, parent: str | None
+) -> tuple[list[tuple[_Place, int]], int]:
+    """:func:`_matches`, and how far into ``s`` it read: the answer depends on ``s[:reach]``
+    alone (and, when ``reach`` is past the end, on where ``s`` ends)."""
     _, longest = _place_index()
     prefixes = _name_prefixes()
     pos = _SKIP.match(s, pos).end()  # type: ignore[union-attr]  # the pattern always matches
@@ -1164,7 +1176,8 @@ def _matches(s: str, pos: int, level: str, parent: str | None) -> list[tuple[_Pl
     while n < longest and pos + n < len(s) and s[pos : pos + n + 1] in prefixes:
         n += 1
     # what follows a name matters for two characters at most (_NOT_AFTER_SHORT, _WEAK_AFTER_SHORT)
-    return [(place, pos + k) for place, k in _matches_at(s[pos : pos + n + 2], level, parent)]
+    found = [(place, pos + k) for place, k in _matches_at(s[pos : pos + n + 2], level, parent)]
+    return found, pos + n + 2
 
 
 @functools.cache
@@ -1218,16 +1231,22 @@ class _Path:
         return (self.end, -sum(p.historical for p in ps), sum(p.full for p in ps))
 
 
-def _paths(s: str) -> list[_Path]:
+def _paths(s: str) -> tuple[list[_Path], int]:
+    """Every reading of the start of ``s`` as province → city → county (each may be left out),
+    and how far into ``s`` they were looked for (:func:`_matches_reach`)."""
     out: list[_Path] = []
-    for prov, p1 in [(None, 0), *_matches(s, 0, "province", None)]:
+    provinces, reach = _matches_reach(s, 0, "province", None)
+    for prov, p1 in [(None, 0), *provinces]:
         prov_prefix = prov.code[:2] if prov else None
-        for city, p2 in [(None, p1), *_matches(s, p1, "prefecture", prov_prefix)]:
+        cities, r2 = _matches_reach(s, p1, "prefecture", prov_prefix)
+        for city, p2 in [(None, p1), *cities]:
             parent = city.code[:4] if city else prov_prefix
-            for county, p3 in [(None, p2), *_matches(s, p2, "county", parent)]:
+            counties, r3 = _matches_reach(s, p2, "county", parent)
+            reach = max(reach, r2, r3)
+            for county, p3 in [(None, p2), *counties]:
                 if prov or city or county:
                     out.append(_Path(prov, city, county, p3))
-    return out
+    return out, reach
 
 
 @functools.lru_cache(maxsize=256)
@@ -1265,19 +1284,47 @@ def _names_for(code: str) -> tuple[str | None, str | None, str | None]:
     return province, city, county
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _parse_address(
-    s: str, default_prefix: str | None
-) -> tuple[Address, tuple[str, ...], tuple[str, ...]]:
-    """(address, reasons, candidate codes) for cleaned, simplified text."""
-    body = _COUNTRY.sub("", s)
+_Resolved = tuple[
+    str | None, str | None, str | None, str | None, int, tuple[str, ...], tuple[str, ...]
+]
+"""(province, city, district, division code, where the divisions end, reasons, candidates)"""
+_HEADS: dict[tuple[str, bool, str | None], _Resolved | None] = {}
+_REACHES: set[int] = set()
+_HEADS_KEPT = 1 << 17
+
+
+def _resolved(body: str, default_prefix: str | None) -> _Resolved | None:
+    """:func:`_resolve`, remembered by the beginning of ``body`` it read: addresses differ in
+    their street and number, not in their province, city and district, so the divisions of an
+    address are worked out once per beginning (the whole text when the reading reached its end).
+    """
+    hit = _HEADS.get((body, True, default_prefix), _HEADS)
+    if hit is not _HEADS:
+        return hit  # type: ignore[return-value]
+    for reach in _REACHES:
+        if reach < len(body):
+            hit = _HEADS.get((body[:reach], False, default_prefix), _HEADS)
+            if hit is not _HEADS:
+                return hit  # type: ignore[return-value]
+    paths, reach = _paths(body)
+    found = _resolve(paths, default_prefix)
+    if len(_HEADS) > _HEADS_KEPT:
+        _HEADS.clear()
+    if reach >= len(body):
+        _HEADS[(body, True, default_prefix)] = found
+    else:
+        _HEADS[(body[:reach], False, default_prefix)] = found
+        _REACHES.add(reach)
+    return found
+
+
+def _resolve(paths: list[_Path], default_prefix: str | None) -> _Resolved | None:
+    """The divisions an address names, from the readings of its beginning; None when none."""
     paths = [
-        p
-        for p in _paths(body)
-        if not p.weak or (default_prefix and p.code.startswith(default_prefix))
+        p for p in paths if not p.weak or (default_prefix and p.code.startswith(default_prefix))
     ]
     if not paths:
-        return Address(None, None, None, None, s, s), ("address_unparsed",), ()
+        return None
     scores = [p.score() for p in paths]
     best = max(scores)
     top = [p for p, score in zip(paths, scores, strict=True) if score == best]
@@ -1292,29 +1339,40 @@ def _parse_address(
         codes = codes[-1:]
         top = [p for p in top if p.code == codes[0]]
     path = top[0]
-    detail = body[_SKIP.match(body, path.end).end() :]  # type: ignore[union-attr]
     reasons: list[str] = []
     if any(p.historical for p in path.places):
         reasons.append("address_historical_name")
     if len(codes) > 1:
         if all(not p.places[-1].full for p in top) and len(path.places) == 1:
-            return Address(None, None, None, None, s, s), ("address_unparsed",), ()
+            return None
         reasons.append("address_ambiguous_district")
-        code = _common_code(codes)
-        province, city, _ = _names_for(code) if code else (None, None, None)
+        common = _common_code(codes)
+        province, city, _ = _names_for(common) if common else (None, None, None)
         district = path.county.name if path.county and path.county.full else None
-        parts = [province, city if city != province else None, district, detail]
-        full = "".join(p for p in parts if p)
-        return Address(province, city, district, code, detail, full), tuple(reasons), tuple(codes)
+        return province, city, district, common, path.end, tuple(reasons), tuple(codes)
     code = path.code
     if path.places[-1].historical:
         code, _ = _renamed(path.places[-1])
     province, city, district = _names_for(code)
     if path.places[-1].historical and _current_name(code) is None:
         district = path.places[-1].name  # retired, never renamed: keep the name written
+    return province, city, district, code, path.end, tuple(reasons), tuple(codes)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_address(
+    s: str, default_prefix: str | None
+) -> tuple[Address, tuple[str, ...], tuple[str, ...]]:
+    """(address, reasons, candidate codes) for cleaned, simplified text."""
+    body = _COUNTRY.sub("", s)
+    found = _resolved(body, default_prefix)
+    if found is None:
+        return Address(None, None, None, None, s, s), ("address_unparsed",), ()
+    province, city, district, code, end, reasons, codes = found
+    detail = body[_SKIP.match(body, end).end() :]  # type: ignore[union-attr]
     parts = [province, city if city != province else None, district, detail]
     full = "".join(p for p in parts if p)
-    return Address(province, city, district, code, detail, full), tuple(reasons), tuple(codes)
+    return Address(province, city, district, code, detail, full), reasons, codes
 
 
 @_guarded

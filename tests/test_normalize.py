@@ -367,8 +367,9 @@ def test_phone_kinds_and_default_area_code() -> None:
 def test_plain_mobile_shortcut_gives_what_phonenumbers_gives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A field holding only eleven digits skips phonenumbers when they are a CN mobile; every
-    such number, and every one that is not, reads the same both ways."""
+    """A field holding only one mobile's digits (in the shapes departments write them) skips
+    phonenumbers when they are a CN mobile; every such number, and every one that is not, reads
+    the same both ways."""
     import random
     import re
 
@@ -377,6 +378,13 @@ def test_plain_mobile_shortcut_gives_what_phonenumbers_gives(
     numbers += [f"1{rng.randrange(10**10):010d}" for _ in range(3000)]
     numbers += ["17400012345", "17406012345", "16100012345", "14512345678", "19412345678"]
     numbers += ["١٣٨١٢٣٤٥٦٧٨", "13812345678 ", "+8613812345678", "10012345678", "17912345678"]
+    shapes = ("{}{} {} {}", "{}{}-{}-{}", "+86 {}{} {} {}", "86-{}{}{}{}", "+86{}{}{}{}",
+              "86 {}{} {}-{}", "+86-{}{}{}{}", "0{}{}{}{}", "+85 {}{} {} {}", "8{}{}{}{}")  # fmt: skip
+    numbers += [
+        shape.format(n[:1], n[1:3], n[3:7], n[7:])
+        for i, n in enumerate(numbers[:2000])
+        for shape in shapes[i % 3 :: 3]
+    ]
     shortcut = {n: normalize.phones(n) for n in numbers}
     assert sum(bool(normalize._PLAIN_MOBILE.fullmatch(n)) for n in numbers) > 1000
     monkeypatch.setattr(normalize, "_PLAIN_MOBILE", re.compile("(?!)"))
