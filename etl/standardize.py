@@ -224,13 +224,20 @@ def _field_value(
             value = mapping_codes[key]
         else:
             extra_reasons.append("code_unmapped")
-    name = dictionary.field(entity, fld).normalized_by or fld
-    context: dict[str, Any] = {"as_of": ctx.as_of, "default_city_code": ctx.city_code}
+    name = _normalizer_name(entity, fld)
     if name in ("birth_date", "established_date"):
-        context["fmt"] = None if fmt in (None, "auto") else fmt
+        fmt = None if fmt in (None, "auto") else fmt
+        bound = normalize.bound(name, as_of=ctx.as_of, default_city_code=ctx.city_code, fmt=fmt)
+    else:
+        bound = normalize.bound(name, as_of=ctx.as_of, default_city_code=ctx.city_code)
     if name == "id_number":
-        context.update(row_context)
-    return normalize.normalize_value(name, value, **context), extra_reasons
+        return bound(value, **row_context), extra_reasons
+    return bound(value), extra_reasons
+
+
+@functools.cache
+def _normalizer_name(entity: str, fld: str) -> str:
+    return dictionary.field(entity, fld).normalized_by or fld
 
 
 def standardize_row(
@@ -400,6 +407,7 @@ def standardize_rows(
         [f"{c}:invalid_encoding" if isinstance(v, str) and BAD_BYTES in v else "" for v in vals]
         for c in table.source_columns
         if (vals := raw.get(c)) is not None
+        and any(isinstance(v, str) and BAD_BYTES in v for v in vals)
     ]
     codes.append(
         [tuple(g for g in row if g) for row in zip(*garbled, strict=True)] if garbled else [()] * n
@@ -857,19 +865,20 @@ class _Readable:
         self.examples: dict[str, str] = {}
 
     def count(self, raw: dict[str, list[Any]], reasons: list[list[str]]) -> None:
-        bad = [
-            {c.partition(":")[0] for c in codes if c.partition(":")[2] in UNPARSEABLE}
-            if codes
-            else ()
-            for codes in reasons
-        ]
+        unread: dict[str, list[int]] = {}  # field → rows whose value it could not read
+        for i, codes in enumerate(reasons):
+            for c in codes:
+                fld, _, why = c.partition(":")
+                if why in UNPARSEABLE and (not unread.get(fld) or unread[fld][-1] != i):
+                    unread.setdefault(fld, []).append(i)
         for fld, column in self.columns.items():
-            values = raw.get(column) or [None] * len(reasons)
-            for value, unread in zip(values, bad, strict=True):
-                if value is None or not str(value).strip():
-                    continue
-                self.filled[column] += 1
-                if fld in unread:
+            values = raw.get(column)
+            if values is None:
+                continue
+            self.filled[column] += sum(1 for v in values if v is not None and _filled(v))
+            for i in unread.get(fld, ()):
+                value = values[i]
+                if value is not None and _filled(value):
                     self.unreadable[column] += 1
                     self.examples.setdefault(column, str(value))
 
@@ -879,6 +888,10 @@ class _Readable:
                 raise ConfigSuspected(
                     _config_suspect_message(code, self.table, column, given, self.examples[column])
                 )
+
+
+def _filled(value: Any) -> bool:
+    return bool(value.strip() if value.__class__ is str else str(value).strip())
 
 
 def _config_suspect_message(
