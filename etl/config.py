@@ -550,6 +550,23 @@ class CityFile(_Strict):
         description="`local` (this machine, the default) or `spark` (Apache Spark; needs the "
         "govmdm[spark] extra)",
     )
+    workers: int | None = Field(
+        None,
+        description="how many processes standardization runs departments in side by side, e.g. "
+        "`workers: 2`; 1 runs them one after another in one process; default: one per CPU, at "
+        "most one per department",
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, n: Any) -> Any:
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise _invalid(
+                f"{n!r} is not a number of processes",
+                "write a whole number of at least 1 (e.g. workers: 2), or leave the key out for "
+                "one process per CPU",
+            )
+        return n
 
     @field_validator("division_code")
     @classmethod

@@ -925,12 +925,14 @@ def standardize_all(
 ) -> list[DepartmentStandardized]:
     """Standardize every (or the named) department of ``run_id``, one failure stopping none.
 
-    Departments run side by side in ``workers`` processes (default: one per CPU, at most one per
-    department); with one worker they run one after another in this process. With several,
-    ``progress`` hears of each department once, when it is done."""
+    Departments run side by side in ``workers`` processes (default: ``workers:`` of city.yaml,
+    else one per CPU; never more than there are departments); with one worker they run one after
+    another in this process. With several, ``progress`` hears of each department once, when it
+    is done."""
     chosen = [d for d in city.departments if departments is None or d.code in departments]
     if workers is None:
-        workers = min(os.cpu_count() or 1, len(chosen))
+        workers = city.workers or os.cpu_count() or 1
+    workers = min(workers, len(chosen))
     if workers <= 1 or len(chosen) <= 1:
         try:
             return [
