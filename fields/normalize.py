@@ -1237,17 +1237,41 @@ def _paths(s: str) -> tuple[list[_Path], int]:
     and how far into ``s`` they were looked for (:func:`_matches_reach`)."""
     out: list[_Path] = []
     provinces, reach = _matches_reach(s, 0, "province", None)
-    for prov, p1 in [(None, 0), *provinces]:
+    for prov, p0 in [(None, 0), *provinces]:
         prov_prefix = prov.code[:2] if prov else None
-        cities, r2 = _matches_reach(s, p1, "prefecture", prov_prefix)
-        for city, p2 in [(None, p1), *cities]:
-            parent = city.code[:4] if city else prov_prefix
-            counties, r3 = _matches_reach(s, p2, "county", parent)
-            reach = max(reach, r2, r3)
-            for county, p3 in [(None, p2), *counties]:
-                if prov or city or county:
-                    out.append(_Path(prov, city, county, p3))
+        ends, r1 = _repeated(s, prov, p0, None)
+        reach = max(reach, r1)
+        for p1 in ends:
+            cities, r2 = _matches_reach(s, p1, "prefecture", prov_prefix)
+            reach = max(reach, r2)
+            for city, p in [(None, p1), *cities]:
+                parent = city.code[:4] if city else prov_prefix
+                more, r3 = _repeated(s, city, p, prov_prefix)
+                reach = max(reach, r3)
+                for p2 in more:
+                    counties, r4 = _matches_reach(s, p2, "county", parent)
+                    reach = max(reach, r4)
+                    out.extend(
+                        _Path(prov, city, county, p3)
+                        for county, p3 in [(None, p2), *counties]
+                        if prov or city or county
+                    )
     return out, reach
+
+
+def _repeated(s: str, place: _Place | None, end: int, parent: str | None) -> tuple[list[int], int]:
+    """Where ``place``'s name ends, also read as written twice (``北京市 北京市西城区``,
+    ``福州市福州市鼓楼区``; but 阿拉善盟阿拉善左旗 is one name and then another), and how far
+    that was looked for."""
+    ends, reach = [end], 0
+    while place is not None:
+        again, r = _matches_reach(s, ends[-1], place.level, parent)
+        reach = max(reach, r)
+        more = [e for p, e in again if p.code == place.code]
+        if not more:
+            break
+        ends.append(max(more))
+    return ends, reach
 
 
 @functools.lru_cache(maxsize=256)
@@ -1319,6 +1343,14 @@ def _resolved(body: str, default_prefix: str | None) -> _Resolved | None:
     return found
 
 
+def _one_city(codes: list[str]) -> bool:
+    """Whether at most one of ``codes`` lies in a city (a prefecture that is not a grouping)."""
+    cities = {
+        c[:4] for c in codes if _current_name(c[:4] + "00") not in (None, *_PLACEHOLDER_NAMES)
+    }
+    return len(cities) <= 1
+
+
 def _resolve(paths: list[_Path], default_prefix: str | None) -> _Resolved | None:
     """The divisions an address names, from the readings of its beginning; None when none."""
     paths = [
@@ -1334,9 +1366,9 @@ def _resolve(paths: list[_Path], default_prefix: str | None) -> _Resolved | None
         top = near or top
     codes = sorted({p.code for p in top})
     same_name = len({p.places[-1].name for p in top}) == 1
-    if len(codes) > 1 and same_name and len({c[:2] for c in codes}) == 1:
+    if len(codes) > 1 and same_name and len({c[:2] for c in codes}) == 1 and _one_city(codes):
         # loc.dat keeps a few retired codes open (神农架林区 422921 and 429021): same name in
-        # one province → the newest code
+        # one province, not in two of its cities (河北省桥西区) → the newest code
         codes = codes[-1:]
         top = [p for p in top if p.code == codes[0]]
     path = top[0]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fields import identifiers, normalize
+from fields import divisions, identifiers, normalize
 from fields.normalize import SEVERITY
 
 AS_OF = dt.date(2026, 11, 1)
@@ -570,6 +570,87 @@ def test_address(
     a = r.value
     assert (a.province, a.city, a.district, a.division_code, a.detail) == expected
     assert r.reasons == reasons
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("北京市 北京市西城区金融街1号", ("北京市", "北京市", "西城区", "110102", "金融街1号")),
+        ("北京 北京市西城区金融街1号", ("北京市", "北京市", "西城区", "110102", "金融街1号")),
+        ("福建省福建省福州市鼓楼区五四路1号", ("福建省", "福州市", "鼓楼区", "350102", "五四路1号")),
+        ("福州市 福州市鼓楼区五四路1号", ("福建省", "福州市", "鼓楼区", "350102", "五四路1号")),
+        # a county named after its league is not the league written twice
+        ("阿拉善盟阿拉善左旗巴彦浩特镇", ("内蒙古自治区", "阿拉善盟", "阿拉善左旗", "152921", "巴彦浩特镇")),
+    ],
+)  # fmt: skip
+def test_a_division_written_twice_keeps_what_follows(
+    raw: str, expected: tuple[str | None, ...]
+) -> None:
+    r = normalize.address(raw, default_city_code="350100")
+    a = r.value
+    assert a is not None and r.reasons == ()
+    assert (a.province, a.city, a.district, a.division_code, a.detail) == expected
+
+
+def test_a_district_two_cities_of_the_named_province_have_is_not_guessed() -> None:
+    """河北省桥西区: 石家庄 and 张家口 each have one (邢台's was renamed 信都区 in 2020)."""
+    r = normalize.address("河北省桥西区中山路1号", default_city_code="350100")
+    a = r.value
+    assert a is not None
+    assert (a.province, a.city, a.district, a.division_code) == ("河北省", None, "桥西区", "130000")
+    assert r.reasons == ("address_ambiguous_district",)
+    assert set(r.extra["candidates"]) == {"130104", "130703"}
+    # one name under one province with a retired code kept open: the newest code, as before
+    assert normalize.address("湖北省神农架林区松柏镇").value.division_code == "429021"  # type: ignore[union-attr]
+
+
+def _written(d: divisions.Division) -> dict[str, str]:
+    """A county's address as departments write it: in full, spaced, abbreviated, the province
+    twice, and without the province."""
+    province = divisions.lookup(d.code[:2] + "0000")
+    assert province is not None
+    prov = province.name
+    pref = d.prefecture if d.prefecture and d.prefecture != prov else ""
+    short_prov = normalize._short_name(prov) or prov
+    short_pref = (normalize._short_name(pref) or pref) if pref else ""
+    forms = {
+        "full": f"{prov}{pref}{d.name}幸福路1号",
+        "spaced": f"{prov} {pref} {d.name} 幸福路1号",
+        "twice": f"{prov} {prov}{pref}{d.name}幸福路1号",
+        "short": f"{short_prov}{short_pref}{d.name}幸福路1号",
+        "province and county": f"{prov}{d.name}幸福路1号",
+    }
+    if pref:
+        forms["city and county"] = f"{pref}{d.name}幸福路1号"
+    return forms
+
+
+def test_no_address_of_another_city_lands_in_the_configured_one() -> None:
+    """Every county of China outside 福州, written the ways departments write it, parsed for a
+    city configured as 福州 (350100): none resolves into 福州, and in full (also spaced, or with
+    the province twice) each resolves to its own county."""
+    into_default: list[str] = []
+    wrong: list[tuple[str, str | None]] = []
+    counties = [
+        d
+        for d in divisions.all_divisions()
+        if d.level == "county"
+        and d.end is None
+        and d.name not in ("市辖区", "县")
+        and not d.code.startswith("3501")
+        and d.prefecture not in ("林区",)  # 神农架林区 sits under a grouping, not a city
+    ]
+    assert len(counties) > 2800
+    for d in counties:
+        for kind, text in _written(d).items():
+            a = normalize.address(text, default_city_code="350100").value
+            code = a.division_code if a is not None else None
+            if code and code.startswith("3501"):
+                into_default.append(text)
+            if kind in ("full", "spaced", "twice") and code != d.code:
+                wrong.append((text, code))
+    assert into_default == []
+    assert wrong == []
 
 
 def test_address_full_and_dict_access() -> None:
