@@ -407,7 +407,7 @@ def standardize_rows(
         [f"{c}:invalid_encoding" if isinstance(v, str) and BAD_BYTES in v else "" for v in vals]
         for c in table.source_columns
         if (vals := raw.get(c)) is not None
-        and any(isinstance(v, str) and BAD_BYTES in v for v in vals)
+        and BAD_BYTES in repr(vals)  # in C; a value's repr holds the character when it does
     ]
     codes.append(
         [tuple(g for g in row if g) for row in zip(*garbled, strict=True)] if garbled else [()] * n
@@ -875,7 +875,8 @@ class _Readable:
             values = raw.get(column)
             if values is None:
                 continue
-            self.filled[column] += sum(1 for v in values if v is not None and _filled(v))
+            counts = Counter(values)  # in C; columns repeat their values
+            self.filled[column] += sum(c for v, c in counts.items() if v is not None and _filled(v))
             for i in unread.get(fld, ()):
                 value = values[i]
                 if value is not None and _filled(value):
