@@ -200,7 +200,7 @@ def _updated_at(raw: str | None, table: TableConfig) -> dt.datetime | None:
         if table.change_kind == "epoch_seconds":
             return _BEIJING_EPOCH + dt.timedelta(seconds=int(float(raw)))
         if table.change_kind == "string" and table.change_format:
-            return dt.datetime.strptime(raw, table.change_format)
+            return normalize.parse_time(raw, table.change_format)
         return dt.datetime.fromisoformat(raw).replace(microsecond=0, tzinfo=None)
     except (ValueError, OverflowError):
         return None

@@ -63,6 +63,7 @@ __all__ = [
     "legacy_code",
     "name_pinyin",
     "normalize_value",
+    "parse_time",
     "person_name",
     "phones",
     "registered_capital",
@@ -911,11 +912,40 @@ def _date_from_number(n: float, fmt: str) -> Parsed:
     return _from_serial(n)
 
 
+_Y, _MO, _D = r"(\d{4})", r"(0[1-9]|1[0-2])", r"(0[1-9]|[12]\d|3[01])"
+_H, _MI, _S = r"([01]\d|2[0-3])", r"([0-5]\d)", r"([0-5]\d)"
+# strptime's own reading of these formats when every part has its two digits
+_FIXED_WIDTH = {
+    fmt: re.compile(pattern, re.ASCII)
+    for fmt, pattern in {
+        "%Y%m%d": _Y + _MO + _D,
+        "%Y%m%d%H%M%S": _Y + _MO + _D + _H + _MI + _S,
+        "%Y-%m-%d": f"{_Y}-{_MO}-{_D}",
+        "%Y-%m-%d %H:%M:%S": f"{_Y}-{_MO}-{_D} {_H}:{_MI}:{_S}",
+    }.items()
+}
+
+
+def parse_time(s: str, fmt: str) -> dt.datetime:
+    """``datetime.strptime(s, fmt)``, the same answer and the same ValueError, without strptime's
+    cost for the fixed-width digit formats departments use most (``%Y%m%d``, ``%Y%m%d%H%M%S``,
+    ``%Y-%m-%d``, ``%Y-%m-%d %H:%M:%S``, each part written with all its digits).
+
+    >>> parse_time("20240627153000", "%Y%m%d%H%M%S")
+    datetime.datetime(2024, 6, 27, 15, 30)
+    """
+    pattern = _FIXED_WIDTH.get(fmt)
+    m = pattern.fullmatch(s) if pattern is not None else None
+    if m is None:
+        return dt.datetime.strptime(s, fmt)
+    return dt.datetime(*map(int, m.groups()))
+
+
 def _date_from_text(s: str, fmt: str, pivot: dt.date | None) -> Parsed:
     """Strict parsing of the forms Chinese government systems write."""
     if fmt not in ("auto", "chinese", "excel_serial"):
         try:
-            return dt.datetime.strptime(s, fmt).date(), ()
+            return parse_time(s, fmt).date(), ()
         except ValueError as e:
             return None, ("date_impossible" if "out of range" in str(e) else "date_unparseable",)
     if fmt == "excel_serial" or (fmt == "auto" and re.fullmatch(r"\d{5}(?:\.\d+)?", s)):

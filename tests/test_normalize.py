@@ -393,6 +393,42 @@ def test_plain_mobile_shortcut_gives_what_phonenumbers_gives(
 
 # -------------------------------------------------------------------------- dates
 
+
+@pytest.mark.parametrize("fmt", ["%Y%m%d", "%Y%m%d%H%M%S", "%Y-%m-%d", "%Y-%m-%d %H:%M:%S"])
+def test_parse_time_is_strptime(fmt: str) -> None:
+    """Same datetime, or a ValueError with the same message, for stamps that are right, out of
+    range (2月30日, 13月, 24时, 60秒, year 0), short, long, spaced or in full-width digits."""
+    import random
+
+    rng = random.Random(16)
+
+    def reading(f: Any, s: str) -> Any:
+        try:
+            return f(s, fmt)
+        except ValueError as e:
+            return ("ValueError", str(e))
+
+    stamps = ["00000101", "0000-01-01", "２０２４０６２７", "2024-6-27", "20240627 ", "2024062"]
+    for _ in range(4000):
+        y = rng.choice(["1990", "2024", "2000", "1900", "0000", "9999"])
+        parts = [f"{rng.randrange(0, 14):02d}", f"{rng.randrange(0, 33):02d}"]
+        parts += [
+            f"{rng.randrange(0, 26):02d}",
+            f"{rng.randrange(0, 62):02d}",
+            f"{rng.randrange(0, 62):02d}",
+        ]
+        if "-" in fmt:
+            s = f"{y}-{parts[0]}-{parts[1]}" + (
+                f" {parts[2]}:{parts[3]}:{parts[4]}" if "H" in fmt else ""
+            )
+        else:
+            s = y + "".join(parts[: 5 if "H" in fmt else 2])
+        stamps += [s, s[:-1], s + "0", s.replace("-", "/")]
+    expected = [reading(dt.datetime.strptime, s) for s in stamps]
+    assert [reading(normalize.parse_time, s) for s in stamps] == expected
+    assert sum(not isinstance(r, tuple) for r in expected) > 1000
+
+
 D = dt.date(2024, 6, 27)
 
 
