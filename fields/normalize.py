@@ -45,6 +45,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 import opencc
 import phonenumbers
 from pypinyin import Style, lazy_pinyin
+from pypinyin.constants import PHRASES_DICT
 
 from fields import divisions, identifiers
 
@@ -409,7 +410,18 @@ def _pinyin(name: str) -> str:
 @functools.lru_cache(maxsize=1 << 16)
 def _reading(text: str) -> str:
     """Plain pinyin of a name after its surname (given names repeat far more than names)."""
+    if len(text) == 2 and text not in PHRASES_DICT and _CJK_CHAR.fullmatch(text):
+        # two characters that are no word of pypinyin's: each read alone, as pypinyin reads them
+        return _character_reading(text[0]) + _character_reading(text[1])
     return "".join(lazy_pinyin(text, style=Style.NORMAL))
+
+
+_CJK_CHAR = re.compile(r"[\u4e00-\u9fff]+")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _character_reading(c: str) -> str:
+    return "".join(lazy_pinyin(c, style=Style.NORMAL))
 
 
 # -------------------------------------------------------------------- identifiers

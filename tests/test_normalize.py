@@ -111,6 +111,18 @@ def test_name_pinyin(name: str, pinyin: str) -> None:
     assert normalize.name_pinyin(name) == pinyin
 
 
+def test_a_given_name_of_two_characters_reads_as_pypinyin_reads_it() -> None:
+    """Two characters that are no word of pypinyin's are read one by one, the same as pypinyin
+    reads the pair: every pair of 300 common given-name characters, and words (重庆, 长大)."""
+    from pypinyin import Style, lazy_pinyin
+
+    chars = "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉萍红娥玲芬燕兰凤洁梅琳素云莲真环雪荣爱妹香月莺媛瑞凡佳嘉琼勤珍贞莉桂娣叶璧璐娅琦晶妍茜秋珊莎锦黛青倩婷姣婉娴瑾颖露瑶怡婵雁蓓纨仪荷丹蓉眉君琴蕊薇菁梦岚苑婕馨瑗琰韵融园艺咏卿聪澜纯毓悦昭冰爽琬茗羽希宁欣飘育滢馥筠柔竹霭凝晓欢霄枫芸菲寒伊亚宜可姬舒影荔枝思丽重长乐行朝和曾单解朴"
+    pairs = [a + b for a in chars[:150] for b in chars[150:]] + ["重庆", "长大", "银行", "音乐"]
+    normalize._reading.cache_clear()
+    got = [normalize._reading(p) for p in pairs]
+    assert got == ["".join(lazy_pinyin(p, style=Style.NORMAL)) for p in pairs]
+
+
 # ----------------------------------------------------------------- ID numbers
 
 _HK_PERMIT = _id("81000019900101001")
