@@ -950,7 +950,8 @@ def parse_time(s: str, fmt: str) -> dt.datetime:
     m = pattern.fullmatch(s) if pattern is not None else None
     if m is None:
         return dt.datetime.strptime(s, fmt)
-    return dt.datetime(*map(int, m.groups()))
+    n = [int(g) for g in m.groups()] + [0, 0, 0]  # no time: midnight
+    return dt.datetime(n[0], n[1], n[2], n[3], n[4], n[5])
 
 
 def _date_from_text(s: str, fmt: str, pivot: dt.date | None) -> Parsed:
