@@ -276,6 +276,10 @@ class _Memo:
         self.updated: dict[Any, dt.datetime | None] = {}
         self.extras: dict[tuple[Any, ...], str] = {}
 
+    def __reduce__(self) -> tuple[type[_Memo], tuple[()]]:
+        """Sent to another process (a Spark worker) empty: what this one remembers stays here."""
+        return _Memo, ()
+
 
 def _memo_key(entity: str, fld: str, mapping: Any, ctx: _Context) -> tuple[Any, ...]:
     """Everything besides the value (and an ID number's row context) a field's result depends
