@@ -12,10 +12,12 @@ Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/departm
 standardization killed part way, or raw data extracted again since, leaves none that matches.
 Every path is :mod:`store.layout`'s.
 
-A batch is standardized column by column, each distinct value of a column (the ID number with
-its row's birth date and sex) normalized once per table and joined back to its rows: most columns
-repeat their values heavily. :func:`standardize_all` runs departments side by side in worker
-processes.
+A batch is standardized column by column, each distinct value of a field (the ID number with
+its row's birth date and sex) normalized once per process, whichever table of it holds the value,
+and joined back to its rows: most columns repeat their values heavily, and a person's name, ID
+number, phone and address come again in each department that holds the person.
+:func:`standardize_all` runs departments side by side in ``workers`` worker processes
+(``workers:`` of city.yaml).
 """
 
 from __future__ import annotations
