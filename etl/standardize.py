@@ -12,10 +12,12 @@ Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/departm
 standardization killed part way, or raw data extracted again since, leaves none that matches.
 Every path is :mod:`store.layout`'s.
 
-A batch is standardized column by column, each distinct value of a column (the ID number with
-its row's birth date and sex) normalized once per table and joined back to its rows: most columns
-repeat their values heavily. :func:`standardize_all` runs departments side by side in worker
-processes.
+A batch is standardized column by column, each distinct value of a field (the ID number with
+its row's birth date and sex) normalized once per process, whichever table of it holds the value,
+and joined back to its rows: most columns repeat their values heavily, and a person's name, ID
+number, phone and address come again in each department that holds the person.
+:func:`standardize_all` runs departments side by side in ``workers`` worker processes
+(``workers:`` of city.yaml).
 """
 
 from __future__ import annotations
@@ -241,22 +243,28 @@ def _field_value(
             value = mapping.codes[key]
         else:
             extra_reasons.append("code_unmapped")
-    name = dictionary.field(entity, fld).normalized_by or fld
+    name = _normalizer_name(entity, fld)
     context: dict[str, Any] = {"as_of": ctx.as_of, "default_city_code": ctx.city_code}
     if mapping.unit is not None:
         context["unit"] = mapping.unit
-    if name == "id_number":
-        context.update(row_context)
     if name not in ("birth_date", "established_date"):
-        return normalize.normalize_value(name, value, **context), extra_reasons
+        bound = normalize.bound(name, **context)
+        if name == "id_number":
+            return bound(value, **row_context), extra_reasons
+        return bound(value), extra_reasons
     result: normalize.Normalized[Any] | None = None
     for fmt in mapping.formats:  # the first format that reads the value wins
-        context["fmt"] = None if fmt in (None, "auto") else strptime_format(fmt)
-        result = normalize.normalize_value(name, value, **context)
+        strptime = None if fmt in (None, "auto") else strptime_format(fmt)
+        result = normalize.bound(name, fmt=strptime, **context)(value)
         if result.value is not None:
             break
     assert result is not None
     return result, extra_reasons
+
+
+@functools.cache
+def _normalizer_name(entity: str, fld: str) -> str:
+    return dictionary.field(entity, fld).normalized_by or fld
 
 
 def standardize_row(
@@ -277,14 +285,34 @@ MEMO_ENTRIES = 250_000
 values hardly repeat (ID numbers, addresses) would otherwise hold a whole table in memory."""
 
 
-class _Memo:
-    """One table's normalized values, each distinct (column, value, context) once: most columns
-    repeat their values heavily (dates, codes, names, divisions), and normalizing is the cost."""
+_FieldMemo = dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]]
+_SHARED_FIELDS: dict[tuple[Any, ...], _FieldMemo] = {}
+"""This process's normalized field values, shared by every table it standardizes: a person's
+name, ID number, phone and address come again in each department that holds the person.
+Forgotten when :func:`standardize_all` ends, and per field past :data:`MEMO_ENTRIES`."""
 
-    def __init__(self) -> None:
-        self.fields: dict[str, dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]]] = {}
+
+class _Memo:
+    """A table's normalized values, each distinct (field, mapping, value, context) once: most
+    columns repeat their values heavily (dates, codes, names, divisions), and normalizing is the
+    cost. ``fields`` is keyed by what decides a field's result (:func:`_memo_key`), so tables
+    given the same ``shared`` dict reuse each other's values."""
+
+    def __init__(self, shared: dict[tuple[Any, ...], _FieldMemo] | None = None) -> None:
+        self.fields: dict[tuple[Any, ...], _FieldMemo] = {} if shared is None else shared
         self.updated: dict[Any, dt.datetime | None] = {}
         self.extras: dict[tuple[Any, ...], str] = {}
+
+    def __reduce__(self) -> tuple[type[_Memo], tuple[()]]:
+        """Sent to another process (a Spark worker) empty: what this one remembers stays here."""
+        return _Memo, ()
+
+
+def _memo_key(entity: str, fld: str, mapping: Any, ctx: _Context) -> tuple[Any, ...]:
+    """Everything besides the value (and an ID number's row context) a field's result depends
+    on (:func:`_normalize_once`)."""
+    codes = None if mapping.codes is None else tuple(sorted(mapping.codes.items()))
+    return (entity, fld, codes, tuple(mapping.formats), mapping.unit, ctx)
 
 
 @dataclass
@@ -335,7 +363,7 @@ def _field_columns(
     values: list[Any],
     context: dict[str, list[Any]],
     ctx: _Context,
-    memo: dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]],
+    memo: _FieldMemo,
 ) -> list[tuple[tuple[Any, ...], tuple[str, ...], Any]]:
     """Normalize one mapped column, each distinct value (with its row context) once."""
     if len(memo) > MEMO_ENTRIES:
@@ -400,7 +428,13 @@ def standardize_rows(
         assert fld is not None
         out[f"raw_{fld}"] = values
         found = _field_columns(
-            entity, fld, mapping, values, context, ctx, memo.fields.setdefault(col, {})
+            entity,
+            fld,
+            mapping,
+            values,
+            context,
+            ctx,
+            memo.fields.setdefault(_memo_key(entity, fld, mapping, ctx), {}),
         )
         names = _placed_columns(entity, fld)
         placed: list[Any] = (
@@ -418,6 +452,7 @@ def standardize_rows(
         [f"{c}:invalid_encoding" if isinstance(v, str) and BAD_BYTES in v else "" for v in vals]
         for c in table.source_columns
         if (vals := raw.get(c)) is not None
+        and BAD_BYTES in repr(vals)  # in C; a value's repr holds the character when it does
     ]
     codes.append(
         [tuple(g for g in row if g) for row in zip(*garbled, strict=True)] if garbled else [()] * n
@@ -827,8 +862,9 @@ def _standardize_table(
     filled: Counter[str] = Counter()
     unreadable: Counter[str] = Counter()
     examples: dict[str, str] = {}
+    memo = _Memo(_SHARED_FIELDS)
     kernel = functools.partial(
-        standardize_batch, result.department, entity, table, job.run_id, job.ctx, memo=_Memo()
+        standardize_batch, result.department, entity, table, job.run_id, job.ctx, memo=memo
     )
     for batch in job.batches(table, path, kernel, job.batch_rows):
         filled.update(batch.filled)
@@ -936,19 +972,21 @@ class _Readable:
         self.examples: dict[str, str] = {}
 
     def count(self, raw: dict[str, list[Any]], reasons: list[list[str]]) -> None:
-        bad = [
-            {c.partition(":")[0] for c in codes if c.partition(":")[2] in UNPARSEABLE}
-            if codes
-            else ()
-            for codes in reasons
-        ]
+        unread: dict[str, list[int]] = {}  # field → rows whose value it could not read
+        for i, codes in enumerate(reasons):
+            for c in codes:
+                fld, _, why = c.partition(":")
+                if why in UNPARSEABLE and (not unread.get(fld) or unread[fld][-1] != i):
+                    unread.setdefault(fld, []).append(i)
         for fld, column in self.columns.items():
-            values = raw.get(column) or [None] * len(reasons)
-            for value, unread in zip(values, bad, strict=True):
-                if value is None or not str(value).strip():
-                    continue
-                self.filled[column] += 1
-                if fld in unread:
+            values = raw.get(column)
+            if values is None:
+                continue
+            counts = Counter(values)  # in C; columns repeat their values
+            self.filled[column] += sum(c for v, c in counts.items() if v is not None and _filled(v))
+            for i in unread.get(fld, ()):
+                value = values[i]
+                if value is not None and _filled(value):
                     self.unreadable[column] += 1
                     self.examples.setdefault(column, str(value))
 
@@ -958,6 +996,10 @@ class _Readable:
                 raise ConfigSuspected(
                     _config_suspect_message(code, self.table, column, given, self.examples[column])
                 )
+
+
+def _filled(value: Any) -> bool:
+    return bool(value.strip() if value.__class__ is str else str(value).strip())
 
 
 def _config_suspect_message(
@@ -991,16 +1033,22 @@ def standardize_all(
 ) -> list[DepartmentStandardized]:
     """Standardize every (or the named) department of ``run_id``, one failure stopping none.
 
-    Departments run side by side in ``workers`` processes (default: one per CPU, at most one per
-    department); with one worker they run one after another in this process. With several,
-    ``progress`` hears of each department once, when it is done."""
+    Departments run side by side in ``workers`` processes (default: ``workers:`` of city.yaml,
+    else one per CPU; never more than there are departments); with one worker they run one after
+    another in this process. With several, ``progress`` hears of each department once, when it
+    is done."""
     chosen = [d for d in city.departments if departments is None or d.code in departments]
     if workers is None:
-        workers = min(os.cpu_count() or 1, len(chosen))
+        workers = city.workers or os.cpu_count() or 1
+    workers = min(workers, len(chosen))
     if workers <= 1 or len(chosen) <= 1:
-        return [
-            standardize_department(city, d, run_id, as_of=as_of, progress=progress) for d in chosen
-        ]
+        try:
+            return [
+                standardize_department(city, d, run_id, as_of=as_of, progress=progress)
+                for d in chosen
+            ]
+        finally:
+            _SHARED_FIELDS.clear()
     # fork where there is one: a worker starts with what this process has loaded
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:

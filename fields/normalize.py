@@ -45,6 +45,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 import opencc
 import phonenumbers
 from pypinyin import Style, lazy_pinyin
+from pypinyin.constants import PHRASES_DICT
 
 from fields import divisions, identifiers
 
@@ -55,6 +56,7 @@ __all__ = [
     "Address",
     "Normalized",
     "address",
+    "bound",
     "date",
     "enterprise_name",
     "ethnicity",
@@ -62,6 +64,7 @@ __all__ = [
     "legacy_code",
     "name_pinyin",
     "normalize_value",
+    "parse_time",
     "person_name",
     "phones",
     "registered_capital",
@@ -407,7 +410,18 @@ def _pinyin(name: str) -> str:
 @functools.lru_cache(maxsize=1 << 16)
 def _reading(text: str) -> str:
     """Plain pinyin of a name after its surname (given names repeat far more than names)."""
+    if len(text) == 2 and text not in PHRASES_DICT and _CJK_CHAR.fullmatch(text):
+        # two characters that are no word of pypinyin's: each read alone, as pypinyin reads them
+        return _character_reading(text[0]) + _character_reading(text[1])
     return "".join(lazy_pinyin(text, style=Style.NORMAL))
+
+
+_CJK_CHAR = re.compile(r"[\u4e00-\u9fff]+")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _character_reading(c: str) -> str:
+    return "".join(lazy_pinyin(c, style=Style.NORMAL))
 
 
 # -------------------------------------------------------------------- identifiers
@@ -747,6 +761,29 @@ def _phones_in_chunk(chunk: str, area: str | None) -> Iterator[tuple[str | None,
         i = j
 
 
+def _plain_mobile_pattern() -> re.Pattern[str]:
+    """Eleven digits that phonenumbers reads, as region CN, as exactly themselves and a mobile:
+    its own CN mobile pattern, guarded so that no other number type of CN, no national or
+    international prefix and no country code could apply. Built from the installed metadata, so
+    a new phonenumbers release moves the shortcut with it (tests/test_normalize.py compares the
+    two ways on random numbers)."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region("CN")
+    assert meta is not None and meta.mobile is not None and meta.general_desc is not None
+    # the numbers every other CN type could also match start 10, 2–9 (fixed, shared-cost,
+    # toll-free) or are not 11 digits long (premium rate); the national prefix for parsing
+    # strips 11xx, 12xx and 179xx carrier codes, the international prefix starts 00 or 1[12]/179
+    guard = r"1(?:[3-68]\d|7[0-8]|9\d)\d{8}"
+    mobile = meta.mobile.national_number_pattern
+    general = meta.general_desc.national_number_pattern
+    return re.compile(rf"(?=(?:{guard})$)(?=(?:{mobile})$)(?:{general})", re.ASCII)
+
+
+_PLAIN_MOBILE = _plain_mobile_pattern()
+# how departments write one mobile: 13812345678, 138 1234 5678, 138-1234-5678,
+# +86 138 1234 5678, 86-13812345678 (the digits are read as one number either way)
+_MOBILE_SHAPE = re.compile(r"(?:\+?86[ -]?)?(\d{3})[ -]?(\d{4})[ -]?(\d{4})", re.ASCII)
+
+
 @_guarded
 def phones(raw: object, *, default_area_code: str | None = None) -> Normalized[str]:
     """Every phone number in a field; value = the first valid one in canonical form.
@@ -765,6 +802,9 @@ def phones(raw: object, *, default_area_code: str | None = None) -> Normalized[s
     s = _clean(raw)
     if s is None:
         return _result(None, ("phone_missing",))
+    shape = _MOBILE_SHAPE.fullmatch(s)  # most fields: one mobile, nothing else
+    if shape and _PLAIN_MOBILE.fullmatch(mobile := "".join(shape.groups())):
+        return Normalized(mobile, (), {"all": [mobile], "kinds": ["mobile"]})
     found: list[str] = []
     kinds: list[str] = []
     bad: list[tuple[str, str]] = []
@@ -890,11 +930,41 @@ def _date_from_number(n: float, fmt: str) -> Parsed:
     return _from_serial(n)
 
 
+_Y, _MO, _D = r"(\d{4})", r"(0[1-9]|1[0-2])", r"(0[1-9]|[12]\d|3[01])"
+_H, _MI, _S = r"([01]\d|2[0-3])", r"([0-5]\d)", r"([0-5]\d)"
+# strptime's own reading of these formats when every part has its two digits
+_FIXED_WIDTH = {
+    fmt: re.compile(pattern, re.ASCII)
+    for fmt, pattern in {
+        "%Y%m%d": _Y + _MO + _D,
+        "%Y%m%d%H%M%S": _Y + _MO + _D + _H + _MI + _S,
+        "%Y-%m-%d": f"{_Y}-{_MO}-{_D}",
+        "%Y-%m-%d %H:%M:%S": f"{_Y}-{_MO}-{_D} {_H}:{_MI}:{_S}",
+    }.items()
+}
+
+
+def parse_time(s: str, fmt: str) -> dt.datetime:
+    """``datetime.strptime(s, fmt)``, the same answer and the same ValueError, without strptime's
+    cost for the fixed-width digit formats departments use most (``%Y%m%d``, ``%Y%m%d%H%M%S``,
+    ``%Y-%m-%d``, ``%Y-%m-%d %H:%M:%S``, each part written with all its digits).
+
+    >>> parse_time("20240627153000", "%Y%m%d%H%M%S")
+    datetime.datetime(2024, 6, 27, 15, 30)
+    """
+    pattern = _FIXED_WIDTH.get(fmt)
+    m = pattern.fullmatch(s) if pattern is not None else None
+    if m is None:
+        return dt.datetime.strptime(s, fmt)
+    n = [int(g) for g in m.groups()] + [0, 0, 0]  # no time: midnight
+    return dt.datetime(n[0], n[1], n[2], n[3], n[4], n[5])
+
+
 def _date_from_text(s: str, fmt: str, pivot: dt.date | None) -> Parsed:
     """Strict parsing of the forms Chinese government systems write."""
     if fmt not in ("auto", "chinese", "excel_serial"):
         try:
-            return dt.datetime.strptime(s, fmt).date(), ()
+            return parse_time(s, fmt).date(), ()
         except ValueError as e:
             return None, ("date_impossible" if "out of range" in str(e) else "date_unparseable",)
     if fmt == "excel_serial" or (fmt == "auto" and re.fullmatch(r"\d{5}(?:\.\d+)?", s)):
@@ -1141,6 +1211,14 @@ _COUNTRY = re.compile(r"^(?:中华人民共和国|中国)")
 
 def _matches(s: str, pos: int, level: str, parent: str | None) -> list[tuple[_Place, int]]:
     """Places of ``level`` whose name starts at ``pos`` (under ``parent`` code prefix)."""
+    return _matches_reach(s, pos, level, parent)[0]
+
+
+def _matches_reach(
+    s: str, pos: int, level: str, parent: str | None
+) -> tuple[list[tuple[_Place, int]], int]:
+    """:func:`_matches`, and how far into ``s`` it read: the answer depends on ``s[:reach]``
+    alone (and, when ``reach`` is past the end, on where ``s`` ends)."""
     _, longest = _place_index()
     prefixes = _name_prefixes()
     pos = _SKIP.match(s, pos).end()  # type: ignore[union-attr]  # the pattern always matches
@@ -1148,7 +1226,8 @@ def _matches(s: str, pos: int, level: str, parent: str | None) -> list[tuple[_Pl
     while n < longest and pos + n < len(s) and s[pos : pos + n + 1] in prefixes:
         n += 1
     # what follows a name matters for two characters at most (_NOT_AFTER_SHORT, _WEAK_AFTER_SHORT)
-    return [(place, pos + k) for place, k in _matches_at(s[pos : pos + n + 2], level, parent)]
+    found = [(place, pos + k) for place, k in _matches_at(s[pos : pos + n + 2], level, parent)]
+    return found, pos + n + 2
 
 
 @functools.cache
@@ -1202,16 +1281,46 @@ class _Path:
         return (self.end, -sum(p.historical for p in ps), sum(p.full for p in ps))
 
 
-def _paths(s: str) -> list[_Path]:
+def _paths(s: str) -> tuple[list[_Path], int]:
+    """Every reading of the start of ``s`` as province → city → county (each may be left out),
+    and how far into ``s`` they were looked for (:func:`_matches_reach`)."""
     out: list[_Path] = []
-    for prov, p1 in [(None, 0), *_matches(s, 0, "province", None)]:
+    provinces, reach = _matches_reach(s, 0, "province", None)
+    for prov, p0 in [(None, 0), *provinces]:
         prov_prefix = prov.code[:2] if prov else None
-        for city, p2 in [(None, p1), *_matches(s, p1, "prefecture", prov_prefix)]:
-            parent = city.code[:4] if city else prov_prefix
-            for county, p3 in [(None, p2), *_matches(s, p2, "county", parent)]:
-                if prov or city or county:
-                    out.append(_Path(prov, city, county, p3))
-    return out
+        ends, r1 = _repeated(s, prov, p0, None)
+        reach = max(reach, r1)
+        for p1 in ends:
+            cities, r2 = _matches_reach(s, p1, "prefecture", prov_prefix)
+            reach = max(reach, r2)
+            for city, p in [(None, p1), *cities]:
+                parent = city.code[:4] if city else prov_prefix
+                more, r3 = _repeated(s, city, p, prov_prefix)
+                reach = max(reach, r3)
+                for p2 in more:
+                    counties, r4 = _matches_reach(s, p2, "county", parent)
+                    reach = max(reach, r4)
+                    out.extend(
+                        _Path(prov, city, county, p3)
+                        for county, p3 in [(None, p2), *counties]
+                        if prov or city or county
+                    )
+    return out, reach
+
+
+def _repeated(s: str, place: _Place | None, end: int, parent: str | None) -> tuple[list[int], int]:
+    """Where ``place``'s name ends, also read as written twice (``北京市 北京市西城区``,
+    ``福州市福州市鼓楼区``; but 阿拉善盟阿拉善左旗 is one name and then another), and how far
+    that was looked for."""
+    ends, reach = [end], 0
+    while place is not None:
+        again, r = _matches_reach(s, ends[-1], place.level, parent)
+        reach = max(reach, r)
+        more = [e for p, e in again if p.code == place.code]
+        if not more:
+            break
+        ends.append(max(more))
+    return ends, reach
 
 
 @functools.lru_cache(maxsize=256)
@@ -1249,19 +1358,55 @@ def _names_for(code: str) -> tuple[str | None, str | None, str | None]:
     return province, city, county
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _parse_address(
-    s: str, default_prefix: str | None
-) -> tuple[Address, tuple[str, ...], tuple[str, ...]]:
-    """(address, reasons, candidate codes) for cleaned, simplified text."""
-    body = _COUNTRY.sub("", s)
+_Resolved = tuple[
+    str | None, str | None, str | None, str | None, int, tuple[str, ...], tuple[str, ...]
+]
+"""(province, city, district, division code, where the divisions end, reasons, candidates)"""
+_HEADS: dict[tuple[str, bool, str | None], _Resolved | None] = {}
+_REACHES: set[int] = set()
+_HEADS_KEPT = 1 << 17
+
+
+def _resolved(body: str, default_prefix: str | None) -> _Resolved | None:
+    """:func:`_resolve`, remembered by the beginning of ``body`` it read: addresses differ in
+    their street and number, not in their province, city and district, so the divisions of an
+    address are worked out once per beginning (the whole text when the reading reached its end).
+    """
+    hit = _HEADS.get((body, True, default_prefix), _HEADS)
+    if hit is not _HEADS:
+        return hit  # type: ignore[return-value]
+    for reach in _REACHES:
+        if reach < len(body):
+            hit = _HEADS.get((body[:reach], False, default_prefix), _HEADS)
+            if hit is not _HEADS:
+                return hit  # type: ignore[return-value]
+    paths, reach = _paths(body)
+    found = _resolve(paths, default_prefix)
+    if len(_HEADS) > _HEADS_KEPT:
+        _HEADS.clear()
+    if reach >= len(body):
+        _HEADS[(body, True, default_prefix)] = found
+    else:
+        _HEADS[(body[:reach], False, default_prefix)] = found
+        _REACHES.add(reach)
+    return found
+
+
+def _one_city(codes: list[str]) -> bool:
+    """Whether at most one of ``codes`` lies in a city (a prefecture that is not a grouping)."""
+    cities = {
+        c[:4] for c in codes if _current_name(c[:4] + "00") not in (None, *_PLACEHOLDER_NAMES)
+    }
+    return len(cities) <= 1
+
+
+def _resolve(paths: list[_Path], default_prefix: str | None) -> _Resolved | None:
+    """The divisions an address names, from the readings of its beginning; None when none."""
     paths = [
-        p
-        for p in _paths(body)
-        if not p.weak or (default_prefix and p.code.startswith(default_prefix))
+        p for p in paths if not p.weak or (default_prefix and p.code.startswith(default_prefix))
     ]
     if not paths:
-        return Address(None, None, None, None, s, s), ("address_unparsed",), ()
+        return None
     scores = [p.score() for p in paths]
     best = max(scores)
     top = [p for p, score in zip(paths, scores, strict=True) if score == best]
@@ -1270,35 +1415,46 @@ def _parse_address(
         top = near or top
     codes = sorted({p.code for p in top})
     same_name = len({p.places[-1].name for p in top}) == 1
-    if len(codes) > 1 and same_name and len({c[:2] for c in codes}) == 1:
+    if len(codes) > 1 and same_name and len({c[:2] for c in codes}) == 1 and _one_city(codes):
         # loc.dat keeps a few retired codes open (神农架林区 422921 and 429021): same name in
-        # one province → the newest code
+        # one province, not in two of its cities (河北省桥西区) → the newest code
         codes = codes[-1:]
         top = [p for p in top if p.code == codes[0]]
     path = top[0]
-    detail = body[_SKIP.match(body, path.end).end() :]  # type: ignore[union-attr]
     reasons: list[str] = []
     if any(p.historical for p in path.places):
         reasons.append("address_historical_name")
     if len(codes) > 1:
         if all(not p.places[-1].full for p in top) and len(path.places) == 1:
-            return Address(None, None, None, None, s, s), ("address_unparsed",), ()
+            return None
         reasons.append("address_ambiguous_district")
-        code = _common_code(codes)
-        province, city, _ = _names_for(code) if code else (None, None, None)
+        common = _common_code(codes)
+        province, city, _ = _names_for(common) if common else (None, None, None)
         district = path.county.name if path.county and path.county.full else None
-        parts = [province, city if city != province else None, district, detail]
-        full = "".join(p for p in parts if p)
-        return Address(province, city, district, code, detail, full), tuple(reasons), tuple(codes)
+        return province, city, district, common, path.end, tuple(reasons), tuple(codes)
     code = path.code
     if path.places[-1].historical:
         code, _ = _renamed(path.places[-1])
     province, city, district = _names_for(code)
     if path.places[-1].historical and _current_name(code) is None:
         district = path.places[-1].name  # retired, never renamed: keep the name written
+    return province, city, district, code, path.end, tuple(reasons), tuple(codes)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_address(
+    s: str, default_prefix: str | None
+) -> tuple[Address, tuple[str, ...], tuple[str, ...]]:
+    """(address, reasons, candidate codes) for cleaned, simplified text."""
+    body = _COUNTRY.sub("", s)
+    found = _resolved(body, default_prefix)
+    if found is None:
+        return Address(None, None, None, None, s, s), ("address_unparsed",), ()
+    province, city, district, code, end, reasons, codes = found
+    detail = body[_SKIP.match(body, end).end() :]  # type: ignore[union-attr]
     parts = [province, city if city != province else None, district, detail]
     full = "".join(p for p in parts if p)
-    return Address(province, city, district, code, detail, full), tuple(reasons), tuple(codes)
+    return Address(province, city, district, code, detail, full), reasons, codes
 
 
 @_guarded
@@ -1682,6 +1838,25 @@ def normalize_value(normalizer: str, raw: object, **context: Any) -> Normalized[
         ) from None
     accepted = _accepted(fn)
     return fn(raw, **{k: v for k, v in context.items() if k in accepted})
+
+
+@functools.lru_cache(maxsize=256)
+def bound(normalizer: str, **context: Any) -> Callable[..., Normalized[Any]]:
+    """:func:`normalize_value` with its name and context bound once, for normalizing many values
+    alike: ``bound("date", fmt="%Y%m%d", as_of=day)(raw)``; an ID number's row context is still
+    given per value (``birth_date=…, sex=…``).
+
+    >>> bound("id_number", as_of=None, default_city_code="350100")("110105491231002").value
+    '11010519491231002X'
+    """
+    try:
+        fn = _NORMALIZERS[normalizer]
+    except KeyError:
+        raise KeyError(
+            f"no normalizer for field {normalizer!r}; known: {sorted(_NORMALIZERS)}"
+        ) from None
+    accepted = _accepted(fn)
+    return functools.partial(fn, **{k: v for k, v in context.items() if k in accepted})
 
 
 NORMALIZERS: tuple[str, ...] = tuple(_NORMALIZERS)

@@ -251,6 +251,20 @@ BROKEN: list[tuple[str, Callable[[Path], None], list[str]]] = [
         ["city.yaml: (file): the file is empty", "Fix:"],
     ),
     (
+        "no number of workers",
+        lambda cfg: _edit(
+            cfg / "city.yaml", "timezone: Asia/Shanghai", "timezone: Asia/Shanghai\nworkers: 0"
+        ),
+        ["city.yaml: workers", "0 is not a number of processes", "Fix: write a whole number"],
+    ),
+    (
+        "workers in words",
+        lambda cfg: _edit(
+            cfg / "city.yaml", "timezone: Asia/Shanghai", "timezone: Asia/Shanghai\nworkers: two"
+        ),
+        ["city.yaml: workers", "'two' is not a number of processes", "Fix: write a whole number"],
+    ),
+    (
         "unquoted division code",
         lambda cfg: _edit(cfg / "city.yaml", 'division_code: "350100"', "division_code: 350100"),
         ["city.yaml: division_code (line 4)", "read by YAML as a number", "Fix: quote it"],

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fields import identifiers, normalize
+from fields import divisions, identifiers, normalize
 from fields.normalize import SEVERITY
 
 AS_OF = dt.date(2026, 11, 1)
@@ -109,6 +109,24 @@ def test_latin_names_only_when_allowed() -> None:
 )
 def test_name_pinyin(name: str, pinyin: str) -> None:
     assert normalize.name_pinyin(name) == pinyin
+
+
+def test_a_given_name_of_two_characters_reads_as_pypinyin_reads_it() -> None:
+    """Two characters that are no word of pypinyin's are read one by one, the same as pypinyin
+    reads the pair: every pair of 300 common given-name characters, and words (重庆, 长大)."""
+    from pypinyin import Style, lazy_pinyin
+
+    chars = (
+        "伟芳娜敏静丽强磊军洋勇艳杰娟涛明超秀霞平刚桂英华玉萍红娥玲芬燕兰凤洁梅琳素云莲真"
+        "环雪荣爱妹香月莺媛瑞凡佳嘉琼勤珍贞莉桂娣叶璧璐娅琦晶妍茜秋珊莎锦黛青倩婷姣婉娴瑾"
+        "颖露瑶怡婵雁蓓纨仪荷丹蓉眉君琴蕊薇菁梦岚苑婕馨瑗琰韵融园艺咏卿聪澜纯毓悦昭冰爽琬"
+        "茗羽希宁欣飘育滢馥筠柔竹霭凝晓欢霄枫芸菲寒伊亚宜可姬舒影荔枝思丽重长乐行朝和曾单"
+        "解朴"
+    )
+    pairs = [a + b for a in chars[:150] for b in chars[150:]] + ["重庆", "长大", "银行", "音乐"]
+    normalize._reading.cache_clear()
+    got = [normalize._reading(p) for p in pairs]
+    assert got == ["".join(lazy_pinyin(p, style=Style.NORMAL)) for p in pairs]
 
 
 # ----------------------------------------------------------------- ID numbers
@@ -364,7 +382,72 @@ def test_phone_kinds_and_default_area_code() -> None:
     assert normalize.phones("87654321", default_area_code="0591").value == "0591-87654321"
 
 
+def test_plain_mobile_shortcut_gives_what_phonenumbers_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A field holding only one mobile's digits (in the shapes departments write them) skips
+    phonenumbers when they are a CN mobile; every such number, and every one that is not, reads
+    the same both ways."""
+    import random
+    import re
+
+    rng = random.Random(15)
+    numbers = [f"1{a}{rng.randrange(10**9):09d}" for a in range(10) for _ in range(200)]
+    numbers += [f"1{rng.randrange(10**10):010d}" for _ in range(3000)]
+    numbers += ["17400012345", "17406012345", "16100012345", "14512345678", "19412345678"]
+    numbers += ["١٣٨١٢٣٤٥٦٧٨", "13812345678 ", "+8613812345678", "10012345678", "17912345678"]
+    shapes = (
+        "{}{} {} {}", "{}{}-{}-{}", "+86 {}{} {} {}", "86-{}{}{}{}", "+86{}{}{}{}",
+        "86 {}{} {}-{}", "+86-{}{}{}{}", "0{}{}{}{}", "+85 {}{} {} {}", "8{}{}{}{}",
+    )  # fmt: skip
+    numbers += [
+        shape.format(n[:1], n[1:3], n[3:7], n[7:])
+        for i, n in enumerate(numbers[:2000])
+        for shape in shapes[i % 3 :: 3]
+    ]
+    shortcut = {n: normalize.phones(n) for n in numbers}
+    assert sum(bool(normalize._PLAIN_MOBILE.fullmatch(n)) for n in numbers) > 1000
+    monkeypatch.setattr(normalize, "_PLAIN_MOBILE", re.compile("(?!)"))
+    assert {n: normalize.phones(n) for n in numbers} == shortcut
+
+
 # -------------------------------------------------------------------------- dates
+
+
+@pytest.mark.parametrize("fmt", ["%Y%m%d", "%Y%m%d%H%M%S", "%Y-%m-%d", "%Y-%m-%d %H:%M:%S"])
+def test_parse_time_is_strptime(fmt: str) -> None:
+    """Same datetime, or a ValueError with the same message, for stamps that are right, out of
+    range (2月30日, 13月, 24时, 60秒, year 0), short, long, spaced or in full-width digits."""
+    import random
+
+    rng = random.Random(16)
+
+    def reading(f: Any, s: str) -> Any:
+        try:
+            return f(s, fmt)
+        except ValueError as e:
+            return ("ValueError", str(e))
+
+    stamps = ["00000101", "0000-01-01", "２０２４０６２７", "2024-6-27", "20240627 ", "2024062"]
+    for _ in range(4000):
+        y = rng.choice(["1990", "2024", "2000", "1900", "0000", "9999"])
+        parts = [f"{rng.randrange(0, 14):02d}", f"{rng.randrange(0, 33):02d}"]
+        parts += [
+            f"{rng.randrange(0, 26):02d}",
+            f"{rng.randrange(0, 62):02d}",
+            f"{rng.randrange(0, 62):02d}",
+        ]
+        if "-" in fmt:
+            s = f"{y}-{parts[0]}-{parts[1]}" + (
+                f" {parts[2]}:{parts[3]}:{parts[4]}" if "H" in fmt else ""
+            )
+        else:
+            s = y + "".join(parts[: 5 if "H" in fmt else 2])
+        stamps += [s, s[:-1], s + "0", s.replace("-", "/")]
+    expected = [reading(dt.datetime.strptime, s) for s in stamps]
+    assert [reading(normalize.parse_time, s) for s in stamps] == expected
+    assert sum(not isinstance(r, tuple) for r in expected) > 1000
+
 
 D = dt.date(2024, 6, 27)
 
@@ -543,6 +626,93 @@ def test_address(
     a = r.value
     assert (a.province, a.city, a.district, a.division_code, a.detail) == expected
     assert r.reasons == reasons
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("北京市 北京市西城区金融街1号", ("北京市", "北京市", "西城区", "110102", "金融街1号")),
+        ("北京 北京市西城区金融街1号", ("北京市", "北京市", "西城区", "110102", "金融街1号")),
+        (
+            "福建省福建省福州市鼓楼区五四路1号",
+            ("福建省", "福州市", "鼓楼区", "350102", "五四路1号"),
+        ),
+        ("福州市 福州市鼓楼区五四路1号", ("福建省", "福州市", "鼓楼区", "350102", "五四路1号")),
+        # a county named after its league is not the league written twice
+        (
+            "阿拉善盟阿拉善左旗巴彦浩特镇",
+            ("内蒙古自治区", "阿拉善盟", "阿拉善左旗", "152921", "巴彦浩特镇"),
+        ),
+    ],
+)  # fmt: skip
+def test_a_division_written_twice_keeps_what_follows(
+    raw: str, expected: tuple[str | None, ...]
+) -> None:
+    r = normalize.address(raw, default_city_code="350100")
+    a = r.value
+    assert a is not None and r.reasons == ()
+    assert (a.province, a.city, a.district, a.division_code, a.detail) == expected
+
+
+def test_a_district_two_cities_of_the_named_province_have_is_not_guessed() -> None:
+    """河北省桥西区: 石家庄 and 张家口 each have one (邢台's was renamed 信都区 in 2020)."""
+    r = normalize.address("河北省桥西区中山路1号", default_city_code="350100")
+    a = r.value
+    assert a is not None
+    assert (a.province, a.city, a.district, a.division_code) == ("河北省", None, "桥西区", "130000")
+    assert r.reasons == ("address_ambiguous_district",)
+    assert set(r.extra["candidates"]) == {"130104", "130703"}
+    # one name under one province with a retired code kept open: the newest code, as before
+    assert normalize.address("湖北省神农架林区松柏镇").value.division_code == "429021"  # type: ignore[union-attr]
+
+
+def _written(d: divisions.Division) -> dict[str, str]:
+    """A county's address as departments write it: in full, spaced, abbreviated, the province
+    twice, and without the province."""
+    province = divisions.lookup(d.code[:2] + "0000")
+    assert province is not None
+    prov = province.name
+    pref = d.prefecture if d.prefecture and d.prefecture != prov else ""
+    short_prov = normalize._short_name(prov) or prov
+    short_pref = (normalize._short_name(pref) or pref) if pref else ""
+    forms = {
+        "full": f"{prov}{pref}{d.name}幸福路1号",
+        "spaced": f"{prov} {pref} {d.name} 幸福路1号",
+        "twice": f"{prov} {prov}{pref}{d.name}幸福路1号",
+        "short": f"{short_prov}{short_pref}{d.name}幸福路1号",
+        "province and county": f"{prov}{d.name}幸福路1号",
+    }
+    if pref:
+        forms["city and county"] = f"{pref}{d.name}幸福路1号"
+    return forms
+
+
+def test_no_address_of_another_city_lands_in_the_configured_one() -> None:
+    """Every county of China outside 福州, written the ways departments write it, parsed for a
+    city configured as 福州 (350100): none resolves into 福州, and in full (also spaced, or with
+    the province twice) each resolves to its own county."""
+    into_default: list[str] = []
+    wrong: list[tuple[str, str | None]] = []
+    counties = [
+        d
+        for d in divisions.all_divisions()
+        if d.level == "county"
+        and d.end is None
+        and d.name not in ("市辖区", "县")
+        and not d.code.startswith("3501")
+        and d.prefecture not in ("林区",)  # 神农架林区 sits under a grouping, not a city
+    ]
+    assert len(counties) > 2800
+    for d in counties:
+        for kind, text in _written(d).items():
+            a = normalize.address(text, default_city_code="350100").value
+            code = a.division_code if a is not None else None
+            if code and code.startswith("3501"):
+                into_default.append(text)
+            if kind in ("full", "spaced", "twice") and code != d.code:
+                wrong.append((text, code))
+    assert into_default == []
+    assert wrong == []
 
 
 def test_address_full_and_dict_access() -> None:

@@ -155,6 +155,39 @@ def test_workers_run_departments_in_other_processes(city: CityConfig) -> None:
     assert all(r.status == "ok" and r.reconciled and r.cpu_seconds > 0 for r in results)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_of_city_yaml_decide_the_processes(
+    city: CityConfig, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workers: 1`` runs every department here, one after another, ``workers: 2`` in a pool of
+    two processes; the output is the pinned one either way."""
+    import etl.standardize as std
+
+    here: list[str] = []
+    pools: list[int] = []
+    real = std.standardize_department
+
+    def recorded(city: CityConfig, dept: Any, *args: Any, **kwargs: Any) -> Any:
+        here.append(dept.code)
+        return real(city, dept, *args, **kwargs)
+
+    class Pool(std.ProcessPoolExecutor):
+        def __init__(self, n: int, **kwargs: Any) -> None:
+            pools.append(n)
+            super().__init__(n, **kwargs)
+
+    if workers == 1:  # a pool's processes would have to pickle this function
+        monkeypatch.setattr(std, "standardize_department", recorded)
+    monkeypatch.setattr(std, "ProcessPoolExecutor", Pool)
+    configured = city.model_copy(update={"workers": workers})
+    results = std.standardize_all(configured, SPEC["run_id"], as_of=AS_OF)
+    assert (here, pools) == (
+        ([d.code for d in city.departments], []) if workers == 1 else ([], [2])
+    )
+    expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    assert {r.department: department_digest(city, SPEC["run_id"], r) for r in results} == expected
+
+
 def test_small_batches_and_a_small_memo_change_nothing(
     city: CityConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
