@@ -555,3 +555,18 @@ def evaluate(
             f"{acc:.4f}",
         )
     console.print(table)
+    _print_cases(result)
+
+
+def _print_cases(result: Any) -> None:
+    """The hard cases per kind: pairs kept apart that were merged, rows not linked."""
+    cases = [(e, c) for e, ev in result.entities.items() for c in ev.cases]
+    if not cases:
+        return
+    table = Table(title="Hard cases per kind", title_justify="left")
+    for col in ("entity", "kind", "must", "pairs", "wrong", "rate", "what"):
+        table.add_column(col, justify="right" if col in ("pairs", "wrong", "rate") else "left")
+    for e, c in cases:
+        rate = f"{c.rate:.2%} merged" if c.must == "apart" else f"{c.rate:.4f} recall"
+        table.add_row(e, c.kind, c.must, f"{c.pairs:,}", f"{c.wrong:,}", rate, c.label)
+    console.print(table)

@@ -160,6 +160,15 @@ FIELDS: tuple[Field, ...] = (
         group="name",
         checkable=True,
     ),
+    _person(
+        "former_name",
+        _TEXT,
+        None,
+        "曾用名",
+        policy=_NAME,
+        normalizer="name",
+        description="改名前的姓名（公安户籍的曾用名），仅用于匹配旧记录",
+    ),
     _person("id_number", _TEXT, _CODE, "公民身份号码", policy=_ID, checkable=True),
     _person(
         "guardian_id",

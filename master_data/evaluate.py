@@ -57,6 +57,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from master_data.cases import CaseScore, case_scores
+
 log = logging.getLogger(__name__)
 
 ENTITIES = ("person", "enterprise")
@@ -79,6 +81,7 @@ class GroundTruth:
     enterprises: pd.DataFrame
     rows: pd.DataFrame
     night: int | None = None
+    dirt: pd.DataFrame | None = None  # the planted defects by row and column (dirt.parquet)
 
     def entities(self, entity: str) -> pd.DataFrame:
         """The true persons or enterprises, indexed by their entity id."""
@@ -113,6 +116,7 @@ def load_truth(path: Path | str) -> GroundTruth:
         enterprises=pq.read_table(tdir / "enterprises.parquet").to_pandas(),
         rows=pq.read_table(tdir / "source_rows.parquet").to_pandas(),
         night=night,
+        dirt=pq.read_table(dirt).to_pandas() if (dirt := tdir / "dirt.parquet").exists() else None,
     )
 
 
@@ -750,6 +754,7 @@ class EntityEvaluation:
     clusters: ClusterMetrics
     golden: GoldenAccuracy | None
     examples: tuple[ErrorExample, ...] = ()
+    cases: tuple[CaseScore, ...] = ()  # the hard cases per kind (master_data.cases)
 
 
 def _jsonable(value: Any) -> Any:
@@ -791,6 +796,9 @@ class Evaluation:
             if e.golden is not None:
                 accs = ", ".join(f"{a} {v.accuracy:.3f}" for a, v in e.golden.attributes.items())
                 lines.append(f"  golden ({e.golden.evaluated} masters): {accs}")
+            for case in e.cases:
+                what = "merged" if case.must == "apart" else "not linked"
+                lines.append(f"  {case.kind}: {case.wrong} of {case.pairs} pairs {what}")
         return "\n".join(lines)
 
 
@@ -847,5 +855,6 @@ def evaluate(
             clusters=_clusters(linked),
             golden=None if g is None else _golden(g, al, truth, e),
             examples=tuple(_examples(al, e, examples, 20)),
+            cases=case_scores(linked, truth.persons, truth.dirt) if e == "person" else (),
         )
     return Evaluation(str(truth_dir), night, entities)
