@@ -186,6 +186,7 @@ A6 = pid(JINAN, "19950611", 528)
 TWIN1, TWIN2 = pid(JINAN, "20010318", 711), pid(JINAN, "20010318", 733)
 NAMESAKE1, NAMESAKE2 = pid(GULOU, "19750601", 195), pid(CANGSHAN, "19750601", 217)
 OTHER1, OTHER2 = pid(GULOU, "19880808", 371), pid(GULOU, "19880808", 393)
+SAME_BIRTH = pid(GULOU, "19820715", 639)
 ELDER, RENAMED = pid(GULOU, "19381120", 582), pid(JINAN, "19700505", 417)
 GUARDIAN, CHILD = pid(CANGSHAN, "19860214", 551), pid(CANGSHAN, "20190903", 362)
 MOTHER, SON, DAUGHTER = (
@@ -355,6 +356,18 @@ PERSON_APART = [
             ),
         ),
         id="person-twins-under-one-guardian-id",
+    ),
+    pytest.param(
+        (
+            (
+                gongan(36, "陈志伟", SAME_BIRTH, "19820715", ADDR_GULOU, male=True),
+                renshe(36, "陈志伟", SAME_BIRTH, "19820715", "13906001036", male=True),
+            ),
+            # the same name, birth date and sex, known to a hospital only, without ID number,
+            # in another district and with another phone: a namesake, not the same man
+            (weijian(36, "陈志伟", None, "19820715", "13906001037", ADDR_JINAN, male=True),),
+        ),
+        id="person-namesake-same-birth-date-without-id-other-district",
     ),
 ]
 
