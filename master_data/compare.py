@@ -237,8 +237,8 @@ class DateLevel(LevelFeature):
     with the years one digit apart (1985/1986, 1985/1995); 0 else."""
 
     columns = ("date",)
-    levels = ("different", "partial", "day_month_swapped", "exact")
-    levels_zh = ("不同", "部分相同", "日月颠倒", "相同")
+    levels: ClassVar[tuple[str, ...]] = ("different", "partial", "day_month_swapped", "exact")
+    levels_zh: ClassVar[tuple[str, ...]] = ("不同", "部分相同", "日月颠倒", "相同")
     default_label = "date"
 
     def __init__(self, column: str, *, right_column: str | None = None, label: str | None = None):
@@ -352,7 +352,7 @@ class PersonName(LevelFeature):
     one-character difference in a two-character name (李伟/李强) is usually another person.
     """
 
-    columns = ("name", "name_pinyin")
+    columns: ClassVar[tuple[str, ...]] = ("name", "name_pinyin")
     levels = ("different", "pinyin_similar", "shape_similar", "same_pinyin", "exact")
     levels_zh = ("不同", "拼音相近", "形近字", "同音", "完全相同")
     default_label = "name"

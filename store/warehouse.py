@@ -43,6 +43,7 @@ from store.tables import (
     enterprise_table,
     id_event_table,
     metadata,
+    person_relationship_table,
     person_table,
     provenance_table,
     relationship_table,
@@ -57,6 +58,7 @@ CURRENT_TABLES = (
     provenance_table,
     crosswalk_table,
     relationship_table,
+    person_relationship_table,
     unresolved_table,
     review_queue_table,
 )
@@ -67,6 +69,7 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "mdm_provenance": ("master_id",),
     "mdm_crosswalk": ("master_id",),
     "mdm_relationship": ("person_master_id", "enterprise_master_id"),
+    "mdm_person_relationship": ("person_master_id", "related_master_id"),
     "mdm_unresolved_reference": ("master_id",),
     "mdm_review_queue": ("left_master_id", "right_master_id"),
 }

@@ -37,6 +37,7 @@ from master_data.night_state import read_state
 from master_data.records import record_id
 from quality.suites import run_quality
 from store.layout import canonical_dir, master_dir
+from store.tables import person_relationship_table
 
 NIGHT0, NIGHT1, NIGHT2 = "2026-06-30", "2026-07-01", "2026-07-02"
 STAMP = dt.datetime(2026, 6, 1, 9, 30)  # before night 0; every case row is in night 0
@@ -626,8 +627,9 @@ def test_a_new_row_merges_two_masters_and_keeping_apart_splits_them(
 
 def test_a_guardians_id_number_is_kept_as_such_and_reported(case_city: CityConfig) -> None:
     """A child's hospital rows under a parent's number keep it as ``guardian_id`` (never as the
-    child's own), and 卫健's built-in rule counts exactly those rows: the ones the city planted
-    and the three of the cases above."""
+    child's own), the child's master is related to the guardian's (``mdm_person_relationship``),
+    and 卫健's built-in rule counts exactly those rows: the ones the city planted and the three
+    of the cases above."""
     canonical = pd.read_parquet(
         canonical_dir(case_city.var_dir, NIGHT0, "weijian") / "person.parquet"
     )
@@ -641,6 +643,22 @@ def test_a_guardians_id_number_is_kept_as_such_and_reported(case_city: CityConfi
     assert held["id_number"].isna().all()
     assert held.loc[list(mine), "guardian_id"].to_dict() == mine
     assert held["reasons"].map(lambda r: "id_number:id_of_another_person" in r).all()
+    persons = _crosswalk(case_city, NIGHT0, "person")
+    master = {k: persons[gongan(k, "", "", "", "", male=True).record] for k in (31, 32, 33, 34, 35)}
+    engine = wh.engine_for(warehouse_url(case_city))
+    try:
+        kept = wh.read(engine, person_relationship_table)
+    finally:
+        engine.dispose()
+    guardians = set(
+        zip(kept["person_master_id"], kept["related_master_id"], kept["evidence"], strict=True)
+    )
+    assert {
+        (master[32], master[31], GUARDIAN),
+        (master[34], master[33], MOTHER),
+        (master[35], master[33], MOTHER),
+    } <= guardians
+    assert set(kept["kind"]) == {"guardian"}
     result = run_quality(case_city, NIGHT0, departments=["weijian"]).result("weijian-GID01")
     assert (result.status, result.rows_failed) == ("failed", len(planted) + 3)
     assert result.dimension == "准确性" and "监护人" in (result.message or "")
