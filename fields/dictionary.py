@@ -163,11 +163,11 @@ FIELDS: tuple[Field, ...] = (
     _person(
         "former_name",
         _TEXT,
-        None,
+        sa.String(64),
         "曾用名",
         policy=_NAME,
         normalizer="name",
-        description="改名前的姓名（公安户籍的曾用名），仅用于匹配旧记录",
+        description="改名前的姓名（公安户籍的曾用名）；旧记录仍用它时据此关联",
     ),
     _person("id_number", _TEXT, _CODE, "公民身份号码", policy=_ID, checkable=True),
     _person(
