@@ -109,7 +109,33 @@ def engine_for(url: str) -> sa.Engine:
             cur.close()
 
     metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Add the nullable columns a newer govmdm defines (a new golden attribute, say) to the
+    tables an older one created, so an existing warehouse keeps publishing."""
+    inspector = sa.inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    missing = [
+        (table, column)
+        for table in metadata.sorted_tables
+        if inspector.has_table(table.name)
+        for have in [{c["name"] for c in inspector.get_columns(table.name)}]
+        for column in table.columns
+        if column.name not in have and column.nullable
+    ]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for table, column in missing:
+            type_sql = column.type.compile(dialect=engine.dialect)
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {type_sql}"
+                )
+            )
 
 
 def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
