@@ -635,6 +635,7 @@ def evaluate(
     console.print(table)
     console.print(_golden_table(result))
     console.print(_calibration_table(result))
+    _print_cases(result)
 
 
 def _calibration_table(result: Any) -> Table:
@@ -672,3 +673,17 @@ def _golden_table(result: Any) -> Table:
                 e, attr, f"{a.accuracy:.4f}", f"{a.evaluated - a.correct:,}", held, missed
             )
     return table
+
+
+def _print_cases(result: Any) -> None:
+    """The hard cases per kind: pairs kept apart that were merged, rows not linked."""
+    cases = [(e, c) for e, ev in result.entities.items() for c in ev.cases]
+    if not cases:
+        return
+    table = Table(title="Hard cases per kind", title_justify="left")
+    for col in ("entity", "kind", "must", "pairs", "wrong", "rate", "what"):
+        table.add_column(col, justify="right" if col in ("pairs", "wrong", "rate") else "left")
+    for e, c in cases:
+        rate = f"{c.rate:.2%} merged" if c.must == "apart" else f"{c.rate:.4f} recall"
+        table.add_row(e, c.kind, c.must, f"{c.pairs:,}", f"{c.wrong:,}", rate, c.label)
+    console.print(table)

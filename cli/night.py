@@ -72,6 +72,16 @@ def sample(
             help="Plant hard cases whose pairs land in the review band, for `govmdm review`.",
         ),
     ] = True,
+    hard_cases: Annotated[
+        bool,
+        typer.Option(
+            "--hard-cases/--no-hard-cases",
+            help=(
+                "Plant the hard cases of person data: minors under a guardian's ID number, "
+                "lunar birth dates, renamed people (曾用名), same-birth-date namesakes."
+            ),
+        ),
+    ] = True,
 ) -> None:
     """Generate the sample city (福州市): six departmental databases plus ground truth.
 
@@ -110,6 +120,7 @@ def sample(
                 targets=targets,
                 progress=advance,
                 review_band=review_pairs,
+                hard_cases=hard_cases,
             )
         title = f"Sample city (seed {seed}) written to {out}"
     console.print(_row_table(title, manifest, out))

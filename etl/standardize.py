@@ -338,6 +338,8 @@ def _placed_columns(entity: str, fld: str) -> tuple[str, ...]:
         return ("phone", "phones_all")
     if fld == "name":
         return ("name", "name_pinyin") if entity == "person" else ("name", "name_key", "branch")
+    if fld == "id_number" and entity == "person":
+        return ("id_number", "guardian_id")
     return (fld,)
 
 
@@ -593,6 +595,10 @@ def _place(entity: str, fld: str, result: normalize.Normalized[Any], out: dict[s
     if fld == "phone":
         out["phone"] = value
         out["phones_all"] = result.extra.get("all") if value is not None else None
+        return
+    if fld == "id_number" and entity == "person":
+        out["id_number"] = value
+        out["guardian_id"] = result.extra.get("other_person_id")
         return
     if fld == "name" and entity == "person":
         out["name"] = value

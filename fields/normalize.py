@@ -100,6 +100,11 @@ _REASON_TABLE: dict[str, tuple[str, str]] = {
     "id_unknown_division": (WARNING, "身份证号码前6位行政区划代码不存在或与出生年代不符"),
     "id_birth_date_mismatch": (WARNING, "身份证号码中的出生日期与出生日期字段不一致"),
     "id_sex_mismatch": (WARNING, "身份证号码中的性别与性别字段不一致"),
+    "id_of_another_person": (
+        WARNING,
+        "身份证号码不是本人的：号码中的出生日期比本人早12年以上（如未成年人登记了监护人的"
+        "身份证号码），不作为本人身份证号码使用，按监护人号码保留",
+    ),
     "uscc_bad_length": (REJECT, "统一社会信用代码长度不是18位"),
     "uscc_bad_chars": (REJECT, "统一社会信用代码含非法字符（不允许I、O、S、V、Z等）"),
     "uscc_bad_check": (REJECT, "统一社会信用代码校验位错误"),
@@ -543,15 +548,42 @@ def id_number(
             reasons.append("id_unknown_division")
 
     if birth_date is not None:
-        given = _parse_date(birth_date, None, None)
-        extra_given = given.value
-        if extra_given is not None and extra_given != born:
+        given = _parse_date(birth_date, None, None).value
+        if given is not None and _holder_older(born, given, today):
+            extra["other_person_id"] = s
+            return _result(None, ("id_of_another_person",), extra)
+        if given is not None and given != born:
             reasons.append("id_birth_date_mismatch")
     if sex is not None:
         given_sex = _sex_value(sex)[0]
         if given_sex is not None and given_sex != sex_code:
             reasons.append("id_sex_mismatch")
     return _result(s, reasons, extra)
+
+
+GUARDIAN_MIN_YEARS = 12
+"""An ID number whose holder was born at least this many years before the row's own person is
+another person's (a parent's, a guardian's): a typo, a swapped day and month or a lunar date
+moves a birth date by days or months, never by a generation."""
+MINOR_MIN_YEARS = 5
+"""The same, from this many years, when the row's person is a minor and the holder an adult."""
+
+
+def _years_after(day: dt.date, years: int) -> dt.date:
+    """``day`` plus ``years`` years (29 February → 1 March in a common year)."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return dt.date(day.year + years, 3, 1)
+
+
+def _holder_older(born: dt.date, given: dt.date, today: dt.date) -> bool:
+    """The ID's holder (born ``born``) is plainly not the row's person (born ``given``): a
+    generation older, or an adult while the row's person is a minor on ``today``."""
+    if given >= _years_after(born, GUARDIAN_MIN_YEARS):
+        return True
+    minor = _years_after(given, 18) > today >= _years_after(born, 18)
+    return minor and given >= _years_after(born, MINOR_MIN_YEARS)
 
 
 # GB 32100-2015 registration departments (first character) and, for 9 (市场监管), the types.

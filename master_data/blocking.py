@@ -214,6 +214,19 @@ def _org_codes(rows: _Rows) -> pd.Series[Any]:
     )
 
 
+def _names_pinyin(rows: _Rows) -> pd.Series[Any]:
+    """The pinyin of every name a person went by: the name's, and the former name's (曾用名)."""
+    current = rows.column("name_pinyin")
+    if "former_name" not in rows.df.columns:
+        return current
+    former = rows.column("former_name").map(
+        lambda v: normalize.name_pinyin(v) if isinstance(v, str) and v else None
+    )
+    return _positional(
+        [sorted({k for k in (a, b) if k}) or None for a, b in zip(current, former, strict=True)]
+    )
+
+
 def _reg_no(rows: _Rows) -> pd.Series[Any]:
     return rows.column("reg_no").map(
         lambda v: v if isinstance(v, str) and identifiers.reg_no_is_valid(v) else None
@@ -242,6 +255,11 @@ DERIVED_KEYS: dict[str, DerivedKey] = {
         lambda r: r.only("id_number", r.checked("id_number", "id_number", identifiers.id_is_valid)),
     ),
     "birth_year": _derived("year of birth_date", "birth_date", lambda r: _year(r, "birth_date")),
+    "names_pinyin": _derived(
+        "pinyin of the name and of the former name (曾用名; one row, several keys)",
+        "name_pinyin former_name",
+        _names_pinyin,
+    ),
     "phone_any": _derived(
         "each number of phones_all (one row, several keys)",
         "phones_all",

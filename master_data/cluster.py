@@ -150,7 +150,8 @@ def cluster_records(
     ri = position.reindex(edges["right"]).to_numpy(dtype=float)
     inside = ~np.isnan(li) & ~np.isnan(ri)
     rule = edges["rule"].notna().to_numpy()
-    usable = rule | (edges["probability"].to_numpy() >= auto_link)
+    sure = edges["corroborated"].fillna(True).to_numpy(bool) if "corroborated" in edges else True
+    usable = rule | ((edges["probability"].to_numpy() >= auto_link) & sure)
     if (usable & ~inside).any():
         raise RuntimeError(  # the relinked records are closed under usable links by construction
             f"{entity}: a usable link leaves the records being relinked; "

@@ -20,6 +20,8 @@ recordlinkage's own string comparisons call jellyfish once per pair and are far 
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,14 +30,18 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from lunardate import LunarDate
 from rapidfuzz.distance import OSA, Hamming, Indel, JaroWinkler
 from rapidfuzz.process import cpdist
 from recordlinkage.base import BaseCompareFeature
+
+from fields.normalize import name_pinyin
 
 __all__ = [
     "MISSING",
     "SHAPE_SIMILAR_PATH",
     "Address",
+    "BirthDate",
     "CodeTypo",
     "DateLevel",
     "EnterpriseName",
@@ -43,6 +49,7 @@ __all__ = [
     "LevelFeature",
     "OrgCode",
     "PersonName",
+    "PersonNames",
     "Phones",
     "compare",
     "describe",
@@ -230,8 +237,8 @@ class DateLevel(LevelFeature):
     with the years one digit apart (1985/1986, 1985/1995); 0 else."""
 
     columns = ("date",)
-    levels = ("different", "partial", "day_month_swapped", "exact")
-    levels_zh = ("不同", "部分相同", "日月颠倒", "相同")
+    levels: ClassVar[tuple[str, ...]] = ("different", "partial", "day_month_swapped", "exact")
+    levels_zh: ClassVar[tuple[str, ...]] = ("不同", "部分相同", "日月颠倒", "相同")
     default_label = "date"
 
     def __init__(self, column: str, *, right_column: str | None = None, label: str | None = None):
@@ -258,6 +265,51 @@ class DateLevel(LevelFeature):
         out[(y1 == y2) & (m1 == d2) & (d1 == m2) & (m1 != d1)] = 2
         out[(y1 == y2) & (m1 == m2) & (d1 == d2)] = 3
         out[(y1 < 0) | (y2 < 0)] = MISSING
+        return out
+
+
+@functools.lru_cache(maxsize=65536)
+def _from_lunar(year: int, month: int, day: int) -> tuple[int, ...]:
+    """The proleptic ordinals of the solar dates that ``year-month-day`` names if it is a date
+    of the lunar calendar written as a solar one (two where that month also has a leap month,
+    whose flag the writing lost); none where no lunar date has that name."""
+    out = []
+    for leap in (False, True):
+        # no such lunar day, no such leap month, or out of 1900–2099: no solar date
+        with contextlib.suppress(ValueError):
+            out.append(LunarDate(year, month, day, leap).to_solar_date().toordinal())
+    return tuple(out)
+
+
+class BirthDate(DateLevel):
+    """Birth dates: 4 exact; 3 day and month swapped; 2 one is the other's lunar-calendar date
+    written as a solar one (elderly people often know their birthday by the lunar calendar;
+    lunardate converts); 1 partial; 0 else. The model learns each level's m and u."""
+
+    levels = ("different", "partial", "lunar_calendar", "day_month_swapped", "exact")
+    levels_zh = ("不同", "部分相同", "农历公历之差", "日月颠倒", "相同")
+
+    def prepare(self, *columns: pd.Series[Any]) -> Prepared:
+        parts = super().prepare(*columns)
+        ymd = np.stack([parts["year"], parts["month"], parts["day"]], axis=1)
+        ordinal = np.full(len(ymd), -1, dtype=np.int64)
+        lunar = np.full((len(ymd), 2), -2, dtype=np.int64)  # -2 never equals an ordinal
+        for i, (y, m, d) in enumerate(ymd.tolist()):
+            if y < 0:
+                continue
+            ordinal[i] = dt.date(y, m, d).toordinal()
+            found = _from_lunar(y, m, d)
+            lunar[i, : len(found)] = found
+        return {**parts, "ordinal": ordinal, "lunar": lunar}
+
+    def compare_at(self, data: Prepared, left: Positions, right: Positions) -> Levels:
+        base = super().compare_at(data, left, right)
+        out = np.where(base >= 2, base + 1, base).astype(np.int8)
+        o, lunar = data["ordinal"], data["lunar"]
+        hit = (lunar[left] == o[right][:, None]).any(axis=1) | (
+            lunar[right] == o[left][:, None]
+        ).any(axis=1)
+        out[(base >= 0) & (base < 2) & hit] = 2
         return out
 
 
@@ -300,7 +352,7 @@ class PersonName(LevelFeature):
     one-character difference in a two-character name (李伟/李强) is usually another person.
     """
 
-    columns = ("name", "name_pinyin")
+    columns: ClassVar[tuple[str, ...]] = ("name", "name_pinyin")
     levels = ("different", "pinyin_similar", "shape_similar", "same_pinyin", "exact")
     levels_zh = ("不同", "拼音相近", "形近字", "同音", "完全相同")
     default_label = "name"
@@ -348,6 +400,34 @@ class PersonName(LevelFeature):
         jw = _scores(JaroWinkler.normalized_similarity, data["pinyin"], left[rest], right[rest])
         out[rest[jw >= self.PINYIN_THRESHOLD]] = 1
         out[missing] = MISSING
+        return out
+
+
+class PersonNames(PersonName):
+    """:class:`PersonName` against every name a person went by: the levels of the two names,
+    and of each name against the other row's former name (曾用名, ``former_name``), the
+    highest of them. A renamed person's older rows, under the former name, agree with the
+    registry's row, which holds both."""
+
+    columns = ("name", "name_pinyin", "former_name")
+
+    def prepare(self, *columns: pd.Series[Any]) -> Prepared:
+        name, pinyin, former = columns
+        former_pinyin = former.map(lambda v: name_pinyin(v) if isinstance(v, str) and v else None)
+        data = super().prepare(
+            pd.concat([name, former], ignore_index=True),
+            pd.concat([pinyin, former_pinyin], ignore_index=True),
+        )
+        return {**data, "n": len(name), "has_former": pd.notna(former).to_numpy()}
+
+    def compare_at(self, data: Prepared, left: Positions, right: Positions) -> Levels:
+        n, has = data["n"], data["has_former"]
+        out = super().compare_at(data, left, right)
+        for a, b, former in ((left + n, right, has[left]), (left, right + n, has[right])):
+            rows = np.flatnonzero(former & (out < self.max_level))
+            if len(rows):
+                alt = super().compare_at(data, a[rows], b[rows])
+                out[rows] = np.maximum(out[rows], alt)
         return out
 
 
@@ -541,9 +621,9 @@ def features_for(entity: str) -> list[LevelFeature]:
     """
     if entity == "person":
         return [
-            PersonName(),
+            PersonNames(),
             CodeTypo("id_number"),
-            DateLevel("birth_date"),
+            BirthDate("birth_date"),
             Exact("sex"),
             Phones(),
             Address(),

@@ -58,6 +58,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from master_data.cases import CaseScore, case_scores
+
 log = logging.getLogger(__name__)
 
 ENTITIES = ("person", "enterprise")
@@ -80,6 +82,7 @@ class GroundTruth:
     enterprises: pd.DataFrame
     rows: pd.DataFrame
     night: int | None = None
+    dirt: pd.DataFrame | None = None  # the planted defects by row and column (dirt.parquet)
 
     def entities(self, entity: str) -> pd.DataFrame:
         """The true persons or enterprises, indexed by their entity id."""
@@ -114,6 +117,7 @@ def load_truth(path: Path | str) -> GroundTruth:
         enterprises=pq.read_table(tdir / "enterprises.parquet").to_pandas(),
         rows=pq.read_table(tdir / "source_rows.parquet").to_pandas(),
         night=night,
+        dirt=pq.read_table(dirt).to_pandas() if (dirt := tdir / "dirt.parquet").exists() else None,
     )
 
 
@@ -862,6 +866,7 @@ class EntityEvaluation:
     examples: tuple[ErrorExample, ...] = ()
     calibration: tuple[Band, ...] = ()
     review_band: Band | None = None
+    cases: tuple[CaseScore, ...] = ()  # the hard cases per kind (master_data.cases)
 
 
 def _jsonable(value: Any) -> Any:
@@ -903,6 +908,9 @@ class Evaluation:
             if e.golden is not None:
                 accs = ", ".join(f"{a} {v.accuracy:.3f}" for a, v in e.golden.attributes.items())
                 lines.append(f"  golden ({e.golden.evaluated} masters): {accs}")
+            for case in e.cases:
+                what = "merged" if case.must == "apart" else "not linked"
+                lines.append(f"  {case.kind}: {case.wrong} of {case.pairs} pairs {what}")
         return "\n".join(lines)
 
 
@@ -971,6 +979,7 @@ def evaluate(
             examples=tuple(_examples(al, e, examples, 20)),
             calibration=bands[0],
             review_band=bands[1],
+            cases=case_scores(linked, truth.persons, truth.dirt) if e == "person" else (),
         )
     return Evaluation(str(truth_dir), night, entities)
 
@@ -1002,6 +1011,10 @@ CASE_LABELS: dict[str, str] = {
     "city_dropped": "名称缺市名",
     "halfwidth_brackets": "半角括号",
     "legal_form_variant": "企业类型写法不同",
+    "guardian_id": "登记在监护人身份证号下",
+    "former_name": "曾用名",
+    "lunar_birth_date": "农历生日",
+    "unit_shorthand_address": "门牌简写（缺街道）",
 }
 """Chinese labels of the case kinds: the sample city's planted dirt (``truth/dirt.parquet``)
 and the kinds of entity that test linkage (twins, namesakes, movers, branches)."""

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from master_data.blocking import candidate_pairs, delta_candidates
-from master_data.deterministic import rule_links
+from master_data.deterministic import corroborated, rule_links
 from master_data.model import FellegiSunter
 from master_data.records import RECORD, is_in, records_frame
 from master_data.settings import EntityMatch
@@ -91,9 +91,19 @@ def edges(
         frame[feature] = levels[feature].to_numpy(dtype=np.int8)
     frame["probability"] = probability
     frame["rule"] = rule
+    frame["corroborated"] = corroborated(levels, entity) if len(pairs) else np.ones(0, bool)
     return frame[frame["rule"].notna() | (frame["probability"] >= keep)].reset_index(drop=True)
 
 
 def usable(edges: pd.DataFrame, auto_link: float) -> pd.Series:
-    """The edges clustering may follow: a rule holds, or the probability reaches ``auto_link``."""
-    return edges["rule"].notna() | (edges["probability"] >= auto_link)
+    """The edges clustering may follow: a rule holds, or the probability reaches ``auto_link``
+    and the pair is corroborated (:func:`master_data.deterministic.corroborated`; edges of a
+    night stored before that was kept count as corroborated)."""
+    return edges["rule"].notna() | ((edges["probability"] >= auto_link) & confirmed(edges))
+
+
+def confirmed(edges: pd.DataFrame) -> pd.Series:
+    """Each edge's ``corroborated`` flag (True where the edges predate it)."""
+    if "corroborated" not in edges.columns:
+        return pd.Series(True, index=edges.index)
+    return edges["corroborated"].fillna(True).astype(bool)

@@ -166,6 +166,7 @@ def _frames(state: Path, run_id: str, touched: frozenset[str] | None) -> dict[st
         "mdm_person": rows(state / "person", "golden", "mdm_person"),
         "mdm_enterprise": rows(state / "enterprise", "golden", "mdm_enterprise"),
         "mdm_relationship": rows(state, "relationships", "mdm_relationship"),
+        "mdm_person_relationship": rows(state, "guardians", "mdm_person_relationship"),
         "mdm_unresolved_reference": rows(state, "unresolved", "mdm_unresolved_reference"),
     }
     for table, file in _ENTITY_TABLES.items():

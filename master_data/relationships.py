@@ -1,10 +1,13 @@
-"""Person ↔ enterprise relationships: employers and legal representatives, by master ID.
+"""Relationships by master ID: person ↔ enterprise (employers, legal representatives) and
+person ↔ person (guardians).
 
 A person record names its employer by credit code, an enterprise record its legal
 representative by ID number. After both entity types are linked, :func:`relationships` resolves
 those references over every golden record to the master IDs of the records holding them,
 writes the golden records' ``employer_master_id`` and ``legal_rep_master_id``, the
-relationship table, and the references that resolved to no one.
+relationship table, and the references that resolved to no one. A person record holding a
+guardian's ID number (``guardian_id``: a minor filed under a parent's number) relates its
+master to the guardian's, in ``guardians`` (``mdm_person_relationship``).
 
 >>> relationships(master_dir(var, "2026-07-01"), "2026-07-01")
 (412, 3)
@@ -68,8 +71,35 @@ def relationships(state: Path, run_id: str) -> tuple[int, int]:
         ],
         ignore_index=True,
     )
+    no_guardian = _guardians(state)
+    unresolved = pd.concat([unresolved, no_guardian], ignore_index=True)
     write_state(unresolved, state, "unresolved")
     return len(rel), len(unresolved)
+
+
+def _guardians(state: Path) -> pd.DataFrame:
+    """Write the night's guardian relationships (``guardians``): each person record holding a
+    guardian's ID number (``guardian_id``, set by standardization when the number is a
+    generation older than the row's own person) relates its master to the master holding that
+    number as its own. Returns the references that resolved to no one."""
+    records = read_state(state / "person", "records", [RECORD, "guardian_id"])
+    records = records.filter(pc.is_valid(records["guardian_id"]))
+    xw = read_state(state / "person", "crosswalk", [RECORD, "master_id"])
+    held = records.join(xw, RECORD).to_pandas().sort_values(RECORD)
+    guardian = held["guardian_id"].map(_owner(state / "person", "id_number"))
+    found = held.assign(guardian_master_id=guardian).dropna(subset=["guardian_master_id"])
+    found = found[found["master_id"] != found["guardian_master_id"]]
+    rows = pd.DataFrame(
+        {
+            "kind": "guardian",
+            "person_master_id": found["master_id"].to_numpy(),
+            "related_master_id": found["guardian_master_id"].to_numpy(),
+            "evidence": found["guardian_id"].to_numpy(),
+        }
+    ).drop_duplicates(["kind", "person_master_id", "related_master_id"])
+    write_state(rows, state, "guardians")
+    lost = held[guardian.isna()].drop_duplicates("master_id")  # one per master (the key)
+    return _unresolved("guardian", lost["master_id"], lost["guardian_id"])
 
 
 def _owner(folder: Path, column: str) -> pd.Series:

@@ -33,10 +33,11 @@ def review_queue(
 ) -> pd.DataFrame:
     """Undecided pairs of ``edges`` in the review band that ended in different entities."""
     t = match.thresholds
+    sure = edges["corroborated"].fillna(True).astype(bool) if "corroborated" in edges else True
     band = edges[
         edges["rule"].isna()
         & (edges["probability"] >= t.review)
-        & (edges["probability"] < t.auto_link)
+        & ((edges["probability"] < t.auto_link) | ~sure)
     ]
     apart_now = (
         master_of.reindex(band["left"]).to_numpy() != master_of.reindex(band["right"]).to_numpy()

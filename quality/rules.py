@@ -46,7 +46,8 @@ Completeness, validity (but ``reasons``) and uniqueness go through Great Expecta
 per table (:mod:`quality.checks`); a referential rule and a ``reasons`` rule count flags the
 rule computes itself, so they count them directly. Every department table also has two built-in
 rules: no mass deletion (:func:`quality.table_rules.deletion_rules`) and no 乱码
-(:func:`quality.table_rules.encoding_rules`).
+(:func:`quality.table_rules.encoding_rules`); a person table with ID numbers a third: no
+guardian's number as the person's own (:func:`quality.table_rules.guardian_rules`).
 
 Rows judged by a rule: ``threshold`` is the least share of them that must pass (GX ``mostly``).
 Severity ``blocking`` holds the department's batch out of the golden tables; only rules judged
@@ -111,6 +112,7 @@ from quality.table_rules import (
     Volume,
     deletion_rules,
     encoding_rules,
+    guardian_rules,
 )
 from quality.tonight import UNPUBLISHED, Batch, Tonight
 
@@ -628,7 +630,8 @@ def load_quality_rules(
             log.warning("%s", line)
     if problems:
         raise ConfigError(problems)
-    return QualityRules((*rules, *deletion_rules(city), *encoding_rules(city)))
+    built_in = (*deletion_rules(city), *encoding_rules(city), *guardian_rules(city))
+    return QualityRules((*rules, *built_in))
 
 
 def missing_rule_files(city: CityConfig, quality_dir: str | Path | None = None) -> list[str]:

@@ -1,6 +1,7 @@
 """Rules judged on a department table as a whole: ``freshness``, ``volume`` and ``delivery``
 from the extraction ledger, ``consistency`` with the authority once the night is linked, and the
-two built-in rules every department table has (no mass deletion, no 乱码).
+built-in rules every department table has (no mass deletion, no 乱码; on person tables, no
+guardian's ID number as the person's own).
 
 See :mod:`quality.rules` for what each kind checks and why.
 """
@@ -38,14 +39,17 @@ __all__ = [
     "DELETION_RULE",
     "ENCODING_RULE",
     "FRESHNESS_DAYS",
+    "GUARDIAN_RULE",
     "Consistency",
     "Deletions",
     "Delivery",
     "Encoding",
     "Freshness",
+    "GuardianIds",
     "Volume",
     "deletion_rules",
     "encoding_rules",
+    "guardian_rules",
 ]
 
 FRESHNESS_DAYS: Final[Mapping[str, int]] = {"daily": 1, "weekly": 7, "monthly": 31}
@@ -317,6 +321,41 @@ class Encoding(_LedgerRule):
         return self.result(night, "failed", len(frame), len(keys), tuple(keys), message)
 
 
+class GuardianIds(_LedgerRule):
+    """Built in: a person's row holds that person's own ID number, not a guardian's. Judged on
+    the batch's reason codes (``id_number:id_of_another_person``: the number's birth date is a
+    generation before the row's own, as when a hospital files a child under a parent's number);
+    such numbers are kept as guardian IDs and never link the row as its own."""
+
+    kind: Literal["consistency"] = "consistency"
+    dimension: Dimension = Field(default="准确性", description=DIMENSION_HELP)
+
+    def judge(self, batch: Batch) -> RuleResult:
+        night, frame = batch.night, batch.frame
+        if batch.missing:
+            return self.not_run(night, batch.missing)
+        assert frame is not None
+        keys = [
+            str(key)
+            for key, reasons in zip(frame["source_key"], frame["reasons"], strict=True)
+            if reasons is not None and GUARDIAN_REASON in reasons
+        ]
+        rows = f"检查 {len(frame):,} 行"
+        if not keys:
+            return self.result(
+                night, "passed", len(frame), 0, (), f"{rows}，未发现登记他人身份证号码"
+            )
+        message = (
+            f"{rows}，{len(keys):,} 行的身份证号码不是本人的：号码中的出生日期比本人早12年以上"
+            "（多为未成年人登记了监护人的号码）。这些号码已不作为本人号码使用，按监护人号码保留"
+        )
+        return self.result(night, "failed", len(frame), len(keys), tuple(keys), message)
+
+
+GUARDIAN_REASON: Final = "id_number:id_of_another_person"
+"""The reason code standardization gives a person row holding someone else's ID number."""
+GUARDIAN_RULE: Final = "{code}-GID{index:02d}"
+"""The ID of the built-in rule on ID numbers that are not the row's own person's."""
 ENCODING_RULE: Final = "{code}-ENC{index:02d}"
 """The ID of the built-in rule on values that are not valid UTF-8."""
 DELETION_RULE: Final = "{code}-DEL{index:02d}"
@@ -347,6 +386,25 @@ def encoding_rules(city: CityConfig) -> list[Rule]:
         ).placed(_built_in(dept, table, 1.0))
         for dept in city.departments
         for i, table in enumerate(dept.tables)
+    ]
+
+
+def guardian_rules(city: CityConfig) -> list[Rule]:
+    """The built-in rule on every person table that maps an ID number: the number must be the
+    row's own person's (:class:`GuardianIds`); the report lists the rows holding a guardian's."""
+    return [
+        GuardianIds(
+            id=GUARDIAN_RULE.format(code=dept.code, index=i + 1),
+            description="身份证号码应为本人的号码，不得以监护人（如父母）的号码登记未成年人",
+            fix=(
+                "按报告所列主键核对这些记录：为本人补录其本人的身份证号码（未成年人可查户口簿），"
+                "监护人的号码请填入监护人信息栏"
+            ),
+            severity="warning",
+        ).placed(_built_in(dept, table, 1.0))
+        for dept in city.departments
+        for i, table in enumerate(dept.tables)
+        if table.entity == "person" and any(m.field == "id_number" for m in table.columns.values())
     ]
 
 

@@ -92,6 +92,18 @@ relationship_table = sa.Table(
     sa.Column("evidence", sa.String(32), nullable=False, comment="the ID or credit code"),
     comment="person ↔ enterprise: legal representatives and employers",
 )
+person_relationship_table = sa.Table(
+    "mdm_person_relationship",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),  # guardian
+    sa.Column("person_master_id", _id, primary_key=True),
+    sa.Column("related_master_id", _id, primary_key=True),
+    sa.Column("evidence", sa.String(32), nullable=False, comment="the guardian's ID number"),
+    comment=(
+        "person ↔ person: guardians, from rows that hold a guardian's ID number instead of "
+        "the person's own (a minor filed under a parent's number)"
+    ),
+)
 unresolved_table = sa.Table(
     "mdm_unresolved_reference",
     metadata,
@@ -321,6 +333,7 @@ PUBLISHED_TABLES = (
     provenance_table,
     crosswalk_table,
     relationship_table,
+    person_relationship_table,
     unresolved_table,
     conflict_table,
     id_event_table,

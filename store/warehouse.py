@@ -43,6 +43,7 @@ from store.tables import (
     enterprise_table,
     id_event_table,
     metadata,
+    person_relationship_table,
     person_table,
     provenance_table,
     relationship_table,
@@ -57,6 +58,7 @@ CURRENT_TABLES = (
     provenance_table,
     crosswalk_table,
     relationship_table,
+    person_relationship_table,
     unresolved_table,
     review_queue_table,
 )
@@ -67,6 +69,7 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
     "mdm_provenance": ("master_id",),
     "mdm_crosswalk": ("master_id",),
     "mdm_relationship": ("person_master_id", "enterprise_master_id"),
+    "mdm_person_relationship": ("person_master_id", "related_master_id"),
     "mdm_unresolved_reference": ("master_id",),
     "mdm_review_queue": ("left_master_id", "right_master_id"),
 }
@@ -106,7 +109,33 @@ def engine_for(url: str) -> sa.Engine:
             cur.close()
 
     metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """Add the nullable columns a newer govmdm defines (a new golden attribute, say) to the
+    tables an older one created, so an existing warehouse keeps publishing."""
+    inspector = sa.inspect(engine)
+    quote = engine.dialect.identifier_preparer.quote
+    missing = [
+        (table, column)
+        for table in metadata.sorted_tables
+        if inspector.has_table(table.name)
+        for have in [{c["name"] for c in inspector.get_columns(table.name)}]
+        for column in table.columns
+        if column.name not in have and column.nullable
+    ]
+    if not missing:
+        return
+    with engine.begin() as conn:
+        for table, column in missing:
+            type_sql = column.type.compile(dialect=engine.dialect)
+            conn.execute(
+                sa.text(
+                    f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {type_sql}"
+                )
+            )
 
 
 def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:

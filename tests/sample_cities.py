@@ -57,7 +57,8 @@ class CitySpec:
 
     ``nights`` next nights are drawn into the sources before the pipeline runs; ``as_of`` is
     standardization's reference date; ``views`` also runs the analyst access layer's
-    after-publish hook (views, grants, catalog, audit row).
+    after-publish hook (views, grants, catalog, audit row); ``hard_cases`` plants the person
+    hard cases (:mod:`etl.sample_city.hard_cases`).
     """
 
     persons: int
@@ -68,6 +69,7 @@ class CitySpec:
     run_id: str = NIGHT0
     as_of: dt.date | None = None
     views: bool = False
+    hard_cases: bool = False
 
     def __post_init__(self) -> None:
         assert self.until in STAGES, self.until
@@ -86,7 +88,13 @@ def isolate(mp: pytest.MonkeyPatch, var: Path) -> None:
 
 def build(spec: CitySpec, var: Path) -> None:
     """Generate the city under ``var/city`` and run its night as far as ``spec.until``."""
-    generate_city(var / "city", persons=spec.persons, enterprises=spec.enterprises, seed=spec.seed)
+    generate_city(
+        var / "city",
+        persons=spec.persons,
+        enterprises=spec.enterprises,
+        seed=spec.seed,
+        hard_cases=spec.hard_cases,
+    )
     for _ in range(spec.nights):
         next_night(var / "city")
     if not spec.reaches("extracted"):

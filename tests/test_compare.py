@@ -17,6 +17,7 @@ from fields.identifiers import id_check_digit, make_uscc, upgrade_id15
 from master_data.compare import (
     MISSING,
     Address,
+    BirthDate,
     CodeTypo,
     DateLevel,
     EnterpriseName,
@@ -24,6 +25,7 @@ from master_data.compare import (
     LevelFeature,
     OrgCode,
     PersonName,
+    PersonNames,
     Phones,
     compare,
     describe,
@@ -242,6 +244,35 @@ def test_equal_or_not(column: str) -> None:
     assert level(Exact(column), enterprise(**{column: a}), enterprise(**{column: c})) == MISSING
 
 
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        (dt.date(1950, 2, 17), dt.date(1950, 2, 17), 4),
+        (dt.date(1950, 2, 17), dt.date(1950, 1, 1), 2),  # 正月初一 of 1950 written as 1950-01-01
+        (dt.date(1950, 1, 1), dt.date(1950, 2, 17), 2),  # either side may hold the lunar date
+        (dt.date(1960, 10, 5), dt.date(1960, 8, 15), 2),  # 中秋 1960
+        (dt.date(1955, 4, 22), dt.date(1955, 3, 1), 2),  # 闰三月初一: the leap flag is lost
+        (dt.date(1955, 3, 4), dt.date(1955, 4, 3), 3),  # day and month swapped
+        (dt.date(1950, 2, 17), dt.date(1950, 1, 2), 0),  # a day off the lunar date
+        (dt.date(1950, 2, 17), dt.date(1950, 2, 3), 1),
+        (dt.date(1950, 2, 17), None, MISSING),
+    ],
+)
+def test_birth_date_knows_the_lunar_calendar(left: Any, right: Any, expected: int) -> None:
+    got = level(BirthDate("birth_date"), person(birth_date=left), person(birth_date=right))
+    assert got == expected
+    assert level_label(BirthDate("birth_date"), 2, "zh") == "农历公历之差"
+
+
+def test_person_names_also_meet_the_former_name() -> None:
+    registry = person(name="林海涛", former_name="张伟")
+    old = person(name="张伟")
+    assert level(PersonNames(), registry, old) == 4
+    assert level(PersonNames(), old, registry) == 4
+    assert level(PersonNames(), person(name="林海涛"), old) == 0  # no 曾用名: different
+    assert level(PersonNames(), registry, person(name="章伟")) == 3  # homophone of the former
+
+
 def test_twins_and_namesakes() -> None:
     """Twins share surname, birth date and address; namesakes share only the name."""
     common = {"birth_date": dt.date(2001, 5, 6), "division_code": "350104", "sex": "女"}
@@ -257,7 +288,7 @@ def test_twins_and_namesakes() -> None:
     pairs = pd.MultiIndex.from_tuples([("twin1", "twin2"), ("twin1", "namesake")])
     levels = compare(df, pairs, "person")
     assert levels.loc[("twin1", "twin2"), "id_number"] == 0
-    assert levels.loc[("twin1", "twin2"), "birth_date"] == 3
+    assert levels.loc[("twin1", "twin2"), "birth_date"] == 4  # BirthDate: exact
     assert levels.loc[("twin1", "namesake"), "name"] == 4
     assert levels.loc[("twin1", "namesake"), "birth_date"] == 0
     assert levels.loc[("twin1", "namesake"), "id_number"] == 0
@@ -284,7 +315,7 @@ def test_compare_shape_and_index() -> None:
     assert list(levels.columns) == ["name", "id_number", "birth_date", "sex", "phone", "address"]
     assert levels.index.equals(pairs)
     assert all(dtype == np.int8 for dtype in levels.dtypes)
-    assert levels.loc[("r1", "r2")].tolist() == [3, MISSING, 2, 1, 1, 1]
+    assert levels.loc[("r1", "r2")].tolist() == [3, MISSING, 3, 1, 1, 1]  # dates swapped
     assert levels.loc[("r1", "r3")].tolist() == [0, 0, MISSING, MISSING, MISSING, MISSING]
 
 

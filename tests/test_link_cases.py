@@ -35,7 +35,9 @@ from master_data.consolidate import consolidate
 from master_data.link import Linked
 from master_data.night_state import read_state
 from master_data.records import record_id
-from store.layout import master_dir
+from quality.suites import run_quality
+from store.layout import canonical_dir, master_dir
+from store.tables import person_relationship_table
 
 NIGHT0, NIGHT1, NIGHT2 = "2026-06-30", "2026-07-01", "2026-07-02"
 STAMP = dt.datetime(2026, 6, 1, 9, 30)  # before night 0; every case row is in night 0
@@ -98,10 +100,13 @@ def _row(dept: str, key: str | int, **values: Any) -> Row:
     return Row(dept, key, tuple(values.items()))
 
 
-def gongan(key: int, name: str, id_number: str, birth: str, address: str, *, male: bool) -> Row:
+def gongan(
+    key: int, name: str, id_number: str, birth: str, address: str, *, male: bool,
+    former: str | None = None,
+) -> Row:  # fmt: skip
     return _row(
         "gongan", f"RKT{key:09d}", xm=name, sfzh=id_number, xb="1" if male else "2", csrq=birth,
-        mz="01", hjdz=address, hjzt="10", gxsj=STAMP.strftime("%Y%m%d%H%M%S"),
+        mz="01", hjdz=address, hjzt="10", gxsj=STAMP.strftime("%Y%m%d%H%M%S"), cym=former,
     )  # fmt: skip
 
 
@@ -182,6 +187,14 @@ A6 = pid(JINAN, "19950611", 528)
 TWIN1, TWIN2 = pid(JINAN, "20010318", 711), pid(JINAN, "20010318", 733)
 NAMESAKE1, NAMESAKE2 = pid(GULOU, "19750601", 195), pid(CANGSHAN, "19750601", 217)
 OTHER1, OTHER2 = pid(GULOU, "19880808", 371), pid(GULOU, "19880808", 393)
+SAME_BIRTH = pid(GULOU, "19820715", 639)
+ELDER, RENAMED = pid(GULOU, "19381120", 582), pid(JINAN, "19700505", 417)
+GUARDIAN, CHILD = pid(CANGSHAN, "19860214", 551), pid(CANGSHAN, "20190903", 362)
+MOTHER, SON, DAUGHTER = (
+    pid(JINAN, "19880420", 582),
+    pid(JINAN, "20210611", 413),
+    pid(JINAN, "20210611", 424),
+)
 
 PERSON_LINK = [
     pytest.param(
@@ -260,6 +273,25 @@ PERSON_LINK = [
         ),
         id="person-homophone-name-same-birth-phone",
     ),
+    pytest.param(
+        (
+            (
+                gongan(21, "陈玉珍", ELDER, "19381120", ADDR_GULOU, male=False),
+                # 1938-11-20 is 戊寅年九月廿九 of the lunar calendar, written as a solar date
+                minzheng(21, "陈玉珍", None, "19380929", "0591-87001021", ADDR_GULOU, male=False),
+            ),
+        ),
+        id="person-lunar-birth-date-without-id",
+    ),
+    pytest.param(
+        (
+            (
+                gongan(22, "林海涛", RENAMED, "19700505", ADDR_JINAN, male=True, former="林建国"),
+                minzheng(22, "林建国", None, "19700505", "0591-87001022", ADDR_JINAN, male=True),
+            ),
+        ),
+        id="person-former-name-without-id",
+    ),
 ]
 
 PERSON_APART = [
@@ -295,6 +327,48 @@ PERSON_APART = [
             (weijian(16, "黄晓东", OTHER2, "19880808", "13906001015", ADDR_GULOU, male=True),),
         ),
         id="person-two-valid-ids-all-else-equal",
+    ),
+    pytest.param(
+        (
+            (
+                gongan(31, "刘志明", GUARDIAN, "19860214", ADDR_CANGSHAN, male=True),
+                renshe(31, "刘志明", GUARDIAN, "19860214", "13906001031", male=True),
+            ),
+            (
+                gongan(32, "刘梓涵", CHILD, "20190903", ADDR_CANGSHAN, male=False),
+                # the hospital files the child under the father's ID number and phone
+                weijian(
+                    32, "刘梓涵", GUARDIAN, "20190903", "13906001031", ADDR_CANGSHAN, male=False
+                ),
+            ),
+        ),
+        id="person-minor-under-guardian-id",
+    ),
+    pytest.param(
+        (
+            (gongan(33, "吴丽娟", MOTHER, "19880420", ADDR_JINAN, male=False),),
+            (
+                gongan(34, "吴宇轩", SON, "20210611", ADDR_JINAN, male=True),
+                weijian(34, "吴宇轩", MOTHER, "20210611", "13906001033", ADDR_JINAN, male=True),
+            ),
+            (
+                gongan(35, "吴雨桐", DAUGHTER, "20210611", ADDR_JINAN, male=False),
+                weijian(35, "吴雨桐", MOTHER, "20210611", "13906001033", ADDR_JINAN, male=False),
+            ),
+        ),
+        id="person-twins-under-one-guardian-id",
+    ),
+    pytest.param(
+        (
+            (
+                gongan(36, "陈志伟", SAME_BIRTH, "19820715", ADDR_GULOU, male=True),
+                renshe(36, "陈志伟", SAME_BIRTH, "19820715", "13906001036", male=True),
+            ),
+            # the same name, birth date and sex, known to a hospital only, without ID number,
+            # in another district and with another phone: a namesake, not the same man
+            (weijian(36, "陈志伟", None, "19820715", "13906001037", ADDR_JINAN, male=True),),
+        ),
+        id="person-namesake-same-birth-date-without-id-other-district",
     ),
 ]
 
@@ -496,10 +570,11 @@ def _crosswalk(city: CityConfig, run_id: str, entity: str) -> pd.Series:
 
 
 @pytest.fixture(scope="module")
-def crosswalks(make_city: CityFactory) -> Iterator[dict[str, pd.Series]]:
-    """A 600-person city with every case row added, night 0 linked and published."""
+def case_city(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A 600-person city with its hard cases planted and every case row added, night 0 linked
+    and published."""
     with pytest.MonkeyPatch.context() as mp:
-        city = make_city(mp, persons=600, enterprises=100, seed=23, copy=True)
+        city = make_city(mp, persons=600, enterprises=100, seed=23, copy=True, hard_cases=True)
         var = city.var_dir
         truth = var / "city" / "truth"
         generated_ids = set(pd.read_parquet(truth / "persons.parquet")["id_number"])
@@ -510,7 +585,12 @@ def crosswalks(make_city: CityFactory) -> Iterator[dict[str, pd.Series]]:
         assert not mine & (generated_ids | set(firms["uscc"]) | set(firms["reg_no"].dropna()))
         insert_rows(var, rows)
         run_night(city, NIGHT0)
-        yield {e: _crosswalk(city, NIGHT0, e) for e in ("person", "enterprise")}
+        yield city
+
+
+@pytest.fixture(scope="module")
+def crosswalks(case_city: CityConfig) -> dict[str, pd.Series]:
+    return {e: _crosswalk(case_city, NIGHT0, e) for e in ("person", "enterprise")}
 
 
 def _check(crosswalk: pd.Series, groups: Groups) -> None:
@@ -593,3 +673,45 @@ def test_a_new_row_merges_two_masters_and_keeping_apart_splits_them(
     # no "issued" event for it: its record was seen before under m_a
     assert _events(city, NIGHT2) == [("split", m_a, m_a, f"部分成员记录拆分至 {m_new}")]
     assert linked.entities["person"].refused_kept_apart == 1
+
+
+# --- a guardian's ID number ----------------------------------------------------------------------
+
+
+def test_a_guardians_id_number_is_kept_as_such_and_reported(case_city: CityConfig) -> None:
+    """A child's hospital rows under a parent's number keep it as ``guardian_id`` (never as the
+    child's own), the child's master is related to the guardian's (``mdm_person_relationship``),
+    and 卫健's built-in rule counts exactly those rows: the ones the city planted and the three
+    of the cases above."""
+    canonical = pd.read_parquet(
+        canonical_dir(case_city.var_dir, NIGHT0, "weijian") / "person.parquet"
+    )
+    dirt = pd.read_parquet(case_city.var_dir / "city" / "truth" / "dirt.parquet")
+    planted = set(
+        dirt.loc[(dirt["department"] == "weijian") & (dirt["kind"] == "guardian_id"), "source_key"]
+    )
+    mine = {"HT000000032": GUARDIAN, "HT000000034": MOTHER, "HT000000035": MOTHER}
+    held = canonical[canonical["guardian_id"].notna()].set_index("source_key")
+    assert set(held.index) == planted | set(mine)
+    assert held["id_number"].isna().all()
+    assert held.loc[list(mine), "guardian_id"].to_dict() == mine
+    assert held["reasons"].map(lambda r: "id_number:id_of_another_person" in r).all()
+    persons = _crosswalk(case_city, NIGHT0, "person")
+    master = {k: persons[gongan(k, "", "", "", "", male=True).record] for k in (31, 32, 33, 34, 35)}
+    engine = wh.engine_for(warehouse_url(case_city))
+    try:
+        kept = wh.read(engine, person_relationship_table)
+    finally:
+        engine.dispose()
+    guardians = set(
+        zip(kept["person_master_id"], kept["related_master_id"], kept["evidence"], strict=True)
+    )
+    assert {
+        (master[32], master[31], GUARDIAN),
+        (master[34], master[33], MOTHER),
+        (master[35], master[33], MOTHER),
+    } <= guardians
+    assert set(kept["kind"]) == {"guardian"}
+    result = run_quality(case_city, NIGHT0, departments=["weijian"]).result("weijian-GID01")
+    assert (result.status, result.rows_failed) == ("failed", len(planted) + 3)
+    assert result.dimension == "准确性" and "监护人" in (result.message or "")

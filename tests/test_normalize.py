@@ -224,6 +224,35 @@ def test_id_number_cross_checks_the_row(
     assert r.reasons == reasons
 
 
+@pytest.mark.parametrize(
+    ("birth_date", "another"),
+    [
+        ("2015-03-01", True),  # a child filed under a parent's (or guardian's) number
+        ("1961-12-31", True),  # twelve years to the day: a generation
+        ("1961-12-30", False),  # a year typed wrong by eleven is still the holder's own row
+        ("1949-12-13", False),  # day and month swapped, lunar, typo: days or months apart
+        ("1948-01-01", False),  # older than the holder: not a guardian's number
+    ],
+)
+def test_an_id_number_a_generation_older_than_the_row_is_another_persons(
+    birth_date: str, another: bool
+) -> None:
+    r = normalize.id_number("11010519491231002X", birth_date=birth_date, as_of=dt.date(2026, 7, 1))
+    if another:
+        assert (r.value, r.reasons) == (None, ("id_of_another_person",))
+        assert r.extra["other_person_id"] == "11010519491231002X"
+    else:
+        assert r.value == "11010519491231002X" and "other_person_id" not in r.extra
+
+
+def test_a_minor_under_an_adults_number_from_five_years_apart() -> None:
+    adult = _id("35010220000101001")  # 26 on the reference day
+    minor = normalize.id_number(adult, birth_date="2010-06-01", as_of=dt.date(2026, 7, 1))
+    assert minor.reasons == ("id_of_another_person",)
+    near = normalize.id_number(adult, birth_date="2003-06-01", as_of=dt.date(2026, 7, 1))
+    assert near.value == adult  # both adults, three years apart: a typo, not a guardian
+
+
 # ------------------------------------------------------------------ credit codes
 
 _LETTER_FIRST = identifiers.make_uscc("N", "2", "350100", "M000100Y")

@@ -190,3 +190,20 @@ def test_incremental_publish_equals_whole(
         wh.publish(engine, _night(whole))
         assert _tables(engine) == incremental
         assert len(incremental["mdm_person"]) == 4
+
+
+def test_a_warehouse_of_an_older_govmdm_gets_the_new_columns(tmp_path: Path) -> None:
+    """A golden attribute added since the warehouse was created (曾用名) is added to its table,
+    nullable, when govmdm opens it: the next night publishes instead of failing."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = wh.engine_for(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE mdm_person DROP COLUMN former_name")
+    engine.dispose()
+    engine = wh.engine_for(url)
+    try:
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("mdm_person")}
+        assert "former_name" in columns
+        assert wh.read(engine, wh.metadata.tables["mdm_person"]).empty
+    finally:
+        engine.dispose()

@@ -42,6 +42,7 @@ from etl.sample_city.generate import generate_city, next_night, sqlite_url
 from etl.standardize import standardize_all
 from etl.state import warehouse_url
 from master_data.consolidate import consolidate
+from master_data.deterministic import corroborated
 from master_data.settings import load_match_settings
 from store.tables import crosswalk_table, review_decision_table
 from web.app import COOKIE, HOST, create_app, csrf_token
@@ -87,11 +88,22 @@ def test_review_band_is_off_by_default_and_touches_only_the_health_records(
     assert not ((dirt["column"] == "SEX_CODE") & (dirt["kind"] == "missing")).any()
 
 
+def _levels(row: dict[str, Any]) -> dict[str, int]:
+    return {f: int(w["level"]) for f, w in json.loads(row["weights"]).items()}
+
+
 def test_the_sample_city_puts_real_pairs_in_the_review_band(city: CityConfig) -> None:
     rows = queue(city, limit=1000)
     t = load_match_settings(CONFIG).person.thresholds
     assert len(rows) >= 5
-    assert all(t.review <= r["probability"] < t.auto_link for r in rows)
+    # between the bands, or above auto_link but uncorroborated (name, birth date, sex alone)
+    sure = [
+        corroborated(pd.DataFrame([_levels(r)]), r["entity"])[0] for r in rows
+    ]  # fmt: skip
+    assert all(
+        t.review <= r["probability"] and (r["probability"] < t.auto_link or not ok)
+        for r, ok in zip(rows, sure, strict=True)
+    )
     truth = pd.read_parquet(city.var_dir / "city" / "truth" / "source_rows.parquet")
     entity_of = {
         f"{r.department}/{r.table}/{r.source_key}": r.entity_id for r in truth.itertuples()

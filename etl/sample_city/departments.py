@@ -41,6 +41,7 @@ class World:
     enterprises: dict[str, Enterprise]
     as_of: dt.date
     review_band: bool = False  # plant hard cases: rows the model can only half decide
+    hard_cases: bool = False  # render the persons of etl.sample_city.hard_cases as such
 
     def stamp(self, rng: random.Random, *, since_days: int = 3 * 365) -> dt.datetime:
         """A past modification time, at most ``since_days`` before the city's date."""
@@ -98,6 +99,7 @@ class Gongan(Department):
             _vc("hjdz", 200),
             _vc("hjzt", 2),
             _vc("gxsj", 14),
+            _vc("cym", 30),
         ]
 
     def change_column(self) -> str:
@@ -117,9 +119,12 @@ class Gongan(Department):
             "hjdz": address,
             "hjzt": "10" if p.status == "正常" else "20",
             "gxsj": self.stamp_value(when),
+            "cym": p.former_name,
         }
 
     def render(self, rng: random.Random, world: World, p: Person) -> list[Rendered]:
+        if p.hard_case == "namesake_same_birth":  # known to a hospital only
+            return []
         if rng.random() < 0.03:  # registered in another city: unknown to this registry
             return []
         out = [Rendered(self.row(p, p.address, world.stamp(rng)), p.person_id)]
@@ -234,7 +239,10 @@ class Minzheng(Department):
 
     def render(self, rng: random.Random, world: World, p: Person) -> list[Rendered]:
         age = (world.as_of - p.birth_date).days // 365
-        if rng.random() >= (0.2 if age >= 60 else 0.07):
+        hard = world.hard_cases and p.hard_case in ("lunar_birth_date", "renamed")
+        if p.hard_case == "namesake_same_birth":
+            return []
+        if not hard and rng.random() >= (0.2 if age >= 60 else 0.07):
             return []
         copies = 2 if rng.random() < 0.02 else 1
         out = []
@@ -273,6 +281,16 @@ class Minzheng(Department):
                 address = short
                 planted.append(("居住地址", "unit_shorthand_address"))
             b = p.birth_date
+            if hard:  # an old file: no ID number, the former name, the lunar birth date
+                id_number = None
+                planted[:] = [lab for lab in planted if lab[0] not in ("身份证号", "姓名")]
+                planted.append(("身份证号", "missing"))
+                if p.former_name:
+                    name = p.former_name
+                    planted.append(("姓名", "former_name"))
+                if p.lunar_birth_date:
+                    b = p.lunar_birth_date
+                    planted.append(("出生日期", "lunar_birth_date"))
             row = {
                 "姓名": name,
                 "身份证号": id_number,
@@ -321,7 +339,8 @@ class Weijian(Department):
         return int((when - dt.datetime(1970, 1, 1, 8)).total_seconds())
 
     def render(self, rng: random.Random, world: World, p: Person) -> list[Rendered]:
-        if rng.random() >= 0.75:
+        hard = world.hard_cases and p.hard_case in ("minor_guardian_id", "namesake_same_birth")
+        if not hard and rng.random() >= 0.75:
             return []
         out = []
         for org in rng.sample(pools.HOSPITALS, rng.choices((1, 2, 3, 4), (40, 30, 20, 10))[0]):
@@ -364,7 +383,9 @@ class Weijian(Department):
                 "UPDATE_TIME": self.stamp_value(world.stamp(rng)),
             }
             swappable = p.birth_date.day <= 12 and p.birth_date.day != p.birth_date.month
-            if world.review_band and swappable and rng.random() < REVIEW_BAND_SHARE:
+            if world.hard_cases and p.hard_case:
+                self._planted_case(world, p, row, planted)
+            elif world.review_band and swappable and rng.random() < REVIEW_BAND_SHARE:
                 self._hard_case(rng, p, row, planted)
             else:
                 self._golden_case(world, dirt.side_rng(p.id_number, org), p, row, planted)
@@ -385,6 +406,23 @@ class Weijian(Department):
         if short and side.random() < 0.15:
             row["HOME_ADDR"] = short
             planted.append(("HOME_ADDR", "unit_shorthand_address"))
+    def _planted_case(self, world: World, p: Person, row: Row, planted: list[Any]) -> None:
+        """The hospital's row of a person of :mod:`etl.sample_city.hard_cases`: a child under
+        its guardian's ID number and phone, a namesake without ID number, a renamed person
+        under the former name."""
+        if p.hard_case == "minor_guardian_id" and p.guardian_id:
+            guardian = world.persons[p.guardian_id]
+            row["ID_CARD_NO"], row["TEL"] = guardian.id_number, guardian.phone
+            planted[:] = [lab for lab in planted if lab[0] != "ID_CARD_NO"]
+            planted.append(("ID_CARD_NO", "guardian_id"))
+        elif p.hard_case == "namesake_same_birth":
+            row["ID_CARD_NO"] = None
+            planted[:] = [lab for lab in planted if lab[0] != "ID_CARD_NO"]
+            planted.append(("ID_CARD_NO", "missing"))
+        elif p.hard_case == "renamed" and p.former_name:
+            row["PATIENT_NAME"] = p.former_name
+            planted[:] = [lab for lab in planted if lab[0] != "PATIENT_NAME"]
+            planted.append(("PATIENT_NAME", "former_name"))
 
     def _hard_case(self, rng: random.Random, p: Person, row: Row, planted: list[Any]) -> None:
         """A walk-in patient's row the model can only half decide: no ID number and no sex

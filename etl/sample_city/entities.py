@@ -43,6 +43,11 @@ class Person:
     # earlier values, which slower departments may still hold
     previous_address: tuple[str, str] | None = None
     previous_phone: str | None = None
+    # the hard cases (etl.sample_city.hard_cases): which one, and what it needs
+    hard_case: str | None = None
+    guardian_id: str | None = None  # a minor's guardian, whose ID number hospitals file it under
+    former_name: str | None = None  # 曾用名, still on older rows
+    lunar_birth_date: dt.date | None = None  # the lunar birth date written as a solar date
 
     @property
     def address(self) -> str:

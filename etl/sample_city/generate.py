@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from etl.sample_city import departments as depts
+from etl.sample_city import hard_cases as hard
 from etl.sample_city.departments import DEPARTMENTS, Department, Rendered, World
 from etl.sample_city.entities import CityBuilder, Enterprise, Person, build_city
 from store.layout import sample_source_path
@@ -173,20 +174,28 @@ def generate_city(
     targets: Iterable[str] = (),
     progress: Progress = _quiet,
     review_band: bool = False,
+    hard_cases: bool = False,
 ) -> dict[str, Any]:
     """Draw the city and write every department to SQLite under ``out/sources`` and each target.
 
     ``review_band`` also plants hard cases (:meth:`departments.Weijian._hard_case`): rows whose
     pairs the model scores between ``review`` and ``auto_link``, so the review queue has real
     pairs; the later nights' new rows get them too. Off, the city is drawn exactly as before.
+    ``hard_cases`` plants the person hard cases of :mod:`etl.sample_city.hard_cases` (minors
+    under a guardian's ID number, lunar birth dates, renamed people, same-birth-date namesakes);
+    off, the city is drawn exactly as before too.
 
     Returns the manifest also written to ``out/city.json``.
     """
     out.mkdir(parents=True, exist_ok=True)
     targets = list(targets)
-    _b, plist, elist = build_city(random.Random(seed), START_DATE, persons, enterprises)
+    b, plist, elist = build_city(random.Random(seed), START_DATE, persons, enterprises)
+    if hard_cases:
+        plist += hard.plant(random.Random(f"{seed}:hard"), b, plist)
     truth = Truth({p.person_id: p for p in plist}, {e.enterprise_id: e for e in elist})
-    world = World(truth.persons, truth.enterprises, START_DATE, review_band=review_band)
+    world = World(
+        truth.persons, truth.enterprises, START_DATE, review_band=review_band, hard_cases=hard_cases
+    )
     counts: dict[str, int] = {}
     for dept in DEPARTMENTS:
         urls = [sqlite_url(out, dept.code)] + [target_url(t, dept.code) for t in targets]
@@ -217,6 +226,8 @@ def generate_city(
     }
     if review_band:
         manifest["review_band"] = True
+    if hard_cases:
+        manifest["hard_cases"] = True
     write_truth(out, truth, manifest)
     return manifest
 
@@ -252,6 +263,10 @@ def _person_record(p: Person) -> dict[str, Any]:
         "previous_division_code": p.previous_address[0] if p.previous_address else None,
         "previous_address_detail": p.previous_address[1] if p.previous_address else None,
         "previous_phone": p.previous_phone,
+        "hard_case": p.hard_case,
+        "guardian_id": p.guardian_id,
+        "former_name": p.former_name,
+        "lunar_birth_date": p.lunar_birth_date,
     }
 
 
@@ -361,6 +376,10 @@ def read_truth(out: Path) -> tuple[Truth, dict[str, Any]]:
             namesake_group=r["namesake_group"],
             previous_address=(prev, r["previous_address_detail"]) if prev else None,
             previous_phone=r["previous_phone"],
+            hard_case=r.get("hard_case"),
+            guardian_id=r.get("guardian_id"),
+            former_name=r.get("former_name"),
+            lunar_birth_date=r.get("lunar_birth_date"),
         )
     enterprises: dict[str, Enterprise] = {}
     for r in pq.read_table(tdir / "enterprises.parquet").to_pylist():
@@ -418,6 +437,7 @@ class Night:
             truth.enterprises,
             self.as_of,
             review_band=bool(manifest.get("review_band")),
+            hard_cases=bool(manifest.get("hard_cases")),
         )
         self.builder = self._restore_builder()
         self.changes = {d.code: TableChanges() for d in DEPARTMENTS}
