@@ -647,9 +647,7 @@ def _counted(counts: pd.DataFrame, tops: Mapping[str, int]) -> _Patterns:
     return _distinct(codes, tops, weights.astype(np.float64))
 
 
-def _distinct(
-    codes: IntArray, tops: Mapping[str, int], weights: FloatArray | None
-) -> _Patterns:
+def _distinct(codes: IntArray, tops: Mapping[str, int], weights: FloatArray | None) -> _Patterns:
     """The distinct rows of ``codes`` in one fixed order (ascending mixed-radix key, else
     lexicographic) with their counts: each row counts once, or its ``weights``. Whole counts
     add up exactly in float64, so patterns counted anywhere give the same numbers here."""

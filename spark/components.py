@@ -88,6 +88,8 @@ def _same(one: DataFrame, other: DataFrame) -> bool:
 def _labels(stars: DataFrame) -> DataFrame:
     """Settled edges join every node to its component's smallest node: each node's label."""
     near = _neighbours(stars)
-    return near.groupBy("u").agg(F.least(F.min("v"), F.col("u")).alias("component")).select(
-        F.col("u").alias("node"), "component"
+    return (
+        near.groupBy("u")
+        .agg(F.least(F.min("v"), F.col("u")).alias("component"))
+        .select(F.col("u").alias("node"), "component")
     )

@@ -29,9 +29,7 @@ def _expected(names: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, str]
 def _spark(spark: Any, names: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, str]:
     from spark.components import components
 
-    edges = spark.createDataFrame(
-        pd.DataFrame({"left": names[a], "right": names[b]}).astype(str)
-    )
+    edges = spark.createDataFrame(pd.DataFrame({"left": names[a], "right": names[b]}).astype(str))
     found = components(edges).toPandas()
     assert not found["node"].duplicated().any()
     return dict(zip(found["node"], found["component"], strict=True))
