@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import pandas as pd
 import pyarrow as pa
 
+from etl.config import CityConfig
 from master_data.cluster import RecordClusters
 from master_data.model import FellegiSunter
 from master_data.settings import EntityMatch, MatchSettings
@@ -60,4 +61,16 @@ class LinkEngine(Protocol):
         auto_link: float,
     ) -> RecordClusters:
         """What :func:`master_data.cluster.cluster_records` gives for the same arguments."""
+        ...
+
+    def golden(
+        self,
+        members: pd.DataFrame,
+        entity: str,
+        city: CityConfig,
+        match: EntityMatch,
+        base_golden: pa.Table | None,
+        run_id: str,
+    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """What :func:`master_data.golden.golden_records` gives for the same arguments."""
         ...

@@ -475,7 +475,8 @@ def _settle(
     night.say(f"{entity}: master IDs and golden records")
     master_of, next_seq = _master_ids(night, entity, base, scope, clustered.labels, result)
     previous = scope.previous
-    golden, provenance, conflicts = golden_records(
+    survive = engine.golden if engine is not None else golden_records
+    golden, provenance, conflicts = survive(
         scope.records.assign(master_id=master_of),
         entity,
         night.city,

@@ -18,7 +18,10 @@ hands an entity to when all its records are linked again:
 
 Master IDs are then issued on the driver in one deterministic step
 (:func:`master_data.identity.assign_ids`), as the local engine issues them, so both engines
-give the same IDs. Golden records, provenance and conflicts are worked out on the driver too.
+give the same IDs.
+
+6. **Golden records**, provenance and conflicts: :func:`master_data.golden.golden_records` by
+   ``applyInPandas`` over hash buckets of master IDs.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
 from master_data.cluster import RecordClusters, cluster_records
 from master_data.compare import compare, features_for
 from master_data.deterministic import HARD_KEY, rule_links
 from master_data.engine import Scored
+from master_data.golden import golden_records
 from master_data.model import FellegiSunter
 from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
@@ -124,6 +129,18 @@ class SparkLink:
     ) -> RecordClusters:
         """:func:`master_data.cluster.cluster_records`, per hash bucket of components."""
         return _cluster(self, records, edges, decided, entity, auto_link)
+
+    def golden(
+        self,
+        members: pd.DataFrame,
+        entity: str,
+        city: CityConfig,
+        match: EntityMatch,
+        base_golden: pa.Table | None,
+        run_id: str,
+    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """:func:`master_data.golden.golden_records` per hash bucket of master IDs."""
+        return _golden(self, members, entity, city, match, base_golden, run_id)
 
 
 # --- comparing and scoring -----------------------------------------------------------------------
@@ -372,3 +389,72 @@ def _assemble(
     keys = ("rule_links", "model_links", "review_links", "refused_hard_key", "refused_kept_apart")
     totals: dict[str, Any] = {k: int(counts.get(k, 0)) for k in keys}
     return RecordClusters(labels, component, accepted, totals)
+
+
+# --- survivorship --------------------------------------------------------------------------------
+
+_GOLDEN = ("golden", "provenance", "conflicts")
+_GOLDEN_DDL = "bucket INT, golden BINARY, provenance BINARY, conflicts BINARY"
+
+
+def _golden(
+    link: SparkLink,
+    members: pd.DataFrame,
+    entity: str,
+    city: CityConfig,
+    match: EntityMatch,
+    base_golden: pa.Table | None,
+    run_id: str,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Golden records, provenance and conflicts by ``applyInPandas`` over hash buckets of
+    master IDs. A master's members travel as Arrow IPC (their pandas types intact: the
+    survivorship kernel compares them as the local engine does); every bucket's tables come
+    back the same way and are joined in Arrow."""
+    spark = link.spark
+    buckets = link.buckets or 2 * spark.sparkContext.defaultParallelism
+    ids = members["master_id"].astype(str)
+    bucket_of = pd.Series(
+        pd.util.hash_array(ids.to_numpy(dtype=object)) % np.uint64(buckets), index=members.index
+    ).astype(np.int64)
+    rows = []
+    for bucket, part in members.groupby(bucket_of.to_numpy(), sort=True):
+        base = None
+        if base_golden is not None:
+            wanted = pa.array(sorted(set(part["master_id"])), pa.string())
+            base = _ipc(base_golden.filter(pc.is_in(base_golden["master_id"], value_set=wanted)))
+        rows.append((int(bucket), _ipc(pa.Table.from_pandas(part, preserve_index=True)), base))
+    if not rows:
+        return golden_records(members, entity, city, match, base_golden, run_id)
+    sent = spark.createDataFrame(rows, "bucket INT, members BINARY, base BINARY")
+
+    def kernel(group: pd.DataFrame) -> pd.DataFrame:  # typed: Spark reads the hints
+        return _golden_bucket(entity, city, match, run_id, group)
+
+    done = sent.groupBy("bucket").applyInPandas(kernel, _GOLDEN_DDL).toArrow()
+    out = []
+    for name in _GOLDEN:
+        parts = [pa.ipc.open_stream(bytes(b)).read_all() for b in done[name].to_pylist()]
+        out.append(pa.concat_tables(parts, promote_options="permissive").to_pandas())
+    return out[0], out[1], out[2]
+
+
+def _golden_bucket(
+    entity: str, city: CityConfig, match: EntityMatch, run_id: str, group: pd.DataFrame
+) -> pd.DataFrame:
+    """In a Spark worker: one bucket's masters through the local survivorship kernel."""
+    row = group.iloc[0]
+    members = pa.ipc.open_stream(bytes(row["members"])).read_all().to_pandas()
+    base = None if row["base"] is None else pa.ipc.open_stream(bytes(row["base"])).read_all()
+    tables = golden_records(members, entity, city, match, base, run_id)
+    encoded = {
+        n: _ipc(pa.Table.from_pandas(t, preserve_index=False))
+        for n, t in zip(_GOLDEN, tables, strict=True)
+    }
+    return pd.DataFrame([{"bucket": int(row["bucket"]), **encoded}])
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())

@@ -78,8 +78,24 @@ def test_spark_links_the_night_the_local_engine_links(
     expected = {e: _state(city, e) for e in ("person", "enterprise")}
     shutil.rmtree(master_dir(city.var_dir, NIGHT1))
 
-    engine = SparkLink(spark, tmp_path / "scratch", buckets=3)
+    ran: list[str] = []
+
+    class Seen(SparkLink):  # every heavy step of both entities went to Spark
+        def score(self, *args: Any) -> Any:
+            ran.append("score")
+            return super().score(*args)
+
+        def cluster(self, *args: Any) -> Any:
+            ran.append("cluster")
+            return super().cluster(*args)
+
+        def golden(self, *args: Any) -> Any:
+            ran.append("golden")
+            return super().golden(*args)
+
+    engine = Seen(spark, tmp_path / "scratch", buckets=3)
     on_spark = link(city, NIGHT1, full=True, retrain=True, engine=engine)
+    assert ran == ["score", "cluster", "golden"] * 2
     for entity, mine in on_spark.entities.items():
         theirs = local.entities[entity]
         assert mine.blocking["engine"] == "spark" and mine.model_trained
