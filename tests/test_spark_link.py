@@ -122,3 +122,22 @@ def test_spark_links_the_night_the_local_engine_links(
     # master IDs carried over from night 0 by overlap, the same on both engines
     xw = expected["person"]["crosswalk"]
     assert (xw["first_run_id"] == "2026-06-30").mean() > 0.9
+
+
+def test_a_spark_night_hands_its_link_to_spark(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``engine: spark`` (city.yaml or ``--engine``): the pipeline's link stage gives
+    :func:`master_data.link.link` the Spark engine, on the running session; local gives none."""
+    from etl.config import load_city_config
+    from pipeline.context import Night
+    from pipeline.night import _link_engine
+    from spark.link import SparkLink
+
+    monkeypatch.setenv("GOVMDM_VAR", str(tmp_path / "var"))
+    config = Path(__file__).resolve().parents[1] / "config"
+    city = load_city_config(config)
+    assert _link_engine(Night.of(city, config, NIGHT1, "local")) is None
+    engine = _link_engine(Night.of(city, config, NIGHT1, "spark"))
+    assert isinstance(engine, SparkLink) and engine.spark is spark
+    assert engine.scratch == tmp_path / "var" / "spark" / "link"
