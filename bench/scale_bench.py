@@ -17,8 +17,11 @@ afterwards), so the night starts empty and nothing of the URL's own database is 
 
 ``--stages`` runs a tail of the night on a kept ``--var`` (e.g. ``publish``: the night it holds,
 republished ``--repeat`` times; a republished night replaces the tables whole, as a first one
-does). ``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy, today's) —
-``spark`` is where the Spark engine plugs in (see :data:`ENGINES`).
+does). ``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy), or ``spark``:
+standardize and link on Spark, the night run once per ``--spark-master`` (default
+``local[1],local[2]``), then the link stage's speedup of the one over the other:
+
+    .venv/bin/python bench/scale_bench.py --engine spark --persons 20000
 """
 
 from __future__ import annotations
@@ -50,6 +53,30 @@ PUBLISH_TARGET_S = 20.0  # issue 15: publish ≤ 20 s for 200,000 persons
 def _cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def _descendants_cpu_s() -> float:
+    """CPU seconds of every live process below this one (Spark's JVM, its Python daemon and
+    workers), with what each has reaped of its own children: read from /proc while they run,
+    since the JVM outlives ``spark.stop()`` and is never waited for."""
+    parent: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        times[pid] = sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == pid and p not in mine]
+        mine.update(kids)
+        todo.extend(kids)
+    return sum(times[p] for p in mine)
 
 
 def _peak_mib() -> float:
@@ -97,9 +124,46 @@ def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any
 
 
 def _spark_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any]:
-    """The Spark engine's stages go here (``local[1]``/``local[2]`` or a cluster, chosen by
-    ``opts``), reporting as :func:`_local_stage` does; the engine is not part of this build."""
-    raise SystemExit("--engine spark: the Spark engine is not available in this build yet")
+    """Standardize and link on Spark (master ``opts["spark_master"]``, e.g. ``local[2]``);
+    extract and publish are the local engine's (publish stays in Python). The session is
+    started inside the stage, as a night's stage starts it (``spark_start_s`` says how long
+    that took); ``cpu_s`` adds the CPU seconds of the JVM and its Python workers."""
+    if stage not in ("standardize", "link"):
+        return _local_stage(stage, run_id, opts)
+    from etl.config import load_city_config
+    from spark.session import session
+    from store.layout import spark_dir
+
+    city = load_city_config(ROOT / "config")
+    t0 = time.perf_counter()
+    spark = session(city.var_dir, opts["spark_master"])
+    report: dict[str, Any] = {
+        "master": opts["spark_master"],
+        "spark_start_s": round(time.perf_counter() - t0, 1),
+    }
+    try:
+        if stage == "standardize":
+            from etl.standardize import standardize_department
+            from spark.standardize import spark_batches
+
+            batches = spark_batches(spark)
+            done = [
+                standardize_department(city, d, run_id, batches=batches) for d in city.departments
+            ]
+            if any(d.status != "ok" or not d.reconciled for d in done):
+                raise SystemExit(f"standardization did not reconcile: {done}")
+            report["rows"] = sum(d.standardized for d in done)
+        else:
+            from master_data.link import link
+            from spark.link import SparkLink
+
+            engine = SparkLink(spark, spark_dir(city.var_dir) / "link")
+            linked = link(city, run_id, engine=engine).summary()["entities"]
+            report["masters"] = sum(e["masters"] for e in linked.values())
+        report["spark_cpu_s"] = _descendants_cpu_s()  # the session started in this stage
+    finally:
+        spark.stop()
+    return report
 
 
 ENGINES: dict[str, Callable[[str, str, dict[str, Any]], dict[str, Any]]] = {
@@ -122,7 +186,8 @@ def child(stage: str, run_id: str, opts: dict[str, Any]) -> None:
 
     cpu0, t0 = _cpu_s(), time.perf_counter()
     report = ENGINES[opts["engine"]](stage, run_id, opts)
-    report.update(wall_s=time.perf_counter() - t0, cpu_s=_cpu_s() - cpu0, peak_mib=_peak_mib())
+    cpu = _cpu_s() - cpu0 + report.pop("spark_cpu_s", 0.0)
+    report.update(wall_s=time.perf_counter() - t0, cpu_s=cpu, peak_mib=_peak_mib())
     print(json.dumps(report, default=str))
 
 
@@ -239,6 +304,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of the night (median)")
     parser.add_argument("--warehouse", default=None, help="a server login URL; default SQLite")
     parser.add_argument("--engine", choices=sorted(ENGINES), default="local")
+    parser.add_argument(
+        "--spark-master",
+        default="local[1],local[2]",
+        help="with --engine spark: the masters to run the night on, comma-separated; the "
+        "link speedup of the first over the last is printed",
+    )
     parser.add_argument("--stages", default=",".join(STAGES), help="a tail of " + ",".join(STAGES))
     parser.add_argument("--var", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the var folder afterwards")
@@ -272,6 +343,7 @@ def main() -> None:
 
 def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any]) -> None:
     where = "SQLite" if not args.warehouse else f"a new database per run on {args.warehouse}"
+    masters = [m.strip() for m in args.spark_master.split(",")] if args.engine == "spark" else [""]
     head = f"{args.engine} engine, warehouse {where}, var {root}"
     print(f"{head}; {_load()}", flush=True)
     if not (root / "city" / "city.json").is_file():
@@ -283,15 +355,39 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
             flush=True,
         )
     run_id = json.loads((root / "city" / "city.json").read_text())["as_of"]
-    runs: list[dict[str, dict[str, Any]]] = []
-    for rep in range(1, args.repeat + 1):
-        var = _fresh_var(root, rep) if stages == STAGES else _kept_var(root)
-        with _warehouse(args.warehouse) as url:
-            runs.append({})
-            for stage in stages:
-                runs[-1][stage] = _run(stage, var, url, run_id, opts)
-                _say(rep, stage, runs[-1][stage])
-    _medians(runs, stages, f"{head}, night {run_id}")
+    by_master: dict[str, list[dict[str, dict[str, Any]]]] = {}
+    for master in masters:
+        runs = by_master.setdefault(master, [])
+        for rep in range(1, args.repeat + 1):
+            var = _fresh_var(root, rep) if stages == STAGES else _kept_var(root)
+            with _warehouse(args.warehouse) as url:
+                runs.append({})
+                for stage in stages:
+                    runs[-1][stage] = _run(
+                        stage, var, url, run_id, {**opts, "spark_master": master}
+                    )
+                    _say(rep, stage, runs[-1][stage])
+    for master, runs in by_master.items():
+        _medians(runs, stages, f"{head}{f', Spark {master}' if master else ''}, night {run_id}")
+    if len(masters) > 1 and "link" in stages:
+        _speedup(by_master, masters[0], masters[-1])
+
+
+def _speedup(by_master: dict[str, list[dict[str, dict[str, Any]]]], one: str, other: str) -> None:
+    """The link stage's speedup of ``other`` over ``one`` (issue 15: local[1] / local[2] ≥ 1.5):
+    wall seconds with and without starting the session."""
+
+    def median(master: str, key: str) -> float:
+        return statistics.median(r["link"].get(key, 0.0) for r in by_master[master])
+
+    wall = median(one, "wall_s") / median(other, "wall_s")
+    started = (median(one, "wall_s") - median(one, "spark_start_s")) / (
+        median(other, "wall_s") - median(other, "spark_start_s")
+    )
+    print(
+        f"link speedup {one} / {other}: {wall:.2f}x wall ({started:.2f}x without starting "
+        f"Spark); goal ≥ 1.5; {_load()}"
+    )
 
 
 def _kept_var(root: Path) -> Path:

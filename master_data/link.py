@@ -49,6 +49,7 @@ from etl.config import CityConfig
 from etl.state import warehouse_url
 from master_data import compare as cmp
 from master_data.cluster import cluster_records
+from master_data.engine import LinkEngine, Scored
 from master_data.golden import golden_records
 from master_data.identity import assign_ids, crosswalk, events_table, retired_after
 from master_data.model import FellegiSunter
@@ -157,6 +158,7 @@ def link(
     held: Collection[str] = (),
     settings: MatchSettings | None = None,
     progress: Progress | None = None,
+    engine: LinkEngine | None = None,
 ) -> Linked:
     """Link tonight's canonical rows into master entities under ``master/run=<run_id>``.
 
@@ -172,13 +174,17 @@ def link(
     were read before another night moved its watermark (extract the night again), or when the
     last night's master state is damaged (:class:`DamagedState`, naming the file and the fix);
     :class:`store.warehouse.WarehouseBusy` while another night links or publishes.
+
+    ``engine`` (:class:`master_data.engine.LinkEngine`, e.g. :class:`spark.link.SparkLink`)
+    blocks, compares, fits, scores and clusters an entity whose records are all linked again;
+    the rest, and every delta night, runs here.
     """
     with night_lock(warehouse_url(city), run_id, "link", lock_dir=warehouse_dir(city.var_dir)):
         failpoints.reached("link:start")
         settings = settings or load_match_settings(
             city.config_dir, {d.code for d in city.departments} | set(city.broken)
         )
-        return _link_night(city, run_id, full, retrain, held, settings, progress)
+        return _link_night(city, run_id, full, retrain, held, settings, progress, engine)
 
 
 @dataclass
@@ -254,6 +260,7 @@ class _Night:
     decisions: pd.DataFrame
     held: frozenset[str]  # departments whose rows of tonight are left out
     say: Progress
+    engine: LinkEngine | None = None  # runs a full relink's heavy steps; None: here
 
 
 def _link_night(
@@ -264,6 +271,7 @@ def _link_night(
     held: Collection[str],
     settings: MatchSettings,
     progress: Progress | None,
+    engine: LinkEngine | None = None,
 ) -> Linked:
     base = _base_night(city, run_id)
     ready, not_done = _departments(city, run_id, held, base.rerun)
@@ -285,6 +293,7 @@ def _link_night(
         decisions=base.decisions,
         held=left_out,
         say=progress or (lambda _msg: None),
+        engine=engine,
     )
     complete = read_in_full(city, run_id, ready) and not left_out
     linked = Linked(run_id, mode, base.run_id, out, {})
@@ -382,24 +391,20 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result.records, result.changed = records.num_rows, rows.num_rows
 
     night.say(f"{entity}: blocking {(rows if carry else records).num_rows:,} rows")
-    found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
+    if night.engine is not None and not carry:
+        night.say(f"{entity}: blocking, comparing and scoring on {night.engine.name}")
+        found = night.engine.score(records, entity, match, night.settings, model)
+    else:
+        found = _scored(night, entity, records, rows, removed, base, carry, model)
     write_state(found.keys, out, "blockkeys")
     result.blocking = found.report
-    result.candidate_pairs = result.pairs_compared = len(found.pairs)
-    night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
-    levels = cmp.compare(found.compared, found.pairs, entity)
-    if model is None:
-        night.say(f"{entity}: training the model (EM)")
-        model = train(found.compared, levels, entity, night.settings)
-        result.model_trained = True
-    result.features_left_out, result.rules_only = (
-        features_left_out(model, entity),
-        is_rules_only(model),
-    )
+    result.candidate_pairs = result.pairs_compared = found.pairs
+    result.model_trained, model, fresh = found.trained, found.model, found.edges
+    result.features_left_out = features_left_out(model, entity)
+    result.rules_only = is_rules_only(model)
     if result.features_left_out:
         night.say(f"{entity}: left out of the model (no values): {result.features_left_out}")
     (out / "model.json").write_text(model.to_json())
-    fresh = edges(found.compared, found.pairs, levels, model, entity, match.thresholds.keep)
     failpoints.reached("link:scored")
 
     decisions = night.decisions[night.decisions["entity"] == entity]
@@ -411,11 +416,35 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         if carry
         else everything(found.compared, fresh, base, entity)
     )
+    engine = night.engine if not carry else None
     del records, found  # every record in Arrow and pandas: not needed any more
     result.records_relinked = len(scope.records)
-    next_seq = _settle(night, entity, base, scope, model, match, decided, decisions, result)
+    next_seq = _settle(night, entity, base, scope, model, match, decided, decisions, result, engine)
     result.seconds = round(time.perf_counter() - start, 2)
     return result, next_seq
+
+
+def _scored(
+    night: _Night,
+    entity: str,
+    records: pa.Table,
+    rows: pa.Table,
+    removed: pd.Index,
+    base: BaseState,
+    carry: bool,
+    model: FellegiSunter | None,
+) -> Scored:
+    """The candidate pairs, compared and scored here (the local engine)."""
+    match = night.settings.entity(entity)
+    found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
+    night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
+    levels = cmp.compare(found.compared, found.pairs, entity)
+    trained = model is None
+    if model is None:
+        night.say(f"{entity}: training the model (EM)")
+        model = train(found.compared, levels, entity, night.settings)
+    fresh = edges(found.compared, found.pairs, levels, model, entity, match.thresholds.keep)
+    return Scored(found.compared, found.keys, found.report, len(found.pairs), model, trained, fresh)
 
 
 def _between(decisions: pd.DataFrame, present: pa.ChunkedArray) -> pd.DataFrame:
@@ -438,14 +467,14 @@ def _settle(
     decided: pd.DataFrame,
     decisions: pd.DataFrame,
     result: EntityLinked,
+    engine: LinkEngine | None = None,
 ) -> int:
     """Cluster the relinked records, give them master IDs, golden records and a review queue,
     and write tonight's state: theirs, after the base night's carried over. The next free ID."""
     out, run_id = night.work / entity, night.run_id
     night.say(f"{entity}: clustering {len(scope.records):,} records")
-    clustered = cluster_records(
-        scope.records, scope.edges, decided, entity, match.thresholds.auto_link
-    )
+    clustering = engine.cluster if engine is not None else cluster_records
+    clustered = clustering(scope.records, scope.edges, decided, entity, match.thresholds.auto_link)
     failpoints.reached("link:clustered")
     for k, v in clustered.counts.items():
         setattr(result, k, v)
@@ -454,7 +483,8 @@ def _settle(
     night.say(f"{entity}: master IDs and golden records")
     master_of, next_seq = _master_ids(night, entity, base, scope, clustered.labels, result)
     previous = scope.previous
-    golden, provenance, conflicts = golden_records(
+    survive = engine.golden if engine is not None else golden_records
+    golden, provenance, conflicts = survive(
         scope.records.assign(master_id=master_of),
         entity,
         night.city,

@@ -48,7 +48,9 @@ __all__ = [
     "MISSING",
     "DegenerateModelError",
     "FellegiSunter",
+    "pattern_counts",
     "simulate_pairs",
+    "u_from_counts",
     "u_from_random_pairs",
 ]
 
@@ -196,10 +198,52 @@ class FellegiSunter:
             >>> FellegiSunter.fit(df, levels={"a": 1, "b": 1, "c": 2}).converged
             True
         """
+        tops = _resolve_levels(levels_df, levels)
+        return cls._fit(_patterns(levels_df, tops), tops, max_iter, tol, fixed_u, init)
+
+    @classmethod
+    def fit_counts(
+        cls,
+        counts: pd.DataFrame,
+        *,
+        levels: Mapping[str, int],
+        max_iter: int = 100,
+        tol: float = 1e-6,
+        fixed_u: Mapping[str, Sequence[float]] | None = None,
+        init: FellegiSunter | None = None,
+    ) -> FellegiSunter:
+        """:meth:`fit` from the comparison patterns' counts instead of the pairs: ``counts``
+        holds one column per feature (levels as in :meth:`fit`) and ``count``, the number of
+        pairs with that vector (a vector may appear on several rows: they add up). The same
+        pairs give the same model, to the last bit, however they were counted (a Spark
+        ``GROUP BY`` of the level columns, or :func:`pattern_counts` here).
+
+        Example:
+            >>> df, _ = simulate_pairs(
+            ...     2_000, prior=0.2, seed=1,
+            ...     m={"a": [0.1, 0.9], "b": [0.2, 0.8], "c": [0.1, 0.3, 0.6]},
+            ...     u={"a": [0.9, 0.1], "b": [0.7, 0.3], "c": [0.8, 0.15, 0.05]},
+            ... )
+            >>> tops = {"a": 1, "b": 1, "c": 2}
+            >>> counted = pattern_counts(df, levels=tops)
+            >>> FellegiSunter.fit_counts(counted, levels=tops) == FellegiSunter.fit(df, levels=tops)
+            True
+        """
+        tops = _resolve_levels(counts.drop(columns="count", errors="ignore"), levels)
+        return cls._fit(_counted(counts, tops), tops, max_iter, tol, fixed_u, init)
+
+    @classmethod
+    def _fit(
+        cls,
+        pats: _Patterns,
+        tops: dict[str, int],
+        max_iter: int,
+        tol: float,
+        fixed_u: Mapping[str, Sequence[float]] | None,
+        init: FellegiSunter | None,
+    ) -> FellegiSunter:
         if max_iter < 1:
             raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-        tops = _resolve_levels(levels_df, levels)
-        pats = _patterns(levels_df, tops)
         features = list(tops)
         _check_fittable(pats, features, bool(fixed_u))
         fixed = _check_fixed_u(fixed_u or {}, tops)
@@ -384,6 +428,42 @@ def u_from_random_pairs(
     return out
 
 
+def u_from_counts(counts: pd.DataFrame, *, levels: Mapping[str, int]) -> dict[str, list[float]]:
+    """:func:`u_from_random_pairs` from the random pairs' pattern counts (as
+    :meth:`FellegiSunter.fit_counts` takes them): the same pairs give the same u.
+
+    Example:
+        >>> counted = pd.DataFrame({"a": [0, 1, -1], "count": [3, 1, 1]})
+        >>> [round(p, 4) for p in u_from_counts(counted, levels={"a": 2})["a"]]
+        [0.75, 0.25, 0.0]
+    """
+    tops = _resolve_levels(counts.drop(columns="count", errors="ignore"), levels)
+    pats = _counted(counts, tops)
+    out = {}
+    for j, f in enumerate(tops):
+        if not (pats.codes[:, j] > 0).any():
+            raise ValueError(f"feature {f!r} is missing in every random pair: cannot estimate u")
+        out[f] = _m_step(pats.codes[:, j], pats.counts, tops[f]).tolist()
+    return out
+
+
+def pattern_counts(
+    levels_df: pd.DataFrame, *, levels: Mapping[str, int] | None = None
+) -> pd.DataFrame:
+    """The distinct comparison vectors of ``levels_df`` and how many pairs have each
+    (``count``): what :meth:`FellegiSunter.fit_counts` fits.
+
+    Example:
+        >>> pattern_counts(pd.DataFrame({"a": [1, 1, -1], "b": [0, 0, 1]})).to_dict("list")
+        {'a': [1, -1], 'b': [0, 1], 'count': [2, 1]}
+    """
+    tops = _resolve_levels(levels_df, levels)
+    pats = _patterns(levels_df, tops)
+    out = pd.DataFrame(pats.codes - 1, columns=list(tops))
+    out["count"] = pats.counts.astype(np.int64)
+    return out
+
+
 # ---------------------------------------------------------------------------------- simulation
 def simulate_pairs(
     n: int,
@@ -553,9 +633,26 @@ def _codes(df: pd.DataFrame, tops: Mapping[str, int]) -> npt.NDArray[np.int64]:
 
 
 def _patterns(df: pd.DataFrame, tops: Mapping[str, int]) -> _Patterns:
-    codes = _codes(df, tops)
-    n = codes.shape[0]
-    missing = {f: int((codes[:, j] == 0).sum()) for j, f in enumerate(tops)}
+    return _distinct(_codes(df, tops), tops, None)
+
+
+def _counted(counts: pd.DataFrame, tops: Mapping[str, int]) -> _Patterns:
+    """The patterns of a table of vectors with their ``count``."""
+    if "count" not in counts.columns:
+        raise ValueError("the pattern counts have no 'count' column")
+    weights = counts["count"].to_numpy()
+    if weights.size and (weights.dtype.kind not in "iu" or weights.min() < 0):
+        raise ValueError("pattern counts must be non-negative integers")
+    codes = _codes(counts.drop(columns="count"), tops)
+    return _distinct(codes, tops, weights.astype(np.float64))
+
+
+def _distinct(codes: IntArray, tops: Mapping[str, int], weights: FloatArray | None) -> _Patterns:
+    """The distinct rows of ``codes`` in one fixed order (ascending mixed-radix key, else
+    lexicographic) with their counts: each row counts once, or its ``weights``. Whole counts
+    add up exactly in float64, so patterns counted anywhere give the same numbers here."""
+    ones = np.ones(codes.shape[0]) if weights is None else weights
+    missing = {f: int(ones[codes[:, j] == 0].sum()) for j, f in enumerate(tops)}
     radices = [top + 2 for top in tops.values()]
     space = math.prod(radices)
     if space < 2**62:
@@ -563,19 +660,21 @@ def _patterns(df: pd.DataFrame, tops: Mapping[str, int]) -> _Patterns:
         strides = np.cumprod([1, *radices[:-1]], dtype=np.int64)
         keys = codes @ strides
         if space <= 1 << 24:
-            counts_all = np.bincount(keys, minlength=space)
+            counts_all = np.bincount(keys, weights=weights, minlength=space)
             uniq = np.flatnonzero(counts_all)
             counts = counts_all[uniq]
         else:
-            uniq, counts = np.unique(keys, return_counts=True)
+            uniq, inverse = np.unique(keys, return_inverse=True)
+            counts = np.bincount(inverse.ravel(), weights=weights, minlength=uniq.size)
         distinct = (uniq[:, None] // strides[None, :]) % np.asarray(radices, dtype=np.int64)
     else:
-        distinct, counts = np.unique(codes, axis=0, return_counts=True)
+        distinct, inverse = np.unique(codes, axis=0, return_inverse=True)
+        counts = np.bincount(inverse.ravel(), weights=weights, minlength=distinct.shape[0])
     return _Patterns(
         codes=distinct.astype(np.int64),
         counts=counts.astype(np.float64),
         missing=missing,
-        pairs=n,
+        pairs=int(ones.sum()),
     )
 
 

@@ -23,7 +23,8 @@ from master_data.model import (
     MIN_PAIRS,
     DegenerateModelError,
     FellegiSunter,
-    u_from_random_pairs,
+    pattern_counts,
+    u_from_counts,
 )
 from master_data.settings import MatchSettings
 
@@ -50,17 +51,34 @@ def train(
     feature left there is nothing to learn from: the model is :func:`rules_only`.
     """
     if len(records) < 2 or len(levels) < MIN_PAIRS:
-        log.warning(
-            "%s: %d records, %d candidate pairs: too few to train a model; only the rules "
-            "(same ID number / credit code) link tonight",
-            entity,
-            len(records),
-            len(levels),
-        )
-        return rules_only(entity)
-    random = cmp.compare(records, _random_pairs(records), entity)
+        return _too_few(entity, len(records), len(levels))
     tops = top_levels(entity)
-    absent = [f for f in tops if not (random[f] >= 0).any()]
+    randomly = cmp.compare(records, random_pairs(records.index.to_numpy()), entity)
+    return fit_counted(
+        pattern_counts(levels, levels=tops),
+        pattern_counts(randomly, levels=tops),
+        len(records),
+        entity,
+        settings,
+    )
+
+
+def fit_counted(
+    counts: pd.DataFrame,
+    random: pd.DataFrame,
+    records: int,
+    entity: str,
+    settings: MatchSettings,
+) -> FellegiSunter:
+    """Fit the model from pattern counts (:func:`master_data.model.pattern_counts`, or a
+    ``GROUP BY`` of the levels on another engine): ``counts`` of the candidate pairs,
+    ``random`` of the random pairs (:func:`random_pairs`) among ``records`` records. A feature
+    no random pair can compare is left out (:func:`features_left_out`); with none left, the
+    model is :func:`rules_only`, as it is with fewer than two records or ``MIN_PAIRS`` pairs."""
+    if records < 2 or int(counts["count"].sum()) < MIN_PAIRS:
+        return _too_few(entity, records, int(counts["count"].sum()))
+    tops = top_levels(entity)
+    absent = [f for f in tops if not (random.loc[random[f] >= 0, "count"] > 0).any()]
     if absent:
         log.warning(
             "%s: left out of the model, no department supplies a value tonight: %s",
@@ -71,11 +89,14 @@ def train(
     if not tops:
         log.warning("%s: no comparison feature has a value in any record: rules only", entity)
         return rules_only(entity)
-    levels = levels[list(tops)]
-    u = u_from_random_pairs(random[list(tops)], levels=tops)
+    if absent:  # the same pairs, counted over the features that are left
+        counts = counts.groupby(list(tops), as_index=False)["count"].sum()
+        random = random.groupby(list(tops), as_index=False)["count"].sum()
+    u = u_from_counts(random, levels=tops)
+    pairs = int(counts["count"].sum())
     try:
-        fitted = FellegiSunter.fit(
-            levels, levels=tops, max_iter=settings.em.max_iter, tol=settings.em.tol, fixed_u=u
+        fitted = FellegiSunter.fit_counts(
+            counts, levels=tops, max_iter=settings.em.max_iter, tol=settings.em.tol, fixed_u=u
         )
     except DegenerateModelError as exc:
         if "λ =" not in str(exc):
@@ -83,13 +104,23 @@ def train(
         # Blocking found (almost) nothing but matches: then the candidates' level frequencies
         # are m itself, which is where EM was heading.
         log.warning("%s: EM put every candidate in one class; m from candidate frequencies", entity)
-        fitted = FellegiSunter(_frequencies(levels, tops), u, 1 - 1 / (len(levels) + 2))
+        fitted = FellegiSunter(_frequencies(counts, tops), u, 1 - 1 / (pairs + 2))
     # EM's prior is the share of matches among the *candidates*; u describes random pairs. The
     # prior that goes with u is the share among *all* pairs: λ · candidates / all pairs.
-    n = len(records)
-    everyone = max(n * (n - 1) / 2, 1.0)
-    prior = min(fitted.prior * len(levels) / everyone, 0.5)
+    everyone = max(records * (records - 1) / 2, 1.0)
+    prior = min(fitted.prior * pairs / everyone, 0.5)
     return dataclasses.replace(fitted, prior=prior)
+
+
+def _too_few(entity: str, records: int, pairs: int) -> FellegiSunter:
+    log.warning(
+        "%s: %d records, %d candidate pairs: too few to train a model; only the rules "
+        "(same ID number / credit code) link tonight",
+        entity,
+        records,
+        pairs,
+    )
+    return rules_only(entity)
 
 
 def rules_only(entity: str) -> FellegiSunter:
@@ -110,24 +141,27 @@ def features_left_out(model: FellegiSunter, entity: str) -> list[str]:
     return [f for f in top_levels(entity) if f not in model.m]
 
 
-def _frequencies(levels: pd.DataFrame, tops: dict[str, int]) -> dict[str, list[float]]:
-    """Each feature's level frequencies among ``levels`` (missing ignored), half-count smoothed."""
+def _frequencies(counts: pd.DataFrame, tops: dict[str, int]) -> dict[str, list[float]]:
+    """Each feature's level frequencies among the counted pairs (missing ignored), half-count
+    smoothed."""
     out = {}
+    weights = counts["count"].to_numpy(dtype=np.int64)
     for f, top in tops.items():
-        values = levels[f].to_numpy()
-        counts = np.bincount(values[values >= 0], minlength=top + 1)[: top + 1] + 0.5
-        out[f] = (counts / counts.sum()).tolist()
+        values = counts[f].to_numpy(dtype=np.int64)
+        seen = values >= 0
+        tally = np.bincount(values[seen], weights=weights[seen], minlength=top + 1)[: top + 1]
+        out[f] = ((tally + 0.5) / (tally + 0.5).sum()).tolist()
     return out
 
 
-def _random_pairs(records: pd.DataFrame, n: int = RANDOM_PAIRS) -> pd.MultiIndex:
-    """Up to ``n`` distinct random pairs of different records, deterministic for the same rows."""
-    size = len(records)
+def random_pairs(ids: np.ndarray, n: int = RANDOM_PAIRS) -> pd.MultiIndex:
+    """Up to ``n`` distinct random pairs of different records among the sorted record ``ids``,
+    deterministic for the same IDs."""
+    size = len(ids)
     rng = np.random.default_rng(_SEED)
     a = rng.integers(0, size, n)
     b = rng.integers(0, size, n)
     keep = a != b
     a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
     coded = np.unique(a.astype(np.int64) * size + b)
-    ids = records.index.to_numpy()
     return pd.MultiIndex.from_arrays([ids[coded // size], ids[coded % size]])

@@ -283,6 +283,18 @@ def lock(night: Night, what: str) -> Iterator[None]:
         yield
 
 
+def _link_engine(night: Night) -> Any:
+    """The :class:`master_data.engine.LinkEngine` of ``engine: spark`` (None: local). It runs
+    the nights that link every record again; a delta night links its few records here."""
+    if night.engine != "spark":
+        return None
+    from spark.link import SparkLink
+    from spark.session import session
+
+    log.info("engine spark: full relinks run on Spark; a delta night's closure links locally")
+    return SparkLink(session(night.var_dir), layout.spark_dir(night.var_dir) / "link")
+
+
 def link(
     night: Night,
     *,
@@ -315,7 +327,15 @@ def link(
             "last night's golden tables stay in place. Fix: see each department's failed task"
         )
     held_back = sorted(held - set(delivered))
-    linked = link_night(city, run_id, full=full, retrain=retrain, held=held_back, progress=progress)
+    linked = link_night(
+        city,
+        run_id,
+        full=full,
+        retrain=retrain,
+        held=held_back,
+        progress=progress,
+        engine=_link_engine(night),
+    )
     if on_result is not None:
         on_result(linked)
     outcome = {

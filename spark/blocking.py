@@ -52,11 +52,13 @@ def pair_frame(
     passes: Iterable[BlockingPass],
     *,
     max_block: int = DEFAULT_MAX_BLOCK,
+    keys: DataFrame | None = None,
 ) -> DataFrame:
     """The candidate pairs of ``records`` as a Spark DataFrame (``left < right`` record IDs,
-    each pair once, unordered), for the comparisons to join their columns to."""
+    each pair once, unordered), for the comparisons to join their columns to. ``keys``: the
+    records' :func:`block_keys`, if they were worked out already."""
     plist = list(passes)
-    keys = block_keys(records, plist)
+    keys = block_keys(records, plist) if keys is None else keys
     found: DataFrame | None = None
     for p in plist:
         mine = keys.where(F.col("pass") == p.name).select("key", RECORD)

@@ -59,7 +59,16 @@ def session(var_dir: Path, master: str | None = None) -> SparkSession:
     if master is not None and master.startswith("local"):
         # local workers run this interpreter, whose environment holds govmdm and its kernels
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # Spark's 200 shuffle partitions are for clusters: on one machine each round of the
+        # joins would start 200 tasks for a few cores
+        builder = builder.config("spark.sql.shuffle.partitions", str(2 * _cores(master)))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # not every gateway connection
     return spark
+
+
+def _cores(master: str) -> int:
+    """The cores a ``local``, ``local[N]`` or ``local[*]`` master runs on."""
+    inside = master.partition("[")[2].partition("]")[0].split(",")[0]
+    return int(inside) if inside.isdigit() else (os.cpu_count() or 1) if inside else 1

@@ -15,7 +15,9 @@ from master_data.model import (
     MIN_PAIRS,
     DegenerateModelError,
     FellegiSunter,
+    pattern_counts,
     simulate_pairs,
+    u_from_counts,
     u_from_random_pairs,
 )
 
@@ -258,3 +260,37 @@ def test_a_hand_written_model_is_validated() -> None:
         FellegiSunter(m={"a": [0.0, 1.0]}, u={"a": [0.5, 0.5]}, prior=0.1)
     with pytest.raises(ValueError, match="prior must lie strictly between 0 and 1"):
         FellegiSunter(m={"a": [0.5, 0.5]}, u={"a": [0.5, 0.5]}, prior=1.0)
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_fitting_pattern_counts_gives_the_model_of_the_pairs_to_the_bit(
+    simulated: tuple[pd.DataFrame, pd.Series], wide: bool
+) -> None:
+    """Another engine counts the patterns (GROUP BY, split over partitions, in any order):
+    the model is the same JSON as fitting the pairs themselves."""
+    df, _ = simulated
+    df = df.assign(id_number=df["id_number"].where(np.arange(len(df)) % 7 != 0, -1))
+    levels = dict(LEVELS)
+    if wide:  # a key space past 2**24: the sorted path
+        for i in range(8):
+            df[f"extra{i}"] = np.arange(len(df)) % 9
+            levels[f"extra{i}"] = 8
+    counted = pattern_counts(df, levels=levels)
+    assert counted["count"].sum() == len(df) and not counted.duplicated(list(levels)).any()
+    # the counts of two partitions, shuffled: a vector on two rows adds up
+    halves = [pattern_counts(part, levels=levels) for part in (df.iloc[::2], df.iloc[1::2])]
+    scattered = pd.concat(halves).sample(frac=1.0, random_state=4).reset_index(drop=True)
+    fixed = u_from_random_pairs(df.iloc[:500], levels=levels)
+    direct = FellegiSunter.fit(df, levels=levels, fixed_u=fixed)
+    from_counts = FellegiSunter.fit_counts(scattered, levels=levels, fixed_u=fixed)
+    assert from_counts.to_json() == direct.to_json()
+    assert from_counts.pairs == len(df) and from_counts.missing["id_number"] > 0
+    assert u_from_counts(pattern_counts(df.iloc[:500], levels=levels), levels=levels) == fixed
+
+
+def test_pattern_counts_refuse_what_is_not_a_count() -> None:
+    bad = pd.DataFrame({"a": [0, 1], "b": [1, 1], "c": [0, 0], "count": [1.5, 2.0]})
+    with pytest.raises(ValueError, match="non-negative integers"):
+        FellegiSunter.fit_counts(bad, levels={"a": 1, "b": 1, "c": 1})
+    with pytest.raises(ValueError, match="no 'count' column"):
+        FellegiSunter.fit_counts(bad.drop(columns="count"), levels={"a": 1, "b": 1, "c": 1})
