@@ -422,7 +422,8 @@ def standardize_rows(
             extras[mapping.extra] = values
             continue
         if mapping.route is not None:
-            codes.append(_routed(mapping.route, values, out, memo.fields.setdefault(col, {})))
+            routed = memo.fields.setdefault(("route", *mapping.route), {})  # shared by tables
+            codes.append(_routed(mapping.route, values, out, routed))
             continue
         if mapping.cases is not None:
             values = _case_values(mapping, raw, n)

@@ -406,6 +406,7 @@ class Weijian(Department):
         if short and side.random() < 0.15:
             row["HOME_ADDR"] = short
             planted.append(("HOME_ADDR", "unit_shorthand_address"))
+
     def _planted_case(self, world: World, p: Person, row: Row, planted: list[Any]) -> None:
         """The hospital's row of a person of :mod:`etl.sample_city.hard_cases`: a child under
         its guardian's ID number and phone, a namesake without ID number, a renamed person
