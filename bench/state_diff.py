@@ -84,9 +84,7 @@ def diff(old: Path, new: Path) -> dict[str, list[str]]:
                 eb = sb["entities"].get(entity, {})
                 for k, v in ea.items():
                     if k != "seconds" and eb.get(k) != v:
-                        found.setdefault(str(name), []).append(
-                            f"{entity}.{k}: {v} != {eb.get(k)}"
-                        )
+                        found.setdefault(str(name), []).append(f"{entity}.{k}: {v} != {eb.get(k)}")
         elif a.read_bytes() != b.read_bytes():
             found[str(name)] = ["contents differ"]
     return found
