@@ -30,6 +30,9 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
 """Attribute → the golden columns that survive together (the first one decides "has a value"),
 from :mod:`fields.dictionary`."""
 
+_SOURCE = ["master_id", "department", "source_table", "source_key", "updated_at"]
+_SHOWN = ["division_code", "address_detail", "address"]  # what an address is compared and shown by
+
 # The rows of mdm_provenance and mdm_conflict, less what the publish adds (entity, night).
 PROVENANCE_COLUMNS = [c.name for c in provenance_table.columns if c.name != "entity"]
 CONFLICT_COLUMNS = [c.name for c in conflict_table.columns if c.name not in ("run_id", "entity")]
@@ -48,6 +51,11 @@ def survive(
     department not listed ranks after all listed ones.
     """
     order = {d: i for i, d in enumerate(rank)}
+    # only the columns survivorship reads, positionally indexed: each attribute's subset of
+    # rows copies these few columns, and lookups by position are cheap
+    needed = [*_SOURCE, *_SHOWN, *(c for cs in ATTRIBUTES[entity].values() for c in cs)]
+    members = members[list(dict.fromkeys(c for c in needed if c in members.columns))]
+    members = members.reset_index(drop=True)
     # Every sort key as integer codes once (factorize(sort=True) keeps the values' order): one
     # lexsort per attribute instead of sorting object columns, on the rows that have a value.
     master_code, masters = pd.factorize(members["master_id"], sort=True)
