@@ -110,7 +110,7 @@ def survive(
             )
         )
         if auth:
-            conflicts.append(_conflicts(has, value, winners, attribute, lead, auth))
+            conflicts.append(_conflicts(has, value, first, m, attribute, lead, auth))
     prov = pd.concat(provenance, ignore_index=True) if provenance else _empty(PROVENANCE_COLUMNS)
     conf = pd.concat(conflicts, ignore_index=True) if conflicts else _empty(CONFLICT_COLUMNS)
     return golden.reset_index(), prov, conf.sort_values(["master_id", "attribute", "department"])
@@ -133,18 +133,23 @@ def _shown(rows: pd.DataFrame, attribute: str, lead: str) -> pd.Series:
 def _conflicts(
     has: pd.DataFrame,
     value: pd.Series,
-    winners: pd.DataFrame,
+    first: np.ndarray,
+    master: np.ndarray,
     attribute: str,
     lead: str,
     auth: str,
 ) -> pd.DataFrame:
-    """Member rows of other departments whose value differs from the authority's."""
-    from_authority = winners[winners["department"] == auth]
-    key = _comparable(from_authority, attribute, lead)
-    shown = _shown(from_authority, attribute, lead)
-    mine = has[(has["department"] != auth) & has["master_id"].isin(key.index)]
-    differs = (value.loc[mine.index] != mine["master_id"].map(key)).to_numpy()
-    rows = mine[differs]
+    """Member rows of other departments whose value differs from the authority's: ``has``
+    the rows with a value (``value`` to compare, ``master`` their master's code), ``first``
+    the position of each master's winning row among them."""
+    dept = has["department"].to_numpy()
+    won = first[dept[first] == auth]  # masters whose value came from the authority
+    winner = np.full(int(master.max()) + 1 if len(master) else 0, -1, dtype=np.int64)
+    winner[master[won]] = won
+    mine = np.flatnonzero((dept != auth) & (winner[master] >= 0))
+    values = value.to_numpy()
+    differs = mine[values[mine] != values[winner[master[mine]]]]
+    rows, theirs = has.iloc[differs], has.iloc[winner[master[differs]]]
     return pd.DataFrame(
         {
             "master_id": rows["master_id"].to_numpy(),
@@ -154,7 +159,7 @@ def _conflicts(
             "source_key": rows["source_key"].to_numpy(),
             "value": _shown(rows, attribute, lead).to_numpy(),
             "authority_department": auth,
-            "authority_value": rows["master_id"].map(shown).to_numpy(),
+            "authority_value": _shown(theirs, attribute, lead).to_numpy(),
         },
         columns=CONFLICT_COLUMNS,
     )
