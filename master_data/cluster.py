@@ -68,7 +68,7 @@ def cluster(
     ``merged_by`` maps each accepted edge ``(left, right)`` to its ``(tier, score)``.
     """
     listed = list(edges)
-    columns = list(zip(*listed, strict=True)) if listed else [[], [], [], []]
+    columns: list[Any] = list(zip(*listed, strict=True)) if listed else [(), (), (), ()]
     graph = EdgeArrays(
         np.asarray(columns[0], dtype=np.int64),
         np.asarray(columns[1], dtype=np.int64),

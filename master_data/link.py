@@ -379,7 +379,10 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
 
     night.say(f"{entity}: blocking {(rows if carry else records).num_rows:,} rows")
     found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
+    changed = pd.Index(rows[RECORD].to_pandas())
+    del rows  # tonight's rows are among the records now
     write_state(found.keys, out, "blockkeys")
+    found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     result.blocking = found.report
     result.candidate_pairs = result.pairs_compared = len(found.pairs)
     night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
@@ -394,7 +397,6 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
 
     decisions = night.decisions[night.decisions["entity"] == entity]
     decided = _between(decisions, records[RECORD])
-    changed = pd.Index(rows[RECORD].to_pandas())
     auto = match.thresholds.auto_link
     scope = (
         closure(records, changed, removed, fresh, decided, base, entity, auto)
