@@ -86,6 +86,9 @@ def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any
             out, persons=opts["persons"], enterprises=opts["enterprises"], seed=opts["seed"]
         )
         return {"run_id": manifest["as_of"], "rows": sum(manifest["rows"].values())}
+    if stage == "change":
+        run_id, changed, rows = _change_city(city.var_dir / "city", opts["share"])
+        return {"run_id": run_id, "changed": changed, "rows": rows}
     if stage == "extract":
         from etl.extract import extract_all
 
@@ -286,7 +289,7 @@ def main() -> None:
         help="after each full night, change this share of source rows (e.g. 0.01) and run "
         "the next night on them: the delta night",
     )
-    parser.add_argument("--child", choices=("generate", *STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("generate", "change", *STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
     parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -343,7 +346,10 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
                 runs[-1][stage] = _run(stage, var, url, run_id, opts)
                 _say(rep, stage, runs[-1][stage])
             if args.delta is not None:
-                next_id, changed, rows = _change_city(var / "city", args.delta)
+                # in a child: the city's truth is large, and a child forked from a large
+                # parent would report the parent's peak RSS as its own
+                change = _run("change", var, None, "", {**opts, "share": args.delta})
+                next_id, changed, rows = change["run_id"], change["changed"], change["rows"]
                 print(
                     f"run {rep}  changed {changed:,} of {rows:,} source rows "
                     f"({changed / rows:.2%}): night {next_id}",
