@@ -4,12 +4,19 @@
     .venv/bin/python bench/scale_bench.py --warehouse postgresql+psycopg://postgres@127.0.0.1/postgres
     .venv/bin/python bench/scale_bench.py --var /tmp/city200k --keep --repeat 1   # build once
     .venv/bin/python bench/scale_bench.py --var /tmp/city200k --stages publish   # publish only
+    .venv/bin/python bench/scale_bench.py --delta 0.01          # and a night with 1 % changed
 
 Generates the sample city once (``--persons``, enterprises a tenth of that unless given), then
 runs the night ``--repeat`` times (default 3) from an empty warehouse: extract, standardize,
 link, publish, each stage in a fresh process so its peak RSS is its own. Prints every run and
 the median per stage, with the load average beside it (the figures are only as good as the
-machine is quiet; CPU seconds are the steadier figure).
+machine is quiet; CPU seconds are the steadier figure). CPU seconds and peak RSS include the
+stage's worker processes (standardize runs departments in parallel).
+
+``--delta SHARE`` follows each full night with a delta night: the city's next nights of changes
+(:func:`etl.sample_city.generate.next_night`) are applied to a copy of its sources until at
+least SHARE of the source rows changed, then the night runs again on them, and the bench prints
+its median beside the full night's (issue 15: ≤ 10 % of the full night's CPU seconds).
 
 Warehouse: SQLite under each run's var folder, or ``--warehouse URL`` — then the URL is a
 server login: each run gets a new database on that server (``govmdm_bench_…``, dropped
@@ -45,14 +52,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("extract", "standardize", "link", "publish")
 PUBLISH_TARGET_S = 20.0  # issue 15: publish ≤ 20 s for 200,000 persons
+DELTA_TARGET = 0.10  # issue 15: a delta night with 1 % changes ≤ 10 % of the full night
 
 
 # --- child side: one stage in a fresh process --------------------------------------------------
 
 
 def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process and of its finished children (standardize's workers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _descendants_cpu_s() -> float:
@@ -80,7 +92,12 @@ def _descendants_cpu_s() -> float:
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """The largest peak RSS of this process and of any of its finished children."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return max(me.ru_maxrss, kids.ru_maxrss) / 1024  # KiB on Linux
 
 
 def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +113,9 @@ def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any
             out, persons=opts["persons"], enterprises=opts["enterprises"], seed=opts["seed"]
         )
         return {"run_id": manifest["as_of"], "rows": sum(manifest["rows"].values())}
+    if stage == "change":
+        run_id, changed, rows = _change_city(city.var_dir / "city", opts["share"])
+        return {"run_id": run_id, "changed": changed, "rows": rows}
     if stage == "extract":
         from etl.extract import extract_all
 
@@ -249,19 +269,38 @@ def _warehouse(server: str | None) -> Iterator[str | None]:
         admin.dispose()
 
 
-def _fresh_var(root: Path, rep: int) -> Path:
-    """Run ``rep``'s var folder: empty but for the generated city (linked, read only)."""
+def _fresh_var(root: Path, rep: int, *, own_city: bool = False) -> Path:
+    """Run ``rep``'s var folder: empty but for the generated city (linked, read only; a copy
+    of its own with ``own_city``, for a delta night that changes the sources)."""
     var = root / f"run{rep}"
     shutil.rmtree(var, ignore_errors=True)
     var.mkdir(parents=True)
-    (var / "city").symlink_to(root / "city", target_is_directory=True)
+    if own_city:
+        shutil.copytree(root / "city", var / "city")
+    else:
+        (var / "city").symlink_to(root / "city", target_is_directory=True)
     return var
 
 
-def _say(rep: int, stage: str, r: dict[str, Any]) -> None:
+def _change_city(city: Path, share: float) -> tuple[str, int, int]:
+    """Apply the sample city's next nights of changes (moves, new phones, births, deaths,
+    new and closed enterprises, …) to ``city``'s sources until at least ``share`` of its
+    source rows changed; the last night's run ID, the rows changed and the rows there were."""
+    from etl.sample_city.generate import next_night
+
+    rows = sum(json.loads((city / "city.json").read_text())["rows"].values())
+    changed, run_id = 0, ""
+    while changed < share * rows:
+        manifest = next_night(city)
+        run_id = manifest["as_of"]
+        changed += sum(sum(c.values()) for c in manifest["last_changes"].values())
+    return run_id, changed, rows
+
+
+def _say(rep: int, stage: str, r: dict[str, Any], night: str = "") -> None:
     rest = {k: v for k, v in r.items() if k not in ("wall_s", "cpu_s", "peak_mib", "load")}
     print(
-        f"run {rep}  {stage:<12} {r['wall_s']:8.1f} s  cpu {r['cpu_s']:7.1f} s  peak "
+        f"run {rep}  {night + stage:<18} {r['wall_s']:8.1f} s  cpu {r['cpu_s']:7.1f} s  peak "
         f"{r['peak_mib']:7,.0f} MiB  load {r['load']:.2f}  {json.dumps(rest)}",
         flush=True,
     )
@@ -313,7 +352,15 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help="a tail of " + ",".join(STAGES))
     parser.add_argument("--var", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the var folder afterwards")
-    parser.add_argument("--child", choices=("generate", *STAGES), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--delta",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="after each full night, change this share of source rows (e.g. 0.01) and run "
+        "the next night on them: the delta night",
+    )
+    parser.add_argument("--child", choices=("generate", "change", *STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
     parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -323,10 +370,13 @@ def main() -> None:
     stages = tuple(s.strip() for s in args.stages.split(","))
     if stages != STAGES[len(STAGES) - len(stages) :]:
         parser.error(f"--stages must be a tail of {','.join(STAGES)}")
+    if args.delta is not None and stages != STAGES:
+        parser.error("--delta runs the whole night and the next: leave out --stages")
     if stages != STAGES and args.var is None:
         parser.error("--stages without extract needs --var: a kept folder holding the night")
     root = (args.var or Path(tempfile.mkdtemp(prefix="govmdm-scale-bench-"))).resolve()
     opts = {
+        "delta": args.delta,
         "engine": args.engine,
         "persons": args.persons,
         "seed": args.seed,
@@ -356,10 +406,15 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
         )
     run_id = json.loads((root / "city" / "city.json").read_text())["as_of"]
     by_master: dict[str, list[dict[str, dict[str, Any]]]] = {}
+    deltas: list[dict[str, dict[str, Any]]] = []
     for master in masters:
         runs = by_master.setdefault(master, [])
         for rep in range(1, args.repeat + 1):
-            var = _fresh_var(root, rep) if stages == STAGES else _kept_var(root)
+            var = (
+                _fresh_var(root, rep, own_city=args.delta is not None)
+                if stages == STAGES
+                else _kept_var(root)
+            )
             with _warehouse(args.warehouse) as url:
                 runs.append({})
                 for stage in stages:
@@ -367,10 +422,45 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
                         stage, var, url, run_id, {**opts, "spark_master": master}
                     )
                     _say(rep, stage, runs[-1][stage])
+                if args.delta is not None:
+                    deltas.append(_delta_night(rep, var, url, {**opts, "spark_master": master}))
     for master, runs in by_master.items():
         _medians(runs, stages, f"{head}{f', Spark {master}' if master else ''}, night {run_id}")
+    if deltas:
+        _delta_verdict(by_master[masters[0]], deltas, head)
     if len(masters) > 1 and "link" in stages:
         _speedup(by_master, masters[0], masters[-1])
+
+
+def _delta_night(rep: int, var: Path, url: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """The next night after ``--delta`` of the source rows changed, every stage timed."""
+    # in a child: the city's truth is large, and a child forked from a large parent would
+    # report the parent's peak RSS as its own
+    change = _run("change", var, None, "", {**opts, "share": opts["delta"]})
+    next_id, changed, rows = change["run_id"], change["changed"], change["rows"]
+    print(
+        f"run {rep}  changed {changed:,} of {rows:,} source rows "
+        f"({changed / rows:.2%}): night {next_id}",
+        flush=True,
+    )
+    night: dict[str, Any] = {}
+    for stage in STAGES:
+        night[stage] = _run(stage, var, url, next_id, opts)
+        _say(rep, stage, night[stage], "delta ")
+    return night
+
+
+def _delta_verdict(
+    runs: list[dict[str, dict[str, Any]]], deltas: list[dict[str, dict[str, Any]]], head: str
+) -> None:
+    _medians(deltas, STAGES, f"{head}, the delta night after it")
+    full = statistics.median(_night_total(r, STAGES)["cpu_s"] for r in runs)
+    delta = statistics.median(_night_total(r, STAGES)["cpu_s"] for r in deltas)
+    met = "met" if delta <= DELTA_TARGET * full else "MISSED"
+    print(
+        f"delta night ≤ {DELTA_TARGET:.0%} of the full night's CPU seconds: {met} "
+        f"({delta:.1f} / {full:.1f} s = {delta / full:.1%})"
+    )
 
 
 def _speedup(by_master: dict[str, list[dict[str, dict[str, Any]]]], one: str, other: str) -> None:

@@ -190,9 +190,19 @@ def _year(rows: _Rows, column: str) -> pd.Series[Any]:
     return _positional(np.where(dates.isna().to_numpy(), None, years.to_numpy(dtype=object)))
 
 
+def _per_value(values: pd.Series[Any], fn: Callable[[Any], Any]) -> pd.Series[Any]:
+    """``values.map(fn)`` calling ``fn`` once per distinct value (missing values: None)."""
+    codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)
+    mapped = np.empty(len(uniques) + 1, dtype=object)
+    mapped[:-1] = [fn(u) for u in uniques]
+    mapped[-1] = None  # code -1: missing
+    return pd.Series(mapped[codes], index=values.index, dtype=object)
+
+
 def _city_code(rows: _Rows) -> pd.Series[Any]:
-    return rows.column("division_code").map(
-        lambda c: c[:4] if isinstance(c, str) and len(c) >= 4 and c[2:4] != "00" else None
+    return _per_value(
+        rows.column("division_code"),
+        lambda c: c[:4] if isinstance(c, str) and len(c) >= 4 and c[2:4] != "00" else None,
     )
 
 
@@ -228,8 +238,9 @@ def _names_pinyin(rows: _Rows) -> pd.Series[Any]:
 
 
 def _reg_no(rows: _Rows) -> pd.Series[Any]:
-    return rows.column("reg_no").map(
-        lambda v: v if isinstance(v, str) and identifiers.reg_no_is_valid(v) else None
+    return _per_value(
+        rows.column("reg_no"),
+        lambda v: v if isinstance(v, str) and identifiers.reg_no_is_valid(v) else None,
     )
 
 
@@ -468,7 +479,21 @@ class _Blocks:
     block: Positions
     start: Positions  # first index in rows/block of each block
     size: Positions
-    keys: list[tuple[Any, ...]] = field(default_factory=list)  # one per block
+    first: pd.DataFrame = field(default_factory=pd.DataFrame)  # each block's key values
+
+    def key_of(self, block: int) -> tuple[Any, ...]:
+        """The key values of one block."""
+        return tuple(self.first.iloc[block])
+
+    def key_texts(self) -> npt.NDArray[np.object_]:
+        """Each block's key values as one text, joined by :data:`_KEY_SEPARATOR`."""
+        columns = [self.first[c].astype(str) for c in self.first.columns]
+        if not columns:
+            return np.empty(0, dtype=object)
+        texts = columns[0]
+        for c in columns[1:]:
+            texts = texts + _KEY_SEPARATOR + c
+        return texts.to_numpy(dtype=object)
 
 
 def _sorted_unique(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -496,9 +521,8 @@ def _blocks(rows: _Rows, keys: Sequence[str]) -> _Blocks:
     positions, block = positions[order], block[order]
     size = np.bincount(block).astype(np.int64)
     start = np.concatenate(([0], np.cumsum(size)[:-1])).astype(np.int64)
-    first = table.iloc[order[start]]
-    block_keys = [tuple(t) for t in first[cols].itertuples(index=False, name=None)]
-    return _Blocks(positions, block, start, size, block_keys)
+    first = table[cols].iloc[order[start]].reset_index(drop=True)
+    return _Blocks(positions, block, start, size, first)
 
 
 def _pass_pairs(
@@ -587,7 +611,7 @@ class PassIndex(BaseIndexAlgorithm):
         return _skipped(
             self.blocking_pass,
             self.max_block,
-            [(blocks.keys[b], int(blocks.size[b])) for b in oversized],
+            [(blocks.key_of(int(b)), int(blocks.size[b])) for b in oversized],
         )
 
 
@@ -741,7 +765,7 @@ _KEY_SEPARATOR = "\x1f"
 
 def _key_table(name: str, blocks: _Blocks, index: pd.Index) -> pa.Table:
     """The pass's block key of every keyed row (one row per row and key)."""
-    texts = np.array([_KEY_SEPARATOR.join(map(str, k)) for k in blocks.keys], dtype=object)
+    texts = blocks.key_texts()
     n = len(blocks.rows)
     return pa.table(
         [

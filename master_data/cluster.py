@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from scipy import sparse
 from scipy.sparse import csgraph
@@ -65,10 +67,128 @@ def cluster(
     Edges are taken by tier, then by score (highest first), then by ``(left, right)``.
     ``merged_by`` maps each accepted edge ``(left, right)`` to its ``(tier, score)``.
     """
-    ordered = sorted(edges, key=lambda e: (e[2], -e[3], min(e[0], e[1]), max(e[0], e[1])))
-    parent = np.arange(n)
-    key: dict[int, str] = {i: k for i, k in enumerate(hard_keys) if k}
-    size = np.ones(n, dtype=np.int64)
+    listed = list(edges)
+    columns: list[Any] = list(zip(*listed, strict=True)) if listed else [(), (), (), ()]
+    graph = EdgeArrays(
+        np.asarray(columns[0], dtype=np.int64),
+        np.asarray(columns[1], dtype=np.int64),
+        np.asarray(columns[2], dtype=np.int64),
+        np.asarray(columns[3], dtype=np.float64),
+    )
+    done = cluster_arrays(
+        n, graph, hard_codes(pd.Series(list(hard_keys), dtype=object)), list(apart)
+    )
+    out = Clusters(done.labels)
+    for i in done.order:
+        a, b, t, s = (int(graph.left[i]), int(graph.right[i]), int(graph.tier[i]), graph.score[i])
+        if done.refused[i]:
+            out.refused.append(Refusal(a, b, t, float(s), done.refused[i]))
+        elif done.merged[i]:
+            out.merged_by[(min(a, b), max(a, b))] = (t, float(s))
+    return out
+
+
+@dataclass
+class EdgeArrays:
+    """Edges as arrays: positions ``left``/``right``, ``tier`` and ``score`` per edge."""
+
+    left: npt.NDArray[np.int64]
+    right: npt.NDArray[np.int64]
+    tier: npt.NDArray[np.int64]
+    score: npt.NDArray[np.float64]
+
+
+@dataclass
+class ClusteredArrays:
+    """What :func:`cluster_arrays` found: labels, and per edge whether it merged two clusters
+    or was refused (the reason, else "")."""
+
+    labels: npt.NDArray[np.int64]
+    merged: npt.NDArray[np.bool_]
+    refused: npt.NDArray[np.object_]
+    order: npt.NDArray[np.int64]  # the edges in the order they are taken
+
+
+def cluster_arrays(
+    n: int, edges: EdgeArrays, hard: npt.NDArray[np.int64], apart: list[tuple[int, int]]
+) -> ClusteredArrays:
+    """:func:`cluster` on arrays: ``hard`` holds each record's hard-key code (-1: none).
+
+    The greedy merge only ever refuses inside a connected component holding two different
+    hard keys or a kept-apart pair; every other component takes exactly the edges of its
+    minimum spanning tree under the merge order (Kruskal's algorithm is that greedy merge), so
+    only the constrained components run the merge edge by edge, in Python."""
+    m = len(edges.left)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return ClusteredArrays(empty, np.zeros(m, dtype=bool), np.full(m, "", object), empty)
+    lo, hi = np.minimum(edges.left, edges.right), np.maximum(edges.left, edges.right)
+    order = np.lexsort((hi, lo, -edges.score, edges.tier)).astype(np.int64)
+    merged = np.zeros(m, dtype=bool)
+    refused = np.full(m, "", dtype=object)
+    comp = _component_of(n, lo, hi)
+    tight = np.zeros(comp.max(initial=-1) + 1, dtype=bool)
+    keyed = np.flatnonzero(hard >= 0)
+    if len(keyed):
+        pairs = np.unique(np.stack([comp[keyed], hard[keyed]]), axis=1)[0]
+        tight[pairs[1:][pairs[1:] == pairs[:-1]]] = True
+    for a, b in apart:
+        if comp[a] == comp[b]:
+            tight[comp[a]] = True
+    slow = tight[comp[lo]] if m else np.zeros(0, dtype=bool)
+    fast = order[~slow[order]]
+    merged[_spanning(n, lo, hi, fast)] = True
+    _greedy(n, edges, order[slow[order]], hard, apart, merged, refused)
+    taken = np.flatnonzero(merged)
+    labels = _smallest_member(n, lo[taken], hi[taken])
+    return ClusteredArrays(labels, merged, refused, order)
+
+
+def _component_of(n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> Any:
+    graph = sparse.coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n)).tocsr()
+    return csgraph.connected_components(graph, directed=False)[1]
+
+
+def _smallest_member(
+    n: int, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Each record's label: the smallest record index of its component along ``a``–``b``."""
+    comp = _component_of(n, a, b)
+    smallest = np.full(comp.max(initial=-1) + 1, n, dtype=np.int64)
+    np.minimum.at(smallest, comp, np.arange(n))
+    return smallest[comp]
+
+
+def _spanning(
+    n: int, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64], ordered: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """The edges (of ``ordered``, taken in that order) that Kruskal's greedy merge accepts:
+    the minimum spanning forest with each edge weighted by its place in the order."""
+    rank = np.arange(1, len(ordered) + 1, dtype=np.float64)
+    a, b = lo[ordered], hi[ordered]
+    pair = a * max(n, 1) + b
+    # of several edges on one pair only the first can merge; self-loops never do
+    first = np.unique(pair, return_index=True)[1]
+    first = first[a[first] != b[first]]
+    weights = sparse.csr_matrix((rank[first], (a[first], b[first])), shape=(n, n))
+    tree = csgraph.minimum_spanning_tree(weights).tocoo()
+    return ordered[tree.data.astype(np.int64) - 1]
+
+
+def _greedy(
+    n: int,
+    edges: EdgeArrays,
+    ordered: npt.NDArray[np.int64],
+    hard: npt.NDArray[np.int64],
+    apart: list[tuple[int, int]],
+    merged: npt.NDArray[np.bool_],
+    refused: npt.NDArray[np.object_],
+) -> None:
+    """The merge edge by edge (union-find) along ``ordered``, refusing a merge that joins two
+    hard keys or two records kept apart; marks ``merged`` and ``refused`` per edge."""
+    parent: dict[int, int] = {}
+    size: dict[int, int] = {}
+    key: dict[int, int] = {}
     kept_apart: dict[int, set[int]] = {}
     for a, b in apart:
         kept_apart.setdefault(a, set()).add(b)
@@ -78,40 +198,33 @@ def cluster(
 
     def find(i: int) -> int:
         root = i
-        while parent[root] != root:
-            root = int(parent[root])
-        while parent[i] != root:  # path compression
-            parent[i], i = root, int(parent[i])
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(i, i) != root:  # path compression
+            parent[i], i = root, parent[i]
         return root
 
-    out = Clusters(np.empty(n, dtype=np.int64))
-    for left, right, tier, score in ordered:
+    for e, left, right in zip(
+        ordered.tolist(), edges.left[ordered].tolist(), edges.right[ordered].tolist(), strict=True
+    ):
         ra, rb = find(left), find(right)
         if ra == rb:
             continue
-        ka, kb = key.get(ra), key.get(rb)
-        if ka is not None and kb is not None and ka != kb:
-            out.refused.append(Refusal(left, right, tier, score, "hard_key"))
+        ka, kb = key.get(ra, int(hard[ra])), key.get(rb, int(hard[rb]))
+        if ka >= 0 and kb >= 0 and ka != kb:
+            refused[e] = "hard_key"
             continue
         if _kept_apart(flagged.get(ra, set()), flagged.get(rb, set()), kept_apart):
-            out.refused.append(Refusal(left, right, tier, score, "kept_apart"))
+            refused[e] = "kept_apart"
             continue
-        if size[ra] < size[rb]:
-            ra, rb = rb, ra
+        if size.get(ra, 1) < size.get(rb, 1):
+            ra, rb, ka, kb = rb, ra, kb, ka
         parent[rb] = ra
-        size[ra] += size[rb]
-        merged_key = ka if ka is not None else kb
-        if merged_key is not None:
-            key[ra] = merged_key
+        size[ra] = size.get(ra, 1) + size.get(rb, 1)
+        key[ra] = ka if ka >= 0 else kb
         if rb in flagged:
             flagged.setdefault(ra, set()).update(flagged.pop(rb))
-        out.merged_by[(min(left, right), max(left, right))] = (tier, score)
-    roots = np.array([find(i) for i in range(n)], dtype=np.int64)
-    # label = smallest member index: independent of merge order
-    smallest = np.full(n, n, dtype=np.int64)
-    np.minimum.at(smallest, roots, np.arange(n))
-    out.labels = smallest[roots]
-    return out
+        merged[e] = True
 
 
 def _kept_apart(a: set[int], b: set[int], kept_apart: dict[int, set[int]]) -> bool:
@@ -158,27 +271,35 @@ def cluster_records(
             "run `govmdm consolidate --full` and report this as a bug"
         )
     li_used, ri_used = li[usable].astype(np.int64), ri[usable].astype(np.int64)
-    tier = np.where(rule[usable], TIER_RULE, TIER_MODEL)
-    scores = edges["probability"].to_numpy()[usable]
-    graph = list(
-        zip(li_used.tolist(), ri_used.tolist(), tier.tolist(), scores.tolist(), strict=True)
+    links = np.array(_decided(decided, position, "link"), dtype=np.int64).reshape(-1, 2)
+    graph = EdgeArrays(
+        np.concatenate([li_used, links[:, 0]]),
+        np.concatenate([ri_used, links[:, 1]]),
+        np.concatenate(
+            [
+                np.where(rule[usable], TIER_RULE, TIER_MODEL),
+                np.full(len(links), TIER_REVIEW_LINK, dtype=np.int64),
+            ]
+        ),
+        np.concatenate(
+            [edges["probability"].to_numpy(dtype=np.float64)[usable], np.ones(len(links))]
+        ),
     )
-    links = _decided(decided, position, "link")
-    graph += [(a, b, TIER_REVIEW_LINK, 1.0) for a, b in links]
-    hard = records[HARD_KEY[entity]].where(records[HARD_KEY[entity]].notna(), None).tolist()
-    clusters = cluster(
-        len(records), graph, hard_keys=hard, apart=_decided(decided, position, "apart")
+    clusters = cluster_arrays(
+        len(records),
+        graph,
+        hard_codes(records[HARD_KEY[entity]]),
+        _decided(decided, position, "apart"),
     )
-    taken = {(int(a), int(b)) for a, b in clusters.merged_by}
+    # an edge is taken when clustering merged along its pair (a reviewer's link on the same
+    # pair merges first)
+    n = max(len(records), 1)
+    lo, hi = np.minimum(graph.left, graph.right), np.maximum(graph.left, graph.right)
+    taken = lo[clusters.merged] * n + hi[clusters.merged]
     accepted = np.zeros(len(edges), dtype=bool)
-    lo, hi = np.minimum(li_used, ri_used), np.maximum(li_used, ri_used)
-    accepted[np.flatnonzero(usable)] = [
-        (int(a), int(b)) in taken for a, b in zip(lo, hi, strict=True)
-    ]
-    a = np.concatenate([li_used, np.array([p[0] for p in links], dtype=np.int64)])
-    b = np.concatenate([ri_used, np.array([p[1] for p in links], dtype=np.int64)])
-    component = _components(records.index, a, b)
-    return RecordClusters(clusters.labels, component, accepted, _counts(clusters))
+    accepted[np.flatnonzero(usable)] = np.isin(lo[: len(li_used)] * n + hi[: len(li_used)], taken)
+    component = _components(records.index, graph.left, graph.right)
+    return RecordClusters(clusters.labels, component, accepted, _counts(graph, clusters))
 
 
 def _decided(decided: pd.DataFrame, position: pd.Series, decision: str) -> list[tuple[int, int]]:
@@ -194,14 +315,23 @@ def _decided(decided: pd.DataFrame, position: pd.Series, decision: str) -> list[
     ]
 
 
-def _counts(clusters: Clusters) -> dict[str, int]:
+def hard_codes(keys: pd.Series) -> npt.NDArray[np.int64]:
+    """Each record's hard key as an integer code; -1 where it has none (missing or empty)."""
+    values = keys.to_numpy(dtype=object, copy=True)
+    values[~pd.notna(values) | (values == "")] = None
+    return pd.factorize(values, use_na_sentinel=True)[0].astype(np.int64)
+
+
+def _counts(graph: EdgeArrays, clusters: ClusteredArrays) -> dict[str, int]:
     """Links taken by kind (rule, model, reviewer), and refused by reason."""
-    counts = {"rule_links": 0, "model_links": 0, "review_links": 0}
-    for t, _score in clusters.merged_by.values():
-        counts[{TIER_RULE: "rule_links", TIER_MODEL: "model_links"}.get(t, "review_links")] += 1
-    counts["refused_hard_key"] = sum(r.reason == "hard_key" for r in clusters.refused)
-    counts["refused_kept_apart"] = sum(r.reason == "kept_apart" for r in clusters.refused)
-    return counts
+    tiers = graph.tier[clusters.merged]
+    return {
+        "rule_links": int((tiers == TIER_RULE).sum()),
+        "model_links": int((tiers == TIER_MODEL).sum()),
+        "review_links": int(((tiers != TIER_RULE) & (tiers != TIER_MODEL)).sum()),
+        "refused_hard_key": int((clusters.refused == "hard_key").sum()),
+        "refused_kept_apart": int((clusters.refused == "kept_apart").sum()),
+    }
 
 
 def _components(ids: pd.Index, a: np.ndarray, b: np.ndarray) -> pd.Series:

@@ -56,6 +56,7 @@ __all__ = [
     "features_for",
     "level_label",
     "load_shape_similar",
+    "pair_positions",
 ]
 
 MISSING = -1
@@ -641,6 +642,24 @@ def features_for(entity: str) -> list[LevelFeature]:
     raise ValueError(f"unknown entity {entity!r}; use 'person' or 'enterprise'")
 
 
+def pair_positions(index: pd.Index, pairs: pd.MultiIndex) -> tuple[Positions, Positions]:
+    """The positions in ``index`` of each pair's two record IDs (-1 where absent); each
+    distinct ID is looked up once, not once per pair.
+
+    >>> import pandas as pd
+    >>> pair_positions(pd.Index(["a", "b", "c"]), pd.MultiIndex.from_tuples([("a", "c")]))
+    (array([0]), array([2]))
+    """
+    out = []
+    for level in (0, 1):
+        found = index.get_indexer(pairs.levels[level])
+        codes = pairs.codes[level]
+        at = found[codes] if len(found) else np.full(len(codes), -1, dtype=np.intp)
+        at[codes < 0] = -1
+        out.append(at.astype(np.intp, copy=False))
+    return out[0], out[1]
+
+
 def compare(
     df: pd.DataFrame,
     pairs: pd.MultiIndex,
@@ -660,8 +679,7 @@ def compare(
     features = features_for(entity) if isinstance(entity, str) else list(entity)
     if pairs.nlevels != 2:
         raise ValueError("pairs must be a two-level MultiIndex of record ids")
-    left = df.index.get_indexer(pairs.get_level_values(0))
-    right = df.index.get_indexer(pairs.get_level_values(1))
+    left, right = pair_positions(df.index, pairs)
     if (left < 0).any() or (right < 0).any():
         raise KeyError("pairs refer to record ids that are not in the frame")
     used, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)

@@ -62,19 +62,28 @@ def rule_links(records: pd.DataFrame, left: pd.Index, right: pd.Index, entity: s
     """The rule that links each pair (``left[i]``, ``right[i]``) of ``records``, or None; the
     strongest where several hold (credit code, then registration number, then organization
     code)."""
-    out = pd.Series([None] * len(left), dtype=object)
+    at = records.index.get_indexer
+    return pd.Series(rule_links_at(records, at(left), at(right), entity), dtype=object)
+
+
+def rule_links_at(
+    records: pd.DataFrame, left: np.ndarray, right: np.ndarray, entity: str
+) -> np.ndarray:
+    """:func:`rule_links` for the pairs of records at positions ``left[i]``, ``right[i]``:
+    each column is coded once per record, and the pairs compare integer codes."""
+    out = np.full(len(left), None, dtype=object)
     if not len(left):
         return out
-    used = ["id_number"] if entity == "person" else ["uscc", "reg_no", "org_code"]
-    a, b = records.loc[left, used], records.loc[right, used]  # only the compared columns
 
-    def same(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return pd.notna(x) & pd.notna(y) & (x == y)
+    def same(values: pd.Series) -> np.ndarray:
+        codes = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=True)[0]
+        a, b = codes[left], codes[right]
+        return (a >= 0) & (a == b)
 
     if entity == "person":
-        out[same(a["id_number"].to_numpy(), b["id_number"].to_numpy())] = "same_id_number"
+        out[same(records["id_number"])] = "same_id_number"
         return out
-    out[same(org_codes(a).to_numpy(), org_codes(b).to_numpy())] = "same_org_code"
-    out[same(a["reg_no"].to_numpy(), b["reg_no"].to_numpy())] = "same_reg_no"
-    out[same(a["uscc"].to_numpy(), b["uscc"].to_numpy())] = "same_uscc"
+    out[same(org_codes(records))] = "same_org_code"
+    out[same(records["reg_no"])] = "same_reg_no"
+    out[same(records["uscc"])] = "same_uscc"
     return out

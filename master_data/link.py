@@ -396,7 +396,10 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         found = night.engine.score(records, entity, match, night.settings, model)
     else:
         found = _scored(night, entity, records, rows, removed, base, carry, model)
+    changed = pd.Index(rows[RECORD].to_pandas())
+    del rows  # tonight's rows are among the records now
     write_state(found.keys, out, "blockkeys")
+    found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     result.blocking = found.report
     result.candidate_pairs = result.pairs_compared = found.pairs
     result.model_trained, model, fresh = found.trained, found.model, found.edges
@@ -409,7 +412,6 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
 
     decisions = night.decisions[night.decisions["entity"] == entity]
     decided = _between(decisions, records[RECORD])
-    changed = pd.Index(rows[RECORD].to_pandas())
     auto = match.thresholds.auto_link
     scope = (
         closure(records, changed, removed, fresh, decided, base, entity, auto)

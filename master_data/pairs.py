@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from master_data.blocking import candidate_pairs, delta_candidates
-from master_data.deterministic import corroborated, rule_links
+from master_data.compare import pair_positions
+from master_data.deterministic import corroborated, rule_links_at
 from master_data.model import FellegiSunter
 from master_data.records import RECORD, is_in, records_frame
 from master_data.settings import EntityMatch
@@ -78,21 +79,21 @@ def edges(
     """The scored pairs worth keeping: a rule holds, or the probability is at least ``keep``.
     One row per pair: ``left``, ``right``, each feature's comparison level, ``probability``
     and ``rule``."""
-    left = pairs.get_level_values(0)
-    right = pairs.get_level_values(1)
+    left, right = pair_positions(records.index, pairs)
     probability = (
         model.probability(levels[model.features]).to_numpy() if len(pairs) else np.empty(0)
     )
-    rule = rule_links(records, left, right, entity)
-    frame = pd.DataFrame(
-        {"left": np.asarray(left, dtype=object), "right": np.asarray(right, dtype=object)}
-    )
+    rule = rule_links_at(records, left, right, entity)
+    kept = np.flatnonzero(pd.notna(rule) | (probability >= keep))
+    ids = records.index.to_numpy(dtype=object)
+    frame = pd.DataFrame({"left": ids[left[kept]], "right": ids[right[kept]]})
     for feature in levels.columns:
-        frame[feature] = levels[feature].to_numpy(dtype=np.int8)
-    frame["probability"] = probability
-    frame["rule"] = rule
-    frame["corroborated"] = corroborated(levels, entity) if len(pairs) else np.ones(0, bool)
-    return frame[frame["rule"].notna() | (frame["probability"] >= keep)].reset_index(drop=True)
+        frame[feature] = levels[feature].to_numpy(dtype=np.int8)[kept]
+    frame["probability"] = probability[kept]
+    frame["rule"] = rule[kept]
+    agree = corroborated(levels, entity) if len(pairs) else np.ones(0, bool)
+    frame["corroborated"] = np.asarray(agree, dtype=bool)[kept]
+    return frame
 
 
 def usable(edges: pd.DataFrame, auto_link: float) -> pd.Series:

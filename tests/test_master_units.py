@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pandas as pd
 import pytest
 from sample_cities import CityFactory
@@ -44,6 +45,59 @@ def test_labels_do_not_depend_on_edge_order() -> None:
     a = cluster(5, edges, hard_keys=[None] * 5)
     b = cluster(5, list(reversed(edges)), hard_keys=[None] * 5)
     assert a.labels.tolist() == b.labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def _greedy_reference(
+    n: int, edges: list[tuple[int, int, int, float]], hard: list[str | None], apart: set[frozenset]
+) -> tuple[list[int], dict[tuple[int, int], tuple[int, float]], list[tuple[int, int, str]]]:
+    """The merge as the model of clustering states it: edge by edge, every record's set."""
+    members = {i: {i} for i in range(n)}
+    where = list(range(n))
+    merged, refused = {}, []
+    for a, b, t, s in sorted(edges, key=lambda e: (e[2], -e[3], min(e[:2]), max(e[:2]))):
+        ca, cb = where[a], where[b]
+        if ca == cb:
+            continue
+        keys = {hard[i] for i in members[ca] | members[cb] if hard[i]}
+        if len(keys) > 1:
+            refused.append((a, b, "hard_key"))
+            continue
+        if any(frozenset((x, y)) in apart for x in members[ca] for y in members[cb]):
+            refused.append((a, b, "kept_apart"))
+            continue
+        for i in members[cb]:
+            where[i] = ca
+        members[ca] |= members.pop(cb)
+        merged[(min(a, b), max(a, b))] = (t, s)
+    return [min(members[where[i]]) for i in range(n)], merged, refused
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_clustering_equals_the_edge_by_edge_merge(seed: int) -> None:
+    # most components take their spanning tree at once, constrained ones merge edge by edge:
+    # the result must be the plain greedy merge's, refusals and taken edges included
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    m = int(rng.integers(0, 3 * n))
+    edges = [
+        (int(a), int(b), int(t), float(s))
+        for a, b, t, s in zip(
+            rng.integers(0, n, m),
+            rng.integers(0, n, m),
+            rng.integers(0, 3, m),
+            rng.choice([0.9, 0.95, 0.99, 1.0], m),
+            strict=True,
+        )
+    ]
+    hard = [str(rng.integers(0, 4)) if rng.random() < 0.15 else None for _ in range(n)]
+    apart = {
+        (int(a), int(b)) for a, b in rng.integers(0, n, (int(rng.integers(0, 3)), 2)) if a != b
+    }
+    out = cluster(n, edges, hard_keys=hard, apart=sorted(apart))
+    labels, merged, refused = _greedy_reference(n, edges, hard, {frozenset(p) for p in apart})
+    assert out.labels.tolist() == labels
+    assert out.merged_by == merged
+    assert [(r.left, r.right, r.reason) for r in out.refused] == refused
 
 
 # --- stable IDs ----------------------------------------------------------------------------------
