@@ -159,7 +159,7 @@ def _members() -> pd.DataFrame:
     frame["master_id"] = "P0000000001"
     for c in ("name_pinyin", "id_number", "sex", "birth_date", "division_code", "address",
               "province", "city", "district", "address_detail", "ethnicity", "employer_uscc",
-              "status"):  # fmt: skip
+              "status", "former_name"):  # fmt: skip
         frame[c] = None
     return frame
 
