@@ -47,10 +47,12 @@ from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
 from master_data.cluster import RecordClusters, cluster_records
 from master_data.compare import compare, features_for
-from master_data.deterministic import HARD_KEY, rule_links
+from master_data.deterministic import HARD_KEY, corroborated, rule_links
 from master_data.engine import Scored
 from master_data.golden import golden_records
 from master_data.model import FellegiSunter
+from master_data.pairs import confirmed
+from master_data.pairs import usable as usable_edges
 from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.train import fit_counted, random_pairs
@@ -112,7 +114,7 @@ class SparkLink:
                     entity,
                     settings,
                 )
-            kept = _kept(levels, labels, model, match.thresholds.keep)
+            kept = _kept(levels, labels, model, match.thresholds.keep, entity)
             block = _key_table(keys, [p.name for p in match.blocking])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -191,7 +193,9 @@ def _counts(levels: DataFrame, labels: list[str]) -> pd.DataFrame:
     return counted.astype({"count": np.int64})
 
 
-def _kept(levels: DataFrame, labels: list[str], model: FellegiSunter, keep: float) -> pd.DataFrame:
+def _kept(
+    levels: DataFrame, labels: list[str], model: FellegiSunter, keep: float, entity: str
+) -> pd.DataFrame:
     """The pairs worth keeping, scored, as :func:`master_data.pairs.edges` gives them."""
     kernel = functools.partial(_probability, model.to_json(), labels, keep)
     ddl = ", ".join(["left STRING", "right STRING", *[f"`{x}` TINYINT" for x in labels]])
@@ -204,6 +208,7 @@ def _kept(levels: DataFrame, labels: list[str], model: FellegiSunter, keep: floa
         frame[label] = table[label].to_numpy().astype(np.int8)
     frame["probability"] = table["probability"].to_numpy().astype(np.float64)
     frame["rule"] = pd.Series(table["rule"].to_pylist(), dtype=object)
+    frame["corroborated"] = corroborated(frame[labels], entity) if len(frame) else np.ones(0, bool)
     return frame
 
 
@@ -217,7 +222,7 @@ def _probability(
             continue
         table = pa.Table.from_batches([batch])
         levels = table.select(labels).to_pandas()
-        probability = pa.array(model.probability(levels).to_numpy(), pa.float64())
+        probability = pa.array(model.probability(levels[model.features]).to_numpy(), pa.float64())
         wanted = pc.or_(pc.is_valid(table["rule"]), pc.greater_equal(probability, keep))
         table = table.append_column("probability", probability).filter(wanted)
         yield from table.select(["left", "right", *labels, "probability", "rule"]).to_batches()
@@ -240,7 +245,7 @@ def _key_table(keys: DataFrame, passes: list[str]) -> pa.Table:
 
 _CLUSTER_DDL = (
     "kind STRING, id STRING, other STRING, hard STRING, probability DOUBLE, rule STRING, "
-    "decision STRING, pos BIGINT, bucket STRING"
+    "sure BOOLEAN, decision STRING, pos BIGINT, bucket STRING"
 )
 _CLUSTERED_DDL = "kind STRING, id STRING, label STRING, pos BIGINT, accepted BOOLEAN, counts STRING"
 
@@ -256,7 +261,7 @@ def _cluster(
     """Components of the usable and reviewers' links in Spark SQL; each hash bucket of
     components clustered by the local kernel; singletons stay on the driver."""
     spark = link.spark
-    usable = edges["rule"].notna() | (edges["probability"] >= auto_link)
+    usable = usable_edges(edges, auto_link)
     links = decided[decided["decision"] == "link"]
     ends = pd.DataFrame(
         {
@@ -313,6 +318,7 @@ def _bucket_rows(
             "other": edges.loc[at, "right"],
             "probability": edges.loc[at, "probability"],
             "rule": edges.loc[at, "rule"],
+            "sure": confirmed(edges).loc[at],
             "pos": np.flatnonzero(at.to_numpy()),
             "bucket": comp_of[edges.loc[at, "left"]].to_numpy(),
         }
@@ -328,10 +334,11 @@ def _bucket_rows(
         }
     )
     out = pd.concat([mine, lines, said], ignore_index=True)
-    for column in ("kind", "id", "other", "hard", "probability", "rule", "decision", "pos"):
+    names = ["kind", "id", "other", "hard", "probability", "rule", "sure", "decision", "pos"]
+    for column in names:
         if column not in out.columns:
             out[column] = None
-    out = out[["kind", "id", "other", "hard", "probability", "rule", "decision", "pos", "bucket"]]
+    out = out[[*names, "bucket"]]
     return out.astype({"pos": "Int64"}).astype(object).where(out.notna(), None)
 
 
@@ -348,6 +355,7 @@ def _cluster_bucket(entity: str, auto_link: float, rows: pd.DataFrame) -> pd.Dat
             "right": e["other"].astype(object),
             "probability": e["probability"].astype(np.float64),
             "rule": e["rule"].astype(object).where(e["rule"].notna(), None),
+            "corroborated": e["sure"].astype(bool),
         }
     )
     d = rows[kind == "d"]
