@@ -20,12 +20,36 @@ from master_data.compare import compare, features_for
 from master_data.model import FellegiSunter
 from master_data.records import RECORD
 
-__all__ = ["compared_columns", "score_pairs"]
+__all__ = ["batch_records", "compared_columns", "join_sides", "score_pairs"]
 
 
 def compared_columns(entity: str) -> list[str]:
     """The canonical columns the comparisons of ``entity`` read."""
     return sorted({c for f in features_for(entity) for c in f.labels_left})
+
+
+def join_sides(pairs: DataFrame, records: DataFrame, columns: list[str]) -> DataFrame:
+    """Each pair (``left``, ``right``) with ``columns`` of both records, as ``l_<column>`` and
+    ``r_<column>`` (``columns`` starts with the record ID)."""
+    sides = [
+        records.select(*[F.col(c).alias(f"{side}_{c}") for c in columns]) for side in ("l", "r")
+    ]
+    joined = pairs.join(sides[0], pairs["left"] == sides[0][f"l_{RECORD}"]).join(
+        sides[1], pairs["right"] == sides[1][f"r_{RECORD}"]
+    )
+    return joined.select("left", "right", *[f"{s}_{c}" for s in ("l", "r") for c in columns])
+
+
+def batch_records(table: pa.Table, columns: list[str]) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
+    """In a Spark worker: a batch of :func:`join_sides` as the local code takes it — the records
+    of both sides once each (by record ID, sorted) and the pairs' left and right IDs."""
+    sides = [
+        table.select([f"{s}_{c}" for c in columns]).rename_columns(columns).to_pandas()
+        for s in ("l", "r")
+    ]
+    both = pd.concat(sides, ignore_index=True).set_index(RECORD)
+    frame = both[~both.index.duplicated()].sort_index()
+    return frame, pd.Index(table["left"].to_pylist()), pd.Index(table["right"].to_pylist())
 
 
 def score_pairs(
@@ -34,13 +58,7 @@ def score_pairs(
     """Each pair (``left``, ``right``) with one comparison level per feature and its
     ``probability``, as :func:`master_data.compare.compare` and ``model`` give them locally."""
     columns = [RECORD, *compared_columns(entity)]
-    sides = [
-        records.select(*[F.col(c).alias(f"{side}_{c}") for c in columns]) for side in ("l", "r")
-    ]
-    joined = pairs.join(sides[0], pairs["left"] == sides[0][f"l_{RECORD}"]).join(
-        sides[1], pairs["right"] == sides[1][f"r_{RECORD}"]
-    )
-    joined = joined.select("left", "right", *[f"{s}_{c}" for s in ("l", "r") for c in columns])
+    joined = join_sides(pairs, records, columns)
     labels = [f.label for f in features_for(entity)]
     ddl = ", ".join(["left STRING", "right STRING", *[f"`{x}` TINYINT" for x in labels]])
     kernel = functools.partial(_score, entity, model.to_json(), columns)
@@ -56,16 +74,8 @@ def _score(
         if batch.num_rows == 0:
             continue
         table = pa.Table.from_batches([batch])
-        sides = [
-            table.select([f"{s}_{c}" for c in columns]).rename_columns(columns).to_pandas()
-            for s in ("l", "r")
-        ]
-        both = pd.concat(sides, ignore_index=True).set_index(RECORD)
-        frame = both[~both.index.duplicated()].sort_index()
-        pairs = pd.MultiIndex.from_arrays(
-            [table["left"].to_pylist(), table["right"].to_pylist()], names=["left", "right"]
-        )
-        levels = compare(frame, pairs, entity)
+        frame, left, right = batch_records(table, columns)
+        levels = compare(frame, pd.MultiIndex.from_arrays([left, right]), entity)
         out = {side: table[side].cast(pa.string()) for side in ("left", "right")}
         for label in levels.columns:
             out[label] = pa.array(levels[label].to_numpy(), pa.int8())

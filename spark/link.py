@@ -57,7 +57,7 @@ from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.train import fit_counted, random_pairs
 from spark.blocking import block_keys, pair_frame
-from spark.compare import compared_columns
+from spark.compare import batch_records, compared_columns, join_sides
 from spark.components import components
 
 __all__ = ["SparkLink"]
@@ -151,13 +151,7 @@ class SparkLink:
 def _levels(pairs: DataFrame, records: DataFrame, entity: str) -> DataFrame:
     """Each pair's comparison levels and the rule that links it, if any."""
     columns = [RECORD, *sorted({*compared_columns(entity), *_RULE_COLUMNS[entity]})]
-    sides = [
-        records.select(*[F.col(c).alias(f"{side}_{c}") for c in columns]) for side in ("l", "r")
-    ]
-    joined = pairs.join(sides[0], pairs["left"] == sides[0][f"l_{RECORD}"]).join(
-        sides[1], pairs["right"] == sides[1][f"r_{RECORD}"]
-    )
-    joined = joined.select("left", "right", *[f"{s}_{c}" for s in ("l", "r") for c in columns])
+    joined = join_sides(pairs, records, columns)
     labels = [f.label for f in features_for(entity)]
     ddl = ", ".join(["left STRING", "right STRING", *[f"`{x}` TINYINT" for x in labels]])
     kernel = functools.partial(_compare, entity, columns)
@@ -172,13 +166,7 @@ def _compare(
         if batch.num_rows == 0:
             continue
         table = pa.Table.from_batches([batch])
-        sides = [
-            table.select([f"{s}_{c}" for c in columns]).rename_columns(columns).to_pandas()
-            for s in ("l", "r")
-        ]
-        both = pd.concat(sides, ignore_index=True).set_index(RECORD)
-        frame = both[~both.index.duplicated()].sort_index()
-        left, right = pd.Index(table["left"].to_pylist()), pd.Index(table["right"].to_pylist())
+        frame, left, right = batch_records(table, columns)
         levels = compare(frame, pd.MultiIndex.from_arrays([left, right]), entity)
         out = {side: table[side].cast(pa.string()) for side in ("left", "right")}
         for label in levels.columns:
