@@ -1862,14 +1862,7 @@ def normalize_value(normalizer: str, raw: object, **context: Any) -> Normalized[
     >>> normalize_value("registered_capital", "100万").value
     Decimal('100')
     """
-    try:
-        fn = _NORMALIZERS[normalizer]
-    except KeyError:
-        raise KeyError(
-            f"no normalizer for field {normalizer!r}; known: {sorted(_NORMALIZERS)}"
-        ) from None
-    accepted = _accepted(fn)
-    return fn(raw, **{k: v for k, v in context.items() if k in accepted})
+    return _bind(normalizer, context)(raw)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1881,6 +1874,10 @@ def bound(normalizer: str, **context: Any) -> Callable[..., Normalized[Any]]:
     >>> bound("id_number", as_of=None, default_city_code="350100")("110105491231002").value
     '11010519491231002X'
     """
+    return _bind(normalizer, context)
+
+
+def _bind(normalizer: str, context: dict[str, Any]) -> Callable[..., Normalized[Any]]:
     try:
         fn = _NORMALIZERS[normalizer]
     except KeyError:
