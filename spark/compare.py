@@ -20,7 +20,7 @@ from master_data.compare import compare, features_for
 from master_data.model import FellegiSunter
 from master_data.records import RECORD
 
-__all__ = ["batch_records", "compared_columns", "join_sides", "score_pairs"]
+__all__ = ["batch_levels", "batch_records", "compared_columns", "join_sides", "score_pairs"]
 
 
 def compared_columns(entity: str) -> list[str]:
@@ -52,6 +52,18 @@ def batch_records(table: pa.Table, columns: list[str]) -> tuple[pd.DataFrame, pd
     return frame, pd.Index(table["left"].to_pylist()), pd.Index(table["right"].to_pylist())
 
 
+def batch_levels(
+    table: pa.Table, frame: pd.DataFrame, left: pd.Index, right: pd.Index, entity: str
+) -> tuple[pd.DataFrame, dict[str, pa.Array]]:
+    """In a Spark worker: a batch's pairs compared by the local code, and the output columns
+    so far (``left``, ``right``, one int8 level column per feature)."""
+    levels = compare(frame, pd.MultiIndex.from_arrays([left, right]), entity)
+    out = {side: table[side].cast(pa.string()) for side in ("left", "right")}
+    for label in levels.columns:
+        out[label] = pa.array(levels[label].to_numpy(), pa.int8())
+    return levels, out
+
+
 def score_pairs(
     pairs: DataFrame, records: DataFrame, entity: str, model: FellegiSunter
 ) -> DataFrame:
@@ -75,10 +87,7 @@ def _score(
             continue
         table = pa.Table.from_batches([batch])
         frame, left, right = batch_records(table, columns)
-        levels = compare(frame, pd.MultiIndex.from_arrays([left, right]), entity)
-        out = {side: table[side].cast(pa.string()) for side in ("left", "right")}
-        for label in levels.columns:
-            out[label] = pa.array(levels[label].to_numpy(), pa.int8())
+        levels, out = batch_levels(table, frame, left, right, entity)
         out["probability"] = pa.array(
             model.probability(levels[model.features]).to_numpy(), pa.float64()
         )

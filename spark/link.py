@@ -46,7 +46,7 @@ from pyspark.sql import functions as F
 from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
 from master_data.cluster import RecordClusters, cluster_records
-from master_data.compare import compare, features_for
+from master_data.compare import features_for
 from master_data.deterministic import HARD_KEY, corroborated, rule_links
 from master_data.engine import Scored
 from master_data.golden import golden_records
@@ -57,7 +57,7 @@ from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.train import fit_counted, random_pairs
 from spark.blocking import block_keys, pair_frame
-from spark.compare import batch_records, compared_columns, join_sides
+from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
 
 __all__ = ["SparkLink"]
@@ -167,10 +167,7 @@ def _compare(
             continue
         table = pa.Table.from_batches([batch])
         frame, left, right = batch_records(table, columns)
-        levels = compare(frame, pd.MultiIndex.from_arrays([left, right]), entity)
-        out = {side: table[side].cast(pa.string()) for side in ("left", "right")}
-        for label in levels.columns:
-            out[label] = pa.array(levels[label].to_numpy(), pa.int8())
+        _, out = batch_levels(table, frame, left, right, entity)
         out["rule"] = pa.array(rule_links(frame, left, right, entity).tolist(), pa.string())
         yield from pa.table(out).to_batches()
 
