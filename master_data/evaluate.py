@@ -1015,6 +1015,8 @@ CASE_LABELS: dict[str, str] = {
     "former_name": "曾用名",
     "lunar_birth_date": "农历生日",
     "unit_shorthand_address": "门牌简写（缺街道）",
+    "operator_name": "个体工商户以经营者姓名登记",
+    "operating_address": "生产经营地址在另一区县",
 }
 """Chinese labels of the case kinds: the sample city's planted dirt (``truth/dirt.parquet``)
 and the kinds of entity that test linkage (twins, namesakes, movers, branches)."""

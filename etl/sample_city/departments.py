@@ -16,9 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl.sample_city import dirt, pools
+from etl.sample_city import dirt, hard_cases, pools
 from etl.sample_city.entities import Enterprise, Person
-from fields import identifiers
+from fields import divisions, identifiers
 
 Row = dict[str, Any]
 REVIEW_BAND_SHARE = 0.025  # of 卫健 rows (birth day ≤ 12): ~0.9 %, under its 99 % sex completeness
@@ -483,11 +483,11 @@ class Shichang(Department):
         return "gxsj"
 
     def row(self, world: World, e: Enterprise, when: dt.datetime) -> Row:
-        """The registry's row for ``e``."""
+        """The registry's row for ``e``; an enterprise hard case's shows no 注册号 any more."""
         rep = world.persons[e.legal_rep_id]
         return {
             "tyshxydm": e.uscc,
-            "zch": e.reg_no,
+            "zch": None if world.hard_cases and e.hard_case else e.reg_no,
             "qymc": e.name,
             "fddbr": rep.name,
             "fddbrzjhm": rep.id_number,
@@ -578,8 +578,29 @@ class Shuiwu(Department):
                 "修改时间": world.stamp(rng),
                 "纳税人识别号": _taxpayer_number(e, legacy=uscc is None),
             }
+            if world.hard_cases and e.hard_case:
+                self._hard_case(world, e, row, planted)
             out.append(Rendered(row, e.enterprise_id, planted))
         return out
+
+    @staticmethod
+    def _hard_case(world: World, e: Enterprise, row: Row, planted: list[Any]) -> None:
+        """An enterprise of :mod:`etl.sample_city.hard_cases`: known only by its 注册号, under
+        the operator's name (an individual business) or at its operating address elsewhere."""
+        row.update({"社会信用代码": None, "工商注册号": e.reg_no, "组织机构代码": None})
+        row["纳税人识别号"] = e.reg_no
+        planted[:] = [c for c in planted if c[0] != "社会信用代码"]
+        planted.append(("社会信用代码", "legacy_registration_number"))
+        if e.hard_case == "individual_business":
+            row["纳税人名称"] = world.persons[e.legal_rep_id].name
+            planted[:] = [c for c in planted if c[0] != "纳税人名称"]
+            planted.append(("纳税人名称", "operator_name"))
+        elif e.hard_case == "operating_address":
+            division, detail = hard_cases.operating_address(e)
+            district = divisions.lookup(division)
+            assert district is not None
+            row["生产经营地址"] = f"{district.name}{detail}"
+            planted.append(("生产经营地址", "operating_address"))
 
 
 def _taxpayer_number(e: Enterprise, *, legacy: bool) -> str:

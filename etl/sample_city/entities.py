@@ -78,6 +78,8 @@ class Enterprise:
     legal_form: str = ""
     branch_suffix: str = ""
     extras: dict[str, str] = field(default_factory=dict)
+    # the hard cases (etl.sample_city.hard_cases): which one
+    hard_case: str | None = None
 
     @property
     def address(self) -> str:

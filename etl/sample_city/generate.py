@@ -181,9 +181,10 @@ def generate_city(
     ``review_band`` also plants hard cases (:meth:`departments.Weijian._hard_case`): rows whose
     pairs the model scores between ``review`` and ``auto_link``, so the review queue has real
     pairs; the later nights' new rows get them too. Off, the city is drawn exactly as before.
-    ``hard_cases`` plants the person hard cases of :mod:`etl.sample_city.hard_cases` (minors
-    under a guardian's ID number, lunar birth dates, renamed people, same-birth-date namesakes);
-    off, the city is drawn exactly as before too.
+    ``hard_cases`` plants the hard cases of :mod:`etl.sample_city.hard_cases` (minors under a
+    guardian's ID number, lunar birth dates, renamed people, same-birth-date namesakes; individual
+    businesses taxed under the operator's name, operating addresses in another district); off,
+    the city is drawn exactly as before too.
 
     Returns the manifest also written to ``out/city.json``.
     """
@@ -192,6 +193,7 @@ def generate_city(
     b, plist, elist = build_city(random.Random(seed), START_DATE, persons, enterprises)
     if hard_cases:
         plist += hard.plant(random.Random(f"{seed}:hard"), b, plist)
+        hard.plant_enterprises(random.Random(f"{seed}:hard-enterprises"), b, elist, plist)
     truth = Truth({p.person_id: p for p in plist}, {e.enterprise_id: e for e in elist})
     world = World(
         truth.persons, truth.enterprises, START_DATE, review_band=review_band, hard_cases=hard_cases
@@ -292,6 +294,7 @@ def _enterprise_record(e: Enterprise, persons: dict[str, Person]) -> dict[str, A
         "industry": e.industry,
         "legal_form": e.legal_form,
         "branch_suffix": e.branch_suffix,
+        "hard_case": e.hard_case,
     }
 
 
@@ -400,6 +403,7 @@ def read_truth(out: Path) -> tuple[Truth, dict[str, Any]]:
             industry=r["industry"],
             legal_form=r["legal_form"],
             branch_suffix=r["branch_suffix"],
+            hard_case=r.get("hard_case"),
         )
     truth = Truth(persons, enterprises)
     for r in pq.read_table(tdir / "source_rows.parquet").to_pylist():

@@ -13,6 +13,15 @@ be scored per kind (``master_data.evaluate``):
 - ``namesake_same_birth``: someone with the same name, birth date and sex as another person
   who lives in another district, known to a hospital only, without ID number.
 
+And of enterprises (``Enterprise.hard_case``), each known to tax (税务) only by its 注册号, which
+the registry's row (市场监管) no longer shows, so name, legal representative, address and
+establishment date must link them:
+
+- ``individual_business``: a 个体工商户 registered as ``福州市鼓楼区林秀英小吃店`` whose tax
+  row carries the operator's name (``林秀英``) as the taxpayer's name.
+- ``operating_address``: a company whose tax row holds its operating address (生产经营地址) in
+  another district than its registered domicile (住所).
+
 >>> lunar_as_written(dt.date(1950, 2, 17))
 datetime.date(1950, 1, 1)
 """
@@ -24,11 +33,18 @@ import random
 
 from lunardate import LunarDate
 
-from etl.sample_city.entities import CityBuilder, Person
+from etl.sample_city import pools
+from etl.sample_city.dirt import side_rng
+from etl.sample_city.entities import CityBuilder, Enterprise, Person
+from fields import divisions
 
 KINDS = ("minor_guardian_id", "lunar_birth_date", "renamed", "namesake_same_birth")
 SHARE = 0.01
 """Planted cases of each kind, per person of the city."""
+ENTERPRISE_KINDS = ("individual_business", "operating_address")
+ENTERPRISE_SHARE = 0.02
+"""Planted cases of each enterprise kind, per enterprise of the city."""
+SHOPS = ("小吃店", "便利店", "五金店", "理发店", "水果店", "早餐店", "副食店", "服装店", "茶叶店")
 
 
 def lunar_as_written(day: dt.date) -> dt.date | None:
@@ -114,3 +130,36 @@ def plant(rng: random.Random, b: CityBuilder, persons: list[Person]) -> list[Per
         if written is not None and written != p.birth_date:
             p.lunar_birth_date, p.hard_case = written, "lunar_birth_date"
     return new
+
+
+def plant_enterprises(
+    rng: random.Random, b: CityBuilder, enterprises: list[Enterprise], persons: list[Person]
+) -> None:
+    """Mark some head offices with a 注册号 (established before the credit-code reform) as
+    enterprise hard cases; an individual business takes its operator's name into its own."""
+    reps = {p.person_id: p for p in persons}
+    parents = {e.parent_id for e in enterprises if e.parent_id}
+    plain = [
+        e
+        for e in enterprises
+        if e.reg_no and e.parent_id is None and e.enterprise_id not in parents
+    ]
+    n = max(2, round(len(enterprises) * ENTERPRISE_SHARE))
+    picked = rng.sample(plain, min(len(plain), 2 * n))
+    for e in picked[:n]:
+        district = divisions.lookup(e.division_code)
+        assert district is not None
+        e.name = f"福州市{district.name}{reps[e.legal_rep_id].name}{rng.choice(SHOPS)}"
+        e.trade_name, e.industry, e.legal_form = "", "", "个体工商户"
+        e.registered_capital, e.hard_case = 0.0, "individual_business"
+    for e in picked[n:]:
+        e.hard_case = "operating_address"
+
+
+def operating_address(e: Enterprise) -> tuple[str, str]:
+    """The operating premises (division code, detail) of an ``operating_address`` case: in
+    another district than the domicile, drawn from the enterprise's own generator so that every
+    night renders the same one."""
+    rng = side_rng(e.enterprise_id, "operating_address")
+    division = rng.choice([d for d in sorted(pools.STREETS) if d != e.division_code])
+    return division, f"{rng.choice(pools.STREETS[division])}{rng.randrange(1, 400)}号"
