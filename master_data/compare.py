@@ -44,8 +44,10 @@ __all__ = [
     "BirthDate",
     "CodeTypo",
     "DateLevel",
+    "EnterpriseAddress",
     "EnterpriseName",
     "Exact",
+    "LegalRepName",
     "LevelFeature",
     "OrgCode",
     "PersonName",
@@ -432,23 +434,47 @@ class PersonNames(PersonName):
         return out
 
 
+class LegalRepName(PersonName):
+    """The name of an enterprise's legal representative (法定代表人, or an individual
+    business's operator, 经营者), with :class:`PersonName`'s levels: the registry and tax hold
+    it in full, often where they share no identifier."""
+
+    columns = ("legal_rep_name",)
+    default_label = "legal_rep_name"
+
+    def prepare(self, *columns: pd.Series[Any]) -> Prepared:
+        name = pd.Series(_strings(columns[0]), dtype=object)
+        codes, uniques = pd.factorize(name.to_numpy(dtype=object), use_na_sentinel=True)
+        pinyin = np.array([name_pinyin(u) or None for u in uniques] + [None], dtype=object)
+        return super().prepare(name, pd.Series(pinyin[codes], dtype=object))
+
+
 class EnterpriseName(LevelFeature):
-    """Enterprise name: 4 exact; 3 same ``name_key`` (legal form, brackets and city prefix
-    normalized away); 2 ``name_key`` similarity ≥ 0.9; 1 ≥ 0.8; 0 else. Similarity is rapidfuzz
-    Indel (``fuzz.ratio``/100). A branch mismatch — one a 分公司 and the other not, or
+    """Enterprise name: 5 exact; 4 same ``name_key`` (legal form, brackets and city prefix
+    normalized away); 3 ``name_key`` similarity ≥ 0.9; 2 ≥ 0.8; 1 one name is the operator's
+    (a 个体工商户 filed under the name of its 经营者, who is a legal representative of the pair)
+    and the other name holds it (林秀英 / 福州市鼓楼区林秀英小吃店); 0 else. Similarity is
+    rapidfuzz Indel (``fuzz.ratio``/100). A branch mismatch — one a 分公司 and the other not, or
     different branches — is always 0: a head office never matches its branch.
     """
 
-    columns = ("name", "name_key", "branch")
-    levels = ("different", "similar_weak", "similar", "same_key", "exact")
-    levels_zh = ("不同", "较相似", "相似", "规范名相同", "完全相同")
+    columns = ("name", "name_key", "branch", "legal_rep_name")
+    levels = ("different", "operator_name", "similar_weak", "similar", "same_key", "exact")
+    levels_zh = ("不同", "经营者姓名", "较相似", "相似", "规范名相同", "完全相同")
     default_label = "name"
     THRESHOLDS: ClassVar[tuple[float, float]] = (0.8, 0.9)
 
     def prepare(self, *columns: pd.Series[Any]) -> Prepared:
-        name, key, branch = (_strings(c) for c in columns)
+        name, key, branch, rep = (_strings(c) for c in columns)
         key = np.where(pd.isna(key), name, key)
-        return {"code": _codes(name), "key": key, "kcode": _codes(key), "bcode": _codes(branch)}
+        return {
+            "name": name,
+            "rep": rep,
+            "code": _codes(name),
+            "key": key,
+            "kcode": _codes(key),
+            "bcode": _codes(branch),
+        }
 
     def compare_at(self, data: Prepared, left: Positions, right: Positions) -> Levels:
         code, kcode, bcode = data["code"], data["kcode"], data["bcode"]
@@ -457,14 +483,29 @@ class EnterpriseName(LevelFeature):
         same_branch = bcode[left] == bcode[right]  # both -1 = both head offices
         exact = same_branch & _equal(code, left, right)
         same_key = same_branch & ~exact & _equal(kcode, left, right)
-        out[exact] = 4
-        out[same_key] = 3
+        out[exact] = 5
+        out[same_key] = 4
         rest = np.flatnonzero(~missing & same_branch & ~exact & ~same_key)
         sim = _scores(Indel.normalized_similarity, data["key"], left[rest], right[rest])
         weak, strong = self.THRESHOLDS
-        out[rest[sim >= weak]] = 1
-        out[rest[sim >= strong]] = 2
+        out[rest[sim >= weak]] = 2
+        out[rest[sim >= strong]] = 3
+        open_ = rest[sim < weak]
+        out[open_[self._operator(data, left[open_], right[open_])]] = 1
         out[missing] = MISSING
+        return out
+
+    @staticmethod
+    def _operator(data: Prepared, left: Positions, right: Positions) -> npt.NDArray[np.bool_]:
+        """One row's name is a legal representative's of the pair, and the other's holds it."""
+        names, reps = data["name"], data["rep"]
+        out = np.zeros(len(left), dtype=bool)
+        for i, (a, b) in enumerate(zip(left.tolist(), right.tolist(), strict=True)):
+            pair_reps = {reps[a], reps[b]} - {None}
+            out[i] = any(
+                x in pair_reps and x != y and x in y
+                for x, y in ((names[a], names[b]), (names[b], names[a]))
+            )
         return out
 
 
@@ -586,6 +627,21 @@ class Address(LevelFeature):
         return out
 
 
+class EnterpriseAddress(Address):
+    """Enterprise address: 2 same district and detail; 1 same district; 0 another city;
+    missing when either division code is, or when the two lie in different districts of one
+    city."""
+
+    levels = ("different", "same_district", "same_address")
+    levels_zh = ("不同城市", "同区县", "地址相同")
+
+    def compare_at(self, data: Prepared, left: Positions, right: Positions) -> Levels:
+        base = super().compare_at(data, left, right)
+        # a department may hold the operating premises (经营场所, as tax does) where another holds
+        # the domicile (住所): another district of the same city is no evidence either way
+        return np.array([0, MISSING, 1, 2, MISSING], dtype=np.int8)[base]  # [-1]: missing
+
+
 class OrgCode(LevelFeature):
     """Organization code: 1 equal, 0 different. A side without its own ``org_code`` uses the
     one inside its credit code (characters 9-17), so an old record holding only the org code
@@ -636,7 +692,8 @@ def features_for(entity: str) -> list[LevelFeature]:
             Exact("reg_no"),
             OrgCode(),
             Exact("legal_rep_id"),
-            Address(),
+            LegalRepName(),
+            EnterpriseAddress(),
             DateLevel("established_date"),
         ]
     raise ValueError(f"unknown entity {entity!r}; use 'person' or 'enterprise'")

@@ -20,8 +20,10 @@ from master_data.compare import (
     BirthDate,
     CodeTypo,
     DateLevel,
+    EnterpriseAddress,
     EnterpriseName,
     Exact,
+    LegalRepName,
     LevelFeature,
     OrgCode,
     PersonName,
@@ -187,12 +189,12 @@ def test_address(left: tuple[Any, Any], right: tuple[Any, Any], expected: int) -
 @pytest.mark.parametrize(
     ("left", "right", "expected"),
     [
-        ("福州瑞泰医疗器械有限公司", "福州瑞泰医疗器械有限公司", 4),
-        ("福州瑞泰医疗器械有限公司", "瑞泰（福州）医疗器械有限责任公司", 3),  # same name_key
-        ("福建恒达环保科技股份有限公司", "恒达环保科技有限公司", 2),  # key similarity ≥ 0.9
+        ("福州瑞泰医疗器械有限公司", "福州瑞泰医疗器械有限公司", 5),
+        ("福州瑞泰医疗器械有限公司", "瑞泰（福州）医疗器械有限责任公司", 4),  # same name_key
+        ("福建恒达环保科技股份有限公司", "恒达环保科技有限公司", 3),  # key similarity ≥ 0.9
         ("福州宏丰建设工程有限公司", "福州宏丰建设工程有限公司福清分公司", 0),  # head vs branch
         ("福州宏丰建设工程有限公司福清分公司", "福州宏丰建设工程有限公司鼓楼分公司", 0),
-        ("福州宏丰建设工程有限公司福清分公司", "宏丰（福州）建设工程有限公司福清分公司", 3),
+        ("福州宏丰建设工程有限公司福清分公司", "宏丰（福州）建设工程有限公司福清分公司", 4),
         ("福州瑞泰医疗器械有限公司", "福州腾润餐饮管理有限公司", 0),
         ("福州瑞泰医疗器械有限公司", None, MISSING),
     ],
@@ -205,7 +207,64 @@ def test_enterprise_name_weak_level() -> None:
     feature = EnterpriseName()
     a = {**enterprise(), "name": "甲", "name_key": "闽江医疗器械有限公司"}
     b = {**enterprise(), "name": "乙", "name_key": "闽江医疗设备有限公司"}  # similarity 0.8
-    assert level(feature, a, b) == 1
+    assert level(feature, a, b) == 2
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        # a 个体工商户 filed by tax under its operator's name: the operator is a legal rep of the pair
+        (("福州市鼓楼区林秀英小吃店", "林秀英"), ("林秀英", "林秀英"), 1),
+        (("福州市鼓楼区林秀英小吃店", "林秀英"), ("林秀英", None), 1),
+        (("福州市鼓楼区林秀英小吃店", None), ("林秀英", "林秀英"), 1),
+        (("林秀英", "林秀英"), ("福州市鼓楼区林秀英小吃店", "林秀英"), 1),
+        # the name is nobody's of the pair, or the other name does not hold it
+        (("福州市鼓楼区林秀英小吃店", "林秀英"), ("林秀", "林秀英"), 0),
+        (("福州市鼓楼区林秀英小吃店", "陈海"), ("林秀英", "陈海"), 0),
+        (("福州市鼓楼区好味道小吃店", "林秀英"), ("林秀英", "林秀英"), 0),
+    ],
+)
+def test_enterprise_name_filed_under_the_operator(
+    left: tuple[str, str | None], right: tuple[str, str | None], expected: int
+) -> None:
+    a = enterprise(left[0], legal_rep_name=left[1])
+    b = enterprise(right[0], legal_rep_name=right[1])
+    assert level(EnterpriseName(), a, b) == expected
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        ("吴建明", "吴建明", 4),
+        ("吴建明", "吴剑明", 3),  # same pinyin
+        ("吴建明", "吴建民", 1),  # pinyin close (-n/-ng)
+        ("吴建明", "陈海生", 0),
+        ("吴建明", None, MISSING),
+    ],
+)
+def test_legal_rep_name(left: str | None, right: str | None, expected: int) -> None:
+    a, b = enterprise(legal_rep_name=left), enterprise(legal_rep_name=right)
+    assert level(LegalRepName(), a, b) == expected
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        (("350102", "五一中路100号"), ("350102", "五一中路100号"), 2),
+        (("350102", "五一中路100号"), ("350102", "八一七中路3号"), 1),
+        # domicile in one district, operating premises in another: no evidence either way
+        (("350102", "五一中路100号"), ("350104", "上渡路37号"), MISSING),
+        (("350100", "五一中路100号"), ("350102", "五一中路100号"), MISSING),
+        (("350102", "五一中路100号"), ("350203", "五一中路100号"), 0),  # 福州 vs 厦门
+        (("350102", "五一中路100号"), (None, "五一中路100号"), MISSING),
+    ],
+)
+def test_enterprise_address(
+    left: tuple[str | None, str], right: tuple[str | None, str], expected: int
+) -> None:
+    a = enterprise(division_code=left[0], address_detail=left[1])
+    b = enterprise(division_code=right[0], address_detail=right[1])
+    assert level(EnterpriseAddress(), a, b) == expected
 
 
 @pytest.mark.parametrize(
@@ -341,7 +400,7 @@ def test_enterprise_features_run_on_canonical_rows() -> None:
     levels = compare(df, pd.MultiIndex.from_tuples([("branch", "head")]), "enterprise")
     assert levels.iloc[0].to_dict() == {
         "name": 0, "uscc": 2, "reg_no": MISSING, "org_code": MISSING, "legal_rep_id": MISSING,
-        "address": 1, "established_date": 0,
+        "legal_rep_name": MISSING, "address": MISSING, "established_date": 0,
     }  # fmt: skip
 
 
