@@ -244,6 +244,31 @@ def _reg_no(rows: _Rows) -> pd.Series[Any]:
     )
 
 
+_COMPANY_WORDS = ("公司", "集团", "合作社", "事务所", "银行", "医院", "学校", "协会")
+
+
+def _operator_name(name: object, rep: object) -> str | None:
+    """The operator's name an individual business may be filed under: the legal
+    representative's, where the row's name holds it (福州市鼓楼区林秀英小吃店) or names no
+    company (a 个体工商户, or the operator's own name); ordinary companies get no key."""
+    if not (isinstance(name, str) and isinstance(rep, str) and rep):
+        return None
+    if rep in name or not any(w in name for w in _COMPANY_WORDS):
+        return rep
+    return None
+
+
+def _operator_names(rows: _Rows) -> pd.Series[Any]:
+    if not {"name", "legal_rep_name"} <= set(rows.df.columns):
+        return _positional([None] * len(rows.df))
+    return _positional(
+        [
+            _operator_name(n, r)
+            for n, r in zip(rows.column("name"), rows.column("legal_rep_name"), strict=True)
+        ]
+    )
+
+
 @dataclass(frozen=True)
 class DerivedKey:
     """A blocking key computed from canonical columns (``needs``)."""
@@ -294,6 +319,12 @@ DERIVED_KEYS: dict[str, DerivedKey] = {
         lambda r: r.only(
             "legal_rep_id", r.checked("legal_rep_id", "legal_rep_id", identifiers.id_is_valid)
         ),
+    ),
+    "operator_name": _derived(
+        "legal representative's name of an individual-business-like row (name holds it or "
+        "names no company)",
+        "name legal_rep_name",
+        _operator_names,
     ),
     "established_year": _derived(
         "year of established_date", "established_date", lambda r: _year(r, "established_date")

@@ -203,6 +203,28 @@ def test_default_enterprise_passes() -> None:
     assert {p.name: p.pairs for p in found.report.passes}["org_code"] == 3
 
 
+def test_operator_name_pairs_an_individual_business_with_its_operator() -> None:
+    """A 个体工商户 under its shop name and under its operator's name meet; a company whose
+    legal representative shares the name does not (its name names a company, not her)."""
+    df = firms(
+        {
+            "sc:1": {"name": "福州市鼓楼区林秀英小吃店", "legal_rep_name": "林秀英"},
+            "sw:1": {"name": "林秀英", "legal_rep_name": "林秀英"},
+            "sc:2": {"name": "福州宏丰建设工程有限公司", "legal_rep_name": "林秀英"},
+            "sc:3": {"name": "福州市仓山区好味道小吃店", "legal_rep_name": "陈海"},
+            "sw:3": {"name": "陈海", "legal_rep_name": "陈海"},
+            "sw:4": {"name": "林秀英", "legal_rep_name": None},
+        }
+    )
+    assert key_values(df, "operator_name").tolist() == [
+        "林秀英", "林秀英", None, "陈海", "陈海", None,
+    ]  # fmt: skip
+    found = candidate_pairs(df, ENTERPRISE_PASSES)
+    assert {p.name: p.pairs for p in found.report.passes}["operator_name"] == 2
+    assert {("sc:1", "sw:1"), ("sc:3", "sw:3")} <= set(found.pairs)
+    assert not {pair for pair in found.pairs if "sc:2" in pair}
+
+
 def test_oversized_blocks_skipped_and_reported(caplog: pytest.LogCaptureFixture) -> None:
     rows = {f"r{i}": {"name": "张伟", "division_code": "350102"} for i in range(5)}
     rows |= {"x1": {"name": "林海", "division_code": "350102", "phones_all": ["13812345678"]}}
@@ -291,7 +313,11 @@ def test_load_passes_validates() -> None:
     assert [p.name for p in passes["person"]] == [
         "id_number", "pinyin_birth_date", "phone", "name_district", "pinyin_birth_year",
     ]  # fmt: skip
-    assert passes["enterprise"][-1].keys == ("legal_rep_id", "name_key")
+    assert passes["enterprise"][-2].keys == ("legal_rep_id", "name_key")
+    assert (passes["enterprise"][-1].keys, passes["enterprise"][-1].max_block) == (
+        ("operator_name",),
+        200,
+    )
     with pytest.raises(ValueError, match=r"blocking\.person\[0\].*unknown blocking key"):
         load_passes({"person": [{"name": "x", "keys": ["shoe_size"]}]})
     with pytest.raises(ValueError, match=r"blocking\.person\[0\] \(x\).*do not exist for person"):
