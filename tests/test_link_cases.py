@@ -466,11 +466,6 @@ ENTERPRISE_LINK = [
             ),
         ),
         id="enterprise-reg-no-only-separate-operating-address",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="not linked yet: the legal representative's name is no comparison feature, "
-            "and name and establishment date alone do not link the rows",
-        ),
     ),
     pytest.param(
         (
@@ -488,11 +483,6 @@ ENTERPRISE_LINK = [
             ),
         ),
         id="enterprise-individual-business-under-the-operators-name",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="not linked yet: no blocking pass pairs a name with another row's legal "
-            "representative, and no feature compares them",
-        ),
     ),
 ]
 
