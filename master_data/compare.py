@@ -588,8 +588,8 @@ class Address(LevelFeature):
     either division code is. A city-level code (``350100``) agrees at most on the city."""
 
     columns = ("division_code", "address_detail")
-    levels = ("different", "same_city", "same_district", "same_address")
-    levels_zh = ("不同", "同城市", "同区县", "地址相同")
+    levels: ClassVar[tuple[str, ...]] = ("different", "same_city", "same_district", "same_address")
+    levels_zh: ClassVar[tuple[str, ...]] = ("不同", "同城市", "同区县", "地址相同")
     default_label = "address"
     DETAIL_THRESHOLD: ClassVar[float] = 0.9
 

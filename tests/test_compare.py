@@ -213,7 +213,7 @@ def test_enterprise_name_weak_level() -> None:
 @pytest.mark.parametrize(
     ("left", "right", "expected"),
     [
-        # a 个体工商户 filed by tax under its operator's name: the operator is a legal rep of the pair
+        # a 个体工商户 filed by tax under its operator's name, a legal rep of the pair
         (("福州市鼓楼区林秀英小吃店", "林秀英"), ("林秀英", "林秀英"), 1),
         (("福州市鼓楼区林秀英小吃店", "林秀英"), ("林秀英", None), 1),
         (("福州市鼓楼区林秀英小吃店", None), ("林秀英", "林秀英"), 1),
