@@ -77,7 +77,7 @@ from master_data.scope import (
     refuse_stale,
 )
 from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
-from master_data.train import features_left_out, is_rules_only, train
+from master_data.train import features_changed, features_left_out, is_rules_only, train
 from store import failpoints
 from store.layout import master_dir, state_dir_of, warehouse_dir
 from store.tables import review_decision_table
@@ -380,6 +380,14 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     rows, gone, result.unkeyed = tonight(night.city, night.run_id, entity, night.held)
     model = None if night.retrain else base.model()
     if model is not None and is_rules_only(model):  # too few rows last night: try again
+        model = None
+    if model is not None and (changed_features := features_changed(model, entity)):
+        log.warning(
+            "%s: the base night's model compares %s with other levels than this version "
+            "does: the model is fitted afresh tonight",
+            entity,
+            ", ".join(changed_features),
+        )
         model = None
     settings_json = match.model_dump_json()
     carry = not night.full and model is not None and base.text("match.json") == settings_json

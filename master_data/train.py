@@ -135,6 +135,13 @@ def is_rules_only(model: FellegiSunter) -> bool:
     return model.prior == RULES_ONLY_PRIOR and model.m == model.u
 
 
+def features_changed(model: FellegiSunter, entity: str) -> list[str]:
+    """The features ``model`` knows with other levels than today's comparison makes (a model
+    fitted before an upgrade): such a model cannot score tonight's pairs."""
+    tops = top_levels(entity)
+    return [f for f, top in model.levels.items() if tops.get(f) != top]
+
+
 def features_left_out(model: FellegiSunter, entity: str) -> list[str]:
     """The comparison features of ``entity`` that ``model`` does without (no values to learn
     from when it was trained)."""

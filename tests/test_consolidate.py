@@ -3,6 +3,7 @@ idempotent and atomic publish, review decisions, twins and namesakes, explain.""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -366,3 +367,37 @@ def test_old_master_state_is_pruned_after_publish(city: CityConfig) -> None:
         )
         is not None
     )
+
+
+@pytest.mark.slow
+def test_a_model_fitted_for_other_levels_is_fitted_afresh(
+    make_city: CityFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Last night's model, fitted before the enterprise name gained a level (an upgrade), can
+    not score tonight's pairs: the night fits the model afresh and says so, never crashes."""
+    city = make_city(
+        monkeypatch, persons=900, enterprises=90, seed=7, until="published", copy=tmp_path
+    )
+    path = master_dir(city.var_dir, NIGHT0) / "enterprise" / "model.json"
+    model = json.loads(path.read_text())
+    [name] = [f for f in model["features"] if f["name"] == "name"]
+    del name["levels"][1]  # the level an individual business under its operator's name takes
+    for i, level in enumerate(name["levels"]):
+        level["level"] = i
+    for p in ("m", "u"):
+        total = sum(level[p] for level in name["levels"])
+        for level in name["levels"]:
+            level[p] /= total
+    path.write_text(json.dumps(model))
+    next_night(city.var_dir / "city")
+    _night(city, NIGHT1)
+    with caplog.at_level("WARNING", logger="master_data.link"):
+        linked = link(city, NIGHT1)
+    assert linked.entities["enterprise"].model_trained
+    assert "compares name with other levels" in caplog.text
+    refit = json.loads((master_dir(city.var_dir, NIGHT1) / "enterprise" / "model.json").read_text())
+    [name] = [f for f in refit["features"] if f["name"] == "name"]
+    assert len(name["levels"]) == 6
