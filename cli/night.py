@@ -77,8 +77,9 @@ def sample(
         typer.Option(
             "--hard-cases/--no-hard-cases",
             help=(
-                "Plant the hard cases of person data: minors under a guardian's ID number, "
-                "lunar birth dates, renamed people (曾用名), same-birth-date namesakes."
+                "Plant the hard cases: minors under a guardian's ID number, lunar birth dates, "
+                "renamed people (曾用名), same-birth-date namesakes; individual businesses taxed "
+                "under the operator's name, operating addresses in another district."
             ),
         ),
     ] = True,
