@@ -57,7 +57,7 @@ class CitySpec:
 
     ``nights`` next nights are drawn into the sources before the pipeline runs; ``as_of`` is
     standardization's reference date; ``views`` also runs the analyst access layer's
-    after-publish hook (views, grants, catalog, audit row); ``hard_cases`` plants the person
+    after-publish hook (views, grants, catalog, audit row); ``hard_cases`` plants the
     hard cases (:mod:`etl.sample_city.hard_cases`).
     """
 
