@@ -488,7 +488,8 @@ def test_export_writes_typed_parquet_and_a_data_dictionary(
     )
     dictionary = pd.read_parquet(out.dictionary)
     row = dictionary.set_index(["table", "column"]).loc[("mdm_person", "phone")]
-    assert bool(row["masked"]) and row["authority"] == "renshe" and row["description"] == "联系电话"
+    assert bool(row["masked"]) and row["authority"] == "weijian"
+    assert row["description"] == "联系电话"
     assert (tmp_path / "x" / "data_dictionary.csv").is_file()
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert manifest["night"] == NIGHT and manifest["role"] == "analyst"
@@ -518,7 +519,7 @@ def test_catalog_comes_from_config(city: CityConfig, env: pytest.MonkeyPatch) ->
     fields = {f.name: f for f in gongan.fields}
     assert fields["sfzh"].maps_to == "id_number" and fields["sfzh"].authority == "gongan"
     person = {f.name: f for f in resources["mdm_person"].fields}
-    assert person["phone"].authority == "renshe" and person["phone"].masked
+    assert person["phone"].authority == "weijian" and person["phone"].masked
     assert "k" in (person["sex"].masked or "")  # generalised with the other quasi-identifiers
     assert person["status"].masked is None
     rows = run_query(
