@@ -72,8 +72,7 @@ def main() -> None:
     scored = sum(
         1
         for master, members in by_master
-        if (pid := owner.get(master)) is not None
-        and members["_norm"].isin(true_value[pid]).any()
+        if (pid := owner.get(master)) is not None and members["_norm"].isin(true_value[pid]).any()
     )
     print(f"{attr}: {len(misses)} misses of {scored} masters where a member holds the truth")
     print("by rule:", dict(rules.most_common()))

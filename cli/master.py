@@ -493,7 +493,8 @@ def review_list(
         raise typer.Exit(2) from exc
     table = Table(title=f"Review queue ({len(rows)} shown)", title_justify="left")
     for col in ("entity", "left", "right", "probability", "masters", "field weights"):
-        table.add_column(col, overflow="fold")
+        # record IDs whole on one line: a steward copies them into `review decide`
+        table.add_column(col, overflow="fold", no_wrap=col in ("left", "right"))
     for r in rows:
         table.add_row(
             r["entity"],
