@@ -44,6 +44,7 @@ GOLDEN_TITLES = {
     "mdm_provenance": "基础库数据溯源（每个属性的来源）",
     "mdm_crosswalk": "源记录与主体对照表",
     "mdm_relationship": "自然人与法人关联关系",
+    "mdm_person_relationship": "自然人之间的关联关系（监护人）",
     "mdm_conflict": "多元校核冲突记录",
     "mdm_id_event": "主体标识变更记录",
 }
@@ -84,7 +85,7 @@ COLUMN_ZH: dict[str, dict[str, str]] = {
         "rule": (
             "取值规则（authority 权威部门 / completeness 地址最完整 / "
             "agreement(k of n) 多部门一致 / most_recent 最新 / rank 部门优先级 / "
-            "tiebreak 确定性排序）"
+            "tiebreak 确定性排序；stale> 前缀：权威部门的值已超过时效，由其后的规则取值）"
         ),
     },
     "mdm_crosswalk": {
@@ -102,6 +103,12 @@ COLUMN_ZH: dict[str, dict[str, str]] = {
         "person_master_id": "自然人主数据标识",
         "enterprise_master_id": "法人主数据标识",
         "evidence": "关联依据（法定代表人身份证号，或工作单位统一社会信用代码）",
+    },
+    "mdm_person_relationship": {
+        "kind": "关系类型（guardian 监护人：未成年人的记录登记在监护人的身份证号下）",
+        "person_master_id": "自然人主数据标识（被监护人）",
+        "related_master_id": "关联自然人的主数据标识（监护人）",
+        "evidence": "关联依据（监护人身份证号）",
     },
     "mdm_conflict": {
         "run_id": "发现冲突的批次",

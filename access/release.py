@@ -4,10 +4,11 @@ policy (``config/catalog.yaml``) withholds from them.
 
 Every published table an analyst may read has two views in the warehouse: ``v_person``
 (masked) and ``v_person_full`` (as published), likewise ``v_enterprise``, ``v_provenance``,
-``v_crosswalk``, ``v_relationship``, ``v_conflict`` and ``v_id_event``; plus the ``catalog``
-table (信息资源目录). The masked views are a de-identified release: each golden column's kind
-comes from the per-field policy of :mod:`fields.masking`; sources shared with nobody (不予共享)
-are withheld (:class:`Release`). :mod:`access.viewsql` writes the SQL behind them.
+``v_crosswalk``, ``v_relationship``, ``v_person_relationship`` (guardians), ``v_conflict`` and
+``v_id_event``; plus the ``catalog`` table (信息资源目录). The masked views are a de-identified
+release: each golden column's kind comes from the per-field policy of :mod:`fields.masking`;
+sources shared with nobody (不予共享) are withheld (:class:`Release`). :mod:`access.viewsql`
+writes the SQL behind them.
 
 >>> [v.name for v in VIEWS][:2]
 ['v_person', 'v_enterprise']
@@ -33,6 +34,7 @@ from store.tables import (
     crosswalk_table,
     enterprise_table,
     id_event_table,
+    person_relationship_table,
     person_table,
     provenance_table,
     relationship_table,
@@ -150,6 +152,17 @@ VIEWS: tuple[ViewSpec, ...] = (
             "person_master_id": "master_id",
             "enterprise_master_id": "master_id",
             "evidence": "evidence",
+        },
+    ),
+    ViewSpec(
+        "v_person_relationship",
+        person_relationship_table,
+        "person_relationship",
+        masks={"evidence": "hidden"},  # the guardian's ID number: the masters say who it is
+        pseudonyms={
+            "person_master_id": "master_id",
+            "related_master_id": "master_id",
+            "evidence": "id",
         },
     ),
     ViewSpec(

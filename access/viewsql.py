@@ -371,6 +371,9 @@ def _view_select(spec: ViewSpec, dialect: Dialect, *, masked: bool, release: Rel
         where.append(f"authority_department NOT IN ({codes})")
     if spec.name == "v_relationship" and release.hidden:
         where.append(f"person_master_id IN ({_visible_ids(release, 'person')})")
+    if spec.name == "v_person_relationship" and release.hidden:  # both persons must be shown
+        visible = _visible_ids(release, "person")
+        where.append(f"person_master_id IN ({visible}) AND related_master_id IN ({visible})")
     if spec.name == "v_id_event" and release.hidden:
         where.append(
             f"NOT (entity = 'person' AND master_id IN (SELECT master_id FROM {person_table.name})"

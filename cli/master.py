@@ -493,7 +493,8 @@ def review_list(
         raise typer.Exit(2) from exc
     table = Table(title=f"Review queue ({len(rows)} shown)", title_justify="left")
     for col in ("entity", "left", "right", "probability", "masters", "field weights"):
-        table.add_column(col, overflow="fold")
+        # record IDs whole on one line: a steward copies them into `review decide`
+        table.add_column(col, overflow="fold", no_wrap=col in ("left", "right"))
     for r in rows:
         table.add_row(
             r["entity"],
@@ -616,9 +617,12 @@ def evaluate(
         "golden accuracy",
     ):
         table.add_column(col, justify="left" if col == "entity" else "right")
+    every: list[str] = []
     for e, ev in result.entities.items():
         p, c = ev.pairwise, ev.clusters
-        acc = ev.golden.fully_correct if ev.golden is not None else float("nan")
+        acc = _headline_accuracy(ev.golden)
+        if ev.golden is not None:
+            every.append(f"{e} {ev.golden.fully_correct:.4f}")
         table.add_row(
             e,
             f"{ev.counts.linked:,}",
@@ -632,10 +636,24 @@ def evaluate(
             f"{c.f1:.4f}",
             f"{acc:.4f}",
         )
+    table.caption = (
+        "golden accuracy: masters right on every attribute that some member source row holds "
+        "truly (what survivorship can choose).\nGolden accuracy over every scored attribute, "
+        f"held by a source or not: {', '.join(every) or '—'}"
+    )
+    table.caption_justify = "left"
     console.print(table)
     console.print(_golden_table(result))
     console.print(_calibration_table(result))
     _print_cases(result)
+
+
+def _headline_accuracy(golden: Any) -> float:
+    """The share of masters right wherever a member holds the truth; NaN without the member
+    rows (the night's state no longer kept): the caption still gives the all-attribute figure."""
+    if golden is None or golden.held_fully_correct is None:
+        return float("nan")
+    return float(golden.held_fully_correct)
 
 
 def _calibration_table(result: Any) -> Table:

@@ -220,12 +220,16 @@ def _other_files(city: Any) -> list[str]:
 
 
 def config_warnings(city: Any) -> list[str]:
-    """What the configuration runs without: defaults taken (a contact, quality rules) and
-    comparison features no department supplies, which the match model leaves out."""
+    """What the configuration runs without: defaults taken (a contact, quality rules), quality
+    rules this city cannot run (left out) and comparison features no department supplies, which
+    the match model leaves out."""
+    from etl.config import ConfigError
     from master_data.compare import features_for
-    from quality.rules import missing_rule_files
+    from quality.rules import load_quality_rules, missing_rule_files
 
     out = [*city.warnings, *missing_rule_files(city)]
+    with contextlib.suppress(ConfigError):  # its problems are listed as errors
+        out += load_quality_rules(city, every_department=False).skipped
     for entity in ("person", "enterprise"):
         mapped = {
             f for d in city.departments for t in d.tables_for(entity) for f in t.field_columns

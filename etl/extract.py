@@ -37,6 +37,7 @@ import select
 import shutil
 import threading
 import time
+import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -54,7 +55,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.types import TypeEngine
 
-from etl.config import CityConfig, ConfigError, DepartmentConfig, TableConfig, resolve_connection
+from etl.config import (
+    CityConfig,
+    ConfigError,
+    DepartmentConfig,
+    TableConfig,
+    parse_stamp,
+    resolve_connection,
+)
 from etl.config import save_settings_snapshot as _save_settings
 from etl.state import LedgerEntry, Mode, RunState, Status
 from fields.masking import redact_message
@@ -83,6 +91,9 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 _COPY_BLOCK_BYTES = 16 << 20  # a COPY block ends at chunk_rows rows or this size
 _KEY_ROWS = 250_000  # keys are small: bigger row groups, still bounded
 _WRITE_QUEUE = 3  # chunks waiting for the writer thread: bounds memory
+
+Instant = Callable[[str], dt.datetime | None]
+"""A text change stamp as the city's wall time; None for text it cannot read."""
 
 # Which live column types each change_kind can be compared in.
 _CHANGE_CLASSES = {
@@ -610,7 +621,7 @@ def _extract_once(engine: sa.Engine, job: _Job, plans: list[_Plan]) -> list[Tabl
             for p in plans:
                 try:
                     source = _TableSource.on(
-                        conn, copy, p.table, live[p.table.name], job.chunk_rows
+                        conn, copy, p.table, live[p.table.name], job.chunk_rows, job.city.timezone
                     )
                     out.append(_extract_table(source, job, p))
                 except (_Drift, _ConnectionLost):
@@ -835,6 +846,7 @@ class _TableSource:
     types: dict[str, TypeEngine[Any]]  # each source column's live type
     classes: dict[str, str]  # each source column's type class (see type_class)
     chunk_rows: int
+    instant: Instant | None = None  # text stamps with UTC offsets
 
     @classmethod
     def on(
@@ -844,12 +856,15 @@ class _TableSource:
         table: TableConfig,
         live: dict[str, tuple[TypeEngine[Any], str]],
         chunk_rows: int,
+        tz: str = "Asia/Shanghai",
     ) -> _TableSource:
-        """``table`` as the live schema (column → type, type text) describes it."""
+        """``table`` as the live schema (column → type, type text) describes it; ``tz``: the
+        city's time zone, which text stamps with an offset are compared in."""
         columns = table.source_columns
         types = {c: live[c][0] for c in columns}
         classes = {c: type_class(live[c][1]) for c in columns}
-        return cls(conn, copy, table, types, classes, chunk_rows)
+        instant = _instant_reader(table, classes[table.change_column], tz)
+        return cls(conn, copy, table, types, classes, chunk_rows, instant)
 
     @property
     def columns(self) -> list[str]:
@@ -890,6 +905,9 @@ class _TableSource:
         if watermark is None:
             return None
         change = self.table.change_column
+        at = self.instant(watermark) if self.instant and _OFFSET.search(watermark) else None
+        if at is not None:
+            return change, _text_floor(at, self.table)
         return change, _watermark_value(watermark, self.table, self.classes[change])
 
 
@@ -910,7 +928,7 @@ def _extract_table(source: _TableSource, job: _Job, plan: _Plan) -> TableExtract
         "change_column": t.change_column,
     }
     committed_seen = seen_set_path(var, code, t.name) if plan.since is not None else None
-    seen = _SeenVersions(t.change_column, t.change_kind, plan.since, committed_seen)
+    seen = _SeenVersions(t.change_column, t.change_kind, plan.since, committed_seen, source.instant)
     result.rows_late, result.rows_backdated = _write_raw(source, job, plan, path, meta, seen)
     failpoints.reached("extract:table-written")
     seen.write(pending_seen_set_path(var, run_id, code, t.name), meta)
@@ -1100,9 +1118,15 @@ class _SeenVersions:
         change_kind: str,
         since: str | None,
         committed: Path | None,
+        instant: Instant | None = None,
     ) -> None:
         self.change_column, self.change_kind = change_column, change_kind
         self.since = since
+        # text stamps with UTC offsets are compared as instants: '2026-07-01 01:00:00+00:00'
+        # is after '2026-07-01 08:00:00+08:00', though it sorts before it as text
+        self.instant = instant
+        self.since_at = instant(since) if instant is not None and since is not None else None
+        self.top_at: dt.datetime | None = None
         self.previous: pa.Array | None = None
         if committed is not None and committed.is_file():
             self.previous = pq.read_table(committed).column(_VERSION).combine_chunks()
@@ -1114,6 +1138,8 @@ class _SeenVersions:
     def keep_changed(self, rows: pa.Table) -> pa.Table:
         """``rows`` without the versions an earlier night read; remembers the edge versions."""
         stamp = rows[self.change_column].combine_chunks()
+        if self.instant is not None:
+            return self._keep_changed_instants(rows, stamp)
         top = _batch_max(stamp, self.change_kind)
         null = pc.is_null(stamp)
         edge = null
@@ -1122,6 +1148,49 @@ class _SeenVersions:
         at_top = _text_equal(stamp, _watermark_text(top)) if top is not None else None
         if at_top is not None:
             edge = pc.or_(edge, at_top)
+        return self._drop_read(rows, edge, null, at_top, top, top)
+
+    def _keep_changed_instants(self, rows: pa.Table, stamp: pa.Array) -> pa.Table:
+        """:meth:`keep_changed` for text stamps with UTC offsets: the read began a day before
+        the watermark's instant (as text cannot say where it is), so the rows whose instant is
+        before it, read on an earlier night, are dropped here."""
+        texts = stamp.to_pylist()
+        read = self.instant
+        assert read is not None
+        at = [None if t is None else read(t) for t in texts]
+        null = pc.is_null(stamp)
+        known = [a for a in at if a is not None]
+        top_at = max(known) if known else None
+        before = np.array([a is not None and self.since_at is not None and a < self.since_at
+                           for a in at], dtype=bool)  # fmt: skip
+        edge = np.array([a is not None and a in (self.since_at, top_at) for a in at], dtype=bool)
+        on_top = np.array([a is not None and a == top_at for a in at], dtype=bool)
+        top = max(t for t, a in zip(texts, at, strict=True) if a == top_at) if known else None
+        self.unchanged += int(before.sum())
+        kept = rows.filter(pa.array(~before))
+        keep = ~before
+        return self._drop_read(
+            kept,
+            pa.array(edge[keep]) if known else pc.fill_null(null.filter(pa.array(keep)), False),
+            null.filter(pa.array(keep)),
+            pa.array(on_top[keep]) if known else None,
+            top,
+            top_at,
+        )
+
+    def _drop_read(
+        self,
+        rows: pa.Table,
+        edge: Any,
+        null: Any,
+        at_top: Any,
+        top: Any,
+        top_key: Any,
+    ) -> pa.Table:
+        """``rows`` without the ``edge`` rows whose version an earlier night read; remembers
+        the NULL-stamped versions and those at the batch's ``top`` (compared by ``top_key``)."""
+        if self.instant is not None:
+            edge = pc.or_(edge, null)
         where = pc.indices_nonzero(edge)
         if not len(where):
             return rows
@@ -1129,10 +1198,13 @@ class _SeenVersions:
         self.nulls.append(pc.filter(versions, null.take(where)))
         if at_top is not None:
             mine = pc.filter(versions, at_top.take(where))
-            if self.top is None or top > self.top:
-                self.top, self.at_top = top, [mine]
-            elif top == self.top:
+            best = self.top_at if self.instant is not None else self.top
+            if best is None or top_key > best:
+                self.top, self.top_at, self.at_top = top, top_key, [mine]
+            elif top_key == best:
                 self.at_top.append(mine)
+                if self.instant is not None and top > self.top:
+                    self.top = top  # one text of the instant, the same whatever the chunking
         if self.previous is None:
             return rows
         old = pc.is_in(versions, value_set=self.previous)
@@ -1292,6 +1364,51 @@ def _read_late_rows(source: _TableSource, late: pa.Array, write: Callable[[pa.Ta
             write(rows)
             found += rows.num_rows
     return found
+
+
+_OFFSET = re.compile(r"(?:[+-]\d{2}:?\d{2}|Z)$")
+"""A text change stamp that ends in a UTC offset."""
+_OFFSET_SLACK = dt.timedelta(hours=28)
+"""How far a stamp's wall-clock text can trail its instant in the city's time: offsets run from
+UTC−12 to UTC+14, the city's own among them."""
+
+
+def _instant_reader(table: TableConfig, live_class: str, tz: str) -> Instant | None:
+    """For a text change column whose stamps carry a UTC offset (``change_format`` with ``%z``,
+    or ISO 8601 text in a ``timestamp`` column), the stamp as the city's wall time; None for
+    every other column, compared as before (text that sorts, numbers, database timestamps)."""
+    if live_class != "string":
+        return None
+    if table.change_kind == "string" and table.change_format and "%z" in table.change_format:
+        return functools.partial(_format_instant, fmt=table.change_format, tz=tz)
+    if table.change_kind == "timestamp":
+        return functools.partial(_iso_instant, tz=zoneinfo.ZoneInfo(tz))
+    return None
+
+
+def _format_instant(text: str, fmt: str, tz: str) -> dt.datetime | None:
+    try:
+        return parse_stamp(text.strip(), fmt, tz)
+    except ValueError:  # the standardizer names the row's unreadable stamp
+        return None
+
+
+def _iso_instant(text: str, tz: dt.tzinfo) -> dt.datetime | None:
+    """An ISO 8601 stamp as the city's wall time (naive); one without an offset as it is."""
+    try:
+        stamp = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return stamp.astimezone(tz).replace(tzinfo=None) if stamp.tzinfo is not None else stamp
+
+
+def _text_floor(at: dt.datetime, table: TableConfig) -> str:
+    """Text below every stamp written at or after ``at`` (city wall time), whatever its offset:
+    ``column >= floor`` reads them all, and a day more, which the instants then drop."""
+    floor = at - _OFFSET_SLACK
+    if table.change_kind == "string" and table.change_format:
+        return floor.strftime(table.change_format.replace("%z", ""))
+    return floor.strftime("%Y-%m-%d")
 
 
 def _watermark_value(text: str, table: TableConfig, live_class: str) -> Any:

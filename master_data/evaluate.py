@@ -590,7 +590,10 @@ class GoldenAccuracy:
     ``evaluated`` masters have linked rows and are scored against the true entity holding most of
     them; ``unmatched`` golden masters have none. ``fully_correct`` is the share of evaluated
     masters right on every scored attribute; ``skipped`` attributes are absent from the golden
-    table.
+    table. ``held_fully_correct`` (the headline: what survivorship is answerable for) is the share
+    of the ``held_masters`` (masters where some member row holds the true value of at least one
+    attribute) right on every attribute some member holds; ``None`` when the member rows were
+    not given.
     """
 
     entity: str
@@ -600,6 +603,8 @@ class GoldenAccuracy:
     fully_correct: float
     attributes: dict[str, AttributeAccuracy] = field(default_factory=dict)
     skipped: tuple[str, ...] = ()
+    held_masters: int | None = None
+    held_fully_correct: float | None = None
 
 
 def _normalised(values: pd.Series, fn: Normaliser) -> pd.Series:
@@ -705,6 +710,8 @@ def _golden(
     attributes: dict[str, AttributeAccuracy] = {}
     skipped: list[str] = []
     every = pd.Series(True, index=scored.index)
+    held_every = pd.Series(True, index=scored.index)  # right wherever a member holds the truth
+    held_any = pd.Series(False, index=scored.index)
     held = _held(records, al, truth, entity, owner)
     for attr, (columns, fn) in SCORED[entity].items():
         present = [c for c in columns if c in true.columns]
@@ -714,6 +721,11 @@ def _golden(
         ok = _matches(_normalised(scored[attr], fn), [_normalised(true[c], fn) for c in present])
         every &= ok
         attributes[attr] = _accuracy(ok, held.get(attr), scored["master_id"])
+        if attr in held:
+            mask = scored["master_id"].map(held[attr]).fillna(False).astype(bool)
+            held_every &= ok | ~mask
+            held_any |= mask
+    n_held = int(held_any.sum())
     return GoldenAccuracy(
         entity=entity,
         masters=len(g),
@@ -722,6 +734,8 @@ def _golden(
         fully_correct=_ratio(int(every.sum()), len(scored)),
         attributes=attributes,
         skipped=tuple(skipped),
+        held_masters=n_held if held else None,
+        held_fully_correct=_ratio(int((held_every & held_any).sum()), n_held) if held else None,
     )
 
 
@@ -906,8 +920,17 @@ class Evaluation:
                 f"cluster F1 {k.f1:.4f}; B-cubed F1 {k.bcubed_f1:.4f}"
             )
             if e.golden is not None:
-                accs = ", ".join(f"{a} {v.accuracy:.3f}" for a, v in e.golden.attributes.items())
-                lines.append(f"  golden ({e.golden.evaluated} masters): {accs}")
+                g = e.golden
+                accs = ", ".join(f"{a} {v.accuracy:.3f}" for a, v in g.attributes.items())
+                if g.held_fully_correct is not None:
+                    lines.append(
+                        f"  golden accuracy where a source holds the truth: "
+                        f"{g.held_fully_correct:.4f} ({g.held_masters} masters)"
+                    )
+                lines.append(
+                    f"  golden accuracy over every scored attribute: {g.fully_correct:.4f} "
+                    f"({g.evaluated} masters): {accs}"
+                )
             for case in e.cases:
                 what = "merged" if case.must == "apart" else "not linked"
                 lines.append(f"  {case.kind}: {case.wrong} of {case.pairs} pairs {what}")

@@ -11,6 +11,8 @@ night that last changed the record (last night's, where it is exactly as publish
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -34,6 +36,24 @@ def derived_rank(city: CityConfig, entity: str) -> list[str]:
     return [d.code for d in sorted(keeping, key=lambda d: -len(d.authority_for.fields(entity)))]
 
 
+def fresh_since(match: EntityMatch, run_id: str, members: pd.DataFrame) -> dict[str, pd.Timestamp]:
+    """Per attribute with an ``authority_fresh_days`` window, the oldest change stamp an
+    authority's copy may have and still speak as the authority: the window counted back from
+    the night's date (its run ID), or from the newest member row for a run ID that is no date.
+
+    >>> fresh_since(EntityMatch(blocking=..., authority_fresh_days={"phone": 1095}), "2026-07-01",
+    ...             members)  # doctest: +SKIP
+    {'phone': Timestamp('2023-07-02 00:00:00')}
+    """
+    if not match.authority_fresh_days:
+        return {}
+    try:
+        night = pd.Timestamp(dt.date.fromisoformat(run_id[:10]))
+    except ValueError:
+        night = pd.Timestamp(members["updated_at"].max())
+    return {a: night - pd.Timedelta(days=d) for a, d in match.authority_fresh_days.items()}
+
+
 def golden_records(
     members: pd.DataFrame,
     entity: str,
@@ -50,7 +70,9 @@ def golden_records(
         a: d.code for a in ATTRIBUTES[entity] if (d := city.authority(entity, a)) is not None
     }
     rank = match.survivorship_rank or derived_rank(city, entity)
-    golden, provenance, conflicts = survive(members, entity, authority, rank)
+    golden, provenance, conflicts = survive(
+        members, entity, authority, rank, fresh_since=fresh_since(match, run_id, members)
+    )
     extra = members.groupby("master_id").agg(
         member_count=("department", "size"), updated_at=("updated_at", "max")
     )

@@ -53,6 +53,11 @@ class EntityMatch(_Strict):
         description="departments after the authority, most trusted first; left out, the "
         "departments keeping the entity's rows, those with more authority fields first",
     )
+    authority_fresh_days: dict[str, int] = Field(
+        default_factory=dict,
+        description="attribute → days: an authority's copy not updated for longer (counted "
+        "back from the night's date) no longer speaks as the authority, e.g. `{phone: 1095}`",
+    )
 
 
 class EmSettings(_Strict):

@@ -3,6 +3,10 @@
 For each attribute of a master entity, the value comes from one member row chosen in this order:
 
 1. the department configured as the attribute's **authority** (``authority``), if it holds a value;
+   for a value that changes (``CHANGING``), its real-name rows (with an ID number) first, then its
+   newest row; a copy older than the attribute's freshness window (``fresh_since``, from
+   ``authority_fresh_days`` in ``matching.yaml``) is no longer authoritative, and provenance
+   says so (``stale>`` before the rule that chose instead);
 2. otherwise, for an address, the most **complete** parsed address (district, street, house
    number): ``28-6-1606`` with the street dropped never beats a full address of another
    department;
@@ -26,6 +30,7 @@ a conflict row is written for the **authority** itself (``department == authorit
 ``value``: what the others hold, ``authority_value``: the kept value): its copy may be stale.
 
 >>> golden, provenance, conflicts = survive(members, "person", authority, rank)
+>>> survive(members, "person", authority, rank, fresh_since={"phone": pd.Timestamp("2023-07-01")})
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ ATTRIBUTES: dict[str, dict[str, tuple[str, ...]]] = {
 """Attribute → the golden columns that survive together (the first one decides "has a value"),
 from :mod:`fields.dictionary`."""
 
+STALE = "stale>"
+"""Provenance rule prefix: the authority holds the attribute, but its every copy is older than
+the attribute's freshness window (``authority_fresh_days`` in ``matching.yaml``), so the rule
+after ``>`` chose among the other rows (``stale>most_recent``)."""
+
 CHANGING = frozenset(
     {"phone", "address", "status", "employer_uscc", "legal_rep_name", "legal_rep_id",
      "registered_capital"}
@@ -62,6 +72,8 @@ def survive(
     entity: str,
     authority: Mapping[str, str],
     rank: Sequence[str],
+    *,
+    fresh_since: Mapping[str, pd.Timestamp] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Golden records, per-attribute provenance and conflicts with the authority.
 
@@ -91,7 +103,7 @@ def survive(
         has = members.iloc[at]
         has.index = pd.RangeIndex(len(at))  # positions (no copy, unlike reset_index)
         chosen = _choose(has, master_code[at], codes.take(at), attribute, columns[0],
-                         authority.get(attribute))  # fmt: skip
+                         authority.get(attribute), (fresh_since or {}).get(attribute))  # fmt: skip
         for c in columns:
             golden[c] = chosen.winners[c].reindex(golden.index)
         provenance.append(chosen.provenance(attribute))
@@ -157,6 +169,7 @@ def _choose(
     attribute: str,
     lead: str,
     auth: str | None,
+    fresh: pd.Timestamp | None = None,
 ) -> _Chosen:
     """The winning row of each master for one attribute, and the rule that chose it."""
     value = _comparable(has, attribute, lead)
@@ -164,17 +177,35 @@ def _choose(
     agree = np.bincount(pair)[pair]  # rows holding the same value in the master
     agree_depts, held_by = _department_votes(m, pair, codes, attribute in CHANGING)
     auth_rows = has["department"] == auth if auth else pd.Series(False, index=has.index)
+    if fresh is not None:  # an authority's copy not updated since is no longer authoritative
+        auth_rows &= has["updated_at"].fillna(pd.Timestamp.min) >= fresh
     not_auth = (~auth_rows).to_numpy().astype(int)
     complete = _completeness(has, attribute)
     keys = (-complete, -agree_depts, codes.newer, codes.rank)
     # lexsort: the last key sorts first, so master, authority, then ``keys`` in order, then the
     # department and source key
-    sort = np.lexsort((codes.key, codes.dept, *keys[::-1], not_auth, m))
+    # a changing value (a phone): the authority speaks with its newest row, as each department
+    # votes with its newest row (an old row agreeing with another department does not win)
+    # a changing value (a phone): the authority speaks with its real-name rows (with an ID
+    # number: a walk-in registered without one may give a relative's number), then its newest
+    # row, as each department votes with its newest row
+    none = np.zeros(len(has), int)
+    auth_newer, unnamed = none, none
+    if attribute in CHANGING:
+        auth_newer = np.where(not_auth == 0, codes.newer, 0)
+        if "id_number" in has:
+            unnamed = ((not_auth == 0) & has["id_number"].isna().to_numpy()).astype(int)
+    sort = np.lexsort((codes.key, codes.dept, *keys[::-1], auth_newer, unnamed, not_auth, m))
     head = np.concatenate(([True], m[sort][1:] != m[sort][:-1]))
     first = sort[head]
     rule = _rules(sort, head, m, pair, keys, not_auth)[first]
     by_agreement = rule == "agreement"
     rule[by_agreement] = _agreement_label(agree_depts[first], held_by[first])[by_agreement]
+    if fresh is not None and auth:  # the authority held it, but only in stale copies
+        held = (has["department"] == auth).to_numpy()
+        stale = np.bincount(m, weights=held, minlength=int(m.max()) + 1)
+        aged = (stale[m[first]] > 0) & (not_auth[first] == 1)
+        rule[aged] = STALE + rule[aged]
     winners = has.iloc[first].assign(
         _rule=rule, _candidates=np.bincount(m)[m][first], _agreeing=agree[first]
     )

@@ -69,6 +69,9 @@ class Problem:
     """Where, from the top of the file: ``("rules", 3, "field")``."""
     what: str
     fix: str
+    skip: bool = False
+    """Only this rule cannot run in this city (it checks what no table maps, or has no owner):
+    it is left out with a warning instead of refusing the whole configuration."""
 
 
 class Invalid(ValueError):

@@ -224,6 +224,18 @@ class _RowRule(Rule):
                 problems.append(Problem((*at, "field"), what, "name a canonical field"))
             return "+".join(table.primary_key)
         if self.field not in mapped:
+            if self.field in dictionary.source_fields(table.entity):  # a field it does not keep
+                problems.append(
+                    Problem(
+                        (*at, "field"),
+                        f"table {table.name} maps no column to '{self.field}': the rule is "
+                        "left out",
+                        f"map the column of {table.name} that holds `{self.field}`, if the "
+                        "department keeps one; otherwise remove the rule",
+                        skip=True,
+                    )
+                )
+                return None
             choices = sorted(mapped) + ([KEY_FIELD] if self.on_keys else [])
             problems.append(
                 Problem(
@@ -281,8 +293,10 @@ class _RowRule(Rule):
                 Problem(
                     (*at, "field"),
                     f"no department is the authority for {entity} `{attribute}`, so the rule "
-                    "has no owner",
-                    "write `department:` on the rule to name who answers for it",
+                    "has no owner: it is left out",
+                    f"write `department:` on the rule to name who answers for it, or add "
+                    f"`{attribute}` to that department's `authority_for: {entity}:`",
+                    skip=True,
                 )
             )
         return owner
@@ -549,6 +563,9 @@ class QualityRules:
     """Every rule of the city, in file order (department files by name, then golden.yaml)."""
 
     rules: tuple[Rule, ...]
+    skipped: tuple[str, ...] = ()
+    """Rules left out because this city cannot run them (a field no table maps, a golden
+    attribute without an authority): one warning line each, with file, rule, key and fix."""
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
@@ -609,6 +626,7 @@ def load_quality_rules(
         for p in sorted(qdir.glob("*.yml"))
     ]
     rules: list[Rule] = []
+    skipped: list[str] = []
     first_seen: dict[str, Path] = {}
     covered: set[str] = set()
     for path in sorted(qdir.glob("*.yaml")):
@@ -622,7 +640,8 @@ def load_quality_rules(
         file_rules, file_problems = _read_file(city, path, spec, first_seen)
         rules += file_rules
         lines = _yaml_lines(path)
-        problems += [_format(path, spec, lines, p) for p in file_problems]
+        problems += [_format(path, spec, lines, p) for p in file_problems if not p.skip]
+        skipped += [_format(path, spec, lines, p) for p in file_problems if p.skip]
         if spec.department:
             covered.add(spec.department)
     if every_department:
@@ -630,8 +649,10 @@ def load_quality_rules(
             log.warning("%s", line)
     if problems:
         raise ConfigError(problems)
+    for line in skipped:
+        log.warning("%s", line)
     built_in = (*deletion_rules(city), *encoding_rules(city), *guardian_rules(city))
-    return QualityRules((*rules, *built_in))
+    return QualityRules((*rules, *built_in), tuple(skipped))
 
 
 def missing_rule_files(city: CityConfig, quality_dir: str | Path | None = None) -> list[str]:

@@ -50,6 +50,7 @@ from fields.masking import (
     release_key,
 )
 from master_data.explain import explain
+from store.tables import person_relationship_table
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "2026-06-30"
@@ -59,7 +60,8 @@ KEY = "test-pseudonym-key-0123456789"
 @pytest.fixture(scope="module")
 def city(make_city: CityFactory) -> Iterator[CityConfig]:
     """A 600-person city, one night published to SQLite, with the publish hook run; a copy
-    (queries, lookups and exports add audit rows)."""
+    (queries, lookups and exports add audit rows). Its hard cases include children filed under
+    a guardian's ID number (mdm_person_relationship)."""
     with pytest.MonkeyPatch.context() as mp:
         yield make_city(
             mp,
@@ -70,6 +72,7 @@ def city(make_city: CityFactory) -> Iterator[CityConfig]:
             views=True,
             run_id=NIGHT,
             copy=True,
+            hard_cases=True,
         )
 
 
@@ -374,6 +377,55 @@ def test_postgres_analyst_outputs_hold_nothing_in_clear(
     _assert_analyst_outputs_clean(city, tmp_path)
 
 
+def _assert_guardians_shown(city: CityConfig) -> None:
+    """v_person_relationship: each child ↔ guardian link between two masters an analyst sees,
+    the guardian's ID number (the evidence) never in clear."""
+    full = wh.engine_for(warehouse_url(city))
+    try:
+        published = wh.read(full, person_relationship_table)
+    finally:
+        full.dispose()
+    shown = run_query(city, "SELECT * FROM v_person_relationship").frame
+    visible = set(run_query(city, "SELECT master_id FROM v_person").frame["master_id"])
+    guardians = published[published["kind"] == "guardian"]
+    both = guardians["person_master_id"].isin(visible) & guardians["related_master_id"].isin(
+        visible
+    )
+    assert both.sum() > 0  # the sample city files children under a guardian's ID number
+    pairs = sorted(zip(shown["person_master_id"], shown["related_master_id"], strict=True))
+    assert pairs == sorted(
+        zip(guardians.loc[both, "person_master_id"], guardians.loc[both, "related_master_id"],
+            strict=True)
+    )  # fmt: skip
+    assert (shown["kind"] == "guardian").all() and set(shown["evidence"]) == {SUPPRESSED}
+    assert find_clear(_text_of_frame(shown)) == []
+    # the child and its guardian are two masters, related, neither merged into the other
+    assert (shown["person_master_id"] != shown["related_master_id"]).all()
+
+
+def test_an_analyst_sees_a_childs_guardian_without_the_guardians_id(
+    city: CityConfig, env: pytest.MonkeyPatch
+) -> None:
+    _assert_guardians_shown(city)
+
+
+def test_postgres_analyst_sees_a_childs_guardian_without_the_guardians_id(
+    pg_city: tuple[CityConfig, str],
+) -> None:
+    city, url = pg_city
+    _assert_guardians_shown(city)
+    login = f"{sa.make_url(url).database}_login"
+    analyst = _engine(sa.make_url(url).set(username=login, password=None))
+    try:
+        with (
+            analyst.connect() as conn,
+            pytest.raises(sa.exc.ProgrammingError, match="permission denied"),
+        ):
+            conn.exec_driver_sql("SELECT * FROM mdm_person_relationship LIMIT 1")
+    finally:
+        analyst.dispose()
+
+
 # --- the scan: nothing an analyst gets holds an ID or mobile number in clear -------------------
 
 
@@ -488,7 +540,8 @@ def test_export_writes_typed_parquet_and_a_data_dictionary(
     )
     dictionary = pd.read_parquet(out.dictionary)
     row = dictionary.set_index(["table", "column"]).loc[("mdm_person", "phone")]
-    assert bool(row["masked"]) and row["authority"] == "renshe" and row["description"] == "联系电话"
+    assert bool(row["masked"]) and row["authority"] == "weijian"
+    assert row["description"] == "联系电话"
     assert (tmp_path / "x" / "data_dictionary.csv").is_file()
     manifest = json.loads((tmp_path / "x" / "manifest.json").read_text())
     assert manifest["night"] == NIGHT and manifest["role"] == "analyst"
@@ -518,7 +571,7 @@ def test_catalog_comes_from_config(city: CityConfig, env: pytest.MonkeyPatch) ->
     fields = {f.name: f for f in gongan.fields}
     assert fields["sfzh"].maps_to == "id_number" and fields["sfzh"].authority == "gongan"
     person = {f.name: f for f in resources["mdm_person"].fields}
-    assert person["phone"].authority == "renshe" and person["phone"].masked
+    assert person["phone"].authority == "weijian" and person["phone"].masked
     assert "k" in (person["sex"].masked or "")  # generalised with the other quasi-identifiers
     assert person["status"].masked is None
     rows = run_query(

@@ -64,7 +64,7 @@ def test_real_config_loads(city: CityConfig) -> None:
 def test_authorities_are_one_source_per_field(city: CityConfig) -> None:
     expected = {
         **{("person", f): "gongan" for f in PERSON_FIELDS},
-        ("person", "phone"): "renshe",
+        ("person", "phone"): "weijian",
         ("person", "employer_uscc"): "renshe",
         **{("enterprise", f): "shichang" for f in ENTERPRISE_FIELDS},
         ("enterprise", "org_code"): "shuiwu",

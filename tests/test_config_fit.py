@@ -32,6 +32,7 @@ from master_data.link import link
 from master_data.publish import publish
 from master_data.settings import load_match_settings
 from master_data.train import features_left_out, is_rules_only, train
+from quality.rules import load_quality_rules
 from quality.table_rules import _change_stamp
 from store.layout import canonical_dir
 
@@ -428,6 +429,76 @@ def test_config_check_warns_about_a_feature_no_department_supplies(config_copy: 
     flat = " ".join(checked.output.split())
     assert "no enterprise table maps a column to `reg_no`: the match model does without it" in flat
     assert "`org_code`" not in flat  # the tax department still has one
+
+
+def _unmap_column(config: Path, department: str, column: str) -> None:
+    path = config / "departments" / f"{department}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    for table in doc["tables"]:
+        table["columns"].pop(column, None)
+    for fields in doc.get("authority_for", {}).values():
+        if "reg_no" in fields:
+            fields.remove("reg_no")
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False))
+
+
+def test_a_rule_on_a_field_the_registry_does_not_keep_is_left_out_with_a_warning(
+    config_copy: Path,
+) -> None:
+    shipped = load_quality_rules(load_city_config(config_copy))
+    # a registry without a 注册号 column, its quality rules as shipped (SC-V02 checks 注册号)
+    _unmap_column(config_copy, "shichang", "zch")
+    checked = CliRunner().invoke(app, ["config", "check", "--config", str(config_copy)])
+    assert checked.exit_code == 0, checked.output
+    flat = " ".join(checked.output.split())
+    assert (
+        f"{config_copy / 'quality' / 'shichang.yaml'}: rules[10] (SC-V02).field (line 74): "
+        "table t_qy_djxx maps no column to 'reg_no': the rule is left out. Fix: map the column "
+        "of t_qy_djxx that holds `reg_no`, if the department keeps one; otherwise remove the rule"
+    ) in flat
+    assert "Configuration has errors" not in flat
+    # the night runs the same rules: all but SC-V02
+    rules = load_quality_rules(load_city_config(config_copy))
+    assert {r.id for r in shipped} - {r.id for r in rules} == {"SC-V02"}
+    assert len(rules.skipped) == 1 and "SC-V02" in rules.skipped[0]
+    # a misspelt field is still a mistake, not a field the city lacks
+    rules_file = config_copy / "quality" / "shichang.yaml"
+    rules_file.write_text(rules_file.read_text().replace("field: status", "field: statsu", 1))
+    checked = CliRunner().invoke(app, ["config", "check", "--config", str(config_copy)])
+    assert checked.exit_code == 2
+    assert "maps no column to 'statsu'. Fix: did you mean `status`?" in " ".join(
+        checked.output.split()
+    )
+
+
+def test_a_golden_rule_without_an_authority_is_left_out_with_a_warning(
+    config_copy: Path,
+) -> None:
+    weijian = config_copy / "departments" / "weijian.yaml"
+    weijian.write_text(weijian.read_text().replace("authority_for:\n  person: [phone]\n", ""))
+    city = load_city_config(config_copy)
+    assert city.authority("person", "phone") is None
+    checked = CliRunner().invoke(app, ["config", "check", "--config", str(config_copy)])
+    assert checked.exit_code == 0, checked.output
+    flat = " ".join(checked.output.split())
+    assert (
+        f"{config_copy / 'quality' / 'golden.yaml'}: rules[6] (GD-P07).field (line 54): no "
+        "department is the authority for person `phone`, so the rule has no owner: it is left "
+        "out. Fix: write `department:` on the rule to name who answers for it, or add `phone` "
+        "to that department's `authority_for: person:`"
+    ) in flat
+    rules = load_quality_rules(city)
+    with pytest.raises(KeyError):
+        rules.rule("GD-P07")
+    assert rules.rule("GD-P08").department == "renshe"  # the other golden rules stay
+    # naming the owner on the rule brings it back
+    golden = config_copy / "quality" / "golden.yaml"
+    text = golden.read_text().replace(
+        "  - id: GD-P07\n", "  - id: GD-P07\n    department: weijian\n", 1
+    )
+    golden.write_text(text)
+    rules = load_quality_rules(load_city_config(config_copy))
+    assert rules.rule("GD-P07").department == "weijian" and rules.skipped == ()
 
 
 @pytest.mark.parametrize("records", [0, 1])

@@ -285,6 +285,32 @@ def test_golden_accuracy_where_some_source_holds_the_true_value() -> None:
     assert golden_accuracy(golden, cw, truth, "person").attributes["phone"].held is None
 
 
+def test_headline_golden_accuracy_scores_only_what_some_source_holds() -> None:
+    rows = truth_rows({"a": "P1", "b": "P1", "c": "P2", "d": "P3"})
+    truth = GroundTruth(PERSONS, pd.DataFrame(), rows)
+    cw = crosswalk(rows, {"a": "M1", "b": "M1", "c": "M2", "d": "M3"})
+    records = rows.rename(columns={"table": "source_table"})[["department", "source_table",
+                                                              "source_key"]]  # fmt: skip
+    # M1: row b holds the true mobile, the stale a won (a miss survivorship answers for);
+    # M2: no row holds P2's landline, its phone is wrong and its name right (not held against
+    # it); M3: no row holds anything true (no name; P3 has no phone): not scored in the headline
+    records = records.assign(
+        name=["高建旭", "高建旭", "郑月怡", None],
+        phone=["13900000000", "152-6197-5346", "13800000000", None],
+    )
+    golden = pd.DataFrame({"master_id": ["M1", "M2", "M3"], "name": ["高建旭", "郑月怡", "林强"],
+                           "phone": ["13900000000", "13800000000", None]})  # fmt: skip
+    acc = golden_accuracy(golden, cw, truth, "person", records=records)
+    assert acc.fully_correct == pytest.approx(1 / 3)  # M3 only: M2's phone is wrong
+    assert (acc.held_masters, acc.held_fully_correct) == (2, 0.5)  # M2 right where held
+    golden.loc[0, "phone"] = "15261975346"
+    acc = golden_accuracy(golden, cw, truth, "person", records=records)
+    assert (acc.held_masters, acc.held_fully_correct) == (2, 1.0)
+    assert acc.fully_correct == pytest.approx(2 / 3)
+    bare = golden_accuracy(golden, cw, truth, "person")
+    assert (bare.held_masters, bare.held_fully_correct) == (None, None)
+
+
 def test_calibration_bands_count_true_matches_by_predicted_probability() -> None:
     rows = truth_rows({"a": "P1", "b": "P1", "c": "P2", "d": "P3", "e": "P3"})
     records = rows.rename(columns={"table": "source_table"})[["department", "source_table",

@@ -236,6 +236,39 @@ def test_rows_without_a_change_stamp_are_read_when_they_change(city: CityConfig,
     assert changed.rows_read == 1
 
 
+def test_stamps_with_mixed_utc_offsets_move_the_watermark_by_instant(
+    city: CityConfig, out: Path
+) -> None:
+    """A text change column whose stamps carry different UTC offsets: '08:00:00+08:00' is
+    before '01:00:00+00:00' though it sorts after it as text. The watermark is the latest
+    instant, and the next night reads a row written after it whose text sorts below it."""
+    minzheng = city.department("minzheng")
+    table = minzheng.tables[0].model_copy(update={"change_format": "%Y-%m-%d %H:%M:%S%z"})
+    dept = minzheng.model_copy(update={"tables": [table]})
+    source = out / "sources" / "minzheng.sqlite"
+    with contextlib.closing(sqlite3.connect(source)) as conn, conn:
+        conn.execute("UPDATE 社会救助对象 SET 更新时间 = 更新时间 || '+08:00'")  # all before 07-01
+        keys = [k for (k,) in conn.execute("SELECT 对象编号 FROM 社会救助对象 ORDER BY 1 LIMIT 3")]
+        stamps = {keys[0]: "2026-07-01 08:00:00+08:00", keys[1]: "2026-07-01 01:00:00+00:00"}
+        for key, stamp in stamps.items():  # 00:00 UTC, then 01:00 UTC: the latest
+            conn.execute("UPDATE 社会救助对象 SET 更新时间 = ? WHERE 对象编号 = ?", (stamp, key))
+    night0 = extract_department(city, dept, "night-0").tables[0]
+    assert night0.watermark_after == "2026-07-01 01:00:00+00:00"
+    commit_watermarks(city, "night-0")
+    quiet = extract_department(city, dept, "night-1").tables[0]
+    # read again from a day before the watermark's instant, and dropped: nothing changed
+    assert (quiet.rows_read, quiet.rows_unchanged) == (0, 2)
+    assert quiet.watermark_after == night0.watermark_after
+    with contextlib.closing(sqlite3.connect(source)) as conn, conn:
+        conn.execute(
+            "UPDATE 社会救助对象 SET 联系电话 = '13900000000', 更新时间 = ? WHERE 对象编号 = ?",
+            ("2026-07-01 02:00:00+00:00", keys[2]),  # after the watermark, below it as text
+        )
+    night2 = extract_department(city, dept, "night-2").tables[0]
+    assert _raw(city, "night-2", "minzheng")[ex.ROW_KEY].to_pylist() == [keys[2]]
+    assert night2.rows_read == 1 and night2.watermark_after == "2026-07-01 02:00:00+00:00"
+
+
 def _at_watermark(out: Path) -> int:
     with contextlib.closing(_renshe(out)) as conn:
         query = "SELECT count(*) FROM insured_person WHERE last_modified = "

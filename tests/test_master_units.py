@@ -197,6 +197,53 @@ def test_without_an_authority_agreement_then_recency_then_rank() -> None:
     assert prov.set_index("attribute").loc["phone", "rule"] == "rank"
 
 
+def _phones(*rows: tuple[str, str, str | None, str, dt.datetime]) -> pd.DataFrame:
+    """Members of one master: department, key, ID number, phone, change stamp."""
+    frame = pd.concat([_members().iloc[:1]] * len(rows), ignore_index=True)
+    for i, (dept, key, id_number, phone, when) in enumerate(rows):
+        frame.loc[i, ["department", "source_key", "id_number", "phone", "updated_at"]] = [
+            dept, key, id_number, phone, when]  # fmt: skip
+    return frame
+
+
+def test_a_phone_authority_speaks_with_its_newest_real_name_row_while_it_is_fresh() -> None:
+    id_ = "350102198001010011"
+    visits = _phones(
+        ("weijian", "w_old", id_, "13900000001", dt.datetime(2024, 1, 5)),  # before the change
+        ("renshe", "r1", id_, "13900000001", dt.datetime(2026, 5, 1)),  # stale, new stamp
+        ("weijian", "w_new", id_, "13900000002", dt.datetime(2026, 3, 1)),  # SMS-verified visit
+        ("weijian", "w_walkin", None, "13900000009", dt.datetime(2026, 6, 1)),  # a relative's
+    )
+    auth, rank = {"phone": "weijian"}, ["renshe", "weijian"]
+    fresh = {"phone": pd.Timestamp("2023-07-01")}  # 1095 days before the night 2026-06-30
+    golden, prov, conflicts = survive(visits, "person", auth, rank, fresh_since=fresh)
+    p = prov.set_index("attribute").loc["phone"]
+    # not the old visit that agrees with 人社, not the walk-in row without an ID number
+    assert golden.loc[0, "phone"] == "13900000002"
+    assert (p["department"], p["source_key"], p["rule"]) == ("weijian", "w_new", "authority")
+    assert ("phone", "renshe", "r1") in set(
+        zip(conflicts["attribute"], conflicts["department"], conflicts["source_key"], strict=True)
+    )
+    # the authority's only copy is older than the window: the other departments decide, and
+    # provenance says why the authority did not
+    stale = _phones(
+        ("weijian", "w_old", id_, "13900000001", dt.datetime(2022, 2, 1)),
+        ("renshe", "r1", id_, "13900000002", dt.datetime(2025, 9, 1)),
+        ("minzheng", "m1", id_, "13900000002", dt.datetime(2024, 9, 1)),
+    )
+    golden, prov, conflicts = survive(stale, "person", auth, rank, fresh_since=fresh)
+    p = prov.set_index("attribute").loc["phone"]
+    assert golden.loc[0, "phone"] == "13900000002"
+    assert (p["department"], p["rule"]) == ("renshe", "stale>agreement(2 of 3)")
+    assert not (conflicts["attribute"] == "phone").any()  # no authority value to conflict with
+    # without a window the stale copy stays the authority's (一数一源), flagged for it
+    golden, prov, conflicts = survive(stale, "person", auth, rank)
+    assert golden.loc[0, "phone"] == "13900000001"
+    assert prov.set_index("attribute").loc["phone", "rule"] == "authority"
+    own = conflicts[(conflicts["attribute"] == "phone") & (conflicts["department"] == "weijian")]
+    assert own["value"].tolist() == ["13900000002"]
+
+
 def test_an_abbreviated_address_never_beats_a_full_one_without_an_authority() -> None:
     rows = _members().iloc[[0, 2, 3]].reset_index(drop=True)  # weijian, renshe, minzheng
     rows["division_code"] = "350102"

@@ -626,7 +626,13 @@ def test_evaluate_refuses_the_truth_of_another_city(var: Path, make_city: CityFa
     assert "recall" not in text.lower() and "1.0000" not in text
     right = cli("evaluate", "--json")
     assert right.exit_code == 0, right.output
-    assert json.loads(right.output)["entities"]["person"]["pairwise"]["recall"] > 0.9
+    person = json.loads(right.output)["entities"]["person"]
+    assert person["pairwise"]["recall"] > 0.9
+    golden = person["golden"]  # the headline scores what some source holds; both are kept
+    assert 0 < golden["held_masters"] <= golden["evaluated"]
+    assert golden["held_fully_correct"] >= golden["fully_correct"]
+    shown = " ".join(cli("evaluate").output.split())
+    assert "Golden accuracy over every scored attribute, held by a source or not: person" in shown
 
 
 def test_a_deleted_then_reinserted_row_gets_its_master_id_back(var: Path) -> None:

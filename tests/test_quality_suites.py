@@ -94,7 +94,7 @@ def test_every_department_has_rules_of_every_kind_it_can_fail() -> None:
             assert "consistency" in kinds, dept.code
     # golden rules belong to the attribute's authority (一数一源)
     assert rules.rule("GD-P02").department == "gongan"  # person id_number
-    assert rules.rule("GD-P07").department == "renshe"  # person phone
+    assert rules.rule("GD-P07").department == "weijian"  # person phone
     assert rules.rule("GD-E07").department == "shuiwu"  # enterprise org_code
     assert rules.rule("RS-R01").references == ("mdm_enterprise", "uscc")
     assert set(get_args(Dimension)) == set(DIMENSIONS)
