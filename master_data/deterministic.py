@@ -5,13 +5,17 @@ number or organization code that crosswalks to it, the same enterprise. A valid 
 carries the organization code in its characters 9–17, so a record with only the one and a
 record with only the other still meet. Clustering never puts two different hard keys (ID numbers,
 credit codes) in one entity (:mod:`master_data.cluster`), and a model link of two persons
-links automatically only when more than name, birth date and sex agree (:func:`corroborated`).
+links automatically only when more than name, birth date and sex agree, and a household's
+phone or address counts only beside a name that agrees (:func:`corroborated`).
 
 >>> rule_links(records, pd.Index(["a"]), pd.Index(["b"]), "person").tolist()
 ['same_id_number']
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -26,31 +30,58 @@ RULES = {
 """Each rule, with what it means for ``govmdm explain``."""
 
 
-CORROBORATION = {"person": {"id_number": 1, "phone": 1, "address": 2}}
-"""What a model link must also agree on to link automatically, per entity: one of these
-comparison levels at least (an ID number exact or one typo off, a phone number shared or close,
-the same district). Name, birth date and sex alone are not enough, however rare the name: a
-namesake born on the same day, known without ID number in another district, is another person
-as often as not, and a row without phone or address cannot tell them apart. Such a pair goes
-to the review band instead (measured on the sample city: 48 of 50 such namesakes merged
-without this, none with it; 6 true rows of 19,460 wait for a steward instead)."""
+@dataclass(frozen=True)
+class Corroboration:
+    """What a model link must also agree on to link automatically (:func:`corroborated`):
+    one of the ``own`` levels (evidence of the person alone), or one of the ``shared`` levels
+    (evidence a household shares) with the name at ``name`` at least."""
+
+    own: Mapping[str, int]
+    shared: Mapping[str, int]
+    name: int
+
+
+CORROBORATION = {
+    "person": Corroboration(own={"id_number": 1}, shared={"phone": 1, "address": 2}, name=2)
+}
+"""Per entity, what a model link must agree on beyond the model's demographics. Name, birth date
+and sex alone are not enough, however rare the name: a namesake born on the same day, known
+without ID number in another district, is another person as often as not, and a row without
+phone or address cannot tell them apart (measured on the sample city: 48 of 50 such namesakes
+merged without this, none with it). An ID number exact or one typo off is the person's own; a
+phone number or the district is also their household's — twins, and children whom hospitals
+file under a parent's ID number and phone, share both with each other and with that parent —
+so these count only when the names agree as well: the same, the same pinyin, or a listed
+look-alike (形近字). 林晓萍 and 林晓玲, twins born on one day under their mother's number and
+phone, were merged on pinyin similarity plus the household's phone and address. Such a pair waits
+in the review band instead; a true pair with a misheard name still links through the person's
+other rows (the registry's, by ID number)."""
 
 
 def corroborated(levels: pd.DataFrame, entity: str) -> np.ndarray:
     """Which pairs (rows of comparison ``levels``) agree on more than the model's demographics
     (:data:`CORROBORATION`); every pair of an entity without such a requirement.
 
-    >>> corroborated(pd.DataFrame({"phone": [-1, 0, 2], "address": [1, -1, 1]}), "person").tolist()
-    [False, False, True]
+    >>> levels = pd.DataFrame(
+    ...     {"name": [4, 4, 1, 1], "id_number": [-1, -1, -1, 2], "phone": [-1, 2, 2, -1],
+    ...      "address": [1, 3, 3, -1]}
+    ... )
+    >>> corroborated(levels, "person").tolist()
+    [False, True, False, True]
     """
     need = CORROBORATION.get(entity)
     if need is None:
         return np.ones(len(levels), dtype=bool)
-    ok = np.zeros(len(levels), dtype=bool)
-    for feature, level in need.items():
-        if feature in levels.columns:
-            ok |= levels[feature].to_numpy() >= level
-    return ok
+
+    def any_of(wanted: Mapping[str, int]) -> np.ndarray:
+        ok = np.zeros(len(levels), dtype=bool)
+        for feature, level in wanted.items():
+            if feature in levels.columns:
+                ok |= levels[feature].to_numpy() >= level
+        return ok
+
+    names_agree = levels["name"].to_numpy() >= need.name if "name" in levels.columns else True
+    return any_of(need.own) | (any_of(need.shared) & names_agree)
 
 
 def org_codes(rows: pd.DataFrame) -> pd.Series:
