@@ -375,8 +375,8 @@ PERSON_APART = [
                 weijian(42, "林晓萍", MOTHER2, "20221113", "13906001041", ADDR_MAWEI, male=False),
             ),
             (
-                # two visits of the sister: her hospital rows outscore her registry row (they
-                # share the mother's phone), and 晓萍/晓玲 sound alike (pinyin similar)
+                # two visits of the sister: on the demo city her hospital rows outscored her
+                # registry row (they share the mother's phone) and 晓萍/晓玲 sound alike
                 gongan(43, "林晓玲", TWIN_LING, "20221113", ADDR_MAWEI, male=False),
                 weijian(43, "林晓玲", MOTHER2, "20221113", "13906001041", ADDR_MAWEI, male=False),
                 weijian(44, "林晓玲", MOTHER2, "20221113", "13906001041", ADDR_MAWEI, male=False),
