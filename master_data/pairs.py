@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from master_data.blocking import candidate_pairs, delta_candidates
 from master_data.compare import pair_positions
-from master_data.deterministic import corroborated, rule_links_at
+from master_data.deterministic import corroborated, filed_under_another, rule_links_at
 from master_data.model import FellegiSunter
 from master_data.records import RECORD, is_in, records_frame
 from master_data.settings import EntityMatch
@@ -91,7 +91,8 @@ def edges(
         frame[feature] = levels[feature].to_numpy(dtype=np.int8)[kept]
     frame["probability"] = probability[kept]
     frame["rule"] = rule[kept]
-    agree = corroborated(levels, entity) if len(pairs) else np.ones(0, bool)
+    filed = filed_under_another(records, left, right, entity)
+    agree = corroborated(levels, entity, filed) if len(pairs) else np.ones(0, bool)
     frame["corroborated"] = np.asarray(agree, dtype=bool)[kept]
     return frame
 

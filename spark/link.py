@@ -47,7 +47,7 @@ from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
 from master_data.cluster import RecordClusters, cluster_records
 from master_data.compare import features_for
-from master_data.deterministic import HARD_KEY, corroborated, rule_links
+from master_data.deterministic import HARD_KEY, corroborated, filed_under_another, rule_links
 from master_data.engine import Scored
 from master_data.golden import golden_records
 from master_data.model import FellegiSunter
@@ -114,7 +114,7 @@ class SparkLink:
                     entity,
                     settings,
                 )
-            kept = _kept(levels, labels, model, match.thresholds.keep, entity)
+            kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared)
             block = _key_table(keys, [p.name for p in match.blocking])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -179,9 +179,15 @@ def _counts(levels: DataFrame, labels: list[str]) -> pd.DataFrame:
 
 
 def _kept(
-    levels: DataFrame, labels: list[str], model: FellegiSunter, keep: float, entity: str
+    levels: DataFrame,
+    labels: list[str],
+    model: FellegiSunter,
+    keep: float,
+    entity: str,
+    records: pd.DataFrame,
 ) -> pd.DataFrame:
-    """The pairs worth keeping, scored, as :func:`master_data.pairs.edges` gives them."""
+    """The pairs worth keeping, scored, as :func:`master_data.pairs.edges` gives them
+    (``records``: every record, by record ID)."""
     kernel = functools.partial(_probability, model.to_json(), labels, keep)
     ddl = ", ".join(["left STRING", "right STRING", *[f"`{x}` TINYINT" for x in labels]])
     table = levels.mapInArrow(kernel, f"{ddl}, probability DOUBLE, rule STRING").toArrow()
@@ -193,7 +199,11 @@ def _kept(
         frame[label] = table[label].to_numpy().astype(np.int8)
     frame["probability"] = table["probability"].to_numpy().astype(np.float64)
     frame["rule"] = pd.Series(table["rule"].to_pylist(), dtype=object)
-    frame["corroborated"] = corroborated(frame[labels], entity) if len(frame) else np.ones(0, bool)
+    at = records.index.get_indexer
+    filed = filed_under_another(records, at(frame["left"]), at(frame["right"]), entity)
+    frame["corroborated"] = (
+        corroborated(frame[labels], entity, filed) if len(frame) else np.ones(0, bool)
+    )
     return frame
 
 

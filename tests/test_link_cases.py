@@ -173,10 +173,11 @@ def shuiwu(
 
 Groups = tuple[tuple[Row, ...], ...]
 
-GULOU, CANGSHAN, JINAN = "350102", "350104", "350111"
+GULOU, CANGSHAN, JINAN, MAWEI = "350102", "350104", "350111", "350105"
 ADDR_GULOU = "福建省福州市鼓楼区五四路158号环球广场12座806室"
 ADDR_CANGSHAN = "福建省福州市仓山区上渡路37号"
 ADDR_JINAN = "福建省福州市晋安区福新中路66号融侨新城5座1702室"
+ADDR_MAWEI = "福建省福州市马尾区君竹路129号阳光城26座2604室"
 
 # persons -----------------------------------------------------------------------------------------
 A1 = pid(GULOU, "19780412", 351)
@@ -191,6 +192,14 @@ OTHER1, OTHER2 = pid(GULOU, "19880808", 371), pid(GULOU, "19880808", 393)
 SAME_BIRTH = pid(GULOU, "19820715", 639)
 ELDER, RENAMED = pid(GULOU, "19381120", 582), pid(JINAN, "19700505", 417)
 GUARDIAN, CHILD = pid(CANGSHAN, "19860214", 551), pid(CANGSHAN, "20190903", 362)
+# twin sisters filed by a hospital under their mother's ID number and phone (the sample city's
+# 林晓萍 / 林晓玲, seed 20260630): given names one pinyin-similar character apart
+MOTHER2, TWIN_PING, TWIN_LING = (
+    pid(MAWEI, "19821010", 398),
+    pid(MAWEI, "20221113", 890),
+    pid(MAWEI, "20221113", 902),
+)
+MOTHER3, TWIN_XUAN = pid(MAWEI, "19900718", 546), pid(MAWEI, "20250302", 428)
 MOTHER, SON, DAUGHTER = (
     pid(JINAN, "19880420", 582),
     pid(JINAN, "20210611", 413),
@@ -358,6 +367,37 @@ PERSON_APART = [
             ),
         ),
         id="person-twins-under-one-guardian-id",
+    ),
+    pytest.param(
+        (
+            (gongan(41, "林秀英", MOTHER2, "19821010", ADDR_MAWEI, male=False),),
+            (
+                gongan(42, "林晓萍", TWIN_PING, "20221113", ADDR_MAWEI, male=False),
+                weijian(42, "林晓萍", MOTHER2, "20221113", "13906001041", ADDR_MAWEI, male=False),
+            ),
+            (
+                # two visits of the sister: on the demo city her hospital rows outscored her
+                # registry row (they share the mother's phone) and 晓萍/晓玲 sound alike
+                gongan(43, "林晓玲", TWIN_LING, "20221113", ADDR_MAWEI, male=False),
+                weijian(43, "林晓玲", MOTHER2, "20221113", "13906001041", ADDR_MAWEI, male=False),
+                weijian(44, "林晓玲", MOTHER2, "20221113", "13906001041", ADDR_MAWEI, male=False),
+            ),
+        ),
+        id="person-twin-sisters-similar-names-under-one-guardian-id",
+    ),
+    pytest.param(
+        (
+            (
+                gongan(45, "黄梓萱", TWIN_XUAN, "20250302", ADDR_MAWEI, male=False),
+                weijian(45, "黄梓萱", MOTHER3, "20250302", "13906001045", ADDR_MAWEI, male=False),
+            ),
+            # her twin, not registered yet (no 户口 row), seen twice under the mother's number
+            (
+                weijian(46, "黄梓涵", MOTHER3, "20250302", "13906001045", ADDR_MAWEI, male=False),
+                weijian(47, "黄梓涵", MOTHER3, "20250302", "13906001045", ADDR_MAWEI, male=False),
+            ),
+        ),
+        id="person-unregistered-twin-similar-name-under-one-guardian-id",
     ),
     pytest.param(
         (
@@ -689,8 +729,8 @@ def test_a_new_row_merges_two_masters_and_keeping_apart_splits_them(
 def test_a_guardians_id_number_is_kept_as_such_and_reported(case_city: CityConfig) -> None:
     """A child's hospital rows under a parent's number keep it as ``guardian_id`` (never as the
     child's own), the child's master is related to the guardian's (``mdm_person_relationship``),
-    and 卫健's built-in rule counts exactly those rows: the ones the city planted and the three
-    of the cases above."""
+    and 卫健's built-in rule counts exactly those rows: the ones the city planted and those of
+    the cases above."""
     canonical = pd.read_parquet(
         canonical_dir(case_city.var_dir, NIGHT0, "weijian") / "person.parquet"
     )
@@ -699,6 +739,8 @@ def test_a_guardians_id_number_is_kept_as_such_and_reported(case_city: CityConfi
         dirt.loc[(dirt["department"] == "weijian") & (dirt["kind"] == "guardian_id"), "source_key"]
     )
     mine = {"HT000000032": GUARDIAN, "HT000000034": MOTHER, "HT000000035": MOTHER}
+    mine |= {f"HT0000000{k}": MOTHER2 for k in (42, 43, 44)}
+    mine |= {f"HT0000000{k}": MOTHER3 for k in (45, 46, 47)}
     held = canonical[canonical["guardian_id"].notna()].set_index("source_key")
     assert set(held.index) == planted | set(mine)
     assert held["id_number"].isna().all()
@@ -721,5 +763,5 @@ def test_a_guardians_id_number_is_kept_as_such_and_reported(case_city: CityConfi
     } <= guardians
     assert set(kept["kind"]) == {"guardian"}
     result = run_quality(case_city, NIGHT0, departments=["weijian"]).result("weijian-GID01")
-    assert (result.status, result.rows_failed) == ("failed", len(planted) + 3)
+    assert (result.status, result.rows_failed) == ("failed", len(planted) + len(mine))
     assert result.dimension == "准确性" and "监护人" in (result.message or "")

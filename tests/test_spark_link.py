@@ -33,7 +33,9 @@ TABLES = ("edges", "components", "crosswalk", "golden", "provenance", "conflicts
 def city(make_city: CityFactory) -> Any:
     """A small city, night 0 published by the local engine, night 1 extracted and standardized."""
     with pytest.MonkeyPatch.context() as mp:
-        city = make_city(mp, persons=400, enterprises=60, seed=11, until="published", copy=True)
+        city = make_city(
+            mp, persons=400, enterprises=60, seed=11, until="published", copy=True, hard_cases=True
+        )
         next_night(city.var_dir / "city")
         assert all(r.ok for r in extract_all(city, NIGHT1))
         standardize_all(city, NIGHT1)
