@@ -492,7 +492,7 @@ def review_list(
         console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
     table = Table(title=f"Review queue ({len(rows)} shown)", title_justify="left")
-    for col in ("entity", "left", "right", "probability", "masters", "field weights"):
+    for col in ("entity", "left", "right", "probability", "masters", "field weights", "reason"):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
@@ -502,6 +502,7 @@ def review_list(
             f"{r['probability']:.3f}",
             f"{r['left_master_id']} / {r['right_master_id']}",
             escape(r["weights_text"]),
+            escape(r["reason"]),
         )
     console.print(table)
     console.print(

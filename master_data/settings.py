@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from etl.config import ConfigError, load_yaml_model
 from master_data.blocking import DEFAULT_MAX_BLOCK, BlockingPass
+from master_data.tf import TF_COLUMNS
 
 Entity = Literal["person", "enterprise"]
 ENTITIES: tuple[Entity, ...] = ("person", "enterprise")
@@ -42,6 +43,18 @@ class Thresholds(_Strict):
         return self
 
 
+class TermFrequency(_Strict):
+    """Term-frequency adjustment of one feature's exact level (:mod:`master_data.tf`)."""
+
+    floor: float = Field(
+        1e-5,
+        gt=0,
+        lt=1,
+        description="the smallest u an exact agreement on one value gets (Splink's "
+        "tf_minimum_u_value): a value seen once does not outweigh everything else",
+    )
+
+
 class EntityMatch(_Strict):
     """How one entity type is linked and which department's value survives."""
 
@@ -53,6 +66,14 @@ class EntityMatch(_Strict):
         description="departments after the authority, most trusted first; left out, the "
         "departments keeping the entity's rows, those with more authority fields first",
     )
+    term_frequency: dict[str, TermFrequency] = Field(
+        default_factory=dict,
+        description="features whose exact agreement weighs by how common the value is",
+    )
+
+    def tf_floors(self) -> dict[str, float]:
+        """Feature → floor of every term-frequency-adjusted feature."""
+        return {f: t.floor for f, t in sorted(self.term_frequency.items())}
 
 
 class EmSettings(_Strict):
@@ -71,6 +92,18 @@ class MatchSettings(_Strict):
     state_nights_kept: int = Field(
         7, ge=2, description="master state folders kept under var/master (the newest published)"
     )
+
+    @model_validator(mode="after")
+    def _tf_features(self) -> MatchSettings:
+        for entity in ENTITIES:
+            known = TF_COLUMNS[entity]
+            for feature in self.entity(entity).term_frequency:
+                if feature not in known:
+                    raise ValueError(
+                        f"{entity}.term_frequency: no feature {feature!r} can be adjusted. "
+                        f"Fix: use one of {', '.join(sorted(known))}"
+                    )
+        return self
 
     def entity(self, entity: str) -> EntityMatch:
         """The settings of ``person`` or ``enterprise``."""
