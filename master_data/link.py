@@ -452,7 +452,7 @@ def _scored(
     if model is None:
         night.say(f"{entity}: training the model (EM)")
         model = train(found.compared, levels, entity, night.settings)
-    model = attach(model, frequencies)
+    model = attach(model, frequencies, match.correlated)
     fresh = edges(found.compared, found.pairs, levels, model, entity, match.thresholds.keep)
     return Scored(found.compared, found.keys, found.report, len(found.pairs), model, trained, fresh)
 

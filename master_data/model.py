@@ -120,6 +120,10 @@ class FellegiSunter:
     tf: dict[str, dict[str, float]] = field(default_factory=dict)
     """Term frequencies (:mod:`master_data.tf`): per feature, each value's u_v; an exact
     agreement on v weighs log2(m/u_v) instead of log2(m/u)."""
+    correlated: list[list[str]] = field(default_factory=list)
+    """Groups of features that agree together among non-matches too (a family shares its
+    address and its phone): where every feature of a group agrees at its top level, only the
+    strongest of their weights counts."""
 
     def __post_init__(self) -> None:
         if set(self.m) != set(self.u):
@@ -326,6 +330,20 @@ class FellegiSunter:
                 u_v = np.asarray(u_v, dtype=np.float64)
                 at = np.flatnonzero(~np.isnan(u_v) & (codes[:, j] == len(self.m[f])))
                 out[at, j] = np.log2(self.m[f][-1] / u_v[at])
+        at_top = codes == np.asarray([len(self.m[f]) for f in self.features])
+        for group in self.correlated:
+            cols = [self.features.index(f) for f in group if f in self.m]
+            if len(cols) < 2:
+                continue
+            # P(all agree | non-match) ≈ P(the rarest agrees | non-match): independence would
+            # multiply the evidence of one shared household
+            rows = np.flatnonzero(at_top[:, cols].all(axis=1))
+            block = out[np.ix_(rows, cols)]
+            strongest = block.argmax(axis=1)
+            kept = block[np.arange(len(rows)), strongest]
+            block[:] = 0.0
+            block[np.arange(len(rows)), strongest] = kept
+            out[np.ix_(rows, cols)] = block
         return out
 
     def explain(
@@ -346,23 +364,23 @@ class FellegiSunter:
         absent = [f for f in self.m if f not in vector]
         if unknown or absent:
             raise ValueError(f"vector does not fit the model: unknown {unknown}, absent {absent}")
-        lw = self.level_weights()
-        rows = []
         for f in self.m:
+            top = len(self.m[f]) - 1
+            if not MISSING <= int(vector[f]) <= top:
+                raise ValueError(f"feature {f!r}: level {int(vector[f])} outside -1 … {top}")
+        one = pd.DataFrame({f: [int(vector[f])] for f in self.m})
+        u_v = {f: np.asarray([u], dtype=np.float64) for f, u in (tf_u or {}).items()}
+        weights = self._weight_matrix(one, u_v)[0]
+        rows = []
+        for j, f in enumerate(self.m):
             level = int(vector[f])
             top = len(self.m[f]) - 1
-            if not MISSING <= level <= top:
-                raise ValueError(f"feature {f!r}: level {level} outside -1 … {top}")
             if level == MISSING:
                 rows.append((f, level, "missing", 0.0))
                 continue
             names = labels.get(f) if labels else None
             label = names[level] if names is not None else f"level {level} of {top}"
-            u_v = (tf_u or {}).get(f)
-            if level == top and u_v is not None and not math.isnan(u_v):
-                rows.append((f, level, label, self.tf_weight(f, u_v)))
-                continue
-            rows.append((f, level, label, lw[f][level]))
+            rows.append((f, level, label, float(weights[j])))
         return rows
 
     # ------------------------------------------------------------------------------------ JSON
@@ -400,6 +418,8 @@ class FellegiSunter:
         }
         if self.tf:
             doc["term_frequencies"] = self.tf
+        if self.correlated:
+            doc["correlated"] = self.correlated
         return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -435,6 +455,7 @@ class FellegiSunter:
                 f: {str(v): float(u) for v, u in values.items()}
                 for f, values in doc.get("term_frequencies", {}).items()
             },
+            correlated=[[str(f) for f in group] for group in doc.get("correlated", [])],
         )
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from etl.config import ConfigError, load_yaml_model
 from master_data.blocking import DEFAULT_MAX_BLOCK, BlockingPass
+from master_data.compare import features_for
 from master_data.tf import TF_COLUMNS
 
 Entity = Literal["person", "enterprise"]
@@ -71,6 +72,12 @@ class EntityMatch(_Strict):
         description="features whose exact agreement weighs by how common the value is",
     )
 
+    correlated: list[list[str]] = Field(
+        default_factory=list,
+        description="groups of features that agree together among different people too "
+        "(a family's address and phone): agreeing on all of a group counts as its strongest",
+    )
+
     def tf_floors(self) -> dict[str, float]:
         """Feature → floor of every term-frequency-adjusted feature."""
         return {f: t.floor for f, t in sorted(self.term_frequency.items())}
@@ -102,6 +109,15 @@ class MatchSettings(_Strict):
                     raise ValueError(
                         f"{entity}.term_frequency: no feature {feature!r} can be adjusted. "
                         f"Fix: use one of {', '.join(sorted(known))}"
+                    )
+            labels = [f.label for f in features_for(entity)]
+            for i, group in enumerate(self.entity(entity).correlated):
+                wrong = [f for f in group if f not in labels]
+                if wrong or len(set(group)) < 2:
+                    raise ValueError(
+                        f"{entity}.correlated[{i}]: {group} must name two or more of the "
+                        f"comparison features {', '.join(labels)}"
+                        + (f"; unknown: {', '.join(wrong)}" if wrong else "")
                     )
         return self
 

@@ -22,7 +22,7 @@ table does not know (first seen after training) gets the level's average u.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -140,10 +140,16 @@ def edge_u(edges: pd.DataFrame) -> TfU:
     }
 
 
-def attach(model: FellegiSunter, table: Frequencies) -> FellegiSunter:
-    """``model`` with the term-frequency ``table`` of the features it holds; a model that
-    learnt nothing (only the rules link) stays without: its m says nothing to weigh u_v by."""
+def attach(
+    model: FellegiSunter, table: Frequencies, correlated: Sequence[Sequence[str]] = ()
+) -> FellegiSunter:
+    """``model`` with the term-frequency ``table`` of the features it holds, and the groups
+    of ``correlated`` features (:attr:`FellegiSunter.correlated`) among them; a model that
+    learnt nothing (only the rules link) stays without: its m says nothing to weigh by."""
     if model.m == model.u:  # master_data.train.rules_only
         return model
     kept = {f: v for f, v in table.items() if f in model.m}
-    return model if kept == model.tf else dataclasses.replace(model, tf=kept)
+    groups = [list(g) for g in correlated if sum(f in model.m for f in g) >= 2]
+    if kept == model.tf and groups == model.correlated:
+        return model
+    return dataclasses.replace(model, tf=kept, correlated=groups)

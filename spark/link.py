@@ -121,7 +121,7 @@ class SparkLink:
                     entity,
                     settings,
                 )
-            model = attach(model, frequencies)
+            model = attach(model, frequencies, match.correlated)
             kept = _kept(levels, labels, model, match.thresholds.keep, entity)
             block = _key_table(keys, [p.name for p in match.blocking])
         finally:

@@ -111,9 +111,36 @@ def test_config_names_a_feature_that_cannot_be_adjusted(tmp_path: Path) -> None:
     doc["person"]["term_frequency"] = {"sex": {"floor": 0.001}}
     with pytest.raises(ValueError, match=r"person.term_frequency: no feature 'sex'.*Fix: use"):
         MatchSettings.model_validate(doc)
+    doc = shipped.model_dump()
+    doc["person"]["correlated"] = [["phone", "adress"]]
+    with pytest.raises(ValueError, match=r"person.correlated\[0\].*unknown: adress"):
+        MatchSettings.model_validate(doc)
     text = Path("config/matching.yaml").read_text(encoding="utf-8")
     (tmp_path / "matching.yaml").write_text(
         text.replace("floor: 1.0e-5", "floor: 0"), encoding="utf-8"
     )
     with pytest.raises(ConfigError, match="floor"):
         load_match_settings(tmp_path)
+
+
+def test_a_household_agreeing_on_phone_and_address_counts_once() -> None:
+    # phone: top weight log2(0.8/0.05) = 4; address: log2(0.8/0.1) = 3
+    plain = FellegiSunter(
+        m={"phone": [0.2, 0.8], "address": [0.2, 0.8], "sex": [0.5, 0.5]},
+        u={"phone": [0.95, 0.05], "address": [0.9, 0.1], "sex": [0.5, 0.5]},
+        prior=0.01,
+    )
+    model = attach(plain, {}, [["phone", "address"]])
+    assert model.correlated == [["phone", "address"]]
+    levels = pd.DataFrame({"phone": [1, 1, 0, -1], "address": [1, 0, 1, 1], "sex": [1, 1, 1, 1]})
+    weights = model.weights(levels)
+    assert weights.loc[0, ["phone", "address"]].tolist() == pytest.approx([4.0, 0.0])
+    assert plain.weights(levels).loc[0, ["phone", "address"]].tolist() == pytest.approx([4, 3])
+    # one agreeing alone, or with the other disagreeing or missing, keeps its own weight
+    assert weights.loc[1].tolist() == pytest.approx([4.0, math.log2(0.2 / 0.9), 0.0])
+    assert weights.loc[2, "address"] == pytest.approx(3.0)
+    assert weights.loc[3].tolist() == pytest.approx([0.0, 3.0, 0.0])
+    assert model.score(levels)[0] == pytest.approx(model.prior_weight + 4.0)
+    explained = model.explain({"phone": 1, "address": 1, "sex": 1})
+    assert [w for *_, w in explained] == pytest.approx([4.0, 0.0, 0.0])
+    assert FellegiSunter.from_json(model.to_json()) == model
