@@ -332,7 +332,7 @@ class FellegiSunter:
                 out[at, j] = np.log2(self.m[f][-1] / u_v[at])
         at_top = codes == np.asarray([len(self.m[f]) for f in self.features])
         for group in self.correlated:
-            cols = [self.features.index(f) for f in group if f in self.m]
+            cols = np.asarray([self.features.index(f) for f in group if f in self.m], np.intp)
             if len(cols) < 2:
                 continue
             # P(all agree | non-match) ≈ P(the rarest agrees | non-match): independence would
