@@ -641,7 +641,8 @@ def evaluate(
 
 def _calibration_table(result: Any) -> Table:
     """Per entity: the scored pairs in bands of predicted match probability, and the share
-    truly one entity; the review band (review ≤ p < auto_link) last."""
+    truly one entity; the review band (review ≤ p < auto_link), then the non-empty bands of
+    the corroborated pairs alone (those the model may link without a reviewer)."""
     table = Table(
         title="Calibration: predicted probability against the truth", title_justify="left"
     )
@@ -652,6 +653,11 @@ def _calibration_table(result: Any) -> Table:
         if ev.review_band is not None:
             b = ev.review_band
             rows.append((f"review band [{b.low:g}, {b.high:g})", b))
+        rows += [
+            (f"corroborated [{b.low:g}, {b.high:g}{']' if b.high >= 1 else ')'}", b)
+            for b in ev.calibration_corroborated
+            if b.pairs
+        ]
         for label, b in rows:
             mean, share = (
                 ("", "") if b.pairs == 0 else (f"{b.mean_probability:.4f}", f"{b.true_share:.4f}")

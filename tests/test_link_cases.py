@@ -731,6 +731,7 @@ def test_the_bands_mean_what_they_say(case_city: CityConfig) -> None:
     same model without them, and the share of true matches rises from band to band."""
     from master_data.evaluate import calibration
     from master_data.model import FellegiSunter
+    from master_data.published import evaluate_published
     from master_data.tf import edge_u
 
     state = master_dir(case_city.var_dir, NIGHT0) / "person"
@@ -749,3 +750,9 @@ def test_the_bands_mean_what_they_say(case_city: CityConfig) -> None:
     assert _calibration_gap(bands) < _calibration_gap(old)
     shares = [b.true_share for b in bands if b.pairs >= 10]
     assert shares == sorted(shares), bands
+    # the pairs the model may link on its own (corroborated): as sure as it says, from 0.9 up
+    result = evaluate_published(case_city, case_city.var_dir / "city")
+    sure = [b for b in result.entities["person"].calibration_corroborated if b.low >= 0.9]
+    assert sum(b.pairs for b in sure) > 1000
+    for b in sure:
+        assert b.pairs == 0 or abs(b.true_share - b.mean_probability) <= 0.03, b
