@@ -392,11 +392,13 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result.records, result.changed = records.num_rows, rows.num_rows
 
     night.say(f"{entity}: blocking {(rows if carry else records).num_rows:,} rows")
-    # a delta night scores with the term frequencies of the night its model was trained on
-    if carry and model is not None:
+    # the term frequencies are the model's, built on the night it was trained: a delta night
+    # and a full rebuild with the same model score alike (a changed floor waits for --retrain)
+    floors = match.tf_floors()
+    if model is not None and sorted(model.tf) == sorted(f for f in floors if f in model.m):
         frequencies = model.tf
     else:
-        frequencies = term_frequencies(records, entity, match.tf_floors())
+        frequencies = term_frequencies(records, entity, floors)
     if night.engine is not None and not carry:
         night.say(f"{entity}: blocking, comparing and scoring on {night.engine.name}")
         found = night.engine.score(records, entity, match, night.settings, model, frequencies)
