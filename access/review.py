@@ -92,6 +92,7 @@ def queue(
         weights = json.loads(r["weights"])
         r["weights_text"] = ", ".join(f"{f} {w['weight']:+.1f}" for f, w in sorted(weights.items()))
         r["ref"] = pair_ref(str(r["left_record"]), str(r["right_record"]))
+        r["reason"] = _text(r.get("reason"))
         if not privileged:
             r["left_record"] = mask_record(str(r["left_record"]))
             r["right_record"] = mask_record(str(r["right_record"]))
@@ -215,6 +216,7 @@ class PairView:
     clusters: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
     privileged: bool = False
     bands: tuple[float, float] = (0.5, 0.99)  # the night's review and auto_link thresholds
+    reason: str = ""  # why the pair is queued (中文); empty for a night queued before it was kept
 
 
 def pair(city: CityConfig, ref: str, *, privileged: bool = False) -> PairView:
@@ -312,7 +314,12 @@ def _pair_view(city: CityConfig, row: dict[str, Any], privileged: bool) -> PairV
         clusters=(shown[0], shown[1]),
         privileged=privileged,
         bands=_bands(city, entity),
+        reason=_text(row.get("reason")),
     )
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _bands(city: CityConfig, entity: str) -> tuple[float, float]:

@@ -492,7 +492,7 @@ def review_list(
         console.print(f"[red]{escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from exc
     table = Table(title=f"Review queue ({len(rows)} shown)", title_justify="left")
-    for col in ("entity", "left", "right", "probability", "masters", "field weights"):
+    for col in ("entity", "left", "right", "probability", "masters", "field weights", "reason"):
         # record IDs whole on one line: a steward copies them into `review decide`
         table.add_column(col, overflow="fold", no_wrap=col in ("left", "right"))
     for r in rows:
@@ -503,6 +503,7 @@ def review_list(
             f"{r['probability']:.3f}",
             f"{r['left_master_id']} / {r['right_master_id']}",
             escape(r["weights_text"]),
+            escape(r["reason"]),
         )
     console.print(table)
     console.print(
@@ -658,7 +659,8 @@ def _headline_accuracy(golden: Any) -> float:
 
 def _calibration_table(result: Any) -> Table:
     """Per entity: the scored pairs in bands of predicted match probability, and the share
-    truly one entity; the review band (review ≤ p < auto_link) last."""
+    truly one entity; the review band (review ≤ p < auto_link), then the non-empty bands of
+    the corroborated pairs alone (those the model may link without a reviewer)."""
     table = Table(
         title="Calibration: predicted probability against the truth", title_justify="left"
     )
@@ -669,6 +671,11 @@ def _calibration_table(result: Any) -> Table:
         if ev.review_band is not None:
             b = ev.review_band
             rows.append((f"review band [{b.low:g}, {b.high:g})", b))
+        rows += [
+            (f"corroborated [{b.low:g}, {b.high:g}{']' if b.high >= 1 else ')'}", b)
+            for b in ev.calibration_corroborated
+            if b.pairs
+        ]
         for label, b in rows:
             mean, share = (
                 ("", "") if b.pairs == 0 else (f"{b.mean_probability:.4f}", f"{b.true_share:.4f}")

@@ -19,6 +19,7 @@ from etl.config import CityConfig
 from master_data.cluster import RecordClusters
 from master_data.model import FellegiSunter
 from master_data.settings import EntityMatch, MatchSettings
+from master_data.tf import Frequencies
 
 __all__ = ["LinkEngine", "Scored"]
 
@@ -48,8 +49,10 @@ class LinkEngine(Protocol):
         match: EntityMatch,
         settings: MatchSettings,
         model: FellegiSunter | None,
+        frequencies: Frequencies,
     ) -> Scored:
-        """Block, compare, fit the model unless ``model`` is given, score, keep the edges."""
+        """Block, compare, fit the model unless ``model`` is given, attach the term
+        ``frequencies`` (:func:`master_data.tf.attach`), score, keep the edges."""
         ...
 
     def cluster(

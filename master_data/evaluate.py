@@ -880,6 +880,9 @@ class EntityEvaluation:
     examples: tuple[ErrorExample, ...] = ()
     calibration: tuple[Band, ...] = ()
     review_band: Band | None = None
+    # the bands of the corroborated pairs alone: those the model may link on its own word
+    # (master_data.deterministic.corroborated); the others always wait for a reviewer
+    calibration_corroborated: tuple[Band, ...] = ()
     cases: tuple[CaseScore, ...] = ()  # the hard cases per kind (master_data.cases)
 
 
@@ -991,8 +994,12 @@ def evaluate(
         )
         g = goldens.get(e)
         bands: tuple[tuple[Band, ...], Band | None] = ((), None)
+        corroborated_bands: tuple[Band, ...] = ()
         if edges and records and e in edges and e in records:
             bands = calibration(edges[e], records[e], truth.rows, review=(review or {}).get(e))
+            if "corroborated" in edges[e].columns:
+                sure = edges[e][edges[e]["corroborated"].fillna(True).astype(bool)]
+                corroborated_bands = calibration(sure, records[e], truth.rows)[0]
         entities[e] = EntityEvaluation(
             entity=e,
             counts=counts,
@@ -1002,6 +1009,7 @@ def evaluate(
             examples=tuple(_examples(al, e, examples, 20)),
             calibration=bands[0],
             review_band=bands[1],
+            calibration_corroborated=corroborated_bands,
             cases=case_scores(linked, truth.persons, truth.dirt) if e == "person" else (),
         )
     return Evaluation(str(truth_dir), night, entities)

@@ -29,6 +29,7 @@ from master_data.night_state import read_state, state_file
 from master_data.published import published_night, warehouse
 from master_data.records import RECORD, record_id
 from master_data.survivorship import ATTRIBUTES
+from master_data.tf import u_column
 from store.tables import (
     conflict_table,
     crosswalk_table,
@@ -204,8 +205,10 @@ def _links(state: Any, entity: str, members: set[str]) -> list[dict[str, str]]:
     out = []
     for row in frame.sort_values(["accepted", "probability"], ascending=False).to_dict("records"):
         vector = {f: int(row[f]) for f in model.features}
+        tf_u = {f: float(row[u_column(f)]) for f in model.tf if u_column(f) in row}
         weights = ", ".join(
-            f"{f}={label or level} {w:+.1f}" for f, level, label, w in model.explain(vector, labels)
+            f"{f}={label or level} {w:+.1f}"
+            for f, level, label, w in model.explain(vector, labels, tf_u)
         )
         rule = row["rule"]
         why = f"rule: {RULES.get(rule, rule)}" if isinstance(rule, str) else ""

@@ -77,6 +77,7 @@ from master_data.scope import (
     refuse_stale,
 )
 from master_data.settings import ENTITIES, EntityMatch, MatchSettings, load_match_settings
+from master_data.tf import Frequencies, attach, term_frequencies
 from master_data.train import features_changed, features_left_out, is_rules_only, train
 from store import failpoints
 from store.layout import master_dir, state_dir_of, warehouse_dir
@@ -399,11 +400,18 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result.records, result.changed = records.num_rows, rows.num_rows
 
     night.say(f"{entity}: blocking {(rows if carry else records).num_rows:,} rows")
+    # the term frequencies are the model's, built on the night it was trained: a delta night
+    # and a full rebuild with the same model score alike (a changed floor waits for --retrain)
+    floors = match.tf_floors()
+    if model is not None and sorted(model.tf) == sorted(f for f in floors if f in model.m):
+        frequencies = model.tf
+    else:
+        frequencies = term_frequencies(records, entity, floors)
     if night.engine is not None and not carry:
         night.say(f"{entity}: blocking, comparing and scoring on {night.engine.name}")
-        found = night.engine.score(records, entity, match, night.settings, model)
+        found = night.engine.score(records, entity, match, night.settings, model, frequencies)
     else:
-        found = _scored(night, entity, records, rows, removed, base, carry, model)
+        found = _scored(night, entity, records, rows, removed, base, carry, model, frequencies)
     changed = pd.Index(rows[RECORD].to_pandas())
     del rows  # tonight's rows are among the records now
     write_state(found.keys, out, "blockkeys")
@@ -443,6 +451,7 @@ def _scored(
     base: BaseState,
     carry: bool,
     model: FellegiSunter | None,
+    frequencies: Frequencies,
 ) -> Scored:
     """The candidate pairs, compared and scored here (the local engine)."""
     match = night.settings.entity(entity)
@@ -453,6 +462,7 @@ def _scored(
     if model is None:
         night.say(f"{entity}: training the model (EM)")
         model = train(found.compared, levels, entity, night.settings)
+    model = attach(model, frequencies, match.correlated)
     fresh = edges(found.compared, found.pairs, levels, model, entity, match.thresholds.keep)
     return Scored(found.compared, found.keys, found.report, len(found.pairs), model, trained, fresh)
 

@@ -70,6 +70,8 @@ UNINFORMATIVE_ASSOCIATION = 0.05
 Probabilities = dict[str, list[float]]
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+TfU = Mapping[str, FloatArray]
+"""Per feature, one term-frequency u_v per pair (NaN: none): :func:`master_data.tf.pair_u`."""
 
 
 class DegenerateModelError(ValueError):
@@ -115,6 +117,13 @@ class FellegiSunter:
     fixed_u: list[str] = field(default_factory=list)
     max_iter: int | None = None
     tol: float | None = None
+    tf: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Term frequencies (:mod:`master_data.tf`): per feature, each value's u_v; an exact
+    agreement on v weighs log2(m/u_v) instead of log2(m/u)."""
+    correlated: list[list[str]] = field(default_factory=list)
+    """Groups of features that agree together among non-matches too (a family shares its
+    address and its phone): where every feature of a group agrees at its top level, only the
+    strongest of their weights counts."""
 
     def __post_init__(self) -> None:
         if set(self.m) != set(self.u):
@@ -274,8 +283,10 @@ class FellegiSunter:
         return model
 
     # --------------------------------------------------------------------------------- scoring
-    def weights(self, levels_df: pd.DataFrame) -> pd.DataFrame:
-        """log2(m/u) of each pair's observed level per feature; 0 where the level is missing.
+    def weights(self, levels_df: pd.DataFrame, tf_u: TfU | None = None) -> pd.DataFrame:
+        """log2(m/u) of each pair's observed level per feature; 0 where the level is missing;
+        log2(m/u_v) at the exact level of a feature with a term-frequency u_v in ``tf_u``
+        (feature → one u_v per pair, NaN where none: :func:`master_data.tf.pair_u`).
 
         Example:
             >>> model = FellegiSunter(m={"a": [0.2, 0.8]}, u={"a": [0.8, 0.2]}, prior=0.5)
@@ -283,31 +294,63 @@ class FellegiSunter:
             [2.0, -2.0, 0.0]
         """
         return pd.DataFrame(
-            self._weight_matrix(levels_df), index=levels_df.index, columns=self.features
+            self._weight_matrix(levels_df, tf_u), index=levels_df.index, columns=self.features
         )
 
-    def score(self, levels_df: pd.DataFrame) -> pd.Series:
+    def score(self, levels_df: pd.DataFrame, tf_u: TfU | None = None) -> pd.Series:
         """Total match weight plus prior log-odds: log2 of the posterior odds of a match."""
-        total = self._weight_matrix(levels_df).sum(axis=1) + self.prior_weight
+        total = self._weight_matrix(levels_df, tf_u).sum(axis=1) + self.prior_weight
         return pd.Series(total, index=levels_df.index, name="score")
 
-    def probability(self, levels_df: pd.DataFrame) -> pd.Series:
-        """Posterior match probability of each pair, 1 / (1 + 2^-score)."""
-        total = self._weight_matrix(levels_df).sum(axis=1) + self.prior_weight
+    def probability(self, levels_df: pd.DataFrame, tf_u: TfU | None = None) -> pd.Series:
+        """Posterior match probability of each pair, 1 / (1 + 2^-score).
+
+        Example:
+            >>> model = FellegiSunter(m={"a": [0.2, 0.8]}, u={"a": [0.8, 0.2]}, prior=0.5)
+            >>> levels = pd.DataFrame({"a": [1, 1]})
+            >>> model.probability(levels, {"a": np.array([0.8, np.nan])}).tolist()
+            [0.5, 0.8]
+        """
+        total = self._weight_matrix(levels_df, tf_u).sum(axis=1) + self.prior_weight
         return pd.Series(_expit2(total), index=levels_df.index, name="probability")
 
-    def _weight_matrix(self, levels_df: pd.DataFrame) -> FloatArray:
+    def tf_weight(self, feature: str, u_v: float) -> float:
+        """The weight of an exact agreement on a value with term frequency ``u_v``: log2(m/u_v)
+        — Splink's u-of-this-value in place of the average u of the exact level."""
+        return math.log2(self.m[feature][-1] / u_v)
+
+    def _weight_matrix(self, levels_df: pd.DataFrame, tf_u: TfU | None = None) -> FloatArray:
         codes = _codes(levels_df, self.levels)
         lw = self.level_weights()
         out = np.empty(codes.shape, dtype=np.float64, order="F")
         for j, f in enumerate(self.features):
             out[:, j] = np.asarray([0.0, *lw[f]], dtype=np.float64)[codes[:, j]]
+            u_v = None if tf_u is None else tf_u.get(f)
+            if u_v is not None:
+                u_v = np.asarray(u_v, dtype=np.float64)
+                at = np.flatnonzero(~np.isnan(u_v) & (codes[:, j] == len(self.m[f])))
+                out[at, j] = np.log2(self.m[f][-1] / u_v[at])
+        at_top = codes == np.asarray([len(self.m[f]) for f in self.features])
+        for group in self.correlated:
+            cols = np.asarray([self.features.index(f) for f in group if f in self.m], np.intp)
+            if len(cols) < 2:
+                continue
+            # P(all agree | non-match) ≈ P(the rarest agrees | non-match): independence would
+            # multiply the evidence of one shared household
+            rows = np.flatnonzero(at_top[:, cols].all(axis=1))
+            block = out[np.ix_(rows, cols)]
+            strongest = block.argmax(axis=1)
+            kept = block[np.arange(len(rows)), strongest]
+            block[:] = 0.0
+            block[np.arange(len(rows)), strongest] = kept
+            out[np.ix_(rows, cols)] = block
         return out
 
     def explain(
         self,
         vector: Mapping[str, int],
         labels: Mapping[str, Sequence[str]] | None = None,
+        tf_u: Mapping[str, float] | None = None,
     ) -> list[tuple[str, int, str, float]]:
         """(feature, level, label, weight) for one pair; the weights plus ``prior_weight`` sum
         to its score. ``labels[f][l]`` names level ``l`` of feature ``f`` (0 = disagree).
@@ -321,19 +364,23 @@ class FellegiSunter:
         absent = [f for f in self.m if f not in vector]
         if unknown or absent:
             raise ValueError(f"vector does not fit the model: unknown {unknown}, absent {absent}")
-        lw = self.level_weights()
-        rows = []
         for f in self.m:
+            top = len(self.m[f]) - 1
+            if not MISSING <= int(vector[f]) <= top:
+                raise ValueError(f"feature {f!r}: level {int(vector[f])} outside -1 … {top}")
+        one = pd.DataFrame({f: [int(vector[f])] for f in self.m})
+        u_v = {f: np.asarray([u], dtype=np.float64) for f, u in (tf_u or {}).items()}
+        weights = self._weight_matrix(one, u_v)[0]
+        rows = []
+        for j, f in enumerate(self.m):
             level = int(vector[f])
             top = len(self.m[f]) - 1
-            if not MISSING <= level <= top:
-                raise ValueError(f"feature {f!r}: level {level} outside -1 … {top}")
             if level == MISSING:
                 rows.append((f, level, "missing", 0.0))
                 continue
             names = labels.get(f) if labels else None
             label = names[level] if names is not None else f"level {level} of {top}"
-            rows.append((f, level, label, lw[f][level]))
+            rows.append((f, level, label, float(weights[j])))
         return rows
 
     # ------------------------------------------------------------------------------------ JSON
@@ -369,6 +416,10 @@ class FellegiSunter:
                 "tol": self.tol,
             },
         }
+        if self.tf:
+            doc["term_frequencies"] = self.tf
+        if self.correlated:
+            doc["correlated"] = self.correlated
         return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -400,6 +451,11 @@ class FellegiSunter:
             fixed_u=list(t.get("fixed_u", [])),
             max_iter=t.get("max_iter"),
             tol=t.get("tol"),
+            tf={
+                f: {str(v): float(u) for v, u in values.items()}
+                for f, values in doc.get("term_frequencies", {}).items()
+            },
+            correlated=[[str(f) for f in group] for group in doc.get("correlated", [])],
         )
 
 

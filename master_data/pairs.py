@@ -26,6 +26,7 @@ from master_data.deterministic import corroborated, filed_under_another, rule_li
 from master_data.model import FellegiSunter
 from master_data.records import RECORD, is_in, records_frame
 from master_data.settings import EntityMatch
+from master_data.tf import pair_u, u_column
 
 
 @dataclass
@@ -77,11 +78,13 @@ def edges(
     keep: float,
 ) -> pd.DataFrame:
     """The scored pairs worth keeping: a rule holds, or the probability is at least ``keep``.
-    One row per pair: ``left``, ``right``, each feature's comparison level, ``probability``
-    and ``rule``."""
+    One row per pair: ``left``, ``right``, each feature's comparison level, the u_v of each
+    term-frequency-adjusted feature (``name_tf``: :mod:`master_data.tf`), ``probability`` and
+    ``rule``."""
     left, right = pair_positions(records.index, pairs)
+    tf_u = pair_u(records, left, right, levels, model.levels, model.tf, entity)
     probability = (
-        model.probability(levels[model.features]).to_numpy() if len(pairs) else np.empty(0)
+        model.probability(levels[model.features], tf_u).to_numpy() if len(pairs) else np.empty(0)
     )
     rule = rule_links_at(records, left, right, entity)
     kept = np.flatnonzero(pd.notna(rule) | (probability >= keep))
@@ -89,6 +92,8 @@ def edges(
     frame = pd.DataFrame({"left": ids[left[kept]], "right": ids[right[kept]]})
     for feature in levels.columns:
         frame[feature] = levels[feature].to_numpy(dtype=np.int8)[kept]
+    for feature, u in tf_u.items():
+        frame[u_column(feature)] = u[kept]
     frame["probability"] = probability[kept]
     frame["rule"] = rule[kept]
     filed = filed_under_another(records, left, right, entity)

@@ -3,8 +3,10 @@
 A pair goes to a reviewer when no rule links it, its match probability lies between the
 ``review`` and ``auto_link`` thresholds, its records ended in different master entities, they do
 not hold two different hard keys (those can never be linked: no use asking), and no reviewer
-has decided on it yet. Each queued pair carries the per-feature match weights behind its score,
-and the night it was first queued.
+has decided on it yet; or when its probability reaches ``auto_link`` but only name, birth date
+and sex back it (:func:`master_data.deterministic.corroborated`). Each queued pair carries the
+per-feature match weights behind its score, why it is queued (``reason``, in Chinese, as the
+review page shows it) and the night it was first queued.
 
 >>> queue = review_queue(edges, hard_keys, master_of, decisions, model, match, "person", run_id)
 """
@@ -18,7 +20,30 @@ import pandas as pd
 import pyarrow as pa
 
 from master_data.model import FellegiSunter
-from master_data.settings import EntityMatch
+from master_data.settings import EntityMatch, Thresholds
+from master_data.tf import u_column
+
+UNDECIDED = "匹配概率 {p:.3f} 介于复核阈值 {review:g} 与自动链接阈值 {auto:g} 之间：模型无法判定"
+UNCORROBORATED = (
+    "匹配概率 {p:.3f} 已达自动链接阈值 {auto:g}，但只有姓名、出生日期、性别相符，"
+    "身份证号、电话、所在区县均无佐证：同名同生日者常是两个人，须人工确认"
+)
+"""Why a pair is queued: its probability is in the review band, or it reaches ``auto_link``
+without corroboration (:data:`master_data.deterministic.CORROBORATION`)."""
+
+
+def reasons(probability: pd.Series, thresholds: Thresholds) -> list[str]:
+    """Why each pair of that ``probability`` is in the queue (中文).
+
+    >>> reasons(pd.Series([0.7, 0.995]), Thresholds())[1][:20]
+    '匹配概率 0.995 已达自动链接阈值 0.99'
+    """
+    return [
+        (UNDECIDED if p < thresholds.auto_link else UNCORROBORATED).format(
+            p=p, review=thresholds.review, auto=thresholds.auto_link
+        )
+        for p in probability.to_numpy(dtype=float)
+    ]
 
 
 def review_queue(
@@ -51,7 +76,7 @@ def review_queue(
         for a, b in zip(band["left"], band["right"], strict=True)
     ]
     band = band[np.asarray(open_pair, dtype=bool)]
-    return _queue(band, model, master_of, entity, run_id)
+    return _queue(band, model, master_of, entity, run_id, t)
 
 
 def since(review: pd.DataFrame, queued: pa.Table, run_id: str) -> pd.DataFrame:
@@ -68,15 +93,27 @@ def since(review: pd.DataFrame, queued: pa.Table, run_id: str) -> pd.DataFrame:
 
 
 def _queue(
-    band: pd.DataFrame, model: FellegiSunter, master_of: pd.Series, entity: str, run_id: str
+    band: pd.DataFrame,
+    model: FellegiSunter,
+    master_of: pd.Series,
+    entity: str,
+    run_id: str,
+    thresholds: Thresholds,
 ) -> pd.DataFrame:
     features = model.features
+    tf = [u_column(f) for f in model.tf if u_column(f) in band.columns]
     weights = [
         json.dumps(
-            {f: {"level": int(lv), "weight": round(w, 3)} for f, lv, _, w in model.explain(row)},
+            {
+                f: {"level": int(lv), "weight": round(w, 3)}
+                for f, lv, _, w in model.explain(
+                    {f: row[f] for f in features},
+                    tf_u={c[: -len("_tf")]: float(row[c]) for c in tf},
+                )
+            },
             ensure_ascii=False,
         )
-        for row in band[features].to_dict("records")
+        for row in band[[*features, *tf]].to_dict("records")
     ]
     return pd.DataFrame(
         {
@@ -88,5 +125,6 @@ def _queue(
             "probability": band["probability"].to_numpy(),
             "weights": pd.Series(weights, dtype=object),
             "run_id": run_id,
+            "reason": pd.Series(reasons(band["probability"], thresholds), dtype=object),
         }
     )

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from etl.config import ConfigError, load_yaml_model
 from master_data.blocking import DEFAULT_MAX_BLOCK, BlockingPass
+from master_data.compare import features_for
+from master_data.tf import TF_COLUMNS
 
 Entity = Literal["person", "enterprise"]
 ENTITIES: tuple[Entity, ...] = ("person", "enterprise")
@@ -42,6 +44,18 @@ class Thresholds(_Strict):
         return self
 
 
+class TermFrequency(_Strict):
+    """Term-frequency adjustment of one feature's exact level (:mod:`master_data.tf`)."""
+
+    floor: float = Field(
+        1e-5,
+        gt=0,
+        lt=1,
+        description="the smallest u an exact agreement on one value gets (Splink's "
+        "tf_minimum_u_value): a value seen once does not outweigh everything else",
+    )
+
+
 class EntityMatch(_Strict):
     """How one entity type is linked and which department's value survives."""
 
@@ -58,6 +72,20 @@ class EntityMatch(_Strict):
         description="attribute → days: an authority's copy not updated for longer (counted "
         "back from the night's date) no longer speaks as the authority, e.g. `{phone: 1095}`",
     )
+    term_frequency: dict[str, TermFrequency] = Field(
+        default_factory=dict,
+        description="features whose exact agreement weighs by how common the value is",
+    )
+
+    correlated: list[list[str]] = Field(
+        default_factory=list,
+        description="groups of features that agree together among different people too "
+        "(a family's address and phone): agreeing on all of a group counts as its strongest",
+    )
+
+    def tf_floors(self) -> dict[str, float]:
+        """Feature → floor of every term-frequency-adjusted feature."""
+        return {f: t.floor for f, t in sorted(self.term_frequency.items())}
 
 
 class EmSettings(_Strict):
@@ -76,6 +104,27 @@ class MatchSettings(_Strict):
     state_nights_kept: int = Field(
         7, ge=2, description="master state folders kept under var/master (the newest published)"
     )
+
+    @model_validator(mode="after")
+    def _tf_features(self) -> MatchSettings:
+        for entity in ENTITIES:
+            known = TF_COLUMNS[entity]
+            for feature in self.entity(entity).term_frequency:
+                if feature not in known:
+                    raise ValueError(
+                        f"{entity}.term_frequency: no feature {feature!r} can be adjusted. "
+                        f"Fix: use one of {', '.join(sorted(known))}"
+                    )
+            labels = [f.label for f in features_for(entity)]
+            for i, group in enumerate(self.entity(entity).correlated):
+                wrong = [f for f in group if f not in labels]
+                if wrong or len(set(group)) < 2:
+                    raise ValueError(
+                        f"{entity}.correlated[{i}]: {group} must name two or more of the "
+                        f"comparison features {', '.join(labels)}"
+                        + (f"; unknown: {', '.join(wrong)}" if wrong else "")
+                    )
+        return self
 
     def entity(self, entity: str) -> EntityMatch:
         """The settings of ``person`` or ``enterprise``."""

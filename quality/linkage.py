@@ -32,6 +32,7 @@ from etl.state import warehouse_url
 from master_data.evaluate import CaseMetrics, TruthMismatch, case_metrics
 from master_data.model import FellegiSunter
 from master_data.night_state import read_state
+from master_data.tf import edge_u
 from quality.report import (
     LINKAGE_NAME,
     _environment,
@@ -192,7 +193,9 @@ def _entity(state: Path, summary: Mapping[str, Any], before: Mapping[str, Any] |
     edges = read_state(state, "edges").to_pandas()
     model = FellegiSunter.from_json((state / "model.json").read_text(encoding="utf-8"))
     thresholds = json.loads((state / "match.json").read_text(encoding="utf-8"))["thresholds"]
-    weights = model.score(edges[model.features]) if len(edges) else pd.Series(dtype=float)
+    weights = (
+        model.score(edges[model.features], edge_u(edges)) if len(edges) else pd.Series(dtype=float)
+    )
     review, auto = _log2_odds(thresholds["review"]), _log2_odds(thresholds["auto_link"])
     bands = {
         "below": int((weights < review).sum()),

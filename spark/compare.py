@@ -3,7 +3,8 @@
 The pairs (record IDs only) are joined to the columns the comparisons read, once for each
 side; each batch of pairs then goes through the local engine's own code in a Python worker:
 :func:`master_data.compare.compare` for the comparison levels and
-:meth:`master_data.model.FellegiSunter.probability` for the match probability.
+:meth:`master_data.model.FellegiSunter.probability` for the match probability, with the
+model's term frequencies (:func:`master_data.tf.pair_u`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pyspark.sql import functions as F
 from master_data.compare import compare, features_for
 from master_data.model import FellegiSunter
 from master_data.records import RECORD
+from master_data.tf import pair_u
 
 __all__ = ["batch_levels", "batch_records", "compared_columns", "join_sides", "score_pairs"]
 
@@ -88,7 +90,9 @@ def _score(
         table = pa.Table.from_batches([batch])
         frame, left, right = batch_records(table, columns)
         levels, out = batch_levels(table, frame, left, right, entity)
+        at = frame.index.get_indexer
+        tf_u = pair_u(frame, at(left), at(right), levels, model.levels, model.tf, entity)
         out["probability"] = pa.array(
-            model.probability(levels[model.features]).to_numpy(), pa.float64()
+            model.probability(levels[model.features], tf_u).to_numpy(), pa.float64()
         )
         yield from pa.table(out).to_batches()

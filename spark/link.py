@@ -55,7 +55,8 @@ from master_data.pairs import confirmed
 from master_data.pairs import usable as usable_edges
 from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
-from master_data.train import fit_counted, random_pairs
+from master_data.tf import TF_COLUMNS, Frequencies, attach, edge_u, pair_u, u_column
+from master_data.train import fit_counted, random_pairs, top_levels
 from spark.blocking import block_keys, pair_frame
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
@@ -83,8 +84,10 @@ class SparkLink:
         match: EntityMatch,
         settings: MatchSettings,
         model: FellegiSunter | None,
+        frequencies: Frequencies,
     ) -> Scored:
-        """Block, compare, fit (unless ``model``), score and keep, as the local engine does."""
+        """Block, compare, fit (unless ``model``), attach the term ``frequencies``, score and
+        keep, as the local engine does."""
         compared = records_frame(records)
         folder = self.scratch / entity
         shutil.rmtree(folder, ignore_errors=True)
@@ -93,8 +96,12 @@ class SparkLink:
             pq.write_table(records, folder / "records.parquet")
             rows = self.spark.read.parquet(str(folder / "records.parquet"))
             keys = block_keys(rows, match.blocking).localCheckpoint()
+            wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
             levels = _levels(
-                pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys), rows, entity
+                pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
+                rows,
+                entity,
+                wanted,
             ).localCheckpoint()
             labels = [f.label for f in features_for(entity)]
             pairs = levels.count()
@@ -109,11 +116,12 @@ class SparkLink:
                 )
                 model = fit_counted(
                     counts,
-                    _counts(_levels(drawn, rows, entity), labels),
+                    _counts(_levels(drawn, rows, entity, {}), labels),
                     len(compared),
                     entity,
                     settings,
                 )
+            model = attach(model, frequencies, match.correlated)
             kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared)
             block = _key_table(keys, [p.name for p in match.blocking])
         finally:
@@ -148,26 +156,43 @@ class SparkLink:
 # --- comparing and scoring -----------------------------------------------------------------------
 
 
-def _levels(pairs: DataFrame, records: DataFrame, entity: str) -> DataFrame:
-    """Each pair's comparison levels and the rule that links it, if any."""
-    columns = [RECORD, *sorted({*compared_columns(entity), *_RULE_COLUMNS[entity]})]
+def _levels(
+    pairs: DataFrame, records: DataFrame, entity: str, frequencies: Frequencies
+) -> DataFrame:
+    """Each pair's comparison levels, the u_v of each term-frequency-adjusted feature
+    (:func:`master_data.tf.pair_u`) and the rule that links it, if any."""
+    tf_columns = sorted({c for f in frequencies for c in TF_COLUMNS[entity][f]})
+    columns = [RECORD, *sorted({*compared_columns(entity), *_RULE_COLUMNS[entity], *tf_columns})]
     joined = join_sides(pairs, records, columns)
     labels = [f.label for f in features_for(entity)]
-    ddl = ", ".join(["left STRING", "right STRING", *[f"`{x}` TINYINT" for x in labels]])
-    kernel = functools.partial(_compare, entity, columns)
+    ddl = ", ".join(
+        [
+            "left STRING",
+            "right STRING",
+            *[f"`{x}` TINYINT" for x in labels],
+            *[f"`{u_column(f)}` DOUBLE" for f in sorted(frequencies)],
+        ]
+    )
+    kernel = functools.partial(_compare, entity, columns, frequencies)
     return joined.mapInArrow(kernel, f"{ddl}, rule STRING")
 
 
 def _compare(
-    entity: str, columns: list[str], batches: Iterator[pa.RecordBatch]
+    entity: str, columns: list[str], frequencies: Frequencies, batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """In a Spark worker: each batch of pairs compared, and its rules, by the local code."""
+    """In a Spark worker: each batch of pairs compared, its term frequencies and its rules,
+    by the local code."""
+    tops = top_levels(entity)
     for batch in batches:
         if batch.num_rows == 0:
             continue
         table = pa.Table.from_batches([batch])
         frame, left, right = batch_records(table, columns)
-        _, out = batch_levels(table, frame, left, right, entity)
+        levels, out = batch_levels(table, frame, left, right, entity)
+        at = frame.index.get_indexer
+        tf_u = pair_u(frame, at(left), at(right), levels, tops, frequencies, entity)
+        for feature, u in tf_u.items():
+            out[u_column(feature)] = pa.array(u, pa.float64())
         out["rule"] = pa.array(rule_links(frame, left, right, entity).tolist(), pa.string())
         yield from pa.table(out).to_batches()
 
@@ -188,8 +213,16 @@ def _kept(
 ) -> pd.DataFrame:
     """The pairs worth keeping, scored, as :func:`master_data.pairs.edges` gives them
     (``records``: every record, by record ID)."""
-    kernel = functools.partial(_probability, model.to_json(), labels, keep)
-    ddl = ", ".join(["left STRING", "right STRING", *[f"`{x}` TINYINT" for x in labels]])
+    extra = [u_column(f) for f in sorted(model.tf)]
+    kernel = functools.partial(_probability, model.to_json(), labels, extra, keep)
+    ddl = ", ".join(
+        [
+            "left STRING",
+            "right STRING",
+            *[f"`{x}` TINYINT" for x in labels],
+            *[f"`{x}` DOUBLE" for x in extra],
+        ]
+    )
     table = levels.mapInArrow(kernel, f"{ddl}, probability DOUBLE, rule STRING").toArrow()
     table = table.take(pc.sort_indices(table, [("left", "ascending"), ("right", "ascending")]))
     frame = pd.DataFrame(
@@ -197,6 +230,8 @@ def _kept(
     )
     for label in labels:
         frame[label] = table[label].to_numpy().astype(np.int8)
+    for column in extra:
+        frame[column] = table[column].to_numpy(zero_copy_only=False).astype(np.float64)
     frame["probability"] = table["probability"].to_numpy().astype(np.float64)
     frame["rule"] = pd.Series(table["rule"].to_pylist(), dtype=object)
     at = records.index.get_indexer
@@ -208,7 +243,11 @@ def _kept(
 
 
 def _probability(
-    model_json: str, labels: list[str], keep: float, batches: Iterator[pa.RecordBatch]
+    model_json: str,
+    labels: list[str],
+    extra: list[str],
+    keep: float,
+    batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:
     """In a Spark worker: each batch's match probabilities; only the pairs worth keeping."""
     model = FellegiSunter.from_json(model_json)
@@ -217,10 +256,13 @@ def _probability(
             continue
         table = pa.Table.from_batches([batch])
         levels = table.select(labels).to_pandas()
-        probability = pa.array(model.probability(levels[model.features]).to_numpy(), pa.float64())
+        tf_u = edge_u(table.select(extra).to_pandas())
+        scored = model.probability(levels[model.features], tf_u).to_numpy()
+        probability = pa.array(scored, pa.float64())
         wanted = pc.or_(pc.is_valid(table["rule"]), pc.greater_equal(probability, keep))
         table = table.append_column("probability", probability).filter(wanted)
-        yield from table.select(["left", "right", *labels, "probability", "rule"]).to_batches()
+        columns = ["left", "right", *labels, *extra, "probability", "rule"]
+        yield from table.select(columns).to_batches()
 
 
 def _key_table(keys: DataFrame, passes: list[str]) -> pa.Table:

@@ -150,6 +150,7 @@ review_queue_table = sa.Table(
     sa.Column("probability", sa.Float, nullable=False),
     sa.Column("weights", _text, nullable=False, comment="JSON: feature → level, weight"),
     sa.Column("run_id", _run, nullable=False, comment="the night the pair was first queued"),
+    sa.Column("reason", _text, comment="why a reviewer is asked (中文)"),
     comment="pairs the model could not decide: a reviewer links or keeps them apart",
 )
 review_decision_table = sa.Table(

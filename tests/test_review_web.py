@@ -104,6 +104,10 @@ def test_the_sample_city_puts_real_pairs_in_the_review_band(city: CityConfig) ->
         t.review <= r["probability"] and (r["probability"] < t.auto_link or not ok)
         for r, ok in zip(rows, sure, strict=True)
     )
+    # each says why it is queued: in the band, or above auto_link without corroboration
+    for r in rows:
+        why = "介于复核阈值" if r["probability"] < t.auto_link else "但只有姓名、出生日期、性别相符"
+        assert why in r["reason"] and f"{r['probability']:.3f}" in r["reason"], r
     truth = pd.read_parquet(city.var_dir / "city" / "truth" / "source_rows.parquet")
     entity_of = {
         f"{r.department}/{r.table}/{r.source_key}": r.entity_id for r in truth.itertuples()
@@ -173,7 +177,9 @@ def test_the_page_wants_the_secret_the_host_and_the_csrf_token(city: CityConfig)
         assert "httponly" in headers["set-cookie"].lower()
         assert "samesite=strict" in headers["set-cookie"].lower()
         status, _, text = _http(base, "GET", "/", Cookie=cookie)
-        assert status == 200 and 'id="queue"' in text
+        assert status == 200 and 'id="queue"' in text and "模型无法判定" in text
+        status, _, text = _http(base, "GET", f"/pair/{ref}", Cookie=cookie)
+        assert status == 200 and "入队原因：匹配概率" in text
         assert _http(base, "POST", f"/pair/{ref}", body=form, Cookie=cookie)[0] == 403
         signed = {**form, "csrf": csrf_token(TOKEN)}
         evil = _http(
