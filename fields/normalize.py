@@ -46,6 +46,7 @@ import opencc
 import phonenumbers
 from pypinyin import Style, lazy_pinyin
 from pypinyin.constants import PHRASES_DICT
+from pypinyin.core import seg as _pinyin_words  # the segmentation lazy_pinyin reads by
 
 from fields import divisions, identifiers
 
@@ -418,7 +419,9 @@ def _reading(text: str) -> str:
     if len(text) == 2 and text not in PHRASES_DICT and _CJK_CHAR.fullmatch(text):
         # two characters that are no word of pypinyin's: each read alone, as pypinyin reads them
         return _character_reading(text[0]) + _character_reading(text[1])
-    return "".join(lazy_pinyin(text, style=Style.NORMAL))
+    # pypinyin reads each word of its own segmentation apart from the others: reading the words
+    # one by one gives its answer, and words (single characters most) repeat across names
+    return "".join(_character_reading(w) for w in _pinyin_words(text))
 
 
 _CJK_CHAR = re.compile(r"[\u4e00-\u9fff]+")
@@ -426,6 +429,7 @@ _CJK_CHAR = re.compile(r"[\u4e00-\u9fff]+")
 
 @functools.lru_cache(maxsize=1 << 16)
 def _character_reading(c: str) -> str:
+    """Plain pinyin of one character, or of one word of pypinyin's segmentation."""
     return "".join(lazy_pinyin(c, style=Style.NORMAL))
 
 
