@@ -40,6 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -223,17 +224,43 @@ def _updated_at(raw: str | None, table: TableConfig, tz: str) -> dt.datetime | N
         return None
 
 
+@dataclass(frozen=True)
+class _Column:
+    """How one mapped column of a table is normalized: its field, mapping and the normalizer
+    bound to the night's context (one per configured format for a date), bound once per column
+    rather than once per value."""
+
+    entity: str
+    fld: str
+    mapping: ColumnMapping
+    normalizers: tuple[Callable[..., normalize.Normalized[Any]], ...]
+    cross_checked: bool  # an ID number, read against its row's birth date and sex
+
+
+def _column(entity: str, fld: str, mapping: ColumnMapping, ctx: _Context) -> _Column:
+    name = _normalizer_name(entity, fld)
+    context: dict[str, Any] = {"as_of": ctx.as_of, "default_city_code": ctx.city_code}
+    if mapping.unit is not None:
+        context["unit"] = mapping.unit
+    if name not in ("birth_date", "established_date"):
+        normalizers = (normalize.bound(name, **context),)
+    else:  # the first format that reads the value wins
+        normalizers = tuple(
+            normalize.bound(
+                name, fmt=None if fmt in (None, "auto") else strptime_format(fmt), **context
+            )
+            for fmt in mapping.formats
+        )
+    return _Column(entity, fld, mapping, normalizers, name == "id_number")
+
+
 def _field_value(
-    entity: str,
-    fld: str,
-    raw: str | None,
-    mapping: ColumnMapping,
-    row_context: dict[str, Any],
-    ctx: _Context,
+    column: _Column, raw: Any, row_context: dict[str, Any]
 ) -> tuple[normalize.Normalized[Any], list[str]]:
     """Normalize one mapped field; returns the result and any mapping-level reason codes."""
     extra_reasons: list[str] = []
     value: Any = raw
+    mapping = column.mapping
     if isinstance(raw, _Unmatched):
         extra_reasons.append("code_unmapped")
         value = str(raw)
@@ -243,19 +270,11 @@ def _field_value(
             value = mapping.codes[key]
         else:
             extra_reasons.append("code_unmapped")
-    name = _normalizer_name(entity, fld)
-    context: dict[str, Any] = {"as_of": ctx.as_of, "default_city_code": ctx.city_code}
-    if mapping.unit is not None:
-        context["unit"] = mapping.unit
-    if name not in ("birth_date", "established_date"):
-        bound = normalize.bound(name, **context)
-        if name == "id_number":
-            return bound(value, **row_context), extra_reasons
-        return bound(value), extra_reasons
+    if column.cross_checked:
+        return column.normalizers[0](value, **row_context), extra_reasons
     result: normalize.Normalized[Any] | None = None
-    for fmt in mapping.formats:  # the first format that reads the value wins
-        strptime = None if fmt in (None, "auto") else strptime_format(fmt)
-        result = normalize.bound(name, fmt=strptime, **context)(value)
+    for normalizer in column.normalizers:
+        result = normalizer(value)
         if result.value is not None:
             break
     assert result is not None
@@ -344,55 +363,69 @@ def _placed_columns(entity: str, fld: str) -> tuple[str, ...]:
 
 
 def _normalize_once(
-    entity: str, fld: str, mapping: Any, raw: Any, row_context: dict[str, Any], ctx: _Context
+    column: _Column, raw: Any, row_context: dict[str, Any]
 ) -> tuple[tuple[Any, ...], tuple[str, ...], Any]:
     """One distinct value of a field: its canonical columns, its ``field:reason`` codes, and its
     clean value (the ID number's cross-check context)."""
-    result, more = _field_value(entity, fld, raw, mapping, row_context, ctx)
+    entity, fld = column.entity, column.fld
+    result, more = _field_value(column, raw, row_context)
     codes = (*more, *result.reasons)
     if fld not in REQUIRED[entity]:
         codes = tuple(c for c in codes if c not in _EMPTY)
-    names = _placed_columns(entity, fld)
-    out: dict[str, Any] = dict.fromkeys(names)
-    _place(entity, fld, result, out)
-    return tuple(out[n] for n in names), tuple(f"{fld}:{c}" for c in codes), result.value
+    return _placed(entity, fld, result), tuple(f"{fld}:{c}" for c in codes), result.value
+
+
+_Found = tuple[dict[str, list[Any]], list[tuple[str, ...]], list[Any]]
 
 
 def _field_columns(
-    entity: str,
-    fld: str,
-    mapping: Any,
+    column: _Column,
     values: list[Any],
     context: dict[str, list[Any]],
-    ctx: _Context,
     memo: _FieldMemo,
-) -> list[tuple[tuple[Any, ...], tuple[str, ...], Any]]:
-    """Normalize one mapped column, each distinct value (with its row context) once."""
+) -> _Found:
+    """Normalize one mapped column, each distinct value (with its row context) once, and join
+    the results back to the rows: the canonical columns it fills (name → one value per row),
+    each row's reason codes, and each row's clean value."""
     if len(memo) > MEMO_ENTRIES:
         memo.clear()
-    cross_checked = (dictionary.field(entity, fld).normalized_by or fld) == "id_number"
-    if cross_checked:
-        births, sexes = context.get("birth_date"), context.get("sex")
-        keys = [
-            (_key(v), b, s)
-            for v, b, s in zip(
-                values, births or [None] * len(values), sexes or [None] * len(values), strict=True
-            )
-        ]
-    else:
-        keys = [_key(v) for v in values]
-    found = []
-    for k, v in zip(keys, values, strict=True):
+    n = len(values)
+    plain = _PLAIN.issuperset(map(type, values))  # in C; str columns need no key of their own
+    keys: list[Any] = values if plain else [_key(v) for v in values]
+    if column.cross_checked:
+        nothing = [None] * n
+        births, sexes = context.get("birth_date") or nothing, context.get("sex") or nothing
+        keys = list(zip(keys, births, sexes, strict=True))
+    distinct = dict.fromkeys(keys)  # in C, in order of first appearance
+    for i, k in enumerate(distinct):
         hit = memo.get(k)
         if hit is None:
             row_context = {}
-            if cross_checked:
+            value = k
+            if column.cross_checked:
+                value = k[0]
                 row_context = {
                     n: c for n, c in zip(("birth_date", "sex"), k[1:], strict=True) if c is not None
                 }
-            hit = memo[k] = _normalize_once(entity, fld, mapping, v, row_context, ctx)
-        found.append(hit)
-    return found
+            if value.__class__ is tuple:  # a (type, value) key: the value as read
+                value = value[1]
+            hit = memo[k] = _normalize_once(column, value, row_context)
+        distinct[k] = i
+    hits = [memo[k] for k in distinct]
+    rows = np.fromiter(map(distinct.__getitem__, keys), np.intp, count=n)
+
+    def joined(values_of_distinct: Iterator[Any]) -> list[Any]:
+        by_value = np.fromiter(values_of_distinct, object, count=len(hits))
+        out: list[Any] = by_value[rows].tolist()  # in C: each row its distinct value's
+        return out
+
+    names = _placed_columns(column.entity, column.fld)
+    columns = {name: joined(h[0][j] for h in hits) for j, name in enumerate(names)}
+    clean = joined(h[2] for h in hits) if column.fld in ("birth_date", "sex") else []
+    return columns, joined(h[1] for h in hits), clean
+
+
+_PLAIN = frozenset({str, type(None)})
 
 
 def standardize_rows(
@@ -430,23 +463,16 @@ def standardize_rows(
         fld = mapping.field
         assert fld is not None
         out[f"raw_{fld}"] = values
-        found = _field_columns(
-            entity,
-            fld,
-            mapping,
+        columns, field_codes, clean = _field_columns(
+            _column(entity, fld, mapping, ctx),
             values,
             context,
-            ctx,
             memo.fields.setdefault(_memo_key(entity, fld, mapping, ctx), {}),
         )
-        names = _placed_columns(entity, fld)
-        placed: list[Any] = (
-            list(zip(*(f[0] for f in found), strict=True)) if n else [()] * len(names)
-        )
-        out.update({name: list(column) for name, column in zip(names, placed, strict=True)})
-        codes.append([f[1] for f in found])
+        out.update(columns)
+        codes.append(field_codes)
         if fld in ("birth_date", "sex"):
-            context[fld] = [f[2] for f in found]
+            context[fld] = clean
     codes.append(
         _change_times(table, raw.get(table.change_column, nothing), out, memo, ctx.timezone)
     )
@@ -579,43 +605,30 @@ def _usable_rows(entity: str, out: dict[str, list[Any]], n: int) -> list[bool]:
     return [bool(u or r or o or nm) for u, r, o, nm in zip(*col.values(), strict=True)]
 
 
-def _place(entity: str, fld: str, result: normalize.Normalized[Any], out: dict[str, Any]) -> None:
+def _placed(entity: str, fld: str, result: normalize.Normalized[Any]) -> tuple[Any, ...]:
+    """The values of the canonical columns one normalized field fills, in the order of
+    :func:`_placed_columns`."""
     value = result.value
     if fld == "address":
-        if value is not None:
-            parts = value.as_dict()
-            out.update(
-                address=parts["full"],
-                province=parts["province"],
-                city=parts["city"],
-                district=parts["district"],
-                division_code=parts["division_code"],
-                address_detail=parts["detail"],
-            )
-        return
+        if value is None:
+            return (None,) * 6
+        a: normalize.Address = value
+        return (a.full, a.province, a.city, a.district, a.division_code, a.detail)
     if fld == "phone":
-        out["phone"] = value
-        out["phones_all"] = result.extra.get("all") if value is not None else None
-        return
+        return value, result.extra.get("all") if value is not None else None
     if fld == "id_number" and entity == "person":
-        out["id_number"] = value
-        out["guardian_id"] = result.extra.get("other_person_id")
-        return
+        return value, result.extra.get("other_person_id")
     if fld == "name" and entity == "person":
-        out["name"] = value
-        out["name_pinyin"] = normalize.name_pinyin(value) if value else None
-        return
+        return value, normalize.name_pinyin(value) if value else None
     if fld == "name":
-        out["name"] = value
-        out["name_key"] = result.extra.get("key") if value else None
-        out["branch"] = result.extra.get("branch") if value else None
-        return
+        if not value:
+            return value, None, None
+        return value, result.extra.get("key"), result.extra.get("branch")
     if fld == "registered_capital" and isinstance(value, Decimal):
-        out[fld] = value.quantize(Decimal("0.0001"))
-        return
+        return (value.quantize(Decimal("0.0001")),)
     if isinstance(value, dt.datetime):
         value = value.date()
-    out[fld] = value
+    return (value,)
 
 
 # --- one department ---------------------------------------------------------------------------
