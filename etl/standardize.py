@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl.config import (
@@ -411,18 +412,19 @@ def _field_columns(
                 value = value[1]
             hit = memo[k] = _normalize_once(column, value, row_context)
         distinct[k] = i
-    hits = [memo[k] for k in distinct]
     rows = np.fromiter(map(distinct.__getitem__, keys), np.intp, count=n)
+    names = _placed_columns(column.entity, column.fld)
+    placed, codes, clean = zip(*map(memo.__getitem__, distinct), strict=True) if n else ((), (), ())
 
-    def joined(values_of_distinct: Iterator[Any]) -> list[Any]:
-        by_value = np.fromiter(values_of_distinct, object, count=len(hits))
+    def joined(values_of_distinct: Sequence[Any]) -> list[Any]:
+        by_value = np.fromiter(values_of_distinct, object, count=len(distinct))
         out: list[Any] = by_value[rows].tolist()  # in C: each row its distinct value's
         return out
 
-    names = _placed_columns(column.entity, column.fld)
-    columns = {name: joined(h[0][j] for h in hits) for j, name in enumerate(names)}
-    clean = joined(h[2] for h in hits) if column.fld in ("birth_date", "sex") else []
-    return columns, joined(h[1] for h in hits), clean
+    by_name = zip(*placed, strict=True) if n else [()] * len(names)
+    columns = {name: joined(values) for name, values in zip(names, by_name, strict=True)}
+    clean = joined(clean) if column.fld in ("birth_date", "sex") else []
+    return columns, joined(codes), clean
 
 
 _PLAIN = frozenset({str, type(None)})
@@ -560,19 +562,66 @@ def _change_times(
     table: TableConfig, values: list[Any], out: dict[str, list[Any]], memo: _Memo, tz: str
 ) -> list[tuple[str, ...]]:
     """Fill ``updated_at``; each row's reason code when its change value cannot be read."""
-    times = []
     if len(memo.updated) > MEMO_ENTRIES:
         memo.updated.clear()
-    for v in values:
+    times, read = _stamps_at_fixed_places(table, values)
+    for i in np.flatnonzero(~read).tolist():  # stamps read one by one, each distinct once
+        v = values[i]
         k = _key(v)
         if k not in memo.updated:
             memo.updated[k] = _updated_at(v, table, tz)
-        times.append(memo.updated[k])
+        times[i] = memo.updated[k]
     out["updated_at"] = times
     bad = (f"{table.change_column}:change_value_unparseable",)
     return [
         bad if t is None and v not in (None, "") else () for t, v in zip(times, values, strict=True)
     ]
+
+
+_DIGITS = r"(?:\d{4})(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
+_CLOCK = r"(?:[01]\d|2[0-3])(?:[0-5]\d){2}"
+_FIXED_STAMPS: dict[tuple[str, str | None], tuple[str, tuple[int, ...]]] = {
+    # (change_kind, change_format) → the whole stamp, and where its year, month, day, hour,
+    # minute and second begin: the stamps :func:`_updated_at` reads with no time zone
+    ("string", "%Y%m%d%H%M%S"): (_DIGITS + _CLOCK, (0, 4, 6, 8, 10, 12)),
+    ("string", "%Y-%m-%d %H:%M:%S"): (
+        r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01]) (?:[01]\d|2[0-3])(?::[0-5]\d){2}",
+        (0, 5, 8, 11, 14, 17),
+    ),
+    ("timestamp", None): (
+        r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])[ T](?:[01]\d|2[0-3])(?::[0-5]\d){2}",
+        (0, 5, 8, 11, 14, 17),
+    ),
+}
+_WIDTHS = (4, 2, 2, 2, 2, 2)
+_MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _stamps_at_fixed_places(table: TableConfig, values: list[Any]) -> tuple[list[Any], Any]:
+    """The change stamps written with every digit at its place (``20240627153000``,
+    ``2024-06-27 15:30:00``), read at once with pyarrow and numpy as :func:`_updated_at` reads
+    them one by one (an impossible day, 2023-02-29, is unreadable); returns each row's time
+    (None where not read here) and which rows were read."""
+    n = len(values)
+    fmt = table.change_format if table.change_kind == "string" else None
+    fixed = _FIXED_STAMPS.get((table.change_kind, fmt))
+    if fixed is None or not n or not _PLAIN.issuperset(map(type, values)):
+        return [None] * n, np.zeros(n, bool)
+    pattern, starts = fixed
+    text = pa.array(values, pa.string())
+    read = pc.match_substring_regex(text, f"^(?:{pattern})$").fill_null(False).to_numpy(False)
+    at = np.flatnonzero(read)
+    y, mo, d, h, mi, s = (
+        pc.cast(pc.utf8_slice_codeunits(text.take(at), b, b + w), pa.int64()).to_numpy()
+        for b, w in zip(starts, _WIDTHS, strict=True)
+    )
+    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
+    real = (y >= 1) & (d <= _MONTH_DAYS[mo - 1] + ((mo == 2) & leap))
+    month = ((y - 1970) * 12 + mo - 1).astype("datetime64[M]").astype("datetime64[s]")
+    stamp = month + ((d - 1) * 86400 + h * 3600 + mi * 60 + s).astype("timedelta64[s]")
+    times = np.full(n, None, object)
+    times[at[real]] = stamp[real].astype(object)  # datetime.datetime, naive
+    return times.tolist(), read
 
 
 def _extras(extras: dict[str, list[Any]], n: int, memo: _Memo) -> list[str | None]:
@@ -1002,8 +1051,13 @@ class _Readable:
             values = raw.get(column)
             if values is None:
                 continue
-            counts = Counter(values)  # in C; columns repeat their values
-            self.filled[column] += sum(c for v, c in counts.items() if v is not None and _filled(v))
+            if _PLAIN.issuperset(map(type, values)):  # text: each value stripped, in C
+                self.filled[column] += sum(map(bool, map(str.strip, filter(None, values))))
+            else:
+                counts = Counter(values)  # in C; columns repeat their values
+                self.filled[column] += sum(
+                    c for v, c in counts.items() if v is not None and _filled(v)
+                )
             for i in unread.get(fld, ()):
                 value = values[i]
                 if value is not None and _filled(value):

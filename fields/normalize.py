@@ -168,6 +168,8 @@ def _result(
     value: T | None, reasons: Any = (), extra: dict[str, Any] | None = None
 ) -> Normalized[T]:
     """Build a Normalized that honours the contract: a reject reason drops the value."""
+    if not reasons and value is not None:  # the usual answer: a clean value
+        return Normalized(value, (), extra or {})
     codes = tuple(dict.fromkeys(reasons))
     if any(SEVERITY[c] == REJECT for c in codes):
         value = None
