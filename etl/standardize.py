@@ -26,6 +26,7 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -243,6 +244,7 @@ def _column(entity: str, fld: str, mapping: ColumnMapping, ctx: _Context) -> _Co
     context: dict[str, Any] = {"as_of": ctx.as_of, "default_city_code": ctx.city_code}
     if mapping.unit is not None:
         context["unit"] = mapping.unit
+    normalizers: tuple[Callable[..., normalize.Normalized[Any]], ...]
     if name not in ("birth_date", "established_date"):
         normalizers = (normalize.bound(name, **context),)
     else:  # the first format that reads the value wins
@@ -309,7 +311,26 @@ _FieldMemo = dict[Any, tuple[tuple[Any, ...], tuple[str, ...], Any]]
 _SHARED_FIELDS: dict[tuple[Any, ...], _FieldMemo] = {}
 """This process's normalized field values, shared by every table it standardizes: a person's
 name, ID number, phone and address come again in each department that holds the person.
-Forgotten when :func:`standardize_all` ends, and per field past :data:`MEMO_ENTRIES`."""
+Forgotten when :func:`standardize_all` ends or another night's table comes (a long-lived worker
+standardizes many nights), and per field down to the newest half past :data:`MEMO_ENTRIES`."""
+_SHARED_NIGHT: list[_Context] = []
+"""The night (context) whose values :data:`_SHARED_FIELDS` holds."""
+
+
+def _shared_fields(ctx: _Context) -> dict[tuple[Any, ...], _FieldMemo]:
+    """:data:`_SHARED_FIELDS` for the night of ``ctx``: another night's values are forgotten."""
+    if [ctx] != _SHARED_NIGHT:
+        _SHARED_FIELDS.clear()
+        _SHARED_NIGHT[:] = [ctx]
+    return _SHARED_FIELDS
+
+
+def _bound(memo: dict[Any, Any]) -> None:
+    """Past :data:`MEMO_ENTRIES`, keep the newest half: the values of the tables read last are
+    the likeliest to come again, and forgetting all of them would normalize them again."""
+    if len(memo) > MEMO_ENTRIES:
+        for k in list(itertools.islice(memo, len(memo) - MEMO_ENTRIES // 2)):
+            del memo[k]
 
 
 class _Memo:
@@ -388,8 +409,7 @@ def _field_columns(
     """Normalize one mapped column, each distinct value (with its row context) once, and join
     the results back to the rows: the canonical columns it fills (name → one value per row),
     each row's reason codes, and each row's clean value."""
-    if len(memo) > MEMO_ENTRIES:
-        memo.clear()
+    _bound(memo)
     n = len(values)
     plain = _PLAIN.issuperset(map(type, values))  # in C; str columns need no key of their own
     keys: list[Any] = values if plain else [_key(v) for v in values]
@@ -414,7 +434,8 @@ def _field_columns(
         distinct[k] = i
     rows = np.fromiter(map(distinct.__getitem__, keys), np.intp, count=n)
     names = _placed_columns(column.entity, column.fld)
-    placed, codes, clean = zip(*map(memo.__getitem__, distinct), strict=True) if n else ((), (), ())
+    found = zip(*map(memo.__getitem__, distinct), strict=True) if n else ((), (), ())
+    placed, codes, cleaned = found
 
     def joined(values_of_distinct: Sequence[Any]) -> list[Any]:
         by_value = np.fromiter(values_of_distinct, object, count=len(distinct))
@@ -423,7 +444,7 @@ def _field_columns(
 
     by_name = zip(*placed, strict=True) if n else [()] * len(names)
     columns = {name: joined(values) for name, values in zip(names, by_name, strict=True)}
-    clean = joined(clean) if column.fld in ("birth_date", "sex") else []
+    clean = joined(cleaned) if column.fld in ("birth_date", "sex") else []
     return columns, joined(codes), clean
 
 
@@ -458,6 +479,7 @@ def standardize_rows(
             continue
         if mapping.route is not None:
             routed = memo.fields.setdefault(("route", *mapping.route), {})  # shared by tables
+            _bound(routed)
             codes.append(_routed(mapping.route, values, out, routed))
             continue
         if mapping.cases is not None:
@@ -562,8 +584,7 @@ def _change_times(
     table: TableConfig, values: list[Any], out: dict[str, list[Any]], memo: _Memo, tz: str
 ) -> list[tuple[str, ...]]:
     """Fill ``updated_at``; each row's reason code when its change value cannot be read."""
-    if len(memo.updated) > MEMO_ENTRIES:
-        memo.updated.clear()
+    _bound(memo.updated)
     times, read = _stamps_at_fixed_places(table, values)
     for i in np.flatnonzero(~read).tolist():  # stamps read one by one, each distinct once
         v = values[i]
@@ -630,8 +651,7 @@ def _extras(extras: dict[str, list[Any]], n: int, memo: _Memo) -> list[str | Non
         return [None] * n
     names = list(extras)
     found: list[str | None] = []
-    if len(memo.extras) > MEMO_ENTRIES:
-        memo.extras.clear()
+    _bound(memo.extras)
     for values in zip(*extras.values(), strict=True):
         k = tuple(_key(v) for v in values)
         if k not in memo.extras:
@@ -931,7 +951,7 @@ def _standardize_table(
     filled: Counter[str] = Counter()
     unreadable: Counter[str] = Counter()
     examples: dict[str, str] = {}
-    memo = _Memo(_SHARED_FIELDS)
+    memo = _Memo(_shared_fields(job.ctx))
     kernel = functools.partial(
         standardize_batch, result.department, entity, table, job.run_id, job.ctx, memo=memo
     )
@@ -1123,6 +1143,7 @@ def standardize_all(
             ]
         finally:
             _SHARED_FIELDS.clear()
+            _SHARED_NIGHT.clear()
     # fork where there is one: a worker starts with what this process has loaded
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:

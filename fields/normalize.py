@@ -46,7 +46,7 @@ import opencc
 import phonenumbers
 from pypinyin import Style, lazy_pinyin
 from pypinyin.constants import PHRASES_DICT
-from pypinyin.core import seg as _pinyin_words  # the segmentation lazy_pinyin reads by
+from pypinyin.core import Pinyin
 
 from fields import divisions, identifiers
 
@@ -427,6 +427,7 @@ def _reading(text: str) -> str:
 
 
 _CJK_CHAR = re.compile(r"[\u4e00-\u9fff]+")
+_pinyin_words = Pinyin().seg  # the words lazy_pinyin reads a text as, one by one
 
 
 @functools.lru_cache(maxsize=1 << 16)
