@@ -903,9 +903,21 @@ def standardize_batch(
 ) -> StandardizedBatch:
     """Standardize one batch of ``table``'s raw rows (source column → values): the kernel every
     engine runs. ``memo`` carries the values normalized so far in this table (one per process)."""
-    n = len(raw.get(ROW_KEY, ()))
     with _no_cycle_collection():
-        rows = standardize_rows(entity, table, raw, n, ctx, memo or _Memo())
+        return _standardize_batch(department, entity, table, run_id, ctx, raw, memo)
+
+
+def _standardize_batch(
+    department: str,
+    entity: str,
+    table: TableConfig,
+    run_id: str,
+    ctx: _Context,
+    raw: dict[str, list[Any]],
+    memo: _Memo | None,
+) -> StandardizedBatch:
+    n = len(raw.get(ROW_KEY, ()))
+    rows = standardize_rows(entity, table, raw, n, ctx, memo or _Memo())
     readable = _Readable(table)
     readable.count(raw, rows.reasons)
     keys = raw.get(ROW_KEY, [None] * n)
