@@ -46,6 +46,7 @@ import opencc
 import phonenumbers
 from pypinyin import Style, lazy_pinyin
 from pypinyin.constants import PHRASES_DICT
+from pypinyin.core import Pinyin
 
 from fields import divisions, identifiers
 
@@ -167,6 +168,8 @@ def _result(
     value: T | None, reasons: Any = (), extra: dict[str, Any] | None = None
 ) -> Normalized[T]:
     """Build a Normalized that honours the contract: a reject reason drops the value."""
+    if not reasons and value is not None:  # the usual answer: a clean value
+        return Normalized(value, (), extra or {})
     codes = tuple(dict.fromkeys(reasons))
     if any(SEVERITY[c] == REJECT for c in codes):
         value = None
@@ -317,7 +320,7 @@ def _t2s(s: str, *, surname: bool = False) -> str:
         )
     if surname and s.startswith("於"):
         out = "於" + out[1:]
-    return out.translate(_AFTER_T2S)
+    return out.replace("锺", "钟") if "锺" in out else out  # _AFTER_T2S, without translate's cost
 
 
 # -------------------------------------------------------------------- person name
@@ -418,14 +421,18 @@ def _reading(text: str) -> str:
     if len(text) == 2 and text not in PHRASES_DICT and _CJK_CHAR.fullmatch(text):
         # two characters that are no word of pypinyin's: each read alone, as pypinyin reads them
         return _character_reading(text[0]) + _character_reading(text[1])
-    return "".join(lazy_pinyin(text, style=Style.NORMAL))
+    # pypinyin reads each word of its own segmentation apart from the others: reading the words
+    # one by one gives its answer, and words (single characters most) repeat across names
+    return "".join(_character_reading(w) for w in _pinyin_words(text))
 
 
 _CJK_CHAR = re.compile(r"[\u4e00-\u9fff]+")
+_pinyin_words = Pinyin().seg  # the words lazy_pinyin reads a text as, one by one
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _character_reading(c: str) -> str:
+    """Plain pinyin of one character, or of one word of pypinyin's segmentation."""
     return "".join(lazy_pinyin(c, style=Style.NORMAL))
 
 

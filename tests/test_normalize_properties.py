@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pypinyin import Style, lazy_pinyin
 
 from fields import identifiers, normalize
 from fields.normalize import REASONS, SEVERITY, Normalized
@@ -186,3 +187,19 @@ def test_valid_uscc_round_trips(code: str) -> None:
 def test_registered_capital_reads_plain_numbers(value: Decimal) -> None:
     r = normalize.registered_capital(str(value))
     assert r.value == value
+
+
+# Surnames, given-name characters and characters of pypinyin's phrases (重庆, 银行, 长城, 朝阳).
+_NAME_CHARS = (
+    "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐韩冯邓曹曾单解查区乐种"
+    "华国明建伟军平海东红小文晓丽英芳敏静秀霞燕玲兰娟云雪荣爱香月瑞佳嘉珍莉"
+    "重庆银行长城朝阳大都会和平乐天子弟·"
+)
+
+
+@SETTINGS
+@given(text=st.text(alphabet=_NAME_CHARS, min_size=1, max_size=6))
+def test_name_reading_word_by_word_is_pypinyin_s(text: str) -> None:
+    """Reading pypinyin's words one by one gives what pypinyin reads for the whole text."""
+    want = "".join(lazy_pinyin(text, style=Style.NORMAL))
+    assert normalize._reading.__wrapped__(text) == want

@@ -215,6 +215,73 @@ def test_small_batches_and_a_small_memo_change_nothing(
             assert calls[0] > remembered  # it did forget
 
 
+def test_stamps_read_at_once_are_those_read_one_by_one(city: CityConfig) -> None:
+    """Every change stamp of the sample city (and the planted ones) that the vectorised reader
+    takes is read as :func:`_updated_at` reads it alone; impossible days stay unreadable."""
+    import etl.standardize as std
+
+    taken = 0
+    for dept in city.departments:
+        for t in dept.tables:
+            path = raw_path(city.var_dir, SPEC["run_id"], dept.code, t.name)
+            values = pq.read_table(path, columns=[t.change_column]).column(0).to_pylist()
+            edge = ["20230229000000", "2024-02-29 23:59:59", "2023-02-29 00:00:00", "0000-01-01"]
+            values += [*edge, "2024-04-31T12:00:00", "1900-02-29 00:00:00", "20000229120000"]
+            times, read = std._stamps_at_fixed_places(t, values)
+            for v, got, r in zip(values, times, read, strict=True):
+                assert got == (std._updated_at(v, t, city.timezone) if r else None), (t.name, v)
+            taken += int(read.sum())
+    assert taken > 1000  # the sample city's stamps are nearly all of the fixed forms
+
+
+def test_the_memo_holds_one_night_and_its_newest_values(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived process keeps at most MEMO_ENTRIES values per field, the newest, and only
+    the night it standardizes now."""
+    import etl.standardize as std
+
+    run_id, weijian = SPEC["run_id"], city.department("weijian")
+    monkeypatch.setattr(std, "MEMO_ENTRIES", 50)
+    std.standardize_department(city, weijian, run_id, as_of=AS_OF, batch_rows=200)
+    assert std._SHARED_NIGHT[0].as_of == AS_OF
+    memos = [m for k, m in std._SHARED_FIELDS.items() if k[0] == "person"]
+    assert memos and all(len(m) <= 50 + 200 for m in memos)
+    memo = {i: i for i in range(120)}
+    std._bound(memo)
+    assert list(memo) == list(range(95, 120))  # the newest half of MEMO_ENTRIES kept
+    later = AS_OF + dt.timedelta(days=1)
+    std.standardize_department(city, weijian, run_id, as_of=later, batch_rows=200)
+    assert {k[-1].as_of for k in std._SHARED_FIELDS if k[0] != "route"} == {later}
+    std._SHARED_FIELDS.clear()
+    std._SHARED_NIGHT.clear()
+
+
+def test_name_readings_are_pypinyin_s_on_the_city_s_names(city: CityConfig) -> None:
+    """Names read word by word (pypinyin's segmentation, each word remembered) give what
+    pypinyin reads for the whole text, for every person name of the sample city."""
+    from pypinyin import Style, lazy_pinyin
+
+    from fields import normalize
+
+    names: set[str] = set()
+    for dept in city.departments:
+        for t in dept.tables:
+            path = raw_path(city.var_dir, SPEC["run_id"], dept.code, t.name)
+            table = pq.read_table(path)
+            for column, mapping in t.columns.items():
+                if mapping.field in ("name", "legal_rep_name") and column in table.column_names:
+                    names.update(v for v in table.column(column).to_pylist() if v)
+    read = 0
+    for raw in names:
+        name = normalize.person_name(raw).value
+        for text in {name, name[1:], name[2:]} - {"", None} if name else ():
+            want = "".join(lazy_pinyin(text, style=Style.NORMAL))
+            assert normalize._reading.__wrapped__(text) == want, text
+            read += 1
+    assert read > 1000
+
+
 def test_a_worker_that_dies_fails_its_department_not_the_call(
     city: CityConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
