@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -48,7 +49,7 @@ from master_data.blocking import KEY_SCHEMA
 from master_data.cluster import RecordClusters, cluster_records
 from master_data.compare import features_for
 from master_data.deterministic import HARD_KEY, corroborated, rule_links
-from master_data.engine import Scored
+from master_data.engine import RecordFiles, Scored
 from master_data.golden import golden_records
 from master_data.model import FellegiSunter
 from master_data.pairs import confirmed
@@ -56,13 +57,14 @@ from master_data.pairs import usable as usable_edges
 from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.train import fit_counted, random_pairs
-from spark.blocking import block_keys, pair_frame
+from spark.blocking import block_keys, pair_frame, pass_reports
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
+from spark.records import RULE_COLUMNS, canonical_records, payload_columns
 
 __all__ = ["SparkLink"]
 
-_RULE_COLUMNS = {"person": ["id_number"], "enterprise": ["uscc", "reg_no", "org_code"]}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class SparkLink:
         match: EntityMatch,
         settings: MatchSettings,
         model: FellegiSunter | None,
+        files: RecordFiles | None = None,
     ) -> Scored:
         """Block, compare, fit (unless ``model``), score and keep, as the local engine does."""
         compared = records_frame(records)
@@ -90,9 +93,9 @@ class SparkLink:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, mode=0o700)
         try:
-            pq.write_table(records, folder / "records.parquet")
-            rows = self.spark.read.parquet(str(folder / "records.parquet"))
+            rows, read = self._records(records, entity, match, files, folder)
             keys = block_keys(rows, match.blocking).localCheckpoint()
+            passes = pass_reports(keys, match.blocking, max_block=match.max_block)
             levels = _levels(
                 pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys), rows, entity
             ).localCheckpoint()
@@ -118,8 +121,46 @@ class SparkLink:
             block = _key_table(keys, [p.name for p in match.blocking])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        report = {"engine": "spark", "records": len(compared), "pairs": pairs}
+        report = {
+            "engine": "spark",
+            "read": read,
+            "records": len(compared),
+            "pairs": pairs,
+            "passes": passes,
+        }
         return Scored(compared, block, report, pairs, model, trained, kept)
+
+    def _records(
+        self,
+        records: pa.Table,
+        entity: str,
+        match: EntityMatch,
+        files: RecordFiles | None,
+        folder: Path,
+    ) -> tuple[DataFrame, str]:
+        """The columns blocking and comparing read of every record, as a Spark DataFrame spread
+        evenly over the executors and kept there (``localCheckpoint``), and where it was read:
+        the night's canonical Parquet files when the records are exactly those (``files``),
+        else the records handed over, written under ``folder`` first."""
+        columns = payload_columns(entity, match)
+        parts = max(2 * self.spark.sparkContext.defaultParallelism, 2)
+        rows, read = None, "canonical parquet"
+        if files is not None and files.paths:
+            rows = canonical_records(self.spark, files, entity).select(*columns)
+            found = rows.count()
+            if found != files.rows:
+                log.warning(
+                    "%s: %d records in the canonical Parquet files, %d handed to the link; "
+                    "blocking the records handed over",
+                    entity,
+                    found,
+                    files.rows,
+                )
+                rows = None
+        if rows is None:
+            pq.write_table(records.select(columns), folder / "records.parquet")
+            rows, read = self.spark.read.parquet(str(folder / "records.parquet")), "driver"
+        return rows.repartition(parts).localCheckpoint(), read
 
     def cluster(
         self,
@@ -150,7 +191,7 @@ class SparkLink:
 
 def _levels(pairs: DataFrame, records: DataFrame, entity: str) -> DataFrame:
     """Each pair's comparison levels and the rule that links it, if any."""
-    columns = [RECORD, *sorted({*compared_columns(entity), *_RULE_COLUMNS[entity]})]
+    columns = [RECORD, *sorted({*compared_columns(entity), *RULE_COLUMNS[entity]})]
     joined = join_sides(pairs, records, columns)
     labels = [f.label for f in features_for(entity)]
     ddl = ", ".join(["left STRING", "right STRING", *[f"`{x}` TINYINT" for x in labels]])
