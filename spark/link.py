@@ -144,23 +144,22 @@ class SparkLink:
         else the records handed over, written under ``folder`` first."""
         columns = payload_columns(entity, match)
         parts = max(2 * self.spark.sparkContext.defaultParallelism, 2)
-        rows, read = None, "canonical parquet"
         if files is not None and files.paths:
-            rows = canonical_records(self.spark, files, entity).select(*columns)
-            found = rows.count()
-            if found != files.rows:
-                log.warning(
-                    "%s: %d records in the canonical Parquet files, %d handed to the link; "
-                    "blocking the records handed over",
-                    entity,
-                    found,
-                    files.rows,
-                )
-                rows = None
-        if rows is None:
-            pq.write_table(records.select(columns), folder / "records.parquet")
-            rows, read = self.spark.read.parquet(str(folder / "records.parquet")), "driver"
-        return rows.repartition(parts).localCheckpoint(), read
+            read = canonical_records(self.spark, files, entity).select(*columns)
+            rows = read.repartition(parts).localCheckpoint()
+            found = rows.count()  # of the rows kept: the files are read once
+            if found == files.rows:
+                return rows, "canonical parquet"
+            log.warning(
+                "%s: %d records in the canonical Parquet files, %d handed to the link; "
+                "blocking the records handed over",
+                entity,
+                found,
+                files.rows,
+            )
+        pq.write_table(records.select(columns), folder / "records.parquet")
+        rows = self.spark.read.parquet(str(folder / "records.parquet"))
+        return rows.repartition(parts).localCheckpoint(), "driver"
 
     def cluster(
         self,

@@ -99,6 +99,7 @@ def test_spark_links_the_night_the_local_engine_links(
     for entity, mine in on_spark.entities.items():
         theirs = local.entities[entity]
         assert mine.blocking["engine"] == "spark" and mine.model_trained
+        assert mine.blocking["read"] == "canonical parquet"  # by Spark, not from this process
         for count in ("records", "candidate_pairs", "masters", "singletons", "review_queue"):
             assert getattr(mine, count) == getattr(theirs, count), (entity, count)
         assert mine.events == theirs.events and mine.events.get("issued", 0) > 0
