@@ -3,7 +3,9 @@
 :class:`SparkLink` is the :class:`master_data.engine.LinkEngine` :func:`master_data.link.link`
 hands an entity to when all its records are linked again:
 
-1. **Blocking** (:mod:`spark.blocking`): one self-join per pass on the local block keys.
+1. **Blocking** (:mod:`spark.blocking`): the records read by the executors from tonight's
+   canonical Parquet when they are all there (:mod:`spark.records`), one self-join on every
+   pass's local block keys, the skipped blocks reported once per pass.
 2. **Comparison and rules**: ``mapInArrow`` over batches of pairs joined to both records'
    columns, calling :func:`master_data.compare.compare` and
    :func:`master_data.deterministic.rule_links`.
