@@ -52,10 +52,12 @@ __all__ = [
     "PassIndex",
     "PassReport",
     "SkippedBlock",
+    "block_key_table",
     "candidate_pairs",
     "delta_candidates",
     "key_values",
     "load_passes",
+    "masked_key",
     "valid_id",
     "valid_uscc",
 ]
@@ -805,6 +807,24 @@ def _key_table(name: str, blocks: _Blocks, index: pd.Index) -> pa.Table:
             pa.array(np.asarray(index.to_numpy(), dtype=object)[blocks.rows], pa.string()),
         ],
         schema=KEY_SCHEMA,
+    )
+
+
+def block_key_table(df: pd.DataFrame, passes: Iterable[BlockingPass]) -> pa.Table:
+    """Every row's block key per pass (:data:`KEY_SCHEMA`), as ``candidate_pairs(df, passes,
+    keep_keys=True)`` keys them, without making pairs or judging block sizes: what another
+    engine blocks on (:mod:`spark.blocking`)."""
+    rows = _Rows(df)
+    tables = [_key_table(p.name, _blocks(rows, p.keys), df.index) for p in passes]
+    return pa.concat_tables(tables) if tables else KEY_SCHEMA.empty_table()
+
+
+def masked_key(blocking_pass: BlockingPass, text: str) -> str:
+    """A block key of :data:`KEY_SCHEMA` as a report shows it: its values joined by " + ",
+    personal data masked (see :class:`SkippedBlock`)."""
+    values = text.split(_KEY_SEPARATOR)
+    return " + ".join(
+        _mask(v) if k in _PERSONAL else v for k, v in zip(blocking_pass.keys, values, strict=True)
     )
 
 

@@ -10,6 +10,7 @@ kernels; only where they run differs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
@@ -21,7 +22,7 @@ from master_data.model import FellegiSunter
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.tf import Frequencies
 
-__all__ = ["LinkEngine", "Scored"]
+__all__ = ["LinkEngine", "RecordFiles", "Scored"]
 
 
 @dataclass
@@ -37,6 +38,16 @@ class Scored:
     edges: pd.DataFrame  # the scored pairs worth keeping, as pairs.edges gives them
 
 
+@dataclass(frozen=True)
+class RecordFiles:
+    """Where an entity's records are on disk when they are exactly tonight's canonical rows
+    (:func:`master_data.records.tonight`: a full relink keeping no base-night records), for an
+    engine that reads them itself rather than taking them from this process."""
+
+    paths: tuple[Path, ...]  # master_data.records.canonical_files
+    rows: int  # the records they give: an engine checks it read as many
+
+
 class LinkEngine(Protocol):
     """The heavy steps of a full night, run elsewhere."""
 
@@ -50,9 +61,11 @@ class LinkEngine(Protocol):
         settings: MatchSettings,
         model: FellegiSunter | None,
         frequencies: Frequencies,
+        files: RecordFiles | None = None,
     ) -> Scored:
         """Block, compare, fit the model unless ``model`` is given, attach the term
-        ``frequencies`` (:func:`master_data.tf.attach`), score, keep the edges."""
+        ``frequencies`` (:func:`master_data.tf.attach`), score, keep the edges.
+        ``files``: where the same records are on disk, if they are all there."""
         ...
 
     def cluster(

@@ -49,7 +49,7 @@ from etl.config import CityConfig
 from etl.state import warehouse_url
 from master_data import compare as cmp
 from master_data.cluster import cluster_records
-from master_data.engine import LinkEngine, Scored
+from master_data.engine import LinkEngine, RecordFiles, Scored
 from master_data.golden import golden_records
 from master_data.identity import assign_ids, crosswalk, events_table, retired_after
 from master_data.model import FellegiSunter
@@ -63,7 +63,7 @@ from master_data.night_state import (
     write_state,
 )
 from master_data.pairs import candidates, edges
-from master_data.records import RECORD, tonight
+from master_data.records import RECORD, canonical_files, tonight
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
 from master_data.scope import (
@@ -409,7 +409,13 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         frequencies = term_frequencies(records, entity, floors)
     if night.engine is not None and not carry:
         night.say(f"{entity}: blocking, comparing and scoring on {night.engine.name}")
-        found = night.engine.score(records, entity, match, night.settings, model, frequencies)
+        files = None
+        if records.num_rows == rows.num_rows:  # tonight's rows alone: the engine reads them
+            paths = canonical_files(night.city, night.run_id, entity, night.held)
+            files = RecordFiles(tuple(paths), records.num_rows)
+        found = night.engine.score(
+            records, entity, match, night.settings, model, frequencies, files
+        )
     else:
         found = _scored(night, entity, records, rows, removed, base, carry, model, frequencies)
     changed = pd.Index(rows[RECORD].to_pandas())

@@ -14,6 +14,7 @@ clustering kernels read.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -58,6 +59,17 @@ def records_frame(records: pa.Table, ids: pd.Index | None = None) -> pd.DataFram
     return records.select(columns).to_pandas().set_index(RECORD).sort_index()
 
 
+def canonical_files(city: CityConfig, run_id: str, entity: str, held: frozenset[str]) -> list[Path]:
+    """The night's canonical Parquet files of ``entity`` that :func:`tonight` reads: one per
+    department that goes in (not in ``held``) and has rows of it, in configuration order."""
+    paths = (
+        canonical_dir(city.var_dir, run_id, d.code) / f"{entity}.parquet"
+        for d in city.departments
+        if d.code not in held
+    )
+    return [p for p in paths if p.is_file()]
+
+
 def tonight(
     city: CityConfig, run_id: str, entity: str, held: frozenset[str]
 ) -> tuple[pa.Table, list[str], int]:
@@ -68,14 +80,15 @@ def tonight(
     A row without a source key cannot be tracked from night to night; standardization rejects
     it (``row:key_missing``). One that reaches this point anyway (a canonical file edited or
     written outside standardization) is left out and counted, and the night goes on."""
-    tables, gone = [], []
+    gone: list[str] = []
     schema = SCHEMAS[entity]
+    tables = [
+        pq.read_table(path).select(schema.names).cast(schema)
+        for path in canonical_files(city, run_id, entity, held)
+    ]
     for dept in city.departments:
         if dept.code in held:
             continue
-        path = canonical_dir(city.var_dir, run_id, dept.code) / f"{entity}.parquet"
-        if path.is_file():
-            tables.append(pq.read_table(path).select(schema.names).cast(schema))
         gone += _rejected(city, run_id, dept.code, entity)
         for table in dept.tables:
             deleted = deleted_path(city.var_dir, run_id, dept.code, table.name)

@@ -1,28 +1,42 @@
-"""Blocking on Spark: one self-join per pass, record IDs only.
+"""Blocking on Spark: one self-join on the block keys of every pass, record IDs only.
 
 Each record's block keys come from the local engine's own code
-(:func:`master_data.blocking.candidate_pairs` with ``keep_keys``: the same validity checks and
-derived keys), run by ``mapInArrow`` over batches of canonical records. Then, per pass, a window
-count gives each block's size, blocks with fewer than 2 or more than ``max_block`` rows are
-dropped, and the block joins itself on ``l.record_id < r.record_id``. The passes' pairs are
-unioned; payload columns are joined to the pairs afterwards, by whoever compares them.
+(:func:`master_data.blocking.block_key_table`: the same validity checks and derived keys), run
+by ``mapInArrow`` over batches of canonical records. Then a window count gives each block's
+size, blocks with fewer than 2 or more than their pass's ``max_block`` rows are dropped, and the
+blocks of every pass join themselves at once on ``pass, key`` and ``l.record_id < r.record_id``;
+each pair is kept once. Payload columns are joined to the pairs afterwards, by whoever compares
+them. The blocks left out are reported once per pass (:func:`pass_reports`): how many, and the
+biggest few, masked.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from master_data.blocking import DEFAULT_MAX_BLOCK, BlockingPass, candidate_pairs
+from master_data.blocking import DEFAULT_MAX_BLOCK, BlockingPass, block_key_table, masked_key
 from master_data.records import RECORD, records_frame
 
-__all__ = ["block_keys", "candidate_pairs_on_spark", "pair_frame"]
+__all__ = [
+    "SKIPPED_SHOWN",
+    "block_keys",
+    "candidate_pairs_on_spark",
+    "pair_frame",
+    "pass_reports",
+]
 
+log = logging.getLogger(__name__)
+
+SKIPPED_SHOWN = 5
+"""How many of a pass's skipped blocks (the biggest) its report names."""
 _KEYS_DDL = "`pass` STRING, key STRING, record_id STRING"
 
 
@@ -41,10 +55,21 @@ def _keys(
         if batch.num_rows == 0:
             continue
         frame = records_frame(pa.Table.from_batches([batch]))
-        # max_block=2: the pairs inside one batch are not wanted, only the keys
-        found = candidate_pairs(frame, passes, max_block=2, keep_keys=True)
-        assert found.keys is not None
-        yield from found.keys.to_batches()
+        yield from block_key_table(frame, passes).to_batches()
+
+
+def _limit(passes: Sequence[BlockingPass], max_block: int) -> Column:
+    """Each key row's largest block size: its pass's ``max_block``, else ``max_block``."""
+    limit: Any = F
+    for p in passes:
+        limit = limit.when(F.col("pass") == p.name, F.lit(p.max_block or max_block))
+    return limit.otherwise(F.lit(max_block)) if passes else F.lit(max_block)
+
+
+def _sized(keys: DataFrame, passes: Sequence[BlockingPass], max_block: int) -> DataFrame:
+    """The key rows with their block's ``size`` and their pass's ``limit``."""
+    size = F.count("*").over(Window.partitionBy("pass", "key"))
+    return keys.withColumn("size", size).withColumn("limit", _limit(passes, max_block))
 
 
 def pair_frame(
@@ -58,21 +83,81 @@ def pair_frame(
     each pair once, unordered), for the comparisons to join their columns to. ``keys``: the
     records' :func:`block_keys`, if they were worked out already."""
     plist = list(passes)
-    keys = block_keys(records, plist) if keys is None else keys
-    found: DataFrame | None = None
-    for p in plist:
-        mine = keys.where(F.col("pass") == p.name).select("key", RECORD)
-        sized = mine.withColumn("size", F.count("*").over(Window.partitionBy("key")))
-        kept = sized.where((F.col("size") >= 2) & (F.col("size") <= (p.max_block or max_block)))
-        left, right = kept.alias("l"), kept.alias("r")
-        pairs = left.join(
-            right,
-            (F.col("l.key") == F.col("r.key")) & (F.col(f"l.{RECORD}") < F.col(f"r.{RECORD}")),
-        ).select(F.col(f"l.{RECORD}").alias("left"), F.col(f"r.{RECORD}").alias("right"))
-        found = pairs if found is None else found.unionAll(pairs)
-    if found is None:
+    if not plist:
         return records.sparkSession.createDataFrame([], "left STRING, right STRING")
-    return found.distinct()
+    keys = block_keys(records, plist) if keys is None else keys
+    sized = _sized(keys, plist, max_block)
+    kept = sized.where((F.col("size") >= 2) & (F.col("size") <= F.col("limit")))
+    kept = kept.select("pass", "key", RECORD)
+    left, right = kept.alias("l"), kept.alias("r")
+    pairs = left.join(
+        right,
+        (F.col("l.pass") == F.col("r.pass"))
+        & (F.col("l.key") == F.col("r.key"))
+        & (F.col(f"l.{RECORD}") < F.col(f"r.{RECORD}")),
+    ).select(F.col(f"l.{RECORD}").alias("left"), F.col(f"r.{RECORD}").alias("right"))
+    return pairs.distinct()
+
+
+def pass_reports(
+    keys: DataFrame,
+    passes: Sequence[BlockingPass],
+    *,
+    max_block: int = DEFAULT_MAX_BLOCK,
+    shown: int = SKIPPED_SHOWN,
+) -> list[dict[str, Any]]:
+    """Per pass: its blocks kept, and the blocks skipped for holding more than ``max_block``
+    rows: how many, their rows, and the ``shown`` biggest (masked keys). Each pass with skipped
+    blocks is logged in one line. Only these counts reach the driver."""
+    blocks = keys.groupBy("pass", "key").agg(F.count("*").alias("size"))
+    blocks = blocks.withColumn("limit", _limit(passes, max_block))
+    over = F.col("size") > F.col("limit")
+    totals = {
+        r["pass"]: r
+        for r in blocks.groupBy("pass")
+        .agg(
+            F.sum(F.when((F.col("size") >= 2) & ~over, 1).otherwise(0)).alias("blocks"),
+            F.sum(F.when(over, 1).otherwise(0)).alias("skipped"),
+            F.sum(F.when(over, F.col("size")).otherwise(0)).alias("skipped_rows"),
+        )
+        .collect()
+    }
+    biggest = Window.partitionBy("pass").orderBy(F.desc("size"), F.asc("key"))
+    top: dict[str, list[tuple[str, int]]] = {}
+    ranked = blocks.where(over).withColumn("rank", F.row_number().over(biggest))
+    for r in ranked.where(F.col("rank") <= shown).orderBy("pass", "rank").collect():
+        top.setdefault(r["pass"], []).append((r["key"], int(r["size"])))
+    out = []
+    for p in passes:
+        row = totals.get(p.name)
+        blocks_kept, skipped_blocks, skipped_rows = (
+            (int(row["blocks"]), int(row["skipped"]), int(row["skipped_rows"]))
+            if row
+            else (0, 0, 0)
+        )
+        skipped = [{"key": masked_key(p, k), "size": n} for k, n in top.get(p.name, [])]
+        if skipped_blocks:
+            log.warning(
+                "blocking pass %r: skipped %d block(s) (%d rows) larger than max_block=%d; "
+                "the biggest: %s%s",
+                p.name,
+                skipped_blocks,
+                skipped_rows,
+                p.max_block or max_block,
+                ", ".join(f"{s['key']} ({s['size']} rows)" for s in skipped),
+                ", …" if skipped_blocks > len(skipped) else "",
+            )
+        out.append(
+            {
+                "name": p.name,
+                "keys": list(p.keys),
+                "blocks": blocks_kept,
+                "skipped_blocks": skipped_blocks,
+                "skipped_rows": skipped_rows,
+                "skipped": skipped,
+            }
+        )
+    return out
 
 
 def candidate_pairs_on_spark(

@@ -3,7 +3,9 @@
 :class:`SparkLink` is the :class:`master_data.engine.LinkEngine` :func:`master_data.link.link`
 hands an entity to when all its records are linked again:
 
-1. **Blocking** (:mod:`spark.blocking`): one self-join per pass on the local block keys.
+1. **Blocking** (:mod:`spark.blocking`): the records read by the executors from tonight's
+   canonical Parquet when they are all there (:mod:`spark.records`), one self-join on every
+   pass's local block keys, the skipped blocks reported once per pass.
 2. **Comparison and rules**: ``mapInArrow`` over batches of pairs joined to both records'
    columns, calling :func:`master_data.compare.compare` and
    :func:`master_data.deterministic.rule_links`.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -48,7 +51,7 @@ from master_data.blocking import KEY_SCHEMA
 from master_data.cluster import RecordClusters, cluster_records
 from master_data.compare import features_for
 from master_data.deterministic import HARD_KEY, corroborated, filed_under_another, rule_links
-from master_data.engine import Scored
+from master_data.engine import RecordFiles, Scored
 from master_data.golden import golden_records
 from master_data.model import FellegiSunter
 from master_data.pairs import confirmed
@@ -57,13 +60,14 @@ from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.tf import TF_COLUMNS, Frequencies, attach, edge_u, pair_u, u_column
 from master_data.train import fit_counted, random_pairs, top_levels
-from spark.blocking import block_keys, pair_frame
+from spark.blocking import block_keys, pair_frame, pass_reports
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
+from spark.records import RULE_COLUMNS, canonical_records, payload_columns
 
 __all__ = ["SparkLink"]
 
-_RULE_COLUMNS = {"person": ["id_number"], "enterprise": ["uscc", "reg_no", "org_code"]}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +89,7 @@ class SparkLink:
         settings: MatchSettings,
         model: FellegiSunter | None,
         frequencies: Frequencies,
+        files: RecordFiles | None = None,
     ) -> Scored:
         """Block, compare, fit (unless ``model``), attach the term ``frequencies``, score and
         keep, as the local engine does."""
@@ -93,10 +98,10 @@ class SparkLink:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, mode=0o700)
         try:
-            pq.write_table(records, folder / "records.parquet")
-            rows = self.spark.read.parquet(str(folder / "records.parquet"))
+            rows, read = self._records(records, entity, match, files, folder)
             keys = block_keys(rows, match.blocking).localCheckpoint()
             wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
+            passes = pass_reports(keys, match.blocking, max_block=match.max_block)
             levels = _levels(
                 pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
                 rows,
@@ -126,8 +131,45 @@ class SparkLink:
             block = _key_table(keys, [p.name for p in match.blocking])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        report = {"engine": "spark", "records": len(compared), "pairs": pairs}
+        report = {
+            "engine": "spark",
+            "read": read,
+            "records": len(compared),
+            "pairs": pairs,
+            "passes": passes,
+        }
         return Scored(compared, block, report, pairs, model, trained, kept)
+
+    def _records(
+        self,
+        records: pa.Table,
+        entity: str,
+        match: EntityMatch,
+        files: RecordFiles | None,
+        folder: Path,
+    ) -> tuple[DataFrame, str]:
+        """The columns blocking and comparing read of every record, as a Spark DataFrame spread
+        evenly over the executors and kept there (``localCheckpoint``), and where it was read:
+        the night's canonical Parquet files when the records are exactly those (``files``),
+        else the records handed over, written under ``folder`` first."""
+        columns = payload_columns(entity, match)
+        parts = max(2 * self.spark.sparkContext.defaultParallelism, 2)
+        if files is not None and files.paths:
+            read = canonical_records(self.spark, files, entity).select(*columns)
+            rows = read.repartition(parts).localCheckpoint()
+            found = rows.count()  # of the rows kept: the files are read once
+            if found == files.rows:
+                return rows, "canonical parquet"
+            log.warning(
+                "%s: %d records in the canonical Parquet files, %d handed to the link; "
+                "blocking the records handed over",
+                entity,
+                found,
+                files.rows,
+            )
+        pq.write_table(records.select(columns), folder / "records.parquet")
+        rows = self.spark.read.parquet(str(folder / "records.parquet"))
+        return rows.repartition(parts).localCheckpoint(), "driver"
 
     def cluster(
         self,
@@ -162,7 +204,7 @@ def _levels(
     """Each pair's comparison levels, the u_v of each term-frequency-adjusted feature
     (:func:`master_data.tf.pair_u`) and the rule that links it, if any."""
     tf_columns = sorted({c for f in frequencies for c in TF_COLUMNS[entity][f]})
-    columns = [RECORD, *sorted({*compared_columns(entity), *_RULE_COLUMNS[entity], *tf_columns})]
+    columns = [RECORD, *sorted({*compared_columns(entity), *RULE_COLUMNS[entity], *tf_columns})]
     joined = join_sides(pairs, records, columns)
     labels = [f.label for f in features_for(entity)]
     ddl = ", ".join(

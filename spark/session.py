@@ -44,6 +44,9 @@ def session(var_dir: Path, master: str | None = None) -> SparkSession:
         .config("spark.local.dir", str(root / "tmp"))
         .config("spark.sql.warehouse.dir", str(root / "warehouse"))
         .config("spark.io.encryption.enabled", "true")  # shuffle and spill hold personal data
+        # pandas frames the driver hands over (random pairs, edges, clustering rows) go to the
+        # JVM as Arrow batches, not pickled row by row while every executor waits
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config(

@@ -54,7 +54,10 @@ def _run(
     raw = spark.read.parquet(str(path.resolve()))
     raw = raw.select("*", F.col("_metadata.row_index").alias(_ROW_INDEX))
     done = raw.mapInArrow(functools.partial(_standardize, kernel), _OUT_DDL)
-    for row in done.orderBy("first").toLocalIterator():
+    # kept once: the sort samples its input in a job of its own, which would run the kernel on
+    # every batch a second time
+    done = done.localCheckpoint()
+    for row in done.orderBy("first").toLocalIterator(prefetchPartitions=True):
         yield _decode(row.asDict())
 
 

@@ -21,10 +21,12 @@ from fields.identifiers import id_check_digit
 from master_data.blocking import (
     BlockingPass,
     PassIndex,
+    block_key_table,
     candidate_pairs,
     delta_candidates,
     key_values,
     load_passes,
+    masked_key,
     valid_id,
     valid_uscc,
 )
@@ -366,3 +368,24 @@ def test_delta_from_cached_keys_equals_blocking_the_whole_frame(
     got = delta_candidates(keys, among, passes, records=len(now), max_block=max_block)
     assert list(got.pairs) == list(expected.pairs)
     assert [p.skipped for p in got.report.passes] == [p.skipped for p in expected.report.passes]
+
+
+def test_block_key_table_keys_rows_as_candidate_pairs_does_without_judging_blocks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What another engine blocks on: the keys ``keep_keys`` gives, but no block is too big
+    for it, so nothing is logged as skipped; a key shows masked as the reports show it."""
+    df = city()
+    passes = list(
+        load_match_settings(Path(__file__).parents[1] / "config").entity("person").blocking
+    )
+    with caplog.at_level(logging.WARNING, logger="master_data.blocking"):
+        keys = block_key_table(df, passes)
+    assert not caplog.records
+    expected = candidate_pairs(df, passes, keep_keys=True).keys
+    assert expected is not None and keys.num_rows > 0
+    assert keys.equals(expected)
+    by_name = next(p for p in passes if p.keys == ("name", "division_code"))
+    text = keys.filter(pc.equal(keys["pass"], by_name.name))["key"][0].as_py()
+    name, division = text.split("\x1f")
+    assert masked_key(by_name, text) == f"{name[0]}{'*' * (len(name) - 1)} + {division}"

@@ -5,6 +5,7 @@ scoring (mapInArrow over pair batches) the same levels and probabilities."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,8 +16,9 @@ import pytest
 from etl.config import CityConfig
 from master_data.blocking import candidate_pairs
 from master_data.compare import compare
+from master_data.engine import RecordFiles
 from master_data.model import FellegiSunter
-from master_data.records import records_frame, tonight
+from master_data.records import RECORD, canonical_files, records_frame, tonight
 from master_data.settings import load_match_settings
 
 if TYPE_CHECKING:
@@ -45,19 +47,35 @@ def city(make_city: CityFactory) -> Any:
 
 @pytest.mark.parametrize("entity", ["person", "enterprise"])
 def test_spark_blocking_finds_the_local_pairs(
-    city: CityConfig, spark: Any, entity: str, tmp_path: Path
+    city: CityConfig, spark: Any, entity: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from spark.blocking import candidate_pairs_on_spark
+    """Read by Spark from the canonical Parquet, only the payload columns: the local pairs, and
+    the skipped blocks reported once per pass, as many and as big as the local engine's."""
+    from spark.blocking import SKIPPED_SHOWN, block_keys, candidate_pairs_on_spark, pass_reports
+    from spark.records import canonical_records, payload_columns
 
     match = load_match_settings(CONFIG).entity(entity)
     limit = 3  # small blocks: the window count must skip exactly what the local engine skips
     records, _, _ = tonight(city, RUN, entity, frozenset())
     local = candidate_pairs(records_frame(records), match.blocking, max_block=limit)
     assert len(local.pairs) > 0 and local.report.skipped
-    pq.write_table(records, tmp_path / "records.parquet")
-    found = candidate_pairs_on_spark(
-        spark.read.parquet(str(tmp_path / "records.parquet")), match.blocking, max_block=limit
-    )
+    files = RecordFiles(tuple(canonical_files(city, RUN, entity, frozenset())), records.num_rows)
+    rows = canonical_records(spark, files, entity).select(*payload_columns(entity, match))
+    ids = rows.select(RECORD).orderBy(RECORD).toArrow()[RECORD]
+    assert ids.to_pylist() == records[RECORD].to_pylist()
+    found = candidate_pairs_on_spark(rows, match.blocking, max_block=limit)
+    with caplog.at_level(logging.WARNING, logger="spark.blocking"):
+        reports = pass_reports(block_keys(rows, match.blocking), match.blocking, max_block=limit)
+    for mine, theirs in zip(reports, local.report.passes, strict=True):
+        assert mine["blocks"] == theirs.blocks, theirs.name
+        assert mine["skipped_blocks"] == len(theirs.skipped), theirs.name
+        assert mine["skipped_rows"] == sum(s.size for s in theirs.skipped), theirs.name
+        shown = theirs.skipped[: len(mine["skipped"])]
+        assert [s["size"] for s in mine["skipped"]] == [s.size for s in shown], theirs.name
+        assert {s["key"] for s in mine["skipped"]} <= {s.key for s in theirs.skipped}
+        assert len(mine["skipped"]) == min(len(theirs.skipped), SKIPPED_SHOWN)
+    said = [r.getMessage() for r in caplog.records if r.name == "spark.blocking"]
+    assert len(said) == sum(1 for p in local.report.passes if p.skipped), said
     assert list(found) == list(local.pairs)
 
 
