@@ -59,11 +59,12 @@ from master_data.night_state import (
     DamagedState,
     older_night,
     read_state,
+    write_layered,
     write_merged,
     write_state,
 )
 from master_data.pairs import candidates, edges
-from master_data.records import RECORD, tonight
+from master_data.records import RECORD, is_in, tonight
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
 from master_data.scope import (
@@ -386,7 +387,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     (out / "match.json").write_text(settings_json)
 
     records, removed, result.removed = night_records(rows, gone, base.records(), carry)
-    write_state(records, out, "records")
+    on = base.folder if carry else None  # a delta night adds its layers to the base night's
+    write_layered(out, "records", records, base=on, removed=removed, added=rows)
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
 
@@ -398,7 +400,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         found = _scored(night, entity, records, rows, removed, base, carry, model)
     changed = pd.Index(rows[RECORD].to_pandas())
     del rows  # tonight's rows are among the records now
-    write_state(found.keys, out, "blockkeys")
+    mine = found.keys.filter(is_in(found.keys[RECORD], changed)) if on is not None else None
+    write_layered(out, "blockkeys", found.keys, base=on, removed=removed, added=mine)
     found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     result.blocking = found.report
     result.candidate_pairs = result.pairs_compared = found.pairs
