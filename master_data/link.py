@@ -515,7 +515,8 @@ def _settle(
         "review": review,
     }
     for name, frame in tables.items():
-        write_merged(out, name, frame, scope.carried(name, base, run_id))
+        kept = scope.carried(name, base, run_id)
+        write_merged(out, name, frame, kept, base=base.folder, removed=scope.dropped(name))
     touched = set(previous["master_id"]) | set(master_of)
     write_state(pd.DataFrame({"master_id": sorted(touched)}), out, "touched")
     _count_state(out, result)

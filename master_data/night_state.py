@@ -99,9 +99,17 @@ def state_file(folder: Path, name: str) -> Path:
     return folder / f"{name}.arrow"
 
 
-LAYERED = frozenset({"records", "blockkeys"})
-"""The state tables a delta night appends to instead of rewriting (see the module doc); each
-is keyed by :data:`RECORD`."""
+LAYERED = {
+    "records": RECORD,
+    "blockkeys": RECORD,
+    "components": RECORD,
+    "crosswalk": RECORD,
+    "provenance": "master_id",
+}
+"""The state tables a delta night appends to instead of rewriting (see the module doc), each
+with the column whose values a night drops rows by: the records it relinks (or their master
+IDs). Golden records and conflicts are rewritten whole each night (relationships and the
+night's run ID change rows that were not relinked), the edges are dropped by either end."""
 COMPACT_SHARE = 0.25
 """A layered table gets a new base once its dropped and added rows exceed this share of it."""
 
@@ -126,11 +134,12 @@ def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.
     dropped_file = layer_file(folder, name, "dropped")
     if name not in LAYERED or not dropped_file.is_file():
         return _read_file(path, columns)
-    wanted = columns if columns is None or RECORD in columns else [*columns, RECORD]
+    key = LAYERED[name]
+    wanted = columns if columns is None or key in columns else [*columns, key]
     base = _read_file(path, wanted)
-    dropped = _read_file(dropped_file)[RECORD]
+    dropped = _read_file(dropped_file)[key]
     added = _read_file(layer_file(folder, name, "added"), wanted)
-    kept = base.filter(pc.invert(pc.is_in(base[RECORD], value_set=dropped.combine_chunks())))
+    kept = base.filter(pc.invert(pc.is_in(base[key], value_set=dropped.combine_chunks())))
     table = _after(kept, added)
     return table.select(columns) if columns is not None else table
 
@@ -155,27 +164,27 @@ def write_layered(
     added: pa.Table | None = None,
 ) -> str:
     """Write layered state table ``name`` (:data:`LAYERED`): tonight's ``whole`` table, which
-    is the ``base`` night's less the ``removed`` record IDs, then the ``added`` rows. With a
+    is the ``base`` night's less the rows whose key is ``removed``, then the ``added`` rows. With a
     base night whose layers stay small, its base file is linked and only the layers are
     written; otherwise ``whole`` becomes a new base. Which of the two (``linked``/``whole``)."""
     if base is not None and removed is not None and added is not None:
-        source = state_file(base, name)
+        source, key = state_file(base, name), LAYERED[name]
         try:
-            rows = feather.read_table(source, columns=[RECORD], memory_map=True).num_rows
+            rows = feather.read_table(source, columns=[key], memory_map=True).num_rows
             dropped = read_layer(base, name, "dropped")
             before = read_layer(base, name, "added")
         except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
             raise DamagedState(source, exc) from exc
         gone = pa.array(removed.to_numpy(dtype=object), pa.string())
         dropped_ids = pc.unique(
-            pa.chunked_array([*(dropped[RECORD].chunks if dropped else []), gone], pa.string())
+            pa.chunked_array([*(dropped[key].chunks if dropped else []), gone], pa.string())
         )
         if before is not None:
-            before = before.filter(pc.invert(pc.is_in(before[RECORD], value_set=gone)))
+            before = before.filter(pc.invert(pc.is_in(before[key], value_set=gone)))
             added = _after(before, added)
         if len(dropped_ids) + added.num_rows <= COMPACT_SHARE * rows:
             _link(source, state_file(folder, name))
-            write_state(pa.table({RECORD: dropped_ids}), folder, name + ".dropped")
+            write_state(pa.table({key: dropped_ids}), folder, name + ".dropped")
             write_state(added, folder, name + ".added")
             return "linked"
     write_state(whole, folder, name, compression="uncompressed")
@@ -199,15 +208,29 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def write_merged(folder: Path, name: str, new: pd.DataFrame, kept: pa.Table | None) -> None:
+def write_merged(
+    folder: Path,
+    name: str,
+    new: pd.DataFrame,
+    kept: pa.Table | None,
+    *,
+    base: Path | None = None,
+    removed: pd.Index | None = None,
+) -> None:
     """Tonight's rows after last night's ``kept`` ones (a delta night), or sorted by
-    :data:`SORT` (a full night, ``kept`` None)."""
+    :data:`SORT` (a full night, ``kept`` None). A :data:`LAYERED` table of a delta night is
+    written as layers on the ``base`` night's, which ``kept`` is less the ``removed`` keys."""
     fresh = pa.Table.from_pandas(new, preserve_index=False)
     if kept is None:
-        fresh = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
+        whole = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
     else:
-        fresh = _after(kept, fresh)
-    write_state(fresh, folder, name)
+        whole = _after(kept, fresh)
+    if name not in LAYERED:
+        write_state(whole, folder, name)
+    elif kept is None:
+        write_layered(folder, name, whole)
+    else:
+        write_layered(folder, name, whole, base=base, removed=removed, added=fresh)
 
 
 def _after(kept: pa.Table, fresh: pa.Table) -> pa.Table:

@@ -190,7 +190,8 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
             *_LAYERED_ORDER,  # a delta night's records and block keys are layers on night 0's
         )
     }
-    assert layer_file(state / "person", "records", "added").is_file()
+    for f in ("records", "blockkeys", "components", "crosswalk", "provenance"):
+        assert layer_file(state / "person", f, "added").is_file(), f
     published = publish(city, NIGHT1)
     assert published["published"] == "incremental"  # the warehouse held the delta's base night
     incremental = _tables(city)
