@@ -139,7 +139,7 @@ def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.
     base = _read_file(path, wanted)
     dropped = _read_file(dropped_file)[key]
     added = _read_file(layer_file(folder, name, "added"), wanted)
-    kept = base.filter(pc.invert(pc.is_in(base[key], value_set=dropped.combine_chunks())))
+    kept = base.filter(pc.invert(_among(base[key], dropped.combine_chunks())))
     table = _after(kept, added)
     return table.select(columns) if columns is not None else table
 
@@ -180,7 +180,7 @@ def write_layered(
             pa.chunked_array([*(dropped[key].chunks if dropped else []), gone], pa.string())
         )
         if before is not None:
-            before = before.filter(pc.invert(pc.is_in(before[key], value_set=gone)))
+            before = before.filter(pc.invert(_among(before[key], gone)))
             added = _after(before, added)
         if len(dropped_ids) + added.num_rows <= COMPACT_SHARE * rows:
             _link(source, state_file(folder, name))
@@ -189,6 +189,14 @@ def write_layered(
             return "linked"
     write_state(whole, folder, name, compression="uncompressed")
     return "whole"
+
+
+def _among(values: pa.ChunkedArray, keys: pa.Array) -> pa.ChunkedArray:
+    """Which ``values`` are among the string ``keys`` (a column written from an empty frame is
+    typed null: none of its values is)."""
+    if pa.types.is_null(values.type):
+        values = values.cast(pa.string())
+    return pc.is_in(values, value_set=keys)
 
 
 def read_layer(folder: Path, name: str, layer: str) -> pa.Table | None:

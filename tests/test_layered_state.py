@@ -19,6 +19,7 @@ from master_data.night_state import (
     read_state,
     state_file,
     write_layered,
+    write_merged,
 )
 from master_data.records import RECORD
 
@@ -28,15 +29,21 @@ ROWS = 400
 def _records(ids: list[int], night: int) -> pa.Table:
     return pa.table(
         {
-            RECORD: [f"gongan/t_rk/{i:05d}" for i in ids],
-            "name": [f"张{i}" for i in ids],
+            RECORD: pa.array([f"gongan/t_rk/{i:05d}" for i in ids], pa.string()),
+            "name": pa.array([f"张{i}" for i in ids], pa.string()),
             "night": pa.array([night] * len(ids), pa.int32()),
         }
     )
 
 
 def _next(
-    folder: Path, base: Path, whole: pa.Table, gone: list[int], new: list[int], night: int
+    folder: Path,
+    base: Path,
+    whole: pa.Table,
+    gone: list[int],
+    new: list[int],
+    night: int,
+    name: str = "records",
 ) -> tuple[pa.Table, str]:
     """Night ``night`` on ``base``: records ``gone`` removed, ``new`` (re)written."""
     removed = pd.Index([f"gongan/t_rk/{i:05d}" for i in sorted(set(gone) | set(new))])
@@ -44,7 +51,7 @@ def _next(
     keep = [r not in set(removed) for r in whole[RECORD].to_pylist()]
     tonight = pa.concat_tables([whole.filter(pa.array(keep)), added])
     folder.mkdir(parents=True)
-    how = write_layered(folder, "records", tonight, base=base, removed=removed, added=added)
+    how = write_layered(folder, name, tonight, base=base, removed=removed, added=added)
     return tonight, how
 
 
@@ -111,3 +118,21 @@ def test_a_damaged_layer_is_named(tmp_path: Path) -> None:
     added.write_bytes(added.read_bytes()[:100])
     with pytest.raises(DamagedState, match=r"records\.added\.arrow"):
         read_state(night1, "records")
+
+
+def test_a_night_that_relinks_nothing_and_the_night_after_it(tmp_path: Path) -> None:
+    """A delta night with no relinked rows writes an empty added layer (its columns typed null,
+    from an empty frame); the next night filters it by key like any other."""
+    night0, night1, night2 = tmp_path / "n0", tmp_path / "n1", tmp_path / "n2"
+    night0.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    write_layered(night0, "crosswalk", whole0)
+    night1.mkdir()
+    empty = pd.DataFrame({RECORD: pd.Series(dtype=object), "name": pd.Series(dtype=object)})
+    kept = read_state(night0, "crosswalk")
+    write_merged(night1, "crosswalk", empty, kept, base=night0, removed=pd.Index([]))
+    assert read_state(night1, "crosswalk").equals(whole0)
+    whole2, how = _next(night2, night1, whole0, gone=[9], new=[], night=2, name="crosswalk")
+    night2_view = read_state(night2, "crosswalk")
+    assert how == "linked" and night2_view.num_rows == ROWS - 1
+    assert night2_view.equals(whole2)
