@@ -21,11 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.feather as feather
+import pyarrow as pa
+
+from master_data.night_state import read_state
+
+
+def _table(path: Path) -> pa.Table:
+    """A state file's table; a layered one's (records, block keys) with its layers."""
+    return read_state(path.parent, path.name.removesuffix(".arrow"))
+
+
+def _layer(path: Path) -> bool:
+    """A layer file of a layered table: compared as part of its table."""
+    return path.name.endswith((".dropped.arrow", ".added.arrow"))
 
 
 def _frame(path: Path) -> pd.DataFrame:
-    frame = feather.read_table(path).to_pandas()
+    frame = _table(path).to_pandas()
     for c in frame.columns:
         if frame[c].dtype == object:  # lists (phones_all, reasons) and mixed cells: as text
             frame[c] = frame[c].map(
@@ -63,15 +75,15 @@ def diff(old: Path, new: Path) -> dict[str, list[str]]:
     """Per state file (relative path), what differs; empty when the nights are the same."""
     found: dict[str, list[str]] = {}
     names = sorted(
-        {p.relative_to(old) for p in old.rglob("*") if p.is_file()}
-        | {p.relative_to(new) for p in new.rglob("*") if p.is_file()}
+        {p.relative_to(old) for p in old.rglob("*") if p.is_file() and not _layer(p)}
+        | {p.relative_to(new) for p in new.rglob("*") if p.is_file() and not _layer(p)}
     )
     for name in names:
         a, b = old / name, new / name
         if not a.is_file() or not b.is_file():
             found[str(name)] = [f"only in {old if a.is_file() else new}"]
         elif name.suffix == ".arrow":
-            if feather.read_table(a).equals(feather.read_table(b)):
+            if _table(a).equals(_table(b)):
                 continue  # the same rows in the same order: no need to sort them
             problems = _same(_frame(a), _frame(b))
             if problems:

@@ -59,11 +59,12 @@ from master_data.night_state import (
     DamagedState,
     older_night,
     read_state,
+    write_layered,
     write_merged,
     write_state,
 )
 from master_data.pairs import candidates, edges
-from master_data.records import RECORD, canonical_files, tonight
+from master_data.records import RECORD, canonical_files, is_in, tonight
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
 from master_data.scope import (
@@ -395,7 +396,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     (out / "match.json").write_text(settings_json)
 
     records, removed, result.removed = night_records(rows, gone, base.records(), carry)
-    write_state(records, out, "records")
+    on = base.folder if carry else None  # a delta night adds its layers to the base night's
+    write_layered(out, "records", records, base=on, removed=removed, added=rows)
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
 
@@ -420,7 +422,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         found = _scored(night, entity, records, rows, removed, base, carry, model, frequencies)
     changed = pd.Index(rows[RECORD].to_pandas())
     del rows  # tonight's rows are among the records now
-    write_state(found.keys, out, "blockkeys")
+    mine = found.keys.filter(is_in(found.keys[RECORD], changed)) if on is not None else None
+    write_layered(out, "blockkeys", found.keys, base=on, removed=removed, added=mine)
     found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     result.blocking = found.report
     result.candidate_pairs = result.pairs_compared = found.pairs
@@ -536,7 +539,8 @@ def _settle(
         "review": review,
     }
     for name, frame in tables.items():
-        write_merged(out, name, frame, scope.carried(name, base, run_id))
+        kept = scope.carried(name, base, run_id)
+        write_merged(out, name, frame, kept, base=base.folder, removed=scope.dropped(name))
     touched = set(previous["master_id"]) | set(master_of)
     write_state(pd.DataFrame({"master_id": sorted(touched)}), out, "touched")
     _count_state(out, result)

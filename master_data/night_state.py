@@ -4,10 +4,19 @@ Linking writes, per entity, the night's records, block keys, scored edges, compo
 crosswalk, golden records, provenance, conflicts, review queue, ID events, the retired-ID
 registry, the touched master IDs, the model and match settings; beside them the
 relationships and a ``summary.json``. Publishing reads them into the warehouse, and the next
-night reads them as its base (:class:`BaseState`). The files are Arrow IPC (LZ4): a delta night
-reads and rewrites them whole, and IPC reads ~8x and writes ~3x faster than Parquet for these
-tables (bench/link_bench.py). Only the newest published nights keep theirs
-(:func:`prune_states`).
+night reads them as its base (:class:`BaseState`). The files are Arrow IPC (LZ4), which reads
+~8x and writes ~3x faster than Parquet for these tables (bench/link_bench.py). Only the newest
+published nights keep theirs (:func:`prune_states`).
+
+The two largest tables, the records and their block keys (:data:`LAYERED`), are kept in layers
+so that a delta night does not rewrite them: a *base* file (uncompressed, read memory-mapped),
+the record IDs dropped from it since (``<name>.dropped.arrow``) and the rows added since
+(``<name>.added.arrow``). A delta night hard-links the base night's base file into its own
+folder and writes only the two small layers (:func:`write_layered`); once they hold more than
+:data:`COMPACT_SHARE` of the base's rows the night writes a new base instead. Every file is
+written once and never changed, inside the night's ``.tmp`` folder that is renamed into place
+as a whole, so a night killed part way leaves the base night's files as they were. A folder
+with no layer files (a full night, or a night of an earlier govmdm) reads as its base alone.
 
 >>> read_state(master_dir(var, "2026-07-01") / "person", "crosswalk").num_rows
 900
@@ -16,6 +25,7 @@ tables (bench/link_bench.py). Only the newest published nights keep theirs
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -89,33 +99,146 @@ def state_file(folder: Path, name: str) -> Path:
     return folder / f"{name}.arrow"
 
 
-def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """A state table (optionally only ``columns``). A file that is missing or cannot be read
-    raises :class:`DamagedState` naming it."""
-    path = state_file(folder, name)
+LAYERED = {
+    "records": RECORD,
+    "blockkeys": RECORD,
+    "components": RECORD,
+    "crosswalk": RECORD,
+    "provenance": "master_id",
+}
+"""The state tables a delta night appends to instead of rewriting (see the module doc), each
+with the column whose values a night drops rows by: the records it relinks (or their master
+IDs). Golden records and conflicts are rewritten whole each night (relationships and the
+night's run ID change rows that were not relinked), the edges are dropped by either end."""
+COMPACT_SHARE = 0.25
+"""A layered table gets a new base once its dropped and added rows exceed this share of it."""
+
+
+def layer_file(folder: Path, name: str, layer: str) -> Path:
+    """The ``dropped`` or ``added`` layer of layered state table ``name``."""
+    return folder / f"{name}.{layer}.arrow"
+
+
+def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        return feather.read_table(path, columns=columns)
+        return feather.read_table(path, columns=columns, memory_map=True)
     except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         raise DamagedState(path, exc) from exc
 
 
-def write_state(rows: pa.Table | pd.DataFrame, folder: Path, name: str) -> None:
+def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """A state table (optionally only ``columns``); a layered one as its base less the dropped
+    records, then the added rows. A file that is missing or cannot be read raises
+    :class:`DamagedState` naming it."""
+    path = state_file(folder, name)
+    dropped_file = layer_file(folder, name, "dropped")
+    if name not in LAYERED or not dropped_file.is_file():
+        return _read_file(path, columns)
+    key = LAYERED[name]
+    wanted = columns if columns is None or key in columns else [*columns, key]
+    base = _read_file(path, wanted)
+    dropped = _read_file(dropped_file)[key]
+    added = _read_file(layer_file(folder, name, "added"), wanted)
+    kept = base.filter(pc.invert(_among(base[key], dropped.combine_chunks())))
+    table = _after(kept, added)
+    return table.select(columns) if columns is not None else table
+
+
+def write_state(
+    rows: pa.Table | pd.DataFrame, folder: Path, name: str, *, compression: str = "lz4"
+) -> None:
     """Write a state table (a DataFrame without its index)."""
     table = (
         pa.Table.from_pandas(rows, preserve_index=False) if isinstance(rows, pd.DataFrame) else rows
     )
-    feather.write_feather(table, state_file(folder, name), compression="lz4")
+    feather.write_feather(table, state_file(folder, name), compression=compression)
 
 
-def write_merged(folder: Path, name: str, new: pd.DataFrame, kept: pa.Table | None) -> None:
+def write_layered(
+    folder: Path,
+    name: str,
+    whole: pa.Table,
+    *,
+    base: Path | None = None,
+    removed: pd.Index | None = None,
+    added: pa.Table | None = None,
+) -> str:
+    """Write layered state table ``name`` (:data:`LAYERED`): tonight's ``whole`` table, which
+    is the ``base`` night's less the rows whose key is ``removed``, then the ``added`` rows. With a
+    base night whose layers stay small, its base file is linked and only the layers are
+    written; otherwise ``whole`` becomes a new base. Which of the two (``linked``/``whole``)."""
+    if base is not None and removed is not None and added is not None:
+        source, key = state_file(base, name), LAYERED[name]
+        try:
+            rows = feather.read_table(source, columns=[key], memory_map=True).num_rows
+            dropped = read_layer(base, name, "dropped")
+            before = read_layer(base, name, "added")
+        except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
+            raise DamagedState(source, exc) from exc
+        gone = pa.array(removed.to_numpy(dtype=object), pa.string())
+        dropped_ids = pc.unique(
+            pa.chunked_array([*(dropped[key].chunks if dropped else []), gone], pa.string())
+        )
+        if before is not None:
+            before = before.filter(pc.invert(_among(before[key], gone)))
+            added = _after(before, added)
+        if len(dropped_ids) + added.num_rows <= COMPACT_SHARE * rows:
+            _link(source, state_file(folder, name))
+            write_state(pa.table({key: dropped_ids}), folder, name + ".dropped")
+            write_state(added, folder, name + ".added")
+            return "linked"
+    write_state(whole, folder, name, compression="uncompressed")
+    return "whole"
+
+
+def _among(values: pa.ChunkedArray, keys: pa.Array) -> pa.ChunkedArray:
+    """Which ``values`` are among the string ``keys`` (a column written from an empty frame is
+    typed null: none of its values is)."""
+    if pa.types.is_null(values.type):
+        values = values.cast(pa.string())
+    return pc.is_in(values, value_set=keys)
+
+
+def read_layer(folder: Path, name: str, layer: str) -> pa.Table | None:
+    """One layer of a layered state table (None: the table has none, it is a base alone)."""
+    path = layer_file(folder, name, layer)
+    if not path.is_file():
+        return None
+    return feather.read_table(path, memory_map=True)
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` as a second name of ``source`` (a copy where the file system has no hard
+    links): neither is ever written again, so they may share their data."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_merged(
+    folder: Path,
+    name: str,
+    new: pd.DataFrame,
+    kept: pa.Table | None,
+    *,
+    base: Path | None = None,
+    removed: pd.Index | None = None,
+) -> None:
     """Tonight's rows after last night's ``kept`` ones (a delta night), or sorted by
-    :data:`SORT` (a full night, ``kept`` None)."""
+    :data:`SORT` (a full night, ``kept`` None). A :data:`LAYERED` table of a delta night is
+    written as layers on the ``base`` night's, which ``kept`` is less the ``removed`` keys."""
     fresh = pa.Table.from_pandas(new, preserve_index=False)
     if kept is None:
-        fresh = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
+        whole = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
     else:
-        fresh = _after(kept, fresh)
-    write_state(fresh, folder, name)
+        whole = _after(kept, fresh)
+    if name not in LAYERED:
+        write_state(whole, folder, name)
+    elif kept is None:
+        write_layered(folder, name, whole)
+    else:
+        write_layered(folder, name, whole, base=base, removed=removed, added=fresh)
 
 
 def _after(kept: pa.Table, fresh: pa.Table) -> pa.Table:

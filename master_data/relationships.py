@@ -35,13 +35,8 @@ def relationships(state: Path, run_id: str) -> tuple[int, int]:
         _owner(state / "enterprise", "uscc"),
         run_id,
     )
-    ge = _resolve(
-        state / "enterprise",
-        "legal_rep_master_id",
-        "legal_rep_id",
-        _owner(state / "person", "id_number"),
-        run_id,
-    )
+    holder = _owner(state / "person", "id_number")  # of legal representatives and guardians
+    ge = _resolve(state / "enterprise", "legal_rep_master_id", "legal_rep_id", holder, run_id)
     employer = gp.dropna(subset=["employer_master_id"])
     rep = ge.dropna(subset=["legal_rep_master_id"])
     rel = pd.concat(
@@ -71,22 +66,23 @@ def relationships(state: Path, run_id: str) -> tuple[int, int]:
         ],
         ignore_index=True,
     )
-    no_guardian = _guardians(state)
+    no_guardian = _guardians(state, holder)
     unresolved = pd.concat([unresolved, no_guardian], ignore_index=True)
     write_state(unresolved, state, "unresolved")
     return len(rel), len(unresolved)
 
 
-def _guardians(state: Path) -> pd.DataFrame:
+def _guardians(state: Path, holder: pd.Series) -> pd.DataFrame:
     """Write the night's guardian relationships (``guardians``): each person record holding a
     guardian's ID number (``guardian_id``, set by standardization when the number is a
     generation older than the row's own person) relates its master to the master holding that
-    number as its own. Returns the references that resolved to no one."""
+    number as its own (``holder``: ID number → master ID). Returns the references that
+    resolved to no one."""
     records = read_state(state / "person", "records", [RECORD, "guardian_id"])
     records = records.filter(pc.is_valid(records["guardian_id"]))
     xw = read_state(state / "person", "crosswalk", [RECORD, "master_id"])
     held = records.join(xw, RECORD).to_pandas().sort_values(RECORD)
-    guardian = held["guardian_id"].map(_owner(state / "person", "id_number"))
+    guardian = held["guardian_id"].map(holder)
     found = held.assign(guardian_master_id=guardian).dropna(subset=["guardian_master_id"])
     found = found[found["master_id"] != found["guardian_master_id"]]
     rows = pd.DataFrame(

@@ -173,6 +173,15 @@ class Relink:
             kept = kept.set_column(i, "run_id", pa.array([run_id] * kept.num_rows, pa.string()))
         return kept
 
+    def dropped(self, name: str) -> pd.Index | None:
+        """The keys by which :meth:`carried` leaves out the base night's rows of a layered
+        state table (record IDs, or master IDs); None when nothing is carried over."""
+        if self.redone is None:
+            return None
+        if name in ("components", "crosswalk"):
+            return self.redone
+        return pd.Index(sorted(set(self.previous["master_id"])))
+
 
 def everything(records: pd.DataFrame, fresh: pd.DataFrame, base: BaseState, entity: str) -> Relink:
     """A full night: every one of ``records`` is linked again along tonight's ``fresh`` edges;

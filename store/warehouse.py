@@ -75,7 +75,6 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 """The master-ID columns of each current table: an incremental publish replaces the rows whose
 any such column holds a touched master ID."""
-_DELETE_CHUNK = 500  # IDs per DELETE ... IN (...): well under every backend's parameter limit
 
 
 @dataclass
@@ -144,19 +143,12 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
     unknown = set(night.frames) - set(tables)
     if unknown:
         raise ValueError(f"no warehouse table named {sorted(unknown)}")
-    touched = sorted(night.touched) if night.touched is not None else None
     with engine.begin() as conn:
-        for table in CURRENT_TABLES:
-            if touched is None:
+        if night.touched is None:
+            for table in CURRENT_TABLES:
                 conn.execute(table.delete())
-                continue
-            for start in range(0, len(touched), _DELETE_CHUNK):
-                chunk = touched[start : start + _DELETE_CHUNK]
-                conn.execute(
-                    table.delete().where(
-                        sa.or_(*[table.c[k].in_(chunk) for k in KEY_COLUMNS[table.name]])
-                    )
-                )
+        else:
+            _delete_touched(conn, sorted(night.touched))
         for table in NIGHTLY_TABLES:
             conn.execute(table.delete().where(table.c.run_id == night.run_id))
         with _bulk_load(conn):
@@ -173,6 +165,35 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
             )
         )
         failpoints.reached("publish:before-commit")
+
+
+_TOUCHED = sa.Table(
+    "govmdm_touched",
+    sa.MetaData(),
+    sa.Column("master_id", sa.String(64), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+"""The master IDs an incremental publish replaces, in a temporary table of the publish's own
+connection: each current table is then scanned once (``IN (SELECT ...)``) however many IDs there
+are, not once per chunk of IDs written out in the statement."""
+_INSERT_CHUNK = 20_000
+
+
+def _delete_touched(conn: sa.Connection, touched: list[str]) -> None:
+    """Delete, inside ``conn``'s transaction, the current tables' rows that name one of
+    ``touched`` in any of their :data:`KEY_COLUMNS`."""
+    temporary = "TEMPORARY " if conn.dialect.name in ("mysql", "mariadb") else ""
+    # one a failed publish on this pooled connection may have left (MariaDB: not transactional)
+    conn.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {_TOUCHED.name}")
+    _TOUCHED.create(conn)
+    for start in range(0, len(touched), _INSERT_CHUNK):
+        rows = [{"master_id": m} for m in touched[start : start + _INSERT_CHUNK]]
+        conn.execute(_TOUCHED.insert(), rows)
+    ids = sa.select(_TOUCHED.c.master_id)
+    for table in CURRENT_TABLES:
+        for key in KEY_COLUMNS[table.name]:
+            conn.execute(table.delete().where(table.c[key].in_(ids)))
+    conn.exec_driver_sql(f"DROP {temporary}TABLE {_TOUCHED.name}")
 
 
 def latest_run(engine: sa.Engine, *, before: str | None = None) -> Mapping[str, Any] | None:

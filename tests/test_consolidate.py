@@ -25,7 +25,7 @@ from master_data.consolidate import consolidate
 from master_data.evaluate import load_truth
 from master_data.explain import explain
 from master_data.link import link
-from master_data.night_state import SORT, ConsolidateError, prune_states, read_state
+from master_data.night_state import SORT, ConsolidateError, layer_file, prune_states, read_state
 from master_data.publish import publish
 from master_data.published import evaluate_published
 from master_data.records import META, record_id
@@ -170,9 +170,13 @@ def test_golden_values_are_true_wherever_a_source_holds_them(city: CityConfig) -
     assert (person.review_band.low, person.review_band.high) == (0.5, 0.99)
 
 
+_LAYERED_ORDER = {"records": ["record_id"], "blockkeys": ["pass", "key", "record_id"]}
+
+
 def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """A state table in a fixed order (a delta night appends its rows, a full night sorts)."""
-    return frame.sort_values(SORT[name], kind="mergesort").reset_index(drop=True)
+    order = SORT.get(name) or _LAYERED_ORDER[name]
+    return frame.sort_values(order, kind="mergesort").reset_index(drop=True)
 
 
 def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None:
@@ -188,8 +192,13 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
     delta_files = {
         (e, f): _sorted(read_state(state / e, f).to_pandas(), f)
         for e in ("person", "enterprise")
-        for f in ("edges", "components", "crosswalk", "golden", "provenance", "conflicts", "review")
+        for f in (
+            *("edges", "components", "crosswalk", "golden", "provenance", "conflicts", "review"),
+            *_LAYERED_ORDER,  # a delta night's records and block keys are layers on night 0's
+        )
     }
+    for f in ("records", "blockkeys", "components", "crosswalk", "provenance"):
+        assert layer_file(state / "person", f, "added").is_file(), f
     published = publish(city, NIGHT1)
     assert published["published"] == "incremental"  # the warehouse held the delta's base night
     incremental = _tables(city)

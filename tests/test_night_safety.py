@@ -36,7 +36,7 @@ from etl.standardize import canonical_dir
 from etl.state import RunState, warehouse_url
 from master_data.consolidate import consolidate
 from master_data.link import link
-from master_data.night_state import ConsolidateError, read_state
+from master_data.night_state import ConsolidateError, layer_file, read_state, state_file
 from master_data.publish import publish
 from store.layout import master_dir
 
@@ -454,6 +454,27 @@ def test_a_rerun_killed_while_replacing_the_state_keeps_the_published_state(var:
     assert_same_tables(published, tables(var))
     run_night(next_night(var / "city")["as_of"])
     assert unaccounted(city) == (set(), set())
+
+
+def test_a_delta_night_killed_after_its_layers_leaves_the_base_nights_files(
+    var: Path, reference: dict[str, pd.DataFrame]
+) -> None:
+    """A delta night's records and block keys are layers on the base night's file, which it
+    hard-links: killed once they are written, the base night's files are byte for byte as
+    they were, and the rerun publishes what an unbroken night does."""
+    night1 = _next_night_extracted(var)
+    base = _base_state(var)
+    before = {p.relative_to(base): p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    killed = _govmdm("consolidate", "--run-id", night1, kill_at="link:scored")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    work = master_dir(var, night1).with_name(f"run={night1}.tmp") / "person"
+    for name in ("records", "blockkeys"):
+        assert os.path.samefile(state_file(work, name), state_file(base / "person", name))
+        assert layer_file(work, name, "added").is_file()
+    assert {p.relative_to(base): p.read_bytes() for p in base.rglob("*") if p.is_file()} == before
+    done = cli("consolidate", "--run-id", night1)
+    assert done.exit_code == 0, done.output
+    assert_same_tables(reference, tables(var))
 
 
 def test_var_moves_and_old_absolute_state_paths_still_read(

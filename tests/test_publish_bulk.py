@@ -172,7 +172,7 @@ def _people(ids: list[str], city: str) -> dict[str, pd.DataFrame]:
     return {"mdm_person": person, "mdm_relationship": rel}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mariadb"])
 def test_incremental_publish_equals_whole(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -180,6 +180,7 @@ def test_incremental_publish_equals_whole(
     url = {
         "sqlite": lambda: f"sqlite:///{tmp_path / 'a.sqlite'}",
         "postgres": lambda: request.getfixturevalue("pg_database"),
+        "mariadb": lambda: request.getfixturevalue("mariadb_database"),
     }[backend]()
     kept, changed = _people(["P1", "P3"], "old"), _people(["P2", "P4"], "new")
     whole = {k: pd.concat([kept[k], changed[k]], ignore_index=True) for k in kept}

@@ -1,0 +1,138 @@
+"""The layered master state (:func:`master_data.night_state.write_layered`): a delta night links
+the base night's records and block keys and writes only what changed; the table it reads back is
+the whole one, night after night; the layers get a new base once they grow; a state folder of an
+earlier govmdm (one LZ4 file per table) still opens and is built on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.feather as feather
+import pytest
+
+from master_data.night_state import (
+    COMPACT_SHARE,
+    DamagedState,
+    layer_file,
+    read_state,
+    state_file,
+    write_layered,
+    write_merged,
+)
+from master_data.records import RECORD
+
+ROWS = 400
+
+
+def _records(ids: list[int], night: int) -> pa.Table:
+    return pa.table(
+        {
+            RECORD: pa.array([f"gongan/t_rk/{i:05d}" for i in ids], pa.string()),
+            "name": pa.array([f"张{i}" for i in ids], pa.string()),
+            "night": pa.array([night] * len(ids), pa.int32()),
+        }
+    )
+
+
+def _next(
+    folder: Path,
+    base: Path,
+    whole: pa.Table,
+    gone: list[int],
+    new: list[int],
+    night: int,
+    name: str = "records",
+) -> tuple[pa.Table, str]:
+    """Night ``night`` on ``base``: records ``gone`` removed, ``new`` (re)written."""
+    removed = pd.Index([f"gongan/t_rk/{i:05d}" for i in sorted(set(gone) | set(new))])
+    added = _records(new, night)
+    keep = [r not in set(removed) for r in whole[RECORD].to_pylist()]
+    tonight = pa.concat_tables([whole.filter(pa.array(keep)), added])
+    folder.mkdir(parents=True)
+    how = write_layered(folder, name, tonight, base=base, removed=removed, added=added)
+    return tonight, how
+
+
+def test_a_delta_night_links_the_base_and_reads_back_the_whole_table(tmp_path: Path) -> None:
+    night0, night1, night2 = tmp_path / "n0", tmp_path / "n1", tmp_path / "n2"
+    night0.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    assert write_layered(night0, "records", whole0) == "whole"
+    assert not layer_file(night0, "records", "added").exists()
+    base_bytes = state_file(night0, "records").read_bytes()
+
+    whole1, how = _next(night1, night0, whole0, gone=[3, 4], new=[5, 400, 401], night=1)
+    assert how == "linked"
+    # the same file, not a copy: tonight wrote only its layers
+    assert (
+        state_file(night1, "records").stat().st_ino == state_file(night0, "records").stat().st_ino
+    )
+    assert read_state(night1, "records").equals(whole1)
+    assert read_state(night1, "records", ["name"]).equals(whole1.select(["name"]))
+
+    # on a layered base: record 400 removed again, 5 changed again, 7 new
+    whole2, how = _next(night2, night1, whole1, gone=[400], new=[5, 7], night=2)
+    assert how == "linked"
+    assert read_state(night2, "records").equals(whole2)
+    assert read_state(night2, "records").num_rows == ROWS - 2 + 1
+    assert read_state(night1, "records").equals(whole1)  # the base night reads as it did
+    assert state_file(night0, "records").read_bytes() == base_bytes
+
+
+def test_layers_past_the_share_get_a_new_base(tmp_path: Path) -> None:
+    night0, night1 = tmp_path / "n0", tmp_path / "n1"
+    night0.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    write_layered(night0, "records", whole0)
+    many = list(range(int(ROWS * COMPACT_SHARE) + 1))
+    whole1, how = _next(night1, night0, whole0, gone=[], new=many, night=1)
+    assert how == "whole" and not layer_file(night1, "records", "dropped").exists()
+    assert (
+        state_file(night1, "records").stat().st_ino != state_file(night0, "records").stat().st_ino
+    )
+    assert read_state(night1, "records").equals(whole1)
+
+
+def test_a_state_folder_of_an_earlier_govmdm_opens_and_is_built_on(tmp_path: Path) -> None:
+    """Before the layers every table was one LZ4-compressed file: it reads as a base alone,
+    and the next delta night links it as its base."""
+    old, night1 = tmp_path / "old", tmp_path / "n1"
+    old.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    feather.write_feather(whole0, state_file(old, "records"), compression="lz4")
+    assert read_state(old, "records").equals(whole0)
+    whole1, how = _next(night1, old, whole0, gone=[1], new=[2], night=1)
+    assert how == "linked"
+    assert read_state(night1, "records").equals(whole1)
+
+
+def test_a_damaged_layer_is_named(tmp_path: Path) -> None:
+    night0, night1 = tmp_path / "n0", tmp_path / "n1"
+    night0.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    write_layered(night0, "records", whole0)
+    _next(night1, night0, whole0, gone=[1], new=[2], night=1)
+    added = layer_file(night1, "records", "added")
+    added.write_bytes(added.read_bytes()[:100])
+    with pytest.raises(DamagedState, match=r"records\.added\.arrow"):
+        read_state(night1, "records")
+
+
+def test_a_night_that_relinks_nothing_and_the_night_after_it(tmp_path: Path) -> None:
+    """A delta night with no relinked rows writes an empty added layer (its columns typed null,
+    from an empty frame); the next night filters it by key like any other."""
+    night0, night1, night2 = tmp_path / "n0", tmp_path / "n1", tmp_path / "n2"
+    night0.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    write_layered(night0, "crosswalk", whole0)
+    night1.mkdir()
+    empty = pd.DataFrame({RECORD: pd.Series(dtype=object), "name": pd.Series(dtype=object)})
+    kept = read_state(night0, "crosswalk")
+    write_merged(night1, "crosswalk", empty, kept, base=night0, removed=pd.Index([]))
+    assert read_state(night1, "crosswalk").equals(whole0)
+    whole2, how = _next(night2, night1, whole0, gone=[9], new=[], night=2, name="crosswalk")
+    night2_view = read_state(night2, "crosswalk")
+    assert how == "linked" and night2_view.num_rows == ROWS - 1
+    assert night2_view.equals(whole2)
