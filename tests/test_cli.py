@@ -177,7 +177,7 @@ def test_did_you_mean_names_the_closest_views_and_columns() -> None:
         "did you mean birth_date?"
     )
     assert did_you_mean('column "master_di" does not exist') == (
-        "did you mean master_id or person_master_id?"
+        "did you mean master_id or person_master_id or related_master_id?"
     )
     assert did_you_mean("the query failed: no such table: zzzz") is None
     assert did_you_mean("the query failed: near FROM: syntax error") is None
@@ -195,8 +195,9 @@ def test_query_as_json_and_did_you_mean(night0: tuple[CityConfig, Result], var: 
     assert typo.exit_code == 1
     assert "no such table: v_persn; did you mean v_person?" in typo.output
     column = govmdm("query", "SELECT master_di FROM v_person", "--config", CONFIG)
-    assert "no such column: master_di; did you mean master_id or person_master_id?" in (
-        column.output
+    assert (
+        "no such column: master_di; did you mean master_id or person_master_id or related_master_id?"
+        in (column.output)
     )
 
 
