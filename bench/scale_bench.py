@@ -24,7 +24,9 @@ afterwards), so the night starts empty and nothing of the URL's own database is 
 
 ``--stages`` runs a tail of the night on a kept ``--var`` (e.g. ``publish``: the night it holds,
 republished ``--repeat`` times; a republished night replaces the tables whole, as a first one
-does). ``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy), or ``spark``:
+does), or its head (``extract,standardize``): a long night (1M persons) can then be run in two
+sittings, ``--stages link,publish`` on the same ``--var`` finishing the night the head began.
+``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy), or ``spark``:
 standardize and link on Spark, the night run once per ``--spark-master`` (default
 ``local[1],local[2]``), then the link stage's speedup of the one over the other:
 
@@ -349,7 +351,9 @@ def main() -> None:
         help="with --engine spark: the masters to run the night on, comma-separated; the "
         "link speedup of the first over the last is printed",
     )
-    parser.add_argument("--stages", default=",".join(STAGES), help="a tail of " + ",".join(STAGES))
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="a head or a tail of " + ",".join(STAGES)
+    )
     parser.add_argument("--var", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the var folder afterwards")
     parser.add_argument(
@@ -368,11 +372,11 @@ def main() -> None:
         child(args.child, args.run_id, json.loads(args.opts))
         return
     stages = tuple(s.strip() for s in args.stages.split(","))
-    if stages != STAGES[len(STAGES) - len(stages) :]:
-        parser.error(f"--stages must be a tail of {','.join(STAGES)}")
+    if stages not in (STAGES[: len(stages)], STAGES[len(STAGES) - len(stages) :]):
+        parser.error(f"--stages must be a head or a tail of {','.join(STAGES)}")
     if args.delta is not None and stages != STAGES:
         parser.error("--delta runs the whole night and the next: leave out --stages")
-    if stages != STAGES and args.var is None:
+    if stages[0] != STAGES[0] and args.var is None:
         parser.error("--stages without extract needs --var: a kept folder holding the night")
     root = (args.var or Path(tempfile.mkdtemp(prefix="govmdm-scale-bench-"))).resolve()
     opts = {
@@ -412,7 +416,7 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
         for rep in range(1, args.repeat + 1):
             var = (
                 _fresh_var(root, rep, own_city=args.delta is not None)
-                if stages == STAGES
+                if stages[0] == STAGES[0]
                 else _kept_var(root)
             )
             with _warehouse(args.warehouse) as url:
@@ -481,8 +485,11 @@ def _speedup(by_master: dict[str, list[dict[str, dict[str, Any]]]], one: str, ot
 
 
 def _kept_var(root: Path) -> Path:
-    """The folder of the kept night: the last run's of an earlier full bench, or ``root``."""
-    kept = sorted(p for p in root.glob("run*") if (p / "master").is_dir())
+    """The folder of the kept night: the last run's of an earlier bench (a full night, or its
+    head: standardized, not linked yet), or ``root``."""
+    kept = sorted(
+        p for p in root.glob("run*") if (p / "master").is_dir() or (p / "canonical").is_dir()
+    )
     return kept[-1] if kept else root
 
 
