@@ -63,7 +63,7 @@ from master_data.night_state import (
     write_state,
 )
 from master_data.pairs import candidates, edges
-from master_data.records import RECORD, tonight
+from master_data.records import RECORD, linked_columns, tonight
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
 from master_data.scope import (
@@ -389,17 +389,18 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     write_state(records, out, "records")
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
+    records, rows = linked_columns(records), linked_columns(rows)  # raw values are written
 
     night.say(f"{entity}: blocking {(rows if carry else records).num_rows:,} rows")
     if night.engine is not None and not carry:
         night.say(f"{entity}: blocking, comparing and scoring on {night.engine.name}")
         found = night.engine.score(records, entity, match, night.settings, model)
+        write_state(found.keys, out, "blockkeys")
+        found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     else:
         found = _scored(night, entity, records, rows, removed, base, carry, model)
     changed = pd.Index(rows[RECORD].to_pandas())
     del rows  # tonight's rows are among the records now
-    write_state(found.keys, out, "blockkeys")
-    found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     result.blocking = found.report
     result.candidate_pairs = result.pairs_compared = found.pairs
     result.model_trained, model, fresh = found.trained, found.model, found.edges
@@ -436,9 +437,12 @@ def _scored(
     carry: bool,
     model: FellegiSunter | None,
 ) -> Scored:
-    """The candidate pairs, compared and scored here (the local engine)."""
+    """The candidate pairs, compared and scored here (the local engine). The block keys are
+    written as soon as blocking has them, and not held while the pairs are compared."""
     match = night.settings.entity(entity)
     found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
+    write_state(found.keys, night.work / entity, "blockkeys")
+    found.keys = found.keys.slice(0, 0)  # the next night reads them from the file
     night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
     levels = cmp.compare(found.compared, found.pairs, entity)
     trained = model is None

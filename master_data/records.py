@@ -49,13 +49,21 @@ def is_in(values: pa.ChunkedArray | pa.Array, ids: pd.Index) -> pa.ChunkedArray 
     return pc.is_in(values, value_set=pa.array(ids.to_numpy(dtype=object), pa.string()))
 
 
+def linked_columns(records: pa.Table) -> pa.Table:
+    """``records`` without the columns linking never reads (the raw values, the extras): what
+    a night keeps in memory once its records state is written."""
+    return records.select(
+        [c for c in records.column_names if c not in _NOT_LINKED and not c.startswith("raw_")]
+    )
+
+
 def records_frame(records: pa.Table, ids: pd.Index | None = None) -> pd.DataFrame:
     """The records with ``ids`` (all if None) as pandas, indexed by record ID, sorted, without
     the columns linking never reads."""
     if ids is not None:
         records = records.filter(is_in(records[RECORD], ids))
-    columns = [c for c in records.column_names if c not in _NOT_LINKED and not c.startswith("raw_")]
-    return records.select(columns).to_pandas().set_index(RECORD).sort_index()
+    frame = linked_columns(records).to_pandas().set_index(RECORD)
+    return frame if frame.index.is_monotonic_increasing else frame.sort_index()
 
 
 def tonight(
