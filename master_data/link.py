@@ -390,6 +390,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
     records, rows = linked_columns(records), linked_columns(rows)  # raw values are written
+    if not carry:  # only a delta night's candidates and closure read them: let the IDs go
+        removed = pd.Index([], dtype=object)
 
     night.say(f"{entity}: blocking {(rows if carry else records).num_rows:,} rows")
     if night.engine is not None and not carry:
@@ -399,7 +401,7 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     else:
         found = _scored(night, entity, records, rows, removed, base, carry, model)
-    changed = pd.Index(rows[RECORD].to_pandas())
+    changed = pd.Index(rows[RECORD].to_pandas() if carry else [], dtype=object)
     del rows  # tonight's rows are among the records now
     result.blocking = found.report
     result.candidate_pairs = result.pairs_compared = found.pairs
@@ -490,8 +492,9 @@ def _settle(
     master_of, next_seq = _master_ids(night, entity, base, scope, clustered.labels, result)
     previous = scope.previous
     survive = engine.golden if engine is not None else golden_records
+    scope.records["master_id"] = master_of  # the members: a column more, not a copy of them
     golden, provenance, conflicts = survive(
-        scope.records.assign(master_id=master_of),
+        scope.records,
         entity,
         night.city,
         match,
