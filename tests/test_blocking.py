@@ -340,3 +340,30 @@ def test_delta_from_cached_keys_equals_blocking_the_whole_frame(
     got = delta_candidates(keys, among, passes, records=len(now), max_block=max_block)
     assert list(got.pairs) == list(expected.pairs)
     assert [p.skipped for p in got.report.passes] == [p.skipped for p in expected.report.passes]
+
+
+def test_key_table_holds_every_keyed_row_and_key_once() -> None:
+    """The block keys kept for the next night: one row per pass, keyed row and key (a row with
+    two phones twice), keys of several columns joined by the separator, unkeyed rows left out."""
+    df = pd.DataFrame(
+        {
+            "name": ["张伟", "张伟", None, "李娜"],
+            "division_code": ["350102", "350103", "350102", None],
+            "phones_all": [["13812345678", "0591-87654321"], ["13812345678"], None, []],
+        },
+        index=["a", "b", "c", "d"],
+    )
+    passes = [
+        BlockingPass(name="phone", keys=("phone_any",)),
+        BlockingPass(name="name_district", keys=("name", "division_code")),
+    ]
+    keys = candidate_pairs(df, passes, keep_keys=True).keys
+    assert keys is not None
+    assert keys.schema.names == ["pass", "key", "record_id"]
+    assert sorted(zip(*keys.to_pydict().values(), strict=True)) == [
+        ("name_district", "张伟\x1f350102", "a"),
+        ("name_district", "张伟\x1f350103", "b"),
+        ("phone", "0591-87654321", "a"),
+        ("phone", "13812345678", "a"),
+        ("phone", "13812345678", "b"),
+    ]
