@@ -141,6 +141,24 @@ def _peak_mib() -> float:
     return max(me.ru_maxrss, kids.ru_maxrss) / 1024  # KiB on Linux
 
 
+def _progress(stage: str) -> Callable[[str], None]:
+    """A stage's progress lines on stderr, each with the stage's wall and CPU seconds and this
+    process's RSS and peak so far: a long stage (1M persons) shows where it is and what it
+    holds before it ends."""
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+
+    def say(message: str) -> None:
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        print(
+            f"  {stage}: {message}  ({time.perf_counter() - t0:.0f} s, cpu {_cpu_s() - cpu0:.1f}"
+            f" s, rss {rss / 2**20:,.0f} MiB, peak {_peak_mib():,.0f} MiB)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return say
+
+
 def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any]:
     """One stage on the local engine; what it reports besides the timings."""
     from etl.config import load_city_config
@@ -175,9 +193,8 @@ def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any
     if stage == "link":
         from master_data.link import link
 
-        return {
-            "masters": sum(e["masters"] for e in link(city, run_id).summary()["entities"].values())
-        }
+        linked = link(city, run_id, progress=_progress("link")).summary()["entities"]
+        return {"masters": sum(e["masters"] for e in linked.values())}
     from access.views import after_publish
     from master_data.publish import publish
 
