@@ -93,9 +93,17 @@ def tonight(
     rows, unkeyed = _keyed(
         pa.concat_tables(tables) if tables else schema.empty_table(), run_id, entity
     )
+    del tables
     ids = pc.binary_join_element_wise(*[rows[c] for c in META], "/")  # = record_id()
     rows = rows.add_column(0, RECORD, ids)
-    return rows.take(pc.sort_indices(rows, [(RECORD, "ascending")])), gone, unkeyed
+    # sorted one column at a time: each unsorted column is let go as soon as its sorted copy
+    # is made, so the rows are held about once, not twice
+    order = pc.sort_indices(ids)
+    schema, columns = rows.schema, rows.columns
+    del rows, ids
+    for i in range(len(columns)):
+        columns[i] = columns[i].take(order)
+    return pa.Table.from_arrays(columns, schema=schema), gone, unkeyed
 
 
 def _rejected(city: CityConfig, run_id: str, department: str, entity: str) -> list[str]:
