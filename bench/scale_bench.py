@@ -11,7 +11,8 @@ runs the night ``--repeat`` times (default 3) from an empty warehouse: extract, 
 link, publish, each stage in a fresh process so its peak RSS is its own. Prints every run and
 the median per stage, with the load average beside it (the figures are only as good as the
 machine is quiet; CPU seconds are the steadier figure). CPU seconds and peak RSS include the
-stage's worker processes (standardize runs departments in parallel).
+stage's worker processes (standardize runs departments in parallel): peak is the largest one
+process reached, "all processes" the largest sum of the stage's processes at one time.
 
 ``--delta SHARE`` follows each full night with a delta night: the city's next nights of changes
 (:func:`etl.sample_city.generate.next_night`) are applied to a copy of its sources until at
@@ -24,7 +25,9 @@ afterwards), so the night starts empty and nothing of the URL's own database is 
 
 ``--stages`` runs a tail of the night on a kept ``--var`` (e.g. ``publish``: the night it holds,
 republished ``--repeat`` times; a republished night replaces the tables whole, as a first one
-does). ``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy), or ``spark``:
+does), or its head (``extract,standardize``): a long night (1M persons) can then be run in two
+sittings, ``--stages link,publish`` on the same ``--var`` finishing the night the head began.
+``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy), or ``spark``:
 standardize and link on Spark, the night run once per ``--spark-master`` (default
 ``local[1],local[2]``), then the link stage's speedup of the one over the other:
 
@@ -43,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -91,6 +95,43 @@ def _descendants_cpu_s() -> float:
     return sum(times[p] for p in mine)
 
 
+class _TreeRss:
+    """The peak of the summed RSS of this process and every process below it, sampled from
+    /proc every ``every`` seconds while the stage runs: standardize's department workers run
+    side by side, so the largest single process (:func:`_peak_mib`) is not what the stage
+    holds at once."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.peak_mib = 0.0
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _TreeRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE") / 2**20
+        while True:
+            total, todo = 0, [os.getpid()]
+            while todo:  # the process tree, through each thread's list of children
+                pid = todo.pop()
+                try:
+                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+                    for kids in Path(f"/proc/{pid}/task").glob("*/children"):
+                        todo.extend(int(k) for k in kids.read_text().split())
+                except OSError:  # gone meanwhile
+                    continue
+            self.peak_mib = max(self.peak_mib, total * page)
+            if self._stop.wait(self._every):
+                return
+
+
 def _peak_mib() -> float:
     """The largest peak RSS of this process and of any of its finished children."""
     me, kids = (
@@ -98,6 +139,24 @@ def _peak_mib() -> float:
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return max(me.ru_maxrss, kids.ru_maxrss) / 1024  # KiB on Linux
+
+
+def _progress(stage: str) -> Callable[[str], None]:
+    """A stage's progress lines on stderr, each with the stage's wall and CPU seconds and this
+    process's RSS and peak so far: a long stage (1M persons) shows where it is and what it
+    holds before it ends."""
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+
+    def say(message: str) -> None:
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        print(
+            f"  {stage}: {message}  ({time.perf_counter() - t0:.0f} s, cpu {_cpu_s() - cpu0:.1f}"
+            f" s, rss {rss / 2**20:,.0f} MiB, peak {_peak_mib():,.0f} MiB)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return say
 
 
 def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -134,9 +193,8 @@ def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any
     if stage == "link":
         from master_data.link import link
 
-        return {
-            "masters": sum(e["masters"] for e in link(city, run_id).summary()["entities"].values())
-        }
+        linked = link(city, run_id, progress=_progress("link")).summary()["entities"]
+        return {"masters": sum(e["masters"] for e in linked.values())}
     from access.views import after_publish
     from master_data.publish import publish
 
@@ -205,9 +263,11 @@ def child(stage: str, run_id: str, opts: dict[str, Any]) -> None:
     import master_data.publish  # noqa: F401
 
     cpu0, t0 = _cpu_s(), time.perf_counter()
-    report = ENGINES[opts["engine"]](stage, run_id, opts)
+    with _TreeRss() as tree:
+        report = ENGINES[opts["engine"]](stage, run_id, opts)
     cpu = _cpu_s() - cpu0 + report.pop("spark_cpu_s", 0.0)
     report.update(wall_s=time.perf_counter() - t0, cpu_s=cpu, peak_mib=_peak_mib())
+    report["all_processes_peak_mib"] = round(tree.peak_mib)
     print(json.dumps(report, default=str))
 
 
@@ -298,24 +358,30 @@ def _change_city(city: Path, share: float) -> tuple[str, int, int]:
 
 
 def _say(rep: int, stage: str, r: dict[str, Any], night: str = "") -> None:
-    rest = {k: v for k, v in r.items() if k not in ("wall_s", "cpu_s", "peak_mib", "load")}
+    shown = ("wall_s", "cpu_s", "peak_mib", "all_processes_peak_mib", "load")
+    rest = {k: v for k, v in r.items() if k not in shown}
     print(
         f"run {rep}  {night + stage:<18} {r['wall_s']:8.1f} s  cpu {r['cpu_s']:7.1f} s  peak "
-        f"{r['peak_mib']:7,.0f} MiB  load {r['load']:.2f}  {json.dumps(rest)}",
+        f"{r['peak_mib']:7,.0f} MiB (all processes {r.get('all_processes_peak_mib', 0):,.0f})  "
+        f"load {r['load']:.2f}  {json.dumps(rest)}",
         flush=True,
     )
 
 
 def _medians(runs: list[dict[str, dict[str, Any]]], stages: tuple[str, ...], head: str) -> None:
     print(f"\n{head}; median of {len(runs)}; {_load()}")
-    print(f"{'stage':<12} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9}   (each run's wall s)")
+    print(
+        f"{'stage':<12} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} {'all MiB':>9}   "
+        "(each run's wall s; all: the summed peak of the stage's processes)"
+    )
     for stage in (*stages, "night"):
         rows = [_night_total(r, stages) if stage == "night" else r[stage] for r in runs]
         walls = [r["wall_s"] for r in rows]
         print(
             f"{stage:<12} {statistics.median(walls):8.1f} "
             f"{statistics.median(r['cpu_s'] for r in rows):8.1f} "
-            f"{statistics.median(r['peak_mib'] for r in rows):9,.0f}   "
+            f"{statistics.median(r['peak_mib'] for r in rows):9,.0f} "
+            f"{statistics.median(r.get('all_processes_peak_mib', 0) for r in rows):9,.0f}   "
             + " ".join(f"{w:.1f}" for w in walls)
         )
     if "publish" in stages:
@@ -332,6 +398,7 @@ def _night_total(run: dict[str, dict[str, Any]], stages: tuple[str, ...]) -> dic
         "wall_s": sum(run[s]["wall_s"] for s in stages),
         "cpu_s": sum(run[s]["cpu_s"] for s in stages),
         "peak_mib": max(run[s]["peak_mib"] for s in stages),
+        "all_processes_peak_mib": max(run[s].get("all_processes_peak_mib", 0) for s in stages),
     }
 
 
@@ -349,7 +416,9 @@ def main() -> None:
         help="with --engine spark: the masters to run the night on, comma-separated; the "
         "link speedup of the first over the last is printed",
     )
-    parser.add_argument("--stages", default=",".join(STAGES), help="a tail of " + ",".join(STAGES))
+    parser.add_argument(
+        "--stages", default=",".join(STAGES), help="a head or a tail of " + ",".join(STAGES)
+    )
     parser.add_argument("--var", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the var folder afterwards")
     parser.add_argument(
@@ -368,11 +437,11 @@ def main() -> None:
         child(args.child, args.run_id, json.loads(args.opts))
         return
     stages = tuple(s.strip() for s in args.stages.split(","))
-    if stages != STAGES[len(STAGES) - len(stages) :]:
-        parser.error(f"--stages must be a tail of {','.join(STAGES)}")
+    if stages not in (STAGES[: len(stages)], STAGES[len(STAGES) - len(stages) :]):
+        parser.error(f"--stages must be a head or a tail of {','.join(STAGES)}")
     if args.delta is not None and stages != STAGES:
         parser.error("--delta runs the whole night and the next: leave out --stages")
-    if stages != STAGES and args.var is None:
+    if stages[0] != STAGES[0] and args.var is None:
         parser.error("--stages without extract needs --var: a kept folder holding the night")
     root = (args.var or Path(tempfile.mkdtemp(prefix="govmdm-scale-bench-"))).resolve()
     opts = {
@@ -412,7 +481,7 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
         for rep in range(1, args.repeat + 1):
             var = (
                 _fresh_var(root, rep, own_city=args.delta is not None)
-                if stages == STAGES
+                if stages[0] == STAGES[0]
                 else _kept_var(root)
             )
             with _warehouse(args.warehouse) as url:
@@ -481,8 +550,11 @@ def _speedup(by_master: dict[str, list[dict[str, dict[str, Any]]]], one: str, ot
 
 
 def _kept_var(root: Path) -> Path:
-    """The folder of the kept night: the last run's of an earlier full bench, or ``root``."""
-    kept = sorted(p for p in root.glob("run*") if (p / "master").is_dir())
+    """The folder of the kept night: the last run's of an earlier bench (a full night, or its
+    head: standardized, not linked yet), or ``root``."""
+    kept = sorted(
+        p for p in root.glob("run*") if (p / "master").is_dir() or (p / "canonical").is_dir()
+    )
     return kept[-1] if kept else root
 
 

@@ -89,6 +89,13 @@ class _Rows:
         self.df = df
         self._invalid: dict[str, npt.NDArray[np.bool_]] | None = None
         self._keys: dict[str, pd.Series[Any]] = {}
+        self._ids: pa.Array | None = None
+
+    def ids(self) -> pa.Array:
+        """The record IDs (the frame's index) as an Arrow string array."""
+        if self._ids is None:
+            self._ids = pa.array(np.asarray(self.df.index.to_numpy(), dtype=object), pa.string())
+        return self._ids
 
     def invalid(self, fld: str) -> npt.NDArray[np.bool_]:
         """Rows (positional) whose ``reasons`` hold a ``reject_field`` code for ``fld``."""
@@ -633,7 +640,7 @@ class PassIndex(BaseIndexAlgorithm):
     ) -> npt.NDArray[np.int64]:
         """Sorted unique pair codes (``rank(left) * n + rank(right)``) of this pass."""
         blocks = _blocks(rows, self.blocking_pass.keys)
-        self.key_table = _key_table(self.blocking_pass.name, blocks, rows.df.index)
+        self.key_table = _key_table(self.blocking_pass.name, blocks, rows.ids())
         left, right, oversized = _pass_pairs(blocks, self.max_block, among)
         self.keyed_rows = int(np.count_nonzero(np.bincount(blocks.rows))) if len(blocks.rows) else 0
         self.blocks = int(np.count_nonzero((blocks.size >= 2) & (blocks.size <= self.max_block)))
@@ -796,15 +803,18 @@ KEY_SCHEMA = pa.schema(
 _KEY_SEPARATOR = "\x1f"
 
 
-def _key_table(name: str, blocks: _Blocks, index: pd.Index) -> pa.Table:
-    """The pass's block key of every keyed row (one row per row and key)."""
-    texts = blocks.key_texts()
+def _key_table(name: str, blocks: _Blocks, ids: pa.Array) -> pa.Table:
+    """The pass's block key of every keyed row (one row per row and key); ``ids``: the record
+    ID of every row, in Arrow (each block's key text and each ID is encoded once, then taken
+    in Arrow, not once per row and key)."""
     n = len(blocks.rows)
+    if not n:
+        return KEY_SCHEMA.empty_table()
     return pa.table(
         [
-            pa.array([name] * n, pa.string()) if n else pa.array([], pa.string()),
-            pa.array(texts[blocks.block] if n else [], pa.string()),
-            pa.array(np.asarray(index.to_numpy(), dtype=object)[blocks.rows], pa.string()),
+            pa.array([name], pa.string()).take(np.zeros(n, dtype=np.int64)),
+            pa.array(blocks.key_texts(), pa.string()).take(blocks.block),
+            ids.take(blocks.rows),
         ],
         schema=KEY_SCHEMA,
     )

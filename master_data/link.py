@@ -64,7 +64,7 @@ from master_data.night_state import (
     write_state,
 )
 from master_data.pairs import candidates, edges
-from master_data.records import RECORD, canonical_files, is_in, tonight
+from master_data.records import RECORD, canonical_files, is_in, linked_columns, tonight
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
 from master_data.scope import (
@@ -400,6 +400,9 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     write_layered(out, "records", records, base=on, removed=removed, added=rows)
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
+    records, rows = linked_columns(records), linked_columns(rows)  # raw values are written
+    if not carry:  # only a delta night's candidates and closure read them: let the IDs go
+        removed = pd.Index([], dtype=object)
 
     night.say(f"{entity}: blocking {(rows if carry else records).num_rows:,} rows")
     # the term frequencies are the model's, built on the night it was trained: a delta night
@@ -418,13 +421,12 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         found = night.engine.score(
             records, entity, match, night.settings, model, frequencies, files
         )
+        write_layered(out, "blockkeys", found.keys)
+        found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     else:
         found = _scored(night, entity, records, rows, removed, base, carry, model, frequencies)
-    changed = pd.Index(rows[RECORD].to_pandas())
+    changed = pd.Index(rows[RECORD].to_pandas() if carry else [], dtype=object)
     del rows  # tonight's rows are among the records now
-    mine = found.keys.filter(is_in(found.keys[RECORD], changed)) if on is not None else None
-    write_layered(out, "blockkeys", found.keys, base=on, removed=removed, added=mine)
-    found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
     result.blocking = found.report
     result.candidate_pairs = result.pairs_compared = found.pairs
     result.model_trained, model, fresh = found.trained, found.model, found.edges
@@ -462,9 +464,18 @@ def _scored(
     model: FellegiSunter | None,
     frequencies: Frequencies,
 ) -> Scored:
-    """The candidate pairs, compared and scored here (the local engine)."""
+    """The candidate pairs, compared and scored here (the local engine). The block keys are
+    written as soon as blocking has them, and not held while the pairs are compared."""
     match = night.settings.entity(entity)
     found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
+    on = base.folder if carry else None  # a delta night adds its layers to the base night's
+    mine = None
+    if on is not None:
+        mine = found.keys.filter(is_in(found.keys[RECORD], pd.Index(rows[RECORD].to_pandas())))
+    write_layered(
+        night.work / entity, "blockkeys", found.keys, base=on, removed=removed, added=mine
+    )
+    found.keys = found.keys.slice(0, 0)  # the next night reads them from the file
     night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
     levels = cmp.compare(found.compared, found.pairs, entity)
     trained = model is None
@@ -513,8 +524,9 @@ def _settle(
     master_of, next_seq = _master_ids(night, entity, base, scope, clustered.labels, result)
     previous = scope.previous
     survive = engine.golden if engine is not None else golden_records
+    scope.records["master_id"] = master_of  # the members: a column more, not a copy of them
     golden, provenance, conflicts = survive(
-        scope.records.assign(master_id=master_of),
+        scope.records,
         entity,
         night.city,
         match,

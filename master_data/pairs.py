@@ -53,7 +53,7 @@ def candidates(
         compared = records_frame(records)
         found = candidate_pairs(compared, match.blocking, max_block=match.max_block, keep_keys=True)
         assert found.keys is not None
-        return Found(found.pairs, compared, found.keys, found.report.as_dict())
+        return Found(found.pairs, _blocked(compared), found.keys, found.report.as_dict())
     changed = pd.Index(tonight[RECORD].to_pandas())
     mine = candidate_pairs(
         records_frame(tonight), match.blocking, max_block=match.max_block, keep_keys=True
@@ -66,7 +66,15 @@ def candidates(
     pairs = found.pairs
     ends = pd.Index(pairs.get_level_values(0)).union(pd.Index(pairs.get_level_values(1)))
     compared = records_frame(records, ends.union(changed))
-    return Found(pairs, compared, keys, found.report.as_dict())
+    return Found(pairs, _blocked(compared), keys, found.report.as_dict())
+
+
+def _blocked(records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` without their reject reasons: only blocking reads them (a value with a
+    reject reason is no block key), and each row's list of them is a Python object."""
+    if "reasons" in records.columns:
+        del records["reasons"]
+    return records
 
 
 def edges(

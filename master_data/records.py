@@ -50,13 +50,21 @@ def is_in(values: pa.ChunkedArray | pa.Array, ids: pd.Index) -> pa.ChunkedArray 
     return pc.is_in(values, value_set=pa.array(ids.to_numpy(dtype=object), pa.string()))
 
 
+def linked_columns(records: pa.Table) -> pa.Table:
+    """``records`` without the columns linking never reads (the raw values, the extras): what
+    a night keeps in memory once its records state is written."""
+    return records.select(
+        [c for c in records.column_names if c not in _NOT_LINKED and not c.startswith("raw_")]
+    )
+
+
 def records_frame(records: pa.Table, ids: pd.Index | None = None) -> pd.DataFrame:
     """The records with ``ids`` (all if None) as pandas, indexed by record ID, sorted, without
     the columns linking never reads."""
     if ids is not None:
         records = records.filter(is_in(records[RECORD], ids))
-    columns = [c for c in records.column_names if c not in _NOT_LINKED and not c.startswith("raw_")]
-    return records.select(columns).to_pandas().set_index(RECORD).sort_index()
+    frame = linked_columns(records).to_pandas().set_index(RECORD)
+    return frame if frame.index.is_monotonic_increasing else frame.sort_index()
 
 
 def canonical_files(city: CityConfig, run_id: str, entity: str, held: frozenset[str]) -> list[Path]:
@@ -98,9 +106,17 @@ def tonight(
     rows, unkeyed = _keyed(
         pa.concat_tables(tables) if tables else schema.empty_table(), run_id, entity
     )
+    del tables
     ids = pc.binary_join_element_wise(*[rows[c] for c in META], "/")  # = record_id()
     rows = rows.add_column(0, RECORD, ids)
-    return rows.take(pc.sort_indices(rows, [(RECORD, "ascending")])), gone, unkeyed
+    # sorted one column at a time: each unsorted column is let go as soon as its sorted copy
+    # is made, so the rows are held about once, not twice
+    order = pc.sort_indices(ids)
+    schema, columns = rows.schema, rows.columns
+    del rows, ids
+    for i in range(len(columns)):
+        columns[i] = columns[i].take(order)
+    return pa.Table.from_arrays(columns, schema=schema), gone, unkeyed
 
 
 def _rejected(city: CityConfig, run_id: str, department: str, entity: str) -> list[str]:

@@ -122,8 +122,9 @@ def night_records(
     tonight: pa.Table, gone: list[str], previous: pa.Table | None, carry: bool
 ) -> tuple[pa.Table, pd.Index, int]:
     """Tonight's records: the base night's ``previous`` ones, less the replaced and the
-    removed, plus ``tonight``'s; the record IDs replaced or removed; and how many records left.
-    Sorted by record ID unless the base night's state is ``carry``-ed over (then tonight's rows
+    removed, plus ``tonight``'s (sorted by record ID, as :func:`master_data.records.tonight`
+    gives them); the record IDs replaced or removed; and how many records left. Sorted by
+    record ID unless the base night's state is ``carry``-ed over (then tonight's rows
     are appended: order is nobody's business)."""
     changed = pd.Index(tonight[RECORD].to_pandas())
     removed = changed.union(pd.Index(gone))
@@ -134,7 +135,7 @@ def night_records(
         left = int(pc.sum(pc.and_(went, pc.invert(is_in(previous[RECORD], changed)))).as_py() or 0)
         kept = previous.filter(pc.invert(is_in(previous[RECORD], removed)))
         records = pa.concat_tables([kept, tonight])
-    if not carry:
+    if not carry and records is not tonight:  # tonight's rows come sorted: no copy of them
         records = records.take(pc.sort_indices(records, [(RECORD, "ascending")]))
     return records, removed, left
 

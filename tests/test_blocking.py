@@ -389,3 +389,30 @@ def test_block_key_table_keys_rows_as_candidate_pairs_does_without_judging_block
     text = keys.filter(pc.equal(keys["pass"], by_name.name))["key"][0].as_py()
     name, division = text.split("\x1f")
     assert masked_key(by_name, text) == f"{name[0]}{'*' * (len(name) - 1)} + {division}"
+
+
+def test_key_table_holds_every_keyed_row_and_key_once() -> None:
+    """The block keys kept for the next night: one row per pass, keyed row and key (a row with
+    two phones twice), keys of several columns joined by the separator, unkeyed rows left out."""
+    df = pd.DataFrame(
+        {
+            "name": ["张伟", "张伟", None, "李娜"],
+            "division_code": ["350102", "350103", "350102", None],
+            "phones_all": [["13812345678", "0591-87654321"], ["13812345678"], None, []],
+        },
+        index=["a", "b", "c", "d"],
+    )
+    passes = [
+        BlockingPass(name="phone", keys=("phone_any",)),
+        BlockingPass(name="name_district", keys=("name", "division_code")),
+    ]
+    keys = candidate_pairs(df, passes, keep_keys=True).keys
+    assert keys is not None
+    assert keys.schema.names == ["pass", "key", "record_id"]
+    assert sorted(zip(*keys.to_pydict().values(), strict=True)) == [
+        ("name_district", "张伟\x1f350102", "a"),
+        ("name_district", "张伟\x1f350103", "b"),
+        ("phone", "0591-87654321", "a"),
+        ("phone", "13812345678", "a"),
+        ("phone", "13812345678", "b"),
+    ]

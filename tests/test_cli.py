@@ -196,8 +196,8 @@ def test_query_as_json_and_did_you_mean(night0: tuple[CityConfig, Result], var: 
     assert "no such table: v_persn; did you mean v_person?" in typo.output
     column = govmdm("query", "SELECT master_di FROM v_person", "--config", CONFIG)
     assert (
-        "no such column: master_di; did you mean master_id or person_master_id or related_master_id?"
-        in (column.output)
+        "no such column: master_di; did you mean master_id or person_master_id or "
+        "related_master_id?" in column.output
     )
 
 
