@@ -12,6 +12,7 @@ a split when a reviewer keeps two of the merged rows apart.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -804,5 +805,8 @@ def test_the_bands_mean_what_they_say(case_city: CityConfig) -> None:
     result = evaluate_published(case_city, case_city.var_dir / "city")
     sure = [b for b in result.entities["person"].calibration_corroborated if b.low >= 0.9]
     assert sum(b.pairs for b in sure) > 1000
+    # within three binomial standard errors of what the band predicts (a band of 22 pairs at
+    # 0.93 is 1.0 true one night in three by chance alone), and a point for rounding
     for b in sure:
-        assert b.pairs == 0 or abs(b.true_share - b.mean_probability) <= 0.03, b
+        spread = 3 * math.sqrt(b.mean_probability * (1 - b.mean_probability) / max(b.pairs, 1))
+        assert b.pairs == 0 or abs(b.true_share - b.mean_probability) <= 0.01 + spread, b
