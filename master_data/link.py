@@ -421,8 +421,7 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         found = night.engine.score(
             records, entity, match, night.settings, model, frequencies, files
         )
-        write_layered(out, "blockkeys", found.keys)
-        found.keys = found.keys.slice(0, 0)  # written: the next night reads them from the file
+        found.keys = _write_block_keys(out, found.keys)
     else:
         found = _scored(night, entity, records, rows, removed, base, carry, model, frequencies)
     changed = pd.Index(rows[RECORD].to_pandas() if carry else [], dtype=object)
@@ -453,6 +452,23 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     return result, next_seq
 
 
+def _write_block_keys(
+    out: Path,
+    keys: pa.Table,
+    base: Path | None = None,
+    removed: pd.Index | None = None,
+    rows: pa.Table | None = None,
+) -> pa.Table:
+    """Write tonight's block ``keys`` as soon as blocking has them; on a delta night (``base``)
+    as layers: the keys of ``removed`` records dropped, those of tonight's ``rows`` added. The
+    keys emptied: the next night reads them from the file, nothing holds them meanwhile."""
+    mine = None
+    if base is not None and rows is not None:
+        mine = keys.filter(is_in(keys[RECORD], pd.Index(rows[RECORD].to_pandas())))
+    write_layered(out, "blockkeys", keys, base=base, removed=removed, added=mine)
+    return keys.slice(0, 0)
+
+
 def _scored(
     night: _Night,
     entity: str,
@@ -469,13 +485,7 @@ def _scored(
     match = night.settings.entity(entity)
     found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
     on = base.folder if carry else None  # a delta night adds its layers to the base night's
-    mine = None
-    if on is not None:
-        mine = found.keys.filter(is_in(found.keys[RECORD], pd.Index(rows[RECORD].to_pandas())))
-    write_layered(
-        night.work / entity, "blockkeys", found.keys, base=on, removed=removed, added=mine
-    )
-    found.keys = found.keys.slice(0, 0)  # the next night reads them from the file
+    found.keys = _write_block_keys(night.work / entity, found.keys, on, removed, rows)
     night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
     levels = cmp.compare(found.compared, found.pairs, entity)
     trained = model is None
