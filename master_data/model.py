@@ -34,7 +34,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,13 @@ import pandas as pd
 
 __all__ = [
     "EPS",
+    "Coincidence",
     "FORMAT",
     "MIN_PAIRS",
     "MISSING",
     "DegenerateModelError",
     "FellegiSunter",
+    "fit_coincidence",
     "pattern_counts",
     "simulate_pairs",
     "u_from_counts",
@@ -76,6 +78,21 @@ TfU = Mapping[str, FloatArray]
 
 class DegenerateModelError(ValueError):
     """EM found no usable split of the candidate pairs into matches and non-matches."""
+
+
+@dataclass(frozen=True)
+class Coincidence:
+    """Features whose agreement together is more common among different people than the
+    product of their u says: namesakes born on one day are far more common than name share
+    × 1/365.25 days × ½ sex. Where every feature of ``agree`` is at its top level and
+    ``without`` is missing (no ID number can tell), the pair's weight changes by ``weight``
+    bits (≤ 0: log2 of 1/κ, κ how many times more often the agreement happens by chance than
+    independence says), fitted by :func:`fit_coincidence`. The weight is booked on the first
+    feature of ``agree``, so weights still sum to the score."""
+
+    agree: tuple[str, ...]
+    without: str | None
+    weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,9 @@ class FellegiSunter:
     """Groups of features that agree together among non-matches too (a family shares its
     address and its phone): where every feature of a group agrees at its top level, only the
     strongest of their weights counts."""
+    coincidence: Coincidence | None = None
+    """Features agreeing together by chance more often than independence says
+    (:class:`Coincidence`), with the weight fitted for it."""
 
     def __post_init__(self) -> None:
         if set(self.m) != set(self.u):
@@ -344,6 +364,13 @@ class FellegiSunter:
             block[:] = 0.0
             block[np.arange(len(rows)), strongest] = kept
             out[np.ix_(rows, cols)] = block
+        together = self.coincidence
+        if together is not None and together.weight and set(together.agree) <= set(self.m):
+            cols = np.asarray([self.features.index(f) for f in together.agree], np.intp)
+            hit = at_top[:, cols].all(axis=1)
+            if together.without in self.m:
+                hit &= codes[:, self.features.index(together.without)] == 0
+            out[hit, cols[0]] += together.weight
         return out
 
     def explain(
@@ -420,6 +447,8 @@ class FellegiSunter:
             doc["term_frequencies"] = self.tf
         if self.correlated:
             doc["correlated"] = self.correlated
+        if self.coincidence is not None:
+            doc["coincidence"] = asdict(self.coincidence)
         return json.dumps(doc, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -456,6 +485,7 @@ class FellegiSunter:
                 for f, values in doc.get("term_frequencies", {}).items()
             },
             correlated=[[str(f) for f in group] for group in doc.get("correlated", [])],
+            coincidence=_coincidence(doc.get("coincidence")),
         )
 
 
@@ -518,6 +548,97 @@ def pattern_counts(
     out = pd.DataFrame(pats.codes - 1, columns=list(tops))
     out["count"] = pats.counts.astype(np.int64)
     return out
+
+
+# ---------------------------------------------------------------------------------- coincidence
+COINCIDENCE_MIN_PAIRS = MIN_PAIRS
+"""Fewer candidate pairs where a :class:`Coincidence` applies than this say too little to fit
+its weight: the model keeps independence (weight 0)."""
+COINCIDENCE_MAX_BITS = 64.0
+COINCIDENCE_STEP = 1 / 64
+"""The weight is fitted on a grid of this many bits, over [0, ``COINCIDENCE_MAX_BITS``]."""
+
+
+def fit_coincidence(
+    model: FellegiSunter, counts: pd.DataFrame, agree: Sequence[str], without: str | None
+) -> FellegiSunter:
+    """``model`` with the weight of its :class:`Coincidence` (``agree``, ``without``) fitted
+    on the candidate pairs' pattern ``counts`` (as :meth:`FellegiSunter.fit_counts` takes
+    them).
+
+    Why: u of each feature comes from random pairs and the model multiplies them, which holds
+    for name against phone, but not for name against birth date among namesakes (or twins'
+    parents naming alike). Which pairs are namesakes is what the other features say: among
+    the candidate pairs that agree on all of ``agree`` and that ``without`` cannot decide, the
+    prior and ``agree``'s weights give each pair's odds of a match, and the remaining features
+    (phone, address) are a mixture of their m and u by those odds. The weight −k is the one
+    that makes that mixture most likely (the likelihood of the remaining features' levels
+    given ``agree``, so no count of all pairs is needed): k = log2 κ, κ how many times more
+    often the agreement happens among different people than independence says. k is at least
+    0 — the data may say that namesakes are commoner than independence, never that they are
+    rarer — and found on a grid of 1/64 bit, so both engines' counts give the same weight.
+
+    The weight stays 0 where a feature of ``agree`` or ``without`` is not in the model, or
+    fewer than ``COINCIDENCE_MIN_PAIRS`` pairs are such pairs.
+
+    Example:
+        >>> model = FellegiSunter(
+        ...     m={"name": [0.1, 0.9], "birth": [0.1, 0.9], "phone": [0.2, 0.8]},
+        ...     u={"name": [0.99, 0.01], "birth": [0.99, 0.01], "phone": [0.99, 0.01]},
+        ...     prior=0.01,
+        ... )
+        >>> # 100 pairs agree on name and birth date, 60 of them share a phone: matches do 4
+        >>> # times in 5, others 1 in 100, so 3 in 4 of the 100 are matches (odds 2.95), where
+        >>> # prior and weights said odds of 2^6.35 = 81: namesakes are 27.7 times as common
+        >>> counts = pd.DataFrame(
+        ...     {"name": [1, 1], "birth": [1, 1], "phone": [1, 0], "count": [60, 40]}
+        ... )
+        >>> fitted = fit_coincidence(model, counts, ["name", "birth"], None)
+        >>> round(2 ** -fitted.coincidence.weight, 1)  # κ
+        27.8
+    """
+    group = Coincidence(tuple(agree), without)
+    plain = replace(model, coincidence=group)
+    needed = [*agree, *([without] if without is not None else [])]
+    absent = [f for f in needed if f not in model.m]
+    if absent:
+        log.warning("coincidence of %s not fitted: %s not in the model", list(agree), absent)
+        return plain
+    levels = counts[model.features]
+    weights = replace(model, coincidence=None)._weight_matrix(levels)
+    codes = _codes(levels, model.levels)
+    tops = np.asarray([len(model.m[f]) for f in model.features])
+    cols = [model.features.index(f) for f in agree]
+    hit = (codes[:, cols] == tops[cols]).all(axis=1)
+    if without is not None:
+        hit &= codes[:, model.features.index(without)] == 0
+    n = counts["count"].to_numpy(dtype=np.float64)[hit]
+    if n.sum() < COINCIDENCE_MIN_PAIRS:
+        log.info("coincidence of %s: %d pairs, too few to fit", list(agree), int(n.sum()))
+        return plain
+    odds = model.prior_weight + weights[np.ix_(hit, cols)].sum(axis=1)  # log2 odds before
+    rest = weights[hit].sum(axis=1) + model.prior_weight - odds  # what the other features say
+    # log-likelihood of the other features' levels given agreement, up to a constant:
+    # log(π·m + (1 − π)·u) − log u = log(1 + 2^(o − k + r)) − log(1 + 2^(o − k))
+    k = np.arange(0.0, COINCIDENCE_MAX_BITS + COINCIDENCE_STEP / 2, COINCIDENCE_STEP)
+    shifted = (odds[None, :] - k[:, None]) * math.log(2.0)
+    ll = (
+        np.logaddexp(0.0, shifted + rest[None, :] * math.log(2.0)) - np.logaddexp(0.0, shifted)
+    ) @ n
+    best = float(k[int(np.argmax(ll))])
+    return replace(model, coincidence=replace(group, weight=-best))
+
+
+def _coincidence(doc: Mapping[str, Any] | None) -> Coincidence | None:
+    """The :class:`Coincidence` of a model's JSON (None: the model has none)."""
+    if doc is None:
+        return None
+    without = doc.get("without")
+    return Coincidence(
+        tuple(str(f) for f in doc["agree"]),
+        None if without is None else str(without),
+        float(doc.get("weight", 0.0)),
+    )
 
 
 # ---------------------------------------------------------------------------------- simulation

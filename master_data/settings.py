@@ -56,6 +56,16 @@ class TermFrequency(_Strict):
     )
 
 
+class CoincidenceSettings(_Strict):
+    """Features that agree together by chance more often than their u multiplied say
+    (:class:`master_data.model.Coincidence`); the weight is fitted when the model is trained."""
+
+    agree: list[str] = Field(min_length=2, description="the features agreeing together")
+    without: str | None = Field(
+        None, description="only where this feature is missing (it would decide otherwise)"
+    )
+
+
 class EntityMatch(_Strict):
     """How one entity type is linked and which department's value survives."""
 
@@ -81,6 +91,12 @@ class EntityMatch(_Strict):
         default_factory=list,
         description="groups of features that agree together among different people too "
         "(a family's address and phone): agreeing on all of a group counts as its strongest",
+    )
+    coincidence: CoincidenceSettings | None = Field(
+        None,
+        description="features whose agreement together is commoner among different people "
+        "than independence says (namesakes born on one day): its weight is fitted on the "
+        "candidate pairs by what the other features say",
     )
 
     def tf_floors(self) -> dict[str, float]:
@@ -123,6 +139,18 @@ class MatchSettings(_Strict):
                         f"{entity}.correlated[{i}]: {group} must name two or more of the "
                         f"comparison features {', '.join(labels)}"
                         + (f"; unknown: {', '.join(wrong)}" if wrong else "")
+                    )
+            together = self.entity(entity).coincidence
+            if together is not None:
+                named = [*together.agree, *([together.without] if together.without else [])]
+                wrong = [f for f in named if f not in labels]
+                if wrong or len(set(together.agree)) < len(together.agree) or (
+                    together.without in together.agree
+                ):
+                    raise ValueError(
+                        f"{entity}.coincidence: agree {together.agree} and without "
+                        f"{together.without} must name different comparison features of "
+                        f"{', '.join(labels)}" + (f"; unknown: {', '.join(wrong)}" if wrong else "")
                     )
         return self
 

@@ -23,6 +23,7 @@ from master_data.model import (
     MIN_PAIRS,
     DegenerateModelError,
     FellegiSunter,
+    fit_coincidence,
     pattern_counts,
     u_from_counts,
 )
@@ -109,7 +110,11 @@ def fit_counted(
     # prior that goes with u is the share among *all* pairs: λ · candidates / all pairs.
     everyone = max(records * (records - 1) / 2, 1.0)
     prior = min(fitted.prior * pairs / everyone, 0.5)
-    return dataclasses.replace(fitted, prior=prior)
+    fitted = dataclasses.replace(fitted, prior=prior)
+    together = settings.entity(entity).coincidence
+    if together is None:
+        return fitted
+    return fit_coincidence(fitted, counts, together.agree, together.without)
 
 
 def _too_few(entity: str, records: int, pairs: int) -> FellegiSunter:
