@@ -72,6 +72,7 @@ UNINFORMATIVE_ASSOCIATION = 0.05
 Probabilities = dict[str, list[float]]
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 TfU = Mapping[str, FloatArray]
 """Per feature, one term-frequency u_v per pair (NaN: none): :func:`master_data.tf.pair_u`."""
 
@@ -82,17 +83,21 @@ class DegenerateModelError(ValueError):
 
 @dataclass(frozen=True)
 class Coincidence:
-    """Features whose agreement together is more common among different people than the
-    product of their u says: namesakes born on one day are far more common than name share
-    × 1/365.25 days × ½ sex. Where every feature of ``agree`` is at its top level and
-    ``without`` is missing (no ID number can tell), the pair's weight changes by ``weight``
-    bits (≤ 0: log2 of 1/κ, κ how many times more often the agreement happens by chance than
-    independence says), fitted by :func:`fit_coincidence`. The weight is booked on the first
-    feature of ``agree``, so weights still sum to the score."""
+    """Features whose agreement together is commoner among different people than the product
+    of their u says: namesakes born on one day are far commoner than name share × 1/365.25
+    days × ½ sex. Where every feature of ``agree`` is at its top level and ``without`` is
+    missing (no ID number can tell), the pair's weight changes by ``weight`` bits (≤ 0: log2
+    of 1/κ, κ how many times more often the agreement happens by chance than independence
+    says; booked on the first feature of ``agree``, so weights still sum to the score), and
+    each feature of ``u`` weighs log2(m / u among such namesakes) instead of log2(m / u among
+    random pairs): a namesake is no random person (he may live in the same district as often
+    as not). Both are fitted by :func:`fit_coincidence`."""
 
     agree: tuple[str, ...]
     without: str | None
     weight: float = 0.0
+    u: dict[str, list[float]] = field(default_factory=dict)
+    m: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,16 @@ class FellegiSunter:
                 at = np.flatnonzero(~np.isnan(u_v) & (codes[:, j] == len(self.m[f])))
                 out[at, j] = np.log2(self.m[f][-1] / u_v[at])
         at_top = codes == np.asarray([len(self.m[f]) for f in self.features])
+        hit = self._coincident(codes, at_top)
+        if hit is not None and self.coincidence is not None:
+            for f, u_ns in self.coincidence.u.items():
+                # such a pair is told from a namesake, not from a random pair: phone and
+                # address weigh log2(m / u among such pairs)
+                j = self.features.index(f)
+                m_pop = self.coincidence.m.get(f, self.m[f])
+                w = np.log2(np.asarray(m_pop) / np.asarray(u_ns))
+                rows = np.flatnonzero(hit & (codes[:, j] > 0))
+                out[rows, j] = w[codes[rows, j] - 1]
         for group in self.correlated:
             cols = np.asarray([self.features.index(f) for f in group if f in self.m], np.intp)
             if len(cols) < 2:
@@ -364,14 +379,20 @@ class FellegiSunter:
             block[:] = 0.0
             block[np.arange(len(rows)), strongest] = kept
             out[np.ix_(rows, cols)] = block
-        together = self.coincidence
-        if together is not None and together.weight and set(together.agree) <= set(self.m):
-            cols = np.asarray([self.features.index(f) for f in together.agree], np.intp)
-            hit = at_top[:, cols].all(axis=1)
-            if together.without in self.m:
-                hit &= codes[:, self.features.index(together.without)] == 0
-            out[hit, cols[0]] += together.weight
+        if hit is not None and self.coincidence is not None:
+            out[hit, self.features.index(self.coincidence.agree[0])] += self.coincidence.weight
         return out
+
+    def _coincident(self, codes: IntArray, at_top: npt.NDArray[np.bool_]) -> BoolArray | None:
+        """Which pairs (rows of shifted level ``codes``) the :class:`Coincidence` applies to:
+        every feature of ``agree`` at its top level and ``without`` missing; None without one."""
+        together = self.coincidence
+        if together is None or not set(together.agree) <= set(self.m):
+            return None
+        hit: BoolArray = at_top[:, [self.features.index(f) for f in together.agree]].all(axis=1)
+        if together.without in self.m:
+            hit &= codes[:, self.features.index(together.without)] == 0
+        return hit
 
     def explain(
         self,
@@ -553,33 +574,40 @@ def pattern_counts(
 # ---------------------------------------------------------------------------------- coincidence
 COINCIDENCE_MIN_PAIRS = MIN_PAIRS
 """Fewer candidate pairs where a :class:`Coincidence` applies than this say too little to fit
-its weight: the model keeps independence (weight 0)."""
-COINCIDENCE_MAX_BITS = 64.0
-COINCIDENCE_STEP = 1 / 64
-"""The weight is fitted on a grid of this many bits, over [0, ``COINCIDENCE_MAX_BITS``]."""
+it: the model keeps independence (weight 0, namesakes as random pairs)."""
+COINCIDENCE_PSEUDO_PAIRS = 50.0
+"""The namesakes' u of each feature starts from the random pairs' u as if seen on this many
+namesakes: a city with few namesakes keeps about the random pairs' u."""
 
 
 def fit_coincidence(
-    model: FellegiSunter, counts: pd.DataFrame, agree: Sequence[str], without: str | None
+    model: FellegiSunter,
+    counts: pd.DataFrame,
+    agree: Sequence[str],
+    without: str | None,
+    *,
+    max_iter: int = 500,
+    tol: float = 1e-9,
 ) -> FellegiSunter:
-    """``model`` with the weight of its :class:`Coincidence` (``agree``, ``without``) fitted
-    on the candidate pairs' pattern ``counts`` (as :meth:`FellegiSunter.fit_counts` takes
-    them).
+    """``model`` with its :class:`Coincidence` (``agree``, ``without``) fitted on the
+    candidate pairs' pattern ``counts`` (as :meth:`FellegiSunter.fit_counts` takes them).
 
     Why: u of each feature comes from random pairs and the model multiplies them, which holds
-    for name against phone, but not for name against birth date among namesakes (or twins'
-    parents naming alike). Which pairs are namesakes is what the other features say: among
-    the candidate pairs that agree on all of ``agree`` and that ``without`` cannot decide, the
-    prior and ``agree``'s weights give each pair's odds of a match, and the remaining features
-    (phone, address) are a mixture of their m and u by those odds. The weight −k is the one
-    that makes that mixture most likely (the likelihood of the remaining features' levels
-    given ``agree``, so no count of all pairs is needed): k = log2 κ, κ how many times more
-    often the agreement happens among different people than independence says. k is at least
-    0 — the data may say that namesakes are commoner than independence, never that they are
-    rarer — and found on a grid of 1/64 bit, so both engines' counts give the same weight.
+    for name against phone but not for name against birth date: namesakes born on one day
+    are far commoner than that, and so a pair agreeing on name, birth date and sex without ID
+    number was scored as sure as a person's own rows. Which such pairs are namesakes is what
+    the other features say. Among the candidate pairs that agree on all of ``agree`` and that
+    ``without`` cannot decide, EM fits a mixture of the model's matches (m as trained) and
+    namesakes: the share of matches, and the namesakes' own u of each other feature (a
+    namesake is no random person), that u drawn towards the random pairs' by
+    ``COINCIDENCE_PSEUDO_PAIRS``. The weight −k is what brings the model's odds for such a
+    pair to that share: k = log2 κ, κ how many times more often the agreement happens among
+    different people than independence says. k is at least 0: the data may say that
+    namesakes are commoner than independence, never that they are rarer. Counts alone go in
+    (no term frequency), so both engines' counts give the same model.
 
-    The weight stays 0 where a feature of ``agree`` or ``without`` is not in the model, or
-    fewer than ``COINCIDENCE_MIN_PAIRS`` pairs are such pairs.
+    Where a feature of ``agree`` or ``without`` is not in the model, or fewer than
+    ``COINCIDENCE_MIN_PAIRS`` pairs are such pairs, the coincidence is independence.
 
     Example:
         >>> model = FellegiSunter(
@@ -588,14 +616,14 @@ def fit_coincidence(
         ...     prior=0.01,
         ... )
         >>> # 100 pairs agree on name and birth date, 60 of them share a phone: matches do 4
-        >>> # times in 5, others 1 in 100, so 3 in 4 of the 100 are matches (odds 2.95), where
-        >>> # prior and weights said odds of 2^6.35 = 81: namesakes are 27.7 times as common
+        >>> # times in 5, random pairs 1 in 100, so 3 in 4 of the 100 are matches (odds 2.95)
+        >>> # where prior and weights said odds of 2^6.35 = 81: namesakes are 27.7 times commoner
         >>> counts = pd.DataFrame(
         ...     {"name": [1, 1], "birth": [1, 1], "phone": [1, 0], "count": [60, 40]}
         ... )
         >>> fitted = fit_coincidence(model, counts, ["name", "birth"], None)
-        >>> round(2 ** -fitted.coincidence.weight, 1)  # κ
-        27.8
+        >>> round(2 ** -fitted.coincidence.weight, 1), round(fitted.coincidence.u["phone"][1], 3)
+        (27.7, 0.01)
     """
     group = Coincidence(tuple(agree), without)
     plain = replace(model, coincidence=group)
@@ -604,29 +632,56 @@ def fit_coincidence(
     if absent:
         log.warning("coincidence of %s not fitted: %s not in the model", list(agree), absent)
         return plain
-    levels = counts[model.features]
-    weights = replace(model, coincidence=None)._weight_matrix(levels)
-    codes = _codes(levels, model.levels)
+    codes = _codes(counts[model.features], model.levels)
     tops = np.asarray([len(model.m[f]) for f in model.features])
-    cols = [model.features.index(f) for f in agree]
-    hit = (codes[:, cols] == tops[cols]).all(axis=1)
-    if without is not None:
-        hit &= codes[:, model.features.index(without)] == 0
+    hit = plain._coincident(codes, codes == tops)
+    assert hit is not None
     n = counts["count"].to_numpy(dtype=np.float64)[hit]
     if n.sum() < COINCIDENCE_MIN_PAIRS:
         log.info("coincidence of %s: %d pairs, too few to fit", list(agree), int(n.sum()))
         return plain
-    odds = model.prior_weight + weights[np.ix_(hit, cols)].sum(axis=1)  # log2 odds before
-    rest = weights[hit].sum(axis=1) + model.prior_weight - odds  # what the other features say
-    # log-likelihood of the other features' levels given agreement, up to a constant:
-    # log(π·m + (1 − π)·u) − log u = log(1 + 2^(o − k + r)) − log(1 + 2^(o − k))
-    k = np.arange(0.0, COINCIDENCE_MAX_BITS + COINCIDENCE_STEP / 2, COINCIDENCE_STEP)
-    shifted = (odds[None, :] - k[:, None]) * math.log(2.0)
-    ll = (
-        np.logaddexp(0.0, shifted + rest[None, :] * math.log(2.0)) - np.logaddexp(0.0, shifted)
-    ) @ n
-    best = float(k[int(np.argmax(ll))])
-    return replace(model, coincidence=replace(group, weight=-best))
+    others = [f for f in model.features if f not in needed]
+    at = {f: codes[hit, model.features.index(f)] for f in others}
+    m_pop = {f: np.asarray(model.m[f]) for f in others}
+    u_pop = {f: np.asarray(model.u[f]) for f in others}
+    said = model.prior_weight + sum(model.level_weights()[f][-1] for f in agree)
+    share = _expit2(np.asarray([said]))[0]  # the model's share of matches among them
+    for _ in range(max_iter):
+        log_odds = math.log(share / (1.0 - share)) + sum(
+            np.log(np.concatenate(([1.0], m_pop[f])))[at[f]]
+            - np.log(np.concatenate(([1.0], u_pop[f])))[at[f]]
+            for f in others
+        )
+        post = 1.0 / (1.0 + np.exp(-log_odds))
+        new_share = _clamp(float((n * post).sum() / n.sum()))
+        new_m = {f: _drawn(at[f], n * post, model.m[f]) for f in others}
+        new_u = {f: _drawn(at[f], n * (1.0 - post), model.u[f]) for f in others}
+        change = max(
+            abs(new_share - share),
+            *(float(np.abs(new_m[f] - m_pop[f]).max()) for f in others),
+            *(float(np.abs(new_u[f] - u_pop[f]).max()) for f in others),
+        )
+        share, m_pop, u_pop = new_share, new_m, new_u
+        if change < tol:
+            break
+    k = max(said - math.log2(share / (1.0 - share)), 0.0)
+    fitted = Coincidence(
+        group.agree,
+        without,
+        -k if k else 0.0,
+        {f: u_pop[f].tolist() for f in others},
+        {f: m_pop[f].tolist() for f in others},
+    )
+    return replace(model, coincidence=fitted)
+
+
+def _drawn(levels: IntArray, weight: FloatArray, start: Sequence[float]) -> FloatArray:
+    """Level frequencies of one feature (shifted levels, 0 = missing ignored) weighted by
+    ``weight``, drawn towards ``start`` as if it had been seen on ``COINCIDENCE_PSEUDO_PAIRS``
+    pairs."""
+    tally = np.bincount(levels, weights=weight, minlength=len(start) + 1)[1:]
+    prior = COINCIDENCE_PSEUDO_PAIRS * np.asarray(start)
+    return _smooth((tally + prior) / (tally.sum() + COINCIDENCE_PSEUDO_PAIRS))
 
 
 def _coincidence(doc: Mapping[str, Any] | None) -> Coincidence | None:
@@ -638,6 +693,8 @@ def _coincidence(doc: Mapping[str, Any] | None) -> Coincidence | None:
         tuple(str(f) for f in doc["agree"]),
         None if without is None else str(without),
         float(doc.get("weight", 0.0)),
+        {str(f): [float(p) for p in u] for f, u in doc.get("u", {}).items()},
+        {str(f): [float(p) for p in m] for f, m in doc.get("m", {}).items()},
     )
 
 

@@ -144,8 +144,10 @@ class MatchSettings(_Strict):
             if together is not None:
                 named = [*together.agree, *([together.without] if together.without else [])]
                 wrong = [f for f in named if f not in labels]
-                if wrong or len(set(together.agree)) < len(together.agree) or (
-                    together.without in together.agree
+                if (
+                    wrong
+                    or len(set(together.agree)) < len(together.agree)
+                    or (together.without in together.agree)
                 ):
                     raise ValueError(
                         f"{entity}.coincidence: agree {together.agree} and without "

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
+import itertools
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -294,3 +297,184 @@ def test_pattern_counts_refuse_what_is_not_a_count() -> None:
         FellegiSunter.fit_counts(bad, levels={"a": 1, "b": 1, "c": 1})
     with pytest.raises(ValueError, match="no 'count' column"):
         FellegiSunter.fit_counts(bad.drop(columns="count"), levels={"a": 1, "b": 1, "c": 1})
+
+
+# --- namesakes: features agreeing together by chance more often than independence says ----------
+
+NAMESAKE_M = {
+    "name": [0.1, 0.9],
+    "birth_date": [0.1, 0.9],
+    "id_number": [0.05, 0.95],
+    "phone": [0.3, 0.7],
+}
+NAMESAKE_U = {
+    "name": [0.999, 0.001],
+    "birth_date": [0.999, 0.001],
+    "id_number": [0.999, 0.001],
+    "phone": [0.999, 0.001],
+}
+
+
+def _namesake_model(**kwargs: object) -> FellegiSunter:
+    return FellegiSunter(m=NAMESAKE_M, u=NAMESAKE_U, prior=1e-4, **kwargs)  # type: ignore[arg-type]
+
+
+def _namesake_pairs(matches: int, namesakes: int, seed: int = 5) -> pd.DataFrame:
+    """Pattern counts of pairs agreeing on name and birth date without an ID number: matches
+    share a phone 7 times in 10 (m), namesakes 1 in 1,000 (u); a few pairs elsewhere."""
+    rng = np.random.default_rng(seed)
+    shared = int(rng.binomial(matches, 0.7)) + int(rng.binomial(namesakes, 0.001))
+    return pd.DataFrame(
+        {
+            "name": [1, 1, 1, 0],
+            "birth_date": [1, 1, 1, 1],
+            "id_number": [-1, -1, 1, 0],
+            "phone": [1, 0, 0, 0],
+            "count": [shared, matches + namesakes - shared, 500, 900],
+        }
+    )
+
+
+def test_a_coincidence_weighs_only_where_the_group_agrees_and_nothing_decides() -> None:
+    together = model_module.Coincidence(("name", "birth_date"), "id_number", -6.0)
+    model = _namesake_model(coincidence=together)
+    plain = _namesake_model()
+    levels = pd.DataFrame(
+        {
+            "name": [1, 1, 1, 0, 1],
+            "birth_date": [1, 1, 1, 1, 0],
+            "id_number": [-1, 1, 0, -1, -1],
+            "phone": [0, 0, 0, 0, 0],
+        }
+    )
+    diff = (model.weights(levels) - plain.weights(levels)).to_numpy()
+    # booked on the group's first feature, only in the first row: ID missing, all agreeing
+    assert diff[:, 0].tolist() == [-6.0, 0.0, 0.0, 0.0, 0.0] and not diff[:, 1:].any()
+    assert model.score(levels)[0] == pytest.approx(plain.score(levels)[0] - 6.0)
+    explained = model.explain({"name": 1, "birth_date": 1, "id_number": -1, "phone": 0})
+    assert sum(w for *_, w in explained) + model.prior_weight == pytest.approx(
+        model.score(levels.iloc[:1])[0]
+    )
+    # without ``without``, it weighs wherever the group agrees
+    anywhere = _namesake_model(
+        coincidence=model_module.Coincidence(("name", "birth_date"), None, -6)
+    )
+    assert (anywhere.weights(levels)["name"] - plain.weights(levels)["name"]).tolist() == [
+        -6.0,
+        -6.0,
+        -6.0,
+        0.0,
+        0.0,
+    ]
+
+
+@pytest.mark.parametrize("namesakes", [0, 300, 3000])
+def test_the_coincidence_weight_is_what_phone_says_of_the_pairs(namesakes: int) -> None:
+    """1,000 matches and some namesakes agree on name and birth date without ID: the fitted
+    weight brings the model's odds for such a pair to the true odds, matches : namesakes."""
+    model = _namesake_model()
+    fitted = model_module.fit_coincidence(
+        model, _namesake_pairs(1000, namesakes), ["name", "birth_date"], "id_number"
+    )
+    assert fitted.coincidence is not None
+    assert fitted.coincidence.agree == ("name", "birth_date")
+    assert fitted.m == model.m and fitted.prior == model.prior
+    weights = model.level_weights()
+    said = model.prior_weight + weights["name"][1] + weights["birth_date"][1]  # log2 odds
+    if namesakes == 0:  # only the binomial noise of 700 phones shared in 1,000
+        assert -1.0 < fitted.coincidence.weight <= 0.0
+        return
+    truth = np.log2(1000 / namesakes)
+    assert said + fitted.coincidence.weight == pytest.approx(truth, abs=0.25)
+    # the pairs scored by it are as sure as they are right: mean probability = true share
+    levels = pd.DataFrame(
+        {"name": [1, 1], "birth_date": [1, 1], "id_number": [-1, -1], "phone": [1, 0]}
+    )
+    counts = _namesake_pairs(1000, namesakes).iloc[:2]["count"].to_numpy()
+    p = fitted.probability(levels).to_numpy()
+    assert float(p @ counts) / counts.sum() == pytest.approx(1000 / (1000 + namesakes), abs=0.03)
+    assert FellegiSunter.from_json(fitted.to_json()) == fitted
+
+
+def test_too_few_pairs_or_a_feature_left_out_keep_independence() -> None:
+    model = _namesake_model()
+    # more pairs sharing a phone than matches would: the data say namesakes are rarer than
+    # independence, which the weight never claims
+    sure = _namesake_pairs(1000, 0).assign(count=[1000, 0, 500, 900])
+    together = model_module.fit_coincidence(model, sure, ["name", "birth_date"], "id_number")
+    assert together.coincidence is not None and together.coincidence.weight == 0.0
+    few = _namesake_pairs(20, 20)
+    assert model_module.fit_coincidence(
+        model, few, ["name", "birth_date"], "id_number"
+    ).coincidence == model_module.Coincidence(("name", "birth_date"), "id_number", 0.0)
+    lost = model_module.fit_coincidence(model, _namesake_pairs(1000, 300), ["name", "sex"], None)
+    assert lost.coincidence is not None and lost.coincidence.weight == 0.0
+
+
+def test_a_model_saved_before_coincidences_loads_and_scores_alike() -> None:
+    model = _namesake_model()
+    doc = json.loads(model.to_json())
+    assert "coincidence" not in doc  # the JSON is as before
+    again = FellegiSunter.from_json(json.dumps(doc))
+    assert again.coincidence is None and again == model
+    fitted = model_module.fit_coincidence(
+        model, _namesake_pairs(1000, 300), ["name", "birth_date"], "id_number"
+    )
+    saved = json.loads(fitted.to_json())["coincidence"]
+    assert saved["agree"] == ["name", "birth_date"] and saved["without"] == "id_number"
+    assert saved["weight"] < 0
+
+
+def test_namesakes_are_told_apart_by_what_namesakes_look_like() -> None:
+    """Namesakes of this city never share a district: the fitted namesakes' u of "same
+    district" falls far below the random pairs' 1 in 2 (not to 0: the random pairs' u weighs as
+    50 namesakes), and a pair in one district without a shared phone or e-mail, a match, is
+    scored likelier one than the random pairs' u would say."""
+    model = FellegiSunter(
+        m={
+            "name": [0.1, 0.9],
+            "birth_date": [0.1, 0.9],
+            "phone": [0.3, 0.7],
+            "address": [0.2, 0.8],
+            "email": [0.4, 0.6],
+        },
+        u={
+            "name": [0.999, 0.001],
+            "birth_date": [0.999, 0.001],
+            "phone": [0.999, 0.001],
+            "address": [0.5, 0.5],
+            "email": [0.99, 0.01],
+        },
+        prior=1e-4,
+    )
+    # 1,000 matches as m says, 1,000 namesakes: phone 1 in 1,000, district never, e-mail 1 in 100
+    shares = {"phone": (0.7, 0.001), "address": (0.8, 0.0), "email": (0.6, 0.01)}
+    rows = []
+    for levels in itertools.product([0, 1], repeat=3):
+        of = [
+            math.prod(s[c] if v else 1 - s[c] for s, v in zip(shares.values(), levels, strict=True))
+            for c in (0, 1)
+        ]
+        rows.append(
+            {
+                "name": 1,
+                "birth_date": 1,
+                **dict(zip(shares, levels, strict=True)),
+                "count": round(1000 * of[0] + 1000 * of[1]),
+            }
+        )
+    counts = pd.DataFrame(rows)
+    fitted = model_module.fit_coincidence(model, counts, ["name", "birth_date"], None)
+    assert fitted.coincidence is not None
+    assert fitted.coincidence.u["address"][1] < 0.1
+    levels = counts[model.features]
+    p = fitted.probability(levels).to_numpy()
+    assert float(p @ counts["count"]) == pytest.approx(1000, rel=0.1)  # about as many as there are
+    random_u = dataclasses.replace(fitted.coincidence, u={}, m={})
+    q = dataclasses.replace(fitted, coincidence=random_u).probability(levels).to_numpy()
+    one_district = ((counts["phone"] == 0) & (counts["address"] == 1)).to_numpy()
+    # matches without phone and e-mail in common, then without phone: likelier than the random
+    # pairs' u would say (0.15, 0.96)
+    assert (p[one_district] > [0.5, 0.99]).all() and (q[one_district] < [0.2, 0.97]).all()
+    assert p[0] < 0.05  # nothing but name and birth date in common: 13 in 1,013 are matches
+    assert FellegiSunter.from_json(fitted.to_json()) == fitted

@@ -115,6 +115,14 @@ def test_config_names_a_feature_that_cannot_be_adjusted(tmp_path: Path) -> None:
     doc["person"]["correlated"] = [["phone", "adress"]]
     with pytest.raises(ValueError, match=r"person.correlated\[0\].*unknown: adress"):
         MatchSettings.model_validate(doc)
+    doc = shipped.model_dump()
+    doc["person"]["coincidence"] = {"agree": ["name", "birthdate"], "without": "id_number"}
+    with pytest.raises(ValueError, match=r"person.coincidence.*unknown: birthdate"):
+        MatchSettings.model_validate(doc)
+    doc["person"]["coincidence"] = {"agree": ["name", "sex"], "without": "sex"}
+    with pytest.raises(ValueError, match=r"person.coincidence: agree .* different"):
+        MatchSettings.model_validate(doc)
+    assert shipped.person.coincidence is not None and shipped.enterprise.coincidence is None
     text = Path("config/matching.yaml").read_text(encoding="utf-8")
     (tmp_path / "matching.yaml").write_text(
         text.replace("floor: 1.0e-5", "floor: 0"), encoding="utf-8"
