@@ -43,10 +43,10 @@ import pandas as pd
 
 __all__ = [
     "EPS",
-    "Coincidence",
     "FORMAT",
     "MIN_PAIRS",
     "MISSING",
+    "Coincidence",
     "DegenerateModelError",
     "FellegiSunter",
     "fit_coincidence",
@@ -383,16 +383,16 @@ class FellegiSunter:
             out[hit, self.features.index(self.coincidence.agree[0])] += self.coincidence.weight
         return out
 
-    def _coincident(self, codes: IntArray, at_top: npt.NDArray[np.bool_]) -> BoolArray | None:
+    def _coincident(self, codes: IntArray, at_top: BoolArray) -> BoolArray | None:
         """Which pairs (rows of shifted level ``codes``) the :class:`Coincidence` applies to:
         every feature of ``agree`` at its top level and ``without`` missing; None without one."""
         together = self.coincidence
         if together is None or not set(together.agree) <= set(self.m):
             return None
-        hit: BoolArray = at_top[:, [self.features.index(f) for f in together.agree]].all(axis=1)
+        hit = at_top[:, [self.features.index(f) for f in together.agree]].all(axis=1)
         if together.without in self.m:
-            hit &= codes[:, self.features.index(together.without)] == 0
-        return hit
+            hit = hit & (codes[:, self.features.index(together.without)] == 0)
+        return np.asarray(hit, dtype=np.bool_)
 
     def explain(
         self,
