@@ -632,11 +632,14 @@ def fit_coincidence(
     if absent:
         log.warning("coincidence of %s not fitted: %s not in the model", list(agree), absent)
         return plain
-    codes = _codes(counts[model.features], model.levels)
+    # the distinct vectors in one fixed order: counts from any engine, in any row order, give
+    # the same sums to the last bit
+    pats = _counted(counts[[*model.features, "count"]], model.levels)
+    codes = pats.codes
     tops = np.asarray([len(model.m[f]) for f in model.features])
     hit = plain._coincident(codes, codes == tops)
     assert hit is not None
-    n = counts["count"].to_numpy(dtype=np.float64)[hit]
+    n = pats.counts[hit]
     if n.sum() < COINCIDENCE_MIN_PAIRS:
         log.info("coincidence of %s: %d pairs, too few to fit", list(agree), int(n.sum()))
         return plain

@@ -478,3 +478,17 @@ def test_namesakes_are_told_apart_by_what_namesakes_look_like() -> None:
     assert (p[one_district] > [0.5, 0.99]).all() and (q[one_district] < [0.2, 0.97]).all()
     assert p[0] < 0.05  # nothing but name and birth date in common: 13 in 1,013 are matches
     assert FellegiSunter.from_json(fitted.to_json()) == fitted
+
+
+def test_the_coincidence_is_the_same_however_the_pairs_were_counted() -> None:
+    """Another engine's counts come in another row order, a vector on several rows: the same
+    model to the last bit (the Spark night's model.json equals the local one's)."""
+    counts = _namesake_pairs(1000, 300)
+    other = pd.concat([counts.iloc[::-1], counts.iloc[:1].assign(count=0)], ignore_index=True)
+    split = counts.iloc[[1]].assign(count=counts["count"].iloc[1] - 7)
+    other = pd.concat([other[other.index != 2], split, split.assign(count=7)], ignore_index=True)
+    fit = [
+        model_module.fit_coincidence(_namesake_model(), c, ["name", "birth_date"], "id_number")
+        for c in (counts, other)
+    ]
+    assert fit[0].to_json() == fit[1].to_json()
