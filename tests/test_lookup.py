@@ -38,7 +38,7 @@ def city(make_city: CityFactory) -> Iterator[CityConfig]:
             mp,
             persons=600,
             enterprises=70,
-            seed=11,
+            seed=7,  # the city of test_access.py and test_access_roles.py: one build
             until="published",
             views=True,
             run_id=NIGHT,
