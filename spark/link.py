@@ -14,7 +14,8 @@ hands an entity to when all its records are linked again:
    the same numbers the local engine fits.
 4. **Scores** by :meth:`master_data.model.FellegiSunter.probability` in ``mapInArrow``; the
    edges worth keeping (``keep``) come back to the driver.
-5. **Clusters**: connected components of the usable links (:mod:`spark.components`), then
+5. **Clusters**: connected components of the usable links (on the driver, which holds them,
+   up to :attr:`SparkLink.driver_edges` links; else :mod:`spark.components`), then
    :func:`master_data.cluster.cluster_records` by ``applyInPandas`` over hash buckets of
    components (a bucket holds many components, never one group per component).
 
@@ -48,7 +49,7 @@ from pyspark.sql import functions as F
 
 from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
-from master_data.cluster import RecordClusters, cluster_records
+from master_data.cluster import RecordClusters, _components, cluster_records
 from master_data.compare import features_for
 from master_data.deterministic import HARD_KEY, corroborated, filed_under_another, rule_links
 from master_data.engine import RecordFiles, Scored
@@ -69,6 +70,10 @@ __all__ = ["SparkLink"]
 
 log = logging.getLogger(__name__)
 
+DRIVER_EDGES = 5_000_000
+"""Links whose components the driver works out itself (:attr:`SparkLink.driver_edges`): about
+200 MB of scipy's graph."""
+
 
 def _quiet(_message: str) -> None:
     """No progress lines."""
@@ -78,12 +83,17 @@ def _quiet(_message: str) -> None:
 class SparkLink:
     """The link stage's heavy steps on ``spark``; ``scratch`` (under var/spark/) holds the
     records Spark reads while an entity links. ``buckets``: the hash buckets clustering runs
-    in (default: twice Spark's default parallelism). ``say``: where each step's progress line
-    goes (the night's progress: a step's wall and CPU seconds are read between two lines)."""
+    in (default: twice Spark's default parallelism). ``driver_edges``: up to this many links,
+    their connected components are worked out on the driver, which holds them already (as
+    :func:`master_data.cluster.cluster_records` does: milliseconds, where Spark SQL's rounds
+    are dozens of jobs, each planned on the driver while the executors wait); more go through
+    :mod:`spark.components`. ``say``: where each step's progress line goes (the night's
+    progress: a step's wall and CPU seconds are read between two lines)."""
 
     spark: SparkSession
     scratch: Path
     buckets: int = 0
+    driver_edges: int = DRIVER_EDGES
     say: Callable[[str], None] = _quiet
     name: str = field(default="Spark", init=False)
 
@@ -368,8 +378,7 @@ def _cluster(
     ).astype(str)
     if not len(ends):
         return cluster_records(records, edges, decided, entity, auto_link)
-    comps = components(spark.createDataFrame(ends)).toArrow().to_pandas()
-    comp_of = pd.Series(comps["component"].to_numpy(dtype=object), index=comps["node"])
+    comp_of = _linked_components(link, records.index, ends)
     mapped = comp_of.reindex(records.index)
     itself = records.index.to_numpy(dtype=object)
     component = pd.Series(
@@ -389,6 +398,18 @@ def _cluster(
 
     done = grouped.groupBy("hashed").applyInPandas(kernel, _CLUSTERED_DDL).toArrow().to_pandas()
     return _assemble(records, edges, component.rename("component"), done)
+
+
+def _linked_components(link: SparkLink, ids: pd.Index, ends: pd.DataFrame) -> pd.Series:
+    """The component of each record at an end of a link (``ends``: ``left``, ``right``), by
+    record ID: its smallest record ID. On the driver up to ``link.driver_edges`` links (``ids``:
+    every record, sorted), else in Spark SQL."""
+    if len(ends) > link.driver_edges:
+        comps = components(link.spark.createDataFrame(ends)).toArrow().to_pandas()
+        return pd.Series(comps["component"].to_numpy(dtype=object), index=comps["node"])
+    a, b = ids.get_indexer(ends["left"]), ids.get_indexer(ends["right"])
+    linked = np.unique(np.concatenate([a, b]))
+    return _components(ids, a, b).iloc[linked]
 
 
 def _bucket_rows(
