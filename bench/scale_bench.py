@@ -159,6 +159,87 @@ def _progress(stage: str) -> Callable[[str], None]:
     return say
 
 
+class _SparkGaps:
+    """Where a Spark stage leaves the executors idle: every ``every`` seconds Spark's status
+    tracker says whether any task runs; the time none does is the driver's (its Python, the
+    JVM planning, collecting and writing), which no number of cores shortens; the time fewer
+    tasks run than there are cores is partly so. Kept per phase (the stage's latest progress
+    line), with the driver process's own CPU seconds and the Spark jobs started."""
+
+    def __init__(self, spark: Any, every: float = 0.1) -> None:
+        # phase: wall, no task, fewer tasks than cores, driver CPU seconds, jobs
+        self.phases: dict[str, list[float]] = {}
+        self._cores = spark.sparkContext.defaultParallelism
+        self._tracker = spark.sparkContext.statusTracker()
+        self._jobs: set[int] = set()
+        self._phase = "starting"
+        self._every = every
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _SparkGaps:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def phase(self, name: str) -> None:
+        with self._lock:
+            self._phase = name
+
+    def _running(self) -> tuple[int, set[int]]:
+        """The tasks running now, and the jobs started so far."""
+        tracker, tasks = self._tracker, 0
+        for stage in tracker.getActiveStageIds():
+            info = tracker.getStageInfo(stage)
+            tasks += info.numActiveTasks if info is not None else 0
+        return tasks, set(tracker.getJobIdsForGroup())
+
+    def _sample(self) -> None:
+        seen, cpu = time.perf_counter(), time.process_time()
+        while not self._stop.wait(self._every):
+            tasks, jobs = self._running()
+            now, used = time.perf_counter(), time.process_time()
+            with self._lock:
+                row = self.phases.setdefault(self._phase, [0.0] * 5)
+            row[0] += now - seen
+            row[1] += 0.0 if tasks else now - seen
+            row[2] += now - seen if 0 < tasks < self._cores else 0.0
+            row[3] += used - cpu
+            row[4] += len(jobs - self._jobs)
+            self._jobs |= jobs
+            seen, cpu = now, used
+
+    def report(self) -> dict[str, float]:
+        """The table on stderr; the totals of no task running and the driver's CPU seconds."""
+        print(
+            "  phase (latest progress line)                                 wall s  no task s"
+            "  fewer tasks than cores s  driver cpu s  jobs",
+            file=sys.stderr,
+        )
+        for name, (wall, idle, few, cpu, jobs) in self.phases.items():
+            print(
+                f"  {name[:60]:60} {wall:7.1f} {idle:10.1f} {few:25.1f} {cpu:13.1f} {jobs:5.0f}",
+                file=sys.stderr,
+            )
+        wall, idle, few, cpu, jobs = (sum(r[i] for r in self.phases.values()) for i in range(5))
+        print(
+            f"  no task running {idle:.1f} of {wall:.1f} s ({idle / max(wall, 1e-9):.0%}), fewer "
+            f"tasks than cores {few:.1f} s; driver process {cpu:.1f} CPU-s; {jobs:.0f} jobs",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {
+            "no_task_s": round(idle, 1),
+            "fewer_tasks_s": round(few, 1),
+            "driver_cpu_s": round(cpu, 1),
+            "jobs": int(jobs),
+        }
+
+
 def _local_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any]:
     """One stage on the local engine; what it reports besides the timings."""
     from etl.config import load_city_config
@@ -235,9 +316,17 @@ def _spark_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any
             from master_data.link import link
             from spark.link import SparkLink
 
-            engine = SparkLink(spark, spark_dir(city.var_dir) / "link")
-            linked = link(city, run_id, engine=engine).summary()["entities"]
+            said = _progress("link")
+            with _SparkGaps(spark) as gaps:
+
+                def say(message: str) -> None:
+                    gaps.phase(message)
+                    said(message)
+
+                engine = SparkLink(spark, spark_dir(city.var_dir) / "link", say=say)
+                linked = link(city, run_id, progress=say, engine=engine).summary()["entities"]
             report["masters"] = sum(e["masters"] for e in linked.values())
+            report.update(gaps.report())
         report["spark_cpu_s"] = _descendants_cpu_s()  # the session started in this stage
     finally:
         spark.stop()

@@ -112,6 +112,9 @@ def pass_reports(
     blocks = keys.groupBy("pass", "key").agg(F.count("*").alias("size"))
     blocks = blocks.withColumn("limit", _limit(passes, max_block))
     over = F.col("size") > F.col("limit")
+    # one job: the totals and the skipped blocks (few: each holds more than max_block rows),
+    # biggest first, then by key
+    biggest = F.when(over, F.struct((-F.col("size")).alias("minus"), F.col("key")))
     totals = {
         r["pass"]: r
         for r in blocks.groupBy("pass")
@@ -119,14 +122,14 @@ def pass_reports(
             F.sum(F.when((F.col("size") >= 2) & ~over, 1).otherwise(0)).alias("blocks"),
             F.sum(F.when(over, 1).otherwise(0)).alias("skipped"),
             F.sum(F.when(over, F.col("size")).otherwise(0)).alias("skipped_rows"),
+            F.slice(F.sort_array(F.collect_list(biggest)), 1, max(shown, 1)).alias("top"),
         )
         .collect()
     }
-    biggest = Window.partitionBy("pass").orderBy(F.desc("size"), F.asc("key"))
-    top: dict[str, list[tuple[str, int]]] = {}
-    ranked = blocks.where(over).withColumn("rank", F.row_number().over(biggest))
-    for r in ranked.where(F.col("rank") <= shown).orderBy("pass", "rank").collect():
-        top.setdefault(r["pass"], []).append((r["key"], int(r["size"])))
+    top = {
+        name: [(t["key"], -int(t["minus"])) for t in row["top"][:shown]]
+        for name, row in totals.items()
+    }
     out = []
     for p in passes:
         row = totals.get(p.name)

@@ -29,10 +29,12 @@ def components(edges: DataFrame, left: str = "left", right: str = "right") -> Da
     """``node, component`` for every node at either end of ``edges`` (columns ``left`` and
     ``right``, undirected, self-loops and repeats allowed): its component's smallest node.
     Nodes without an edge are not in ``edges`` and so not in the result."""
+    # checkpoints kept lazily: each round's edges are worked out and kept by the one job that
+    # compares them with the round before, not by a job of their own
     current = _canonical(edges.select(F.col(left).alias("a"), F.col(right).alias("b")))
-    current = current.localCheckpoint()
+    current = current.localCheckpoint(eager=False)
     for _ in range(MAX_ROUNDS):
-        after = _small_star(_large_star(current)).localCheckpoint()
+        after = _small_star(_large_star(current)).localCheckpoint(eager=False)
         if _same(after, current):
             return _labels(after)
         current = after

@@ -14,7 +14,8 @@ hands an entity to when all its records are linked again:
    the same numbers the local engine fits.
 4. **Scores** by :meth:`master_data.model.FellegiSunter.probability` in ``mapInArrow``; the
    edges worth keeping (``keep``) come back to the driver.
-5. **Clusters**: connected components of the usable links (:mod:`spark.components`), then
+5. **Clusters**: connected components of the usable links (on the driver, which holds them,
+   up to :attr:`SparkLink.driver_edges` links; else :mod:`spark.components`), then
    :func:`master_data.cluster.cluster_records` by ``applyInPandas`` over hash buckets of
    components (a bucket holds many components, never one group per component).
 
@@ -33,7 +34,7 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ from pyspark.sql import functions as F
 
 from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
-from master_data.cluster import RecordClusters, cluster_records
+from master_data.cluster import RecordClusters, _components, cluster_records
 from master_data.compare import features_for
 from master_data.deterministic import HARD_KEY, corroborated, filed_under_another, rule_links
 from master_data.engine import RecordFiles, Scored
@@ -69,16 +70,31 @@ __all__ = ["SparkLink"]
 
 log = logging.getLogger(__name__)
 
+DRIVER_EDGES = 5_000_000
+"""Links whose components the driver works out itself (:attr:`SparkLink.driver_edges`): about
+200 MB of scipy's graph."""
+
+
+def _quiet(_message: str) -> None:
+    """No progress lines."""
+
 
 @dataclass
 class SparkLink:
     """The link stage's heavy steps on ``spark``; ``scratch`` (under var/spark/) holds the
     records Spark reads while an entity links. ``buckets``: the hash buckets clustering runs
-    in (default: twice Spark's default parallelism)."""
+    in (default: twice Spark's default parallelism). ``driver_edges``: up to this many links,
+    their connected components are worked out on the driver, which holds them already (as
+    :func:`master_data.cluster.cluster_records` does: milliseconds, where Spark SQL's rounds
+    are dozens of jobs, each planned on the driver while the executors wait); more go through
+    :mod:`spark.components`. ``say``: where each step's progress line goes (the night's
+    progress: a step's wall and CPU seconds are read between two lines)."""
 
     spark: SparkSession
     scratch: Path
     buckets: int = 0
+    driver_edges: int = DRIVER_EDGES
+    say: Callable[[str], None] = _quiet
     name: str = field(default="Spark", init=False)
 
     def score(
@@ -98,21 +114,27 @@ class SparkLink:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, mode=0o700)
         try:
+            self.say(f"{entity}: block keys")
             rows, read = self._records(records, entity, match, files, folder)
-            keys = block_keys(rows, match.blocking).localCheckpoint()
+            # checkpoints kept lazily: the first job that reads them keeps them, no job of
+            # their own (a Spark job's planning is the driver's, uncut by more cores)
+            keys = block_keys(rows, match.blocking).localCheckpoint(eager=False)
             wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
+            self.say(f"{entity}: blocks counted")
             passes = pass_reports(keys, match.blocking, max_block=match.max_block)
+            self.say(f"{entity}: pairs compared")
             levels = _levels(
                 pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
                 rows,
                 entity,
                 wanted,
-            ).localCheckpoint()
+            ).localCheckpoint(eager=False)
             labels = [f.label for f in features_for(entity)]
-            pairs = levels.count()
             trained = model is None
             if model is None:
                 counts = _counts(levels, labels)
+                pairs = int(counts["count"].sum())
+                self.say(f"{entity}: EM counts")
                 picked = random_pairs(compared.index.to_numpy())
                 drawn = self.spark.createDataFrame(
                     pd.DataFrame(
@@ -126,8 +148,12 @@ class SparkLink:
                     entity,
                     settings,
                 )
+            else:
+                pairs = levels.count()
             model = attach(model, frequencies, match.correlated)
+            self.say(f"{entity}: scores kept")
             kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared)
+            self.say(f"{entity}: block keys collected")
             block = _key_table(keys, [p.name for p in match.blocking])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -156,8 +182,8 @@ class SparkLink:
         parts = max(2 * self.spark.sparkContext.defaultParallelism, 2)
         if files is not None and files.paths:
             read = canonical_records(self.spark, files, entity).select(*columns)
-            rows = read.repartition(parts).localCheckpoint()
-            found = rows.count()  # of the rows kept: the files are read once
+            rows = read.repartition(parts).localCheckpoint(eager=False)
+            found = rows.count()  # the job that reads the files once and keeps the rows
             if found == files.rows:
                 return rows, "canonical parquet"
             log.warning(
@@ -169,7 +195,7 @@ class SparkLink:
             )
         pq.write_table(records.select(columns), folder / "records.parquet")
         rows = self.spark.read.parquet(str(folder / "records.parquet"))
-        return rows.repartition(parts).localCheckpoint(), "driver"
+        return rows.repartition(parts).localCheckpoint(eager=False), "driver"
 
     def cluster(
         self,
@@ -180,6 +206,7 @@ class SparkLink:
         auto_link: float,
     ) -> RecordClusters:
         """:func:`master_data.cluster.cluster_records`, per hash bucket of components."""
+        self.say(f"{entity}: components")
         return _cluster(self, records, edges, decided, entity, auto_link)
 
     def golden(
@@ -192,6 +219,7 @@ class SparkLink:
         run_id: str,
     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """:func:`master_data.golden.golden_records` per hash bucket of master IDs."""
+        self.say(f"{entity}: golden records")
         return _golden(self, members, entity, city, match, base_golden, run_id)
 
 
@@ -268,14 +296,14 @@ def _kept(
     table = levels.mapInArrow(kernel, f"{ddl}, probability DOUBLE, rule STRING").toArrow()
     table = table.take(pc.sort_indices(table, [("left", "ascending"), ("right", "ascending")]))
     frame = pd.DataFrame(
-        {side: np.asarray(table[side].to_pylist(), dtype=object) for side in ("left", "right")}
+        {side: table[side].to_numpy(zero_copy_only=False) for side in ("left", "right")}
     )
     for label in labels:
         frame[label] = table[label].to_numpy().astype(np.int8)
     for column in extra:
         frame[column] = table[column].to_numpy(zero_copy_only=False).astype(np.float64)
     frame["probability"] = table["probability"].to_numpy().astype(np.float64)
-    frame["rule"] = pd.Series(table["rule"].to_pylist(), dtype=object)
+    frame["rule"] = pd.Series(table["rule"].to_numpy(zero_copy_only=False), dtype=object)
     at = records.index.get_indexer
     filed = filed_under_another(records, at(frame["left"]), at(frame["right"]), entity)
     frame["corroborated"] = (
@@ -310,7 +338,7 @@ def _probability(
 def _key_table(keys: DataFrame, passes: list[str]) -> pa.Table:
     """Every record's block keys, in pass order, then by record and key."""
     table = keys.toArrow().select(KEY_SCHEMA.names).cast(KEY_SCHEMA)
-    order = pa.array([passes.index(p) for p in table["pass"].to_pylist()], pa.int32())
+    order = pc.index_in(table["pass"], value_set=pa.array(passes, pa.string()))
     table = table.append_column("order", order)
     table = table.take(
         pc.sort_indices(
@@ -350,8 +378,7 @@ def _cluster(
     ).astype(str)
     if not len(ends):
         return cluster_records(records, edges, decided, entity, auto_link)
-    comps = components(spark.createDataFrame(ends)).toArrow().to_pandas()
-    comp_of = pd.Series(comps["component"].to_numpy(dtype=object), index=comps["node"])
+    comp_of = _linked_components(link, records.index, ends)
     mapped = comp_of.reindex(records.index)
     itself = records.index.to_numpy(dtype=object)
     component = pd.Series(
@@ -360,6 +387,7 @@ def _cluster(
         dtype=object,
     )
     buckets = link.buckets or 2 * spark.sparkContext.defaultParallelism
+    link.say(f"{entity}: clusters")
     rows = _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity])
     grouped = spark.createDataFrame(rows, _CLUSTER_DDL).withColumn(
         "hashed", F.pmod(F.hash("bucket"), F.lit(buckets))
@@ -370,6 +398,18 @@ def _cluster(
 
     done = grouped.groupBy("hashed").applyInPandas(kernel, _CLUSTERED_DDL).toArrow().to_pandas()
     return _assemble(records, edges, component.rename("component"), done)
+
+
+def _linked_components(link: SparkLink, ids: pd.Index, ends: pd.DataFrame) -> pd.Series:
+    """The component of each record at an end of a link (``ends``: ``left``, ``right``), by
+    record ID: its smallest record ID. On the driver up to ``link.driver_edges`` links (``ids``:
+    every record, sorted), else in Spark SQL."""
+    if len(ends) > link.driver_edges:
+        comps = components(link.spark.createDataFrame(ends)).toArrow().to_pandas()
+        return pd.Series(comps["component"].to_numpy(dtype=object), index=comps["node"])
+    a, b = ids.get_indexer(ends["left"]), ids.get_indexer(ends["right"])
+    linked = np.unique(np.concatenate([a, b]))
+    return _components(ids, a, b).iloc[linked]
 
 
 def _bucket_rows(

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -50,7 +51,8 @@ def test_spark_blocking_finds_the_local_pairs(
     city: CityConfig, spark: Any, entity: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Read by Spark from the canonical Parquet, only the payload columns: the local pairs, and
-    the skipped blocks reported once per pass, as many and as big as the local engine's."""
+    the skipped blocks reported once per pass, as many and as big as the local engine's, from
+    one query."""
     from spark.blocking import SKIPPED_SHOWN, block_keys, candidate_pairs_on_spark, pass_reports
     from spark.records import canonical_records, payload_columns
 
@@ -64,8 +66,15 @@ def test_spark_blocking_finds_the_local_pairs(
     ids = rows.select(RECORD).orderBy(RECORD).toArrow()[RECORD]
     assert ids.to_pylist() == records[RECORD].to_pylist()
     found = candidate_pairs_on_spark(rows, match.blocking, max_block=limit)
-    with caplog.at_level(logging.WARNING, logger="spark.blocking"):
+    collected = []
+    frames = type(rows)  # PySpark's classic DataFrame, not the class it implements
+    collect = frames.collect
+    with (
+        caplog.at_level(logging.WARNING, logger="spark.blocking"),
+        mock.patch.object(frames, "collect", lambda df: collected.append(df) or collect(df)),
+    ):
         reports = pass_reports(block_keys(rows, match.blocking), match.blocking, max_block=limit)
+    assert len(collected) == 1  # one query: each is planned on the driver while cores wait
     for mine, theirs in zip(reports, local.report.passes, strict=True):
         assert mine["blocks"] == theirs.blocks, theirs.name
         assert mine["skipped_blocks"] == len(theirs.skipped), theirs.name

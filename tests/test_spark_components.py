@@ -1,9 +1,11 @@
 """Connected components by large-star/small-star in Spark SQL equal scipy's and the local
 engine's (:func:`master_data.cluster.cluster_records`'s labelling: the smallest record ID) on
-random graphs, long chains in shuffled order, stars, and repeated or self-loop edges."""
+random graphs, long chains in shuffled order, stars, and repeated or self-loop edges; a Spark
+link's clusters are the same whether the driver or Spark SQL works out their components."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,3 +88,41 @@ def test_no_edges_no_components(spark: Any) -> None:
 
     empty = spark.createDataFrame([], "left STRING, right STRING")
     assert components(empty).count() == 0
+
+
+def test_link_clusters_alike_with_components_on_the_driver_or_in_spark(
+    spark: Any, tmp_path: Path
+) -> None:
+    """The links the driver holds put into components there (few) or in Spark SQL (many):
+    the same clusters, components, accepted links and counts."""
+    from master_data.records import RECORD
+    from spark.link import SparkLink, _cluster
+
+    rng = np.random.default_rng(7)
+    ids = pd.Index([f"gongan/hukou/{i:04d}" for i in range(300)], name=RECORD)
+    hard = [f"11{i:016d}" if i % 6 == 0 else None for i in range(300)]  # some clash
+    records = pd.DataFrame({"id_number": hard}, index=ids)
+    a, b = rng.integers(0, 300, 240), rng.integers(0, 300, 240)
+    keep = a < b
+    edges = pd.DataFrame(
+        {
+            "left": ids[a[keep]],
+            "right": ids[b[keep]],
+            "probability": rng.uniform(0.5, 1.0, keep.sum()),
+            "rule": None,
+            "corroborated": True,
+        }
+    ).drop_duplicates(["left", "right"], ignore_index=True)
+    decided = pd.DataFrame(
+        {"left_record": [ids[0]], "right_record": [ids[1]], "decision": ["link"]}
+    )
+    done = [
+        _cluster(SparkLink(spark, tmp_path, driver_edges=n), records, edges, decided, "person", 0.9)
+        for n in (0, len(edges) + 1)
+    ]
+    in_spark, on_driver = done
+    assert (in_spark.labels == on_driver.labels).all()
+    assert (in_spark.accepted == on_driver.accepted).all()
+    pd.testing.assert_series_equal(in_spark.component, on_driver.component, check_names=False)
+    assert in_spark.counts == on_driver.counts
+    assert on_driver.counts["model_links"] > 0 and on_driver.counts["refused_hard_key"] > 0
