@@ -238,12 +238,15 @@ def _names_pinyin(rows: _Rows) -> pd.Series[Any]:
     current = rows.column("name_pinyin")
     if "former_name" not in rows.df.columns:
         return current
-    former = rows.column("former_name").map(
-        lambda v: normalize.name_pinyin(v) if isinstance(v, str) and v else None
-    )
-    return _positional(
-        [sorted({k for k in (a, b) if k}) or None for a, b in zip(current, former, strict=True)]
-    )
+    names = current.to_numpy()
+    out = _positional([[a] if a else None for a in names])
+    # few people were renamed: the former name's pinyin only where there is one
+    former = rows.column("former_name").to_numpy()
+    for i in np.flatnonzero(pd.notna(former)).tolist():
+        if isinstance(former[i], str) and former[i]:
+            both = (names[i], normalize.name_pinyin(former[i]))
+            out.iat[i] = sorted({k for k in both if k}) or None
+    return out
 
 
 def _reg_no(rows: _Rows) -> pd.Series[Any]:
