@@ -238,12 +238,15 @@ def _names_pinyin(rows: _Rows) -> pd.Series[Any]:
     current = rows.column("name_pinyin")
     if "former_name" not in rows.df.columns:
         return current
-    former = rows.column("former_name").map(
-        lambda v: normalize.name_pinyin(v) if isinstance(v, str) and v else None
-    )
-    return _positional(
-        [sorted({k for k in (a, b) if k}) or None for a, b in zip(current, former, strict=True)]
-    )
+    names = current.to_numpy()
+    out = _positional([[a] if a else None for a in names])
+    # few people were renamed: the former name's pinyin only where there is one
+    former = rows.column("former_name").to_numpy()
+    for i in np.flatnonzero(pd.notna(former)).tolist():
+        if isinstance(former[i], str) and former[i]:
+            both = (names[i], normalize.name_pinyin(former[i]))
+            out.iat[i] = sorted({k for k in both if k}) or None
+    return out
 
 
 def _reg_no(rows: _Rows) -> pd.Series[Any]:
@@ -543,26 +546,57 @@ def _sorted_unique(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 
 def _blocks(rows: _Rows, keys: Sequence[str]) -> _Blocks:
+    """The rows of each block of ``keys``, blocks in the order of their key values (a row
+    without one of the keys, or with it empty, is in no block). Each key column is
+    factorized in sorted order once and a block is its rows' tuple of key ranks: integers
+    sorted, not a groupby and a drop of duplicates over the key values."""
     table = pd.DataFrame({f"k{i}": rows.key(k) for i, k in enumerate(keys)})
     cols = list(table.columns)
     for col in cols:
         present = table[col].dropna()
         if not present.empty and isinstance(present.iloc[0], list):
             table = table.explode(col)  # several keys in one row: one table row per key
+    keyed = np.ones(len(table), dtype=bool)
+    ranks, uniques = [], []
     for col in cols:
-        table[col] = table[col].where(table[col] != "")
-    table = table.dropna(how="any").reset_index(names="_row").drop_duplicates()
-    if table.empty:
+        rank, values = pd.factorize(table[col].to_numpy(dtype=object), sort=True)
+        keyed &= rank >= 0
+        for blank in np.flatnonzero(values == ""):  # an empty text is no key
+            keyed &= rank != blank
+        ranks.append(rank)
+        uniques.append(values)
+    at = np.flatnonzero(keyed)
+    if not len(at):
         empty = np.empty(0, dtype=np.int64)
         return _Blocks(empty, empty, empty, empty)
-    block = table.groupby(cols, sort=True).ngroup().to_numpy(dtype=np.int64)
-    positions = table["_row"].to_numpy(dtype=np.int64)
-    order = np.lexsort((positions, block))
-    positions, block = positions[order], block[order]
+    key = np.zeros(len(at), dtype=np.int64)
+    for rank, values in zip(ranks, uniques, strict=True):
+        key = _dense(key) * len(values) + rank[at]  # dense first: the product stays small
+    positions = table.index.to_numpy(dtype=np.int64)[at]
+    order = np.lexsort((positions, key))
+    key, positions = key[order], positions[order]
+    # a row holding the same key twice (a number listed twice) is in its block once
+    once = np.concatenate(([True], (key[1:] != key[:-1]) | (positions[1:] != positions[:-1])))
+    key, positions, order = key[once], positions[once], order[once]
+    block = _dense(key)
     size = np.bincount(block).astype(np.int64)
     start = np.concatenate(([0], np.cumsum(size)[:-1])).astype(np.int64)
-    first = table[cols].iloc[order[start]].reset_index(drop=True)
+    row = at[order[start]]
+    first = pd.DataFrame(
+        {col: values[rank[row]] for col, rank, values in zip(cols, ranks, uniques, strict=True)}
+    )
     return _Blocks(positions, block, start, size, first)
+
+
+def _dense(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Each value's rank among the distinct ``values`` (0, 1, …, in their order)."""
+    if not len(values):
+        return values
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    out = np.empty(len(values), dtype=np.int64)
+    out[order] = np.cumsum(np.concatenate(([0], ordered[1:] != ordered[:-1])))
+    return out
 
 
 def _pass_pairs(

@@ -130,8 +130,11 @@ def cluster_arrays(
     tight = np.zeros(comp.max(initial=-1) + 1, dtype=bool)
     keyed = np.flatnonzero(hard >= 0)
     if len(keyed):
-        pairs = np.unique(np.stack([comp[keyed], hard[keyed]]), axis=1)[0]
-        tight[pairs[1:][pairs[1:] == pairs[:-1]]] = True
+        # each (component, hard key) once, as one integer: np.unique over columns is slow
+        width = int(hard.max()) + 1
+        held = np.sort(comp[keyed].astype(np.int64) * width + hard[keyed])
+        held = held[np.concatenate(([True], held[1:] != held[:-1]))] // width
+        tight[held[1:][held[1:] == held[:-1]]] = True
     for a, b in apart:
         if comp[a] == comp[b]:
             tight[comp[a]] = True
@@ -304,15 +307,13 @@ def cluster_records(
 
 def _decided(decided: pd.DataFrame, position: pd.Series, decision: str) -> list[tuple[int, int]]:
     """The positions of the record pairs a reviewer decided ``decision`` on, both ends present."""
-    mine = decided[
-        decided["left_record"].isin(position.index)
-        & decided["right_record"].isin(position.index)
-        & (decided["decision"] == decision)
-    ]
-    return [
-        (int(position[a]), int(position[b]))
-        for a, b in zip(mine["left_record"], mine["right_record"], strict=True)
-    ]
+    mine = decided[decided["decision"] == decision]
+    # the index's own lookup (built once): isin hashed every record ID again on each call
+    a = position.index.get_indexer(mine["left_record"])
+    b = position.index.get_indexer(mine["right_record"])
+    both = (a >= 0) & (b >= 0)
+    at = position.to_numpy()
+    return [(int(at[i]), int(at[j])) for i, j in zip(a[both], b[both], strict=True)]
 
 
 def hard_codes(keys: pd.Series) -> npt.NDArray[np.int64]:

@@ -293,17 +293,23 @@ class BirthDate(DateLevel):
     levels_zh = ("不同", "部分相同", "农历公历之差", "日月颠倒", "相同")
 
     def prepare(self, *columns: pd.Series[Any]) -> Prepared:
+        """Each row's ordinal and lunar readings, worked out once per distinct date: a city
+        has a few tens of thousands of birth dates among millions of rows."""
         parts = super().prepare(*columns)
-        ymd = np.stack([parts["year"], parts["month"], parts["day"]], axis=1)
-        ordinal = np.full(len(ymd), -1, dtype=np.int64)
-        lunar = np.full((len(ymd), 2), -2, dtype=np.int64)  # -2 never equals an ordinal
-        for i, (y, m, d) in enumerate(ymd.tolist()):
-            if y < 0:
+        y, m, d = parts["year"], parts["month"], parts["day"]
+        dates, row_date = np.unique(
+            np.where(y < 0, -1, y * 10000 + m * 100 + d), return_inverse=True
+        )
+        ordinal = np.full(len(dates), -1, dtype=np.int64)
+        lunar = np.full((len(dates), 2), -2, dtype=np.int64)  # -2 never equals an ordinal
+        for i, ymd in enumerate(dates.tolist()):
+            if ymd < 0:
                 continue
-            ordinal[i] = dt.date(y, m, d).toordinal()
-            found = _from_lunar(y, m, d)
+            year, month, day = ymd // 10000, ymd // 100 % 100, ymd % 100
+            ordinal[i] = dt.date(year, month, day).toordinal()
+            found = _from_lunar(year, month, day)
             lunar[i, : len(found)] = found
-        return {**parts, "ordinal": ordinal, "lunar": lunar}
+        return {**parts, "ordinal": ordinal[row_date], "lunar": lunar[row_date]}
 
     def compare_at(self, data: Prepared, left: Positions, right: Positions) -> Levels:
         base = super().compare_at(data, left, right)
@@ -561,15 +567,19 @@ class Phones(LevelFeature):
 
     def prepare(self, *columns: pd.Series[Any]) -> Prepared:
         values = columns[0].reset_index(drop=True)
-        lists = values.map(lambda v: list(v) if isinstance(v, list | tuple | np.ndarray) else None)
-        flat = lists.explode().dropna().astype(str)
-        owner = flat.index.to_numpy(dtype=np.int64)
         n = len(values)
-        weak = flat.map(_phone_weak_key)
-        has_weak = weak.notna().to_numpy()
+        listed = np.fromiter(
+            (isinstance(v, list | tuple | np.ndarray) for v in values), dtype=bool, count=n
+        )
+        flat = values[listed].explode().dropna().astype(str)
+        owner = flat.index.to_numpy(dtype=np.int64)
+        full, numbers = pd.factorize(flat.to_numpy(dtype=object))
+        # the weak key once per distinct number: most numbers are on several rows
+        weak = np.asarray([_phone_weak_key(v) for v in numbers], dtype=object)[full]
+        has_weak = pd.notna(weak)
         return {
-            "full": _Sets(owner, _codes(flat.to_numpy(dtype=object)), n),
-            "weak": _Sets(owner[has_weak], _codes(weak[has_weak].to_numpy(dtype=object)), n),
+            "full": _Sets(owner, full.astype(np.int64), n),
+            "weak": _Sets(owner[has_weak], _codes(weak[has_weak]), n),
         }
 
     def compare_at(self, data: Prepared, left: Positions, right: Positions) -> Levels:

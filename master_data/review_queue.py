@@ -100,21 +100,6 @@ def _queue(
     run_id: str,
     thresholds: Thresholds,
 ) -> pd.DataFrame:
-    features = model.features
-    tf = [u_column(f) for f in model.tf if u_column(f) in band.columns]
-    weights = [
-        json.dumps(
-            {
-                f: {"level": int(lv), "weight": round(w, 3)}
-                for f, lv, _, w in model.explain(
-                    {f: row[f] for f in features},
-                    tf_u={c[: -len("_tf")]: float(row[c]) for c in tf},
-                )
-            },
-            ensure_ascii=False,
-        )
-        for row in band[[*features, *tf]].to_dict("records")
-    ]
     return pd.DataFrame(
         {
             "entity": entity,
@@ -123,8 +108,32 @@ def _queue(
             "left_master_id": master_of.reindex(band["left"]).to_numpy(),
             "right_master_id": master_of.reindex(band["right"]).to_numpy(),
             "probability": band["probability"].to_numpy(),
-            "weights": pd.Series(weights, dtype=object),
+            "weights": pd.Series(_weights(band, model), dtype=object),
             "run_id": run_id,
             "reason": pd.Series(reasons(band["probability"], thresholds), dtype=object),
         }
     )
+
+
+def _weights(band: pd.DataFrame, model: FellegiSunter) -> list[str]:
+    """Each pair's level and match weight per feature, as JSON, as
+    :meth:`FellegiSunter.explain` gives them for one pair: from one weight matrix of the whole
+    band, since a model call per pair cost more than the rest of the night's scoring."""
+    features = model.features
+    tf_u = {
+        f: band[u_column(f)].to_numpy(dtype=np.float64)
+        for f in model.tf
+        if u_column(f) in band.columns
+    }
+    levels = band[features]
+    weights = model.weights(levels, tf_u).to_numpy().tolist()
+    return [
+        json.dumps(
+            {
+                f: {"level": lv, "weight": round(w, 3)}
+                for f, lv, w in zip(features, row, ws, strict=True)
+            },
+            ensure_ascii=False,
+        )
+        for row, ws in zip(levels.to_numpy(dtype=np.int64).tolist(), weights, strict=True)
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,10 @@ from sample_cities import CityFactory
 
 from master_data.cluster import TIER_MODEL, TIER_REVIEW_LINK, TIER_RULE, cluster
 from master_data.identity import assign_ids
+from master_data.model import FellegiSunter
 from master_data.published import evaluate_published
+from master_data.review_queue import review_queue
+from master_data.settings import EntityMatch
 from master_data.survivorship import survive
 
 # --- clustering ----------------------------------------------------------------------------------
@@ -262,6 +266,50 @@ def test_an_abbreviated_address_never_beats_a_full_one_without_an_authority() ->
     golden, prov, _ = survive(rows, "person", {}, [])
     assert golden.loc[0, "address_detail"] == full
     assert prov.set_index("attribute").loc["address", "rule"] == "agreement(2 of 3)"
+
+
+# --- review queue ---------------------------------------------------------------------------------
+
+
+def test_queued_weights_are_what_explain_says_of_each_pair() -> None:
+    # missing levels, a term-frequency u_v (and a pair without one), a correlated group at top
+    model = FellegiSunter(
+        m={"name": [0.1, 0.2, 0.7], "phone": [0.2, 0.8], "address": [0.3, 0.7]},
+        u={"name": [0.8, 0.15, 0.05], "phone": [0.9, 0.1], "address": [0.6, 0.4]},
+        prior=0.01,
+        tf={"name": {"张伟": 0.02}},
+        correlated=[["phone", "address"]],
+    )
+    levels = {"name": [2, 2, 1, -1], "phone": [1, 0, 1, -1], "address": [1, 1, -1, 0]}
+    u_v = [0.02, np.nan, np.nan, np.nan]
+    edges = pd.DataFrame(
+        {
+            "left": ["a", "c", "e", "g"],
+            "right": ["b", "d", "f", "h"],
+            **levels,
+            "name_tf": u_v,
+            "rule": None,
+            "probability": [0.6, 0.7, 0.8, 0.9],
+        }
+    )
+    master_of = pd.Series([f"M{i}" for i in range(8)], index=list("abcdefgh"))
+    match = EntityMatch.model_validate({"blocking": [{"name": "name", "keys": ["name"]}]})
+    decided = pd.DataFrame({"left_record": [], "right_record": []})
+    queue = review_queue(
+        edges, pd.Series(dtype=object), master_of, decided, model, match, "person", "2026-07-01"
+    )
+    want = [
+        {
+            f: {"level": level, "weight": round(w, 3)}
+            for f, level, _, w in model.explain(
+                {f: v[i] for f, v in levels.items()},
+                tf_u={"name": u_v[i]} if not np.isnan(u_v[i]) else {},
+            )
+        }
+        for i in range(4)
+    ]
+    assert [json.loads(w) for w in queue["weights"]] == want
+    assert json.loads(queue["weights"][0])["address"]["weight"] == 0.0  # phone is the stronger
 
 
 # --- the whole linkage on a 10,000-person city ------------------------------------------------
