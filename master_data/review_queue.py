@@ -101,19 +101,20 @@ def _queue(
     thresholds: Thresholds,
 ) -> pd.DataFrame:
     features = model.features
-    tf = [u_column(f) for f in model.tf if u_column(f) in band.columns]
+    tf_u = {f: band[u_column(f)].to_numpy(np.float64) for f in model.tf if u_column(f) in band}
+    # every pair's weights at once, as FellegiSunter.explain gives them for one pair: the
+    # weights of a pair depend on that pair alone
+    matrix = model.weights(band[features], tf_u).to_numpy()
+    levels = band[features].to_numpy(np.int64)
     weights = [
         json.dumps(
             {
-                f: {"level": int(lv), "weight": round(w, 3)}
-                for f, lv, _, w in model.explain(
-                    {f: row[f] for f in features},
-                    tf_u={c[: -len("_tf")]: float(row[c]) for c in tf},
-                )
+                f: {"level": int(lv), "weight": round(float(w), 3)}
+                for f, lv, w in zip(features, row_levels, row_weights, strict=True)
             },
             ensure_ascii=False,
         )
-        for row in band[[*features, *tf]].to_dict("records")
+        for row_levels, row_weights in zip(levels, matrix, strict=True)
     ]
     return pd.DataFrame(
         {
