@@ -31,6 +31,7 @@ links or publishes (:func:`store.warehouse.night_lock`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -565,7 +566,7 @@ def _settle(
         "review": review,
     }
     for name, frame in tables.items():
-        kept = scope.carried(name, base, run_id)
+        kept = functools.partial(scope.carried, name, base, run_id)
         write_merged(out, name, frame, kept, base=base.folder, removed=scope.dropped(name))
     touched = set(previous["master_id"]) | set(master_of)
     write_state(pd.DataFrame({"master_id": sorted(touched)}), out, "touched")
