@@ -17,7 +17,13 @@ process reached, "all processes" the largest sum of the stage's processes at one
 ``--delta SHARE`` follows each full night with a delta night: the city's next nights of changes
 (:func:`etl.sample_city.generate.next_night`) are applied to a copy of its sources until at
 least SHARE of the source rows changed, then the night runs again on them, and the bench prints
-its median beside the full night's (issue 15: ≤ 10 % of the full night's CPU seconds).
+its median beside the full night's (issue 15: ≤ 10 % of the full night's CPU seconds). With
+``--var`` (or ``--keep``) the full night is kept as it was before the changes, in
+``delta-base<run>``, and ``--delta-only`` then reruns just the delta night on a copy of it,
+``--repeat`` times (SQLite only: the warehouse is in the folder), without the full night:
+
+    .venv/bin/python bench/scale_bench.py --var /tmp/city --delta 0.01 --repeat 1   # once
+    .venv/bin/python bench/scale_bench.py --var /tmp/city --delta 0.01 --delta-only
 
 Warehouse: SQLite under each run's var folder, or ``--warehouse URL`` — then the URL is a
 server login: each run gets a new database on that server (``govmdm_bench_…``, dropped
@@ -518,6 +524,12 @@ def main() -> None:
         help="after each full night, change this share of source rows (e.g. 0.01) and run "
         "the next night on them: the delta night",
     )
+    parser.add_argument(
+        "--delta-only",
+        action="store_true",
+        help="with --var and --delta: rerun only the delta night, on a copy of the full night "
+        "an earlier --delta bench kept there",
+    )
     parser.add_argument("--child", choices=("generate", "change", *STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
     parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
@@ -530,6 +542,8 @@ def main() -> None:
         parser.error(f"--stages must be a head or a tail of {','.join(STAGES)}")
     if args.delta is not None and stages != STAGES:
         parser.error("--delta runs the whole night and the next: leave out --stages")
+    if args.delta_only and (args.delta is None or args.var is None or args.warehouse):
+        parser.error("--delta-only needs --delta and --var, and the SQLite warehouse")
     if stages[0] != STAGES[0] and args.var is None:
         parser.error("--stages without extract needs --var: a kept folder holding the night")
     root = (args.var or Path(tempfile.mkdtemp(prefix="govmdm-scale-bench-"))).resolve()
@@ -562,6 +576,9 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
             f"{gen['wall_s']:.1f} s",
             flush=True,
         )
+    if args.delta_only:
+        _delta_only(root, args.repeat, head, opts)
+        return
     run_id = json.loads((root / "city" / "city.json").read_text())["as_of"]
     by_master: dict[str, list[dict[str, dict[str, Any]]]] = {}
     deltas: list[dict[str, dict[str, Any]]] = []
@@ -581,6 +598,8 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
                     )
                     _say(rep, stage, runs[-1][stage])
                 if args.delta is not None:
+                    if args.keep or args.var is not None:  # for --delta-only
+                        _copy_var(var, _delta_base(root, rep))
                     deltas.append(_delta_night(rep, var, url, {**opts, "spark_master": master}))
     for master, runs in by_master.items():
         _medians(runs, stages, f"{head}{f', Spark {master}' if master else ''}, night {run_id}")
@@ -590,7 +609,7 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
         _speedup(by_master, masters[0], masters[-1])
 
 
-def _delta_night(rep: int, var: Path, url: str, opts: dict[str, Any]) -> dict[str, Any]:
+def _delta_night(rep: int, var: Path, url: str | None, opts: dict[str, Any]) -> dict[str, Any]:
     """The next night after ``--delta`` of the source rows changed, every stage timed."""
     # in a child: the city's truth is large, and a child forked from a large parent would
     # report the parent's peak RSS as its own
@@ -606,6 +625,31 @@ def _delta_night(rep: int, var: Path, url: str, opts: dict[str, Any]) -> dict[st
         night[stage] = _run(stage, var, url, next_id, opts)
         _say(rep, stage, night[stage], "delta ")
     return night
+
+
+def _delta_base(root: Path, rep: int) -> Path:
+    """Where run ``rep``'s full night is kept, as it was before the delta night's changes."""
+    return root / f"delta-base{rep}"
+
+
+def _copy_var(var: Path, to: Path) -> None:
+    """A copy of the var folder ``var`` (its city's sources and SQLite warehouse with it)."""
+    shutil.rmtree(to, ignore_errors=True)
+    shutil.copytree(var, to, symlinks=True)
+
+
+def _delta_only(root: Path, repeat: int, head: str, opts: dict[str, Any]) -> None:
+    """Rerun the delta night ``repeat`` times, each on a fresh copy of the last full night an
+    earlier ``--delta`` bench kept under ``root``."""
+    kept = sorted(root.glob("delta-base*"))
+    if not kept:
+        raise SystemExit(f"no full night kept under {root}: run the bench with --delta first")
+    deltas = []
+    for rep in range(1, repeat + 1):
+        var = root / "delta-rerun"
+        _copy_var(kept[-1], var)
+        deltas.append(_delta_night(rep, var, None, opts))
+    _medians(deltas, STAGES, f"{head}, the delta night on {kept[-1].name}")
 
 
 def _delta_verdict(

@@ -31,6 +31,7 @@ links or publishes (:func:`store.warehouse.night_lock`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -499,10 +500,14 @@ def _scored(
 
 def _between(decisions: pd.DataFrame, present: pa.ChunkedArray) -> pd.DataFrame:
     """The reviewers' decisions on pairs of records that are both ``present``."""
+    values = {c: pa.array(decisions[c], pa.string()) for c in ("left_record", "right_record")}
+    # the records named by a decision, looked up among the present ones: a set of the few
+    # decided records, not of every record, is built
+    named = pc.unique(pa.chunked_array(list(values.values()), pa.string()))
+    found = present.filter(pc.is_in(present, value_set=named))
 
     def among(column: str) -> Any:
-        values = pa.array(decisions[column], pa.string())
-        return pc.is_in(values, value_set=present).to_numpy(zero_copy_only=False)
+        return pc.is_in(values[column], value_set=found).to_numpy(zero_copy_only=False)
 
     return decisions[among("left_record") & among("right_record")]
 
@@ -561,7 +566,7 @@ def _settle(
         "review": review,
     }
     for name, frame in tables.items():
-        kept = scope.carried(name, base, run_id)
+        kept = functools.partial(scope.carried, name, base, run_id)
         write_merged(out, name, frame, kept, base=base.folder, removed=scope.dropped(name))
     touched = set(previous["master_id"]) | set(master_of)
     write_state(pd.DataFrame({"master_id": sorted(touched)}), out, "touched")

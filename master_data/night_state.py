@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -157,7 +158,7 @@ def write_state(
 def write_layered(
     folder: Path,
     name: str,
-    whole: pa.Table,
+    whole: pa.Table | Callable[[], pa.Table],
     *,
     base: Path | None = None,
     removed: pd.Index | None = None,
@@ -166,7 +167,8 @@ def write_layered(
     """Write layered state table ``name`` (:data:`LAYERED`): tonight's ``whole`` table, which
     is the ``base`` night's less the rows whose key is ``removed``, then the ``added`` rows. With a
     base night whose layers stay small, its base file is linked and only the layers are
-    written; otherwise ``whole`` becomes a new base. Which of the two (``linked``/``whole``)."""
+    written; otherwise ``whole`` becomes a new base. Which of the two (``linked``/``whole``).
+    ``whole`` may be a function giving it: then it is built only when a new base is due."""
     if base is not None and removed is not None and added is not None:
         source, key = state_file(base, name), LAYERED[name]
         try:
@@ -187,7 +189,7 @@ def write_layered(
             write_state(pa.table({key: dropped_ids}), folder, name + ".dropped")
             write_state(added, folder, name + ".added")
             return "linked"
-    write_state(whole, folder, name, compression="uncompressed")
+    write_state(whole() if callable(whole) else whole, folder, name, compression="uncompressed")
     return "whole"
 
 
@@ -220,25 +222,36 @@ def write_merged(
     folder: Path,
     name: str,
     new: pd.DataFrame,
-    kept: pa.Table | None,
+    kept: pa.Table | Callable[[], pa.Table | None] | None,
     *,
     base: Path | None = None,
     removed: pd.Index | None = None,
 ) -> None:
     """Tonight's rows after last night's ``kept`` ones (a delta night), or sorted by
     :data:`SORT` (a full night, ``kept`` None). A :data:`LAYERED` table of a delta night is
-    written as layers on the ``base`` night's, which ``kept`` is less the ``removed`` keys."""
+    written as layers on the ``base`` night's, which ``kept`` is less the ``removed`` keys.
+    ``kept`` may be a function giving them: a layered table then reads them only when it gets
+    a new base (filtering last night's whole table costs more than writing tonight's layers)."""
     fresh = pa.Table.from_pandas(new, preserve_index=False)
-    if kept is None:
-        whole = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
-    else:
-        whole = _after(kept, fresh)
-    if name not in LAYERED:
-        write_state(whole, folder, name)
-    elif kept is None:
-        write_layered(folder, name, whole)
-    else:
+    carried = kept if callable(kept) else lambda: kept
+    if name in LAYERED and base is not None and removed is not None:
+
+        def whole() -> pa.Table:
+            rows = carried()
+            assert rows is not None, f"a delta night's {name} carries last night's rows"
+            return _after(rows, fresh)
+
         write_layered(folder, name, whole, base=base, removed=removed, added=fresh)
+        return
+    rows = carried()
+    if rows is None:
+        whole_table = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
+    else:
+        whole_table = _after(rows, fresh)
+    if name not in LAYERED:
+        write_state(whole_table, folder, name)
+    else:
+        write_layered(folder, name, whole_table)
 
 
 def _after(kept: pa.Table, fresh: pa.Table) -> pa.Table:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from master_data.night_state import read_state, write_state
@@ -109,17 +110,29 @@ def _owner(folder: Path, column: str) -> pd.Series:
 
 
 def _resolve(folder: Path, target: str, evidence: str, of: pd.Series, run_id: str) -> pd.DataFrame:
-    """Set the golden records' ``target`` to the master ID their ``evidence`` resolves to."""
-    golden = read_state(folder, "golden").to_pandas()
-    before = golden[target] if target in golden.columns else pd.Series(None, index=golden.index)
-    golden[target] = golden[evidence].map(of)
-    differs = ~(before.eq(golden[target]) | (before.isna() & golden[target].isna()))
-    moved = golden.loc[differs, "master_id"]
-    golden.loc[differs & golden[target].notna() & before.notna(), "run_id"] = run_id
+    """Set the golden records' ``target`` to the master ID their ``evidence`` resolves to;
+    their master ID, evidence and ``target``. Only those columns go through pandas: the
+    golden table itself is rewritten in Arrow with two columns replaced."""
+    golden = read_state(folder, "golden")
+    held = [c for c in ("master_id", evidence, "run_id", target) if c in golden.column_names]
+    frame = golden.select(held).to_pandas()
+    before = frame[target] if target in frame.columns else pd.Series(None, index=frame.index)
+    frame[target] = frame[evidence].map(of)
+    differs = ~(before.eq(frame[target]) | (before.isna() & frame[target].isna()))
+    moved = frame.loc[differs, "master_id"]
+    frame.loc[differs & frame[target].notna() & before.notna(), "run_id"] = run_id
     touched = read_state(folder, "touched")["master_id"].to_pandas()
     write_state(pd.DataFrame({"master_id": sorted(set(touched) | set(moved))}), folder, "touched")
+    # converted as a whole frame's columns are, so the file is what writing the frame gave
+    new = pa.Table.from_pandas(frame[["run_id", target]], preserve_index=False)
+    for name in ("run_id", target):
+        i = golden.schema.get_field_index(name)
+        if i < 0:
+            golden = golden.append_column(name, new[name])
+        else:
+            golden = golden.set_column(i, name, new[name])
     write_state(golden, folder, "golden")
-    return golden
+    return frame
 
 
 def _rows(kind: str, person: pd.Series, enterprise: pd.Series, evidence: pd.Series) -> pd.DataFrame:

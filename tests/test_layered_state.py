@@ -136,3 +136,38 @@ def test_a_night_that_relinks_nothing_and_the_night_after_it(tmp_path: Path) -> 
     night2_view = read_state(night2, "crosswalk")
     assert how == "linked" and night2_view.num_rows == ROWS - 1
     assert night2_view.equals(whole2)
+
+
+def test_last_nights_rows_are_read_only_when_a_new_base_is_due(tmp_path: Path) -> None:
+    """``write_merged`` given a function for the kept rows calls it only to write a new base:
+    layers on the base night's file need none of last night's rows."""
+    night0, night1, night2 = tmp_path / "n0", tmp_path / "n1", tmp_path / "n2"
+    for night in (night0, night1, night2):
+        night.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    write_layered(night0, "crosswalk", whole0)
+    calls: list[str] = []
+
+    def kept(ids: list[int]) -> pa.Table:
+        calls.append("read")
+        wanted = {f"gongan/t_rk/{i:05d}" for i in ids}
+        return whole0.filter(pa.array([r in wanted for r in whole0[RECORD].to_pylist()]))
+
+    few = _records([3], 1).to_pandas()
+    gone = pd.Index(few[RECORD])
+    rest = [i for i in range(ROWS) if i != 3]
+    write_merged(night1, "crosswalk", few, lambda: kept(rest), base=night0, removed=gone)
+    assert calls == [] and layer_file(night1, "crosswalk", "added").is_file()
+    assert read_state(night1, "crosswalk").num_rows == ROWS
+    many = _records(list(range(ROWS // 2)), 2).to_pandas()
+    write_merged(
+        night2,
+        "crosswalk",
+        many,
+        lambda: kept(list(range(ROWS // 2, ROWS))),
+        base=night1,
+        removed=pd.Index(many[RECORD]),
+    )
+    assert calls == ["read"] and not layer_file(night2, "crosswalk", "added").is_file()
+    back = read_state(night2, "crosswalk").to_pandas().sort_values(RECORD, ignore_index=True)
+    assert back["night"].tolist() == [2] * (ROWS // 2) + [0] * (ROWS // 2)
