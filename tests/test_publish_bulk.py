@@ -268,3 +268,30 @@ def test_a_warehouse_of_an_older_govmdm_gets_the_new_columns(tmp_path: Path) -> 
         assert wh.read(engine, wh.metadata.tables["mdm_person"]).empty
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["s", "ms", "us", "ns", "date32", "date64"])
+def test_dates_and_timestamps_bind_as_sqlalchemy_binds_them(kind: str) -> None:
+    """SQLite's text for a date or timestamp is written for a whole column at once: it is the
+    text SQLAlchemy's bind processor writes value by value (year 987, before 1970, with and
+    without microseconds, nulls; a timestamp bound to a date column and the other way round)."""
+    from sqlalchemy.dialects import sqlite
+
+    stamps = [
+        dt.datetime(987, 1, 2, 3, 4, 5, 6),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999999),
+        None,
+        dt.datetime(2026, 7, 1),
+        dt.datetime(2026, 7, 1),
+    ]
+    if kind.startswith("date"):
+        array = pa.array([s and s.date() for s in stamps], getattr(pa, kind)())
+    else:
+        wanted = [s for s in stamps if kind != "ns" or s is None or s.year > 1677]
+        array = pa.array(wanted, pa.timestamp(kind))  # microseconds cut to the unit
+    dialect = sqlite.dialect()
+    for column in (sa.Column("at", sa.DateTime), sa.Column("on", sa.Date)):
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
+        assert process is not None
+        want = [process(v) for v in array.to_pylist()]
+        assert wh._converter(column, dialect)(pa.chunked_array([array])) == want
