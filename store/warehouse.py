@@ -20,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import itertools
 import json
 import os
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -441,9 +443,9 @@ def _bulk_load(conn: sa.Connection, emptied: tuple[sa.Table, ...]) -> Iterator[N
 
 def _insert(conn: sa.Connection, table: sa.Table, frame: Rows, chunk_rows: int) -> None:
     """Append ``frame``'s rows to ``table`` inside ``conn``'s transaction, ``chunk_rows`` at a
-    time (the crash tests kill the publish between chunks): as tuples, each column through its
-    type's bind processor (what a SQLAlchemy insert would send), by ``COPY ... FROM STDIN`` on
-    PostgreSQL (psycopg) and one prepared ``executemany`` elsewhere."""
+    time (the crash tests kill the publish between chunks), each column through its type's
+    bind processor (what a SQLAlchemy insert would send): by ``COPY ... FROM STDIN`` on
+    PostgreSQL (psycopg) and prepared statements through ``executemany`` elsewhere."""
     data = _arrow(frame, table)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         loader = _copy_in(conn, table, data.column_names)
@@ -454,8 +456,7 @@ def _insert(conn: sa.Connection, table: sa.Table, frame: Rows, chunk_rows: int) 
         convert = [_converter(table.c[c], conn.dialect) for c in order]
         for start in range(0, data.num_rows, chunk_rows):
             chunk = data.slice(start, chunk_rows)
-            values = [f(chunk.column(i)) for i, f in enumerate(convert)]
-            write(list(zip(*values, strict=True)))
+            write([f(chunk.column(i)) for i, f in enumerate(convert)])
             failpoints.reached("publish:inserting")
 
 
@@ -472,7 +473,8 @@ def _arrow(frame: Rows, table: sa.Table) -> pa.Table:
     return pa.Table.from_pandas(frame[columns], preserve_index=False)
 
 
-Write = Callable[[list[tuple[Any, ...]]], object]
+Write = Callable[[list[list[Any]]], object]
+"""Sends one chunk of rows, given as its columns (in the loader's order)."""
 
 
 @contextlib.contextmanager
@@ -489,11 +491,17 @@ def _copy_in(
     assert isinstance(raw, psycopg.Connection)
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
 
-        def write(rows: list[tuple[Any, ...]]) -> None:
-            for row in rows:
+        def write(values: list[list[Any]]) -> None:
+            for row in zip(*values, strict=True):
                 copy.write_row(row)
 
         yield columns, write
+
+
+_SQLITE_ROWS_PER_INSERT = 200
+"""Rows one INSERT takes on SQLite (``VALUES (...), (...), ...``): a statement per row spends a
+third of SQLite's load in stepping and resetting it; past a few hundred rows nothing more is
+saved (and SQLite caps a statement's parameters)."""
 
 
 @contextlib.contextmanager
@@ -501,17 +509,41 @@ def _execute_many(
     conn: sa.Connection, table: sa.Table, columns: list[str]
 ) -> Iterator[tuple[list[str], Write]]:
     """The table's INSERT compiled once for the dialect's parameter style; each chunk goes to
-    the driver's ``executemany`` as it is (the driver keeps the statement prepared)."""
+    the driver's ``executemany`` (the driver keeps the statement prepared). On SQLite the
+    statement's VALUES holds :data:`_SQLITE_ROWS_PER_INSERT` rows, a chunk's last rows go one
+    by one."""
     compiled = table.insert().compile(dialect=conn.dialect, column_keys=columns)
     sql = str(compiled)
-    if compiled.positional:
-        order = [str(k) for k in compiled.positiontup or ()]
-        yield order, lambda rows: conn.exec_driver_sql(sql, rows)
+    if not compiled.positional:
+        yield (
+            columns,
+            lambda values: conn.exec_driver_sql(
+                sql, [dict(zip(columns, r, strict=True)) for r in zip(*values, strict=True)]
+            ),
+        )
         return
-    yield (
-        columns,
-        lambda rows: conn.exec_driver_sql(sql, [dict(zip(columns, r, strict=True)) for r in rows]),
-    )
+    order = [str(k) for k in compiled.positiontup or ()]
+    if conn.dialect.name != "sqlite":
+        yield order, lambda values: conn.exec_driver_sql(sql, list(zip(*values, strict=True)))
+        return
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    most = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(len(order), 1)
+    per = max(1, min(_SQLITE_ROWS_PER_INSERT, most))
+    head, _, row = sql.partition(" VALUES ")  # INSERT INTO t (a, b) VALUES (?, ?)
+    many = f"{head} VALUES {', '.join([row] * per)}"
+    width = len(order)
+
+    def write(values: list[list[Any]]) -> None:
+        flat = tuple(itertools.chain.from_iterable(zip(*values, strict=True)))  # slices: tuples
+        step = per * width
+        whole = len(flat) // step * step
+        if whole:
+            conn.exec_driver_sql(many, [flat[i : i + step] for i in range(0, whole, step)])
+        if whole < len(flat):
+            conn.exec_driver_sql(sql, [flat[i : i + width] for i in range(whole, len(flat), width)])
+
+    yield order, write
 
 
 def _converter(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], list[Any]]:

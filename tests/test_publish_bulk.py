@@ -132,12 +132,18 @@ def _to_seconds(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     ]
 
 
-def test_every_column_type_round_trips_on_sqlite(sqlite_url: str) -> None:
-    """Tuples through one prepared statement per table; the bulk pragmas only while it runs."""
+def test_every_column_type_round_trips_on_sqlite(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tuples through prepared statements, each table's first chunk two rows to a statement,
+    the last row alone; the bulk pragmas only while it runs."""
+    monkeypatch.setattr(wh, "_SQLITE_ROWS_PER_INSERT", 2)
     inserts = _round_trip(sqlite_url)
     per_table = {s.split()[2] for s in inserts}
     assert per_table == {t.name for t in TABLES}
     assert all("?" in s for s in inserts)
+    assert {s.split()[2] for s in inserts if s.count("(?") == 2} == per_table
+    assert {s.split()[2] for s in inserts if s.count("(?") == 1} == per_table
     with _engine(sqlite_url) as engine, engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA cache_size").scalar() != -262_144
 
