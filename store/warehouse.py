@@ -403,7 +403,7 @@ def read(engine: sa.Engine, table: sa.Table, **where: Any) -> pd.DataFrame:
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
-# --- bulk loading: tuples, prepared once per table, COPY on PostgreSQL ----------------------------
+# --- bulk loading: Arrow a chunk at a time, prepared statements, COPY on PostgreSQL -------------
 
 _SQLITE_BULK = {"cache_size": -262_144}
 """Pragmas for the publish's one transaction on SQLite (only those a transaction may change): a
