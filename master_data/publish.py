@@ -186,5 +186,8 @@ def _frames(state: Path, run_id: str, touched: frozenset[str] | None) -> dict[st
             if table == "mdm_id_event":
                 extra["run_id"] = run_id
             parts.append(rows(state / e, file, table, **extra))
-        frames[table] = pa.concat_tables(parts, promote_options="permissive")
+        # an entity without rows may have written its columns with other types (from an
+        # empty frame): it adds nothing, so it is left out rather than merged
+        kept = [part for part in parts if part.num_rows] or parts[:1]
+        frames[table] = pa.concat_tables(kept, promote_options="permissive")
     return frames
