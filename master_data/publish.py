@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.config import CityConfig
@@ -147,12 +148,13 @@ def _refuse_to_undo(
     )
 
 
-def _frames(state: Path, run_id: str, touched: frozenset[str] | None) -> dict[str, pd.DataFrame]:
+def _frames(state: Path, run_id: str, touched: frozenset[str] | None) -> dict[str, pa.Table]:
     """The warehouse rows of the night in ``state``: every row, or (``touched`` given) those of
-    the current tables that name a touched master ID, plus the nightly tables' rows."""
+    the current tables that name a touched master ID, plus the nightly tables' rows. They stay
+    Arrow tables, as the state holds them: the publish converts each chunk as it inserts it."""
     ids = pd.Index(sorted(touched)) if touched is not None else None
 
-    def rows(folder: Path, name: str, table: str, **extra: str) -> pd.DataFrame:
+    def rows(folder: Path, name: str, table: str, **extra: str) -> pa.Table:
         data = read_state(folder, name)
         keys = KEY_COLUMNS.get(table)
         if ids is not None and keys:
@@ -160,7 +162,15 @@ def _frames(state: Path, run_id: str, touched: frozenset[str] | None) -> dict[st
             for k in keys[1:]:
                 hit = pc.or_(hit, is_in(data[k], ids))
             data = data.filter(hit)
-        return data.to_pandas().assign(**extra)
+        for column, value in extra.items():
+            filled = pa.repeat(pa.scalar(value, pa.string()), data.num_rows)
+            at = data.schema.get_field_index(column)
+            data = (
+                data.set_column(at, column, filled)
+                if at >= 0
+                else data.append_column(column, filled)
+            )
+        return data
 
     frames = {
         "mdm_person": rows(state / "person", "golden", "mdm_person"),
@@ -176,5 +186,8 @@ def _frames(state: Path, run_id: str, touched: frozenset[str] | None) -> dict[st
             if table == "mdm_id_event":
                 extra["run_id"] = run_id
             parts.append(rows(state / e, file, table, **extra))
-        frames[table] = pd.concat(parts, ignore_index=True)
+        # an entity without rows may have written its columns with other types (from an
+        # empty frame): it adds nothing, so it is left out rather than merged
+        kept = [part for part in parts if part.num_rows] or parts[:1]
+        frames[table] = pa.concat_tables(kept, promote_options="permissive")
     return frames

@@ -20,19 +20,22 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import itertools
 import json
 import os
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from psycopg import sql as psql
 
@@ -77,6 +80,10 @@ KEY_COLUMNS: dict[str, tuple[str, ...]] = {
 any such column holds a touched master ID."""
 
 
+Rows: TypeAlias = pa.Table | pd.DataFrame
+"""A table's rows to publish: columns by name (those the table lacks are left out)."""
+
+
 @dataclass
 class Night:
     """Everything one night publishes: table name → rows, plus the run record."""
@@ -86,7 +93,7 @@ class Night:
     state_dir: str
     """Where the night's master state lives: relative to ``var/`` (so that ``var/`` can move)."""
     summary: dict[str, Any]
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    frames: dict[str, Rows] = field(default_factory=dict)
     touched: frozenset[str] | None = None
     """Master IDs whose rows changed: the current tables then keep every row that names none of
     them (by :data:`KEY_COLUMNS`) and take ``frames``' rows for the rest. None: replace whole."""
@@ -151,7 +158,7 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
             _delete_touched(conn, sorted(night.touched))
         for table in NIGHTLY_TABLES:
             conn.execute(table.delete().where(table.c.run_id == night.run_id))
-        with _bulk_load(conn):
+        with _bulk_load(conn, CURRENT_TABLES if night.touched is None else ()):
             for name, frame in night.frames.items():
                 _insert(conn, tables[name], frame, chunk_rows)
         conn.execute(run_table.delete().where(run_table.c.run_id == night.run_id))
@@ -396,21 +403,25 @@ def read(engine: sa.Engine, table: sa.Table, **where: Any) -> pd.DataFrame:
         return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
-# --- bulk loading: tuples, prepared once per table, COPY on PostgreSQL ----------------------------
+# --- bulk loading: Arrow a chunk at a time, prepared statements, COPY on PostgreSQL -------------
 
 _SQLITE_BULK = {"cache_size": -262_144}
 """Pragmas for the publish's one transaction on SQLite (only those a transaction may change): a
 256 MiB page cache, so the transaction rarely spills pages to the WAL before it commits.
 Durability (``synchronous``, the journal) is left as it is."""
-_PLAIN_KINDS = frozenset({"string", "empty", "date", "datetime", "decimal", "bytes", "boolean"})
-"""What :func:`pandas.api.types.infer_dtype` calls an object column that holds only values the
-DB-API takes as they are (and None)."""
 
 
 @contextlib.contextmanager
-def _bulk_load(conn: sa.Connection) -> Iterator[None]:
-    """Within the publish's transaction, ``conn`` tuned for a bulk load (:data:`_SQLITE_BULK` on
-    SQLite; nothing elsewhere); its own settings come back afterwards (it returns to the pool)."""
+def _bulk_load(conn: sa.Connection, emptied: tuple[sa.Table, ...]) -> Iterator[None]:
+    """Within the publish's transaction, ``conn`` tuned for a bulk load on SQLite (nothing
+    elsewhere): :data:`_SQLITE_BULK`, whose settings come back afterwards (it returns to the
+    pool); and the secondary indexes of the tables ``emptied`` (replaced whole) dropped for the
+    load and built again after it, in the same transaction — one sort instead of keeping each
+    index in order row by row (the crosswalk's on master_id costs a third of its load).
+
+    Readers keep reading last night's tables and indexes meanwhile (WAL); a failed load rolls
+    the drop back with the rest. Not on PostgreSQL, where ``DROP INDEX`` would lock readers out
+    of the table until the commit, nor on MySQL/MariaDB, where DDL commits."""
     if conn.dialect.name != "sqlite":
         yield
         return
@@ -418,56 +429,52 @@ def _bulk_load(conn: sa.Connection) -> Iterator[None]:
     for k, v in _SQLITE_BULK.items():
         conn.exec_driver_sql(f"PRAGMA {k} = {int(v)}")
     try:
+        indexes = [index for table in emptied for index in table.indexes]
+        for index in indexes:
+            index.drop(conn, checkfirst=True)
         yield
+        for index in indexes:
+            index.create(conn)
     finally:
         with contextlib.suppress(sa.exc.DBAPIError):
             for k, old in before.items():
                 conn.exec_driver_sql(f"PRAGMA {k} = {int(old or 0)}")
 
 
-def _insert(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame, chunk_rows: int) -> None:
-    """Append ``frame``'s rows to ``table`` inside ``conn``'s transaction, a chunk of
-    :func:`_records` at a time (the crash tests kill the publish between chunks): as tuples,
-    each column through its type's bind processor (what a SQLAlchemy insert would send), by
-    ``COPY ... FROM STDIN`` on PostgreSQL (psycopg) and one prepared ``executemany`` elsewhere."""
-    columns = _columns(frame, table)
+def _insert(conn: sa.Connection, table: sa.Table, frame: Rows, chunk_rows: int) -> None:
+    """Append ``frame``'s rows to ``table`` inside ``conn``'s transaction, ``chunk_rows`` at a
+    time (the crash tests kill the publish between chunks), each column through its type's
+    bind processor (what a SQLAlchemy insert would send): by ``COPY ... FROM STDIN`` on
+    PostgreSQL (psycopg) and prepared statements through ``executemany`` elsewhere."""
+    data = _arrow(frame, table)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        loader = _copy_in(conn, table, columns)
+        loader = _copy_in(conn, table, data.column_names)
     else:
-        loader = _execute_many(conn, table, columns)
+        loader = _execute_many(conn, table, data.column_names)
     with loader as (order, write):
-        at = [columns.index(c) for c in order]
-        bind = [
-            table.c[c].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for c in order
-        ]
-        for chunk in _records(frame, table, chunk_rows):
-            data = [
-                chunk[i] if p is None else [p(v) for v in chunk[i]]
-                for i, p in zip(at, bind, strict=True)
-            ]
-            write(list(zip(*data, strict=True)))
+        data = data.select(order)
+        convert = [_converter(table.c[c], conn.dialect) for c in order]
+        for start in range(0, data.num_rows, chunk_rows):
+            chunk = data.slice(start, chunk_rows)
+            write([f(chunk.column(i)) for i, f in enumerate(convert)])
             failpoints.reached("publish:inserting")
 
 
-def _columns(frame: pd.DataFrame, table: sa.Table) -> list[str]:
-    """The columns of ``table`` that ``frame`` has, in the table's order; raise if it lacks a
-    required one."""
-    missing = [c.name for c in table.columns if c.name not in frame.columns and not c.nullable]
+def _arrow(frame: Rows, table: sa.Table) -> pa.Table:
+    """The columns of ``table`` that ``frame`` has, in the table's order, as an Arrow table;
+    raise if it lacks a required one."""
+    have = set(frame.column_names if isinstance(frame, pa.Table) else frame.columns)
+    missing = [c.name for c in table.columns if c.name not in have and not c.nullable]
     if missing:
         raise ValueError(f"{table.name}: rows lack required columns {missing}")
-    return [c.name for c in table.columns if c.name in frame.columns]
+    columns = [c.name for c in table.columns if c.name in have]
+    if isinstance(frame, pa.Table):
+        return frame.select(columns)
+    return pa.Table.from_pandas(frame[columns], preserve_index=False)
 
 
-def _records(frame: pd.DataFrame, table: sa.Table, chunk_rows: int) -> Iterator[list[list[Any]]]:
-    """``frame``'s rows ``chunk_rows`` at a time, each chunk a list of columns (in the order of
-    :func:`_columns`) of plain Python values."""
-    columns = _columns(frame, table)
-    values = [_values(frame[c], table.c[c]) for c in columns]
-    for start in range(0, len(frame), chunk_rows):
-        yield [v[start : start + chunk_rows] for v in values]
-
-
-Write = Callable[[list[tuple[Any, ...]]], object]
+Write = Callable[[list[list[Any]]], object]
+"""Sends one chunk of rows, given as its columns (in the loader's order)."""
 
 
 @contextlib.contextmanager
@@ -484,11 +491,17 @@ def _copy_in(
     assert isinstance(raw, psycopg.Connection)
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
 
-        def write(rows: list[tuple[Any, ...]]) -> None:
-            for row in rows:
+        def write(values: list[list[Any]]) -> None:
+            for row in zip(*values, strict=True):
                 copy.write_row(row)
 
         yield columns, write
+
+
+_SQLITE_ROWS_PER_INSERT = 200
+"""Rows one INSERT takes on SQLite (``VALUES (...), (...), ...``): a statement per row spends a
+third of SQLite's load in stepping and resetting it; past a few hundred rows nothing more is
+saved (and SQLite caps a statement's parameters)."""
 
 
 @contextlib.contextmanager
@@ -496,41 +509,120 @@ def _execute_many(
     conn: sa.Connection, table: sa.Table, columns: list[str]
 ) -> Iterator[tuple[list[str], Write]]:
     """The table's INSERT compiled once for the dialect's parameter style; each chunk goes to
-    the driver's ``executemany`` as it is (the driver keeps the statement prepared)."""
+    the driver's ``executemany`` (the driver keeps the statement prepared). On SQLite the
+    statement's VALUES holds :data:`_SQLITE_ROWS_PER_INSERT` rows, a chunk's last rows go one
+    by one."""
     compiled = table.insert().compile(dialect=conn.dialect, column_keys=columns)
     sql = str(compiled)
-    if compiled.positional:
-        order = [str(k) for k in compiled.positiontup or ()]
-        yield order, lambda rows: conn.exec_driver_sql(sql, rows)
+    if not compiled.positional:
+        yield (
+            columns,
+            lambda values: conn.exec_driver_sql(
+                sql, [dict(zip(columns, r, strict=True)) for r in zip(*values, strict=True)]
+            ),
+        )
         return
-    yield (
-        columns,
-        lambda rows: conn.exec_driver_sql(sql, [dict(zip(columns, r, strict=True)) for r in rows]),
-    )
+    order = [str(k) for k in compiled.positiontup or ()]
+    if conn.dialect.name != "sqlite":
+        yield order, lambda values: conn.exec_driver_sql(sql, list(zip(*values, strict=True)))
+        return
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    most = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(len(order), 1)
+    per = max(1, min(_SQLITE_ROWS_PER_INSERT, most))
+    head, _, row = sql.partition(" VALUES ")  # INSERT INTO t (a, b) VALUES (?, ?)
+    many = f"{head} VALUES {', '.join([row] * per)}"
+    width = len(order)
+
+    def write(values: list[list[Any]]) -> None:
+        flat = tuple(itertools.chain.from_iterable(zip(*values, strict=True)))  # slices: tuples
+        step = per * width
+        whole = len(flat) // step * step
+        if whole:
+            conn.exec_driver_sql(many, [flat[i : i + step] for i in range(0, whole, step)])
+        if whole < len(flat):
+            conn.exec_driver_sql(sql, [flat[i : i + width] for i in range(whole, len(flat), width)])
+
+    yield order, write
 
 
-def _values(series: pd.Series, column: sa.Column[Any]) -> list[Any]:
-    """A column of rows as Python values: None for every NaN/NaT/NA, numbers in an integer
-    column as int."""
-    missing = series.isna().to_numpy()
-    if pd.api.types.is_datetime64_any_dtype(series.dtype):
-        data = np.empty(len(series), dtype=object)
-        data[:] = pa.Array.from_pandas(series).to_pylist()  # datetime, None for NaT
-    else:
-        data = series.to_numpy(dtype=object, copy=True)
-        if series.dtype == object and pd.api.types.infer_dtype(series) not in _PLAIN_KINDS:
-            data = np.array([_plain(v) for v in data], dtype=object)
-    data[missing] = None
-    if isinstance(column.type, sa.Integer) and series.dtype.kind in "fO":
-        data = np.array([v if v is None else round(v) for v in data], dtype=object)
-    values: list[Any] = data.tolist()
-    return values
+def _converter(column: sa.Column[Any], dialect: sa.Dialect) -> Callable[[Any], list[Any]]:
+    """How one column's Arrow values become what the driver is sent: Python values, None for
+    every null (and NaN), numbers bound for an integer column rounded to int (half to even, as
+    Python's ``round``), then the type's bind processor for ``dialect``.
+
+    Numbers without a bind processor go through numpy; every other column is converted, and
+    processed, once per distinct value (the rows then share the objects): most columns repeat
+    a few values (attribute, department, rule) or many (timestamps of provenance), and the
+    bind processors (SQLite formats each date and timestamp as text) are what costs."""
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    integer = isinstance(column.type, sa.Integer)
+    iso = _iso_unit(column, process)
+
+    def convert(values: pa.ChunkedArray) -> list[Any]:
+        array = values.combine_chunks()
+        if pa.types.is_floating(array.type):
+            array = pc.if_else(pc.is_nan(array), pa.scalar(None, array.type), array)
+            if integer:
+                array = pc.cast(pc.round(array), pa.int64())
+        if process is None and (
+            pa.types.is_integer(array.type) or pa.types.is_floating(array.type)
+        ):
+            if not array.null_count:
+                plain: list[Any] = array.to_numpy(zero_copy_only=False).tolist()
+                return plain
+            data = array.fill_null(0).to_numpy(zero_copy_only=False).astype(object)
+            data[array.is_null().to_numpy(zero_copy_only=False)] = None
+            with_nulls: list[Any] = data.tolist()
+            return with_nulls
+        encoded = array if pa.types.is_dictionary(array.type) else array.dictionary_encode()
+        if iso is not None and _iso_writes(iso, encoded.dictionary.type):
+            distinct = _iso_text(encoded.dictionary, iso)
+        elif process is not None:
+            distinct = [process(v) for v in encoded.dictionary.to_pylist()]
+        else:
+            distinct = encoded.dictionary.to_pylist()
+        lookup = np.empty(len(distinct) + 1, dtype=object)  # the last one: None, for nulls
+        lookup[: len(distinct)] = distinct
+        at = encoded.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False)
+        rows: list[Any] = lookup[at].tolist()
+        return rows
+
+    return convert
 
 
-def _plain(value: Any) -> Any:
-    """A value the DB-API accepts: pandas timestamps as datetime, numpy scalars as Python's."""
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+_PROBE = dt.datetime(2001, 2, 3, 4, 5, 6, 7)
+IsoUnit = Literal["us", "D"]
+
+
+def _iso_unit(column: sa.Column[Any], process: Callable[[Any], Any] | None) -> IsoUnit | None:
+    """``"us"`` if ``process`` binds the column's timestamps as ISO text with microseconds,
+    ``"D"`` if it binds its dates as ISO text (SQLite's, as SQLAlchemy stores them by default),
+    else None: numpy then writes that text for a whole array at once, a hundred times faster
+    than a call per value."""
+    if process is None:
+        return None
+    if isinstance(column.type, sa.DateTime) and process(_PROBE) == _PROBE.isoformat(" "):
+        return "us"
+    if isinstance(column.type, sa.Date) and process(_PROBE.date()) == _PROBE.date().isoformat():
+        return "D"
+    return None
+
+
+def _iso_writes(unit: IsoUnit, kind: pa.DataType) -> bool:
+    """Whether :func:`_iso_text` writes Arrow values of ``kind`` exactly as the bind processor
+    would: timestamps without a zone to at most microseconds, for a timestamp column; dates,
+    for a date column."""
+    if unit == "us":
+        return pa.types.is_timestamp(kind) and kind.tz is None and kind.unit != "ns"
+    return pa.types.is_date(kind)
+
+
+def _iso_text(values: pa.Array, unit: IsoUnit) -> list[str]:
+    """Dates (``unit`` ``"D"``) or timestamps (``"us"``) without nulls as ISO text: ``2001-02-03``,
+    ``2001-02-03 04:05:06.000007``."""
+    kind = pa.timestamp("us") if unit == "us" else pa.date32()
+    text: list[str] = np.datetime_as_string(
+        values.cast(kind).to_numpy(zero_copy_only=False), unit=unit
+    ).tolist()
+    return [t.replace("T", " ") for t in text] if unit == "us" else text

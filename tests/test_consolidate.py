@@ -230,16 +230,16 @@ def test_a_crash_during_publish_leaves_the_last_night(
     city: CityConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     before = _tables(city)
-    real = wh._records
+    real = wh._insert
     calls = {"n": 0}
 
-    def failing(frame: pd.DataFrame, table: sa.Table, chunk_rows: int) -> Iterator[Any]:
-        calls["n"] += 1
+    def failing(conn: sa.Connection, table: sa.Table, frame: Any, chunk_rows: int) -> None:
+        calls["n"] += 1  # the third table fails, after two went in
         if calls["n"] == 3:
             raise RuntimeError("disk full")
-        yield from real(frame, table, chunk_rows)
+        real(conn, table, frame, chunk_rows)
 
-    monkeypatch.setattr(wh, "_records", failing)
+    monkeypatch.setattr(wh, "_insert", failing)
     run = _latest(city)
     with pytest.raises(RuntimeError, match="disk full"):
         publish(city, run)

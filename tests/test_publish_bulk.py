@@ -1,7 +1,8 @@
 """The bulk publish (:func:`store.warehouse.publish`): every column type of every master table
 round-trips on SQLite, PostgreSQL (``COPY ... FROM STDIN``) and MariaDB — NULLs, unicode,
 decimals, dates, timestamps, and text with tabs, newlines and backslashes — and an incremental
-publish leaves the same tables as a whole one."""
+publish leaves the same tables as a whole one. Rows come as DataFrames or, as the night's state
+holds them, as Arrow tables."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
@@ -52,7 +54,19 @@ def _frame(table: sa.Table) -> pd.DataFrame:
     return pd.DataFrame({c.name: [_value(c, r) for r in range(3)] for c in table.columns})
 
 
-def _night(frames: dict[str, pd.DataFrame], touched: frozenset[str] | None = None) -> wh.Night:
+def _as_arrow(frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as the night's state holds rows: Arrow, strings dictionary-encoded, NaN rather
+    than null in float columns, in more than one chunk."""
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    for i, kind in enumerate(table.schema.types):
+        if pa.types.is_string(kind):
+            table = table.set_column(i, table.field(i).name, table.column(i).dictionary_encode())
+        elif pa.types.is_floating(kind):
+            table = table.set_column(i, table.field(i).name, table.column(i).fill_null(math.nan))
+    return pa.concat_tables([table.slice(0, 1), table.slice(1)])
+
+
+def _night(frames: dict[str, Any], touched: frozenset[str] | None = None) -> wh.Night:
     return wh.Night(RUN, "full", "master/run=x", {"n": 1}, frames, touched)
 
 
@@ -90,16 +104,18 @@ def _engine(url: str) -> Iterator[sa.Engine]:
         engine.dispose()
 
 
-def _round_trip(url: str, seconds: bool = False) -> list[str]:
-    """Publish one frame per master table (float64 counts included) twice; check every value;
-    return the INSERT statements of the master tables' rows that SQLAlchemy saw."""
+def _round_trip(url: str, seconds: bool = False, arrow: bool = False) -> list[str]:
+    """Publish one frame per master table (float64 counts included) twice, as DataFrames or
+    as Arrow tables; check every value; return the INSERT statements of the master tables'
+    rows that SQLAlchemy saw."""
     frames = {t.name: _frame(t) for t in TABLES}
     frames["mdm_person"]["member_count"] = frames["mdm_person"]["member_count"].astype(float)
+    given = {k: _as_arrow(f) for k, f in frames.items()} if arrow else frames
     seen: list[str] = []
     with _engine(url) as engine:
         sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
-        wh.publish(engine, _night(frames), chunk_rows=2)
-        wh.publish(engine, _night(frames), chunk_rows=2)  # again: the same rows, once
+        wh.publish(engine, _night(given), chunk_rows=2)
+        wh.publish(engine, _night(given), chunk_rows=2)  # again: the same rows, once
         got = _tables(engine)
     for table in TABLES:
         want = _rows(frames[table.name], table)
@@ -116,12 +132,18 @@ def _to_seconds(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     ]
 
 
-def test_every_column_type_round_trips_on_sqlite(sqlite_url: str) -> None:
-    """Tuples through one prepared statement per table; the bulk pragmas only while it runs."""
+def test_every_column_type_round_trips_on_sqlite(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tuples through prepared statements, each table's first chunk two rows to a statement,
+    the last row alone; the bulk pragmas only while it runs."""
+    monkeypatch.setattr(wh, "_SQLITE_ROWS_PER_INSERT", 2)
     inserts = _round_trip(sqlite_url)
     per_table = {s.split()[2] for s in inserts}
     assert per_table == {t.name for t in TABLES}
     assert all("?" in s for s in inserts)
+    assert {s.split()[2] for s in inserts if s.count("(?") == 2} == per_table
+    assert {s.split()[2] for s in inserts if s.count("(?") == 1} == per_table
     with _engine(sqlite_url) as engine, engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA cache_size").scalar() != -262_144
 
@@ -133,6 +155,20 @@ def test_every_column_type_round_trips_on_postgres(pg_database: str) -> None:
 
 def test_every_column_type_round_trips_on_mariadb(mariadb_database: str) -> None:
     assert _round_trip(mariadb_database, seconds=True)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mariadb"])
+def test_arrow_tables_round_trip_as_data_frames_do(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Rows as the night's state holds them (dictionary strings, NaN for a missing float,
+    chunks) publish the same values: the publish converts Arrow to the driver's values."""
+    url = {
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'a.sqlite'}",
+        "postgres": lambda: request.getfixturevalue("pg_database"),
+        "mariadb": lambda: request.getfixturevalue("mariadb_database"),
+    }[backend]()
+    _round_trip(url, seconds=backend == "mariadb", arrow=True)
 
 
 def test_a_crash_between_chunks_leaves_last_night(
@@ -155,6 +191,36 @@ def test_a_crash_between_chunks_leaves_last_night(
         with pytest.raises(RuntimeError):
             wh.publish(engine, _night({**empty, "mdm_person": _frame(wh.person_table)}), 1)
         assert _tables(engine) == before
+        assert _indexes(engine) == {"ix_mdm_crosswalk_master_id", "ix_mdm_id_event_master_id"}
+
+
+def _indexes(engine: sa.Engine) -> set[str]:
+    inspector = sa.inspect(engine)
+    return {str(i["name"]) for t in TABLES for i in inspector.get_indexes(t.name)}
+
+
+def test_sqlite_builds_a_replaced_tables_index_after_its_rows(sqlite_url: str) -> None:
+    """A whole publish drops the crosswalk's index on master_id and builds it again once the
+    rows are in, inside its transaction; an incremental one keeps it (it replaces few rows)."""
+    frames = {t.name: _frame(t) for t in TABLES}
+    seen: list[str] = []
+    with _engine(sqlite_url) as engine:
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2].strip()))
+        wh.publish(engine, _night(frames))
+        steps = [
+            s.split("(")[0].strip()
+            for s in seen
+            if "mdm_crosswalk" in s and s.startswith(("DROP INDEX", "CREATE INDEX", "INSERT"))
+        ]
+        assert steps == [
+            "DROP INDEX ix_mdm_crosswalk_master_id",
+            "INSERT INTO mdm_crosswalk",
+            "CREATE INDEX ix_mdm_crosswalk_master_id ON mdm_crosswalk",
+        ]
+        assert _indexes(engine) == {"ix_mdm_crosswalk_master_id", "ix_mdm_id_event_master_id"}
+        seen.clear()
+        wh.publish(engine, _night({k: f.iloc[:0] for k, f in frames.items()}, frozenset({"x"})))
+        assert not [s for s in seen if "INDEX" in s]
 
 
 def _people(ids: list[str], city: str) -> dict[str, pd.DataFrame]:
@@ -208,3 +274,30 @@ def test_a_warehouse_of_an_older_govmdm_gets_the_new_columns(tmp_path: Path) -> 
         assert wh.read(engine, wh.metadata.tables["mdm_person"]).empty
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["s", "ms", "us", "ns", "date32", "date64"])
+def test_dates_and_timestamps_bind_as_sqlalchemy_binds_them(kind: str) -> None:
+    """SQLite's text for a date or timestamp is written for a whole column at once: it is the
+    text SQLAlchemy's bind processor writes value by value (year 987, before 1970, with and
+    without microseconds, nulls; a timestamp bound to a date column and the other way round)."""
+    from sqlalchemy.dialects import sqlite
+
+    stamps = [
+        dt.datetime(987, 1, 2, 3, 4, 5, 6),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999999),
+        None,
+        dt.datetime(2026, 7, 1),
+        dt.datetime(2026, 7, 1),
+    ]
+    if kind.startswith("date"):
+        array = pa.array([s and s.date() for s in stamps], getattr(pa, kind)())
+    else:
+        wanted = [s for s in stamps if kind != "ns" or s is None or s.year > 1677]
+        array = pa.array(wanted, pa.timestamp(kind))  # microseconds cut to the unit
+    dialect = sqlite.dialect()
+    for column in (sa.Column("at", sa.DateTime), sa.Column("on", sa.Date)):
+        process = column.type.dialect_impl(dialect).bind_processor(dialect)
+        assert process is not None
+        want = [process(v) for v in array.to_pylist()]
+        assert wh._converter(column, dialect)(pa.chunked_array([array])) == want
