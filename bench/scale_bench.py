@@ -95,14 +95,21 @@ def _descendants_cpu_s() -> float:
     return sum(times[p] for p in mine)
 
 
+_PHASE = ["start"]
+"""The stage's phase now: its last progress line (:func:`_progress`), for :class:`_TreeRss`."""
+
+
 class _TreeRss:
     """The peak of the summed RSS of this process and every process below it, sampled from
     /proc every ``every`` seconds while the stage runs: standardize's department workers run
     side by side, so the largest single process (:func:`_peak_mib`) is not what the stage
-    holds at once."""
+    holds at once. Also this process's own largest sample and the phase it was in then
+    (``peak_phase``, the last progress line): where a long stage's memory peaks, read off one
+    run instead of found by bisecting."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.peak_mib = 0.0
+        self.own_mib, self.peak_phase = 0.0, ""
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -122,7 +129,10 @@ class _TreeRss:
             while todo:  # the process tree, through each thread's list of children
                 pid = todo.pop()
                 try:
-                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+                    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+                    if pid == os.getpid() and rss * page > self.own_mib:
+                        self.own_mib, self.peak_phase = rss * page, _PHASE[0]
+                    total += rss
                     for kids in Path(f"/proc/{pid}/task").glob("*/children"):
                         todo.extend(int(k) for k in kids.read_text().split())
                 except OSError:  # gone meanwhile
@@ -148,6 +158,7 @@ def _progress(stage: str) -> Callable[[str], None]:
     cpu0, t0 = _cpu_s(), time.perf_counter()
 
     def say(message: str) -> None:
+        _PHASE[0] = message
         rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         print(
             f"  {stage}: {message}  ({time.perf_counter() - t0:.0f} s, cpu {_cpu_s() - cpu0:.1f}"
@@ -263,11 +274,13 @@ def child(stage: str, run_id: str, opts: dict[str, Any]) -> None:
     import master_data.publish  # noqa: F401
 
     cpu0, t0 = _cpu_s(), time.perf_counter()
-    with _TreeRss() as tree:
+    with _TreeRss(every=0.25) as tree:
         report = ENGINES[opts["engine"]](stage, run_id, opts)
     cpu = _cpu_s() - cpu0 + report.pop("spark_cpu_s", 0.0)
     report.update(wall_s=time.perf_counter() - t0, cpu_s=cpu, peak_mib=_peak_mib())
     report["all_processes_peak_mib"] = round(tree.peak_mib)
+    if tree.peak_phase != "start":  # a stage that reports its phases (link)
+        report["peak_phase"] = tree.peak_phase
     print(json.dumps(report, default=str))
 
 

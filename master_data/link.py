@@ -528,21 +528,31 @@ def _settle(
     failpoints.reached("link:clustered")
     for k, v in clustered.counts.items():
         setattr(result, k, v)
-    linked = scope.edges.assign(accepted=clustered.accepted)
+    linked = scope.edges  # a column more, not a copy of the edges
+    linked["accepted"] = clustered.accepted
 
     night.say(f"{entity}: master IDs and golden records")
     master_of, next_seq = _master_ids(night, entity, base, scope, clustered.labels, result)
     previous = scope.previous
     survive = engine.golden if engine is not None else golden_records
     scope.records["master_id"] = master_of  # the members: a column more, not a copy of them
-    golden, provenance, conflicts = survive(
-        scope.records,
-        entity,
-        night.city,
-        match,
-        base.read("golden") if base.folder is not None else None,
-        run_id,
+    tables = dict(
+        zip(
+            ("golden", "provenance", "conflicts"),
+            survive(
+                scope.records,
+                entity,
+                night.city,
+                match,
+                base.read("golden") if base.folder is not None else None,
+                run_id,
+            ),
+            strict=True,
+        )
     )
+    night.say(f"{entity}: writing golden records and provenance")
+    _write_tables(out, tables, scope, base, run_id)  # before the review queue and crosswalk
+    night.say(f"{entity}: review queue and crosswalk")
     everyone = pd.concat([master_of, scope.outside])
     review = review_queue(
         linked, scope.hard_keys, everyone, decisions, model, match, entity, run_id
@@ -555,18 +565,25 @@ def _settle(
         "edges": linked,
         "components": clustered.component.reset_index(),
         "crosswalk": crosswalk(scope.records, linked, master_of, previous, run_id),
-        "golden": golden,
-        "provenance": provenance,
-        "conflicts": conflicts,
         "review": review,
     }
-    for name, frame in tables.items():
-        kept = scope.carried(name, base, run_id)
-        write_merged(out, name, frame, kept, base=base.folder, removed=scope.dropped(name))
+    del review  # handed over with the others
+    _write_tables(out, tables, scope, base, run_id)
     touched = set(previous["master_id"]) | set(master_of)
     write_state(pd.DataFrame({"master_id": sorted(touched)}), out, "touched")
     _count_state(out, result)
     return next_seq
+
+
+def _write_tables(
+    out: Path, tables: dict[str, pd.DataFrame], scope: Relink, base: BaseState, run_id: str
+) -> None:
+    """Write tonight's state ``tables`` (name → frame) after the base night's rows carried
+    over, emptying ``tables``: each frame is handed to :func:`write_merged`, which lets it go
+    once it is in Arrow."""
+    for name in list(tables):
+        kept = scope.carried(name, base, run_id)
+        write_merged(out, name, tables.pop(name), kept, base=base.folder, removed=scope.dropped(name))
 
 
 def _master_ids(

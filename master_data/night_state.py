@@ -29,6 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -227,18 +228,35 @@ def write_merged(
 ) -> None:
     """Tonight's rows after last night's ``kept`` ones (a delta night), or sorted by
     :data:`SORT` (a full night, ``kept`` None). A :data:`LAYERED` table of a delta night is
-    written as layers on the ``base`` night's, which ``kept`` is less the ``removed`` keys."""
+    written as layers on the ``base`` night's, which ``kept`` is less the ``removed`` keys.
+
+    A caller that hands ``new`` over (``write_merged(..., tables.pop(name), ...)``) lets the
+    frame go as soon as it is in Arrow: a night of a million persons holds no table in pandas
+    and twice in Arrow at once."""
     fresh = pa.Table.from_pandas(new, preserve_index=False)
+    del new
     if kept is None:
-        whole = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
-    else:
-        whole = _after(kept, fresh)
+        whole = _in_order(fresh, SORT[name])
+        del fresh  # the unsorted copy, when the sort made another
+        if name in LAYERED:
+            write_layered(folder, name, whole)
+        else:
+            write_state(whole, folder, name)
+        return
+    whole = _after(kept, fresh)
     if name not in LAYERED:
         write_state(whole, folder, name)
-    elif kept is None:
-        write_layered(folder, name, whole)
     else:
         write_layered(folder, name, whole, base=base, removed=removed, added=fresh)
+
+
+def _in_order(table: pa.Table, columns: list[str]) -> pa.Table:
+    """``table`` sorted by ``columns``: itself when it is in that order already (the golden
+    records, the crosswalk and the components mostly are), else a sorted copy."""
+    order = pc.sort_indices(table, [(c, "ascending") for c in columns])
+    if np.array_equal(order.to_numpy(), np.arange(table.num_rows)):
+        return table
+    return table.take(order)
 
 
 def _after(kept: pa.Table, fresh: pa.Table) -> pa.Table:
