@@ -26,7 +26,8 @@ afterwards), so the night starts empty and nothing of the URL's own database is 
 ``--stages`` runs a tail of the night on a kept ``--var`` (e.g. ``publish``: the night it holds,
 republished ``--repeat`` times; a republished night replaces the tables whole, as a first one
 does), or its head (``extract,standardize``): a long night (1M persons) can then be run in two
-sittings, ``--stages link,publish`` on the same ``--var`` finishing the night the head began.
+sittings, ``--stages link,publish`` on the same ``--var`` finishing the night the head began;
+``--stages link`` links a kept standardized night again (its peak RSS and the phase it was in).
 ``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy), or ``spark``:
 standardize and link on Spark, the night run once per ``--spark-master`` (default
 ``local[1],local[2]``), then the link stage's speedup of the one over the other:
@@ -430,7 +431,9 @@ def main() -> None:
         "link speedup of the first over the last is printed",
     )
     parser.add_argument(
-        "--stages", default=",".join(STAGES), help="a head or a tail of " + ",".join(STAGES)
+        "--stages",
+        default=",".join(STAGES),
+        help="consecutive stages of " + ",".join(STAGES),
     )
     parser.add_argument("--var", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the var folder afterwards")
@@ -450,8 +453,8 @@ def main() -> None:
         child(args.child, args.run_id, json.loads(args.opts))
         return
     stages = tuple(s.strip() for s in args.stages.split(","))
-    if stages not in (STAGES[: len(stages)], STAGES[len(STAGES) - len(stages) :]):
-        parser.error(f"--stages must be a head or a tail of {','.join(STAGES)}")
+    if stages not in [STAGES[i : i + len(stages)] for i in range(len(STAGES))]:
+        parser.error(f"--stages must be consecutive stages of {','.join(STAGES)}")
     if args.delta is not None and stages != STAGES:
         parser.error("--delta runs the whole night and the next: leave out --stages")
     if stages[0] != STAGES[0] and args.var is None:
