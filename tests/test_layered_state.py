@@ -136,3 +136,35 @@ def test_a_night_that_relinks_nothing_and_the_night_after_it(tmp_path: Path) -> 
     night2_view = read_state(night2, "crosswalk")
     assert how == "linked" and night2_view.num_rows == ROWS - 1
     assert night2_view.equals(whole2)
+
+
+
+def test_a_handed_over_frame_is_let_go_before_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A night of a million persons held each state table in pandas and twice in Arrow at
+    once: a frame handed to write_merged is gone by the time its file is written, and a table
+    already in order is written as it is, not copied by a sort."""
+    import weakref
+
+    from master_data import night_state
+
+    ids = [f"P{i:010d}" for i in range(50)]
+    frames = {"golden": pd.DataFrame({"master_id": ids, "n": range(50)})}
+    frame = weakref.ref(frames["golden"])
+    let_go: list[bool] = []
+    write = night_state.write_state
+
+    def spy(rows: pa.Table, folder: Path, name: str, **kw: str) -> None:
+        let_go.append(frame() is None)
+        write(rows, folder, name, **kw)
+
+    monkeypatch.setattr(night_state, "write_state", spy)
+    write_merged(tmp_path, "golden", frames.pop("golden"), None)
+    assert let_go == [True]
+    assert read_state(tmp_path, "golden")["master_id"].to_pylist() == ids
+
+    table = pa.table({"master_id": ids})
+    assert night_state._in_order(table, ["master_id"]) is table
+    backwards = pa.table({"master_id": ids[::-1]})
+    assert night_state._in_order(backwards, ["master_id"])["master_id"].to_pylist() == ids
