@@ -104,13 +104,13 @@ class _TreeRss:
     """The peak of the summed RSS of this process and every process below it, sampled from
     /proc every ``every`` seconds while the stage runs: standardize's department workers run
     side by side, so the largest single process (:func:`_peak_mib`) is not what the stage
-    holds at once. Also this process's own largest sample and the phase it was in then
-    (``peak_phase``, the last progress line): where a long stage's memory peaks, read off one
-    run instead of found by bisecting."""
+    holds at once. Also this process's own largest sample in each phase (``phases``, by the
+    last progress line): where a long stage's memory peaks, read off one run instead of found
+    by bisecting."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.peak_mib = 0.0
-        self.own_mib, self.peak_phase = 0.0, ""
+        self.phases: dict[str, float] = {}
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -131,8 +131,9 @@ class _TreeRss:
                 pid = todo.pop()
                 try:
                     rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-                    if pid == os.getpid() and rss * page > self.own_mib:
-                        self.own_mib, self.peak_phase = rss * page, _PHASE[0]
+                    if pid == os.getpid():
+                        phase = _PHASE[0]
+                        self.phases[phase] = max(self.phases.get(phase, 0.0), rss * page)
                     total += rss
                     for kids in Path(f"/proc/{pid}/task").glob("*/children"):
                         todo.extend(int(k) for k in kids.read_text().split())
@@ -280,8 +281,10 @@ def child(stage: str, run_id: str, opts: dict[str, Any]) -> None:
     cpu = _cpu_s() - cpu0 + report.pop("spark_cpu_s", 0.0)
     report.update(wall_s=time.perf_counter() - t0, cpu_s=cpu, peak_mib=_peak_mib())
     report["all_processes_peak_mib"] = round(tree.peak_mib)
-    if tree.peak_phase != "start":  # a stage that reports its phases (link)
-        report["peak_phase"] = tree.peak_phase
+    if len(tree.phases) > 1:  # a stage that reports its phases (link): the peak's, the top 3
+        top = sorted(tree.phases.items(), key=lambda p: -p[1])[:3]
+        report["peak_phase"] = top[0][0]
+        report["phase_peaks_mib"] = {phase: round(mib) for phase, mib in top}
     print(json.dumps(report, default=str))
 
 

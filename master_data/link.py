@@ -583,7 +583,9 @@ def _write_tables(
     once it is in Arrow."""
     for name in list(tables):
         kept = scope.carried(name, base, run_id)
-        write_merged(out, name, tables.pop(name), kept, base=base.folder, removed=scope.dropped(name))
+        write_merged(
+            out, name, tables.pop(name), kept, base=base.folder, removed=scope.dropped(name)
+        )
 
 
 def _master_ids(

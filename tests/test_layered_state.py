@@ -138,7 +138,6 @@ def test_a_night_that_relinks_nothing_and_the_night_after_it(tmp_path: Path) -> 
     assert night2_view.equals(whole2)
 
 
-
 def test_a_handed_over_frame_is_let_go_before_the_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
