@@ -236,8 +236,14 @@ def write_merged(
     fresh = pa.Table.from_pandas(new, preserve_index=False)
     del new
     if kept is None:
-        whole = _in_order(fresh, SORT[name])
-        del fresh  # the unsorted copy, when the sort made another
+        whole, order = fresh, _order(fresh, SORT[name])
+        del fresh
+        if order is not None:  # sorted a column at a time, each one let go once taken
+            schema, columns = whole.schema, []
+            while whole.num_columns:
+                columns.append(whole.column(0).take(order))
+                whole = whole.remove_column(0)
+            whole = pa.Table.from_arrays(columns, schema=schema)
         if name in LAYERED:
             write_layered(folder, name, whole)
         else:
@@ -250,13 +256,11 @@ def write_merged(
         write_layered(folder, name, whole, base=base, removed=removed, added=fresh)
 
 
-def _in_order(table: pa.Table, columns: list[str]) -> pa.Table:
-    """``table`` sorted by ``columns``: itself when it is in that order already (the golden
-    records, the crosswalk and the components mostly are), else a sorted copy."""
+def _order(table: pa.Table, columns: list[str]) -> pa.Array | None:
+    """The row order that sorts ``table`` by ``columns``; None when it is in that order
+    already (the golden records, the crosswalk and the components mostly are)."""
     order = pc.sort_indices(table, [(c, "ascending") for c in columns])
-    if np.array_equal(order.to_numpy(), np.arange(table.num_rows)):
-        return table
-    return table.take(order)
+    return None if np.array_equal(order.to_numpy(), np.arange(table.num_rows)) else order
 
 
 def _after(kept: pa.Table, fresh: pa.Table) -> pa.Table:

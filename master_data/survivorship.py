@@ -127,7 +127,7 @@ def _needed(members: pd.DataFrame, attribute: str, columns: tuple[str, ...]) -> 
     """The member columns :func:`_choose` and the conflict rows read for ``attribute``: its
     golden ``columns``, the row's identity, the ID number (a changing value's real-name rows)
     and, for an address, what it is compared and shown by."""
-    extra = ("id_number",) if attribute in CHANGING else ()
+    extra: tuple[str, ...] = ("id_number",) if attribute in CHANGING else ()
     extra += _ADDRESS if attribute == "address" else ()
     wanted = dict.fromkeys((*columns, *_ROW, *extra))
     return [c for c in wanted if c in members.columns]

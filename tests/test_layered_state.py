@@ -163,7 +163,11 @@ def test_a_handed_over_frame_is_let_go_before_the_write(
     assert let_go == [True]
     assert read_state(tmp_path, "golden")["master_id"].to_pylist() == ids
 
-    table = pa.table({"master_id": ids})
-    assert night_state._in_order(table, ["master_id"]) is table
-    backwards = pa.table({"master_id": ids[::-1]})
-    assert night_state._in_order(backwards, ["master_id"])["master_id"].to_pylist() == ids
+    assert night_state._order(pa.table({"master_id": ids}), ["master_id"]) is None
+    # sorted a column at a time: the same table a sort of the whole would give
+    backwards = pd.DataFrame({"master_id": ids[::-1], "n": range(50)})
+    write_merged(tmp_path, "golden", backwards, None)
+    whole = pa.Table.from_pandas(backwards, preserve_index=False)
+    expected = whole.take(pa.array(range(49, -1, -1)))
+    got = read_state(tmp_path, "golden")
+    assert got.equals(expected) and got.schema.equals(expected.schema, check_metadata=True)
