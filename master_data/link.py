@@ -63,7 +63,7 @@ from master_data.night_state import (
     write_merged,
     write_state,
 )
-from master_data.pairs import candidates, edges
+from master_data.pairs import Found, candidates, edges
 from master_data.records import RECORD, canonical_files, is_in, linked_columns, tonight
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
@@ -423,7 +423,10 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         )
         found.keys = _write_block_keys(out, found.keys)
     else:
-        found = _scored(night, entity, records, rows, removed, base, carry, model, frequencies)
+        blocked = _candidates(night, entity, records, rows, removed, base, carry)
+        if not carry:  # comparing reads the pandas frame of every record: the Arrow columns go
+            records, rows = records.select([RECORD]), rows.select([RECORD])
+        found = _scored(night, entity, blocked, model, frequencies)
     changed = pd.Index(rows[RECORD].to_pandas() if carry else [], dtype=object)
     del rows  # tonight's rows are among the records now
     result.blocking = found.report
@@ -466,10 +469,10 @@ def _write_block_keys(
     if base is not None and rows is not None:
         mine = keys.filter(is_in(keys[RECORD], pd.Index(rows[RECORD].to_pandas())))
     write_layered(out, "blockkeys", keys, base=base, removed=removed, added=mine)
-    return keys.slice(0, 0)
+    return keys.schema.empty_table()  # a slice would keep every buffer of the keys
 
 
-def _scored(
+def _candidates(
     night: _Night,
     entity: str,
     records: pa.Table,
@@ -477,15 +480,25 @@ def _scored(
     removed: pd.Index,
     base: BaseState,
     carry: bool,
-    model: FellegiSunter | None,
-    frequencies: Frequencies,
-) -> Scored:
-    """The candidate pairs, compared and scored here (the local engine). The block keys are
-    written as soon as blocking has them, and not held while the pairs are compared."""
+) -> Found:
+    """The candidate pairs (the local engine). The block keys are written as soon as blocking
+    has them, and not held while the pairs are compared."""
     match = night.settings.entity(entity)
     found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
     on = base.folder if carry else None  # a delta night adds its layers to the base night's
     found.keys = _write_block_keys(night.work / entity, found.keys, on, removed, rows)
+    return found
+
+
+def _scored(
+    night: _Night,
+    entity: str,
+    found: Found,
+    model: FellegiSunter | None,
+    frequencies: Frequencies,
+) -> Scored:
+    """The candidate pairs ``found``, compared and scored here (the local engine)."""
+    match = night.settings.entity(entity)
     night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
     levels = cmp.compare(found.compared, found.pairs, entity)
     trained = model is None

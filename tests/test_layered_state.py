@@ -171,3 +171,17 @@ def test_a_handed_over_frame_is_let_go_before_the_write(
     expected = whole.take(pa.array(range(49, -1, -1)))
     got = read_state(tmp_path, "golden")
     assert got.equals(expected) and got.schema.equals(expected.schema, check_metadata=True)
+
+
+def test_block_keys_once_written_hold_no_memory(tmp_path: Path) -> None:
+    """The block keys of a million persons are written as soon as blocking has them and let
+    go: what linking keeps of them holds none of their buffers (an empty slice held them all)."""
+    from master_data.blocking import KEY_SCHEMA
+    from master_data.link import _write_block_keys
+
+    ids = [f"gongan/t_rk/{i:05d}" for i in range(ROWS)]
+    keys = pa.table({"pass": ["name"] * ROWS, "key": ids, RECORD: ids}, schema=KEY_SCHEMA)
+    left = _write_block_keys(tmp_path, keys)
+    assert left.num_rows == 0 and left.schema == KEY_SCHEMA
+    assert left.get_total_buffer_size() < 64  # not the keys' buffers
+    assert read_state(tmp_path, "blockkeys").equals(keys)
