@@ -32,7 +32,8 @@ afterwards), so the night starts empty and nothing of the URL's own database is 
 ``--stages`` runs a tail of the night on a kept ``--var`` (e.g. ``publish``: the night it holds,
 republished ``--repeat`` times; a republished night replaces the tables whole, as a first one
 does), or its head (``extract,standardize``): a long night (1M persons) can then be run in two
-sittings, ``--stages link,publish`` on the same ``--var`` finishing the night the head began.
+sittings, ``--stages link,publish`` on the same ``--var`` finishing the night the head began;
+``--stages link`` links a kept standardized night again (its peak RSS and the phase it was in).
 ``--engine`` picks the engine the stages run on: ``local`` (pandas/numpy), or ``spark``:
 standardize and link on Spark, the night run once per ``--spark-master`` (default
 ``local[1],local[2]``), then the link stage's speedup of the one over the other:
@@ -101,14 +102,21 @@ def _descendants_cpu_s() -> float:
     return sum(times[p] for p in mine)
 
 
+_PHASE = ["start"]
+"""The stage's phase now: its last progress line (:func:`_progress`), for :class:`_TreeRss`."""
+
+
 class _TreeRss:
     """The peak of the summed RSS of this process and every process below it, sampled from
     /proc every ``every`` seconds while the stage runs: standardize's department workers run
     side by side, so the largest single process (:func:`_peak_mib`) is not what the stage
-    holds at once."""
+    holds at once. Also this process's own largest sample in each phase (``phases``, by the
+    last progress line): where a long stage's memory peaks, read off one run instead of found
+    by bisecting."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.peak_mib = 0.0
+        self.phases: dict[str, float] = {}
         self._every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -128,7 +136,11 @@ class _TreeRss:
             while todo:  # the process tree, through each thread's list of children
                 pid = todo.pop()
                 try:
-                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+                    rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+                    if pid == os.getpid():
+                        phase = _PHASE[0]
+                        self.phases[phase] = max(self.phases.get(phase, 0.0), rss * page)
+                    total += rss
                     for kids in Path(f"/proc/{pid}/task").glob("*/children"):
                         todo.extend(int(k) for k in kids.read_text().split())
                 except OSError:  # gone meanwhile
@@ -154,6 +166,7 @@ def _progress(stage: str) -> Callable[[str], None]:
     cpu0, t0 = _cpu_s(), time.perf_counter()
 
     def say(message: str) -> None:
+        _PHASE[0] = message
         rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         print(
             f"  {stage}: {message}  ({time.perf_counter() - t0:.0f} s, cpu {_cpu_s() - cpu0:.1f}"
@@ -358,11 +371,15 @@ def child(stage: str, run_id: str, opts: dict[str, Any]) -> None:
     import master_data.publish  # noqa: F401
 
     cpu0, t0 = _cpu_s(), time.perf_counter()
-    with _TreeRss() as tree:
+    with _TreeRss(every=0.25) as tree:
         report = ENGINES[opts["engine"]](stage, run_id, opts)
     cpu = _cpu_s() - cpu0 + report.pop("spark_cpu_s", 0.0)
     report.update(wall_s=time.perf_counter() - t0, cpu_s=cpu, peak_mib=_peak_mib())
     report["all_processes_peak_mib"] = round(tree.peak_mib)
+    if len(tree.phases) > 1:  # a stage that reports its phases (link): the peak's, the top 3
+        top = sorted(tree.phases.items(), key=lambda p: -p[1])[:3]
+        report["peak_phase"] = top[0][0]
+        report["phase_peaks_mib"] = {phase: round(mib) for phase, mib in top}
     print(json.dumps(report, default=str))
 
 
@@ -512,7 +529,9 @@ def main() -> None:
         "link speedup of the first over the last is printed",
     )
     parser.add_argument(
-        "--stages", default=",".join(STAGES), help="a head or a tail of " + ",".join(STAGES)
+        "--stages",
+        default=",".join(STAGES),
+        help="consecutive stages of " + ",".join(STAGES),
     )
     parser.add_argument("--var", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the var folder afterwards")
@@ -538,8 +557,8 @@ def main() -> None:
         child(args.child, args.run_id, json.loads(args.opts))
         return
     stages = tuple(s.strip() for s in args.stages.split(","))
-    if stages not in (STAGES[: len(stages)], STAGES[len(STAGES) - len(stages) :]):
-        parser.error(f"--stages must be a head or a tail of {','.join(STAGES)}")
+    if stages not in [STAGES[i : i + len(stages)] for i in range(len(STAGES))]:
+        parser.error(f"--stages must be consecutive stages of {','.join(STAGES)}")
     if args.delta is not None and stages != STAGES:
         parser.error("--delta runs the whole night and the next: leave out --stages")
     if args.delta_only and (args.delta is None or args.var is None or args.warehouse):

@@ -752,7 +752,10 @@ def compare(
     used, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
     inverse = inverse.astype(np.intp)
     lpos, rpos = inverse[: len(left)], inverse[len(left) :]
-    records = df.iloc[used]
+    # the records in pairs, in the columns the features read only: a copy of every column
+    # was as large as the records themselves on a full night
+    wanted = dict.fromkeys(c for f in features for c in f.labels_left if c in df.columns)
+    records = df.iloc[used, df.columns.get_indexer(list(wanted))]
     columns: dict[str, Levels] = {}
     for feature in features:
         if feature.labels_left != feature.labels_right:

@@ -81,8 +81,10 @@ def golden_records(
     extra.index = extra.index.astype(object)
     golden = golden.merge(extra, left_on="master_id", right_index=True)
     golden["run_id"] = _changed_by(golden, base_golden, run_id)
-    provenance = provenance.assign(entity=entity)
-    conflicts = conflicts.assign(entity=entity, run_id=run_id)
+    # a column more in place: a copy of the provenance (a row per master and attribute) would
+    # double the largest frame of the night
+    provenance["entity"] = entity
+    conflicts["entity"], conflicts["run_id"] = entity, run_id
     return golden, provenance, conflicts
 
 

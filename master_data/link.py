@@ -64,7 +64,7 @@ from master_data.night_state import (
     write_merged,
     write_state,
 )
-from master_data.pairs import candidates, edges
+from master_data.pairs import Found, candidates, edges
 from master_data.records import RECORD, canonical_files, is_in, linked_columns, tonight
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
@@ -424,7 +424,10 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         )
         found.keys = _write_block_keys(out, found.keys)
     else:
-        found = _scored(night, entity, records, rows, removed, base, carry, model, frequencies)
+        blocked = _candidates(night, entity, records, rows, removed, base, carry)
+        if not carry:  # comparing reads the pandas frame of every record: the Arrow columns go
+            records, rows = records.select([RECORD]), rows.select([RECORD])
+        found = _scored(night, entity, blocked, model, frequencies)
     changed = pd.Index(rows[RECORD].to_pandas() if carry else [], dtype=object)
     del rows  # tonight's rows are among the records now
     result.blocking = found.report
@@ -467,10 +470,10 @@ def _write_block_keys(
     if base is not None and rows is not None:
         mine = keys.filter(is_in(keys[RECORD], pd.Index(rows[RECORD].to_pandas())))
     write_layered(out, "blockkeys", keys, base=base, removed=removed, added=mine)
-    return keys.slice(0, 0)
+    return keys.schema.empty_table()  # a slice would keep every buffer of the keys
 
 
-def _scored(
+def _candidates(
     night: _Night,
     entity: str,
     records: pa.Table,
@@ -478,15 +481,25 @@ def _scored(
     removed: pd.Index,
     base: BaseState,
     carry: bool,
-    model: FellegiSunter | None,
-    frequencies: Frequencies,
-) -> Scored:
-    """The candidate pairs, compared and scored here (the local engine). The block keys are
-    written as soon as blocking has them, and not held while the pairs are compared."""
+) -> Found:
+    """The candidate pairs (the local engine). The block keys are written as soon as blocking
+    has them, and not held while the pairs are compared."""
     match = night.settings.entity(entity)
     found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
     on = base.folder if carry else None  # a delta night adds its layers to the base night's
     found.keys = _write_block_keys(night.work / entity, found.keys, on, removed, rows)
+    return found
+
+
+def _scored(
+    night: _Night,
+    entity: str,
+    found: Found,
+    model: FellegiSunter | None,
+    frequencies: Frequencies,
+) -> Scored:
+    """The candidate pairs ``found``, compared and scored here (the local engine)."""
+    match = night.settings.entity(entity)
     night.say(f"{entity}: comparing {len(found.pairs):,} pairs")
     levels = cmp.compare(found.compared, found.pairs, entity)
     trained = model is None
@@ -533,21 +546,31 @@ def _settle(
     failpoints.reached("link:clustered")
     for k, v in clustered.counts.items():
         setattr(result, k, v)
-    linked = scope.edges.assign(accepted=clustered.accepted)
+    linked = scope.edges  # a column more, not a copy of the edges
+    linked["accepted"] = clustered.accepted
 
     night.say(f"{entity}: master IDs and golden records")
     master_of, next_seq = _master_ids(night, entity, base, scope, clustered.labels, result)
     previous = scope.previous
     survive = engine.golden if engine is not None else golden_records
     scope.records["master_id"] = master_of  # the members: a column more, not a copy of them
-    golden, provenance, conflicts = survive(
-        scope.records,
-        entity,
-        night.city,
-        match,
-        base.read("golden") if base.folder is not None else None,
-        run_id,
+    tables = dict(
+        zip(
+            ("golden", "provenance", "conflicts"),
+            survive(
+                scope.records,
+                entity,
+                night.city,
+                match,
+                base.read("golden") if base.folder is not None else None,
+                run_id,
+            ),
+            strict=True,
+        )
     )
+    night.say(f"{entity}: writing golden records and provenance")
+    _write_tables(out, tables, scope, base, run_id)  # before the review queue and crosswalk
+    night.say(f"{entity}: review queue and crosswalk")
     everyone = pd.concat([master_of, scope.outside])
     review = review_queue(
         linked, scope.hard_keys, everyone, decisions, model, match, entity, run_id
@@ -560,18 +583,27 @@ def _settle(
         "edges": linked,
         "components": clustered.component.reset_index(),
         "crosswalk": crosswalk(scope.records, linked, master_of, previous, run_id),
-        "golden": golden,
-        "provenance": provenance,
-        "conflicts": conflicts,
         "review": review,
     }
-    for name, frame in tables.items():
-        kept = functools.partial(scope.carried, name, base, run_id)
-        write_merged(out, name, frame, kept, base=base.folder, removed=scope.dropped(name))
+    del review  # handed over with the others
+    _write_tables(out, tables, scope, base, run_id)
     touched = set(previous["master_id"]) | set(master_of)
     write_state(pd.DataFrame({"master_id": sorted(touched)}), out, "touched")
     _count_state(out, result)
     return next_seq
+
+
+def _write_tables(
+    out: Path, tables: dict[str, pd.DataFrame], scope: Relink, base: BaseState, run_id: str
+) -> None:
+    """Write tonight's state ``tables`` (name → frame) after the base night's rows carried
+    over, emptying ``tables``: each frame is handed to :func:`write_merged`, which lets it go
+    once it is in Arrow."""
+    for name in list(tables):
+        kept = functools.partial(scope.carried, name, base, run_id)
+        write_merged(
+            out, name, tables.pop(name), kept, base=base.folder, removed=scope.dropped(name)
+        )
 
 
 def _master_ids(

@@ -30,6 +30,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -231,8 +232,13 @@ def write_merged(
     :data:`SORT` (a full night, ``kept`` None). A :data:`LAYERED` table of a delta night is
     written as layers on the ``base`` night's, which ``kept`` is less the ``removed`` keys.
     ``kept`` may be a function giving them: a layered table then reads them only when it gets
-    a new base (filtering last night's whole table costs more than writing tonight's layers)."""
+    a new base (filtering last night's whole table costs more than writing tonight's layers).
+
+    A caller that hands ``new`` over (``write_merged(..., tables.pop(name), ...)``) lets the
+    frame go as soon as it is in Arrow: a night of a million persons holds no table in pandas
+    and twice in Arrow at once."""
     fresh = pa.Table.from_pandas(new, preserve_index=False)
+    del new
     carried = kept if callable(kept) else lambda: kept
     if name in LAYERED and base is not None and removed is not None:
 
@@ -244,14 +250,28 @@ def write_merged(
         write_layered(folder, name, whole, base=base, removed=removed, added=fresh)
         return
     rows = carried()
-    if rows is None:
-        whole_table = fresh.take(pc.sort_indices(fresh, [(c, "ascending") for c in SORT[name]]))
-    else:
+    if rows is not None:
         whole_table = _after(rows, fresh)
+    else:
+        whole_table, order = fresh, _order(fresh, SORT[name])
+        del fresh
+        if order is not None:  # sorted a column at a time, each one let go once taken
+            schema, columns = whole_table.schema, []
+            while whole_table.num_columns:
+                columns.append(whole_table.column(0).take(order))
+                whole_table = whole_table.remove_column(0)
+            whole_table = pa.Table.from_arrays(columns, schema=schema)
     if name not in LAYERED:
         write_state(whole_table, folder, name)
     else:
         write_layered(folder, name, whole_table)
+
+
+def _order(table: pa.Table, columns: list[str]) -> pa.Array | None:
+    """The row order that sorts ``table`` by ``columns``; None when it is in that order
+    already (the golden records, the crosswalk and the components mostly are)."""
+    order = pc.sort_indices(table, [(c, "ascending") for c in columns])
+    return None if np.array_equal(order.to_numpy(), np.arange(table.num_rows)) else order
 
 
 def _after(kept: pa.Table, fresh: pa.Table) -> pa.Table:

@@ -100,7 +100,9 @@ def survive(
             for c in columns:
                 golden[c] = None
             continue
-        has = members.iloc[at]
+        # only the columns choosing reads (a copy of every member column, per attribute,
+        # was the largest thing a night of a million persons held)
+        has = members.iloc[at, members.columns.get_indexer(_needed(members, attribute, columns))]
         has.index = pd.RangeIndex(len(at))  # positions (no copy, unlike reset_index)
         chosen = _choose(has, master_code[at], codes.take(at), attribute, columns[0],
                          authority.get(attribute), (fresh_since or {}).get(attribute))  # fmt: skip
@@ -113,6 +115,22 @@ def survive(
     prov = pd.concat(provenance, ignore_index=True) if provenance else _empty(PROVENANCE_COLUMNS)
     conf = pd.concat(conflicts, ignore_index=True) if conflicts else _empty(CONFLICT_COLUMNS)
     return golden.reset_index(), prov, conf.sort_values(["master_id", "attribute", "department"])
+
+
+_ROW = ("master_id", "department", "source_table", "source_key", "updated_at")
+"""The member columns every attribute's choice and its provenance and conflict rows read."""
+_ADDRESS = ("division_code", "address_detail", "address")
+"""The columns an address is compared, ranked for completeness and shown by."""
+
+
+def _needed(members: pd.DataFrame, attribute: str, columns: tuple[str, ...]) -> list[str]:
+    """The member columns :func:`_choose` and the conflict rows read for ``attribute``: its
+    golden ``columns``, the row's identity, the ID number (a changing value's real-name rows)
+    and, for an address, what it is compared and shown by."""
+    extra: tuple[str, ...] = ("id_number",) if attribute in CHANGING else ()
+    extra += _ADDRESS if attribute == "address" else ()
+    wanted = dict.fromkeys((*columns, *_ROW, *extra))
+    return [c for c in wanted if c in members.columns]
 
 
 @dataclass(frozen=True)
@@ -263,9 +281,13 @@ def _department_votes(
 
 
 def _agreement_label(agree_depts: np.ndarray, held_by: np.ndarray) -> np.ndarray:
-    """``agreement(k of n)``: k of the n departments that hold a value hold this one."""
-    text = pd.Series(agree_depts).astype(str) + " of " + pd.Series(held_by).astype(str)
-    return ("agreement(" + text + ")").to_numpy(dtype=object)
+    """``agreement(k of n)``: k of the n departments that hold a value hold this one. One
+    string per distinct (k, n), shared by the rows that have it: a night of a million persons
+    keeps ten million provenance rows and a few dozen distinct labels."""
+    n = int(held_by.max()) + 1 if len(held_by) else 1
+    kinds, which = np.unique(agree_depts.astype(np.int64) * n + held_by, return_inverse=True)
+    labels = np.array([f"agreement({k // n} of {k % n})" for k in kinds.tolist()], dtype=object)
+    return labels[which.reshape(-1)]
 
 
 _STREET = r"[\u4e00-\u9fff]+(?:大道|路|街|巷|道|弄|里|村|镇|乡)"

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from sample_cities import CityFactory
 
+import master_data.link as link_module
 import store.warehouse as wh
 from access.review import ReviewError, decide
 from etl.config import CityConfig
@@ -179,7 +181,9 @@ def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return frame.sort_values(order, kind="mergesort").reset_index(drop=True)
 
 
-def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None:
+def test_delta_night_equals_full_rebuild_and_keeps_ids(
+    city: CityConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = {e: _crosswalk(city, NIGHT0, e) for e in ("person", "enterprise")}
     next_night(city.var_dir / "city")
     _night(city, NIGHT1)
@@ -203,8 +207,25 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(city: CityConfig) -> None
     assert published["published"] == "incremental"  # the warehouse held the delta's base night
     incremental = _tables(city)
 
+    # a full night compares the pandas frame of every record: the Arrow table of them is let
+    # go first (on a million persons, a gigabyte held through comparing and training)
+    held = {"records": 0, "comparing": 0}
+
+    def candidates(*args: Any) -> Any:
+        held["records"] = max(held["records"], args[2].nbytes)
+        return blocking(*args)
+
+    def compare(*args: Any) -> Any:
+        held["comparing"] = max(held["comparing"], pa.total_allocated_bytes())
+        return comparing(*args)
+
+    blocking, comparing = link_module._candidates, link_module.cmp.compare
+    monkeypatch.setattr(link_module, "_candidates", candidates)
+    monkeypatch.setattr(link_module.cmp, "compare", compare)
     full = link(city, NIGHT1, full=True)
+    monkeypatch.undo()
     assert full.mode == "full"
+    assert 0 < held["comparing"] < held["records"] / 2
     for e in ("person", "enterprise"):
         assert delta_ids[e].equals(_crosswalk(city, NIGHT1, e)), e
         kept = before[e].index.intersection(delta_ids[e].index)

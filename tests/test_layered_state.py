@@ -171,3 +171,50 @@ def test_last_nights_rows_are_read_only_when_a_new_base_is_due(tmp_path: Path) -
     assert calls == ["read"] and not layer_file(night2, "crosswalk", "added").is_file()
     back = read_state(night2, "crosswalk").to_pandas().sort_values(RECORD, ignore_index=True)
     assert back["night"].tolist() == [2] * (ROWS // 2) + [0] * (ROWS // 2)
+def test_a_handed_over_frame_is_let_go_before_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A night of a million persons held each state table in pandas and twice in Arrow at
+    once: a frame handed to write_merged is gone by the time its file is written, and a table
+    already in order is written as it is, not copied by a sort."""
+    import weakref
+
+    from master_data import night_state
+
+    ids = [f"P{i:010d}" for i in range(50)]
+    frames = {"golden": pd.DataFrame({"master_id": ids, "n": range(50)})}
+    frame = weakref.ref(frames["golden"])
+    let_go: list[bool] = []
+    write = night_state.write_state
+
+    def spy(rows: pa.Table, folder: Path, name: str, **kw: str) -> None:
+        let_go.append(frame() is None)
+        write(rows, folder, name, **kw)
+
+    monkeypatch.setattr(night_state, "write_state", spy)
+    write_merged(tmp_path, "golden", frames.pop("golden"), None)
+    assert let_go == [True]
+    assert read_state(tmp_path, "golden")["master_id"].to_pylist() == ids
+
+    assert night_state._order(pa.table({"master_id": ids}), ["master_id"]) is None
+    # sorted a column at a time: the same table a sort of the whole would give
+    backwards = pd.DataFrame({"master_id": ids[::-1], "n": range(50)})
+    write_merged(tmp_path, "golden", backwards, None)
+    whole = pa.Table.from_pandas(backwards, preserve_index=False)
+    expected = whole.take(pa.array(range(49, -1, -1)))
+    got = read_state(tmp_path, "golden")
+    assert got.equals(expected) and got.schema.equals(expected.schema, check_metadata=True)
+
+
+def test_block_keys_once_written_hold_no_memory(tmp_path: Path) -> None:
+    """The block keys of a million persons are written as soon as blocking has them and let
+    go: what linking keeps of them holds none of their buffers (an empty slice held them all)."""
+    from master_data.blocking import KEY_SCHEMA
+    from master_data.link import _write_block_keys
+
+    ids = [f"gongan/t_rk/{i:05d}" for i in range(ROWS)]
+    keys = pa.table({"pass": ["name"] * ROWS, "key": ids, RECORD: ids}, schema=KEY_SCHEMA)
+    left = _write_block_keys(tmp_path, keys)
+    assert left.num_rows == 0 and left.schema == KEY_SCHEMA
+    assert left.get_total_buffer_size() < 64  # not the keys' buffers
+    assert read_state(tmp_path, "blockkeys").equals(keys)
