@@ -171,6 +171,8 @@ def test_last_nights_rows_are_read_only_when_a_new_base_is_due(tmp_path: Path) -
     assert calls == ["read"] and not layer_file(night2, "crosswalk", "added").is_file()
     back = read_state(night2, "crosswalk").to_pandas().sort_values(RECORD, ignore_index=True)
     assert back["night"].tolist() == [2] * (ROWS // 2) + [0] * (ROWS // 2)
+
+
 def test_a_handed_over_frame_is_let_go_before_the_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

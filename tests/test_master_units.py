@@ -310,6 +310,8 @@ def test_queued_weights_are_what_explain_says_of_each_pair() -> None:
     ]
     assert [json.loads(w) for w in queue["weights"]] == want
     assert json.loads(queue["weights"][0])["address"]["weight"] == 0.0  # phone is the stronger
+
+
 def _many_masters(masters: int, wide: int = 0) -> pd.DataFrame:
     """Four members per master, each department with its own phone; ``wide`` columns more
     that survivorship never reads (a canonical row carries raw values, quality flags, …)."""
