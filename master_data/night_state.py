@@ -40,7 +40,7 @@ from etl.config import CityConfig
 from etl.state import warehouse_url
 from master_data.identity import RETIRED_COLUMNS
 from master_data.model import FellegiSunter
-from master_data.records import META, RECORD
+from master_data.records import META, RECORD, take_each_column
 from master_data.settings import load_match_settings
 from store.layout import master_root, state_dir_of
 from store.tables import (
@@ -253,14 +253,13 @@ def write_merged(
     if rows is not None:
         whole_table = _after(rows, fresh)
     else:
-        whole_table, order = fresh, _order(fresh, SORT[name])
-        del fresh
-        if order is not None:  # sorted a column at a time, each one let go once taken
-            schema, columns = whole_table.schema, []
-            while whole_table.num_columns:
-                columns.append(whole_table.column(0).take(order))
-                whole_table = whole_table.remove_column(0)
-            whole_table = pa.Table.from_arrays(columns, schema=schema)
+        order = _order(fresh, SORT[name])
+        if order is None:
+            whole_table = fresh
+        else:  # sorted a column at a time, each one let go once taken
+            schema, columns = fresh.schema, fresh.columns
+            del fresh
+            whole_table = take_each_column(schema, columns, order)
     if name not in LAYERED:
         write_state(whole_table, folder, name)
     else:
