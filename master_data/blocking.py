@@ -590,13 +590,7 @@ def _blocks(rows: _Rows, keys: Sequence[str]) -> _Blocks:
 
 def _dense(values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     """Each value's rank among the distinct ``values`` (0, 1, …, in their order)."""
-    if not len(values):
-        return values
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    out = np.empty(len(values), dtype=np.int64)
-    out[order] = np.cumsum(np.concatenate(([0], ordered[1:] != ordered[:-1])))
-    return out
+    return np.unique(values, return_inverse=True)[1].astype(np.int64, copy=False)
 
 
 def _pass_pairs(
