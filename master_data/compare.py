@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,6 +57,7 @@ __all__ = [
     "compare",
     "describe",
     "features_for",
+    "flat",
     "level_label",
     "load_shape_similar",
     "pair_positions",
@@ -592,10 +594,46 @@ class Phones(LevelFeature):
         return out
 
 
+_FLAT = re.compile(
+    r"(?P<estate>[\u4e00-\u53f6\u53f8-\u9fff]{2,}(?:\d+期)?)"  # CJK but 号, the house number's
+    r"(?P<building>\d+)(?:号楼|幢|栋|座|号|#|-)"
+    r"(?:(?P<unit>\d+)(?:单元|-))?"
+    r"(?P<room>\d+)(?:室|号|房)?$"
+)
+"""A flat at the end of an address detail: the estate (小区), building, unit and room, written
+out (``融侨锦江28座1606室``, ``金辉花园3号楼2单元502室``) or as clerks write it down
+(``融侨锦江28-1606``, ``金辉花园3-2-502``); what comes before the estate is the street."""
+
+
+def flat(detail: str | None) -> tuple[str, str] | None:
+    """The flat an address detail names, as (street before it, ``estate|building|unit|room``);
+    None where the detail names no flat (a house number alone).
+
+    >>> flat("首占路21号融侨锦江28座2401室")
+    ('首占路21号', '融侨锦江|28||2401')
+    >>> flat("融侨锦江28-2401"), flat("金辉花园3号楼2单元502室"), flat("杨桥中路10号")
+    (('', '融侨锦江|28||2401'), ('', '金辉花园|3|2|502'), None)
+    """
+    if not detail:
+        return None
+    m = _FLAT.search(detail.replace(" ", "").replace("—", "-"))
+    if m is None:
+        return None
+    key = "|".join((m["estate"], m["building"], m["unit"] or "", m["room"]))
+    return m.string[: m.start()], key
+
+
 class Address(LevelFeature):
-    """Address: 3 same division code (district) and ``address_detail`` similarity ≥ 0.9
-    (rapidfuzz Indel); 2 same district; 1 same city (first 4 digits); 0 else; missing when
-    either division code is. A city-level code (``350100``) agrees at most on the city."""
+    """Address: 3 same division code (district) and either ``address_detail`` similarity ≥ 0.9
+    (rapidfuzz Indel) or the same flat (:func:`flat`: estate, building, unit and room, where
+    the street, if both name one, is the same too); 2 same district; 1 same city (first 4
+    digits); 0 else; missing when either division code is. A city-level code (``350100``)
+    agrees at most on the city.
+
+    The same flat is the same address however it is written: hospitals and social assistance
+    write ``融侨锦江28-1606`` where the registry has ``首占路21号融侨锦江28座1606室``, and the two
+    are far apart as strings (similarity 0.74). For a pair without ID number or phone, a
+    shared flat is what tells a person's own rows from a namesake in the same district."""
 
     columns = ("division_code", "address_detail")
     levels: ClassVar[tuple[str, ...]] = ("different", "same_city", "same_district", "same_address")
@@ -613,12 +651,19 @@ class Address(LevelFeature):
             [d if d is not None and len(d) == 6 and d[4:6] != "00" else None for d in division],
             dtype=object,
         )
+        # each distinct detail parsed once: a household's rows repeat it
+        detail_code, details = pd.factorize(detail, use_na_sentinel=True)
+        flats = [flat(d) for d in details]
+        street = np.array([f[0] if f and f[0] else None for f in flats] + [None], dtype=object)
+        room = np.array([f[1] if f else None for f in flats] + [None], dtype=object)
         return {
             "dcode": _codes(division),
             "district": _codes(district),
             "city": _codes(city),
             "detail": detail,
-            "detail_code": _codes(detail),
+            "detail_code": detail_code.astype(np.int64),
+            "flat": _codes(room[detail_code]),
+            "street": _codes(street[detail_code]),
         }
 
     def compare_at(self, data: Prepared, left: Positions, right: Positions) -> Levels:
@@ -629,6 +674,11 @@ class Address(LevelFeature):
         out[same_district] = 2
         both = same_district & (detail_code[left] >= 0) & (detail_code[right] >= 0)
         same = both & (detail_code[left] == detail_code[right])
+        street = data["street"]
+        streets_differ = (
+            (street[left] >= 0) & (street[right] >= 0) & (street[left] != street[right])
+        )
+        same |= both & _equal(data["flat"], left, right) & ~streets_differ
         rest = np.flatnonzero(both & ~same)
         sim = _scores(Indel.normalized_similarity, data["detail"], left[rest], right[rest])
         out[same] = 3

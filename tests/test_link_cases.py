@@ -192,6 +192,7 @@ NAMESAKE1, NAMESAKE2 = pid(GULOU, "19750601", 195), pid(CANGSHAN, "19750601", 21
 OTHER1, OTHER2 = pid(GULOU, "19880808", 371), pid(GULOU, "19880808", 393)
 SAME_BIRTH = pid(GULOU, "19820715", 639)
 ELDER, RENAMED = pid(GULOU, "19381120", 582), pid(JINAN, "19700505", 417)
+FLAT_OWNER, OTHER_FLAT = pid(MAWEI, "19790826", 665), pid(MAWEI, "19790826", 687)
 GUARDIAN, CHILD = pid(CANGSHAN, "19860214", 551), pid(CANGSHAN, "20190903", 362)
 # twin sisters filed by a hospital under their mother's ID number and phone (the sample city's
 # 林晓萍 / 林晓玲, seed 20260630): given names one pinyin-similar character apart
@@ -303,6 +304,24 @@ PERSON_LINK = [
         ),
         id="person-former-name-without-id",
     ),
+    pytest.param(
+        (
+            (
+                gongan(
+                    23,
+                    "郑丽娟",
+                    FLAT_OWNER,
+                    "19790826",
+                    "福建省福州市马尾区江滨东大道144号融侨锦江21座906室",
+                    male=False,
+                ),
+                # the hospital took down her flat as a clerk writes it, street dropped, and
+                # neither her ID number nor a phone: the flat is what says she is no namesake
+                weijian(23, "郑丽娟", None, "19790826", None, "马尾区融侨锦江21-906", male=False),
+            ),
+        ),
+        id="person-shorthand-flat-without-id-or-phone",
+    ),
 ]
 
 PERSON_APART = [
@@ -411,6 +430,23 @@ PERSON_APART = [
             (weijian(36, "陈志伟", None, "19820715", "13906001037", ADDR_JINAN, male=True),),
         ),
         id="person-namesake-same-birth-date-without-id-other-district",
+    ),
+    pytest.param(
+        (
+            (
+                gongan(
+                    24,
+                    "黄美玲",
+                    OTHER_FLAT,
+                    "19790826",
+                    "福建省福州市马尾区君竹路129号阳光城26座2604室",
+                    male=False,
+                ),
+            ),
+            # a hospital row without ID number or phone in the same district, at another flat
+            (weijian(24, "黄美玲", None, "19790826", None, "马尾区融侨锦江5-1203", male=False),),
+        ),
+        id="person-namesake-same-district-another-flat",
     ),
 ]
 
