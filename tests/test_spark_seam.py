@@ -12,7 +12,14 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from etl.config import ConfigError, TableConfig, load_city_config
-from etl.standardize import Kernel, StandardizedBatch, local_batches, standardize_department
+from etl.extract import ParquetSink
+from etl.standardize import (
+    BatchCounts,
+    BatchRunner,
+    Kernel,
+    local_batches,
+    standardize_department,
+)
 from pipeline.context import Night
 
 CONFIG = Path(__file__).resolve().parents[1] / "config"
@@ -75,12 +82,19 @@ def test_standardize_runs_its_kernel_through_the_runner_it_is_given() -> None:
     seen: list[int] = []
 
     def counting(
-        table: TableConfig, path: Path, kernel: Kernel, batch_rows: int
-    ) -> Iterator[StandardizedBatch]:
-        for batch in local_batches(table, path, kernel, batch_rows):
+        table: TableConfig,
+        path: Path,
+        kernel: Kernel,
+        batch_rows: int,
+        good: ParquetSink,
+        bad: ParquetSink,
+    ) -> Iterator[BatchCounts]:
+        for batch in local_batches(table, path, kernel, batch_rows, good, bad):
             seen.append(batch.rows)
             yield batch
 
-    result = standardize_department(city, dept, "2026-07-01", batch_rows=25, batches=counting)
+    result = standardize_department(
+        city, dept, "2026-07-01", batch_rows=25, batches=BatchRunner(counting, ParquetSink)
+    )
     assert result.status == "ok" and result.reconciled
     assert sum(seen) == result.rows_read and len(seen) >= 3 and max(seen) <= 25
