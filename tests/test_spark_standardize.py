@@ -18,8 +18,11 @@ import pytest
 
 from etl.config import CityConfig
 from etl.standardize import standardize_all
+from master_data.engine import RecordFiles
+from master_data.records import RECORD, canonical_files, tonight
 from pipeline import night as nightly
 from pipeline.context import Night
+from quality.tonight import batch_frame
 from store.layout import STANDARDIZED, canonical_dir
 
 if TYPE_CHECKING:
@@ -38,19 +41,30 @@ def extracted(make_city: CityFactory) -> Iterator[CityConfig]:
 
 
 def _outputs(city: CityConfig) -> dict[str, dict[str, Any]]:
-    """Each department's canonical files (as tables, metadata included) and its marker."""
+    """Each department's canonical files (as tables, metadata included) and its marker, and
+    what the later stages read of them: the night's records of each entity as linking reads
+    them, and each source table's rows as the quality checks read them."""
     out: dict[str, dict[str, Any]] = {}
     for dept in city.departments:
         folder = canonical_dir(city.var_dir, RUN, dept.code)
         out[dept.code] = {p.name: pq.read_table(p) for p in sorted(folder.glob("*.parquet"))} | {
             STANDARDIZED: json.loads((folder / STANDARDIZED).read_text(encoding="utf-8"))
         }
+        for table in dept.tables:
+            frame = batch_frame(city, RUN, dept, table)
+            assert frame is not None and len(frame), (dept.code, table.name)
+            out[dept.code][f"quality:{table.name}"] = pa.Table.from_pandas(frame)
+    for entity in ("person", "enterprise"):
+        rows, gone, unkeyed = tonight(city, RUN, entity, frozenset())
+        out[f"records:{entity}"] = {"rows": rows, "gone": gone, "unkeyed": unkeyed}
     return out
 
 
 def test_spark_standardizes_the_sample_city_exactly_as_the_local_engine(
     extracted: CityConfig, spark: Any
 ) -> None:
+    from spark.records import canonical_records
+
     city = extracted
     local = {r.department: r for r in standardize_all(city, RUN)}
     assert all(r.status == "ok" and r.reconciled for r in local.values()), local
@@ -66,6 +80,14 @@ def test_spark_standardizes_the_sample_city_exactly_as_the_local_engine(
     got = _outputs(city)
 
     assert got.keys() == expected.keys()
+    for entity in ("person", "enterprise"):
+        mine, theirs = got.pop(f"records:{entity}"), expected.pop(f"records:{entity}")
+        assert mine["rows"].num_rows and mine["rows"].equals(theirs["rows"]), entity
+        assert (mine["gone"], mine["unkeyed"]) == (theirs["gone"], theirs["unkeyed"]), entity
+        files = RecordFiles(tuple(canonical_files(city, RUN, entity, frozenset())), 0)
+        assert all(p.is_dir() for p in files.paths), files  # the executors' folders of parts
+        read = canonical_records(spark, files, entity).select(RECORD).toArrow()
+        assert sorted(read[RECORD].to_pylist()) == mine["rows"][RECORD].to_pylist(), entity
     for code, files in expected.items():
         assert got[code].keys() == files.keys(), code
         for name, table in files.items():
@@ -89,7 +111,10 @@ def test_spark_standardizes_the_sample_city_exactly_as_the_local_engine(
 
 _STANDARDIZE_ONE = """
 import json, sys
+from master_data.engine import RecordFiles
+from master_data.records import RECORD, canonical_files, tonight
 from pipeline import night as nightly
+from quality.tonight import batch_frame
 from pipeline.context import Night
 from spark.session import session
 
