@@ -906,11 +906,11 @@ class Sink(Protocol):
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None: ...
 
 
-S = TypeVar("S", bound=Sink)
+_S = TypeVar("_S", bound=Sink)
 
 
 @dataclass(frozen=True)
-class BatchRunner(Generic[S]):
+class BatchRunner(Generic[_S]):
     """How an engine standardizes a raw file. ``run(table, path, kernel, batch_rows, good, bad)``
     runs ``kernel`` over the raw file at ``path`` in batches of about ``batch_rows`` rows, puts
     each batch's canonical rows into ``good`` and its rejected rows into ``bad``, in the file's
@@ -919,8 +919,8 @@ class BatchRunner(Generic[S]):
     (:data:`LOCAL`); the Spark engine runs the same kernel inside Spark, whose executors write
     the rows (:func:`spark.standardize.spark_batches`)."""
 
-    run: Callable[[TableConfig, Path, Kernel, int, S, S], Iterator[BatchCounts]]
-    sink: Callable[[Path, pa.Schema, int, dict[str, Any]], S]
+    run: Callable[[TableConfig, Path, Kernel, int, _S, _S], Iterator[BatchCounts]]
+    sink: Callable[[Path, pa.Schema, int, dict[str, Any]], _S]
 
 
 def local_batches(
@@ -952,7 +952,9 @@ class ParquetParts:
 
     Like :class:`etl.extract.ParquetSink`, the output appears only on success: the parts go
     to a temp folder that is renamed into place (the previous file or folder moved aside, then
-    removed); on an exception the temp folder is removed and the previous output stands."""
+    removed); on an exception the temp folder is removed and the previous output stands. A part
+    is one batch of its source, so ``chunk_rows`` (the file sink's row groups) has no use here.
+    """
 
     def __init__(
         self, path: Path, schema: pa.Schema, chunk_rows: int, meta: dict[str, Any]
