@@ -314,7 +314,7 @@ def _spark_stage(stage: str, run_id: str, opts: dict[str, Any]) -> dict[str, Any
 
     city = load_city_config(ROOT / "config")
     t0 = time.perf_counter()
-    spark = session(city.var_dir, opts["spark_master"])
+    spark = session(city.var_dir, opts["spark_master"], city.spark)
     report: dict[str, Any] = {
         "master": opts["spark_master"],
         "spark_start_s": round(time.perf_counter() - t0, 1),

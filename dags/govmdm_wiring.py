@@ -264,7 +264,8 @@ def _night_id(context: Context) -> str:
 def spark_job(planned: dict[str, Any], stage: str, args: list[str]) -> dict[str, Any]:
     """What a night on the Spark engine submits for ``stage``: the provider's
     :class:`~airflow.providers.apache.spark.hooks.spark_submit.SparkSubmitHook` arguments and the
-    application (:mod:`pipeline.spark_submit`). Only the run ID, department codes and paths
+    application (:mod:`pipeline.spark_submit`), with the city's Spark settings (``spark:`` of
+    city.yaml, read by ``plan``) under govmdm's own. Only the run ID, department codes and paths
     go on the command line."""
     import pipeline.spark_submit
 
@@ -275,7 +276,7 @@ def spark_job(planned: dict[str, Any], stage: str, args: list[str]) -> dict[str,
     return {
         "application": os.environ.get(SPARK_APP_ENV, "").strip() or pipeline.spark_submit.__file__,
         "conn_id": SPARK_CONN_ID,
-        "conf": dict(SPARK_CONF),
+        "conf": {**planned.get("spark", {}), **SPARK_CONF},
         "name": f"govmdm-{stage}-{planned['run_id']}",
         "application_args": [stage, "--config", str(config), "--run-id", planned["run_id"], *args],
         "env_vars": env,
@@ -382,6 +383,7 @@ def _plan(mode: Mode) -> Any:
             **out,
             "mode": mode,
             "engine": night.engine,
+            "spark": dict(night.city.spark),
             "full": full,
             "retrain": bool(p.get("retrain")),
             "send_reports": bool(p.get("send_reports", True)),

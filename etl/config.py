@@ -740,6 +740,36 @@ class CityFile(_Strict):
         "most one per department",
     )
 
+    spark: dict[str, str] = Field(
+        default_factory=dict,
+        description="Spark settings of the Spark engine's applications, Spark's key → value, "
+        "e.g. `spark: {spark.driver.memory: 4g, spark.executor.memory: 8g}`; given to the "
+        "session govmdm starts and to spark-submit",
+    )
+
+    @field_validator("spark", mode="before")
+    @classmethod
+    def _spark(cls, settings: Any) -> Any:
+        if settings is None:
+            return {}
+        if not isinstance(settings, dict):
+            raise _invalid(
+                f"{_kind(settings)} is not a mapping of Spark settings",
+                "write one Spark key and its value a line, e.g. spark: {spark.driver.memory: 4g}",
+            )
+        issues: list[_Issue] = []
+        out: dict[str, str] = {}
+        for key, value in settings.items():
+            name = str(key)
+            what, fix = _spark_setting_problem(name, value)
+            if what:
+                issues.append(_Issue((name,), what, fix))
+            else:
+                out[name] = _spark_value(value)
+        if issues:
+            raise _Invalid(issues)
+        return out
+
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, n: Any) -> Any:
@@ -776,6 +806,56 @@ class CityFile(_Strict):
                 f"unknown time zone '{name}'", "use an IANA name like Asia/Shanghai"
             ) from None
         return name
+
+
+_SPARK_KEY = re.compile(r"spark\.[A-Za-z0-9_.-]+")
+_SPARK_SIZE = re.compile(r"\d+[kmgtp]?b?", re.IGNORECASE)  # as Spark reads 512m, 4g, 8gb
+_SPARK_OWN = {
+    "spark.master": "the master is the Airflow connection spark_default's, or "
+    "$GOVMDM_SPARK_MASTER for a night started without Airflow",
+    "spark.io.encryption.enabled": "govmdm always encrypts shuffle and spill files (they "
+    "hold personal data)",
+    "spark.authenticate": "the nightly DAG always sets it, with spark.network.crypto.enabled",
+    "spark.network.crypto.enabled": "the nightly DAG always encrypts traffic between the "
+    "driver and its executors",
+    "spark.local.dir": "govmdm keeps Spark's scratch files under <var>/spark/, its owner's "
+    "alone like the rest of var/",
+    "spark.sql.warehouse.dir": "govmdm keeps Spark's warehouse folder under <var>/spark/",
+}
+
+
+def _spark_setting_problem(key: str, value: Any) -> tuple[str, str]:
+    """What is wrong with one setting of ``spark:`` in city.yaml, and the fix; ("", "") if
+    nothing is."""
+    if not _SPARK_KEY.fullmatch(key):
+        like = f"spark.{key}" if _SPARK_KEY.fullmatch(f"spark.{key}") else "spark.driver.memory"
+        return f"'{key}' is not a Spark setting", f"write Spark's own key, e.g. {like}"
+    if key in _SPARK_OWN:
+        return f"{key} is govmdm's to set: {_SPARK_OWN[key]}", "remove the line"
+    if any(hint in key.lower() for hint in ("password", "secret", "token", "credential")):
+        return (
+            f"{key} holds a secret, and a secret never goes in a configuration file (nor on "
+            "spark-submit's command line)",
+            "give it to Spark in the Spark client's spark-defaults.conf or a Hadoop credential "
+            "provider, and remove the line",
+        )
+    if value is None or isinstance(value, dict | list):
+        return (
+            f"{_kind(value)} is not a value for {key}",
+            "write one value, e.g. 4g for a memory size, 2 for a number of cores",
+        )
+    size = key.endswith((".memory", ".memoryOverhead", ".maxResultSize"))
+    if size and not _SPARK_SIZE.fullmatch(_spark_value(value)):
+        return (
+            f"{value!r} is not a size Spark reads",
+            "write a number and a unit without a space, e.g. 512m or 4g",
+        )
+    return "", ""
+
+
+def _spark_value(value: Any) -> str:
+    """A setting's value as Spark reads it: YAML's true and false in Spark's spelling."""
+    return str(value).lower() if isinstance(value, bool) else str(value).strip()
 
 
 def _default_var_dir(data: dict[str, Any]) -> Path:

@@ -1699,16 +1699,19 @@ def _float_text(value: float) -> str:
 
 
 def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Delete the temp files of ``path`` (``.<name>.<PID>.tmp``) left by writers that were
-    killed; a file whose process still runs (a concurrent writer) is left alone. Returns what
-    was deleted."""
+    """Delete the temp files and folders of ``path`` (``.<name>.<PID>.tmp``, or
+    ``.<name>.<PID>.<what>.tmp``) left by writers that were killed; one whose process still
+    runs (a concurrent writer) is left alone. Returns what was deleted."""
     removed = []
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")]
+        pid = tmp.name[len(path.name) + 2 : -len(".tmp")].partition(".")[0]
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
             removed.append(tmp)
     return removed
 
@@ -1721,6 +1724,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process: it exists
         return True
     return True
+
+
+def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer with the settings of every file govmdm writes."""
+    # Dictionary pages cost more than they save on mostly distinct text (zstd finds the
+    # repeats), and raw text has no useful min/max except the row key's.
+    return pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        use_dictionary=False,
+        write_statistics=[ROW_KEY] if ROW_KEY in schema.names else False,
+    )
 
 
 class ParquetSink:
@@ -1736,15 +1752,7 @@ class ParquetSink:
         remove_stale_temp_files(path)
         self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
         self.chunk_rows = chunk_rows
-        # Dictionary pages cost more than they save on mostly distinct text (zstd finds the
-        # repeats), and raw text has no useful min/max except the row key's.
-        self.writer = pq.ParquetWriter(
-            self.tmp,
-            self.schema,
-            compression="zstd",
-            use_dictionary=False,
-            write_statistics=[ROW_KEY] if ROW_KEY in schema.names else False,
-        )
+        self.writer = parquet_writer(self.tmp, self.schema)
         self.pending: list[pa.Table] = []
         self.buffered = 0
         self.rows = 0
@@ -1769,6 +1777,8 @@ class ParquetSink:
         if exc_type is None:
             self._flush()
             self.writer.close()
+            if self.path.is_dir():  # a folder of parts the Spark engine wrote for this night
+                shutil.rmtree(self.path)
             os.replace(self.tmp, self.path)
         else:
             self.writer.close()

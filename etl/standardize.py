@@ -10,7 +10,9 @@ Output, per run and department, under ``<var_dir>/canonical/run=<run_id>/departm
 (each rejected row's reasons and its raw values, source column → text), then
 ``_standardized.json`` naming the raw files they came from (:func:`unfinished`): a
 standardization killed part way, or raw data extracted again since, leaves none that matches.
-Every path is :mod:`store.layout`'s.
+Every path is :mod:`store.layout`'s. The local engine writes each output as one Parquet file;
+the Spark engine as a folder of the same name holding part files (:class:`ParquetParts`),
+which ``pq.read_table`` and ``spark.read.parquet`` read as one table, in the same row order.
 
 A batch is standardized column by column, each distinct value of a field (the ID number with
 its row's birth date and sex) normalized once per process, whichever table of it holds the value,
@@ -32,6 +34,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import time
 import zoneinfo
 from collections import Counter
@@ -40,7 +43,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +61,7 @@ from etl.config import (
     parse_stamp,
     strptime_format,
 )
-from etl.extract import ROW_KEY, ParquetSink
+from etl.extract import ROW_KEY, ParquetSink, parquet_writer, remove_stale_temp_files
 from fields import dictionary, normalize
 from store import failpoints
 from store.layout import (
@@ -718,10 +721,11 @@ def standardize_department(
     as_of: dt.date | None = None,
     batch_rows: int = 20_000,
     progress: Callable[[str, int], None] | None = None,
-    batches: BatchRunner | None = None,
+    batches: BatchRunner[Any] | None = None,
 ) -> DepartmentStandardized:
     """Standardize every table this department extracted in ``run_id``; never raises for its data.
-    ``batches`` runs the kernel over each raw file (default: :func:`local_batches`, here).
+    ``batches`` runs the kernel over each raw file and writes the rows (default: :data:`LOCAL`,
+    in this process).
 
     >>> r = standardize_department(city, city.department("gongan"), "2026-07-01")  # doctest: +SKIP
     >>> r.reconciled, r.status
@@ -744,7 +748,7 @@ def _standardize_department(
     as_of: dt.date | None,
     batch_rows: int,
     progress: Callable[[str, int], None] | None,
-    batches: BatchRunner | None,
+    batches: BatchRunner[Any] | None,
 ) -> DepartmentStandardized:
     result = DepartmentStandardized(dept.code)
     marker = standardized_marker_path(city.var_dir, run_id, dept.code)
@@ -767,7 +771,7 @@ def _standardize_department(
         canonical_dir(city.var_dir, run_id, dept.code),
         batch_rows,
         progress,
-        batches or local_batches,
+        batches or LOCAL,
     )
     duplicated = [(t, duplicates_path(city.var_dir, run_id, dept.code, t.name)) for t, _ in sources]
     try:
@@ -807,7 +811,7 @@ class _Job:
     out_dir: Path
     batch_rows: int
     progress: Callable[[str, int], None] | None
-    batches: BatchRunner
+    batches: BatchRunner[Any]
 
 
 def _write_canonical(
@@ -822,19 +826,18 @@ def _write_canonical(
     Every sink renames into place on success and removes its temp file on failure, so an
     exception leaves the department's previous outputs as they were."""
     meta = {"run_id": job.run_id, "department": result.department}
+    sink = job.batches.sink
     with contextlib.ExitStack() as stack:
         rejects = stack.enter_context(
-            ParquetSink(job.out_dir / "rejects.parquet", REJECT_SCHEMA, job.batch_rows, meta)
+            sink(job.out_dir / "rejects.parquet", REJECT_SCHEMA, job.batch_rows, meta)
         )
         stack.callback(failpoints.reached, "standardize:closing")  # after the entity sinks
-        sinks: dict[str, ParquetSink] = {}
+        sinks: dict[str, Sink] = {}
         for table, path in sources:
             entity: str = table.entity
             if entity not in sinks:
                 sinks[entity] = stack.enter_context(
-                    ParquetSink(
-                        job.out_dir / f"{entity}.parquet", SCHEMAS[entity], job.batch_rows, meta
-                    )
+                    sink(job.out_dir / f"{entity}.parquet", SCHEMAS[entity], job.batch_rows, meta)
                 )
             _standardize_table(result, entity, table, path, sinks[entity], rejects, job)
         for table, path in duplicated:
@@ -857,13 +860,13 @@ def _mark_standardized(marker: Path, run_id: str, sources: list[tuple[TableConfi
 
 
 @dataclass
-class StandardizedBatch:
-    """One batch of raw rows standardized (:func:`standardize_batch`): the canonical rows, the
-    rejected rows, and the counts the department's result and checks add up."""
+class BatchCounts:
+    """What one standardized batch adds to its department's counts and checks."""
 
     rows: int
-    good: pa.Table
-    bad: pa.Table
+    """raw rows read"""
+    standardized: int
+    rejected: int
     reject_reasons: Counter[str] = field(default_factory=Counter)
     field_reasons: Counter[str] = field(default_factory=Counter)
     filled: Counter[str] = field(default_factory=Counter)
@@ -874,21 +877,146 @@ class StandardizedBatch:
     """column → its first unreadable value"""
 
 
+@dataclass
+class StandardizedBatch:
+    """One batch of raw rows standardized (:func:`standardize_batch`): the canonical rows, the
+    rejected rows, and their counts."""
+
+    good: pa.Table
+    bad: pa.Table
+    counts: BatchCounts
+
+
 Kernel = Callable[[dict[str, list[Any]]], StandardizedBatch]
 """Standardizes one batch of raw rows, source column → values (a :func:`standardize_batch` with
 its table bound)."""
-BatchRunner = Callable[[TableConfig, Path, Kernel, int], Iterator[StandardizedBatch]]
-"""Runs ``kernel`` over the raw file at ``path`` in batches of about ``batch_rows`` rows and
-yields the standardized batches in the file's row order. The local engine reads the file here
-(:func:`local_batches`); the Spark engine runs the same kernel inside Spark."""
+
+
+class Sink(Protocol):
+    """Where one output of a department (an entity's canonical rows, or the rejects) goes: in
+    place at ``path`` on a clean exit, the previous output untouched on an exception."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def write(self, rows: pa.Table) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None: ...
+
+
+_S = TypeVar("_S", bound=Sink)
+
+
+@dataclass(frozen=True)
+class BatchRunner(Generic[_S]):
+    """How an engine standardizes a raw file. ``run(table, path, kernel, batch_rows, good, bad)``
+    runs ``kernel`` over the raw file at ``path`` in batches of about ``batch_rows`` rows, puts
+    each batch's canonical rows into ``good`` and its rejected rows into ``bad``, in the file's
+    row order, and yields each batch's counts in that order; ``sink(path, schema, chunk_rows,
+    meta)`` opens the sink of one output. The local engine reads and writes in this process
+    (:data:`LOCAL`); the Spark engine runs the same kernel inside Spark, whose executors write
+    the rows (:func:`spark.standardize.spark_batches`)."""
+
+    run: Callable[[TableConfig, Path, Kernel, int, _S, _S], Iterator[BatchCounts]]
+    sink: Callable[[Path, pa.Schema, int, dict[str, Any]], _S]
 
 
 def local_batches(
-    table: TableConfig, path: Path, kernel: Kernel, batch_rows: int
-) -> Iterator[StandardizedBatch]:
-    """The local engine: the raw file read batch by batch in this process."""
+    table: TableConfig,
+    path: Path,
+    kernel: Kernel,
+    batch_rows: int,
+    good: ParquetSink,
+    bad: ParquetSink,
+) -> Iterator[BatchCounts]:
+    """The local engine: the raw file read, standardized and written batch by batch in this
+    process."""
     for rows in _raw_batches(path, batch_rows):
-        yield kernel(rows)
+        batch = kernel(rows)
+        good.write(batch.good)
+        bad.write(batch.bad)
+        yield batch.counts
+
+
+LOCAL = BatchRunner(local_batches, ParquetSink)
+"""The local engine's :class:`BatchRunner`: one Parquet file per output."""
+
+
+class ParquetParts:
+    """One output written as a folder of Parquet part files that are read, in name order, as
+    one table: ``pq.read_table`` and ``spark.read.parquet`` read the folder as they read a file.
+    The Spark engine's executors write the parts themselves (:meth:`section`), so no row passes
+    through the driver, whatever the size of the department.
+
+    Like :class:`etl.extract.ParquetSink`, the output appears only on success: the parts go
+    to a temp folder that is renamed into place (the previous file or folder moved aside, then
+    removed); on an exception the temp folder is removed and the previous output stands. A part
+    is one batch of its source, so ``chunk_rows`` (the file sink's row groups) has no use here.
+    """
+
+    def __init__(
+        self, path: Path, schema: pa.Schema, chunk_rows: int, meta: dict[str, Any]
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        remove_stale_temp_files(path)
+        shutil.rmtree(self.tmp, ignore_errors=True)  # of a killed process that had this PID
+        self.tmp.mkdir()
+        self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
+        self.sections = 0
+
+    def section(self) -> PartWriter:
+        """The writer of the next run of parts, read after every earlier one: a raw table's
+        batches, each named by its first row."""
+        part = PartWriter(self.tmp, f"part-{self.sections:05d}", self.schema)
+        self.sections += 1
+        return part
+
+    def write(self, rows: pa.Table) -> None:
+        """Write ``rows`` from this process, after everything written so far."""
+        if rows.num_rows:
+            self.section().write(0, rows)
+
+    def __enter__(self) -> ParquetParts:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if not any(self.tmp.glob("part-*.parquet")):  # no rows: the folder still has its schema
+            self.section().write(0, self.schema.empty_table())
+        old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old.tmp")
+        if self.path.exists():
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class PartWriter:
+    """Writes one section's parts into a :class:`ParquetParts` folder; small enough to be
+    handed to a Spark executor."""
+
+    folder: Path
+    prefix: str
+    schema: pa.Schema
+
+    def write(self, first: int, rows: pa.Table) -> None:
+        """Write ``rows`` as the part that begins at row ``first`` of the section's source. It
+        is renamed into place once whole, so a retried task's part replaces the failed
+        attempt's and no reader sees half a part."""
+        path = self.folder / f"{self.prefix}-{first:012d}.parquet"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with parquet_writer(tmp, self.schema) as writer:
+            writer.write_table(rows, row_group_size=max(rows.num_rows, 1))
+        os.replace(tmp, path)
 
 
 def standardize_batch(
@@ -935,21 +1063,22 @@ def _standardize_batch(
             for f in SCHEMAS[entity]
         },
         schema=SCHEMAS[entity],
-    )
-    out = StandardizedBatch(
-        n, canonical.filter(pa.array(good, pa.bool_())), REJECT_SCHEMA.empty_table()
-    )
+    ).filter(pa.array(good, pa.bool_()))
+    reject_reasons: Counter[str] = Counter()
     bad = _rejected_rows(
-        out.reject_reasons, department, entity, table, run_id, raw, rows, keyless, good
+        reject_reasons, department, entity, table, run_id, raw, rows, keyless, good
     )
-    out.bad = pa.Table.from_pylist(bad, schema=REJECT_SCHEMA)
-    out.field_reasons.update(c for r in rows.reasons for c in r)
-    out.filled, out.unreadable, out.examples = (
+    counts = BatchCounts(
+        n,
+        canonical.num_rows,
+        len(bad),
+        reject_reasons,
+        Counter(c for r in rows.reasons for c in r),
         readable.filled,
         readable.unreadable,
         readable.examples,
     )
-    return out
+    return StandardizedBatch(canonical, pa.Table.from_pylist(bad, schema=REJECT_SCHEMA), counts)
 
 
 @contextlib.contextmanager
@@ -972,8 +1101,8 @@ def _standardize_table(
     entity: str,
     table: TableConfig,
     path: Path,
-    sink: ParquetSink,
-    rejects: ParquetSink,
+    sink: Sink,
+    rejects: Sink,
     job: _Job,
 ) -> None:
     """Standardize one raw table into its entity's sink and the rejects sink, counting."""
@@ -984,19 +1113,17 @@ def _standardize_table(
     kernel = functools.partial(
         standardize_batch, result.department, entity, table, job.run_id, job.ctx, memo=memo
     )
-    for batch in job.batches(table, path, kernel, job.batch_rows):
+    for batch in job.batches.run(table, path, kernel, job.batch_rows, sink, rejects):
         filled.update(batch.filled)
         unreadable.update(batch.unreadable)
         for column, example in batch.examples.items():
             examples.setdefault(column, example)
         result.field_reasons.update(batch.field_reasons)
         result.reject_reasons.update(batch.reject_reasons)
-        sink.write(batch.good)
-        rejects.write(batch.bad)
         failpoints.reached("standardize:batch")
         result.rows_read += batch.rows
-        result.standardized += batch.good.num_rows
-        result.rejected += batch.bad.num_rows
+        result.standardized += batch.standardized
+        result.rejected += batch.rejected
         if job.progress:
             job.progress(result.department, batch.rows)
     for column, given in filled.items():
@@ -1045,7 +1172,7 @@ def _reject_duplicates(
     result: DepartmentStandardized,
     table: TableConfig,
     path: Path,
-    rejects: ParquetSink,
+    rejects: Sink,
     run_id: str,
 ) -> None:
     """Every copy of a key the source holds more than once goes to rejects: which one is

@@ -68,14 +68,15 @@ def records_frame(records: pa.Table, ids: pd.Index | None = None) -> pd.DataFram
 
 
 def canonical_files(city: CityConfig, run_id: str, entity: str, held: frozenset[str]) -> list[Path]:
-    """The night's canonical Parquet files of ``entity`` that :func:`tonight` reads: one per
-    department that goes in (not in ``held``) and has rows of it, in configuration order."""
+    """The night's canonical Parquet of ``entity`` that :func:`tonight` reads: one file (or
+    folder of parts, from the Spark engine) per department that goes in (not in ``held``) and
+    has rows of it, in configuration order."""
     paths = (
         canonical_dir(city.var_dir, run_id, d.code) / f"{entity}.parquet"
         for d in city.departments
         if d.code not in held
     )
-    return [p for p in paths if p.is_file()]
+    return [p for p in paths if p.exists()]
 
 
 def tonight(
@@ -131,7 +132,7 @@ def take_each_column(
 def _rejected(city: CityConfig, run_id: str, department: str, entity: str) -> list[str]:
     """The record IDs of ``department``'s rows of ``entity`` rejected tonight."""
     path = canonical_dir(city.var_dir, run_id, department) / "rejects.parquet"
-    if not path.is_file():
+    if not path.exists():
         return []
     r = pq.read_table(path, columns=["entity", *META]).to_pandas()
     r = r[(r["entity"] == entity) & r["source_key"].notna()]

@@ -213,7 +213,7 @@ def standardize(
         from spark.session import session
         from spark.standardize import spark_batches
 
-        batches = spark_batches(session(night.var_dir))
+        batches = spark_batches(session(night.var_dir, conf=night.city.spark))
     result = standardize_department(
         night.city, dept, night.run_id, progress=progress, batches=batches
     )
@@ -292,7 +292,8 @@ def _link_engine(night: Night) -> Any:
     from spark.session import session
 
     log.info("engine spark: full relinks run on Spark; a delta night's closure links locally")
-    return SparkLink(session(night.var_dir), layout.spark_dir(night.var_dir) / "link")
+    spark = session(night.var_dir, conf=night.city.spark)
+    return SparkLink(spark, layout.spark_dir(night.var_dir) / "link")
 
 
 def link(

@@ -51,7 +51,7 @@ def spark_info(night: Any) -> dict[str, str]:
     and whether shuffle and RPC traffic were encrypted."""
     from spark.session import session
 
-    sc = session(night.var_dir).sparkContext
+    sc = session(night.var_dir, conf=night.city.spark).sparkContext
     conf = sc.getConf()
     return {
         "master": str(sc.master),

@@ -208,14 +208,14 @@ def batch_frame(
     """
     folder = layout.canonical_dir(city.var_dir, run_id, dept.code)
     accepted, rejects = folder / f"{table.entity}.parquet", folder / "rejects.parquet"
-    if not accepted.is_file() and not rejects.is_file():
+    if not accepted.exists() and not rejects.exists():  # a file, or the Spark engine's folder
         return None
     parts: list[pd.DataFrame] = []
-    if accepted.is_file():
+    if accepted.exists():
         data = pq.read_table(accepted)
         data = data.filter(pc.equal(data["source_table"], table.name))
         parts.append(data.to_pandas())
-    if rejects.is_file() and (bad := _rejected(rejects, table)).num_rows:
+    if rejects.exists() and (bad := _rejected(rejects, table)).num_rows:
         extra = {
             f"raw_{f}": pc.map_lookup(bad["raw"], col, "first").to_pylist()
             for f, col in table.field_columns.items()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -25,13 +26,18 @@ MASTER_ENV = "GOVMDM_SPARK_MASTER"
 it a night started by ``spark-submit`` uses the master it was submitted to, and any other
 night a ``local[2]`` Spark in this process."""
 _LOCAL = "local[2]"
+_JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
-def session(var_dir: Path, master: str | None = None) -> SparkSession:
+def session(
+    var_dir: Path, master: str | None = None, conf: Mapping[str, str] | None = None
+) -> SparkSession:
     """The running SparkSession, or a new one writing only under ``<var>/spark/``.
 
     ``master`` (default: ``$GOVMDM_SPARK_MASTER``, else ``local[2]`` unless started by
-    ``spark-submit``) is used only when no session is running yet.
+    ``spark-submit``) and ``conf`` (Spark settings, ``spark:`` of city.yaml) are used only when
+    no session is running yet: settings such as ``spark.driver.memory`` take effect only when
+    the session starts its JVM (under ``spark-submit`` they come on its command line).
     """
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -49,11 +55,11 @@ def session(var_dir: Path, master: str | None = None) -> SparkSession:
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config(
-            "spark.driver.extraJavaOptions",
-            f"-Djava.io.tmpdir={root / 'tmp'} -Dderby.system.home={root / 'warehouse'}",
-        )
     )
+    conf = dict(conf or {})
+    java = f"-Djava.io.tmpdir={root / 'tmp'} -Dderby.system.home={root / 'warehouse'}"
+    own_java = conf.pop(_JAVA_OPTIONS, "")  # the city's JVM options come after govmdm's
+    builder = builder.config(_JAVA_OPTIONS, f"{java} {own_java}".strip())
     master = master or os.environ.get(MASTER_ENV)
     if master is None and "PYSPARK_GATEWAY_PORT" not in os.environ:  # not inside spark-submit
         master = _LOCAL
@@ -65,6 +71,8 @@ def session(var_dir: Path, master: str | None = None) -> SparkSession:
         # Spark's 200 shuffle partitions are for clusters: on one machine each round of the
         # joins would start 200 tasks for a few cores
         builder = builder.config("spark.sql.shuffle.partitions", str(2 * _cores(master)))
+    for key, value in conf.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # not every gateway connection

@@ -133,6 +133,10 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text(encoding="utf-8") + text, encoding="utf-8")
+
+
 def _gongan(old: str, new: str) -> Callable[[Path], None]:
     return lambda cfg: _edit(cfg / "departments" / "gongan.yaml", old, new)
 
@@ -263,6 +267,54 @@ BROKEN: list[tuple[str, Callable[[Path], None], list[str]]] = [
             cfg / "city.yaml", "timezone: Asia/Shanghai", "timezone: Asia/Shanghai\nworkers: two"
         ),
         ["city.yaml: workers", "'two' is not a number of processes", "Fix: write a whole number"],
+    ),
+    (
+        "spark memory not as Spark writes it",
+        lambda cfg: _append(cfg / "city.yaml", "spark:\n  spark.driver.memory: 8 GB\n"),
+        [
+            "city.yaml: spark.spark.driver.memory (line 10)",
+            "'8 GB' is not a size Spark reads",
+            "Fix: write a number and a unit without a space, e.g. 512m or 4g",
+        ],
+    ),
+    (
+        "spark key without spark.",
+        lambda cfg: _append(cfg / "city.yaml", "spark:\n  driver.memory: 4g\n"),
+        [
+            "city.yaml: spark.driver.memory (line 10)",
+            "'driver.memory' is not a Spark setting",
+            "Fix: write Spark's own key, e.g. spark.driver.memory",
+        ],
+    ),
+    (
+        "spark setting govmdm keeps",
+        lambda cfg: _append(cfg / "city.yaml", "spark:\n  spark.io.encryption.enabled: false\n"),
+        [
+            "city.yaml: spark.spark.io.encryption.enabled",
+            "is govmdm's to set",
+            "Fix: remove the line",
+        ],
+    ),
+    (
+        "spark value a list",
+        lambda cfg: _append(cfg / "city.yaml", "spark:\n  spark.executor.cores: [2, 4]\n"),
+        ["city.yaml: spark.spark.executor.cores", "a list is not a value", "Fix: write one value"],
+    ),
+    (
+        "spark settings not a mapping",
+        lambda cfg: _append(cfg / "city.yaml", "spark: 4g\n"),
+        ["city.yaml: spark (line 9)", "text is not a mapping of Spark settings", "Fix:"],
+    ),
+    (
+        "spark secret in city.yaml",
+        lambda cfg: _append(
+            cfg / "city.yaml", "spark:\n  spark.hadoop.fs.s3a.secret.key: hunter2\n"
+        ),
+        [
+            "city.yaml: spark.spark.hadoop.fs.s3a.secret.key (line 10)",
+            "a secret never goes in a configuration file",
+            "Fix: give it to Spark in the Spark client's spark-defaults.conf",
+        ],
     ),
     (
         "unquoted division code",

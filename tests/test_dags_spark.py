@@ -89,6 +89,25 @@ def test_the_provider_builds_the_spark_submit_command(wiring: Any) -> None:
     ][-9:]  # fmt: skip
 
 
+def test_the_citys_spark_settings_are_submitted_under_govmdms_own(wiring: Any) -> None:
+    """``spark:`` of city.yaml, in the plan, goes on spark-submit's command line, where
+    ``spark.driver.memory`` is read before the driver's JVM starts; it cannot turn encryption
+    off (the configuration check refuses that key, and the DAG's own settings win anyway)."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    planned = {
+        **PLANNED,
+        "spark": {"spark.driver.memory": "4g", "spark.io.encryption.enabled": "false"},
+    }
+    job = wiring.spark_job(planned, "standardize", ["--department", "gongan"])
+    assert job["conf"]["spark.driver.memory"] == "4g"
+    assert job["conf"]["spark.io.encryption.enabled"] == "true"
+    application = job.pop("application")
+    command = SparkSubmitHook(**job)._build_spark_submit_command(application)
+    confs = {command[i + 1] for i, part in enumerate(command) if part == "--conf"}
+    assert {"spark.driver.memory=4g", "spark.io.encryption.enabled=true"} <= confs
+
+
 def test_no_spark_default_connection_names_it_and_the_fix(
     wiring: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
