@@ -514,30 +514,65 @@ def _copy_text(
 ) -> Callable[[pa.ChunkedArray], pa.Array]:
     """How one column's Arrow values become their text in COPY's text format, one binary
     value per row: ``\\N`` for a null, else the text psycopg's ``write_row`` writes for the
-    value :func:`_converter` gives, escaped (:data:`_COPY_ESCAPES`).
+    value :func:`_converter` gives (or text the server reads as the same value), escaped
+    (:data:`_COPY_ESCAPES`).
 
-    Numbers without a bind processor are written by Arrow (floats as float64, the shortest
-    text that reads back as the same number, as Python's ``repr``); every other column is
-    dumped by psycopg once per distinct value, which keeps its checks (no NUL in text)."""
+    Where :func:`_arrow_writes` says so, Arrow writes the column at once; every other column
+    is dumped by psycopg once per distinct value."""
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     integer = isinstance(column.type, sa.Integer)
     iso = _iso_unit(column, process)
+    utf8 = dumpers.encoding == "utf-8"
 
     def text(values: pa.ChunkedArray) -> pa.Array:
         array = _numbers_bound(values.combine_chunks(), integer)
-        if process is None and pa.types.is_integer(array.type):
-            return pc.cast(array, pa.string()).cast(pa.binary()).fill_null(b"\\N")
-        if process is None and pa.types.is_floating(array.type):
-            written = pc.cast(pc.cast(array, pa.float64()), pa.string())
-            return written.cast(pa.binary()).fill_null(b"\\N")
+        if process is None and _arrow_writes(column, array.type, utf8):
+            return _escaped(_arrow_text(array))
         distinct, at = _distinct(array, process, iso)
         dumped = dumpers.dump_sequence(distinct, [PyFormat.TEXT] * len(distinct))
-        escaped = pa.array([*dumped, None], pa.binary())  # the last one: for nulls
-        for old, new in _COPY_ESCAPES:
-            escaped = pc.replace_substring(escaped, old, new)
-        return escaped.fill_null(b"\\N").take(at)
+        return _escaped(pa.array([*dumped, None], pa.binary())).take(at)  # last: for nulls
 
     return text
+
+
+def _arrow_writes(column: sa.Column[Any], kind: pa.DataType, utf8: bool) -> bool:
+    """Whether Arrow's text for values of ``kind`` is what psycopg writes for them, or what
+    the server reads as the same value in ``column``: integers; strings, when the connection
+    speaks UTF-8; floats (as float64: the shortest text that reads back as the same number,
+    as Python's ``repr``, exponents aside) for a number column; dates for a date or timestamp
+    column; timestamps without a zone, at most microseconds, for a timestamp column (with
+    trailing zeros in the fraction)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_integer(kind):
+        return True
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return utf8
+    if pa.types.is_floating(kind):
+        return isinstance(column.type, sa.Numeric)
+    if pa.types.is_date(kind):
+        return isinstance(column.type, sa.Date | sa.DateTime)
+    if pa.types.is_timestamp(kind):
+        return kind.tz is None and kind.unit != "ns" and isinstance(column.type, sa.DateTime)
+    return False
+
+
+def _arrow_text(array: pa.Array) -> pa.Array:
+    """``array``'s values as Arrow writes them, in binary (nulls stay null); a dictionary's
+    values written once."""
+    if pa.types.is_dictionary(array.type):
+        return _arrow_text(array.dictionary).take(array.indices)
+    if pa.types.is_floating(array.type):
+        array = pc.cast(array, pa.float64())
+    return pc.cast(array, pa.string()).cast(pa.binary())
+
+
+def _escaped(text: pa.Array) -> pa.Array:
+    """Binary ``text`` escaped for COPY's text format (:data:`_COPY_ESCAPES`), ``\\N`` for
+    a null."""
+    for old, new in _COPY_ESCAPES:
+        text = pc.replace_substring(text, old, new)
+    return text.fill_null(b"\\N")
 
 
 _SQLITE_ROWS_PER_INSERT = 200

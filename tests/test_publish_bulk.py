@@ -308,7 +308,8 @@ def test_postgres_copy_writes_text_a_chunk_at_a_time(
 ) -> None:
     """COPY's text for a chunk is built whole (never a ``write_row`` per row) and reads back
     exactly: floats of every magnitude (single precision ones as the float64 they are, NaN as
-    NULL), 32-bit integers, and text with every control character psycopg would escape, COPY's
+    NULL), 32-bit integers, timestamps in seconds, milliseconds and microseconds (year 987,
+    before 1970), and text with every control character psycopg would escape, COPY's
     end-of-data marker and its NULL marker."""
     import psycopg
 
@@ -318,6 +319,12 @@ def test_postgres_copy_writes_text_a_chunk_at_a_time(
     monkeypatch.setattr(psycopg.Copy, "write_row", one_by_one)
     floats = [0.1, 1 / 3, 1e-7, 3e38, -2.5e-310, 1e20, 123456789.123456789, -0.0, math.nan]
     keys = [f"\\.{i}\b\f\v\x7f\\N\r\n\t\\" for i in range(len(floats))]
+    stamps = [
+        dt.datetime(987, 1, 2, 3, 4, 5, 6000),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999000),
+        None,
+        dt.datetime(2026, 7, 1),
+    ]
     crosswalk = pd.DataFrame(
         {
             "entity": "person",
@@ -330,18 +337,28 @@ def test_postgres_copy_writes_text_a_chunk_at_a_time(
             "first_run_id": RUN,
         }
     )
-    single = pa.Table.from_pandas(crosswalk, preserve_index=False)
-    single = single.set_column(
-        6, "link_probability", single.column(6).cast(pa.float32(), safe=False)
-    )
+    provenance = _frame(wh.provenance_table).iloc[[2] * len(stamps)]
+    provenance["master_id"] = [f"P{i}" for i in range(len(stamps))]
     people = _frame(wh.person_table)
     people["member_count"] = [2**31 - 1, -(2**31), 0]
-    for given, want in [(crosswalk, floats), (single, single.column(6).to_pylist())]:
+    for unit, kind in [("us", pa.float64()), ("ms", pa.float32()), ("s", pa.float64())]:
+        given = pa.Table.from_pandas(crosswalk, preserve_index=False)
+        floated = given.column(6).cast(kind, safe=False)
+        given = given.set_column(6, "link_probability", floated)
+        timed = pa.Table.from_pandas(provenance, preserve_index=False)
+        at = timed.schema.get_field_index("source_updated_at")
+        timed = timed.set_column(at, "source_updated_at", pa.array(stamps, pa.timestamp(unit)))
+        frames = {"mdm_crosswalk": given, "mdm_provenance": timed, "mdm_person": people}
         with _engine(pg_database) as engine:
-            wh.publish(engine, _night({"mdm_crosswalk": given, "mdm_person": people}), 4)
+            wh.publish(engine, _night(frames), 3)
             got = wh.read(engine, wh.crosswalk_table).sort_values("master_id")
+            updated = wh.read(engine, wh.provenance_table).sort_values("master_id")
             person = wh.read(engine, wh.person_table)
         assert got["source_key"].tolist() == keys
         assert got["source_table"].tolist()[:2] == ["\\.", "\\N"]
-        assert [_plain(v) for v in got["link_probability"]] == [_plain(v) for v in want]
+        want = [_plain(v) for v in floated.to_pylist()]
+        assert [_plain(v) for v in got["link_probability"]] == want
+        assert [_plain(v) for v in updated["source_updated_at"]] == [
+            s and s.replace(microsecond=0 if unit == "s" else s.microsecond) for s in stamps
+        ]
         assert sorted(person["member_count"]) == [-(2**31), 0, 2**31 - 1]
