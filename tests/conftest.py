@@ -1,6 +1,7 @@
 """Shared fixtures: throwaway PostgreSQL and MariaDB databases per test (without a reachable
-server these skip the test, or fail it when CI=true), sample cities built once per session, and
-one local[2] SparkSession for the whole session (started only if a test asks for it).
+server these skip the test, or fail it when CI=true), sample cities built once per session,
+one local[2] SparkSession for the whole session (started only if a test asks for it), and
+Ctrl-C stopping the run inside a command invoked through typer's ``CliRunner`` too.
 """
 
 from __future__ import annotations
@@ -31,6 +32,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixturenames = getattr(item, "fixturenames", ())
         for marker in sorted({m for f, m in _FIXTURE_MARKERS.items() if f in fixturenames}):
             item.add_marker(marker)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_stops_cli_runs() -> Iterator[None]:
+    """``CliRunner.invoke`` raises the KeyboardInterrupt of a Ctrl-C that reached the command.
+    Typer turns it into exit status 130 (as a shell expects of the real command) and the runner
+    returns that as a result: a test saw a failed command, a fixture building a night failed,
+    and the run went on with the next test."""
+    from typer.testing import CliRunner
+
+    invoke = CliRunner.invoke
+
+    def interruptible(self: CliRunner, *args: Any, **kwargs: Any) -> Any:
+        result = invoke(self, *args, **kwargs)
+        cause = result.exception
+        while cause is not None:
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause
+            cause = cause.__cause__ or cause.__context__
+        return result
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CliRunner, "invoke", interruptible)
+        yield
 
 
 @pytest.fixture(scope="session")
