@@ -113,6 +113,7 @@ def test_a_worker_without_spark_submit_is_told_what_to_install(
 
 
 def test_the_entry_point_refuses_a_standardize_without_department(tmp_path: Path) -> None:
+    """Refused before Spark starts: no session, so no Spark scratch folder under var/."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "pipeline" / "spark_submit.py"), "standardize",
          "--config", str(ROOT / "config"), "--run-id", "2026-07-01"],
@@ -120,6 +121,7 @@ def test_the_entry_point_refuses_a_standardize_without_department(tmp_path: Path
     )  # fmt: skip
     assert done.returncode == 2
     assert "standardize needs --department" in done.stderr
+    assert not layout.spark_dir(tmp_path / "var").exists()
 
 
 # --- a real night: dag.test() with engine: spark, against local[2] ------------------------------
