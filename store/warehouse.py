@@ -483,14 +483,16 @@ def _copy_in(
 ) -> Iterator[tuple[list[str], Write]]:
     """One ``COPY table (columns) FROM STDIN`` on ``conn``'s own connection, in its
     transaction, each chunk sent as one block of text (:func:`_copy_text`'s columns joined by
-    tabs, its rows by newlines): a ``write_row`` per row spent more than the server's load."""
+    tabs, its rows by newlines): a ``write_row`` per row, a Python call and a dump per value,
+    was half the publish's CPU time at 200,000 persons."""
     target = [table.schema, table.name] if table.schema else [table.name]
     statement = psql.SQL("COPY {} ({}) FROM STDIN").format(
         psql.Identifier(*target), psql.SQL(", ").join(map(psql.Identifier, columns))
     )
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
-    texts = [_copy_text(table.c[c], conn.dialect, Transformer(raw)) for c in columns]
+    dumpers = Transformer(raw)
+    texts = [_copy_text(table.c[c], conn.dialect, dumpers) for c in columns]
     with raw.cursor() as cursor, cursor.copy(statement) as copy:
 
         def write(chunk: pa.Table) -> None:
