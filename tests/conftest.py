@@ -1,12 +1,17 @@
 """Shared fixtures: throwaway PostgreSQL and MariaDB databases per test (without a reachable
 server these skip the test, or fail it when CI=true), sample cities built once per session,
-one local[2] SparkSession for the whole session (started only if a test asks for it), and
-Ctrl-C stopping the run inside a command invoked through typer's ``CliRunner`` too.
+one local[2] SparkSession for the whole session (started only if a test asks for it), one
+migrated Airflow metadata database for the tests that run Airflow, and Ctrl-C stopping the run
+inside a command invoked through typer's ``CliRunner`` too.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -90,6 +95,26 @@ def make_city(tmp_path_factory: pytest.TempPathFactory) -> CityFactory:
     from sample_cities import CityFactory  # the pipeline's imports, only for tests that use it
 
     return CityFactory(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow metadata database (SQLite) fresh from ``airflow db migrate``, made once per
+    session (the migration takes some 17 s): a test running Airflow copies it into its own
+    ``AIRFLOW_HOME``, so each still starts from an empty database of its own."""
+    home = tmp_path_factory.mktemp("airflow-db")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GOVMDM_"))},
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return home / "airflow.db"
 
 
 @pytest.fixture(scope="session")
