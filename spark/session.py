@@ -66,6 +66,11 @@ def session(var_dir: Path, master: str | None = None) -> SparkSession:
         # joins would start 200 tasks for a few cores
         builder = builder.config("spark.sql.shuffle.partitions", str(2 * _cores(master)))
     spark = builder.getOrCreate()
+    if master is None and not spark.sparkContext.getConf().contains("spark.sql.shuffle.partitions"):
+        # submitted without a master of ours (spark-submit --master ...): the cores are those
+        # of the context spark-submit started
+        cores = spark.sparkContext.defaultParallelism
+        spark.conf.set("spark.sql.shuffle.partitions", str(2 * cores))
     spark.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # not every gateway connection
     return spark

@@ -124,6 +124,32 @@ def test_the_entry_point_refuses_a_standardize_without_department(tmp_path: Path
     assert not layout.spark_dir(tmp_path / "var").exists()
 
 
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_session_under_spark_submit_has_two_shuffle_partitions_per_core(tmp_path: Path) -> None:
+    """Submitted with spark-submit's own ``--master`` (as the DAG submits), the session takes
+    its cores from the context spark-submit started, not Spark's 200 shuffle partitions."""
+    script = tmp_path / "partitions.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from spark.session import session\n"
+        "spark = session(Path(sys.argv[1]))\n"
+        "print('partitions', spark.conf.get('spark.sql.shuffle.partitions'))\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GOVMDM_")},
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        ["spark-submit", "--master", "local[3]", str(script), str(tmp_path / "var")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "partitions 6" in done.stdout.splitlines()
+
+
 # --- a real night: dag.test() with engine: spark, against local[2] ------------------------------
 
 
