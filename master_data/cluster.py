@@ -301,7 +301,7 @@ def cluster_records(
     taken = lo[clusters.merged] * n + hi[clusters.merged]
     accepted = np.zeros(len(edges), dtype=bool)
     accepted[np.flatnonzero(usable)] = np.isin(lo[: len(li_used)] * n + hi[: len(li_used)], taken)
-    component = _components(records.index, graph.left, graph.right)
+    component = record_components(records.index, graph.left, graph.right)
     return RecordClusters(clusters.labels, component, accepted, _counts(graph, clusters))
 
 
@@ -335,9 +335,13 @@ def _counts(graph: EdgeArrays, clusters: ClusteredArrays) -> dict[str, int]:
     }
 
 
-def _components(ids: pd.Index, a: np.ndarray, b: np.ndarray) -> pd.Series:
+def record_components(ids: pd.Index, a: np.ndarray, b: np.ndarray) -> pd.Series:
     """Each of the (sorted) ``ids``' connected component along the links between positions
-    ``a`` and ``b``, labelled by its smallest ID."""
+    ``a`` and ``b``, labelled by its smallest ID (both engines label components so).
+
+    >>> record_components(pd.Index(["a", "b", "c"]), np.array([1]), np.array([2])).tolist()
+    ['a', 'b', 'b']
+    """
     n = len(ids)
     graph = sparse.coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     _, comp_of = csgraph.connected_components(graph, directed=False)

@@ -80,11 +80,11 @@ def run(argv: list[str]) -> dict[str, Any]:
     from pipeline.record import note, note_night
 
     args = _parser().parse_args(argv)
+    if args.stage == "standardize" and not args.department:  # before a JVM starts for nothing
+        _parser().error("standardize needs --department")
     night = Night.open(Path(args.config), args.run_id, "spark")
     info = spark_info(night)
     if args.stage == "standardize":
-        if not args.department:
-            _parser().error("standardize needs --department")
         try:
             out = glue.standardize(night, args.department)
         except glue.DepartmentFlagged as exc:  # noted in the record by the stage

@@ -49,7 +49,7 @@ from pyspark.sql import functions as F
 
 from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
-from master_data.cluster import RecordClusters, _components, cluster_records
+from master_data.cluster import RecordClusters, cluster_records, record_components
 from master_data.compare import features_for
 from master_data.deterministic import HARD_KEY, corroborated, filed_under_another, rule_links
 from master_data.engine import RecordFiles, Scored
@@ -409,7 +409,7 @@ def _linked_components(link: SparkLink, ids: pd.Index, ends: pd.DataFrame) -> pd
         return pd.Series(comps["component"].to_numpy(dtype=object), index=comps["node"])
     a, b = ids.get_indexer(ends["left"]), ids.get_indexer(ends["right"])
     linked = np.unique(np.concatenate([a, b]))
-    return _components(ids, a, b).iloc[linked]
+    return record_components(ids, a, b).iloc[linked]
 
 
 def _bucket_rows(

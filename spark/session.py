@@ -74,6 +74,11 @@ def session(
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    if master is None and not spark.sparkContext.getConf().contains("spark.sql.shuffle.partitions"):
+        # submitted without a master of ours (spark-submit --master ...): the cores are those
+        # of the context spark-submit started
+        cores = spark.sparkContext.defaultParallelism
+        spark.conf.set("spark.sql.shuffle.partitions", str(2 * cores))
     spark.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # not every gateway connection
     return spark

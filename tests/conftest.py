@@ -1,11 +1,17 @@
 """Shared fixtures: throwaway PostgreSQL and MariaDB databases per test (without a reachable
-server these skip the test, or fail it when CI=true), sample cities built once per session, and
-one local[2] SparkSession for the whole session (started only if a test asks for it).
+server these skip the test, or fail it when CI=true), sample cities built once per session,
+one local[2] SparkSession for the whole session (started only if a test asks for it), one
+migrated Airflow metadata database for the tests that run Airflow, and Ctrl-C stopping the run
+inside a command invoked through typer's ``CliRunner`` too.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -31,6 +37,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixturenames = getattr(item, "fixturenames", ())
         for marker in sorted({m for f, m in _FIXTURE_MARKERS.items() if f in fixturenames}):
             item.add_marker(marker)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_stops_cli_runs() -> Iterator[None]:
+    """``CliRunner.invoke`` raises the KeyboardInterrupt of a Ctrl-C that reached the command.
+    Typer turns it into exit status 130 (as a shell expects of the real command) and the runner
+    returns that as a result: a test saw a failed command, a fixture building a night failed,
+    and the run went on with the next test."""
+    from typer.testing import CliRunner
+
+    invoke = CliRunner.invoke
+
+    def interruptible(self: CliRunner, *args: Any, **kwargs: Any) -> Any:
+        result = invoke(self, *args, **kwargs)
+        cause = result.exception
+        while cause is not None:
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause
+            cause = cause.__cause__ or cause.__context__
+        return result
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CliRunner, "invoke", interruptible)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +95,26 @@ def make_city(tmp_path_factory: pytest.TempPathFactory) -> CityFactory:
     from sample_cities import CityFactory  # the pipeline's imports, only for tests that use it
 
     return CityFactory(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow metadata database (SQLite) fresh from ``airflow db migrate``, made once per
+    session (the migration takes some 17 s): a test running Airflow copies it into its own
+    ``AIRFLOW_HOME``, so each still starts from an empty database of its own."""
+    home = tmp_path_factory.mktemp("airflow-db")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "GOVMDM_"))},
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[1] / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return home / "airflow.db"
 
 
 @pytest.fixture(scope="session")

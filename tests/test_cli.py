@@ -214,3 +214,22 @@ def test_arguments_are_named_in_capitals() -> None:
     assert "Usage: govmdm query [OPTIONS] {SQL}" in _help("query")
     assert "[OPTIONS] {LEFT} {RIGHT} {DECISION}" in _help("review", "decide")
     assert "masked unless `--privileged`;" in _help("explain")
+
+
+def test_ctrl_c_in_a_command_stops_the_test_run() -> None:
+    """A KeyboardInterrupt inside a command invoked through ``CliRunner`` reaches the test (and
+    so stops pytest) instead of coming back as exit status 130; a command that itself exits
+    130 is still a result."""
+    import typer
+
+    stopped = typer.Typer()
+
+    @stopped.command()
+    def night(interrupt: bool = False) -> None:
+        if interrupt:
+            raise KeyboardInterrupt
+        raise typer.Exit(130)
+
+    with pytest.raises(KeyboardInterrupt):
+        CliRunner().invoke(stopped, ["--interrupt"])
+    assert CliRunner().invoke(stopped, []).exit_code == 130

@@ -177,7 +177,7 @@ class _Mailbox:
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def nights(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path) -> Iterator[dict[str, Any]]:
     """Two nights of the sample city through ``dag.test()``: what Airflow, the warehouse and the
     mail server hold afterwards."""
     from aiosmtpd.controller import Controller
@@ -189,6 +189,7 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     var, home = root / "var", root / "airflow"
     (home / "config").mkdir(parents=True)
     shutil.copy(DAGS / "airflow_local_settings.py", home / "config")  # the pool policy
+    shutil.copy(airflow_db, home / "airflow.db")
     manifest = generate_city(var / "city", persons=PERSONS, enterprises=ENTERPRISES, seed=11)
     night0 = manifest["as_of"]
     night1 = (dt.date.fromisoformat(night0) + dt.timedelta(days=1)).isoformat()
@@ -247,16 +248,17 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     }
     (root / "spec.json").write_text(json.dumps(spec))
     try:
-        for cmd in (["db", "migrate"], ["pools", "import", str(root / "pools.json")]):
-            if cmd[0] == "pools":
-                from pipeline.airflow_local import pools
+        from pipeline.airflow_local import pools
 
-                city = load_city_config(ROOT / "config")
-                (root / "pools.json").write_text(json.dumps(pools(city)))
-            done = subprocess.run(
-                [sys.executable, "-m", "airflow", *cmd], env=env, capture_output=True, text=True
-            )
-            assert done.returncode == 0, done.stdout + done.stderr
+        city = load_city_config(ROOT / "config")
+        (root / "pools.json").write_text(json.dumps(pools(city)))
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", "pools", "import", str(root / "pools.json")],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
         done = subprocess.run(
             [sys.executable, __file__, str(root / "spec.json")],
             env=env,

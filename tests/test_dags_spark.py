@@ -132,6 +132,7 @@ def test_a_worker_without_spark_submit_is_told_what_to_install(
 
 
 def test_the_entry_point_refuses_a_standardize_without_department(tmp_path: Path) -> None:
+    """Refused before Spark starts: no session, so no Spark scratch folder under var/."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "pipeline" / "spark_submit.py"), "standardize",
          "--config", str(ROOT / "config"), "--run-id", "2026-07-01"],
@@ -139,6 +140,33 @@ def test_the_entry_point_refuses_a_standardize_without_department(tmp_path: Path
     )  # fmt: skip
     assert done.returncode == 2
     assert "standardize needs --department" in done.stderr
+    assert not layout.spark_dir(tmp_path / "var").exists()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_session_under_spark_submit_has_two_shuffle_partitions_per_core(tmp_path: Path) -> None:
+    """Submitted with spark-submit's own ``--master`` (as the DAG submits), the session takes
+    its cores from the context spark-submit started, not Spark's 200 shuffle partitions."""
+    script = tmp_path / "partitions.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from spark.session import session\n"
+        "spark = session(Path(sys.argv[1]))\n"
+        "print('partitions', spark.conf.get('spark.sql.shuffle.partitions'))\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GOVMDM_")},
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+        "PYSPARK_PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        ["spark-submit", "--master", "local[3]", str(script), str(tmp_path / "var")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "partitions 6" in done.stdout.splitlines()
 
 
 # --- a real night: dag.test() with engine: spark, against local[2] ------------------------------
@@ -194,12 +222,15 @@ def _keep_departments(config: Path, codes: tuple[str, ...]) -> None:
 
 
 @pytest.fixture(scope="module")
-def spark_night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def spark_night(
+    tmp_path_factory: pytest.TempPathFactory, airflow_db: Path
+) -> Iterator[dict[str, Any]]:
     from etl.sample_city.generate import generate_city
 
     root = tmp_path_factory.mktemp("dag_spark")
     var, home, config = root / "var", root / "airflow", root / "config"
     home.mkdir()
+    shutil.copy(airflow_db, home / "airflow.db")
     shutil.copytree(ROOT / "config", config)
     city_yaml = config / "city.yaml"
     city_yaml.write_text(city_yaml.read_text(encoding="utf-8") + "engine: spark\n", "utf-8")
@@ -221,10 +252,6 @@ def spark_night(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     run_id = manifest["as_of"]
     spec = {"logical_date": f"{run_id}T02:00:00+08:00", "run_id": run_id, "out": str(root / "out")}
     (root / "spec.json").write_text(json.dumps(spec))
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
     done = subprocess.run(
         [sys.executable, __file__, str(root / "spec.json")],
         env=env, capture_output=True, text=True, timeout=900,

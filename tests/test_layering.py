@@ -95,6 +95,22 @@ def test_sideways_imports_only_between_cli_modules() -> None:
     assert sideways == []
 
 
+def test_no_package_imports_another_packages_private_names() -> None:
+    """What one package uses of another is public there: a private name may change with no
+    other package in mind."""
+    private = [
+        f"{path}:{node.lineno} imports {node.module}.{alias.name}"
+        for package in LAYERS
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+        if node.module.split(".")[0] in LAYERS and node.module.split(".")[0] != package
+        for alias in node.names
+        if alias.name.startswith("_")
+    ]
+    assert private == []
+
+
 def test_no_import_cycle_between_modules() -> None:
     edges = {m: {t for t, _ in ts} for m, ts in _imports().items()}
     cycles: list[list[str]] = []

@@ -301,3 +301,64 @@ def test_dates_and_timestamps_bind_as_sqlalchemy_binds_them(kind: str) -> None:
         assert process is not None
         want = [process(v) for v in array.to_pylist()]
         assert wh._converter(column, dialect)(pa.chunked_array([array])) == want
+
+
+def test_postgres_copy_writes_text_a_chunk_at_a_time(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COPY's text for a chunk is built whole (never a ``write_row`` per row) and reads back
+    exactly: floats of every magnitude (single precision ones as the float64 they are, NaN as
+    NULL), 32-bit integers, timestamps in seconds, milliseconds and microseconds (year 987,
+    before 1970), and text with every control character psycopg would escape, COPY's
+    end-of-data marker and its NULL marker."""
+    import psycopg
+
+    def one_by_one(*args: Any) -> None:
+        raise AssertionError("a row written alone")
+
+    monkeypatch.setattr(psycopg.Copy, "write_row", one_by_one)
+    floats = [0.1, 1 / 3, 1e-7, 3e38, -2.5e-310, 1e20, 123456789.123456789, -0.0, math.nan]
+    keys = [f"\\.{i}\b\f\v\x7f\\N\r\n\t\\" for i in range(len(floats))]
+    stamps = [
+        dt.datetime(987, 1, 2, 3, 4, 5, 6000),
+        dt.datetime(1969, 12, 31, 23, 59, 59, 999000),
+        None,
+        dt.datetime(2026, 7, 1),
+    ]
+    crosswalk = pd.DataFrame(
+        {
+            "entity": "person",
+            "department": "公安局",
+            "source_table": ["\\.", "\\N", *["t"] * (len(floats) - 2)],
+            "source_key": keys,
+            "master_id": [f"P{i:03}" for i in range(len(floats))],
+            "link_rule": "exact",
+            "link_probability": floats,
+            "first_run_id": RUN,
+        }
+    )
+    provenance = _frame(wh.provenance_table).iloc[[2] * len(stamps)]
+    provenance["master_id"] = [f"P{i}" for i in range(len(stamps))]
+    people = _frame(wh.person_table)
+    people["member_count"] = [2**31 - 1, -(2**31), 0]
+    for unit, kind in [("us", pa.float64()), ("ms", pa.float32()), ("s", pa.float64())]:
+        given = pa.Table.from_pandas(crosswalk, preserve_index=False)
+        floated = given.column(6).cast(kind, safe=False)
+        given = given.set_column(6, "link_probability", floated)
+        timed = pa.Table.from_pandas(provenance, preserve_index=False)
+        at = timed.schema.get_field_index("source_updated_at")
+        timed = timed.set_column(at, "source_updated_at", pa.array(stamps, pa.timestamp(unit)))
+        frames = {"mdm_crosswalk": given, "mdm_provenance": timed, "mdm_person": people}
+        with _engine(pg_database) as engine:
+            wh.publish(engine, _night(frames), 3)
+            got = wh.read(engine, wh.crosswalk_table).sort_values("master_id")
+            updated = wh.read(engine, wh.provenance_table).sort_values("master_id")
+            person = wh.read(engine, wh.person_table)
+        assert got["source_key"].tolist() == keys
+        assert got["source_table"].tolist()[:2] == ["\\.", "\\N"]
+        want = [_plain(v) for v in floated.to_pylist()]
+        assert [_plain(v) for v in got["link_probability"]] == want
+        assert [_plain(v) for v in updated["source_updated_at"]] == [
+            s and s.replace(microsecond=0 if unit == "s" else s.microsecond) for s in stamps
+        ]
+        assert sorted(person["member_count"]) == [-(2**31), 0, 2**31 - 1]

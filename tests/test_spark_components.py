@@ -71,13 +71,13 @@ def test_components_equal_scipys(spark: Any, kind: str) -> None:
 
 def test_components_label_as_the_local_engine_does(spark: Any) -> None:
     """The local engine's components of the same links, on record IDs, are Spark's."""
-    from master_data.cluster import _components
+    from master_data.cluster import record_components
 
     rng = np.random.default_rng(5)
     names, a, b = _graph("random", rng)
     ids = pd.Index(np.sort(names))
     position = pd.Series(np.arange(len(ids)), index=ids)
-    local = _components(ids, position[names[a]].to_numpy(), position[names[b]].to_numpy())
+    local = record_components(ids, position[names[a]].to_numpy(), position[names[b]].to_numpy())
     found = _spark(spark, names, a, b)
     on_edges = local[list(found)]
     assert dict(on_edges.items()) == found
