@@ -16,16 +16,15 @@ hands an entity to when all its records are linked again:
    edges worth keeping (``keep``) come back to the driver.
 5. **Clusters**: connected components of the usable links (on the driver, which holds them,
    up to :attr:`SparkLink.driver_edges` links; else :mod:`spark.components`), then
-   :func:`master_data.cluster.cluster_records` by ``mapInArrow`` over hash buckets of
-   components (a bucket holds many components, never one group per component), each bucket a
-   task of its own.
+   :func:`master_data.cluster.cluster_records` over hash buckets of components (a bucket
+   holds many components, never one group per component), a Spark task per bucket.
 
 Master IDs are then issued on the driver in one deterministic step
 (:func:`master_data.identity.assign_ids`), as the local engine issues them, so both engines
 give the same IDs.
 
 6. **Golden records**, provenance and conflicts: :func:`master_data.golden.golden_records` by
-   ``mapInArrow`` over hash buckets of master IDs, each bucket a task of its own.
+   hash buckets of master IDs, a Spark task per bucket.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -67,6 +66,8 @@ from spark.components import components
 from spark.records import RULE_COLUMNS, canonical_records, payload_columns
 
 __all__ = ["SparkLink"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +386,6 @@ _CLUSTERED = pa.schema(
         ("counts", pa.string()),
     ]
 )
-_CLUSTERED_DDL = "kind STRING, id STRING, label STRING, pos BIGINT, accepted BOOLEAN, counts STRING"
 
 
 def _cluster(
@@ -424,10 +424,14 @@ def _cluster(
         preserve_index=False,
     )
     bucket = _hash_buckets(rows["bucket"].to_numpy(zero_copy_only=False), link.tasks)
-    sent = _one_task_each(spark, [{"rows": _ipc(part)} for _, part in _split(rows, bucket)])
-    kernel = functools.partial(_cluster_buckets, entity, auto_link)
-    done = sent.mapInArrow(kernel, _CLUSTERED_DDL).toArrow().to_pandas()
-    return _assemble(records, edges, component.rename("component"), done)
+    kernel = functools.partial(_cluster_bucket_ipc, entity, auto_link)
+    done = _each_bucket(spark, [_ipc(part) for _, part in _split(rows, bucket)], kernel)
+    return _assemble(
+        records,
+        edges,
+        component.rename("component"),
+        pa.concat_tables(_read_ipc(b) for b in done).to_pandas(),
+    )
 
 
 def _hash_buckets(values: np.ndarray, buckets: int) -> np.ndarray:
@@ -447,27 +451,22 @@ def _split(table: pa.Table, bucket: np.ndarray) -> Iterator[tuple[int, pa.Table]
         yield int(sorted_buckets[start]), table.slice(start, end - start)
 
 
-def _one_task_each(spark: SparkSession, rows: list[dict[str, Any]]) -> DataFrame:
-    """``rows`` (a bucket each) as a DataFrame whose every partition holds one of them: Spark
-    makes a partition of each Arrow record batch handed to ``createDataFrame``. So each bucket
-    is a task of its own, with no shuffle to gather it, and adaptive execution, which merges
-    partitions it finds small in bytes, cannot put the Python work of several buckets in one
-    task while a core waits."""
-    batches = [pa.RecordBatch.from_pylist([row]) for row in rows]
-    return spark.createDataFrame(pa.Table.from_batches(batches))
+def _each_bucket(spark: SparkSession, buckets: list[Any], kernel: Callable[[Any], T]) -> list[T]:
+    """``kernel`` of each of ``buckets`` in Spark, a bucket a task, in bucket order.
+
+    ``parallelize`` asked for as many slices as there are buckets puts each in a partition of
+    its own, with nothing to plan and no shuffle. A DataFrame gathers buckets by a shuffle,
+    whose partitions adaptive execution merges when they are small in bytes: the Python work
+    of several buckets then runs in one task while a core waits, as bytes do not measure it."""
+    if not buckets:
+        return []
+    return spark.sparkContext.parallelize(buckets, len(buckets)).map(kernel).collect()
 
 
-def _cluster_buckets(
-    entity: str, auto_link: float, batches: Iterator[pa.RecordBatch]
-) -> Iterator[pa.RecordBatch]:
-    """In a Spark worker: each bucket's components clustered by the local kernel."""
-    for batch in batches:
-        for blob in batch.column("rows").to_pylist():
-            rows = pa.ipc.open_stream(blob).read_all().to_pandas()
-            done = _cluster_bucket(entity, auto_link, rows)
-            yield from pa.Table.from_pandas(
-                done, schema=_CLUSTERED, preserve_index=False
-            ).to_batches()
+def _cluster_bucket_ipc(entity: str, auto_link: float, blob: bytes) -> bytes:
+    """In a Spark worker: :func:`_cluster_bucket` of a bucket's rows, Arrow IPC in and out."""
+    done = _cluster_bucket(entity, auto_link, _read_ipc(blob).to_pandas())
+    return _ipc(pa.Table.from_pandas(done, schema=_CLUSTERED, preserve_index=False))
 
 
 def _linked_components(link: SparkLink, ids: pd.Index, ends: pd.DataFrame) -> pd.Series:
@@ -591,7 +590,6 @@ def _assemble(
 # --- survivorship --------------------------------------------------------------------------------
 
 _GOLDEN = ("golden", "provenance", "conflicts")
-_GOLDEN_DDL = "golden BINARY, provenance BINARY, conflicts BINARY"
 
 
 def _golden(
@@ -603,50 +601,49 @@ def _golden(
     base_golden: pa.Table | None,
     run_id: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Golden records, provenance and conflicts by ``mapInArrow`` over hash buckets of master
-    IDs, a bucket a task. A master's members travel as Arrow IPC (their pandas types intact:
+    """Golden records, provenance and conflicts over hash buckets of master IDs, a Spark task
+    per bucket. A master's members travel as Arrow IPC (their pandas types intact:
     the survivorship kernel compares them as the local engine does); every bucket's tables
     come back the same way and are joined in Arrow."""
     ids = members["master_id"].astype(str)
     bucket_of = _hash_buckets(ids.to_numpy(dtype=object), link.tasks)
-    rows = []
+    buckets = []
     for _, part in members.groupby(bucket_of, sort=True):
         base = None
         if base_golden is not None:
             wanted = pa.array(sorted(set(part["master_id"])), pa.string())
             base = _ipc(base_golden.filter(pc.is_in(base_golden["master_id"], value_set=wanted)))
-        rows.append(
-            {"members": _ipc(pa.Table.from_pandas(part, preserve_index=True)), "base": base}
-        )
-    if not rows:
+        buckets.append((_ipc(pa.Table.from_pandas(part, preserve_index=True)), base))
+    if not buckets:
         return golden_records(members, entity, city, match, base_golden, run_id)
-    kernel = functools.partial(_golden_buckets, entity, city, match, run_id)
-    done = _one_task_each(link.spark, rows).mapInArrow(kernel, _GOLDEN_DDL).toArrow()
+    kernel = functools.partial(_golden_bucket, entity, city, match, run_id)
+    done = _each_bucket(link.spark, buckets, kernel)
     out = []
-    for name in _GOLDEN:
-        parts = [pa.ipc.open_stream(bytes(b)).read_all() for b in done[name].to_pylist()]
+    for i in range(len(_GOLDEN)):
+        parts = [_read_ipc(tables[i]) for tables in done]
         out.append(pa.concat_tables(parts, promote_options="permissive").to_pandas())
     return out[0], out[1], out[2]
 
 
-def _golden_buckets(
+def _golden_bucket(
     entity: str,
     city: CityConfig,
     match: EntityMatch,
     run_id: str,
-    batches: Iterator[pa.RecordBatch],
-) -> Iterator[pa.RecordBatch]:
-    """In a Spark worker: each bucket's masters through the local survivorship kernel."""
-    for batch in batches:
-        for row in batch.to_pylist():
-            members = pa.ipc.open_stream(row["members"]).read_all().to_pandas()
-            base = None if row["base"] is None else pa.ipc.open_stream(row["base"]).read_all()
-            tables = golden_records(members, entity, city, match, base, run_id)
-            encoded = {
-                n: [_ipc(pa.Table.from_pandas(t, preserve_index=False))]
-                for n, t in zip(_GOLDEN, tables, strict=True)
-            }
-            yield pa.RecordBatch.from_pydict(encoded)
+    bucket: tuple[bytes, bytes | None],
+) -> tuple[bytes, ...]:
+    """In a Spark worker: one bucket's masters (and their base golden rows) through the local
+    survivorship kernel, Arrow IPC in and out."""
+    members, base = bucket
+    tables = golden_records(
+        _read_ipc(members).to_pandas(),
+        entity,
+        city,
+        match,
+        None if base is None else _read_ipc(base),
+        run_id,
+    )
+    return tuple(_ipc(pa.Table.from_pandas(t, preserve_index=False)) for t in tables)
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -654,3 +651,7 @@ def _ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
+
+
+def _read_ipc(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all()
