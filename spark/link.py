@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,8 +66,6 @@ from spark.components import components
 from spark.records import RULE_COLUMNS, canonical_records, payload_columns
 
 __all__ = ["SparkLink"]
-
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -425,12 +423,12 @@ def _cluster(
     )
     bucket = _hash_buckets(rows["bucket"].to_numpy(zero_copy_only=False), link.tasks)
     kernel = functools.partial(_cluster_bucket_ipc, entity, auto_link)
-    done = _each_bucket(spark, [_ipc(part) for _, part in _split(rows, bucket)], kernel)
+    done = _each_bucket(spark, [(_ipc(part),) for _, part in _split(rows, bucket)], kernel, 1)
     return _assemble(
         records,
         edges,
         component.rename("component"),
-        pa.concat_tables(_read_ipc(b) for b in done).to_pandas(),
+        pa.concat_tables(_read_ipc(b) for (b,) in done).to_pandas(),
     )
 
 
@@ -451,22 +449,50 @@ def _split(table: pa.Table, bucket: np.ndarray) -> Iterator[tuple[int, pa.Table]
         yield int(sorted_buckets[start]), table.slice(start, end - start)
 
 
-def _each_bucket(spark: SparkSession, buckets: list[Any], kernel: Callable[[Any], T]) -> list[T]:
-    """``kernel`` of each of ``buckets`` in Spark, a bucket a task, in bucket order.
+def _each_bucket(
+    spark: SparkSession,
+    buckets: list[tuple[bytes | None, ...]],
+    kernel: Callable[[tuple[bytes | None, ...]], tuple[bytes, ...]],
+    outputs: int,
+) -> list[tuple[bytes, ...]]:
+    """``kernel`` of each of ``buckets`` (a tuple of Arrow IPC blobs each) in Spark, a bucket
+    a task; each bucket's ``outputs`` blobs, in bucket order.
 
     ``parallelize`` asked for as many slices as there are buckets puts each in a partition of
-    its own, with nothing to plan and no shuffle. A DataFrame gathers buckets by a shuffle,
-    whose partitions adaptive execution merges when they are small in bytes: the Python work
-    of several buckets then runs in one task while a core waits, as bytes do not measure it."""
+    its own, and ``mapInArrow`` runs the kernel in the Python workers that compared the pairs,
+    whose imports are done. A DataFrame grouped by bucket would gather them by a shuffle, whose
+    partitions adaptive execution merges when they are small in bytes: the Python work of
+    several buckets then runs in one task while a core waits, as bytes do not measure it."""
     if not buckets:
         return []
-    return spark.sparkContext.parallelize(buckets, len(buckets)).map(kernel).collect()
+    fields = ", ".join(f"in{i} BINARY" for i in range(len(buckets[0])))
+    sent = spark.createDataFrame(spark.sparkContext.parallelize(buckets, len(buckets)), fields)
+    names = [f"out{i}" for i in range(outputs)]
+    work = functools.partial(_bucket_batches, kernel, names)
+    done = sent.mapInArrow(work, ", ".join(f"{n} BINARY" for n in names)).toArrow()
+    return list(zip(*(done[n].to_pylist() for n in names), strict=True))
 
 
-def _cluster_bucket_ipc(entity: str, auto_link: float, blob: bytes) -> bytes:
+def _bucket_batches(
+    kernel: Callable[[tuple[bytes | None, ...]], tuple[bytes, ...]],
+    names: list[str],
+    batches: Iterator[pa.RecordBatch],
+) -> Iterator[pa.RecordBatch]:
+    """In a Spark worker: ``kernel`` of each bucket (a row of blobs) of each batch."""
+    for batch in batches:
+        for row in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+            out = kernel(tuple(row))
+            yield pa.RecordBatch.from_arrays([pa.array([b], pa.binary()) for b in out], names)
+
+
+def _cluster_bucket_ipc(
+    entity: str, auto_link: float, bucket: tuple[bytes | None, ...]
+) -> tuple[bytes, ...]:
     """In a Spark worker: :func:`_cluster_bucket` of a bucket's rows, Arrow IPC in and out."""
-    done = _cluster_bucket(entity, auto_link, _read_ipc(blob).to_pandas())
-    return _ipc(pa.Table.from_pandas(done, schema=_CLUSTERED, preserve_index=False))
+    (rows,) = bucket
+    assert rows is not None  # every bucket has rows
+    done = _cluster_bucket(entity, auto_link, _read_ipc(rows).to_pandas())
+    return (_ipc(pa.Table.from_pandas(done, schema=_CLUSTERED, preserve_index=False)),)
 
 
 def _linked_components(link: SparkLink, ids: pd.Index, ends: pd.DataFrame) -> pd.Series:
@@ -607,7 +633,7 @@ def _golden(
     come back the same way and are joined in Arrow."""
     ids = members["master_id"].astype(str)
     bucket_of = _hash_buckets(ids.to_numpy(dtype=object), link.tasks)
-    buckets = []
+    buckets: list[tuple[bytes | None, ...]] = []
     for _, part in members.groupby(bucket_of, sort=True):
         base = None
         if base_golden is not None:
@@ -617,7 +643,7 @@ def _golden(
     if not buckets:
         return golden_records(members, entity, city, match, base_golden, run_id)
     kernel = functools.partial(_golden_bucket, entity, city, match, run_id)
-    done = _each_bucket(link.spark, buckets, kernel)
+    done = _each_bucket(link.spark, buckets, kernel, len(_GOLDEN))
     out = []
     for i in range(len(_GOLDEN)):
         parts = [_read_ipc(tables[i]) for tables in done]
@@ -630,11 +656,12 @@ def _golden_bucket(
     city: CityConfig,
     match: EntityMatch,
     run_id: str,
-    bucket: tuple[bytes, bytes | None],
+    bucket: tuple[bytes | None, ...],
 ) -> tuple[bytes, ...]:
     """In a Spark worker: one bucket's masters (and their base golden rows) through the local
     survivorship kernel, Arrow IPC in and out."""
     members, base = bucket
+    assert members is not None  # every bucket has members
     tables = golden_records(
         _read_ipc(members).to_pandas(),
         entity,

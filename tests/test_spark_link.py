@@ -168,10 +168,11 @@ def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> No
         seen += got["n"].tolist()
     assert sorted(seen) == list(range(100))
 
-    def where(rows: int) -> tuple[int, int]:
+    def where(bucket: tuple[bytes | None, ...]) -> tuple[bytes, ...]:
         from pyspark import TaskContext
 
-        return TaskContext.get().partitionId(), rows
+        return str(TaskContext.get().partitionId()).encode(), bucket[0] or b""
 
-    done = _each_bucket(spark, [part.num_rows for _, part in parts], where)
-    assert done == [(i, part.num_rows) for i, (_, part) in enumerate(parts)]
+    sent = [(str(part.num_rows).encode(),) for _, part in parts]
+    done = _each_bucket(spark, sent, where, 2)
+    assert done == [(str(i).encode(), n) for i, (n,) in enumerate(sent)]
