@@ -171,8 +171,9 @@ def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> No
     def where(bucket: tuple[bytes | None, ...]) -> tuple[bytes, ...]:
         from pyspark import TaskContext
 
-        return str(TaskContext.get().partitionId()).encode(), bucket[0] or b""
+        rows, base = bucket  # a first night has no base night's rows
+        return str(TaskContext.get().partitionId()).encode(), rows or b"", base or b"none"
 
-    sent = [(str(part.num_rows).encode(),) for _, part in parts]
-    done = _each_bucket(spark, sent, where, 2)
-    assert done == [(str(i).encode(), n) for i, (n,) in enumerate(sent)]
+    sent: list[tuple[bytes | None, ...]] = [(str(p.num_rows).encode(), None) for _, p in parts]
+    done = _each_bucket(spark, sent, where, 3)
+    assert done == [(str(i).encode(), n, b"none") for i, (n, _) in enumerate(sent)]
