@@ -16,15 +16,15 @@ hands an entity to when all its records are linked again:
    edges worth keeping (``keep``) come back to the driver.
 5. **Clusters**: connected components of the usable links (on the driver, which holds them,
    up to :attr:`SparkLink.driver_edges` links; else :mod:`spark.components`), then
-   :func:`master_data.cluster.cluster_records` by ``applyInPandas`` over hash buckets of
-   components (a bucket holds many components, never one group per component).
+   :func:`master_data.cluster.cluster_records` over hash buckets of components (a bucket
+   holds many components, never one group per component), a Spark task per bucket.
 
 Master IDs are then issued on the driver in one deterministic step
 (:func:`master_data.identity.assign_ids`), as the local engine issues them, so both engines
 give the same IDs.
 
 6. **Golden records**, provenance and conflicts: :func:`master_data.golden.golden_records` by
-   ``applyInPandas`` over hash buckets of master IDs.
+   hash buckets of master IDs, a Spark task per bucket.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from etl.config import CityConfig
 from master_data.blocking import KEY_SCHEMA
@@ -70,6 +69,11 @@ __all__ = ["SparkLink"]
 
 log = logging.getLogger(__name__)
 
+TASKS_PER_CORE = 4
+"""Buckets (and partitions of the records) per core for the steps that run a Python kernel:
+as many tasks as cores would leave a core idle while the slowest finishes, and a core idle
+is time more cores do not shorten."""
+
 DRIVER_EDGES = 5_000_000
 """Links whose components the driver works out itself (:attr:`SparkLink.driver_edges`): about
 200 MB of scipy's graph."""
@@ -82,12 +86,13 @@ def _quiet(_message: str) -> None:
 @dataclass
 class SparkLink:
     """The link stage's heavy steps on ``spark``; ``scratch`` (under var/spark/) holds the
-    records Spark reads while an entity links. ``buckets``: the hash buckets clustering runs
-    in (default: twice Spark's default parallelism). ``driver_edges``: up to this many links,
-    their connected components are worked out on the driver, which holds them already (as
-    :func:`master_data.cluster.cluster_records` does: milliseconds, where Spark SQL's rounds
-    are dozens of jobs, each planned on the driver while the executors wait); more go through
-    :mod:`spark.components`. ``say``: where each step's progress line goes (the night's
+    records Spark reads while an entity links. ``buckets``: the hash buckets clustering and
+    survivorship run in, and the partitions the records are spread over (default:
+    :data:`TASKS_PER_CORE` per core of Spark's default parallelism). ``driver_edges``: up to
+    this many links, their connected components are worked out on the driver, which holds them
+    already (as :func:`master_data.cluster.cluster_records` does: milliseconds, where Spark
+    SQL's rounds are dozens of jobs, each planned on the driver while the executors wait); more
+    go through :mod:`spark.components`. ``say``: where each step's progress line goes (the night's
     progress: a step's wall and CPU seconds are read between two lines)."""
 
     spark: SparkSession
@@ -96,6 +101,11 @@ class SparkLink:
     driver_edges: int = DRIVER_EDGES
     say: Callable[[str], None] = _quiet
     name: str = field(default="Spark", init=False)
+
+    @property
+    def tasks(self) -> int:
+        """The buckets (tasks) a step running a Python kernel is cut into."""
+        return self.buckets or TASKS_PER_CORE * self.spark.sparkContext.defaultParallelism
 
     def score(
         self,
@@ -179,7 +189,7 @@ class SparkLink:
         the night's canonical Parquet files when the records are exactly those (``files``),
         else the records handed over, written under ``folder`` first."""
         columns = payload_columns(entity, match)
-        parts = max(2 * self.spark.sparkContext.defaultParallelism, 2)
+        parts = max(self.tasks, 2)
         if files is not None and files.paths:
             read = canonical_records(self.spark, files, entity).select(*columns)
             rows = read.repartition(parts).localCheckpoint(eager=False)
@@ -350,11 +360,30 @@ def _key_table(keys: DataFrame, passes: list[str]) -> pa.Table:
 
 # --- clustering ----------------------------------------------------------------------------------
 
-_CLUSTER_DDL = (
-    "kind STRING, id STRING, other STRING, hard STRING, probability DOUBLE, rule STRING, "
-    "sure BOOLEAN, decision STRING, pos BIGINT, bucket STRING"
+_CLUSTER_ROWS = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("id", pa.string()),
+        ("other", pa.string()),
+        ("hard", pa.string()),
+        ("probability", pa.float64()),
+        ("rule", pa.string()),
+        ("sure", pa.bool_()),
+        ("decision", pa.string()),
+        ("pos", pa.int64()),
+        ("bucket", pa.string()),
+    ]
 )
-_CLUSTERED_DDL = "kind STRING, id STRING, label STRING, pos BIGINT, accepted BOOLEAN, counts STRING"
+_CLUSTERED = pa.schema(
+    [
+        ("kind", pa.string()),
+        ("id", pa.string()),
+        ("label", pa.string()),
+        ("pos", pa.int64()),
+        ("accepted", pa.bool_()),
+        ("counts", pa.string()),
+    ]
+)
 
 
 def _cluster(
@@ -386,18 +415,84 @@ def _cluster(
         index=records.index,
         dtype=object,
     )
-    buckets = link.buckets or 2 * spark.sparkContext.defaultParallelism
     link.say(f"{entity}: clusters")
-    rows = _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity])
-    grouped = spark.createDataFrame(rows, _CLUSTER_DDL).withColumn(
-        "hashed", F.pmod(F.hash("bucket"), F.lit(buckets))
+    rows = pa.Table.from_pandas(
+        _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity]),
+        schema=_CLUSTER_ROWS,
+        preserve_index=False,
+    )
+    bucket = _hash_buckets(rows["bucket"].to_numpy(zero_copy_only=False), link.tasks)
+    kernel = functools.partial(_cluster_bucket_ipc, entity, auto_link)
+    done = _each_bucket(spark, [(_ipc(part),) for _, part in _split(rows, bucket)], kernel, 1)
+    return _assemble(
+        records,
+        edges,
+        component.rename("component"),
+        pa.concat_tables(_read_ipc(b) for (b,) in done).to_pandas(),
     )
 
-    def kernel(rows: pd.DataFrame) -> pd.DataFrame:  # typed: Spark reads the hints
-        return _cluster_bucket(entity, auto_link, rows)
 
-    done = grouped.groupBy("hashed").applyInPandas(kernel, _CLUSTERED_DDL).toArrow().to_pandas()
-    return _assemble(records, edges, component.rename("component"), done)
+def _hash_buckets(values: np.ndarray, buckets: int) -> np.ndarray:
+    """Each value's hash bucket (``0 … buckets - 1``), the same in every process."""
+    return (pd.util.hash_array(values.astype(object)) % np.uint64(buckets)).astype(np.int64)
+
+
+def _split(table: pa.Table, bucket: np.ndarray) -> Iterator[tuple[int, pa.Table]]:
+    """The rows of ``table`` in each non-empty bucket (``bucket``: each row's), in bucket
+    order, each bucket's rows in their order in ``table``."""
+    order = np.argsort(bucket, kind="stable")
+    sorted_buckets = bucket[order]
+    table = table.take(pa.array(order))
+    starts = np.flatnonzero(np.r_[True, sorted_buckets[1:] != sorted_buckets[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    for start, end in zip(starts, ends, strict=True):
+        yield int(sorted_buckets[start]), table.slice(start, end - start)
+
+
+def _each_bucket(
+    spark: SparkSession,
+    buckets: list[tuple[bytes | None, ...]],
+    kernel: Callable[[tuple[bytes | None, ...]], tuple[bytes, ...]],
+    outputs: int,
+) -> list[tuple[bytes, ...]]:
+    """``kernel`` of each of ``buckets`` (a tuple of Arrow IPC blobs each) in Spark, a bucket
+    a task; each bucket's ``outputs`` blobs, in bucket order.
+
+    ``parallelize`` asked for as many slices as there are buckets puts each in a partition of
+    its own, and ``mapInArrow`` runs the kernel in the Python workers that compared the pairs,
+    whose imports are done. A DataFrame grouped by bucket would gather them by a shuffle, whose
+    partitions adaptive execution merges when they are small in bytes: the Python work of
+    several buckets then runs in one task while a core waits, as bytes do not measure it."""
+    if not buckets:
+        return []
+    fields = ", ".join(f"in{i} BINARY" for i in range(len(buckets[0])))
+    sent = spark.createDataFrame(spark.sparkContext.parallelize(buckets, len(buckets)), fields)
+    names = [f"out{i}" for i in range(outputs)]
+    work = functools.partial(_bucket_batches, kernel, names)
+    done = sent.mapInArrow(work, ", ".join(f"{n} BINARY" for n in names)).toArrow()
+    return list(zip(*(done[n].to_pylist() for n in names), strict=True))
+
+
+def _bucket_batches(
+    kernel: Callable[[tuple[bytes | None, ...]], tuple[bytes, ...]],
+    names: list[str],
+    batches: Iterator[pa.RecordBatch],
+) -> Iterator[pa.RecordBatch]:
+    """In a Spark worker: ``kernel`` of each bucket (a row of blobs) of each batch."""
+    for batch in batches:
+        for row in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+            out = kernel(tuple(row))
+            yield pa.RecordBatch.from_arrays([pa.array([b], pa.binary()) for b in out], names)
+
+
+def _cluster_bucket_ipc(
+    entity: str, auto_link: float, bucket: tuple[bytes | None, ...]
+) -> tuple[bytes, ...]:
+    """In a Spark worker: :func:`_cluster_bucket` of a bucket's rows, Arrow IPC in and out."""
+    (rows,) = bucket
+    assert rows is not None  # every bucket has rows
+    done = _cluster_bucket(entity, auto_link, _read_ipc(rows).to_pandas())
+    return (_ipc(pa.Table.from_pandas(done, schema=_CLUSTERED, preserve_index=False)),)
 
 
 def _linked_components(link: SparkLink, ids: pd.Index, ends: pd.DataFrame) -> pd.Series:
@@ -521,7 +616,6 @@ def _assemble(
 # --- survivorship --------------------------------------------------------------------------------
 
 _GOLDEN = ("golden", "provenance", "conflicts")
-_GOLDEN_DDL = "bucket INT, golden BINARY, provenance BINARY, conflicts BINARY"
 
 
 def _golden(
@@ -533,51 +627,50 @@ def _golden(
     base_golden: pa.Table | None,
     run_id: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Golden records, provenance and conflicts by ``applyInPandas`` over hash buckets of
-    master IDs. A master's members travel as Arrow IPC (their pandas types intact: the
-    survivorship kernel compares them as the local engine does); every bucket's tables come
-    back the same way and are joined in Arrow."""
-    spark = link.spark
-    buckets = link.buckets or 2 * spark.sparkContext.defaultParallelism
+    """Golden records, provenance and conflicts over hash buckets of master IDs, a Spark task
+    per bucket. A master's members travel as Arrow IPC (their pandas types intact:
+    the survivorship kernel compares them as the local engine does); every bucket's tables
+    come back the same way and are joined in Arrow."""
     ids = members["master_id"].astype(str)
-    bucket_of = pd.Series(
-        pd.util.hash_array(ids.to_numpy(dtype=object)) % np.uint64(buckets), index=members.index
-    ).astype(np.int64)
-    rows = []
-    for bucket, part in members.groupby(bucket_of.to_numpy(), sort=True):
+    bucket_of = _hash_buckets(ids.to_numpy(dtype=object), link.tasks)
+    buckets: list[tuple[bytes | None, ...]] = []
+    for _, part in members.groupby(bucket_of, sort=True):
         base = None
         if base_golden is not None:
             wanted = pa.array(sorted(set(part["master_id"])), pa.string())
             base = _ipc(base_golden.filter(pc.is_in(base_golden["master_id"], value_set=wanted)))
-        rows.append((int(bucket), _ipc(pa.Table.from_pandas(part, preserve_index=True)), base))
-    if not rows:
+        buckets.append((_ipc(pa.Table.from_pandas(part, preserve_index=True)), base))
+    if not buckets:
         return golden_records(members, entity, city, match, base_golden, run_id)
-    sent = spark.createDataFrame(rows, "bucket INT, members BINARY, base BINARY")
-
-    def kernel(group: pd.DataFrame) -> pd.DataFrame:  # typed: Spark reads the hints
-        return _golden_bucket(entity, city, match, run_id, group)
-
-    done = sent.groupBy("bucket").applyInPandas(kernel, _GOLDEN_DDL).toArrow()
+    kernel = functools.partial(_golden_bucket, entity, city, match, run_id)
+    done = _each_bucket(link.spark, buckets, kernel, len(_GOLDEN))
     out = []
-    for name in _GOLDEN:
-        parts = [pa.ipc.open_stream(bytes(b)).read_all() for b in done[name].to_pylist()]
+    for i in range(len(_GOLDEN)):
+        parts = [_read_ipc(tables[i]) for tables in done]
         out.append(pa.concat_tables(parts, promote_options="permissive").to_pandas())
     return out[0], out[1], out[2]
 
 
 def _golden_bucket(
-    entity: str, city: CityConfig, match: EntityMatch, run_id: str, group: pd.DataFrame
-) -> pd.DataFrame:
-    """In a Spark worker: one bucket's masters through the local survivorship kernel."""
-    row = group.iloc[0]
-    members = pa.ipc.open_stream(bytes(row["members"])).read_all().to_pandas()
-    base = None if row["base"] is None else pa.ipc.open_stream(bytes(row["base"])).read_all()
-    tables = golden_records(members, entity, city, match, base, run_id)
-    encoded = {
-        n: _ipc(pa.Table.from_pandas(t, preserve_index=False))
-        for n, t in zip(_GOLDEN, tables, strict=True)
-    }
-    return pd.DataFrame([{"bucket": int(row["bucket"]), **encoded}])
+    entity: str,
+    city: CityConfig,
+    match: EntityMatch,
+    run_id: str,
+    bucket: tuple[bytes | None, ...],
+) -> tuple[bytes, ...]:
+    """In a Spark worker: one bucket's masters (and their base golden rows) through the local
+    survivorship kernel, Arrow IPC in and out."""
+    members, base = bucket
+    assert members is not None  # every bucket has members
+    tables = golden_records(
+        _read_ipc(members).to_pandas(),
+        entity,
+        city,
+        match,
+        None if base is None else _read_ipc(base),
+        run_id,
+    )
+    return tuple(_ipc(pa.Table.from_pandas(t, preserve_index=False)) for t in tables)
 
 
 def _ipc(table: pa.Table) -> bytes:
@@ -585,3 +678,7 @@ def _ipc(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
+
+
+def _read_ipc(blob: bytes) -> pa.Table:
+    return pa.ipc.open_stream(blob).read_all()

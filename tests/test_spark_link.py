@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from access.review import decide
@@ -145,3 +146,34 @@ def test_a_spark_night_hands_its_link_to_spark(
     engine = _link_engine(Night.of(city, config, NIGHT1, "spark"))
     assert isinstance(engine, SparkLink) and engine.spark is spark
     assert engine.scratch == tmp_path / "var" / "spark" / "link"
+
+
+def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> None:
+    """Clustering and survivorship run a Spark task per hash bucket, four buckets per core:
+    nothing merges buckets into fewer tasks than cores, and a bucket's rows arrive whole, in
+    their order."""
+    from spark.link import SparkLink, _each_bucket, _hash_buckets, _split
+
+    assert SparkLink(spark, tmp_path).tasks == 4 * spark.sparkContext.defaultParallelism == 8
+    assert SparkLink(spark, tmp_path, buckets=3).tasks == 3
+    table = pa.table({"component": [f"c{i % 7}" for i in range(100)], "n": list(range(100))})
+    bucket = _hash_buckets(table["component"].to_numpy(zero_copy_only=False), 4)
+    parts = list(_split(table, bucket))
+    assert [b for b, _ in parts] == sorted(set(bucket.tolist())) and len(parts) > 1
+    seen = []
+    for b, part in parts:
+        got = part.to_pandas()
+        assert got["n"].is_monotonic_increasing  # in their order in the table
+        assert set(bucket[got["n"]]) == {b}  # a component's rows in one bucket
+        seen += got["n"].tolist()
+    assert sorted(seen) == list(range(100))
+
+    def where(bucket: tuple[bytes | None, ...]) -> tuple[bytes, ...]:
+        from pyspark import TaskContext
+
+        rows, base = bucket  # a first night has no base night's rows
+        return str(TaskContext.get().partitionId()).encode(), rows or b"", base or b"none"
+
+    sent: list[tuple[bytes | None, ...]] = [(str(p.num_rows).encode(), None) for _, p in parts]
+    done = _each_bucket(spark, sent, where, 3)
+    assert done == [(str(i).encode(), n, b"none") for i, (n, _) in enumerate(sent)]
