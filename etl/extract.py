@@ -1466,15 +1466,62 @@ def _read(
         return
     t = sa.table(table, *[sa.column(c, types[c]) for c in columns])
     query = sa.select(*[t.c[c] for c in columns])
+    schema = _schema(columns)
+    if since is None and conn.dialect.name == "sqlite":
+        yield from _read_sqlite(conn, query, [types[c] for c in columns], schema, chunk_rows)
+        return
     if since is not None:
         column = t.c[since[0]]
         query = query.where(sa.or_(column >= since[1], column.is_(None)))
     query = query.execution_options(stream_results=True, yield_per=chunk_rows)
-    schema = _schema(columns)
     result = conn.execute(query)
     for part in result.partitions():
-        arrays = [pa.array([_text(v) for v in col], pa.string()) for col in zip(*part, strict=True)]
+        arrays = [_texts(col) for col in zip(*part, strict=True)]
         yield functools.partial(pa.Table.from_arrays, arrays, schema=schema)
+
+
+def _read_sqlite(
+    conn: sa.Connection,
+    query: sa.Select[Any],
+    types: list[TypeEngine[Any]],
+    schema: pa.Schema,
+    chunk_rows: int,
+) -> Iterator[_Chunk]:
+    """Every row of ``query`` (no parameters) from a SQLite source, read through the sqlite3
+    cursor of the read's own transaction: SQLAlchemy's row objects cost more than SQLite's
+    scan of a whole table (the nightly key scan reads every key), and each column's values
+    still go through their type's result processor, as SQLAlchemy would pass them."""
+    dialect = conn.dialect
+    processors = [t.dialect_impl(dialect).result_processor(dialect, None) for t in types]
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.execute(str(query.compile(dialect=dialect)))
+        while rows := cursor.fetchmany(chunk_rows):
+            arrays = [
+                _texts(col if process is None else [process(v) for v in col])
+                for col, process in zip(zip(*rows, strict=True), processors, strict=True)
+            ]
+            yield functools.partial(pa.Table.from_arrays, arrays, schema=schema)
+    finally:
+        cursor.close()
+
+
+def _texts(values: Sequence[Any]) -> pa.Array:
+    """A column of source values as text, each as :func:`_text` renders it: text and whole
+    numbers (most columns, every key) converted by Arrow at once, anything else one by one."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowException, OverflowError, ValueError, TypeError):
+        array = None  # mixed or unusual values: each rendered on its own
+    if array is not None and (
+        pa.types.is_string(array.type)
+        or pa.types.is_integer(array.type)
+        or pa.types.is_null(array.type)
+    ):
+        return array.cast(pa.string())
+    return pa.array([_text(v) for v in values], pa.string())
 
 
 def _read_copy(

@@ -458,6 +458,30 @@ def test_values_render_as_postgresql_prints_them(value: Any, text: str | None) -
     assert ex._text(value) == text
 
 
+@pytest.mark.parametrize(
+    "column",
+    [
+        ["RK01", None, "王芳"],
+        [7, None, -3, 2**63 - 1],
+        [2**64, 1],  # beyond int64
+        [1, True],  # a bool is no number here
+        [True, False],
+        ["a", 1],  # SQLite keeps whatever type each value came in
+        [1, "a"],
+        ["x", b"\x00\xff"],
+        [1.0, 2],
+        [Decimal("0E-4"), None],
+        [dt.date(1985, 3, 7)],
+        [None, None],
+        [],
+    ],
+)
+def test_a_column_renders_as_each_of_its_values_does(column: list[Any]) -> None:
+    expected = [ex._text(v) for v in column]
+    assert ex._texts(column).to_pylist() == expected
+    assert ex._texts(column).type == pa.string()
+
+
 # --- real servers -------------------------------------------------------------------------------
 
 
