@@ -1281,15 +1281,25 @@ def _set_duplicates_apart(
     return found
 
 
-def _write_versions(path: Path, parts: Sequence[pa.Array], nights_since_check: int) -> None:
+def _write_versions(
+    path: Path, parts: Sequence[pa.Array], nights_since_check: int, kept: pa.Array | None = None
+) -> None:
+    """Write the distinct versions of ``parts``, after ``kept`` ones (distinct already, and
+    none of them among ``parts``: only ``parts`` need making distinct)."""
     versions = pc.unique(pa.concat_arrays(list(parts))) if parts else pa.array([], pa.string())
+    if kept is not None:
+        versions = pa.concat_arrays([kept, versions])
     schema = _schema([_VERSION])
     with ParquetSink(path, schema, _KEY_ROWS, {"nights_since_check": nights_since_check}) as sink:
         sink.write(pa.table([versions], schema=schema))
 
 
+_HASH_CHARS = 33
+"""The end of a version (:func:`_versions`) after its key: the separator and 32 hex digits."""
+
+
 def _version_keys(versions: pa.Array) -> pa.Array:
-    return pc.replace_substring_regex(versions, "\x1f[0-9a-f]{32}$", "")
+    return pc.utf8_slice_codeunits(versions, 0, -_HASH_CHARS)
 
 
 def _carry_versions(
@@ -1302,8 +1312,8 @@ def _carry_versions(
     if tonight:
         now = pa.concat_arrays(list(tonight))
         before = pc.filter(before, pc.invert(pc.is_in(_version_keys(before), _version_keys(now))))
-        before = pa.concat_arrays([before, now])
-    _write_versions(out, [before], nights_since_check)
+    # the committed versions were written distinct, and none of them has a key read tonight
+    _write_versions(out, list(tonight), nights_since_check, kept=before)
 
 
 def _check_hashes(
