@@ -128,22 +128,40 @@ def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise DamagedState(path, exc) from exc
 
 
-def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """A state table (optionally only ``columns``); a layered one as its base less the dropped
-    records, then the added rows. A file that is missing or cannot be read raises
+Where = tuple[str, pa.Array]
+"""``(column, values)``: the rows of a state table whose ``column`` holds one of ``values``."""
+
+
+def read_state(
+    folder: Path, name: str, columns: list[str] | None = None, *, where: Where | None = None
+) -> pa.Table:
+    """A state table (optionally only ``columns``, and only the rows ``where`` picks); a
+    layered one as its base less the dropped records, then the added rows. The rows are picked
+    before a layered base (read memory-mapped) is copied: a night that needs a few rows of a
+    large table copies only those. A file that is missing or cannot be read raises
     :class:`DamagedState` naming it."""
     path = state_file(folder, name)
     dropped_file = layer_file(folder, name, "dropped")
-    if name not in LAYERED or not dropped_file.is_file():
-        return _read_file(path, columns)
-    key = LAYERED[name]
-    wanted = columns if columns is None or key in columns else [*columns, key]
-    base = _read_file(path, wanted)
-    dropped = _read_file(dropped_file)[key]
-    added = _read_file(layer_file(folder, name, "added"), wanted)
-    kept = base.filter(pc.invert(_among(base[key], dropped.combine_chunks())))
-    table = _after(kept, added)
+    layered = name in LAYERED and dropped_file.is_file()
+    needed = [LAYERED[name]] if layered else []
+    if where is not None:
+        needed.append(where[0])
+    wanted = columns if columns is None else [*columns, *(c for c in needed if c not in columns)]
+    table = _picked(_read_file(path, wanted), where)
+    if layered:
+        key = LAYERED[name]
+        dropped = _read_file(dropped_file)[key]
+        added = _picked(_read_file(layer_file(folder, name, "added"), wanted), where)
+        kept = table.filter(pc.invert(_among(table[key], dropped.combine_chunks())))
+        table = _after(kept, added)
     return table.select(columns) if columns is not None else table
+
+
+def _picked(table: pa.Table, where: Where | None) -> pa.Table:
+    """The rows of ``table`` that ``where`` picks (all of them without)."""
+    if where is None:
+        return table
+    return table.filter(_among(table[where[0]], where[1]))
 
 
 def write_state(
@@ -312,15 +330,17 @@ class BaseState:
         self.fallback, self.warehouse, self.records_needed = fallback, warehouse, records_needed
         self.recovered: list[str] = []
 
-    def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        """State table ``name`` (optionally only ``columns``)."""
+    def read(
+        self, name: str, columns: list[str] | None = None, *, where: Where | None = None
+    ) -> pa.Table:
+        """State table ``name`` (optionally only ``columns``, and the rows ``where`` picks)."""
         assert self.folder is not None
         try:
-            return read_state(self.folder, name, columns)
+            return read_state(self.folder, name, columns, where=where)
         except DamagedState as exc:
             if not (self.fallback and self.warehouse and name in self._FROM_WAREHOUSE):
                 raise
-            table = self._from_warehouse(name)
+            table = _picked(self._from_warehouse(name), where)
             log.warning("%s; read from the warehouse instead", exc)
             self.recovered.append(f"{exc.path} (read from the warehouse instead)")
             return table.select(columns) if columns else table
