@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pytest
 
@@ -96,6 +97,7 @@ def test_rows_picked_by_a_column_read_as_the_whole_table_filtered(tmp_path: Path
         RECORD: ["gongan/t_rk/00002", "gongan/t_rk/00005", "gongan/t_rk/00400"],
         "night": [0, 1, 1],
     }
+    assert picked.equals(whole1.filter(pc.is_in(whole1["name"], names)).select([RECORD, "night"]))
     assert read_state(night0, "records", where=("name", names)).num_rows == 3  # 2, 3 and 5
 
 
