@@ -146,7 +146,7 @@ def read_state(
     needed = [LAYERED[name]] if layered else []
     if where is not None:
         needed.append(where[0])
-    wanted = columns if columns is None else [*columns, *(c for c in needed if c not in columns)]
+    wanted = columns if columns is None else list(dict.fromkeys([*columns, *needed]))
     table = _picked(_read_file(path, wanted), where)
     if layered:
         key = LAYERED[name]
@@ -213,10 +213,12 @@ def write_layered(
 
 
 def _among(values: pa.ChunkedArray, keys: pa.Array) -> pa.ChunkedArray:
-    """Which ``values`` are among the string ``keys`` (a column written from an empty frame is
-    typed null: none of its values is)."""
+    """Which ``values`` are among ``keys`` (a column written from an empty frame, or keys taken
+    from one, are typed null: none of their values is among the other's)."""
     if pa.types.is_null(values.type):
-        values = values.cast(pa.string())
+        values = values.cast(pa.string() if pa.types.is_null(keys.type) else keys.type)
+    if pa.types.is_null(keys.type):
+        keys = keys.cast(values.type)
     return pc.is_in(values, value_set=keys)
 
 

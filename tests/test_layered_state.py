@@ -99,6 +99,10 @@ def test_rows_picked_by_a_column_read_as_the_whole_table_filtered(tmp_path: Path
     }
     assert picked.equals(whole1.filter(pc.is_in(whole1["name"], names)).select([RECORD, "night"]))
     assert read_state(night0, "records", where=("name", names)).num_rows == 3  # 2, 3 and 5
+    ids = pa.array(["gongan/t_rk/00004", "gongan/t_rk/00400"])  # by the layers' own key
+    assert read_state(night1, "records", ["name"], where=(RECORD, ids)).to_pydict() == {
+        "name": ["张400"]
+    }
 
 
 def test_a_delta_nights_block_keys_get_a_new_base_from_the_base_nights(tmp_path: Path) -> None:
