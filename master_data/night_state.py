@@ -121,11 +121,24 @@ def layer_file(folder: Path, name: str, layer: str) -> Path:
     return folder / f"{name}.{layer}.arrow"
 
 
-def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _read_file(path: Path, columns: list[str] | None = None, *, mapped: bool = False) -> pa.Table:
+    """The file's table (optionally only ``columns``). ``mapped``: an uncompressed file (a
+    layered table's base), read whole and memory-mapped, which costs nothing until its pages
+    are touched, where picking columns while reading copies them."""
     try:
+        if mapped:
+            table = feather.read_table(path, memory_map=True)
+            return table if columns is None else table.select(columns)
         return feather.read_table(path, columns=columns, memory_map=True)
     except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         raise DamagedState(path, exc) from exc
+
+
+def _rows_in(path: Path) -> int:
+    """How many rows the Arrow file ``path`` holds, from its batches' headers alone."""
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
 
 Where = tuple[str, pa.Array]
@@ -147,7 +160,7 @@ def read_state(
     if where is not None:
         needed.append(where[0])
     wanted = columns if columns is None else list(dict.fromkeys([*columns, *needed]))
-    table = _picked(_read_file(path, wanted), where)
+    table = _picked(_read_file(path, wanted, mapped=name in LAYERED), where)
     if layered:
         key = LAYERED[name]
         dropped = _read_file(dropped_file)[key]
@@ -191,7 +204,7 @@ def write_layered(
     if base is not None and removed is not None and added is not None:
         source, key = state_file(base, name), LAYERED[name]
         try:
-            rows = feather.read_table(source, columns=[key], memory_map=True).num_rows
+            rows = _rows_in(source)
             dropped = read_layer(base, name, "dropped")
             before = read_layer(base, name, "added")
         except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
