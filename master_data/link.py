@@ -396,9 +396,17 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     carry = not night.full and model is not None and base.text("match.json") == settings_json
     (out / "match.json").write_text(settings_json)
 
-    records, removed, result.removed = night_records(rows, gone, base.records(), carry)
-    on = base.folder if carry else None  # a delta night adds its layers to the base night's
-    write_layered(out, "records", records, base=on, removed=removed, added=rows)
+    if carry:  # the base night's records in the columns linking reads, added to in layers
+        linked = linked_columns(rows)
+        records, removed, result.removed = night_records(
+            linked, gone, base.records(linked.column_names), carry
+        )
+        whole = functools.partial(_whole_records, rows, gone, base)
+        write_layered(out, "records", whole, base=base.folder, removed=removed, added=rows)
+        del linked, whole
+    else:
+        records, removed, result.removed = night_records(rows, gone, base.records(), carry)
+        write_layered(out, "records", records)
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
     records, rows = linked_columns(records), linked_columns(rows)  # raw values are written
@@ -454,6 +462,11 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     next_seq = _settle(night, entity, base, scope, model, match, decided, decisions, result, engine)
     result.seconds = round(time.perf_counter() - start, 2)
     return result, next_seq
+
+
+def _whole_records(rows: pa.Table, gone: list[str], base: BaseState) -> pa.Table:
+    """A delta night's records in every column (built only when the layers need a new base)."""
+    return night_records(rows, gone, base.records(), True)[0]
 
 
 def _write_block_keys(

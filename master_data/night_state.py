@@ -360,12 +360,13 @@ class BaseState:
             self.recovered.append(f"{exc.path} (read from the warehouse instead)")
             return table.select(columns) if columns else table
 
-    def records(self) -> pa.Table | None:
-        """Last night's records (None on a first night, or when tonight read everything)."""
+    def records(self, columns: list[str] | None = None) -> pa.Table | None:
+        """Last night's records, optionally only ``columns`` (None on a first night, or when
+        tonight read everything)."""
         if self.folder is None:
             return None
         try:
-            return read_state(self.folder, "records")
+            return read_state(self.folder, "records", columns)
         except DamagedState as exc:
             if self.fallback and not self.records_needed:
                 log.warning("%s; every source was read in full tonight: not needed", exc)
