@@ -5,8 +5,9 @@ crosswalk, golden records, provenance, conflicts, review queue, ID events, the r
 registry, the touched master IDs, the model and match settings; beside them the
 relationships and a ``summary.json``. Publishing reads them into the warehouse, and the next
 night reads them as its base (:class:`BaseState`). The files are Arrow IPC (LZ4), which reads
-~8x and writes ~3x faster than Parquet for these tables (bench/link_bench.py). Only the newest
-published nights keep theirs (:func:`prune_states`).
+~8x and writes ~3x faster than Parquet for these tables (bench/link_bench.py); the golden
+records and the edges (:data:`MAPPED`) are left uncompressed. Only the newest published nights
+keep theirs (:func:`prune_states`).
 
 The two largest tables, the records and their block keys (:data:`LAYERED`), are kept in layers
 so that a delta night does not rewrite them: a *base* file (uncompressed, read memory-mapped),
@@ -123,8 +124,9 @@ def layer_file(folder: Path, name: str, layer: str) -> Path:
 
 def _read_file(path: Path, columns: list[str] | None = None, *, mapped: bool = False) -> pa.Table:
     """The file's table (optionally only ``columns``). ``mapped``: an uncompressed file (a
-    layered table's base), read whole and memory-mapped, which costs nothing until its pages
-    are touched, where picking columns while reading copies them."""
+    layered table's base, :data:`MAPPED`), read whole and memory-mapped, which costs nothing
+    until its pages are touched, where picking columns while reading copies them (a file an
+    earlier govmdm compressed is decompressed whole, once)."""
     try:
         if mapped:
             table = feather.read_table(path, memory_map=True)
@@ -160,7 +162,7 @@ def read_state(
     if where is not None:
         needed.append(where[0])
     wanted = columns if columns is None else list(dict.fromkeys([*columns, *needed]))
-    table = _picked(_read_file(path, wanted, mapped=name in LAYERED), where)
+    table = _picked(_read_file(path, wanted, mapped=name in LAYERED or name in MAPPED), where)
     if layered:
         key = LAYERED[name]
         dropped = _read_file(dropped_file)[key]
@@ -177,14 +179,28 @@ def _picked(table: pa.Table, where: Where | None) -> pa.Table:
     return table.filter(_among(table[where[0]], where[1]))
 
 
+MAPPED = frozenset({"golden", "edges"})
+"""The unlayered state tables that every night reads whole and writes again (a delta night
+carries the rows it did not relink, relationships rewrite the golden records): written
+uncompressed and read memory-mapped, as the layered bases are. LZ4 costs more time on them
+than it saves, for about two to four times the disk."""
+
+
 def write_state(
-    rows: pa.Table | pd.DataFrame, folder: Path, name: str, *, compression: str = "lz4"
+    rows: pa.Table | pd.DataFrame, folder: Path, name: str, *, compression: str | None = None
 ) -> None:
-    """Write a state table (a DataFrame without its index)."""
+    """Write a state table (a DataFrame without its index); LZ4 unless it is one of
+    :data:`MAPPED` (or ``compression`` says otherwise). A table written again (relationships
+    rewrite the golden records) replaces the file rather than overwriting it: the rows read
+    from it may still be mapped from the old one."""
     table = (
         pa.Table.from_pandas(rows, preserve_index=False) if isinstance(rows, pd.DataFrame) else rows
     )
-    feather.write_feather(table, state_file(folder, name), compression=compression)
+    how = compression or ("uncompressed" if name in MAPPED else "lz4")
+    path = state_file(folder, name)
+    written = path.with_name(path.name + ".writing")
+    feather.write_feather(table, written, compression=how)
+    os.replace(written, path)
 
 
 def write_layered(
