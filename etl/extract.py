@@ -1281,15 +1281,25 @@ def _set_duplicates_apart(
     return found
 
 
-def _write_versions(path: Path, parts: Sequence[pa.Array], nights_since_check: int) -> None:
+def _write_versions(
+    path: Path, parts: Sequence[pa.Array], nights_since_check: int, kept: pa.Array | None = None
+) -> None:
+    """Write the distinct versions of ``parts``, after ``kept`` ones (distinct already, and
+    none of them among ``parts``: only ``parts`` need making distinct)."""
     versions = pc.unique(pa.concat_arrays(list(parts))) if parts else pa.array([], pa.string())
+    if kept is not None:
+        versions = pa.concat_arrays([kept, versions])
     schema = _schema([_VERSION])
     with ParquetSink(path, schema, _KEY_ROWS, {"nights_since_check": nights_since_check}) as sink:
         sink.write(pa.table([versions], schema=schema))
 
 
+_HASH_CHARS = 33
+"""The end of a version (:func:`_versions`) after its key: the separator and 32 hex digits."""
+
+
 def _version_keys(versions: pa.Array) -> pa.Array:
-    return pc.replace_substring_regex(versions, "\x1f[0-9a-f]{32}$", "")
+    return pc.utf8_slice_codeunits(versions, 0, -_HASH_CHARS)
 
 
 def _carry_versions(
@@ -1302,8 +1312,8 @@ def _carry_versions(
     if tonight:
         now = pa.concat_arrays(list(tonight))
         before = pc.filter(before, pc.invert(pc.is_in(_version_keys(before), _version_keys(now))))
-        before = pa.concat_arrays([before, now])
-    _write_versions(out, [before], nights_since_check)
+    # the committed versions were written distinct, and none of them has a key read tonight
+    _write_versions(out, list(tonight), nights_since_check, kept=before)
 
 
 def _check_hashes(
@@ -1466,15 +1476,62 @@ def _read(
         return
     t = sa.table(table, *[sa.column(c, types[c]) for c in columns])
     query = sa.select(*[t.c[c] for c in columns])
+    schema = _schema(columns)
+    if since is None and conn.dialect.name == "sqlite":
+        yield from _read_sqlite(conn, query, [types[c] for c in columns], schema, chunk_rows)
+        return
     if since is not None:
         column = t.c[since[0]]
         query = query.where(sa.or_(column >= since[1], column.is_(None)))
     query = query.execution_options(stream_results=True, yield_per=chunk_rows)
-    schema = _schema(columns)
     result = conn.execute(query)
     for part in result.partitions():
-        arrays = [pa.array([_text(v) for v in col], pa.string()) for col in zip(*part, strict=True)]
+        arrays = [_texts(col) for col in zip(*part, strict=True)]
         yield functools.partial(pa.Table.from_arrays, arrays, schema=schema)
+
+
+def _read_sqlite(
+    conn: sa.Connection,
+    query: sa.Select[Any],
+    types: list[TypeEngine[Any]],
+    schema: pa.Schema,
+    chunk_rows: int,
+) -> Iterator[_Chunk]:
+    """Every row of ``query`` (no parameters) from a SQLite source, read through the sqlite3
+    cursor of the read's own transaction: SQLAlchemy's row objects cost more than SQLite's
+    scan of a whole table (the nightly key scan reads every key), and each column's values
+    still go through their type's result processor, as SQLAlchemy would pass them."""
+    dialect = conn.dialect
+    processors = [t.dialect_impl(dialect).result_processor(dialect, None) for t in types]
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    cursor = raw.cursor()
+    try:
+        cursor.execute(str(query.compile(dialect=dialect)))
+        while rows := cursor.fetchmany(chunk_rows):
+            arrays = [
+                _texts(col if process is None else [process(v) for v in col])
+                for col, process in zip(zip(*rows, strict=True), processors, strict=True)
+            ]
+            yield functools.partial(pa.Table.from_arrays, arrays, schema=schema)
+    finally:
+        cursor.close()
+
+
+def _texts(values: Sequence[Any]) -> pa.Array:
+    """A column of source values as text, each as :func:`_text` renders it: text and whole
+    numbers (most columns, every key) converted by Arrow at once, anything else one by one."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowException, OverflowError, ValueError, TypeError):
+        array = None  # mixed or unusual values: each rendered on its own
+    if array is not None and (
+        pa.types.is_string(array.type)
+        or pa.types.is_integer(array.type)
+        or pa.types.is_null(array.type)
+    ):
+        return array.cast(pa.string())
+    return pa.array([_text(v) for v in values], pa.string())
 
 
 def _read_copy(

@@ -396,9 +396,17 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     carry = not night.full and model is not None and base.text("match.json") == settings_json
     (out / "match.json").write_text(settings_json)
 
-    records, removed, result.removed = night_records(rows, gone, base.records(), carry)
-    on = base.folder if carry else None  # a delta night adds its layers to the base night's
-    write_layered(out, "records", records, base=on, removed=removed, added=rows)
+    if carry:  # the base night's records in the columns linking reads, added to in layers
+        linked = linked_columns(rows)
+        records, removed, result.removed = night_records(
+            linked, gone, base.records(linked.column_names), carry
+        )
+        whole = functools.partial(_whole_records, rows, gone, base)
+        write_layered(out, "records", whole, base=base.folder, removed=removed, added=rows)
+        del linked, whole
+    else:
+        records, removed, result.removed = night_records(rows, gone, base.records(), carry)
+        write_layered(out, "records", records)
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
     records, rows = linked_columns(records), linked_columns(rows)  # raw values are written
@@ -456,20 +464,28 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     return result, next_seq
 
 
+def _whole_records(rows: pa.Table, gone: list[str], base: BaseState) -> pa.Table:
+    """A delta night's records in every column (built only when the layers need a new base)."""
+    return night_records(rows, gone, base.records(), True)[0]
+
+
 def _write_block_keys(
-    out: Path,
-    keys: pa.Table,
-    base: Path | None = None,
-    removed: pd.Index | None = None,
-    rows: pa.Table | None = None,
+    out: Path, keys: pa.Table, base: BaseState | None = None, removed: pd.Index | None = None
 ) -> pa.Table:
-    """Write tonight's block ``keys`` as soon as blocking has them; on a delta night (``base``)
-    as layers: the keys of ``removed`` records dropped, those of tonight's ``rows`` added. The
-    keys emptied: the next night reads them from the file, nothing holds them meanwhile."""
-    mine = None
-    if base is not None and rows is not None:
-        mine = keys.filter(is_in(keys[RECORD], pd.Index(rows[RECORD].to_pandas())))
-    write_layered(out, "blockkeys", keys, base=base, removed=removed, added=mine)
+    """Write tonight's block ``keys`` as soon as blocking has them; on a delta night (``base``,
+    ``keys`` being tonight's rows') as layers on the base night's: the keys of ``removed``
+    records dropped, tonight's added (the base night's are read only if a new base is due).
+    The keys emptied: the next night reads them from the file, nothing holds them meanwhile."""
+    if base is None or base.folder is None or removed is None:
+        write_layered(out, "blockkeys", keys)
+    else:
+        gone = removed
+
+        def whole() -> pa.Table:
+            cached = base.read("blockkeys")
+            return pa.concat_tables([cached.filter(pc.invert(is_in(cached[RECORD], gone))), keys])
+
+        write_layered(out, "blockkeys", whole, base=base.folder, removed=removed, added=keys)
     return keys.schema.empty_table()  # a slice would keep every buffer of the keys
 
 
@@ -485,9 +501,13 @@ def _candidates(
     """The candidate pairs (the local engine). The block keys are written as soon as blocking
     has them, and not held while the pairs are compared."""
     match = night.settings.entity(entity)
-    found = candidates(records, rows, removed, base.read("blockkeys") if carry else None, match)
-    on = base.folder if carry else None  # a delta night adds its layers to the base night's
-    found.keys = _write_block_keys(night.work / entity, found.keys, on, removed, rows)
+
+    def cached(keys: pa.Array) -> pa.Table:
+        return base.read("blockkeys", where=("key", keys))
+
+    found = candidates(records, rows, removed, cached if carry else None, match)
+    on = base if carry else None  # a delta night adds its layers to the base night's
+    found.keys = _write_block_keys(night.work / entity, found.keys, on, removed)
     return found
 
 

@@ -5,8 +5,9 @@ crosswalk, golden records, provenance, conflicts, review queue, ID events, the r
 registry, the touched master IDs, the model and match settings; beside them the
 relationships and a ``summary.json``. Publishing reads them into the warehouse, and the next
 night reads them as its base (:class:`BaseState`). The files are Arrow IPC (LZ4), which reads
-~8x and writes ~3x faster than Parquet for these tables (bench/link_bench.py). Only the newest
-published nights keep theirs (:func:`prune_states`).
+~8x and writes ~3x faster than Parquet for these tables (bench/link_bench.py); the golden
+records and the edges (:data:`MAPPED`) are left uncompressed. Only the newest published nights
+keep theirs (:func:`prune_states`).
 
 The two largest tables, the records and their block keys (:data:`LAYERED`), are kept in layers
 so that a delta night does not rewrite them: a *base* file (uncompressed, read memory-mapped),
@@ -121,39 +122,85 @@ def layer_file(folder: Path, name: str, layer: str) -> Path:
     return folder / f"{name}.{layer}.arrow"
 
 
-def _read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+def _read_file(path: Path, columns: list[str] | None = None, *, mapped: bool = False) -> pa.Table:
+    """The file's table (optionally only ``columns``). ``mapped``: an uncompressed file (a
+    layered table's base, :data:`MAPPED`), read whole and memory-mapped, which costs nothing
+    until its pages are touched, where picking columns while reading copies them (a file an
+    earlier govmdm compressed is decompressed whole, once)."""
     try:
+        if mapped:
+            table = feather.read_table(path, memory_map=True)
+            return table if columns is None else table.select(columns)
         return feather.read_table(path, columns=columns, memory_map=True)
     except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
         raise DamagedState(path, exc) from exc
 
 
-def read_state(folder: Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """A state table (optionally only ``columns``); a layered one as its base less the dropped
-    records, then the added rows. A file that is missing or cannot be read raises
+def _rows_in(path: Path) -> int:
+    """How many rows the Arrow file ``path`` holds, from its batches' headers alone."""
+    with pa.memory_map(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+
+
+Where = tuple[str, pa.Array]
+"""``(column, values)``: the rows of a state table whose ``column`` holds one of ``values``."""
+
+
+def read_state(
+    folder: Path, name: str, columns: list[str] | None = None, *, where: Where | None = None
+) -> pa.Table:
+    """A state table (optionally only ``columns``, and only the rows ``where`` picks); a
+    layered one as its base less the dropped records, then the added rows. The rows are picked
+    before a layered base (read memory-mapped) is copied: a night that needs a few rows of a
+    large table copies only those. A file that is missing or cannot be read raises
     :class:`DamagedState` naming it."""
     path = state_file(folder, name)
     dropped_file = layer_file(folder, name, "dropped")
-    if name not in LAYERED or not dropped_file.is_file():
-        return _read_file(path, columns)
-    key = LAYERED[name]
-    wanted = columns if columns is None or key in columns else [*columns, key]
-    base = _read_file(path, wanted)
-    dropped = _read_file(dropped_file)[key]
-    added = _read_file(layer_file(folder, name, "added"), wanted)
-    kept = base.filter(pc.invert(_among(base[key], dropped.combine_chunks())))
-    table = _after(kept, added)
+    layered = name in LAYERED and dropped_file.is_file()
+    needed = [LAYERED[name]] if layered else []
+    if where is not None:
+        needed.append(where[0])
+    wanted = columns if columns is None else list(dict.fromkeys([*columns, *needed]))
+    table = _picked(_read_file(path, wanted, mapped=name in LAYERED or name in MAPPED), where)
+    if layered:
+        key = LAYERED[name]
+        dropped = _read_file(dropped_file)[key]
+        added = _picked(_read_file(layer_file(folder, name, "added"), wanted), where)
+        kept = table.filter(pc.invert(_among(table[key], dropped.combine_chunks())))
+        table = _after(kept, added)
     return table.select(columns) if columns is not None else table
 
 
+def _picked(table: pa.Table, where: Where | None) -> pa.Table:
+    """The rows of ``table`` that ``where`` picks (all of them without)."""
+    if where is None:
+        return table
+    return table.filter(_among(table[where[0]], where[1]))
+
+
+MAPPED = frozenset({"golden", "edges"})
+"""The unlayered state tables that every night reads whole and writes again (a delta night
+carries the rows it did not relink, relationships rewrite the golden records): written
+uncompressed and read memory-mapped, as the layered bases are. LZ4 costs more time on them
+than it saves, for about two to four times the disk."""
+
+
 def write_state(
-    rows: pa.Table | pd.DataFrame, folder: Path, name: str, *, compression: str = "lz4"
+    rows: pa.Table | pd.DataFrame, folder: Path, name: str, *, compression: str | None = None
 ) -> None:
-    """Write a state table (a DataFrame without its index)."""
+    """Write a state table (a DataFrame without its index); LZ4 unless it is one of
+    :data:`MAPPED` (or ``compression`` says otherwise). A table written again (relationships
+    rewrite the golden records) replaces the file rather than overwriting it: the rows read
+    from it may still be mapped from the old one."""
     table = (
         pa.Table.from_pandas(rows, preserve_index=False) if isinstance(rows, pd.DataFrame) else rows
     )
-    feather.write_feather(table, state_file(folder, name), compression=compression)
+    how = compression or ("uncompressed" if name in MAPPED else "lz4")
+    path = state_file(folder, name)
+    written = path.with_name(path.name + ".writing")
+    feather.write_feather(table, written, compression=how)
+    os.replace(written, path)
 
 
 def write_layered(
@@ -173,7 +220,7 @@ def write_layered(
     if base is not None and removed is not None and added is not None:
         source, key = state_file(base, name), LAYERED[name]
         try:
-            rows = feather.read_table(source, columns=[key], memory_map=True).num_rows
+            rows = _rows_in(source)
             dropped = read_layer(base, name, "dropped")
             before = read_layer(base, name, "added")
         except (OSError, pa.ArrowException, ValueError, KeyError) as exc:
@@ -195,10 +242,12 @@ def write_layered(
 
 
 def _among(values: pa.ChunkedArray, keys: pa.Array) -> pa.ChunkedArray:
-    """Which ``values`` are among the string ``keys`` (a column written from an empty frame is
-    typed null: none of its values is)."""
+    """Which ``values`` are among ``keys`` (a column written from an empty frame, or keys taken
+    from one, are typed null: none of their values is among the other's)."""
     if pa.types.is_null(values.type):
-        values = values.cast(pa.string())
+        values = values.cast(pa.string() if pa.types.is_null(keys.type) else keys.type)
+    if pa.types.is_null(keys.type):
+        keys = keys.cast(values.type)
     return pc.is_in(values, value_set=keys)
 
 
@@ -312,25 +361,28 @@ class BaseState:
         self.fallback, self.warehouse, self.records_needed = fallback, warehouse, records_needed
         self.recovered: list[str] = []
 
-    def read(self, name: str, columns: list[str] | None = None) -> pa.Table:
-        """State table ``name`` (optionally only ``columns``)."""
+    def read(
+        self, name: str, columns: list[str] | None = None, *, where: Where | None = None
+    ) -> pa.Table:
+        """State table ``name`` (optionally only ``columns``, and the rows ``where`` picks)."""
         assert self.folder is not None
         try:
-            return read_state(self.folder, name, columns)
+            return read_state(self.folder, name, columns, where=where)
         except DamagedState as exc:
             if not (self.fallback and self.warehouse and name in self._FROM_WAREHOUSE):
                 raise
-            table = self._from_warehouse(name)
+            table = _picked(self._from_warehouse(name), where)
             log.warning("%s; read from the warehouse instead", exc)
             self.recovered.append(f"{exc.path} (read from the warehouse instead)")
             return table.select(columns) if columns else table
 
-    def records(self) -> pa.Table | None:
-        """Last night's records (None on a first night, or when tonight read everything)."""
+    def records(self, columns: list[str] | None = None) -> pa.Table | None:
+        """Last night's records, optionally only ``columns`` (None on a first night, or when
+        tonight read everything)."""
         if self.folder is None:
             return None
         try:
-            return read_state(self.folder, "records")
+            return read_state(self.folder, "records", columns)
         except DamagedState as exc:
             if self.fallback and not self.records_needed:
                 log.warning("%s; every source was read in full tonight: not needed", exc)

@@ -12,6 +12,7 @@ probability is at least the ``keep`` threshold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +36,22 @@ class Found:
 
     pairs: pd.MultiIndex
     compared: pd.DataFrame  # the records at either end of a pair (and tonight's), by record ID
-    keys: pa.Table  # every record's block keys: the next night blocks against them
+    # the block keys blocking made: every record's (the next night blocks against them), or on
+    # a delta night tonight's rows' (the others' are the base night's)
+    keys: pa.Table
     report: dict[str, Any]  # the blocking report (:class:`master_data.blocking.BlockingReport`)
+
+
+CachedKeys = Callable[[pa.Array], pa.Table]
+"""The base night's block-key rows (:data:`master_data.blocking.KEY_SCHEMA`) of the given
+keys: those of the blocks tonight's rows fall into."""
 
 
 def candidates(
     records: pa.Table,
     tonight: pa.Table,
     removed: pd.Index,
-    cached: pa.Table | None,
+    cached: CachedKeys | None,
     match: EntityMatch,
 ) -> Found:
     """The candidate pairs among ``records``: with the base night's block keys ``cached``, the
@@ -59,14 +67,16 @@ def candidates(
         records_frame(tonight), match.blocking, max_block=match.max_block, keep_keys=True
     ).keys
     assert mine is not None
-    keys = pa.concat_tables([cached.filter(pc.invert(is_in(cached[RECORD], removed))), mine])
+    # only the blocks tonight's rows fall into can hold a pair touching one of them
+    near = cached(pc.unique(mine["key"]))
+    keys = pa.concat_tables([near.filter(pc.invert(is_in(near[RECORD], removed))), mine])
     found = delta_candidates(
         keys, set(changed), match.blocking, records=records.num_rows, max_block=match.max_block
     )
     pairs = found.pairs
     ends = pd.Index(pairs.get_level_values(0)).union(pd.Index(pairs.get_level_values(1)))
     compared = records_frame(records, ends.union(changed))
-    return Found(pairs, _blocked(compared), keys, found.report.as_dict())
+    return Found(pairs, _blocked(compared), mine, found.report.as_dict())
 
 
 def _blocked(records: pd.DataFrame) -> pd.DataFrame:

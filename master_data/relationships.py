@@ -29,15 +29,20 @@ def relationships(state: Path, run_id: str) -> tuple[int, int]:
     """Resolve the references of the night linked into ``state``; how many relationships and
     how many unresolved references. A golden record whose resolved reference changed tonight
     joins its entity's touched master IDs."""
+    person, enterprise = state / "person", state / "enterprise"
+    employers = read_state(person, "golden", ["employer_uscc"])["employer_uscc"]
     gp = _resolve(
-        state / "person",
+        person,
         "employer_master_id",
         "employer_uscc",
-        _owner(state / "enterprise", "uscc"),
+        _owner(enterprise, "uscc", employers),
         run_id,
     )
-    holder = _owner(state / "person", "id_number")  # of legal representatives and guardians
-    ge = _resolve(state / "enterprise", "legal_rep_master_id", "legal_rep_id", holder, run_id)
+    wards = _wards(person)
+    reps = read_state(enterprise, "golden", ["legal_rep_id"])["legal_rep_id"]
+    # of legal representatives and guardians
+    holder = _owner(person, "id_number", pa.chunked_array([reps, wards["guardian_id"]]))
+    ge = _resolve(enterprise, "legal_rep_master_id", "legal_rep_id", holder, run_id)
     employer = gp.dropna(subset=["employer_master_id"])
     rep = ge.dropna(subset=["legal_rep_master_id"])
     rel = pd.concat(
@@ -67,22 +72,25 @@ def relationships(state: Path, run_id: str) -> tuple[int, int]:
         ],
         ignore_index=True,
     )
-    no_guardian = _guardians(state, holder)
+    no_guardian = _guardians(state, wards, holder)
     unresolved = pd.concat([unresolved, no_guardian], ignore_index=True)
     write_state(unresolved, state, "unresolved")
     return len(rel), len(unresolved)
 
 
-def _guardians(state: Path, holder: pd.Series) -> pd.DataFrame:
-    """Write the night's guardian relationships (``guardians``): each person record holding a
-    guardian's ID number (``guardian_id``, set by standardization when the number is a
-    generation older than the row's own person) relates its master to the master holding that
-    number as its own (``holder``: ID number → master ID). Returns the references that
-    resolved to no one."""
-    records = read_state(state / "person", "records", [RECORD, "guardian_id"])
-    records = records.filter(pc.is_valid(records["guardian_id"]))
-    xw = read_state(state / "person", "crosswalk", [RECORD, "master_id"])
-    held = records.join(xw, RECORD).to_pandas().sort_values(RECORD)
+def _wards(folder: Path) -> pa.Table:
+    """The person records holding a guardian's ID number (``guardian_id``, set by
+    standardization when the number is a generation older than the row's own person), with
+    their master IDs."""
+    records = read_state(folder, "records", [RECORD, "guardian_id"])
+    return _with_masters(folder, records.filter(pc.is_valid(records["guardian_id"])))
+
+
+def _guardians(state: Path, wards: pa.Table, holder: pd.Series) -> pd.DataFrame:
+    """Write the night's guardian relationships (``guardians``): each of the ``wards``
+    (:func:`_wards`) relates its master to the master holding its guardian's ID number as its
+    own (``holder``: ID number → master ID). Returns the references that resolved to no one."""
+    held = wards.to_pandas().sort_values(RECORD)
     guardian = held["guardian_id"].map(holder)
     found = held.assign(guardian_master_id=guardian).dropna(subset=["guardian_master_id"])
     found = found[found["master_id"] != found["guardian_master_id"]]
@@ -99,14 +107,22 @@ def _guardians(state: Path, holder: pd.Series) -> pd.DataFrame:
     return _unresolved("guardian", lost["master_id"], lost["guardian_id"])
 
 
-def _owner(folder: Path, column: str) -> pd.Series:
-    """``column`` value → master ID of the first record (by record ID) that has it."""
+def _owner(folder: Path, column: str, wanted: pa.ChunkedArray) -> pd.Series:
+    """``column`` value → master ID of the first record (by record ID) that has it, for the
+    ``wanted`` values (those looked up): the records of every other value are left out
+    before the crosswalk is joined and sorted."""
+    values = pc.drop_null(pc.unique(wanted.cast(pa.string())))
     records = read_state(folder, "records", [RECORD, column])
-    records = records.filter(pc.is_valid(records[column]))
-    xw = read_state(folder, "crosswalk", [RECORD, "master_id"])
-    both = records.join(xw, RECORD)
+    both = _with_masters(folder, records.filter(pc.is_in(records[column], value_set=values)))
     both = both.take(pc.sort_indices(both, [(RECORD, "ascending")])).to_pandas()
     return both.drop_duplicates(column).set_index(column)["master_id"]
+
+
+def _with_masters(folder: Path, records: pa.Table) -> pa.Table:
+    """``records`` (a few of them) with their master IDs (null without a crosswalk row): the
+    crosswalk (every record) joined to them, so that the join builds its hash table of the few."""
+    xw = read_state(folder, "crosswalk", [RECORD, "master_id"])
+    return xw.join(records, RECORD, join_type="right outer")
 
 
 def _resolve(folder: Path, target: str, evidence: str, of: pd.Series, run_id: str) -> pd.DataFrame:

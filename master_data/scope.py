@@ -215,11 +215,11 @@ def closure(
     ends = [fresh.loc[ok, "left"], fresh.loc[ok, "right"]]
     ends += [decided["left_record"], decided["right_record"]]
     seeds = removed.union(pd.Index(pd.concat(ends)))
-    comps = base.read("components")
-    hit = pc.unique(comps.filter(is_in(comps[RECORD], seeds))["component"])
+    # only the rows of the records at hand are read from the base night's large tables
+    hit = pc.unique(base.read("components", ["component"], where=(RECORD, _ids(seeds)))[0])
     # the base records of the components hit: relinked (less the removed ones)
     members = pd.Index(
-        comps.filter(pc.is_in(comps["component"], value_set=hit))[RECORD].to_pandas()
+        base.read("components", [RECORD], where=("component", hit))[RECORD].to_pandas()
     )
     affected = members.difference(removed).union(changed)
     old = base.read("edges")
@@ -227,12 +227,10 @@ def closure(
     carried = carried.to_pandas()
     carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
     edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
-    xw = base.read("crosswalk")
-    previous = xw.filter(is_in(xw[RECORD], members)).to_pandas()
+    previous = base.read("crosswalk", where=(RECORD, _ids(members))).to_pandas()
     outside = pd.Index(edges["left"]).union(pd.Index(edges["right"])).difference(affected)
     master_outside = (
-        xw.filter(is_in(xw[RECORD], outside))
-        .select([RECORD, "master_id"])
+        base.read("crosswalk", [RECORD, "master_id"], where=(RECORD, _ids(outside)))
         .to_pandas()
         .set_index(RECORD)["master_id"]
     )
@@ -240,3 +238,8 @@ def closure(
     key = HARD_KEY[entity]
     hard_keys = pd.concat([relinked[key], records_frame(records, outside)[key]])
     return Relink(relinked, edges, previous, master_outside, hard_keys, members.union(removed))
+
+
+def _ids(index: pd.Index) -> pa.Array:
+    """Record IDs as the Arrow strings a state table is read by."""
+    return pa.array(index.to_numpy(dtype=object), pa.string())

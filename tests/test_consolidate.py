@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sample_cities import CityFactory
 
 import master_data.link as link_module
+import master_data.night_state as night_state
 import store.warehouse as wh
 from access.review import ReviewError, decide
 from etl.config import CityConfig
@@ -206,6 +207,17 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(
     published = publish(city, NIGHT1)
     assert published["published"] == "incremental"  # the warehouse held the delta's base night
     incremental = _tables(city)
+
+    # layers past their share get a new base: the same tables, written whole
+    monkeypatch.setattr(night_state, "COMPACT_SHARE", 0.0)
+    link(city, NIGHT1)
+    monkeypatch.undo()
+    for f in ("records", "blockkeys", "components", "crosswalk", "provenance"):
+        assert not layer_file(state / "person", f, "added").exists(), f
+    for (e, f), frame in delta_files.items():
+        pd.testing.assert_frame_equal(
+            frame, _sorted(read_state(state / e, f).to_pandas(), f), obj=f"{e} {f} whole"
+        )
 
     # a full night compares the pandas frame of every record: the Arrow table of them is let
     # go first (on a million persons, a gigabyte held through comparing and training)

@@ -458,6 +458,46 @@ def test_values_render_as_postgresql_prints_them(value: Any, text: str | None) -
     assert ex._text(value) == text
 
 
+def test_row_hashes_carried_forward_take_tonights_versions_of_their_keys(tmp_path: Path) -> None:
+    def versions(*rows: tuple[str, str]) -> pa.Array:
+        table = pa.table({"_row_key": [k for k, _ in rows], "xm": [v for _, v in rows]})
+        return ex._versions(table)
+
+    committed, out = tmp_path / "hashes.parquet", tmp_path / "pending.parquet"
+    ex._write_versions(committed, [versions(("RK1", "王芳"), ("RK2", "李明"), ("RK3", "张伟"))], 0)
+    tonight = versions(("RK2", "李敏"), ("RK4", "陈静"), ("RK4", "陈静"))  # a key read twice
+    ex._carry_versions(committed, [tonight], out, 3)
+    carried = pq.read_table(out).column("_row_version").to_pylist()
+    keys = [v.split("\x1f")[0] for v in carried]
+    assert keys == ["RK1", "RK3", "RK2", "RK4"]
+    assert carried[2:] == tonight.to_pylist()[:2]
+    assert ex._nights_since_scan(out, "nights_since_check") == 3
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        ["RK01", None, "王芳"],
+        [7, None, -3, 2**63 - 1],
+        [2**64, 1],  # beyond int64
+        [1, True],  # a bool is no number here
+        [True, False],
+        ["a", 1],  # SQLite keeps whatever type each value came in
+        [1, "a"],
+        ["x", b"\x00\xff"],
+        [1.0, 2],
+        [Decimal("0E-4"), None],
+        [dt.date(1985, 3, 7)],
+        [None, None],
+        [],
+    ],
+)
+def test_a_column_renders_as_each_of_its_values_does(column: list[Any]) -> None:
+    expected = [ex._text(v) for v in column]
+    assert ex._texts(column).to_pylist() == expected
+    assert ex._texts(column).type == pa.string()
+
+
 # --- real servers -------------------------------------------------------------------------------
 
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.feather as feather
 import pytest
 
+from master_data.link import _write_block_keys
 from master_data.night_state import (
     COMPACT_SHARE,
+    BaseState,
     DamagedState,
     layer_file,
     read_state,
@@ -79,6 +82,51 @@ def test_a_delta_night_links_the_base_and_reads_back_the_whole_table(tmp_path: P
     assert read_state(night2, "records").num_rows == ROWS - 2 + 1
     assert read_state(night1, "records").equals(whole1)  # the base night reads as it did
     assert state_file(night0, "records").read_bytes() == base_bytes
+
+
+def test_rows_picked_by_a_column_read_as_the_whole_table_filtered(tmp_path: Path) -> None:
+    night0, night1 = tmp_path / "n0", tmp_path / "n1"
+    night0.mkdir()
+    whole0 = _records(list(range(ROWS)), 0)
+    write_layered(night0, "records", whole0)
+    whole1, how = _next(night1, night0, whole0, gone=[3, 4], new=[5, 400], night=1)
+    assert how == "linked"
+    names = pa.array(["张2", "张3", "张5", "张400", "张999"])  # 3 is gone, 5 and 400 are new
+    picked = read_state(night1, "records", [RECORD, "night"], where=("name", names))
+    assert picked.to_pydict() == {
+        RECORD: ["gongan/t_rk/00002", "gongan/t_rk/00005", "gongan/t_rk/00400"],
+        "night": [0, 1, 1],
+    }
+    assert picked.equals(whole1.filter(pc.is_in(whole1["name"], names)).select([RECORD, "night"]))
+    assert read_state(night0, "records", where=("name", names)).num_rows == 3  # 2, 3 and 5
+    ids = pa.array(["gongan/t_rk/00004", "gongan/t_rk/00400"])  # by the layers' own key
+    assert read_state(night1, "records", ["name"], where=(RECORD, ids)).to_pydict() == {
+        "name": ["张400"]
+    }
+
+
+def test_a_delta_nights_block_keys_get_a_new_base_from_the_base_nights(tmp_path: Path) -> None:
+    def keys(ids: list[int], key: str) -> pa.Table:
+        return pa.table(
+            {
+                "pass": ["id_number"] * len(ids),
+                "key": [f"{key}{i}" for i in ids],
+                RECORD: [f"gongan/t_rk/{i:05d}" for i in ids],
+            }
+        )
+
+    night0, night1 = tmp_path / "n0", tmp_path / "n1"
+    for folder in (night0, night1):
+        folder.mkdir()
+    write_layered(night0, "blockkeys", keys(list(range(ROWS)), "a"))
+    base = BaseState(night0, "person", fallback=False, warehouse=None, records_needed=True)
+    many = list(range(int(ROWS * COMPACT_SHARE) + 1))
+    tonight = keys(many, "b")
+    removed = pd.Index([f"gongan/t_rk/{i:05d}" for i in [*many, ROWS - 1]])
+    assert _write_block_keys(night1, tonight, base, removed).num_rows == 0
+    assert not layer_file(night1, "blockkeys", "added").exists()  # a new base
+    expected = pa.concat_tables([keys(list(range(len(many), ROWS - 1)), "a"), tonight])
+    assert read_state(night1, "blockkeys").equals(expected)
 
 
 def test_layers_past_the_share_get_a_new_base(tmp_path: Path) -> None:
