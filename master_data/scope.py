@@ -131,9 +131,11 @@ def night_records(
     left = 0
     records = tonight
     if previous is not None and previous.num_rows:
+        # each base record looked up once in each set: removed = changed ∪ gone
         went = pc.is_in(previous[RECORD], value_set=pa.array(gone, pa.string()))
-        left = int(pc.sum(pc.and_(went, pc.invert(is_in(previous[RECORD], changed)))).as_py() or 0)
-        kept = previous.filter(pc.invert(is_in(previous[RECORD], removed)))
+        replaced = is_in(previous[RECORD], changed)
+        left = int(pc.sum(pc.and_(went, pc.invert(replaced))).as_py() or 0)
+        kept = previous.filter(pc.invert(pc.or_(went, replaced)))
         records = pa.concat_tables([kept, tonight])
     if not carry and records is not tonight:  # tonight's rows come sorted: no copy of them
         records = records.take(pc.sort_indices(records, [(RECORD, "ascending")]))
