@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import json
 import os
 import resource
@@ -370,9 +371,15 @@ def child(stage: str, run_id: str, opts: dict[str, Any]) -> None:
     import master_data.link
     import master_data.publish  # noqa: F401
 
+    profile = cProfile.Profile() if opts.get("profile") else None
     cpu0, t0 = _cpu_s(), time.perf_counter()
     with _TreeRss(every=0.25) as tree:
+        if profile is not None:
+            profile.enable()
         report = ENGINES[opts["engine"]](stage, run_id, opts)
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(Path(opts["profile"]) / f"{run_id}-{stage}.prof")
     cpu = _cpu_s() - cpu0 + report.pop("spark_cpu_s", 0.0)
     report.update(wall_s=time.perf_counter() - t0, cpu_s=cpu, peak_mib=_peak_mib())
     report["all_processes_peak_mib"] = round(tree.peak_mib)
@@ -549,6 +556,14 @@ def main() -> None:
         help="with --var and --delta: rerun only the delta night, on a copy of the full night "
         "an earlier --delta bench kept there",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write each stage's cProfile to DIR/<run id>-<stage>.prof (its CPU seconds then "
+        "include the profiler's own)",
+    )
     parser.add_argument("--child", choices=("generate", "change", *STAGES), help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
     parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
@@ -572,6 +587,7 @@ def main() -> None:
         "persons": args.persons,
         "seed": args.seed,
         "enterprises": args.enterprises or max(5, args.persons // 10),
+        "profile": str(args.profile.resolve()) if args.profile else None,
     }
     try:
         _bench(root, stages, args, opts)
