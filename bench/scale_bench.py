@@ -185,11 +185,14 @@ class _SparkGaps:
     tracker says whether any task runs; the time none does is the driver's (its Python, the
     JVM planning, collecting and writing), which no number of cores shortens; the time fewer
     tasks run than there are cores is partly so. Kept per phase (the stage's latest progress
-    line), with the driver process's own CPU seconds and the Spark jobs started."""
+    line), with the driver process's own CPU seconds, the Spark jobs started and the tasks
+    their stages ran (a stage's partitions; stages skipped, their shuffle already written, not
+    counted)."""
 
     def __init__(self, spark: Any, every: float = 0.1) -> None:
         # phase: wall, no task, fewer tasks than cores, driver CPU seconds, jobs
         self.phases: dict[str, list[float]] = {}
+        self._started: dict[str, list[int]] = {}  # phase: the jobs started in it
         self._cores = spark.sparkContext.defaultParallelism
         self._tracker = spark.sparkContext.statusTracker()
         self._jobs: set[int] = set()
@@ -225,25 +228,38 @@ class _SparkGaps:
             tasks, jobs = self._running()
             now, used = time.perf_counter(), time.process_time()
             with self._lock:
-                row = self.phases.setdefault(self._phase, [0.0] * 5)
+                phase = self._phase
+            row = self.phases.setdefault(phase, [0.0] * 5)
             row[0] += now - seen
             row[1] += 0.0 if tasks else now - seen
             row[2] += now - seen if 0 < tasks < self._cores else 0.0
             row[3] += used - cpu
             row[4] += len(jobs - self._jobs)
+            self._started.setdefault(phase, []).extend(jobs - self._jobs)
             self._jobs |= jobs
             seen, cpu = now, used
+
+    def _tasks(self, phase: str) -> int:
+        """The tasks the stages of the jobs started in ``phase`` ran."""
+        tasks = 0
+        for job in self._started.get(phase, []):
+            info = self._tracker.getJobInfo(job)
+            for stage in info.stageIds if info is not None else []:
+                ran = self._tracker.getStageInfo(stage)
+                tasks += ran.numCompletedTasks if ran is not None else 0
+        return tasks
 
     def report(self) -> dict[str, float]:
         """The table on stderr; the totals of no task running and the driver's CPU seconds."""
         print(
             "  phase (latest progress line)                                 wall s  no task s"
-            "  fewer tasks than cores s  driver cpu s  jobs",
+            "  fewer tasks than cores s  driver cpu s  jobs  tasks",
             file=sys.stderr,
         )
         for name, (wall, idle, few, cpu, jobs) in self.phases.items():
             print(
-                f"  {name[:60]:60} {wall:7.1f} {idle:10.1f} {few:25.1f} {cpu:13.1f} {jobs:5.0f}",
+                f"  {name[:60]:60} {wall:7.1f} {idle:10.1f} {few:25.1f} {cpu:13.1f} {jobs:5.0f}"
+                f" {self._tasks(name):6d}",
                 file=sys.stderr,
             )
         wall, idle, few, cpu, jobs = (sum(r[i] for r in self.phases.values()) for i in range(5))

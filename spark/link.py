@@ -64,15 +64,16 @@ from spark.blocking import block_keys, pair_frame, pass_reports
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
 from spark.records import RULE_COLUMNS, canonical_records, payload_columns
+from spark.session import TASKS_PER_CORE
 
 __all__ = ["SparkLink"]
 
 log = logging.getLogger(__name__)
 
-TASKS_PER_CORE = 4
-"""Buckets (and partitions of the records) per core for the steps that run a Python kernel:
-as many tasks as cores would leave a core idle while the slowest finishes, and a core idle
-is time more cores do not shorten."""
+BUCKET_ROWS = 1_000
+"""The fewest rows a hash bucket is given (:attr:`SparkLink.bucket_rows`): a bucket's task,
+its Arrow IPC both ways and its kernel's setup cost the same for a handful of rows as for
+thousands, so a small entity runs in fewer buckets than :attr:`SparkLink.tasks`."""
 
 DRIVER_EDGES = 5_000_000
 """Links whose components the driver works out itself (:attr:`SparkLink.driver_edges`): about
@@ -88,7 +89,8 @@ class SparkLink:
     """The link stage's heavy steps on ``spark``; ``scratch`` (under var/spark/) holds the
     records Spark reads while an entity links. ``buckets``: the hash buckets clustering and
     survivorship run in, and the partitions the records are spread over (default:
-    :data:`TASKS_PER_CORE` per core of Spark's default parallelism). ``driver_edges``: up to
+    :data:`TASKS_PER_CORE` per core of Spark's default parallelism); ``bucket_rows``: the
+    fewest rows a bucket is given (:data:`BUCKET_ROWS`). ``driver_edges``: up to
     this many links, their connected components are worked out on the driver, which holds them
     already (as :func:`master_data.cluster.cluster_records` does: milliseconds, where Spark
     SQL's rounds are dozens of jobs, each planned on the driver while the executors wait); more
@@ -98,6 +100,7 @@ class SparkLink:
     spark: SparkSession
     scratch: Path
     buckets: int = 0
+    bucket_rows: int = BUCKET_ROWS
     driver_edges: int = DRIVER_EDGES
     say: Callable[[str], None] = _quiet
     name: str = field(default="Spark", init=False)
@@ -106,6 +109,11 @@ class SparkLink:
     def tasks(self) -> int:
         """The buckets (tasks) a step running a Python kernel is cut into."""
         return self.buckets or TASKS_PER_CORE * self.spark.sparkContext.defaultParallelism
+
+    def buckets_for(self, rows: int) -> int:
+        """The hash buckets ``rows`` rows are cut into: :attr:`tasks`, fewer for a small
+        entity, so that each holds about :attr:`bucket_rows` at least."""
+        return max(1, min(self.tasks, rows // self.bucket_rows))
 
     def score(
         self,
@@ -421,7 +429,9 @@ def _cluster(
         schema=_CLUSTER_ROWS,
         preserve_index=False,
     )
-    bucket = _hash_buckets(rows["bucket"].to_numpy(zero_copy_only=False), link.tasks)
+    bucket = _hash_buckets(
+        rows["bucket"].to_numpy(zero_copy_only=False), link.buckets_for(len(rows))
+    )
     kernel = functools.partial(_cluster_bucket_ipc, entity, auto_link)
     done = _each_bucket(spark, [(_ipc(part),) for _, part in _split(rows, bucket)], kernel, 1)
     return _assemble(
@@ -632,7 +642,7 @@ def _golden(
     the survivorship kernel compares them as the local engine does); every bucket's tables
     come back the same way and are joined in Arrow."""
     ids = members["master_id"].astype(str)
-    bucket_of = _hash_buckets(ids.to_numpy(dtype=object), link.tasks)
+    bucket_of = _hash_buckets(ids.to_numpy(dtype=object), link.buckets_for(len(ids)))
     buckets: list[tuple[bytes | None, ...]] = []
     for _, part in members.groupby(bucket_of, sort=True):
         base = None

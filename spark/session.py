@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 
 from store.layout import spark_dir
 
-__all__ = ["MASTER_ENV", "session", "spark_dir"]
+__all__ = ["MASTER_ENV", "TASKS_PER_CORE", "session", "spark_dir"]
 
 MASTER_ENV = "GOVMDM_SPARK_MASTER"
 """Environment variable naming the Spark master (``yarn``, ``k8s://…``, ``local[4]``). Without
@@ -27,6 +27,11 @@ it a night started by ``spark-submit`` uses the master it was submitted to, and 
 night a ``local[2]`` Spark in this process."""
 _LOCAL = "local[2]"
 _JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+
+TASKS_PER_CORE = 4
+"""Shuffle partitions per core, and the tasks per core of the steps that run a Python kernel:
+as many tasks as cores would leave a core idle while the slowest finishes, and a core idle
+is time more cores do not shorten."""
 
 
 def session(
@@ -68,20 +73,41 @@ def session(
     if master is not None and master.startswith("local"):
         # local workers run this interpreter, whose environment holds govmdm and its kernels
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        # Spark's 200 shuffle partitions are for clusters: on one machine each round of the
-        # joins would start 200 tasks for a few cores
-        builder = builder.config("spark.sql.shuffle.partitions", str(2 * _cores(master)))
-    for key, value in conf.items():
+        for key, value in _shuffle(_cores(master)).items():
+            builder = builder.config(key, value)
+    for key, value in conf.items():  # the city's settings over govmdm's
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    if master is None and not spark.sparkContext.getConf().contains("spark.sql.shuffle.partitions"):
+    if master is None:
         # submitted without a master of ours (spark-submit --master ...): the cores are those
-        # of the context spark-submit started
-        cores = spark.sparkContext.defaultParallelism
-        spark.conf.set("spark.sql.shuffle.partitions", str(2 * cores))
+        # of the context spark-submit started; what the city or spark-submit set stays
+        given = spark.sparkContext.getConf()
+        for key, value in _shuffle(spark.sparkContext.defaultParallelism).items():
+            if not given.contains(key):
+                spark.conf.set(key, value)
     spark.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # not every gateway connection
     return spark
+
+
+def _shuffle(cores: int) -> dict[str, str]:
+    """Shuffle settings for ``cores``: :data:`TASKS_PER_CORE` partitions a core, and as many
+    kept by adaptive execution.
+
+    Spark's 200 shuffle partitions are for clusters: on one machine each round of the joins
+    would start 200 tasks for a few cores. Adaptive execution merges small partitions, by
+    default down to one a core (``parallelismFirst``, the floor being the default parallelism)
+    or to 1 MB each (``minPartitionSize``); but a shuffle's bytes do not measure its Python
+    work (the pairs compared are a few bytes each), so one skewed partition then keeps a core
+    idle. Its floor is set to the partitions asked for; it still merges partitions far
+    smaller than their share, and those of a city's larger ``spark.sql.shuffle.partitions``.
+    """
+    partitions = str(TASKS_PER_CORE * cores)
+    return {
+        "spark.sql.shuffle.partitions": partitions,
+        "spark.sql.adaptive.coalescePartitions.minPartitionNum": partitions,
+        "spark.sql.adaptive.coalescePartitions.minPartitionSize": "1b",
+    }
 
 
 def _cores(master: str) -> int:

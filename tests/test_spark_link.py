@@ -96,7 +96,7 @@ def test_spark_links_the_night_the_local_engine_links(
             ran.append("golden")
             return super().golden(*args)
 
-    engine = Seen(spark, tmp_path / "scratch", buckets=3)
+    engine = Seen(spark, tmp_path / "scratch", buckets=3, bucket_rows=1)  # 3 buckets however small
     on_spark = link(city, NIGHT1, full=True, retrain=True, engine=engine)
     assert ran == ["score", "cluster", "golden"] * 2
     for entity, mine in on_spark.entities.items():
@@ -148,6 +148,17 @@ def test_a_spark_night_hands_its_link_to_spark(
     assert engine.scratch == tmp_path / "var" / "spark" / "link"
 
 
+def test_shuffles_keep_four_partitions_per_core(spark: Any) -> None:
+    """Adaptive execution would merge the shuffle partitions, small in bytes, down to one a
+    core: a skewed one then keeps a core idle while the other has finished."""
+    from pyspark.sql import functions as F
+
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "8"
+    counted = spark.range(10_000).groupBy((F.col("id") % 100).alias("k")).count()
+    read_by = counted.select(F.spark_partition_id().alias("p")).distinct()
+    assert read_by.count() == 8  # a few kB shuffled, still a task for each partition
+
+
 def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> None:
     """Clustering and survivorship run a Spark task per hash bucket, four buckets per core:
     nothing merges buckets into fewer tasks than cores, and a bucket's rows arrive whole, in
@@ -156,6 +167,9 @@ def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> No
 
     assert SparkLink(spark, tmp_path).tasks == 4 * spark.sparkContext.defaultParallelism == 8
     assert SparkLink(spark, tmp_path, buckets=3).tasks == 3
+    # a small entity gets fewer buckets, each of 1,000 rows at least, and never none
+    small = SparkLink(spark, tmp_path)
+    assert [small.buckets_for(n) for n in (0, 999, 3_887, 20_000)] == [1, 1, 3, 8]
     table = pa.table({"component": [f"c{i % 7}" for i in range(100)], "n": list(range(100))})
     bucket = _hash_buckets(table["component"].to_numpy(zero_copy_only=False), 4)
     parts = list(_split(table, bucket))
