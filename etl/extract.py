@@ -23,8 +23,10 @@ once the night has published. A department's own problems never raise: they come
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import difflib
+import errno
 import functools
 import hashlib
 import json
@@ -1758,19 +1760,114 @@ def _float_text(value: float) -> str:
 def remove_stale_temp_files(path: Path) -> list[Path]:
     """Delete the temp files and folders of ``path`` (``.<name>.<PID>.tmp``, or
     ``.<name>.<PID>.<what>.tmp``) left by writers that were killed; one whose process still
-    runs (a concurrent writer) is left alone. Returns what was deleted."""
+    runs (a concurrent writer) is left alone. An output a killed :func:`replace_output` had
+    moved aside (``.<name>.<PID>.old.tmp``) while ``path`` is empty is put back instead, so the
+    last whole output is never lost. Returns what was deleted or put back."""
     removed = []
-    for tmp in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2 : -len(".tmp")].partition(".")[0]
+    for tmp in sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp")):
+        pid, _, what = tmp.name[len(path.name) + 2 : -len(".tmp")].partition(".")
         if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
             continue
         with contextlib.suppress(FileNotFoundError):
-            if tmp.is_dir() and not tmp.is_symlink():
-                shutil.rmtree(tmp)
+            if what == "old" and not _exists(path):
+                os.replace(tmp, path)
             else:
-                tmp.unlink()
+                _remove(tmp)
             removed.append(tmp)
     return removed
+
+
+def replace_output(tmp: Path, path: Path) -> None:
+    """Put the whole new output ``tmp`` (a file or a folder) in the place of ``path`` (a file,
+    a folder or nothing), so that a process killed at any moment leaves ``path`` holding the
+    old output or the new one, never a part of either, and the old one is not given up before
+    the new one is in place.
+
+    A file over a file, or anything where there was nothing, is one rename. Where a folder is
+    involved (the Spark engine writes an output as a folder of parts) the two are swapped in
+    one step (Linux ``renameat2`` ``RENAME_EXCHANGE``) and the old, now at ``tmp``, removed;
+    a kill before the removal leaves it at ``tmp`` for :func:`remove_stale_temp_files`. Where
+    the file system cannot swap, the old output is moved aside to ``.<name>.<PID>.old.tmp``
+    first: a kill between the two renames leaves ``path`` missing (a reader fails loudly, never
+    reads half an output), and the next writer of ``path`` puts the old output back.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "out").write_text("old"); (folder / ".out.new").mkdir()
+    >>> replace_output(folder / ".out.new", folder / "out")
+    >>> (folder / "out").is_dir(), [p.name for p in folder.iterdir()]
+    (True, ['out'])
+    """
+    if not _exists(path) or not (path.is_dir() or tmp.is_dir()):
+        failpoints.reached("extract:replacing")
+        os.replace(tmp, path)
+        return
+    if _exchange(tmp, path):
+        failpoints.reached("extract:replacing")  # the new output in place, the old at tmp
+        _remove(tmp)
+        return
+    old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
+    _remove(old)  # of a killed process that had this PID
+    os.replace(path, old)
+    failpoints.reached("extract:replacing")  # nothing at path: the next writer puts old back
+    os.replace(tmp, path)
+    _remove(old)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` in one step; False where the system or file system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a file system that cannot swap
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """The C library's ``renameat2``; None where there is none (not Linux, or glibc < 2.28)."""
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _remove(path: Path) -> None:
+    """Remove the file or folder ``path``, if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class StagedOutput:
+    """An output written beside ``path``, under this process's temp name
+    (``.<name>.<PID>.tmp``, a file or a folder), that takes ``path``'s place only when whole
+    (:meth:`put_in_place`, see :func:`replace_output`). Opening one removes what killed writers
+    of ``path`` left behind; :attr:`schema` carries ``meta`` as the file's ``govmdm`` metadata."""
+
+    def __init__(self, path: Path, schema: pa.Schema, meta: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        remove_stale_temp_files(path)
+        _remove(self.tmp)  # of a killed process that had this PID
+        self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
+
+    def put_in_place(self) -> None:
+        replace_output(self.tmp, self.path)
+
+    def discard(self) -> None:
+        """Remove what was written; ``path`` keeps the output it had."""
+        _remove(self.tmp)
 
 
 def _alive(pid: int) -> bool:
@@ -1796,18 +1893,14 @@ def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
     )
 
 
-class ParquetSink:
-    """Writes tables to ``path`` in row groups of about ``chunk_rows`` rows; the file appears
-    only on success (temp file, then rename)."""
+class ParquetSink(StagedOutput):
+    """Writes tables to ``path`` in row groups of about ``chunk_rows`` rows; the file takes
+    ``path``'s place only on success (:class:`StagedOutput`)."""
 
     def __init__(
         self, path: Path, schema: pa.Schema, chunk_rows: int, meta: dict[str, Any]
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        remove_stale_temp_files(path)
-        self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
+        super().__init__(path, schema, meta)
         self.chunk_rows = chunk_rows
         self.writer = parquet_writer(self.tmp, self.schema)
         self.pending: list[pa.Table] = []
@@ -1834,12 +1927,10 @@ class ParquetSink:
         if exc_type is None:
             self._flush()
             self.writer.close()
-            if self.path.is_dir():  # a folder of parts the Spark engine wrote for this night
-                shutil.rmtree(self.path)
-            os.replace(self.tmp, self.path)
+            self.put_in_place()
         else:
             self.writer.close()
-            self.tmp.unlink(missing_ok=True)
+            self.discard()
 
 
 @contextlib.contextmanager

@@ -34,7 +34,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 import zoneinfo
 from collections import Counter
@@ -61,7 +60,7 @@ from etl.config import (
     parse_stamp,
     strptime_format,
 )
-from etl.extract import ROW_KEY, ParquetSink, parquet_writer, remove_stale_temp_files
+from etl.extract import ROW_KEY, ParquetSink, StagedOutput, parquet_writer
 from fields import dictionary, normalize
 from store import failpoints
 from store.layout import (
@@ -944,28 +943,23 @@ LOCAL = BatchRunner(local_batches, ParquetSink)
 """The local engine's :class:`BatchRunner`: one Parquet file per output."""
 
 
-class ParquetParts:
+class ParquetParts(StagedOutput):
     """One output written as a folder of Parquet part files that are read, in name order, as
     one table: ``pq.read_table`` and ``spark.read.parquet`` read the folder as they read a file.
     The Spark engine's executors write the parts themselves (:meth:`section`), so no row passes
     through the driver, whatever the size of the department.
 
-    Like :class:`etl.extract.ParquetSink`, the output appears only on success: the parts go
-    to a temp folder that is renamed into place (the previous file or folder moved aside, then
-    removed); on an exception the temp folder is removed and the previous output stands. A part
-    is one batch of its source, so ``chunk_rows`` (the file sink's row groups) has no use here.
+    Like :class:`etl.extract.ParquetSink`, the output takes ``path``'s place only on success
+    (:class:`etl.extract.StagedOutput`): on an exception the temp folder is removed and the
+    previous output stands. A part is one batch of its source, so ``chunk_rows`` (the file
+    sink's row groups) has no use here.
     """
 
     def __init__(
         self, path: Path, schema: pa.Schema, chunk_rows: int, meta: dict[str, Any]
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        remove_stale_temp_files(path)
-        shutil.rmtree(self.tmp, ignore_errors=True)  # of a killed process that had this PID
+        super().__init__(path, schema, meta)
         self.tmp.mkdir()
-        self.schema = schema.with_metadata({"govmdm": json.dumps(meta, ensure_ascii=False)})
         self.sections = 0
 
     def section(self) -> PartWriter:
@@ -985,18 +979,11 @@ class ParquetParts:
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.discard()
             return
         if not any(self.tmp.glob("part-*.parquet")):  # no rows: the folder still has its schema
             self.section().write(0, self.schema.empty_table())
-        old = self.path.with_name(f".{self.path.name}.{os.getpid()}.old.tmp")
-        if self.path.exists():
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink(missing_ok=True)
+        self.put_in_place()
 
 
 @dataclass(frozen=True)

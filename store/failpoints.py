@@ -21,6 +21,7 @@ ENV = "GOVMDM_KILL_AT"
 
 POINTS = (
     "extract:start",
+    "extract:replacing",
     "extract:table-written",
     "extract:keys-written",
     "extract:proposed",

@@ -56,6 +56,7 @@ PERSONS, ENTERPRISES, SEED = 200, 60, 5
 # Where the child dies: every stage, early and late, several departments and both entities.
 KILL_POINTS = (
     "extract:start",
+    "extract:replacing#2",
     "extract:table-written",
     "extract:keys-written#2",
     "extract:proposed#3",

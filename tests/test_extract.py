@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -21,10 +25,11 @@ from sample_cities import CityFactory, isolate
 
 import etl.extract as ex
 from etl.config import CityConfig, DepartmentConfig, load_city_config
-from etl.extract import DepartmentExtract, extract_all, extract_department
+from etl.extract import DepartmentExtract, ParquetSink, extract_all, extract_department
 from etl.sample_city.generate import drop_database, generate_city, next_night, target_url
+from etl.standardize import ParquetParts
 from etl.state import RunState, commit_watermarks
-from store import layout
+from store import failpoints, layout
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = ("gongan", "renshe", "minzheng", "weijian", "shichang", "shuiwu")
@@ -663,3 +668,98 @@ def test_copy_reader_raises_server_errors_and_leaves_the_connection_usable(
             assert isinstance(raw, psycopg.Connection) and not raw.broken
     finally:
         engine.dispose()
+
+
+# --- an output takes its place only when whole ----------------------------------------------------
+
+N = pa.schema([("n", pa.int64())])
+
+
+def _write(path: Path, kind: str, n: int) -> None:
+    """An output holding the one row ``n``: a Parquet file, or a folder of parts (Spark's)."""
+    rows = pa.table({"n": [n]}, schema=N)
+    if kind == "file":
+        pq.write_table(rows, path)
+    else:
+        path.mkdir()
+        pq.write_table(rows, path / "part-00000-000000000000.parquet")
+
+
+def _read(path: Path) -> list[int]:
+    return pq.read_table(path)["n"].to_pylist()
+
+
+def _no_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a file system that cannot swap two names (no ``RENAME_EXCHANGE``)."""
+    monkeypatch.setattr(ex, "_exchange", lambda a, b: False)
+
+
+KINDS = [("file", "file"), ("file", "folder"), ("folder", "file"), ("folder", "folder")]
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["swap", "no-swap"])
+@pytest.mark.parametrize(("old", "new"), [*KINDS, (None, "file"), (None, "folder")])
+def test_an_output_replaces_a_file_or_folder(
+    tmp_path: Path, old: str | None, new: str, swap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not swap:
+        _no_swap(monkeypatch)
+    path, tmp = tmp_path / "out.parquet", tmp_path / ".out.parquet.1.tmp"
+    if old:
+        _write(path, old, 1)
+    _write(tmp, new, 2)
+    ex.replace_output(tmp, path)
+    assert _read(path) == [2] and path.is_dir() == (new == "folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+# A writer of the same output, as the next night runs it: ParquetSink writes a file, the Spark
+# engine's ParquetParts a folder. It is killed (SIGKILL) between the steps of putting it in place.
+_KILLED_WRITER = """
+import sys
+from pathlib import Path
+import pyarrow as pa
+import etl.extract
+from etl.extract import ParquetSink
+from etl.standardize import ParquetParts
+if sys.argv[3] == "no-swap":
+    etl.extract._exchange = lambda a, b: False
+sink = ParquetParts if sys.argv[2] == "folder" else ParquetSink
+with sink(Path(sys.argv[1]), pa.schema([("n", pa.int64())]), 10, {}) as out:
+    out.write(pa.table({"n": [2]}))
+"""
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["swap", "no-swap"])
+@pytest.mark.parametrize(("old", "new"), KINDS)
+def test_a_writer_killed_while_replacing_leaves_a_whole_output(
+    tmp_path: Path, old: str, new: str, swap: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "out.parquet"
+    _write(path, old, 1)
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), new, "swap" if swap else "no-swap"],
+        env={**os.environ, failpoints.ENV: "extract:replacing"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    if old == new == "file":  # one rename, not yet made: the old output
+        assert _read(path) == [1]
+    elif swap:  # swapped in one step: the new output, the old one left at the temp name
+        assert _read(path) == [2]
+    else:  # the old one moved aside: nothing to read (loudly), until the next writer
+        with pytest.raises(FileNotFoundError):
+            pq.read_table(path)
+    assert len(list(tmp_path.iterdir())) > 1  # what the killed writer left
+    whole = _read(path) if path.exists() else [1]
+
+    if not swap:
+        _no_swap(monkeypatch)
+    sink = ParquetParts if old == "folder" else ParquetSink
+    with sink(path, N, 10, {}) as out:  # the next night's writer
+        assert _read(path) == whole  # stands while it writes: the last whole output
+        out.write(pa.table({"n": [3]}))
+    assert _read(path) == [3]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
