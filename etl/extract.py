@@ -5,10 +5,11 @@ successful run (drift flags the department and nothing of it is read), then read
 (first night, ``full=True``) or only the rows changed since the committed watermark (see
 :class:`_SeenVersions` for the rows the watermark alone cannot tell apart), and write
 ``<var_dir>/raw/run=<run_id>/department=<code>/<table>.parquet`` with every column as text plus
-``_row_key`` (the primary key as text, composite keys joined with ``|``). Values are rendered the
-way PostgreSQL prints them, so the same data read from SQLite, PostgreSQL or MariaDB gives the
-same Parquet. PostgreSQL sources are read with ``COPY ... TO STDOUT`` (CSV), cut into
-blocks of whole rows that Arrow parses while the next block is read.
+``_row_key`` (the primary key as text, composite keys joined with ``|``, a NUL as ``␀``).
+Values are rendered the way PostgreSQL prints them, so the same data read from SQLite,
+PostgreSQL or MariaDB gives the same Parquet. PostgreSQL sources are read with
+``COPY ... TO STDOUT`` (CSV), cut into blocks of whole rows that Arrow parses while the next
+block is read.
 
 Watermarks and key sets are only proposed here; :func:`etl.state.commit_watermarks` moves them
 once the night has published. A department's own problems never raise: they come back as status
@@ -88,6 +89,9 @@ log = logging.getLogger(__name__)
 
 ROW_KEY = "_row_key"
 KEY_SEPARATOR = "|"
+NUL, KEY_NUL = "\x00", "\u2400"
+"""A NUL character, which PostgreSQL text cannot hold, and the symbol (␀) that stands for it
+in a row key. The raw values keep it; standardization reports the column (``nul_character``)."""
 CONNECT_TIMEOUT_S = 10
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$")
 _COPY_BLOCK_BYTES = 16 << 20  # a COPY block ends at chunk_rows rows or this size
@@ -1257,7 +1261,7 @@ def _duplicate_keys(source: _TableSource) -> set[str]:
     cols = [t.c[c] for c in pk]
     query = sa.select(*cols).group_by(*cols).having(sa.func.count() > 1)
     rows = source.conn.execute(query).all()
-    return {KEY_SEPARATOR.join(_text(v) or "" for v in row) for row in rows}
+    return {KEY_SEPARATOR.join(_text(v) or "" for v in row).replace(NUL, KEY_NUL) for row in rows}
 
 
 def _set_duplicates_apart(
@@ -1693,6 +1697,8 @@ def _with_row_key(rows: pa.Table, primary_key: list[str]) -> pa.Table:
         key = rows[primary_key[0]]
     else:
         key = pc.binary_join_element_wise(*[rows[c] for c in primary_key], KEY_SEPARATOR)
+    if pc.any(pc.match_substring(key, NUL)).as_py():  # a key goes to the warehouse's tables
+        key = pc.replace_substring(key, NUL, KEY_NUL)
     return rows.add_column(0, ROW_KEY, key)
 
 

@@ -60,7 +60,7 @@ from etl.config import (
     parse_stamp,
     strptime_format,
 )
-from etl.extract import ROW_KEY, ParquetSink, StagedOutput, parquet_writer
+from etl.extract import NUL, ROW_KEY, ParquetSink, StagedOutput, parquet_writer
 from fields import dictionary, normalize
 from store import failpoints
 from store.layout import (
@@ -80,6 +80,10 @@ ROW_REASONS: dict[str, str] = {
     "change_value_unparseable": "更新时间字段无法解析",
     "invalid_encoding": "该列的值含无法识别的字符编码（乱码，不是有效的UTF-8），整行无法使用",
     "duplicate_key": "主键在源表中重复（多行共用同一主键），无法确定哪一行有效，全部拒收",
+    "nul_character": (
+        "该列的值含空字符（NUL，\\x00），数据库无法保存：规范化时与其他控制字符一样替换为"
+        "空格，主键中以␀代替，该行照常处理"
+    ),
 }
 BAD_BYTES = "\ufffd"
 """What extraction puts where a source value held bytes that are not UTF-8."""
@@ -504,21 +508,30 @@ def standardize_rows(
         _change_times(table, raw.get(table.change_column, nothing), out, memo, ctx.timezone)
     )
     out["extras"] = _extras(extras, n, memo)
-    garbled = [
-        [f"{c}:invalid_encoding" if isinstance(v, str) and BAD_BYTES in v else "" for v in vals]
-        for c in table.source_columns
-        if (vals := raw.get(c)) is not None
-        and BAD_BYTES in repr(vals)  # in C; a value's repr holds the character when it does
-    ]
-    codes.append(
-        [tuple(g for g in row if g) for row in zip(*garbled, strict=True)] if garbled else [()] * n
-    )
+    garbled = _flagged(table, raw, BAD_BYTES, "invalid_encoding")
+    for flags in (garbled, _flagged(table, raw, NUL, "nul_character")):
+        codes.append(
+            [tuple(f for f in row if f) for row in zip(*flags, strict=True)] if flags else [()] * n
+        )
     reasons = [[c for t in row for c in t] for row in zip(*codes, strict=True)]
     out["reasons"] = reasons
     usable = _usable_rows(entity, out, n)
     if garbled:
         usable = [u and not any(g) for u, *g in zip(usable, *garbled, strict=True)]
     return _Rows(out, reasons, usable)
+
+
+def _flagged(
+    table: TableConfig, raw: dict[str, list[Any]], char: str, code: str
+) -> list[list[str]]:
+    """Per source column that holds ``char`` in some value: each row's ``<column>:<code>``,
+    or ``""``."""
+    seen = repr(char)[1:-1]  # in C first; a value's repr holds the character as this
+    return [
+        [f"{c}:{code}" if isinstance(v, str) and char in v else "" for v in vals]
+        for c in table.source_columns
+        if (vals := raw.get(c)) is not None and seen in repr(vals)
+    ]
 
 
 def _case_values(mapping: ColumnMapping, raw: dict[str, list[Any]], n: int) -> list[Any]:

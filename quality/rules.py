@@ -45,7 +45,7 @@ in :mod:`quality.table_rules`. What they read and why:
 Completeness, validity (but ``reasons``) and uniqueness go through Great Expectations, one suite
 per table (:mod:`quality.checks`); a referential rule and a ``reasons`` rule count flags the
 rule computes itself, so they count them directly. Every department table also has two built-in
-rules: no mass deletion (:func:`quality.table_rules.deletion_rules`) and no 乱码
+rules: no mass deletion (:func:`quality.table_rules.deletion_rules`) and no 乱码 or NUL
 (:func:`quality.table_rules.encoding_rules`); a person table with ID numbers a third: no
 guardian's number as the person's own (:func:`quality.table_rules.guardian_rules`).
 

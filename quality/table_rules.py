@@ -1,6 +1,6 @@
 """Rules judged on a department table as a whole: ``freshness``, ``volume`` and ``delivery``
 from the extraction ledger, ``consistency`` with the authority once the night is linked, and the
-built-in rules every department table has (no mass deletion, no 乱码; on person tables, no
+built-in rules every department table has (no mass deletion, no 乱码 or NUL; on person tables, no
 guardian's ID number as the person's own).
 
 See :mod:`quality.rules` for what each kind checks and why.
@@ -291,8 +291,11 @@ class Deletions(_LedgerRule):
 
 
 class Encoding(_LedgerRule):
-    """Built in: no value of the table holds bytes that are not UTF-8 (乱码). Judged on the
-    batch's reason codes, but reported and scored as a delivery rule of the table."""
+    """Built in: no value of the table holds bytes that are not UTF-8 (乱码), nor a NUL
+    character, which no database text column can hold. Judged on the batch's reason codes
+    (``<column>:invalid_encoding``, whose rows were rejected; ``<column>:nul_character``, whose
+    rows went on with the NUL replaced), but reported and scored as a delivery rule of the
+    table."""
 
     kind: Literal["delivery"] = "delivery"
     dimension: Dimension = Field(default="规范性", description=DIMENSION_HELP)
@@ -302,23 +305,29 @@ class Encoding(_LedgerRule):
         if batch.missing:
             return self.not_run(night, batch.missing)
         assert frame is not None
-        columns: Counter[str] = Counter()
+        found = {code: Counter[str]() for code in ("invalid_encoding", "nul_character")}
         keys = []
         for key, reasons in zip(frame["source_key"], frame["reasons"], strict=True):
-            bad = [
-                c.rpartition(":")[0]
-                for c in (reasons if reasons is not None else ())
-                if c.endswith(":invalid_encoding")
-            ]
+            bad = False
+            for c in reasons if reasons is not None else ():
+                column, _, code = c.rpartition(":")
+                if code in found:
+                    found[code][column] += 1
+                    bad = True
             if bad:
                 keys.append(str(key))
-                columns.update(bad)
         rows = f"检查 {len(frame):,} 行"
         if not keys:
-            return self.result(night, "passed", len(frame), 0, (), f"{rows}，未发现乱码")
-        where = "，".join(f"列 {c} {n} 行" for c, n in columns.most_common())
-        message = f"{rows}，{len(keys):,} 行含乱码（{where}），这些行已拒收，其余数据照常处理"
-        return self.result(night, "failed", len(frame), len(keys), tuple(keys), message)
+            return self.result(night, "passed", len(frame), 0, (), f"{rows}，未发现乱码或空字符")
+        said = [rows]
+        for code, what, then in (
+            ("invalid_encoding", "乱码", "这些行已拒收，其余数据照常处理"),
+            ("nul_character", "空字符（NUL）", "已替换为空格（主键中以␀代替），这些行照常处理"),
+        ):
+            if columns := found[code]:
+                where = "，".join(f"列 {c} {n} 行" for c, n in columns.most_common())
+                said.append(f"{sum(columns.values()):,} 个值含{what}（{where}），{then}")
+        return self.result(night, "failed", len(frame), len(keys), tuple(keys), "；".join(said))
 
 
 class GuardianIds(_LedgerRule):
@@ -375,13 +384,20 @@ def _built_in(dept: DepartmentConfig, table: TableConfig, threshold: float) -> P
 
 def encoding_rules(city: CityConfig) -> list[Rule]:
     """The built-in rule on every department table: no value may hold bytes that are not
-    UTF-8 (乱码). Such rows are rejected (``<column>:invalid_encoding``) and the rest of the
-    table goes on; the report names the columns."""
+    UTF-8 (乱码) or a NUL. Rows with bad bytes are rejected (``<column>:invalid_encoding``),
+    rows with a NUL go on (``<column>:nul_character``), and the rest of the table goes on; the
+    report names the columns."""
     return [
         Encoding(
             id=ENCODING_RULE.format(code=dept.code, index=i + 1),
-            description="数据中不得含有无法识别的字符编码（乱码，不是有效的UTF-8）；含乱码的行已拒收",
-            fix="按报告所列的列和主键，在本部门系统中以UTF-8重新录入或转换这些值后重新推送",
+            description=(
+                "数据中不得含有无法识别的字符编码（乱码，不是有效的UTF-8）或空字符（NUL）；"
+                "含乱码的行已拒收，空字符已替换后照常处理"
+            ),
+            fix=(
+                "按报告所列的列和主键，在本部门系统中以UTF-8重新录入或转换这些值、"
+                "删去其中的空字符后重新推送"
+            ),
             severity="error",
         ).placed(_built_in(dept, table, 1.0))
         for dept in city.departments

@@ -148,6 +148,80 @@ def test_a_value_that_is_not_utf8_rejects_its_row_and_the_table_goes_on(var: Pat
     assert rule["rows_failed"] == 1 and "列 PATIENT_NAME 1 行" in rule["message"]
 
 
+def test_a_nul_character_keeps_its_row_is_reported_and_the_night_publishes_on_postgresql(
+    var: Path, pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite (and MariaDB) store a NUL in text; a PostgreSQL warehouse cannot hold one."""
+    import sqlite3
+
+    import pyarrow.parquet as pq
+    import sqlalchemy as sa
+
+    from etl.standardize import standardize_all
+    from master_data.link import link
+    from master_data.publish import publish
+
+    with sqlite3.connect(var / "city" / "sources" / "weijian.sqlite") as conn:
+        a, b, c = (
+            k
+            for (k,) in conn.execute(
+                "SELECT PATIENT_ID FROM PATIENT_INFO WHERE HOME_ADDR > '' AND ORG_NAME > '' "
+                "AND PATIENT_NAME > '' AND ID_CARD_NO > '' ORDER BY PATIENT_ID LIMIT 3"
+            )
+        )
+        change = "UPDATE PATIENT_INFO SET {0} = {0} || char(0) || 'N' WHERE PATIENT_ID = ?"
+        for column, key in (("PATIENT_ID", a), ("HOME_ADDR", b), ("ORG_NAME", c)):
+            conn.execute(change.format(column), (key,))
+    monkeypatch.setenv("GOVMDM_WAREHOUSE_URL", pg_database)
+    city = load_city_config(ROOT / "config")
+    run = "2026-06-30"
+    assert all(r.ok for r in extract_all(city, run))
+    weijian = next(r for r in standardize_all(city, run) if r.department == "weijian")
+    assert weijian.status == "ok" and weijian.reconciled
+    link(city, run)
+    publish(city, run)  # no NUL reaches the warehouse
+
+    a = f"{a}\u2400N"  # the key as the warehouse holds it
+    folder = var / "canonical" / "run=2026-06-30" / "department=weijian"
+    persons = pq.read_table(folder / "person.parquet").to_pandas().set_index("source_key")
+    assert {a, b, c} <= set(persons.index)  # no row dropped
+    for key, column in ((a, "PATIENT_ID"), (b, "HOME_ADDR"), (c, "ORG_NAME")):
+        assert f"{column}:nul_character" in list(persons.loc[key, "reasons"]), key
+    assert persons.loc[b, "raw_address"].endswith("\x00N")  # the raw value as the source has it
+    assert "\x00" not in "".join(
+        persons.select_dtypes("object")
+        .drop(columns="raw_address")
+        .map(lambda v: v if isinstance(v, str) else "")
+        .to_numpy()
+        .ravel()
+    )
+    engine = sa.create_engine(pg_database)
+    try:
+        with engine.connect() as conn:
+            published = conn.execute(
+                sa.text(
+                    "SELECT source_key FROM mdm_crosswalk WHERE department = 'weijian' "
+                    "AND source_key IN (:a, :b, :c)"
+                ),
+                {"a": a, "b": b, "c": c},
+            ).scalars()
+            assert sorted(published) == sorted([a, b, c])
+    finally:
+        engine.dispose()
+
+    runner = CliRunner()
+    args = ["--run-id", run, "-d", "weijian"]
+    runner.invoke(app, ["quality", *args])
+    assert runner.invoke(app, ["report", *args]).exit_code == 0
+    report = json.loads((var / "reports" / f"run={run}" / "weijian.json").read_text())
+    rule = next(
+        r for g in report["failed_rules"] for r in g["rules"] if r["rule_id"] == "weijian-ENC01"
+    )
+    assert rule["rows_failed"] == 3, rule
+    for column in ("PATIENT_ID", "HOME_ADDR", "ORG_NAME"):
+        assert f"列 {column} 1 行" in rule["message"], rule["message"]
+
+
 def test_a_value_that_is_not_utf8_through_postgresql_copy(
     var: Path, pg_server_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
