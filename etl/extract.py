@@ -1839,7 +1839,12 @@ def _exchange(a: Path, b: Path) -> bool:
 @functools.cache
 def _renameat2() -> Any:
     """The C library's ``renameat2``; None where there is none (not Linux, or glibc < 2.28)."""
-    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        c = ctypes
+        renameat2.argtypes = [c.c_int, c.c_char_p, c.c_int, c.c_char_p, c.c_uint]
+        renameat2.restype = c.c_int
+    return renameat2
 
 
 def _exists(path: Path) -> bool:
