@@ -508,8 +508,8 @@ def standardize_rows(
         _change_times(table, raw.get(table.change_column, nothing), out, memo, ctx.timezone)
     )
     out["extras"] = _extras(extras, n, memo)
-    garbled = _flagged(table, raw, BAD_BYTES, "invalid_encoding")
-    for flags in (garbled, _flagged(table, raw, NUL, "nul_character")):
+    garbled, nul = _flagged(table, raw, {BAD_BYTES: "invalid_encoding", NUL: "nul_character"})
+    for flags in (garbled, nul):
         codes.append(
             [tuple(f for f in row if f) for row in zip(*flags, strict=True)] if flags else [()] * n
         )
@@ -522,16 +522,21 @@ def standardize_rows(
 
 
 def _flagged(
-    table: TableConfig, raw: dict[str, list[Any]], char: str, code: str
-) -> list[list[str]]:
-    """Per source column that holds ``char`` in some value: each row's ``<column>:<code>``,
-    or ``""``."""
-    seen = repr(char)[1:-1]  # in C first; a value's repr holds the character as this
-    return [
-        [f"{c}:{code}" if isinstance(v, str) and char in v else "" for v in vals]
-        for c in table.source_columns
-        if (vals := raw.get(c)) is not None and seen in repr(vals)
-    ]
+    table: TableConfig, raw: dict[str, list[Any]], codes: dict[str, str]
+) -> list[list[list[str]]]:
+    """For each character of ``codes`` (character → code), per source column that holds it in
+    some value: each row's ``<column>:<code>``, or ``""``."""
+    found: list[list[list[str]]] = [[] for _ in codes]
+    for c in table.source_columns:
+        if (vals := raw.get(c)) is None:
+            continue
+        shown = repr(vals)  # in C; holds each character (as its repr) where a value does
+        for flags, (char, code) in zip(found, codes.items(), strict=True):
+            if repr(char)[1:-1] in shown:
+                flags.append(
+                    [f"{c}:{code}" if isinstance(v, str) and char in v else "" for v in vals]
+                )
+    return found
 
 
 def _case_values(mapping: ColumnMapping, raw: dict[str, list[Any]], n: int) -> list[Any]:
