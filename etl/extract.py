@@ -1877,8 +1877,11 @@ class StagedOutput:
         replace_output(self.tmp, self.path)
 
     def discard(self) -> None:
-        """Remove what was written; ``path`` keeps the output it had."""
-        _remove(self.tmp)
+        """Remove what was written; ``path`` keeps the output it had. Called as a writer
+        fails, so a removal that fails too is left to the next writer rather than raised in
+        place of the writer's own error."""
+        with contextlib.suppress(OSError):
+            _remove(self.tmp)
 
 
 def _alive(pid: int) -> bool:
