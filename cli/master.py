@@ -701,8 +701,12 @@ def _golden_table(result: Any) -> Table:
 
 
 def _print_cases(result: Any) -> None:
-    """The hard cases per kind: pairs kept apart that were merged, rows not linked."""
+    """The hard cases per kind: pairs kept apart that were merged, rows not linked; then the
+    walk-in patients' rows: their recall beside every other pair's, and the review band."""
     cases = [(e, c) for e, ev in result.entities.items() for c in ev.cases]
+    for e, ev in result.entities.items():
+        if ev.walk_ins is not None:
+            console.print(f"{e} walk-in rows: {ev.walk_ins.describe()}", highlight=False)
     if not cases:
         return
     table = Table(title="Hard cases per kind", title_justify="left")

@@ -867,6 +867,121 @@ def calibration(
     return out, (None if review is None else _band(probability, same, *review))
 
 
+WALK_IN = "walk_in"
+"""The dirt kind the sample city gives a walk-in patient's 卫健 row (no ID number, no sex, a
+relative's phone, the name misheard, day and month swapped, another street): planted so the
+review queue has real pairs, scored as a kind of their own."""
+
+
+@dataclass(frozen=True)
+class WalkIns:
+    """The walk-in patients' rows: the recall of their pairs, the recall of every other pair
+    (what the overall figure would be without them), and how many of them the review band holds.
+
+    ``true_pairs`` are the live pairs with a walk-in row at one end at least, ``linked_pairs``
+    those in one master. The ``review_*`` counts are ``None`` without the night's scored pairs:
+    ``review_pairs`` scored pairs in the review band with a walk-in row at an end,
+    ``review_true`` of them truly one person, ``review_rows`` the walk-in rows at an end of one.
+    """
+
+    rows: int  # live walk-in rows
+    linked: int  # of them, in the crosswalk
+    true_pairs: int
+    linked_pairs: int
+    recall: float
+    other_pairs: int  # the live pairs without a walk-in row
+    other_linked: int
+    other_recall: float
+    review_pairs: int | None = None
+    review_true: int | None = None
+    review_rows: int | None = None
+
+    def describe(self) -> str:
+        """One line for a terminal or a log."""
+        line = (
+            f"{self.true_pairs - self.linked_pairs} of {self.true_pairs} pairs of "
+            f"{self.rows} walk-in rows not linked (recall {self.recall:.4f}; every other pair "
+            f"{self.other_recall:.4f})"
+        )
+        if self.review_pairs is not None:
+            line += (
+                f"; the review band holds {self.review_rows} of the rows, in "
+                f"{self.review_pairs} pairs ({self.review_true} true)"
+            )
+        return line
+
+
+def walk_in_keys(dirt: pd.DataFrame | None) -> pd.MultiIndex:
+    """(department, source_key) of the rows the truth marks as walk-ins; none in a truth
+    written before walk-ins were marked."""
+    if dirt is None or "kind" not in dirt.columns:
+        return pd.MultiIndex.from_arrays([[], []], names=["department", "source_key"])
+    rows = dirt.loc[dirt["kind"] == WALK_IN, ["department", "source_key"]].astype(str)
+    return pd.MultiIndex.from_frame(rows.drop_duplicates())
+
+
+def _walk_in_review(
+    edges: pd.DataFrame,
+    records: pd.DataFrame,
+    truth_rows: pd.DataFrame,
+    keys: pd.MultiIndex,
+    review: tuple[float, float],
+) -> tuple[int, int, int]:
+    """Scored pairs in the review band with a walk-in row at an end, how many are truly one
+    person, and how many walk-in rows are at an end of one (pairs the truth cannot judge are
+    left out, as :func:`calibration` leaves them out)."""
+    keyed = records[["record_id", *_KEY]].assign(**{c: _as_text(records[c]) for c in _KEY})
+    walk = keyed.loc[pd.MultiIndex.from_frame(keyed[["department", "source_key"]]).isin(keys)]
+    ids = set(walk["record_id"])
+    low, high = review
+    p = edges["probability"].to_numpy(dtype=float)
+    inside = (p >= low) & (p < high)
+    touch = edges["left"].isin(ids).to_numpy() | edges["right"].isin(ids).to_numpy()
+    band = edges[inside & touch]
+    _, review_band = calibration(band, records, truth_rows, bands=(), review=review)
+    assert review_band is not None
+    tr = _truth_frame(truth_rows)
+    owner = keyed.merge(tr[[*_KEY, "entity_id"]], on=_KEY).set_index("record_id")["entity_id"]
+    judged = band[band["left"].map(owner).notna() & band["right"].map(owner).notna()]
+    ends = set(judged["left"]) | set(judged["right"])
+    rows = walk.loc[walk["record_id"].isin(ends), ["department", "source_key"]].drop_duplicates()
+    return review_band.pairs, review_band.true_matches, len(rows)
+
+
+def walk_ins(
+    linked: pd.DataFrame,
+    live: pd.DataFrame,
+    keys: pd.MultiIndex,
+    scored: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, tuple[float, float]] | None = None,
+) -> WalkIns | None:
+    """The walk-in rows' scores for one entity type's ``linked`` and ``live`` rows (as
+    :func:`evaluate` aligns them); ``None`` when none of the live rows is a walk-in.
+    ``scored``: the night's ``(edges, records, truth rows, (review, auto_link))``, for the
+    review band."""
+    mine = _case(linked, live, WALK_IN, keys)
+    if not mine.rows:
+        return None
+    every = _pairwise(linked, live)
+    other_pairs = every.true_pairs - mine.true_pairs
+    other_linked = every.true_positives - mine.true_positives
+    review: tuple[int, int, int] | tuple[None, None, None] = (None, None, None)
+    if scored is not None:
+        review = _walk_in_review(scored[0], scored[1], scored[2], keys, scored[3])
+    return WalkIns(
+        rows=mine.rows,
+        linked=mine.linked,
+        true_pairs=mine.true_pairs,
+        linked_pairs=mine.true_positives,
+        recall=mine.recall,
+        other_pairs=other_pairs,
+        other_linked=other_linked,
+        other_recall=_ratio(other_linked, other_pairs),
+        review_pairs=review[0],
+        review_true=review[1],
+        review_rows=review[2],
+    )
+
+
 @dataclass(frozen=True)
 class EntityEvaluation:
     """Everything measured for one entity type; ``calibration`` and ``review_band`` when the
@@ -884,6 +999,7 @@ class EntityEvaluation:
     # (master_data.deterministic.corroborated); the others always wait for a reviewer
     calibration_corroborated: tuple[Band, ...] = ()
     cases: tuple[CaseScore, ...] = ()  # the hard cases per kind (master_data.cases)
+    walk_ins: WalkIns | None = None  # the sample city's walk-in patients, if the truth marks any
 
 
 def _jsonable(value: Any) -> Any:
@@ -937,6 +1053,8 @@ class Evaluation:
             for case in e.cases:
                 what = "merged" if case.must == "apart" else "not linked"
                 lines.append(f"  {case.kind}: {case.wrong} of {case.pairs} pairs {what}")
+            if e.walk_ins is not None:
+                lines.append(f"  walk-in rows: {e.walk_ins.describe()}")
         return "\n".join(lines)
 
 
@@ -977,6 +1095,7 @@ def evaluate(
     al = _align(crosswalk, truth.rows, night)
     _check_same_city(truth_dir, len(crosswalk), len(al.unknown))
     goldens = {"person": golden_persons, "enterprise": golden_enterprises}
+    walking = walk_in_keys(truth.dirt)
     entities: dict[str, EntityEvaluation] = {}
     for e in _types(al):
         linked = al.linked[al.linked["entity_type"] == e]
@@ -995,8 +1114,11 @@ def evaluate(
         g = goldens.get(e)
         bands: tuple[tuple[Band, ...], Band | None] = ((), None)
         corroborated_bands: tuple[Band, ...] = ()
+        scored = None
         if edges and records and e in edges and e in records:
-            bands = calibration(edges[e], records[e], truth.rows, review=(review or {}).get(e))
+            band = (review or {}).get(e)
+            bands = calibration(edges[e], records[e], truth.rows, review=band)
+            scored = None if band is None else (edges[e], records[e], truth.rows, band)
             if "corroborated" in edges[e].columns:
                 sure = edges[e][edges[e]["corroborated"].fillna(True).astype(bool)]
                 corroborated_bands = calibration(sure, records[e], truth.rows)[0]
@@ -1010,9 +1132,38 @@ def evaluate(
             calibration=bands[0],
             review_band=bands[1],
             calibration_corroborated=corroborated_bands,
-            cases=case_scores(linked, truth.persons, truth.dirt) if e == "person" else (),
+            cases=_cases(linked, truth, walking) if e == "person" else (),
+            walk_ins=walk_ins(linked, live, walking, scored) if len(walking) else None,
         )
     return Evaluation(str(truth_dir), night, entities)
+
+
+def _cases(
+    linked: pd.DataFrame, truth: GroundTruth, walking: pd.MultiIndex
+) -> tuple[CaseScore, ...]:
+    """The hard cases of :mod:`master_data.cases`, then the walk-in rows' pairs as a kind of
+    their own (each pair of a walk-in row with another row of its person: the recall)."""
+    out = case_scores(linked, truth.persons, truth.dirt)
+    if not len(walking):
+        return out
+    at = pd.MultiIndex.from_frame(linked[["department", "source_key"]].astype(str))
+    rows = pd.Series(at.isin(walking), index=linked.index)
+    if not rows.any():
+        return out
+    pairs, apart = _row_recall(linked, rows)
+    return (*out, CaseScore(WALK_IN, CASE_LABELS[WALK_IN], "link", pairs, apart))
+
+
+def _row_recall(linked: pd.DataFrame, rows: pd.Series) -> tuple[int, int]:
+    """Pairs of the ``rows`` with the other linked rows of their entity, and how many of them
+    are not in one master (a pair of two such rows counted from each side), as
+    :mod:`master_data.cases` counts its kinds."""
+    per_entity = linked.groupby("entity_id").size()
+    per_cluster = linked.groupby(["entity_id", "cluster"]).size()
+    mine = linked[rows]
+    true = per_entity.reindex(mine["entity_id"]).to_numpy() - 1
+    found = per_cluster.reindex(pd.MultiIndex.from_frame(mine[["entity_id", "cluster"]]))
+    return int(true.sum()), int((true - (found.to_numpy() - 1)).sum())
 
 
 # --- per case kind -----------------------------------------------------------------------------
@@ -1048,6 +1199,7 @@ CASE_LABELS: dict[str, str] = {
     "unit_shorthand_address": "门牌简写（缺街道）",
     "operator_name": "个体工商户以经营者姓名登记",
     "operating_address": "生产经营地址在另一区县",
+    WALK_IN: "无证就诊（无身份证号、无性别、亲属电话、姓名误听、日月颠倒）",
 }
 """Chinese labels of the case kinds: the sample city's planted dirt (``truth/dirt.parquet``)
 and the kinds of entity that test linkage (twins, namesakes, movers, branches)."""

@@ -54,6 +54,7 @@ def write_city(
     persons: pd.DataFrame | None = None,
     enterprises: pd.DataFrame | None = None,
     night: int = 0,
+    dirt: pd.DataFrame | None = None,
 ) -> Path:
     tdir = out / "truth"
     tdir.mkdir(parents=True)
@@ -62,6 +63,8 @@ def write_city(
     empty_e = pd.DataFrame({"enterprise_id": pd.Series(dtype=str)})
     (enterprises if enterprises is not None else empty_e).to_parquet(tdir / "enterprises.parquet")
     rows.to_parquet(tdir / "source_rows.parquet")
+    if dirt is not None:
+        dirt.to_parquet(tdir / "dirt.parquet")
     (out / "city.json").write_text(json.dumps({"night": night}))
     return out
 
@@ -422,6 +425,93 @@ def test_evaluate_counts_rows_and_serialises(tmp_path: Path) -> None:
     assert "person: 3/5 rows linked (2 missing)" in result.summary()
     with pytest.raises(ValueError, match="describes night 1"):
         evaluate(city, cw, night=2)
+
+
+# P1: a, b and the walk-in row w1 (split off); P2: c, d; P3: e and the walk-in row w2 (linked)
+WALK_IN_OWNERS = {"a": "P1", "b": "P1", "w1": "P1", "c": "P2", "d": "P2", "e": "P3", "w2": "P3"}
+WALK_IN_MASTERS = {"a": "M1", "b": "M1", "w1": "M9", "c": "M2", "d": "M2", "e": "M3", "w2": "M3"}
+
+
+def walk_in_dirt(keys: list[str], marked: bool = True) -> pd.DataFrame:
+    """The labels the sample city gives a walk-in's 卫健 row; ``marked=False``: as a truth
+    written before walk-ins were marked has them."""
+    labels = [("ID_CARD_NO", "missing"), ("SEX_CODE", "missing"), ("TEL", "stale_value")]
+    labels += [("BIRTH_DAY", "day_month_swapped")] + [("ID_CARD_NO", "walk_in")] * marked
+    return pd.DataFrame(
+        [("weijian", k, c, kind) for k in keys for c, kind in labels],
+        columns=["department", "source_key", "column", "kind"],
+    )
+
+
+def test_walk_in_rows_are_a_kind_of_their_own(tmp_path: Path) -> None:
+    rows = truth_rows(WALK_IN_OWNERS, dept="weijian")
+    city = write_city(tmp_path, rows, PERSONS, dirt=walk_in_dirt(["w1", "w2"]))
+    cw = crosswalk(rows, WALK_IN_MASTERS)
+    records = rows.rename(columns={"table": "source_table"})[["department", "source_table",
+                                                              "source_key"]]  # fmt: skip
+    records = records.assign(record_id="r" + records["source_key"])
+    edges = pd.DataFrame(
+        {
+            "left": ["rw1", "rw1", "rc", "rw2", "ra", "rw2", "rw1"],
+            "right": ["ra", "rb", "rw1", "re", "rb", "rzz", "rd"],
+            # in the band: w1-a, w1-b (true), c-w1 (false); above it: w2-e; no walk-in: a-b;
+            # unknown to the truth: w2-zz; below the band: w1-d
+            "probability": [0.6, 0.7, 0.8, 0.995, 0.6, 0.7, 0.2],
+        }
+    )
+    result = evaluate(
+        city,
+        cw,
+        records={"person": records},
+        edges={"person": edges},
+        review={"person": (0.5, 0.99)},
+    )
+    person = result.entities["person"]
+    # w1-a, w1-b apart, w2-e together; a-b and c-d, the other pairs, together
+    assert person.walk_ins == ev.WalkIns(
+        rows=2,
+        linked=2,
+        true_pairs=3,
+        linked_pairs=1,
+        recall=pytest.approx(1 / 3),
+        other_pairs=2,
+        other_linked=2,
+        other_recall=1.0,
+        review_pairs=3,
+        review_true=2,
+        review_rows=1,
+    )
+    [walk] = [c for c in person.cases if c.kind == "walk_in"]
+    assert (walk.must, walk.pairs, walk.wrong) == ("link", 3, 2)
+    assert walk.label == ev.CASE_LABELS["walk_in"]
+    assert (
+        "walk-in rows: 2 of 3 pairs of 2 walk-in rows not linked (recall 0.3333; every other "
+        "pair 1.0000); the review band holds 1 of the rows, in 3 pairs (2 true)"
+    ) in result.summary()
+    as_json = json.loads(json.dumps(result.to_dict(), ensure_ascii=False))
+    assert as_json["entities"]["person"]["walk_ins"]["review_rows"] == 1
+    # the per-kind table of the linkage page: the pairs touching a walk-in row
+    [kind] = [c for c in ev.case_metrics(city, cw)["person"] if c.kind == "walk_in"]
+    assert (kind.rows, kind.true_pairs, kind.true_positives, kind.predicted_pairs) == (2, 3, 1, 1)
+    # without the night's scored pairs the review band is not known
+    bare = evaluate(city, cw).entities["person"].walk_ins
+    assert bare is not None and (bare.recall, bare.review_pairs, bare.review_rows) == (
+        pytest.approx(1 / 3),
+        None,
+        None,
+    )
+
+
+def test_a_truth_that_does_not_mark_walk_ins_reports_none(tmp_path: Path) -> None:
+    rows = truth_rows(WALK_IN_OWNERS, dept="weijian")
+    city = write_city(tmp_path, rows, PERSONS, dirt=walk_in_dirt(["w1", "w2"], marked=False))
+    cw = crosswalk(rows, WALK_IN_MASTERS)
+    result = evaluate(city, cw)
+    person = result.entities["person"]
+    assert person.walk_ins is None and "walk_in" not in {c.kind for c in person.cases}
+    assert "walk-in" not in result.summary()
+    assert "walk_in" not in {c.kind for c in ev.case_metrics(city, cw)["person"]}
+    assert ev.walk_in_keys(None).empty
 
 
 def test_load_truth_explains_what_is_missing(tmp_path: Path) -> None:

@@ -430,7 +430,9 @@ class Weijian(Department):
         code, a relative's mobile, the name misheard, another street of the same district
         (where they work), day and month of birth swapped. Its pairs with the person's other
         rows score between ``review`` and ``auto_link``, so a steward has real pairs to decide.
-        Only for birth dates whose day and month can be swapped."""
+        Only for birth dates whose day and month can be swapped. The truth marks the row as a
+        walk-in (``ID_CARD_NO: walk_in``, on the column no night fixes), so evaluation can
+        score these rows as a kind of their own."""
         b = p.birth_date
         row["ID_CARD_NO"] = None
         row["SEX_CODE"] = None
@@ -443,6 +445,7 @@ class Weijian(Department):
             ("SEX_CODE", "missing"),
             ("TEL", "stale_value"),
             ("BIRTH_DAY", "day_month_swapped"),
+            ("ID_CARD_NO", "walk_in"),
         ]
         if typo := dirt.name_typo(rng, p.name):
             row["PATIENT_NAME"] = typo[0]
