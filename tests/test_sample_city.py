@@ -28,6 +28,7 @@ from etl.sample_city.generate import (
     target_url,
 )
 from fields import identifiers
+from master_data.evaluate import CROSSWALK_COLUMNS, evaluate
 
 SMALL = {"persons": 1500, "enterprises": 200, "seed": 11}
 
@@ -163,6 +164,48 @@ def test_hard_near_collisions_exist(city: Path) -> None:
     assert len(branches) == SMALL["enterprises"] // 20
     heads = firms.set_index("enterprise_id").loc[branches.parent_enterprise_id]
     assert all(b.startswith(h) for b, h in zip(branches.name, heads.name, strict=True))
+
+
+def test_the_truth_marks_each_walk_in_row(tmp_path: Path) -> None:
+    """The walk-in patients planted for the review queue are exactly the 卫健 rows without a
+    sex code; the truth marks each of them ``walk_in`` (and keeps the mark through a night),
+    and evaluation counts their pairs: a perfect linkage links every one of them."""
+    out = tmp_path / "city"
+    generate_city(out, persons=800, enterprises=40, seed=3, review_band=True)
+    next_night(out)
+    dirt = truth(out, "dirt")
+    marks = dirt[dirt.kind == "walk_in"]
+    assert set(marks.department) == {"weijian"} and set(marks.column) == {"ID_CARD_NO"}
+    engine = sa.create_engine(sqlite_url(out, "weijian"))
+    with engine.connect() as conn:
+        wj = pd.read_sql_table(depts.WEIJIAN.table_name, conn)
+    engine.dispose()
+    no_sex = wj[wj.SEX_CODE.isna()].set_index("PATIENT_ID")
+    assert len(no_sex) >= 10 and sorted(marks.source_key) == sorted(no_sex.index)
+    rows = truth(out, "source_rows")
+    persons = truth(out, "persons").set_index("person_id")
+    owner = rows[rows.department == "weijian"].set_index("source_key")["entity_id"]
+    for key, r in no_sex.iterrows():
+        born = persons.loc[owner[key], "birth_date"]
+        swapped = f"{born.year}/{born.day}/{born.month}"
+        assert r["ID_CARD_NO"] is None and r["BIRTH_DAY"] == swapped
+    # every live pair with a walk-in row at one end, counted from the truth rows themselves
+    live = rows[rows.deleted_night.isna()]
+    per_person = live.groupby("entity_id").size()
+    walk_ins = live[(live.department == "weijian") & live.source_key.isin(marks.source_key)]
+    shared = walk_ins.groupby("entity_id").size()
+    pairs = sum(
+        per_person[p] * (per_person[p] - 1) // 2
+        - (per_person[p] - n) * (per_person[p] - n - 1) // 2
+        for p, n in shared.items()
+    )
+    crosswalk = live.rename(columns={"table": "source_table", "entity_type": "entity"}).assign(
+        master_id="M-" + live["entity_id"]
+    )[list(CROSSWALK_COLUMNS)]
+    scored = evaluate(out, crosswalk).entities["person"].walk_ins
+    assert scored is not None
+    assert (scored.rows, scored.true_pairs, scored.linked_pairs) == (len(walk_ins), pairs, pairs)
+    assert pairs > len(walk_ins)  # each walk-in has rows elsewhere to be linked with
 
 
 def test_next_night_changes_rows_and_keeps_truth_current(tmp_path: Path) -> None:
