@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from sample_cities import CityFactory
 
+from cli import master
 from master_data import evaluate as ev
 from master_data.evaluate import (
     GroundTruth,
@@ -443,7 +444,9 @@ def walk_in_dirt(keys: list[str], marked: bool = True) -> pd.DataFrame:
     )
 
 
-def test_walk_in_rows_are_a_kind_of_their_own(tmp_path: Path) -> None:
+def test_walk_in_rows_are_a_kind_of_their_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rows = truth_rows(WALK_IN_OWNERS, dept="weijian")
     city = write_city(tmp_path, rows, PERSONS, dirt=walk_in_dirt(["w1", "w2"]))
     cw = crosswalk(rows, WALK_IN_MASTERS)
@@ -490,6 +493,10 @@ def test_walk_in_rows_are_a_kind_of_their_own(tmp_path: Path) -> None:
     ) in result.summary()
     as_json = json.loads(json.dumps(result.to_dict(), ensure_ascii=False))
     assert as_json["entities"]["person"]["walk_ins"]["review_rows"] == 1
+    master._print_cases(result)  # what `govmdm evaluate` prints after the calibration table
+    shown = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "person walk-in rows: 2 of 3 pairs of 2 walk-in rows not linked" in shown
+    assert "walk_in link 3 2 0.3333 recall" in shown
     # the per-kind table of the linkage page: the pairs touching a walk-in row
     [kind] = [c for c in ev.case_metrics(city, cw)["person"] if c.kind == "walk_in"]
     assert (kind.rows, kind.true_pairs, kind.true_positives, kind.predicted_pairs) == (2, 3, 1, 1)
