@@ -1095,7 +1095,7 @@ def evaluate(
     al = _align(crosswalk, truth.rows, night)
     _check_same_city(truth_dir, len(crosswalk), len(al.unknown))
     goldens = {"person": golden_persons, "enterprise": golden_enterprises}
-    walking = walk_in_keys(truth.dirt)
+    walk_in_rows = walk_in_keys(truth.dirt)
     entities: dict[str, EntityEvaluation] = {}
     for e in _types(al):
         linked = al.linked[al.linked["entity_type"] == e]
@@ -1122,6 +1122,7 @@ def evaluate(
             if "corroborated" in edges[e].columns:
                 sure = edges[e][edges[e]["corroborated"].fillna(True).astype(bool)]
                 corroborated_bands = calibration(sure, records[e], truth.rows)[0]
+        walking = walk_ins(linked, live, walk_in_rows, scored) if len(walk_in_rows) else None
         entities[e] = EntityEvaluation(
             entity=e,
             counts=counts,
@@ -1133,37 +1134,22 @@ def evaluate(
             review_band=bands[1],
             calibration_corroborated=corroborated_bands,
             cases=_cases(linked, truth, walking) if e == "person" else (),
-            walk_ins=walk_ins(linked, live, walking, scored) if len(walking) else None,
+            walk_ins=walking,
         )
     return Evaluation(str(truth_dir), night, entities)
 
 
 def _cases(
-    linked: pd.DataFrame, truth: GroundTruth, walking: pd.MultiIndex
+    linked: pd.DataFrame, truth: GroundTruth, walking: WalkIns | None
 ) -> tuple[CaseScore, ...]:
-    """The hard cases of :mod:`master_data.cases`, then the walk-in rows' pairs as a kind of
-    their own (each pair of a walk-in row with another row of its person: the recall)."""
+    """The hard cases of :mod:`master_data.cases`, then the walk-in rows as a kind of their
+    own, with the figures of their :class:`WalkIns` line (each live pair with a walk-in row at
+    an end counted once), so that the two agree."""
     out = case_scores(linked, truth.persons, truth.dirt)
-    if not len(walking):
+    if walking is None:
         return out
-    at = pd.MultiIndex.from_frame(linked[["department", "source_key"]].astype(str))
-    rows = pd.Series(at.isin(walking), index=linked.index)
-    if not rows.any():
-        return out
-    pairs, apart = _row_recall(linked, rows)
-    return (*out, CaseScore(WALK_IN, CASE_LABELS[WALK_IN], "link", pairs, apart))
-
-
-def _row_recall(linked: pd.DataFrame, rows: pd.Series) -> tuple[int, int]:
-    """Pairs of the ``rows`` with the other linked rows of their entity, and how many of them
-    are not in one master (a pair of two such rows counted from each side), as
-    :mod:`master_data.cases` counts its kinds."""
-    per_entity = linked.groupby("entity_id").size()
-    per_cluster = linked.groupby(["entity_id", "cluster"]).size()
-    mine = linked[rows]
-    true = per_entity.reindex(mine["entity_id"]).to_numpy() - 1
-    found = per_cluster.reindex(pd.MultiIndex.from_frame(mine[["entity_id", "cluster"]]))
-    return int(true.sum()), int((true - (found.to_numpy() - 1)).sum())
+    apart = walking.true_pairs - walking.linked_pairs
+    return (*out, CaseScore(WALK_IN, CASE_LABELS[WALK_IN], "link", walking.true_pairs, apart))
 
 
 # --- per case kind -----------------------------------------------------------------------------

@@ -428,9 +428,11 @@ def test_evaluate_counts_rows_and_serialises(tmp_path: Path) -> None:
         evaluate(city, cw, night=2)
 
 
-# P1: a, b and the walk-in row w1 (split off); P2: c, d; P3: e and the walk-in row w2 (linked)
-WALK_IN_OWNERS = {"a": "P1", "b": "P1", "w1": "P1", "c": "P2", "d": "P2", "e": "P3", "w2": "P3"}
-WALK_IN_MASTERS = {"a": "M1", "b": "M1", "w1": "M9", "c": "M2", "d": "M2", "e": "M3", "w2": "M3"}
+# P1: a, b and the walk-in row w1 (split off); P2: c, d; P3: e and two walk-in rows (linked)
+WALK_IN_OWNERS = {"a": "P1", "b": "P1", "w1": "P1", "c": "P2", "d": "P2"}
+WALK_IN_OWNERS |= {"e": "P3", "w2": "P3", "w3": "P3"}
+WALK_IN_MASTERS = {"a": "M1", "b": "M1", "w1": "M9", "c": "M2", "d": "M2"}
+WALK_IN_MASTERS |= {"e": "M3", "w2": "M3", "w3": "M3"}
 
 
 def walk_in_dirt(keys: list[str], marked: bool = True) -> pd.DataFrame:
@@ -448,7 +450,7 @@ def test_walk_in_rows_are_a_kind_of_their_own(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = truth_rows(WALK_IN_OWNERS, dept="weijian")
-    city = write_city(tmp_path, rows, PERSONS, dirt=walk_in_dirt(["w1", "w2"]))
+    city = write_city(tmp_path, rows, PERSONS, dirt=walk_in_dirt(["w1", "w2", "w3"]))
     cw = crosswalk(rows, WALK_IN_MASTERS)
     records = rows.rename(columns={"table": "source_table"})[["department", "source_table",
                                                               "source_key"]]  # fmt: skip
@@ -470,13 +472,14 @@ def test_walk_in_rows_are_a_kind_of_their_own(
         review={"person": (0.5, 0.99)},
     )
     person = result.entities["person"]
-    # w1-a, w1-b apart, w2-e together; a-b and c-d, the other pairs, together
+    # w1-a, w1-b apart; e-w2, e-w3, w2-w3 together (w2-w3 counted once); a-b, c-d, the
+    # other pairs, together
     assert person.walk_ins == ev.WalkIns(
-        rows=2,
-        linked=2,
-        true_pairs=3,
-        linked_pairs=1,
-        recall=pytest.approx(1 / 3),
+        rows=3,
+        linked=3,
+        true_pairs=5,
+        linked_pairs=3,
+        recall=0.6,
         other_pairs=2,
         other_linked=2,
         other_recall=1.0,
@@ -485,25 +488,25 @@ def test_walk_in_rows_are_a_kind_of_their_own(
         review_rows=1,
     )
     [walk] = [c for c in person.cases if c.kind == "walk_in"]
-    assert (walk.must, walk.pairs, walk.wrong) == ("link", 3, 2)
+    assert (walk.must, walk.pairs, walk.wrong) == ("link", 5, 2)
     assert walk.label == ev.CASE_LABELS["walk_in"]
     assert (
-        "walk-in rows: 2 of 3 pairs of 2 walk-in rows not linked (recall 0.3333; every other "
+        "walk-in rows: 2 of 5 pairs of 3 walk-in rows not linked (recall 0.6000; every other "
         "pair 1.0000); the review band holds 1 of the rows, in 3 pairs (2 true)"
     ) in result.summary()
     as_json = json.loads(json.dumps(result.to_dict(), ensure_ascii=False))
     assert as_json["entities"]["person"]["walk_ins"]["review_rows"] == 1
     master._print_cases(result)  # what `govmdm evaluate` prints after the calibration table
     shown = " ".join(capsys.readouterr().out.replace("│", " ").split())
-    assert "person walk-in rows: 2 of 3 pairs of 2 walk-in rows not linked" in shown
-    assert "walk_in link 3 2 0.3333 recall" in shown
+    assert "person walk-in rows: 2 of 5 pairs of 3 walk-in rows not linked" in shown
+    assert "walk_in link 5 2 0.6000 recall" in shown
     # the per-kind table of the linkage page: the pairs touching a walk-in row
     [kind] = [c for c in ev.case_metrics(city, cw)["person"] if c.kind == "walk_in"]
-    assert (kind.rows, kind.true_pairs, kind.true_positives, kind.predicted_pairs) == (2, 3, 1, 1)
+    assert (kind.rows, kind.true_pairs, kind.true_positives, kind.predicted_pairs) == (3, 5, 3, 3)
     # without the night's scored pairs the review band is not known
     bare = evaluate(city, cw).entities["person"].walk_ins
     assert bare is not None and (bare.recall, bare.review_pairs, bare.review_rows) == (
-        pytest.approx(1 / 3),
+        0.6,
         None,
         None,
     )
@@ -511,7 +514,7 @@ def test_walk_in_rows_are_a_kind_of_their_own(
 
 def test_a_truth_that_does_not_mark_walk_ins_reports_none(tmp_path: Path) -> None:
     rows = truth_rows(WALK_IN_OWNERS, dept="weijian")
-    city = write_city(tmp_path, rows, PERSONS, dirt=walk_in_dirt(["w1", "w2"], marked=False))
+    city = write_city(tmp_path, rows, PERSONS, dirt=walk_in_dirt(["w1", "w2", "w3"], marked=False))
     cw = crosswalk(rows, WALK_IN_MASTERS)
     result = evaluate(city, cw)
     person = result.entities["person"]
