@@ -222,7 +222,7 @@ def test_the_pages_numbers_are_the_warehouses_and_the_truths(
                 (NIGHT0,),
             ).fetchone()[0]
         )
-        for kind in ("twin", "homophone", "missing"):
+        for kind in ("twin", "homophone", "missing", "walk_in"):
             assert person["cases"][kind] == list(_brute_force(city, "person", kind)), kind
         assert shown["enterprise"]["cases"]["branch"] == list(
             _brute_force(city, "enterprise", "branch")
