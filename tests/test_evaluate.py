@@ -492,7 +492,7 @@ def test_walk_in_rows_are_a_kind_of_their_own(
     assert walk.label == ev.CASE_LABELS["walk_in"]
     assert (
         "walk-in rows: 2 of 5 pairs of 3 walk-in rows not linked (recall 0.6000; every other "
-        "pair 1.0000); the review band holds 1 of the rows, in 3 pairs (2 true)"
+        "pair 1.0000); the review band holds 1 of the 3 rows, in 3 pairs (2 true)"
     ) in result.summary()
     as_json = json.loads(json.dumps(result.to_dict(), ensure_ascii=False))
     assert as_json["entities"]["person"]["walk_ins"]["review_rows"] == 1
