@@ -182,12 +182,18 @@ def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> No
         seen += got["n"].tolist()
     assert sorted(seen) == list(range(100))
 
-    def where(bucket: tuple[bytes | None, ...]) -> tuple[bytes, ...]:
+    def where(bucket: tuple[pa.Table | None, ...]) -> tuple[pa.Table, ...]:
         from pyspark import TaskContext
 
         rows, base = bucket  # a first night has no base night's rows
-        return str(TaskContext.get().partitionId()).encode(), rows or b"", base or b"none"
+        assert rows is not None
+        task = pa.table({"task": [TaskContext.get().partitionId()]})
+        return task, rows, pa.table({"base": ["none" if base is None else "some"]})
 
-    sent: list[tuple[bytes | None, ...]] = [(str(p.num_rows).encode(), None) for _, p in parts]
-    done = _each_bucket(spark, sent, where, 3)
-    assert done == [(str(i).encode(), n, b"none") for i, (n, _) in enumerate(sent)]
+    sent: list[tuple[pa.Table | None, ...]] = [(p, None) for _, p in parts]
+    folder = tmp_path / "buckets"
+    folder.mkdir()
+    tasks, rows, bases = _each_bucket(small, folder, sent, where, 3)
+    assert tasks["task"].to_pylist() == list(range(len(sent)))  # a task each, in bucket order
+    assert rows.equals(pa.concat_tables(p for p, _ in sent))  # each bucket's rows whole
+    assert bases["base"].to_pylist() == ["none"] * len(sent)
