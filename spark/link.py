@@ -66,7 +66,7 @@ from spark.blocking import block_keys, pair_frame, pass_reports
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
 from spark.records import RULE_COLUMNS, canonical_records, payload_columns
-from spark.session import TASKS_PER_CORE
+from spark.session import TASKS_PER_CORE, guarded
 
 __all__ = ["SparkLink"]
 
@@ -106,6 +106,18 @@ class SparkLink:
     driver_edges: int = DRIVER_EDGES
     say: Callable[[str], None] = _quiet
     name: str = field(default="Spark", init=False)
+    step: str = field(default="", init=False)
+    """The step running (or last run): what a failure is reported against."""
+
+    def _at(self, step: str) -> None:
+        """``step`` starts: said, and named by any failure of a JVM until the next one."""
+        self.step = step
+        self.say(step)
+
+    def _guarded(self) -> contextlib.AbstractContextManager[None]:
+        """A JVM out of memory or gone stops the link with :class:`spark.session.SparkStopped`
+        naming the step, instead of whatever the driver's next call to it raised."""
+        return guarded(self.spark, lambda: f"link {self.step}")
 
     @property
     def tasks(self) -> int:
@@ -134,54 +146,56 @@ class SparkLink:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, mode=0o700)
         try:
-            self.say(f"{entity}: block keys")
-            rows, read = self._records(records, entity, match, files, folder)
-            # checkpoints kept lazily: the first job that reads them keeps them, no job of
-            # their own (a Spark job's planning is the driver's, uncut by more cores)
-            keys = block_keys(rows, match.blocking).localCheckpoint(eager=False)
-            wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
-            self.say(f"{entity}: blocks counted")
-            passes = pass_reports(keys, match.blocking, max_block=match.max_block)
-            self.say(f"{entity}: pairs compared")
-            levels = _levels(
-                pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
-                rows,
-                entity,
-                wanted,
-            ).localCheckpoint(eager=False)
-            labels = [f.label for f in features_for(entity)]
-            trained = model is None
-            if model is None:
-                counts = _counts(levels, labels)
-                pairs = int(counts["count"].sum())
-                self.say(f"{entity}: EM counts")
-                picked = random_pairs(compared.index.to_numpy())
-                drawn = _handed(
-                    self.spark,
-                    pa.table(
-                        {
-                            "left": pa.array(picked.get_level_values(0).astype(str), pa.string()),
-                            "right": pa.array(picked.get_level_values(1).astype(str), pa.string()),
-                        }
-                    ),
-                    folder,
-                    "random-pairs",
-                    self.tasks,
-                )
-                model = fit_counted(
-                    counts,
-                    _counts(_levels(drawn, rows, entity, {}), labels),
-                    len(compared),
+            with self._guarded():
+                self._at(f"{entity}: block keys")
+                rows, read = self._records(records, entity, match, files, folder)
+                # checkpoints kept lazily: the first job that reads them keeps them, no job of
+                # their own (a Spark job's planning is the driver's, uncut by more cores)
+                keys = block_keys(rows, match.blocking).localCheckpoint(eager=False)
+                wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
+                self._at(f"{entity}: blocks counted")
+                passes = pass_reports(keys, match.blocking, max_block=match.max_block)
+                self._at(f"{entity}: pairs compared")
+                levels = _levels(
+                    pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
+                    rows,
                     entity,
-                    settings,
-                )
-            else:
-                pairs = levels.count()
-            model = attach(model, frequencies, match.correlated)
-            self.say(f"{entity}: scores kept")
-            kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared, folder)
-            self.say(f"{entity}: block keys collected")
-            block = _key_table(keys, [p.name for p in match.blocking], folder)
+                    wanted,
+                ).localCheckpoint(eager=False)
+                labels = [f.label for f in features_for(entity)]
+                trained = model is None
+                if model is None:
+                    counts = _counts(levels, labels)
+                    pairs = int(counts["count"].sum())
+                    self._at(f"{entity}: EM counts")
+                    picked = random_pairs(compared.index.to_numpy())
+                    sides = {
+                        "left": picked.get_level_values(0),
+                        "right": picked.get_level_values(1),
+                    }
+                    drawn = _handed(
+                        self.spark,
+                        pa.table(
+                            {k: pa.array(v.astype(str), pa.string()) for k, v in sides.items()}
+                        ),
+                        folder,
+                        "random-pairs",
+                        self.tasks,
+                    )
+                    model = fit_counted(
+                        counts,
+                        _counts(_levels(drawn, rows, entity, {}), labels),
+                        len(compared),
+                        entity,
+                        settings,
+                    )
+                else:
+                    pairs = levels.count()
+                model = attach(model, frequencies, match.correlated)
+                self._at(f"{entity}: scores kept")
+                kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared, folder)
+                self._at(f"{entity}: block keys collected")
+                block = _key_table(keys, [p.name for p in match.blocking], folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         report = {
@@ -233,8 +247,9 @@ class SparkLink:
         auto_link: float,
     ) -> RecordClusters:
         """:func:`master_data.cluster.cluster_records`, per hash bucket of components."""
-        self.say(f"{entity}: components")
-        return _cluster(self, records, edges, decided, entity, auto_link)
+        self._at(f"{entity}: components")
+        with self._guarded():
+            return _cluster(self, records, edges, decided, entity, auto_link)
 
     def golden(
         self,
@@ -246,8 +261,9 @@ class SparkLink:
         run_id: str,
     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """:func:`master_data.golden.golden_records` per hash bucket of master IDs."""
-        self.say(f"{entity}: golden records")
-        return _golden(self, members, entity, city, match, base_golden, run_id)
+        self._at(f"{entity}: golden records")
+        with self._guarded():
+            return _golden(self, members, entity, city, match, base_golden, run_id)
 
 
 # --- comparing and scoring -----------------------------------------------------------------------
@@ -450,7 +466,7 @@ def _clustered(
         index=records.index,
         dtype=object,
     )
-    link.say(f"{entity}: clusters")
+    link._at(f"{entity}: clusters")
     rows = pa.Table.from_pandas(
         _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity]),
         schema=_CLUSTER_ROWS,
