@@ -467,11 +467,7 @@ def _clustered(
         dtype=object,
     )
     link._at(f"{entity}: clusters")
-    rows = pa.Table.from_pandas(
-        _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity]),
-        schema=_CLUSTER_ROWS,
-        preserve_index=False,
-    )
+    rows = _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity])
     bucket = _hash_buckets(
         rows["bucket"].to_numpy(zero_copy_only=False), link.buckets_for(len(rows))
     )
@@ -591,47 +587,54 @@ def _bucket_rows(
     decided: pd.DataFrame,
     comp_of: pd.Series,
     hard_key: str,
-) -> pd.DataFrame:
+) -> pa.Table:
     """The records in a component, the edges and decisions starting at one, as rows of one
-    table; ``bucket`` holds the component (hashed into buckets by Spark)."""
-    linked = records.loc[comp_of.index.intersection(records.index), [hard_key]]
-    mine = pd.DataFrame(
-        {
-            "kind": "r",
-            "id": linked.index.astype(str),
-            "hard": linked[hard_key].astype(object).where(linked[hard_key].notna(), None),
-        }
-    ).assign(bucket=comp_of[linked.index].to_numpy())
-    at = edges["left"].isin(comp_of.index)
-    lines = pd.DataFrame(
-        {
-            "kind": "e",
-            "id": edges.loc[at, "left"],
-            "other": edges.loc[at, "right"],
-            "probability": edges.loc[at, "probability"],
-            "rule": edges.loc[at, "rule"],
-            "sure": confirmed(edges).loc[at],
-            "pos": np.flatnonzero(at.to_numpy()),
-            "bucket": comp_of[edges.loc[at, "left"]].to_numpy(),
-        }
-    )
-    seen = decided["left_record"].isin(comp_of.index)
-    said = pd.DataFrame(
-        {
-            "kind": "d",
-            "id": decided.loc[seen, "left_record"],
-            "other": decided.loc[seen, "right_record"],
-            "decision": decided.loc[seen, "decision"],
-            "bucket": comp_of[decided.loc[seen, "left_record"]].to_numpy(),
-        }
-    )
-    out = pd.concat([mine, lines, said], ignore_index=True)
-    names = ["kind", "id", "other", "hard", "probability", "rule", "sure", "decision", "pos"]
-    for column in names:
-        if column not in out.columns:
-            out[column] = None
-    out = out[[*names, "bucket"]]
-    return out.astype({"pos": "Int64"}).astype(object).where(out.notna(), None)
+    table (:data:`_CLUSTER_ROWS`); ``bucket`` holds the component (hashed into buckets).
+    Built column by column in Arrow: a pandas frame of objects would cost the driver seconds."""
+    component = comp_of.to_numpy(dtype=object)
+
+    def component_of(ids: pd.Series | pd.Index) -> np.ndarray:
+        return component[comp_of.index.get_indexer(ids)]
+
+    linked = comp_of.index.intersection(records.index)
+    at = edges["left"].isin(comp_of.index).to_numpy()
+    seen = decided["left_record"].isin(comp_of.index).to_numpy()
+    e, d = edges[at], decided[seen]
+    sizes = {"r": len(linked), "e": len(e), "d": len(d)}
+    given: dict[str, dict[str, Any]] = {
+        "r": {
+            "id": linked.astype(str),
+            "hard": records[hard_key].reindex(linked),
+            "bucket": component_of(linked),
+        },
+        "e": {
+            "id": e["left"],
+            "other": e["right"],
+            "probability": e["probability"],
+            "rule": e["rule"],
+            "sure": confirmed(edges).to_numpy()[at],
+            "pos": np.flatnonzero(at),
+            "bucket": component_of(e["left"]),
+        },
+        "d": {
+            "id": d["left_record"],
+            "other": d["right_record"],
+            "decision": d["decision"],
+            "bucket": component_of(d["left_record"]),
+        },
+    }
+    columns = {}
+    for f in _CLUSTER_ROWS:
+        parts = []
+        for kind, values in given.items():
+            if f.name == "kind":
+                parts.append(pa.array([kind] * sizes[kind], f.type))
+            elif f.name in values:
+                parts.append(pa.array(values[f.name], f.type, from_pandas=True))
+            else:
+                parts.append(pa.nulls(sizes[kind], f.type))
+        columns[f.name] = pa.chunked_array(parts, f.type)
+    return pa.table(columns, schema=_CLUSTER_ROWS)
 
 
 def _cluster_bucket(entity: str, auto_link: float, rows: pd.DataFrame) -> pd.DataFrame:
