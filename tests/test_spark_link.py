@@ -277,3 +277,25 @@ def test_an_entity_larger_than_the_driver_takes_links_on_spark(
             got["blockkeys"].sort_values(keys).reset_index(drop=True),
             expected[entity]["blockkeys"].sort_values(keys).reset_index(drop=True),
         )
+
+
+def test_a_failed_buckets_files_are_removed(spark: Any, tmp_path: Path) -> None:
+    """A bucket's task that fails fails the step, and the step's files go with it: the link's
+    scratch holds personal data only while a step runs."""
+    from pyspark.errors import PythonException
+
+    from spark.link import SparkLink, _each_bucket, _scratch_folder
+
+    link = SparkLink(spark, tmp_path / "scratch")
+
+    def broken(bucket: tuple[pa.Table | None, ...]) -> tuple[pa.Table, ...]:
+        raise ValueError("no such column")
+
+    table = pa.table({"id": ["a", "b"]})
+    with (
+        pytest.raises(PythonException, match="no such column"),
+        _scratch_folder(link, "person", "golden") as folder,
+    ):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
+        _each_bucket(link, folder, [(table,), (table,)], broken, 1)
+    assert list((tmp_path / "scratch").rglob("*")) == [tmp_path / "scratch" / "person"]
