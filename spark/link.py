@@ -25,6 +25,12 @@ give the same IDs.
 
 6. **Golden records**, provenance and conflicts: :func:`master_data.golden.golden_records` by
    hash buckets of master IDs, a Spark task per bucket.
+
+Rows go between the driver and the executors as files in :attr:`SparkLink.scratch` (which the
+executors read, as they read the canonical Parquet), never through the driver's JVM: each
+bucket's rows as Arrow IPC files its task reads and answers with files of its own, the kept
+pairs and block keys as Parquet the executors write. Each step's files are removed when it ends,
+and a JVM out of memory stops the link with :class:`spark.session.SparkStopped` naming the step.
 """
 
 from __future__ import annotations
