@@ -266,8 +266,10 @@ def spark_job(planned: dict[str, Any], stage: str, args: list[str]) -> dict[str,
     :class:`~airflow.providers.apache.spark.hooks.spark_submit.SparkSubmitHook` arguments and the
     application (:mod:`pipeline.spark_submit`), with the city's Spark settings (``spark:`` of
     city.yaml, read by ``plan``) under govmdm's own. Only the run ID, department codes and paths
-    go on the command line."""
+    go on the command line. Every JVM exits when out of memory (:func:`etl.config.spark_settings`),
+    so the stage fails rather than stalls."""
     import pipeline.spark_submit
+    from etl.config import spark_settings
 
     config = _config().resolve()
     env = {"GOVMDM_CONFIG": str(config)}
@@ -276,7 +278,7 @@ def spark_job(planned: dict[str, Any], stage: str, args: list[str]) -> dict[str,
     return {
         "application": os.environ.get(SPARK_APP_ENV, "").strip() or pipeline.spark_submit.__file__,
         "conn_id": SPARK_CONN_ID,
-        "conf": {**planned.get("spark", {}), **SPARK_CONF},
+        "conf": {**spark_settings(planned.get("spark", {})), **SPARK_CONF},
         "name": f"govmdm-{stage}-{planned['run_id']}",
         "application_args": [stage, "--config", str(config), "--run-id", planned["run_id"], *args],
         "env_vars": env,

@@ -824,6 +824,29 @@ _SPARK_OWN = {
 }
 
 
+SPARK_JVM_OPTIONS = {
+    "spark.driver.extraJavaOptions": "-XX:+ExitOnOutOfMemoryError",
+    "spark.executor.extraJavaOptions": "-XX:+ExitOnOutOfMemoryError",
+}
+"""JVM options govmdm gives every Spark JVM it starts or submits: a JVM out of memory exits,
+so the night fails. Otherwise a thread that died of OutOfMemoryError (the driver's, launching
+tasks) can leave the job waiting for ever, the night stalled with nothing flagged."""
+
+
+def spark_settings(settings: Mapping[str, str]) -> dict[str, str]:
+    """The Spark settings of ``spark:`` in city.yaml with govmdm's JVM options
+    (:data:`SPARK_JVM_OPTIONS`) put first in each JVM's ``extraJavaOptions``; the city's
+    options follow, so that a city's own flag wins.
+
+    >>> spark_settings({"spark.driver.extraJavaOptions": "-Dx=1"})["spark.driver.extraJavaOptions"]
+    '-XX:+ExitOnOutOfMemoryError -Dx=1'
+    """
+    out = dict(settings)
+    for key, ours in SPARK_JVM_OPTIONS.items():
+        out[key] = f"{ours} {out.get(key, '')}".strip()
+    return out
+
+
 def _spark_setting_problem(key: str, value: Any) -> tuple[str, str]:
     """What is wrong with one setting of ``spark:`` in city.yaml, and the fix; ("", "") if
     nothing is."""

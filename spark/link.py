@@ -25,14 +25,22 @@ give the same IDs.
 
 6. **Golden records**, provenance and conflicts: :func:`master_data.golden.golden_records` by
    hash buckets of master IDs, a Spark task per bucket.
+
+Rows go between the driver and the executors as files in :attr:`SparkLink.scratch` (which the
+executors read, as they read the canonical Parquet), never through the driver's JVM: each
+bucket's rows as Arrow IPC files its task reads and answers with files of its own, the kept
+pairs and block keys as Parquet the executors write. Each step's files are removed when it ends,
+and a JVM out of memory stops the link with :class:`spark.session.SparkStopped` naming the step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import shutil
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,7 +72,7 @@ from spark.blocking import block_keys, pair_frame, pass_reports
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
 from spark.records import RULE_COLUMNS, canonical_records, payload_columns
-from spark.session import TASKS_PER_CORE
+from spark.session import TASKS_PER_CORE, guarded
 
 __all__ = ["SparkLink"]
 
@@ -104,6 +112,18 @@ class SparkLink:
     driver_edges: int = DRIVER_EDGES
     say: Callable[[str], None] = _quiet
     name: str = field(default="Spark", init=False)
+    step: str = field(default="", init=False)
+    """The step running (or last run): what a failure is reported against."""
+
+    def _at(self, step: str) -> None:
+        """``step`` starts: said, and named by any failure of a JVM until the next one."""
+        self.step = step
+        self.say(step)
+
+    def _guarded(self) -> contextlib.AbstractContextManager[None]:
+        """A JVM out of memory or gone stops the link with :class:`spark.session.SparkStopped`
+        naming the step, instead of whatever the driver's next call to it raised."""
+        return guarded(self.spark, lambda: f"link {self.step}")
 
     @property
     def tasks(self) -> int:
@@ -132,47 +152,56 @@ class SparkLink:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, mode=0o700)
         try:
-            self.say(f"{entity}: block keys")
-            rows, read = self._records(records, entity, match, files, folder)
-            # checkpoints kept lazily: the first job that reads them keeps them, no job of
-            # their own (a Spark job's planning is the driver's, uncut by more cores)
-            keys = block_keys(rows, match.blocking).localCheckpoint(eager=False)
-            wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
-            self.say(f"{entity}: blocks counted")
-            passes = pass_reports(keys, match.blocking, max_block=match.max_block)
-            self.say(f"{entity}: pairs compared")
-            levels = _levels(
-                pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
-                rows,
-                entity,
-                wanted,
-            ).localCheckpoint(eager=False)
-            labels = [f.label for f in features_for(entity)]
-            trained = model is None
-            if model is None:
-                counts = _counts(levels, labels)
-                pairs = int(counts["count"].sum())
-                self.say(f"{entity}: EM counts")
-                picked = random_pairs(compared.index.to_numpy())
-                drawn = self.spark.createDataFrame(
-                    pd.DataFrame(
-                        {"left": picked.get_level_values(0), "right": picked.get_level_values(1)}
-                    ).astype(str)
-                )
-                model = fit_counted(
-                    counts,
-                    _counts(_levels(drawn, rows, entity, {}), labels),
-                    len(compared),
+            with self._guarded():
+                self._at(f"{entity}: block keys")
+                rows, read = self._records(records, entity, match, files, folder)
+                # checkpoints kept lazily: the first job that reads them keeps them, no job of
+                # their own (a Spark job's planning is the driver's, uncut by more cores)
+                keys = block_keys(rows, match.blocking).localCheckpoint(eager=False)
+                wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
+                self._at(f"{entity}: blocks counted")
+                passes = pass_reports(keys, match.blocking, max_block=match.max_block)
+                self._at(f"{entity}: pairs compared")
+                levels = _levels(
+                    pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
+                    rows,
                     entity,
-                    settings,
-                )
-            else:
-                pairs = levels.count()
-            model = attach(model, frequencies, match.correlated)
-            self.say(f"{entity}: scores kept")
-            kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared)
-            self.say(f"{entity}: block keys collected")
-            block = _key_table(keys, [p.name for p in match.blocking])
+                    wanted,
+                ).localCheckpoint(eager=False)
+                labels = [f.label for f in features_for(entity)]
+                trained = model is None
+                if model is None:
+                    counts = _counts(levels, labels)
+                    pairs = int(counts["count"].sum())
+                    self._at(f"{entity}: EM counts")
+                    picked = random_pairs(compared.index.to_numpy())
+                    sides = {
+                        "left": picked.get_level_values(0),
+                        "right": picked.get_level_values(1),
+                    }
+                    drawn = _handed(
+                        self.spark,
+                        pa.table(
+                            {k: pa.array(v.astype(str), pa.string()) for k, v in sides.items()}
+                        ),
+                        folder,
+                        "random-pairs",
+                        self.tasks,
+                    )
+                    model = fit_counted(
+                        counts,
+                        _counts(_levels(drawn, rows, entity, {}), labels),
+                        len(compared),
+                        entity,
+                        settings,
+                    )
+                else:
+                    pairs = levels.count()
+                model = attach(model, frequencies, match.correlated)
+                self._at(f"{entity}: scores kept")
+                kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared, folder)
+                self._at(f"{entity}: block keys collected")
+                block = _key_table(keys, [p.name for p in match.blocking], folder)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         report = {
@@ -224,8 +253,9 @@ class SparkLink:
         auto_link: float,
     ) -> RecordClusters:
         """:func:`master_data.cluster.cluster_records`, per hash bucket of components."""
-        self.say(f"{entity}: components")
-        return _cluster(self, records, edges, decided, entity, auto_link)
+        self._at(f"{entity}: components")
+        with self._guarded():
+            return _cluster(self, records, edges, decided, entity, auto_link)
 
     def golden(
         self,
@@ -237,8 +267,9 @@ class SparkLink:
         run_id: str,
     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """:func:`master_data.golden.golden_records` per hash bucket of master IDs."""
-        self.say(f"{entity}: golden records")
-        return _golden(self, members, entity, city, match, base_golden, run_id)
+        self._at(f"{entity}: golden records")
+        with self._guarded():
+            return _golden(self, members, entity, city, match, base_golden, run_id)
 
 
 # --- comparing and scoring -----------------------------------------------------------------------
@@ -298,9 +329,10 @@ def _kept(
     keep: float,
     entity: str,
     records: pd.DataFrame,
+    folder: Path,
 ) -> pd.DataFrame:
     """The pairs worth keeping, scored, as :func:`master_data.pairs.edges` gives them
-    (``records``: every record, by record ID)."""
+    (``records``: every record, by record ID), through files under ``folder``."""
     extra = [u_column(f) for f in sorted(model.tf)]
     kernel = functools.partial(_probability, model.to_json(), labels, extra, keep)
     ddl = ", ".join(
@@ -311,7 +343,9 @@ def _kept(
             *[f"`{x}` DOUBLE" for x in extra],
         ]
     )
-    table = levels.mapInArrow(kernel, f"{ddl}, probability DOUBLE, rule STRING").toArrow()
+    table = _collected(
+        levels.mapInArrow(kernel, f"{ddl}, probability DOUBLE, rule STRING"), folder, "kept"
+    )
     table = table.take(pc.sort_indices(table, [("left", "ascending"), ("right", "ascending")]))
     frame = pd.DataFrame(
         {side: table[side].to_numpy(zero_copy_only=False) for side in ("left", "right")}
@@ -353,9 +387,10 @@ def _probability(
         yield from table.select(columns).to_batches()
 
 
-def _key_table(keys: DataFrame, passes: list[str]) -> pa.Table:
-    """Every record's block keys, in pass order, then by record and key."""
-    table = keys.toArrow().select(KEY_SCHEMA.names).cast(KEY_SCHEMA)
+def _key_table(keys: DataFrame, passes: list[str], folder: Path) -> pa.Table:
+    """Every record's block keys, in pass order, then by record and key (through files under
+    ``folder``)."""
+    table = _collected(keys, folder, "keys").select(KEY_SCHEMA.names).cast(KEY_SCHEMA)
     order = pc.index_in(table["pass"], value_set=pa.array(passes, pa.string()))
     table = table.append_column("order", order)
     table = table.take(
@@ -404,7 +439,6 @@ def _cluster(
 ) -> RecordClusters:
     """Components of the usable and reviewers' links in Spark SQL; each hash bucket of
     components clustered by the local kernel; singletons stay on the driver."""
-    spark = link.spark
     usable = usable_edges(edges, auto_link)
     links = decided[decided["decision"] == "link"]
     ends = pd.DataFrame(
@@ -415,7 +449,22 @@ def _cluster(
     ).astype(str)
     if not len(ends):
         return cluster_records(records, edges, decided, entity, auto_link)
-    comp_of = _linked_components(link, records.index, ends)
+    with _scratch_folder(link, entity, "clusters") as folder:
+        return _clustered(link, folder, records, edges, decided, entity, auto_link, ends)
+
+
+def _clustered(
+    link: SparkLink,
+    folder: Path,
+    records: pd.DataFrame,
+    edges: pd.DataFrame,
+    decided: pd.DataFrame,
+    entity: str,
+    auto_link: float,
+    ends: pd.DataFrame,
+) -> RecordClusters:
+    """:func:`_cluster` of the links ``ends``, its files under ``folder``."""
+    comp_of = _linked_components(link, folder, records.index, ends)
     mapped = comp_of.reindex(records.index)
     itself = records.index.to_numpy(dtype=object)
     component = pd.Series(
@@ -423,23 +472,15 @@ def _cluster(
         index=records.index,
         dtype=object,
     )
-    link.say(f"{entity}: clusters")
-    rows = pa.Table.from_pandas(
-        _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity]),
-        schema=_CLUSTER_ROWS,
-        preserve_index=False,
-    )
+    link._at(f"{entity}: clusters")
+    rows = _bucket_rows(records, edges, decided, comp_of, HARD_KEY[entity])
     bucket = _hash_buckets(
         rows["bucket"].to_numpy(zero_copy_only=False), link.buckets_for(len(rows))
     )
-    kernel = functools.partial(_cluster_bucket_ipc, entity, auto_link)
-    done = _each_bucket(spark, [(_ipc(part),) for _, part in _split(rows, bucket)], kernel, 1)
-    return _assemble(
-        records,
-        edges,
-        component.rename("component"),
-        pa.concat_tables(_read_ipc(b) for (b,) in done).to_pandas(),
-    )
+    kernel = functools.partial(_cluster_bucket_tables, entity, auto_link)
+    sent: list[tuple[pa.Table | None, ...]] = [(part,) for _, part in _split(rows, bucket)]
+    (done,) = _each_bucket(link, folder, sent, kernel, 1)
+    return _assemble(records, edges, component.rename("component"), done.to_pandas())
 
 
 def _hash_buckets(values: np.ndarray, buckets: int) -> np.ndarray:
@@ -460,13 +501,20 @@ def _split(table: pa.Table, bucket: np.ndarray) -> Iterator[tuple[int, pa.Table]
 
 
 def _each_bucket(
-    spark: SparkSession,
-    buckets: list[tuple[bytes | None, ...]],
-    kernel: Callable[[tuple[bytes | None, ...]], tuple[bytes, ...]],
+    link: SparkLink,
+    folder: Path,
+    buckets: list[tuple[pa.Table | None, ...]],
+    kernel: Callable[[tuple[pa.Table | None, ...]], tuple[pa.Table, ...]],
     outputs: int,
-) -> list[tuple[bytes, ...]]:
-    """``kernel`` of each of ``buckets`` (a tuple of Arrow IPC blobs each) in Spark, a bucket
-    a task; each bucket's ``outputs`` blobs, in bucket order.
+) -> list[pa.Table]:
+    """``kernel`` of each of ``buckets`` (a tuple of tables each) in Spark, a bucket a task;
+    its ``outputs`` tables, each the buckets' concatenated in bucket order.
+
+    The tables travel as Arrow IPC files under ``folder`` (the link's scratch, which the
+    executors read as they read the records): each bucket's written there by the driver, its
+    outputs by its task, read back memory-mapped. Only their paths go through Spark, so neither
+    the driver's JVM heap, nor each task's binary, nor ``spark.driver.maxResultSize`` holds the
+    rows. The caller removes ``folder``.
 
     ``parallelize`` asked for as many slices as there are buckets puts each in a partition of
     its own, and ``mapInArrow`` runs the kernel in the Python workers that compared the pairs,
@@ -475,42 +523,64 @@ def _each_bucket(
     several buckets then runs in one task while a core waits, as bytes do not measure it."""
     if not buckets:
         return []
-    fields = ", ".join(f"in{i} BINARY" for i in range(len(buckets[0])))
-    sent = spark.createDataFrame(spark.sparkContext.parallelize(buckets, len(buckets)), fields)
-    names = [f"out{i}" for i in range(outputs)]
-    work = functools.partial(_bucket_batches, kernel, names)
-    done = sent.mapInArrow(work, ", ".join(f"{n} BINARY" for n in names)).toArrow()
-    return list(zip(*(done[n].to_pylist() for n in names), strict=True))
+    sent: list[tuple[str | None, ...]] = []
+    for i, tables in enumerate(buckets):
+        paths: list[str | None] = [str(folder / f"out-{i}")]
+        for j, table in enumerate(tables):
+            paths.append(None if table is None else _write_ipc(table, folder / f"in-{i}-{j}"))
+        sent.append(tuple(paths))
+    fields = ", ".join(["out STRING", *(f"in{j} STRING" for j in range(len(buckets[0])))])
+    spark = link.spark
+    given = spark.createDataFrame(spark.sparkContext.parallelize(sent, len(sent)), fields)
+    work = functools.partial(_bucket_files, kernel, outputs)
+    done = sorted(given.mapInArrow(work, "out STRING").toArrow()["out"].to_pylist())
+    if done != sorted(str(p[0]) for p in sent):  # every bucket's task reports once
+        raise RuntimeError(f"{len(done)} of {len(sent)} buckets came back from Spark")
+    return [
+        pa.concat_tables(
+            [_read_ipc_file(Path(f"{p[0]}-{k}")) for p in sent], promote_options="permissive"
+        )
+        for k in range(outputs)
+    ]
 
 
-def _bucket_batches(
-    kernel: Callable[[tuple[bytes | None, ...]], tuple[bytes, ...]],
-    names: list[str],
+def _bucket_files(
+    kernel: Callable[[tuple[pa.Table | None, ...]], tuple[pa.Table, ...]],
+    outputs: int,
     batches: Iterator[pa.RecordBatch],
 ) -> Iterator[pa.RecordBatch]:
-    """In a Spark worker: ``kernel`` of each bucket (a row of blobs) of each batch."""
+    """In a Spark worker: ``kernel`` of each bucket (a row: where its outputs go, then where
+    its tables are) of each batch; the outputs written as files, their stem sent back."""
     for batch in batches:
-        for row in zip(*(c.to_pylist() for c in batch.columns), strict=True):
-            out = kernel(tuple(row))
-            yield pa.RecordBatch.from_arrays([pa.array([b], pa.binary()) for b in out], names)
+        for out, *paths in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+            tables = tuple(None if p is None else _read_ipc_file(Path(p)) for p in paths)
+            done = kernel(tables)
+            assert len(done) == outputs, (len(done), outputs)
+            for k, table in enumerate(done):
+                _write_ipc(table, Path(f"{out}-{k}"))
+            yield pa.RecordBatch.from_arrays([pa.array([out], pa.string())], ["out"])
 
 
-def _cluster_bucket_ipc(
-    entity: str, auto_link: float, bucket: tuple[bytes | None, ...]
-) -> tuple[bytes, ...]:
-    """In a Spark worker: :func:`_cluster_bucket` of a bucket's rows, Arrow IPC in and out."""
+def _cluster_bucket_tables(
+    entity: str, auto_link: float, bucket: tuple[pa.Table | None, ...]
+) -> tuple[pa.Table, ...]:
+    """In a Spark worker: :func:`_cluster_bucket` of a bucket's rows, as Arrow tables."""
     (rows,) = bucket
     assert rows is not None  # every bucket has rows
-    done = _cluster_bucket(entity, auto_link, _read_ipc(rows).to_pandas())
-    return (_ipc(pa.Table.from_pandas(done, schema=_CLUSTERED, preserve_index=False)),)
+    done = _cluster_bucket(entity, auto_link, rows.to_pandas())
+    return (pa.Table.from_pandas(done, schema=_CLUSTERED, preserve_index=False),)
 
 
-def _linked_components(link: SparkLink, ids: pd.Index, ends: pd.DataFrame) -> pd.Series:
+def _linked_components(
+    link: SparkLink, folder: Path, ids: pd.Index, ends: pd.DataFrame
+) -> pd.Series:
     """The component of each record at an end of a link (``ends``: ``left``, ``right``), by
     record ID: its smallest record ID. On the driver up to ``link.driver_edges`` links (``ids``:
-    every record, sorted), else in Spark SQL."""
+    every record, sorted), else in Spark SQL (its files under ``folder``)."""
     if len(ends) > link.driver_edges:
-        comps = components(link.spark.createDataFrame(ends)).toArrow().to_pandas()
+        table = pa.Table.from_pandas(ends, preserve_index=False)
+        given = _handed(link.spark, table, folder, "ends", link.tasks)
+        comps = _collected(components(given), folder, "components").to_pandas()
         return pd.Series(comps["component"].to_numpy(dtype=object), index=comps["node"])
     a, b = ids.get_indexer(ends["left"]), ids.get_indexer(ends["right"])
     linked = np.unique(np.concatenate([a, b]))
@@ -523,47 +593,54 @@ def _bucket_rows(
     decided: pd.DataFrame,
     comp_of: pd.Series,
     hard_key: str,
-) -> pd.DataFrame:
+) -> pa.Table:
     """The records in a component, the edges and decisions starting at one, as rows of one
-    table; ``bucket`` holds the component (hashed into buckets by Spark)."""
-    linked = records.loc[comp_of.index.intersection(records.index), [hard_key]]
-    mine = pd.DataFrame(
-        {
-            "kind": "r",
-            "id": linked.index.astype(str),
-            "hard": linked[hard_key].astype(object).where(linked[hard_key].notna(), None),
-        }
-    ).assign(bucket=comp_of[linked.index].to_numpy())
-    at = edges["left"].isin(comp_of.index)
-    lines = pd.DataFrame(
-        {
-            "kind": "e",
-            "id": edges.loc[at, "left"],
-            "other": edges.loc[at, "right"],
-            "probability": edges.loc[at, "probability"],
-            "rule": edges.loc[at, "rule"],
-            "sure": confirmed(edges).loc[at],
-            "pos": np.flatnonzero(at.to_numpy()),
-            "bucket": comp_of[edges.loc[at, "left"]].to_numpy(),
-        }
-    )
-    seen = decided["left_record"].isin(comp_of.index)
-    said = pd.DataFrame(
-        {
-            "kind": "d",
-            "id": decided.loc[seen, "left_record"],
-            "other": decided.loc[seen, "right_record"],
-            "decision": decided.loc[seen, "decision"],
-            "bucket": comp_of[decided.loc[seen, "left_record"]].to_numpy(),
-        }
-    )
-    out = pd.concat([mine, lines, said], ignore_index=True)
-    names = ["kind", "id", "other", "hard", "probability", "rule", "sure", "decision", "pos"]
-    for column in names:
-        if column not in out.columns:
-            out[column] = None
-    out = out[[*names, "bucket"]]
-    return out.astype({"pos": "Int64"}).astype(object).where(out.notna(), None)
+    table (:data:`_CLUSTER_ROWS`); ``bucket`` holds the component (hashed into buckets).
+    Built column by column in Arrow: a pandas frame of objects would cost the driver seconds."""
+    component = comp_of.to_numpy(dtype=object)
+
+    def component_of(ids: pd.Series | pd.Index) -> np.ndarray:
+        return component[comp_of.index.get_indexer(ids)]
+
+    linked = comp_of.index.intersection(records.index)
+    at = edges["left"].isin(comp_of.index).to_numpy()
+    seen = decided["left_record"].isin(comp_of.index).to_numpy()
+    e, d = edges[at], decided[seen]
+    sizes = {"r": len(linked), "e": len(e), "d": len(d)}
+    given: dict[str, dict[str, Any]] = {
+        "r": {
+            "id": linked.astype(str),
+            "hard": records[hard_key].reindex(linked),
+            "bucket": component_of(linked),
+        },
+        "e": {
+            "id": e["left"],
+            "other": e["right"],
+            "probability": e["probability"],
+            "rule": e["rule"],
+            "sure": confirmed(edges).to_numpy()[at],
+            "pos": np.flatnonzero(at),
+            "bucket": component_of(e["left"]),
+        },
+        "d": {
+            "id": d["left_record"],
+            "other": d["right_record"],
+            "decision": d["decision"],
+            "bucket": component_of(d["left_record"]),
+        },
+    }
+    columns = {}
+    for f in _CLUSTER_ROWS:
+        parts = []
+        for kind, values in given.items():
+            if f.name == "kind":
+                parts.append(pa.array([kind] * sizes[kind], f.type))
+            elif f.name in values:
+                parts.append(pa.array(values[f.name], f.type, from_pandas=True))
+            else:
+                parts.append(pa.nulls(sizes[kind], f.type))
+        columns[f.name] = pa.chunked_array(parts, f.type)
+    return pa.table(columns, schema=_CLUSTER_ROWS)
 
 
 def _cluster_bucket(entity: str, auto_link: float, rows: pd.DataFrame) -> pd.DataFrame:
@@ -643,22 +720,20 @@ def _golden(
     come back the same way and are joined in Arrow."""
     ids = members["master_id"].astype(str)
     bucket_of = _hash_buckets(ids.to_numpy(dtype=object), link.buckets_for(len(ids)))
-    buckets: list[tuple[bytes | None, ...]] = []
+    buckets: list[tuple[pa.Table | None, ...]] = []
     for _, part in members.groupby(bucket_of, sort=True):
         base = None
         if base_golden is not None:
             wanted = pa.array(sorted(set(part["master_id"])), pa.string())
-            base = _ipc(base_golden.filter(pc.is_in(base_golden["master_id"], value_set=wanted)))
-        buckets.append((_ipc(pa.Table.from_pandas(part, preserve_index=True)), base))
+            base = base_golden.filter(pc.is_in(base_golden["master_id"], value_set=wanted))
+        buckets.append((pa.Table.from_pandas(part, preserve_index=True), base))
     if not buckets:
         return golden_records(members, entity, city, match, base_golden, run_id)
     kernel = functools.partial(_golden_bucket, entity, city, match, run_id)
-    done = _each_bucket(link.spark, buckets, kernel, len(_GOLDEN))
-    out = []
-    for i in range(len(_GOLDEN)):
-        parts = [_read_ipc(tables[i]) for tables in done]
-        out.append(pa.concat_tables(parts, promote_options="permissive").to_pandas())
-    return out[0], out[1], out[2]
+    with _scratch_folder(link, entity, "golden") as folder:
+        done = _each_bucket(link, folder, buckets, kernel, len(_GOLDEN))
+        golden, provenance, conflicts = (t.to_pandas() for t in done)
+    return golden, provenance, conflicts
 
 
 def _golden_bucket(
@@ -666,29 +741,62 @@ def _golden_bucket(
     city: CityConfig,
     match: EntityMatch,
     run_id: str,
-    bucket: tuple[bytes | None, ...],
-) -> tuple[bytes, ...]:
+    bucket: tuple[pa.Table | None, ...],
+) -> tuple[pa.Table, ...]:
     """In a Spark worker: one bucket's masters (and their base golden rows) through the local
-    survivorship kernel, Arrow IPC in and out."""
+    survivorship kernel, as Arrow tables."""
     members, base = bucket
     assert members is not None  # every bucket has members
-    tables = golden_records(
-        _read_ipc(members).to_pandas(),
-        entity,
-        city,
-        match,
-        None if base is None else _read_ipc(base),
-        run_id,
-    )
-    return tuple(_ipc(pa.Table.from_pandas(t, preserve_index=False)) for t in tables)
+    tables = golden_records(members.to_pandas(), entity, city, match, base, run_id)
+    return tuple(pa.Table.from_pandas(t, preserve_index=False) for t in tables)
 
 
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+def _collected(frame: DataFrame, folder: Path, name: str) -> pa.Table:
+    """``frame``'s rows on the driver: written by the executors as Parquet under ``folder``
+    and read from there, not sent through the driver's JVM (whose heap and
+    ``spark.driver.maxResultSize`` would bound them)."""
+    path = folder / name
+    frame.write.parquet(str(path))
+    return pq.read_table(path)
+
+
+def _handed(spark: SparkSession, table: pa.Table, folder: Path, name: str, parts: int) -> DataFrame:
+    """``table`` as a Spark DataFrame the executors read from Parquet files under ``folder``,
+    ``parts`` files, each a task's: a DataFrame made of the driver's rows would sit in its JVM
+    heap and in each task."""
+    path = folder / name
+    path.mkdir()
+    step = max(1, -(-table.num_rows // parts))
+    for i, start in enumerate(range(0, max(table.num_rows, 1), step)):
+        pq.write_table(table.slice(start, step), path / f"part-{i:05d}.parquet")
+    return spark.read.parquet(str(path))
+
+
+def _write_ipc(table: pa.Table, path: Path) -> str:
+    """``table`` as an Arrow IPC file at ``path``, whole or not at all (a task run twice
+    writes the same file again); the path, as a string."""
+    part = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    return bytes(sink.getvalue())
+    part.replace(path)
+    return str(path)
 
 
-def _read_ipc(blob: bytes) -> pa.Table:
-    return pa.ipc.open_stream(blob).read_all()
+def _read_ipc_file(path: Path) -> pa.Table:
+    """An Arrow IPC file, memory-mapped: its rows are paged in as they are read, not copied."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+@contextlib.contextmanager
+def _scratch_folder(link: SparkLink, entity: str, step: str) -> Iterator[Path]:
+    """A folder of the link's scratch for one step of one entity, its owner's alone, removed
+    when the step ends, whether it succeeded or not."""
+    parent = link.scratch / entity
+    parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    folder = parent / f"{step}-{uuid.uuid4().hex}"
+    folder.mkdir(mode=0o700)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

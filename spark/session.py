@@ -9,17 +9,19 @@ is its owner's alone like the rest of ``var/``; so is the SQL warehouse folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from etl.config import spark_settings
 from store.layout import spark_dir
 
-__all__ = ["MASTER_ENV", "TASKS_PER_CORE", "session", "spark_dir"]
+__all__ = ["MASTER_ENV", "TASKS_PER_CORE", "SparkStopped", "guarded", "session", "spark_dir"]
 
 MASTER_ENV = "GOVMDM_SPARK_MASTER"
 """Environment variable naming the Spark master (``yarn``, ``k8s://…``, ``local[4]``). Without
@@ -27,6 +29,13 @@ it a night started by ``spark-submit`` uses the master it was submitted to, and 
 night a ``local[2]`` Spark in this process."""
 _LOCAL = "local[2]"
 _JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+
+OUT_OF_MEMORY_EXIT = 3
+"""The exit status of a JVM that ``-XX:+ExitOnOutOfMemoryError`` stopped."""
+_MEMORY_FIX = (
+    "raise spark.driver.memory under spark: in config/city.yaml (e.g. spark.driver.memory: 4g; "
+    "on a cluster, spark.executor.memory too), then run the stage again"
+)
 
 TASKS_PER_CORE = 4
 """Shuffle partitions per core, and the tasks per core of the steps that run a Python kernel:
@@ -61,7 +70,7 @@ def session(
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    conf = dict(conf or {})
+    conf = spark_settings(conf or {})  # a JVM out of memory exits: the night fails
     java = f"-Djava.io.tmpdir={root / 'tmp'} -Dderby.system.home={root / 'warehouse'}"
     own_java = conf.pop(_JAVA_OPTIONS, "")  # the city's JVM options come after govmdm's
     builder = builder.config(_JAVA_OPTIONS, f"{java} {own_java}".strip())
@@ -114,3 +123,75 @@ def _cores(master: str) -> int:
     """The cores a ``local``, ``local[N]`` or ``local[*]`` master runs on."""
     inside = master.partition("[")[2].partition("]")[0].split(",")[0]
     return int(inside) if inside.isdigit() else (os.cpu_count() or 1) if inside else 1
+
+
+class SparkStopped(RuntimeError):
+    """A step on Spark failed because a JVM ran out of memory, or the driver's JVM is gone."""
+
+
+@contextlib.contextmanager
+def guarded(spark: SparkSession, what: str | Callable[[], str]) -> Iterator[None]:
+    """Run a step on ``spark``: when it fails because a JVM ran out of memory or the driver's
+    JVM stopped, :class:`SparkStopped` names the step (``what``, or what it returns when the
+    step failed) and the fix, with Spark's own error as its cause.
+
+    Every JVM govmdm starts exits when out of memory (:data:`etl.config.SPARK_JVM_OPTIONS`):
+    the driver's calls then fail, whatever they were (a refused connection, a broken pipe), and
+    this says why.
+
+    >>> with guarded(spark, "person: golden records"):  # doctest: +SKIP
+    ...     table = frame.toArrow()
+    """
+    try:
+        yield
+    except SparkStopped:
+        raise
+    except Exception as exc:
+        step = what() if callable(what) else what
+        stopped = _stopped(spark, exc, step)
+        if stopped is None:
+            raise
+        raise stopped from exc
+
+
+def _stopped(spark: SparkSession, exc: Exception, step: str) -> SparkStopped | None:
+    """The clear error for ``exc``, raised by ``step``, when a JVM ran out of memory or the
+    driver's is gone; None when neither."""
+    status = _driver_exit(spark)
+    if status == OUT_OF_MEMORY_EXIT:
+        return SparkStopped(
+            f"{step}: Spark's driver JVM ran out of memory and stopped "
+            f"(java.lang.OutOfMemoryError; exit status {status}). Fix: {_MEMORY_FIX}"
+        )
+    if status is not None:
+        how = f"exit status {status}" if isinstance(status, int) else "it does not answer"
+        return SparkStopped(
+            f"{step}: Spark's driver JVM stopped ({how}), out of memory if its output says "
+            f"'Terminating due to java.lang.OutOfMemoryError'. Fix: {_MEMORY_FIX}"
+        )
+    try:
+        text = str(exc)
+    except Exception:  # a Java error's text is fetched from the JVM
+        text = ""
+    if "OutOfMemoryError" in text:
+        return SparkStopped(
+            f"{step}: a Spark JVM ran out of memory (java.lang.OutOfMemoryError). "
+            f"Fix: {_MEMORY_FIX}"
+        )
+    return None
+
+
+def _driver_exit(spark: SparkSession) -> int | str | None:
+    """How the driver's JVM ended: its exit status when this process started it, "gone" when
+    it does not answer (it started this process: ``spark-submit``); None while it runs.
+    After an out-of-memory exit, a Java exception's text cannot be fetched from it."""
+    gateway = spark.sparkContext._gateway
+    process = getattr(gateway, "proc", None)
+    if process is not None:
+        status: int | None = process.poll()
+        return status
+    try:
+        spark.sparkContext._jvm.java.lang.System.currentTimeMillis()  # type: ignore[union-attr]
+    except Exception:  # no answer is the answer
+        return "gone"
+    return None

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from etl.config import TableConfig
 from etl.standardize import BatchCounts, BatchRunner, Kernel, ParquetParts, PartWriter
+from spark.session import guarded
 
 __all__ = ["spark_batches"]
 
@@ -61,7 +62,9 @@ def _run(
     work = functools.partial(_standardize, kernel, good.section(), bad.section())
     # one small row per batch comes back: what the driver holds grows with the number of
     # batches, never with the rows
-    counted = raw.mapInArrow(work, _OUT_DDL).collect()
+    department = path.parent.name.partition("=")[2] or path.parent.name  # department=<code>
+    with guarded(spark, f"standardize {department}, table {table.name}"):
+        counted = raw.mapInArrow(work, _OUT_DDL).collect()
     for row in sorted(counted, key=lambda r: int(r["first"])):
         yield _decode(row["counts"])
 

@@ -60,6 +60,9 @@ def test_standardize_is_submitted_to_spark_default_encrypted(wiring: Any) -> Non
         "spark.io.encryption.enabled": "true",
         "spark.authenticate": "true",
         "spark.network.crypto.enabled": "true",
+        # a JVM out of memory exits, so that the task fails rather than waits for ever
+        "spark.driver.extraJavaOptions": "-XX:+ExitOnOutOfMemoryError",
+        "spark.executor.extraJavaOptions": "-XX:+ExitOnOutOfMemoryError",
     }
     config = str((ROOT / "config").resolve())
     assert job["application_args"] == [
@@ -97,7 +100,11 @@ def test_the_citys_spark_settings_are_submitted_under_govmdms_own(wiring: Any) -
 
     planned = {
         **PLANNED,
-        "spark": {"spark.driver.memory": "4g", "spark.io.encryption.enabled": "false"},
+        "spark": {
+            "spark.driver.memory": "4g",
+            "spark.io.encryption.enabled": "false",
+            "spark.executor.extraJavaOptions": "-XX:+UseG1GC",
+        },
     }
     job = wiring.spark_job(planned, "standardize", ["--department", "gongan"])
     assert job["conf"]["spark.driver.memory"] == "4g"
@@ -105,7 +112,13 @@ def test_the_citys_spark_settings_are_submitted_under_govmdms_own(wiring: Any) -
     application = job.pop("application")
     command = SparkSubmitHook(**job)._build_spark_submit_command(application)
     confs = {command[i + 1] for i, part in enumerate(command) if part == "--conf"}
-    assert {"spark.driver.memory=4g", "spark.io.encryption.enabled=true"} <= confs
+    assert {
+        "spark.driver.memory=4g",
+        "spark.io.encryption.enabled=true",
+        "spark.driver.extraJavaOptions=-XX:+ExitOnOutOfMemoryError",
+        # the city's JVM options kept, after govmdm's
+        "spark.executor.extraJavaOptions=-XX:+ExitOnOutOfMemoryError -XX:+UseG1GC",
+    } <= confs
 
 
 def test_no_spark_default_connection_names_it_and_the_fix(

@@ -5,7 +5,12 @@ provenance, conflicts and review queue."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 NIGHT1 = "2026-07-01"
+NIGHT0 = "2026-06-30"  # the sample city's first night
+CONFIG = Path(__file__).resolve().parents[1] / "config"
 TABLES = ("edges", "components", "crosswalk", "golden", "provenance", "conflicts", "review")
 
 
@@ -44,7 +51,11 @@ def city(make_city: CityFactory) -> Any:
 
 
 def _state(city: CityConfig, entity: str) -> dict[str, Any]:
-    folder = master_dir(city.var_dir, NIGHT1) / entity
+    return _state_of(city, NIGHT1, entity)
+
+
+def _state_of(city: CityConfig, run: str, entity: str) -> dict[str, Any]:
+    folder = master_dir(city.var_dir, run) / entity
     out: dict[str, Any] = {
         name: read_state(folder, name)
         .to_pandas()
@@ -182,12 +193,109 @@ def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> No
         seen += got["n"].tolist()
     assert sorted(seen) == list(range(100))
 
-    def where(bucket: tuple[bytes | None, ...]) -> tuple[bytes, ...]:
+    def where(bucket: tuple[pa.Table | None, ...]) -> tuple[pa.Table, ...]:
         from pyspark import TaskContext
 
         rows, base = bucket  # a first night has no base night's rows
-        return str(TaskContext.get().partitionId()).encode(), rows or b"", base or b"none"
+        assert rows is not None
+        task = pa.table({"task": [TaskContext.get().partitionId()]})
+        return task, rows, pa.table({"base": ["none" if base is None else "some"]})
 
-    sent: list[tuple[bytes | None, ...]] = [(str(p.num_rows).encode(), None) for _, p in parts]
-    done = _each_bucket(spark, sent, where, 3)
-    assert done == [(str(i).encode(), n, b"none") for i, (n, _) in enumerate(sent)]
+    sent: list[tuple[pa.Table | None, ...]] = [(p, None) for _, p in parts]
+    folder = tmp_path / "buckets"
+    folder.mkdir()
+    tasks, rows, bases = _each_bucket(small, folder, sent, where, 3)
+    assert tasks["task"].to_pylist() == list(range(len(sent)))  # a task each, in bucket order
+    assert rows.equals(pa.concat_tables(p for p, _ in sent))  # each bucket's rows whole
+    assert bases["base"].to_pylist() == ["none"] * len(sent)
+
+
+_LINK_ON_SPARK = """
+import json, sys
+from master_data.link import link
+from pipeline.context import Night
+from pipeline.night import _link_engine
+
+night = Night.open(sys.argv[1], sys.argv[2], "spark")
+engine = _link_engine(night)
+done = link(night.city, night.run_id, full=True, retrain=True, engine=engine)
+conf = engine.spark.sparkContext.getConf()
+left = sorted(str(p) for p in engine.scratch.rglob("*") if p.is_file())
+print(json.dumps({"result_size": conf.get("spark.driver.maxResultSize"), "left": left}))
+"""
+
+
+@pytest.fixture(scope="module")
+def larger(make_city: CityFactory) -> Iterator[CityConfig]:
+    """A sample city whose records, pairs and golden rows are some MiB, standardized."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield make_city(mp, persons=3000, enterprises=100, seed=7, until="standardized", copy=True)
+
+
+def test_an_entity_larger_than_the_driver_takes_links_on_spark(
+    larger: CityConfig, tmp_path: Path
+) -> None:
+    """The rows of the link's steps travel as files in its scratch folder, never through the
+    driver's JVM: a Spark of its own, sized by ``spark:`` in city.yaml as a night is, whose
+    driver takes at most 1 MiB of task results, links a city whose block keys, kept pairs and
+    golden rows are each larger than that (they used to come back as task results, and the
+    buckets went out inside the tasks), and gives the local engine's tables."""
+    city = larger
+    run = NIGHT0
+    link(city, run, full=True, retrain=True)
+    expected = {e: _state_of(city, run, e) for e in ("person", "enterprise")}
+    shutil.rmtree(master_dir(city.var_dir, run))
+    config = tmp_path / "config"
+    shutil.copytree(CONFIG, config)
+    with (config / "city.yaml").open("a", encoding="utf-8") as f:
+        f.write("spark:\n  spark.driver.memory: 640m\n  spark.driver.maxResultSize: 1m\n")
+        # a broadcast join's small side goes through the driver by design, bounded by its own
+        # threshold (10 MiB, far under the default result size): off here, under 1 MiB
+        f.write("  spark.sql.autoBroadcastJoinThreshold: -1\n")
+    env = {**os.environ, "GOVMDM_VAR": str(city.var_dir)}
+    env.pop("PYSPARK_SUBMIT_ARGS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _LINK_ON_SPARK, str(config), run],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    assert out == {"result_size": "1m", "left": []}  # city.yaml's limit; no file left behind
+    person = expected["person"]
+    for name in ("blockkeys", "edges", "provenance"):  # each more than the driver would take
+        assert pa.Table.from_pandas(person[name]).nbytes > 2**20, name
+    keys = ["pass", "key", "record_id"]
+    for entity in ("person", "enterprise"):
+        got = _state_of(city, run, entity)
+        assert got["model"] == expected[entity]["model"], entity
+        for name in (*TABLES, "events"):
+            pd.testing.assert_frame_equal(got[name], expected[entity][name], obj=f"{entity} {name}")
+        pd.testing.assert_frame_equal(
+            got["blockkeys"].sort_values(keys).reset_index(drop=True),
+            expected[entity]["blockkeys"].sort_values(keys).reset_index(drop=True),
+        )
+
+
+def test_a_failed_buckets_files_are_removed(spark: Any, tmp_path: Path) -> None:
+    """A bucket's task that fails fails the step, and the step's files go with it: the link's
+    scratch holds personal data only while a step runs."""
+    from pyspark.errors import PythonException
+
+    from spark.link import SparkLink, _each_bucket, _scratch_folder
+
+    link = SparkLink(spark, tmp_path / "scratch")
+
+    def broken(bucket: tuple[pa.Table | None, ...]) -> tuple[pa.Table, ...]:
+        raise ValueError("no such column")
+
+    table = pa.table({"id": ["a", "b"]})
+    with (
+        pytest.raises(PythonException, match="no such column"),
+        _scratch_folder(link, "person", "golden") as folder,
+    ):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o700)
+        _each_bucket(link, folder, [(table,), (table,)], broken, 1)
+    assert list((tmp_path / "scratch").rglob("*")) == [tmp_path / "scratch" / "person"]
