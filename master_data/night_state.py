@@ -172,6 +172,20 @@ def read_state(
     return table.select(columns) if columns is not None else table
 
 
+def read_layers(
+    folder: Path, name: str, columns: list[str] | None = None
+) -> tuple[pa.Table, pa.Array, pa.Table | None]:
+    """Layered state table ``name`` as its layers, none of them filtered (nothing of the base
+    copied): the base file memory-mapped, the keys dropped from it, and the rows added since
+    (None: the table is its base alone). :func:`read_state` gives the table they make."""
+    table = _read_file(state_file(folder, name), columns, mapped=True)
+    dropped_file = layer_file(folder, name, "dropped")
+    if not dropped_file.is_file():
+        return table, pa.array([], pa.string()), None
+    dropped = _read_file(dropped_file)[LAYERED[name]].combine_chunks()
+    return table, dropped, _read_file(layer_file(folder, name, "added"), columns)
+
+
 def _picked(table: pa.Table, where: Where | None) -> pa.Table:
     """The rows of ``table`` that ``where`` picks (all of them without)."""
     if where is None:
@@ -389,6 +403,11 @@ class BaseState:
                 self.recovered.append(f"{exc.path} (not needed: every source was read in full)")
                 return None
             raise
+
+    def record_layers(self, columns: list[str]) -> tuple[pa.Table, pa.Array, pa.Table | None]:
+        """Last night's records in ``columns`` as their layers (:func:`read_layers`)."""
+        assert self.folder is not None
+        return read_layers(self.folder, "records", columns)
 
     def model(self) -> FellegiSunter:
         """Last night's fitted model."""

@@ -25,7 +25,7 @@ from master_data.blocking import candidate_pairs, delta_candidates
 from master_data.compare import pair_positions
 from master_data.deterministic import corroborated, filed_under_another, rule_links_at
 from master_data.model import FellegiSunter
-from master_data.records import RECORD, is_in, records_frame
+from master_data.records import RECORD, Records, is_in, records_frame
 from master_data.settings import EntityMatch
 from master_data.tf import pair_u, u_column
 
@@ -48,7 +48,7 @@ keys: those of the blocks tonight's rows fall into."""
 
 
 def candidates(
-    records: pa.Table,
+    records: Records,
     tonight: pa.Table,
     removed: pd.Index,
     cached: CachedKeys | None,

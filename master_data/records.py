@@ -14,7 +14,9 @@ clustering kernels read.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import pandas as pd
 import pyarrow as pa
@@ -58,11 +60,54 @@ def linked_columns(records: pa.Table) -> pa.Table:
     )
 
 
-def records_frame(records: pa.Table, ids: pd.Index | None = None) -> pd.DataFrame:
+@dataclass
+class DeltaRecords:
+    """A delta night's records, the base night's not copied: its records file as mapped
+    (``base``), the record IDs no longer among them (``dropped``: removed or replaced on an
+    earlier night or tonight), and the rows added since (``added``, tonight's last). A delta
+    night reads only a few records (:meth:`pick`); filtering the base night's into a new
+    table copied every one of them and cost more than the rest of the night's linking."""
+
+    base: pa.Table
+    dropped: pd.Index
+    added: pa.Table
+    num_rows: int
+
+    def pick(self, ids: pd.Index) -> pa.Table:
+        """The records with ``ids`` (those there are): the base night's, then the added."""
+        wanted = ids.difference(self.dropped)
+        return pa.concat_tables(
+            [
+                self.base.filter(is_in(self.base[RECORD], wanted)),
+                self.added.filter(is_in(self.added[RECORD], ids)),
+            ],
+            promote_options="permissive",
+        )
+
+    def whole(self) -> pa.Table:
+        """Every record in one table (a copy of them all)."""
+        kept = self.base.filter(pc.invert(is_in(self.base[RECORD], self.dropped)))
+        return pa.concat_tables([kept, self.added], promote_options="permissive")
+
+
+Records: TypeAlias = pa.Table | DeltaRecords
+"""A night's records: one table, or a delta night's :class:`DeltaRecords`."""
+
+
+def pick(records: Records, ids: pd.Index) -> pa.Table:
+    """The ``records`` with ``ids`` (those there are)."""
+    if isinstance(records, DeltaRecords):
+        return records.pick(ids)
+    return records.filter(is_in(records[RECORD], ids))
+
+
+def records_frame(records: Records, ids: pd.Index | None = None) -> pd.DataFrame:
     """The records with ``ids`` (all if None) as pandas, indexed by record ID, sorted, without
     the columns linking never reads."""
-    if ids is not None:
-        records = records.filter(is_in(records[RECORD], ids))
+    if isinstance(records, DeltaRecords):
+        records = records.pick(ids) if ids is not None else records.whole()
+    elif ids is not None:
+        records = pick(records, ids)
     frame = linked_columns(records).to_pandas().set_index(RECORD)
     return frame if frame.index.is_monotonic_increasing else frame.sort_index()
 

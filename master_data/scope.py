@@ -31,7 +31,7 @@ from etl.state import RunState
 from master_data.deterministic import HARD_KEY
 from master_data.night_state import BaseState, ConsolidateError
 from master_data.pairs import usable
-from master_data.records import RECORD, is_in, records_frame
+from master_data.records import RECORD, DeltaRecords, Records, is_in, records_frame
 from store.layout import canonical_dir, raw_dir, raw_path
 
 # --- the departments whose rows go in -----------------------------------------------------------
@@ -142,6 +142,30 @@ def night_records(
     return records, removed, left
 
 
+def delta_records(
+    tonight: pa.Table, gone: list[str], base: BaseState
+) -> tuple[DeltaRecords, pd.Index, int]:
+    """What :func:`night_records` gives a delta night (whose ``base`` night's state is carried
+    over), the base night's records left where they are: read memory-mapped in ``tonight``'s
+    columns, only their IDs looked at."""
+    changed = pd.Index(tonight[RECORD].to_pandas())
+    removed = changed.union(pd.Index(gone))
+    mapped, dropped, added = base.record_layers(tonight.column_names)
+    before = pd.Index(dropped.to_pandas())
+    ids = mapped[RECORD]
+    present = ids.filter(pc.invert(is_in(ids, before))) if len(before) else ids
+    if added is not None:
+        present = pa.chunked_array([*present.chunks, *added[RECORD].chunks], pa.string())
+        added = added.filter(pc.invert(is_in(added[RECORD], removed)))
+        tonight = pa.concat_tables([added, tonight], promote_options="permissive")
+    went = pc.is_in(present, value_set=pa.array(gone, pa.string()))
+    replaced = is_in(present, changed)
+    left = int(pc.sum(pc.and_(went, pc.invert(replaced))).as_py() or 0)
+    stay = len(present) - int(pc.sum(pc.or_(went, replaced)).as_py() or 0)
+    records = DeltaRecords(mapped, before.union(removed), tonight, stay + tonight.num_rows)
+    return records, removed, left
+
+
 @dataclass
 class Relink:
     """The records a night links again, and what it knows of the others."""
@@ -201,7 +225,7 @@ def everything(records: pd.DataFrame, fresh: pd.DataFrame, base: BaseState, enti
 
 
 def closure(
-    records: pa.Table,
+    records: Records,
     changed: pd.Index,
     removed: pd.Index,
     fresh: pd.DataFrame,
