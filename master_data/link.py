@@ -392,6 +392,7 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result = EntityLinked(entity)
     rows, gone, result.unkeyed = tonight(night.city, night.run_id, entity, night.held)
     model = None if night.retrain else base.model()
+    last_nights = model  # as read from the base night's file
     if model is not None and is_rules_only(model):  # too few rows last night: try again
         model = None
     if model is not None and (changed_features := features_changed(model, entity)):
@@ -457,7 +458,10 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result.rules_only = is_rules_only(model)
     if result.features_left_out:
         night.say(f"{entity}: left out of the model (no values): {result.features_left_out}")
-    (out / "model.json").write_text(model.to_json())
+    if model is last_nights:  # not fitted, nothing attached: the base night's file as it is
+        base.carry("model.json", out)
+    else:
+        (out / "model.json").write_text(model.to_json())
     failpoints.reached("link:scored")
 
     decisions = night.decisions[night.decisions["entity"] == entity]

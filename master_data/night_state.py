@@ -418,6 +418,12 @@ class BaseState:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DamagedState(path, exc) from exc
 
+    def carry(self, name: str, folder: Path) -> None:
+        """Copy last night's file ``name`` (the model) unchanged into ``folder``: tonight's
+        is the same, and writing it out again cost more than the copy."""
+        assert self.folder is not None
+        shutil.copyfile(self.folder / name, folder / name)
+
     def text(self, name: str) -> str | None:
         """A small text file of last night's state (None if missing or unreadable: a cache)."""
         assert self.folder is not None
