@@ -205,7 +205,7 @@ class Relink:
         state table (record IDs, or master IDs); None when nothing is carried over."""
         if self.redone is None:
             return None
-        if name in ("components", "crosswalk"):
+        if name in ("components", "crosswalk", "edges"):
             return self.redone
         return pd.Index(sorted(set(self.previous["master_id"])))
 
@@ -248,9 +248,7 @@ def closure(
         base.read("components", [RECORD], where=("component", hit))[RECORD].to_pandas()
     )
     affected = members.difference(removed).union(changed)
-    old = base.read("edges")
-    carried = old.filter(pc.or_(is_in(old["left"], members), is_in(old["right"], members)))
-    carried = carried.to_pandas()
+    carried = base.read("edges", where=(("left", "right"), _ids(members))).to_pandas()
     carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
     edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
     previous = base.read("crosswalk", where=(RECORD, _ids(members))).to_pandas()

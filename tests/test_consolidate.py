@@ -217,7 +217,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(
             *_LAYERED_ORDER,  # a delta night's records and block keys are layers on night 0's
         )
     }
-    for f in ("records", "blockkeys", "components", "crosswalk", "provenance"):
+    for f in ("records", "blockkeys", "edges", "components", "crosswalk", "provenance"):
         assert layer_file(state / "person", f, "added").is_file(), f
     published = publish(city, NIGHT1)
     assert published["published"] == "incremental"  # the warehouse held the delta's base night
@@ -227,7 +227,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(
     monkeypatch.setattr(night_state, "COMPACT_SHARE", 0.0)
     link(city, NIGHT1)
     monkeypatch.undo()
-    for f in ("records", "blockkeys", "components", "crosswalk", "provenance"):
+    for f in ("records", "blockkeys", "edges", "components", "crosswalk", "provenance"):
         assert not layer_file(state / "person", f, "added").exists(), f
     for (e, f), frame in delta_files.items():
         pd.testing.assert_frame_equal(
