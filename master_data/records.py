@@ -73,13 +73,17 @@ class DeltaRecords:
     added: pa.Table
     num_rows: int
 
-    def pick(self, ids: pd.Index) -> pa.Table:
-        """The records with ``ids`` (those there are): the base night's, then the added."""
+    def pick(self, ids: pd.Index, columns: list[str] | None = None) -> pa.Table:
+        """The records with ``ids`` (those there are; only ``columns`` if given): the base
+        night's, then the added."""
         wanted = ids.difference(self.dropped)
+        base, added = self.base, self.added
+        if columns is not None:
+            base, added = base.select(columns), added.select(columns)
         return pa.concat_tables(
             [
-                self.base.filter(is_in(self.base[RECORD], wanted)),
-                self.added.filter(is_in(self.added[RECORD], ids)),
+                base.filter(is_in(self.base[RECORD], wanted)),
+                added.filter(is_in(self.added[RECORD], ids)),
             ],
             promote_options="permissive",
         )
@@ -94,11 +98,12 @@ Records: TypeAlias = pa.Table | DeltaRecords
 """A night's records: one table, or a delta night's :class:`DeltaRecords`."""
 
 
-def pick(records: Records, ids: pd.Index) -> pa.Table:
-    """The ``records`` with ``ids`` (those there are)."""
+def pick(records: Records, ids: pd.Index, columns: list[str] | None = None) -> pa.Table:
+    """The ``records`` with ``ids`` (those there are; only ``columns`` if given)."""
     if isinstance(records, DeltaRecords):
-        return records.pick(ids)
-    return records.filter(is_in(records[RECORD], ids))
+        return records.pick(ids, columns)
+    mask = is_in(records[RECORD], ids)
+    return (records if columns is None else records.select(columns)).filter(mask)
 
 
 def records_frame(records: Records, ids: pd.Index | None = None) -> pd.DataFrame:

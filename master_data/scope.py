@@ -31,7 +31,7 @@ from etl.state import RunState
 from master_data.deterministic import HARD_KEY
 from master_data.night_state import BaseState, ConsolidateError
 from master_data.pairs import usable
-from master_data.records import RECORD, DeltaRecords, Records, is_in, records_frame
+from master_data.records import RECORD, DeltaRecords, Records, is_in, pick, records_frame
 from store.layout import canonical_dir, raw_dir, raw_path
 
 # --- the departments whose rows go in -----------------------------------------------------------
@@ -239,10 +239,10 @@ def closure(
     tonight's rows; their base edges carried over beside tonight's."""
     ok = usable(fresh, auto_link)
     ends = [fresh.loc[ok, "left"], fresh.loc[ok, "right"]]
-    ends += [decided["left_record"], decided["right_record"]]
-    seeds = removed.union(pd.Index(pd.concat(ends)))
+    ends += [decided["left_record"], decided["right_record"], removed]
+    seeds = _distinct(*ends)
     # only the rows of the records at hand are read from the base night's large tables
-    hit = pc.unique(base.read("components", ["component"], where=(RECORD, _ids(seeds)))[0])
+    hit = pc.unique(base.read("components", ["component"], where=(RECORD, seeds))[0])
     # the base records of the components hit: relinked (less the removed ones)
     members = pd.Index(
         base.read("components", [RECORD], where=("component", hit))[RECORD].to_pandas()
@@ -252,16 +252,26 @@ def closure(
     carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
     edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
     previous = base.read("crosswalk", where=(RECORD, _ids(members))).to_pandas()
-    outside = pd.Index(edges["left"]).union(pd.Index(edges["right"])).difference(affected)
+    at_ends = _distinct(edges["left"], edges["right"])
+    outside_ids = at_ends.filter(pc.invert(is_in(at_ends, affected)))
+    outside = pd.Index(outside_ids.to_pandas())
     master_outside = (
-        base.read("crosswalk", [RECORD, "master_id"], where=(RECORD, _ids(outside)))
+        base.read("crosswalk", [RECORD, "master_id"], where=(RECORD, outside_ids))
         .to_pandas()
         .set_index(RECORD)["master_id"]
     )
     relinked = records_frame(records, affected)
     key = HARD_KEY[entity]
-    hard_keys = pd.concat([relinked[key], records_frame(records, outside)[key]])
+    far = pick(records, outside, [RECORD, key]).to_pandas().set_index(RECORD)[key]
+    hard_keys = pd.concat([relinked[key], far.sort_index()])
     return Relink(relinked, edges, previous, master_outside, hard_keys, members.union(removed))
+
+
+def _distinct(*ids: pd.Series | pd.Index) -> pa.Array:
+    """The distinct record IDs among ``ids``, in no particular order (a set of them built by
+    Arrow: a pandas union sorts the strings)."""
+    parts = [pa.array(i.to_numpy(dtype=object), pa.string()) for i in ids]
+    return pc.unique(pa.chunked_array(parts, pa.string()))
 
 
 def _ids(index: pd.Index) -> pa.Array:
