@@ -203,7 +203,7 @@ def read_layers(
     dropped_file = layer_file(folder, name, "dropped")
     if not dropped_file.is_file():
         return table, pa.array([], pa.string()), None
-    dropped = _read_file(dropped_file)[LAYERED[name]].combine_chunks()
+    dropped = _read_file(dropped_file)[LAYERED[name]].combine_chunks().cast(pa.string())
     return table, dropped, _read_file(layer_file(folder, name, "added"), columns)
 
 

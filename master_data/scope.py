@@ -31,7 +31,15 @@ from etl.state import RunState
 from master_data.deterministic import HARD_KEY
 from master_data.night_state import BaseState, ConsolidateError
 from master_data.pairs import usable
-from master_data.records import RECORD, DeltaRecords, Records, is_in, pick, records_frame
+from master_data.records import (
+    RECORD,
+    DeltaRecords,
+    Records,
+    distinct,
+    is_in,
+    pick,
+    records_frame,
+)
 from store.layout import canonical_dir, raw_dir, raw_path
 
 # --- the departments whose rows go in -----------------------------------------------------------
@@ -151,9 +159,8 @@ def delta_records(
     changed = pd.Index(tonight[RECORD].to_pandas())
     removed = changed.union(pd.Index(gone))
     mapped, dropped, added = base.record_layers(tonight.column_names)
-    before = pd.Index(dropped.to_pandas())
     ids = mapped[RECORD]
-    present = ids.filter(pc.invert(is_in(ids, before))) if len(before) else ids
+    present = ids.filter(pc.invert(pc.is_in(ids, value_set=dropped))) if len(dropped) else ids
     if added is not None:
         present = pa.chunked_array([*present.chunks, *added[RECORD].chunks], pa.string())
         added = added.filter(pc.invert(is_in(added[RECORD], removed)))
@@ -162,7 +169,7 @@ def delta_records(
     replaced = is_in(present, changed)
     left = int(pc.sum(pc.and_(went, pc.invert(replaced))).as_py() or 0)
     stay = len(present) - int(pc.sum(pc.or_(went, replaced)).as_py() or 0)
-    records = DeltaRecords(mapped, before.union(removed), tonight, stay + tonight.num_rows)
+    records = DeltaRecords(mapped, distinct(dropped, removed), tonight, stay + tonight.num_rows)
     return records, removed, left
 
 
@@ -240,7 +247,7 @@ def closure(
     ok = usable(fresh, auto_link)
     ends = [fresh.loc[ok, "left"], fresh.loc[ok, "right"]]
     ends += [decided["left_record"], decided["right_record"], removed]
-    seeds = _distinct(*ends)
+    seeds = distinct(*ends)
     # only the rows of the records at hand are read from the base night's large tables
     hit = pc.unique(base.read("components", ["component"], where=(RECORD, seeds))[0])
     # the base records of the components hit: relinked (less the removed ones)
@@ -252,7 +259,7 @@ def closure(
     carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
     edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
     previous = base.read("crosswalk", where=(RECORD, _ids(members))).to_pandas()
-    at_ends = _distinct(edges["left"], edges["right"])
+    at_ends = distinct(edges["left"], edges["right"])
     outside_ids = at_ends.filter(pc.invert(is_in(at_ends, affected)))
     outside = pd.Index(outside_ids.to_pandas())
     master_outside = (
@@ -265,13 +272,6 @@ def closure(
     far = pick(records, outside, [RECORD, key]).to_pandas().set_index(RECORD)[key]
     hard_keys = pd.concat([relinked[key], far.sort_index()])
     return Relink(relinked, edges, previous, master_outside, hard_keys, members.union(removed))
-
-
-def _distinct(*ids: pd.Series | pd.Index) -> pa.Array:
-    """The distinct record IDs among ``ids``, in no particular order (a set of them built by
-    Arrow: a pandas union sorts the strings)."""
-    parts = [pa.array(i.to_numpy(dtype=object), pa.string()) for i in ids]
-    return pc.unique(pa.chunked_array(parts, pa.string()))
 
 
 def _ids(index: pd.Index) -> pa.Array:
