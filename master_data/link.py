@@ -553,10 +553,7 @@ def _between(decisions: pd.DataFrame, present: Records) -> pd.DataFrame:
     # the records named by a decision, looked up among the present ones: a set of the few
     # decided records, not of every record, is built
     named = pc.unique(pa.chunked_array(list(values.values()), pa.string()))
-    found = pick(
-        present.select([RECORD]) if isinstance(present, pa.Table) else present,
-        pd.Index(named.to_pandas()),
-    )[RECORD]
+    found = pick(present, named, [RECORD])[RECORD]
 
     def among(column: str) -> Any:
         return pc.is_in(values[column], value_set=found).to_numpy(zero_copy_only=False)
