@@ -883,35 +883,41 @@ def delta_candidates(
     """
     plist = [p if isinstance(p, BlockingPass) else BlockingPass.model_validate(p) for p in passes]
     wanted = pa.array(sorted(set(among)), pa.string())
-    found: list[pd.DataFrame] = []
-    seen = pd.MultiIndex.from_arrays([[], []], names=["left", "right"])
+    # every record as its position among the sorted record IDs, a pair as one integer (left
+    # major): pairs are made, deduplicated and ordered as numbers, not tuples of strings
+    ids = pc.unique(keys["record_id"])
+    ids = ids.take(pc.sort_indices(ids))
+    width = max(len(ids), 1)
+    chosen = pc.is_in(ids, value_set=wanted).to_numpy(zero_copy_only=False)
+    seen = np.empty(0, dtype=np.int64)
     reports = []
     for p in plist:
         limit = p.max_block or max_block
         mine = keys.filter(pc.equal(keys["pass"], p.name))
         touched = pc.unique(mine.filter(pc.is_in(mine["record_id"], value_set=wanted))["key"])
-        members = (
-            mine.filter(pc.is_in(mine["key"], value_set=touched))
-            .select(["key", "record_id"])
-            .to_pandas()
+        near = mine.filter(pc.is_in(mine["key"], value_set=touched))
+        members = pd.DataFrame(
+            {
+                "key": near["key"].to_pandas(),
+                "record": pc.index_in(near["record_id"], value_set=ids).to_numpy(),
+            }
         )
-        size = members.groupby("key")["record_id"].transform("size").to_numpy()
+        size = members.groupby("key")["record"].transform("size").to_numpy()
         oversized = members.loc[size > limit].groupby("key").size()
         kept = members[(size >= 2) & (size <= limit)]
-        changed = kept[kept["record_id"].isin(among)]
+        changed = kept[chosen[kept["record"].to_numpy()]]
         pairs = changed.merge(kept, on="key", suffixes=("_a", "_b"))
-        a, b = pairs["record_id_a"].to_numpy(), pairs["record_id_b"].to_numpy()
+        a, b = pairs["record_a"].to_numpy(np.int64), pairs["record_b"].to_numpy(np.int64)
         keep = a != b
         a, b = a[keep], b[keep]
-        left, right = np.where(a < b, a, b), np.where(a < b, b, a)
-        index = pd.MultiIndex.from_arrays([left, right], names=["left", "right"]).unique()
-        new = index.difference(seen, sort=False) if len(seen) else index
-        seen = seen.append(new) if len(seen) else new
+        index = np.unique(np.minimum(a, b) * width + np.maximum(a, b))
+        new = np.setdiff1d(index, seen, assume_unique=True)
+        seen = np.union1d(seen, new)
         reports.append(
             PassReport(
                 p.name,
                 p.keys,
-                keyed_rows=int(kept["record_id"].nunique()),
+                keyed_rows=int(kept["record"].nunique()),
                 blocks=int(kept["key"].nunique()),
                 pairs=len(index),
                 new_pairs=len(new),
@@ -922,13 +928,9 @@ def delta_candidates(
                 ),
             )
         )
-        found.append(index.to_frame(index=False))
-    union = (
-        pd.concat(found, ignore_index=True).drop_duplicates().sort_values(["left", "right"])
-        if found
-        else pd.DataFrame({"left": [], "right": []})
-    )
+    names = ids.to_numpy(zero_copy_only=False)
+    left, right = names[seen // width], names[seen % width]  # seen is sorted: pairs in order
     report = BlockingReport(
-        records=records, among=len(wanted), pairs=len(union), passes=tuple(reports)
+        records=records, among=len(wanted), pairs=len(seen), passes=tuple(reports)
     )
-    return Candidates(pd.MultiIndex.from_frame(union, names=["left", "right"]), report)
+    return Candidates(pd.MultiIndex.from_arrays([left, right], names=["left", "right"]), report)

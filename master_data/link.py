@@ -65,13 +65,23 @@ from master_data.night_state import (
     write_state,
 )
 from master_data.pairs import Found, candidates, edges
-from master_data.records import RECORD, canonical_files, is_in, linked_columns, tonight
+from master_data.records import (
+    RECORD,
+    DeltaRecords,
+    Records,
+    canonical_files,
+    is_in,
+    linked_columns,
+    pick,
+    tonight,
+)
 from master_data.relationships import relationships
 from master_data.review_queue import review_queue, since
 from master_data.scope import (
     Relink,
     closure,
     delivered,
+    delta_records,
     everything,
     night_records,
     nothing_to_link,
@@ -382,6 +392,7 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result = EntityLinked(entity)
     rows, gone, result.unkeyed = tonight(night.city, night.run_id, entity, night.held)
     model = None if night.retrain else base.model()
+    last_nights = model  # as read from the base night's file
     if model is not None and is_rules_only(model):  # too few rows last night: try again
         model = None
     if model is not None and (changed_features := features_changed(model, entity)):
@@ -396,20 +407,19 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     carry = not night.full and model is not None and base.text("match.json") == settings_json
     (out / "match.json").write_text(settings_json)
 
+    records: Records
     if carry:  # the base night's records in the columns linking reads, added to in layers
-        linked = linked_columns(rows)
-        records, removed, result.removed = night_records(
-            linked, gone, base.records(linked.column_names), carry
-        )
+        records, removed, result.removed = delta_records(linked_columns(rows), gone, base)
         whole = functools.partial(_whole_records, rows, gone, base)
         write_layered(out, "records", whole, base=base.folder, removed=removed, added=rows)
-        del linked, whole
+        del whole
     else:
         records, removed, result.removed = night_records(rows, gone, base.records(), carry)
         write_layered(out, "records", records)
+        records = linked_columns(records)  # raw values are written
     failpoints.reached("link:records")
     result.records, result.changed = records.num_rows, rows.num_rows
-    records, rows = linked_columns(records), linked_columns(rows)  # raw values are written
+    rows = linked_columns(rows)
     if not carry:  # only a delta night's candidates and closure read them: let the IDs go
         removed = pd.Index([], dtype=object)
 
@@ -420,7 +430,9 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     if model is not None and sorted(model.tf) == sorted(f for f in floors if f in model.m):
         frequencies = model.tf
     else:
-        frequencies = term_frequencies(records, entity, floors)
+        whole = records.whole() if isinstance(records, DeltaRecords) else records
+        frequencies = term_frequencies(whole, entity, floors)
+        del whole
     if night.engine is not None and not carry:
         night.say(f"{entity}: blocking, comparing and scoring on {night.engine.name}")
         files = None
@@ -433,7 +445,8 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
         found.keys = _write_block_keys(out, found.keys)
     else:
         blocked = _candidates(night, entity, records, rows, removed, base, carry)
-        if not carry:  # comparing reads the pandas frame of every record: the Arrow columns go
+        if isinstance(records, pa.Table):  # not carried over: comparing reads the pandas
+            # frame of every record, the Arrow columns go
             records, rows = records.select([RECORD]), rows.select([RECORD])
         found = _scored(night, entity, blocked, model, frequencies)
     changed = pd.Index(rows[RECORD].to_pandas() if carry else [], dtype=object)
@@ -445,11 +458,14 @@ def _link_entity(night: _Night, entity: str, base: BaseState) -> tuple[EntityLin
     result.rules_only = is_rules_only(model)
     if result.features_left_out:
         night.say(f"{entity}: left out of the model (no values): {result.features_left_out}")
-    (out / "model.json").write_text(model.to_json())
+    if model is last_nights:  # not fitted, nothing attached: the base night's file as it is
+        base.carry("model.json", out)
+    else:
+        (out / "model.json").write_text(model.to_json())
     failpoints.reached("link:scored")
 
     decisions = night.decisions[night.decisions["entity"] == entity]
-    decided = _between(decisions, records[RECORD])
+    decided = _between(decisions, records)
     auto = match.thresholds.auto_link
     scope = (
         closure(records, changed, removed, fresh, decided, base, entity, auto)
@@ -492,7 +508,7 @@ def _write_block_keys(
 def _candidates(
     night: _Night,
     entity: str,
-    records: pa.Table,
+    records: Records,
     rows: pa.Table,
     removed: pd.Index,
     base: BaseState,
@@ -531,13 +547,13 @@ def _scored(
     return Scored(found.compared, found.keys, found.report, len(found.pairs), model, trained, fresh)
 
 
-def _between(decisions: pd.DataFrame, present: pa.ChunkedArray) -> pd.DataFrame:
+def _between(decisions: pd.DataFrame, present: Records) -> pd.DataFrame:
     """The reviewers' decisions on pairs of records that are both ``present``."""
     values = {c: pa.array(decisions[c], pa.string()) for c in ("left_record", "right_record")}
     # the records named by a decision, looked up among the present ones: a set of the few
     # decided records, not of every record, is built
     named = pc.unique(pa.chunked_array(list(values.values()), pa.string()))
-    found = present.filter(pc.is_in(present, value_set=named))
+    found = pick(present, named, [RECORD])[RECORD]
 
     def among(column: str) -> Any:
         return pc.is_in(values[column], value_set=found).to_numpy(zero_copy_only=False)

@@ -6,12 +6,13 @@ registry, the touched master IDs, the model and match settings; beside them the
 relationships and a ``summary.json``. Publishing reads them into the warehouse, and the next
 night reads them as its base (:class:`BaseState`). The files are Arrow IPC (LZ4), which reads
 ~8x and writes ~3x faster than Parquet for these tables (bench/link_bench.py); the golden
-records and the edges (:data:`MAPPED`) are left uncompressed. Only the newest published nights
-keep theirs (:func:`prune_states`).
+records (:data:`MAPPED`) and the layered tables' bases are left uncompressed. Only the newest
+published nights keep theirs (:func:`prune_states`).
 
-The two largest tables, the records and their block keys (:data:`LAYERED`), are kept in layers
-so that a delta night does not rewrite them: a *base* file (uncompressed, read memory-mapped),
-the record IDs dropped from it since (``<name>.dropped.arrow``) and the rows added since
+The large tables whose rows a delta night mostly keeps — the records, their block keys, the
+edges, components, crosswalk and provenance (:data:`LAYERED`) — are kept in layers so that a
+delta night does not rewrite them: a *base* file (uncompressed, read memory-mapped), the keys
+(record or master IDs) dropped from it since (``<name>.dropped.arrow``) and the rows added since
 (``<name>.added.arrow``). A delta night hard-links the base night's base file into its own
 folder and writes only the two small layers (:func:`write_layered`); once they hold more than
 :data:`COMPACT_SHARE` of the base's rows the night writes a new base instead. Every file is
@@ -25,6 +26,7 @@ with no layer files (a full night, or a night of an earlier govmdm) reads as its
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -108,11 +110,15 @@ LAYERED = {
     "components": RECORD,
     "crosswalk": RECORD,
     "provenance": "master_id",
+    "edges": RECORD,
 }
 """The state tables a delta night appends to instead of rewriting (see the module doc), each
-with the column whose values a night drops rows by: the records it relinks (or their master
-IDs). Golden records and conflicts are rewritten whole each night (relationships and the
-night's run ID change rows that were not relinked), the edges are dropped by either end."""
+with the keys a night drops rows by (the column of its dropped layer): the records it relinks
+(or their master IDs). Golden records and conflicts are rewritten whole each night
+(relationships and the night's run ID change rows that were not relinked)."""
+DROPPED_BY = {"edges": ("left", "right")}
+"""The columns a layered table's rows are dropped by where they are not its key column: an
+edge is dropped when either of its ends is."""
 COMPACT_SHARE = 0.25
 """A layered table gets a new base once its dropped and added rows exceed this share of it."""
 
@@ -143,8 +149,24 @@ def _rows_in(path: Path) -> int:
         return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
 
 
-Where = tuple[str, pa.Array]
-"""``(column, values)``: the rows of a state table whose ``column`` holds one of ``values``."""
+Where = tuple[str | tuple[str, ...], pa.Array]
+"""``(column, values)``: the rows of a state table whose ``column`` (or one of several columns)
+holds one of ``values``."""
+
+
+def _columns(where: Where) -> tuple[str, ...]:
+    return (where[0],) if isinstance(where[0], str) else where[0]
+
+
+def _dropped_by(name: str) -> tuple[str, ...]:
+    """The columns rows of layered table ``name`` are dropped by (:data:`DROPPED_BY`)."""
+    return DROPPED_BY.get(name, (LAYERED[name],))
+
+
+def _hit(table: pa.Table, columns: tuple[str, ...], keys: pa.Array) -> pa.ChunkedArray:
+    """Which rows of ``table`` hold one of ``keys`` in one of ``columns``."""
+    hits = [_among(table[c], keys) for c in columns]
+    return functools.reduce(pc.or_, hits[1:], hits[0])
 
 
 def read_state(
@@ -158,28 +180,41 @@ def read_state(
     path = state_file(folder, name)
     dropped_file = layer_file(folder, name, "dropped")
     layered = name in LAYERED and dropped_file.is_file()
-    needed = [LAYERED[name]] if layered else []
+    needed = list(_dropped_by(name)) if layered else []
     if where is not None:
-        needed.append(where[0])
+        needed += _columns(where)
     wanted = columns if columns is None else list(dict.fromkeys([*columns, *needed]))
     table = _picked(_read_file(path, wanted, mapped=name in LAYERED or name in MAPPED), where)
     if layered:
-        key = LAYERED[name]
-        dropped = _read_file(dropped_file)[key]
+        dropped = _read_file(dropped_file)[LAYERED[name]]
         added = _picked(_read_file(layer_file(folder, name, "added"), wanted), where)
-        kept = table.filter(pc.invert(_among(table[key], dropped.combine_chunks())))
+        kept = table.filter(pc.invert(_hit(table, _dropped_by(name), dropped.combine_chunks())))
         table = _after(kept, added)
     return table.select(columns) if columns is not None else table
+
+
+def read_layers(
+    folder: Path, name: str, columns: list[str] | None = None
+) -> tuple[pa.Table, pa.Array, pa.Table | None]:
+    """Layered state table ``name`` as its layers, none of them filtered (nothing of the base
+    copied): the base file memory-mapped, the keys dropped from it, and the rows added since
+    (None: the table is its base alone). :func:`read_state` gives the table they make."""
+    table = _read_file(state_file(folder, name), columns, mapped=True)
+    dropped_file = layer_file(folder, name, "dropped")
+    if not dropped_file.is_file():
+        return table, pa.array([], pa.string()), None
+    dropped = _read_file(dropped_file)[LAYERED[name]].combine_chunks().cast(pa.string())
+    return table, dropped, _read_file(layer_file(folder, name, "added"), columns)
 
 
 def _picked(table: pa.Table, where: Where | None) -> pa.Table:
     """The rows of ``table`` that ``where`` picks (all of them without)."""
     if where is None:
         return table
-    return table.filter(_among(table[where[0]], where[1]))
+    return table.filter(_hit(table, _columns(where), where[1]))
 
 
-MAPPED = frozenset({"golden", "edges"})
+MAPPED = frozenset({"golden"})
 """The unlayered state tables that every night reads whole and writes again (a delta night
 carries the rows it did not relink, relationships rewrite the golden records): written
 uncompressed and read memory-mapped, as the layered bases are. LZ4 costs more time on them
@@ -213,7 +248,8 @@ def write_layered(
     added: pa.Table | None = None,
 ) -> str:
     """Write layered state table ``name`` (:data:`LAYERED`): tonight's ``whole`` table, which
-    is the ``base`` night's less the rows whose key is ``removed``, then the ``added`` rows. With a
+    is the ``base`` night's less the rows whose key (:data:`DROPPED_BY`) is ``removed``, then the
+    ``added`` rows. With a
     base night whose layers stay small, its base file is linked and only the layers are
     written; otherwise ``whole`` becomes a new base. Which of the two (``linked``/``whole``).
     ``whole`` may be a function giving it: then it is built only when a new base is due."""
@@ -230,7 +266,7 @@ def write_layered(
             pa.chunked_array([*(dropped[key].chunks if dropped else []), gone], pa.string())
         )
         if before is not None:
-            before = before.filter(pc.invert(_among(before[key], gone)))
+            before = before.filter(pc.invert(_hit(before, _dropped_by(name), gone)))
             added = _after(before, added)
         if len(dropped_ids) + added.num_rows <= COMPACT_SHARE * rows:
             _link(source, state_file(folder, name))
@@ -390,6 +426,11 @@ class BaseState:
                 return None
             raise
 
+    def record_layers(self, columns: list[str]) -> tuple[pa.Table, pa.Array, pa.Table | None]:
+        """Last night's records in ``columns`` as their layers (:func:`read_layers`)."""
+        assert self.folder is not None
+        return read_layers(self.folder, "records", columns)
+
     def model(self) -> FellegiSunter:
         """Last night's fitted model."""
         assert self.folder is not None
@@ -398,6 +439,12 @@ class BaseState:
             return FellegiSunter.from_json(path.read_text())
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DamagedState(path, exc) from exc
+
+    def carry(self, name: str, folder: Path) -> None:
+        """Copy last night's file ``name`` (the model) unchanged into ``folder``: tonight's
+        is the same, and writing it out again cost more than the copy."""
+        assert self.folder is not None
+        shutil.copyfile(self.folder / name, folder / name)
 
     def text(self, name: str) -> str | None:
         """A small text file of last night's state (None if missing or unreadable: a cache)."""

@@ -25,7 +25,7 @@ from master_data.blocking import candidate_pairs, delta_candidates
 from master_data.compare import pair_positions
 from master_data.deterministic import corroborated, filed_under_another, rule_links_at
 from master_data.model import FellegiSunter
-from master_data.records import RECORD, is_in, records_frame
+from master_data.records import RECORD, Records, distinct, is_in, records_frame
 from master_data.settings import EntityMatch
 from master_data.tf import pair_u, u_column
 
@@ -48,7 +48,7 @@ keys: those of the blocks tonight's rows fall into."""
 
 
 def candidates(
-    records: pa.Table,
+    records: Records,
     tonight: pa.Table,
     removed: pd.Index,
     cached: CachedKeys | None,
@@ -74,8 +74,8 @@ def candidates(
         keys, set(changed), match.blocking, records=records.num_rows, max_block=match.max_block
     )
     pairs = found.pairs
-    ends = pd.Index(pairs.get_level_values(0)).union(pd.Index(pairs.get_level_values(1)))
-    compared = records_frame(records, ends.union(changed))
+    ends = distinct(pairs.get_level_values(0), pairs.get_level_values(1), changed)
+    compared = records_frame(records, ends)
     return Found(pairs, _blocked(compared), mine, found.report.as_dict())
 
 

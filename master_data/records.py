@@ -14,7 +14,9 @@ clustering kernels read.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import pandas as pd
 import pyarrow as pa
@@ -58,11 +60,78 @@ def linked_columns(records: pa.Table) -> pa.Table:
     )
 
 
-def records_frame(records: pa.Table, ids: pd.Index | None = None) -> pd.DataFrame:
+@dataclass
+class DeltaRecords:
+    """A delta night's records, the base night's not copied: its records file as mapped
+    (``base``), the record IDs no longer among them (``dropped``: removed or replaced on an
+    earlier night or tonight), and the rows added since (``added``, tonight's last). A delta
+    night reads only a few records (:meth:`pick`); filtering the base night's into a new
+    table copied every one of them and cost more than the rest of the night's linking."""
+
+    base: pa.Table
+    dropped: pa.Array
+    added: pa.Table
+    num_rows: int
+
+    def pick(self, ids: Ids, columns: list[str] | None = None) -> pa.Table:
+        """The records with ``ids`` (those there are; only ``columns`` if given): the base
+        night's, then the added."""
+        asked = id_array(ids)
+        wanted = asked.filter(pc.invert(pc.is_in(asked, value_set=self.dropped)))
+        base, added = self.base, self.added
+        if columns is not None:
+            base, added = base.select(columns), added.select(columns)
+        return pa.concat_tables(
+            [
+                base.filter(pc.is_in(self.base[RECORD], value_set=wanted)),
+                added.filter(pc.is_in(self.added[RECORD], value_set=asked)),
+            ],
+            promote_options="permissive",
+        )
+
+    def whole(self) -> pa.Table:
+        """Every record in one table (a copy of them all)."""
+        kept = self.base.filter(pc.invert(pc.is_in(self.base[RECORD], value_set=self.dropped)))
+        return pa.concat_tables([kept, self.added], promote_options="permissive")
+
+
+Records: TypeAlias = pa.Table | DeltaRecords
+"""A night's records: one table, or a delta night's :class:`DeltaRecords`."""
+
+
+Ids: TypeAlias = pd.Index | pa.Array
+"""Record IDs: a pandas index, or an Arrow array of strings (see :func:`distinct`)."""
+
+
+def id_array(ids: Ids) -> pa.Array:
+    """Record IDs as an Arrow array of strings."""
+    if isinstance(ids, pd.Index):
+        return pa.array(ids.to_numpy(dtype=object), pa.string())
+    return ids
+
+
+def distinct(*ids: pd.Series | pd.Index | pa.Array) -> pa.Array:
+    """The distinct record IDs among ``ids``, in no particular order (a set of them built by
+    Arrow: a pandas union sorts the strings, which cost more than the lookups they serve)."""
+    parts = [i if isinstance(i, pa.Array) else id_array(pd.Index(i)) for i in ids]
+    return pc.unique(pa.chunked_array(parts, pa.string()))
+
+
+def pick(records: Records, ids: Ids, columns: list[str] | None = None) -> pa.Table:
+    """The ``records`` with ``ids`` (those there are; only ``columns`` if given)."""
+    if isinstance(records, DeltaRecords):
+        return records.pick(ids, columns)
+    mask = pc.is_in(records[RECORD], value_set=id_array(ids))
+    return (records if columns is None else records.select(columns)).filter(mask)
+
+
+def records_frame(records: Records, ids: Ids | None = None) -> pd.DataFrame:
     """The records with ``ids`` (all if None) as pandas, indexed by record ID, sorted, without
     the columns linking never reads."""
-    if ids is not None:
-        records = records.filter(is_in(records[RECORD], ids))
+    if isinstance(records, DeltaRecords):
+        records = records.pick(ids) if ids is not None else records.whole()
+    elif ids is not None:
+        records = pick(records, ids)
     frame = linked_columns(records).to_pandas().set_index(RECORD)
     return frame if frame.index.is_monotonic_increasing else frame.sort_index()
 

@@ -112,16 +112,19 @@ def _owner(folder: Path, column: str, wanted: pa.ChunkedArray) -> pd.Series:
     ``wanted`` values (those looked up): the records of every other value are left out
     before the crosswalk is joined and sorted."""
     values = pc.drop_null(pc.unique(wanted.cast(pa.string())))
-    records = read_state(folder, "records", [RECORD, column])
-    both = _with_masters(folder, records.filter(pc.is_in(records[column], value_set=values)))
+    # the records holding a wanted value picked while reading: the others are never copied
+    both = _with_masters(
+        folder, read_state(folder, "records", [RECORD, column], where=(column, values))
+    )
     both = both.take(pc.sort_indices(both, [(RECORD, "ascending")])).to_pandas()
     return both.drop_duplicates(column).set_index(column)["master_id"]
 
 
 def _with_masters(folder: Path, records: pa.Table) -> pa.Table:
     """``records`` (a few of them) with their master IDs (null without a crosswalk row): the
-    crosswalk (every record) joined to them, so that the join builds its hash table of the few."""
-    xw = read_state(folder, "crosswalk", [RECORD, "master_id"])
+    crosswalk rows of those records, read as such, joined to them."""
+    ids = records[RECORD].combine_chunks()
+    xw = read_state(folder, "crosswalk", [RECORD, "master_id"], where=(RECORD, ids))
     return xw.join(records, RECORD, join_type="right outer")
 
 

@@ -31,7 +31,15 @@ from etl.state import RunState
 from master_data.deterministic import HARD_KEY
 from master_data.night_state import BaseState, ConsolidateError
 from master_data.pairs import usable
-from master_data.records import RECORD, is_in, records_frame
+from master_data.records import (
+    RECORD,
+    DeltaRecords,
+    Records,
+    distinct,
+    is_in,
+    pick,
+    records_frame,
+)
 from store.layout import canonical_dir, raw_dir, raw_path
 
 # --- the departments whose rows go in -----------------------------------------------------------
@@ -142,6 +150,29 @@ def night_records(
     return records, removed, left
 
 
+def delta_records(
+    tonight: pa.Table, gone: list[str], base: BaseState
+) -> tuple[DeltaRecords, pd.Index, int]:
+    """What :func:`night_records` gives a delta night (whose ``base`` night's state is carried
+    over), the base night's records left where they are: read memory-mapped in ``tonight``'s
+    columns, only their IDs looked at."""
+    changed = pd.Index(tonight[RECORD].to_pandas())
+    removed = changed.union(pd.Index(gone))
+    mapped, dropped, added = base.record_layers(tonight.column_names)
+    ids = mapped[RECORD]
+    present = ids.filter(pc.invert(pc.is_in(ids, value_set=dropped))) if len(dropped) else ids
+    if added is not None:
+        present = pa.chunked_array([*present.chunks, *added[RECORD].chunks], pa.string())
+        added = added.filter(pc.invert(is_in(added[RECORD], removed)))
+        tonight = pa.concat_tables([added, tonight], promote_options="permissive")
+    went = pc.is_in(present, value_set=pa.array(gone, pa.string()))
+    replaced = is_in(present, changed)
+    left = int(pc.sum(pc.and_(went, pc.invert(replaced))).as_py() or 0)
+    stay = len(present) - int(pc.sum(pc.or_(went, replaced)).as_py() or 0)
+    records = DeltaRecords(mapped, distinct(dropped, removed), tonight, stay + tonight.num_rows)
+    return records, removed, left
+
+
 @dataclass
 class Relink:
     """The records a night links again, and what it knows of the others."""
@@ -181,7 +212,7 @@ class Relink:
         state table (record IDs, or master IDs); None when nothing is carried over."""
         if self.redone is None:
             return None
-        if name in ("components", "crosswalk"):
+        if name in ("components", "crosswalk", "edges"):
             return self.redone
         return pd.Index(sorted(set(self.previous["master_id"])))
 
@@ -201,7 +232,7 @@ def everything(records: pd.DataFrame, fresh: pd.DataFrame, base: BaseState, enti
 
 
 def closure(
-    records: pa.Table,
+    records: Records,
     changed: pd.Index,
     removed: pd.Index,
     fresh: pd.DataFrame,
@@ -215,30 +246,31 @@ def closure(
     tonight's rows; their base edges carried over beside tonight's."""
     ok = usable(fresh, auto_link)
     ends = [fresh.loc[ok, "left"], fresh.loc[ok, "right"]]
-    ends += [decided["left_record"], decided["right_record"]]
-    seeds = removed.union(pd.Index(pd.concat(ends)))
+    ends += [decided["left_record"], decided["right_record"], removed]
+    seeds = distinct(*ends)
     # only the rows of the records at hand are read from the base night's large tables
-    hit = pc.unique(base.read("components", ["component"], where=(RECORD, _ids(seeds)))[0])
+    hit = pc.unique(base.read("components", ["component"], where=(RECORD, seeds))[0])
     # the base records of the components hit: relinked (less the removed ones)
     members = pd.Index(
         base.read("components", [RECORD], where=("component", hit))[RECORD].to_pandas()
     )
     affected = members.difference(removed).union(changed)
-    old = base.read("edges")
-    carried = old.filter(pc.or_(is_in(old["left"], members), is_in(old["right"], members)))
-    carried = carried.to_pandas()
+    carried = base.read("edges", where=(("left", "right"), _ids(members))).to_pandas()
     carried = carried[~(carried["left"].isin(removed) | carried["right"].isin(removed))]
     edges = pd.concat([carried.drop(columns=["accepted"]), fresh], ignore_index=True)
     previous = base.read("crosswalk", where=(RECORD, _ids(members))).to_pandas()
-    outside = pd.Index(edges["left"]).union(pd.Index(edges["right"])).difference(affected)
+    at_ends = distinct(edges["left"], edges["right"])
+    outside_ids = at_ends.filter(pc.invert(is_in(at_ends, affected)))
+    outside = pd.Index(outside_ids.to_pandas())
     master_outside = (
-        base.read("crosswalk", [RECORD, "master_id"], where=(RECORD, _ids(outside)))
+        base.read("crosswalk", [RECORD, "master_id"], where=(RECORD, outside_ids))
         .to_pandas()
         .set_index(RECORD)["master_id"]
     )
     relinked = records_frame(records, affected)
     key = HARD_KEY[entity]
-    hard_keys = pd.concat([relinked[key], records_frame(records, outside)[key]])
+    far = pick(records, outside, [RECORD, key]).to_pandas().set_index(RECORD)[key]
+    hard_keys = pd.concat([relinked[key], far.sort_index()])
     return Relink(relinked, edges, previous, master_outside, hard_keys, members.union(removed))
 
 

@@ -28,6 +28,7 @@ from master_data.consolidate import consolidate
 from master_data.evaluate import load_truth
 from master_data.explain import explain
 from master_data.link import link
+from master_data.model import FellegiSunter
 from master_data.night_state import SORT, ConsolidateError, layer_file, prune_states, read_state
 from master_data.publish import publish
 from master_data.published import evaluate_published
@@ -188,8 +189,22 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(
     before = {e: _crosswalk(city, NIGHT0, e) for e in ("person", "enterprise")}
     next_night(city.var_dir / "city")
     _night(city, NIGHT1)
+    written: list[str] = []
+    to_json = FellegiSunter.to_json
+    monkeypatch.setattr(FellegiSunter, "to_json", lambda m: written.append("model") or to_json(m))
     delta = link(city, NIGHT1)
+    monkeypatch.undo()
     assert delta.mode == "delta" and delta.entities["person"].changed > 0
+    # a model not fitted tonight is the base night's file, carried over, not written again
+    assert not delta.entities["person"].model_trained
+    fitted = [e for e in ("person", "enterprise") if delta.entities[e].model_trained]
+    assert len(written) == len(fitted)
+    for e in {"person", "enterprise"} - set(fitted):
+        model_file = master_dir(city.var_dir, NIGHT1) / e / "model.json"
+        assert (
+            model_file.read_bytes()
+            == (model_file.parents[2] / f"run={NIGHT0}" / e / "model.json").read_bytes()
+        )
     relinked = delta.entities["person"].records_relinked
     assert 0 < relinked < delta.entities["person"].records / 5
     delta_ids = {e: _crosswalk(city, NIGHT1, e) for e in ("person", "enterprise")}
@@ -202,7 +217,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(
             *_LAYERED_ORDER,  # a delta night's records and block keys are layers on night 0's
         )
     }
-    for f in ("records", "blockkeys", "components", "crosswalk", "provenance"):
+    for f in ("records", "blockkeys", "edges", "components", "crosswalk", "provenance"):
         assert layer_file(state / "person", f, "added").is_file(), f
     published = publish(city, NIGHT1)
     assert published["published"] == "incremental"  # the warehouse held the delta's base night
@@ -212,7 +227,7 @@ def test_delta_night_equals_full_rebuild_and_keeps_ids(
     monkeypatch.setattr(night_state, "COMPACT_SHARE", 0.0)
     link(city, NIGHT1)
     monkeypatch.undo()
-    for f in ("records", "blockkeys", "components", "crosswalk", "provenance"):
+    for f in ("records", "blockkeys", "edges", "components", "crosswalk", "provenance"):
         assert not layer_file(state / "person", f, "added").exists(), f
     for (e, f), frame in delta_files.items():
         pd.testing.assert_frame_equal(

@@ -24,7 +24,8 @@ from master_data.night_state import (
     write_layered,
     write_merged,
 )
-from master_data.records import RECORD
+from master_data.records import RECORD, is_in
+from master_data.scope import delta_records, night_records
 
 ROWS = 400
 
@@ -103,6 +104,89 @@ def test_rows_picked_by_a_column_read_as_the_whole_table_filtered(tmp_path: Path
     assert read_state(night1, "records", ["name"], where=(RECORD, ids)).to_pydict() == {
         "name": ["张400"]
     }
+
+
+def test_a_delta_nights_records_are_the_base_nights_not_copied(tmp_path: Path) -> None:
+    """A delta night's records (:func:`master_data.scope.delta_records`) are the table that
+    filtering the base night's gives (:func:`master_data.scope.night_records`), record for
+    record, on a base night that is itself layered; building them copies none of the base
+    night's records, only what is picked is copied."""
+    many = 20_000
+    night0, night1 = tmp_path / "n0", tmp_path / "n1"
+    night0.mkdir()
+    whole0 = _records(list(range(many)), 0)
+    write_layered(night0, "records", whole0)
+    _next(night1, night0, whole0, gone=[3, 4], new=[5, many, many + 1], night=1)
+    base = BaseState(night1, "person", fallback=False, warehouse=None, records_needed=True)
+    tonight = _records([5, 6, many + 1, many + 2], 2)
+    gone = [f"gongan/t_rk/{i:05d}" for i in (7, many)]
+
+    expected, removed, left = night_records(tonight, gone, base.records(), True)
+    before = pa.total_allocated_bytes()
+    records, removed_too, left_too = delta_records(tonight, gone, base)
+    assert pa.total_allocated_bytes() - before < whole0.nbytes / 20
+    assert removed_too.equals(removed) and left_too == left == 2  # 7 and 20000 left
+    assert records.num_rows == expected.num_rows == many - 1  # 3, 4, 7, 20000 left; 2 new
+
+    def by_id(table: pa.Table) -> pa.Table:
+        return table.sort_by(RECORD)
+
+    assert by_id(records.whole()).equals(by_id(expected))
+    ids = pd.Index([f"gongan/t_rk/{i:05d}" for i in (2, 3, 5, 6, 7, many, many + 1, many + 2)])
+    picked = records.pick(ids)
+    assert picked.num_rows == 5  # 3, 7 and 20000 are gone
+    assert by_id(picked).equals(by_id(expected.filter(is_in(expected[RECORD], ids))))
+    assert picked.filter(pc.equal(picked[RECORD], "gongan/t_rk/00005"))["night"].to_pylist() == [2]
+
+
+def test_edges_are_layered_and_dropped_by_either_end(tmp_path: Path) -> None:
+    """A delta night writes the edges as layers on the base night's file (1.9M rows at 200k
+    persons were read, filtered and written whole each night): an edge is dropped when either
+    of its ends is relinked, on the base and on the base night's own added layer, and rows
+    picked by either end read as the whole table filtered."""
+
+    def edges(pairs: list[tuple[int, int]], night: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "left": [f"r{a:04d}" for a, _ in pairs],
+                "right": [f"r{b:04d}" for _, b in pairs],
+                "probability": [night + a / 10_000 for a, _ in pairs],
+            }
+        )
+
+    night0, night1, night2 = tmp_path / "n0", tmp_path / "n1", tmp_path / "n2"
+    for night in (night0, night1, night2):
+        night.mkdir()
+    first = [(i, i + 1) for i in range(0, ROWS, 2)]
+    write_merged(night0, "edges", edges(first, 0), None)
+    expected = edges(first, 0)
+
+    def night(
+        folder: Path, base: Path, relinked: list[int], fresh: list[tuple[int, int]], n: int
+    ) -> None:
+        nonlocal expected
+        ids = pd.Index([f"r{i:04d}" for i in relinked])
+        kept = expected[~(expected["left"].isin(ids) | expected["right"].isin(ids))]
+        write_merged(folder, "edges", edges(fresh, n), None, base=base, removed=ids)
+        expected = pd.concat([kept, edges(fresh, n)], ignore_index=True)
+        assert (
+            state_file(folder, "edges").stat().st_ino == state_file(night0, "edges").stat().st_ino
+        )
+        got = read_state(folder, "edges").to_pandas()
+        pd.testing.assert_frame_equal(got, expected)
+
+    night(night1, night0, [3, 10], [(3, 10), (3, 7)], 1)  # (2,3) and (10,11) dropped
+    night(night2, night1, [7, 11], [(7, 9)], 2)  # (3,7) of night 1's layer and (6,7) dropped
+    ends = pa.array(["r0003", "r0020"])
+    picked = read_state(night2, "edges", where=(("left", "right"), ends)).to_pandas()
+    want = expected[
+        expected["left"].isin(["r0003", "r0020"]) | expected["right"].isin(["r0003", "r0020"])
+    ]
+    pd.testing.assert_frame_equal(picked, want.reset_index(drop=True))
+    assert sorted(zip(picked["left"], picked["right"], strict=True)) == [
+        ("r0003", "r0010"),
+        ("r0020", "r0021"),
+    ]
 
 
 def test_a_delta_nights_block_keys_get_a_new_base_from_the_base_nights(tmp_path: Path) -> None:
