@@ -897,9 +897,16 @@ class _TableSource:
             yield _with_row_key(chunk(), self.table.primary_key)
 
     def keys(self) -> Iterator[pa.Array]:
-        """Every row key, read from the primary key columns only."""
+        """Every row key, read from the primary key columns only: from SQLite, joined in the
+        source into one text (:func:`_sqlite_keys`) where its keys allow, else row by row."""
         pk = self.table.primary_key
         types = {c: self.types[c] for c in pk}
+        if not self.copy and self.conn.dialect.name == "sqlite":
+            joined = _sqlite_keys(self.conn, self.table.name, pk, list(types.values()))
+            if joined is not None:
+                for start in range(0, len(joined), _KEY_ROWS):
+                    yield joined.slice(start, _KEY_ROWS)
+                return
         chunks = _read(
             self.conn, self.copy, self.table.name, pk, types, set(), None, self.chunk_rows
         )
@@ -1522,6 +1529,42 @@ def _read_sqlite(
             yield functools.partial(pa.Table.from_arrays, arrays, schema=schema)
     finally:
         cursor.close()
+
+
+_KEY_LINE = "\n"  # what _sqlite_keys puts between two keys
+
+
+def _sqlite_keys(
+    conn: sa.Connection, table: str, primary_key: list[str], types: list[TypeEngine[Any]]
+) -> pa.Array | None:
+    """Every row key of a SQLite table as one query returns them: joined in SQLite
+    (``group_concat``, a line per key, the columns of a composite key joined with ``|``) into a
+    single text that Arrow splits, so that no key becomes a Python object (the nightly key scan
+    reads every key of every table). The key set is held whole afterwards anyway.
+
+    Only where that text is exactly what :meth:`_TableSource.rows` gives (else None, and the
+    keys are read row by row): key columns without a result processor, every key value text or
+    an integer (SQLite and :func:`_text` write both alike; a NULL, real or blob is left to the
+    row path) and no key holding a line break (more lines than rows)."""
+    dialect = conn.dialect
+    if any(t.dialect_impl(dialect).result_processor(dialect, None) for t in types):
+        return None
+    quote = dialect.identifier_preparer.quote
+    columns = [quote(c) for c in primary_key]
+    key = f" || '{KEY_SEPARATOR}' || ".join(columns)
+    plain = " AND ".join(f"typeof({c}) IN ('text', 'integer')" for c in columns)
+    rows, plain_rows, text = conn.exec_driver_sql(
+        f"SELECT count(*), coalesce(sum({plain}), 0), "
+        f"group_concat({key}, char({ord(_KEY_LINE)})) FROM {quote(table)}"
+    ).one()
+    if plain_rows != rows:
+        return None
+    if not rows:
+        return pa.array([], pa.string())
+    keys = pc.split_pattern(pa.array([text], pa.large_string()), _KEY_LINE).flatten()
+    if len(keys) != rows:  # a key holds a line break
+        return None
+    return keys.cast(pa.string())
 
 
 def _texts(values: Sequence[Any]) -> pa.Array:

@@ -279,8 +279,8 @@ def write_layered(
 
 def _among(values: pa.ChunkedArray, keys: pa.Array) -> pa.ChunkedArray:
     """Which ``values`` are among ``keys`` (a column written from an empty frame, or keys taken
-    from one, are typed null: none of their values is among the other's)."""
-    if pa.types.is_null(values.type):
+    from one, are typed null or float: none of their values is among the other's)."""
+    if pa.types.is_null(values.type) or not len(values):
         values = values.cast(pa.string() if pa.types.is_null(keys.type) else keys.type)
     if pa.types.is_null(keys.type):
         keys = keys.cast(values.type)

@@ -151,13 +151,19 @@ def _refuse_to_undo(
 def _frames(state: Path, run_id: str, touched: frozenset[str] | None) -> dict[str, pa.Table]:
     """The warehouse rows of the night in ``state``: every row, or (``touched`` given) those of
     the current tables that name a touched master ID, plus the nightly tables' rows. They stay
-    Arrow tables, as the state holds them: the publish converts each chunk as it inserts it."""
+    Arrow tables, as the state holds them: the publish converts each chunk as it inserts it.
+    A table with one master-ID column has its rows picked as it is read (a large state table
+    read memory-mapped copies only those)."""
     ids = pd.Index(sorted(touched)) if touched is not None else None
+    picked = pa.array(ids.to_numpy(dtype=object), pa.string()) if ids is not None else None
 
     def rows(folder: Path, name: str, table: str, **extra: str) -> pa.Table:
-        data = read_state(folder, name)
         keys = KEY_COLUMNS.get(table)
-        if ids is not None and keys:
+        if picked is not None and keys and len(keys) == 1:
+            data = read_state(folder, name, where=(keys[0], picked))
+        else:
+            data = read_state(folder, name)
+        if ids is not None and keys and len(keys) > 1:
             hit = is_in(data[keys[0]], ids)
             for k in keys[1:]:
                 hit = pc.or_(hit, is_in(data[k], ids))

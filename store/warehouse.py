@@ -152,16 +152,19 @@ def publish(engine: sa.Engine, night: Night, chunk_rows: int = 20_000) -> None:
     unknown = set(night.frames) - set(tables)
     if unknown:
         raise ValueError(f"no warehouse table named {sorted(unknown)}")
+    frames = dict(night.frames)
     with engine.begin() as conn:
         if night.touched is None:
             for table in CURRENT_TABLES:
                 conn.execute(table.delete())
+        elif conn.dialect.name == "sqlite":
+            frames = _replace_changed(conn, sorted(night.touched), frames)
         else:
             _delete_touched(conn, sorted(night.touched))
         for table in NIGHTLY_TABLES:
             conn.execute(table.delete().where(table.c.run_id == night.run_id))
         with _bulk_load(conn, CURRENT_TABLES if night.touched is None else ()):
-            for name, frame in night.frames.items():
+            for name, frame in frames.items():
                 _insert(conn, tables[name], frame, chunk_rows)
         conn.execute(run_table.delete().where(run_table.c.run_id == night.run_id))
         conn.execute(
@@ -191,6 +194,14 @@ _INSERT_CHUNK = 20_000
 def _delete_touched(conn: sa.Connection, touched: list[str]) -> None:
     """Delete, inside ``conn``'s transaction, the current tables' rows that name one of
     ``touched`` in any of their :data:`KEY_COLUMNS`."""
+    temporary = _fill_touched(conn, touched)
+    for table in CURRENT_TABLES:
+        _delete_rows_of_touched(conn, table)
+    conn.exec_driver_sql(f"DROP {temporary}TABLE {_TOUCHED.name}")
+
+
+def _fill_touched(conn: sa.Connection, touched: list[str]) -> str:
+    """Create :data:`_TOUCHED` on ``conn`` holding ``touched``; the word its ``DROP`` takes."""
     temporary = "TEMPORARY " if conn.dialect.name in ("mysql", "mariadb") else ""
     # one a failed publish on this pooled connection may have left (MariaDB: not transactional)
     conn.exec_driver_sql(f"DROP {temporary}TABLE IF EXISTS {_TOUCHED.name}")
@@ -198,11 +209,113 @@ def _delete_touched(conn: sa.Connection, touched: list[str]) -> None:
     for start in range(0, len(touched), _INSERT_CHUNK):
         rows = [{"master_id": m} for m in touched[start : start + _INSERT_CHUNK]]
         conn.execute(_TOUCHED.insert(), rows)
+    return temporary
+
+
+def _delete_rows_of_touched(conn: sa.Connection, table: sa.Table) -> None:
+    """Delete ``table``'s rows that name a master ID of :data:`_TOUCHED` in any of their
+    :data:`KEY_COLUMNS`."""
     ids = sa.select(_TOUCHED.c.master_id)
+    for key in KEY_COLUMNS[table.name]:
+        lead = _by_primary_key(conn, table, key)
+        where = [lead[0].in_(lead[1])] if lead else []
+        conn.execute(table.delete().where(*where, table.c[key].in_(ids)))
+
+
+_COMPARED = frozenset({crosswalk_table.name, relationship_table.name})
+"""The current tables whose rows of a touched master mostly come back unchanged (at 200,000
+persons 80 % of the crosswalk's, 87 % of the relationships'; a fifth of the provenance's and
+none of the golden records'): an incremental publish on SQLite compares them with the night's
+and replaces only the rows that changed (:func:`_replace_changed`)."""
+
+
+def _replace_changed(
+    conn: sa.Connection, touched: list[str], frames: dict[str, Rows]
+) -> dict[str, Rows]:
+    """The incremental publish on SQLite: delete the current tables' rows that name one of
+    ``touched`` (by :data:`KEY_COLUMNS`) — of the tables in :data:`_COMPARED`, only those the
+    night does not hold again — and return ``frames`` less the rows those tables hold
+    already: what is left to insert. The tables end as :func:`_delete_touched` and inserting
+    every frame would leave them.
+
+    The crosswalk is in source order, a master's rows far apart: deleting and inserting its
+    unchanged rows again dirtied pages all over it and its two indexes, and writing those
+    pages to the WAL and back cost more than the rows did. Rows are compared as the driver
+    stores them (each frame column through :func:`_converter`, a column the frame lacks as
+    NULL)."""
+    _fill_touched(conn, touched)
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, sqlite3.Connection)
+    quote = conn.dialect.identifier_preparer.quote
+    out = dict(frames)
     for table in CURRENT_TABLES:
+        if table.name not in _COMPARED:
+            _delete_rows_of_touched(conn, table)
+            continue
+        columns = ", ".join(quote(c.name) for c in table.columns)
+        old: dict[int, tuple[Any, ...]] = {}
         for key in KEY_COLUMNS[table.name]:
-            conn.execute(table.delete().where(table.c[key].in_(ids)))
-    conn.exec_driver_sql(f"DROP {temporary}TABLE {_TOUCHED.name}")
+            lead = _by_primary_key(conn, table, key)
+            first = (
+                f"{quote(lead[0].name)} IN ({', '.join('?' * len(lead[1]))}) AND " if lead else ""
+            )
+            found = raw.execute(
+                f"SELECT rowid, {columns} FROM {quote(table.name)} WHERE {first}"
+                f"{quote(key)} IN (SELECT master_id FROM {_TOUCHED.name})",
+                lead[1] if lead else (),
+            )
+            old.update((row[0], row[1:]) for row in found)
+        frame = out.get(table.name)
+        data = _arrow(frame, table) if frame is not None else None
+        new = _stored_rows(conn, table, data) if data is not None else []
+        again = set(new)
+        stale = [(rowid,) for rowid, row in old.items() if row not in again]
+        if stale:
+            raw.executemany(f"DELETE FROM {quote(table.name)} WHERE rowid = ?", stale)
+        if data is not None and old:
+            held = set(old.values())
+            out[table.name] = data.filter(pa.array([row not in held for row in new], pa.bool_()))
+    conn.exec_driver_sql(f"DROP TABLE {_TOUCHED.name}")
+    return out
+
+
+def _stored_rows(conn: sa.Connection, table: sa.Table, data: pa.Table) -> list[tuple[Any, ...]]:
+    """``data``'s rows as the driver is sent them, one value per column of ``table`` (None
+    for a column ``data`` lacks)."""
+    none = [None] * data.num_rows
+    values = [
+        _converter(c, conn.dialect)(data.column(c.name)) if c.name in data.column_names else none
+        for c in table.columns
+    ]
+    return list(zip(*values, strict=True))
+
+
+def _by_primary_key(
+    conn: sa.Connection, table: sa.Table, key: str
+) -> tuple[sa.Column[Any], list[Any]] | None:
+    """On SQLite, for a master-ID column ``key`` that comes second in ``table``'s primary key
+    and leads no index: the key's first column and every value it holds. ``first IN (those
+    values)``, true of every row, lets SQLite find the touched rows through the primary key's
+    index instead of reading the whole table (the provenance, keyed by entity, master ID
+    and attribute, holds 1.8 million rows at 200,000 persons). The values are found by
+    walking down that index, a lookup per value. Elsewhere (and for any other column) None:
+    PostgreSQL plans a join, and MariaDB refuses a subquery on the table it deletes from."""
+    pk = list(table.primary_key.columns)
+    if (
+        conn.dialect.name != "sqlite"
+        or len(pk) < 2
+        or pk[1].name != key
+        or any(index.columns[0].name == key for index in table.indexes)
+    ):
+        return None
+    quote = conn.dialect.identifier_preparer.quote
+    name, first = quote(table.name), quote(pk[0].name)  # NOT NULL: in the primary key
+    walk = conn.exec_driver_sql(
+        f"WITH RECURSIVE walk(v) AS (SELECT min({first}) FROM {name} UNION ALL "
+        f"SELECT (SELECT min({first}) FROM {name} WHERE {first} > v) FROM walk "
+        "WHERE v IS NOT NULL) SELECT v FROM walk WHERE v IS NOT NULL"
+    )
+    return pk[0], [v for (v,) in walk]
 
 
 def latest_run(engine: sa.Engine, *, before: str | None = None) -> Mapping[str, Any] | None:

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sample_cities import CityFactory, isolate
 
 import etl.extract as ex
-from etl.config import CityConfig, DepartmentConfig, load_city_config
+from etl.config import CityConfig, DepartmentConfig, TableConfig, load_city_config
 from etl.extract import DepartmentExtract, ParquetSink, extract_all, extract_department
 from etl.sample_city.generate import drop_database, generate_city, next_night, target_url
 from etl.standardize import ParquetParts
@@ -763,3 +763,55 @@ def test_a_writer_killed_while_replacing_leaves_a_whole_output(
         out.write(pa.table({"n": [3]}))
     assert _read(path) == [3]
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+_KEY_ROWS_CASES = {
+    "text and integers": ([("甲", 1), ("b", 22), ("", 3), ("d|e", 4)], True),
+    "bytes that are not UTF-8": ([(b"\xe4\xb8", 1), ("ok", 2)], True),
+    "a line break in a key": ([("a\nb", 1), ("c", 2)], False),
+    "a NULL key column": ([(None, 1), ("c", 2)], False),
+    "a real number": ([("a", 1.5), ("c", 2)], False),
+}
+
+
+@pytest.mark.parametrize("case", list(_KEY_ROWS_CASES))
+def test_sqlite_key_scan_joins_keys_in_the_source_as_the_rows_give_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    rows, joined = _KEY_ROWS_CASES[case]
+    path = tmp_path / "src.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as db:  # no primary key: NULLs possible
+        db.execute("CREATE TABLE t (a VARCHAR(10), b INTEGER, c VARCHAR(14), x VARCHAR(10))")
+        for a, b in rows:
+            value = "CAST(? AS TEXT)" if isinstance(a, bytes) else "?"
+            db.execute(f"INSERT INTO t VALUES ({value}, ?, '20260701', 'x')", (a, b))
+        db.commit()
+    table = TableConfig(
+        name="t",
+        entity="person",
+        primary_key=["a", "b"],
+        change_column="c",
+        change_kind="string",
+        change_format="%Y%m%d",
+        columns={"x": "name"},
+    )
+    engine = ex._engine(ex._read_only_url(f"sqlite:///{path}"))
+    with engine.connect() as conn:
+        ex._begin_read_only(conn)
+        types = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns("t")}
+        source = ex._TableSource(
+            conn, False, table, types, {c: "string" for c in types}, chunk_rows=2
+        )
+        by_rows = pa.concat_arrays([r[ex.ROW_KEY].combine_chunks() for r in source.rows()])
+        read_row_by_row = ex._read_sqlite
+        if joined:  # then the scan makes no Python object per key
+
+            def refuse(*args: Any) -> Any:
+                raise AssertionError("the keys were read row by row")
+
+            monkeypatch.setattr(ex, "_read_sqlite", refuse)
+        scanned = pa.chunked_array(list(source.keys()), pa.string())
+        monkeypatch.setattr(ex, "_read_sqlite", read_row_by_row)
+    engine.dispose()
+    assert scanned.to_pylist() == by_rows.to_pylist()
+    assert len(scanned) == len(rows)

@@ -362,3 +362,79 @@ def test_postgres_copy_writes_text_a_chunk_at_a_time(
             s and s.replace(microsecond=0 if unit == "s" else s.microsecond) for s in stamps
         ]
         assert sorted(person["member_count"]) == [-(2**31), 0, 2**31 - 1]
+
+
+def _crosswalk(rows: list[tuple[str, str, float]]) -> pd.DataFrame:
+    """Crosswalk rows (source key, master ID, link probability) of one department."""
+    frame = pd.concat([_frame(wh.crosswalk_table).iloc[[2]]] * len(rows), ignore_index=True)
+    frame["source_key"] = [k for k, _, _ in rows]
+    frame["master_id"] = [m for _, m, _ in rows]
+    frame["link_probability"] = [p for _, _, p in rows]
+    return frame
+
+
+def _provenance(masters: list[str], source_key: str) -> pd.DataFrame:
+    frame = pd.concat([_frame(wh.provenance_table).iloc[[2]]] * len(masters), ignore_index=True)
+    frame["master_id"] = masters
+    frame["source_key"] = source_key
+    return frame
+
+
+def test_an_incremental_sqlite_publish_rewrites_only_what_changed_and_scans_no_large_table(
+    sqlite_url: str,
+) -> None:
+    """A touched master's crosswalk rows that come back unchanged stay where they are (not
+    deleted and inserted again), the tables still end as a whole publish leaves them, and the
+    touched rows of the large tables are found through an index, never by reading the table."""
+    night1 = {
+        "mdm_crosswalk": _crosswalk([("k2", "P2", 0.5), ("k3", "P2", 0.5), ("k1", "P1", 0.5)]),
+        "mdm_provenance": _provenance(["P2", "P1"], "k2"),
+        "mdm_relationship": _people(["P2", "P1"], "old")["mdm_relationship"],
+    }
+    changed = {  # P2 keeps k2, k3 moves to P3 with a new probability, k4 joins P2
+        "mdm_crosswalk": _crosswalk([("k2", "P2", 0.5), ("k3", "P3", 0.9), ("k4", "P2", 0.7)]),
+        "mdm_provenance": _provenance(["P2", "P3"], "k4"),
+        "mdm_relationship": _people(["P2"], "old")["mdm_relationship"],
+    }
+    statements: list[str] = []
+    with _engine(sqlite_url) as engine:
+        sa.event.listen(
+            engine, "connect", lambda conn, _: conn.set_trace_callback(statements.append)
+        )
+        engine.dispose()  # the pooled connection opened before the listener
+        wh.publish(engine, _night(night1))
+        before = _rowids(engine)
+        statements.clear()
+        wh.publish(engine, _night(changed, frozenset({"P2", "P3"})))
+        incremental, after = _tables(engine), _rowids(engine)
+        wh.publish(engine, _night({k: pd.concat([changed[k], _p1(night1[k])]) for k in night1}))
+        assert _tables(engine) == incremental
+    assert after[("k2", "P2")] == before[("k2", "P2")]  # unchanged: left in place
+    assert after[("k1", "P1")] == before[("k1", "P1")]  # untouched
+    assert ("k3", "P2") not in after and set(after) == {
+        ("k1", "P1"),
+        ("k2", "P2"),
+        ("k3", "P3"),
+        ("k4", "P2"),
+    }
+    with contextlib.closing(wh.engine_for(sqlite_url).raw_connection()) as raw:
+        raw.execute("CREATE TEMPORARY TABLE govmdm_touched (master_id VARCHAR(64) PRIMARY KEY)")
+        large = ("mdm_person", "mdm_enterprise", "mdm_provenance", "mdm_crosswalk")
+        found = [
+            s for s in statements if s.startswith(("DELETE", "SELECT")) and "govmdm_touched" in s
+        ]
+        assert any("mdm_provenance" in s for s in found)
+        for statement in found:
+            plan = [r[-1].split() for r in raw.execute(f"EXPLAIN QUERY PLAN {statement}")]
+            assert not any(step[:2] == ["SCAN", t] for step in plan for t in large), statement
+
+
+def _p1(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``frame`` that name P1 (the master the second night did not touch)."""
+    return frame[(frame == "P1").any(axis=1)]
+
+
+def _rowids(engine: sa.Engine) -> dict[tuple[str, str], int]:
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT source_key, master_id, rowid FROM mdm_crosswalk")
+        return {(k, m): r for k, m, r in rows}
