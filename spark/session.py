@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -29,6 +30,9 @@ it a night started by ``spark-submit`` uses the master it was submitted to, and 
 night a ``local[2]`` Spark in this process."""
 _LOCAL = "local[2]"
 _JAVA_OPTIONS = "spark.driver.extraJavaOptions"
+
+_EXIT_WAIT_S = 30
+"""How long a driver JVM that no longer answers is given to end, for its exit status."""
 
 OUT_OF_MEMORY_EXIT = 3
 """The exit status of a JVM that ``-XX:+ExitOnOutOfMemoryError`` stopped."""
@@ -182,16 +186,25 @@ def _stopped(spark: SparkSession, exc: Exception, step: str) -> SparkStopped | N
 
 
 def _driver_exit(spark: SparkSession) -> int | str | None:
-    """How the driver's JVM ended: its exit status when this process started it, "gone" when
-    it does not answer (it started this process: ``spark-submit``); None while it runs.
+    """How the driver's JVM ended: its exit status when this process started it (one that no
+    longer answers is given :data:`_EXIT_WAIT_S` to end), "gone" when it does not answer and
+    has no status here (it started this process: ``spark-submit``); None while it runs.
     After an out-of-memory exit, a Java exception's text cannot be fetched from it."""
     gateway = spark.sparkContext._gateway
     process = getattr(gateway, "proc", None)
-    if process is not None:
-        status: int | None = process.poll()
+    if process is not None and process.poll() is not None:
+        status: int = process.poll()
         return status
     try:
         spark.sparkContext._jvm.java.lang.System.currentTimeMillis()  # type: ignore[union-attr]
     except Exception:  # no answer is the answer
-        return "gone"
+        if process is None:
+            return "gone"
+        # a JVM that stopped answering is on its way out (it closes its sockets before its
+        # process ends): its exit status says why
+        try:
+            exited: int = process.wait(timeout=_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            return "gone"
+        return exited
     return None

@@ -78,3 +78,28 @@ def test_a_driver_out_of_memory_fails_the_step_instead_of_hanging(tmp_path: Path
         "of memory and stopped (java.lang.OutOfMemoryError; exit status 3)"
     ), err[-3000:]
     assert "Fix: raise spark.driver.memory under spark: in config/city.yaml" in last
+
+
+def test_a_driver_that_stopped_answering_is_waited_for_its_exit_status() -> None:
+    """A JVM dying of OutOfMemoryError closes its sockets before its process ends: the call
+    that failed sees a refused connection while the process still runs. Its exit status (here
+    a process that ends with 3 a moment after it stopped answering) still names the cause."""
+    from types import SimpleNamespace
+
+    from spark.session import OUT_OF_MEMORY_EXIT, _driver_exit
+
+    def refused() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    dying = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(1); sys.exit(3)"])
+    jvm = SimpleNamespace(
+        java=SimpleNamespace(
+            lang=SimpleNamespace(System=SimpleNamespace(currentTimeMillis=refused))
+        )
+    )
+    context = SimpleNamespace(_gateway=SimpleNamespace(proc=dying), _jvm=jvm)
+    try:
+        assert _driver_exit(SimpleNamespace(sparkContext=context)) == OUT_OF_MEMORY_EXIT  # type: ignore[arg-type]
+    finally:
+        dying.kill()
+        dying.wait()
