@@ -139,15 +139,24 @@ def night_records(
     left = 0
     records = tonight
     if previous is not None and previous.num_rows:
-        # each base record looked up once in each set: removed = changed ∪ gone
-        went = pc.is_in(previous[RECORD], value_set=pa.array(gone, pa.string()))
-        replaced = is_in(previous[RECORD], changed)
-        left = int(pc.sum(pc.and_(went, pc.invert(replaced))).as_py() or 0)
-        kept = previous.filter(pc.invert(pc.or_(went, replaced)))
+        out, left = _leaving(previous[RECORD], gone, changed)
+        kept = previous.filter(pc.invert(out))
         records = pa.concat_tables([kept, tonight])
     if not carry and records is not tonight:  # tonight's rows come sorted: no copy of them
         records = records.take(pc.sort_indices(records, [(RECORD, "ascending")]))
     return records, removed, left
+
+
+def _leaving(
+    ids: pa.Array | pa.ChunkedArray, gone: list[str], changed: pd.Index
+) -> tuple[pa.ChunkedArray | pa.Array, int]:
+    """Which of the base night's record ``ids`` are not tonight's (removed, ``gone``, or
+    replaced, ``changed``), and how many of them left (removed, not replaced): each base record
+    looked up once in each set, not a third time in their union."""
+    went = pc.is_in(ids, value_set=pa.array(gone, pa.string()))
+    replaced = is_in(ids, changed)
+    left = int(pc.sum(pc.and_(went, pc.invert(replaced))).as_py() or 0)
+    return pc.or_(went, replaced), left
 
 
 def delta_records(
@@ -165,10 +174,8 @@ def delta_records(
         present = pa.chunked_array([*present.chunks, *added[RECORD].chunks], pa.string())
         added = added.filter(pc.invert(is_in(added[RECORD], removed)))
         tonight = pa.concat_tables([added, tonight], promote_options="permissive")
-    went = pc.is_in(present, value_set=pa.array(gone, pa.string()))
-    replaced = is_in(present, changed)
-    left = int(pc.sum(pc.and_(went, pc.invert(replaced))).as_py() or 0)
-    stay = len(present) - int(pc.sum(pc.or_(went, replaced)).as_py() or 0)
+    out, left = _leaving(present, gone, changed)
+    stay = len(present) - int(pc.sum(out).as_py() or 0)
     records = DeltaRecords(mapped, distinct(dropped, removed), tonight, stay + tonight.num_rows)
     return records, removed, left
 
