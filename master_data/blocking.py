@@ -52,6 +52,7 @@ __all__ = [
     "PassIndex",
     "PassReport",
     "SkippedBlock",
+    "block_key_rows",
     "block_key_table",
     "candidate_pairs",
     "delta_candidates",
@@ -852,9 +853,18 @@ def block_key_table(df: pd.DataFrame, passes: Iterable[BlockingPass]) -> pa.Tabl
     """Every row's block key per pass (:data:`KEY_SCHEMA`), as ``candidate_pairs(df, passes,
     keep_keys=True)`` keys them, without making pairs or judging block sizes: what another
     engine blocks on (:mod:`spark.blocking`)."""
+    return block_key_rows(df, passes)[0]
+
+
+def block_key_rows(df: pd.DataFrame, passes: Iterable[BlockingPass]) -> tuple[pa.Table, np.ndarray]:
+    """:func:`block_key_table`, and the position in ``df`` of each key row's record."""
     rows = _Rows(df)
-    tables = [_key_table(p.name, _blocks(rows, p.keys), df.index) for p in passes]
-    return pa.concat_tables(tables) if tables else KEY_SCHEMA.empty_table()
+    found = [(p.name, _blocks(rows, p.keys)) for p in passes]
+    tables = [_key_table(name, blocks, df.index) for name, blocks in found]
+    at = [np.asarray(blocks.rows, dtype=np.int64) for _, blocks in found]
+    if not tables:
+        return KEY_SCHEMA.empty_table(), np.zeros(0, dtype=np.int64)
+    return pa.concat_tables(tables), np.concatenate(at)
 
 
 def masked_key(blocking_pass: BlockingPass, text: str) -> str:

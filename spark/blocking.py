@@ -29,6 +29,7 @@ __all__ = [
     "SKIPPED_SHOWN",
     "block_keys",
     "candidate_pairs_on_spark",
+    "key_pairs",
     "pair_frame",
     "pass_reports",
 ]
@@ -86,16 +87,29 @@ def pair_frame(
     if not plist:
         return records.sparkSession.createDataFrame([], "left STRING, right STRING")
     keys = block_keys(records, plist) if keys is None else keys
-    sized = _sized(keys, plist, max_block)
+    return key_pairs(keys, plist, max_block=max_block)
+
+
+def key_pairs(
+    keys: DataFrame,
+    passes: Sequence[BlockingPass],
+    *,
+    max_block: int = DEFAULT_MAX_BLOCK,
+    column: str = RECORD,
+) -> DataFrame:
+    """The pairs of ``keys`` rows (``pass, key, <column>``) in one block of a pass that is
+    neither a single row nor larger than its ``max_block``: ``left < right`` of ``column``
+    (a record ID, or a record's position), each pair once."""
+    sized = _sized(keys, passes, max_block)
     kept = sized.where((F.col("size") >= 2) & (F.col("size") <= F.col("limit")))
-    kept = kept.select("pass", "key", RECORD)
+    kept = kept.select("pass", "key", column)
     left, right = kept.alias("l"), kept.alias("r")
     pairs = left.join(
         right,
         (F.col("l.pass") == F.col("r.pass"))
         & (F.col("l.key") == F.col("r.key"))
-        & (F.col(f"l.{RECORD}") < F.col(f"r.{RECORD}")),
-    ).select(F.col(f"l.{RECORD}").alias("left"), F.col(f"r.{RECORD}").alias("right"))
+        & (F.col(f"l.{column}") < F.col(f"r.{column}")),
+    ).select(F.col(f"l.{column}").alias("left"), F.col(f"r.{column}").alias("right"))
     return pairs.distinct()
 
 

@@ -52,13 +52,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyspark import TaskContext
 from pyspark.sql import DataFrame, SparkSession
 
 from etl.config import CityConfig
-from master_data.blocking import KEY_SCHEMA
+from master_data.blocking import KEY_SCHEMA, block_key_rows
 from master_data.cluster import RecordClusters, cluster_records, record_components
-from master_data.compare import features_for
-from master_data.deterministic import HARD_KEY, corroborated, filed_under_another, rule_links
+from master_data.compare import compare, features_for
+from master_data.deterministic import (
+    CORROBORATION,
+    HARD_KEY,
+    corroborated,
+    filed_under_another,
+    rule_links,
+    rule_links_at,
+)
 from master_data.engine import RecordFiles, Scored
 from master_data.golden import golden_records
 from master_data.model import FellegiSunter
@@ -68,10 +76,10 @@ from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.tf import TF_COLUMNS, Frequencies, attach, edge_u, pair_u, u_column
 from master_data.train import fit_counted, random_pairs, top_levels
-from spark.blocking import block_keys, pair_frame, pass_reports
+from spark.blocking import block_keys, key_pairs, pair_frame, pass_reports
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
-from spark.records import RULE_COLUMNS, canonical_records, payload_columns
+from spark.records import RULE_COLUMNS, canonical_records, payload_columns, position_columns
 from spark.session import TASKS_PER_CORE, guarded
 
 __all__ = ["SparkLink"]
@@ -86,6 +94,20 @@ thousands, so a small entity runs in fewer buckets than :attr:`SparkLink.tasks`.
 DRIVER_EDGES = 5_000_000
 """Links whose components the driver works out itself (:attr:`SparkLink.driver_edges`): about
 200 MB of scipy's graph."""
+
+
+PAYLOAD_BYTES = 2 * 2**30
+"""Records whose columns the link reads take at most this many bytes (about 2.5 million
+person records) are scored by position (:attr:`SparkLink.payload_bytes`): the driver, which
+holds them, writes them to one Arrow file in the link's scratch that every Python worker maps
+(on a cluster the scratch is shared: each machine reads the file once, as a broadcast join
+would send it), and the pairs are pairs of positions in it. More are read by the executors from
+the canonical Parquet and joined to the pairs in Spark SQL, a shuffle of every pair with both
+records' columns."""
+
+PAIR_BATCH = 50_000
+"""Pairs a Python worker compares at once: Spark hands them over 10,000 a batch, and each call
+of the comparisons costs about as much to set up for a few pairs as for many."""
 
 
 def _quiet(_message: str) -> None:
@@ -110,6 +132,7 @@ class SparkLink:
     buckets: int = 0
     bucket_rows: int = BUCKET_ROWS
     driver_edges: int = DRIVER_EDGES
+    payload_bytes: int = PAYLOAD_BYTES
     say: Callable[[str], None] = _quiet
     name: str = field(default="Spark", init=False)
     step: str = field(default="", init=False)
@@ -118,6 +141,7 @@ class SparkLink:
     def _at(self, step: str) -> None:
         """``step`` starts: said, and named by any failure of a JVM until the next one."""
         self.step = step
+        self.spark.sparkContext.setJobDescription(f"govmdm link: {step}")  # Spark's UI
         self.say(step)
 
     def _guarded(self) -> contextlib.AbstractContextManager[None]:
@@ -146,72 +170,129 @@ class SparkLink:
         files: RecordFiles | None = None,
     ) -> Scored:
         """Block, compare, fit (unless ``model``), attach the term ``frequencies``, score and
-        keep, as the local engine does."""
+        keep, as the local engine does: by position in a file of the records' columns when
+        they fit :attr:`payload_bytes`, else joined to the pairs in Spark SQL."""
         compared = records_frame(records)
         folder = self.scratch / entity
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, mode=0o700)
+        how = _Scoring(entity, match, settings, model, frequencies, compared, folder)
         try:
             with self._guarded():
-                self._at(f"{entity}: block keys")
-                rows, read = self._records(records, entity, match, files, folder)
-                # checkpoints kept lazily: the first job that reads them keeps them, no job of
-                # their own (a Spark job's planning is the driver's, uncut by more cores)
-                keys = block_keys(rows, match.blocking).localCheckpoint(eager=False)
-                wanted = {f: v for f, v in frequencies.items() if model is None or f in model.m}
-                self._at(f"{entity}: blocks counted")
-                passes = pass_reports(keys, match.blocking, max_block=match.max_block)
-                self._at(f"{entity}: pairs compared")
-                levels = _levels(
-                    pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
-                    rows,
-                    entity,
-                    wanted,
-                ).localCheckpoint(eager=False)
-                labels = [f.label for f in features_for(entity)]
-                trained = model is None
-                if model is None:
-                    counts = _counts(levels, labels)
-                    pairs = int(counts["count"].sum())
-                    self._at(f"{entity}: EM counts")
-                    picked = random_pairs(compared.index.to_numpy())
-                    sides = {
-                        "left": picked.get_level_values(0),
-                        "right": picked.get_level_values(1),
-                    }
-                    drawn = _handed(
-                        self.spark,
-                        pa.table(
-                            {k: pa.array(v.astype(str), pa.string()) for k, v in sides.items()}
-                        ),
-                        folder,
-                        "random-pairs",
-                        self.tasks,
-                    )
-                    model = fit_counted(
-                        counts,
-                        _counts(_levels(drawn, rows, entity, {}), labels),
-                        len(compared),
-                        entity,
-                        settings,
-                    )
-                else:
-                    pairs = levels.count()
-                model = attach(model, frequencies, match.correlated)
-                self._at(f"{entity}: scores kept")
-                kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared, folder)
-                self._at(f"{entity}: block keys collected")
-                block = _key_table(keys, [p.name for p in match.blocking], folder)
+                payload = records.select(position_columns(entity, match))
+                if payload.nbytes <= self.payload_bytes:
+                    return self._by_position(payload, how)
+                return self._joined(records, files, how)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        report = {
-            "engine": "spark",
-            "read": read,
-            "records": len(compared),
-            "pairs": pairs,
-            "passes": passes,
-        }
-        return Scored(compared, block, report, pairs, model, trained, kept)
+
+    def _by_position(self, payload: pa.Table, how: _Scoring) -> Scored:
+        """:meth:`score` with the records' columns in one Arrow file the Python workers map
+        (:data:`PAYLOAD_BYTES`): block keys of slices of it, pairs of positions in it, each
+        worker's levels kept in a file of its own and counted there, scored from those files.
+        Only record positions and pattern counts pass through the JVMs."""
+        entity, match, compared, folder = how.entity, how.match, how.compared, how.folder
+        payload = payload.take(pc.sort_indices(payload[RECORD]))
+        ids = compared.index.to_numpy(dtype=object)
+        if not payload[RECORD].equals(pa.chunked_array([pa.array(ids, pa.string())])):
+            raise RuntimeError(f"{entity}: the records' file is not in record ID order")
+        path = _write_ipc(payload, folder / f"records-{uuid.uuid4().hex}")
+        self._at(f"{entity}: block keys")
+        keys, slices = _position_keys(self, path, payload.num_rows, match, folder)
+        keys = keys.localCheckpoint(eager=False)
+        self._at(f"{entity}: blocks counted")
+        passes = pass_reports(keys, match.blocking, max_block=match.max_block)
+        self._at(f"{entity}: pairs compared")
+        if match.blocking:
+            pairs = key_pairs(keys, match.blocking, max_block=match.max_block, column="pos")
+        else:
+            pairs = self.spark.createDataFrame([], "left BIGINT, right BIGINT")
+        counts, levels = _position_levels(pairs, path, entity, how.wanted, folder)
+
+        def random_counts(picked: pd.MultiIndex) -> pd.DataFrame:
+            at = compared.index.get_indexer
+            drawn = pa.table(
+                {s: pa.array(at(picked.get_level_values(i)), pa.int64()) for i, s in _SIDES}
+            )
+            drawn_frame = _handed(self.spark, drawn, folder, "random-pairs", self.tasks)
+            return _position_levels(drawn_frame, path, entity, {}, None)[0]
+
+        model, trained = self._fitted(counts, random_counts, how)
+        self._at(f"{entity}: scores kept")
+        labels = [f.label for f in features_for(entity)]
+        extra = [u_column(f) for f in sorted(model.tf)]
+        kernel = functools.partial(
+            _score_levels, model.to_json(), labels, extra, match.thresholds.keep, entity
+        )
+        sent: list[tuple[str | None, ...]] = [
+            (str(folder / f"kept-{i}"), p) for i, p in enumerate(levels)
+        ]
+        done = _run_buckets(self, sent, kernel, 1)
+        kept = _kept_by_position(done[0] if done else None, labels, extra, ids)
+        self._at(f"{entity}: block keys collected")
+        found = [_read_ipc_file(folder / f"keys-{i:05d}") for i in range(slices)]
+        block = _in_pass_order(
+            pa.concat_tables(found) if found else KEY_SCHEMA.empty_table(),
+            [p.name for p in match.blocking],
+        )
+        return how.scored(block, "driver", passes, int(counts["count"].sum()), model, trained, kept)
+
+    def _joined(self, records: pa.Table, files: RecordFiles | None, how: _Scoring) -> Scored:
+        """:meth:`score` with the records read by the executors (the canonical Parquet when
+        they are all there), the pairs of record IDs joined to their columns in Spark SQL."""
+        entity, match, compared, folder = how.entity, how.match, how.compared, how.folder
+        self._at(f"{entity}: block keys")
+        rows, read = self._records(records, entity, match, files, folder)
+        # checkpoints kept lazily: the first job that reads them keeps them, no job of
+        # their own (a Spark job's planning is the driver's, uncut by more cores)
+        keys = block_keys(rows, match.blocking).localCheckpoint(eager=False)
+        self._at(f"{entity}: blocks counted")
+        passes = pass_reports(keys, match.blocking, max_block=match.max_block)
+        self._at(f"{entity}: pairs compared")
+        levels = _levels(
+            pair_frame(rows, match.blocking, max_block=match.max_block, keys=keys),
+            rows,
+            entity,
+            how.wanted,
+        ).localCheckpoint(eager=False)
+        labels = [f.label for f in features_for(entity)]
+        counts = _counts(levels, labels) if how.model is None else None
+
+        def random_counts(picked: pd.MultiIndex) -> pd.DataFrame:
+            sides = {s: picked.get_level_values(i) for i, s in _SIDES}
+            drawn = _handed(
+                self.spark,
+                pa.table({k: pa.array(v.astype(str), pa.string()) for k, v in sides.items()}),
+                folder,
+                "random-pairs",
+                self.tasks,
+            )
+            return _counts(_levels(drawn, rows, entity, {}), labels)
+
+        model, trained = self._fitted(counts, random_counts, how)
+        pairs = int(counts["count"].sum()) if counts is not None else levels.count()
+        self._at(f"{entity}: scores kept")
+        kept = _kept(levels, labels, model, match.thresholds.keep, entity, compared, folder)
+        self._at(f"{entity}: block keys collected")
+        block = _key_table(keys, [p.name for p in match.blocking], folder)
+        return how.scored(block, read, passes, pairs, model, trained, kept)
+
+    def _fitted(
+        self,
+        counts: pd.DataFrame | None,
+        random_counts: Callable[[pd.MultiIndex], pd.DataFrame],
+        how: _Scoring,
+    ) -> tuple[FellegiSunter, bool]:
+        """The model (fitted from the candidate pairs' pattern ``counts`` and
+        ``random_counts`` of the random pairs, unless one was given) with the term frequencies
+        attached, and whether it was fitted tonight."""
+        model = how.model
+        if model is None:
+            assert counts is not None  # counted when there is a model to fit
+            self._at(f"{how.entity}: EM counts")
+            random = random_counts(random_pairs(how.compared.index.to_numpy()))
+            model = fit_counted(counts, random, len(how.compared), how.entity, how.settings)
+        return attach(model, how.frequencies, how.match.correlated), how.model is None
 
     def _records(
         self,
@@ -270,6 +351,47 @@ class SparkLink:
         self._at(f"{entity}: golden records")
         with self._guarded():
             return _golden(self, members, entity, city, match, base_golden, run_id)
+
+
+@dataclass
+class _Scoring:
+    """What scoring one entity works with, whichever way it is scored."""
+
+    entity: str
+    match: EntityMatch
+    settings: MatchSettings
+    model: FellegiSunter | None
+    frequencies: Frequencies
+    compared: pd.DataFrame
+    folder: Path
+
+    @property
+    def wanted(self) -> Frequencies:
+        """The term frequencies each pair's u_v is worked out for: every one when the model
+        is fitted tonight, else those of its features."""
+        return {
+            f: v for f, v in self.frequencies.items() if self.model is None or f in self.model.m
+        }
+
+    def scored(
+        self,
+        block: pa.Table,
+        read: str,
+        passes: list[dict[str, Any]],
+        pairs: int,
+        model: FellegiSunter,
+        trained: bool,
+        kept: pd.DataFrame,
+    ) -> Scored:
+        """The entity's :class:`master_data.engine.Scored`."""
+        report = {
+            "engine": "spark",
+            "read": read,
+            "records": len(self.compared),
+            "pairs": pairs,
+            "passes": passes,
+        }
+        return Scored(self.compared, block, report, pairs, model, trained, kept)
 
 
 # --- comparing and scoring -----------------------------------------------------------------------
@@ -347,20 +469,32 @@ def _kept(
         levels.mapInArrow(kernel, f"{ddl}, probability DOUBLE, rule STRING"), folder, "kept"
     )
     table = table.take(pc.sort_indices(table, [("left", "ascending"), ("right", "ascending")]))
-    frame = pd.DataFrame(
-        {side: table[side].to_numpy(zero_copy_only=False) for side in ("left", "right")}
+    frame = _edge_frame(
+        table,
+        labels,
+        extra,
+        *(table[side].to_numpy(zero_copy_only=False) for side in ("left", "right")),
     )
+    at = records.index.get_indexer
+    filed = filed_under_another(records, at(frame["left"]), at(frame["right"]), entity)
+    frame["corroborated"] = (
+        corroborated(frame[labels], entity, filed) if len(frame) else np.ones(0, bool)
+    )
+    return frame
+
+
+def _edge_frame(
+    table: pa.Table, labels: list[str], extra: list[str], left: np.ndarray, right: np.ndarray
+) -> pd.DataFrame:
+    """Scored pairs (``table``, in their order, ``left`` and ``right`` their record IDs) as
+    :func:`master_data.pairs.edges` gives them, but for ``corroborated``."""
+    frame = pd.DataFrame({"left": left, "right": right})
     for label in labels:
         frame[label] = table[label].to_numpy().astype(np.int8)
     for column in extra:
         frame[column] = table[column].to_numpy(zero_copy_only=False).astype(np.float64)
     frame["probability"] = table["probability"].to_numpy().astype(np.float64)
     frame["rule"] = pd.Series(table["rule"].to_numpy(zero_copy_only=False), dtype=object)
-    at = records.index.get_indexer
-    filed = filed_under_another(records, at(frame["left"]), at(frame["right"]), entity)
-    frame["corroborated"] = (
-        corroborated(frame[labels], entity, filed) if len(frame) else np.ones(0, bool)
-    )
     return frame
 
 
@@ -390,7 +524,12 @@ def _probability(
 def _key_table(keys: DataFrame, passes: list[str], folder: Path) -> pa.Table:
     """Every record's block keys, in pass order, then by record and key (through files under
     ``folder``)."""
-    table = _collected(keys, folder, "keys").select(KEY_SCHEMA.names).cast(KEY_SCHEMA)
+    return _in_pass_order(_collected(keys, folder, "keys"), passes)
+
+
+def _in_pass_order(table: pa.Table, passes: list[str]) -> pa.Table:
+    """Block key rows (:data:`KEY_SCHEMA`) in the order of ``passes``, then by record and key."""
+    table = table.select(KEY_SCHEMA.names).cast(KEY_SCHEMA)
     order = pc.index_in(table["pass"], value_set=pa.array(passes, pa.string()))
     table = table.append_column("order", order)
     table = table.take(
@@ -399,6 +538,227 @@ def _key_table(keys: DataFrame, passes: list[str], folder: Path) -> pa.Table:
         )
     )
     return table.drop_columns(["order"])
+
+
+# --- scoring by position ----------------------------------------------------------------------
+
+_SIDES = ((0, "left"), (1, "right"))
+_POSITION_KEYS = "`pass` STRING, key STRING, pos BIGINT"
+_MAPPED: dict[str, pa.Table] = {}
+"""In a Python worker: the records' file of the link running, mapped once (a worker runs many
+tasks); the one before is let go when another link's comes."""
+
+
+def _mapped(path: str) -> pa.Table:
+    """In a Python worker: the records' file at ``path``, memory-mapped, its pages shared by
+    every worker on the machine."""
+    table = _MAPPED.get(path)
+    if table is None:
+        _MAPPED.clear()
+        table = _MAPPED[path] = _read_ipc_file(Path(path))
+    return table
+
+
+def _rebatched(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """``batches`` as tables of at least ``rows`` rows (the last may be fewer), none empty."""
+    held: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        held.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(held)
+            held, count = [], 0
+    if held:
+        yield pa.Table.from_batches(held)
+
+
+def _position_keys(
+    link: SparkLink, path: str, rows: int, match: EntityMatch, folder: Path
+) -> tuple[DataFrame, int]:
+    """Every record's block keys by its position in the records' file (``pass, key, pos``),
+    worked out by the Python workers over slices of it, and how many slices: each slice's keys
+    by record ID (:data:`KEY_SCHEMA`) are also written to ``keys-<slice>`` under ``folder``,
+    for the driver to read."""
+    step = max(1, -(-rows // max(link.tasks, 2)))
+    slices = [(i, at, min(rows, at + step)) for i, at in enumerate(range(0, rows, step))]
+    spark = link.spark
+    given = spark.createDataFrame(
+        spark.sparkContext.parallelize(slices, max(1, len(slices))),
+        "slice INT, start BIGINT, stop BIGINT",
+    )
+    kernel = functools.partial(_slice_keys, path, tuple(match.blocking), str(folder))
+    return given.mapInArrow(kernel, _POSITION_KEYS), len(slices)
+
+
+def _slice_keys(
+    path: str, passes: tuple[Any, ...], folder: str, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """In a Spark worker: the block keys of each slice of the records' file."""
+    records = _mapped(path)
+    for batch in batches:
+        for i, start, stop in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+            frame = records_frame(records.slice(start, stop - start))  # in file order: sorted
+            table, at = block_key_rows(frame, passes)
+            _write_ipc(table, Path(folder) / f"keys-{i:05d}")
+            positions = pa.array(at + start, pa.int64())
+            keyed = pa.table({"pass": table["pass"], "key": table["key"], "pos": positions})
+            yield from keyed.to_batches()
+
+
+def _position_levels(
+    pairs: DataFrame,
+    path: str,
+    entity: str,
+    frequencies: Frequencies,
+    folder: Path | None,
+) -> tuple[pd.DataFrame, list[str]]:
+    """How many of ``pairs`` (``left, right``: positions in the records' file at ``path``)
+    show each comparison pattern, and the files their levels were kept in: one a task,
+    ``levels-<partition>`` under ``folder`` (None: counted only, as the random pairs are)."""
+    labels = [f.label for f in features_for(entity)]
+    ddl = ", ".join(["file STRING", *[f"`{x}` TINYINT" for x in labels], "count BIGINT"])
+    out = None if folder is None else str(folder)
+    kernel = functools.partial(_compare_positions, entity, path, frequencies, out)
+    table = pairs.mapInArrow(kernel, ddl).toArrow()
+    files = sorted({f for f in table["file"].to_pylist() if f is not None})
+    counted = table.drop_columns(["file"]).to_pandas()
+    counts = counted.groupby(labels, as_index=False, sort=True)["count"].sum()
+    return counts.astype({"count": np.int64}), files
+
+
+def _compare_positions(
+    entity: str,
+    path: str,
+    frequencies: Frequencies,
+    folder: str | None,
+    batches: Iterator[pa.RecordBatch],
+) -> Iterator[pa.RecordBatch]:
+    """In a Spark worker: a task's pairs compared, each pair's term frequencies, rule and
+    whether a row is filed under another's ID number kept in one file (``folder``), and its
+    pattern counts (the file named in the first row)."""
+    out = None
+    task = TaskContext.get()
+    if folder is not None:
+        assert task is not None  # in a Spark task
+        out = Path(folder) / f"levels-{task.partitionId():05d}"
+    labels = [f.label for f in features_for(entity)]
+    counted = _compared_to_file(entity, _mapped(path), frequencies, batches, out)
+    if not counted:
+        return
+    counts = pd.concat(counted).groupby(level=list(range(len(labels)))).sum()
+    frame = counts.rename("count").reset_index()
+    names = [str(out) if out is not None else None] + [None] * (len(frame) - 1)
+    columns = {"file": pa.array(names, pa.string())}
+    for label in labels:
+        columns[label] = pa.array(frame[label].to_numpy(), pa.int8())
+    columns["count"] = pa.array(frame["count"].to_numpy(), pa.int64())
+    yield from pa.table(columns).to_batches()
+
+
+def _compared_to_file(
+    entity: str,
+    records: pa.Table,
+    frequencies: Frequencies,
+    batches: Iterator[pa.RecordBatch],
+    out: Path | None,
+) -> list[pd.Series]:
+    """In a Spark worker: :func:`_compare_positions`'s work; each batch's pattern counts. The
+    file is written whole or not at all (a task run again writes it again)."""
+    tops = top_levels(entity)
+    need = CORROBORATION.get(entity)
+    wanted = {
+        *compared_columns(entity),
+        *RULE_COLUMNS[entity],
+        *(c for f in frequencies for c in TF_COLUMNS[entity][f]),
+        *([need.filed_under] if need is not None else []),
+    }
+    columns = [RECORD, *sorted(c for c in wanted if c in records.column_names)]
+    counted: list[pd.Series] = []
+    part = None if out is None else out.with_name(f".{out.name}.{uuid.uuid4().hex}")
+    writer = None
+    try:
+        for table in _rebatched(batches, PAIR_BATCH):
+            left = table["left"].to_numpy()
+            right = table["right"].to_numpy()
+            used, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
+            frame = records.take(pa.array(used)).select(columns).to_pandas().set_index(RECORD)
+            inverse = inverse.astype(np.intp)
+            lpos, rpos = inverse[: len(left)], inverse[len(left) :]
+            ids = frame.index
+            levels = compare(frame, pd.MultiIndex.from_arrays([ids[lpos], ids[rpos]]), entity)
+            counted.append(levels.value_counts(sort=False))
+            if part is None:
+                continue
+            kept = {"left": pa.array(left, pa.int64()), "right": pa.array(right, pa.int64())}
+            for label in levels.columns:
+                kept[label] = pa.array(levels[label].to_numpy(), pa.int8())
+            tf_u = pair_u(frame, lpos, rpos, levels, tops, frequencies, entity)
+            for feature in sorted(tf_u):
+                kept[u_column(feature)] = pa.array(tf_u[feature], pa.float64())
+            kept["rule"] = pa.array(rule_links_at(frame, lpos, rpos, entity).tolist(), pa.string())
+            filed = filed_under_another(frame, lpos, rpos, entity)
+            kept["filed"] = pa.array(filed, pa.bool_())
+            written = pa.table(kept)
+            if writer is None:
+                writer = pa.ipc.new_file(str(part), written.schema)
+            writer.write_table(written)
+        if writer is not None:
+            writer.close()
+            writer = None
+            assert part is not None and out is not None
+            part.replace(out)
+    finally:
+        if writer is not None:  # failed half way: no half file left behind
+            writer.close()
+        if part is not None:
+            part.unlink(missing_ok=True)
+    return counted
+
+
+def _score_levels(
+    model_json: str,
+    labels: list[str],
+    extra: list[str],
+    keep: float,
+    entity: str,
+    bucket: tuple[pa.Table | None, ...],
+) -> tuple[pa.Table, ...]:
+    """In a Spark worker: one file of compared pairs scored; those worth keeping, with
+    whether each is corroborated (:func:`master_data.deterministic.corroborated`)."""
+    (levels,) = bucket
+    assert levels is not None  # every file has pairs
+    model = FellegiSunter.from_json(model_json)
+    frame = levels.select(labels).to_pandas()
+    scored = model.probability(frame[model.features], edge_u(levels.select(extra).to_pandas()))
+    probability = pa.array(scored.to_numpy(), pa.float64())
+    filed = levels["filed"].to_numpy().astype(bool)
+    agree = pa.array(corroborated(frame, entity, filed), pa.bool_())
+    wanted = pc.or_(pc.is_valid(levels["rule"]), pc.greater_equal(probability, keep))
+    table = levels.select(["left", "right", *labels, *extra]).append_column(
+        "probability", probability
+    )
+    table = table.append_column("rule", levels["rule"]).append_column("corroborated", agree)
+    return (table.filter(wanted),)
+
+
+def _kept_by_position(
+    table: pa.Table | None, labels: list[str], extra: list[str], ids: np.ndarray
+) -> pd.DataFrame:
+    """The pairs :func:`_score_levels` kept as :func:`master_data.pairs.edges` gives them
+    (``ids``: each position's record ID)."""
+    if table is None:  # no pair compared
+        fields = [("left", pa.int64()), ("right", pa.int64())]
+        fields += [(x, pa.int8()) for x in labels] + [(x, pa.float64()) for x in extra]
+        fields += [("probability", pa.float64()), ("rule", pa.string())]
+        table = pa.schema([*fields, ("corroborated", pa.bool_())]).empty_table()
+    table = table.take(pc.sort_indices(table, [("left", "ascending"), ("right", "ascending")]))
+    left, right = (ids[table[side].to_numpy().astype(np.int64)] for side in ("left", "right"))
+    frame = _edge_frame(table, labels, extra, left, right)
+    frame["corroborated"] = table["corroborated"].to_numpy().astype(bool)
+    return frame
 
 
 # --- clustering ----------------------------------------------------------------------------------
@@ -529,7 +889,20 @@ def _each_bucket(
         for j, table in enumerate(tables):
             paths.append(None if table is None else _write_ipc(table, folder / f"in-{i}-{j}"))
         sent.append(tuple(paths))
-    fields = ", ".join(["out STRING", *(f"in{j} STRING" for j in range(len(buckets[0])))])
+    return _run_buckets(link, sent, kernel, outputs)
+
+
+def _run_buckets(
+    link: SparkLink,
+    sent: list[tuple[str | None, ...]],
+    kernel: Callable[[tuple[pa.Table | None, ...]], tuple[pa.Table, ...]],
+    outputs: int,
+) -> list[pa.Table]:
+    """:func:`_each_bucket` of buckets whose tables are files already: each of ``sent`` is
+    where its outputs go (``<it>-<k>``), then where its tables are (None: no table)."""
+    if not sent:
+        return []
+    fields = ", ".join(["out STRING", *(f"in{j} STRING" for j in range(len(sent[0]) - 1))])
     spark = link.spark
     given = spark.createDataFrame(spark.sparkContext.parallelize(sent, len(sent)), fields)
     work = functools.partial(_bucket_files, kernel, outputs)

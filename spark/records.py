@@ -16,13 +16,14 @@ from pyspark.sql import functions as F
 
 from etl.standardize import SCHEMAS
 from master_data.blocking import DERIVED_KEYS
-from master_data.deterministic import HARD_KEY
+from master_data.deterministic import CORROBORATION, HARD_KEY
 from master_data.engine import RecordFiles
 from master_data.records import META, RECORD
 from master_data.settings import EntityMatch
+from master_data.tf import TF_COLUMNS
 from spark.compare import compared_columns
 
-__all__ = ["RULE_COLUMNS", "canonical_records", "payload_columns"]
+__all__ = ["RULE_COLUMNS", "canonical_records", "payload_columns", "position_columns"]
 
 RULE_COLUMNS = {"person": ["id_number"], "enterprise": ["uscc", "reg_no", "org_code"]}
 """The columns the deterministic rules of each entity read."""
@@ -37,6 +38,19 @@ def payload_columns(entity: str, match: EntityMatch) -> list[str]:
         for key in p.keys:
             derived = DERIVED_KEYS.get(key)
             wanted |= set(derived.needs) if derived is not None else {key}
+    return [RECORD, *[c for c in SCHEMAS[entity].names if c in wanted]]
+
+
+def position_columns(entity: str, match: EntityMatch) -> list[str]:
+    """:func:`payload_columns`, and those scoring reads besides (term frequencies' columns,
+    the column that says a row is filed under another's ID number), in schema order: what
+    a link scored by position maps in every Python worker."""
+    need = CORROBORATION.get(entity)
+    wanted = {
+        *payload_columns(entity, match),
+        *(c for columns in TF_COLUMNS[entity].values() for c in columns),
+        *([need.filed_under] if need is not None else []),
+    }
     return [RECORD, *[c for c in SCHEMAS[entity].names if c in wanted]]
 
 

@@ -140,6 +140,42 @@ def test_spark_links_the_night_the_local_engine_links(
     assert (xw["first_run_id"] == "2026-06-30").mean() > 0.9
 
 
+def test_scoring_by_position_equals_scoring_by_join(
+    city: CityConfig, spark: Any, tmp_path: Path
+) -> None:
+    """An entity whose records fit ``payload_bytes`` is scored from a file of them that every
+    Python worker maps, by position; a larger one (here: any) is scored with the pairs joined
+    to their records in Spark SQL. Both give the same pairs, block keys, model and edges."""
+    from dataclasses import replace
+
+    from spark.link import SparkLink
+
+    ways: list[tuple[str, str]] = []
+
+    class Both(SparkLink):
+        def _by_position(self, *args: Any) -> Any:
+            ways.append(("position", self.payload_bytes and "default"))
+            return super()._by_position(*args)
+
+        def _joined(self, *args: Any) -> Any:
+            ways.append(("joined", str(self.payload_bytes)))
+            return super()._joined(*args)
+
+        def score(self, *args: Any) -> Any:
+            mine = super().score(*args)
+            theirs = SparkLink.score(replace(self, payload_bytes=0), *args)
+            assert mine.pairs == theirs.pairs > 0 and mine.trained and theirs.trained
+            assert mine.report == theirs.report
+            assert mine.model.to_json() == theirs.model.to_json()
+            assert mine.keys.equals(theirs.keys)
+            pd.testing.assert_frame_equal(mine.edges, theirs.edges)
+            pd.testing.assert_frame_equal(mine.compared, theirs.compared)
+            return mine
+
+    link(city, NIGHT1, full=True, retrain=True, engine=Both(spark, tmp_path / "scratch"))
+    assert ways == [("position", "default"), ("joined", "0")] * 2  # person, enterprise
+
+
 def test_a_spark_night_hands_its_link_to_spark(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
