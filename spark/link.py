@@ -3,17 +3,26 @@
 :class:`SparkLink` is the :class:`master_data.engine.LinkEngine` :func:`master_data.link.link`
 hands an entity to when all its records are linked again:
 
-1. **Blocking** (:mod:`spark.blocking`): the records read by the executors from tonight's
-   canonical Parquet when they are all there (:mod:`spark.records`), one self-join on every
-   pass's local block keys, the skipped blocks reported once per pass.
-2. **Comparison and rules**: ``mapInArrow`` over batches of pairs joined to both records'
-   columns, calling :func:`master_data.compare.compare` and
-   :func:`master_data.deterministic.rule_links`.
-3. **EM** on the driver from a ``GROUP BY`` of the level columns — of every candidate pair and
-   of the random pairs that pin u down (:func:`master_data.train.fit_counted`): exact counts,
-   the same numbers the local engine fits.
-4. **Scores** by :meth:`master_data.model.FellegiSunter.probability` in ``mapInArrow``; the
-   edges worth keeping (``keep``) come back to the driver.
+1. **Blocking** (:mod:`spark.blocking`): the columns the link reads of every record, written
+   by the driver (which holds them) to one Arrow file in the scratch that every Python worker
+   maps; each record known by its position in it. Block keys worked out by the workers over
+   slices of it, one self-join on every pass's keys (``l.pos < r.pos``), the skipped blocks
+   reported once per pass.
+2. **Comparison and rules**: ``mapInArrow`` over the pairs of positions, calling
+   :func:`master_data.compare.compare` and :func:`master_data.deterministic.rule_links_at`;
+   each task keeps its pairs' levels in a file of its own and sends back only its count of
+   each comparison pattern.
+3. **EM** on the driver from those counts, of every candidate pair and of the random pairs
+   that pin u down (:func:`master_data.train.fit_counted`): exact, the same numbers the local
+   engine fits.
+4. **Scores** by :meth:`master_data.model.FellegiSunter.probability`, a Spark task per file of
+   levels; the edges worth keeping (``keep``) come back to the driver as files.
+
+An entity whose columns exceed :attr:`SparkLink.payload_bytes` is read by the executors from
+tonight's canonical Parquet when they are all there (:mod:`spark.records`) and its pairs of
+record IDs joined to both records' columns in Spark SQL; the levels are then counted by a
+``GROUP BY`` and the kept pairs written as Parquet by the executors.
+
 5. **Clusters**: connected components of the usable links (on the driver, which holds them,
    up to :attr:`SparkLink.driver_edges` links; else :mod:`spark.components`), then
    :func:`master_data.cluster.cluster_records` over hash buckets of components (a bucket
