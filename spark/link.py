@@ -106,13 +106,13 @@ DRIVER_EDGES = 5_000_000
 
 
 PAYLOAD_BYTES = 2 * 2**30
-"""Records whose columns the link reads take at most this many bytes (about 2.5 million
-person records) are scored by position (:attr:`SparkLink.payload_bytes`): the driver, which
-holds them, writes them to one Arrow file in the link's scratch that every Python worker maps
-(on a cluster the scratch is shared: each machine reads the file once, as a broadcast join
-would send it), and the pairs are pairs of positions in it. More are read by the executors from
-the canonical Parquet and joined to the pairs in Spark SQL, a shuffle of every pair with both
-records' columns."""
+"""Records whose columns the link reads take at most this many bytes (about 13 million
+person records: 158 bytes each in the sample city) are scored by position
+(:attr:`SparkLink.payload_bytes`): the driver, which holds them, writes them to one Arrow file
+in the link's scratch that every Python worker maps (on a cluster the scratch is shared: each
+machine reads the file once, as a broadcast join would send it), and the pairs are pairs of
+positions in it. More are read by the executors from the canonical Parquet and joined to the
+pairs in Spark SQL, a shuffle of every pair with both records' columns."""
 
 PAIR_BATCH = 50_000
 """Pairs a Python worker compares at once: Spark hands them over 10,000 a batch, and each call
