@@ -39,6 +39,11 @@ standardize and link on Spark, the night run once per ``--spark-master`` (defaul
 ``local[1],local[2]``), then the link stage's speedup of the one over the other:
 
     .venv/bin/python bench/scale_bench.py --engine spark --persons 20000
+
+Each master's stages may use every CPU of the machine: ``local[1]`` is one task slot, its
+driver's Python and JVM threads free to take the other cores. ``--pin`` runs each Spark stage
+on as many CPUs as its master has task slots (``local[1]`` on one core, ``local[2]`` on two):
+the speedup of cores, not of task slots.
 """
 
 from __future__ import annotations
@@ -415,6 +420,17 @@ def _load() -> str:
     return f"load {one:.2f}/{five:.2f} (1/5 min) on {os.cpu_count()} CPUs"
 
 
+def _pinned_cores(stage: str, opts: dict[str, Any]) -> set[int] | None:
+    """With ``--pin``, the CPUs a Spark stage's process (its JVM and Python workers with it)
+    may run on: as many as its ``local[N]`` master has task slots, so that ``local[1]`` is one
+    core, not one task beside a driver that takes the other core; None: any."""
+    if not opts.get("pin") or not opts.get("spark_master") or stage not in ("standardize", "link"):
+        return None
+    from spark.session import _cores
+
+    return set(sorted(os.sched_getaffinity(0))[: _cores(opts["spark_master"])])
+
+
 def _run(
     stage: str, var: Path, url: str | None, run_id: str, opts: dict[str, Any]
 ) -> dict[str, Any]:
@@ -432,7 +448,16 @@ def _run(
         "--opts",
         json.dumps(opts),
     ]
-    out = subprocess.run(cmd, env=env, cwd=ROOT, check=False, stdout=subprocess.PIPE, text=True)
+    cores = _pinned_cores(stage, opts)
+    out = subprocess.run(
+        cmd,
+        env=env,
+        cwd=ROOT,
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=None if cores is None else lambda: os.sched_setaffinity(0, cores),
+    )
     if out.returncode != 0:
         raise SystemExit(f"stage {stage} failed (exit {out.returncode})")
     report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -546,6 +571,12 @@ def main() -> None:
         "link speedup of the first over the last is printed",
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="with --engine spark: run each Spark stage on as many CPUs as its master has "
+        "task slots (local[1] on one core), for the speedup of cores rather than of task slots",
+    )
+    parser.add_argument(
         "--stages",
         default=",".join(STAGES),
         help="consecutive stages of " + ",".join(STAGES),
@@ -598,6 +629,7 @@ def main() -> None:
         "seed": args.seed,
         "enterprises": args.enterprises or max(5, args.persons // 10),
         "profile": str(args.profile.resolve()) if args.profile else None,
+        "pin": args.pin,
     }
     try:
         _bench(root, stages, args, opts)
@@ -658,7 +690,7 @@ def _bench(root: Path, stages: tuple[str, ...], args: Any, opts: dict[str, Any])
     if deltas:
         _delta_verdict(by_master[masters[0]], deltas, head)
     if len(masters) > 1 and "link" in stages:
-        _speedup(by_master, masters[0], masters[-1])
+        _speedup(by_master, masters[0], masters[-1], pinned=bool(opts["pin"]))
 
 
 def _delta_night(rep: int, var: Path, url: str | None, opts: dict[str, Any]) -> dict[str, Any]:
@@ -717,9 +749,12 @@ def _delta_verdict(
     )
 
 
-def _speedup(by_master: dict[str, list[dict[str, dict[str, Any]]]], one: str, other: str) -> None:
+def _speedup(
+    by_master: dict[str, list[dict[str, dict[str, Any]]]], one: str, other: str, *, pinned: bool
+) -> None:
     """The link stage's speedup of ``other`` over ``one`` (issue 15: local[1] / local[2] ≥ 1.5):
-    wall seconds with and without starting the session."""
+    wall seconds with and without starting the session; ``pinned``: each master ran on as many
+    CPUs as it has task slots (``--pin``)."""
 
     def median(master: str, key: str) -> float:
         return statistics.median(r["link"].get(key, 0.0) for r in by_master[master])
@@ -730,7 +765,9 @@ def _speedup(by_master: dict[str, list[dict[str, dict[str, Any]]]], one: str, ot
     )
     print(
         f"link speedup {one} / {other}: {wall:.2f}x wall ({started:.2f}x without starting "
-        f"Spark); goal ≥ 1.5; {_load()}"
+        f"Spark); goal ≥ 1.5; "
+        + ("each master on as many CPUs as task slots; " if pinned else "every CPU free to each; ")
+        + _load()
     )
 
 
