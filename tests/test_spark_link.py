@@ -1,7 +1,8 @@
 """The link stage on Spark gives the local engine's night, table by table: on a sample city
 with a published night before it, with reviewers' decisions, a full relink through both engines
 writes the same model, edges, components, crosswalk and master IDs, ID events, golden rows,
-provenance, conflicts and review queue."""
+provenance, conflicts and review queue; scoring by record position and scoring with the pairs
+joined to their records in Spark SQL give the same pairs, model and edges."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +99,23 @@ def test_spark_links_the_night_the_local_engine_links(
     class Seen(SparkLink):  # every heavy step of both entities went to Spark
         def score(self, *args: Any) -> Any:
             ran.append("score")
-            return super().score(*args)
+            mine = super().score(*args)
+            # the records fit payload_bytes: scored by position; scored with the pairs joined
+            # to their records in Spark SQL instead (a larger entity), the same
+            theirs = SparkLink.score(replace(self, payload_bytes=0), *args)
+            assert mine.pairs == theirs.pairs > 0 and mine.report == theirs.report
+            assert mine.model.to_json() == theirs.model.to_json() and mine.keys.equals(theirs.keys)
+            pd.testing.assert_frame_equal(mine.edges, theirs.edges)
+            pd.testing.assert_frame_equal(mine.compared, theirs.compared)
+            return mine
+
+        def _by_position(self, *args: Any) -> Any:
+            ran.append("by position")
+            return super()._by_position(*args)
+
+        def _joined(self, *args: Any) -> Any:
+            ran.append("joined")
+            return super()._joined(*args)
 
         def cluster(self, *args: Any) -> Any:
             ran.append("cluster")
@@ -109,7 +127,7 @@ def test_spark_links_the_night_the_local_engine_links(
 
     engine = Seen(spark, tmp_path / "scratch", buckets=3, bucket_rows=1)  # 3 buckets however small
     on_spark = link(city, NIGHT1, full=True, retrain=True, engine=engine)
-    assert ran == ["score", "cluster", "golden"] * 2
+    assert ran == ["score", "by position", "joined", "cluster", "golden"] * 2
     for entity, mine in on_spark.entities.items():
         theirs = local.entities[entity]
         assert mine.blocking["engine"] == "spark" and mine.model_trained
@@ -138,42 +156,6 @@ def test_spark_links_the_night_the_local_engine_links(
     # master IDs carried over from night 0 by overlap, the same on both engines
     xw = expected["person"]["crosswalk"]
     assert (xw["first_run_id"] == "2026-06-30").mean() > 0.9
-
-
-def test_scoring_by_position_equals_scoring_by_join(
-    city: CityConfig, spark: Any, tmp_path: Path
-) -> None:
-    """An entity whose records fit ``payload_bytes`` is scored from a file of them that every
-    Python worker maps, by position; a larger one (here: any) is scored with the pairs joined
-    to their records in Spark SQL. Both give the same pairs, block keys, model and edges."""
-    from dataclasses import replace
-
-    from spark.link import SparkLink
-
-    ways: list[str] = []
-
-    class Both(SparkLink):
-        def _by_position(self, *args: Any) -> Any:
-            ways.append("position")
-            return super()._by_position(*args)
-
-        def _joined(self, *args: Any) -> Any:
-            ways.append("joined")
-            return super()._joined(*args)
-
-        def score(self, *args: Any) -> Any:
-            mine = super().score(*args)
-            theirs = SparkLink.score(replace(self, payload_bytes=0), *args)
-            assert mine.pairs == theirs.pairs > 0 and mine.trained and theirs.trained
-            assert mine.report == theirs.report
-            assert mine.model.to_json() == theirs.model.to_json()
-            assert mine.keys.equals(theirs.keys)
-            pd.testing.assert_frame_equal(mine.edges, theirs.edges)
-            pd.testing.assert_frame_equal(mine.compared, theirs.compared)
-            return mine
-
-    link(city, NIGHT1, full=True, retrain=True, engine=Both(spark, tmp_path / "scratch"))
-    assert ways == ["position", "joined"] * 2  # person, then enterprise
 
 
 def test_a_spark_night_hands_its_link_to_spark(
