@@ -169,11 +169,17 @@ def _frequencies(counts: pd.DataFrame, tops: dict[str, int]) -> dict[str, list[f
 def random_pairs(ids: np.ndarray, n: int = RANDOM_PAIRS) -> pd.MultiIndex:
     """Up to ``n`` distinct random pairs of different records among the sorted record ``ids``,
     deterministic for the same IDs."""
-    size = len(ids)
+    left, right = random_positions(len(ids), n)
+    return pd.MultiIndex.from_arrays([ids[left], ids[right]])
+
+
+def random_positions(size: int, n: int = RANDOM_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`random_pairs` among ``size`` sorted records, as their positions (``left <
+    right``, ordered by left then right)."""
     rng = np.random.default_rng(_SEED)
     a = rng.integers(0, size, n)
     b = rng.integers(0, size, n)
     keep = a != b
     a, b = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
     coded = np.unique(a.astype(np.int64) * size + b)
-    return pd.MultiIndex.from_arrays([ids[coded // size], ids[coded % size]])
+    return coded // size, coded % size

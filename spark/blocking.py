@@ -84,8 +84,6 @@ def pair_frame(
     each pair once, unordered), for the comparisons to join their columns to. ``keys``: the
     records' :func:`block_keys`, if they were worked out already."""
     plist = list(passes)
-    if not plist:
-        return records.sparkSession.createDataFrame([], "left STRING, right STRING")
     keys = block_keys(records, plist) if keys is None else keys
     return key_pairs(keys, plist, max_block=max_block)
 
@@ -100,6 +98,9 @@ def key_pairs(
     """The pairs of ``keys`` rows (``pass, key, <column>``) in one block of a pass that is
     neither a single row nor larger than its ``max_block``: ``left < right`` of ``column``
     (a record ID, or a record's position), each pair once."""
+    if not passes:  # nothing blocks: no pair
+        kind = keys.schema[column].dataType.simpleString()
+        return keys.sparkSession.createDataFrame([], f"left {kind}, right {kind}")
     sized = _sized(keys, passes, max_block)
     kept = sized.where((F.col("size") >= 2) & (F.col("size") <= F.col("limit")))
     kept = kept.select("pass", "key", column)

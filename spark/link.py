@@ -84,7 +84,7 @@ from master_data.pairs import usable as usable_edges
 from master_data.records import RECORD, records_frame
 from master_data.settings import EntityMatch, MatchSettings
 from master_data.tf import TF_COLUMNS, Frequencies, attach, edge_u, pair_u, u_column
-from master_data.train import fit_counted, random_pairs, top_levels
+from master_data.train import fit_counted, random_pairs, random_positions, top_levels
 from spark.blocking import block_keys, key_pairs, pair_frame, pass_reports
 from spark.compare import batch_levels, batch_records, compared_columns, join_sides
 from spark.components import components
@@ -212,17 +212,12 @@ class SparkLink:
         self._at(f"{entity}: blocks counted")
         passes = pass_reports(keys, match.blocking, max_block=match.max_block)
         self._at(f"{entity}: pairs compared")
-        if match.blocking:
-            pairs = key_pairs(keys, match.blocking, max_block=match.max_block, column="pos")
-        else:
-            pairs = self.spark.createDataFrame([], "left BIGINT, right BIGINT")
-        counts, levels = _position_levels(pairs, path, entity, how.wanted, folder)
+        pairs = key_pairs(keys, match.blocking, max_block=match.max_block, column="pos")
+        counts, level_files = _position_levels(pairs, path, entity, how.wanted, folder)
 
-        def random_counts(picked: pd.MultiIndex) -> pd.DataFrame:
-            at = compared.index.get_indexer
-            drawn = pa.table(
-                {s: pa.array(at(picked.get_level_values(i)), pa.int64()) for i, s in _SIDES}
-            )
+        def random_counts() -> pd.DataFrame:
+            picked = random_positions(len(compared))
+            drawn = pa.table({s: pa.array(picked[i], pa.int64()) for i, s in _SIDES})
             drawn_frame = _handed(self.spark, drawn, folder, "random-pairs", self.tasks)
             return _position_levels(drawn_frame, path, entity, {}, None)[0]
 
@@ -234,7 +229,7 @@ class SparkLink:
             _score_levels, model.to_json(), labels, extra, match.thresholds.keep, entity
         )
         sent: list[tuple[str | None, ...]] = [
-            (str(folder / f"kept-{i}"), p) for i, p in enumerate(levels)
+            (str(folder / f"kept-{i}"), p) for i, p in enumerate(level_files)
         ]
         done = _run_buckets(self, sent, kernel, 1)
         kept = _kept_by_position(done[0] if done else None, labels, extra, ids)
@@ -267,7 +262,8 @@ class SparkLink:
         labels = [f.label for f in features_for(entity)]
         counts = _counts(levels, labels) if how.model is None else None
 
-        def random_counts(picked: pd.MultiIndex) -> pd.DataFrame:
+        def random_counts() -> pd.DataFrame:
+            picked = random_pairs(compared.index.to_numpy())
             sides = {s: picked.get_level_values(i) for i, s in _SIDES}
             drawn = _handed(
                 self.spark,
@@ -289,7 +285,7 @@ class SparkLink:
     def _fitted(
         self,
         counts: pd.DataFrame | None,
-        random_counts: Callable[[pd.MultiIndex], pd.DataFrame],
+        random_counts: Callable[[], pd.DataFrame],
         how: _Scoring,
     ) -> tuple[FellegiSunter, bool]:
         """The model (fitted from the candidate pairs' pattern ``counts`` and
@@ -299,7 +295,7 @@ class SparkLink:
         if model is None:
             assert counts is not None  # counted when there is a model to fit
             self._at(f"{how.entity}: EM counts")
-            random = random_counts(random_pairs(how.compared.index.to_numpy()))
+            random = random_counts()
             model = fit_counted(counts, random, len(how.compared), how.entity, how.settings)
         return attach(model, how.frequencies, how.match.correlated), how.model is None
 

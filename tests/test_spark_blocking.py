@@ -122,3 +122,19 @@ def test_spark_compares_and_scores_pairs_as_the_local_engine(
     for feature in levels.columns:
         assert scored[feature].tolist() == levels[feature].tolist(), feature
     assert scored["probability"].to_numpy().tolist() == probability.tolist()
+
+
+def test_no_blocking_pass_gives_no_pair_of_either_kind(spark: Any) -> None:
+    """Without a blocking pass nothing is compared: no pair of record IDs, nor of positions."""
+    from spark.blocking import key_pairs, pair_frame
+
+    records = spark.createDataFrame([("a/t/1",), ("a/t/2",)], "record_id STRING")
+    by_id = pair_frame(records, [])
+    assert by_id.schema.simpleString() == "struct<left:string,right:string>"
+    assert by_id.count() == 0
+    keys = spark.createDataFrame(
+        [("p", "k", 0), ("p", "k", 1)], "`pass` STRING, key STRING, pos BIGINT"
+    )
+    by_position = key_pairs(keys, [], column="pos")
+    assert by_position.schema.simpleString() == "struct<left:bigint,right:bigint>"
+    assert by_position.count() == 0
