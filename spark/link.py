@@ -407,8 +407,7 @@ def _levels(
 ) -> DataFrame:
     """Each pair's comparison levels, the u_v of each term-frequency-adjusted feature
     (:func:`master_data.tf.pair_u`) and the rule that links it, if any."""
-    tf_columns = sorted({c for f in frequencies for c in TF_COLUMNS[entity][f]})
-    columns = [RECORD, *sorted({*compared_columns(entity), *RULE_COLUMNS[entity], *tf_columns})]
+    columns = _kernel_columns(entity, frequencies)
     joined = join_sides(pairs, records, columns)
     labels = [f.label for f in features_for(entity)]
     ddl = ", ".join(
@@ -421,6 +420,14 @@ def _levels(
     )
     kernel = functools.partial(_compare, entity, columns, frequencies)
     return joined.mapInArrow(kernel, f"{ddl}, rule STRING")
+
+
+def _kernel_columns(entity: str, frequencies: Frequencies, *also: str) -> list[str]:
+    """The record ID, then the columns the comparison kernel reads of each record (compared,
+    the rules', the term frequencies') and ``also``, sorted."""
+    tf_columns = {c for f in frequencies for c in TF_COLUMNS[entity][f]}
+    wanted = {*compared_columns(entity), *RULE_COLUMNS[entity], *tf_columns, *also}
+    return [RECORD, *sorted(wanted)]
 
 
 def _compare(
@@ -674,13 +681,10 @@ def _compared_to_file(
     file is written whole or not at all (a task run again writes it again)."""
     tops = top_levels(entity)
     need = CORROBORATION.get(entity)
-    wanted = {
-        *compared_columns(entity),
-        *RULE_COLUMNS[entity],
-        *(c for f in frequencies for c in TF_COLUMNS[entity][f]),
-        *([need.filed_under] if need is not None else []),
-    }
-    columns = [RECORD, *sorted(c for c in wanted if c in records.column_names)]
+    filed_column = [need.filed_under] if need is not None else []
+    columns = [
+        c for c in _kernel_columns(entity, frequencies, *filed_column) if c in records.column_names
+    ]
     counted: list[pd.Series] = []
     part = None if out is None else out.with_name(f".{out.name}.{uuid.uuid4().hex}")
     writer = None
