@@ -15,7 +15,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from access import audit
 from access.errors import AccessDenied, AccessError, QueryRefused
 from access.export import export
 from access.lookup import lookup
-from access.policy import ANALYST_URL_ENV
+from access.policy import ANALYST_URL_ENV, DbRoles, roles_sql
 from access.query import _fetch_postgres, run_query
 from access.review import ReviewError, decide, queue
 from access.session import session
@@ -629,3 +631,59 @@ def test_postgres_readme_analyst_login_uses_the_tool(
     ):
         conn.execute(sa.text("SELECT * FROM govmdm_find_person(:i, :n, NULL, NULL)"),
                          {"i": lookups[0]["id"], "n": person["id_number"]})  # fmt: skip
+
+
+def test_postgres_two_warehouses_installing_the_same_roles_at_once_both_succeed(
+    pg_server_url: str,
+) -> None:
+    """Roles are the server's: two warehouses on one server installed at the same moment (two
+    nights at once, two test workers) both create the roles. The second's creation waits for
+    the first's commit and then finds the role taken, which is what it wanted."""
+    tag = uuid.uuid4().hex[:8]
+    roles = DbRoles(**{k: f"govmdm_race_{tag}_{k}" for k in ("analyst", "privileged", "steward")})
+    engine = sa.create_engine(pg_server_url, poolclass=NullPool)
+    failed: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with engine.begin() as conn:
+                for statement in roles_sql(roles):
+                    conn.exec_driver_sql(statement)
+        except BaseException as e:  # reported by the test's thread
+            failed.append(e)
+
+    try:
+        with engine.connect() as first:
+            with first.begin():
+                for statement in roles_sql(roles):  # created, not yet committed
+                    first.exec_driver_sql(statement)
+                other = threading.Thread(target=second)
+                other.start()
+                with engine.connect() as look:
+                    for _ in range(200):  # the second waits on the first's roles
+                        waiting = look.execute(
+                            sa.text(
+                                "SELECT count(*) FROM pg_stat_activity "
+                                "WHERE wait_event_type = 'Lock' AND query LIKE :mine"
+                            ),
+                            {"mine": f"%govmdm_race_{tag}%"},
+                        ).scalar()
+                        if waiting:
+                            break
+                        time.sleep(0.05)
+                assert waiting == 1
+            other.join(30)
+        assert not other.is_alive() and failed == []
+        with engine.connect() as conn:
+            made = conn.execute(
+                sa.text("SELECT rolname FROM pg_roles WHERE rolname LIKE :mine"),
+                {"mine": f"govmdm_race_{tag}_%"},
+            ).scalars()
+            assert sorted(made) == sorted(roles.names)
+            member = f"SELECT pg_has_role('{roles.privileged}', '{roles.analyst}', 'MEMBER')"
+            assert conn.exec_driver_sql(member).scalar() is True
+    finally:
+        with engine.begin() as conn:
+            for name in roles.names:
+                conn.exec_driver_sql(f"DROP ROLE IF EXISTS {name}")
+        engine.dispose()
