@@ -3,6 +3,7 @@
 PYTHON ?= $(if $(shell command -v python3.11 2>/dev/null),python3.11,python3)
 VENV := .venv
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help install test demo check fmt clean distclean
@@ -19,8 +20,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## create .venv and install govmdm with dev tools
 
-test: install ## run pytest (extra options via PYTEST_ARGS=...)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: install ## run pytest on TEST_WORKERS processes (extra options via PYTEST_ARGS=...)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install ## the nightly DAG through Airflow on the sample city; again = next night
 	$(VENV)/bin/govmdm demo

@@ -39,6 +39,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(marker)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``make test`` runs the suite on two pytest-xdist workers, a test file at a time on one
+    (``--dist loadfile``: a module's fixtures are built once), and every ``test_spark_*`` file
+    on one worker, which then starts one SparkSession (a JVM, 10-20 s) for them all. A
+    ``xdist_group`` mark would say so, but xdist's ``loadgroup`` does not see it under pytest
+    9.2 (pytest-dev/pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneSparkWorker(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "spark session" if Path(path).name.startswith("test_spark_") else path
+
+    return OneSparkWorker(config, log)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _ctrl_c_stops_cli_runs() -> Iterator[None]:
     """``CliRunner.invoke`` raises the KeyboardInterrupt of a Ctrl-C that reached the command.
