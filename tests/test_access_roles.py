@@ -659,8 +659,10 @@ def test_postgres_two_warehouses_installing_the_same_roles_at_once_both_succeed(
                     first.exec_driver_sql(statement)
                 other = threading.Thread(target=second)
                 other.start()
-                with engine.connect() as look:
-                    for _ in range(200):  # the second waits on the first's roles
+                # each look a transaction of its own: within one, pg_stat_activity stays as
+                # it was first read
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as look:
+                    for _ in range(600):  # the second waits on the first's roles
                         waiting = look.execute(
                             sa.text(
                                 "SELECT count(*) FROM pg_stat_activity "
