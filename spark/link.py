@@ -49,6 +49,7 @@ import functools
 import json
 import logging
 import shutil
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -146,6 +147,29 @@ class SparkLink:
     name: str = field(default="Spark", init=False)
     step: str = field(default="", init=False)
     """The step running (or last run): what a failure is reported against."""
+    _readying: threading.Thread | None = field(default=None, init=False, repr=False)
+
+    def _ready_workers(self) -> None:
+        """Once per link: start a Python worker in every task slot and import the link's
+        kernels there, in a job of its own while the driver prepares the first entity's records.
+        A worker's first task otherwise pays for it (seconds: pandas, scipy, recordlinkage,
+        pypinyin) before any record is keyed. A failure here is only logged: the link's own
+        jobs report whatever is wrong."""
+        if self._readying is not None:
+            return
+        spark = self.spark
+        slots = spark.sparkContext.defaultParallelism
+
+        def run() -> None:
+            try:
+                spark.sparkContext.setJobDescription("govmdm link: Python workers readied")
+                ready = spark.range(slots, numPartitions=slots).mapInArrow(_ready, "ready LONG")
+                ready.collect()
+            except Exception:  # the link's own jobs report any failure
+                log.debug("readying the Python workers failed", exc_info=True)
+
+        self._readying = threading.Thread(target=run, name="govmdm-ready-workers", daemon=True)
+        self._readying.start()
 
     def _at(self, step: str) -> None:
         """``step`` starts: said, and named by any failure of a JVM until the next one."""
@@ -181,6 +205,7 @@ class SparkLink:
         """Block, compare, fit (unless ``model``), attach the term ``frequencies``, score and
         keep, as the local engine does: by position in a file of the records' columns when
         they fit :attr:`payload_bytes`, else joined to the pairs in Spark SQL."""
+        self._ready_workers()
         compared = records_frame(records)
         folder = self.scratch / entity
         shutil.rmtree(folder, ignore_errors=True)
@@ -559,6 +584,13 @@ _POSITION_KEYS = "`pass` STRING, key STRING, pos BIGINT"
 _MAPPED: dict[str, pa.Table] = {}
 """In a Python worker: the records' file of the link running, mapped once (a worker runs many
 tasks); the one before is let go when another link's comes."""
+
+
+def _ready(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """In a Python worker: nothing but being there, this module (the link's kernels) imported
+    to unpickle it (:meth:`SparkLink._ready_workers`)."""
+    for batch in batches:
+        yield batch.rename_columns(["ready"])
 
 
 def _mapped(path: str) -> pa.Table:

@@ -228,6 +228,38 @@ def test_each_hash_bucket_is_a_task_of_its_own(spark: Any, tmp_path: Path) -> No
     assert bases["base"].to_pylist() == ["none"] * len(sent)
 
 
+def test_python_workers_are_readied_once_a_link_and_a_failure_is_only_logged(
+    spark: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The link readies a Python worker per task slot in a job of its own, once, beside the
+    driver's own work; if that job fails, the link goes on (its own jobs say what is wrong)."""
+    from spark.link import SparkLink
+
+    link = SparkLink(spark, tmp_path)
+    link._ready_workers()
+    first = link._readying
+    link._ready_workers()
+    assert first is not None and link._readying is first  # once a link
+    first.join(120)
+    assert not first.is_alive()
+
+    class Gone:
+        class sparkContext:  # stands for the session's attribute
+            defaultParallelism = 2
+
+            @staticmethod
+            def setJobDescription(_text: str) -> None:
+                raise ConnectionError("the JVM is gone")
+
+    broken = SparkLink(Gone(), tmp_path)  # type: ignore[arg-type]
+    with caplog.at_level("DEBUG", logger="spark.link"):
+        broken._ready_workers()
+        assert broken._readying is not None
+        broken._readying.join(10)
+    assert "readying the Python workers failed" in caplog.text
+    assert "the JVM is gone" in caplog.text
+
+
 _LINK_ON_SPARK = """
 import json, sys
 from master_data.link import link
