@@ -74,23 +74,27 @@ class DbRoles(BaseModel):
         return [self.analyst, self.privileged, self.steward]
 
 
+def _unless_there(statement: str) -> str:
+    """``statement`` in a PL/pgSQL block where finding its role or membership there already is
+    done. Another warehouse on the server may be installing the same roles at this moment: its
+    role, not yet committed, is missing to the check before; creating it again then waits for
+    that commit and fails as a duplicate, which means the role is there."""
+    return f"BEGIN {statement}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;"
+
+
 def roles_sql(roles: DbRoles | None = None) -> list[str]:
     """The roles (cluster-wide, NOLOGIN, created once, each only if missing) and the privileged
     role's membership in the analyst role. Nobody else is made a member: the warehouse owner
     least of all, so that no analyst's login can become it."""
     r = roles or DbRoles()
-    # Another warehouse on the server may be installing the same roles at this moment: its
-    # role, not yet committed, is missing to this check; creating it again then waits for that
-    # commit and fails as a duplicate, which means the role is there.
-    taken = "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END;"
     create = " ".join(
         f"IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{n}') THEN "
-        f"BEGIN CREATE ROLE {ident(n)} NOLOGIN; {taken} END IF;"
+        f"{_unless_there(f'CREATE ROLE {ident(n)} NOLOGIN')} END IF;"
         for n in r.names
     )
     member = (
         f"IF NOT pg_has_role('{r.privileged}', '{r.analyst}', 'MEMBER') THEN "
-        f"BEGIN GRANT {ident(r.analyst)} TO {ident(r.privileged)}; {taken} END IF;"
+        f"{_unless_there(f'GRANT {ident(r.analyst)} TO {ident(r.privileged)}')} END IF;"
     )
     return [f"DO $$ BEGIN {create} END $$", f"DO $$ BEGIN {member} END $$"]
 
